@@ -1,0 +1,115 @@
+//! Real `nats-server` and `redis-server` child processes for tests and the demo.
+//!
+//! # Why
+//!
+//! Switchyard's correctness lives in the interplay of JetStream (dedupe, redelivery, durable
+//! consumers) and Redis (atomic Lua transitions). Mocks of either would test the mock, so the tests
+//! and the demo run against the real servers.
+//!
+//! `cargo test` runs every integration-test binary as its own process and the tests inside one
+//! binary on parallel threads, so there is no single shared server to lean on. Instead every test
+//! starts its own servers: each on a free loopback port picked at start-up, each with its own
+//! temporary directory (JetStream store, Redis dir, log file) that disappears with the server.
+//! Nothing is shared between tests, so they cannot see each other's streams or keys.
+//!
+//! Fault-tolerance tests need to take a server away and bring it back: [`NatsServer::kill`] /
+//! [`NatsServer::start_again`] (and [`NatsServer::restart`], both in one) SIGKILL the process and
+//! start it again on the *same* port with the *same* store directory, so clients can reconnect and
+//! JetStream data survives. [`RedisServer`] offers the same.
+//!
+//! # How
+//!
+//! * Binaries are looked up once per process (cached in a [`std::sync::OnceLock`]): an environment
+//!   variable (`NATS_SERVER_BIN`, `REDIS_SERVER_BIN`), then every match on `PATH` in order, then a
+//!   distribution default. `nats-server` must be at least 2.12 (older ones, such as Debian's 2.9,
+//!   are skipped). `scripts/install-servers.sh` installs both.
+//! * Readiness is checked by connecting and speaking the protocol (NATS `INFO` / `PING`-`PONG`,
+//!   Redis `PING`), polling every 20 ms for up to 10 s — never by sleeping a fixed time. The probe
+//!   also checks that it reached *our* server and not one another test process started on the same
+//!   port in the meantime; if our server exits early (port taken), start-up retries on a new port.
+//! * Child processes are killed with SIGKILL and reaped when the handle is dropped, so neither
+//!   zombies nor leftover servers outlive a test.
+
+mod binary;
+mod nats;
+mod process;
+mod redis;
+
+use std::time::Duration;
+
+pub use nats::NatsServer;
+pub use redis::{RedisOptions, RedisServer};
+
+/// Why a server could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// No binary for the server was found anywhere.
+    #[error("{server} binary not found; {hint}")]
+    BinaryNotFound {
+        /// `nats-server` or `redis-server`.
+        server: &'static str,
+        /// How to install it.
+        hint: String,
+    },
+    /// Binaries were found, but all of them are older than required.
+    #[error("{server} too old (need >= {required}; found {found}); {hint}")]
+    TooOld {
+        /// `nats-server` or `redis-server`.
+        server: &'static str,
+        /// Every candidate looked at, with its version.
+        found: String,
+        /// The minimum version.
+        required: &'static str,
+        /// How to install a recent one.
+        hint: String,
+    },
+    /// The child process could not be spawned.
+    #[error("failed to spawn {server}: {source}")]
+    Spawn {
+        /// `nats-server` or `redis-server`.
+        server: &'static str,
+        /// The spawn error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server kept exiting right after start (e.g. its port was taken), even after retries.
+    #[error("{server} exited during start-up ({status}); log tail:\n{log_tail}")]
+    Exited {
+        /// `nats-server` or `redis-server`.
+        server: &'static str,
+        /// The exit status.
+        status: String,
+        /// The last lines of the server's log.
+        log_tail: String,
+    },
+    /// The server was running but did not answer its protocol in time.
+    #[error("{server} not ready after {after:?}; log tail:\n{log_tail}")]
+    NotReady {
+        /// `nats-server` or `redis-server`.
+        server: &'static str,
+        /// How long we waited.
+        after: Duration,
+        /// The last lines of the server's log.
+        log_tail: String,
+    },
+    /// Any other I/O error (temp dir, free port, log file).
+    #[error("harness I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A NATS server and a Redis server, started together.
+#[derive(Debug)]
+pub struct LocalServers {
+    /// The NATS server (JetStream enabled).
+    pub nats: NatsServer,
+    /// The Redis server.
+    pub redis: RedisServer,
+}
+
+impl LocalServers {
+    /// Starts both servers concurrently. If one fails, the other is stopped again.
+    pub async fn start() -> Result<LocalServers, HarnessError> {
+        let (nats, redis) = tokio::try_join!(NatsServer::start(), RedisServer::start())?;
+        Ok(LocalServers { nats, redis })
+    }
+}

@@ -1,0 +1,138 @@
+//! `nats-server` with JetStream as a child process.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::AsyncWriteExt;
+
+use super::process::{Flavor, Managed, connect, contains, read_until};
+use super::{HarnessError, binary};
+
+/// A `nats-server` with JetStream on `127.0.0.1`, a free port and its own temporary store
+/// directory. Dropping it kills the server.
+#[derive(Debug)]
+pub struct NatsServer {
+    inner: Managed<Nats>,
+}
+
+impl NatsServer {
+    /// Starts `nats-server -js` (version >= 2.12) on a free loopback port with its own store dir,
+    /// and returns once it accepts clients.
+    pub async fn start() -> Result<NatsServer, HarnessError> {
+        let bin = binary::nats_server().await?;
+        let inner = Managed::start(Nats::unique(), bin).await?;
+        Ok(NatsServer { inner })
+    }
+
+    /// The client URL, `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port())
+    }
+
+    /// The client port (stays the same across restarts).
+    pub fn port(&self) -> u16 {
+        self.inner.port()
+    }
+
+    /// The process id of the running server, `None` after [`NatsServer::kill`].
+    pub fn pid(&self) -> Option<u32> {
+        self.inner.pid()
+    }
+
+    /// The JetStream store directory (survives restarts, removed on drop).
+    pub fn store_dir(&self) -> PathBuf {
+        store_dir(self.inner.dir())
+    }
+
+    /// The server's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.inner.log_path()
+    }
+
+    /// Kills the server and starts it again on the same port with the same store; JetStream
+    /// data survives.
+    pub async fn restart(&mut self) -> Result<(), HarnessError> {
+        self.kill();
+        self.start_again().await
+    }
+
+    /// SIGKILLs the server and reaps it. Idempotent.
+    pub fn kill(&mut self) {
+        self.inner.kill();
+    }
+
+    /// Starts the server again after [`NatsServer::kill`], on the same port with the same store.
+    /// (Kills it first if it is still running.)
+    pub async fn start_again(&mut self) -> Result<(), HarnessError> {
+        self.inner.start_again().await
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.inner.kill();
+    }
+}
+
+/// NATS specifics: arguments and the readiness probe.
+#[derive(Debug)]
+struct Nats {
+    /// Unique per server, so the probe can tell our server from another one on the same port.
+    name: String,
+}
+
+impl Nats {
+    fn unique() -> Nats {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        Nats { name: format!("switchyard-test-{}-{n}", std::process::id()) }
+    }
+}
+
+fn store_dir(dir: &Path) -> PathBuf {
+    dir.join("store")
+}
+
+impl Flavor for Nats {
+    const SERVER: &'static str = "nats-server";
+
+    fn args(&self, port: u16, dir: &Path, log: &Path) -> Vec<OsString> {
+        let mut args: Vec<OsString> = ["-a", "127.0.0.1", "-p", &port.to_string(), "-js"]
+            .into_iter()
+            .map(OsString::from)
+            .collect();
+        args.extend([
+            "-sd".into(),
+            store_dir(dir).into_os_string(),
+            "-l".into(),
+            log.as_os_str().to_owned(),
+            "--server_name".into(),
+            self.name.clone().into(),
+        ]);
+        args
+    }
+
+    /// Reads the `INFO` line (must name our server and have JetStream on), then does a
+    /// `CONNECT` + `PING` and waits for `PONG`.
+    async fn probe(&self, port: u16, _log: &Path) -> io::Result<bool> {
+        let mut stream = connect(port).await?;
+        let mut buf = Vec::new();
+        read_until(&mut stream, &mut buf, |b| contains(b, b"\r\n")).await?;
+        let ours = format!("\"server_name\":\"{}\"", self.name);
+        if !buf.starts_with(b"INFO ")
+            || !contains(&buf, ours.as_bytes())
+            || !contains(&buf, b"\"jetstream\":true")
+        {
+            return Ok(false);
+        }
+        stream.write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n").await?;
+        buf.clear();
+        read_until(&mut stream, &mut buf, |b| {
+            contains(b, b"PONG\r\n") || contains(b, b"-ERR")
+        })
+        .await?;
+        Ok(contains(&buf, b"PONG\r\n"))
+    }
+}

@@ -1,0 +1,162 @@
+//! Payloads of the coordinator's messages. Resource amounts on the wire are plain numbers in
+//! whole units (cpu cores, memory MB, tokens, seconds), keyed by resource name.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `AGENT_REGISTER`: an agent announces what it can carry. Re-registering updates capacity and
+/// revives an agent that was marked dead or deregistered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRegister {
+    pub agent_id: String,
+    pub agent_type: String,
+    /// Capacity per resource: `cpu`, `memory`, `tokens`, `time`. Absent means none.
+    pub max_resources: BTreeMap<String, f64>,
+    /// The seed's PRIORITY resource: a weight strategies may use to prefer this agent.
+    #[serde(default = "default_priority_weight")]
+    pub priority_weight: f64,
+}
+
+fn default_priority_weight() -> f64 {
+    1.0
+}
+
+/// `AGENT_DEREGISTER`: an agent leaves; its granted tasks go back to the queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentDeregister {
+    pub agent_id: String,
+}
+
+/// `TASK_SUBMIT`: an orchestrator asks for a task to be placed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSubmit {
+    pub task_id: String,
+    #[serde(default = "default_task_type")]
+    pub task_type: String,
+    /// 0 (lowest) ..= 100 (highest). Higher priority is granted first.
+    #[serde(default = "default_task_priority")]
+    pub priority: u8,
+    #[serde(default)]
+    pub required_resources: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub estimated_duration_s: f64,
+    /// Task ids that must complete successfully before this one is queued.
+    #[serde(default)]
+    pub dependencies: Vec<String>,
+}
+
+fn default_task_type() -> String {
+    "default".to_string()
+}
+
+fn default_task_priority() -> u8 {
+    5
+}
+
+/// `TASK_REQUEST`: the grant, sent to the chosen agent on its own subject. The agent's resources
+/// for this task are already reserved when it arrives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskGrant {
+    pub task_id: String,
+    pub task_type: String,
+    pub agent_id: String,
+    pub priority: u8,
+    pub resources: BTreeMap<String, f64>,
+    pub estimated_duration_s: f64,
+    /// Increments each time the task is granted again (after its agent died or left).
+    pub grant_seq: u64,
+    /// Who submitted the task (replies go to them).
+    pub submitter: String,
+}
+
+/// `TASK_COMPLETE`: the agent reports the outcome; its reservation is released.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskComplete {
+    pub task_id: String,
+    pub agent_id: String,
+    pub success: bool,
+    #[serde(default)]
+    pub execution_time_s: f64,
+    #[serde(default)]
+    pub performance_metrics: BTreeMap<String, f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Outcome of an operation, in a `COORDINATOR_REPLY`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyStatus {
+    Registered,
+    Deregistered,
+    /// The task was granted; `agent_id` says to whom.
+    Granted,
+    /// The task waits in the priority queue for capacity.
+    Queued,
+    /// The task waits for its dependencies.
+    Waiting,
+    Completed,
+    Failed,
+}
+
+/// `COORDINATOR_REPLY`: the coordinator's answer to an operation, sent to the operation's sender
+/// with `correlation_id` = the operation's `message_id`. A task can get several replies over its
+/// life (queued, then granted); each carries the submit's message id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoordinatorReply {
+    /// The operation answered, e.g. `task_submit`.
+    pub op: String,
+    pub status: ReplyStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// `ERROR_REPORT`: why a message was refused. `code` is a stable, documented reason code.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorReport {
+    pub code: String,
+    pub message: String,
+    /// The subject the offending message arrived on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+/// `STATUS_QUERY`: asks for a [`CoordinationSync`] snapshot (core NATS request/reply).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusQuery {
+    /// Include the per-agent table.
+    #[serde(default = "default_true")]
+    pub include_agents: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// One agent's state in a [`CoordinationSync`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatusView {
+    pub agent_id: String,
+    pub agent_type: String,
+    pub status: String,
+    pub capacity: BTreeMap<String, f64>,
+    pub reserved: BTreeMap<String, f64>,
+    pub utilization: f64,
+    pub performance_score: f64,
+    pub active_tasks: u64,
+    pub last_heartbeat_ms: u64,
+}
+
+/// `COORDINATION_SYNC`: a snapshot of coordination state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CoordinationSync {
+    pub queue_depth: u64,
+    /// Counters since the store was created: submitted, granted, completed, failed, requeued.
+    pub counters: BTreeMap<String, u64>,
+    pub agents: Vec<AgentStatusView>,
+}

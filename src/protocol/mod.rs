@@ -1,0 +1,21 @@
+//! The JSON wire protocol, documented for other languages in `docs/protocol.md`.
+//!
+//! Every message is an [`Envelope`] whose `payload` depends on its [`MessageType`]; each message
+//! type travels on its own NATS subject, built only by [`Subjects`]. Input from the wire is
+//! untrusted: [`decode`] turns bytes into a typed [`Inbound`] message or a [`Rejection`] carrying a
+//! bounded reason code, never a panic.
+
+mod envelope;
+mod messages;
+mod subjects;
+mod validate;
+
+pub use envelope::{
+    DeliveryMode, Envelope, MessagePriority, MessageType, PROTOCOL_VERSION, RetryPolicy,
+};
+pub use messages::{
+    AgentDeregister, AgentRegister, AgentStatusView, CoordinationSync, CoordinatorReply,
+    ErrorReport, ReplyStatus, StatusQuery, TaskComplete, TaskGrant, TaskSubmit,
+};
+pub use subjects::Subjects;
+pub use validate::{Inbound, RejectReason, Rejection, decode, now_ms, validate_agent_id};

@@ -1,0 +1,156 @@
+//! The subject map: the only place subject strings (and the JetStream names bound to them) are
+//! built. Layout: `<prefix>.<message type>[.<agent or sender id>]`, so `nats sub 'coord.>'` shows
+//! all traffic, `nats sub 'coord.task_request.agent-7'` one agent's grants, and NATS permissions
+//! can later scope each agent to subjects ending in its own id.
+
+use super::envelope::MessageType;
+
+/// Builds subjects under one prefix (default `coord`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Subjects { prefix: prefix.into() }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<prefix>.<type>.<id>`: a message of `message_type` to or from one agent or sender.
+    pub fn addressed(&self, message_type: MessageType, id: &str) -> String {
+        format!("{}.{}.{}", self.prefix, message_type.as_str(), id)
+    }
+
+    /// `<prefix>.<type>`: a message not tied to one agent (status queries, sync snapshots).
+    pub fn unaddressed(&self, message_type: MessageType) -> String {
+        format!("{}.{}", self.prefix, message_type.as_str())
+    }
+
+    /// `<prefix>.<type>.*`: every message of one type.
+    pub fn all_of(&self, message_type: MessageType) -> String {
+        format!("{}.{}.*", self.prefix, message_type.as_str())
+    }
+
+    /// Where a message that exhausted its deliveries is parked: `<prefix>.dead_letter.<type>`.
+    pub fn dead_letter(&self, message_type_token: &str) -> String {
+        format!("{}.dead_letter.{}", self.prefix, message_type_token)
+    }
+
+    /// Wildcard over all dead letters.
+    pub fn all_dead_letters(&self) -> String {
+        format!("{}.dead_letter.>", self.prefix)
+    }
+
+    /// Splits an inbound subject into its message type and trailing id token.
+    pub fn parse<'a>(&self, subject: &'a str) -> Option<(MessageType, Option<&'a str>)> {
+        let rest = subject.strip_prefix(self.prefix.as_str())?.strip_prefix('.')?;
+        let mut parts = rest.splitn(2, '.');
+        let message_type = MessageType::from_token(parts.next()?)?;
+        Some((message_type, parts.next()))
+    }
+
+    /// Subjects the optimizers consume as events (the events stream).
+    pub fn event_subjects(&self) -> Vec<String> {
+        [
+            MessageType::AgentRegister,
+            MessageType::AgentDeregister,
+            MessageType::TaskSubmit,
+            MessageType::TaskComplete,
+        ]
+        .into_iter()
+        .map(|t| self.all_of(t))
+        .collect()
+    }
+
+    /// Subjects stored for agents to read at their own pace (the grants stream).
+    pub fn agent_inbox_subjects(&self) -> Vec<String> {
+        vec![self.all_of(MessageType::TaskRequest)]
+    }
+
+    fn stream_base(&self) -> String {
+        self.prefix
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+            .collect()
+    }
+
+    /// JetStream stream holding optimizer events.
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.stream_base())
+    }
+
+    /// JetStream stream holding grants addressed to agents.
+    pub fn grants_stream(&self) -> String {
+        format!("{}_GRANTS", self.stream_base())
+    }
+
+    /// JetStream stream of dead letters and max-delivery advisories.
+    pub fn dead_letter_stream(&self) -> String {
+        format!("{}_DLQ", self.stream_base())
+    }
+
+    /// The durable pull consumer all optimizer replicas share.
+    pub fn optimizer_consumer(&self) -> String {
+        "optimizer".to_string()
+    }
+
+    /// The durable consumer through which one agent reads its grants.
+    pub fn agent_consumer(&self, agent_id: &str) -> String {
+        format!("agent_{agent_id}")
+    }
+
+    /// JetStream's advisory subject for messages of the events stream that hit `max_deliver`.
+    pub fn max_deliveries_advisory(&self) -> String {
+        format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
+            self.events_stream(),
+            self.optimizer_consumer()
+        )
+    }
+
+    /// Queue group shared by optimizer replicas for core request/reply subjects.
+    pub fn optimizer_queue_group(&self) -> String {
+        format!("{}-optimizers", self.prefix)
+    }
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Subjects::new("coord")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_readable_subjects() {
+        let s = Subjects::default();
+        assert_eq!(s.addressed(MessageType::TaskRequest, "a1"), "coord.task_request.a1");
+        assert_eq!(s.unaddressed(MessageType::StatusQuery), "coord.status_query");
+        assert_eq!(s.all_of(MessageType::TaskSubmit), "coord.task_submit.*");
+        assert_eq!(s.dead_letter("task_submit"), "coord.dead_letter.task_submit");
+    }
+
+    #[test]
+    fn parses_what_it_builds() {
+        let s = Subjects::new("acme.prod");
+        let subject = s.addressed(MessageType::TaskComplete, "agent-9");
+        assert_eq!(s.parse(&subject), Some((MessageType::TaskComplete, Some("agent-9"))));
+        assert_eq!(s.parse("acme.prod.status_query"), Some((MessageType::StatusQuery, None)));
+        assert_eq!(s.parse("other.task_submit.x"), None);
+        assert_eq!(s.parse("acme.prod.bogus.x"), None);
+    }
+
+    #[test]
+    fn stream_names_are_valid_jetstream_names() {
+        let s = Subjects::new("acme.prod");
+        assert_eq!(s.events_stream(), "ACME_PROD_EVENTS");
+        assert!(!s.grants_stream().contains('.'));
+    }
+}

@@ -1,0 +1,119 @@
+use serde_json::json;
+
+use super::*;
+
+const NOW: u64 = 1_700_000_000_000;
+
+fn envelope(kind: &str, sender: &str, payload: serde_json::Value) -> serde_json::Value {
+    json!({
+        "protocol_version": 1,
+        "message_id": "6f1c2d1e-8f7a-4b7e-9a51-3d0f2f6f7a10",
+        "sender": sender,
+        "type": kind,
+        "created_at_ms": NOW,
+        "payload": payload,
+    })
+}
+
+fn run(subject: &str, value: &serde_json::Value) -> Result<Inbound, Rejection> {
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    decode(&Subjects::default(), subject, &bytes, 65_536, NOW)
+}
+
+fn reason(subject: &str, value: &serde_json::Value) -> &'static str {
+    match run(subject, value) {
+        Ok(_) => "accepted",
+        Err(r) => r.reason.as_str(),
+    }
+}
+
+fn submit(payload: serde_json::Value) -> serde_json::Value {
+    envelope("TASK_SUBMIT", "orch", payload)
+}
+
+#[test]
+fn accepts_a_valid_submit_with_seed_style_resource_names() {
+    let msg = submit(json!({"task_id": "t1", "priority": 8, "required_resources": {"CPU": 2.0, "memory": 4096.0}, "dependencies": ["t0"]}));
+    match run("coord.task_submit.orch", &msg) {
+        Ok(Inbound::Submit(env, req)) => {
+            assert_eq!(env.payload.task_id, "t1");
+            assert_eq!(req.cpu, 2000);
+            assert_eq!(req.memory, 4_096_000);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn malformed_json_keeps_the_subject_sender_for_the_reply() {
+    let r = decode(&Subjects::default(), "coord.task_submit.orch", b"{not json", 65_536, NOW)
+        .expect_err("malformed");
+    assert_eq!(r.reason, RejectReason::MalformedJson);
+    assert_eq!(r.reply_to, "orch");
+}
+
+#[test]
+fn bad_resources_are_refused_with_specific_codes() {
+    let neg = submit(json!({"task_id": "t1", "required_resources": {"cpu": -1.0}}));
+    assert_eq!(reason("coord.task_submit.orch", &neg), "negative_resource");
+    let huge = submit(json!({"task_id": "t1", "required_resources": {"cpu": 1e300}}));
+    assert_eq!(reason("coord.task_submit.orch", &huge), "resource_too_large");
+    let unknown = submit(json!({"task_id": "t1", "required_resources": {"gpu": 1.0}}));
+    assert_eq!(reason("coord.task_submit.orch", &unknown), "unknown_resource");
+}
+
+#[test]
+fn nan_cannot_even_be_encoded_in_json_so_it_is_malformed() {
+    let r = decode(&Subjects::default(), "coord.task_submit.orch", br#"{"payload": NaN}"#, 65_536, NOW);
+    assert_eq!(r.expect_err("NaN").reason, RejectReason::MalformedJson);
+}
+
+#[test]
+fn oversized_messages_are_refused_before_parsing() {
+    let r = decode(&Subjects::default(), "coord.task_submit.orch", &vec![b' '; 70_000], 65_536, NOW);
+    assert_eq!(r.expect_err("too large").reason, RejectReason::PayloadTooLarge);
+}
+
+#[test]
+fn expired_messages_are_refused() {
+    let mut msg = submit(json!({"task_id": "t1"}));
+    msg["created_at_ms"] = json!(NOW - 10_000);
+    msg["ttl_seconds"] = json!(5);
+    assert_eq!(reason("coord.task_submit.orch", &msg), "expired");
+}
+
+#[test]
+fn subject_must_name_the_agent_or_sender() {
+    let reg = envelope("AGENT_REGISTER", "a1", json!({"agent_id": "a1", "agent_type": "backend", "max_resources": {"cpu": 4}}));
+    assert_eq!(reason("coord.agent_register.a1", &reg), "accepted");
+    assert_eq!(reason("coord.agent_register.a2", &reg), "subject_mismatch");
+    assert_eq!(reason("coord.task_submit.someone_else", &submit(json!({"task_id": "t"}))), "subject_mismatch");
+    assert_eq!(reason("coord.agent_deregister.a1", &reg), "subject_mismatch");
+}
+
+#[test]
+fn ids_priorities_and_dependencies_are_checked() {
+    assert_eq!(reason("coord.task_submit.orch", &submit(json!({"task_id": "has space"}))), "invalid_id");
+    assert_eq!(reason("coord.task_submit.orch", &submit(json!({"task_id": "t", "priority": 101}))), "invalid_priority");
+    assert_eq!(reason("coord.task_submit.orch", &submit(json!({"task_id": "t", "dependencies": ["t"]}))), "invalid_dependencies");
+    assert_eq!(reason("coord.task_submit.orch", &submit(json!({"task_id": "t", "estimated_duration_s": -3}))), "invalid_duration");
+}
+
+#[test]
+fn version_and_envelope_shape_are_checked() {
+    let mut msg = submit(json!({"task_id": "t1"}));
+    msg["protocol_version"] = json!(2);
+    assert_eq!(reason("coord.task_submit.orch", &msg), "unsupported_version");
+    let mut no_id = submit(json!({"task_id": "t1"}));
+    no_id["message_id"] = json!("not-a-uuid");
+    assert_eq!(reason("coord.task_submit.orch", &no_id), "invalid_envelope");
+    let wrong_payload = submit(json!({"task_id": 5}));
+    assert_eq!(reason("coord.task_submit.orch", &wrong_payload), "invalid_payload");
+}
+
+#[test]
+fn rejections_carry_the_offending_message_id() {
+    let r = run("coord.task_submit.orch", &submit(json!({"task_id": "bad id"}))).expect_err("bad");
+    assert_eq!(r.correlation_id.as_deref(), Some("6f1c2d1e-8f7a-4b7e-9a51-3d0f2f6f7a10"));
+    assert_eq!(r.message_type, Some(MessageType::TaskSubmit));
+}

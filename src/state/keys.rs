@@ -1,0 +1,89 @@
+//! Redis key names: the only place they are built. Every key a script touches is built here and
+//! passed in through KEYS.
+
+/// Builds keys under one prefix (default `switchyard`).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Keys { prefix: prefix.into() }
+    }
+
+    /// Hash: one agent's capacity, reservations, status, score, last heartbeat.
+    pub fn agent(&self, agent_id: &str) -> String {
+        format!("{}:agent:{agent_id}", self.prefix)
+    }
+
+    /// Set: task ids currently granted to the agent.
+    pub fn agent_tasks(&self, agent_id: &str) -> String {
+        format!("{}:agent:{agent_id}:tasks", self.prefix)
+    }
+
+    /// Set: ids of active agents.
+    pub fn agents(&self) -> String {
+        format!("{}:agents", self.prefix)
+    }
+
+    /// Hash: one task's state, requirements, owner, submitter.
+    pub fn task(&self, task_id: &str) -> String {
+        format!("{}:task:{task_id}", self.prefix)
+    }
+
+    /// Set: dependencies of the task that have not completed yet.
+    pub fn unmet_dependencies(&self, task_id: &str) -> String {
+        format!("{}:task:{task_id}:unmet", self.prefix)
+    }
+
+    /// Set: tasks waiting on this one.
+    pub fn dependents(&self, task_id: &str) -> String {
+        format!("{}:task:{task_id}:dependents", self.prefix)
+    }
+
+    /// Sorted set: the priority queue (lowest score first = highest priority, then FIFO).
+    pub fn queue(&self) -> String {
+        format!("{}:queue", self.prefix)
+    }
+
+    /// Counter giving queue entries their FIFO sequence.
+    pub fn queue_seq(&self) -> String {
+        format!("{}:queue:seq", self.prefix)
+    }
+
+    /// Sorted set: grants committed but not yet confirmed published (`task_id|grant_seq` by time).
+    pub fn grant_outbox(&self) -> String {
+        format!("{}:outbox", self.prefix)
+    }
+
+    /// Hash: lifetime counters (submitted, granted, completed, failed, requeued).
+    pub fn stats(&self) -> String {
+        format!("{}:stats", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_prefix_and_do_not_collide() {
+        let k = Keys::new("sy");
+        let all = [
+            k.agent("a"),
+            k.agent_tasks("a"),
+            k.agents(),
+            k.task("a"),
+            k.unmet_dependencies("a"),
+            k.dependents("a"),
+            k.queue(),
+            k.queue_seq(),
+            k.grant_outbox(),
+            k.stats(),
+        ];
+        let unique: std::collections::HashSet<_> = all.iter().collect();
+        assert_eq!(unique.len(), all.len());
+        assert!(all.iter().all(|key| key.starts_with("sy:")));
+    }
+}

@@ -1,0 +1,76 @@
+-- complete_task: the granted agent reports the outcome; its reservation is released and its
+-- performance score learns from it.
+--
+-- KEYS[1] task hash  KEYS[2] agent hash  KEYS[3] agent's granted-task set
+-- KEYS[4] task's dependents set  KEYS[5] stats hash  KEYS[6] grant outbox
+-- ARGV[1] task_id  ARGV[2] agent_id  ARGV[3] success (1/0)  ARGV[4] execution_time_s
+-- ARGV[5] learning_rate  ARGV[6] retention seconds
+--
+-- Returns one of
+--   {"completed"|"failed", dependent_id...}  the outcome and the tasks waiting on this one (the
+--                                   caller resolves each with resolve_dependency); a repeat of the
+--                                   same completion answers the same and changes nothing
+--   {"unknown_agent"} {"unknown_task"}
+--   {"wrong_agent", owner}          the task is (or was) granted to another agent
+--   {"task_not_granted", state}     queued or waiting: e.g. re-queued after this agent died
+-- Score: exponential moving average of outcomes, x = success * time efficiency where efficiency
+-- = min(1, estimated / actual) (1 when either is unknown).
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return {'unknown_agent'}
+end
+local task = redis.call('HMGET', KEYS[1], 'state', 'agent', 'req_cpu', 'req_memory', 'req_tokens',
+  'req_time', 'estimated_duration_s', 'grant_seq')
+local state, owner = task[1], task[2]
+if not state then
+  return {'unknown_task'}
+end
+if state == 'queued' or state == 'waiting' then
+  return {'task_not_granted', state}
+end
+if owner ~= ARGV[2] then
+  return {'wrong_agent', owner or ''}
+end
+local function with_dependents(outcome)
+  local reply = {outcome}
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+    table.insert(reply, id)
+  end
+  return reply
+end
+if state == 'completed' or state == 'failed' then
+  return with_dependents(state)
+end
+
+local success = ARGV[3] == '1'
+local outcome = success and 'completed' or 'failed'
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local kinds = {'cpu', 'memory', 'tokens', 'time'}
+for k = 1, 4 do
+  redis.call('HINCRBY', KEYS[2], 'res_' .. kinds[k], -tonumber(task[2 + k]))
+end
+redis.call('HINCRBY', KEYS[2], 'active_tasks', -1)
+redis.call('SREM', KEYS[3], ARGV[1])
+
+local x = 0
+if success then
+  local est, actual = tonumber(task[7]) or 0, tonumber(ARGV[4]) or 0
+  x = 1
+  if est > 0 and actual > 0 then
+    x = math.min(1, est / actual)
+  end
+end
+local score = tonumber(redis.call('HGET', KEYS[2], 'score')) or 0.5
+local lr = tonumber(ARGV[5])
+redis.call('HSET', KEYS[2], 'score', tostring(score + lr * (x - score)))
+redis.call('HINCRBY', KEYS[2], 'completions', 1)
+if success then
+  redis.call('HINCRBY', KEYS[2], 'successes', 1)
+end
+
+redis.call('HSET', KEYS[1], 'state', outcome, 'finished_at', now, 'execution_time_s', ARGV[4])
+redis.call('ZREM', KEYS[6], ARGV[1] .. '|' .. task[8])
+redis.call('HINCRBY', KEYS[5], outcome, 1)
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('EXPIRE', KEYS[4], ARGV[6])
+return with_dependents(outcome)

@@ -1,0 +1,19 @@
+-- deregister_agent: an agent leaves the fleet.
+--
+-- KEYS[1] agent hash  KEYS[2] set of active agent ids  KEYS[3] set of the agent's granted tasks
+-- ARGV[1] agent_id
+--
+-- Returns {"unknown_agent"} or {"deregistered", task_id...}: the tasks still granted to the
+-- agent, which the caller re-queues one by one with requeue_task (each its own transition, so a
+-- crash half way is finished by the redelivered event). Idempotent: a repeat answers with the
+-- tasks not yet re-queued.
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'unknown_agent'}
+end
+redis.call('HSET', KEYS[1], 'status', 'deregistered')
+redis.call('SREM', KEYS[2], ARGV[1])
+local reply = {'deregistered'}
+for _, task_id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  table.insert(reply, task_id)
+end
+return reply

@@ -1,0 +1,46 @@
+-- resolve_dependency: a dependency of a waiting task finished; queue or fail the task.
+--
+-- KEYS[1] task hash  KEYS[2] task's unmet-dependency set  KEYS[3] priority queue
+-- KEYS[4] stats hash  KEYS[5] task's dependents set
+-- ARGV[1] task_id  ARGV[2] dependency id  ARGV[3] dependency outcome ("completed"|"failed")
+-- ARGV[4] retention seconds
+--
+-- Returns one of
+--   {"queued"}                    last unmet dependency done: now in the priority queue
+--   {"waiting", unmet_count}      still waiting on others
+--   {"failed", dependent_id...}   failed because the dependency failed; its own dependents are
+--                                 returned so the caller cascades (repeats answer the same)
+--   {"noop", state}               the task is not waiting (already resolved): nothing changed
+local task = redis.call('HMGET', KEYS[1], 'state', 'priority', 'queue_seq', 'reason')
+local state = task[1]
+if state == 'failed' and ARGV[3] == 'failed' and task[4] == 'dependency_failed:' .. ARGV[2] then
+  local reply = {'failed'}
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[5])) do
+    table.insert(reply, id)
+  end
+  return reply
+end
+if state ~= 'waiting' then
+  return {'noop', state or 'missing'}
+end
+if ARGV[3] == 'failed' then
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[1], 'state', 'failed', 'reason', 'dependency_failed:' .. ARGV[2],
+    'finished_at', tonumber(t[1]) * 1000)
+  redis.call('HINCRBY', KEYS[4], 'failed', 1)
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('DEL', KEYS[2])
+  local reply = {'failed'}
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[5])) do
+    table.insert(reply, id)
+  end
+  return reply
+end
+redis.call('SREM', KEYS[2], ARGV[2])
+local left = redis.call('SCARD', KEYS[2])
+if left > 0 then
+  return {'waiting', left}
+end
+redis.call('HSET', KEYS[1], 'state', 'queued')
+redis.call('ZADD', KEYS[3], (100 - tonumber(task[2])) * 1e13 + tonumber(task[3]), ARGV[1])
+return {'queued'}

@@ -1,0 +1,65 @@
+-- submit_task: a task enters the system, waiting on dependencies or queued by priority.
+--
+-- KEYS[1] task hash  KEYS[2] task's unmet-dependency set  KEYS[3] priority queue (zset)
+-- KEYS[4] queue sequence counter  KEYS[5] stats hash
+-- KEYS[6+2i] dependency i's task hash  KEYS[7+2i] dependency i's dependents set (i from 0)
+-- ARGV[1] task_id  ARGV[2] submit message_id  ARGV[3] submitter  ARGV[4] task_type
+-- ARGV[5] priority (0..100)  ARGV[6..9] required cpu, memory, tokens, time (milli-units)
+-- ARGV[10] estimated_duration_s  ARGV[11] retention seconds for terminal tasks
+-- ARGV[12] number of dependencies n  ARGV[13..12+n] dependency ids
+--
+-- Returns one of
+--   {"queued"}                     in the priority queue
+--   {"waiting", unmet_count}       waiting for dependencies
+--   {"failed", reason}             a dependency already failed
+--   {"duplicate", state, agent}    same message_id seen before: nothing changed
+--   {"task_exists", state, agent}  the task id was submitted by another message
+-- Queue order: higher priority first, FIFO within a priority (score = (100-priority)*1e13 + seq).
+local existing = redis.call('HMGET', KEYS[1], 'state', 'submit_msg_id', 'agent')
+if existing[1] then
+  local verdict = (existing[2] == ARGV[2]) and 'duplicate' or 'task_exists'
+  return {verdict, existing[1], existing[3] or ''}
+end
+
+-- Read every dependency before the first write.
+local ndeps = tonumber(ARGV[12])
+local unmet = {}
+local failed_dep = nil
+for i = 0, ndeps - 1 do
+  local dep_id = ARGV[13 + i]
+  local dep_state = redis.call('HGET', KEYS[6 + 2 * i], 'state')
+  if dep_state == 'failed' then
+    failed_dep = failed_dep or dep_id
+  elseif dep_state ~= 'completed' then
+    table.insert(unmet, i)
+  end
+end
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local seq = redis.call('INCR', KEYS[4])
+redis.call('HSET', KEYS[1],
+  'task_id', ARGV[1], 'submit_msg_id', ARGV[2], 'submitter', ARGV[3], 'task_type', ARGV[4],
+  'priority', ARGV[5], 'req_cpu', ARGV[6], 'req_memory', ARGV[7], 'req_tokens', ARGV[8],
+  'req_time', ARGV[9], 'estimated_duration_s', ARGV[10], 'queue_seq', seq, 'grant_seq', 0,
+  'agent', '', 'submitted_at', now)
+redis.call('HINCRBY', KEYS[5], 'submitted', 1)
+
+if failed_dep then
+  redis.call('HSET', KEYS[1], 'state', 'failed', 'reason', 'dependency_failed:' .. failed_dep,
+    'finished_at', now)
+  redis.call('HINCRBY', KEYS[5], 'failed', 1)
+  redis.call('EXPIRE', KEYS[1], ARGV[11])
+  return {'failed', 'dependency_failed:' .. failed_dep}
+end
+if #unmet > 0 then
+  for _, i in ipairs(unmet) do
+    redis.call('SADD', KEYS[2], ARGV[13 + i])
+    redis.call('SADD', KEYS[7 + 2 * i], ARGV[1])
+  end
+  redis.call('HSET', KEYS[1], 'state', 'waiting')
+  return {'waiting', #unmet}
+end
+redis.call('HSET', KEYS[1], 'state', 'queued')
+redis.call('ZADD', KEYS[3], (100 - tonumber(ARGV[5])) * 1e13 + seq, ARGV[1])
+return {'queued'}

@@ -1,0 +1,18 @@
+//! Shared coordination state in Redis.
+//!
+//! Each state transition is one Lua script in `lua/` (headed by its KEYS/ARGV/returns contract),
+//! loaded once per connection and invoked by SHA. Scripts read everything they need before their
+//! first write, because Redis has no rollback: a transition happens whole or not at all. Every
+//! transition is idempotent, so a redelivered event changes nothing and gets the same answer.
+
+mod keys;
+mod records;
+mod scripts;
+mod store;
+
+pub use keys::Keys;
+pub use records::{
+    CompleteOutcome, DeregisterOutcome, GrantOutcome, QueuedTask, RequeueOutcome, ResolveOutcome,
+    SubmitOutcome, SubmitRequest,
+};
+pub use store::Store;

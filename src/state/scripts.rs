@@ -1,0 +1,40 @@
+//! The Lua scripts, one per state transition, compiled into the binary.
+
+use redis::Script;
+
+/// Every transition script, hashed once at start-up.
+pub(crate) struct Scripts {
+    pub register_agent: Script,
+    pub deregister_agent: Script,
+    pub submit_task: Script,
+    pub grant_task: Script,
+    pub complete_task: Script,
+    pub resolve_dependency: Script,
+    pub requeue_task: Script,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Self {
+        Scripts {
+            register_agent: Script::new(include_str!("lua/register_agent.lua")),
+            deregister_agent: Script::new(include_str!("lua/deregister_agent.lua")),
+            submit_task: Script::new(include_str!("lua/submit_task.lua")),
+            grant_task: Script::new(include_str!("lua/grant_task.lua")),
+            complete_task: Script::new(include_str!("lua/complete_task.lua")),
+            resolve_dependency: Script::new(include_str!("lua/resolve_dependency.lua")),
+            requeue_task: Script::new(include_str!("lua/requeue_task.lua")),
+        }
+    }
+
+    pub(crate) fn all(&self) -> [&Script; 7] {
+        [
+            &self.register_agent,
+            &self.deregister_agent,
+            &self.submit_task,
+            &self.grant_task,
+            &self.complete_task,
+            &self.resolve_dependency,
+            &self.requeue_task,
+        ]
+    }
+}

