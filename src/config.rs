@@ -76,11 +76,23 @@ pub struct MetricsConfig {
 
 /// Environment variable → (table, key). The first six are the seed's names.
 const ENV_OVERRIDES: [(&str, &str, &str); 12] = [
-    ("MAX_CONCURRENT_COORDINATIONS", "coordination", "max_concurrent_coordinations"),
-    ("OPTIMIZATION_INTERVAL", "coordination", "optimization_interval_s"),
+    (
+        "MAX_CONCURRENT_COORDINATIONS",
+        "coordination",
+        "max_concurrent_coordinations",
+    ),
+    (
+        "OPTIMIZATION_INTERVAL",
+        "coordination",
+        "optimization_interval_s",
+    ),
     ("LEARNING_RATE", "coordination", "learning_rate"),
     ("MESSAGE_BUFFER_SIZE", "messages", "message_buffer_size"),
-    ("ENABLE_MESSAGE_TRACKING", "messages", "enable_message_tracking"),
+    (
+        "ENABLE_MESSAGE_TRACKING",
+        "messages",
+        "enable_message_tracking",
+    ),
     ("DEFAULT_MESSAGE_TTL", "messages", "default_message_ttl_s"),
     ("NATS_URL", "nats", "url"),
     ("REDIS_URL", "redis", "url"),
@@ -101,7 +113,10 @@ impl Default for Config {
 impl Config {
     fn builtin() -> Config {
         Config {
-            nats: NatsConfig { url: "nats://127.0.0.1:4222".into(), subject_prefix: "coord".into() },
+            nats: NatsConfig {
+                url: "nats://127.0.0.1:4222".into(),
+                subject_prefix: "coord".into(),
+            },
             redis: RedisConfig {
                 url: "redis://127.0.0.1:6379/".into(),
                 key_prefix: "switchyard".into(),
@@ -130,7 +145,9 @@ impl Config {
                 grants_max_age_s: 3600,
                 grants_max_bytes: 1 << 30,
             },
-            metrics: MetricsConfig { addr: "127.0.0.1:9464".into() },
+            metrics: MetricsConfig {
+                addr: "127.0.0.1:9464".into(),
+            },
         }
     }
 
@@ -187,7 +204,10 @@ impl Config {
             }
         };
         let c = &self.coordination;
-        check(c.max_concurrent_coordinations >= 1, "coordination.max_concurrent_coordinations must be >= 1");
+        check(
+            c.max_concurrent_coordinations >= 1,
+            "coordination.max_concurrent_coordinations must be >= 1",
+        );
         check(
             c.optimization_interval_s.is_finite() && c.optimization_interval_s > 0.0,
             "coordination.optimization_interval_s must be > 0",
@@ -196,16 +216,46 @@ impl Config {
             c.learning_rate.is_finite() && c.learning_rate > 0.0 && c.learning_rate <= 1.0,
             "coordination.learning_rate must be in (0, 1]",
         );
-        check((1..=10_000).contains(&c.batch_size), "coordination.batch_size must be 1..=10000");
-        check(c.dispatch_window >= 1, "coordination.dispatch_window must be >= 1");
-        check((1..=64).contains(&c.max_candidates), "coordination.max_candidates must be 1..=64");
-        check(self.messages.message_buffer_size >= 1, "messages.message_buffer_size must be >= 1");
-        check(self.messages.max_message_bytes >= 1024, "messages.max_message_bytes must be >= 1024");
-        check(self.jetstream.max_deliver >= 1, "jetstream.max_deliver must be >= 1");
-        check(self.jetstream.ack_wait_ms >= 100, "jetstream.ack_wait_ms must be >= 100");
-        check(self.redis.response_timeout_ms >= 1, "redis.response_timeout_ms must be >= 1");
-        check(self.nats.url.starts_with("nats://"), "nats.url must start with nats://");
-        check(self.redis.url.starts_with("redis://"), "redis.url must start with redis://");
+        check(
+            (1..=10_000).contains(&c.batch_size),
+            "coordination.batch_size must be 1..=10000",
+        );
+        check(
+            c.dispatch_window >= 1,
+            "coordination.dispatch_window must be >= 1",
+        );
+        check(
+            (1..=64).contains(&c.max_candidates),
+            "coordination.max_candidates must be 1..=64",
+        );
+        check(
+            self.messages.message_buffer_size >= 1,
+            "messages.message_buffer_size must be >= 1",
+        );
+        check(
+            self.messages.max_message_bytes >= 1024,
+            "messages.max_message_bytes must be >= 1024",
+        );
+        check(
+            self.jetstream.max_deliver >= 1,
+            "jetstream.max_deliver must be >= 1",
+        );
+        check(
+            self.jetstream.ack_wait_ms >= 100,
+            "jetstream.ack_wait_ms must be >= 100",
+        );
+        check(
+            self.redis.response_timeout_ms >= 1,
+            "redis.response_timeout_ms must be >= 1",
+        );
+        check(
+            self.nats.url.starts_with("nats://"),
+            "nats.url must start with nats://",
+        );
+        check(
+            self.redis.url.starts_with("redis://"),
+            "redis.url must start with redis://",
+        );
         check(
             !self.nats.subject_prefix.is_empty()
                 && !self.nats.subject_prefix.contains(['*', '>', ' '])
@@ -213,7 +263,10 @@ impl Config {
                 && !self.nats.subject_prefix.ends_with('.'),
             "nats.subject_prefix must be a literal subject without wildcards",
         );
-        check(self.metrics.addr.parse::<std::net::SocketAddr>().is_ok(), "metrics.addr must be host:port");
+        check(
+            self.metrics.addr.parse::<std::net::SocketAddr>().is_ok(),
+            "metrics.addr must be host:port",
+        );
         p
     }
 }
@@ -231,10 +284,16 @@ fn merge(base: &mut toml::Table, overrides: toml::Table) {
 
 fn apply_env(merged: &mut toml::Table, env: &[(String, String)], errors: &mut Vec<String>) {
     for (var, table, key) in ENV_OVERRIDES {
-        let Some((_, raw)) = env.iter().find(|(k, _)| k == var) else { continue };
-        let Some(toml::Value::Table(section)) = merged.get_mut(table) else { continue };
+        let Some((_, raw)) = env.iter().find(|(k, _)| k == var) else {
+            continue;
+        };
+        let Some(toml::Value::Table(section)) = merged.get_mut(table) else {
+            continue;
+        };
         let value = match section.get(key) {
-            Some(toml::Value::Integer(_)) => raw.trim().parse::<i64>().map(toml::Value::Integer).ok(),
+            Some(toml::Value::Integer(_)) => {
+                raw.trim().parse::<i64>().map(toml::Value::Integer).ok()
+            }
             Some(toml::Value::Float(_)) => raw.trim().parse::<f64>().map(toml::Value::Float).ok(),
             Some(toml::Value::Boolean(_)) => parse_bool(raw).map(toml::Value::Boolean),
             _ => Some(toml::Value::String(raw.clone())),
@@ -243,7 +302,9 @@ fn apply_env(merged: &mut toml::Table, env: &[(String, String)], errors: &mut Ve
             Some(v) => {
                 section.insert(key.to_string(), v);
             }
-            None => errors.push(format!("{var}={raw:?} is not a valid value for {table}.{key}")),
+            None => errors.push(format!(
+                "{var}={raw:?} is not a valid value for {table}.{key}"
+            )),
         }
     }
 }
@@ -261,7 +322,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -275,7 +339,12 @@ mod tests {
     fn env_overrides_use_the_seed_names() {
         let c = Config::from_sources(
             None,
-            &env(&[("MAX_CONCURRENT_COORDINATIONS", "3"), ("LEARNING_RATE", "0.5"), ("NATS_URL", "nats://x:1"), ("ENABLE_MESSAGE_TRACKING", "false")]),
+            &env(&[
+                ("MAX_CONCURRENT_COORDINATIONS", "3"),
+                ("LEARNING_RATE", "0.5"),
+                ("NATS_URL", "nats://x:1"),
+                ("ENABLE_MESSAGE_TRACKING", "false"),
+            ]),
         )
         .expect("valid");
         assert_eq!(c.coordination.max_concurrent_coordinations, 3);

@@ -32,7 +32,10 @@ pub enum ErrorKind {
 impl ErrorKind {
     /// Whether the same call may succeed if tried again later.
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorKind::Nats | ErrorKind::Redis | ErrorKind::Timeout)
+        matches!(
+            self,
+            ErrorKind::Nats | ErrorKind::Redis | ErrorKind::Timeout
+        )
     }
 }
 
@@ -41,12 +44,19 @@ impl ErrorKind {
 pub struct Error {
     kind: ErrorKind,
     message: String,
+    /// The coordinator's reason code, for [`ErrorKind::Rejected`] (see `docs/protocol.md`).
+    code: Option<String>,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), source: None }
+        Error {
+            kind,
+            message: message.into(),
+            code: None,
+            source: None,
+        }
     }
 
     pub fn with_source(
@@ -54,7 +64,28 @@ impl Error {
         message: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        Error { kind, message: message.into(), source: Some(Box::new(source)) }
+        Error {
+            kind,
+            message: message.into(),
+            code: None,
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// A refusal by the coordinator, with its reason code (e.g. `unknown_agent`).
+    pub fn rejected(code: impl Into<String>, message: impl Into<String>) -> Self {
+        let code = code.into();
+        Error {
+            kind: ErrorKind::Rejected,
+            message: format!("{code}: {}", message.into()),
+            code: Some(code),
+            source: None,
+        }
+    }
+
+    /// The coordinator's reason code when the request was refused.
+    pub fn reason_code(&self) -> Option<&str> {
+        self.code.as_deref()
     }
 
     pub fn kind(&self) -> ErrorKind {
@@ -78,13 +109,19 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_ref().map(|s| s.as_ref() as &(dyn std::error::Error + 'static))
+        self.source
+            .as_ref()
+            .map(|s| s.as_ref() as &(dyn std::error::Error + 'static))
     }
 }
 
 impl From<redis::RedisError> for Error {
     fn from(err: redis::RedisError) -> Self {
-        let kind = if err.is_timeout() { ErrorKind::Timeout } else { ErrorKind::Redis };
+        let kind = if err.is_timeout() {
+            ErrorKind::Timeout
+        } else {
+            ErrorKind::Redis
+        };
         Error::with_source(kind, "redis command failed", err)
     }
 }

@@ -56,25 +56,88 @@ fn registered<C: prometheus::core::Collector + Clone + 'static>(
     Ok(collector)
 }
 
-const LATENCY_BUCKETS: [f64; 14] =
-    [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
 
 impl Metrics {
     pub fn new() -> Result<Metrics, Error> {
         let r = Registry::new();
-        let hist = |name: &str, help: &str| HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+        let hist = |name: &str, help: &str| {
+            HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())
+        };
         Ok(Metrics {
-            coordination_seconds: registered(&r, HistogramVec::new(hist(COORDINATION_EFFICIENCY_SECONDS, "Time to apply coordination operations"), &["op"]))?,
-            allocations: registered(&r, IntCounterVec::new(Opts::new(RESOURCE_ALLOCATIONS_TOTAL, "Allocation outcomes"), &["outcome"]))?,
-            active_coordinations: registered(&r, IntGauge::new(ACTIVE_COORDINATIONS, "Events in flight in this replica"))?,
-            agent_utilization: registered(&r, GaugeVec::new(Opts::new(AGENT_UTILIZATION_RATIO, "Fleet resource utilization"), &["stat"]))?,
-            messages: registered(&r, IntCounterVec::new(Opts::new(AGENT_MESSAGES_TOTAL, "Messages by type and direction"), &["type", "direction"]))?,
-            rejected: registered(&r, IntCounterVec::new(Opts::new(REJECTED_MESSAGES_TOTAL, "Refused messages by reason code"), &["reason"]))?,
-            dead_letters: registered(&r, IntCounter::new(DEAD_LETTERS_TOTAL, "Events parked in the dead-letter stream"))?,
-            redeliveries: registered(&r, IntCounter::new(REDELIVERIES_TOTAL, "Events delivered more than once"))?,
-            grant_latency: registered(&r, HistogramVec::new(hist(GRANT_LATENCY_SECONDS, "Submit to grant publication"), &["path"]))?,
-            queue_depth: registered(&r, Gauge::new(QUEUE_DEPTH, "Tasks waiting in the priority queue"))?,
-            grant_republishes: registered(&r, IntCounter::new(GRANT_REPUBLISHES_TOTAL, "Grants re-published after an interrupted publication"))?,
+            coordination_seconds: registered(
+                &r,
+                HistogramVec::new(
+                    hist(
+                        COORDINATION_EFFICIENCY_SECONDS,
+                        "Time to apply coordination operations",
+                    ),
+                    &["op"],
+                ),
+            )?,
+            allocations: registered(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(RESOURCE_ALLOCATIONS_TOTAL, "Allocation outcomes"),
+                    &["outcome"],
+                ),
+            )?,
+            active_coordinations: registered(
+                &r,
+                IntGauge::new(ACTIVE_COORDINATIONS, "Events in flight in this replica"),
+            )?,
+            agent_utilization: registered(
+                &r,
+                GaugeVec::new(
+                    Opts::new(AGENT_UTILIZATION_RATIO, "Fleet resource utilization"),
+                    &["stat"],
+                ),
+            )?,
+            messages: registered(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(AGENT_MESSAGES_TOTAL, "Messages by type and direction"),
+                    &["type", "direction"],
+                ),
+            )?,
+            rejected: registered(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(REJECTED_MESSAGES_TOTAL, "Refused messages by reason code"),
+                    &["reason"],
+                ),
+            )?,
+            dead_letters: registered(
+                &r,
+                IntCounter::new(
+                    DEAD_LETTERS_TOTAL,
+                    "Events parked in the dead-letter stream",
+                ),
+            )?,
+            redeliveries: registered(
+                &r,
+                IntCounter::new(REDELIVERIES_TOTAL, "Events delivered more than once"),
+            )?,
+            grant_latency: registered(
+                &r,
+                HistogramVec::new(
+                    hist(GRANT_LATENCY_SECONDS, "Submit to grant publication"),
+                    &["path"],
+                ),
+            )?,
+            queue_depth: registered(
+                &r,
+                Gauge::new(QUEUE_DEPTH, "Tasks waiting in the priority queue"),
+            )?,
+            grant_republishes: registered(
+                &r,
+                IntCounter::new(
+                    GRANT_REPUBLISHES_TOTAL,
+                    "Grants re-published after an interrupted publication",
+                ),
+            )?,
             registry: r,
         })
     }
@@ -98,11 +161,19 @@ mod tests {
     fn renders_the_seed_metric_names() {
         let m = Metrics::new().expect("metrics");
         m.allocations.with_label_values(&["granted"]).inc();
-        m.coordination_seconds.with_label_values(&["submit"]).observe(0.001);
+        m.coordination_seconds
+            .with_label_values(&["submit"])
+            .observe(0.001);
         m.agent_utilization.with_label_values(&["mean"]).set(0.5);
         m.messages.with_label_values(&["task_submit", "in"]).inc();
         let text = m.render();
-        for name in [COORDINATION_EFFICIENCY_SECONDS, RESOURCE_ALLOCATIONS_TOTAL, ACTIVE_COORDINATIONS, AGENT_UTILIZATION_RATIO, AGENT_MESSAGES_TOTAL] {
+        for name in [
+            COORDINATION_EFFICIENCY_SECONDS,
+            RESOURCE_ALLOCATIONS_TOTAL,
+            ACTIVE_COORDINATIONS,
+            AGENT_UTILIZATION_RATIO,
+            AGENT_MESSAGES_TOTAL,
+        ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }
     }

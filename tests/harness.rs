@@ -40,7 +40,10 @@ async fn local_servers_start_and_serve() -> Result<()> {
 
     let client = async_nats::connect(servers.nats.url()).await?;
     let version = client.server_info().version;
-    ensure!(version_at_least(&version, (2, 12)), "nats-server {version} < 2.12");
+    ensure!(
+        version_at_least(&version, (2, 12)),
+        "nats-server {version} < 2.12"
+    );
     let js = jetstream::new(client);
     let stream = js.get_or_create_stream(file_stream("HARNESS")).await?;
     assert_eq!(stream.cached_info().config.name, "HARNESS");
@@ -60,7 +63,9 @@ async fn nats_restart_keeps_stream_messages() -> Result<()> {
         let js = jetstream::new(async_nats::connect(nats.url()).await?);
         js.get_or_create_stream(file_stream("KEEP")).await?;
         for i in 0..3 {
-            js.publish(format!("KEEP.{i}"), "hello".into()).await?.await?;
+            js.publish(format!("KEEP.{i}"), "hello".into())
+                .await?
+                .await?;
         }
     }
 
@@ -98,7 +103,10 @@ async fn redis_kill_then_start_again() -> Result<()> {
 #[tokio::test]
 async fn redis_appendonly_keeps_data_across_restart() -> Result<()> {
     let mut redis = RedisServer::start_with(RedisOptions { appendonly: true }).await?;
-    let () = redis_connection(&redis.url()).await?.set("durable", "yes").await?;
+    let () = redis_connection(&redis.url())
+        .await?
+        .set("durable", "yes")
+        .await?;
 
     redis.restart().await?;
     let value: Option<String> = redis_connection(&redis.url()).await?.get("durable").await?;
@@ -129,8 +137,14 @@ async fn drop_kills_the_processes() -> Result<()> {
     assert!(process_alive(nats_pid) && process_alive(redis_pid));
 
     drop(servers);
-    assert!(!process_alive(nats_pid), "nats-server {nats_pid} still alive");
-    assert!(!process_alive(redis_pid), "redis-server {redis_pid} still alive");
+    assert!(
+        !process_alive(nats_pid),
+        "nats-server {nats_pid} still alive"
+    );
+    assert!(
+        !process_alive(redis_pid),
+        "redis-server {redis_pid} still alive"
+    );
     for dir in dirs {
         assert!(!dir.exists(), "{} not removed", dir.display());
     }

@@ -101,7 +101,9 @@ fn lookup(spec: &BinarySpec) -> Cached {
             None => seen.push(format!("{} (no version)", path.display())),
         }
     }
-    Err(Failure::TooOld { found: seen.join(", ") })
+    Err(Failure::TooOld {
+        found: seen.join(", "),
+    })
 }
 
 /// Every existing executable candidate in lookup order, without duplicates.
@@ -155,7 +157,11 @@ fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
         .filter_map(|word| word.strip_prefix('v'))
         .find_map(|word| {
             let mut parts = word.splitn(3, '.').map(leading_number);
-            Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
+            Some((
+                parts.next()??,
+                parts.next()??,
+                parts.next().flatten().unwrap_or(0),
+            ))
         })
 }
 
@@ -174,7 +180,10 @@ mod tests {
     fn parses_nats_server_versions() {
         assert_eq!(parse_version("nats-server: v2.15.1\n"), Some((2, 15, 1)));
         assert_eq!(parse_version("nats-server: v2.9.10"), Some((2, 9, 10)));
-        assert_eq!(parse_version("nats-server: v2.12.0-beta.1"), Some((2, 12, 0)));
+        assert_eq!(
+            parse_version("nats-server: v2.12.0-beta.1"),
+            Some((2, 12, 0))
+        );
         assert_eq!(parse_version("nats-server: v2.12"), Some((2, 12, 0)));
         assert!(parse_version("nats-server: v2.9.10") < Some((2, 12, 0)));
     }

@@ -87,7 +87,9 @@ impl Nats {
     fn unique() -> Nats {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        Nats { name: format!("switchyard-test-{}-{n}", std::process::id()) }
+        Nats {
+            name: format!("switchyard-test-{}-{n}", std::process::id()),
+        }
     }
 }
 
@@ -127,7 +129,9 @@ impl Flavor for Nats {
         {
             return Ok(false);
         }
-        stream.write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n").await?;
+        stream
+            .write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n")
+            .await?;
         buf.clear();
         read_until(&mut stream, &mut buf, |b| {
             contains(b, b"PONG\r\n") || contains(b, b"-ERR")

@@ -56,7 +56,13 @@ impl<F: Flavor> Managed<F> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("switchyard-{}-", F::SERVER))
             .tempdir()?;
-        let mut managed = Managed { flavor, bin, dir, port: 0, child: None };
+        let mut managed = Managed {
+            flavor,
+            bin,
+            dir,
+            port: 0,
+            child: None,
+        };
         let mut attempt = 1;
         loop {
             managed.port = free_port()?;
@@ -125,8 +131,16 @@ impl<F: Flavor> Managed<F> {
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
             .spawn()
-            .map_err(|source| HarnessError::Spawn { server: F::SERVER, source })?;
-        tracing::debug!(server = F::SERVER, pid = child.id(), port = self.port, "spawned");
+            .map_err(|source| HarnessError::Spawn {
+                server: F::SERVER,
+                source,
+            })?;
+        tracing::debug!(
+            server = F::SERVER,
+            pid = child.id(),
+            port = self.port,
+            "spawned"
+        );
         self.child = Some(child);
         let ready = self.wait_ready().await;
         if ready.is_err() {

@@ -1,1 +1,179 @@
-//! optimizer
+//! The stateless optimizer service.
+//!
+//! A replica holds no coordination state of its own: it pulls events from the shared durable
+//! consumer in batches, applies them through the Redis transition scripts, dispatches the queue,
+//! publishes grants and replies, and acknowledges. Any number of replicas can run side by side;
+//! correctness comes from the atomic scripts and idempotent handling, never from memory.
+//!
+//! [`Optimizer::connect`] sets everything up (and refuses an old nats-server);
+//! [`Optimizer::run`] works until the `shutdown` future resolves, then finishes the batches in
+//! flight and leaves everything else unacknowledged for another replica.
+
+mod batch;
+mod dispatch;
+mod events;
+pub mod http;
+mod maintenance;
+mod publish;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::decision::{LeastLoaded, Strategy};
+use crate::error::{Error, nats_error};
+use crate::metrics::Metrics;
+use crate::protocol::Subjects;
+use crate::state::Store;
+use crate::transport;
+
+/// Deliberate faults for crash tests (set by the test suite through the environment of an
+/// optimizer process; never in production).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// Stop forever after committing a batch to Redis, before publishing and acknowledging, so a
+    /// test can SIGKILL the process at exactly that point.
+    pub stall_after_commit: bool,
+}
+
+impl Faults {
+    /// Reads `SWITCHYARD_FAULT_STALL_AFTER_COMMIT=1`.
+    pub fn from_env() -> Faults {
+        Faults {
+            stall_after_commit: std::env::var("SWITCHYARD_FAULT_STALL_AFTER_COMMIT")
+                .is_ok_and(|v| v == "1"),
+        }
+    }
+}
+
+/// Everything a batch needs, shared by all of a replica's tasks.
+pub(crate) struct Ctx {
+    pub config: Config,
+    pub subjects: Subjects,
+    pub store: Store,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub metrics: Metrics,
+    pub strategy: Arc<dyn Strategy>,
+    pub faults: Faults,
+}
+
+/// A connected optimizer replica.
+pub struct Optimizer {
+    ctx: Arc<Ctx>,
+    consumer: jetstream::consumer::PullConsumer,
+}
+
+impl Optimizer {
+    /// Connects to NATS (checking the server version) and Redis, creates streams and the shared
+    /// consumer if missing, and loads the scripts.
+    pub async fn connect(config: Config, faults: Faults) -> Result<Optimizer, Error> {
+        let client = transport::connect(&config.nats.url, "switchyard-optimizer").await?;
+        transport::check_server(&client.server_info())?;
+        let js = jetstream::new(client.clone());
+        let subjects = Subjects::new(config.nats.subject_prefix.clone());
+        transport::ensure_streams(
+            &js,
+            &subjects,
+            &config.jetstream,
+            config.messages.max_message_bytes,
+        )
+        .await?;
+        let consumer = transport::optimizer_consumer(&js, &subjects, &config.jetstream).await?;
+        let store = Store::connect(&config.redis).await?;
+        let ctx = Ctx {
+            config,
+            subjects,
+            store,
+            client,
+            js,
+            metrics: Metrics::new()?,
+            strategy: Arc::new(LeastLoaded),
+            faults,
+        };
+        Ok(Optimizer {
+            ctx: Arc::new(ctx),
+            consumer,
+        })
+    }
+
+    /// This replica's metrics (for the HTTP endpoint and tests).
+    pub fn metrics(&self) -> Metrics {
+        self.ctx.metrics.clone()
+    }
+
+    /// Consumes events until `shutdown` resolves; then drains the batches in flight.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut background = JoinSet::new();
+        background.spawn(maintenance::run_maintenance(
+            self.ctx.clone(),
+            stop_rx.clone(),
+        ));
+        background.spawn(maintenance::answer_status_queries(
+            self.ctx.clone(),
+            stop_rx.clone(),
+        ));
+        let result = self.consume(shutdown).await;
+        let _ = stop_tx.send(true);
+        while background.join_next().await.is_some() {}
+        tracing::info!("optimizer stopped");
+        result
+    }
+
+    async fn consume(&self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let batch_size = self.ctx.config.coordination.batch_size;
+        let messages = self
+            .consumer
+            .stream()
+            .max_messages_per_batch(batch_size)
+            .messages()
+            .await
+            .map_err(|e| nats_error("cannot start pulling events", e))?;
+        let mut chunks = messages.ready_chunks(batch_size);
+        let permits = Arc::new(Semaphore::new(
+            self.ctx.config.coordination.max_concurrent_coordinations,
+        ));
+        let mut in_flight = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let chunk = tokio::select! {
+                _ = &mut shutdown => break,
+                chunk = chunks.next() => chunk,
+            };
+            let Some(chunk) = chunk else { break };
+            let batch: Vec<_> = chunk
+                .into_iter()
+                .filter_map(|m| m.map_err(|e| tracing::warn!(error = %e, "pull error")).ok())
+                .collect();
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let ctx = self.ctx.clone();
+            in_flight.spawn(async move {
+                batch::process_batch(&ctx, batch).await;
+                drop(permit);
+            });
+            while in_flight.try_join_next().is_some() {}
+        }
+        tracing::info!(
+            in_flight = in_flight.len(),
+            "shutting down: finishing batches in flight"
+        );
+        while in_flight.join_next().await.is_some() {}
+        Ok(())
+    }
+}
+
+/// Connects and runs one replica until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    Optimizer::connect(config, Faults::default())
+        .await?
+        .run(shutdown)
+        .await
+}

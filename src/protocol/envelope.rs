@@ -81,7 +81,9 @@ impl MessageType {
 }
 
 /// Message priority (the seed's `MessagePriority`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum MessagePriority {
     Low,
@@ -124,7 +126,11 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { max_attempts: 5, initial_backoff_ms: 100, max_backoff_ms: 5_000 }
+        RetryPolicy {
+            max_attempts: 5,
+            initial_backoff_ms: 100,
+            max_backoff_ms: 5_000,
+        }
     }
 }
 
@@ -161,7 +167,12 @@ pub struct Envelope<P = serde_json::Value> {
 
 impl<P> Envelope<P> {
     /// A new message from `sender` with defaults: normal priority, guaranteed, no ttl.
-    pub fn new(sender: impl Into<String>, message_type: MessageType, payload: P, now_ms: u64) -> Self {
+    pub fn new(
+        sender: impl Into<String>,
+        message_type: MessageType,
+        payload: P,
+        now_ms: u64,
+    ) -> Self {
         Envelope {
             protocol_version: PROTOCOL_VERSION,
             message_id: Uuid::new_v4(),

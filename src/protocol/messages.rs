@@ -34,7 +34,7 @@ pub struct TaskSubmit {
     pub task_id: String,
     #[serde(default = "default_task_type")]
     pub task_type: String,
-    /// 0 (lowest) ..= 100 (highest). Higher priority is granted first.
+    /// 0 (lowest) ..= 10 (highest), as in the seed. Higher priority is granted first.
     #[serde(default = "default_task_priority")]
     pub priority: u8,
     #[serde(default)]
@@ -159,4 +159,61 @@ pub struct CoordinationSync {
     /// Counters since the store was created: submitted, granted, completed, failed, requeued.
     pub counters: BTreeMap<String, u64>,
     pub agents: Vec<AgentStatusView>,
+}
+
+impl TaskSubmit {
+    /// A task with the seed's defaults: type `default`, priority 5, no needs, no dependencies.
+    pub fn new(task_id: impl Into<String>) -> TaskSubmit {
+        TaskSubmit {
+            task_id: task_id.into(),
+            task_type: default_task_type(),
+            priority: default_task_priority(),
+            required_resources: BTreeMap::new(),
+            estimated_duration_s: 0.0,
+            dependencies: Vec::new(),
+        }
+    }
+
+    pub fn task_type(mut self, task_type: impl Into<String>) -> Self {
+        self.task_type = task_type.into();
+        self
+    }
+
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Needs `amount` whole units of `resource` (`cpu`, `memory`, `tokens`, `time`).
+    pub fn resource(mut self, resource: &str, amount: f64) -> Self {
+        self.required_resources.insert(resource.to_string(), amount);
+        self
+    }
+
+    pub fn estimated_duration(mut self, seconds: f64) -> Self {
+        self.estimated_duration_s = seconds;
+        self
+    }
+
+    pub fn depends_on(mut self, task_id: impl Into<String>) -> Self {
+        self.dependencies.push(task_id.into());
+        self
+    }
+}
+
+impl AgentRegister {
+    pub fn new(agent_id: impl Into<String>, agent_type: impl Into<String>) -> AgentRegister {
+        AgentRegister {
+            agent_id: agent_id.into(),
+            agent_type: agent_type.into(),
+            max_resources: BTreeMap::new(),
+            priority_weight: default_priority_weight(),
+        }
+    }
+
+    /// Can carry `amount` whole units of `resource`.
+    pub fn capacity(mut self, resource: &str, amount: f64) -> Self {
+        self.max_resources.insert(resource.to_string(), amount);
+        self
+    }
 }

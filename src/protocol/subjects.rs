@@ -13,7 +13,9 @@ pub struct Subjects {
 
 impl Subjects {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Subjects { prefix: prefix.into() }
+        Subjects {
+            prefix: prefix.into(),
+        }
     }
 
     pub fn prefix(&self) -> &str {
@@ -47,7 +49,9 @@ impl Subjects {
 
     /// Splits an inbound subject into its message type and trailing id token.
     pub fn parse<'a>(&self, subject: &'a str) -> Option<(MessageType, Option<&'a str>)> {
-        let rest = subject.strip_prefix(self.prefix.as_str())?.strip_prefix('.')?;
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('.')?;
         let mut parts = rest.splitn(2, '.');
         let message_type = MessageType::from_token(parts.next()?)?;
         Some((message_type, parts.next()))
@@ -74,7 +78,13 @@ impl Subjects {
     fn stream_base(&self) -> String {
         self.prefix
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
             .collect()
     }
 
@@ -131,18 +141,33 @@ mod tests {
     #[test]
     fn builds_readable_subjects() {
         let s = Subjects::default();
-        assert_eq!(s.addressed(MessageType::TaskRequest, "a1"), "coord.task_request.a1");
-        assert_eq!(s.unaddressed(MessageType::StatusQuery), "coord.status_query");
+        assert_eq!(
+            s.addressed(MessageType::TaskRequest, "a1"),
+            "coord.task_request.a1"
+        );
+        assert_eq!(
+            s.unaddressed(MessageType::StatusQuery),
+            "coord.status_query"
+        );
         assert_eq!(s.all_of(MessageType::TaskSubmit), "coord.task_submit.*");
-        assert_eq!(s.dead_letter("task_submit"), "coord.dead_letter.task_submit");
+        assert_eq!(
+            s.dead_letter("task_submit"),
+            "coord.dead_letter.task_submit"
+        );
     }
 
     #[test]
     fn parses_what_it_builds() {
         let s = Subjects::new("acme.prod");
         let subject = s.addressed(MessageType::TaskComplete, "agent-9");
-        assert_eq!(s.parse(&subject), Some((MessageType::TaskComplete, Some("agent-9"))));
-        assert_eq!(s.parse("acme.prod.status_query"), Some((MessageType::StatusQuery, None)));
+        assert_eq!(
+            s.parse(&subject),
+            Some((MessageType::TaskComplete, Some("agent-9")))
+        );
+        assert_eq!(
+            s.parse("acme.prod.status_query"),
+            Some((MessageType::StatusQuery, None))
+        );
         assert_eq!(s.parse("other.task_submit.x"), None);
         assert_eq!(s.parse("acme.prod.bogus.x"), None);
     }

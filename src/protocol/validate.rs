@@ -11,7 +11,7 @@ use super::subjects::Subjects;
 use crate::decision::{ResourceError, Resources};
 
 /// Highest task priority accepted.
-pub const MAX_TASK_PRIORITY: u8 = 100;
+pub const MAX_TASK_PRIORITY: u8 = 10;
 /// Most dependencies one task may name.
 pub const MAX_DEPENDENCIES: usize = 64;
 
@@ -118,14 +118,20 @@ pub fn now_ms() -> u64 {
 
 /// Agent ids become subject tokens and consumer names: 1–64 of `[A-Za-z0-9_-]`.
 pub fn validate_agent_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Task ids become Redis key parts and message ids: 1–128 of `[A-Za-z0-9_.:-]`.
 fn validate_task_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }
 
 struct Context<'a> {
@@ -161,7 +167,10 @@ pub fn decode(
     let mut ctx = Context {
         subject,
         token,
-        reply_to: token.filter(|t| validate_agent_id(t)).unwrap_or("unknown").to_string(),
+        reply_to: token
+            .filter(|t| validate_agent_id(t))
+            .unwrap_or("unknown")
+            .to_string(),
         correlation_id: None,
         message_type: parsed.map(|(t, _)| t),
     };
@@ -173,8 +182,15 @@ pub fn decode(
     }
     let raw: Value = serde_json::from_slice(bytes)
         .map_err(|e| ctx.reject(RejectReason::MalformedJson, format!("not valid JSON: {e}")))?;
-    ctx.correlation_id = raw.get("message_id").and_then(Value::as_str).map(str::to_string);
-    if let Some(sender) = raw.get("sender").and_then(Value::as_str).filter(|s| validate_agent_id(s)) {
+    ctx.correlation_id = raw
+        .get("message_id")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    if let Some(sender) = raw
+        .get("sender")
+        .and_then(Value::as_str)
+        .filter(|s| validate_agent_id(s))
+    {
         ctx.reply_to = sender.to_string();
     }
     let envelope: Envelope<Value> = serde_json::from_value(raw)
@@ -187,22 +203,34 @@ fn check_envelope(ctx: &Context<'_>, env: &Envelope<Value>, now_ms: u64) -> Resu
     if env.protocol_version != PROTOCOL_VERSION {
         return Err(ctx.reject(
             RejectReason::UnsupportedVersion,
-            format!("protocol_version {} is not supported (expected {PROTOCOL_VERSION})", env.protocol_version),
+            format!(
+                "protocol_version {} is not supported (expected {PROTOCOL_VERSION})",
+                env.protocol_version
+            ),
         ));
     }
     if env.is_expired(now_ms) {
-        return Err(ctx.reject(RejectReason::Expired, "message arrived after its ttl_seconds ran out"));
+        return Err(ctx.reject(
+            RejectReason::Expired,
+            "message arrived after its ttl_seconds ran out",
+        ));
     }
     if ctx.message_type != Some(env.message_type) {
         return Err(ctx.reject(
             RejectReason::SubjectMismatch,
-            format!("type {:?} does not belong on subject {}", env.message_type, ctx.subject),
+            format!(
+                "type {:?} does not belong on subject {}",
+                env.message_type, ctx.subject
+            ),
         ));
     }
     Ok(())
 }
 
-fn typed<P: DeserializeOwned>(ctx: &Context<'_>, env: Envelope<Value>) -> Result<Envelope<P>, Rejection> {
+fn typed<P: DeserializeOwned>(
+    ctx: &Context<'_>,
+    env: Envelope<Value>,
+) -> Result<Envelope<P>, Rejection> {
     let Envelope { payload, .. } = &env;
     let payload: P = serde_json::from_value(payload.clone())
         .map_err(|e| ctx.reject(RejectReason::InvalidPayload, format!("bad payload: {e}")))?;
@@ -230,10 +258,16 @@ fn decode_payload(ctx: &Context<'_>, env: Envelope<Value>) -> Result<Inbound, Re
             check_agent_token(ctx, &env.payload.agent_id)?;
             let capacity = resources(ctx, &env.payload.max_resources)?;
             if !env.payload.priority_weight.is_finite() || env.payload.priority_weight < 0.0 {
-                return Err(ctx.reject(RejectReason::Resource("invalid_priority_weight"), "priority_weight must be a finite number >= 0"));
+                return Err(ctx.reject(
+                    RejectReason::Resource("invalid_priority_weight"),
+                    "priority_weight must be a finite number >= 0",
+                ));
             }
             if env.payload.agent_type.is_empty() || env.payload.agent_type.len() > 64 {
-                return Err(ctx.reject(RejectReason::InvalidPayload, "agent_type must be 1-64 characters"));
+                return Err(ctx.reject(
+                    RejectReason::InvalidPayload,
+                    "agent_type must be 1-64 characters",
+                ));
             }
             Ok(Inbound::Register(env, capacity))
         }
@@ -251,10 +285,16 @@ fn decode_payload(ctx: &Context<'_>, env: Envelope<Value>) -> Result<Inbound, Re
             let env: Envelope<TaskComplete> = typed(ctx, env)?;
             check_agent_token(ctx, &env.payload.agent_id)?;
             if !validate_task_id(&env.payload.task_id) {
-                return Err(ctx.reject(RejectReason::InvalidId, "task_id must be 1-128 of [A-Za-z0-9_.:-]"));
+                return Err(ctx.reject(
+                    RejectReason::InvalidId,
+                    "task_id must be 1-128 of [A-Za-z0-9_.:-]",
+                ));
             }
             if !env.payload.execution_time_s.is_finite() || env.payload.execution_time_s < 0.0 {
-                return Err(ctx.reject(RejectReason::InvalidDuration, "execution_time_s must be finite and >= 0"));
+                return Err(ctx.reject(
+                    RejectReason::InvalidDuration,
+                    "execution_time_s must be finite and >= 0",
+                ));
             }
             Ok(Inbound::Complete(env))
         }
@@ -268,19 +308,30 @@ fn decode_payload(ctx: &Context<'_>, env: Envelope<Value>) -> Result<Inbound, Re
 /// Agent messages must come on the agent's own subject, so permissions can scope agents.
 fn check_agent_token(ctx: &Context<'_>, agent_id: &str) -> Result<(), Rejection> {
     if !validate_agent_id(agent_id) {
-        return Err(ctx.reject(RejectReason::InvalidId, "agent_id must be 1-64 of [A-Za-z0-9_-]"));
+        return Err(ctx.reject(
+            RejectReason::InvalidId,
+            "agent_id must be 1-64 of [A-Za-z0-9_-]",
+        ));
     }
     if ctx.token != Some(agent_id) {
         return Err(ctx.reject(
             RejectReason::SubjectMismatch,
-            format!("agent_id {agent_id} does not match the subject {}", ctx.subject),
+            format!(
+                "agent_id {agent_id} does not match the subject {}",
+                ctx.subject
+            ),
         ));
     }
     Ok(())
 }
 
-fn resources(ctx: &Context<'_>, map: &std::collections::BTreeMap<String, f64>) -> Result<Resources, Rejection> {
-    Resources::from_units(map).map_err(|e: ResourceError| ctx.reject(RejectReason::Resource(e.reason_code()), e.to_string()))
+fn resources(
+    ctx: &Context<'_>,
+    map: &std::collections::BTreeMap<String, f64>,
+) -> Result<Resources, Rejection> {
+    Resources::from_units(map).map_err(|e: ResourceError| {
+        ctx.reject(RejectReason::Resource(e.reason_code()), e.to_string())
+    })
 }
 
 fn check_submit(ctx: &Context<'_>, env: &Envelope<TaskSubmit>) -> Result<Resources, Rejection> {
@@ -288,23 +339,41 @@ fn check_submit(ctx: &Context<'_>, env: &Envelope<TaskSubmit>) -> Result<Resourc
     if ctx.token != Some(env.sender.as_str()) || !validate_agent_id(&env.sender) {
         return Err(ctx.reject(
             RejectReason::SubjectMismatch,
-            format!("sender must be 1-64 of [A-Za-z0-9_-] and match the subject {}", ctx.subject),
+            format!(
+                "sender must be 1-64 of [A-Za-z0-9_-] and match the subject {}",
+                ctx.subject
+            ),
         ));
     }
     if !validate_task_id(&task.task_id) {
-        return Err(ctx.reject(RejectReason::InvalidId, "task_id must be 1-128 of [A-Za-z0-9_.:-]"));
+        return Err(ctx.reject(
+            RejectReason::InvalidId,
+            "task_id must be 1-128 of [A-Za-z0-9_.:-]",
+        ));
     }
     if task.task_type.is_empty() || task.task_type.len() > 64 {
-        return Err(ctx.reject(RejectReason::InvalidPayload, "task_type must be 1-64 characters"));
+        return Err(ctx.reject(
+            RejectReason::InvalidPayload,
+            "task_type must be 1-64 characters",
+        ));
     }
     if task.priority > MAX_TASK_PRIORITY {
-        return Err(ctx.reject(RejectReason::InvalidPriority, format!("priority must be 0..={MAX_TASK_PRIORITY}")));
+        return Err(ctx.reject(
+            RejectReason::InvalidPriority,
+            format!("priority must be 0..={MAX_TASK_PRIORITY}"),
+        ));
     }
     if !task.estimated_duration_s.is_finite() || task.estimated_duration_s < 0.0 {
-        return Err(ctx.reject(RejectReason::InvalidDuration, "estimated_duration_s must be finite and >= 0"));
+        return Err(ctx.reject(
+            RejectReason::InvalidDuration,
+            "estimated_duration_s must be finite and >= 0",
+        ));
     }
     let deps_ok = task.dependencies.len() <= MAX_DEPENDENCIES
-        && task.dependencies.iter().all(|d| validate_task_id(d) && *d != task.task_id);
+        && task
+            .dependencies
+            .iter()
+            .all(|d| validate_task_id(d) && *d != task.task_id);
     if !deps_ok {
         return Err(ctx.reject(
             RejectReason::InvalidDependencies,

@@ -33,7 +33,9 @@ fn submit(payload: serde_json::Value) -> serde_json::Value {
 
 #[test]
 fn accepts_a_valid_submit_with_seed_style_resource_names() {
-    let msg = submit(json!({"task_id": "t1", "priority": 8, "required_resources": {"CPU": 2.0, "memory": 4096.0}, "dependencies": ["t0"]}));
+    let msg = submit(
+        json!({"task_id": "t1", "priority": 8, "required_resources": {"CPU": 2.0, "memory": 4096.0}, "dependencies": ["t0"]}),
+    );
     match run("coord.task_submit.orch", &msg) {
         Ok(Inbound::Submit(env, req)) => {
             assert_eq!(env.payload.task_id, "t1");
@@ -46,8 +48,14 @@ fn accepts_a_valid_submit_with_seed_style_resource_names() {
 
 #[test]
 fn malformed_json_keeps_the_subject_sender_for_the_reply() {
-    let r = decode(&Subjects::default(), "coord.task_submit.orch", b"{not json", 65_536, NOW)
-        .expect_err("malformed");
+    let r = decode(
+        &Subjects::default(),
+        "coord.task_submit.orch",
+        b"{not json",
+        65_536,
+        NOW,
+    )
+    .expect_err("malformed");
     assert_eq!(r.reason, RejectReason::MalformedJson);
     assert_eq!(r.reply_to, "orch");
 }
@@ -57,21 +65,42 @@ fn bad_resources_are_refused_with_specific_codes() {
     let neg = submit(json!({"task_id": "t1", "required_resources": {"cpu": -1.0}}));
     assert_eq!(reason("coord.task_submit.orch", &neg), "negative_resource");
     let huge = submit(json!({"task_id": "t1", "required_resources": {"cpu": 1e300}}));
-    assert_eq!(reason("coord.task_submit.orch", &huge), "resource_too_large");
+    assert_eq!(
+        reason("coord.task_submit.orch", &huge),
+        "resource_too_large"
+    );
     let unknown = submit(json!({"task_id": "t1", "required_resources": {"gpu": 1.0}}));
-    assert_eq!(reason("coord.task_submit.orch", &unknown), "unknown_resource");
+    assert_eq!(
+        reason("coord.task_submit.orch", &unknown),
+        "unknown_resource"
+    );
 }
 
 #[test]
 fn nan_cannot_even_be_encoded_in_json_so_it_is_malformed() {
-    let r = decode(&Subjects::default(), "coord.task_submit.orch", br#"{"payload": NaN}"#, 65_536, NOW);
+    let r = decode(
+        &Subjects::default(),
+        "coord.task_submit.orch",
+        br#"{"payload": NaN}"#,
+        65_536,
+        NOW,
+    );
     assert_eq!(r.expect_err("NaN").reason, RejectReason::MalformedJson);
 }
 
 #[test]
 fn oversized_messages_are_refused_before_parsing() {
-    let r = decode(&Subjects::default(), "coord.task_submit.orch", &vec![b' '; 70_000], 65_536, NOW);
-    assert_eq!(r.expect_err("too large").reason, RejectReason::PayloadTooLarge);
+    let r = decode(
+        &Subjects::default(),
+        "coord.task_submit.orch",
+        &vec![b' '; 70_000],
+        65_536,
+        NOW,
+    );
+    assert_eq!(
+        r.expect_err("too large").reason,
+        RejectReason::PayloadTooLarge
+    );
 }
 
 #[test]
@@ -84,36 +113,86 @@ fn expired_messages_are_refused() {
 
 #[test]
 fn subject_must_name_the_agent_or_sender() {
-    let reg = envelope("AGENT_REGISTER", "a1", json!({"agent_id": "a1", "agent_type": "backend", "max_resources": {"cpu": 4}}));
+    let reg = envelope(
+        "AGENT_REGISTER",
+        "a1",
+        json!({"agent_id": "a1", "agent_type": "backend", "max_resources": {"cpu": 4}}),
+    );
     assert_eq!(reason("coord.agent_register.a1", &reg), "accepted");
     assert_eq!(reason("coord.agent_register.a2", &reg), "subject_mismatch");
-    assert_eq!(reason("coord.task_submit.someone_else", &submit(json!({"task_id": "t"}))), "subject_mismatch");
-    assert_eq!(reason("coord.agent_deregister.a1", &reg), "subject_mismatch");
+    assert_eq!(
+        reason(
+            "coord.task_submit.someone_else",
+            &submit(json!({"task_id": "t"}))
+        ),
+        "subject_mismatch"
+    );
+    assert_eq!(
+        reason("coord.agent_deregister.a1", &reg),
+        "subject_mismatch"
+    );
 }
 
 #[test]
 fn ids_priorities_and_dependencies_are_checked() {
-    assert_eq!(reason("coord.task_submit.orch", &submit(json!({"task_id": "has space"}))), "invalid_id");
-    assert_eq!(reason("coord.task_submit.orch", &submit(json!({"task_id": "t", "priority": 101}))), "invalid_priority");
-    assert_eq!(reason("coord.task_submit.orch", &submit(json!({"task_id": "t", "dependencies": ["t"]}))), "invalid_dependencies");
-    assert_eq!(reason("coord.task_submit.orch", &submit(json!({"task_id": "t", "estimated_duration_s": -3}))), "invalid_duration");
+    assert_eq!(
+        reason(
+            "coord.task_submit.orch",
+            &submit(json!({"task_id": "has space"}))
+        ),
+        "invalid_id"
+    );
+    assert_eq!(
+        reason(
+            "coord.task_submit.orch",
+            &submit(json!({"task_id": "t", "priority": 11}))
+        ),
+        "invalid_priority"
+    );
+    assert_eq!(
+        reason(
+            "coord.task_submit.orch",
+            &submit(json!({"task_id": "t", "dependencies": ["t"]}))
+        ),
+        "invalid_dependencies"
+    );
+    assert_eq!(
+        reason(
+            "coord.task_submit.orch",
+            &submit(json!({"task_id": "t", "estimated_duration_s": -3}))
+        ),
+        "invalid_duration"
+    );
 }
 
 #[test]
 fn version_and_envelope_shape_are_checked() {
     let mut msg = submit(json!({"task_id": "t1"}));
     msg["protocol_version"] = json!(2);
-    assert_eq!(reason("coord.task_submit.orch", &msg), "unsupported_version");
+    assert_eq!(
+        reason("coord.task_submit.orch", &msg),
+        "unsupported_version"
+    );
     let mut no_id = submit(json!({"task_id": "t1"}));
     no_id["message_id"] = json!("not-a-uuid");
     assert_eq!(reason("coord.task_submit.orch", &no_id), "invalid_envelope");
     let wrong_payload = submit(json!({"task_id": 5}));
-    assert_eq!(reason("coord.task_submit.orch", &wrong_payload), "invalid_payload");
+    assert_eq!(
+        reason("coord.task_submit.orch", &wrong_payload),
+        "invalid_payload"
+    );
 }
 
 #[test]
 fn rejections_carry_the_offending_message_id() {
-    let r = run("coord.task_submit.orch", &submit(json!({"task_id": "bad id"}))).expect_err("bad");
-    assert_eq!(r.correlation_id.as_deref(), Some("6f1c2d1e-8f7a-4b7e-9a51-3d0f2f6f7a10"));
+    let r = run(
+        "coord.task_submit.orch",
+        &submit(json!({"task_id": "bad id"})),
+    )
+    .expect_err("bad");
+    assert_eq!(
+        r.correlation_id.as_deref(),
+        Some("6f1c2d1e-8f7a-4b7e-9a51-3d0f2f6f7a10")
+    );
     assert_eq!(r.message_type, Some(MessageType::TaskSubmit));
 }

@@ -19,12 +19,22 @@ pub struct SubmitRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SubmitOutcome {
     Queued,
-    Waiting { unmet: u64 },
-    Failed { reason: String },
+    Waiting {
+        unmet: u64,
+    },
+    Failed {
+        reason: String,
+    },
     /// The same submit message was applied before; `state`/`agent` are the task's current ones.
-    Duplicate { state: String, agent: String },
+    Duplicate {
+        state: String,
+        agent: String,
+    },
     /// Another message already submitted this task id.
-    TaskExists { state: String, agent: String },
+    TaskExists {
+        state: String,
+        agent: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -37,11 +47,20 @@ pub enum GrantOutcome {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CompleteOutcome {
     /// Completed (`success`) or failed; `dependents` wait on this task.
-    Finished { success: bool, dependents: Vec<String> },
+    Finished {
+        success: bool,
+        submitter: String,
+        submit_message_id: String,
+        dependents: Vec<String>,
+    },
     UnknownAgent,
     UnknownTask,
-    WrongAgent { owner: String },
-    NotGranted { state: String },
+    WrongAgent {
+        owner: String,
+    },
+    NotGranted {
+        state: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -49,7 +68,11 @@ pub enum ResolveOutcome {
     Queued,
     Waiting,
     /// Failed with its dependency; these dependents must be failed in turn.
-    Failed { dependents: Vec<String> },
+    Failed {
+        submitter: String,
+        submit_message_id: String,
+        dependents: Vec<String>,
+    },
     Noop,
 }
 
@@ -76,7 +99,10 @@ pub struct QueuedTask {
 }
 
 fn unexpected(script: &str, reply: &[String]) -> Error {
-    Error::new(ErrorKind::Redis, format!("{script} returned an unexpected reply {reply:?}"))
+    Error::new(
+        ErrorKind::Redis,
+        format!("{script} returned an unexpected reply {reply:?}"),
+    )
 }
 
 fn field(reply: &[String], i: usize) -> String {
@@ -87,10 +113,20 @@ impl SubmitOutcome {
     pub(crate) fn parse(reply: &[String]) -> Result<Self, Error> {
         Ok(match reply.first().map(String::as_str) {
             Some("queued") => SubmitOutcome::Queued,
-            Some("waiting") => SubmitOutcome::Waiting { unmet: field(reply, 1).parse().unwrap_or(0) },
-            Some("failed") => SubmitOutcome::Failed { reason: field(reply, 1) },
-            Some("duplicate") => SubmitOutcome::Duplicate { state: field(reply, 1), agent: field(reply, 2) },
-            Some("task_exists") => SubmitOutcome::TaskExists { state: field(reply, 1), agent: field(reply, 2) },
+            Some("waiting") => SubmitOutcome::Waiting {
+                unmet: field(reply, 1).parse().unwrap_or(0),
+            },
+            Some("failed") => SubmitOutcome::Failed {
+                reason: field(reply, 1),
+            },
+            Some("duplicate") => SubmitOutcome::Duplicate {
+                state: field(reply, 1),
+                agent: field(reply, 2),
+            },
+            Some("task_exists") => SubmitOutcome::TaskExists {
+                state: field(reply, 1),
+                agent: field(reply, 2),
+            },
             _ => return Err(unexpected("submit_task", reply)),
         })
     }
@@ -101,9 +137,13 @@ impl GrantOutcome {
         Ok(match reply.first().map(String::as_str) {
             Some("granted") => GrantOutcome::Granted {
                 agent_id: field(reply, 1),
-                grant_seq: field(reply, 2).parse().map_err(|_| unexpected("grant_task", reply))?,
+                grant_seq: field(reply, 2)
+                    .parse()
+                    .map_err(|_| unexpected("grant_task", reply))?,
             },
-            Some("not_queued") => GrantOutcome::NotQueued { state: field(reply, 1) },
+            Some("not_queued") => GrantOutcome::NotQueued {
+                state: field(reply, 1),
+            },
             Some("no_fit") => GrantOutcome::NoFit,
             _ => return Err(unexpected("grant_task", reply)),
         })
@@ -112,14 +152,23 @@ impl GrantOutcome {
 
 impl CompleteOutcome {
     pub(crate) fn parse(reply: &[String]) -> Result<Self, Error> {
-        let rest = || reply.iter().skip(1).cloned().collect();
+        let finished = |success| CompleteOutcome::Finished {
+            success,
+            submitter: field(reply, 1),
+            submit_message_id: field(reply, 2),
+            dependents: reply.iter().skip(3).cloned().collect(),
+        };
         Ok(match reply.first().map(String::as_str) {
-            Some("completed") => CompleteOutcome::Finished { success: true, dependents: rest() },
-            Some("failed") => CompleteOutcome::Finished { success: false, dependents: rest() },
+            Some("completed") => finished(true),
+            Some("failed") => finished(false),
             Some("unknown_agent") => CompleteOutcome::UnknownAgent,
             Some("unknown_task") => CompleteOutcome::UnknownTask,
-            Some("wrong_agent") => CompleteOutcome::WrongAgent { owner: field(reply, 1) },
-            Some("task_not_granted") => CompleteOutcome::NotGranted { state: field(reply, 1) },
+            Some("wrong_agent") => CompleteOutcome::WrongAgent {
+                owner: field(reply, 1),
+            },
+            Some("task_not_granted") => CompleteOutcome::NotGranted {
+                state: field(reply, 1),
+            },
             _ => return Err(unexpected("complete_task", reply)),
         })
     }
@@ -130,7 +179,11 @@ impl ResolveOutcome {
         Ok(match reply.first().map(String::as_str) {
             Some("queued") => ResolveOutcome::Queued,
             Some("waiting") => ResolveOutcome::Waiting,
-            Some("failed") => ResolveOutcome::Failed { dependents: reply.iter().skip(1).cloned().collect() },
+            Some("failed") => ResolveOutcome::Failed {
+                submitter: field(reply, 1),
+                submit_message_id: field(reply, 2),
+                dependents: reply.iter().skip(3).cloned().collect(),
+            },
             Some("noop") => ResolveOutcome::Noop,
             _ => return Err(unexpected("resolve_dependency", reply)),
         })
@@ -140,7 +193,9 @@ impl ResolveOutcome {
 impl DeregisterOutcome {
     pub(crate) fn parse(reply: &[String]) -> Result<Self, Error> {
         Ok(match reply.first().map(String::as_str) {
-            Some("deregistered") => DeregisterOutcome::Deregistered { tasks: reply.iter().skip(1).cloned().collect() },
+            Some("deregistered") => DeregisterOutcome::Deregistered {
+                tasks: reply.iter().skip(1).cloned().collect(),
+            },
             Some("unknown_agent") => DeregisterOutcome::UnknownAgent,
             _ => return Err(unexpected("deregister_agent", reply)),
         })
@@ -167,14 +222,25 @@ mod tests {
 
     #[test]
     fn parses_script_replies() {
-        assert_eq!(SubmitOutcome::parse(&s(&["waiting", "2"])).ok(), Some(SubmitOutcome::Waiting { unmet: 2 }));
         assert_eq!(
-            GrantOutcome::parse(&s(&["granted", "a1", "3"])).ok(),
-            Some(GrantOutcome::Granted { agent_id: "a1".into(), grant_seq: 3 })
+            SubmitOutcome::parse(&s(&["waiting", "2"])).ok(),
+            Some(SubmitOutcome::Waiting { unmet: 2 })
         );
         assert_eq!(
-            CompleteOutcome::parse(&s(&["failed", "t2", "t3"])).ok(),
-            Some(CompleteOutcome::Finished { success: false, dependents: s(&["t2", "t3"]) })
+            GrantOutcome::parse(&s(&["granted", "a1", "3"])).ok(),
+            Some(GrantOutcome::Granted {
+                agent_id: "a1".into(),
+                grant_seq: 3
+            })
+        );
+        assert_eq!(
+            CompleteOutcome::parse(&s(&["failed", "orch", "m1", "t2", "t3"])).ok(),
+            Some(CompleteOutcome::Finished {
+                success: false,
+                submitter: "orch".into(),
+                submit_message_id: "m1".into(),
+                dependents: s(&["t2", "t3"])
+            })
         );
         assert!(GrantOutcome::parse(&s(&["bogus"])).is_err());
         assert!(SubmitOutcome::parse(&[]).is_err());

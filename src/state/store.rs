@@ -30,14 +30,34 @@ pub struct Store {
 }
 
 const AGENT_FIELDS: [&str; 14] = [
-    "agent_type", "status", "cap_cpu", "cap_memory", "cap_tokens", "cap_time", "res_cpu",
-    "res_memory", "res_tokens", "res_time", "score", "priority_weight", "active_tasks",
+    "agent_type",
+    "status",
+    "cap_cpu",
+    "cap_memory",
+    "cap_tokens",
+    "cap_time",
+    "res_cpu",
+    "res_memory",
+    "res_tokens",
+    "res_time",
+    "score",
+    "priority_weight",
+    "active_tasks",
     "last_heartbeat",
 ];
 
 const TASK_FIELDS: [&str; 11] = [
-    "state", "task_type", "priority", "req_cpu", "req_memory", "req_tokens", "req_time",
-    "submitter", "submit_msg_id", "estimated_duration_s", "submitted_at",
+    "state",
+    "task_type",
+    "priority",
+    "req_cpu",
+    "req_memory",
+    "req_tokens",
+    "req_time",
+    "submitter",
+    "submit_msg_id",
+    "estimated_duration_s",
+    "submitted_at",
 ];
 
 impl Store {
@@ -49,10 +69,19 @@ impl Store {
             .set_response_timeout(Some(Duration::from_millis(config.response_timeout_ms)))
             .set_connection_timeout(Some(Duration::from_millis(config.connection_timeout_ms)))
             .set_number_of_retries(3);
-        let conn = client.get_connection_manager_with_config(manager_config).await?;
-        let store = Store { conn, keys: Keys::new(config.key_prefix.clone()), scripts: std::sync::Arc::new(Scripts::new()) };
+        let conn = client
+            .get_connection_manager_with_config(manager_config)
+            .await?;
+        let store = Store {
+            conn,
+            keys: Keys::new(config.key_prefix.clone()),
+            scripts: std::sync::Arc::new(Scripts::new()),
+        };
         for script in store.scripts.all() {
-            script.prepare_invoke().load_async(&mut store.conn()).await?;
+            script
+                .prepare_invoke()
+                .load_async(&mut store.conn())
+                .await?;
         }
         Ok(store)
     }
@@ -65,7 +94,13 @@ impl Store {
         &self.keys
     }
 
-    pub async fn register_agent(&self, agent_id: &str, agent_type: &str, capacity: &Resources, priority_weight: f64) -> Result<(), Error> {
+    pub async fn register_agent(
+        &self,
+        agent_id: &str,
+        agent_type: &str,
+        capacity: &Resources,
+        priority_weight: f64,
+    ) -> Result<(), Error> {
         let mut inv = self.scripts.register_agent.prepare_invoke();
         inv.key(self.keys.agent(agent_id)).key(self.keys.agents());
         inv.arg(agent_id).arg(agent_type);
@@ -90,18 +125,32 @@ impl Store {
         DeregisterOutcome::parse(&reply)
     }
 
-    pub async fn submit_task(&self, req: &SubmitRequest, retention_s: u64) -> Result<SubmitOutcome, Error> {
+    pub async fn submit_task(
+        &self,
+        req: &SubmitRequest,
+        retention_s: u64,
+    ) -> Result<SubmitOutcome, Error> {
         let k = &self.keys;
         let mut inv = self.scripts.submit_task.prepare_invoke();
-        inv.key(k.task(&req.task_id)).key(k.unmet_dependencies(&req.task_id)).key(k.queue()).key(k.queue_seq()).key(k.stats());
+        inv.key(k.task(&req.task_id))
+            .key(k.unmet_dependencies(&req.task_id))
+            .key(k.queue())
+            .key(k.queue_seq())
+            .key(k.stats());
         for dep in &req.dependencies {
             inv.key(k.task(dep)).key(k.dependents(dep));
         }
-        inv.arg(&req.task_id).arg(&req.message_id).arg(&req.submitter).arg(&req.task_type).arg(req.priority);
+        inv.arg(&req.task_id)
+            .arg(&req.message_id)
+            .arg(&req.submitter)
+            .arg(&req.task_type)
+            .arg(req.priority);
         for kind in ResourceKind::ALL {
             inv.arg(req.required.get(kind));
         }
-        inv.arg(req.estimated_duration_s).arg(retention_s).arg(req.dependencies.len());
+        inv.arg(req.estimated_duration_s)
+            .arg(retention_s)
+            .arg(req.dependencies.len());
         for dep in &req.dependencies {
             inv.arg(dep);
         }
@@ -110,10 +159,17 @@ impl Store {
     }
 
     /// Tries the candidates in order; see `lua/grant_task.lua`.
-    pub async fn grant_task(&self, task_id: &str, candidates: &[String]) -> Result<GrantOutcome, Error> {
+    pub async fn grant_task(
+        &self,
+        task_id: &str,
+        candidates: &[String],
+    ) -> Result<GrantOutcome, Error> {
         let k = &self.keys;
         let mut inv = self.scripts.grant_task.prepare_invoke();
-        inv.key(k.task(task_id)).key(k.queue()).key(k.grant_outbox()).key(k.stats());
+        inv.key(k.task(task_id))
+            .key(k.queue())
+            .key(k.grant_outbox())
+            .key(k.stats());
         for agent in candidates {
             inv.key(k.agent(agent)).key(k.agent_tasks(agent));
         }
@@ -125,7 +181,15 @@ impl Store {
         GrantOutcome::parse(&reply)
     }
 
-    pub async fn complete_task(&self, task_id: &str, agent_id: &str, success: bool, execution_time_s: f64, learning_rate: f64, retention_s: u64) -> Result<CompleteOutcome, Error> {
+    pub async fn complete_task(
+        &self,
+        task_id: &str,
+        agent_id: &str,
+        success: bool,
+        execution_time_s: f64,
+        learning_rate: f64,
+        retention_s: u64,
+    ) -> Result<CompleteOutcome, Error> {
         let k = &self.keys;
         let reply: Vec<String> = self
             .scripts
@@ -147,7 +211,13 @@ impl Store {
         CompleteOutcome::parse(&reply)
     }
 
-    pub async fn resolve_dependency(&self, task_id: &str, dependency_id: &str, dependency_succeeded: bool, retention_s: u64) -> Result<ResolveOutcome, Error> {
+    pub async fn resolve_dependency(
+        &self,
+        task_id: &str,
+        dependency_id: &str,
+        dependency_succeeded: bool,
+        retention_s: u64,
+    ) -> Result<ResolveOutcome, Error> {
         let k = &self.keys;
         let reply: Vec<String> = self
             .scripts
@@ -159,14 +229,22 @@ impl Store {
             .key(k.dependents(task_id))
             .arg(task_id)
             .arg(dependency_id)
-            .arg(if dependency_succeeded { "completed" } else { "failed" })
+            .arg(if dependency_succeeded {
+                "completed"
+            } else {
+                "failed"
+            })
             .arg(retention_s)
             .invoke_async(&mut self.conn())
             .await?;
         ResolveOutcome::parse(&reply)
     }
 
-    pub async fn requeue_task(&self, task_id: &str, agent_id: &str) -> Result<RequeueOutcome, Error> {
+    pub async fn requeue_task(
+        &self,
+        task_id: &str,
+        agent_id: &str,
+    ) -> Result<RequeueOutcome, Error> {
         let k = &self.keys;
         let reply: Vec<String> = self
             .scripts
@@ -204,10 +282,15 @@ impl Store {
     async fn agent_rows(&self, ids: &[String]) -> Result<Vec<Vec<String>>, Error> {
         let mut pipe = redis::pipe();
         for id in ids {
-            pipe.cmd("HMGET").arg(self.keys.agent(id)).arg(&AGENT_FIELDS[..]);
+            pipe.cmd("HMGET")
+                .arg(self.keys.agent(id))
+                .arg(&AGENT_FIELDS[..]);
         }
         let rows: Vec<Vec<Option<String>>> = pipe.query_async(&mut self.conn()).await?;
-        Ok(rows.into_iter().map(|r| r.into_iter().map(Option::unwrap_or_default).collect()).collect())
+        Ok(rows
+            .into_iter()
+            .map(|r| r.into_iter().map(Option::unwrap_or_default).collect())
+            .collect())
     }
 
     /// Up to `limit` tasks from the head of the priority queue, in order.
@@ -215,31 +298,44 @@ impl Store {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let ids: Vec<String> = self.conn().zrange(self.keys.queue(), 0, limit as isize - 1).await?;
+        let ids: Vec<String> = self
+            .conn()
+            .zrange(self.keys.queue(), 0, limit as isize - 1)
+            .await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         for id in &ids {
-            pipe.cmd("HMGET").arg(self.keys.task(id)).arg(&TASK_FIELDS[..]);
+            pipe.cmd("HMGET")
+                .arg(self.keys.task(id))
+                .arg(&TASK_FIELDS[..]);
         }
         let rows: Vec<Vec<Option<String>>> = pipe.query_async(&mut self.conn()).await?;
         Ok(ids
             .into_iter()
             .zip(rows)
             .filter(|(_, row)| row.first().and_then(|s| s.as_deref()) == Some("queued"))
-            .map(|(id, row)| queued_task(id, row.into_iter().map(Option::unwrap_or_default).collect()))
+            .map(|(id, row)| {
+                queued_task(id, row.into_iter().map(Option::unwrap_or_default).collect())
+            })
             .collect())
     }
 
     /// One task's record (all fields), or `None` when unknown or expired.
-    pub async fn task_record(&self, task_id: &str) -> Result<Option<BTreeMap<String, String>>, Error> {
+    pub async fn task_record(
+        &self,
+        task_id: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, Error> {
         let map: BTreeMap<String, String> = self.conn().hgetall(self.keys.task(task_id)).await?;
         Ok(if map.is_empty() { None } else { Some(map) })
     }
 
     /// One agent's record (all fields), or `None`.
-    pub async fn agent_record(&self, agent_id: &str) -> Result<Option<BTreeMap<String, String>>, Error> {
+    pub async fn agent_record(
+        &self,
+        agent_id: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, Error> {
         let map: BTreeMap<String, String> = self.conn().hgetall(self.keys.agent(agent_id)).await?;
         Ok(if map.is_empty() { None } else { Some(map) })
     }
@@ -256,7 +352,11 @@ impl Store {
 
     /// Grants committed more than `older_than_ms` ago (Redis clock) whose publication was never
     /// confirmed: a replica died between commit and publish.
-    pub async fn stale_grants(&self, older_than_ms: u64, limit: usize) -> Result<Vec<(String, u64)>, Error> {
+    pub async fn stale_grants(
+        &self,
+        older_than_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, Error> {
         let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut self.conn()).await?;
         let cutoff = (secs * 1000 + micros / 1000).saturating_sub(older_than_ms);
         let members: Vec<String> = self
@@ -283,9 +383,17 @@ impl Store {
             let mut ids: Vec<String> = self.active_agent_ids().await?;
             ids.sort();
             let rows = self.agent_rows(&ids).await?;
-            agents = ids.into_iter().zip(rows).map(|(id, row)| agent_status(id, &row)).collect();
+            agents = ids
+                .into_iter()
+                .zip(rows)
+                .map(|(id, row)| agent_status(id, &row))
+                .collect();
         }
-        Ok(CoordinationSync { queue_depth, counters, agents })
+        Ok(CoordinationSync {
+            queue_depth,
+            counters,
+            agents,
+        })
     }
 }
 
@@ -294,7 +402,12 @@ fn num<T: std::str::FromStr + Default>(row: &[String], i: usize) -> T {
 }
 
 fn resources_at(row: &[String], first: usize) -> Resources {
-    Resources { cpu: num(row, first), memory: num(row, first + 1), tokens: num(row, first + 2), time: num(row, first + 3) }
+    Resources {
+        cpu: num(row, first),
+        memory: num(row, first + 1),
+        tokens: num(row, first + 2),
+        time: num(row, first + 3),
+    }
 }
 
 fn agent_view(agent_id: String, row: &[String]) -> AgentView {

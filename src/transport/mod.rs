@@ -29,9 +29,17 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Error>
 
 /// Parses `2.15.1` (ignoring any `-beta` suffix) into a comparable triple.
 pub fn parse_version(version: &str) -> Option<(u64, u64, u64)> {
-    let core = version.trim().trim_start_matches('v').split(['-', '+']).next()?;
+    let core = version
+        .trim()
+        .trim_start_matches('v')
+        .split(['-', '+'])
+        .next()?;
     let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
-    Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
+    Some((
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ))
 }
 
 /// Refuses servers older than [`MIN_SERVER_VERSION`] or without JetStream.
@@ -89,7 +97,10 @@ pub async fn ensure_streams(
     };
     let dead = stream::Config {
         name: subjects.dead_letter_stream(),
-        subjects: vec![subjects.all_dead_letters(), subjects.max_deliveries_advisory()],
+        subjects: vec![
+            subjects.all_dead_letters(),
+            subjects.max_deliveries_advisory(),
+        ],
         retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
         max_age: Duration::from_secs(7 * 24 * 3600),
@@ -177,7 +188,8 @@ pub async fn publish_stored<T: Serialize>(
         .publish_with_headers(subject, msg_id_headers(message_id), payload)
         .await
         .map_err(|e| nats_error("JetStream publish failed", e))?;
-    ack.await.map_err(|e| nats_error("JetStream did not acknowledge the publish", e))?;
+    ack.await
+        .map_err(|e| nats_error("JetStream did not acknowledge the publish", e))?;
     Ok(())
 }
 
@@ -188,7 +200,10 @@ pub async fn publish_core<T: Serialize>(
     value: &T,
 ) -> Result<(), Error> {
     let payload = Bytes::from(serde_json::to_vec(value)?);
-    client.publish(subject, payload).await.map_err(|e| nats_error("NATS publish failed", e))
+    client
+        .publish(subject, payload)
+        .await
+        .map_err(|e| nats_error("NATS publish failed", e))
 }
 
 #[cfg(test)]

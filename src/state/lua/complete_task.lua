@@ -7,9 +7,10 @@
 -- ARGV[5] learning_rate  ARGV[6] retention seconds
 --
 -- Returns one of
---   {"completed"|"failed", dependent_id...}  the outcome and the tasks waiting on this one (the
---                                   caller resolves each with resolve_dependency); a repeat of the
---                                   same completion answers the same and changes nothing
+--   {"completed"|"failed", submitter, submit_message_id, dependent_id...}  the outcome, who to tell,
+--                                   and the tasks waiting on this one (the caller resolves each
+--                                   with resolve_dependency); a repeat of the same completion
+--                                   answers the same and changes nothing
 --   {"unknown_agent"} {"unknown_task"}
 --   {"wrong_agent", owner}          the task is (or was) granted to another agent
 --   {"task_not_granted", state}     queued or waiting: e.g. re-queued after this agent died
@@ -19,7 +20,7 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
   return {'unknown_agent'}
 end
 local task = redis.call('HMGET', KEYS[1], 'state', 'agent', 'req_cpu', 'req_memory', 'req_tokens',
-  'req_time', 'estimated_duration_s', 'grant_seq')
+  'req_time', 'estimated_duration_s', 'grant_seq', 'submitter', 'submit_msg_id')
 local state, owner = task[1], task[2]
 if not state then
   return {'unknown_task'}
@@ -31,7 +32,7 @@ if owner ~= ARGV[2] then
   return {'wrong_agent', owner or ''}
 end
 local function with_dependents(outcome)
-  local reply = {outcome}
+  local reply = {outcome, task[9] or '', task[10] or ''}
   for _, id in ipairs(redis.call('SMEMBERS', KEYS[4])) do
     table.insert(reply, id)
   end
@@ -45,9 +46,10 @@ local success = ARGV[3] == '1'
 local outcome = success and 'completed' or 'failed'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- `0 - x`, not `-x`: Lua renders -0 as "-0", which HINCRBY refuses.
 local kinds = {'cpu', 'memory', 'tokens', 'time'}
 for k = 1, 4 do
-  redis.call('HINCRBY', KEYS[2], 'res_' .. kinds[k], -tonumber(task[2 + k]))
+  redis.call('HINCRBY', KEYS[2], 'res_' .. kinds[k], 0 - tonumber(task[2 + k]))
 end
 redis.call('HINCRBY', KEYS[2], 'active_tasks', -1)
 redis.call('SREM', KEYS[3], ARGV[1])

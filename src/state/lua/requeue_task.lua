@@ -16,7 +16,7 @@ if task[1] ~= 'granted' or task[2] ~= ARGV[2] then
 end
 local kinds = {'cpu', 'memory', 'tokens', 'time'}
 for k = 1, 4 do
-  redis.call('HINCRBY', KEYS[2], 'res_' .. kinds[k], -tonumber(task[2 + k]))
+  redis.call('HINCRBY', KEYS[2], 'res_' .. kinds[k], 0 - tonumber(task[2 + k]))
 end
 redis.call('HINCRBY', KEYS[2], 'active_tasks', -1)
 redis.call('SREM', KEYS[3], ARGV[1])

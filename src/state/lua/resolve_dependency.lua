@@ -8,13 +8,15 @@
 -- Returns one of
 --   {"queued"}                    last unmet dependency done: now in the priority queue
 --   {"waiting", unmet_count}      still waiting on others
---   {"failed", dependent_id...}   failed because the dependency failed; its own dependents are
---                                 returned so the caller cascades (repeats answer the same)
+--   {"failed", submitter, submit_message_id, dependent_id...}  failed because the dependency
+--                                 failed; who to tell, and its own dependents so the caller
+--                                 cascades (repeats answer the same)
 --   {"noop", state}               the task is not waiting (already resolved): nothing changed
-local task = redis.call('HMGET', KEYS[1], 'state', 'priority', 'queue_seq', 'reason')
+local task = redis.call('HMGET', KEYS[1], 'state', 'priority', 'queue_seq', 'reason', 'submitter',
+  'submit_msg_id')
 local state = task[1]
 if state == 'failed' and ARGV[3] == 'failed' and task[4] == 'dependency_failed:' .. ARGV[2] then
-  local reply = {'failed'}
+  local reply = {'failed', task[5] or '', task[6] or ''}
   for _, id in ipairs(redis.call('SMEMBERS', KEYS[5])) do
     table.insert(reply, id)
   end
@@ -30,7 +32,7 @@ if ARGV[3] == 'failed' then
   redis.call('HINCRBY', KEYS[4], 'failed', 1)
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   redis.call('DEL', KEYS[2])
-  local reply = {'failed'}
+  local reply = {'failed', task[5] or '', task[6] or ''}
   for _, id in ipairs(redis.call('SMEMBERS', KEYS[5])) do
     table.insert(reply, id)
   end

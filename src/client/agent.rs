@@ -1,0 +1,198 @@
+//! [`Agent`]: an agent's handle: register, receive grants, report completions.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull};
+use futures::StreamExt;
+
+use super::router::{ClientEvent, Router, into_reply};
+use crate::error::{Error, nats_error};
+use crate::protocol::{
+    AgentDeregister, AgentRegister, Envelope, MessageType, Subjects, TaskComplete, TaskGrant,
+    now_ms,
+};
+use crate::transport;
+
+pub struct Agent {
+    js: jetstream::Context,
+    subjects: Subjects,
+    agent_id: String,
+    router: Router,
+    reply_timeout: Duration,
+}
+
+impl Agent {
+    /// Registers with the coordinator and waits until it confirms.
+    pub async fn register(
+        client: async_nats::Client,
+        subjects: Subjects,
+        registration: AgentRegister,
+    ) -> Result<Agent, Error> {
+        let agent_id = registration.agent_id.clone();
+        let router = Router::start(&client, &subjects, &agent_id, 1024).await?;
+        let agent = Agent {
+            js: jetstream::new(client),
+            subjects,
+            agent_id,
+            router,
+            reply_timeout: super::DEFAULT_REPLY_TIMEOUT,
+        };
+        agent
+            .send_and_confirm(MessageType::AgentRegister, registration)
+            .await?;
+        Ok(agent)
+    }
+
+    pub fn agent_id(&self) -> &str {
+        &self.agent_id
+    }
+
+    /// Replies and error reports addressed to this agent.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<ClientEvent> {
+        self.router.subscribe()
+    }
+
+    /// This agent's grants, from its durable consumer: grants sent while it was away arrive
+    /// when it comes back.
+    pub async fn grants(&self) -> Result<GrantStream, Error> {
+        let consumer = transport::agent_consumer(&self.js, &self.subjects, &self.agent_id).await?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(256)
+            .messages()
+            .await
+            .map_err(|e| nats_error("cannot start pulling grants", e))?;
+        Ok(GrantStream {
+            messages,
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+        })
+    }
+
+    /// Reports a task's outcome; resolves once JetStream stored the report (it will be applied
+    /// even if no optimizer is up right now).
+    pub async fn complete_task(
+        &self,
+        task_id: &str,
+        success: bool,
+        execution_time_s: f64,
+    ) -> Result<(), Error> {
+        let report = self.completion(task_id, success, execution_time_s);
+        let envelope = Envelope::new(
+            self.agent_id.clone(),
+            MessageType::TaskComplete,
+            report,
+            now_ms(),
+        );
+        let subject = self
+            .subjects
+            .addressed(MessageType::TaskComplete, &self.agent_id);
+        transport::publish_stored(
+            &self.js,
+            subject,
+            &envelope.message_id.to_string(),
+            &envelope,
+        )
+        .await
+    }
+
+    /// Like [`Agent::complete_task`] but waits for the coordinator's verdict, so a refusal
+    /// (`wrong_agent`, `unknown_task`, ...) comes back as an error.
+    pub async fn complete_task_confirmed(
+        &self,
+        task_id: &str,
+        success: bool,
+        execution_time_s: f64,
+    ) -> Result<(), Error> {
+        let report = self.completion(task_id, success, execution_time_s);
+        self.send_and_confirm(MessageType::TaskComplete, report)
+            .await
+    }
+
+    fn completion(&self, task_id: &str, success: bool, execution_time_s: f64) -> TaskComplete {
+        TaskComplete {
+            task_id: task_id.to_string(),
+            agent_id: self.agent_id.clone(),
+            success,
+            execution_time_s,
+            performance_metrics: Default::default(),
+            error: None,
+        }
+    }
+
+    /// Leaves the fleet; tasks still granted to this agent go back to the queue.
+    pub async fn deregister(&self) -> Result<(), Error> {
+        self.send_and_confirm(
+            MessageType::AgentDeregister,
+            AgentDeregister {
+                agent_id: self.agent_id.clone(),
+            },
+        )
+        .await
+    }
+
+    async fn send_and_confirm<P: serde::Serialize>(
+        &self,
+        message_type: MessageType,
+        payload: P,
+    ) -> Result<(), Error> {
+        let envelope = Envelope::new(self.agent_id.clone(), message_type, payload, now_ms());
+        let id = envelope.message_id.to_string();
+        let rx = self.router.expect(&id);
+        let subject = self.subjects.addressed(message_type, &self.agent_id);
+        if let Err(e) = transport::publish_stored(&self.js, subject, &id, &envelope).await {
+            self.router.forget(&id);
+            return Err(e);
+        }
+        into_reply(self.router.wait(&id, rx, self.reply_timeout).await?).map(|_| ())
+    }
+}
+
+/// How many recent grants an agent remembers to drop redeliveries.
+const DEDUPE_MEMORY: usize = 10_000;
+
+/// An agent's incoming grants. Each grant is acknowledged as it is handed out, and a grant
+/// delivered twice (same task and grant number) is handed out once.
+pub struct GrantStream {
+    messages: pull::Stream,
+    seen: HashSet<(String, u64)>,
+    order: VecDeque<(String, u64)>,
+}
+
+impl GrantStream {
+    /// The next grant; `None` when the connection closed.
+    pub async fn next(&mut self) -> Option<Result<Envelope<TaskGrant>, Error>> {
+        loop {
+            let message = match self.messages.next().await? {
+                Ok(m) => m,
+                Err(e) => return Some(Err(nats_error("grant delivery failed", e))),
+            };
+            let _ = message.ack().await;
+            let grant: Envelope<TaskGrant> = match serde_json::from_slice(&message.payload) {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::warn!(error = %e, "undecodable grant skipped");
+                    continue;
+                }
+            };
+            if self.remember(&grant.payload) {
+                return Some(Ok(grant));
+            }
+        }
+    }
+
+    fn remember(&mut self, grant: &TaskGrant) -> bool {
+        let key = (grant.task_id.clone(), grant.grant_seq);
+        if !self.seen.insert(key.clone()) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > DEDUPE_MEMORY {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,145 @@
+//! The dispatch pass: propose agents for the head of the priority queue with the configured
+//! [`Strategy`](crate::decision::Strategy), commit each proposal through the atomic grant script,
+//! and publish what was granted.
+//!
+//! Several replicas may dispatch the same queue head at once. That is safe: the grant script
+//! re-checks that the task is still queued and that the agent still has room, so the loser of a
+//! race gets `not_queued` or tries its next candidate.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use futures::future::join_all;
+
+use super::Ctx;
+use super::publish::{Grant, Reply, publish_grant, send_reply};
+use crate::decision::plan_batch;
+use crate::error::Error;
+use crate::protocol::{MessageType, ReplyStatus, now_ms};
+use crate::state::GrantOutcome;
+
+/// Most passes one dispatch call makes while every pass keeps granting a full window.
+const MAX_ROUNDS: usize = 8;
+
+/// Grants what fits from the queue head; returns the ids of tasks granted (and published).
+pub(crate) async fn dispatch_queue(ctx: &Ctx) -> Result<HashSet<String>, Error> {
+    let started = Instant::now();
+    let mut granted_ids = HashSet::new();
+    for _ in 0..MAX_ROUNDS {
+        let round = dispatch_round(ctx).await?;
+        granted_ids.extend(round.granted.iter().map(|g| g.payload.task_id.clone()));
+        publish_grants(ctx, round.granted).await;
+        // Go again when the window was fully granted (more may be waiting behind it) or when a
+        // proposal missed because the snapshot was stale (a fresh one may find room).
+        if !(round.window_full || round.stale_misses > 0) {
+            break;
+        }
+    }
+    ctx.metrics
+        .coordination_seconds
+        .with_label_values(&["dispatch"])
+        .observe(started.elapsed().as_secs_f64());
+    Ok(granted_ids)
+}
+
+struct Round {
+    granted: Vec<Grant>,
+    window_full: bool,
+    stale_misses: usize,
+}
+
+async fn dispatch_round(ctx: &Ctx) -> Result<Round, Error> {
+    let window = ctx.config.coordination.dispatch_window;
+    let head = ctx.store.queue_head(window).await?;
+    if head.is_empty() {
+        return Ok(Round {
+            granted: Vec::new(),
+            window_full: false,
+            stale_misses: 0,
+        });
+    }
+    let agents = ctx.store.agent_snapshot().await?;
+    let views: Vec<_> = head.iter().map(|q| q.view.clone()).collect();
+    let plan = plan_batch(
+        ctx.strategy.as_ref(),
+        &views,
+        &agents,
+        ctx.config.coordination.max_candidates,
+    );
+    let head_ref = &head;
+    let attempts = plan
+        .iter()
+        .filter(|p| !p.candidates.is_empty())
+        .map(|p| async move {
+            let task = &head_ref[p.task_index];
+            (
+                task,
+                ctx.store
+                    .grant_task(&task.view.task_id, &p.candidates)
+                    .await,
+            )
+        });
+    let mut granted = Vec::new();
+    let mut stale_misses = 0;
+    for (task, result) in join_all(attempts).await {
+        match result? {
+            GrantOutcome::Granted {
+                agent_id,
+                grant_seq,
+            } => {
+                ctx.metrics
+                    .allocations
+                    .with_label_values(&["granted"])
+                    .inc();
+                tracing::debug!(task_id = %task.view.task_id, agent_id = %agent_id, grant_seq, "task granted");
+                granted.push(Grant::from_queued(task, &agent_id, grant_seq));
+            }
+            GrantOutcome::NoFit => stale_misses += 1,
+            GrantOutcome::NotQueued { .. } => {}
+        }
+    }
+    let window_full = head.len() == window && granted.len() == head.len();
+    Ok(Round {
+        granted,
+        window_full,
+        stale_misses,
+    })
+}
+
+/// Publishes grants concurrently, then clears them from the outbox and tells the submitters.
+/// A grant whose publication fails stays in the outbox; the maintenance pass re-publishes it.
+pub(crate) async fn publish_grants(ctx: &Ctx, grants: Vec<Grant>) {
+    if grants.is_empty() {
+        return;
+    }
+    let results = join_all(grants.iter().map(|g| publish_grant(ctx, g))).await;
+    let mut published = Vec::new();
+    let now = now_ms();
+    for (grant, result) in grants.into_iter().zip(results) {
+        match result {
+            Ok(()) => {
+                let latency = now.saturating_sub(grant.submitted_at_ms) as f64 / 1000.0;
+                ctx.metrics
+                    .grant_latency
+                    .with_label_values(&["submit_to_grant"])
+                    .observe(latency);
+                published.push((grant.payload.task_id.clone(), grant.payload.grant_seq));
+                let reply = Reply::new(
+                    &grant.payload.submitter,
+                    &grant.submit_message_id,
+                    MessageType::TaskSubmit,
+                    ReplyStatus::Granted,
+                )
+                .task(&grant.payload.task_id)
+                .agent(&grant.payload.agent_id);
+                send_reply(ctx, reply).await;
+            }
+            Err(e) => {
+                tracing::warn!(task_id = %grant.payload.task_id, error = %e, "grant publication failed; the outbox keeps it")
+            }
+        }
+    }
+    if let Err(e) = ctx.store.mark_grants_published(&published).await {
+        tracing::warn!(error = %e, "could not clear published grants from the outbox; they will be re-published (deduplicated)");
+    }
+}

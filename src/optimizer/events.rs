@@ -1,0 +1,367 @@
+//! Applying one decoded event to the shared state. Each function runs the event's transition
+//! script(s) and says what follows: replies, refusals, whether the queue should be dispatched.
+//! Nothing here publishes; the batch does that after all of its commits.
+
+use std::collections::HashSet;
+
+use super::Ctx;
+use super::publish::{Grant, Reply};
+use crate::error::Error;
+use crate::protocol::{Inbound, MessageType, RejectReason, ReplyStatus};
+use crate::state::{
+    CompleteOutcome, DeregisterOutcome, RequeueOutcome, ResolveOutcome, SubmitOutcome,
+    SubmitRequest,
+};
+
+/// What applying one event calls for.
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    pub replies: Vec<Reply>,
+    /// The event is refused with this reason and message.
+    pub refusal: Option<(RejectReason, String)>,
+    /// Capacity was freed or work was queued: run a dispatch pass.
+    pub dispatch: bool,
+    /// A submit that ended queued: (task id, submitter, submit message id). Told "queued" unless
+    /// the batch's dispatch grants it.
+    pub queued_submit: Option<(String, String, String)>,
+    /// Grants to publish again (a redelivered submit whose first publication may have been lost).
+    pub republish: Vec<Grant>,
+}
+
+impl Applied {
+    fn refuse(reason: RejectReason, message: impl Into<String>) -> Applied {
+        Applied {
+            refusal: Some((reason, message.into())),
+            ..Applied::default()
+        }
+    }
+}
+
+pub(crate) async fn apply_event(ctx: &Ctx, event: &Inbound) -> Result<Applied, Error> {
+    match event {
+        Inbound::Register(env, capacity) => {
+            let p = &env.payload;
+            ctx.store
+                .register_agent(&p.agent_id, &p.agent_type, capacity, p.priority_weight)
+                .await?;
+            tracing::info!(agent_id = %p.agent_id, agent_type = %p.agent_type, "agent registered");
+            let reply = Reply::new(
+                &env.sender,
+                &env.message_id.to_string(),
+                MessageType::AgentRegister,
+                ReplyStatus::Registered,
+            )
+            .agent(&p.agent_id);
+            Ok(Applied {
+                replies: vec![reply],
+                dispatch: true,
+                ..Applied::default()
+            })
+        }
+        Inbound::Deregister(env) => {
+            deregister(
+                ctx,
+                &env.payload.agent_id,
+                &env.sender,
+                &env.message_id.to_string(),
+            )
+            .await
+        }
+        Inbound::Submit(env, required) => {
+            let p = &env.payload;
+            let request = SubmitRequest {
+                task_id: p.task_id.clone(),
+                message_id: env.message_id.to_string(),
+                submitter: env.sender.clone(),
+                task_type: p.task_type.clone(),
+                priority: p.priority,
+                required: *required,
+                estimated_duration_s: p.estimated_duration_s,
+                dependencies: p.dependencies.clone(),
+            };
+            submit(ctx, &request).await
+        }
+        Inbound::Complete(env) => complete(ctx, env).await,
+    }
+}
+
+async fn deregister(
+    ctx: &Ctx,
+    agent_id: &str,
+    sender: &str,
+    message_id: &str,
+) -> Result<Applied, Error> {
+    let tasks = match ctx.store.deregister_agent(agent_id).await? {
+        DeregisterOutcome::UnknownAgent => {
+            return Ok(Applied::refuse(
+                RejectReason::UnknownAgent,
+                format!("agent {agent_id} is not registered"),
+            ));
+        }
+        DeregisterOutcome::Deregistered { tasks } => tasks,
+    };
+    for task_id in &tasks {
+        if ctx.store.requeue_task(task_id, agent_id).await? == RequeueOutcome::Requeued {
+            ctx.metrics
+                .allocations
+                .with_label_values(&["requeued"])
+                .inc();
+            tracing::info!(task_id = %task_id, agent_id, "task re-queued from a departing agent");
+        }
+    }
+    let reply = Reply::new(
+        sender,
+        message_id,
+        MessageType::AgentDeregister,
+        ReplyStatus::Deregistered,
+    )
+    .agent(agent_id);
+    Ok(Applied {
+        replies: vec![reply],
+        dispatch: true,
+        ..Applied::default()
+    })
+}
+
+async fn submit(ctx: &Ctx, req: &SubmitRequest) -> Result<Applied, Error> {
+    let outcome = ctx
+        .store
+        .submit_task(req, ctx.config.coordination.task_retention_s)
+        .await?;
+    let reply = |status| {
+        Reply::new(
+            &req.submitter,
+            &req.message_id,
+            MessageType::TaskSubmit,
+            status,
+        )
+        .task(&req.task_id)
+    };
+    let mut applied = Applied::default();
+    match outcome {
+        SubmitOutcome::Queued => {
+            applied.dispatch = true;
+            applied.queued_submit = Some((
+                req.task_id.clone(),
+                req.submitter.clone(),
+                req.message_id.clone(),
+            ));
+        }
+        SubmitOutcome::Waiting { unmet } => {
+            ctx.metrics
+                .allocations
+                .with_label_values(&["waiting"])
+                .inc();
+            applied
+                .replies
+                .push(reply(ReplyStatus::Waiting).detail(format!("{unmet} unmet dependencies")));
+        }
+        SubmitOutcome::Failed { reason } => {
+            ctx.metrics.allocations.with_label_values(&["failed"]).inc();
+            applied
+                .replies
+                .push(reply(ReplyStatus::Failed).detail(reason));
+        }
+        SubmitOutcome::Duplicate { state, agent } => {
+            return duplicate_submit(ctx, req, &state, &agent, reply).await;
+        }
+        SubmitOutcome::TaskExists { state, .. } => {
+            return Ok(Applied::refuse(
+                RejectReason::TaskExists,
+                format!(
+                    "task {} was already submitted by another message (state {state})",
+                    req.task_id
+                ),
+            ));
+        }
+    }
+    Ok(applied)
+}
+
+/// The same submit again (a redelivery or a client retry): answer with the current state, and
+/// re-publish the grant in case the first publication died with its replica. The grant's message
+/// id is deterministic, so if it did get out, JetStream drops the copy.
+async fn duplicate_submit(
+    ctx: &Ctx,
+    req: &SubmitRequest,
+    state: &str,
+    agent: &str,
+    reply: impl Fn(ReplyStatus) -> Reply,
+) -> Result<Applied, Error> {
+    let mut applied = Applied::default();
+    match state {
+        "granted" => {
+            if let Some(grant) = ctx
+                .store
+                .task_record(&req.task_id)
+                .await?
+                .as_ref()
+                .and_then(Grant::from_record)
+            {
+                applied.republish.push(grant);
+            }
+            applied
+                .replies
+                .push(reply(ReplyStatus::Granted).agent(agent));
+        }
+        "queued" => {
+            applied.dispatch = true;
+            applied.queued_submit = Some((
+                req.task_id.clone(),
+                req.submitter.clone(),
+                req.message_id.clone(),
+            ));
+        }
+        "waiting" => applied.replies.push(reply(ReplyStatus::Waiting)),
+        "completed" => applied
+            .replies
+            .push(reply(ReplyStatus::Completed).agent(agent)),
+        _ => applied
+            .replies
+            .push(reply(ReplyStatus::Failed).agent(agent)),
+    }
+    Ok(applied)
+}
+
+async fn complete(
+    ctx: &Ctx,
+    env: &crate::protocol::Envelope<crate::protocol::TaskComplete>,
+) -> Result<Applied, Error> {
+    let p = &env.payload;
+    let c = &ctx.config.coordination;
+    let outcome = ctx
+        .store
+        .complete_task(
+            &p.task_id,
+            &p.agent_id,
+            p.success,
+            p.execution_time_s,
+            c.learning_rate,
+            c.task_retention_s,
+        )
+        .await?;
+    let (success, submitter, submit_id, dependents) = match outcome {
+        CompleteOutcome::Finished {
+            success,
+            submitter,
+            submit_message_id,
+            dependents,
+        } => (success, submitter, submit_message_id, dependents),
+        CompleteOutcome::UnknownAgent => {
+            return Ok(Applied::refuse(
+                RejectReason::UnknownAgent,
+                format!("agent {} is not registered", p.agent_id),
+            ));
+        }
+        CompleteOutcome::UnknownTask => {
+            return Ok(Applied::refuse(
+                RejectReason::UnknownTask,
+                format!("task {} is unknown (or expired)", p.task_id),
+            ));
+        }
+        CompleteOutcome::WrongAgent { owner } => {
+            let owner = if owner.is_empty() {
+                "no agent".to_string()
+            } else {
+                format!("agent {owner}")
+            };
+            return Ok(Applied::refuse(
+                RejectReason::WrongAgent,
+                format!("task {} is held by {owner}, not {}", p.task_id, p.agent_id),
+            ));
+        }
+        CompleteOutcome::NotGranted { state } => {
+            return Ok(Applied::refuse(
+                RejectReason::TaskNotGranted,
+                format!(
+                    "task {} is {state}, not granted to {}",
+                    p.task_id, p.agent_id
+                ),
+            ));
+        }
+    };
+    ctx.metrics
+        .allocations
+        .with_label_values(&[if success { "completed" } else { "failed" }])
+        .inc();
+    tracing::debug!(task_id = %p.task_id, agent_id = %p.agent_id, success, "task finished");
+    let status = if success {
+        ReplyStatus::Completed
+    } else {
+        ReplyStatus::Failed
+    };
+    let mut applied = Applied {
+        dispatch: true,
+        ..Applied::default()
+    };
+    applied.replies.push(
+        Reply::new(
+            &env.sender,
+            &env.message_id.to_string(),
+            MessageType::TaskComplete,
+            status,
+        )
+        .task(&p.task_id)
+        .agent(&p.agent_id),
+    );
+    if !submitter.is_empty() {
+        applied.replies.push(
+            Reply::new(&submitter, &submit_id, MessageType::TaskSubmit, status)
+                .task(&p.task_id)
+                .agent(&p.agent_id),
+        );
+    }
+    resolve_dependents(ctx, &p.task_id, success, dependents, &mut applied).await?;
+    Ok(applied)
+}
+
+/// Walks the dependents of a finished task: each becomes queued, keeps waiting, or fails in
+/// turn (cascading). `visited` guards against dependency cycles.
+async fn resolve_dependents(
+    ctx: &Ctx,
+    task_id: &str,
+    success: bool,
+    dependents: Vec<String>,
+    applied: &mut Applied,
+) -> Result<(), Error> {
+    let retention = ctx.config.coordination.task_retention_s;
+    let mut frontier: Vec<(String, String)> = dependents
+        .into_iter()
+        .map(|d| (task_id.to_string(), d))
+        .collect();
+    let mut visited = HashSet::new();
+    while let Some((dependency, dependent)) = frontier.pop() {
+        if !visited.insert(dependent.clone()) {
+            continue;
+        }
+        match ctx
+            .store
+            .resolve_dependency(&dependent, &dependency, success, retention)
+            .await?
+        {
+            ResolveOutcome::Queued => applied.dispatch = true,
+            ResolveOutcome::Waiting | ResolveOutcome::Noop => {}
+            ResolveOutcome::Failed {
+                submitter,
+                submit_message_id,
+                dependents,
+            } => {
+                ctx.metrics.allocations.with_label_values(&["failed"]).inc();
+                tracing::info!(task_id = %dependent, dependency = %dependency, "task failed: dependency failed");
+                if !submitter.is_empty() {
+                    let reply = Reply::new(
+                        &submitter,
+                        &submit_message_id,
+                        MessageType::TaskSubmit,
+                        ReplyStatus::Failed,
+                    )
+                    .task(&dependent)
+                    .detail(format!("dependency_failed:{dependency}"));
+                    applied.replies.push(reply);
+                }
+                frontier.extend(dependents.into_iter().map(|d| (dependent.clone(), d)));
+            }
+        }
+    }
+    Ok(())
+}

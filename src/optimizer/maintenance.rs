@@ -1,0 +1,132 @@
+//! Work a replica does besides events: every OPTIMIZATION_INTERVAL it re-publishes grants whose
+//! publication was interrupted, dispatches the queue (capacity may have freed without an event
+//! reaching this replica), and refreshes the fleet gauges; and it answers status queries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use super::Ctx;
+use super::dispatch::{dispatch_queue, publish_grants};
+use super::publish::{Grant, OPTIMIZER_SENDER};
+use crate::error::Error;
+use crate::protocol::{Envelope, MessageType, StatusQuery, now_ms};
+
+/// Grants older than this in the outbox are presumed orphaned by a dead replica.
+const ORPHANED_GRANT_AGE_MS: u64 = 2_000;
+
+pub(crate) async fn run_maintenance(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+    let period = Duration::from_secs_f64(ctx.config.coordination.optimization_interval_s);
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Err(e) = maintenance_pass(&ctx).await {
+            tracing::warn!(error = %e, "maintenance pass failed; retrying next interval");
+        }
+    }
+}
+
+async fn maintenance_pass(ctx: &Ctx) -> Result<(), Error> {
+    republish_orphaned_grants(ctx).await?;
+    dispatch_queue(ctx).await?;
+    let sync = ctx.store.coordination_sync(true).await?;
+    ctx.metrics.queue_depth.set(sync.queue_depth as f64);
+    let utilizations: Vec<f64> = sync
+        .agents
+        .iter()
+        .filter(|a| a.status == "active")
+        .map(|a| a.utilization)
+        .collect();
+    let mean = if utilizations.is_empty() {
+        0.0
+    } else {
+        utilizations.iter().sum::<f64>() / utilizations.len() as f64
+    };
+    let max = utilizations.iter().copied().fold(0.0, f64::max);
+    ctx.metrics
+        .agent_utilization
+        .with_label_values(&["mean"])
+        .set(mean);
+    ctx.metrics
+        .agent_utilization
+        .with_label_values(&["max"])
+        .set(max);
+    Ok(())
+}
+
+/// Re-publishes grants committed but never confirmed published. Their message ids are
+/// deterministic, so a grant that did reach JetStream is dropped there as a duplicate.
+pub(crate) async fn republish_orphaned_grants(ctx: &Ctx) -> Result<(), Error> {
+    let stale = ctx.store.stale_grants(ORPHANED_GRANT_AGE_MS, 256).await?;
+    let mut grants = Vec::new();
+    for (task_id, seq) in stale {
+        match ctx
+            .store
+            .task_record(&task_id)
+            .await?
+            .as_ref()
+            .and_then(Grant::from_record)
+        {
+            Some(grant) if grant.payload.grant_seq == seq => grants.push(grant),
+            // Superseded (completed, re-queued or re-granted): just drop the outbox entry.
+            _ => ctx.store.mark_grants_published(&[(task_id, seq)]).await?,
+        }
+    }
+    if !grants.is_empty() {
+        tracing::warn!(
+            count = grants.len(),
+            "re-publishing grants orphaned by an interrupted replica"
+        );
+        ctx.metrics.grant_republishes.inc_by(grants.len() as u64);
+    }
+    publish_grants(ctx, grants).await;
+    Ok(())
+}
+
+/// Answers `<prefix>.status_query` (core request/reply, one replica per query via a queue group)
+/// with a COORDINATION_SYNC snapshot.
+pub(crate) async fn answer_status_queries(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+    let subject = ctx.subjects.unaddressed(MessageType::StatusQuery);
+    let mut sub = match ctx
+        .client
+        .queue_subscribe(subject, ctx.subjects.optimizer_queue_group())
+        .await
+    {
+        Ok(sub) => sub,
+        Err(e) => return tracing::error!(error = %e, "cannot subscribe to status queries"),
+    };
+    loop {
+        let message = tokio::select! {
+            _ = stop.changed() => return,
+            m = sub.next() => m,
+        };
+        let Some(message) = message else { return };
+        let Some(reply_to) = message.reply.clone() else {
+            continue;
+        };
+        let include_agents = serde_json::from_slice::<Envelope<StatusQuery>>(&message.payload)
+            .map(|e| e.payload.include_agents)
+            .unwrap_or(true);
+        let body = match ctx.store.coordination_sync(include_agents).await {
+            Ok(sync) => Envelope::new(
+                OPTIMIZER_SENDER,
+                MessageType::CoordinationSync,
+                sync,
+                now_ms(),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "status query failed");
+                continue;
+            }
+        };
+        if let Ok(bytes) = serde_json::to_vec(&body) {
+            let _ = ctx.client.publish(reply_to, bytes.into()).await;
+        }
+    }
+}

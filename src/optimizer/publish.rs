@@ -1,0 +1,212 @@
+//! Building and sending the optimizer's outbound messages: grants (stored in JetStream, deduped
+//! by a message id derived from task and grant number), replies and error reports (core NATS).
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use super::Ctx;
+use crate::decision::Resources;
+use crate::error::Error;
+use crate::protocol::{
+    CoordinatorReply, Envelope, ErrorReport, MessagePriority, MessageType, Rejection, ReplyStatus,
+    TaskGrant, now_ms,
+};
+use crate::state::QueuedTask;
+use crate::transport;
+
+/// Who the optimizer says it is in `sender`.
+pub(crate) const OPTIMIZER_SENDER: &str = "optimizer";
+
+/// A reply to send: `to` is the recipient's id, `correlation_id` the request's message id.
+#[derive(Debug, Clone)]
+pub(crate) struct Reply {
+    pub to: String,
+    pub correlation_id: String,
+    pub body: CoordinatorReply,
+}
+
+impl Reply {
+    pub(crate) fn new(
+        to: &str,
+        correlation_id: &str,
+        op: MessageType,
+        status: ReplyStatus,
+    ) -> Reply {
+        Reply {
+            to: to.to_string(),
+            correlation_id: correlation_id.to_string(),
+            body: CoordinatorReply {
+                op: op.as_str().to_string(),
+                status,
+                task_id: None,
+                agent_id: None,
+                detail: None,
+            },
+        }
+    }
+
+    pub(crate) fn task(mut self, task_id: &str) -> Reply {
+        self.body.task_id = Some(task_id.to_string());
+        self
+    }
+
+    pub(crate) fn agent(mut self, agent_id: &str) -> Reply {
+        if !agent_id.is_empty() {
+            self.body.agent_id = Some(agent_id.to_string());
+        }
+        self
+    }
+
+    pub(crate) fn detail(mut self, detail: impl Into<String>) -> Reply {
+        self.body.detail = Some(detail.into());
+        self
+    }
+}
+
+/// A grant ready to publish.
+#[derive(Debug, Clone)]
+pub(crate) struct Grant {
+    pub payload: TaskGrant,
+    pub submit_message_id: String,
+    pub submitted_at_ms: u64,
+}
+
+impl Grant {
+    pub(crate) fn from_queued(task: &QueuedTask, agent_id: &str, grant_seq: u64) -> Grant {
+        Grant {
+            payload: TaskGrant {
+                task_id: task.view.task_id.clone(),
+                task_type: task.view.task_type.clone(),
+                agent_id: agent_id.to_string(),
+                priority: task.view.priority,
+                resources: task.view.required.to_units(),
+                estimated_duration_s: task.estimated_duration_s,
+                grant_seq,
+                submitter: task.submitter.clone(),
+            },
+            submit_message_id: task.submit_message_id.clone(),
+            submitted_at_ms: task.submitted_at_ms,
+        }
+    }
+
+    /// Rebuilds the grant of a task record that is currently granted (for re-publication).
+    pub(crate) fn from_record(record: &BTreeMap<String, String>) -> Option<Grant> {
+        if record.get("state").map(String::as_str) != Some("granted") {
+            return None;
+        }
+        let get = |k: &str| record.get(k).cloned().unwrap_or_default();
+        let num = |k: &str| get(k).parse::<u64>().unwrap_or(0);
+        let required = Resources {
+            cpu: num("req_cpu"),
+            memory: num("req_memory"),
+            tokens: num("req_tokens"),
+            time: num("req_time"),
+        };
+        Some(Grant {
+            payload: TaskGrant {
+                task_id: get("task_id"),
+                task_type: get("task_type"),
+                agent_id: get("agent"),
+                priority: get("priority").parse().unwrap_or(0),
+                resources: required.to_units(),
+                estimated_duration_s: get("estimated_duration_s").parse().unwrap_or(0.0),
+                grant_seq: num("grant_seq"),
+                submitter: get("submitter"),
+            },
+            submit_message_id: get("submit_msg_id"),
+            submitted_at_ms: num("submitted_at"),
+        })
+    }
+
+    /// Deterministic per (task, grant number): a re-publication is a JetStream duplicate.
+    pub(crate) fn message_id(&self) -> Uuid {
+        let name = format!("grant:{}:{}", self.payload.task_id, self.payload.grant_seq);
+        Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes())
+    }
+}
+
+/// Task priority (0..=10) as message priority, so grants of urgent work read as such.
+pub(crate) fn message_priority(task_priority: u8) -> MessagePriority {
+    match task_priority {
+        9.. => MessagePriority::Critical,
+        7..=8 => MessagePriority::High,
+        3..=6 => MessagePriority::Normal,
+        _ => MessagePriority::Low,
+    }
+}
+
+/// Publishes one grant to the agent's subject and waits until JetStream stored it.
+pub(crate) async fn publish_grant(ctx: &Ctx, grant: &Grant) -> Result<(), Error> {
+    let agent = grant.payload.agent_id.clone();
+    let mut env = Envelope::new(
+        OPTIMIZER_SENDER,
+        MessageType::TaskRequest,
+        grant.payload.clone(),
+        now_ms(),
+    )
+    .with_correlation(grant.submit_message_id.clone())
+    .with_recipient(agent.clone());
+    env.message_id = grant.message_id();
+    env.priority = message_priority(grant.payload.priority);
+    let subject = ctx.subjects.addressed(MessageType::TaskRequest, &agent);
+    transport::publish_stored(&ctx.js, subject, &env.message_id.to_string(), &env).await?;
+    ctx.metrics
+        .messages
+        .with_label_values(&[MessageType::TaskRequest.as_str(), "out"])
+        .inc();
+    Ok(())
+}
+
+/// Sends a reply; a lost reply is logged, not fatal (the state in Redis is authoritative and
+/// queryable), so this never fails the batch.
+pub(crate) async fn send_reply(ctx: &Ctx, reply: Reply) {
+    let env = Envelope::new(
+        OPTIMIZER_SENDER,
+        MessageType::CoordinatorReply,
+        reply.body,
+        now_ms(),
+    )
+    .with_correlation(reply.correlation_id)
+    .with_recipient(reply.to.clone());
+    let subject = ctx
+        .subjects
+        .addressed(MessageType::CoordinatorReply, &reply.to);
+    match transport::publish_core(&ctx.client, subject, &env).await {
+        Ok(()) => ctx
+            .metrics
+            .messages
+            .with_label_values(&[MessageType::CoordinatorReply.as_str(), "out"])
+            .inc(),
+        Err(e) => tracing::warn!(error = %e, to = %reply.to, "reply not sent"),
+    }
+}
+
+/// Reports a refused message on `<prefix>.error_report.<sender>` and counts it.
+pub(crate) async fn send_rejection(ctx: &Ctx, subject: &str, rejection: &Rejection) {
+    ctx.metrics
+        .rejected
+        .with_label_values(&[rejection.reason.as_str()])
+        .inc();
+    tracing::info!(reason = rejection.reason.as_str(), subject, to = %rejection.reply_to, "message refused: {}", rejection.message);
+    let report = ErrorReport {
+        code: rejection.reason.as_str().to_string(),
+        message: rejection.message.clone(),
+        subject: Some(subject.to_string()),
+    };
+    let mut env = Envelope::new(OPTIMIZER_SENDER, MessageType::ErrorReport, report, now_ms())
+        .with_recipient(rejection.reply_to.clone());
+    env.correlation_id = rejection.correlation_id.clone();
+    env.priority = MessagePriority::High;
+    let out = ctx
+        .subjects
+        .addressed(MessageType::ErrorReport, &rejection.reply_to);
+    match transport::publish_core(&ctx.client, out, &env).await {
+        Ok(()) => ctx
+            .metrics
+            .messages
+            .with_label_values(&[MessageType::ErrorReport.as_str(), "out"])
+            .inc(),
+        Err(e) => tracing::warn!(error = %e, "error report not sent"),
+    }
+}

@@ -1,0 +1,212 @@
+//! End to end over a real nats-server (JetStream) and redis-server: agents register, tasks are
+//! granted on the agents' own subjects, completions free resources, and the queue drains
+//! highest priority first.
+
+mod common;
+
+use common::{Cluster, hget, hget_i64, within};
+use switchyard::client::Allocation;
+use switchyard::protocol::TaskSubmit;
+use switchyard::state::Keys;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_agents_ten_tasks_priority_order_and_release() {
+    let cluster = Cluster::start(1).await;
+    let agents = [
+        cluster.agent("alpha", "backend", 2.0, 4096.0).await,
+        cluster.agent("beta", "backend", 2.0, 4096.0).await,
+        cluster.agent("gamma", "frontend", 2.0, 4096.0).await,
+    ];
+    let mut streams = Vec::new();
+    for agent in &agents {
+        streams.push(agent.grants().await.expect("grant stream"));
+    }
+    let orch = cluster.coordinator("orch").await;
+
+    // Three tasks fill the fleet (each needs a whole agent).
+    let mut holders = std::collections::HashMap::new();
+    for i in 0..3 {
+        let task = TaskSubmit::new(format!("fill-{i}"))
+            .priority(5)
+            .resource("cpu", 2.0)
+            .resource("memory", 1024.0);
+        match orch.allocate_task(task).await.expect("allocated") {
+            Allocation::Granted { agent_id } => holders.insert(format!("fill-{i}"), agent_id),
+            other => panic!("fill-{i} should be granted at once, got {other:?}"),
+        };
+    }
+    let distinct: std::collections::HashSet<_> = holders.values().collect();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "least-loaded spreads the three tasks over three agents"
+    );
+
+    // Each agent receives exactly its own grant on its own subject.
+    for (agent, stream) in agents.iter().zip(streams.iter_mut()) {
+        let grant = within(10, "grant", stream.next())
+            .await
+            .expect("stream open")
+            .expect("grant");
+        assert_eq!(grant.payload.agent_id, agent.agent_id());
+        assert_eq!(holders[&grant.payload.task_id], agent.agent_id());
+    }
+
+    // Seven more, mixed priorities: all must queue.
+    let priorities = [3u8, 9, 1, 7, 9, 5, 2];
+    for (i, p) in priorities.iter().enumerate() {
+        let task = TaskSubmit::new(format!("q-{i}"))
+            .priority(*p)
+            .resource("cpu", 2.0);
+        assert_eq!(
+            orch.allocate_task(task).await.expect("submitted"),
+            Allocation::Queued,
+            "q-{i}"
+        );
+    }
+
+    // Complete one task at a time on alpha; each completion lets the best queued task in.
+    let mut redis = cluster.redis().await;
+    let keys = Keys::new("switchyard");
+    let alpha_idx = 0;
+    let mut current = holders
+        .iter()
+        .find(|(_, a)| *a == "alpha")
+        .map(|(t, _)| t.clone())
+        .expect("alpha task");
+    let mut granted_order = Vec::new();
+    for _ in 0..priorities.len() {
+        agents[alpha_idx]
+            .complete_task_confirmed(&current, true, 1.0)
+            .await
+            .expect("completion accepted");
+        let grant = within(10, "next grant on alpha", streams[alpha_idx].next())
+            .await
+            .expect("open")
+            .expect("grant");
+        granted_order.push(grant.payload.priority);
+        current = grant.payload.task_id.clone();
+        assert_eq!(
+            hget_i64(&mut redis, &keys.agent("alpha"), "res_cpu").await,
+            2000,
+            "one task's cpu reserved"
+        );
+    }
+    let mut expected: Vec<u8> = priorities.to_vec();
+    expected.sort_by(|a, b| b.cmp(a));
+    assert_eq!(
+        granted_order, expected,
+        "queued tasks granted highest priority first"
+    );
+
+    // The last completion releases everything alpha holds.
+    agents[alpha_idx]
+        .complete_task_confirmed(&current, true, 1.0)
+        .await
+        .expect("last completion");
+    assert_eq!(
+        hget_i64(&mut redis, &keys.agent("alpha"), "res_cpu").await,
+        0
+    );
+    assert_eq!(
+        hget_i64(&mut redis, &keys.agent("alpha"), "res_memory").await,
+        0
+    );
+    assert_eq!(
+        hget(&mut redis, &keys.task(&current), "state")
+            .await
+            .as_deref(),
+        Some("completed")
+    );
+    let status = orch.status().await.expect("status");
+    assert_eq!(status.queue_depth, 0);
+    assert_eq!(status.counters.get("completed"), Some(&8));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependencies_wait_and_failures_cascade() {
+    let cluster = Cluster::start(1).await;
+    let agent = cluster.agent("solo", "worker", 8.0, 8192.0).await;
+    let mut grants = agent.grants().await.expect("grants");
+    let orch = cluster.coordinator("orch").await;
+
+    let first = orch
+        .allocate_task(TaskSubmit::new("extract").resource("cpu", 1.0))
+        .await
+        .expect("extract");
+    assert!(matches!(first, Allocation::Granted { .. }));
+    let second = orch
+        .allocate_task(
+            TaskSubmit::new("transform")
+                .resource("cpu", 1.0)
+                .depends_on("extract"),
+        )
+        .await
+        .expect("transform");
+    assert_eq!(second, Allocation::Waiting, "waits for its dependency");
+    let third = orch
+        .allocate_task(TaskSubmit::new("load").depends_on("transform"))
+        .await
+        .expect("load");
+    assert_eq!(third, Allocation::Waiting);
+
+    let g = within(10, "extract grant", grants.next())
+        .await
+        .expect("open")
+        .expect("grant");
+    assert_eq!(g.payload.task_id, "extract");
+    agent
+        .complete_task_confirmed("extract", true, 0.5)
+        .await
+        .expect("extract done");
+    let g = within(10, "transform grant", grants.next())
+        .await
+        .expect("open")
+        .expect("grant");
+    assert_eq!(
+        g.payload.task_id, "transform",
+        "dependency met: transform granted"
+    );
+
+    // transform fails: load fails with a reason naming it, and is never granted.
+    let mut events = orch.events();
+    agent
+        .complete_task_confirmed("transform", false, 0.5)
+        .await
+        .expect("failure reported");
+    let mut redis = cluster.redis().await;
+    let keys = Keys::new("switchyard");
+    let reason = within(10, "load failed", async {
+        loop {
+            if let Ok(switchyard::client::ClientEvent::Reply(r)) = events.recv().await {
+                if r.payload.task_id.as_deref() == Some("load") {
+                    return r.payload;
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(reason.status, switchyard::protocol::ReplyStatus::Failed);
+    assert_eq!(
+        reason.detail.as_deref(),
+        Some("dependency_failed:transform")
+    );
+    assert_eq!(
+        hget(&mut redis, &keys.task("load"), "state")
+            .await
+            .as_deref(),
+        Some("failed")
+    );
+
+    // A task submitted after its dependency failed fails at once.
+    let late = orch
+        .allocate_task(TaskSubmit::new("late").depends_on("transform"))
+        .await
+        .expect("late");
+    assert_eq!(
+        late,
+        Allocation::Failed {
+            reason: "dependency_failed:transform".into()
+        }
+    );
+}
