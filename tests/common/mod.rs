@@ -16,6 +16,8 @@ pub struct Cluster {
     pub servers: LocalServers,
     pub config: Config,
     replicas: Vec<(oneshot::Sender<()>, JoinHandle<()>)>,
+    /// Metrics of each in-process replica, in start order.
+    pub metrics: Vec<switchyard::metrics::Metrics>,
 }
 
 /// A config pointing at the harness's servers, with test-friendly timings.
@@ -39,6 +41,7 @@ impl Cluster {
             servers,
             config,
             replicas: Vec::new(),
+            metrics: Vec::new(),
         };
         for _ in 0..replicas {
             cluster.add_replica().await;
@@ -50,6 +53,7 @@ impl Cluster {
         let optimizer = Optimizer::connect(self.config.clone(), Faults::default())
             .await
             .expect("optimizer connects");
+        self.metrics.push(optimizer.metrics());
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
             optimizer
