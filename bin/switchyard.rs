@@ -1,1 +1,142 @@
-fn main() {}
+//! `switchyard`: the command line. `demo` runs a whole coordination scenario, `status` shows a
+//! running deployment's state, `bench` measures throughput and latency.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use switchyard::client::Coordinator;
+use switchyard::config::Config;
+use switchyard::fleet::bench::{BenchOptions, run_bench};
+use switchyard::fleet::demo::{DemoOptions, render_table, run_demo};
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    about = "Coordination for fleets of software agents"
+)]
+struct Cli {
+    /// TOML file overriding config/default.toml.
+    #[arg(long, global = true, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Optimizer replicas plus a simulated fleet working through a few hundred tasks.
+    /// Uses NATS_URL and REDIS_URL when both are set, else starts its own servers.
+    Demo {
+        #[arg(long, default_value_t = 12)]
+        agents: usize,
+        #[arg(long, default_value_t = 300)]
+        tasks: usize,
+        #[arg(long, default_value_t = 2)]
+        replicas: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Print the summary as one JSON line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue depth, counters and the agent table of a running deployment (NATS_URL).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Steady load through the real path: lifecycles/s and request→grant latency.
+    Bench(BenchOptions),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref())?;
+    let external =
+        std::env::var_os("NATS_URL").is_some() && std::env::var_os("REDIS_URL").is_some();
+    match cli.command {
+        Command::Demo {
+            agents,
+            tasks,
+            replicas,
+            seed,
+            json,
+        } => {
+            let options = DemoOptions {
+                agents,
+                tasks,
+                replicas,
+                seed,
+                start_servers: !external,
+            };
+            if !external {
+                eprintln!(
+                    "NATS_URL/REDIS_URL not both set: starting local nats-server and redis-server"
+                );
+            }
+            let summary = run_demo(&config, &options, |line| eprintln!("{line}")).await?;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                println!("{}", render_table(&summary));
+            }
+            let finished = summary.tasks_completed + summary.tasks_failed;
+            anyhow::ensure!(
+                finished == summary.tasks_submitted,
+                "only {finished} of {} tasks finished",
+                summary.tasks_submitted
+            );
+        }
+        Command::Status { json } => {
+            let orch = Coordinator::connect(
+                &config.nats.url,
+                "switchyard-cli",
+                &config.nats.subject_prefix,
+            )
+            .await
+            .with_context(|| format!("connecting to {}", config.nats.url))?;
+            let status = orch.status().await?;
+            if json {
+                println!("{}", serde_json::to_string(&status)?);
+            } else {
+                println!(
+                    "queue depth {}  counters {:?}",
+                    status.queue_depth, status.counters
+                );
+                println!(
+                    "{:<24} {:<10} {:<12} {:>8} {:>7} {:>6}",
+                    "agent", "type", "status", "util", "score", "tasks"
+                );
+                for a in status.agents {
+                    println!(
+                        "{:<24} {:<10} {:<12} {:>7.1}% {:>7.3} {:>6}",
+                        a.agent_id,
+                        a.agent_type,
+                        a.status,
+                        a.utilization * 100.0,
+                        a.performance_score,
+                        a.active_tasks
+                    );
+                }
+            }
+        }
+        Command::Bench(mut options) => {
+            options.start_servers = !external;
+            let json = options.json;
+            let report = run_bench(&config, &options, |line| eprintln!("{line}")).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", report.render());
+            }
+        }
+    }
+    Ok(())
+}

@@ -56,7 +56,7 @@ impl Coordinator {
                 "client id must be 1-64 of [A-Za-z0-9_-]",
             ));
         }
-        let router = Router::start(&client, &subjects, client_id, 4096).await?;
+        let router = Router::start(&client, &subjects, client_id, 65_536).await?;
         let js = jetstream::new(client.clone());
         Ok(Coordinator {
             client,

@@ -8,7 +8,7 @@ use async_nats::jetstream::{AckKind, Message};
 use futures::future::join_all;
 
 use super::Ctx;
-use super::dispatch::{dispatch_queue, publish_grants};
+use super::dispatch::publish_grants;
 use super::events::{Applied, apply_event};
 use super::publish::{Reply, send_rejection, send_reply};
 use crate::error::Error;
@@ -40,10 +40,7 @@ pub(crate) async fn process_batch(ctx: &Ctx, messages: Vec<Message>) {
     let results = join_all(events.iter().map(|(_, event)| apply_event(ctx, event))).await;
     let needs_dispatch = results.iter().any(|r| matches!(r, Ok(a) if a.dispatch));
     let granted = if needs_dispatch {
-        dispatch_queue(ctx).await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "dispatch failed; the next pass retries");
-            Default::default()
-        })
+        ctx.dispatcher.dispatch_after_commit().await
     } else {
         Default::default()
     };

@@ -143,3 +143,56 @@ pub(crate) async fn publish_grants(ctx: &Ctx, grants: Vec<Grant>) {
         tracing::warn!(error = %e, "could not clear published grants from the outbox; they will be re-published (deduplicated)");
     }
 }
+
+/// Coalesces dispatch requests: batches finishing at the same time share one pass instead of
+/// each reading the queue head and the fleet snapshot. One pass runs at a time per replica.
+pub(crate) struct Dispatcher {
+    requested: std::sync::atomic::AtomicU64,
+    wake: tokio::sync::Notify,
+    done: tokio::sync::watch::Sender<(u64, std::sync::Arc<HashSet<String>>)>,
+}
+
+impl Dispatcher {
+    pub(crate) fn new() -> Dispatcher {
+        Dispatcher {
+            requested: std::sync::atomic::AtomicU64::new(0),
+            wake: tokio::sync::Notify::new(),
+            done: tokio::sync::watch::channel((0, std::sync::Arc::default())).0,
+        }
+    }
+
+    /// Asks for a pass that starts after this call (so it sees the caller's commits) and waits
+    /// for it. Returns the ids that pass granted.
+    pub(crate) async fn dispatch_after_commit(&self) -> std::sync::Arc<HashSet<String>> {
+        let ticket = self
+            .requested
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        let mut done = self.done.subscribe();
+        self.wake.notify_one();
+        match done.wait_for(|(generation, _)| *generation >= ticket).await {
+            Ok(state) => state.1.clone(),
+            Err(_) => std::sync::Arc::default(),
+        }
+    }
+
+    /// The pass loop; ends when `stop` turns true, releasing anyone still waiting.
+    pub(crate) async fn run(&self, ctx: &Ctx, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = stop.changed() => {
+                    self.done.send_replace((u64::MAX, std::sync::Arc::default()));
+                    return;
+                }
+                _ = self.wake.notified() => {}
+            }
+            let ticket = self.requested.load(std::sync::atomic::Ordering::SeqCst);
+            let granted = dispatch_queue(ctx).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "dispatch failed; the next pass retries");
+                HashSet::new()
+            });
+            self.done
+                .send_replace((ticket, std::sync::Arc::new(granted)));
+        }
+    }
+}

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use tokio::sync::watch;
 
 use super::Ctx;
-use super::dispatch::{dispatch_queue, publish_grants};
+use super::dispatch::publish_grants;
 use super::publish::{Grant, OPTIMIZER_SENDER};
 use crate::error::Error;
 use crate::protocol::{Envelope, MessageType, StatusQuery, now_ms};
@@ -34,7 +34,7 @@ pub(crate) async fn run_maintenance(ctx: Arc<Ctx>, mut stop: watch::Receiver<boo
 
 async fn maintenance_pass(ctx: &Ctx) -> Result<(), Error> {
     republish_orphaned_grants(ctx).await?;
-    dispatch_queue(ctx).await?;
+    ctx.dispatcher.dispatch_after_commit().await;
     let sync = ctx.store.coordination_sync(true).await?;
     ctx.metrics.queue_depth.set(sync.queue_depth as f64);
     let utilizations: Vec<f64> = sync

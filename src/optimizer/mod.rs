@@ -61,6 +61,7 @@ pub(crate) struct Ctx {
     pub metrics: Metrics,
     pub strategy: Arc<dyn Strategy>,
     pub faults: Faults,
+    pub dispatcher: dispatch::Dispatcher,
 }
 
 /// A connected optimizer replica.
@@ -95,6 +96,7 @@ impl Optimizer {
             metrics: Metrics::new()?,
             strategy: Arc::new(LeastLoaded),
             faults,
+            dispatcher: dispatch::Dispatcher::new(),
         };
         Ok(Optimizer {
             ctx: Arc::new(ctx),
@@ -119,6 +121,8 @@ impl Optimizer {
             self.ctx.clone(),
             stop_rx.clone(),
         ));
+        let (ctx, stop) = (self.ctx.clone(), stop_rx.clone());
+        background.spawn(async move { ctx.dispatcher.run(&ctx, stop).await });
         let result = self.consume(shutdown).await;
         let _ = stop_tx.send(true);
         while background.join_next().await.is_some() {}

@@ -200,6 +200,14 @@ pub fn decode(
 }
 
 fn check_envelope(ctx: &Context<'_>, env: &Envelope<Value>, now_ms: u64) -> Result<(), Rejection> {
+    // Replies go to `<prefix>.reply.<sender>`: a sender that is not a plain token would make an
+    // invalid (or wildcard) subject.
+    if !validate_agent_id(&env.sender) {
+        return Err(ctx.reject(
+            RejectReason::InvalidId,
+            "sender must be 1-64 of [A-Za-z0-9_-]",
+        ));
+    }
     if env.protocol_version != PROTOCOL_VERSION {
         return Err(ctx.reject(
             RejectReason::UnsupportedVersion,

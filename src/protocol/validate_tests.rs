@@ -196,3 +196,13 @@ fn rejections_carry_the_offending_message_id() {
     );
     assert_eq!(r.message_type, Some(MessageType::TaskSubmit));
 }
+
+#[test]
+fn sender_must_be_a_plain_token() {
+    let reg = envelope(
+        "AGENT_REGISTER",
+        "a.*",
+        json!({"agent_id": "a1", "agent_type": "backend", "max_resources": {}}),
+    );
+    assert_eq!(reason("coord.agent_register.a1", &reg), "invalid_id");
+}

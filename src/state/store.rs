@@ -280,6 +280,9 @@ impl Store {
     }
 
     async fn agent_rows(&self, ids: &[String]) -> Result<Vec<Vec<String>>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new()); // an empty pipeline is refused by the client ("empty command")
+        }
         let mut pipe = redis::pipe();
         for id in ids {
             pipe.cmd("HMGET")

@@ -31,6 +31,7 @@ if ARGV[3] == 'failed' then
     'finished_at', tonumber(t[1]) * 1000)
   redis.call('HINCRBY', KEYS[4], 'failed', 1)
   redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('EXPIRE', KEYS[5], ARGV[4])
   redis.call('DEL', KEYS[2])
   local reply = {'failed', task[5] or '', task[6] or ''}
   for _, id in ipairs(redis.call('SMEMBERS', KEYS[5])) do

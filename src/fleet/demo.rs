@@ -1,0 +1,329 @@
+//! `switchyard demo`: optimizer replicas plus a mixed fleet of simulated agents working through
+//! a few hundred tasks with priorities, resource needs and dependencies, over real servers.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+
+use super::deployment::Deployment;
+use super::{FleetEvent, LatencySummary, SubmitClock, WorkModel, spawn_sim_agent};
+use crate::client::{ClientEvent, Coordinator};
+use crate::config::Config;
+use crate::error::Error;
+use crate::protocol::{AgentRegister, ReplyStatus, Subjects, TaskGrant, TaskSubmit};
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub agents: usize,
+    pub tasks: usize,
+    pub replicas: usize,
+    pub seed: u64,
+    /// Start local servers instead of using the config's URLs.
+    pub start_servers: bool,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            agents: 12,
+            tasks: 300,
+            replicas: 2,
+            seed: 7,
+            start_servers: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentRow {
+    pub agent_id: String,
+    pub agent_type: String,
+    pub tasks: u64,
+    /// Mean share of the agent's capacity reserved over the run (sampled from Redis).
+    pub utilization: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoSummary {
+    pub tasks_submitted: u64,
+    pub tasks_completed: u64,
+    pub tasks_failed: u64,
+    pub grant_latency_ms: LatencySummary,
+    pub elapsed_s: f64,
+    pub replicas: usize,
+    pub agents: Vec<AgentRow>,
+}
+
+/// The fleet's agent types: (type, cpu, memory MB, tokens).
+const AGENT_TYPES: [(&str, f64, f64, f64); 3] = [
+    ("llm", 2.0, 4096.0, 20_000.0),
+    ("backend", 8.0, 16_384.0, 0.0),
+    ("data", 4.0, 32_768.0, 0.0),
+];
+
+/// Deterministic pseudo-random numbers (SplitMix64): the demo is reproducible from its seed.
+pub(crate) struct SplitMix(u64);
+
+impl SplitMix {
+    pub(crate) fn new(seed: u64) -> Self {
+        SplitMix(seed)
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [lo, hi).
+    pub(crate) fn range(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * (hi - lo)
+    }
+}
+
+/// The demo's task mix: LLM summaries (tokens), compiles (cpu), ETL jobs (memory).
+fn demo_task(rng: &mut SplitMix, run: &str, i: usize) -> TaskSubmit {
+    let id = format!("{run}-t{i:04}");
+    let priority = (rng.next_u64() % 10 + 1) as u8;
+    let task = match rng.next_u64() % 3 {
+        0 => TaskSubmit::new(id)
+            .task_type("summarize")
+            .resource("tokens", rng.range(2000.0, 6000.0).round())
+            .resource("cpu", 0.5),
+        1 => TaskSubmit::new(id)
+            .task_type("compile")
+            .resource("cpu", rng.range(2.0, 4.0).round())
+            .resource("memory", 2048.0),
+        _ => TaskSubmit::new(id)
+            .task_type("etl")
+            .resource("memory", rng.range(4096.0, 12288.0).round())
+            .resource("cpu", 1.0),
+    };
+    let mut task = task
+        .priority(priority)
+        .estimated_duration(rng.range(0.02, 0.12));
+    if i >= 10 && rng.next_u64() % 5 == 0 {
+        let dep = i - 1 - (rng.next_u64() % 10) as usize;
+        task = task.depends_on(format!("{run}-t{dep:04}"));
+    }
+    task
+}
+
+/// Work model: the estimate, with 3% of tasks failing.
+fn demo_work(seed: u64) -> WorkModel {
+    Arc::new(move |g: &TaskGrant| {
+        let h = g.task_id.bytes().fold(seed, |acc, b| {
+            acc.wrapping_mul(31).wrapping_add(u64::from(b))
+        });
+        (
+            Duration::from_secs_f64(g.estimated_duration_s),
+            SplitMix::new(h).next_u64() % 100 >= 3,
+        )
+    })
+}
+
+/// Runs the demo against `deployment`; `progress` receives a status line now and then.
+pub async fn run_demo(
+    config: &Config,
+    options: &DemoOptions,
+    progress: impl Fn(&str),
+) -> Result<DemoSummary, Error> {
+    let deployment = Deployment::start(config, options.replicas, options.start_servers).await?;
+    let result = drive(&deployment, options, &progress).await;
+    deployment.stop().await;
+    result
+}
+
+async fn drive(
+    deployment: &Deployment,
+    options: &DemoOptions,
+    progress: &impl Fn(&str),
+) -> Result<DemoSummary, Error> {
+    let run = format!("demo{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let subjects = deployment.subjects();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (events_tx, mut events_rx) = mpsc::channel(65_536);
+    let clock = SubmitClock::default();
+    let client = deployment.nats_client("demo-agents").await?;
+    let mut agent_types = BTreeMap::new();
+    for i in 0..options.agents {
+        let (kind, cpu, mem, tokens) = AGENT_TYPES[i % AGENT_TYPES.len()];
+        let id = format!("{run}-{kind}-{i:02}");
+        agent_types.insert(id.clone(), kind.to_string());
+        let reg = AgentRegister::new(id, kind)
+            .capacity("cpu", cpu)
+            .capacity("memory", mem)
+            .capacity("tokens", tokens);
+        spawn_sim_agent(
+            client.clone(),
+            subjects.clone(),
+            reg,
+            demo_work(options.seed),
+            clock.clone(),
+            events_tx.clone(),
+            stop_rx.clone(),
+        )
+        .await?;
+    }
+    let orch = Coordinator::with_client(
+        deployment.nats_client("demo-orchestrator").await?,
+        &format!("{run}-orch"),
+        subjects.clone(),
+    )
+    .await?;
+    let mut replies = orch.events();
+    let started = Instant::now();
+    let mut rng = SplitMix::new(options.seed);
+    for i in 0..options.tasks {
+        let task = demo_task(&mut rng, &run, i);
+        let envelope = crate::protocol::Envelope::new(
+            orch.client_id().to_string(),
+            crate::protocol::MessageType::TaskSubmit,
+            task,
+            crate::protocol::now_ms(),
+        );
+        clock.record(envelope.message_id.to_string());
+        orch.publish(&envelope).await?;
+    }
+    let mut tally = Tally::default();
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    let deadline = started + Duration::from_secs(120);
+    while tally.finished() < options.tasks && Instant::now() < deadline {
+        tokio::select! {
+            event = replies.recv() => tally.reply(event),
+            Some(event) = events_rx.recv() => tally.fleet(event),
+            _ = ticker.tick() => {
+                tally.sample(&orch).await;
+                progress(&format!("submitted {} · granted {} · completed {} · failed {} · queued {}", options.tasks, tally.granted, tally.completed.len(), tally.failed.len(), tally.queue_depth));
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    Ok(tally.summary(options, started.elapsed(), &agent_types))
+}
+
+#[derive(Default)]
+struct Tally {
+    granted: u64,
+    completed: HashSet<String>,
+    failed: HashSet<String>,
+    latencies: Vec<Duration>,
+    tasks_per_agent: BTreeMap<String, u64>,
+    utilization_sum: BTreeMap<String, f64>,
+    samples: u64,
+    queue_depth: u64,
+}
+
+impl Tally {
+    fn finished(&self) -> usize {
+        self.completed.len() + self.failed.len()
+    }
+
+    fn reply(&mut self, event: Result<ClientEvent, tokio::sync::broadcast::error::RecvError>) {
+        let Ok(ClientEvent::Reply(reply)) = event else {
+            return;
+        };
+        let Some(task_id) = reply.payload.task_id.clone() else {
+            return;
+        };
+        match reply.payload.status {
+            ReplyStatus::Completed => {
+                self.completed.insert(task_id);
+            }
+            ReplyStatus::Failed => {
+                self.failed.insert(task_id);
+            }
+            _ => {}
+        }
+    }
+
+    fn fleet(&mut self, event: FleetEvent) {
+        if let FleetEvent::Granted {
+            agent_id, latency, ..
+        } = event
+        {
+            self.granted += 1;
+            *self.tasks_per_agent.entry(agent_id).or_default() += 1;
+            self.latencies.extend(latency);
+        }
+    }
+
+    async fn sample(&mut self, orch: &Coordinator) {
+        let Ok(status) = orch.status().await else {
+            return;
+        };
+        self.queue_depth = status.queue_depth;
+        self.samples += 1;
+        for agent in status.agents {
+            *self.utilization_sum.entry(agent.agent_id).or_default() += agent.utilization;
+        }
+    }
+
+    fn summary(
+        &self,
+        options: &DemoOptions,
+        elapsed: Duration,
+        types: &BTreeMap<String, String>,
+    ) -> DemoSummary {
+        let agents = types
+            .iter()
+            .map(|(id, kind)| AgentRow {
+                agent_id: id.clone(),
+                agent_type: kind.clone(),
+                tasks: self.tasks_per_agent.get(id).copied().unwrap_or(0),
+                utilization: self.utilization_sum.get(id).copied().unwrap_or(0.0)
+                    / self.samples.max(1) as f64,
+            })
+            .collect();
+        DemoSummary {
+            tasks_submitted: options.tasks as u64,
+            tasks_completed: self.completed.len() as u64,
+            tasks_failed: self.failed.len() as u64,
+            grant_latency_ms: LatencySummary::from_durations(&self.latencies),
+            elapsed_s: elapsed.as_secs_f64(),
+            replicas: options.replicas,
+            agents,
+        }
+    }
+}
+
+/// The summary as a human-readable table.
+pub fn render_table(s: &DemoSummary) -> String {
+    let mut out = format!(
+        "\nSwitchyard demo: {} replicas, {} agents, {:.1}s\n\n  tasks submitted  {:>6}\n  tasks completed  {:>6}\n  tasks failed     {:>6}  (3% injected failures and their dependents)\n  request→grant    p50 {:.2} ms · p99 {:.2} ms · max {:.2} ms ({} grants)\n\n  {:<22} {:<8} {:>6} {:>12}\n",
+        s.replicas,
+        s.agents.len(),
+        s.elapsed_s,
+        s.tasks_submitted,
+        s.tasks_completed,
+        s.tasks_failed,
+        s.grant_latency_ms.p50,
+        s.grant_latency_ms.p99,
+        s.grant_latency_ms.max,
+        s.grant_latency_ms.samples,
+        "agent",
+        "type",
+        "tasks",
+        "utilization"
+    );
+    for a in &s.agents {
+        out.push_str(&format!(
+            "  {:<22} {:<8} {:>6} {:>11.1}%\n",
+            a.agent_id,
+            a.agent_type,
+            a.tasks,
+            a.utilization * 100.0
+        ));
+    }
+    out
+}
+
+/// Subjects for a config (convenience for drivers).
+pub fn subjects_of(config: &Config) -> Subjects {
+    Subjects::new(config.nats.subject_prefix.clone())
+}

@@ -1,0 +1,92 @@
+//! A whole Switchyard in one process for the demo and benchmark: servers (the given ones, or
+//! local child processes) and in-process optimizer replicas, stopped together.
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::error::{Error, ErrorKind};
+use crate::harness::LocalServers;
+use crate::metrics::Metrics;
+use crate::optimizer::{Faults, Optimizer};
+use crate::protocol::Subjects;
+use crate::transport;
+
+/// An in-process optimizer replica and the switch that stops it.
+struct Replica {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), Error>>,
+}
+
+pub struct Deployment {
+    config: Config,
+    /// Kept alive for the deployment's life; dropping kills the servers.
+    _servers: Option<LocalServers>,
+    replicas: Vec<Replica>,
+    metrics: Vec<Metrics>,
+}
+
+impl Deployment {
+    /// Starts `replicas` optimizers against `config`'s servers, or against fresh local servers
+    /// when `start_servers` is true.
+    pub async fn start(
+        config: &Config,
+        replicas: usize,
+        start_servers: bool,
+    ) -> Result<Deployment, Error> {
+        let mut config = config.clone();
+        let servers = if start_servers {
+            let servers = LocalServers::start().await.map_err(|e| {
+                Error::with_source(ErrorKind::Harness, "cannot start local servers", e)
+            })?;
+            config.nats.url = servers.nats.url();
+            config.redis.url = servers.redis.url();
+            Some(servers)
+        } else {
+            None
+        };
+        let mut deployment = Deployment {
+            config,
+            _servers: servers,
+            replicas: Vec::new(),
+            metrics: Vec::new(),
+        };
+        for _ in 0..replicas {
+            let optimizer =
+                Optimizer::connect(deployment.config.clone(), Faults::default()).await?;
+            deployment.metrics.push(optimizer.metrics());
+            let (tx, rx) = oneshot::channel::<()>();
+            let handle = tokio::spawn(optimizer.run(async {
+                let _ = rx.await;
+            }));
+            deployment.replicas.push(Replica { stop: tx, task: handle });
+        }
+        Ok(deployment)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn subjects(&self) -> Subjects {
+        Subjects::new(self.config.nats.subject_prefix.clone())
+    }
+
+    pub fn metrics(&self) -> &[Metrics] {
+        &self.metrics
+    }
+
+    pub async fn nats_client(&self, name: &str) -> Result<async_nats::Client, Error> {
+        transport::connect(&self.config.nats.url, name).await
+    }
+
+    /// Stops the replicas (each finishes its batches in flight), then the servers.
+    pub async fn stop(self) {
+        for replica in self.replicas {
+            let _ = replica.stop.send(());
+            if let Ok(Err(e)) = replica.task.await {
+                tracing::warn!(error = %e, "optimizer replica ended with an error");
+            }
+        }
+    }
+}

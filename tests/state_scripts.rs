@@ -1,0 +1,775 @@
+//! The Redis transition scripts against a real redis-server (no NATS): each transition's answers,
+//! its idempotency, and that it changes exactly what it should (and nothing when it refuses).
+
+use futures::future::join_all;
+use switchyard::config::RedisConfig;
+use switchyard::decision::Resources;
+use switchyard::harness::RedisServer;
+use switchyard::state::{
+    CompleteOutcome, GrantOutcome, RequeueOutcome, ResolveOutcome, Store, SubmitOutcome,
+    SubmitRequest,
+};
+
+const RETENTION_S: u64 = 3600;
+const LR: f64 = 0.5;
+
+/// One redis-server and a store on it, plus a raw connection for direct reads.
+struct Fixture {
+    _server: RedisServer,
+    store: Store,
+    raw: redis::aio::MultiplexedConnection,
+}
+
+async fn fixture() -> Fixture {
+    let server = RedisServer::start().await.expect("redis-server starts");
+    let store = Store::connect(&RedisConfig {
+        url: server.url(),
+        key_prefix: "t".into(),
+        response_timeout_ms: 2000,
+        connection_timeout_ms: 2000,
+    })
+    .await
+    .expect("store connects");
+    let raw = redis::Client::open(server.url())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+    Fixture {
+        _server: server,
+        store,
+        raw,
+    }
+}
+
+fn cpu(milli: u64) -> Resources {
+    Resources {
+        cpu: milli,
+        ..Resources::default()
+    }
+}
+
+fn submit_req(task_id: &str, message_id: &str, priority: u8, required: Resources) -> SubmitRequest {
+    SubmitRequest {
+        task_id: task_id.into(),
+        message_id: message_id.into(),
+        submitter: "orch".into(),
+        task_type: "default".into(),
+        priority,
+        required,
+        estimated_duration_s: 0.0,
+        dependencies: Vec::new(),
+    }
+}
+
+fn with_deps(mut req: SubmitRequest, deps: &[&str]) -> SubmitRequest {
+    req.dependencies = deps.iter().map(|d| d.to_string()).collect();
+    req
+}
+
+fn ids(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+impl Fixture {
+    async fn register(&self, agent_id: &str, capacity: Resources) {
+        self.store
+            .register_agent(agent_id, "worker", &capacity, 1.0)
+            .await
+            .expect("register_agent");
+    }
+
+    async fn submit(&self, req: &SubmitRequest) -> SubmitOutcome {
+        self.store
+            .submit_task(req, RETENTION_S)
+            .await
+            .expect("submit_task")
+    }
+
+    async fn grant(&self, task_id: &str, candidates: &[&str]) -> GrantOutcome {
+        self.store
+            .grant_task(task_id, &ids(candidates))
+            .await
+            .expect("grant_task")
+    }
+
+    async fn complete(&self, task_id: &str, agent_id: &str, success: bool) -> CompleteOutcome {
+        self.complete_timed(task_id, agent_id, success, 0.0).await
+    }
+
+    async fn complete_timed(
+        &self,
+        task_id: &str,
+        agent_id: &str,
+        success: bool,
+        execution_time_s: f64,
+    ) -> CompleteOutcome {
+        self.store
+            .complete_task(
+                task_id,
+                agent_id,
+                success,
+                execution_time_s,
+                LR,
+                RETENTION_S,
+            )
+            .await
+            .expect("complete_task")
+    }
+
+    async fn resolve(&self, task_id: &str, dependency: &str, succeeded: bool) -> ResolveOutcome {
+        self.store
+            .resolve_dependency(task_id, dependency, succeeded, RETENTION_S)
+            .await
+            .expect("resolve_dependency")
+    }
+
+    async fn agent_field(&self, agent_id: &str, field: &str) -> String {
+        self.store
+            .agent_record(agent_id)
+            .await
+            .expect("agent_record")
+            .unwrap_or_else(|| panic!("agent {agent_id} has no record"))
+            .get(field)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    async fn agent_i64(&self, agent_id: &str, field: &str) -> i64 {
+        let raw = self.agent_field(agent_id, field).await;
+        raw.parse()
+            .unwrap_or_else(|_| panic!("{agent_id}.{field} = {raw:?} is not an integer"))
+    }
+
+    /// The four reservations of an agent, in milli-units: cpu, memory, tokens, time.
+    async fn reserved(&self, agent_id: &str) -> [i64; 4] {
+        [
+            self.agent_i64(agent_id, "res_cpu").await,
+            self.agent_i64(agent_id, "res_memory").await,
+            self.agent_i64(agent_id, "res_tokens").await,
+            self.agent_i64(agent_id, "res_time").await,
+        ]
+    }
+
+    async fn task_state(&self, task_id: &str) -> Option<String> {
+        self.store
+            .task_record(task_id)
+            .await
+            .expect("task_record")
+            .and_then(|r| r.get("state").cloned())
+    }
+
+    async fn queue_ids(&self) -> Vec<String> {
+        self.store
+            .queue_head(1000)
+            .await
+            .expect("queue_head")
+            .into_iter()
+            .map(|t| t.view.task_id)
+            .collect()
+    }
+
+    async fn zcard(&mut self, key: &str) -> u64 {
+        redis::cmd("ZCARD")
+            .arg(key)
+            .query_async(&mut self.raw)
+            .await
+            .expect("ZCARD")
+    }
+
+    async fn scard(&mut self, key: &str) -> u64 {
+        redis::cmd("SCARD")
+            .arg(key)
+            .query_async(&mut self.raw)
+            .await
+            .expect("SCARD")
+    }
+
+    async fn ttl(&mut self, key: &str) -> i64 {
+        redis::cmd("TTL")
+            .arg(key)
+            .query_async(&mut self.raw)
+            .await
+            .expect("TTL")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_is_idempotent_and_revives_a_deregistered_agent() {
+    let mut f = fixture().await;
+    let capacity = Resources {
+        cpu: 4000,
+        memory: 2_048_000,
+        tokens: 0,
+        time: 0,
+    };
+    f.register("a1", capacity).await;
+    let mut first = f.store.agent_record("a1").await.unwrap().expect("record");
+    f.register("a1", capacity).await;
+    let mut second = f.store.agent_record("a1").await.unwrap().expect("record");
+    // The heartbeat is the only field a repeat may move.
+    first.remove("last_heartbeat");
+    second.remove("last_heartbeat");
+    assert_eq!(first, second, "a repeated registration changes nothing");
+    assert_eq!(first.get("status").map(String::as_str), Some("active"));
+    assert_eq!(first.get("cap_cpu").map(String::as_str), Some("4000"));
+    assert_eq!(f.store.active_agent_ids().await.unwrap(), ids(&["a1"]));
+    let agents_key = f.store.keys().agents();
+    assert_eq!(f.scard(&agents_key).await, 1);
+
+    f.store.deregister_agent("a1").await.expect("deregister");
+    assert_eq!(f.agent_field("a1", "status").await, "deregistered");
+    assert!(f.store.active_agent_ids().await.unwrap().is_empty());
+    // No active agent at all: the snapshot and the status are empty, not an error.
+    assert!(f.store.agent_snapshot().await.unwrap().is_empty());
+    let sync = f
+        .store
+        .coordination_sync(true)
+        .await
+        .expect("status with no active agent");
+    assert!(sync.agents.is_empty());
+
+    f.register("a1", capacity).await;
+    assert_eq!(f.agent_field("a1", "status").await, "active");
+    assert_eq!(f.store.active_agent_ids().await.unwrap(), ids(&["a1"]));
+    let snapshot = f.store.agent_snapshot().await.unwrap();
+    assert_eq!(snapshot.len(), 1);
+    assert_eq!(snapshot[0].capacity, capacity);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_queues_and_detects_duplicates_and_existing_tasks() {
+    let mut f = fixture().await;
+    let req = submit_req("t1", "m1", 5, cpu(1000));
+    assert_eq!(f.submit(&req).await, SubmitOutcome::Queued);
+    assert_eq!(f.task_state("t1").await.as_deref(), Some("queued"));
+
+    assert_eq!(
+        f.submit(&req).await,
+        SubmitOutcome::Duplicate {
+            state: "queued".into(),
+            agent: String::new()
+        },
+        "same message id again is a duplicate"
+    );
+    let queue = f.store.keys().queue();
+    assert_eq!(f.zcard(&queue).await, 1, "no second queue entry");
+
+    let other = submit_req("t1", "m2", 9, cpu(5000));
+    assert_eq!(
+        f.submit(&other).await,
+        SubmitOutcome::TaskExists {
+            state: "queued".into(),
+            agent: String::new()
+        }
+    );
+    assert_eq!(f.zcard(&queue).await, 1);
+    let record = f.store.task_record("t1").await.unwrap().expect("record");
+    assert_eq!(record.get("submit_msg_id").map(String::as_str), Some("m1"));
+    assert_eq!(
+        record.get("req_cpu").map(String::as_str),
+        Some("1000"),
+        "the other message did not overwrite the task"
+    );
+    let sync = f.store.coordination_sync(false).await.unwrap();
+    assert_eq!(sync.counters.get("submitted"), Some(&1));
+    assert_eq!(sync.queue_depth, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_is_highest_priority_first_then_fifo() {
+    let f = fixture().await;
+    for (i, p) in [3u8, 9, 1, 9, 5].into_iter().enumerate() {
+        let req = submit_req(&format!("q{i}"), &format!("m{i}"), p, cpu(1000));
+        assert_eq!(f.submit(&req).await, SubmitOutcome::Queued);
+    }
+    let head = f.store.queue_head(10).await.unwrap();
+    let order: Vec<(String, u8)> = head
+        .iter()
+        .map(|t| (t.view.task_id.clone(), t.view.priority))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            ("q1".to_string(), 9),
+            ("q3".to_string(), 9),
+            ("q4".to_string(), 5),
+            ("q0".to_string(), 3),
+            ("q2".to_string(), 1),
+        ]
+    );
+    assert_eq!(head[0].submitter, "orch");
+    assert_eq!(head[0].submit_message_id, "m1");
+    assert_eq!(head[0].view.required, cpu(1000));
+    let first_two: Vec<String> = f
+        .store
+        .queue_head(2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.view.task_id)
+        .collect();
+    assert_eq!(first_two, ids(&["q1", "q3"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grant_reserves_on_the_first_candidate_that_fits() {
+    let mut f = fixture().await;
+    f.register("a1", cpu(4000)).await;
+    f.submit(&submit_req("fits", "m-fits", 5, cpu(3000))).await;
+
+    assert_eq!(
+        f.grant("fits", &["a1"]).await,
+        GrantOutcome::Granted {
+            agent_id: "a1".into(),
+            grant_seq: 1
+        }
+    );
+    assert_eq!(f.reserved("a1").await, [3000, 0, 0, 0]);
+    assert_eq!(f.agent_i64("a1", "active_tasks").await, 1);
+    assert_eq!(f.task_state("fits").await.as_deref(), Some("granted"));
+    let a1_tasks = f.store.keys().agent_tasks("a1");
+    assert_eq!(f.scard(&a1_tasks).await, 1);
+
+    // A second grant of the same task changes nothing.
+    assert_eq!(
+        f.grant("fits", &["a1"]).await,
+        GrantOutcome::NotQueued {
+            state: "granted".into()
+        }
+    );
+    assert_eq!(f.reserved("a1").await, [3000, 0, 0, 0]);
+
+    // Too big for every candidate: nothing changes.
+    f.register("a2", cpu(2000)).await;
+    f.submit(&submit_req("huge", "m-huge", 5, cpu(2500))).await;
+    assert_eq!(f.grant("huge", &["a1", "a2"]).await, GrantOutcome::NoFit);
+    assert_eq!(f.reserved("a1").await, [3000, 0, 0, 0]);
+    assert_eq!(f.reserved("a2").await, [0, 0, 0, 0]);
+    assert_eq!(f.task_state("huge").await.as_deref(), Some("queued"));
+    assert_eq!(f.queue_ids().await, ids(&["huge"]));
+
+    // A deregistered candidate is skipped even though it has room.
+    f.register("gone", cpu(10_000)).await;
+    f.store.deregister_agent("gone").await.unwrap();
+    f.submit(&submit_req("small", "m-small", 5, cpu(500))).await;
+    assert_eq!(
+        f.grant("small", &["gone", "a2"]).await,
+        GrantOutcome::Granted {
+            agent_id: "a2".into(),
+            grant_seq: 1
+        }
+    );
+    assert_eq!(f.reserved("gone").await, [0, 0, 0, 0]);
+    assert_eq!(f.reserved("a2").await, [500, 0, 0, 0]);
+
+    // Candidates in order: a1 has 1000 free (too little), a2 has 1500 (enough), a3 (plenty)
+    // comes last and is not reached.
+    f.register("a3", cpu(10_000)).await;
+    f.submit(&submit_req("mid", "m-mid", 5, cpu(1500))).await;
+    assert_eq!(
+        f.grant("mid", &["a1", "a2", "a3"]).await,
+        GrantOutcome::Granted {
+            agent_id: "a2".into(),
+            grant_seq: 1
+        }
+    );
+    assert_eq!(f.reserved("a1").await, [3000, 0, 0, 0]);
+    assert_eq!(f.reserved("a2").await, [2000, 0, 0, 0]);
+    assert_eq!(f.reserved("a3").await, [0, 0, 0, 0]);
+
+    // Every kind must fit, not just cpu.
+    f.submit(&submit_req(
+        "needs-memory",
+        "m-mem",
+        5,
+        Resources {
+            cpu: 1,
+            memory: 1,
+            ..Resources::default()
+        },
+    ))
+    .await;
+    assert_eq!(f.grant("needs-memory", &["a3"]).await, GrantOutcome::NoFit);
+    assert_eq!(f.reserved("a3").await, [0, 0, 0, 0]);
+
+    // An unknown task is not queued.
+    assert_eq!(
+        f.grant("nope", &["a3"]).await,
+        GrantOutcome::NotQueued {
+            state: "missing".into()
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_grants_never_over_reserve() {
+    let mut f = fixture().await;
+    f.register("solo", cpu(10_000)).await;
+    for i in 0..50 {
+        let req = submit_req(&format!("c{i}"), &format!("m{i}"), 5, cpu(1000));
+        assert_eq!(f.submit(&req).await, SubmitOutcome::Queued);
+    }
+    let candidates = ids(&["solo"]);
+    let calls = (0..50).map(|i| {
+        let store = f.store.clone();
+        let candidates = candidates.clone();
+        async move { store.grant_task(&format!("c{i}"), &candidates).await }
+    });
+    let outcomes: Vec<GrantOutcome> = join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.expect("grant_task"))
+        .collect();
+    let granted = outcomes
+        .iter()
+        .filter(|o| matches!(o, GrantOutcome::Granted { .. }))
+        .count();
+    let no_fit = outcomes
+        .iter()
+        .filter(|o| **o == GrantOutcome::NoFit)
+        .count();
+    assert_eq!(granted, 10, "exactly capacity / requirement granted");
+    assert_eq!(no_fit, 40, "the rest did not fit: {outcomes:?}");
+    assert_eq!(f.agent_i64("solo", "res_cpu").await, 10_000);
+    assert_eq!(f.agent_i64("solo", "active_tasks").await, 10);
+    let solo_tasks = f.store.keys().agent_tasks("solo");
+    assert_eq!(f.scard(&solo_tasks).await, 10);
+    let queue = f.store.keys().queue();
+    assert_eq!(f.zcard(&queue).await, 40);
+    let outbox = f.store.keys().grant_outbox();
+    assert_eq!(f.zcard(&outbox).await, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_releases_exactly_once_and_learns_the_score() {
+    let f = fixture().await;
+    let capacity = Resources {
+        cpu: 4000,
+        memory: 1_024_000,
+        tokens: 100_000,
+        time: 60_000,
+    };
+    f.register("a1", capacity).await;
+    f.register("a2", capacity).await;
+    let need = Resources {
+        cpu: 1500,
+        memory: 512_000,
+        tokens: 33_333,
+        time: 7_001,
+    };
+    let mut req = submit_req("work", "m-work", 5, need);
+    req.estimated_duration_s = 2.0;
+    f.submit(&req).await;
+    assert!(matches!(
+        f.grant("work", &["a1"]).await,
+        GrantOutcome::Granted { .. }
+    ));
+    assert_eq!(f.reserved("a1").await, [1500, 512_000, 33_333, 7_001]);
+
+    // Wrong agent, unknown task, unknown agent: refused, nothing released.
+    assert_eq!(
+        f.complete("work", "a2", true).await,
+        CompleteOutcome::WrongAgent { owner: "a1".into() }
+    );
+    assert_eq!(
+        f.complete("no-such-task", "a1", true).await,
+        CompleteOutcome::UnknownTask
+    );
+    assert_eq!(
+        f.complete("work", "ghost", true).await,
+        CompleteOutcome::UnknownAgent
+    );
+    assert_eq!(f.reserved("a1").await, [1500, 512_000, 33_333, 7_001]);
+    assert_eq!(f.task_state("work").await.as_deref(), Some("granted"));
+
+    let done = CompleteOutcome::Finished {
+        success: true,
+        submitter: "orch".into(),
+        submit_message_id: "m-work".into(),
+        dependents: Vec::new(),
+    };
+    assert_eq!(f.complete_timed("work", "a1", true, 2.0).await, done);
+    assert_eq!(f.reserved("a1").await, [0, 0, 0, 0]);
+    assert_eq!(f.agent_i64("a1", "active_tasks").await, 0);
+    let score: f64 = f.agent_field("a1", "score").await.parse().unwrap();
+    assert!((score - 0.75).abs() < 1e-12, "score {score}, expected 0.75");
+    assert_eq!(f.task_state("work").await.as_deref(), Some("completed"));
+
+    // The same completion again (even claiming the opposite outcome) answers the same and
+    // releases nothing twice.
+    assert_eq!(f.complete_timed("work", "a1", true, 2.0).await, done);
+    assert_eq!(f.complete_timed("work", "a1", false, 9.0).await, done);
+    assert_eq!(f.reserved("a1").await, [0, 0, 0, 0]);
+    assert_eq!(f.agent_i64("a1", "active_tasks").await, 0);
+    let score: f64 = f.agent_field("a1", "score").await.parse().unwrap();
+    assert!(
+        (score - 0.75).abs() < 1e-12,
+        "repeat moved the score: {score}"
+    );
+    let sync = f.store.coordination_sync(false).await.unwrap();
+    assert_eq!(sync.counters.get("completed"), Some(&1));
+
+    // A failure pulls the score halfway to 0.
+    f.submit(&submit_req("flaky", "m-flaky", 5, need)).await;
+    assert!(matches!(
+        f.grant("flaky", &["a1"]).await,
+        GrantOutcome::Granted { .. }
+    ));
+    assert_eq!(
+        f.complete_timed("flaky", "a1", false, 1.0).await,
+        CompleteOutcome::Finished {
+            success: false,
+            submitter: "orch".into(),
+            submit_message_id: "m-flaky".into(),
+            dependents: Vec::new(),
+        }
+    );
+    let score: f64 = f.agent_field("a1", "score").await.parse().unwrap();
+    assert!(
+        (score - 0.375).abs() < 1e-12,
+        "score {score}, expected 0.375"
+    );
+    assert_eq!(f.reserved("a1").await, [0, 0, 0, 0]);
+    assert_eq!(f.task_state("flaky").await.as_deref(), Some("failed"));
+
+    // Completing a task that is still queued.
+    f.submit(&submit_req("waiting-room", "m-wr", 5, need)).await;
+    assert_eq!(
+        f.complete("waiting-room", "a1", true).await,
+        CompleteOutcome::NotGranted {
+            state: "queued".into()
+        }
+    );
+    assert_eq!(
+        f.task_state("waiting-room").await.as_deref(),
+        Some("queued")
+    );
+    assert_eq!(f.reserved("a1").await, [0, 0, 0, 0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependencies_queue_on_success_and_cascade_failures() {
+    let mut f = fixture().await;
+    f.register("w", cpu(100_000)).await;
+
+    // Success: B waits for A, and is queued once A completes.
+    f.submit(&submit_req("A", "mA", 5, cpu(1000))).await;
+    assert_eq!(
+        f.submit(&with_deps(submit_req("B", "mB", 5, cpu(1000)), &["A"]))
+            .await,
+        SubmitOutcome::Waiting { unmet: 1 }
+    );
+    assert_eq!(f.task_state("B").await.as_deref(), Some("waiting"));
+    assert_eq!(f.queue_ids().await, ids(&["A"]), "B is not in the queue");
+    assert!(matches!(
+        f.grant("A", &["w"]).await,
+        GrantOutcome::Granted { .. }
+    ));
+    match f.complete("A", "w", true).await {
+        CompleteOutcome::Finished {
+            success: true,
+            dependents,
+            ..
+        } => assert_eq!(dependents, ids(&["B"])),
+        other => panic!("A should complete, got {other:?}"),
+    }
+    assert_eq!(f.resolve("B", "A", true).await, ResolveOutcome::Queued);
+    assert_eq!(f.task_state("B").await.as_deref(), Some("queued"));
+    assert_eq!(f.resolve("B", "A", true).await, ResolveOutcome::Noop);
+    assert_eq!(f.queue_ids().await, ids(&["B"]), "queued once");
+
+    // A dependency that completed before the dependent was submitted: queued at once.
+    assert_eq!(
+        f.submit(&with_deps(submit_req("late", "mLate", 5, cpu(1)), &["A"]))
+            .await,
+        SubmitOutcome::Queued
+    );
+
+    // Two dependencies: waiting until both are done.
+    f.submit(&submit_req("P", "mP", 5, cpu(1))).await;
+    f.submit(&submit_req("Q", "mQ", 5, cpu(1))).await;
+    assert_eq!(
+        f.submit(&with_deps(submit_req("PQ", "mPQ", 5, cpu(1)), &["P", "Q"]))
+            .await,
+        SubmitOutcome::Waiting { unmet: 2 }
+    );
+    for t in ["P", "Q"] {
+        assert!(matches!(
+            f.grant(t, &["w"]).await,
+            GrantOutcome::Granted { .. }
+        ));
+        f.complete(t, "w", true).await;
+    }
+    assert_eq!(f.resolve("PQ", "P", true).await, ResolveOutcome::Waiting);
+    assert_eq!(f.task_state("PQ").await.as_deref(), Some("waiting"));
+    assert_eq!(f.resolve("PQ", "Q", true).await, ResolveOutcome::Queued);
+
+    // Failure cascade: C depends on B2, B2 on A2; A2 fails.
+    f.submit(&submit_req("A2", "mA2", 5, cpu(1000))).await;
+    f.submit(&with_deps(submit_req("B2", "mB2", 5, cpu(1)), &["A2"]))
+        .await;
+    f.submit(&with_deps(submit_req("C", "mC", 5, cpu(1)), &["B2"]))
+        .await;
+    assert!(matches!(
+        f.grant("A2", &["w"]).await,
+        GrantOutcome::Granted { .. }
+    ));
+    match f.complete("A2", "w", false).await {
+        CompleteOutcome::Finished {
+            success: false,
+            dependents,
+            ..
+        } => assert_eq!(dependents, ids(&["B2"])),
+        other => panic!("A2 should fail, got {other:?}"),
+    }
+    let b2_failed = ResolveOutcome::Failed {
+        submitter: "orch".into(),
+        submit_message_id: "mB2".into(),
+        dependents: ids(&["C"]),
+    };
+    assert_eq!(f.resolve("B2", "A2", false).await, b2_failed);
+    assert_eq!(f.task_state("B2").await.as_deref(), Some("failed"));
+    assert_eq!(
+        f.resolve("C", "B2", false).await,
+        ResolveOutcome::Failed {
+            submitter: "orch".into(),
+            submit_message_id: "mC".into(),
+            dependents: Vec::new(),
+        }
+    );
+    assert_eq!(f.task_state("C").await.as_deref(), Some("failed"));
+    assert_eq!(
+        f.resolve("B2", "A2", false).await,
+        b2_failed,
+        "a repeated failure answers the same"
+    );
+    let record = f.store.task_record("B2").await.unwrap().expect("B2");
+    assert_eq!(
+        record.get("reason").map(String::as_str),
+        Some("dependency_failed:A2")
+    );
+
+    // Failed tasks and what the repeat answer reads are kept for the retention, not forever.
+    let b2_key = f.store.keys().task("B2");
+    let b2_dependents = f.store.keys().dependents("B2");
+    let b2_ttl = f.ttl(&b2_key).await;
+    assert!(
+        b2_ttl > 0 && b2_ttl <= RETENTION_S as i64,
+        "failed task expires (ttl {b2_ttl})"
+    );
+    let dependents_ttl = f.ttl(&b2_dependents).await;
+    assert!(
+        dependents_ttl > 0 && dependents_ttl <= RETENTION_S as i64,
+        "the failed task's dependents set expires with it (ttl {dependents_ttl})"
+    );
+
+    // Submitted after its dependency failed: fails at once.
+    assert_eq!(
+        f.submit(&with_deps(submit_req("D", "mD", 5, cpu(1)), &["A2"]))
+            .await,
+        SubmitOutcome::Failed {
+            reason: "dependency_failed:A2".into()
+        }
+    );
+    assert_eq!(f.task_state("D").await.as_deref(), Some("failed"));
+    let queue = f.queue_ids().await;
+    for t in ["B2", "C", "D"] {
+        assert!(!queue.contains(&t.to_string()), "{t} must not be queued");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeue_returns_a_task_to_its_original_place() {
+    let mut f = fixture().await;
+    let need = Resources {
+        cpu: 1000,
+        memory: 2000,
+        tokens: 3000,
+        time: 4000,
+    };
+    f.register(
+        "x",
+        Resources {
+            cpu: 10_000,
+            memory: 10_000,
+            tokens: 10_000,
+            time: 10_000,
+        },
+    )
+    .await;
+    f.submit(&submit_req("early", "m1", 5, need)).await;
+    f.submit(&submit_req("later", "m2", 5, need)).await;
+    assert!(matches!(
+        f.grant("early", &["x"]).await,
+        GrantOutcome::Granted { grant_seq: 1, .. }
+    ));
+    assert_eq!(f.reserved("x").await, [1000, 2000, 3000, 4000]);
+    assert_eq!(f.queue_ids().await, ids(&["later"]));
+
+    assert_eq!(
+        f.store.requeue_task("early", "x").await.unwrap(),
+        RequeueOutcome::Requeued
+    );
+    assert_eq!(f.reserved("x").await, [0, 0, 0, 0]);
+    assert_eq!(f.agent_i64("x", "active_tasks").await, 0);
+    assert_eq!(f.task_state("early").await.as_deref(), Some("queued"));
+    assert_eq!(
+        f.queue_ids().await,
+        ids(&["early", "later"]),
+        "back ahead of the later task of the same priority"
+    );
+    let x_tasks = f.store.keys().agent_tasks("x");
+    assert_eq!(f.scard(&x_tasks).await, 0);
+    assert!(
+        f.store.stale_grants(0, 10).await.unwrap().is_empty(),
+        "the requeued grant left the outbox"
+    );
+
+    assert_eq!(
+        f.store.requeue_task("early", "x").await.unwrap(),
+        RequeueOutcome::Noop
+    );
+    assert_eq!(f.reserved("x").await, [0, 0, 0, 0]);
+    assert_eq!(f.queue_ids().await, ids(&["early", "later"]));
+    let sync = f.store.coordination_sync(false).await.unwrap();
+    assert_eq!(sync.counters.get("requeued"), Some(&1));
+
+    // Granted again: a new grant number.
+    assert_eq!(
+        f.grant("early", &["x"]).await,
+        GrantOutcome::Granted {
+            agent_id: "x".into(),
+            grant_seq: 2
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grant_outbox_lists_unpublished_grants() {
+    let f = fixture().await;
+    f.register("a1", cpu(4000)).await;
+    f.submit(&submit_req("t1", "m1", 5, cpu(1000))).await;
+    assert!(f.store.stale_grants(0, 10).await.unwrap().is_empty());
+    assert!(matches!(
+        f.grant("t1", &["a1"]).await,
+        GrantOutcome::Granted { grant_seq: 1, .. }
+    ));
+    assert_eq!(
+        f.store.stale_grants(0, 10).await.unwrap(),
+        vec![("t1".to_string(), 1)]
+    );
+    assert!(
+        f.store
+            .stale_grants(3_600_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a fresh grant is not older than an hour"
+    );
+    f.store
+        .mark_grants_published(&[("t1".to_string(), 1)])
+        .await
+        .unwrap();
+    assert!(f.store.stale_grants(0, 10).await.unwrap().is_empty());
+}
