@@ -39,6 +39,11 @@ find_nats() {
     if [ -n "${NATS_SERVER_BIN:-}" ]; then candidates+=("$NATS_SERVER_BIN"); fi
     IFS=: read -ra dirs <<<"${PATH:-}"
     for dir in "${dirs[@]}"; do candidates+=("${dir:-.}/nats-server"); done
+    # pip's script directories, in case they are not on PATH (no pyenv shim, --user installs).
+    if command -v python3 >/dev/null 2>&1; then
+        candidates+=("$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null)/nats-server")
+        candidates+=("$(python3 -m site --user-base 2>/dev/null)/bin/nats-server")
+    fi
     candidates+=("/usr/sbin/nats-server")
     for bin in "${candidates[@]}"; do
         [ -f "$bin" ] && [ -x "$bin" ] || continue
@@ -84,5 +89,11 @@ ensure_nats() {
     echo "nats-server: installed ${found% *} (v${found#* })"
 }
 
+# `--nats-path`: print only the path of the nats-server to use (for NATS_SERVER_BIN).
+if [ "${1:-}" = "--nats-path" ]; then
+    found="$(find_nats)"
+    echo "${found% *}"
+    exit 0
+fi
 ensure_redis
 ensure_nats

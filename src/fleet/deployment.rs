@@ -59,7 +59,10 @@ impl Deployment {
             let handle = tokio::spawn(optimizer.run(async {
                 let _ = rx.await;
             }));
-            deployment.replicas.push(Replica { stop: tx, task: handle });
+            deployment.replicas.push(Replica {
+                stop: tx,
+                task: handle,
+            });
         }
         Ok(deployment)
     }

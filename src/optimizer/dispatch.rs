@@ -28,6 +28,10 @@ pub(crate) async fn dispatch_queue(ctx: &Ctx) -> Result<HashSet<String>, Error> 
     for _ in 0..MAX_ROUNDS {
         let round = dispatch_round(ctx).await?;
         granted_ids.extend(round.granted.iter().map(|g| g.payload.task_id.clone()));
+        if ctx.faults.stall_after_commit && !round.granted.is_empty() {
+            tracing::warn!("fault injection: grants committed; stalling before publishing them");
+            std::future::pending::<()>().await;
+        }
         publish_grants(ctx, round.granted).await;
         // Go again when the window was fully granted (more may be waiting behind it) or when a
         // proposal missed because the snapshot was stale (a fresh one may find room).

