@@ -89,6 +89,11 @@ pub async fn run_bench(
 ) -> Result<BenchReport, Error> {
     let deployment = Deployment::start(config, options.replicas, options.start_servers).await?;
     let result = drive(&deployment, options, &progress).await;
+    if std::env::var_os("SWITCHYARD_BENCH_METRICS").is_some() {
+        for m in deployment.metrics() {
+            progress(&m.render());
+        }
+    }
     deployment.stop().await;
     result
 }

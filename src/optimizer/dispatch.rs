@@ -25,6 +25,7 @@ const MAX_ROUNDS: usize = 8;
 pub(crate) async fn dispatch_queue(ctx: &Ctx) -> Result<HashSet<String>, Error> {
     let started = Instant::now();
     let mut granted_ids = HashSet::new();
+    let mut stale_retry_left = true;
     for _ in 0..MAX_ROUNDS {
         let round = dispatch_round(ctx).await?;
         granted_ids.extend(round.granted.iter().map(|g| g.payload.task_id.clone()));
@@ -32,10 +33,14 @@ pub(crate) async fn dispatch_queue(ctx: &Ctx) -> Result<HashSet<String>, Error> 
             tracing::warn!("fault injection: grants committed; stalling before publishing them");
             std::future::pending::<()>().await;
         }
+        let tp = Instant::now();
         publish_grants(ctx, round.granted).await;
-        // Go again when the window was fully granted (more may be waiting behind it) or when a
-        // proposal missed because the snapshot was stale (a fresh one may find room).
-        if !(round.window_full || round.stale_misses > 0) {
+        tracing::debug!(publish_us = tp.elapsed().as_micros() as u64, "published");
+        // Go again when the window was fully granted (more may be waiting behind it), or once
+        // when a proposal missed because the snapshot was stale (a fresh one may find room; when
+        // the fleet is simply full, more rounds would only re-read the same queue head).
+        let retry_stale = round.stale_misses > 0 && std::mem::take(&mut stale_retry_left);
+        if !(round.window_full || retry_stale) {
             break;
         }
     }
@@ -54,7 +59,8 @@ struct Round {
 
 async fn dispatch_round(ctx: &Ctx) -> Result<Round, Error> {
     let window = ctx.config.coordination.dispatch_window;
-    let head = ctx.store.queue_head(window).await?;
+    let t0 = Instant::now();
+    let head = ctx.dispatch_store.queue_head(window).await?;
     if head.is_empty() {
         return Ok(Round {
             granted: Vec::new(),
@@ -62,7 +68,9 @@ async fn dispatch_round(ctx: &Ctx) -> Result<Round, Error> {
             stale_misses: 0,
         });
     }
-    let agents = ctx.store.agent_snapshot().await?;
+    let t1 = Instant::now();
+    let agents = ctx.dispatch_store.agent_snapshot().await?;
+    let t2 = Instant::now();
     let views: Vec<_> = head.iter().map(|q| q.view.clone()).collect();
     let plan = plan_batch(
         ctx.strategy.as_ref(),
@@ -70,6 +78,7 @@ async fn dispatch_round(ctx: &Ctx) -> Result<Round, Error> {
         &agents,
         ctx.config.coordination.max_candidates,
     );
+    let t3 = Instant::now();
     let head_ref = &head;
     let attempts = plan
         .iter()
@@ -103,6 +112,16 @@ async fn dispatch_round(ctx: &Ctx) -> Result<Round, Error> {
         }
     }
     let window_full = head.len() == window && granted.len() == head.len();
+    tracing::debug!(
+        granted = granted.len(),
+        head = head.len(),
+        stale_misses,
+        head_us = (t1 - t0).as_micros() as u64,
+        snap_us = (t2 - t1).as_micros() as u64,
+        plan_us = (t3 - t2).as_micros() as u64,
+        grant_us = t3.elapsed().as_micros() as u64,
+        "dispatch round"
+    );
     Ok(Round {
         granted,
         window_full,
@@ -143,7 +162,7 @@ pub(crate) async fn publish_grants(ctx: &Ctx, grants: Vec<Grant>) {
             }
         }
     }
-    if let Err(e) = ctx.store.mark_grants_published(&published).await {
+    if let Err(e) = ctx.dispatch_store.mark_grants_published(&published).await {
         tracing::warn!(error = %e, "could not clear published grants from the outbox; they will be re-published (deduplicated)");
     }
 }

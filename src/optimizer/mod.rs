@@ -56,6 +56,9 @@ pub(crate) struct Ctx {
     pub config: Config,
     pub subjects: Subjects,
     pub store: Store,
+    /// A second connection for dispatch passes, so their reads do not queue behind a batch's
+    /// scripts on the one multiplexed connection (Redis interleaves separate connections).
+    pub dispatch_store: Store,
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub metrics: Metrics,
@@ -87,10 +90,12 @@ impl Optimizer {
         .await?;
         let consumer = transport::optimizer_consumer(&js, &subjects, &config.jetstream).await?;
         let store = Store::connect(&config.redis).await?;
+        let dispatch_store = Store::connect(&config.redis).await?;
         let ctx = Ctx {
             config,
             subjects,
             store,
+            dispatch_store,
             client,
             js,
             metrics: Metrics::new()?,
