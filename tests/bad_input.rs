@@ -133,21 +133,27 @@ impl Bench {
 
     /// Every event has been acknowledged (or terminated) and none was delivered twice.
     async fn assert_drained(&self, case: &str) {
-        let info = within(10, &format!("consumer drained after {case}"), async {
-            loop {
-                let info = self
-                    .events
-                    .consumer_info(self.cluster.subjects().optimizer_consumer())
-                    .await
-                    .expect("consumer info");
-                if info.num_ack_pending == 0 && info.num_pending == 0 {
-                    return info;
+        let subjects = self.cluster.subjects();
+        for lane in [
+            subjects.optimizer_consumer(),
+            subjects.optimizer_control_consumer(),
+        ] {
+            let info = within(10, &format!("{lane} drained after {case}"), async {
+                loop {
+                    let info = self
+                        .events
+                        .consumer_info(lane.as_str())
+                        .await
+                        .expect("consumer info");
+                    if info.num_ack_pending == 0 && info.num_pending == 0 {
+                        return info;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        assert_eq!(info.num_redelivered, 0, "{case}: redelivered {info:?}");
+            })
+            .await;
+            assert_eq!(info.num_redelivered, 0, "{case}: redelivered {info:?}");
+        }
         assert_eq!(
             self.cluster.metrics[0].redeliveries.get(),
             0,

@@ -70,7 +70,10 @@ pub(crate) struct Ctx {
 /// A connected optimizer replica.
 pub struct Optimizer {
     ctx: Arc<Ctx>,
-    consumer: jetstream::consumer::PullConsumer,
+    /// Registrations, deregistrations and completions: the lane that frees capacity.
+    control: jetstream::consumer::PullConsumer,
+    /// New tasks.
+    submits: jetstream::consumer::PullConsumer,
 }
 
 impl Optimizer {
@@ -88,7 +91,8 @@ impl Optimizer {
             config.messages.max_message_bytes,
         )
         .await?;
-        let consumer = transport::optimizer_consumer(&js, &subjects, &config.jetstream).await?;
+        let (control, submits) =
+            transport::optimizer_consumers(&js, &subjects, &config.jetstream).await?;
         let store = Store::connect(&config.redis).await?;
         let dispatch_store = Store::connect(&config.redis).await?;
         let ctx = Ctx {
@@ -105,7 +109,8 @@ impl Optimizer {
         };
         Ok(Optimizer {
             ctx: Arc::new(ctx),
-            consumer,
+            control,
+            submits,
         })
     }
 
@@ -128,17 +133,38 @@ impl Optimizer {
         ));
         let (ctx, stop) = (self.ctx.clone(), stop_rx.clone());
         background.spawn(async move { ctx.dispatcher.run(&ctx, stop).await });
-        let result = self.consume(shutdown).await;
+        let (lanes_stop_tx, lanes_stop) = watch::channel(false);
+        let lanes = async {
+            tokio::try_join!(
+                self.consume(&self.control, "control", lanes_stop.clone()),
+                self.consume(&self.submits, "submit", lanes_stop.clone()),
+            )
+        };
+        tokio::pin!(lanes);
+        let result = tokio::select! {
+            result = &mut lanes => result,
+            _ = shutdown => {
+                let _ = lanes_stop_tx.send(true);
+                lanes.await
+            }
+        }
+        .map(|_| ());
         let _ = stop_tx.send(true);
         while background.join_next().await.is_some() {}
         tracing::info!("optimizer stopped");
         result
     }
 
-    async fn consume(&self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    /// One lane: pulls batches and processes up to MAX_CONCURRENT_COORDINATIONS at once, until
+    /// `stop` turns true; then finishes the batches in flight.
+    async fn consume(
+        &self,
+        consumer: &jetstream::consumer::PullConsumer,
+        lane: &'static str,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), Error> {
         let batch_size = self.ctx.config.coordination.batch_size;
-        let messages = self
-            .consumer
+        let messages = consumer
             .stream()
             .max_messages_per_batch(batch_size)
             .messages()
@@ -149,10 +175,9 @@ impl Optimizer {
             self.ctx.config.coordination.max_concurrent_coordinations,
         ));
         let mut in_flight = JoinSet::new();
-        tokio::pin!(shutdown);
         loop {
             let chunk = tokio::select! {
-                _ = &mut shutdown => break,
+                _ = stop.changed() => break,
                 chunk = chunks.next() => chunk,
             };
             let Some(chunk) = chunk else { break };
@@ -171,6 +196,7 @@ impl Optimizer {
             while in_flight.try_join_next().is_some() {}
         }
         tracing::info!(
+            lane,
             in_flight = in_flight.len(),
             "shutting down: finishing batches in flight"
         );

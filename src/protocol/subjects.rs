@@ -103,9 +103,28 @@ impl Subjects {
         format!("{}_DLQ", self.stream_base())
     }
 
-    /// The durable pull consumer all optimizer replicas share.
+    /// The durable pull consumer all optimizer replicas share for new tasks.
     pub fn optimizer_consumer(&self) -> String {
         "optimizer".to_string()
+    }
+
+    /// The durable pull consumer all optimizer replicas share for control events (agents
+    /// joining and leaving, completions). A separate lane, so a flood of submits can never hold
+    /// back the completions that free the capacity those submits wait for.
+    pub fn optimizer_control_consumer(&self) -> String {
+        "optimizer_control".to_string()
+    }
+
+    /// Event subjects of the control lane.
+    pub fn control_event_subjects(&self) -> Vec<String> {
+        [
+            MessageType::AgentRegister,
+            MessageType::AgentDeregister,
+            MessageType::TaskComplete,
+        ]
+        .into_iter()
+        .map(|t| self.all_of(t))
+        .collect()
     }
 
     /// The durable consumer through which one agent reads its grants.
@@ -113,12 +132,12 @@ impl Subjects {
         format!("agent_{agent_id}")
     }
 
-    /// JetStream's advisory subject for messages of the events stream that hit `max_deliver`.
+    /// JetStream's advisory subject for messages of the events stream that hit `max_deliver`
+    /// (either lane).
     pub fn max_deliveries_advisory(&self) -> String {
         format!(
-            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
-            self.events_stream(),
-            self.optimizer_consumer()
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
+            self.events_stream()
         )
     }
 

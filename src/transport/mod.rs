@@ -116,19 +116,41 @@ pub async fn ensure_streams(
     Ok(())
 }
 
-/// The durable pull consumer every optimizer replica shares.
-pub async fn optimizer_consumer(
+/// The two durable pull consumers every optimizer replica shares: the control lane
+/// (registrations, completions) and the submit lane. Returns (control, submit).
+pub async fn optimizer_consumers(
     js: &jetstream::Context,
     subjects: &Subjects,
     config: &JetStreamConfig,
+) -> Result<(consumer::PullConsumer, consumer::PullConsumer), Error> {
+    let control = optimizer_consumer(
+        js,
+        subjects,
+        config,
+        subjects.optimizer_control_consumer(),
+        subjects.control_event_subjects(),
+    )
+    .await?;
+    let submit = vec![subjects.all_of(crate::protocol::MessageType::TaskSubmit)];
+    let submit =
+        optimizer_consumer(js, subjects, config, subjects.optimizer_consumer(), submit).await?;
+    Ok((control, submit))
+}
+
+async fn optimizer_consumer(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    config: &JetStreamConfig,
+    name: String,
+    filter_subjects: Vec<String>,
 ) -> Result<consumer::PullConsumer, Error> {
     let stream = js
         .get_stream(subjects.events_stream())
         .await
         .map_err(|e| nats_error("events stream missing", e))?;
-    let name = subjects.optimizer_consumer();
     let cfg = consumer::pull::Config {
         durable_name: Some(name.clone()),
+        filter_subjects,
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: Duration::from_millis(config.ack_wait_ms),
         max_deliver: config.max_deliver,
@@ -139,7 +161,7 @@ pub async fn optimizer_consumer(
     stream
         .get_or_create_consumer(&name, cfg)
         .await
-        .map_err(|e| nats_error("cannot create the optimizer consumer", e))
+        .map_err(|e| nats_error(&format!("cannot create the optimizer consumer {name}"), e))
 }
 
 /// The durable consumer through which one agent reads its grants, from where it left off.

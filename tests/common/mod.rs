@@ -205,24 +205,26 @@ impl Drop for OptimizerProcess {
     }
 }
 
-/// Waits until the optimizer consumer has nothing pending or unacknowledged.
+/// Waits until both optimizer lanes (submits, control) have nothing pending or unacknowledged.
 pub async fn events_drained(nats: &async_nats::Client) {
     let js = async_nats::jetstream::new(nats.clone());
-    loop {
-        if let Ok(mut consumer) = js
-            .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
-                "optimizer",
-                "COORD_EVENTS",
-            )
-            .await
-        {
-            if let Ok(info) = consumer.info().await {
-                if info.num_pending == 0 && info.num_ack_pending == 0 {
-                    return;
+    for lane in ["optimizer", "optimizer_control"] {
+        loop {
+            let consumer = js
+                .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                    lane,
+                    "COORD_EVENTS",
+                )
+                .await;
+            if let Ok(mut consumer) = consumer {
+                if let Ok(info) = consumer.info().await {
+                    if info.num_pending == 0 && info.num_ack_pending == 0 {
+                        break;
+                    }
                 }
             }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
