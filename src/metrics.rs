@@ -25,9 +25,10 @@ pub const GRANT_REPUBLISHES_TOTAL: &str = "switchyard_grant_republishes_total";
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Seconds to apply one operation, by `op` (register, submit, complete, dispatch, batch).
+    /// Seconds to apply one operation, by `op`: `batch` (one pulled batch of events, from decode
+    /// to ack) and `dispatch` (one dispatch pass over the queue head).
     pub coordination_seconds: HistogramVec,
-    /// Allocation outcomes by `outcome` (granted, queued, waiting, released, requeued, failed).
+    /// Allocation outcomes by `outcome`: granted, queued, waiting, completed, failed, requeued.
     pub allocations: IntCounterVec,
     /// Events being worked on right now.
     pub active_coordinations: IntGauge,

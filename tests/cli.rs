@@ -1,0 +1,134 @@
+//! The binaries as a user runs them: the demo and the benchmark end to end with their JSON
+//! summaries, the optimizer's /healthz and /metrics, and a refused configuration.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{OptimizerProcess, config_for, within};
+use switchyard::harness::LocalServers;
+
+/// A command with no NATS_URL / REDIS_URL, so the CLI starts its own servers.
+fn switchyard(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    cmd.args(args)
+        .env_remove("NATS_URL")
+        .env_remove("REDIS_URL")
+        .env_remove("SWITCHYARD_CONFIG");
+    cmd
+}
+
+fn json_of(output: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout {stdout}\nstderr {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("not one JSON line ({e}): {stdout}"))
+}
+
+#[test]
+fn demo_json_summary_accounts_for_every_task() {
+    let output = switchyard(&["demo", "--json", "--tasks", "60", "--agents", "6"])
+        .output()
+        .expect("demo runs");
+    let summary = json_of(&output);
+    assert_eq!(summary["tasks_submitted"], 60);
+    let completed = summary["tasks_completed"].as_u64().expect("completed");
+    let failed = summary["tasks_failed"].as_u64().expect("failed");
+    assert_eq!(completed + failed, 60, "{summary}");
+    assert!(completed > 0, "{summary}");
+    let p50 = summary["grant_latency_ms"]["p50"].as_f64().expect("p50");
+    let p99 = summary["grant_latency_ms"]["p99"].as_f64().expect("p99");
+    assert!(p50 > 0.0 && p50 <= p99, "{summary}");
+    assert_eq!(summary["agents"].as_array().map(Vec::len), Some(6));
+}
+
+#[test]
+fn bench_json_reports_lifecycles_latency_and_no_double_grants() {
+    let args = [
+        "bench",
+        "--json",
+        "--rate",
+        "200",
+        "--duration",
+        "2",
+        "--agents",
+        "5",
+        "--replicas",
+        "2",
+    ];
+    let report = json_of(&switchyard(&args).output().expect("bench runs"));
+    assert_eq!(report["double_grants"], 0, "{report}");
+    assert_eq!(report["unfinished"], 0, "{report}");
+    assert!(
+        report["lifecycles_per_s"].as_f64().expect("rate") > 0.0,
+        "{report}"
+    );
+    for p in ["p50", "p99", "p999"] {
+        assert!(
+            report["grant_latency_ms"][p].as_f64().is_some(),
+            "{p} missing: {report}"
+        );
+    }
+    assert_eq!(report["submitted"], report["completed"], "{report}");
+}
+
+#[test]
+fn invalid_configuration_lists_every_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_optimizer"))
+        .env("LEARNING_RATE", "2.5")
+        .env("MAX_CONCURRENT_COORDINATIONS", "many")
+        .env("NATS_URL", "nats://127.0.0.1:1")
+        .output()
+        .expect("optimizer runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("learning_rate"), "{stderr}");
+    assert!(stderr.contains("MAX_CONCURRENT_COORDINATIONS"), "{stderr}");
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, response))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optimizer_serves_healthz_and_the_seed_metrics() {
+    let servers = LocalServers::start().await.expect("servers");
+    let mut config = config_for(&servers);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    config.metrics.addr = format!("127.0.0.1:{port}");
+    let optimizer = OptimizerProcess::spawn(&config, &[]);
+    // Ready when it answers; it binds the port only after connecting to NATS and Redis.
+    within(30, "/healthz", async {
+        while http_get(port, "/healthz").map(|(s, _)| s) != Some(200) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (status, body) = http_get(port, "/metrics").expect("metrics answer");
+    assert_eq!(status, 200, "{}", optimizer.log());
+    for name in [
+        "active_coordinations",
+        "switchyard_dead_letters_total",
+        "switchyard_grant_republishes_total",
+    ] {
+        assert!(body.contains(name), "{name} missing:\n{body}");
+    }
+    assert_eq!(http_get(port, "/nope").map(|(s, _)| s), Some(404));
+}
