@@ -322,3 +322,54 @@ fn every_type_token_and_reply_status_is_documented() {
         );
     }
 }
+
+#[test]
+fn the_optimizer_consumers_and_dead_letter_subjects_are_documented() {
+    let doc = doc();
+    let subjects = Subjects::default();
+    let quoted = |items: &[String]| {
+        items
+            .iter()
+            .map(|s| format!("`{s}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let control = format!(
+        "| `{}` | {} |",
+        subjects.optimizer_control_consumer(),
+        quoted(&subjects.control_event_subjects())
+    );
+    let submit = format!(
+        "| `{}` | {} |",
+        subjects.optimizer_consumer(),
+        quoted(&[subjects.all_of(MessageType::TaskSubmit)])
+    );
+    for row in [&control, &submit] {
+        assert!(
+            doc.contains(row.as_str()),
+            "docs/protocol.md lacks the consumer table row starting {row}"
+        );
+    }
+    for name in [
+        subjects.optimizer_control_consumer(),
+        subjects.optimizer_consumer(),
+    ] {
+        assert!(
+            doc.contains(&format!(
+                "nats consumer info {} {name} ",
+                subjects.events_stream()
+            )),
+            "docs/protocol.md §12 lacks `nats consumer info` for {name}"
+        );
+    }
+    let dlq = format!(
+        "| `{}` | `{}`, `{}`",
+        subjects.dead_letter_stream(),
+        subjects.all_dead_letters(),
+        subjects.max_deliveries_advisory()
+    );
+    assert!(
+        doc.contains(&dlq),
+        "docs/protocol.md's stream table lacks the dead-letter row starting {dlq}"
+    );
+}
