@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use super::deployment::Deployment;
-use super::{FleetEvent, LatencySummary, SubmitClock, WorkModel, spawn_sim_agent};
+use super::{FleetEvent, LatencySummary, SubmitClock, WorkModel, spawn_sim_agent, stop_fleet};
 use crate::client::{ClientEvent, Coordinator};
 use crate::config::Config;
 use crate::error::Error;
@@ -105,7 +105,8 @@ async fn start_fleet(
     clock: &SubmitClock,
     events: mpsc::Sender<FleetEvent>,
     stop: &watch::Receiver<bool>,
-) -> Result<(), Error> {
+) -> Result<Vec<tokio::task::JoinHandle<()>>, Error> {
+    let mut fleet = Vec::new();
     let instant: WorkModel = Arc::new(|_| (Duration::ZERO, true));
     let mut clients = Vec::new();
     for i in 0..4 {
@@ -116,7 +117,7 @@ async fn start_fleet(
             .capacity("cpu", 8.0)
             .capacity("memory", 8192.0);
         let client = clients[i % clients.len()].clone();
-        spawn_sim_agent(
+        let agent = spawn_sim_agent(
             client,
             deployment.subjects(),
             reg,
@@ -126,8 +127,9 @@ async fn start_fleet(
             stop.clone(),
         )
         .await?;
+        fleet.push(agent);
     }
-    Ok(())
+    Ok(fleet)
 }
 
 async fn drive(
@@ -139,7 +141,7 @@ async fn drive(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (events_tx, mut events_rx) = mpsc::channel(1 << 20);
     let clock = SubmitClock::default();
-    start_fleet(deployment, options, &run, &clock, events_tx, &stop_rx).await?;
+    let fleet = start_fleet(deployment, options, &run, &clock, events_tx, &stop_rx).await?;
     let orch = Arc::new(
         Coordinator::with_client(
             deployment.nats_client("bench-orchestrator").await?,
@@ -177,7 +179,7 @@ async fn drive(
             _ = ticker.tick() => progress(&format!("{:>4.0}s submitted {submitted} completed {}", started.elapsed().as_secs_f64(), tally.completed)),
         }
     }
-    let _ = stop_tx.send(true);
+    stop_fleet(&stop_tx, fleet).await;
     let submitted = *count_rx.borrow();
     Ok(BenchReport {
         replicas: options.replicas,

@@ -9,7 +9,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use super::deployment::Deployment;
-use super::{FleetEvent, LatencySummary, SubmitClock, WorkModel, spawn_sim_agent};
+use super::{FleetEvent, LatencySummary, SubmitClock, WorkModel, spawn_sim_agent, stop_fleet};
 use crate::client::{ClientEvent, Coordinator};
 use crate::config::Config;
 use crate::error::Error;
@@ -151,6 +151,7 @@ async fn drive(
     let clock = SubmitClock::default();
     let client = deployment.nats_client("demo-agents").await?;
     let mut agent_types = BTreeMap::new();
+    let mut fleet = Vec::new();
     for i in 0..options.agents {
         let (kind, cpu, mem, tokens) = AGENT_TYPES[i % AGENT_TYPES.len()];
         let id = format!("{run}-{kind}-{i:02}");
@@ -159,7 +160,7 @@ async fn drive(
             .capacity("cpu", cpu)
             .capacity("memory", mem)
             .capacity("tokens", tokens);
-        spawn_sim_agent(
+        let agent = spawn_sim_agent(
             client.clone(),
             subjects.clone(),
             reg,
@@ -169,6 +170,7 @@ async fn drive(
             stop_rx.clone(),
         )
         .await?;
+        fleet.push(agent);
     }
     let orch = Coordinator::with_client(
         deployment.nats_client("demo-orchestrator").await?,
@@ -203,7 +205,7 @@ async fn drive(
             }
         }
     }
-    let _ = stop_tx.send(true);
+    stop_fleet(&stop_tx, fleet).await;
     Ok(tally.summary(options, started.elapsed(), &agent_types))
 }
 

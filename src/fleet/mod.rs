@@ -96,7 +96,24 @@ pub async fn spawn_sim_agent(
             while work_in_progress.try_join_next().is_some() {}
         }
         work_in_progress.abort_all();
+        // Leave the fleet, so a later run against the same servers does not grant work to an
+        // agent that is gone (there is no liveness check yet to notice it).
+        match tokio::time::timeout(Duration::from_secs(5), agent.deregister()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(agent_id = %agent.agent_id(), error = %e, "deregistration failed")
+            }
+            Err(_) => tracing::warn!(agent_id = %agent.agent_id(), "deregistration timed out"),
+        }
     }))
+}
+
+/// Stops a fleet: signals `stop` and waits for every agent to deregister.
+pub async fn stop_fleet(stop: &watch::Sender<bool>, agents: Vec<tokio::task::JoinHandle<()>>) {
+    let _ = stop.send(true);
+    for agent in agents {
+        let _ = agent.await;
+    }
 }
 
 async fn perform(

@@ -7,6 +7,7 @@
 
 mod keys;
 mod records;
+mod rows;
 mod scripts;
 mod store;
 

@@ -12,11 +12,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::keys::Keys;
 use super::records::*;
+use super::rows::{AGENT_FIELDS, TASK_FIELDS, agent_status, agent_view, queued_task};
 use super::scripts::Scripts;
 use crate::config::RedisConfig;
-use crate::decision::{AgentView, ResourceKind, Resources, TaskView};
+use crate::decision::{AgentView, ResourceKind, Resources};
 use crate::error::{Error, ErrorKind};
-use crate::protocol::{AgentStatusView, CoordinationSync};
+use crate::protocol::CoordinationSync;
 
 /// Starting performance score of a new agent: neutral, so it is neither favoured nor starved.
 pub const NEUTRAL_SCORE: f64 = 0.5;
@@ -28,37 +29,6 @@ pub struct Store {
     keys: Keys,
     scripts: std::sync::Arc<Scripts>,
 }
-
-const AGENT_FIELDS: [&str; 14] = [
-    "agent_type",
-    "status",
-    "cap_cpu",
-    "cap_memory",
-    "cap_tokens",
-    "cap_time",
-    "res_cpu",
-    "res_memory",
-    "res_tokens",
-    "res_time",
-    "score",
-    "priority_weight",
-    "active_tasks",
-    "last_heartbeat",
-];
-
-const TASK_FIELDS: [&str; 11] = [
-    "state",
-    "task_type",
-    "priority",
-    "req_cpu",
-    "req_memory",
-    "req_tokens",
-    "req_time",
-    "submitter",
-    "submit_msg_id",
-    "estimated_duration_s",
-    "submitted_at",
-];
 
 impl Store {
     /// Connects with explicit timeouts and loads every script once (later calls use EVALSHA).
@@ -397,60 +367,5 @@ impl Store {
             counters,
             agents,
         })
-    }
-}
-
-fn num<T: std::str::FromStr + Default>(row: &[String], i: usize) -> T {
-    row.get(i).and_then(|s| s.parse().ok()).unwrap_or_default()
-}
-
-fn resources_at(row: &[String], first: usize) -> Resources {
-    Resources {
-        cpu: num(row, first),
-        memory: num(row, first + 1),
-        tokens: num(row, first + 2),
-        time: num(row, first + 3),
-    }
-}
-
-fn agent_view(agent_id: String, row: &[String]) -> AgentView {
-    AgentView {
-        agent_id,
-        agent_type: row.first().cloned().unwrap_or_default(),
-        capacity: resources_at(row, 2),
-        reserved: resources_at(row, 6),
-        score: num(row, 10),
-        priority_weight: num(row, 11),
-        active_tasks: num(row, 12),
-    }
-}
-
-fn agent_status(agent_id: String, row: &[String]) -> AgentStatusView {
-    let view = agent_view(agent_id, row);
-    AgentStatusView {
-        utilization: crate::decision::resources::utilization(&view.reserved, &view.capacity),
-        agent_id: view.agent_id,
-        agent_type: view.agent_type,
-        status: row.get(1).cloned().unwrap_or_default(),
-        capacity: view.capacity.to_units(),
-        reserved: view.reserved.to_units(),
-        performance_score: view.score,
-        active_tasks: u64::from(view.active_tasks),
-        last_heartbeat_ms: num(row, 13),
-    }
-}
-
-fn queued_task(task_id: String, row: Vec<String>) -> QueuedTask {
-    QueuedTask {
-        view: TaskView {
-            task_id,
-            task_type: row.get(1).cloned().unwrap_or_default(),
-            priority: num(&row, 2),
-            required: resources_at(&row, 3),
-        },
-        submitter: row.get(7).cloned().unwrap_or_default(),
-        submit_message_id: row.get(8).cloned().unwrap_or_default(),
-        estimated_duration_s: num(&row, 9),
-        submitted_at_ms: num(&row, 10),
     }
 }
