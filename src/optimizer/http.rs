@@ -28,10 +28,12 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: impl Futur
 }
 
 async fn answer(mut stream: TcpStream, metrics: &Metrics) {
-    let mut buf = vec![0u8; 4096];
-    let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await;
-    let Ok(Ok(n)) = read else { return };
-    let request = String::from_utf8_lossy(&buf[..n]);
+    let Ok(Some(head)) =
+        tokio::time::timeout(std::time::Duration::from_secs(5), read_head(&mut stream)).await
+    else {
+        return;
+    };
+    let request = String::from_utf8_lossy(&head);
     let path = request.split_whitespace().nth(1).unwrap_or("/");
     let (status, content_type, body) = match path {
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
@@ -44,4 +46,19 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) {
     );
     let _ = stream.write_all(response.as_bytes()).await;
     let _ = stream.shutdown().await;
+}
+
+/// Reads until the end of the request head (a blank line), at most 8 KiB: a request may arrive in
+/// several segments.
+async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await.ok()?;
+        if n == 0 || head.len() + n > 8192 {
+            return (!head.is_empty()).then_some(head);
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Some(head)
 }
