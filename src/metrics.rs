@@ -19,6 +19,7 @@ pub const REDELIVERIES_TOTAL: &str = "switchyard_redeliveries_total";
 pub const GRANT_LATENCY_SECONDS: &str = "switchyard_grant_latency_seconds";
 pub const QUEUE_DEPTH: &str = "switchyard_queue_depth";
 pub const GRANT_REPUBLISHES_TOTAL: &str = "switchyard_grant_republishes_total";
+pub const AGENTS_EXPIRED_TOTAL: &str = "switchyard_agents_expired_total";
 
 /// All metrics of one optimizer replica, in its own registry (so in-process replicas in tests
 /// do not collide).
@@ -44,6 +45,8 @@ pub struct Metrics {
     pub grant_latency: HistogramVec,
     pub queue_depth: Gauge,
     pub grant_republishes: IntCounter,
+    /// Agents marked dead because their lease ran out.
+    pub agents_expired: IntCounter,
 }
 
 fn registered<C: prometheus::core::Collector + Clone + 'static>(
@@ -137,6 +140,13 @@ impl Metrics {
                 IntCounter::new(
                     GRANT_REPUBLISHES_TOTAL,
                     "Grants re-published after an interrupted publication",
+                ),
+            )?,
+            agents_expired: registered(
+                &r,
+                IntCounter::new(
+                    AGENTS_EXPIRED_TOTAL,
+                    "Agents marked dead after missing their lease",
                 ),
             )?,
             registry: r,

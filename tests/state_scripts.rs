@@ -74,7 +74,7 @@ fn ids(list: &[&str]) -> Vec<String> {
 impl Fixture {
     async fn register(&self, agent_id: &str, capacity: Resources) {
         self.store
-            .register_agent(agent_id, "worker", &capacity, 1.0)
+            .register_agent(agent_id, "worker", &capacity, 1.0, 0)
             .await
             .expect("register_agent");
     }
@@ -772,4 +772,84 @@ async fn grant_outbox_lists_unpublished_grants() {
         .await
         .unwrap();
     assert!(f.store.stale_grants(0, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_expire_by_the_redis_clock_and_heartbeats_renew_them() {
+    use switchyard::state::{ExpireOutcome, HeartbeatOutcome};
+    let f = fixture().await;
+    f.store
+        .register_agent("leased", "worker", &cpu(2000), 1.0, 200)
+        .await
+        .expect("register");
+    f.register("forever", cpu(2000)).await; // no lease
+    assert_eq!(
+        f.submit(&submit_req("t1", "m1", 5, cpu(1000))).await,
+        SubmitOutcome::Queued
+    );
+    assert!(matches!(
+        f.grant("t1", &["leased"]).await,
+        GrantOutcome::Granted { .. }
+    ));
+
+    // Fresh: a heartbeat renews, expiry finds it alive.
+    assert_eq!(
+        f.store.record_heartbeat("leased").await.expect("heartbeat"),
+        HeartbeatOutcome::Alive
+    );
+    assert_eq!(
+        f.store.expire_agent("leased").await.expect("expire"),
+        ExpireOutcome::Alive
+    );
+    assert_eq!(
+        f.store.record_heartbeat("nobody").await.expect("heartbeat"),
+        HeartbeatOutcome::UnknownAgent
+    );
+
+    // Past the lease it dies, handing back its task; the agent without a lease never does.
+    let dead = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            if let ExpireOutcome::Dead { tasks } =
+                f.store.expire_agent("leased").await.expect("expire")
+            {
+                return tasks;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("lease runs out");
+    assert_eq!(dead, ids(&["t1"]));
+    assert_eq!(
+        f.store.expire_agent("forever").await.expect("expire"),
+        ExpireOutcome::Alive
+    );
+    assert!(
+        !f.store
+            .active_agent_ids()
+            .await
+            .expect("ids")
+            .contains(&"leased".to_string())
+    );
+    assert_eq!(
+        f.store.record_heartbeat("leased").await.expect("heartbeat"),
+        HeartbeatOutcome::NotActive {
+            status: "dead".into()
+        }
+    );
+    // Its late completion is refused before anything is released or counted.
+    assert_eq!(
+        f.complete("t1", "leased", true).await,
+        CompleteOutcome::AgentNotActive {
+            status: "dead".into()
+        }
+    );
+    assert_eq!(
+        f.store.requeue_task("t1", "leased").await.expect("requeue"),
+        RequeueOutcome::Requeued
+    );
+    assert_eq!(
+        f.store.agents_past_lease().await.expect("candidates"),
+        Vec::<String>::new()
+    );
 }

@@ -9,8 +9,8 @@ use futures::StreamExt;
 use super::router::{ClientEvent, Router, into_reply};
 use crate::error::{Error, nats_error};
 use crate::protocol::{
-    AgentDeregister, AgentRegister, Envelope, MessageType, Subjects, TaskComplete, TaskGrant,
-    now_ms,
+    AgentDeregister, AgentRegister, Envelope, Heartbeat, MessageType, Subjects, TaskComplete,
+    TaskGrant, now_ms,
 };
 use crate::transport;
 
@@ -20,6 +20,14 @@ pub struct Agent {
     agent_id: String,
     router: Router,
     reply_timeout: Duration,
+    /// Sends HEARTBEATs while the agent lives (when it registered with a lease).
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop_heartbeats();
+    }
 }
 
 impl Agent {
@@ -30,18 +38,36 @@ impl Agent {
         registration: AgentRegister,
     ) -> Result<Agent, Error> {
         let agent_id = registration.agent_id.clone();
+        let lease = registration.lease_s.filter(|l| *l > 0.0);
         let router = Router::start(&client, &subjects, &agent_id, 1024).await?;
-        let agent = Agent {
+        let mut agent = Agent {
             js: jetstream::new(client),
             subjects,
             agent_id,
             router,
             reply_timeout: super::DEFAULT_REPLY_TIMEOUT,
+            heartbeat: None,
         };
         agent
             .send_and_confirm(MessageType::AgentRegister, registration)
             .await?;
+        if let Some(lease) = lease {
+            agent.heartbeat = Some(tokio::spawn(send_heartbeats(
+                agent.js.clone(),
+                agent.subjects.clone(),
+                agent.agent_id.clone(),
+                Duration::from_secs_f64(lease / 3.0),
+            )));
+        }
         Ok(agent)
+    }
+
+    /// Stops heartbeating (the agent will be marked dead once its lease runs out). Dropping the
+    /// agent does this too.
+    pub fn stop_heartbeats(&mut self) {
+        if let Some(task) = self.heartbeat.take() {
+            task.abort();
+        }
     }
 
     pub fn agent_id(&self) -> &str {
@@ -194,5 +220,31 @@ impl GrantStream {
             }
         }
         true
+    }
+}
+
+/// Publishes a HEARTBEAT every `every` until aborted. A failed heartbeat is logged; the next one
+/// may get through before the lease runs out.
+async fn send_heartbeats(
+    js: jetstream::Context,
+    subjects: Subjects,
+    agent_id: String,
+    every: Duration,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await; // registration itself counts as the first heartbeat
+    loop {
+        ticker.tick().await;
+        let beat = Heartbeat {
+            agent_id: agent_id.clone(),
+        };
+        let envelope = Envelope::new(agent_id.clone(), MessageType::Heartbeat, beat, now_ms());
+        let subject = subjects.addressed(MessageType::Heartbeat, &agent_id);
+        if let Err(e) =
+            transport::publish_stored(&js, subject, &envelope.message_id.to_string(), &envelope)
+                .await
+        {
+            tracing::warn!(agent_id = %agent_id, error = %e, "heartbeat not sent");
+        }
     }
 }

@@ -13,7 +13,10 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use super::deployment::Deployment;
-use super::{FleetEvent, LatencySummary, SubmitClock, WorkModel, spawn_sim_agent, stop_fleet};
+use super::{
+    FleetEvent, LatencySummary, SIM_AGENT_LEASE_S, SubmitClock, WorkModel, spawn_sim_agent,
+    stop_fleet,
+};
 use crate::client::{ClientEvent, Coordinator};
 use crate::config::Config;
 use crate::error::Error;
@@ -115,7 +118,8 @@ async fn start_fleet(
     for i in 0..options.agents {
         let reg = AgentRegister::new(format!("{run}-a{i:03}"), "bench")
             .capacity("cpu", 8.0)
-            .capacity("memory", 8192.0);
+            .capacity("memory", 8192.0)
+            .lease(SIM_AGENT_LEASE_S);
         let client = clients[i % clients.len()].clone();
         let agent = spawn_sim_agent(
             client,

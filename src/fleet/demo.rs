@@ -9,7 +9,10 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use super::deployment::Deployment;
-use super::{FleetEvent, LatencySummary, SubmitClock, WorkModel, spawn_sim_agent, stop_fleet};
+use super::{
+    FleetEvent, LatencySummary, SIM_AGENT_LEASE_S, SubmitClock, WorkModel, spawn_sim_agent,
+    stop_fleet,
+};
 use crate::client::{ClientEvent, Coordinator};
 use crate::config::Config;
 use crate::error::Error;
@@ -159,7 +162,8 @@ async fn drive(
         let reg = AgentRegister::new(id, kind)
             .capacity("cpu", cpu)
             .capacity("memory", mem)
-            .capacity("tokens", tokens);
+            .capacity("tokens", tokens)
+            .lease(SIM_AGENT_LEASE_S);
         let agent = spawn_sim_agent(
             client.clone(),
             subjects.clone(),

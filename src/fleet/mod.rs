@@ -21,6 +21,10 @@ use crate::error::Error;
 use crate::protocol::{AgentRegister, Subjects, TaskGrant};
 pub use stats::{LatencySummary, percentile};
 
+/// Lease of simulated agents: if a demo or bench process dies, its agents are marked dead
+/// (and their tasks re-queued) instead of lingering as active.
+pub const SIM_AGENT_LEASE_S: f64 = 10.0;
+
 /// Decides how long a granted task takes and whether it succeeds.
 pub type WorkModel = Arc<dyn Fn(&TaskGrant) -> (Duration, bool) + Send + Sync>;
 

@@ -135,6 +135,7 @@ fn sender_of(event: &Inbound) -> String {
         Inbound::Deregister(e) => e.sender.clone(),
         Inbound::Submit(e, _) => e.sender.clone(),
         Inbound::Complete(e) => e.sender.clone(),
+        Inbound::Heartbeat(e) => e.sender.clone(),
     }
 }
 

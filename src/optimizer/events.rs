@@ -9,8 +9,7 @@ use super::publish::{Grant, Reply};
 use crate::error::Error;
 use crate::protocol::{Inbound, MessageType, RejectReason, ReplyStatus};
 use crate::state::{
-    CompleteOutcome, DeregisterOutcome, RequeueOutcome, ResolveOutcome, SubmitOutcome,
-    SubmitRequest,
+    CompleteOutcome, DeregisterOutcome, ResolveOutcome, SubmitOutcome, SubmitRequest,
 };
 
 /// What applying one event calls for.
@@ -29,7 +28,7 @@ pub(crate) struct Applied {
 }
 
 impl Applied {
-    fn refuse(reason: RejectReason, message: impl Into<String>) -> Applied {
+    pub(crate) fn refuse(reason: RejectReason, message: impl Into<String>) -> Applied {
         Applied {
             refusal: Some((reason, message.into())),
             ..Applied::default()
@@ -42,7 +41,13 @@ pub(crate) async fn apply_event(ctx: &Ctx, event: &Inbound) -> Result<Applied, E
         Inbound::Register(env, capacity) => {
             let p = &env.payload;
             ctx.store
-                .register_agent(&p.agent_id, &p.agent_type, capacity, p.priority_weight)
+                .register_agent(
+                    &p.agent_id,
+                    &p.agent_type,
+                    capacity,
+                    p.priority_weight,
+                    lease_ms(p.lease_s),
+                )
                 .await?;
             tracing::info!(agent_id = %p.agent_id, agent_type = %p.agent_type, "agent registered");
             let reply = Reply::new(
@@ -57,6 +62,9 @@ pub(crate) async fn apply_event(ctx: &Ctx, event: &Inbound) -> Result<Applied, E
                 dispatch: true,
                 ..Applied::default()
             })
+        }
+        Inbound::Heartbeat(env) => {
+            super::liveness::apply_heartbeat(ctx, &env.payload.agent_id).await
         }
         Inbound::Deregister(env) => {
             deregister(
@@ -100,15 +108,7 @@ async fn deregister(
         }
         DeregisterOutcome::Deregistered { tasks } => tasks,
     };
-    for task_id in &tasks {
-        if ctx.store.requeue_task(task_id, agent_id).await? == RequeueOutcome::Requeued {
-            ctx.metrics
-                .allocations
-                .with_label_values(&["requeued"])
-                .inc();
-            tracing::info!(task_id = %task_id, agent_id, "task re-queued from a departing agent");
-        }
-    }
+    super::liveness::requeue_tasks(ctx, agent_id, &tasks).await?;
     let reply = Reply::new(
         sender,
         message_id,
@@ -253,6 +253,15 @@ async fn complete(
                 format!("agent {} is not registered", p.agent_id),
             ));
         }
+        CompleteOutcome::AgentNotActive { status } => {
+            return Ok(Applied::refuse(
+                RejectReason::AgentNotActive,
+                format!(
+                    "agent {} is {status}: its tasks were given to others; register again to rejoin",
+                    p.agent_id
+                ),
+            ));
+        }
         CompleteOutcome::UnknownTask => {
             return Ok(Applied::refuse(
                 RejectReason::UnknownTask,
@@ -364,4 +373,9 @@ async fn resolve_dependents(
         }
     }
     Ok(())
+}
+
+/// Seconds of lease on the wire to whole milliseconds (0 = no lease).
+fn lease_ms(lease_s: Option<f64>) -> u64 {
+    lease_s.map(|s| (s * 1000.0).round() as u64).unwrap_or(0)
 }

@@ -34,6 +34,7 @@ pub(crate) async fn run_maintenance(ctx: Arc<Ctx>, mut stop: watch::Receiver<boo
 
 async fn maintenance_pass(ctx: &Ctx) -> Result<(), Error> {
     republish_orphaned_grants(ctx).await?;
+    super::liveness::expire_silent_agents(ctx).await?;
     ctx.dispatcher.dispatch_after_commit().await;
     let sync = ctx.store.coordination_sync(true).await?;
     ctx.metrics.queue_depth.set(sync.queue_depth as f64);

@@ -13,6 +13,7 @@ mod batch;
 mod dispatch;
 mod events;
 pub mod http;
+mod liveness;
 mod maintenance;
 mod publish;
 

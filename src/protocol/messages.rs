@@ -16,6 +16,17 @@ pub struct AgentRegister {
     /// The seed's PRIORITY resource: a weight strategies may use to prefer this agent.
     #[serde(default = "default_priority_weight")]
     pub priority_weight: f64,
+    /// Liveness lease in seconds: an agent silent (no HEARTBEAT) for longer is marked dead and its
+    /// tasks go back to the queue. Absent or 0: no lease, the agent lives until it deregisters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_s: Option<f64>,
+}
+
+/// `HEARTBEAT`: the agent is alive. Renews its lease (timed by the coordinator's clock, not the
+/// agent's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub agent_id: String,
 }
 
 fn default_priority_weight() -> f64 {
@@ -208,7 +219,17 @@ impl AgentRegister {
             agent_type: agent_type.into(),
             max_resources: BTreeMap::new(),
             priority_weight: default_priority_weight(),
+            lease_s: None,
         }
+    }
+
+    /// Asks to be marked dead after `seconds` without a heartbeat (the Rust [`Agent`] client
+    /// heartbeats every third of it).
+    ///
+    /// [`Agent`]: crate::client::Agent
+    pub fn lease(mut self, seconds: f64) -> Self {
+        self.lease_s = Some(seconds);
+        self
     }
 
     /// Can carry `amount` whole units of `resource`.

@@ -64,6 +64,7 @@ impl Subjects {
             MessageType::AgentDeregister,
             MessageType::TaskSubmit,
             MessageType::TaskComplete,
+            MessageType::Heartbeat,
         ]
         .into_iter()
         .map(|t| self.all_of(t))
@@ -121,6 +122,7 @@ impl Subjects {
             MessageType::AgentRegister,
             MessageType::AgentDeregister,
             MessageType::TaskComplete,
+            MessageType::Heartbeat,
         ]
         .into_iter()
         .map(|t| self.all_of(t))

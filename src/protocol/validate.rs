@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::envelope::{Envelope, MessageType, PROTOCOL_VERSION};
-use super::messages::{AgentDeregister, AgentRegister, TaskComplete, TaskSubmit};
+use super::messages::{AgentDeregister, AgentRegister, Heartbeat, TaskComplete, TaskSubmit};
 use super::subjects::Subjects;
 use crate::decision::{ResourceError, Resources};
 
@@ -86,6 +86,7 @@ pub enum Inbound {
     Deregister(Envelope<AgentDeregister>),
     Submit(Envelope<TaskSubmit>, Resources),
     Complete(Envelope<TaskComplete>),
+    Heartbeat(Envelope<Heartbeat>),
 }
 
 impl Inbound {
@@ -95,6 +96,7 @@ impl Inbound {
             Inbound::Deregister(_) => MessageType::AgentDeregister,
             Inbound::Submit(..) => MessageType::TaskSubmit,
             Inbound::Complete(_) => MessageType::TaskComplete,
+            Inbound::Heartbeat(_) => MessageType::Heartbeat,
         }
     }
 
@@ -104,6 +106,7 @@ impl Inbound {
             Inbound::Deregister(e) => e.message_id.to_string(),
             Inbound::Submit(e, _) => e.message_id.to_string(),
             Inbound::Complete(e) => e.message_id.to_string(),
+            Inbound::Heartbeat(e) => e.message_id.to_string(),
         }
     }
 }
@@ -277,12 +280,27 @@ fn decode_payload(ctx: &Context<'_>, env: Envelope<Value>) -> Result<Inbound, Re
                     "agent_type must be 1-64 characters",
                 ));
             }
+            if env
+                .payload
+                .lease_s
+                .is_some_and(|l| !l.is_finite() || !(0.0..=86_400.0).contains(&l))
+            {
+                return Err(ctx.reject(
+                    RejectReason::InvalidDuration,
+                    "lease_s must be 0..=86400 seconds",
+                ));
+            }
             Ok(Inbound::Register(env, capacity))
         }
         MessageType::AgentDeregister => {
             let env: Envelope<AgentDeregister> = typed(ctx, env)?;
             check_agent_token(ctx, &env.payload.agent_id)?;
             Ok(Inbound::Deregister(env))
+        }
+        MessageType::Heartbeat => {
+            let env: Envelope<Heartbeat> = typed(ctx, env)?;
+            check_agent_token(ctx, &env.payload.agent_id)?;
+            Ok(Inbound::Heartbeat(env))
         }
         MessageType::TaskSubmit => {
             let env: Envelope<TaskSubmit> = typed(ctx, env)?;

@@ -58,6 +58,10 @@ pub enum CompleteOutcome {
     WrongAgent {
         owner: String,
     },
+    /// The agent is dead or deregistered; its tasks were given back.
+    AgentNotActive {
+        status: String,
+    },
     NotGranted {
         state: String,
     },
@@ -80,6 +84,22 @@ pub enum ResolveOutcome {
 pub enum DeregisterOutcome {
     Deregistered { tasks: Vec<String> },
     UnknownAgent,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeartbeatOutcome {
+    Alive,
+    UnknownAgent,
+    NotActive { status: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExpireOutcome {
+    Alive,
+    /// Dead; these tasks are still granted to it and must be re-queued.
+    Dead {
+        tasks: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -166,6 +186,9 @@ impl CompleteOutcome {
             Some("wrong_agent") => CompleteOutcome::WrongAgent {
                 owner: field(reply, 1),
             },
+            Some("agent_not_active") => CompleteOutcome::AgentNotActive {
+                status: field(reply, 1),
+            },
             Some("task_not_granted") => CompleteOutcome::NotGranted {
                 state: field(reply, 1),
             },
@@ -198,6 +221,31 @@ impl DeregisterOutcome {
             },
             Some("unknown_agent") => DeregisterOutcome::UnknownAgent,
             _ => return Err(unexpected("deregister_agent", reply)),
+        })
+    }
+}
+
+impl HeartbeatOutcome {
+    pub(crate) fn parse(reply: &[String]) -> Result<Self, Error> {
+        Ok(match reply.first().map(String::as_str) {
+            Some("alive") => HeartbeatOutcome::Alive,
+            Some("unknown_agent") => HeartbeatOutcome::UnknownAgent,
+            Some("not_active") => HeartbeatOutcome::NotActive {
+                status: field(reply, 1),
+            },
+            _ => return Err(unexpected("record_heartbeat", reply)),
+        })
+    }
+}
+
+impl ExpireOutcome {
+    pub(crate) fn parse(reply: &[String]) -> Result<Self, Error> {
+        Ok(match reply.first().map(String::as_str) {
+            Some("alive") => ExpireOutcome::Alive,
+            Some("dead") => ExpireOutcome::Dead {
+                tasks: reply.iter().skip(1).cloned().collect(),
+            },
+            _ => return Err(unexpected("expire_agent", reply)),
         })
     }
 }

@@ -11,6 +11,8 @@ pub(crate) struct Scripts {
     pub complete_task: Script,
     pub resolve_dependency: Script,
     pub requeue_task: Script,
+    pub record_heartbeat: Script,
+    pub expire_agent: Script,
 }
 
 impl Scripts {
@@ -23,10 +25,12 @@ impl Scripts {
             complete_task: Script::new(include_str!("lua/complete_task.lua")),
             resolve_dependency: Script::new(include_str!("lua/resolve_dependency.lua")),
             requeue_task: Script::new(include_str!("lua/requeue_task.lua")),
+            record_heartbeat: Script::new(include_str!("lua/record_heartbeat.lua")),
+            expire_agent: Script::new(include_str!("lua/expire_agent.lua")),
         }
     }
 
-    pub(crate) fn all(&self) -> [&Script; 7] {
+    pub(crate) fn all(&self) -> [&Script; 9] {
         [
             &self.register_agent,
             &self.deregister_agent,
@@ -35,6 +39,8 @@ impl Scripts {
             &self.complete_task,
             &self.resolve_dependency,
             &self.requeue_task,
+            &self.record_heartbeat,
+            &self.expire_agent,
         ]
     }
 }

@@ -70,6 +70,7 @@ impl Store {
         agent_type: &str,
         capacity: &Resources,
         priority_weight: f64,
+        lease_ms: u64,
     ) -> Result<(), Error> {
         let mut inv = self.scripts.register_agent.prepare_invoke();
         inv.key(self.keys.agent(agent_id)).key(self.keys.agents());
@@ -77,7 +78,7 @@ impl Store {
         for kind in ResourceKind::ALL {
             inv.arg(capacity.get(kind));
         }
-        inv.arg(priority_weight).arg(NEUTRAL_SCORE);
+        inv.arg(priority_weight).arg(NEUTRAL_SCORE).arg(lease_ms);
         let _: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
         Ok(())
     }
@@ -230,6 +231,56 @@ impl Store {
             .invoke_async(&mut self.conn())
             .await?;
         RequeueOutcome::parse(&reply)
+    }
+
+    pub async fn record_heartbeat(&self, agent_id: &str) -> Result<HeartbeatOutcome, Error> {
+        let reply: Vec<String> = self
+            .scripts
+            .record_heartbeat
+            .key(self.keys.agent(agent_id))
+            .arg(agent_id)
+            .invoke_async(&mut self.conn())
+            .await?;
+        HeartbeatOutcome::parse(&reply)
+    }
+
+    /// Marks the agent dead if its lease ran out (Redis clock); see `lua/expire_agent.lua`.
+    pub async fn expire_agent(&self, agent_id: &str) -> Result<ExpireOutcome, Error> {
+        let reply: Vec<String> = self
+            .scripts
+            .expire_agent
+            .key(self.keys.agent(agent_id))
+            .key(self.keys.agents())
+            .key(self.keys.agent_tasks(agent_id))
+            .arg(agent_id)
+            .invoke_async(&mut self.conn())
+            .await?;
+        ExpireOutcome::parse(&reply)
+    }
+
+    /// Active agents with a lease whose last heartbeat is older than the lease (Redis clock).
+    /// Only candidates: `expire_agent` re-checks atomically.
+    pub async fn agents_past_lease(&self) -> Result<Vec<String>, Error> {
+        let ids = self.active_agent_ids().await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut self.conn()).await?;
+        let now = secs * 1000 + micros / 1000;
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HMGET")
+                .arg(self.keys.agent(id))
+                .arg("lease_ms")
+                .arg("last_heartbeat");
+        }
+        let rows: Vec<(Option<u64>, Option<u64>)> = pipe.query_async(&mut self.conn()).await?;
+        Ok(ids
+            .into_iter()
+            .zip(rows)
+            .filter(|(_, (lease, last))| matches!((lease, last), (Some(l), Some(t)) if *l > 0 && t + l < now))
+            .map(|(id, _)| id)
+            .collect())
     }
 
     /// Ids of active agents.

@@ -12,11 +12,13 @@
 --                                   with resolve_dependency); a repeat of the same completion
 --                                   answers the same and changes nothing
 --   {"unknown_agent"} {"unknown_task"}
+--   {"agent_not_active", status}    the agent was marked dead or deregistered: a late report
 --   {"wrong_agent", owner}          the task is (or was) granted to another agent
 --   {"task_not_granted", state}     queued or waiting: e.g. re-queued after this agent died
 -- Score: exponential moving average of outcomes, x = success * time efficiency where efficiency
 -- = min(1, estimated / actual) (1 when either is unknown).
-if redis.call('EXISTS', KEYS[2]) == 0 then
+local agent_status = redis.call('HGET', KEYS[2], 'status')
+if not agent_status then
   return {'unknown_agent'}
 end
 local task = redis.call('HMGET', KEYS[1], 'state', 'agent', 'req_cpu', 'req_memory', 'req_tokens',
@@ -24,6 +26,10 @@ local task = redis.call('HMGET', KEYS[1], 'state', 'agent', 'req_cpu', 'req_memo
 local state, owner = task[1], task[2]
 if not state then
   return {'unknown_task'}
+end
+if agent_status ~= 'active' and (state == 'granted' or state == 'queued') then
+  -- A dead or departed agent's work has been (or is being) given to another agent.
+  return {'agent_not_active', agent_status}
 end
 if state == 'queued' or state == 'waiting' then
   return {'task_not_granted', state}

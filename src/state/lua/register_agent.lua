@@ -4,6 +4,7 @@
 -- ARGV[1] agent_id  ARGV[2] agent_type
 -- ARGV[3..6] capacity in milli-units: cpu, memory, tokens, time
 -- ARGV[7] priority_weight  ARGV[8] neutral starting performance score
+-- ARGV[9] liveness lease in ms (0 = none)
 --
 -- Returns {"registered"}. Idempotent: a repeated registration rewrites the same capacity and
 -- answers the same. Reservations and the learned score survive a re-registration, so an agent that
@@ -20,6 +21,6 @@ end
 redis.call('HSET', KEYS[1],
   'agent_id', ARGV[1], 'agent_type', ARGV[2], 'status', 'active',
   'cap_cpu', ARGV[3], 'cap_memory', ARGV[4], 'cap_tokens', ARGV[5], 'cap_time', ARGV[6],
-  'priority_weight', ARGV[7], 'last_heartbeat', now)
+  'priority_weight', ARGV[7], 'lease_ms', ARGV[9], 'last_heartbeat', now)
 redis.call('SADD', KEYS[2], ARGV[1])
 return {'registered'}
