@@ -16,27 +16,9 @@ use crate::protocol::{Inbound, MessageType, Rejection, ReplyStatus, decode, now_
 
 pub(crate) async fn process_batch(ctx: &Ctx, messages: Vec<Message>) {
     let started = Instant::now();
-    ctx.metrics.active_coordinations.add(messages.len() as i64);
     let count = messages.len() as i64;
-    let now = now_ms();
-    let mut events = Vec::with_capacity(messages.len());
-    for message in messages {
-        note_delivery(ctx, &message);
-        let max_bytes = ctx.config.messages.max_message_bytes;
-        match decode(
-            &ctx.subjects,
-            message.subject.as_str(),
-            &message.payload,
-            max_bytes,
-            now,
-        ) {
-            Ok(event) => events.push((message, event)),
-            Err(rejection) => {
-                send_rejection(ctx, message.subject.as_str(), &rejection).await;
-                acknowledge(&message, AckKind::Term).await;
-            }
-        }
-    }
+    ctx.metrics.active_coordinations.add(count);
+    let events = decode_batch(ctx, messages).await;
     let t_decoded = Instant::now();
     let results = join_all(events.iter().map(|(_, event)| apply_event(ctx, event))).await;
     let t_applied = Instant::now();
@@ -71,6 +53,26 @@ pub(crate) async fn process_batch(ctx: &Ctx, messages: Vec<Message>) {
         .coordination_seconds
         .with_label_values(&["batch"])
         .observe(started.elapsed().as_secs_f64());
+}
+
+/// Decodes every message; refused ones get their error report and are terminated here (they
+/// would fail the same way on every redelivery).
+async fn decode_batch(ctx: &Ctx, messages: Vec<Message>) -> Vec<(Message, Inbound)> {
+    let now = now_ms();
+    let max_bytes = ctx.config.messages.max_message_bytes;
+    let mut events = Vec::with_capacity(messages.len());
+    for message in messages {
+        note_delivery(ctx, &message);
+        let subject = message.subject.as_str();
+        match decode(&ctx.subjects, subject, &message.payload, max_bytes, now) {
+            Ok(event) => events.push((message, event)),
+            Err(rejection) => {
+                send_rejection(ctx, subject, &rejection).await;
+                acknowledge(&message, AckKind::Term).await;
+            }
+        }
+    }
+    events
 }
 
 fn note_delivery(ctx: &Ctx, message: &Message) {

@@ -117,7 +117,8 @@ pub async fn ensure_streams(
 }
 
 /// The two durable pull consumers every optimizer replica shares: the control lane
-/// (registrations, completions) and the submit lane. Returns (control, submit).
+/// (registrations, heartbeats, completions) and the submit lane. Returns (control, submit).
+/// Created or updated (filters change between versions); identical settings are a no-op.
 pub async fn optimizer_consumers(
     js: &jetstream::Context,
     subjects: &Subjects,
@@ -159,7 +160,7 @@ async fn optimizer_consumer(
         ..Default::default()
     };
     stream
-        .get_or_create_consumer(&name, cfg)
+        .create_consumer(cfg)
         .await
         .map_err(|e| nats_error(&format!("cannot create the optimizer consumer {name}"), e))
 }
