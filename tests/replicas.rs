@@ -49,7 +49,7 @@ async fn run_agent(
             .or_default() += 1;
         holding -= cpu;
         agent
-            .complete_task(&g.task_id, true, 0.001)
+            .complete_grant(&g, true, 0.001)
             .await
             .expect("completion stored");
     }

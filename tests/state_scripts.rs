@@ -6,8 +6,8 @@ use switchyard::config::RedisConfig;
 use switchyard::decision::Resources;
 use switchyard::harness::RedisServer;
 use switchyard::state::{
-    CompleteOutcome, GrantOutcome, RequeueOutcome, ResolveOutcome, Store, SubmitOutcome,
-    SubmitRequest,
+    CompleteOutcome, Completion, GrantOutcome, RequeueOutcome, ResolveOutcome, Store,
+    SubmitOutcome, SubmitRequest,
 };
 
 const RETENTION_S: u64 = 3600;
@@ -104,15 +104,15 @@ impl Fixture {
         success: bool,
         execution_time_s: f64,
     ) -> CompleteOutcome {
+        let report = Completion {
+            task_id,
+            agent_id,
+            success,
+            execution_time_s,
+            grant_seq: None,
+        };
         self.store
-            .complete_task(
-                task_id,
-                agent_id,
-                success,
-                execution_time_s,
-                LR,
-                RETENTION_S,
-            )
+            .complete_task(&report, LR, RETENTION_S)
             .await
             .expect("complete_task")
     }
@@ -851,5 +851,60 @@ async fn leases_expire_by_the_redis_clock_and_heartbeats_renew_them() {
     assert_eq!(
         f.store.agents_past_lease().await.expect("candidates"),
         Vec::<String>::new()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_about_an_earlier_grant_cannot_complete_a_later_one() {
+    let f = fixture().await;
+    f.register("a", cpu(2000)).await;
+    assert_eq!(
+        f.submit(&submit_req("t", "m", 5, cpu(1000))).await,
+        SubmitOutcome::Queued
+    );
+    assert!(matches!(
+        f.grant("t", &["a"]).await,
+        GrantOutcome::Granted { grant_seq: 1, .. }
+    ));
+    // The agent leaves and comes back; the task is granted to it again (grant 2).
+    assert_eq!(
+        f.store.requeue_task("t", "a").await.expect("requeue"),
+        RequeueOutcome::Requeued
+    );
+    assert!(matches!(
+        f.grant("t", &["a"]).await,
+        GrantOutcome::Granted { grant_seq: 2, .. }
+    ));
+    let store = &f.store;
+    let report = |grant_seq| async move {
+        let report = Completion {
+            task_id: "t",
+            agent_id: "a",
+            success: true,
+            execution_time_s: 0.0,
+            grant_seq,
+        };
+        store.complete_task(&report, LR, RETENTION_S).await
+    };
+    assert_eq!(
+        report(Some(1)).await.expect("complete"),
+        CompleteOutcome::StaleGrant {
+            current: "2".into()
+        }
+    );
+    assert!(matches!(
+        report(Some(2)).await.expect("complete"),
+        CompleteOutcome::Finished { success: true, .. }
+    ));
+    // Repeating the accepted report answers the same; the stale one stays refused.
+    assert!(matches!(
+        report(Some(2)).await.expect("complete"),
+        CompleteOutcome::Finished { .. }
+    ));
+    assert_eq!(
+        report(Some(1)).await.expect("complete"),
+        CompleteOutcome::StaleGrant {
+            current: "2".into()
+        }
     );
 }

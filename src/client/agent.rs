@@ -104,7 +104,24 @@ impl Agent {
         success: bool,
         execution_time_s: f64,
     ) -> Result<(), Error> {
-        let report = self.completion(task_id, success, execution_time_s);
+        self.publish_completion(self.completion(task_id, success, execution_time_s))
+            .await
+    }
+
+    /// Reports the outcome of this grant: like [`Agent::complete_task`], plus the grant number,
+    /// so the report cannot complete a later grant of the same task (`stale_grant`).
+    pub async fn complete_grant(
+        &self,
+        grant: &TaskGrant,
+        success: bool,
+        execution_time_s: f64,
+    ) -> Result<(), Error> {
+        let mut report = self.completion(&grant.task_id, success, execution_time_s);
+        report.grant_seq = Some(grant.grant_seq);
+        self.publish_completion(report).await
+    }
+
+    async fn publish_completion(&self, report: TaskComplete) -> Result<(), Error> {
         let envelope = Envelope::new(
             self.agent_id.clone(),
             MessageType::TaskComplete,
@@ -144,6 +161,7 @@ impl Agent {
             execution_time_s,
             performance_metrics: Default::default(),
             error: None,
+            grant_seq: None,
         }
     }
 

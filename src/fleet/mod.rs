@@ -131,7 +131,7 @@ async fn perform(
         tokio::time::sleep(duration).await;
     }
     if let Err(e) = agent
-        .complete_task(&grant.task_id, success, duration.as_secs_f64())
+        .complete_grant(&grant, success, duration.as_secs_f64())
         .await
     {
         tracing::warn!(task_id = %grant.task_id, error = %e, "completion not sent");

@@ -9,7 +9,7 @@ use super::publish::{Grant, Reply};
 use crate::error::Error;
 use crate::protocol::{Inbound, MessageType, RejectReason, ReplyStatus};
 use crate::state::{
-    CompleteOutcome, DeregisterOutcome, ResolveOutcome, SubmitOutcome, SubmitRequest,
+    CompleteOutcome, Completion, DeregisterOutcome, ResolveOutcome, SubmitOutcome, SubmitRequest,
 };
 
 /// What applying one event calls for.
@@ -229,16 +229,16 @@ async fn complete(
 ) -> Result<Applied, Error> {
     let p = &env.payload;
     let c = &ctx.config.coordination;
+    let report = Completion {
+        task_id: &p.task_id,
+        agent_id: &p.agent_id,
+        success: p.success,
+        execution_time_s: p.execution_time_s,
+        grant_seq: p.grant_seq,
+    };
     let outcome = ctx
         .store
-        .complete_task(
-            &p.task_id,
-            &p.agent_id,
-            p.success,
-            p.execution_time_s,
-            c.learning_rate,
-            c.task_retention_s,
-        )
+        .complete_task(&report, c.learning_rate, c.task_retention_s)
         .await?;
     let (success, submitter, submit_id, dependents) = match outcome {
         CompleteOutcome::Finished {
@@ -259,6 +259,15 @@ async fn complete(
                 format!(
                     "agent {} is {status}: its tasks were given to others; register again to rejoin",
                     p.agent_id
+                ),
+            ));
+        }
+        CompleteOutcome::StaleGrant { current } => {
+            return Ok(Applied::refuse(
+                RejectReason::StaleGrant,
+                format!(
+                    "task {} is on grant {current}; this report is about an earlier grant",
+                    p.task_id
                 ),
             ));
         }

@@ -93,6 +93,10 @@ pub struct TaskComplete {
     pub performance_metrics: BTreeMap<String, f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The `grant_seq` of the grant being reported. Optional, but recommended: with it, a late
+    /// report about an earlier grant of the same task is refused (`stale_grant`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_seq: Option<u64>,
 }
 
 /// Outcome of an operation, in a `COORDINATOR_REPLY`.

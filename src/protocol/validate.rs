@@ -37,6 +37,7 @@ pub enum RejectReason {
     WrongAgent,
     TaskExists,
     TaskNotGranted,
+    StaleGrant,
     AgentConflict,
 }
 
@@ -62,6 +63,7 @@ impl RejectReason {
             RejectReason::WrongAgent => "wrong_agent",
             RejectReason::TaskExists => "task_exists",
             RejectReason::TaskNotGranted => "task_not_granted",
+            RejectReason::StaleGrant => "stale_grant",
             RejectReason::AgentConflict => "agent_conflict",
         }
     }

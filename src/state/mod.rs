@@ -13,7 +13,7 @@ mod store;
 
 pub use keys::Keys;
 pub use records::{
-    CompleteOutcome, DeregisterOutcome, ExpireOutcome, GrantOutcome, HeartbeatOutcome, QueuedTask,
-    RequeueOutcome, ResolveOutcome, SubmitOutcome, SubmitRequest,
+    CompleteOutcome, Completion, DeregisterOutcome, ExpireOutcome, GrantOutcome, HeartbeatOutcome,
+    QueuedTask, RequeueOutcome, ResolveOutcome, SubmitOutcome, SubmitRequest,
 };
 pub use store::Store;

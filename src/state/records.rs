@@ -44,6 +44,17 @@ pub enum GrantOutcome {
     NoFit,
 }
 
+/// A completion report, as `complete_task` needs it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Completion<'a> {
+    pub task_id: &'a str,
+    pub agent_id: &'a str,
+    pub success: bool,
+    pub execution_time_s: f64,
+    /// The grant reported on; `None` accepts any grant of the task to this agent.
+    pub grant_seq: Option<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum CompleteOutcome {
     /// Completed (`success`) or failed; `dependents` wait on this task.
@@ -61,6 +72,10 @@ pub enum CompleteOutcome {
     /// The agent is dead or deregistered; its tasks were given back.
     AgentNotActive {
         status: String,
+    },
+    /// The report names an earlier grant of the task; `current` is the task's grant number.
+    StaleGrant {
+        current: String,
     },
     NotGranted {
         state: String,
@@ -188,6 +203,9 @@ impl CompleteOutcome {
             },
             Some("agent_not_active") => CompleteOutcome::AgentNotActive {
                 status: field(reply, 1),
+            },
+            Some("stale_grant") => CompleteOutcome::StaleGrant {
+                current: field(reply, 1),
             },
             Some("task_not_granted") => CompleteOutcome::NotGranted {
                 state: field(reply, 1),

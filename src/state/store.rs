@@ -154,10 +154,7 @@ impl Store {
 
     pub async fn complete_task(
         &self,
-        task_id: &str,
-        agent_id: &str,
-        success: bool,
-        execution_time_s: f64,
+        report: &Completion<'_>,
         learning_rate: f64,
         retention_s: u64,
     ) -> Result<CompleteOutcome, Error> {
@@ -165,18 +162,19 @@ impl Store {
         let reply: Vec<String> = self
             .scripts
             .complete_task
-            .key(k.task(task_id))
-            .key(k.agent(agent_id))
-            .key(k.agent_tasks(agent_id))
-            .key(k.dependents(task_id))
+            .key(k.task(report.task_id))
+            .key(k.agent(report.agent_id))
+            .key(k.agent_tasks(report.agent_id))
+            .key(k.dependents(report.task_id))
             .key(k.stats())
             .key(k.grant_outbox())
-            .arg(task_id)
-            .arg(agent_id)
-            .arg(if success { 1 } else { 0 })
-            .arg(execution_time_s)
+            .arg(report.task_id)
+            .arg(report.agent_id)
+            .arg(if report.success { 1 } else { 0 })
+            .arg(report.execution_time_s)
             .arg(learning_rate)
             .arg(retention_s)
+            .arg(report.grant_seq.unwrap_or(0))
             .invoke_async(&mut self.conn())
             .await?;
         CompleteOutcome::parse(&reply)

@@ -5,6 +5,7 @@
 -- KEYS[4] task's dependents set  KEYS[5] stats hash  KEYS[6] grant outbox
 -- ARGV[1] task_id  ARGV[2] agent_id  ARGV[3] success (1/0)  ARGV[4] execution_time_s
 -- ARGV[5] learning_rate  ARGV[6] retention seconds
+-- ARGV[7] the grant_seq being reported (0 = not given: any grant of this task to this agent)
 --
 -- Returns one of
 --   {"completed"|"failed", submitter, submit_message_id, dependent_id...}  the outcome, who to tell,
@@ -15,6 +16,7 @@
 --   {"agent_not_active", status}    the agent was marked dead or deregistered: a late report
 --   {"wrong_agent", owner}          the task is (or was) granted to another agent
 --   {"task_not_granted", state}     queued or waiting: e.g. re-queued after this agent died
+--   {"stale_grant", grant_seq}      the report is about an earlier grant of the task
 -- Score: exponential moving average of outcomes, x = success * time efficiency where efficiency
 -- = min(1, estimated / actual) (1 when either is unknown).
 local agent_status = redis.call('HGET', KEYS[2], 'status')
@@ -36,6 +38,11 @@ if state == 'queued' or state == 'waiting' then
 end
 if owner ~= ARGV[2] then
   return {'wrong_agent', owner or ''}
+end
+if ARGV[7] ~= '0' and ARGV[7] ~= task[8] then
+  -- The same agent was granted this task again (it left or died and came back): a report about
+  -- the earlier grant must not complete the current one.
+  return {'stale_grant', task[8] or ''}
 end
 local function with_dependents(outcome)
   local reply = {outcome, task[9] or '', task[10] or ''}
