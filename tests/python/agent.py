@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""A Switchyard agent written only from docs/protocol.md, with nats-py as its one dependency.
+
+It registers, takes grants from its durable consumer, acknowledges each, reports each as
+completed, and after --tasks completions prints one JSON line to stdout and exits 0:
+
+    {"agent_id": "...", "completed": ["task", ...],
+     "grants": [{"task_id": "...", "grant_seq": 1, "correlation_id": "..."}, ...]}
+
+Any ERROR_REPORT, unexpected reply status, or --timeout seconds without the awaited answer or
+grant makes it exit 1 with a message on stderr. Run by tests/python_agent.rs; needs
+`pip install nats-py` (scripts/install-servers.sh does it).
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+
+import nats
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import AckPolicy, ConsumerConfig
+
+
+class AgentError(Exception):
+    """A failure worth a one-line message and a non-zero exit."""
+
+
+def log(text):
+    print(f"agent.py: {text}", file=sys.stderr, flush=True)
+
+
+class Agent:
+    def __init__(self, nc, agent_id, prefix, timeout):
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.agent_id = agent_id
+        self.prefix = prefix
+        self.timeout = timeout
+        self.answers = {}  # correlation_id -> future of the answering envelope
+
+    def envelope(self, type_, payload):
+        return {
+            "protocol_version": 1,
+            "message_id": str(uuid.uuid4()),
+            "sender": self.agent_id,
+            "type": type_,
+            "created_at_ms": int(time.time() * 1000),
+            "payload": payload,
+        }
+
+    async def on_answer(self, msg):
+        try:
+            env = json.loads(msg.data)
+        except ValueError:
+            log(f"ignoring unreadable message on {msg.subject}")
+            return
+        fut = self.answers.pop(env.get("correlation_id"), None)
+        if fut is not None and not fut.done():
+            fut.set_result(env)
+
+    async def subscribe_answers(self):
+        # Replies and error reports are core NATS: subscribe before sending anything.
+        await self.nc.subscribe(f"{self.prefix}.reply.{self.agent_id}", cb=self.on_answer)
+        await self.nc.subscribe(f"{self.prefix}.error_report.{self.agent_id}", cb=self.on_answer)
+        await self.nc.flush()
+
+    async def publish_event(self, token, env):
+        """JetStream publish with the Nats-Msg-Id header; resending the same id is safe."""
+        subject = f"{self.prefix}.{token}.{self.agent_id}"
+        data = json.dumps(env).encode()
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                return await self.js.publish(
+                    subject, data, timeout=5, headers={"Nats-Msg-Id": env["message_id"]}
+                )
+            except (NoRespondersError, NatsTimeoutError) as e:
+                # No stream yet (no optimizer has started) or a slow server: same message again.
+                if time.monotonic() >= deadline:
+                    raise AgentError(f"publish to {subject} failed for {self.timeout:.0f}s: {e!r}")
+                await asyncio.sleep(0.2)
+
+    async def send(self, token, type_, payload, expect_status):
+        """Publishes an event and waits for the COORDINATOR_REPLY correlated to it."""
+        env = self.envelope(type_, payload)
+        fut = asyncio.get_running_loop().create_future()
+        self.answers[env["message_id"]] = fut  # before publishing, so it cannot be missed
+        await self.publish_event(token, env)
+        try:
+            answer = await asyncio.wait_for(fut, timeout=self.timeout)
+        except asyncio.TimeoutError:
+            self.answers.pop(env["message_id"], None)
+            raise AgentError(
+                f"no answer to {type_} {env['message_id']} within {self.timeout:.0f}s"
+            ) from None
+        body = answer.get("payload") or {}
+        if answer.get("type") == "ERROR_REPORT":
+            raise AgentError(
+                f"{type_} refused: {body.get('code')}: {body.get('message')}"
+            )
+        if answer.get("type") != "COORDINATOR_REPLY" or body.get("status") != expect_status:
+            raise AgentError(
+                f"{type_}: expected a COORDINATOR_REPLY with status {expect_status!r}, got "
+                f"{json.dumps(answer)}"
+            )
+        return env["message_id"], body
+
+    async def run(self, tasks):
+        await self.subscribe_answers()
+        await self.send(
+            "agent_register",
+            "AGENT_REGISTER",
+            {
+                "agent_id": self.agent_id,
+                "agent_type": "python",
+                "max_resources": {"cpu": 4, "memory": 4096},
+            },
+            "registered",
+        )
+        log(f"{self.agent_id} registered")
+
+        # Creates the durable grant consumer, or binds to it if it exists (same config as §5).
+        sub = await self.js.pull_subscribe(
+            f"{self.prefix}.task_request.{self.agent_id}",
+            durable=f"agent_{self.agent_id}",
+            stream=f"{stream_prefix(self.prefix)}_GRANTS",
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT, ack_wait=30, inactive_threshold=86400
+            ),
+        )
+
+        seen = set()
+        completed = []
+        grants = []
+        last_progress = time.monotonic()
+        while len(completed) < tasks:
+            if time.monotonic() - last_progress > self.timeout:
+                raise AgentError(
+                    f"no grant within {self.timeout:.0f}s ({len(completed)} of {tasks} done)"
+                )
+            try:
+                msgs = await sub.fetch(batch=tasks - len(completed), timeout=2)
+            except asyncio.TimeoutError:  # nats-py's TimeoutError subclasses it
+                continue
+            for msg in msgs:
+                # Taken on: acknowledge it (explicit ack, confirmed by the server).
+                await msg.ack_sync(timeout=5)
+                env = json.loads(msg.data)
+                if env.get("type") != "TASK_REQUEST":
+                    raise AgentError(f"unexpected message on the grant subject: {msg.data!r}")
+                grant = env["payload"]
+                key = (grant["task_id"], grant["grant_seq"])
+                if key in seen:  # grants are at-least-once
+                    continue
+                seen.add(key)
+                last_progress = time.monotonic()
+                grants.append(
+                    {
+                        "task_id": grant["task_id"],
+                        "grant_seq": grant["grant_seq"],
+                        "correlation_id": env.get("correlation_id"),
+                    }
+                )
+                log(f"granted {grant['task_id']} (seq {grant['grant_seq']})")
+                started = time.monotonic()
+                # ... the work described by grant["task_type"] would happen here ...
+                await self.send(
+                    "task_complete",
+                    "TASK_COMPLETE",
+                    {
+                        "task_id": grant["task_id"],
+                        "agent_id": self.agent_id,
+                        "success": True,
+                        "execution_time_s": time.monotonic() - started,
+                    },
+                    "completed",
+                )
+                completed.append(grant["task_id"])
+                log(f"completed {grant['task_id']}")
+                last_progress = time.monotonic()
+        return {"agent_id": self.agent_id, "completed": completed, "grants": grants}
+
+
+def stream_prefix(prefix):
+    """`coord` -> `COORD`, `acme.prod` -> `ACME_PROD` (§5)."""
+    return "".join(c if c.isascii() and c.isalnum() else "_" for c in prefix.upper())
+
+
+async def main(args):
+    async def on_error(e):
+        log(f"nats: {e!r}")
+
+    nc = await nats.connect(
+        args.nats,
+        connect_timeout=5,
+        max_reconnect_attempts=3,
+        error_cb=on_error,
+    )
+    try:
+        agent = Agent(nc, args.agent_id, args.prefix, args.timeout)
+        return await agent.run(args.tasks)
+    finally:
+        try:
+            await asyncio.wait_for(nc.close(), timeout=5)
+        except Exception as e:  # closing is best effort
+            log(f"close: {e!r}")
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nats", default="nats://127.0.0.1:4222", help="NATS server URL")
+    p.add_argument("--agent-id", required=True, help="1-64 of [A-Za-z0-9_-]")
+    p.add_argument("--tasks", type=int, default=1, help="completions before exiting")
+    p.add_argument("--prefix", default="coord", help="subject prefix")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for anything")
+    return p.parse_args()
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    try:
+        result = asyncio.run(main(args))
+    except AgentError as e:
+        log(f"error: {e}")
+        sys.exit(1)
+    except Exception as e:
+        log(f"error: {e!r}")
+        sys.exit(1)
+    print(json.dumps(result), flush=True)

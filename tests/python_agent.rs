@@ -1,0 +1,157 @@
+//! The protocol needs no Rust SDK: `tests/python/agent.py`, written from `docs/protocol.md` with
+//! nothing but `nats-py`, registers, receives grants, acknowledges them and completes the tasks
+//! against a real optimizer.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{Cluster, hget, hget_i64, within};
+use switchyard::protocol::TaskSubmit;
+use switchyard::state::Keys;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+const AGENT_ID: &str = "py-agent";
+
+/// Fails (never skips) when the Python side is not installed.
+fn require_python_nats() {
+    let hint = "run scripts/install-servers.sh (it installs nats-py for python3)";
+    match std::process::Command::new("python3")
+        .args(["-c", "import nats"])
+        .output()
+    {
+        Err(e) => panic!("python3 is not available ({e}); {hint}"),
+        Ok(out) if !out.status.success() => panic!(
+            "python3 cannot import the `nats` module (nats-py): {}; {hint}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Ok(_) => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_agent_registers_takes_grants_and_completes() {
+    require_python_nats();
+    let cluster = Cluster::start(1).await;
+    let keys = Keys::new("switchyard");
+    let mut redis = cluster.redis().await;
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/agent.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .args(["--nats", &cluster.servers.nats.url()])
+        .args(["--agent-id", AGENT_ID, "--tasks", "2", "--prefix", "coord"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 starts");
+
+    // Registered: the optimizer applied its AGENT_REGISTER.
+    within(30, "the python agent to register", async {
+        loop {
+            let status = hget(&mut redis, &keys.agent(AGENT_ID), "status").await;
+            if status.as_deref() == Some("active") {
+                break;
+            }
+            if let Some(exit) = child.try_wait().expect("poll the agent") {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = child.stderr.take() {
+                    let _ = pipe.read_to_string(&mut stderr).await;
+                }
+                panic!("the python agent exited ({exit}) before registering; stderr:\n{stderr}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    let orch = cluster.coordinator("orch").await;
+    let mut submits = Vec::new();
+    for task_id in ["py-1", "py-2"] {
+        let message_id = orch
+            .submit_task(TaskSubmit::new(task_id).resource("cpu", 1.0))
+            .await
+            .expect("submitted");
+        submits.push((task_id, message_id.to_string()));
+    }
+
+    let out = within(60, "the python agent to finish", child.wait_with_output())
+        .await
+        .expect("agent output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the python agent failed ({}); stderr:\n{stderr}\nstdout:\n{stdout}",
+        out.status
+    );
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_else(|| panic!("no result line on stdout; stderr:\n{stderr}"));
+    let result: serde_json::Value = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("result line is not JSON ({e}): {line}"));
+
+    assert_eq!(result["agent_id"], AGENT_ID);
+    let mut completed: Vec<&str> = result["completed"]
+        .as_array()
+        .expect("completed is an array")
+        .iter()
+        .map(|v| v.as_str().expect("task id"))
+        .collect();
+    completed.sort_unstable();
+    assert_eq!(completed, ["py-1", "py-2"], "both tasks completed: {line}");
+
+    let grants = result["grants"].as_array().expect("grants is an array");
+    assert_eq!(grants.len(), 2, "one grant per task: {line}");
+    for (task_id, message_id) in &submits {
+        let grant = grants
+            .iter()
+            .find(|g| g["task_id"] == *task_id)
+            .unwrap_or_else(|| panic!("no grant for {task_id}: {line}"));
+        assert_eq!(grant["grant_seq"], 1, "{task_id}: first grant");
+        assert_eq!(
+            grant["correlation_id"].as_str(),
+            Some(message_id.as_str()),
+            "{task_id}: the grant is correlated to its TASK_SUBMIT"
+        );
+    }
+
+    // The authoritative state agrees.
+    for (task_id, _) in &submits {
+        assert_eq!(
+            hget(&mut redis, &keys.task(task_id), "state")
+                .await
+                .as_deref(),
+            Some("completed"),
+            "{task_id}"
+        );
+    }
+    assert_eq!(
+        hget_i64(&mut redis, &keys.agent(AGENT_ID), "res_cpu").await,
+        0,
+        "reservations released"
+    );
+    assert_eq!(hget_i64(&mut redis, &keys.stats(), "completed").await, 2);
+
+    // The grants were acknowledged: nothing left pending on the agent's durable consumer.
+    let js = async_nats::jetstream::new(cluster.nats().await);
+    let mut consumer = js
+        .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+            format!("agent_{AGENT_ID}"),
+            "COORD_GRANTS",
+        )
+        .await
+        .expect("the agent created its durable consumer");
+    let info = consumer.info().await.expect("consumer info");
+    assert_eq!(
+        (info.num_pending, info.num_ack_pending),
+        (0, 0),
+        "every grant delivered and acknowledged"
+    );
+}
