@@ -10,14 +10,15 @@ use serde_json::Value;
 use switchyard::decision::{ResourceError, ResourceKind};
 use switchyard::protocol::{
     AgentDeregister, AgentRegister, CoordinationSync, CoordinatorReply, Envelope, ErrorReport,
-    MessageType, PROTOCOL_VERSION, RejectReason, ReplyStatus, StatusQuery, Subjects, TaskComplete,
-    TaskGrant, TaskSubmit, decode,
+    Heartbeat, MessageType, PROTOCOL_VERSION, RejectReason, ReplyStatus, StatusQuery, Subjects,
+    TaskComplete, TaskGrant, TaskSubmit, decode,
 };
 
 /// The message types whose payloads are typed, and so must be illustrated by an example.
-const TYPED: [MessageType; 9] = [
+const TYPED: [MessageType; 10] = [
     MessageType::AgentRegister,
     MessageType::AgentDeregister,
+    MessageType::Heartbeat,
     MessageType::TaskSubmit,
     MessageType::TaskRequest,
     MessageType::TaskComplete,
@@ -90,9 +91,10 @@ fn typed_payload<P: DeserializeOwned>(line: usize, payload: &Value) {
 fn expected_subject(subjects: &Subjects, env: &Envelope<Value>) -> Option<String> {
     let field = |name: &str| env.payload.get(name).and_then(Value::as_str);
     let token = match env.message_type {
-        MessageType::AgentRegister | MessageType::AgentDeregister | MessageType::TaskComplete => {
-            field("agent_id")?
-        }
+        MessageType::AgentRegister
+        | MessageType::AgentDeregister
+        | MessageType::Heartbeat
+        | MessageType::TaskComplete => field("agent_id")?,
         MessageType::TaskSubmit => env.sender.as_str(),
         MessageType::TaskRequest | MessageType::CoordinatorReply | MessageType::ErrorReport => {
             env.recipients.first()?.as_str()
@@ -127,6 +129,7 @@ fn every_json_example_is_valid_and_parses_into_the_real_types() {
         match env.message_type {
             MessageType::AgentRegister => typed_payload::<AgentRegister>(line, payload),
             MessageType::AgentDeregister => typed_payload::<AgentDeregister>(line, payload),
+            MessageType::Heartbeat => typed_payload::<Heartbeat>(line, payload),
             MessageType::TaskSubmit => typed_payload::<TaskSubmit>(line, payload),
             MessageType::TaskRequest => typed_payload::<TaskGrant>(line, payload),
             MessageType::TaskComplete => typed_payload::<TaskComplete>(line, payload),
@@ -151,6 +154,7 @@ fn every_json_example_is_valid_and_parses_into_the_real_types() {
             env.message_type,
             MessageType::AgentRegister
                 | MessageType::AgentDeregister
+                | MessageType::Heartbeat
                 | MessageType::TaskSubmit
                 | MessageType::TaskComplete
         ) {
@@ -205,6 +209,7 @@ fn all_reject_reasons() -> Vec<RejectReason> {
         RejectReason::TaskExists,
         RejectReason::TaskNotGranted,
         RejectReason::AgentConflict,
+        RejectReason::StaleGrant,
     ];
     all.extend(
         all_resource_errors()
@@ -238,7 +243,8 @@ fn exhaustive(reason: RejectReason) {
         | RejectReason::WrongAgent
         | RejectReason::TaskExists
         | RejectReason::TaskNotGranted
-        | RejectReason::AgentConflict => {}
+        | RejectReason::AgentConflict
+        | RejectReason::StaleGrant => {}
     }
 }
 

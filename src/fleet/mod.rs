@@ -100,8 +100,8 @@ pub async fn spawn_sim_agent(
             while work_in_progress.try_join_next().is_some() {}
         }
         work_in_progress.abort_all();
-        // Leave the fleet, so a later run against the same servers does not grant work to an
-        // agent that is gone (there is no liveness check yet to notice it).
+        // Leave the fleet at once, so a later run against the same servers does not grant work
+        // to an agent that is gone until its lease runs out.
         match tokio::time::timeout(Duration::from_secs(5), agent.deregister()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {

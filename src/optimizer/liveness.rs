@@ -44,6 +44,11 @@ pub(crate) async fn requeue_tasks(
 /// Marks every active agent whose lease ran out dead and re-queues its tasks. Returns how many
 /// agents died. Safe with several replicas: the expiry check and the write are one script.
 pub(crate) async fn expire_silent_agents(ctx: &Ctx) -> Result<usize, Error> {
+    if !control_lane_caught_up(ctx).await {
+        // Heartbeats may be waiting in the stream (after an outage, or under a burst): silence
+        // is only judged once every stored heartbeat has been applied.
+        return Ok(0);
+    }
     let mut died = 0;
     for agent_id in ctx.store.agents_past_lease().await? {
         if let ExpireOutcome::Dead { tasks } = ctx.store.expire_agent(&agent_id).await? {
@@ -56,4 +61,16 @@ pub(crate) async fn expire_silent_agents(ctx: &Ctx) -> Result<usize, Error> {
         ctx.metrics.agents_expired.inc_by(died as u64);
     }
     Ok(died)
+}
+
+/// True when the control lane has no stored events left to deliver.
+async fn control_lane_caught_up(ctx: &Ctx) -> bool {
+    let mut consumer = ctx.control_lane.clone();
+    match consumer.info().await {
+        Ok(info) => info.num_pending == 0,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the control lane; not expiring agents this pass");
+            false
+        }
+    }
 }

@@ -66,6 +66,8 @@ pub(crate) struct Ctx {
     pub strategy: Arc<dyn Strategy>,
     pub faults: Faults,
     pub dispatcher: dispatch::Dispatcher,
+    /// The control lane's consumer, to see whether heartbeats are still waiting to be applied.
+    pub control_lane: jetstream::consumer::PullConsumer,
 }
 
 /// A connected optimizer replica.
@@ -107,6 +109,7 @@ impl Optimizer {
             strategy: Arc::new(LeastLoaded),
             faults,
             dispatcher: dispatch::Dispatcher::new(),
+            control_lane: control.clone(),
         };
         Ok(Optimizer {
             ctx: Arc::new(ctx),

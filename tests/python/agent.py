@@ -176,6 +176,7 @@ class Agent:
                         "agent_id": self.agent_id,
                         "success": True,
                         "execution_time_s": time.monotonic() - started,
+                        "grant_seq": grant["grant_seq"],
                     },
                     "completed",
                 )
