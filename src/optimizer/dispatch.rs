@@ -13,7 +13,7 @@ use futures::future::join_all;
 
 use super::Ctx;
 use super::publish::{Grant, Reply, publish_grant, send_reply};
-use crate::decision::plan_batch;
+use crate::decision::{DecisionContext, plan_batch};
 use crate::error::Error;
 use crate::protocol::{MessageType, ReplyStatus, now_ms};
 use crate::state::GrantOutcome;
@@ -76,6 +76,7 @@ async fn dispatch_round(ctx: &Ctx) -> Result<Round, Error> {
         ctx.strategy.as_ref(),
         &views,
         &agents,
+        &DecisionContext::empty(),
         ctx.config.coordination.max_candidates,
     );
     let t3 = Instant::now();

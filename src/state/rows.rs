@@ -25,7 +25,7 @@ pub(crate) const AGENT_FIELDS: [&str; 14] = [
 ];
 
 /// Task hash fields read for the queue head, in order.
-pub(crate) const TASK_FIELDS: [&str; 11] = [
+pub(crate) const TASK_FIELDS: [&str; 12] = [
     "state",
     "task_type",
     "priority",
@@ -37,6 +37,7 @@ pub(crate) const TASK_FIELDS: [&str; 11] = [
     "submit_msg_id",
     "estimated_duration_s",
     "submitted_at",
+    "queue_seq",
 ];
 
 fn num<T: std::str::FromStr + Default>(row: &[String], i: usize) -> T {
@@ -86,10 +87,40 @@ pub(crate) fn queued_task(task_id: String, row: Vec<String>) -> QueuedTask {
             task_type: row.get(1).cloned().unwrap_or_default(),
             priority: num(&row, 2),
             required: resources_at(&row, 3),
+            seq: num(&row, 11),
+            estimated_duration_s: num(&row, 9),
         },
         submitter: row.get(7).cloned().unwrap_or_default(),
         submit_message_id: row.get(8).cloned().unwrap_or_default(),
         estimated_duration_s: num(&row, 9),
         submitted_at_ms: num(&row, 10),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queued_task_reads_seq_and_estimate_by_field_position() {
+        let mut row: Vec<String> = vec![String::new(); TASK_FIELDS.len()];
+        let at = |name: &str| TASK_FIELDS.iter().position(|f| *f == name).unwrap_or(0);
+        row[at("task_type")] = "build".into();
+        row[at("priority")] = "7".into();
+        row[at("estimated_duration_s")] = "12.5".into();
+        row[at("queue_seq")] = "42".into();
+        let task = queued_task("t1".into(), row);
+        assert_eq!(task.view.task_type, "build");
+        assert_eq!(task.view.priority, 7);
+        assert_eq!(task.view.seq, 42);
+        assert_eq!(task.view.estimated_duration_s, 12.5);
+        assert_eq!(task.estimated_duration_s, 12.5);
+    }
+
+    #[test]
+    fn garbled_task_fields_read_as_zero() {
+        let task = queued_task("t".into(), vec!["queued".into()]);
+        assert_eq!(task.view.seq, 0);
+        assert_eq!(task.view.estimated_duration_s, 0.0);
     }
 }

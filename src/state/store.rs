@@ -20,7 +20,7 @@ use crate::error::{Error, ErrorKind};
 use crate::protocol::CoordinationSync;
 
 /// Starting performance score of a new agent: neutral, so it is neither favoured nor starved.
-pub const NEUTRAL_SCORE: f64 = 0.5;
+pub use crate::decision::NEUTRAL_SCORE;
 
 /// Handle to the shared state. Cheap to clone.
 #[derive(Clone)]

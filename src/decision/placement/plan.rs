@@ -1,0 +1,191 @@
+//! Batch planning, and sampling that keeps a decision's cost flat as the fleet grows.
+
+use super::{AgentView, DecisionContext, Strategy, TaskView, fits};
+
+/// Fleets larger than this are sampled rather than ranked whole.
+pub const SAMPLE_ABOVE: usize = 256;
+/// How many agents a sampled decision ranks.
+pub const SAMPLE_SIZE: usize = 64;
+
+/// The proposal for one task of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedGrant {
+    /// Index of the task in the slice passed to [`plan_batch`].
+    pub task_index: usize,
+    /// Agent ids to try, best first, at most `max_candidates`; empty if the task fits nowhere.
+    pub candidates: Vec<String>,
+}
+
+/// Plans a batch of tasks, in the order given (the caller passes highest priority first).
+///
+/// Each task is ranked against a working copy of the agents in which the earlier tasks of this
+/// batch are already reserved on their first candidate. Without that, every task of a batch would
+/// see the same snapshot and pile onto the same best agent, and all but the first would fall
+/// back at grant time. The result is a proposal only; the grant script has the final word.
+///
+/// Fleets above [`SAMPLE_ABOVE`] agents are ranked on a [`sample_candidates`] sample of
+/// [`SAMPLE_SIZE`], so a strategy ranks at most that many agents however large the fleet. (The
+/// working copy of the snapshot is still made once per batch: linear, but once per batch rather
+/// than per decision, and smaller than reading the snapshot from Redis in the first place.)
+///
+/// Indexes a strategy returns that are out of range, repeated, or where the task does not fit
+/// are skipped, so a faulty strategy degrades the plan but cannot make it unsafe.
+pub fn plan_batch(
+    strategy: &dyn Strategy,
+    tasks: &[TaskView],
+    agents: &[AgentView],
+    ctx: &DecisionContext<'_>,
+    max_candidates: usize,
+) -> Vec<PlannedGrant> {
+    plan_batch_with(
+        strategy,
+        tasks,
+        agents,
+        ctx,
+        max_candidates,
+        SAMPLE_ABOVE,
+        SAMPLE_SIZE,
+    )
+}
+
+/// [`plan_batch`] with explicit sampling thresholds: fleets larger than `sample_above` are ranked
+/// on samples of `sample_size`. For tests and benchmarks that compare sampled and full ranking.
+pub fn plan_batch_with(
+    strategy: &dyn Strategy,
+    tasks: &[TaskView],
+    agents: &[AgentView],
+    ctx: &DecisionContext<'_>,
+    max_candidates: usize,
+    sample_above: usize,
+    sample_size: usize,
+) -> Vec<PlannedGrant> {
+    let mut working: Vec<AgentView> = agents.to_vec();
+    let mut plans = Vec::with_capacity(tasks.len());
+    for (task_index, task) in tasks.iter().enumerate() {
+        let ranked = if working.len() > sample_above {
+            rank_sampled(strategy, task, &working, ctx, sample_size)
+        } else {
+            strategy.rank(task, &working, ctx)
+        };
+        let chosen = sanitise(ranked, task, &working, max_candidates);
+        if let Some(agent) = chosen.first().and_then(|&first| working.get_mut(first)) {
+            agent.reserved = agent.reserved.saturating_add(&task.required);
+            agent.active_tasks = agent.active_tasks.saturating_add(1);
+        }
+        let candidates = chosen
+            .iter()
+            .filter_map(|&index| working.get(index))
+            .map(|agent| agent.agent_id.clone())
+            .collect();
+        plans.push(PlannedGrant {
+            task_index,
+            candidates,
+        });
+    }
+    plans
+}
+
+/// The strategy's ranking of a sample, mapped back to indexes into `agents`.
+fn rank_sampled(
+    strategy: &dyn Strategy,
+    task: &TaskView,
+    agents: &[AgentView],
+    ctx: &DecisionContext<'_>,
+    sample_size: usize,
+) -> Vec<usize> {
+    let sample = sample_candidates(task, agents, sample_size);
+    let views: Vec<AgentView> = sample
+        .iter()
+        .filter_map(|&i| agents.get(i).cloned())
+        .collect();
+    strategy
+        .rank(task, &views, ctx)
+        .into_iter()
+        .filter_map(|i| sample.get(i).copied())
+        .collect()
+}
+
+/// The ranking, sanitised and capped at `max_candidates`.
+fn sanitise(
+    ranked: Vec<usize>,
+    task: &TaskView,
+    agents: &[AgentView],
+    max_candidates: usize,
+) -> Vec<usize> {
+    let mut chosen: Vec<usize> = Vec::with_capacity(max_candidates.min(agents.len()));
+    for index in ranked {
+        if chosen.len() >= max_candidates {
+            break;
+        }
+        let ok = agents.get(index).is_some_and(|a| fits(task, a));
+        if ok && !chosen.contains(&index) {
+            chosen.push(index);
+        }
+    }
+    chosen
+}
+
+/// A deterministic sample of at most `k` indexes of agents the task fits on.
+///
+/// Visits the fleet from a start derived from a hash of the task id, in steps of a stride
+/// (also from the hash) coprime with the fleet size, so the walk reaches every agent once, and
+/// stops after `k` fits. Different tasks start in different places, which spreads a batch over
+/// the fleet; the same task and fleet always give the same sample, on every replica. When most
+/// agents are full the walk goes further, up to the whole fleet, so a task that fits somewhere
+/// is never starved by sampling; that is the only case where it costs more than `O(k)`.
+pub fn sample_candidates(task: &TaskView, agents: &[AgentView], k: usize) -> Vec<usize> {
+    let n = agents.len();
+    if n == 0 || k == 0 {
+        return Vec::new();
+    }
+    let hash = fnv1a(task.task_id.as_bytes());
+    let start = (hash % n as u64) as usize;
+    let stride = coprime_stride(splitmix(hash), n);
+    let mut sample = Vec::with_capacity(k.min(n));
+    let mut index = start;
+    for _ in 0..n {
+        if agents.get(index).is_some_and(|a| fits(task, a)) {
+            sample.push(index);
+            if sample.len() == k {
+                break;
+            }
+        }
+        index = (index + stride) % n;
+    }
+    sample
+}
+
+/// A stride in `1..n` (1 when `n < 3`) sharing no factor with `n`, so stepping by it modulo `n`
+/// visits every index.
+fn coprime_stride(seed: u64, n: usize) -> usize {
+    if n < 3 {
+        return 1;
+    }
+    let mut stride = 1 + (seed % (n as u64 - 1)) as usize;
+    while gcd(stride, n) != 1 {
+        stride = stride % (n - 1) + 1;
+    }
+    stride
+}
+
+fn gcd(mut a: usize, mut b: usize) -> usize {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// FNV-1a: a fixed hash, unlike std's per-process seeded one, so every replica agrees.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// SplitMix64 finaliser: decorrelates the stride from the start.
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
