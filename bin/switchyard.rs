@@ -1,5 +1,6 @@
 //! `switchyard`: the command line. `demo` runs a whole coordination scenario, `status` shows a
-//! running deployment's state, `bench` measures throughput and latency.
+//! running deployment's state, `bench` measures throughput and latency, `sim` compares the
+//! placement strategies on a workload file in a deterministic simulation (no servers).
 
 use std::path::PathBuf;
 
@@ -47,6 +48,19 @@ enum Command {
     },
     /// Steady load through the real path: lifecycles/s and request→grant latency.
     Bench(BenchOptions),
+    /// Deterministic discrete-event simulation of a workload file under every strategy plus
+    /// an oracle that knows the hidden truth (no servers needed).
+    Sim {
+        /// Workload TOML (see docs/workloads.md).
+        #[arg(long)]
+        workload: PathBuf,
+        /// Print the report as one JSON line instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also write an SVG bar chart of mean and p95 completion time to this file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
 }
 
 #[global_allocator]
@@ -128,6 +142,27 @@ async fn main() -> anyhow::Result<()> {
                         a.active_tasks
                     );
                 }
+            }
+        }
+        Command::Sim {
+            workload,
+            json,
+            plot,
+        } => {
+            let text = std::fs::read_to_string(&workload)
+                .with_context(|| format!("reading {}", workload.display()))?;
+            let stem = workload.file_stem().unwrap_or_default().to_string_lossy();
+            let parsed = switchyard::sim::parse_named(&text, &stem)
+                .with_context(|| format!("workload {}", workload.display()))?;
+            let report = switchyard::sim::run_all(&parsed)?;
+            if let Some(path) = plot {
+                std::fs::write(&path, switchyard::sim::render_svg(&report))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.render_table());
             }
         }
         Command::Bench(mut options) => {

@@ -46,6 +46,7 @@ pub struct CoordinationConfig {
     pub batch_size: usize,
     pub dispatch_window: usize,
     pub max_candidates: usize,
+    pub default_strategy: String,
     pub task_retention_s: u64,
 }
 
@@ -75,7 +76,7 @@ pub struct MetricsConfig {
 }
 
 /// Environment variable → (table, key). The first six are the seed's names.
-const ENV_OVERRIDES: [(&str, &str, &str); 12] = [
+const ENV_OVERRIDES: [(&str, &str, &str); 13] = [
     (
         "MAX_CONCURRENT_COORDINATIONS",
         "coordination",
@@ -100,6 +101,7 @@ const ENV_OVERRIDES: [(&str, &str, &str); 12] = [
     ("SUBJECT_PREFIX", "nats", "subject_prefix"),
     ("REDIS_KEY_PREFIX", "redis", "key_prefix"),
     ("BATCH_SIZE", "coordination", "batch_size"),
+    ("DEFAULT_STRATEGY", "coordination", "default_strategy"),
 ];
 
 impl Default for Config {
@@ -130,6 +132,7 @@ impl Config {
                 batch_size: 256,
                 dispatch_window: 128,
                 max_candidates: 4,
+                default_strategy: "least_loaded".into(),
                 task_retention_s: 86_400,
             },
             messages: MessagesConfig {
@@ -227,6 +230,10 @@ impl Config {
         check(
             (1..=64).contains(&c.max_candidates),
             "coordination.max_candidates must be 1..=64",
+        );
+        check(
+            crate::decision::StrategyKind::parse(&c.default_strategy).is_some(),
+            "coordination.default_strategy must be one of least_loaded, round_robin, priority_based, load_balanced, adaptive, historical",
         );
         check(
             self.messages.message_buffer_size >= 1,
@@ -372,6 +379,16 @@ mod tests {
         assert!(text.contains("learning_rate"), "{text}");
         assert!(text.contains("batch_size"), "{text}");
         assert_eq!(err.kind(), ErrorKind::Config);
+    }
+
+    #[test]
+    fn strategy_is_chosen_by_name_and_checked() {
+        let c =
+            Config::from_sources(None, &env(&[("DEFAULT_STRATEGY", "ADAPTIVE")])).expect("valid");
+        assert_eq!(c.coordination.default_strategy, "ADAPTIVE");
+        let err = Config::from_sources(None, &env(&[("DEFAULT_STRATEGY", "coin_flip")]))
+            .expect_err("unknown");
+        assert!(err.to_string().contains("default_strategy"), "{err}");
     }
 
     #[test]

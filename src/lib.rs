@@ -26,6 +26,7 @@
 //!   an `Agent` handle with its stream of grants. Clients speak NATS only, never Redis.
 //! * [`harness`] — starts real `nats-server` and `redis-server` child processes on free loopback
 //!   ports for tests and the demo.
+//! * [`sim`] — the deterministic discrete-event simulator behind `switchyard sim`.
 //! * [`fleet`] — simulated agent fleets and the demo / benchmark drivers behind the CLI.
 //! * [`config`], [`metrics`], [`error`] — typed configuration, metric names, error kinds.
 //!
@@ -40,6 +41,7 @@ pub mod harness;
 pub mod metrics;
 pub mod optimizer;
 pub mod protocol;
+pub mod sim;
 pub mod state;
 pub mod transport;
 

@@ -26,7 +26,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
-use crate::decision::{LeastLoaded, Strategy};
+use crate::decision::{Strategy, StrategyKind};
 use crate::error::{Error, nats_error};
 use crate::metrics::Metrics;
 use crate::protocol::Subjects;
@@ -96,6 +96,9 @@ impl Optimizer {
         .await?;
         let (control, submits) =
             transport::optimizer_consumers(&js, &subjects, &config.jetstream).await?;
+        // Validated with the rest of the config; the fallback only guards a hand-built Config.
+        let default_strategy =
+            StrategyKind::parse(&config.coordination.default_strategy).unwrap_or_default();
         let store = Store::connect(&config.redis).await?;
         let dispatch_store = Store::connect(&config.redis).await?;
         let ctx = Ctx {
@@ -106,7 +109,7 @@ impl Optimizer {
             client,
             js,
             metrics: Metrics::new()?,
-            strategy: Arc::new(LeastLoaded),
+            strategy: Arc::from(default_strategy.build()),
             faults,
             dispatcher: dispatch::Dispatcher::new(),
             control_lane: control.clone(),

@@ -1,0 +1,166 @@
+//! The simulator end to end: every shipped workload parses and runs under every strategy, the
+//! oracle beats round-robin where agents differ, and the CLI's JSON, table and SVG.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use switchyard::sim::{ORACLE, parse_named, run_all};
+
+const SHIPPED: [&str; 4] = [
+    "homogeneous",
+    "heterogeneous",
+    "degrading",
+    "bursty_deep_deps",
+];
+
+fn workload_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("config/workloads/{name}.toml"))
+}
+
+fn load(name: &str) -> switchyard::sim::Workload {
+    let text = std::fs::read_to_string(workload_path(name)).expect("workload file");
+    parse_named(&text, name).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn every_shipped_workload_parses_and_runs() {
+    let names: Vec<String> = std::fs::read_dir(workload_path("x").parent().expect("dir"))
+        .expect("config/workloads")
+        .filter_map(|e| {
+            e.ok()?
+                .path()
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+        })
+        .collect();
+    for required in SHIPPED {
+        assert!(names.iter().any(|n| n == required), "{required} missing");
+    }
+    for name in &names {
+        let w = load(name);
+        let report = run_all(&w).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(report.strategies.len(), 7, "{name}");
+        for (strategy, m) in &report.strategies {
+            let at = format!("{name}/{strategy}");
+            assert!(m.tasks_completed > 0, "{at}");
+            assert_eq!(
+                m.tasks_completed + m.tasks_failed + m.tasks_unfinished,
+                w.tasks.count as usize,
+                "{at}"
+            );
+            assert!(
+                m.mean_completion_s > 0.0 && m.mean_completion_s <= m.p95_completion_s * 2.0,
+                "{at}"
+            );
+            assert!((0.0..=1.0).contains(&m.utilization), "{at}");
+            assert!((0.0..=1.0).contains(&m.first_attempt_success), "{at}");
+        }
+    }
+}
+
+#[test]
+fn oracle_beats_round_robin_on_heterogeneous() {
+    let report = run_all(&load("heterogeneous")).expect("runs");
+    let oracle = &report.strategies[ORACLE];
+    let rr = &report.strategies["round_robin"];
+    assert!(
+        oracle.mean_completion_s < rr.mean_completion_s,
+        "oracle {} vs round_robin {}",
+        oracle.mean_completion_s,
+        rr.mean_completion_s
+    );
+    assert!(oracle.first_attempt_success >= rr.first_attempt_success);
+}
+
+fn sim_cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("sim")
+        .args(args)
+        .env_remove("SWITCHYARD_CONFIG")
+        .output()
+        .expect("switchyard sim runs")
+}
+
+#[test]
+fn cli_json_has_every_strategy_and_is_deterministic() {
+    let path = workload_path("degrading");
+    let path = path.to_str().expect("utf-8 path");
+    let first = sim_cli(&["--workload", path, "--json"]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let second = sim_cli(&["--workload", path, "--json"]);
+    assert_eq!(first.stdout, second.stdout);
+    let json: serde_json::Value = serde_json::from_slice(&first.stdout).expect("one JSON object");
+    assert_eq!(json["workload"], "degrading");
+    let names = [
+        "round_robin",
+        "priority_based",
+        "load_balanced",
+        "adaptive",
+        "historical",
+        "least_loaded",
+        "oracle",
+    ];
+    for name in names {
+        let s = &json["strategies"][name];
+        for key in [
+            "mean_completion_s",
+            "p95_completion_s",
+            "makespan_s",
+            "utilization",
+            "first_attempt_success",
+            "tasks_completed",
+        ] {
+            assert!(s[key].is_number(), "{name}.{key} in {json}");
+        }
+    }
+}
+
+#[test]
+fn cli_table_and_plot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let svg = dir.path().join("chart.svg");
+    let path = workload_path("homogeneous");
+    let out = sim_cli(&[
+        "--workload",
+        path.to_str().expect("utf-8"),
+        "--plot",
+        svg.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("round_robin") && table.contains("oracle"),
+        "{table}"
+    );
+    let chart = std::fs::read_to_string(&svg).expect("svg written");
+    assert!(
+        chart.starts_with("<svg") && chart.contains(">adaptive<"),
+        "{chart}"
+    );
+}
+
+#[test]
+fn cli_lists_every_workload_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(workload_path("homogeneous"))
+        .expect("read")
+        .replace("count = 16", "count = 0")
+        .replace("rate_per_s = 2.5", "rate_per_s = 0");
+    std::fs::write(&bad, text).expect("write");
+    let out = sim_cli(&["--workload", bad.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("count must be at least 1") && err.contains("rate_per_s"),
+        "{err}"
+    );
+}
