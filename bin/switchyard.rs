@@ -10,6 +10,7 @@ use switchyard::client::Coordinator;
 use switchyard::config::Config;
 use switchyard::fleet::bench::{BenchOptions, run_bench};
 use switchyard::fleet::demo::{DemoOptions, render_table, run_demo};
+use switchyard::protocol::StatusQuery;
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +46,9 @@ enum Command {
     Status {
         #[arg(long)]
         json: bool,
+        /// Also show what was learned per (task type, agent type).
+        #[arg(long)]
+        patterns: bool,
     },
     /// Steady load through the real path: lifecycles/s and request→grant latency.
     Bench(BenchOptions),
@@ -111,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
                 summary.tasks_submitted
             );
         }
-        Command::Status { json } => {
+        Command::Status { json, patterns } => {
             let orch = Coordinator::connect(
                 &config.nats.url,
                 "switchyard-cli",
@@ -119,7 +123,11 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
             .with_context(|| format!("connecting to {}", config.nats.url))?;
-            let status = orch.status().await?;
+            let query = StatusQuery {
+                include_agents: true,
+                include_patterns: patterns,
+            };
+            let status = orch.status_with(query).await?;
             if json {
                 println!("{}", serde_json::to_string(&status)?);
             } else {
@@ -141,6 +149,9 @@ async fn main() -> anyhow::Result<()> {
                         a.performance_score,
                         a.active_tasks
                     );
+                }
+                if patterns {
+                    print_patterns(&status.patterns);
                 }
             }
         }
@@ -177,4 +188,22 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_patterns(rows: &[switchyard::protocol::PatternRow]) {
+    println!(
+        "\n{:<16} {:<16} {:>8} {:>9} {:>9} {:>12}",
+        "task type", "agent type", "attempts", "successes", "success", "time ratio"
+    );
+    for r in rows {
+        println!(
+            "{:<16} {:<16} {:>8} {:>9} {:>8.1}% {:>12.2}",
+            r.task_type,
+            r.agent_type,
+            r.attempts,
+            r.successes,
+            r.success_ema * 100.0,
+            r.duration_ratio_ema
+        );
+    }
 }

@@ -121,6 +121,20 @@ async fn three_agents_ten_tasks_priority_order_and_release() {
     let status = orch.status().await.expect("status");
     assert_eq!(status.queue_depth, 0);
     assert_eq!(status.counters.get("completed"), Some(&8));
+    // What the fleet learned is visible: alpha (a backend) completed 8 default-type tasks.
+    let query = switchyard::protocol::StatusQuery {
+        include_agents: true,
+        include_patterns: true,
+    };
+    let learned = orch.status_with(query).await.expect("status with patterns");
+    let row = learned
+        .patterns
+        .iter()
+        .find(|r| r.task_type == "default" && r.agent_type == "backend")
+        .expect("pattern row for default on backend");
+    assert_eq!((row.attempts, row.successes), (8, 8));
+    // Warm-up: the neutral prior (0.5) counts as one observation, so 8 successes give 8.5 / 9.
+    assert!((row.success_ema - 8.5 / 9.0).abs() < 1e-9, "{row:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

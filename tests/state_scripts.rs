@@ -224,7 +224,7 @@ async fn register_is_idempotent_and_revives_a_deregistered_agent() {
     assert!(f.store.agent_snapshot().await.unwrap().is_empty());
     let sync = f
         .store
-        .coordination_sync(true)
+        .coordination_sync(&switchyard::protocol::StatusQuery::default())
         .await
         .expect("status with no active agent");
     assert!(sync.agents.is_empty());
@@ -271,7 +271,14 @@ async fn submit_queues_and_detects_duplicates_and_existing_tasks() {
         Some("1000"),
         "the other message did not overwrite the task"
     );
-    let sync = f.store.coordination_sync(false).await.unwrap();
+    let sync = f
+        .store
+        .coordination_sync(&switchyard::protocol::StatusQuery {
+            include_agents: false,
+            include_patterns: false,
+        })
+        .await
+        .unwrap();
     assert_eq!(sync.counters.get("submitted"), Some(&1));
     assert_eq!(sync.queue_depth, 1);
 }
@@ -507,7 +514,14 @@ async fn complete_releases_exactly_once_and_learns_the_score() {
         (score - 0.75).abs() < 1e-12,
         "repeat moved the score: {score}"
     );
-    let sync = f.store.coordination_sync(false).await.unwrap();
+    let sync = f
+        .store
+        .coordination_sync(&switchyard::protocol::StatusQuery {
+            include_agents: false,
+            include_patterns: false,
+        })
+        .await
+        .unwrap();
     assert_eq!(sync.counters.get("completed"), Some(&1));
 
     // A failure pulls the score halfway to 0.
@@ -732,7 +746,14 @@ async fn requeue_returns_a_task_to_its_original_place() {
     );
     assert_eq!(f.reserved("x").await, [0, 0, 0, 0]);
     assert_eq!(f.queue_ids().await, ids(&["early", "later"]));
-    let sync = f.store.coordination_sync(false).await.unwrap();
+    let sync = f
+        .store
+        .coordination_sync(&switchyard::protocol::StatusQuery {
+            include_agents: false,
+            include_patterns: false,
+        })
+        .await
+        .unwrap();
     assert_eq!(sync.counters.get("requeued"), Some(&1));
 
     // Granted again: a new grant number.
@@ -907,4 +928,61 @@ async fn a_report_about_an_earlier_grant_cannot_complete_a_later_one() {
             current: "2".into()
         }
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_teach_the_same_pattern_statistics_as_the_rust_model() {
+    use switchyard::decision::PatternTable;
+    let f = fixture().await;
+    f.store
+        .register_agent("fast", "gpu", &cpu(4000), 1.0, 0)
+        .await
+        .expect("register");
+    let mut model = PatternTable::new();
+    // (success, estimated, actual): the Lua update must match PatternTable::record.
+    let runs = [
+        (true, 10.0, 5.0),
+        (false, 10.0, 30.0),
+        (true, 10.0, 20.0),
+        (true, 10.0, 10.0),
+    ];
+    for (i, (success, est, actual)) in runs.iter().enumerate() {
+        let task = format!("t{i}");
+        let mut req = submit_req(&task, &format!("m{i}"), 5, cpu(1000));
+        req.task_type = "render".into();
+        req.estimated_duration_s = *est;
+        assert_eq!(f.submit(&req).await, SubmitOutcome::Queued);
+        assert!(matches!(
+            f.grant(&task, &["fast"]).await,
+            GrantOutcome::Granted { .. }
+        ));
+        let report = Completion {
+            task_id: &task,
+            agent_id: "fast",
+            success: *success,
+            execution_time_s: *actual,
+            grant_seq: None,
+        };
+        f.store
+            .complete_task(&report, LR, RETENTION_S)
+            .await
+            .expect("complete");
+        model.record("render", "gpu", *success, *est, *actual, LR);
+    }
+    let learned = f.store.patterns().await.expect("patterns");
+    let got = learned.get("render", "gpu").expect("pair learned");
+    let want = model.get("render", "gpu").expect("model");
+    assert_eq!(
+        (got.attempts, got.successes),
+        (want.attempts, want.successes)
+    );
+    assert!(
+        (got.success_ema - want.success_ema).abs() < 1e-9,
+        "{got:?} vs {want:?}"
+    );
+    assert!(
+        (got.duration_ratio_ema - want.duration_ratio_ema).abs() < 1e-9,
+        "{got:?} vs {want:?}"
+    );
+    assert!(learned.get("render", "cpu").is_none());
 }

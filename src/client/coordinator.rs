@@ -157,14 +157,17 @@ impl Coordinator {
         into_reply(self.router.wait(&id, rx, self.reply_timeout).await?).map(|_| ())
     }
 
-    /// A COORDINATION_SYNC snapshot from any optimizer replica.
+    /// A COORDINATION_SYNC snapshot (queue, counters, agents) from any optimizer replica.
     pub async fn status(&self) -> Result<CoordinationSync, Error> {
+        self.status_with(StatusQuery::default()).await
+    }
+
+    /// A snapshot with what `query` asks for (e.g. the learned patterns).
+    pub async fn status_with(&self, query: StatusQuery) -> Result<CoordinationSync, Error> {
         let query = Envelope::new(
             self.client_id.clone(),
             MessageType::StatusQuery,
-            StatusQuery {
-                include_agents: true,
-            },
+            query,
             now_ms(),
         );
         let bytes = serde_json::to_vec(&query)?;

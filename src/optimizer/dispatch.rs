@@ -70,13 +70,15 @@ async fn dispatch_round(ctx: &Ctx) -> Result<Round, Error> {
     }
     let t1 = Instant::now();
     let agents = ctx.dispatch_store.agent_snapshot().await?;
+    // What the fleet has learned per (task type, agent type), for adaptive and historical.
+    let patterns = ctx.dispatch_store.patterns().await?;
     let t2 = Instant::now();
     let views: Vec<_> = head.iter().map(|q| q.view.clone()).collect();
     let plan = plan_batch(
         ctx.strategy.as_ref(),
         &views,
         &agents,
-        &DecisionContext::empty(),
+        &DecisionContext::new(&patterns),
         ctx.config.coordination.max_candidates,
     );
     let t3 = Instant::now();

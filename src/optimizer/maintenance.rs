@@ -36,7 +36,7 @@ async fn maintenance_pass(ctx: &Ctx) -> Result<(), Error> {
     republish_orphaned_grants(ctx).await?;
     super::liveness::expire_silent_agents(ctx).await?;
     ctx.dispatcher.dispatch_after_commit().await;
-    let sync = ctx.store.coordination_sync(true).await?;
+    let sync = ctx.store.coordination_sync(&StatusQuery::default()).await?;
     ctx.metrics.queue_depth.set(sync.queue_depth as f64);
     let utilizations: Vec<f64> = sync
         .agents
@@ -111,10 +111,10 @@ pub(crate) async fn answer_status_queries(ctx: Arc<Ctx>, mut stop: watch::Receiv
         let Some(reply_to) = message.reply.clone() else {
             continue;
         };
-        let include_agents = serde_json::from_slice::<Envelope<StatusQuery>>(&message.payload)
-            .map(|e| e.payload.include_agents)
-            .unwrap_or(true);
-        let body = match ctx.store.coordination_sync(include_agents).await {
+        let query = serde_json::from_slice::<Envelope<StatusQuery>>(&message.payload)
+            .map(|e| e.payload)
+            .unwrap_or_default();
+        let body = match ctx.store.coordination_sync(&query).await {
             Ok(sync) => Envelope::new(
                 OPTIMIZER_SENDER,
                 MessageType::CoordinationSync,

@@ -142,11 +142,23 @@ pub struct ErrorReport {
 }
 
 /// `STATUS_QUERY`: asks for a [`CoordinationSync`] snapshot (core NATS request/reply).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusQuery {
     /// Include the per-agent table.
     #[serde(default = "default_true")]
     pub include_agents: bool,
+    /// Include what has been learned per (task type, agent type).
+    #[serde(default)]
+    pub include_patterns: bool,
+}
+
+impl Default for StatusQuery {
+    fn default() -> Self {
+        StatusQuery {
+            include_agents: true,
+            include_patterns: false,
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -174,6 +186,22 @@ pub struct CoordinationSync {
     /// Counters since the store was created: submitted, granted, completed, failed, requeued.
     pub counters: BTreeMap<String, u64>,
     pub agents: Vec<AgentStatusView>,
+    /// Learned statistics per (task type, agent type), when asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patterns: Vec<PatternRow>,
+}
+
+/// One (task type, agent type) pair's learned statistics in a [`CoordinationSync`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatternRow {
+    pub task_type: String,
+    pub agent_type: String,
+    pub attempts: u64,
+    pub successes: u64,
+    /// Moving average of success (1) and failure (0).
+    pub success_ema: f64,
+    /// Moving average of actual / estimated duration over successes (1.0 = as estimated).
+    pub duration_ratio_ema: f64,
 }
 
 impl TaskSubmit {

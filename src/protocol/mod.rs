@@ -15,7 +15,8 @@ pub use envelope::{
 };
 pub use messages::{
     AgentDeregister, AgentRegister, AgentStatusView, CoordinationSync, CoordinatorReply,
-    ErrorReport, Heartbeat, ReplyStatus, StatusQuery, TaskComplete, TaskGrant, TaskSubmit,
+    ErrorReport, Heartbeat, PatternRow, ReplyStatus, StatusQuery, TaskComplete, TaskGrant,
+    TaskSubmit,
 };
 pub use subjects::Subjects;
 pub use validate::{Inbound, RejectReason, Rejection, decode, now_ms, validate_agent_id};

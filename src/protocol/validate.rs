@@ -130,6 +130,12 @@ pub fn validate_agent_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// Task and agent types key the learned patterns (`<task>|<agent>|<stat>`): 1–64 printable
+/// characters, no `|`.
+fn valid_type_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && !name.chars().any(|c| c == '|' || c.is_control())
+}
+
 /// Task ids become Redis key parts and message ids: 1–128 of `[A-Za-z0-9_.:-]`.
 fn validate_task_id(id: &str) -> bool {
     !id.is_empty()
@@ -276,10 +282,10 @@ fn decode_payload(ctx: &Context<'_>, env: Envelope<Value>) -> Result<Inbound, Re
                     "priority_weight must be a finite number >= 0",
                 ));
             }
-            if env.payload.agent_type.is_empty() || env.payload.agent_type.len() > 64 {
+            if !valid_type_name(&env.payload.agent_type) {
                 return Err(ctx.reject(
                     RejectReason::InvalidPayload,
-                    "agent_type must be 1-64 characters",
+                    "agent_type must be 1-64 printable characters without |",
                 ));
             }
             if env
@@ -379,10 +385,10 @@ fn check_submit(ctx: &Context<'_>, env: &Envelope<TaskSubmit>) -> Result<Resourc
             "task_id must be 1-128 of [A-Za-z0-9_.:-]",
         ));
     }
-    if task.task_type.is_empty() || task.task_type.len() > 64 {
+    if !valid_type_name(&task.task_type) {
         return Err(ctx.reject(
             RejectReason::InvalidPayload,
-            "task_type must be 1-64 characters",
+            "task_type must be 1-64 printable characters without |",
         ));
     }
     if task.priority > MAX_TASK_PRIORITY {

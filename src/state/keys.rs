@@ -59,6 +59,11 @@ impl Keys {
         format!("{}:outbox", self.prefix)
     }
 
+    /// Hash: learned statistics per (task type, agent type): `<task>|<agent>|<stat>` fields.
+    pub fn patterns(&self) -> String {
+        format!("{}:patterns", self.prefix)
+    }
+
     /// Hash: lifetime counters (submitted, granted, completed, failed, requeued).
     pub fn stats(&self) -> String {
         format!("{}:stats", self.prefix)
@@ -83,6 +88,7 @@ mod tests {
             k.queue_seq(),
             k.grant_outbox(),
             k.stats(),
+            k.patterns(),
         ];
         let unique: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(unique.len(), all.len());

@@ -97,6 +97,40 @@ pub(crate) fn queued_task(task_id: String, row: Vec<String>) -> QueuedTask {
     }
 }
 
+/// Rebuilds the pattern table from its hash fields (`<task_type>|<agent_type>|<stat>`); fields
+/// that do not parse are skipped.
+pub(crate) fn pattern_table(
+    fields: &std::collections::BTreeMap<String, String>,
+) -> crate::decision::PatternTable {
+    use crate::decision::PatternStats;
+    let mut pairs: std::collections::BTreeMap<(&str, &str), PatternStats> = Default::default();
+    for (field, value) in fields {
+        let mut parts = field.splitn(3, '|');
+        let (Some(task_type), Some(agent_type), Some(stat)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let stats = pairs
+            .entry((task_type, agent_type))
+            .or_insert_with(PatternStats::neutral);
+        match stat {
+            "attempts" => stats.attempts = value.parse().unwrap_or(0),
+            "successes" => stats.successes = value.parse().unwrap_or(0),
+            "success_ema" => stats.success_ema = value.parse().unwrap_or(stats.success_ema),
+            "duration_ratio_ema" => {
+                stats.duration_ratio_ema = value.parse().unwrap_or(stats.duration_ratio_ema)
+            }
+            _ => {}
+        }
+    }
+    let mut table = crate::decision::PatternTable::new();
+    for ((task_type, agent_type), stats) in pairs {
+        table.insert(task_type, agent_type, stats);
+    }
+    table
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,9 +15,9 @@ use super::records::*;
 use super::rows::{AGENT_FIELDS, TASK_FIELDS, agent_status, agent_view, queued_task};
 use super::scripts::Scripts;
 use crate::config::RedisConfig;
-use crate::decision::{AgentView, ResourceKind, Resources};
+use crate::decision::{AgentView, PatternTable, ResourceKind, Resources};
 use crate::error::{Error, ErrorKind};
-use crate::protocol::CoordinationSync;
+use crate::protocol::{CoordinationSync, PatternRow, StatusQuery};
 
 /// Starting performance score of a new agent: neutral, so it is neither favoured nor starved.
 pub use crate::decision::NEUTRAL_SCORE;
@@ -168,6 +168,7 @@ impl Store {
             .key(k.dependents(report.task_id))
             .key(k.stats())
             .key(k.grant_outbox())
+            .key(k.patterns())
             .arg(report.task_id)
             .arg(report.agent_id)
             .arg(if report.success { 1 } else { 0 })
@@ -279,6 +280,12 @@ impl Store {
             .filter(|(_, (lease, last))| matches!((lease, last), (Some(l), Some(t)) if *l > 0 && t + l < now))
             .map(|(id, _)| id)
             .collect())
+    }
+
+    /// Everything learned per (task type, agent type), for strategies and `status --patterns`.
+    pub async fn patterns(&self) -> Result<PatternTable, Error> {
+        let fields: BTreeMap<String, String> = self.conn().hgetall(self.keys.patterns()).await?;
+        Ok(super::rows::pattern_table(&fields))
     }
 
     /// Ids of active agents.
@@ -397,11 +404,11 @@ impl Store {
     }
 
     /// A coordination snapshot for status queries and sync broadcasts.
-    pub async fn coordination_sync(&self, include_agents: bool) -> Result<CoordinationSync, Error> {
+    pub async fn coordination_sync(&self, query: &StatusQuery) -> Result<CoordinationSync, Error> {
         let queue_depth = self.queue_depth().await?;
         let counters: BTreeMap<String, u64> = self.conn().hgetall(self.keys.stats()).await?;
         let mut agents = Vec::new();
-        if include_agents {
+        if query.include_agents {
             let mut ids: Vec<String> = self.active_agent_ids().await?;
             ids.sort();
             let rows = self.agent_rows(&ids).await?;
@@ -411,10 +418,30 @@ impl Store {
                 .map(|(id, row)| agent_status(id, &row))
                 .collect();
         }
+        let patterns = if query.include_patterns {
+            pattern_rows(&self.patterns().await?)
+        } else {
+            Vec::new()
+        };
         Ok(CoordinationSync {
+            patterns,
             queue_depth,
             counters,
             agents,
         })
     }
+}
+
+fn pattern_rows(table: &PatternTable) -> Vec<PatternRow> {
+    table
+        .iter()
+        .map(|(task_type, agent_type, s)| PatternRow {
+            task_type: task_type.to_string(),
+            agent_type: agent_type.to_string(),
+            attempts: s.attempts,
+            successes: s.successes,
+            success_ema: s.success_ema,
+            duration_ratio_ema: s.duration_ratio_ema,
+        })
+        .collect()
 }

@@ -3,6 +3,7 @@
 --
 -- KEYS[1] task hash  KEYS[2] agent hash  KEYS[3] agent's granted-task set
 -- KEYS[4] task's dependents set  KEYS[5] stats hash  KEYS[6] grant outbox
+-- KEYS[7] pattern statistics hash (fields `<task_type>|<agent_type>|<stat>`)
 -- ARGV[1] task_id  ARGV[2] agent_id  ARGV[3] success (1/0)  ARGV[4] execution_time_s
 -- ARGV[5] learning_rate  ARGV[6] retention seconds
 -- ARGV[7] the grant_seq being reported (0 = not given: any grant of this task to this agent)
@@ -19,12 +20,15 @@
 --   {"stale_grant", grant_seq}      the report is about an earlier grant of the task
 -- Score: exponential moving average of outcomes, x = success * time efficiency where efficiency
 -- = min(1, estimated / actual) (1 when either is unknown).
+-- Patterns: per (task type, agent type) attempts, successes, success EMA and EMA of actual /
+-- estimated duration (successes only), at rate max(learning_rate, 1/(n+1)): the same update as
+-- `PatternStats::record` in src/decision/patterns.rs.
 local agent_status = redis.call('HGET', KEYS[2], 'status')
 if not agent_status then
   return {'unknown_agent'}
 end
 local task = redis.call('HMGET', KEYS[1], 'state', 'agent', 'req_cpu', 'req_memory', 'req_tokens',
-  'req_time', 'estimated_duration_s', 'grant_seq', 'submitter', 'submit_msg_id')
+  'req_time', 'estimated_duration_s', 'grant_seq', 'submitter', 'submit_msg_id', 'task_type')
 local state, owner = task[1], task[2]
 if not state then
   return {'unknown_task'}
@@ -81,6 +85,25 @@ redis.call('HSET', KEYS[2], 'score', tostring(score + lr * (x - score)))
 redis.call('HINCRBY', KEYS[2], 'completions', 1)
 if success then
   redis.call('HINCRBY', KEYS[2], 'successes', 1)
+end
+
+local function warm_rate(n)
+  local rate = math.max(0, math.min(1, lr))
+  return math.max(rate, 1 / (n + 1))
+end
+local pair = (task[11] or 'default') .. '|' .. (redis.call('HGET', KEYS[2], 'agent_type') or '') .. '|'
+local attempts = redis.call('HINCRBY', KEYS[7], pair .. 'attempts', 1)
+local s_ema = tonumber(redis.call('HGET', KEYS[7], pair .. 'success_ema')) or 0.5
+s_ema = s_ema + warm_rate(attempts) * ((success and 1 or 0) - s_ema)
+redis.call('HSET', KEYS[7], pair .. 'success_ema', tostring(s_ema))
+if success then
+  local successes = redis.call('HINCRBY', KEYS[7], pair .. 'successes', 1)
+  local est, actual = tonumber(task[7]) or 0, tonumber(ARGV[4]) or 0
+  if est > 0 and actual > 0 then
+    local r_ema = tonumber(redis.call('HGET', KEYS[7], pair .. 'duration_ratio_ema')) or 1
+    r_ema = r_ema + warm_rate(successes) * (actual / est - r_ema)
+    redis.call('HSET', KEYS[7], pair .. 'duration_ratio_ema', tostring(r_ema))
+  end
 end
 
 redis.call('HSET', KEYS[1], 'state', outcome, 'finished_at', now, 'execution_time_s', ARGV[4])
