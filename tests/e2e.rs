@@ -224,3 +224,25 @@ async fn dependencies_wait_and_failures_cascade() {
         }
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_can_ask_for_its_own_strategy() {
+    use switchyard::decision::StrategyKind;
+    let cluster = Cluster::start(1).await;
+    let _a = cluster.agent("a", "worker", 8.0, 8192.0).await;
+    let _b = cluster.agent("b", "worker", 8.0, 8192.0).await;
+    let orch = cluster.coordinator("orch").await;
+    let mut placed = Vec::new();
+    for i in 0..4 {
+        // Queue sequence numbers 1..=4: round-robin starts at seq % 2 among [a, b].
+        let task = TaskSubmit::new(format!("rr-{i}"))
+            .resource("cpu", 1.0)
+            .strategy(StrategyKind::RoundRobin);
+        match orch.allocate_task(task).await.expect("allocated") {
+            Allocation::Granted { agent_id } => placed.push(agent_id),
+            other => panic!("rr-{i}: {other:?}"),
+        }
+    }
+    // Least-loaded (the default) would have answered a, b, a, b.
+    assert_eq!(placed, ["b", "a", "b", "a"]);
+}

@@ -59,6 +59,7 @@ fn submit_req(task_id: &str, message_id: &str, priority: u8, required: Resources
         required,
         estimated_duration_s: 0.0,
         dependencies: Vec::new(),
+        strategy: None,
     }
 }
 
@@ -985,4 +986,26 @@ async fn completions_teach_the_same_pattern_statistics_as_the_rust_model() {
         "{got:?} vs {want:?}"
     );
     assert!(learned.get("render", "cpu").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_keeps_the_strategy_its_submit_asked_for() {
+    use switchyard::decision::StrategyKind;
+    let f = fixture().await;
+    let mut own = submit_req("own", "m1", 5, cpu(1000));
+    own.strategy = Some("round_robin".into());
+    assert_eq!(f.submit(&own).await, SubmitOutcome::Queued);
+    assert_eq!(
+        f.submit(&submit_req("default", "m2", 5, cpu(1000))).await,
+        SubmitOutcome::Queued
+    );
+    let head = f.store.queue_head(10).await.expect("queue head");
+    let strategies: Vec<_> = head
+        .iter()
+        .map(|t| (t.view.task_id.as_str(), t.strategy))
+        .collect();
+    assert_eq!(
+        strategies,
+        vec![("own", Some(StrategyKind::RoundRobin)), ("default", None)]
+    );
 }

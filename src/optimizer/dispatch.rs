@@ -13,10 +13,14 @@ use futures::future::join_all;
 
 use super::Ctx;
 use super::publish::{Grant, Reply, publish_grant, send_reply};
-use crate::decision::{DecisionContext, plan_batch};
+use crate::decision::{
+    AgentView, DecisionContext, PatternTable, PlannedGrant, Strategy, StrategyKind, TaskView,
+    plan_batch,
+};
 use crate::error::Error;
 use crate::protocol::{MessageType, ReplyStatus, now_ms};
 use crate::state::GrantOutcome;
+use crate::state::QueuedTask;
 
 /// Most passes one dispatch call makes while every pass keeps granting a full window.
 const MAX_ROUNDS: usize = 8;
@@ -73,14 +77,7 @@ async fn dispatch_round(ctx: &Ctx) -> Result<Round, Error> {
     // What the fleet has learned per (task type, agent type), for adaptive and historical.
     let patterns = ctx.dispatch_store.patterns().await?;
     let t2 = Instant::now();
-    let views: Vec<_> = head.iter().map(|q| q.view.clone()).collect();
-    let plan = plan_batch(
-        ctx.strategy.as_ref(),
-        &views,
-        &agents,
-        &DecisionContext::new(&patterns),
-        ctx.config.coordination.max_candidates,
-    );
+    let plan = plan_head(ctx, &head, &agents, &patterns);
     let t3 = Instant::now();
     let head_ref = &head;
     let attempts = plan
@@ -130,6 +127,36 @@ async fn dispatch_round(ctx: &Ctx) -> Result<Round, Error> {
         window_full,
         stale_misses,
     })
+}
+
+/// Plans the queue head: tasks that asked for a strategy of their own (TASK_SUBMIT.strategy) are
+/// planned with it, the rest with the optimizer's default, each group in queue order.
+fn plan_head(
+    ctx: &Ctx,
+    head: &[QueuedTask],
+    agents: &[AgentView],
+    patterns: &PatternTable,
+) -> Vec<PlannedGrant> {
+    let decision = DecisionContext::new(patterns);
+    let max_candidates = ctx.config.coordination.max_candidates;
+    let mut groups: Vec<(Option<StrategyKind>, Vec<usize>)> = Vec::new();
+    for (index, task) in head.iter().enumerate() {
+        match groups.iter_mut().find(|(kind, _)| *kind == task.strategy) {
+            Some((_, members)) => members.push(index),
+            None => groups.push((task.strategy, vec![index])),
+        }
+    }
+    let mut plans = Vec::with_capacity(head.len());
+    for (kind, members) in groups {
+        let own = kind.map(StrategyKind::build);
+        let strategy: &dyn Strategy = own.as_deref().unwrap_or(ctx.strategy.as_ref());
+        let views: Vec<TaskView> = members.iter().map(|&i| head[i].view.clone()).collect();
+        for mut planned in plan_batch(strategy, &views, agents, &decision, max_candidates) {
+            planned.task_index = members[planned.task_index];
+            plans.push(planned);
+        }
+    }
+    plans
 }
 
 /// Publishes grants concurrently, then clears them from the outbox and tells the submitters.

@@ -86,6 +86,11 @@ pub(crate) async fn apply_event(ctx: &Ctx, event: &Inbound) -> Result<Applied, E
                 required: *required,
                 estimated_duration_s: p.estimated_duration_s,
                 dependencies: p.dependencies.clone(),
+                strategy: p
+                    .strategy
+                    .as_deref()
+                    .and_then(crate::decision::StrategyKind::parse)
+                    .map(|k| k.as_str().to_string()),
             };
             submit(ctx, &request).await
         }

@@ -55,6 +55,10 @@ pub struct TaskSubmit {
     /// Task ids that must complete successfully before this one is queued.
     #[serde(default)]
     pub dependencies: Vec<String>,
+    /// How to place this task (`least_loaded`, `round_robin`, `priority_based`, `load_balanced`,
+    /// `adaptive`, `historical`); absent: the optimizer's default strategy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
 }
 
 fn default_task_type() -> String {
@@ -214,6 +218,7 @@ impl TaskSubmit {
             required_resources: BTreeMap::new(),
             estimated_duration_s: 0.0,
             dependencies: Vec::new(),
+            strategy: None,
         }
     }
 
@@ -235,6 +240,12 @@ impl TaskSubmit {
 
     pub fn estimated_duration(mut self, seconds: f64) -> Self {
         self.estimated_duration_s = seconds;
+        self
+    }
+
+    /// Places this task with `strategy` instead of the optimizer's default.
+    pub fn strategy(mut self, strategy: crate::decision::StrategyKind) -> Self {
+        self.strategy = Some(strategy.as_str().to_string());
         self
     }
 

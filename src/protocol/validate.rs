@@ -38,6 +38,7 @@ pub enum RejectReason {
     TaskExists,
     TaskNotGranted,
     StaleGrant,
+    InvalidStrategy,
     AgentConflict,
 }
 
@@ -64,6 +65,7 @@ impl RejectReason {
             RejectReason::TaskExists => "task_exists",
             RejectReason::TaskNotGranted => "task_not_granted",
             RejectReason::StaleGrant => "stale_grant",
+            RejectReason::InvalidStrategy => "invalid_strategy",
             RejectReason::AgentConflict => "agent_conflict",
         }
     }
@@ -413,6 +415,14 @@ fn check_submit(ctx: &Context<'_>, env: &Envelope<TaskSubmit>) -> Result<Resourc
             RejectReason::InvalidDependencies,
             format!("at most {MAX_DEPENDENCIES} valid task ids, not the task itself"),
         ));
+    }
+    if let Some(name) = &task.strategy {
+        if crate::decision::StrategyKind::parse(name).is_none() {
+            return Err(ctx.reject(
+                RejectReason::InvalidStrategy,
+                format!("unknown strategy {name:?}: least_loaded, round_robin, priority_based, load_balanced, adaptive or historical"),
+            ));
+        }
     }
     resources(ctx, &task.required_resources)
 }

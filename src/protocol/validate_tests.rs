@@ -206,3 +206,11 @@ fn sender_must_be_a_plain_token() {
     );
     assert_eq!(reason("coord.agent_register.a1", &reg), "invalid_id");
 }
+
+#[test]
+fn an_unknown_strategy_is_refused_and_known_ones_accepted() {
+    let bad = submit(json!({"task_id": "t", "strategy": "coin_flip"}));
+    assert_eq!(reason("coord.task_submit.orch", &bad), "invalid_strategy");
+    let seed_spelling = submit(json!({"task_id": "t", "strategy": "ROUND_ROBIN"}));
+    assert_eq!(reason("coord.task_submit.orch", &seed_spelling), "accepted");
+}

@@ -14,6 +14,8 @@ pub struct SubmitRequest {
     pub required: Resources,
     pub estimated_duration_s: f64,
     pub dependencies: Vec<String>,
+    /// The strategy asked for in the submit, by name; `None`: the optimizer's default.
+    pub strategy: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -131,6 +133,8 @@ pub struct QueuedTask {
     pub submit_message_id: String,
     pub estimated_duration_s: f64,
     pub submitted_at_ms: u64,
+    /// The strategy the submit asked for; `None`: the optimizer's default.
+    pub strategy: Option<crate::decision::StrategyKind>,
 }
 
 fn unexpected(script: &str, reply: &[String]) -> Error {

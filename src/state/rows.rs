@@ -25,7 +25,7 @@ pub(crate) const AGENT_FIELDS: [&str; 14] = [
 ];
 
 /// Task hash fields read for the queue head, in order.
-pub(crate) const TASK_FIELDS: [&str; 12] = [
+pub(crate) const TASK_FIELDS: [&str; 13] = [
     "state",
     "task_type",
     "priority",
@@ -38,6 +38,7 @@ pub(crate) const TASK_FIELDS: [&str; 12] = [
     "estimated_duration_s",
     "submitted_at",
     "queue_seq",
+    "strategy",
 ];
 
 fn num<T: std::str::FromStr + Default>(row: &[String], i: usize) -> T {
@@ -94,6 +95,9 @@ pub(crate) fn queued_task(task_id: String, row: Vec<String>) -> QueuedTask {
         submit_message_id: row.get(8).cloned().unwrap_or_default(),
         estimated_duration_s: num(&row, 9),
         submitted_at_ms: num(&row, 10),
+        strategy: row
+            .get(12)
+            .and_then(|name| crate::decision::StrategyKind::parse(name)),
     }
 }
 

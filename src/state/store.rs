@@ -125,6 +125,7 @@ impl Store {
         for dep in &req.dependencies {
             inv.arg(dep);
         }
+        inv.arg(req.strategy.as_deref().unwrap_or(""));
         let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
         SubmitOutcome::parse(&reply)
     }

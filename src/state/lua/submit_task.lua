@@ -7,6 +7,7 @@
 -- ARGV[5] priority (0..10)  ARGV[6..9] required cpu, memory, tokens, time (milli-units)
 -- ARGV[10] estimated_duration_s  ARGV[11] retention seconds for terminal tasks
 -- ARGV[12] number of dependencies n  ARGV[13..12+n] dependency ids
+-- ARGV[13+n] strategy name asked for by the submit ('' = the optimizer's default)
 --
 -- Returns one of
 --   {"queued"}                     in the priority queue
@@ -42,7 +43,7 @@ redis.call('HSET', KEYS[1],
   'task_id', ARGV[1], 'submit_msg_id', ARGV[2], 'submitter', ARGV[3], 'task_type', ARGV[4],
   'priority', ARGV[5], 'req_cpu', ARGV[6], 'req_memory', ARGV[7], 'req_tokens', ARGV[8],
   'req_time', ARGV[9], 'estimated_duration_s', ARGV[10], 'queue_seq', seq, 'grant_seq', 0,
-  'agent', '', 'submitted_at', now)
+  'agent', '', 'submitted_at', now, 'strategy', ARGV[13 + ndeps])
 redis.call('HINCRBY', KEYS[5], 'submitted', 1)
 
 if failed_dep then
