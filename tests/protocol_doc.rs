@@ -200,6 +200,7 @@ fn all_reject_reasons() -> Vec<RejectReason> {
         RejectReason::InvalidPriority,
         RejectReason::InvalidDuration,
         RejectReason::InvalidDependencies,
+        RejectReason::InvalidStrategy,
         // The only resource code not from ResourceError (sent for a bad priority_weight).
         RejectReason::Resource("invalid_priority_weight"),
         RejectReason::UnknownAgent,
@@ -236,6 +237,7 @@ fn exhaustive(reason: RejectReason) {
         | RejectReason::InvalidPriority
         | RejectReason::InvalidDuration
         | RejectReason::InvalidDependencies
+        | RejectReason::InvalidStrategy
         | RejectReason::Resource(_)
         | RejectReason::UnknownAgent
         | RejectReason::AgentNotActive
