@@ -17,6 +17,7 @@ use crate::client::{ClientEvent, Coordinator};
 use crate::config::Config;
 use crate::error::Error;
 use crate::protocol::{AgentRegister, ReplyStatus, Subjects, TaskGrant, TaskSubmit};
+use crate::sim::rng::SplitMix;
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -66,28 +67,6 @@ const AGENT_TYPES: [(&str, f64, f64, f64); 3] = [
     ("backend", 8.0, 16_384.0, 0.0),
     ("data", 4.0, 32_768.0, 0.0),
 ];
-
-/// Deterministic pseudo-random numbers (SplitMix64): the demo is reproducible from its seed.
-pub(crate) struct SplitMix(u64);
-
-impl SplitMix {
-    pub(crate) fn new(seed: u64) -> Self {
-        SplitMix(seed)
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [lo, hi).
-    pub(crate) fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * (hi - lo)
-    }
-}
 
 /// The demo's task mix: LLM summaries (tokens), compiles (cpu), ETL jobs (memory).
 fn demo_task(rng: &mut SplitMix, run: &str, i: usize) -> TaskSubmit {
