@@ -246,3 +246,44 @@ async fn a_task_can_ask_for_its_own_strategy() {
     // Least-loaded (the default) would have answered a, b, a, b.
     assert_eq!(placed, ["b", "a", "b", "a"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_broadcast_one_coordination_sync_per_interval() {
+    use futures::StreamExt;
+    let mut cluster = Cluster::start(0).await;
+    cluster.config.coordination.optimization_interval_s = 0.3;
+    cluster.add_replica().await;
+    cluster.add_replica().await;
+    let nats = cluster.nats().await;
+    let mut syncs = nats
+        .subscribe("coord.coordination_sync")
+        .await
+        .expect("subscribe");
+    let _agent = cluster.agent("watched", "worker", 2.0, 512.0).await;
+    let snapshot = within(10, "a sync naming the agent", async {
+        loop {
+            let message = syncs.next().await.expect("subscription open");
+            let env: switchyard::protocol::Envelope<switchyard::protocol::CoordinationSync> =
+                serde_json::from_slice(&message.payload).expect("a COORDINATION_SYNC envelope");
+            if env.payload.agents.iter().any(|a| a.agent_id == "watched") {
+                return env;
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        snapshot.message_type,
+        switchyard::protocol::MessageType::CoordinationSync
+    );
+    // The replica that published counted it (the lease itself is checked in state_scripts).
+    let published: u64 = cluster
+        .metrics
+        .iter()
+        .map(|m| {
+            m.messages
+                .with_label_values(&["coordination_sync", "out"])
+                .get()
+        })
+        .sum();
+    assert!(published >= 1);
+}

@@ -1009,3 +1009,52 @@ async fn a_task_keeps_the_strategy_its_submit_asked_for() {
         vec![("own", Some(StrategyKind::RoundRobin)), ("default", None)]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_per_interval_holds_the_sync_lease() {
+    let f = fixture().await;
+    assert!(
+        f.store
+            .take_sync_lease("replica-1", 60_000)
+            .await
+            .expect("lease")
+    );
+    assert!(
+        !f.store
+            .take_sync_lease("replica-2", 60_000)
+            .await
+            .expect("lease"),
+        "held by replica-1"
+    );
+    assert!(
+        !f.store
+            .take_sync_lease("replica-1", 60_000)
+            .await
+            .expect("lease"),
+        "not re-entrant"
+    );
+    let mut raw = f.raw.clone();
+    let _: () = redis::cmd("DEL")
+        .arg("t:sync_lease")
+        .query_async(&mut raw)
+        .await
+        .expect("del");
+    assert!(
+        f.store
+            .take_sync_lease("replica-2", 50)
+            .await
+            .expect("lease")
+    );
+    let taken = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while !f
+            .store
+            .take_sync_lease("replica-3", 50)
+            .await
+            .expect("lease")
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(taken.is_ok(), "the lease expires");
+}

@@ -58,6 +58,33 @@ async fn maintenance_pass(ctx: &Ctx) -> Result<(), Error> {
         .agent_utilization
         .with_label_values(&["max"])
         .set(max);
+    broadcast_sync(ctx, sync).await
+}
+
+/// Publishes the coordination snapshot on `<prefix>.coordination_sync`, once per interval for
+/// the whole deployment: the replica that takes the interval's lease in Redis publishes, the
+/// others skip (a lost lease race costs one skipped broadcast, never a duplicate).
+async fn broadcast_sync(ctx: &Ctx, sync: crate::protocol::CoordinationSync) -> Result<(), Error> {
+    let interval_ms = (ctx.config.coordination.optimization_interval_s * 1000.0) as u64;
+    if !ctx
+        .store
+        .take_sync_lease(&ctx.replica_id, interval_ms.max(1))
+        .await?
+    {
+        return Ok(());
+    }
+    let envelope = Envelope::new(
+        OPTIMIZER_SENDER,
+        MessageType::CoordinationSync,
+        sync,
+        now_ms(),
+    );
+    let subject = ctx.subjects.unaddressed(MessageType::CoordinationSync);
+    crate::transport::publish_core(&ctx.client, subject, &envelope).await?;
+    ctx.metrics
+        .messages
+        .with_label_values(&[MessageType::CoordinationSync.as_str(), "out"])
+        .inc();
     Ok(())
 }
 

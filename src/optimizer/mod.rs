@@ -66,6 +66,8 @@ pub(crate) struct Ctx {
     pub strategy: Arc<dyn Strategy>,
     pub faults: Faults,
     pub dispatcher: dispatch::Dispatcher,
+    /// This replica's name for leases (unique per process start).
+    pub replica_id: String,
     /// The control lane's consumer, to see whether heartbeats are still waiting to be applied.
     pub control_lane: jetstream::consumer::PullConsumer,
 }
@@ -113,6 +115,7 @@ impl Optimizer {
             faults,
             dispatcher: dispatch::Dispatcher::new(),
             control_lane: control.clone(),
+            replica_id: format!("optimizer-{}", uuid::Uuid::new_v4().simple()),
         };
         Ok(Optimizer {
             ctx: Arc::new(ctx),

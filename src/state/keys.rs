@@ -64,6 +64,11 @@ impl Keys {
         format!("{}:patterns", self.prefix)
     }
 
+    /// String: which replica holds this interval's coordination-sync broadcast (expires).
+    pub fn sync_lease(&self) -> String {
+        format!("{}:sync_lease", self.prefix)
+    }
+
     /// Hash: lifetime counters (submitted, granted, completed, failed, requeued).
     pub fn stats(&self) -> String {
         format!("{}:stats", self.prefix)
@@ -89,6 +94,7 @@ mod tests {
             k.grant_outbox(),
             k.stats(),
             k.patterns(),
+            k.sync_lease(),
         ];
         let unique: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(unique.len(), all.len());

@@ -289,6 +289,19 @@ impl Store {
         Ok(super::rows::pattern_table(&fields))
     }
 
+    /// Takes the broadcast lease for `ttl_ms` if nobody holds it (one atomic SET NX PX).
+    pub async fn take_sync_lease(&self, holder: &str, ttl_ms: u64) -> Result<bool, Error> {
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(self.keys.sync_lease())
+            .arg(holder)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(taken.is_some())
+    }
+
     /// Ids of active agents.
     pub async fn active_agent_ids(&self) -> Result<Vec<String>, Error> {
         Ok(self.conn().smembers(self.keys.agents()).await?)
