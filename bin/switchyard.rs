@@ -52,6 +52,17 @@ enum Command {
     },
     /// Steady load through the real path: lifecycles/s and request→grant latency.
     Bench(BenchOptions),
+    /// Cost of one placement decision per strategy at each fleet size (no servers needed).
+    DecisionCost {
+        /// Fleet sizes to measure.
+        #[arg(long, value_delimiter = ',', default_value = "100,10000")]
+        agents: Vec<usize>,
+        /// Milliseconds of measurement per strategy and size.
+        #[arg(long, default_value_t = 300)]
+        millis: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Deterministic discrete-event simulation of a workload file under every strategy plus
     /// an oracle that knows the hidden truth (no servers needed).
     Sim {
@@ -174,6 +185,27 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 print!("{}", report.render_table());
+            }
+        }
+        Command::DecisionCost {
+            agents,
+            millis,
+            json,
+        } => {
+            let costs = switchyard::fleet::decision_cost::measure(
+                &agents,
+                std::time::Duration::from_millis(millis),
+            );
+            if json {
+                println!("{}", serde_json::to_string(&costs)?);
+            } else {
+                println!("{:<16} {:>8} {:>14}", "strategy", "agents", "µs/decision");
+                for c in &costs {
+                    println!(
+                        "{:<16} {:>8} {:>14.2}",
+                        c.strategy, c.agents, c.micros_per_decision
+                    );
+                }
             }
         }
         Command::Bench(mut options) => {

@@ -134,3 +134,26 @@ async fn optimizer_serves_healthz_and_the_seed_metrics() {
     }
     assert_eq!(http_get(port, "/nope").map(|(s, _)| s), Some(404));
 }
+
+#[test]
+fn decision_cost_reports_every_strategy_at_every_size() {
+    let output = switchyard(&[
+        "decision-cost",
+        "--agents",
+        "50,600",
+        "--millis",
+        "20",
+        "--json",
+    ])
+    .output()
+    .expect("decision-cost runs");
+    let rows = json_of(&output);
+    let rows = rows.as_array().expect("a JSON array");
+    assert_eq!(rows.len(), 12, "6 strategies × 2 sizes: {rows:?}");
+    for row in rows {
+        assert!(
+            row["micros_per_decision"].as_f64().is_some_and(|v| v > 0.0),
+            "{row}"
+        );
+    }
+}

@@ -5,6 +5,7 @@
 //! completion. Only the work is simulated; every message takes the production path.
 
 pub mod bench;
+pub mod decision_cost;
 pub mod demo;
 pub mod deployment;
 mod stats;

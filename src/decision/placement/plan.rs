@@ -59,14 +59,13 @@ pub fn plan_batch_with(
     sample_above: usize,
     sample_size: usize,
 ) -> Vec<PlannedGrant> {
+    if agents.len() > sample_above {
+        return plan_sampled(strategy, tasks, agents, ctx, max_candidates, sample_size);
+    }
     let mut working: Vec<AgentView> = agents.to_vec();
     let mut plans = Vec::with_capacity(tasks.len());
     for (task_index, task) in tasks.iter().enumerate() {
-        let ranked = if working.len() > sample_above {
-            rank_sampled(strategy, task, &working, ctx, sample_size)
-        } else {
-            strategy.rank(task, &working, ctx)
-        };
+        let ranked = strategy.rank(task, &working, ctx);
         let chosen = sanitise(ranked, task, &working, max_candidates);
         if let Some(agent) = chosen.first().and_then(|&first| working.get_mut(first)) {
             agent.reserved = agent.reserved.saturating_add(&task.required);
@@ -85,24 +84,47 @@ pub fn plan_batch_with(
     plans
 }
 
-/// The strategy's ranking of a sample, mapped back to indexes into `agents`.
-fn rank_sampled(
+/// Large fleets: each task ranks a sample, and the batch's own reservations live in a small
+/// copy-on-write overlay instead of a copy of the whole fleet, so a decision costs O(sample),
+/// not O(fleet).
+fn plan_sampled(
     strategy: &dyn Strategy,
-    task: &TaskView,
+    tasks: &[TaskView],
     agents: &[AgentView],
     ctx: &DecisionContext<'_>,
+    max_candidates: usize,
     sample_size: usize,
-) -> Vec<usize> {
-    let sample = sample_candidates(task, agents, sample_size);
-    let views: Vec<AgentView> = sample
-        .iter()
-        .filter_map(|&i| agents.get(i).cloned())
-        .collect();
-    strategy
-        .rank(task, &views, ctx)
-        .into_iter()
-        .filter_map(|i| sample.get(i).copied())
-        .collect()
+) -> Vec<PlannedGrant> {
+    let mut overlay: std::collections::HashMap<usize, AgentView> = std::collections::HashMap::new();
+    let mut plans = Vec::with_capacity(tasks.len());
+    for (task_index, task) in tasks.iter().enumerate() {
+        let view = |i: usize| overlay.get(&i).or_else(|| agents.get(i));
+        let sample = sample_by(task, agents.len(), sample_size, |i| {
+            view(i).is_some_and(|a| fits(task, a))
+        });
+        let views: Vec<AgentView> = sample.iter().filter_map(|&i| view(i).cloned()).collect();
+        let ranked: Vec<usize> = strategy.rank(task, &views, ctx);
+        let chosen = sanitise(ranked, task, &views, max_candidates);
+        let candidates = chosen
+            .iter()
+            .filter_map(|&i| views.get(i))
+            .map(|a| a.agent_id.clone())
+            .collect();
+        if let Some((&first, agent)) = chosen
+            .first()
+            .and_then(|&i| Some((sample.get(i)?, views.get(i)?)))
+        {
+            let mut updated = agent.clone();
+            updated.reserved = updated.reserved.saturating_add(&task.required);
+            updated.active_tasks = updated.active_tasks.saturating_add(1);
+            overlay.insert(first, updated);
+        }
+        plans.push(PlannedGrant {
+            task_index,
+            candidates,
+        });
+    }
+    plans
 }
 
 /// The ranking, sanitised and capped at `max_candidates`.
@@ -138,13 +160,21 @@ pub fn sample_candidates(task: &TaskView, agents: &[AgentView], k: usize) -> Vec
     if n == 0 || k == 0 {
         return Vec::new();
     }
+    sample_by(task, n, k, |i| agents.get(i).is_some_and(|a| fits(task, a)))
+}
+
+/// The walk behind [`sample_candidates`], over `n` agents judged by `fits_at`.
+fn sample_by(task: &TaskView, n: usize, k: usize, fits_at: impl Fn(usize) -> bool) -> Vec<usize> {
+    if n == 0 || k == 0 {
+        return Vec::new();
+    }
     let hash = fnv1a(task.task_id.as_bytes());
     let start = (hash % n as u64) as usize;
     let stride = coprime_stride(splitmix(hash), n);
     let mut sample = Vec::with_capacity(k.min(n));
     let mut index = start;
     for _ in 0..n {
-        if agents.get(index).is_some_and(|a| fits(task, a)) {
+        if fits_at(index) {
             sample.push(index);
             if sample.len() == k {
                 break;
