@@ -117,6 +117,11 @@ pub trait Strategy: Send + Sync {
         ctx: &DecisionContext<'_>,
     ) -> Vec<CandidateScore>;
 
+    /// Whether this strategy reads learned patterns; callers skip loading them otherwise.
+    fn uses_patterns(&self) -> bool {
+        false
+    }
+
     /// Agents that can take the task, best first, as indexes into `agents`.
     ///
     /// The default sorts [`Strategy::scores`] descending, ties to fewer active tasks, then the

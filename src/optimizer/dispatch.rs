@@ -73,9 +73,19 @@ async fn dispatch_round(ctx: &Ctx) -> Result<Round, Error> {
         });
     }
     let t1 = Instant::now();
-    let agents = ctx.dispatch_store.agent_snapshot().await?;
-    // What the fleet has learned per (task type, agent type), for adaptive and historical.
-    let patterns = ctx.dispatch_store.patterns().await?;
+    // What the fleet has learned per (task type, agent type), read only when a strategy in play
+    // uses it, and alongside the snapshot rather than after it.
+    let needs_patterns = ctx.strategy.uses_patterns()
+        || head
+            .iter()
+            .any(|t| t.strategy.is_some_and(|k| k.build().uses_patterns()));
+    let (agents, patterns) = tokio::try_join!(ctx.dispatch_store.agent_snapshot(), async {
+        if needs_patterns {
+            ctx.dispatch_store.patterns().await
+        } else {
+            Ok(PatternTable::new())
+        }
+    })?;
     let t2 = Instant::now();
     let plan = plan_head(ctx, &head, &agents, &patterns);
     let t3 = Instant::now();

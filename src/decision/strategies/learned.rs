@@ -149,6 +149,10 @@ impl Strategy for Adaptive {
         "adaptive"
     }
 
+    fn uses_patterns(&self) -> bool {
+        true
+    }
+
     fn scores(
         &self,
         task: &TaskView,
@@ -200,6 +204,10 @@ fn success_rate(patterns: &PatternTable, task_type: &str, agent_type: &str) -> f
 impl Strategy for Historical {
     fn name(&self) -> &'static str {
         "historical"
+    }
+
+    fn uses_patterns(&self) -> bool {
+        true
     }
 
     fn scores(
