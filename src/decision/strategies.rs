@@ -93,6 +93,11 @@ impl StrategyKind {
             StrategyKind::Historical => Box::new(Historical),
         }
     }
+
+    /// Whether strategies of this kind read learned patterns (without building one).
+    pub fn uses_patterns(self) -> bool {
+        matches!(self, StrategyKind::Adaptive | StrategyKind::Historical)
+    }
 }
 
 impl std::fmt::Display for StrategyKind {

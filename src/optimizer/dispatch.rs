@@ -78,7 +78,7 @@ async fn dispatch_round(ctx: &Ctx) -> Result<Round, Error> {
     let needs_patterns = ctx.strategy.uses_patterns()
         || head
             .iter()
-            .any(|t| t.strategy.is_some_and(|k| k.build().uses_patterns()));
+            .any(|t| t.strategy.is_some_and(StrategyKind::uses_patterns));
     let (agents, patterns) = tokio::try_join!(ctx.dispatch_store.agent_snapshot(), async {
         if needs_patterns {
             ctx.dispatch_store.patterns().await

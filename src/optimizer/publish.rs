@@ -81,7 +81,7 @@ impl Grant {
                 agent_id: agent_id.to_string(),
                 priority: task.view.priority,
                 resources: task.view.required.to_units(),
-                estimated_duration_s: task.estimated_duration_s,
+                estimated_duration_s: task.view.estimated_duration_s,
                 grant_seq,
                 submitter: task.submitter.clone(),
             },

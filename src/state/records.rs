@@ -131,7 +131,6 @@ pub struct QueuedTask {
     pub view: TaskView,
     pub submitter: String,
     pub submit_message_id: String,
-    pub estimated_duration_s: f64,
     pub submitted_at_ms: u64,
     /// The strategy the submit asked for; `None`: the optimizer's default.
     pub strategy: Option<crate::decision::StrategyKind>,

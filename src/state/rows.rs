@@ -93,7 +93,6 @@ pub(crate) fn queued_task(task_id: String, row: Vec<String>) -> QueuedTask {
         },
         submitter: row.get(7).cloned().unwrap_or_default(),
         submit_message_id: row.get(8).cloned().unwrap_or_default(),
-        estimated_duration_s: num(&row, 9),
         submitted_at_ms: num(&row, 10),
         strategy: row
             .get(12)
@@ -152,7 +151,6 @@ mod tests {
         assert_eq!(task.view.priority, 7);
         assert_eq!(task.view.seq, 42);
         assert_eq!(task.view.estimated_duration_s, 12.5);
-        assert_eq!(task.estimated_duration_s, 12.5);
     }
 
     #[test]

@@ -361,3 +361,10 @@ fn strategies_cope_with_garbled_inputs() {
         assert!(scores.iter().all(|c| !c.score.is_nan()), "{kind}");
     }
 }
+
+#[test]
+fn kinds_and_built_strategies_agree_on_reading_patterns() {
+    for kind in StrategyKind::ALL {
+        assert_eq!(kind.uses_patterns(), kind.build().uses_patterns(), "{kind}");
+    }
+}
