@@ -1,6 +1,7 @@
 //! `switchyard`: the command line. `demo` runs a whole coordination scenario, `status` shows a
 //! running deployment's state, `bench` measures throughput and latency, `sim` compares the
-//! placement strategies on a workload file in a deterministic simulation (no servers).
+//! placement strategies on a workload file in a deterministic simulation (no servers), or with
+//! `--live` through the real optimizer.
 
 use std::path::PathBuf;
 
@@ -10,6 +11,7 @@ use switchyard::client::Coordinator;
 use switchyard::config::Config;
 use switchyard::fleet::bench::{BenchOptions, run_bench};
 use switchyard::fleet::demo::{DemoOptions, render_table, run_demo};
+use switchyard::fleet::live::{self, LiveOptions};
 use switchyard::protocol::StatusQuery;
 
 #[derive(Parser)]
@@ -52,6 +54,18 @@ enum Command {
     },
     /// Steady load through the real path: lifecycles/s and request→grant latency.
     Bench(BenchOptions),
+    /// Messages between agents: throughput per delivery mode, and latency per priority while a
+    /// receiver is backed up (NATS_URL, else its own servers).
+    MessageBench {
+        /// Messages per delivery mode in the throughput runs.
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
+        /// Seconds of the backlog run.
+        #[arg(long, default_value_t = 5.0)]
+        backlog_seconds: f64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Cost of one placement decision per strategy at each fleet size (no servers needed).
     DecisionCost {
         /// Fleet sizes to measure.
@@ -64,7 +78,9 @@ enum Command {
         json: bool,
     },
     /// Deterministic discrete-event simulation of a workload file under every strategy plus
-    /// an oracle that knows the hidden truth (no servers needed).
+    /// an oracle that knows the hidden truth (no servers needed). With --live, the workload is
+    /// replayed scaled down through the real optimizer over NATS and Redis instead (uses
+    /// NATS_URL and REDIS_URL when both are set, else starts its own servers).
     Sim {
         /// Workload TOML (see docs/workloads.md).
         #[arg(long)]
@@ -75,6 +91,21 @@ enum Command {
         /// Also write an SVG bar chart of mean and p95 completion time to this file.
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// Replay through the real optimizer with simulated agents (every strategy but the
+        /// oracle, which needs the hidden truth).
+        #[arg(long)]
+        live: bool,
+        /// Use only the first N tasks of the workload (with --live the default is 200; without,
+        /// all of them).
+        #[arg(long)]
+        tasks: Option<usize>,
+        /// With --live: virtual seconds per wall-clock second.
+        #[arg(long, requires = "live", default_value_t = 50.0)]
+        time_scale: f64,
+        /// With --live: wall-clock seconds allowed per strategy; open tasks then count as
+        /// unfinished.
+        #[arg(long, requires = "live", default_value_t = 120.0)]
+        limit_s: f64,
     },
 }
 
@@ -170,13 +201,27 @@ async fn main() -> anyhow::Result<()> {
             workload,
             json,
             plot,
+            live,
+            tasks,
+            time_scale,
+            limit_s,
         } => {
             let text = std::fs::read_to_string(&workload)
                 .with_context(|| format!("reading {}", workload.display()))?;
             let stem = workload.file_stem().unwrap_or_default().to_string_lossy();
             let parsed = switchyard::sim::parse_named(&text, &stem)
                 .with_context(|| format!("workload {}", workload.display()))?;
-            let report = switchyard::sim::run_all(&parsed)?;
+            let options = LiveOptions {
+                tasks: tasks.unwrap_or(LiveOptions::default().tasks),
+                time_scale,
+                limit_s,
+                start_servers: !external,
+            };
+            let report = if live {
+                sim_live(&config, &parsed, &options).await?
+            } else {
+                switchyard::sim::run_all(&live::first_tasks(&parsed, tasks))?
+            };
             if let Some(path) = plot {
                 std::fs::write(&path, switchyard::sim::render_svg(&report))
                     .with_context(|| format!("writing {}", path.display()))?;
@@ -185,6 +230,9 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 print!("{}", report.render_table());
+                if live {
+                    print_rankings(&report, &parsed, &options)?;
+                }
             }
         }
         Command::DecisionCost {
@@ -208,6 +256,27 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        Command::MessageBench {
+            messages,
+            backlog_seconds,
+            json,
+        } => {
+            let options = switchyard::fleet::message_bench::MessageBenchOptions {
+                messages,
+                backlog_s: backlog_seconds,
+                start_servers: !external,
+            };
+            let report =
+                switchyard::fleet::message_bench::run_message_bench(&config, &options).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "{}",
+                    switchyard::fleet::message_bench::render_message_bench(&report)
+                );
+            }
+        }
         Command::Bench(mut options) => {
             options.start_servers = !external;
             let json = options.json;
@@ -219,6 +288,45 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// `sim --live`: the replay, with progress on stderr.
+async fn sim_live(
+    config: &Config,
+    workload: &switchyard::sim::Workload,
+    options: &LiveOptions,
+) -> anyhow::Result<switchyard::sim::SimReport> {
+    eprintln!(
+        "live: first {} of {} tasks, {}x faster than real time, through the real optimizer; every strategy but the oracle",
+        options.tasks.min(workload.tasks.count as usize),
+        workload.tasks.count,
+        options.time_scale
+    );
+    if options.start_servers {
+        eprintln!("NATS_URL/REDIS_URL not both set: starting local nats-server and redis-server");
+    }
+    Ok(live::run_live(config, workload, options, |line| eprintln!("{line}")).await?)
+}
+
+/// How the live ranking by mean completion compares with the offline simulator's on the same
+/// tasks.
+fn print_rankings(
+    report: &switchyard::sim::SimReport,
+    workload: &switchyard::sim::Workload,
+    options: &LiveOptions,
+) -> anyhow::Result<()> {
+    let offline = switchyard::sim::run_all(&live::first_tasks(workload, Some(options.tasks)))?;
+    let live_order = live::ranking(report, |_| true);
+    let offline_order = live::ranking(&offline, |name| report.strategies.contains_key(name));
+    println!(
+        "ranking by mean completion, live:     {}",
+        live_order.join(" < ")
+    );
+    println!(
+        "same tasks in the offline simulator:  {}",
+        offline_order.join(" < ")
+    );
     Ok(())
 }
 

@@ -67,6 +67,7 @@ pub struct JetStreamConfig {
     pub duplicate_window_s: u64,
     pub grants_max_age_s: u64,
     pub grants_max_bytes: i64,
+    pub messages_max_age_s: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,6 +148,7 @@ impl Config {
                 duplicate_window_s: 120,
                 grants_max_age_s: 3600,
                 grants_max_bytes: 1 << 30,
+                messages_max_age_s: 86_400,
             },
             metrics: MetricsConfig {
                 addr: "127.0.0.1:9464".into(),

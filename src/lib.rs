@@ -24,6 +24,9 @@
 //!   lets tests run replicas in-process.
 //! * [`client`] — the client library: an orchestrator's `Coordinator` (allocate / complete tasks) and
 //!   an `Agent` handle with its stream of grants. Clients speak NATS only, never Redis.
+//! * [`comm`] — the inter-agent protocol (`CommunicationProtocol`): four delivery modes, a
+//!   bounded priority inbox, acknowledgments, TTL, duplicate suppression, handoffs and resource
+//!   requests.
 //! * [`harness`] — starts real `nats-server` and `redis-server` child processes on free loopback
 //!   ports for tests and the demo.
 //! * [`sim`] — the deterministic discrete-event simulator behind `switchyard sim`.
@@ -33,6 +36,7 @@
 //! The binaries in `bin/` are thin wrappers over these modules.
 
 pub mod client;
+pub mod comm;
 pub mod config;
 pub mod decision;
 pub mod error;

@@ -20,6 +20,16 @@ pub const GRANT_LATENCY_SECONDS: &str = "switchyard_grant_latency_seconds";
 pub const QUEUE_DEPTH: &str = "switchyard_queue_depth";
 pub const GRANT_REPUBLISHES_TOTAL: &str = "switchyard_grant_republishes_total";
 pub const AGENTS_EXPIRED_TOTAL: &str = "switchyard_agents_expired_total";
+pub const AGENT_HANDOFF_DURATION_SECONDS: &str = "agent_handoff_duration_seconds";
+// The inter-agent protocol's client metrics (one registry per `CommunicationProtocol`).
+pub const AGENT_MESSAGE_LATENCY_SECONDS: &str = "agent_message_latency_seconds";
+pub const AGENT_MESSAGE_ACKS_TOTAL: &str = "agent_message_acks_total";
+pub const AGENT_MESSAGE_ACK_RATE: &str = "agent_message_ack_rate";
+pub const AGENT_MESSAGES_EXPIRED_TOTAL: &str = "agent_messages_expired_total";
+pub const AGENT_MESSAGES_DEAD_LETTERED_TOTAL: &str = "agent_messages_dead_lettered_total";
+pub const AGENT_MESSAGES_DUPLICATE_TOTAL: &str = "agent_messages_duplicate_total";
+pub const AGENT_MESSAGE_RETRIES_TOTAL: &str = "agent_message_retries_total";
+pub const AGENT_CLIENT_HANDOFF_SECONDS: &str = "agent_client_handoff_seconds";
 
 /// All metrics of one optimizer replica, in its own registry (so in-process replicas in tests
 /// do not collide).
@@ -47,9 +57,11 @@ pub struct Metrics {
     pub grant_republishes: IntCounter,
     /// Agents marked dead because their lease ran out.
     pub agents_expired: IntCounter,
+    /// Handoff begin to verdict, by `outcome`: accepted, rejected, refused.
+    pub handoff_duration: HistogramVec,
 }
 
-fn registered<C: prometheus::core::Collector + Clone + 'static>(
+pub(crate) fn registered<C: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
     collector: Result<C, prometheus::Error>,
 ) -> Result<C, Error> {
@@ -60,8 +72,13 @@ fn registered<C: prometheus::core::Collector + Clone + 'static>(
     Ok(collector)
 }
 
-const LATENCY_BUCKETS: [f64; 14] = [
+pub(crate) const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
+
+/// Handoffs wait for another agent's answer: up to the handoff timeout (at most an hour).
+const HANDOFF_BUCKETS: [f64; 13] = [
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
 ];
 
 impl Metrics {
@@ -147,6 +164,17 @@ impl Metrics {
                 IntCounter::new(
                     AGENTS_EXPIRED_TOTAL,
                     "Agents marked dead after missing their lease",
+                ),
+            )?,
+            handoff_duration: registered(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        AGENT_HANDOFF_DURATION_SECONDS,
+                        "Handoff initiation to verdict, by outcome",
+                    )
+                    .buckets(HANDOFF_BUCKETS.to_vec()),
+                    &["outcome"],
                 ),
             )?,
             registry: r,

@@ -157,3 +157,90 @@ fn decision_cost_reports_every_strategy_at_every_size() {
         );
     }
 }
+
+/// A tiny workload for `sim --live`: two agent types (one slow and flaky, so retries happen),
+/// a few dependencies, 12 tasks.
+const TINY_WORKLOAD: &str = r#"
+name = "tiny"
+seed = 11
+[[agent_types]]
+name = "quick"
+count = 2
+capacity = { cpu = 2, memory = 2048 }
+truth.job = { speed = 0.5 }
+[[agent_types]]
+name = "flaky"
+count = 2
+capacity = { cpu = 2, memory = 2048 }
+truth.job = { speed = 2.0, failure_rate = 0.3 }
+[tasks]
+count = 40
+arrival = "poisson"
+rate_per_s = 4.0
+[[tasks.types]]
+name = "job"
+priority = [1, 9]
+resources = { cpu = 1, memory = 512 }
+estimated_duration_s = [0.5, 1.5]
+[tasks.dependencies]
+probability = 0.3
+[retry]
+max_attempts = 6
+backoff_s = 0.5
+"#;
+
+#[test]
+fn sim_live_json_reports_every_strategy_but_the_oracle() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tiny.toml");
+    std::fs::write(&path, TINY_WORKLOAD).expect("workload written");
+    let workload = path.to_string_lossy().to_string();
+    let args = [
+        "sim",
+        "--live",
+        "--workload",
+        workload.as_str(),
+        "--json",
+        "--tasks",
+        "12",
+        "--time-scale",
+        "20",
+    ];
+    let report = json_of(&switchyard(&args).output().expect("sim --live runs"));
+    assert_eq!(report["workload"], "tiny");
+    assert_eq!(report["tasks"], 12, "cut to --tasks: {report}");
+    assert_eq!(report["agents"], 4);
+    let strategies = report["strategies"].as_object().expect("strategies");
+    let names: Vec<&str> = strategies.keys().map(String::as_str).collect();
+    let mut expected: Vec<&str> = switchyard::decision::StrategyKind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(names, expected, "every strategy, no oracle");
+    for (name, m) in strategies {
+        let count = |field: &str| {
+            m[field]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{name}.{field}"))
+        };
+        assert!(count("tasks_completed") > 0, "{name}: {m}");
+        assert_eq!(count("tasks_unfinished"), 0, "{name}: {m}");
+        assert_eq!(
+            count("tasks_completed") + count("tasks_failed"),
+            12,
+            "{name}: {m}"
+        );
+        assert!(
+            m["mean_completion_s"].as_f64().is_some_and(|s| s > 0.0),
+            "{name}: {m}"
+        );
+        let grants: u64 = m["grants_by_agent_type"]
+            .as_object()
+            .expect("grants by type")
+            .values()
+            .filter_map(|v| v.as_u64())
+            .sum();
+        assert_eq!(grants, count("attempts"), "{name}: {m}");
+    }
+}

@@ -287,3 +287,63 @@ async fn replicas_broadcast_one_coordination_sync_per_interval() {
         .sum();
     assert!(published >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_explains_its_decision_only_when_asked() {
+    let cluster = Cluster::start(1).await;
+    let ids = ["ex-a", "ex-b", "ex-c"];
+    let mut agents = Vec::new();
+    let mut streams = Vec::new();
+    for id in ids {
+        let agent = cluster.agent(id, "worker", 4.0, 4096.0).await;
+        streams.push(agent.grants().await.expect("grant stream"));
+        agents.push(agent);
+    }
+    let orch = cluster.coordinator("orch").await;
+    let granted_to = |allocation: Allocation| match allocation {
+        Allocation::Granted { agent_id } => agent_id,
+        other => panic!("expected a grant, got {other:?}"),
+    };
+
+    // Not asked: no explanation. Half of one agent's cpu is now reserved.
+    let plain = TaskSubmit::new("plain").resource("cpu", 2.0);
+    let plain_agent = granted_to(orch.allocate_task(plain).await.expect("plain"));
+    let at = |agent: &str| ids.iter().position(|id| *id == agent).expect("known agent");
+    let grant = within(10, "plain grant", streams[at(&plain_agent)].next())
+        .await
+        .expect("open")
+        .expect("grant");
+    assert_eq!(grant.payload.task_id, "plain");
+    assert_eq!(grant.payload.explanation, None);
+
+    // Asked: the grant names the granted agent and ranks every agent the task fits on.
+    let asked = TaskSubmit::new("asked").resource("cpu", 1.0).explain(true);
+    let asked_agent = granted_to(orch.allocate_task(asked).await.expect("asked"));
+    let grant = within(10, "explained grant", streams[at(&asked_agent)].next())
+        .await
+        .expect("open")
+        .expect("grant");
+    assert_eq!(grant.payload.task_id, "asked");
+    let explanation = grant.payload.explanation.expect("an explanation");
+    assert_eq!(explanation.strategy, "least_loaded");
+    assert_eq!(explanation.chosen, asked_agent);
+    assert_eq!(explanation.chosen, grant.payload.agent_id);
+    let ranked: Vec<&str> = explanation
+        .candidates
+        .iter()
+        .map(|c| c.agent_id.as_str())
+        .collect();
+    assert_eq!(ranked.len(), 3, "{explanation:?}");
+    assert_eq!(ranked[0], asked_agent, "the chosen agent comes first");
+    assert_eq!(ranked[2], plain_agent, "the loaded agent comes last");
+    for pair in explanation.candidates.windows(2) {
+        assert!(
+            pair[0].score >= pair[1].score,
+            "best first: {explanation:?}"
+        );
+    }
+    // Least-loaded scores 1 - peak utilization after placing: 3 of 4 cpus free on an idle
+    // agent, 1 of 4 on the one holding "plain".
+    assert!((explanation.candidates[0].score - 0.75).abs() < 1e-9);
+    assert!((explanation.candidates[2].score - 0.25).abs() < 1e-9);
+}

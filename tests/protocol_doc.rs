@@ -10,12 +10,13 @@ use serde_json::Value;
 use switchyard::decision::{ResourceError, ResourceKind};
 use switchyard::protocol::{
     AgentDeregister, AgentRegister, CoordinationSync, CoordinatorReply, Envelope, ErrorReport,
-    Heartbeat, MessageType, PROTOCOL_VERSION, RejectReason, ReplyStatus, StatusQuery, Subjects,
-    TaskComplete, TaskGrant, TaskSubmit, decode,
+    HandoffAcknowledge, HandoffInitiate, Heartbeat, MessageType, PROTOCOL_VERSION, RejectReason,
+    ReplyStatus, ResourceGrant, ResourceRequest, StatusQuery, Subjects, TaskComplete, TaskGrant,
+    TaskSubmit, decode,
 };
 
 /// The message types whose payloads are typed, and so must be illustrated by an example.
-const TYPED: [MessageType; 10] = [
+const TYPED: [MessageType; 14] = [
     MessageType::AgentRegister,
     MessageType::AgentDeregister,
     MessageType::Heartbeat,
@@ -26,6 +27,10 @@ const TYPED: [MessageType; 10] = [
     MessageType::ErrorReport,
     MessageType::CoordinationSync,
     MessageType::StatusQuery,
+    MessageType::HandoffInitiate,
+    MessageType::HandoffAcknowledge,
+    MessageType::ResourceRequest,
+    MessageType::ResourceGrant,
 ];
 
 fn doc() -> String {
@@ -100,9 +105,33 @@ fn expected_subject(subjects: &Subjects, env: &Envelope<Value>) -> Option<String
             env.recipients.first()?.as_str()
         }
         MessageType::StatusQuery => return Some(subjects.unaddressed(MessageType::StatusQuery)),
+        MessageType::HandoffInitiate => field("from_agent")?,
+        MessageType::ResourceRequest => field("agent_id")?,
+        MessageType::HandoffAcknowledge if is_event(env) => field("agent_id")?,
+        // The optimizer's answers go to the recipient's inbox in the messages stream.
+        MessageType::HandoffAcknowledge | MessageType::ResourceGrant => {
+            let recipient = env.recipients.first()?;
+            return Some(subjects.message(env.message_type, recipient, env.priority));
+        }
         _ => return None,
     };
     Some(subjects.addressed(env.message_type, token))
+}
+
+/// True for the messages the optimizer consumes as events (and so validates).
+fn is_event(env: &Envelope<Value>) -> bool {
+    match env.message_type {
+        MessageType::AgentRegister
+        | MessageType::AgentDeregister
+        | MessageType::Heartbeat
+        | MessageType::TaskSubmit
+        | MessageType::TaskComplete
+        | MessageType::HandoffInitiate
+        | MessageType::ResourceRequest => true,
+        // An agent's answer; the optimizer's verdict carries an `outcome`.
+        MessageType::HandoffAcknowledge => env.payload.get("outcome").is_none(),
+        _ => false,
+    }
 }
 
 #[test]
@@ -137,6 +166,10 @@ fn every_json_example_is_valid_and_parses_into_the_real_types() {
             MessageType::ErrorReport => typed_payload::<ErrorReport>(line, payload),
             MessageType::CoordinationSync => typed_payload::<CoordinationSync>(line, payload),
             MessageType::StatusQuery => typed_payload::<StatusQuery>(line, payload),
+            MessageType::HandoffInitiate => typed_payload::<HandoffInitiate>(line, payload),
+            MessageType::HandoffAcknowledge => typed_payload::<HandoffAcknowledge>(line, payload),
+            MessageType::ResourceRequest => typed_payload::<ResourceRequest>(line, payload),
+            MessageType::ResourceGrant => typed_payload::<ResourceGrant>(line, payload),
             _ => {}
         }
         seen.insert(env.message_type.as_str());
@@ -150,14 +183,7 @@ fn every_json_example_is_valid_and_parses_into_the_real_types() {
         }
         // The events the optimizer consumes must pass its validation, on their subject, at the
         // moment they were created.
-        if matches!(
-            env.message_type,
-            MessageType::AgentRegister
-                | MessageType::AgentDeregister
-                | MessageType::Heartbeat
-                | MessageType::TaskSubmit
-                | MessageType::TaskComplete
-        ) {
+        if is_event(&env) {
             let subject = expected.unwrap_or_else(|| {
                 panic!("docs/protocol.md line {line}: cannot tell the event's subject")
             });
@@ -211,6 +237,8 @@ fn all_reject_reasons() -> Vec<RejectReason> {
         RejectReason::TaskNotGranted,
         RejectReason::AgentConflict,
         RejectReason::StaleGrant,
+        RejectReason::UnknownHandoff,
+        RejectReason::InsufficientCapacity,
     ];
     all.extend(
         all_resource_errors()
@@ -246,7 +274,9 @@ fn exhaustive(reason: RejectReason) {
         | RejectReason::TaskExists
         | RejectReason::TaskNotGranted
         | RejectReason::AgentConflict
-        | RejectReason::StaleGrant => {}
+        | RejectReason::StaleGrant
+        | RejectReason::UnknownHandoff
+        | RejectReason::InsufficientCapacity => {}
     }
 }
 

@@ -60,6 +60,7 @@ fn submit_req(task_id: &str, message_id: &str, priority: u8, required: Resources
         estimated_duration_s: 0.0,
         dependencies: Vec::new(),
         strategy: None,
+        explain: false,
     }
 }
 
@@ -1008,6 +1009,51 @@ async fn a_task_keeps_the_strategy_its_submit_asked_for() {
         strategies,
         vec![("own", Some(StrategyKind::RoundRobin)), ("default", None)]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_keeps_its_explain_flag_through_the_queue() {
+    let f = fixture().await;
+    let mut explained = submit_req("explained", "m1", 5, cpu(1000));
+    explained.explain = true;
+    explained.dependencies = vec!["dep".into()];
+    assert_eq!(
+        f.submit(&submit_req("dep", "m0", 5, cpu(1000))).await,
+        SubmitOutcome::Queued
+    );
+    assert!(matches!(
+        f.submit(&explained).await,
+        SubmitOutcome::Waiting { .. }
+    ));
+    assert_eq!(
+        f.submit(&submit_req("plain", "m2", 5, cpu(1000))).await,
+        SubmitOutcome::Queued
+    );
+    // The flag sits after the dependency list in ARGV; a waiting task keeps it until it is
+    // queued.
+    f.register("a", cpu(4000)).await;
+    assert!(matches!(
+        f.grant("dep", &["a"]).await,
+        GrantOutcome::Granted { .. }
+    ));
+    assert!(matches!(
+        f.complete("dep", "a", true).await,
+        CompleteOutcome::Finished { success: true, .. }
+    ));
+    assert_eq!(
+        f.store
+            .resolve_dependency("explained", "dep", true, RETENTION_S)
+            .await
+            .expect("resolve"),
+        ResolveOutcome::Queued
+    );
+    let head = f.store.queue_head(10).await.expect("queue head");
+    let flags: Vec<_> = head
+        .iter()
+        .map(|t| (t.view.task_id.as_str(), t.explain))
+        .collect();
+    // "explained" was submitted first, so it keeps its place ahead of "plain".
+    assert_eq!(flags, vec![("explained", true), ("plain", false)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

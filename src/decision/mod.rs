@@ -16,7 +16,10 @@
 //!   adaptive, historical) and [`StrategyKind`] to select them by name.
 //! * [`learning`] — the performance-score update, the reference `complete_task.lua` implements.
 //! * [`patterns`] — success and duration learned per (task type, agent type).
+//! * [`communication`] — which communication pattern suits a group (the seed's protocol
+//!   selection rule).
 
+pub mod communication;
 pub mod learning;
 pub mod patterns;
 pub mod placement;
@@ -24,11 +27,12 @@ pub mod resources;
 pub mod strategies;
 pub mod task_state;
 
+pub use communication::{CommunicationPattern, WorkflowShape, recommend_pattern};
 pub use learning::{NEUTRAL_SCORE, updated_score};
 pub use patterns::{PatternStats, PatternTable};
 pub use placement::{
-    AgentView, CandidateScore, DecisionContext, LeastLoaded, PlannedGrant, Strategy, TaskView,
-    plan_batch, plan_batch_with, sample_candidates,
+    AgentView, CandidateScore, DecisionContext, Explanation, LeastLoaded, PlannedGrant, Strategy,
+    TaskView, plan_batch, plan_batch_explained, plan_batch_with, sample_candidates,
 };
 pub use resources::{MAX_AMOUNT, ResourceError, ResourceKind, Resources};
 pub use strategies::{Adaptive, Historical, LoadBalanced, PriorityBased, RoundRobin, StrategyKind};

@@ -12,10 +12,13 @@ use std::cmp::Ordering;
 use super::patterns::PatternTable;
 use super::resources::{Resources, fits_within, peak_utilization};
 
+mod explain;
 mod plan;
 
+pub use explain::Explanation;
 pub use plan::{
-    PlannedGrant, SAMPLE_ABOVE, SAMPLE_SIZE, plan_batch, plan_batch_with, sample_candidates,
+    PlannedGrant, SAMPLE_ABOVE, SAMPLE_SIZE, plan_batch, plan_batch_explained, plan_batch_with,
+    sample_candidates,
 };
 
 /// A snapshot of one agent as placement sees it.

@@ -59,6 +59,8 @@ pub struct DemoSummary {
     pub elapsed_s: f64,
     pub replicas: usize,
     pub agents: Vec<AgentRow>,
+    /// The closing announcement, one row per group, in the pattern chosen for it.
+    pub announcements: Vec<super::announce::AnnouncementRow>,
 }
 
 /// The fleet's agent types: (type, cpu, memory MB, tokens).
@@ -189,7 +191,21 @@ async fn drive(
         }
     }
     stop_fleet(&stop_tx, fleet).await;
-    Ok(tally.summary(options, started.elapsed(), &agent_types))
+    let mut summary = tally.summary(options, started.elapsed(), &agent_types);
+    let headline = serde_json::json!({
+        "run": run,
+        "completed": summary.tasks_completed,
+        "failed": summary.tasks_failed,
+    });
+    summary.announcements = super::announce::announce_run(
+        deployment.nats_client("demo-announce").await?,
+        &subjects,
+        orch.client_id(),
+        &agent_types,
+        headline,
+    )
+    .await?;
+    Ok(summary)
 }
 
 #[derive(Default)]
@@ -273,6 +289,7 @@ impl Tally {
             elapsed_s: elapsed.as_secs_f64(),
             replicas: options.replicas,
             agents,
+            announcements: Vec::new(),
         }
     }
 }
@@ -303,6 +320,18 @@ pub fn render_table(s: &DemoSummary) -> String {
             a.agent_type,
             a.tasks,
             a.utilization * 100.0
+        ));
+    }
+    if !s.announcements.is_empty() {
+        out.push_str(&format!(
+            "\n  closing announcement (pattern by group size and shape)\n  {:<10} {:>7} {:<13} {:>9} {:>14}\n",
+            "group", "members", "pattern", "delivered", "max latency"
+        ));
+    }
+    for a in &s.announcements {
+        out.push_str(&format!(
+            "  {:<10} {:>7} {:<13} {:>9} {:>11.1} ms\n",
+            a.group, a.members, a.pattern, a.delivered, a.max_latency_ms
         ));
     }
     out

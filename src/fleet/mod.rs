@@ -1,13 +1,18 @@
-//! Simulated agent fleets and the drivers behind `switchyard demo` and `switchyard bench`.
+//! Simulated agent fleets and the drivers behind `switchyard demo`, `switchyard bench` and
+//! `switchyard sim --live`.
 //!
 //! A simulated agent is a real client: it registers over NATS, receives its grants from its
 //! durable consumer, "works" for a while (a sleep decided by a [`WorkModel`]) and reports the
 //! completion. Only the work is simulated; every message takes the production path.
 
+mod announce;
+pub use announce::AnnouncementRow;
 pub mod bench;
 pub mod decision_cost;
 pub mod demo;
 pub mod deployment;
+pub mod live;
+pub mod message_bench;
 mod stats;
 
 use std::collections::HashMap;

@@ -100,6 +100,11 @@ async fn finish_event(
         Ok(applied) => applied,
         Err(e) => return retry_or_dead_letter(ctx, message, event, &e).await,
     };
+    // Inbox messages are stored ones an agent waits for (a handoff, a verdict): if they cannot be
+    // published, redeliver the event, whose transition answers the same again.
+    if let Err(e) = super::inbox::publish_all(ctx, &applied.messages).await {
+        return retry_or_dead_letter(ctx, message, event, &e).await;
+    }
     publish_grants(ctx, applied.republish).await;
     for reply in applied.replies {
         send_reply(ctx, reply).await;
@@ -132,13 +137,7 @@ async fn finish_event(
 }
 
 fn sender_of(event: &Inbound) -> String {
-    match event {
-        Inbound::Register(e, _) => e.sender.clone(),
-        Inbound::Deregister(e) => e.sender.clone(),
-        Inbound::Submit(e, _) => e.sender.clone(),
-        Inbound::Complete(e) => e.sender.clone(),
-        Inbound::Heartbeat(e) => e.sender.clone(),
-    }
+    event.sender().to_string()
 }
 
 /// Transient failure (Redis or NATS trouble): let JetStream redeliver after a pause; on the last

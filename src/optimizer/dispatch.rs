@@ -15,7 +15,7 @@ use super::Ctx;
 use super::publish::{Grant, Reply, publish_grant, send_reply};
 use crate::decision::{
     AgentView, DecisionContext, PatternTable, PlannedGrant, Strategy, StrategyKind, TaskView,
-    plan_batch,
+    plan_batch_explained,
 };
 use crate::error::Error;
 use crate::protocol::{MessageType, ReplyStatus, now_ms};
@@ -95,16 +95,15 @@ async fn dispatch_round(ctx: &Ctx) -> Result<Round, Error> {
         .filter(|p| !p.candidates.is_empty())
         .map(|p| async move {
             let task = &head_ref[p.task_index];
-            (
-                task,
-                ctx.store
-                    .grant_task(&task.view.task_id, &p.candidates)
-                    .await,
-            )
+            let outcome = ctx
+                .store
+                .grant_task(&task.view.task_id, &p.candidates)
+                .await;
+            (task, p, outcome)
         });
     let mut granted = Vec::new();
     let mut stale_misses = 0;
-    for (task, result) in join_all(attempts).await {
+    for (task, planned, result) in join_all(attempts).await {
         match result? {
             GrantOutcome::Granted {
                 agent_id,
@@ -115,7 +114,10 @@ async fn dispatch_round(ctx: &Ctx) -> Result<Round, Error> {
                     .with_label_values(&["granted"])
                     .inc();
                 tracing::debug!(task_id = %task.view.task_id, agent_id = %agent_id, grant_seq, "task granted");
-                granted.push(Grant::from_queued(task, &agent_id, grant_seq));
+                granted.push(
+                    Grant::from_queued(task, &agent_id, grant_seq)
+                        .explained(planned.explanation.as_ref()),
+                );
             }
             GrantOutcome::NoFit => stale_misses += 1,
             GrantOutcome::NotQueued { .. } => {}
@@ -140,7 +142,8 @@ async fn dispatch_round(ctx: &Ctx) -> Result<Round, Error> {
 }
 
 /// Plans the queue head: tasks that asked for a strategy of their own (TASK_SUBMIT.strategy) are
-/// planned with it, the rest with the optimizer's default, each group in queue order.
+/// planned with it, the rest with the optimizer's default, each group in queue order. Tasks whose
+/// submit asked for `explain` get their decision explained.
 fn plan_head(
     ctx: &Ctx,
     head: &[QueuedTask],
@@ -161,7 +164,16 @@ fn plan_head(
         let own = kind.map(StrategyKind::build);
         let strategy: &dyn Strategy = own.as_deref().unwrap_or(ctx.strategy.as_ref());
         let views: Vec<TaskView> = members.iter().map(|&i| head[i].view.clone()).collect();
-        for mut planned in plan_batch(strategy, &views, agents, &decision, max_candidates) {
+        let explain: Vec<bool> = members.iter().map(|&i| head[i].explain).collect();
+        let planned_group = plan_batch_explained(
+            strategy,
+            &views,
+            agents,
+            &decision,
+            max_candidates,
+            &explain,
+        );
+        for mut planned in planned_group {
             planned.task_index = members[planned.task_index];
             plans.push(planned);
         }

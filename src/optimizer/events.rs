@@ -25,6 +25,9 @@ pub(crate) struct Applied {
     pub queued_submit: Option<(String, String, String)>,
     /// Grants to publish again (a redelivered submit whose first publication may have been lost).
     pub republish: Vec<Grant>,
+    /// Stored messages for agents' inboxes (handoffs, verdicts, resource grants). Published
+    /// before the event is acknowledged; if that fails, the event is redelivered.
+    pub messages: Vec<super::inbox::InboxMessage>,
 }
 
 impl Applied {
@@ -91,10 +94,16 @@ pub(crate) async fn apply_event(ctx: &Ctx, event: &Inbound) -> Result<Applied, E
                     .as_deref()
                     .and_then(crate::decision::StrategyKind::parse)
                     .map(|k| k.as_str().to_string()),
+                explain: p.explain,
             };
             submit(ctx, &request).await
         }
         Inbound::Complete(env) => complete(ctx, env).await,
+        Inbound::HandoffInitiate(env) => super::handoff::begin(ctx, env).await,
+        Inbound::HandoffAcknowledge(env) => super::handoff::resolve(ctx, env).await,
+        Inbound::ResourceRequest(env, extra) => {
+            super::handoff::grow_reservation(ctx, env, extra).await
+        }
     }
 }
 

@@ -12,7 +12,9 @@
 mod batch;
 mod dispatch;
 mod events;
+mod handoff;
 pub mod http;
+mod inbox;
 mod liveness;
 mod maintenance;
 mod publish;

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use super::Ctx;
-use crate::decision::Resources;
+use crate::decision::{Explanation, Resources};
 use crate::error::Error;
 use crate::protocol::{
-    CoordinatorReply, Envelope, ErrorReport, MessagePriority, MessageType, Rejection, ReplyStatus,
-    TaskGrant, now_ms,
+    CoordinatorReply, Envelope, ErrorReport, ExplainedCandidate, GrantExplanation, MessagePriority,
+    MessageType, Rejection, ReplyStatus, TaskGrant, now_ms,
 };
 use crate::state::QueuedTask;
 use crate::transport;
@@ -84,6 +84,7 @@ impl Grant {
                 estimated_duration_s: task.view.estimated_duration_s,
                 grant_seq,
                 submitter: task.submitter.clone(),
+                explanation: None,
             },
             submit_message_id: task.submit_message_id.clone(),
             submitted_at_ms: task.submitted_at_ms,
@@ -113,16 +114,47 @@ impl Grant {
                 estimated_duration_s: get("estimated_duration_s").parse().unwrap_or(0.0),
                 grant_seq: num("grant_seq"),
                 submitter: get("submitter"),
+                // Explanations are not stored, so a re-published grant goes without one.
+                explanation: None,
             },
             submit_message_id: get("submit_msg_id"),
             submitted_at_ms: num("submitted_at"),
         })
     }
 
+    /// Attaches the decision's explanation, naming the agent actually granted as `chosen` (a
+    /// fallback candidate when the planned first one filled up before the grant).
+    pub(crate) fn explained(mut self, explanation: Option<&Explanation>) -> Grant {
+        self.payload.explanation = explanation.map(|e| GrantExplanation {
+            strategy: e.strategy.to_string(),
+            chosen: self.payload.agent_id.clone(),
+            candidates: e
+                .candidates
+                .iter()
+                .map(|c| ExplainedCandidate {
+                    agent_id: c.agent_id.clone(),
+                    score: finite(c.score),
+                })
+                .collect(),
+        });
+        self
+    }
+
     /// Deterministic per (task, grant number): a re-publication is a JetStream duplicate.
     pub(crate) fn message_id(&self) -> Uuid {
         let name = format!("grant:{}:{}", self.payload.task_id, self.payload.grant_seq);
         Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes())
+    }
+}
+
+/// JSON has no NaN or infinity (serde_json would write `null`, which no reader takes for a
+/// number, and the agent would drop the grant), so a faulty strategy's score is clamped; NaN
+/// reads as the worst.
+fn finite(score: f64) -> f64 {
+    if score.is_nan() {
+        f64::MIN
+    } else {
+        score.clamp(f64::MIN, f64::MAX)
     }
 }
 

@@ -29,10 +29,12 @@ pub enum MessageType {
     TaskComplete,
     StatusQuery,
     CoordinatorReply,
+    // The inter-agent protocol's own acknowledgment.
+    MessageAck,
 }
 
 impl MessageType {
-    pub const ALL: [MessageType; 17] = [
+    pub const ALL: [MessageType; 18] = [
         MessageType::TaskRequest,
         MessageType::TaskResponse,
         MessageType::StatusUpdate,
@@ -50,6 +52,7 @@ impl MessageType {
         MessageType::TaskComplete,
         MessageType::StatusQuery,
         MessageType::CoordinatorReply,
+        MessageType::MessageAck,
     ];
 
     /// The subject token of this type, also its lowercase wire name (a bounded metric label).
@@ -72,6 +75,7 @@ impl MessageType {
             MessageType::TaskComplete => "task_complete",
             MessageType::StatusQuery => "status_query",
             MessageType::CoordinatorReply => "reply",
+            MessageType::MessageAck => "message_ack",
         }
     }
 

@@ -59,6 +59,14 @@ pub struct TaskSubmit {
     /// `adaptive`, `historical`); absent: the optimizer's default strategy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<String>,
+    /// Ask for the placement decision to be explained: the grant then carries an
+    /// [`explanation`](TaskGrant::explanation).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub explain: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 fn default_task_type() -> String {
@@ -83,6 +91,32 @@ pub struct TaskGrant {
     pub grant_seq: u64,
     /// Who submitted the task (replies go to them).
     pub submitter: String,
+    /// Why this agent: present when the submit asked for it (`explain`), except on a grant
+    /// re-published after an optimizer replica died between committing and publishing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<GrantExplanation>,
+}
+
+/// How a grant's agent was chosen: the strategy, and every candidate it ranked with its score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrantExplanation {
+    /// The strategy that decided (`least_loaded`, `round_robin`, ...).
+    pub strategy: String,
+    /// The agent granted. Normally the first candidate; a later one when the better ones filled
+    /// up between the decision and the grant.
+    pub chosen: String,
+    /// The agents the strategy ranked (on a fleet of more than 256 agents, its sample of 64),
+    /// best first.
+    pub candidates: Vec<ExplainedCandidate>,
+}
+
+/// One ranked candidate in a [`GrantExplanation`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExplainedCandidate {
+    pub agent_id: String,
+    /// Higher is better; comparable only within one explanation (each strategy has its own
+    /// scale).
+    pub score: f64,
 }
 
 /// `TASK_COMPLETE`: the agent reports the outcome; its reservation is released.
@@ -219,6 +253,7 @@ impl TaskSubmit {
             estimated_duration_s: 0.0,
             dependencies: Vec::new(),
             strategy: None,
+            explain: false,
         }
     }
 
@@ -246,6 +281,12 @@ impl TaskSubmit {
     /// Places this task with `strategy` instead of the optimizer's default.
     pub fn strategy(mut self, strategy: crate::decision::StrategyKind) -> Self {
         self.strategy = Some(strategy.as_str().to_string());
+        self
+    }
+
+    /// Asks for the grant to carry an explanation of the placement decision.
+    pub fn explain(mut self, explain: bool) -> Self {
+        self.explain = explain;
         self
     }
 

@@ -7,6 +7,7 @@
 
 mod envelope;
 mod messages;
+mod messaging;
 mod subjects;
 mod validate;
 
@@ -15,8 +16,12 @@ pub use envelope::{
 };
 pub use messages::{
     AgentDeregister, AgentRegister, AgentStatusView, CoordinationSync, CoordinatorReply,
-    ErrorReport, Heartbeat, PatternRow, ReplyStatus, StatusQuery, TaskComplete, TaskGrant,
-    TaskSubmit,
+    ErrorReport, ExplainedCandidate, GrantExplanation, Heartbeat, PatternRow, ReplyStatus,
+    StatusQuery, TaskComplete, TaskGrant, TaskSubmit,
 };
-pub use subjects::Subjects;
+pub use messaging::{
+    DEFAULT_HANDOFF_TIMEOUT_S, HandoffAcknowledge, HandoffInitiate, HandoffOutcome, HandoffStatus,
+    MessageAck, ResourceGrant, ResourceRequest,
+};
+pub use subjects::{ALL_AGENTS, Subjects};
 pub use validate::{Inbound, RejectReason, Rejection, decode, now_ms, validate_agent_id};

@@ -3,7 +3,10 @@
 //! all traffic, `nats sub 'coord.task_request.agent-7'` one agent's grants, and NATS permissions
 //! can later scope each agent to subjects ending in its own id.
 
-use super::envelope::MessageType;
+use super::envelope::{MessagePriority, MessageType};
+
+/// The recipient token of messages addressed to every agent (`all` is not a valid agent id).
+pub const ALL_AGENTS: &str = "all";
 
 /// Builds subjects under one prefix (default `coord`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,16 +62,66 @@ impl Subjects {
 
     /// Subjects the optimizers consume as events (the events stream).
     pub fn event_subjects(&self) -> Vec<String> {
-        [
-            MessageType::AgentRegister,
-            MessageType::AgentDeregister,
-            MessageType::TaskSubmit,
-            MessageType::TaskComplete,
-            MessageType::Heartbeat,
-        ]
-        .into_iter()
-        .map(|t| self.all_of(t))
-        .collect()
+        let mut subjects = self.control_event_subjects();
+        subjects.push(self.all_of(MessageType::TaskSubmit));
+        subjects
+    }
+
+    /// `<prefix>.msg.<type>.<recipient>.<priority>`: a stored message (asynchronous or
+    /// guaranteed) for one agent, or for every agent when `recipient` is [`ALL_AGENTS`].
+    pub fn message(
+        &self,
+        message_type: MessageType,
+        recipient: &str,
+        priority: MessagePriority,
+    ) -> String {
+        format!(
+            "{}.msg.{}.{recipient}.{}",
+            self.prefix,
+            message_type.as_str(),
+            priority.as_str()
+        )
+    }
+
+    /// What one agent's consumer for one priority reads: its own messages and broadcasts.
+    pub fn message_filters(&self, recipient: &str, priority: MessagePriority) -> Vec<String> {
+        [recipient, ALL_AGENTS]
+            .into_iter()
+            .map(|r| format!("{}.msg.*.{r}.{}", self.prefix, priority.as_str()))
+            .collect()
+    }
+
+    /// Every stored inter-agent message (the messages stream).
+    pub fn all_messages(&self) -> String {
+        format!("{}.msg.>", self.prefix)
+    }
+
+    /// `<prefix>.direct.<type>.<recipient>`: a core NATS message (synchronous requests,
+    /// fire-and-forget, acknowledgments), never stored.
+    pub fn direct(&self, message_type: MessageType, recipient: &str) -> String {
+        format!(
+            "{}.direct.{}.{recipient}",
+            self.prefix,
+            message_type.as_str()
+        )
+    }
+
+    /// What one agent subscribes to for core messages: its own and broadcasts.
+    pub fn direct_filters(&self, recipient: &str) -> Vec<String> {
+        [recipient, ALL_AGENTS]
+            .into_iter()
+            .map(|r| format!("{}.direct.*.{r}", self.prefix))
+            .collect()
+    }
+
+    /// JetStream stream holding stored inter-agent messages.
+    pub fn messages_stream(&self) -> String {
+        format!("{}_MESSAGES", self.stream_base())
+    }
+
+    /// The durable consumer through which one agent reads its messages of one priority.
+    pub fn message_consumer(&self, agent_id: &str, priority: MessagePriority) -> String {
+        format!("msg_{agent_id}_{}", priority.as_str())
     }
 
     /// Subjects stored for agents to read at their own pace (the grants stream).
@@ -123,6 +176,9 @@ impl Subjects {
             MessageType::AgentDeregister,
             MessageType::TaskComplete,
             MessageType::Heartbeat,
+            MessageType::HandoffInitiate,
+            MessageType::HandoffAcknowledge,
+            MessageType::ResourceRequest,
         ]
         .into_iter()
         .map(|t| self.all_of(t))
@@ -191,6 +247,24 @@ mod tests {
         );
         assert_eq!(s.parse("other.task_submit.x"), None);
         assert_eq!(s.parse("acme.prod.bogus.x"), None);
+    }
+
+    #[test]
+    fn message_subjects_put_type_recipient_and_priority_in_tokens() {
+        let s = Subjects::default();
+        let subject = s.message(MessageType::StatusUpdate, "a2", MessagePriority::High);
+        assert_eq!(subject, "coord.msg.status_update.a2.high");
+        assert_eq!(
+            s.message_filters("a2", MessagePriority::High),
+            vec!["coord.msg.*.a2.high", "coord.msg.*.all.high"]
+        );
+        assert_eq!(
+            s.direct(MessageType::MessageAck, "a1"),
+            "coord.direct.message_ack.a1"
+        );
+        // Stored messages never land in the events or grants streams.
+        assert_eq!(s.parse(&subject), None);
+        assert!(!crate::protocol::validate_agent_id(ALL_AGENTS));
     }
 
     #[test]

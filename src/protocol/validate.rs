@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::envelope::{Envelope, MessageType, PROTOCOL_VERSION};
 use super::messages::{AgentDeregister, AgentRegister, Heartbeat, TaskComplete, TaskSubmit};
+use super::messaging::{HandoffAcknowledge, HandoffInitiate, ResourceRequest};
 use super::subjects::Subjects;
 use crate::decision::{ResourceError, Resources};
 
@@ -40,6 +41,11 @@ pub enum RejectReason {
     StaleGrant,
     InvalidStrategy,
     AgentConflict,
+    /// A handoff id the coordinator does not know: never begun, already answered, or its
+    /// deadline passed.
+    UnknownHandoff,
+    /// The receiving agent lacks free capacity for what it would take on.
+    InsufficientCapacity,
 }
 
 impl RejectReason {
@@ -67,6 +73,8 @@ impl RejectReason {
             RejectReason::StaleGrant => "stale_grant",
             RejectReason::InvalidStrategy => "invalid_strategy",
             RejectReason::AgentConflict => "agent_conflict",
+            RejectReason::UnknownHandoff => "unknown_handoff",
+            RejectReason::InsufficientCapacity => "insufficient_capacity",
         }
     }
 }
@@ -91,6 +99,10 @@ pub enum Inbound {
     Submit(Envelope<TaskSubmit>, Resources),
     Complete(Envelope<TaskComplete>),
     Heartbeat(Envelope<Heartbeat>),
+    HandoffInitiate(Envelope<HandoffInitiate>),
+    HandoffAcknowledge(Envelope<HandoffAcknowledge>),
+    /// A resource request and the extra resources it asks for.
+    ResourceRequest(Envelope<ResourceRequest>, Resources),
 }
 
 impl Inbound {
@@ -101,6 +113,9 @@ impl Inbound {
             Inbound::Submit(..) => MessageType::TaskSubmit,
             Inbound::Complete(_) => MessageType::TaskComplete,
             Inbound::Heartbeat(_) => MessageType::Heartbeat,
+            Inbound::HandoffInitiate(_) => MessageType::HandoffInitiate,
+            Inbound::HandoffAcknowledge(_) => MessageType::HandoffAcknowledge,
+            Inbound::ResourceRequest(..) => MessageType::ResourceRequest,
         }
     }
 
@@ -111,6 +126,23 @@ impl Inbound {
             Inbound::Submit(e, _) => e.message_id.to_string(),
             Inbound::Complete(e) => e.message_id.to_string(),
             Inbound::Heartbeat(e) => e.message_id.to_string(),
+            Inbound::HandoffInitiate(e) => e.message_id.to_string(),
+            Inbound::HandoffAcknowledge(e) => e.message_id.to_string(),
+            Inbound::ResourceRequest(e, _) => e.message_id.to_string(),
+        }
+    }
+
+    /// Who sent the event (and is told about a refusal).
+    pub fn sender(&self) -> &str {
+        match self {
+            Inbound::Register(e, _) => &e.sender,
+            Inbound::Deregister(e) => &e.sender,
+            Inbound::Submit(e, _) => &e.sender,
+            Inbound::Complete(e) => &e.sender,
+            Inbound::Heartbeat(e) => &e.sender,
+            Inbound::HandoffInitiate(e) => &e.sender,
+            Inbound::HandoffAcknowledge(e) => &e.sender,
+            Inbound::ResourceRequest(e, _) => &e.sender,
         }
     }
 }
@@ -123,9 +155,11 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Agent ids become subject tokens and consumer names: 1–64 of `[A-Za-z0-9_-]`.
+/// Agent ids become subject tokens and consumer names: 1–64 of `[A-Za-z0-9_-]`, and not `all`
+/// (the broadcast recipient).
 pub fn validate_agent_id(id: &str) -> bool {
     !id.is_empty()
+        && id != super::subjects::ALL_AGENTS
         && id.len() <= 64
         && id
             .bytes()
@@ -334,6 +368,9 @@ fn decode_payload(ctx: &Context<'_>, env: Envelope<Value>) -> Result<Inbound, Re
             }
             Ok(Inbound::Complete(env))
         }
+        MessageType::HandoffInitiate => checks::handoff_initiate(ctx, typed(ctx, env)?),
+        MessageType::HandoffAcknowledge => checks::handoff_acknowledge(ctx, typed(ctx, env)?),
+        MessageType::ResourceRequest => checks::resource_request(ctx, typed(ctx, env)?),
         other => Err(ctx.reject(
             RejectReason::UnexpectedType,
             format!("{other:?} is not an event the optimizer consumes"),
@@ -426,6 +463,9 @@ fn check_submit(ctx: &Context<'_>, env: &Envelope<TaskSubmit>) -> Result<Resourc
     }
     resources(ctx, &task.required_resources)
 }
+
+#[path = "validate_messaging.rs"]
+mod checks;
 
 #[cfg(test)]
 #[path = "validate_tests.rs"]

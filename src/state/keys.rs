@@ -69,6 +69,19 @@ impl Keys {
         format!("{}:sync_lease", self.prefix)
     }
 
+    /// Hash: one handoff (task, from and to agents, grant number, status). Expires at the
+    /// handoff's deadline while pending, and is kept a while after its verdict so a repeated
+    /// message gets the same answer.
+    pub fn handoff(&self, handoff_id: &str) -> String {
+        format!("{}:handoff:{handoff_id}", self.prefix)
+    }
+
+    /// Hash: the answer to one resource request (by its message id), kept a while so a
+    /// redelivered request is answered the same instead of growing the reservation again.
+    pub fn resource_request(&self, message_id: &str) -> String {
+        format!("{}:resource_request:{message_id}", self.prefix)
+    }
+
     /// Hash: lifetime counters (submitted, granted, completed, failed, requeued).
     pub fn stats(&self) -> String {
         format!("{}:stats", self.prefix)
@@ -95,6 +108,8 @@ mod tests {
             k.stats(),
             k.patterns(),
             k.sync_lease(),
+            k.handoff("a"),
+            k.resource_request("a"),
         ];
         let unique: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(unique.len(), all.len());

@@ -5,12 +5,17 @@
 //! first write, because Redis has no rollback: a transition happens whole or not at all. Every
 //! transition is idempotent, so a redelivered event changes nothing and gets the same answer.
 
+mod handoffs;
 mod keys;
 mod records;
 mod rows;
 mod scripts;
 mod store;
 
+pub use handoffs::{
+    AnswerOutcome, BeginOutcome, GrowOutcome, GrowRequest, HandoffRecord, HandoffRequest,
+    HandoffVerdict, Refusal,
+};
 pub use keys::Keys;
 pub use records::{
     CompleteOutcome, Completion, DeregisterOutcome, ExpireOutcome, GrantOutcome, HeartbeatOutcome,

@@ -16,6 +16,8 @@ pub struct SubmitRequest {
     pub dependencies: Vec<String>,
     /// The strategy asked for in the submit, by name; `None`: the optimizer's default.
     pub strategy: Option<String>,
+    /// The submit asked for its placement to be explained in the grant.
+    pub explain: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -134,6 +136,8 @@ pub struct QueuedTask {
     pub submitted_at_ms: u64,
     /// The strategy the submit asked for; `None`: the optimizer's default.
     pub strategy: Option<crate::decision::StrategyKind>,
+    /// The submit asked for the grant to explain its placement.
+    pub explain: bool,
 }
 
 fn unexpected(script: &str, reply: &[String]) -> Error {

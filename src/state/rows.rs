@@ -25,7 +25,7 @@ pub(crate) const AGENT_FIELDS: [&str; 14] = [
 ];
 
 /// Task hash fields read for the queue head, in order.
-pub(crate) const TASK_FIELDS: [&str; 13] = [
+pub(crate) const TASK_FIELDS: [&str; 14] = [
     "state",
     "task_type",
     "priority",
@@ -39,6 +39,7 @@ pub(crate) const TASK_FIELDS: [&str; 13] = [
     "submitted_at",
     "queue_seq",
     "strategy",
+    "explain",
 ];
 
 fn num<T: std::str::FromStr + Default>(row: &[String], i: usize) -> T {
@@ -97,6 +98,7 @@ pub(crate) fn queued_task(task_id: String, row: Vec<String>) -> QueuedTask {
         strategy: row
             .get(12)
             .and_then(|name| crate::decision::StrategyKind::parse(name)),
+        explain: row.get(13).is_some_and(|flag| flag == "1"),
     }
 }
 
@@ -146,7 +148,9 @@ mod tests {
         row[at("priority")] = "7".into();
         row[at("estimated_duration_s")] = "12.5".into();
         row[at("queue_seq")] = "42".into();
+        row[at("explain")] = "1".into();
         let task = queued_task("t1".into(), row);
+        assert!(task.explain);
         assert_eq!(task.view.task_type, "build");
         assert_eq!(task.view.priority, 7);
         assert_eq!(task.view.seq, 42);
@@ -158,5 +162,9 @@ mod tests {
         let task = queued_task("t".into(), vec!["queued".into()]);
         assert_eq!(task.view.seq, 0);
         assert_eq!(task.view.estimated_duration_s, 0.0);
+        assert!(
+            !task.explain,
+            "a task stored without the flag is not explained"
+        );
     }
 }

@@ -13,6 +13,9 @@ pub(crate) struct Scripts {
     pub requeue_task: Script,
     pub record_heartbeat: Script,
     pub expire_agent: Script,
+    pub begin_handoff: Script,
+    pub resolve_handoff: Script,
+    pub grow_reservation: Script,
 }
 
 impl Scripts {
@@ -27,10 +30,13 @@ impl Scripts {
             requeue_task: Script::new(include_str!("lua/requeue_task.lua")),
             record_heartbeat: Script::new(include_str!("lua/record_heartbeat.lua")),
             expire_agent: Script::new(include_str!("lua/expire_agent.lua")),
+            begin_handoff: Script::new(include_str!("lua/begin_handoff.lua")),
+            resolve_handoff: Script::new(include_str!("lua/resolve_handoff.lua")),
+            grow_reservation: Script::new(include_str!("lua/grow_reservation.lua")),
         }
     }
 
-    pub(crate) fn all(&self) -> [&Script; 9] {
+    pub(crate) fn all(&self) -> [&Script; 12] {
         [
             &self.register_agent,
             &self.deregister_agent,
@@ -41,6 +47,9 @@ impl Scripts {
             &self.requeue_task,
             &self.record_heartbeat,
             &self.expire_agent,
+            &self.begin_handoff,
+            &self.resolve_handoff,
+            &self.grow_reservation,
         ]
     }
 }

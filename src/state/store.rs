@@ -27,7 +27,8 @@ pub use crate::decision::NEUTRAL_SCORE;
 pub struct Store {
     conn: ConnectionManager,
     keys: Keys,
-    scripts: std::sync::Arc<Scripts>,
+    // Visible to the sibling modules that add transitions to `Store` (handoffs.rs).
+    pub(super) scripts: std::sync::Arc<Scripts>,
 }
 
 impl Store {
@@ -56,7 +57,7 @@ impl Store {
         Ok(store)
     }
 
-    fn conn(&self) -> ConnectionManager {
+    pub(super) fn conn(&self) -> ConnectionManager {
         self.conn.clone()
     }
 
@@ -125,7 +126,8 @@ impl Store {
         for dep in &req.dependencies {
             inv.arg(dep);
         }
-        inv.arg(req.strategy.as_deref().unwrap_or(""));
+        inv.arg(req.strategy.as_deref().unwrap_or(""))
+            .arg(if req.explain { "1" } else { "0" });
         let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
         SubmitOutcome::parse(&reply)
     }

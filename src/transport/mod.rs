@@ -9,6 +9,10 @@ use async_nats::{HeaderMap, ServerInfo};
 use bytes::Bytes;
 use serde::Serialize;
 
+mod messages;
+
+pub(crate) use messages::{ensure_messages_stream, message_consumer, messages_stream_config};
+
 use crate::config::JetStreamConfig;
 use crate::error::{Error, ErrorKind, nats_error};
 use crate::protocol::Subjects;
@@ -62,7 +66,7 @@ pub fn check_server(info: &ServerInfo) -> Result<(), Error> {
     }
 }
 
-/// Creates or updates the events, grants and dead-letter streams.
+/// Creates or updates the events, grants, dead-letter and messages streams.
 pub async fn ensure_streams(
     js: &jetstream::Context,
     subjects: &Subjects,
@@ -95,7 +99,26 @@ pub async fn ensure_streams(
         description: Some("Switchyard grants, one subject per agent".into()),
         ..Default::default()
     };
-    let dead = stream::Config {
+    let dead = dead_letter_stream_config(subjects);
+    let messages = messages_stream_config(
+        subjects,
+        Duration::from_secs(config.messages_max_age_s),
+        dedupe,
+        max_message_bytes,
+    );
+    for cfg in [events, grants, dead, messages] {
+        let name = cfg.name.clone();
+        js.create_or_update_stream(cfg)
+            .await
+            .map_err(|e| nats_error(&format!("cannot create stream {name}"), e))?;
+    }
+    Ok(())
+}
+
+/// The dead-letter stream: messages that exhausted their deliveries (optimizer events and
+/// guaranteed inter-agent messages nobody acknowledged) and JetStream's max-delivery advisories.
+pub(crate) fn dead_letter_stream_config(subjects: &Subjects) -> stream::Config {
+    stream::Config {
         name: subjects.dead_letter_stream(),
         subjects: vec![
             subjects.all_dead_letters(),
@@ -106,14 +129,7 @@ pub async fn ensure_streams(
         max_age: Duration::from_secs(7 * 24 * 3600),
         description: Some("Switchyard dead letters and max-delivery advisories".into()),
         ..Default::default()
-    };
-    for cfg in [events, grants, dead] {
-        let name = cfg.name.clone();
-        js.create_or_update_stream(cfg)
-            .await
-            .map_err(|e| nats_error(&format!("cannot create stream {name}"), e))?;
     }
-    Ok(())
 }
 
 /// The two durable pull consumers every optimizer replica shares: the control lane

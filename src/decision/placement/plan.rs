@@ -1,5 +1,6 @@
 //! Batch planning, and sampling that keeps a decision's cost flat as the fleet grows.
 
+use super::explain::{Explanation, explain};
 use super::{AgentView, DecisionContext, Strategy, TaskView, fits};
 
 /// Fleets larger than this are sampled rather than ranked whole.
@@ -14,6 +15,25 @@ pub struct PlannedGrant {
     pub task_index: usize,
     /// Agent ids to try, best first, at most `max_candidates`; empty if the task fits nowhere.
     pub candidates: Vec<String>,
+    /// Every ranked candidate with its score, when the caller asked for this task's decision to
+    /// be explained ([`plan_batch_explained`]); `None` otherwise.
+    pub explanation: Option<Explanation>,
+}
+
+/// How a batch is planned: candidate cap, sampling thresholds, and which decisions to explain.
+#[derive(Debug, Clone, Copy)]
+struct PlanOptions<'a> {
+    max_candidates: usize,
+    sample_above: usize,
+    sample_size: usize,
+    /// `explain[i]`: explain the decision for task `i`; missing entries mean no.
+    explain: &'a [bool],
+}
+
+impl PlanOptions<'_> {
+    fn explains(&self, task_index: usize) -> bool {
+        self.explain.get(task_index).copied().unwrap_or(false)
+    }
 }
 
 /// Plans a batch of tasks, in the order given (the caller passes highest priority first).
@@ -59,14 +79,54 @@ pub fn plan_batch_with(
     sample_above: usize,
     sample_size: usize,
 ) -> Vec<PlannedGrant> {
-    if agents.len() > sample_above {
-        return plan_sampled(strategy, tasks, agents, ctx, max_candidates, sample_size);
+    let options = PlanOptions {
+        max_candidates,
+        sample_above,
+        sample_size,
+        explain: &[],
+    };
+    plan(strategy, tasks, agents, ctx, options)
+}
+
+/// [`plan_batch`], and for each task `i` with `explain[i]` true, an [`Explanation`] of its
+/// decision: every candidate the strategy ranked (on a sampled fleet, the sample), with its
+/// score, best first. Explaining costs one more scoring of the task, so only asked-for decisions
+/// pay it. The plan itself is the same as without explanations.
+pub fn plan_batch_explained(
+    strategy: &dyn Strategy,
+    tasks: &[TaskView],
+    agents: &[AgentView],
+    ctx: &DecisionContext<'_>,
+    max_candidates: usize,
+    explain: &[bool],
+) -> Vec<PlannedGrant> {
+    let options = PlanOptions {
+        max_candidates,
+        sample_above: SAMPLE_ABOVE,
+        sample_size: SAMPLE_SIZE,
+        explain,
+    };
+    plan(strategy, tasks, agents, ctx, options)
+}
+
+fn plan(
+    strategy: &dyn Strategy,
+    tasks: &[TaskView],
+    agents: &[AgentView],
+    ctx: &DecisionContext<'_>,
+    options: PlanOptions<'_>,
+) -> Vec<PlannedGrant> {
+    if agents.len() > options.sample_above {
+        return plan_sampled(strategy, tasks, agents, ctx, options);
     }
     let mut working: Vec<AgentView> = agents.to_vec();
     let mut plans = Vec::with_capacity(tasks.len());
     for (task_index, task) in tasks.iter().enumerate() {
         let ranked = strategy.rank(task, &working, ctx);
-        let chosen = sanitise(ranked, task, &working, max_candidates);
+        let explanation = options
+            .explains(task_index)
+            .then(|| explain(strategy, task, &working, ctx, &ranked));
+        let chosen = sanitise(ranked, task, &working, options.max_candidates);
         if let Some(agent) = chosen.first().and_then(|&first| working.get_mut(first)) {
             agent.reserved = agent.reserved.saturating_add(&task.required);
             agent.active_tasks = agent.active_tasks.saturating_add(1);
@@ -79,6 +139,7 @@ pub fn plan_batch_with(
         plans.push(PlannedGrant {
             task_index,
             candidates,
+            explanation,
         });
     }
     plans
@@ -92,19 +153,21 @@ fn plan_sampled(
     tasks: &[TaskView],
     agents: &[AgentView],
     ctx: &DecisionContext<'_>,
-    max_candidates: usize,
-    sample_size: usize,
+    options: PlanOptions<'_>,
 ) -> Vec<PlannedGrant> {
     let mut overlay: std::collections::HashMap<usize, AgentView> = std::collections::HashMap::new();
     let mut plans = Vec::with_capacity(tasks.len());
     for (task_index, task) in tasks.iter().enumerate() {
         let view = |i: usize| overlay.get(&i).or_else(|| agents.get(i));
-        let sample = sample_by(task, agents.len(), sample_size, |i| {
+        let sample = sample_by(task, agents.len(), options.sample_size, |i| {
             view(i).is_some_and(|a| fits(task, a))
         });
         let views: Vec<AgentView> = sample.iter().filter_map(|&i| view(i).cloned()).collect();
         let ranked: Vec<usize> = strategy.rank(task, &views, ctx);
-        let chosen = sanitise(ranked, task, &views, max_candidates);
+        let explanation = options
+            .explains(task_index)
+            .then(|| explain(strategy, task, &views, ctx, &ranked));
+        let chosen = sanitise(ranked, task, &views, options.max_candidates);
         let candidates = chosen
             .iter()
             .filter_map(|&i| views.get(i))
@@ -122,6 +185,7 @@ fn plan_sampled(
         plans.push(PlannedGrant {
             task_index,
             candidates,
+            explanation,
         });
     }
     plans

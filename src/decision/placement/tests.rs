@@ -154,7 +154,8 @@ fn plan_batch_gives_empty_candidates_when_nothing_fits() {
         plan[0],
         PlannedGrant {
             task_index: 0,
-            candidates: vec![]
+            candidates: vec![],
+            explanation: None,
         }
     );
     assert_eq!(plan[1].candidates, ["a"]);

@@ -15,9 +15,10 @@
 --                                   answers the same and changes nothing
 --   {"unknown_agent"} {"unknown_task"}
 --   {"agent_not_active", status}    the agent was marked dead or deregistered: a late report
+--   {"stale_grant", grant_seq}      the report names an earlier grant of the task (re-granted, or
+--                                   handed off): checked before the owner
 --   {"wrong_agent", owner}          the task is (or was) granted to another agent
 --   {"task_not_granted", state}     queued or waiting: e.g. re-queued after this agent died
---   {"stale_grant", grant_seq}      the report is about an earlier grant of the task
 -- Score: exponential moving average of outcomes, x = success * time efficiency where efficiency
 -- = min(1, estimated / actual) (1 when either is unknown).
 -- Patterns: per (task type, agent type) attempts, successes, success EMA and EMA of actual /
@@ -40,13 +41,15 @@ end
 if state == 'queued' or state == 'waiting' then
   return {'task_not_granted', state}
 end
+if ARGV[7] ~= '0' and ARGV[7] ~= task[8] then
+  -- The report is about an earlier grant: the task was taken back and granted again (perhaps to
+  -- this same agent, after it left or died and came back), or handed off to another agent. It
+  -- must not complete the current grant. Checked before the owner, so an agent that handed the
+  -- task off hears `stale_grant` for its old grant, whoever holds the task now.
+  return {'stale_grant', task[8] or ''}
+end
 if owner ~= ARGV[2] then
   return {'wrong_agent', owner or ''}
-end
-if ARGV[7] ~= '0' and ARGV[7] ~= task[8] then
-  -- The same agent was granted this task again (it left or died and came back): a report about
-  -- the earlier grant must not complete the current one.
-  return {'stale_grant', task[8] or ''}
 end
 local function with_dependents(outcome)
   local reply = {outcome, task[9] or '', task[10] or ''}

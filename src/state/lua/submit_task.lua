@@ -8,6 +8,7 @@
 -- ARGV[10] estimated_duration_s  ARGV[11] retention seconds for terminal tasks
 -- ARGV[12] number of dependencies n  ARGV[13..12+n] dependency ids
 -- ARGV[13+n] strategy name asked for by the submit ('' = the optimizer's default)
+-- ARGV[14+n] '1' when the submit asked for its placement to be explained, else '0'
 --
 -- Returns one of
 --   {"queued"}                     in the priority queue
@@ -43,7 +44,7 @@ redis.call('HSET', KEYS[1],
   'task_id', ARGV[1], 'submit_msg_id', ARGV[2], 'submitter', ARGV[3], 'task_type', ARGV[4],
   'priority', ARGV[5], 'req_cpu', ARGV[6], 'req_memory', ARGV[7], 'req_tokens', ARGV[8],
   'req_time', ARGV[9], 'estimated_duration_s', ARGV[10], 'queue_seq', seq, 'grant_seq', 0,
-  'agent', '', 'submitted_at', now, 'strategy', ARGV[13 + ndeps])
+  'agent', '', 'submitted_at', now, 'strategy', ARGV[13 + ndeps], 'explain', ARGV[14 + ndeps])
 redis.call('HINCRBY', KEYS[5], 'submitted', 1)
 
 if failed_dep then

@@ -1,0 +1,324 @@
+//! The inter-agent protocol's delivery modes over a real nats-server (JetStream on), with two
+//! or more agents per test. No optimizer is needed: agents talk to each other directly.
+
+mod common;
+
+use std::time::Duration;
+
+use common::within;
+use serde_json::{Value, json};
+use switchyard::comm::{
+    AckMode, CommunicationProtocol, DeliveryStatus, InboxMessage, OutgoingMessage, ProtocolOptions,
+};
+use switchyard::error::ErrorKind;
+use switchyard::harness::NatsServer;
+use switchyard::protocol::{
+    DeliveryMode, Envelope, MessagePriority, MessageType, RetryPolicy, Subjects, now_ms,
+};
+
+async fn agent(nats: &NatsServer, id: &str, options: ProtocolOptions) -> CommunicationProtocol {
+    let client = async_nats::connect(nats.url())
+        .await
+        .expect("nats connects");
+    CommunicationProtocol::connect(client, Subjects::default(), id, options)
+        .await
+        .expect("protocol connects")
+}
+
+fn marker(message: &InboxMessage) -> String {
+    message.envelope.payload["m"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn note(mode: DeliveryMode, to: &str, m: &str) -> OutgoingMessage {
+    OutgoingMessage::new(MessageType::StatusUpdate, json!({ "m": m }))
+        .to(to)
+        .delivery(mode)
+}
+
+async fn next_marker(agent: &CommunicationProtocol) -> String {
+    let message = within(10, "a message arrives", agent.recv()).await;
+    marker(&message.expect("inbox open"))
+}
+
+#[tokio::test]
+async fn an_offline_recipient_gets_stored_modes_when_back_but_not_fire_and_forget() {
+    common::init_tracing();
+    let nats = NatsServer::start().await.expect("nats starts");
+    let sender = agent(&nats, "a1", ProtocolOptions::default()).await;
+    // a2 has been here before (its consumers exist), then went offline.
+    drop(agent(&nats, "a2", ProtocolOptions::default()).await);
+
+    let guaranteed = sender
+        .send_message(note(DeliveryMode::Guaranteed, "a2", "guaranteed"))
+        .await
+        .expect("guaranteed stored");
+    sender
+        .send_message(note(DeliveryMode::Asynchronous, "a2", "asynchronous"))
+        .await
+        .expect("asynchronous stored");
+    sender
+        .send_message(note(DeliveryMode::FireAndForget, "a2", "lost"))
+        .await
+        .expect("fire-and-forget handed to the client");
+
+    let receiver = agent(&nats, "a2", ProtocolOptions::default()).await;
+    let mut got = vec![next_marker(&receiver).await, next_marker(&receiver).await];
+    got.sort();
+    assert_eq!(got, ["asynchronous", "guaranteed"]);
+    // Core messages from one connection arrive in order: if the offline fire-and-forget had
+    // been kept anywhere, it would come before this one.
+    sender
+        .send_message(note(DeliveryMode::FireAndForget, "a2", "online"))
+        .await
+        .expect("sent");
+    assert_eq!(next_marker(&receiver).await, "online");
+
+    let record = sender
+        .wait_delivery(&guaranteed.message_id, Duration::from_secs(10))
+        .await
+        .expect("delivery settles");
+    assert_eq!(record.status, DeliveryStatus::Delivered);
+    assert_eq!(record.acknowledged_by, ["a2"]);
+    assert_eq!(sender.metrics().ack_rate.get(), 1.0);
+}
+
+#[tokio::test]
+async fn synchronous_returns_each_response_or_a_timeout_error() {
+    common::init_tracing();
+    let nats = NatsServer::start().await.expect("nats starts");
+    let asker = agent(&nats, "a1", ProtocolOptions::default()).await;
+    let responder = std::sync::Arc::new(agent(&nats, "a2", ProtocolOptions::default()).await);
+    let serving = tokio::spawn({
+        let responder = responder.clone();
+        async move {
+            while let Some(request) = responder.recv().await {
+                let echo = json!({ "echo": request.envelope.payload["m"] });
+                let _ = responder
+                    .respond(&request, MessageType::TaskResponse, echo)
+                    .await;
+            }
+        }
+    });
+    let sent = asker
+        .send_message(note(DeliveryMode::Synchronous, "a2", "ping"))
+        .await
+        .expect("a2 responds");
+    assert_eq!(sent.responses.len(), 1);
+    let response = &sent.responses[0];
+    assert_eq!(response.payload["echo"], "ping");
+    assert_eq!(response.sender, "a2");
+    assert_eq!(response.message_type, MessageType::TaskResponse);
+    assert_eq!(
+        response.correlation_id.as_deref(),
+        Some(sent.message_id.to_string().as_str())
+    );
+
+    let nobody = asker
+        .send_message(note(DeliveryMode::Synchronous, "a9", "anyone?"))
+        .await
+        .expect_err("a9 is offline");
+    assert_eq!(nobody.kind(), ErrorKind::Timeout, "{nobody}");
+    responder.close();
+    serving.abort();
+}
+
+fn impatient() -> ProtocolOptions {
+    ProtocolOptions {
+        ack_timeout: Duration::from_millis(300),
+        retry_policy: RetryPolicy {
+            max_attempts: 3,
+            initial_backoff_ms: 50,
+            max_backoff_ms: 100,
+        },
+        ..ProtocolOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn unacknowledged_guaranteed_message_is_retried_reported_and_reaches_the_app_once() {
+    common::init_tracing();
+    let nats = NatsServer::start().await.expect("nats starts");
+    let sender = agent(&nats, "a1", impatient()).await;
+    let explicit = ProtocolOptions {
+        ack_mode: AckMode::Explicit,
+        ..ProtocolOptions::default()
+    };
+    let receiver = agent(&nats, "a2", explicit).await;
+
+    let sent = sender
+        .send_message(note(DeliveryMode::Guaranteed, "a2", "please-ack"))
+        .await
+        .expect("stored");
+    // The application sees the message, and never acknowledges it.
+    assert_eq!(next_marker(&receiver).await, "please-ack");
+
+    let record = sender
+        .wait_delivery(&sent.message_id, Duration::from_secs(15))
+        .await
+        .expect("delivery settles");
+    assert_eq!(record.status, DeliveryStatus::Failed("ack_timeout".into()));
+    assert_eq!(record.attempts, 3);
+    let report = within(10, "the error report", sender.recv())
+        .await
+        .expect("inbox open");
+    assert_eq!(report.envelope.message_type, MessageType::ErrorReport);
+    assert_eq!(report.envelope.payload["code"], "ack_timeout");
+    assert_eq!(
+        report.envelope.correlation_id.as_deref(),
+        Some(sent.message_id.to_string().as_str())
+    );
+
+    // All three copies were stored before this marker, on the same consumer: the two retries
+    // would come first if the duplicate check let them through.
+    sender
+        .send_message(note(DeliveryMode::Asynchronous, "a2", "after"))
+        .await
+        .expect("stored");
+    assert_eq!(next_marker(&receiver).await, "after");
+    let m = receiver.metrics();
+    assert_eq!(m.duplicates.get(), 2);
+    let s = sender.metrics();
+    assert_eq!(s.retries.get(), 2);
+    assert_eq!(s.dead_lettered.get(), 1);
+    assert_eq!(s.ack_rate.get(), 0.0);
+    assert!(
+        s.render()
+            .contains("agent_message_acks_total{outcome=\"timed_out\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn an_expired_message_is_counted_reported_and_never_handed_over() {
+    common::init_tracing();
+    let nats = NatsServer::start().await.expect("nats starts");
+    let sender = agent(&nats, "a1", ProtocolOptions::default()).await;
+    let receiver = agent(&nats, "a2", ProtocolOptions::default()).await;
+    // A guaranteed message whose 1 s TTL ran out in transit (created 10 s ago).
+    let subjects = Subjects::default();
+    let mut stale = Envelope::new(
+        "a1",
+        MessageType::StatusUpdate,
+        json!({ "m": "stale" }),
+        now_ms() - 10_000,
+    )
+    .with_recipient("a2")
+    .with_ttl(1);
+    stale.requires_ack = true;
+    let client = async_nats::connect(nats.url()).await.expect("connects");
+    let js = async_nats::jetstream::new(client);
+    let subject = subjects.message(MessageType::StatusUpdate, "a2", MessagePriority::Normal);
+    js.publish(subject, serde_json::to_vec(&stale).expect("json").into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    sender
+        .send_message(note(DeliveryMode::Asynchronous, "a2", "fresh"))
+        .await
+        .expect("stored");
+
+    assert_eq!(next_marker(&receiver).await, "fresh");
+    assert_eq!(receiver.metrics().expired.get(), 1);
+    let report = within(10, "the expiry report", sender.recv())
+        .await
+        .expect("open");
+    assert_eq!(report.envelope.payload["code"], "expired");
+    assert_eq!(report.envelope.sender, "a2");
+    assert_eq!(
+        report.envelope.correlation_id,
+        Some(stale.message_id.to_string())
+    );
+}
+
+#[tokio::test]
+async fn a_backed_up_inbox_delivers_higher_priority_first_and_holds_no_more_than_its_bound() {
+    common::init_tracing();
+    let nats = NatsServer::start().await.expect("nats starts");
+    let sender = agent(&nats, "a1", ProtocolOptions::default()).await;
+    let small = ProtocolOptions {
+        message_buffer_size: 4,
+        ..ProtocolOptions::default()
+    };
+    let receiver = agent(&nats, "a2", small).await;
+    for i in 0..20 {
+        let m = note(DeliveryMode::Asynchronous, "a2", &format!("low-{i}"))
+            .priority(MessagePriority::Low);
+        sender.send_message(m).await.expect("stored");
+    }
+    within(10, "the inbox fills", async {
+        while receiver.inbox_len() < 4 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    for i in 0..3 {
+        let m = note(DeliveryMode::Asynchronous, "a2", &format!("critical-{i}"))
+            .priority(MessagePriority::Critical);
+        sender.send_message(m).await.expect("stored");
+    }
+    // The critical messages have reached the client (waiting for a slot) before reading starts.
+    let client = async_nats::connect(nats.url()).await.expect("connects");
+    let js = async_nats::jetstream::new(client);
+    let subjects = Subjects::default();
+    within(10, "critical messages reach the client", async {
+        loop {
+            let stream = js
+                .get_stream(subjects.messages_stream())
+                .await
+                .expect("stream");
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
+                .get_consumer(&subjects.message_consumer("a2", MessagePriority::Critical))
+                .await
+                .expect("consumer");
+            let info = consumer.info().await.expect("info");
+            if info.num_ack_pending >= 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(receiver.inbox_len(), 4, "the bound holds");
+
+    let mut order = Vec::new();
+    for _ in 0..23 {
+        order.push(next_marker(&receiver).await);
+    }
+    let first_critical = order.iter().position(|m| m.starts_with("critical"));
+    let last_critical = order.iter().rposition(|m| m.starts_with("critical"));
+    assert!(
+        first_critical <= Some(1) && last_critical <= Some(5),
+        "critical messages overtake the backlog: {order:?}"
+    );
+    assert_eq!(
+        order.iter().filter(|m| m.starts_with("low")).count(),
+        20,
+        "nothing dropped: {order:?}"
+    );
+    let latency = receiver.metrics().latency.with_label_values(&["critical"]);
+    assert_eq!(latency.get_sample_count(), 3);
+}
+
+#[tokio::test]
+async fn a_broadcast_reaches_every_agent() {
+    common::init_tracing();
+    let nats = NatsServer::start().await.expect("nats starts");
+    let sender = agent(&nats, "a1", ProtocolOptions::default()).await;
+    let b = agent(&nats, "b", ProtocolOptions::default()).await;
+    let c = agent(&nats, "c", ProtocolOptions::default()).await;
+    let all = OutgoingMessage::new(MessageType::Broadcast, json!({ "m": "hello-all" }))
+        .to_all()
+        .delivery(DeliveryMode::Asynchronous);
+    sender.send_message(all).await.expect("stored");
+    assert_eq!(next_marker(&b).await, "hello-all");
+    assert_eq!(next_marker(&c).await, "hello-all");
+    let guaranteed_broadcast = OutgoingMessage::new(MessageType::Broadcast, Value::Null).to_all();
+    let refused = sender
+        .send_message(guaranteed_broadcast)
+        .await
+        .expect_err("guaranteed needs known recipients");
+    assert_eq!(refused.kind(), ErrorKind::InvalidInput);
+}
