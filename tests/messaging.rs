@@ -322,3 +322,45 @@ async fn a_broadcast_reaches_every_agent() {
         .expect_err("guaranteed needs known recipients");
     assert_eq!(refused.kind(), ErrorKind::InvalidInput);
 }
+
+#[tokio::test]
+async fn acknowledgments_get_through_while_the_senders_own_inbox_is_full() {
+    common::init_tracing();
+    let nats = NatsServer::start().await.expect("nats starts");
+    let tiny = ProtocolOptions {
+        message_buffer_size: 2,
+        ..ProtocolOptions::default()
+    };
+    let sender = agent(&nats, "a1", tiny).await;
+    let receiver = agent(&nats, "a2", ProtocolOptions::default()).await;
+    let chatty = agent(&nats, "a3", ProtocolOptions::default()).await;
+    // a1 does not read: its inbox fills, and a direct message waits for a slot.
+    for i in 0..4 {
+        chatty
+            .send_message(note(DeliveryMode::Asynchronous, "a1", &format!("noise-{i}")))
+            .await
+            .expect("stored");
+    }
+    chatty
+        .send_message(note(DeliveryMode::FireAndForget, "a1", "direct-noise"))
+        .await
+        .expect("sent");
+    within(10, "a1's inbox fills", async {
+        while sender.inbox_len() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let sent = sender
+        .send_message(note(DeliveryMode::Guaranteed, "a2", "needs-ack"))
+        .await
+        .expect("stored");
+    assert_eq!(next_marker(&receiver).await, "needs-ack");
+    let record = sender
+        .wait_delivery(&sent.message_id, Duration::from_secs(10))
+        .await
+        .expect("settles");
+    assert_eq!(record.status, DeliveryStatus::Delivered);
+    assert_eq!(record.attempts, 1, "acknowledged at the first attempt");
+    assert_eq!(sender.inbox_len(), 2, "the bound held meanwhile");
+}

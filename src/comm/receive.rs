@@ -52,26 +52,21 @@ pub(crate) async fn start(shared: &Arc<Shared>) -> Result<Vec<JoinHandle<()>>, E
     let dead_letters = transport::dead_letter_stream_config(&shared.subjects);
     transport::ensure_messages_stream(&shared.js, dead_letters).await?;
     let mut tasks = Vec::new();
-    // Core first: an acknowledgment or response must never arrive unheard.
-    let mut subscriptions = Vec::new();
-    let mut core_subjects = shared.subjects.direct_filters(&shared.agent_id);
-    core_subjects.push(
-        shared
-            .subjects
-            .addressed(MessageType::ErrorReport, &shared.agent_id),
+    // Core first: an acknowledgment or response must never arrive unheard. Three tasks, so
+    // that acknowledgments and the coordinator's refusals (which calls may be waiting for) are
+    // never stuck behind a message waiting for an inbox slot.
+    let me = shared.agent_id.as_str();
+    let direct = subscribe_all(shared, shared.subjects.direct_filters(me)).await?;
+    let acks = subscribe_all(
+        shared,
+        vec![shared.subjects.direct(MessageType::MessageAck, me)],
     );
-    for subject in core_subjects {
-        let sub = shared
-            .client
-            .subscribe(subject)
-            .await
-            .map_err(|e| nats_error("cannot subscribe to direct messages", e))?;
-        subscriptions.push(sub);
-    }
-    tasks.push(tokio::spawn(receive_core(
-        shared.clone(),
-        futures::stream::select_all(subscriptions),
-    )));
+    let acks = acks.await?;
+    let errors = vec![shared.subjects.addressed(MessageType::ErrorReport, me)];
+    let errors = subscribe_all(shared, errors).await?;
+    tasks.push(tokio::spawn(receive_acks(shared.clone(), acks)));
+    tasks.push(tokio::spawn(receive_core(shared.clone(), errors)));
+    tasks.push(tokio::spawn(receive_core(shared.clone(), direct)));
     let max_pending = i64::try_from(o.message_buffer_size).unwrap_or(i64::MAX);
     for priority in PRIORITIES {
         let consumer = transport::message_consumer(
@@ -92,6 +87,34 @@ pub(crate) async fn start(shared: &Arc<Shared>) -> Result<Vec<JoinHandle<()>>, E
         tasks.push(tokio::spawn(receive_stored(shared.clone(), messages)));
     }
     Ok(tasks)
+}
+
+type CoreStream = futures::stream::SelectAll<async_nats::Subscriber>;
+
+async fn subscribe_all(shared: &Shared, subjects: Vec<String>) -> Result<CoreStream, Error> {
+    let mut subscriptions = Vec::new();
+    for subject in subjects {
+        let sub = shared
+            .client
+            .subscribe(subject)
+            .await
+            .map_err(|e| nats_error("cannot subscribe to direct messages", e))?;
+        subscriptions.push(sub);
+    }
+    Ok(futures::stream::select_all(subscriptions))
+}
+
+async fn receive_acks(shared: Arc<Shared>, mut acks: CoreStream) {
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            next = acks.next() => match next { Some(m) => m, None => return },
+        };
+        if let Some(envelope) = decode(&shared, &message.payload) {
+            note_ack(&shared, &envelope);
+        }
+    }
 }
 
 async fn receive_stored(shared: Arc<Shared>, mut messages: jetstream::consumer::pull::Stream) {
@@ -129,10 +152,7 @@ async fn accept_stored(shared: &Shared, message: jetstream::Message) {
     route(shared, priority, delivery).await;
 }
 
-async fn receive_core(
-    shared: Arc<Shared>,
-    mut messages: impl futures::Stream<Item = async_nats::Message> + Unpin,
-) {
+async fn receive_core(shared: Arc<Shared>, mut messages: CoreStream) {
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         let message = tokio::select! {
@@ -143,8 +163,7 @@ async fn receive_core(
             continue;
         };
         if envelope.message_type == MessageType::MessageAck {
-            note_ack(&shared, &envelope);
-            continue;
+            continue; // `receive_acks` has it too
         }
         if !admit(&shared, &envelope).await {
             continue;
