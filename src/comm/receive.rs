@@ -336,7 +336,7 @@ pub(crate) async fn send_ack(shared: &Shared, envelope: &Envelope<Value>) -> Res
         message_id: envelope.message_id.to_string(),
         agent_id: shared.agent_id.clone(),
     };
-    let reply = Envelope::new(
+    let mut reply = Envelope::new(
         shared.agent_id.clone(),
         MessageType::MessageAck,
         ack,
@@ -344,6 +344,7 @@ pub(crate) async fn send_ack(shared: &Shared, envelope: &Envelope<Value>) -> Res
     )
     .with_correlation(envelope.message_id.to_string())
     .with_recipient(envelope.sender.clone());
+    reply.delivery_mode = DeliveryMode::FireAndForget;
     let subject = shared
         .subjects
         .direct(MessageType::MessageAck, &envelope.sender);
