@@ -30,7 +30,8 @@
 //! * [`harness`] — starts real `nats-server` and `redis-server` child processes on free loopback
 //!   ports for tests and the demo.
 //! * [`sim`] — the deterministic discrete-event simulator behind `switchyard sim`.
-//! * [`fleet`] — simulated agent fleets and the demo / benchmark drivers behind the CLI.
+//! * [`fleet`] — simulated agent fleets and the demo / benchmark drivers behind the CLI, and the
+//!   live replay of a simulator workload through the real optimizer (`sim --live`).
 //! * [`config`], [`metrics`], [`error`] — typed configuration, metric names, error kinds.
 //!
 //! The binaries in `bin/` are thin wrappers over these modules.

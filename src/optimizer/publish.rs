@@ -242,3 +242,59 @@ pub(crate) async fn send_rejection(ctx: &Ctx, subject: &str, rejection: &Rejecti
         Err(e) => tracing::warn!(error = %e, "error report not sent"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::CandidateScore;
+
+    fn queued() -> QueuedTask {
+        QueuedTask {
+            view: crate::decision::TaskView {
+                task_id: "t1".into(),
+                task_type: "build".into(),
+                priority: 5,
+                required: Resources::default(),
+                seq: 1,
+                estimated_duration_s: 1.0,
+            },
+            submitter: "orch".into(),
+            submit_message_id: "m1".into(),
+            submitted_at_ms: 0,
+            strategy: None,
+            explain: true,
+        }
+    }
+
+    fn candidate(agent_id: &str, score: f64) -> CandidateScore {
+        CandidateScore {
+            index: 0,
+            agent_id: agent_id.into(),
+            score,
+        }
+    }
+
+    #[test]
+    fn an_explained_grant_names_the_granted_agent_and_stays_valid_json() {
+        let explanation = Explanation {
+            strategy: "adaptive",
+            candidates: vec![
+                candidate("a", f64::INFINITY),
+                candidate("b", 0.5),
+                candidate("c", f64::NAN),
+            ],
+        };
+        // "a" filled up before the grant; "b" got it.
+        let grant = Grant::from_queued(&queued(), "b", 1).explained(Some(&explanation));
+        let wire = serde_json::to_string(&grant.payload).expect("serializes");
+        let back: TaskGrant = serde_json::from_str(&wire).expect("an agent can read it back");
+        let explained = back.explanation.expect("explanation kept");
+        assert_eq!(explained.strategy, "adaptive");
+        assert_eq!(explained.chosen, "b");
+        let scores: Vec<f64> = explained.candidates.iter().map(|c| c.score).collect();
+        assert_eq!(scores, [f64::MAX, 0.5, f64::MIN]);
+        let plain = Grant::from_queued(&queued(), "b", 1).explained(None);
+        let wire = serde_json::to_string(&plain.payload).expect("serializes");
+        assert!(!wire.contains("explanation"), "{wire}");
+    }
+}

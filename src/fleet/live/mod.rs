@@ -78,22 +78,7 @@ pub async fn run_live(
 ) -> Result<SimReport, Error> {
     check(workload, options)?;
     let workload = Arc::new(first_tasks(workload, Some(options.tasks)));
-    let mut base = config.clone();
-    let _servers = if options.start_servers {
-        let servers = LocalServers::start()
-            .await
-            .map_err(|e| Error::with_source(ErrorKind::Harness, "cannot start local servers", e))?;
-        base.nats.url = servers.nats.url();
-        base.redis.url = servers.redis.url();
-        Some(servers)
-    } else {
-        None
-    };
-    base.coordination.learning_rate = workload.learning_rate;
-    base.coordination.max_candidates = workload.max_candidates;
-    base.coordination.dispatch_window = workload.dispatch_window;
-    // In-process replicas must not fight a running optimizer for its metrics port.
-    base.metrics.addr = "127.0.0.1:0".into();
+    let (base, _servers) = base_config(config, &workload, options).await?;
     let run = uuid::Uuid::new_v4().simple().to_string();
     let mut strategies = BTreeMap::new();
     for kind in StrategyKind::ALL {
@@ -116,6 +101,32 @@ pub async fn run_live(
         agents: workload.agent_count(),
         strategies,
     })
+}
+
+/// The configuration every strategy's run starts from (servers, the workload's tuning), and the
+/// local servers when the run starts its own (they live as long as the returned handle).
+async fn base_config(
+    config: &Config,
+    workload: &Workload,
+    options: &LiveOptions,
+) -> Result<(Config, Option<LocalServers>), Error> {
+    let mut base = config.clone();
+    let servers = if options.start_servers {
+        let servers = LocalServers::start()
+            .await
+            .map_err(|e| Error::with_source(ErrorKind::Harness, "cannot start local servers", e))?;
+        base.nats.url = servers.nats.url();
+        base.redis.url = servers.redis.url();
+        Some(servers)
+    } else {
+        None
+    };
+    base.coordination.learning_rate = workload.learning_rate;
+    base.coordination.max_candidates = workload.max_candidates;
+    base.coordination.dispatch_window = workload.dispatch_window;
+    // In-process replicas must not fight a running optimizer for its metrics port.
+    base.metrics.addr = "127.0.0.1:0".into();
+    Ok((base, servers))
 }
 
 /// Refuses what cannot run live before any server is started.
