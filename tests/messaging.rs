@@ -337,7 +337,11 @@ async fn acknowledgments_get_through_while_the_senders_own_inbox_is_full() {
     // a1 does not read: its inbox fills, and a direct message waits for a slot.
     for i in 0..4 {
         chatty
-            .send_message(note(DeliveryMode::Asynchronous, "a1", &format!("noise-{i}")))
+            .send_message(note(
+                DeliveryMode::Asynchronous,
+                "a1",
+                &format!("noise-{i}"),
+            ))
             .await
             .expect("stored");
     }
