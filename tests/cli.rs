@@ -46,6 +46,45 @@ fn demo_json_summary_accounts_for_every_task() {
     let p99 = summary["grant_latency_ms"]["p99"].as_f64().expect("p99");
     assert!(p50 > 0.0 && p50 <= p99, "{summary}");
     assert_eq!(summary["agents"].as_array().map(Vec::len), Some(6));
+    // The closing announcement: each group in the pattern chosen for its size and shape, and
+    // every member reached.
+    let groups = summary["announcements"].as_array().expect("announcements");
+    let pattern_of = |group: &str| {
+        groups
+            .iter()
+            .find(|g| g["group"] == group)
+            .map(|g| g["pattern"].as_str().unwrap_or_default().to_string())
+    };
+    assert_eq!(pattern_of("fleet").as_deref(), Some("broadcast"), "{summary}");
+    assert_eq!(pattern_of("pair").as_deref(), Some("synchronous"), "{summary}");
+    assert_eq!(pattern_of("pipeline").as_deref(), Some("pipeline"), "{summary}");
+    for g in groups {
+        assert_eq!(g["delivered"], g["members"], "{g}");
+    }
+}
+
+#[test]
+fn message_bench_delivers_everything_and_serves_critical_messages_first() {
+    let args = [
+        "message-bench",
+        "--json",
+        "--messages",
+        "300",
+        "--backlog-seconds",
+        "0.5",
+    ];
+    let report = json_of(&switchyard(&args).output().expect("message-bench runs"));
+    let modes = report["throughput"].as_array().expect("throughput");
+    assert_eq!(modes.len(), 3, "{report}");
+    for mode in modes {
+        assert_eq!(mode["delivered"], 300, "{mode}");
+    }
+    let p50 = |p: &str| {
+        report["backlog_latency_ms"][p]["p50"]
+            .as_f64()
+            .expect("p50 per priority")
+    };
+    assert!(p50("critical") < p50("low"), "{report}");
 }
 
 #[test]

@@ -83,14 +83,9 @@ impl Agent {
     /// when it comes back.
     pub async fn grants(&self) -> Result<GrantStream, Error> {
         let consumer = transport::agent_consumer(&self.js, &self.subjects, &self.agent_id).await?;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(256)
-            .messages()
-            .await
-            .map_err(|e| nats_error("cannot start pulling grants", e))?;
         Ok(GrantStream {
-            messages,
+            consumer,
+            batch: None,
             seen: HashSet::new(),
             order: VecDeque::new(),
         })
@@ -199,18 +194,26 @@ const DEDUPE_MEMORY: usize = 10_000;
 /// An agent's incoming grants. Each grant is acknowledged as it is handed out, and a grant
 /// delivered twice (same task and grant number) is handed out once.
 pub struct GrantStream {
-    messages: pull::Stream,
+    consumer: jetstream::consumer::PullConsumer,
+    /// The pull request being served. Grants are pulled in consecutive batch requests rather
+    /// than async-nats' continuous stream, whose client-side count of outstanding messages was
+    /// seen to drift under load and stop asking for more for up to 35 s.
+    batch: Option<pull::Batch>,
     seen: HashSet<(String, u64)>,
     order: VecDeque<(String, u64)>,
 }
 
+/// Grants asked for per pull request, and how long a request waits on the server.
+const GRANT_BATCH: usize = 256;
+const GRANT_PULL_EXPIRES: Duration = Duration::from_secs(5);
+
 impl GrantStream {
-    /// The next grant; `None` when the connection closed.
+    /// The next grant, waiting for one; an error when pulling fails (e.g. the connection closed).
     pub async fn next(&mut self) -> Option<Result<Envelope<TaskGrant>, Error>> {
         loop {
-            let message = match self.messages.next().await? {
+            let message = match self.next_message().await? {
                 Ok(m) => m,
-                Err(e) => return Some(Err(nats_error("grant delivery failed", e))),
+                Err(e) => return Some(Err(e)),
             };
             let _ = message.ack().await;
             let grant: Envelope<TaskGrant> = match serde_json::from_slice(&message.payload) {
@@ -222,6 +225,39 @@ impl GrantStream {
             };
             if self.remember(&grant.payload) {
                 return Some(Ok(grant));
+            }
+        }
+    }
+
+    async fn next_message(&mut self) -> Option<Result<jetstream::Message, Error>> {
+        loop {
+            let batch = match self.batch.as_mut() {
+                Some(batch) => batch,
+                None => {
+                    let request = self
+                        .consumer
+                        .batch()
+                        .max_messages(GRANT_BATCH)
+                        .expires(GRANT_PULL_EXPIRES)
+                        .messages()
+                        .await;
+                    match request {
+                        Ok(batch) => self.batch.insert(batch),
+                        Err(e) => return Some(Err(nats_error("cannot pull grants", e))),
+                    }
+                }
+            };
+            match batch.next().await {
+                Some(Ok(message)) => return Some(Ok(message)),
+                Some(Err(e)) => {
+                    self.batch = None;
+                    return Some(Err(Error::new(
+                        crate::error::ErrorKind::Nats,
+                        format!("grant delivery failed: {e}"),
+                    )));
+                }
+                // This request is done (filled or expired): ask again.
+                None => self.batch = None,
             }
         }
     }

@@ -4,6 +4,7 @@
 //! expired, not a duplicate, not something a call is waiting for.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
@@ -78,13 +79,7 @@ pub(crate) async fn start(shared: &Arc<Shared>) -> Result<Vec<JoinHandle<()>>, E
             o.redelivery_wait,
         )
         .await?;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(64)
-            .messages()
-            .await
-            .map_err(|e| nats_error("cannot start pulling messages", e))?;
-        tasks.push(tokio::spawn(receive_stored(shared.clone(), messages)));
+        tasks.push(tokio::spawn(receive_stored(shared.clone(), consumer)));
     }
     Ok(tasks)
 }
@@ -117,19 +112,49 @@ async fn receive_acks(shared: Arc<Shared>, mut acks: CoreStream) {
     }
 }
 
-async fn receive_stored(shared: Arc<Shared>, mut messages: jetstream::consumer::pull::Stream) {
+/// Messages asked for per pull request, and how long a request waits on the server.
+const PULL_BATCH: usize = 64;
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+
+/// Pulls one priority's messages in consecutive batch requests. Why not async-nats' continuous
+/// `messages()` stream: under load its client-side count of outstanding messages drifted from
+/// the server's (`num_waiting` 0 with messages pending) and it stopped asking for more for up to
+/// its 35 s fallback. Independent batch requests cannot drift, and a request is only made once
+/// the previous batch is in the inbox, which keeps backpressure simple.
+async fn receive_stored(shared: Arc<Shared>, consumer: jetstream::consumer::PullConsumer) {
     let mut shutdown = shared.shutdown.subscribe();
     loop {
-        let next = tokio::select! {
+        let request = consumer
+            .batch()
+            .max_messages(PULL_BATCH)
+            .expires(PULL_EXPIRES)
+            .messages();
+        let requested = tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,
-            next = messages.next() => next,
+            batch = request => batch,
         };
-        match next {
-            Some(Ok(message)) => accept_stored(&shared, message).await,
-            Some(Err(e)) => {
-                tracing::warn!(agent_id = %shared.agent_id, error = %e, "message pull failed")
+        let mut batch = match requested {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(agent_id = %shared.agent_id, error = %e, "message pull failed");
+                tokio::select! {
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                    _ = tokio::time::sleep(PULL_EXPIRES) => continue,
+                }
             }
-            None => return,
+        };
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => return,
+                next = batch.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => accept_stored(&shared, message).await,
+                Some(Err(e)) => {
+                    tracing::warn!(agent_id = %shared.agent_id, error = %e, "message pull failed")
+                }
+                None => break,
+            }
         }
     }
 }
