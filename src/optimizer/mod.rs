@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::decision::{Strategy, StrategyKind};
-use crate::error::{Error, nats_error};
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::protocol::Subjects;
 use crate::state::Store;
@@ -176,36 +176,56 @@ impl Optimizer {
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), Error> {
         let batch_size = self.ctx.config.coordination.batch_size;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(batch_size)
-            .messages()
-            .await
-            .map_err(|e| nats_error("cannot start pulling events", e))?;
-        let mut chunks = messages.ready_chunks(batch_size);
         let permits = Arc::new(Semaphore::new(
             self.ctx.config.coordination.max_concurrent_coordinations,
         ));
         let mut in_flight = JoinSet::new();
-        loop {
-            let chunk = tokio::select! {
-                _ = stop.changed() => break,
-                chunk = chunks.next() => chunk,
+        // Consecutive pull requests rather than async-nats' continuous stream, which was seen to
+        // stop asking for messages for up to 35 s under load (see `comm::receive`). Chunks of a
+        // request are processed as they arrive, so one open request at a time costs no
+        // concurrency.
+        'requests: loop {
+            let request = consumer
+                .batch()
+                .max_messages(batch_size)
+                .expires(PULL_EXPIRES)
+                .messages();
+            let requested = tokio::select! {
+                _ = stop.changed() => break 'requests,
+                requested = request => requested,
             };
-            let Some(chunk) = chunk else { break };
-            let batch: Vec<_> = chunk
-                .into_iter()
-                .filter_map(|m| m.map_err(|e| tracing::warn!(error = %e, "pull error")).ok())
-                .collect();
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                break;
+            let messages = match requested {
+                Ok(messages) => messages,
+                Err(e) => {
+                    tracing::warn!(lane, error = %e, "cannot pull events; retrying");
+                    tokio::select! {
+                        _ = stop.changed() => break 'requests,
+                        _ = tokio::time::sleep(PULL_EXPIRES) => continue 'requests,
+                    }
+                }
             };
-            let ctx = self.ctx.clone();
-            in_flight.spawn(async move {
-                batch::process_batch(&ctx, batch).await;
-                drop(permit);
-            });
-            while in_flight.try_join_next().is_some() {}
+            let mut chunks = messages.ready_chunks(batch_size);
+            loop {
+                let chunk = tokio::select! {
+                    _ = stop.changed() => break 'requests,
+                    chunk = chunks.next() => chunk,
+                };
+                // The request is filled or expired: ask again.
+                let Some(chunk) = chunk else { continue 'requests };
+                let batch: Vec<_> = chunk
+                    .into_iter()
+                    .filter_map(|m| m.map_err(|e| tracing::warn!(error = %e, "pull error")).ok())
+                    .collect();
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break 'requests;
+                };
+                let ctx = self.ctx.clone();
+                in_flight.spawn(async move {
+                    batch::process_batch(&ctx, batch).await;
+                    drop(permit);
+                });
+                while in_flight.try_join_next().is_some() {}
+            }
         }
         tracing::info!(
             lane,
@@ -216,6 +236,9 @@ impl Optimizer {
         Ok(())
     }
 }
+
+/// How long one pull request for events waits on the server before it is renewed.
+const PULL_EXPIRES: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Connects and runs one replica until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
