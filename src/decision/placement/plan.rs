@@ -156,9 +156,18 @@ fn plan_sampled(
     options: PlanOptions<'_>,
 ) -> Vec<PlannedGrant> {
     let mut overlay: std::collections::HashMap<usize, AgentView> = std::collections::HashMap::new();
+    // Which agents the overlay holds: the walk asks about ~k agents per decision, and a bit
+    // test is much cheaper than hashing every index (one linear allocation per batch).
+    let mut overlaid = vec![false; agents.len()];
     let mut plans = Vec::with_capacity(tasks.len());
     for (task_index, task) in tasks.iter().enumerate() {
-        let view = |i: usize| overlay.get(&i).or_else(|| agents.get(i));
+        let view = |i: usize| {
+            if overlaid.get(i).copied().unwrap_or(false) {
+                overlay.get(&i)
+            } else {
+                agents.get(i)
+            }
+        };
         let sample = sample_by(task, agents.len(), options.sample_size, |i| {
             view(i).is_some_and(|a| fits(task, a))
         });
@@ -181,6 +190,9 @@ fn plan_sampled(
             updated.reserved = updated.reserved.saturating_add(&task.required);
             updated.active_tasks = updated.active_tasks.saturating_add(1);
             overlay.insert(first, updated);
+            if let Some(bit) = overlaid.get_mut(first) {
+                *bit = true;
+            }
         }
         plans.push(PlannedGrant {
             task_index,
