@@ -2,48 +2,19 @@
 //! handoffs move ownership and reservation exactly, refused, rejected and expired ones change
 //! nothing, every answer repeats idempotently, and a grown reservation is what completion frees.
 
+mod common;
+
+use common::{StoreFixture as Fixture, store_fixture as fixture};
 use std::time::Duration;
 
-use switchyard::config::RedisConfig;
 use switchyard::decision::Resources;
-use switchyard::harness::RedisServer;
 use switchyard::protocol::{HandoffStatus, RejectReason};
 use switchyard::state::{
     AnswerOutcome, BeginOutcome, CompleteOutcome, Completion, GrantOutcome, GrowOutcome,
-    GrowRequest, HandoffRequest, HandoffVerdict, Keys, RequeueOutcome, Store, SubmitRequest,
+    GrowRequest, HandoffRequest, HandoffVerdict, RequeueOutcome, SubmitRequest,
 };
 
 const TTL_MS: u64 = 60_000;
-
-struct Fixture {
-    _server: RedisServer,
-    store: Store,
-    raw: redis::aio::MultiplexedConnection,
-    keys: Keys,
-}
-
-async fn fixture() -> Fixture {
-    let server = RedisServer::start().await.expect("redis-server starts");
-    let store = Store::connect(&RedisConfig {
-        url: server.url(),
-        key_prefix: "t".into(),
-        response_timeout_ms: 2000,
-        connection_timeout_ms: 2000,
-    })
-    .await
-    .expect("store connects");
-    let raw = redis::Client::open(server.url())
-        .expect("redis url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("raw connection");
-    Fixture {
-        _server: server,
-        store,
-        raw,
-        keys: Keys::new("t"),
-    }
-}
 
 fn res(cpu: u64, memory: u64) -> Resources {
     Resources {

@@ -7,29 +7,13 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Cluster, hget, hget_i64, within};
+use common::{Cluster, hget, hget_i64, require_python_nats, within};
 use switchyard::protocol::TaskSubmit;
 use switchyard::state::Keys;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
 const AGENT_ID: &str = "py-agent";
-
-/// Fails (never skips) when the Python side is not installed.
-fn require_python_nats() {
-    let hint = "run scripts/install-servers.sh (it installs nats-py for python3)";
-    match std::process::Command::new("python3")
-        .args(["-c", "import nats"])
-        .output()
-    {
-        Err(e) => panic!("python3 is not available ({e}); {hint}"),
-        Ok(out) if !out.status.success() => panic!(
-            "python3 cannot import the `nats` module (nats-py): {}; {hint}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Ok(_) => {}
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_agent_registers_takes_grants_and_completes() {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
-use common::within;
+use common::{require_python_nats, within};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use switchyard::comm::{CommunicationProtocol, DeliveryStatus, OutgoingMessage, ProtocolOptions};
@@ -26,22 +26,6 @@ use uuid::Uuid;
 
 const RUST_ID: &str = "rust-a";
 const PY_ID: &str = "py-b";
-
-/// Fails (never skips) when the Python side is not installed.
-fn require_python_nats() {
-    let hint = "run scripts/install-servers.sh (it installs nats-py for python3)";
-    match std::process::Command::new("python3")
-        .args(["-c", "import nats"])
-        .output()
-    {
-        Err(e) => panic!("python3 is not available ({e}); {hint}"),
-        Ok(out) if !out.status.success() => panic!(
-            "python3 cannot import the `nats` module (nats-py): {}; {hint}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Ok(_) => {}
-    }
-}
 
 /// Collects the Python agent's stderr as it comes, and prints it if the test fails anywhere.
 struct Stderr {

@@ -1,46 +1,18 @@
 //! The Redis transition scripts against a real redis-server (no NATS): each transition's answers,
 //! its idempotency, and that it changes exactly what it should (and nothing when it refuses).
 
+mod common;
+
+use common::{StoreFixture as Fixture, store_fixture as fixture};
 use futures::future::join_all;
-use switchyard::config::RedisConfig;
 use switchyard::decision::Resources;
-use switchyard::harness::RedisServer;
 use switchyard::state::{
-    CompleteOutcome, Completion, GrantOutcome, RequeueOutcome, ResolveOutcome, Store,
-    SubmitOutcome, SubmitRequest,
+    CompleteOutcome, Completion, GrantOutcome, RequeueOutcome, ResolveOutcome, SubmitOutcome,
+    SubmitRequest,
 };
 
 const RETENTION_S: u64 = 3600;
 const LR: f64 = 0.5;
-
-/// One redis-server and a store on it, plus a raw connection for direct reads.
-struct Fixture {
-    _server: RedisServer,
-    store: Store,
-    raw: redis::aio::MultiplexedConnection,
-}
-
-async fn fixture() -> Fixture {
-    let server = RedisServer::start().await.expect("redis-server starts");
-    let store = Store::connect(&RedisConfig {
-        url: server.url(),
-        key_prefix: "t".into(),
-        response_timeout_ms: 2000,
-        connection_timeout_ms: 2000,
-    })
-    .await
-    .expect("store connects");
-    let raw = redis::Client::open(server.url())
-        .expect("redis url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("raw connection");
-    Fixture {
-        _server: server,
-        store,
-        raw,
-    }
-}
 
 fn cpu(milli: u64) -> Resources {
     Resources {

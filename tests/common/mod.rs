@@ -265,3 +265,52 @@ pub async fn optimizer_ready(nats: &async_nats::Client) {
     })
     .await;
 }
+
+/// Fails (never skips) when the Python side of the interoperability tests is not installed.
+pub fn require_python_nats() {
+    let hint = "run scripts/install-servers.sh (it installs nats-py for python3)";
+    match std::process::Command::new("python3")
+        .args(["-c", "import nats"])
+        .output()
+    {
+        Err(e) => panic!("python3 is not available ({e}); {hint}"),
+        Ok(out) if !out.status.success() => panic!(
+            "python3 cannot import the `nats` module (nats-py): {}; {hint}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Ok(_) => {}
+    }
+}
+
+/// One redis-server and a store on it (key prefix `t`), plus a raw connection for direct reads.
+pub struct StoreFixture {
+    pub _server: switchyard::harness::RedisServer,
+    pub store: switchyard::state::Store,
+    pub raw: redis::aio::MultiplexedConnection,
+    pub keys: switchyard::state::Keys,
+}
+
+pub async fn store_fixture() -> StoreFixture {
+    let server = switchyard::harness::RedisServer::start()
+        .await
+        .expect("redis-server starts");
+    let store = switchyard::state::Store::connect(&switchyard::config::RedisConfig {
+        url: server.url(),
+        key_prefix: "t".into(),
+        response_timeout_ms: 2000,
+        connection_timeout_ms: 2000,
+    })
+    .await
+    .expect("store connects");
+    let raw = redis::Client::open(server.url())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+    StoreFixture {
+        _server: server,
+        store,
+        raw,
+        keys: switchyard::state::Keys::new("t"),
+    }
+}
