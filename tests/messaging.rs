@@ -315,6 +315,20 @@ async fn a_broadcast_reaches_every_agent() {
     sender.send_message(all).await.expect("stored");
     assert_eq!(next_marker(&b).await, "hello-all");
     assert_eq!(next_marker(&c).await, "hello-all");
+    b.broadcast_status(json!({ "m": "b-is-busy" }))
+        .await
+        .expect("stored");
+    let update = within(10, "b's status", c.recv()).await.expect("open");
+    assert_eq!(update.envelope.message_type, MessageType::StatusUpdate);
+    assert_eq!(update.envelope.sender, "b");
+    assert_eq!(marker(&update), "b-is-busy");
+    // The sender's own consumers see the broadcast too, but it is not handed back to it: the
+    // next thing b gets is a1's direct note.
+    sender
+        .send_message(note(DeliveryMode::Asynchronous, "b", "after-status"))
+        .await
+        .expect("stored");
+    assert_eq!(next_marker(&b).await, "after-status");
     let guaranteed_broadcast = OutgoingMessage::new(MessageType::Broadcast, Value::Null).to_all();
     let refused = sender
         .send_message(guaranteed_broadcast)

@@ -127,6 +127,15 @@ impl CommunicationProtocol {
         send::send_message(&self.shared, message).await
     }
 
+    /// Broadcasts this agent's state to every other agent: a `STATUS_UPDATE`, stored
+    /// (asynchronous), so agents that are offline get it when they return, within the TTL.
+    pub async fn broadcast_status(&self, state: Value) -> Result<Sent, Error> {
+        let update = OutgoingMessage::new(crate::protocol::MessageType::StatusUpdate, state)
+            .to_all()
+            .delivery(crate::protocol::DeliveryMode::Asynchronous);
+        self.send_message(update).await
+    }
+
     /// The next message, highest priority first; waits for one. `None` after [`close`].
     /// A message past its TTL is never returned (it is counted and, when its sender asked for an
     /// acknowledgment, reported back). In [`AckMode::Auto`] a message asking for an
