@@ -8,6 +8,7 @@
 //! over-commitment.
 
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 use super::patterns::PatternTable;
 use super::resources::{Resources, fits_within, peak_utilization};
@@ -22,12 +23,15 @@ pub use plan::{
 };
 
 /// A snapshot of one agent as placement sees it.
+///
+/// The id and type are shared strings: a sampled decision copies the views it ranks, and a copy
+/// should cost a reference count, not two allocations.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentView {
     /// Unique agent id.
-    pub agent_id: String,
+    pub agent_id: Arc<str>,
     /// The agent's declared type; available to strategies that match tasks to agent types.
-    pub agent_type: String,
+    pub agent_type: Arc<str>,
     /// Total resources the agent offers, milli-units.
     pub capacity: Resources,
     /// Resources currently reserved by granted tasks, milli-units.
@@ -92,10 +96,20 @@ impl DecisionContext<'static> {
 pub struct CandidateScore {
     /// Index of the agent in the slice the strategy was given.
     pub index: usize,
-    /// The agent's id, so an explanation stands on its own.
-    pub agent_id: String,
+    /// The agent's id, so an explanation stands on its own. Shared with the [`AgentView`] it
+    /// scores; serialized as a plain string.
+    #[serde(serialize_with = "serialize_shared_str")]
+    pub agent_id: Arc<str>,
     /// Higher is better; comparable only among candidates of the same decision.
     pub score: f64,
+}
+
+/// Serializes an `Arc<str>` as the string itself (serde's `rc` feature is not enabled).
+fn serialize_shared_str<S: serde::Serializer>(
+    value: &Arc<str>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(value)
 }
 
 /// A placement policy: the seam where strategies plug in.

@@ -39,8 +39,8 @@ fn fleet(n: usize, rng: &mut SplitMix) -> Vec<AgentView> {
                 time: 0,
             };
             AgentView {
-                agent_id: format!("agent-{i:05}"),
-                agent_type: ["llm", "backend", "data"][i % 3].to_string(),
+                agent_id: format!("agent-{i:05}").into(),
+                agent_type: ["llm", "backend", "data"][i % 3].into(),
                 capacity,
                 reserved,
                 score: rng.range(0.3, 0.9),

@@ -132,7 +132,7 @@ impl Grant {
                 .candidates
                 .iter()
                 .map(|c| ExplainedCandidate {
-                    agent_id: c.agent_id.clone(),
+                    agent_id: c.agent_id.to_string(),
                     score: finite(c.score),
                 })
                 .collect(),

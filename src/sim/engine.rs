@@ -97,7 +97,7 @@ impl<'w> Engine<'w> {
         let agent_index = agents
             .iter()
             .enumerate()
-            .map(|(i, a)| (a.id.clone(), i))
+            .map(|(i, a)| (a.id.to_string(), i))
             .collect();
         let agent_type = agents.iter().map(|a| a.type_index).collect();
         let speed_factor = vec![1.0; agents.len()];

@@ -103,7 +103,7 @@ impl<'a> Oracle<'a> {
             .iter()
             .filter(|a| !fits_within(&task.required, &a.reserved, &a.capacity))
             .filter_map(|a| {
-                let agent = *self.agent_index.get(&a.agent_id)?;
+                let agent = *self.agent_index.get(&*a.agent_id)?;
                 let booked = held.get(agent).copied().unwrap_or_default();
                 let total =
                     self.wait_s(task, a, agent, &booked) + self.expected_completion_s(task, agent);
@@ -129,7 +129,7 @@ impl Strategy for Oracle<'_> {
             .enumerate()
             .filter(|(_, a)| fits_within(&task.required, &a.reserved, &a.capacity))
             .filter_map(|(index, a)| {
-                let agent = *self.agent_index.get(&a.agent_id)?;
+                let agent = *self.agent_index.get(&*a.agent_id)?;
                 let expected = self.expected_completion_s(task, agent);
                 Some(CandidateScore {
                     index,
@@ -189,8 +189,8 @@ estimated_duration_s = [10.0, 10.0]
 
     fn view(id: &str, reserved_cpu: u64) -> AgentView {
         AgentView {
-            agent_id: id.to_owned(),
-            agent_type: "x".to_owned(),
+            agent_id: id.into(),
+            agent_type: "x".into(),
             capacity: Resources {
                 cpu: 2000,
                 ..Resources::default()

@@ -71,7 +71,7 @@ impl Outcome {
         let mut grants_by_agent_type = BTreeMap::new();
         for (a, n) in e.agents.iter().map(|a| (a.type_index, &a.type_name)) {
             let count = e.grants_by_type.get(a).copied().unwrap_or(0);
-            grants_by_agent_type.insert(n.clone(), count);
+            grants_by_agent_type.insert(n.to_string(), count);
         }
         Outcome {
             tasks,

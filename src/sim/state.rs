@@ -1,5 +1,7 @@
 //! The simulator's mutable state of agents and tasks, and the invariants it checks.
 
+use std::sync::Arc;
+
 use crate::decision::resources::ResourceKind;
 use crate::decision::{AgentView, Resources};
 
@@ -70,9 +72,11 @@ impl Run {
 /// One simulated agent.
 #[derive(Debug, Clone)]
 pub(crate) struct SimAgent {
-    pub id: String,
+    /// Shared with every [`AgentView`] of the agent, so a dispatch round's snapshot copies no
+    /// strings.
+    pub id: Arc<str>,
     pub type_index: usize,
-    pub type_name: String,
+    pub type_name: Arc<str>,
     pub capacity: Resources,
     pub reserved: Resources,
     pub active: u32,

@@ -57,8 +57,8 @@ fn resources_at(row: &[String], first: usize) -> Resources {
 
 pub(crate) fn agent_view(agent_id: String, row: &[String]) -> AgentView {
     AgentView {
-        agent_id,
-        agent_type: row.first().cloned().unwrap_or_default(),
+        agent_id: agent_id.into(),
+        agent_type: row.first().map_or("", String::as_str).into(),
         capacity: resources_at(row, 2),
         reserved: resources_at(row, 6),
         score: num(row, 10),
@@ -71,8 +71,8 @@ pub(crate) fn agent_status(agent_id: String, row: &[String]) -> AgentStatusView 
     let view = agent_view(agent_id, row);
     AgentStatusView {
         utilization: crate::decision::resources::utilization(&view.reserved, &view.capacity),
-        agent_id: view.agent_id,
-        agent_type: view.agent_type,
+        agent_id: view.agent_id.to_string(),
+        agent_type: view.agent_type.to_string(),
         status: row.get(1).cloned().unwrap_or_default(),
         capacity: view.capacity.to_units(),
         reserved: view.reserved.to_units(),

@@ -16,7 +16,7 @@ pub struct Explanation {
 impl Explanation {
     /// The agent the plan puts first, if any.
     pub fn chosen(&self) -> Option<&str> {
-        self.candidates.first().map(|c| c.agent_id.as_str())
+        self.candidates.first().map(|c| &*c.agent_id)
     }
 }
 
@@ -70,8 +70,8 @@ mod tests {
 
     fn agent(id: &str, agent_type: &str, reserved_cpu: u64) -> AgentView {
         AgentView {
-            agent_id: id.to_owned(),
-            agent_type: agent_type.to_owned(),
+            agent_id: id.into(),
+            agent_type: agent_type.into(),
             capacity: cpu(4000),
             reserved: cpu(reserved_cpu),
             score: 0.5,
@@ -96,8 +96,11 @@ mod tests {
     fn assert_chosen_first(plan: &super::super::PlannedGrant) {
         let explanation = plan.explanation.as_ref().expect("explained");
         let first = explanation.candidates.first().expect("a candidate");
-        assert_eq!(Some(first.agent_id.as_str()), explanation.chosen());
-        assert_eq!(plan.candidates.first(), Some(&first.agent_id));
+        assert_eq!(Some(&*first.agent_id), explanation.chosen());
+        assert_eq!(
+            plan.candidates.first().map(String::as_str),
+            Some(&*first.agent_id)
+        );
         for pair in explanation.candidates.windows(2) {
             assert!(pair[0].score >= pair[1].score, "{explanation:?}");
         }
@@ -132,7 +135,7 @@ mod tests {
         let ids: Vec<&str> = explanation
             .candidates
             .iter()
-            .map(|c| c.agent_id.as_str())
+            .map(|c| &*c.agent_id)
             .collect();
         // "full" has no room for the task, so it was never a candidate.
         assert_eq!(ids, ["idle", "half", "busy"]);
@@ -164,7 +167,7 @@ mod tests {
             .as_ref()
             .expect("explained")
             .candidates;
-        assert_eq!(scores[0].agent_id, plain[1].candidates[0]);
+        assert_eq!(&*scores[0].agent_id, plain[1].candidates[0]);
         assert!(scores[0].score > scores[1].score);
     }
 
@@ -226,13 +229,13 @@ mod tests {
         assert_eq!(explanation.candidates.len(), SAMPLE_SIZE);
         let sample: Vec<&str> = sample_candidates(&t, &agents, SAMPLE_SIZE)
             .into_iter()
-            .map(|i| agents[i].agent_id.as_str())
+            .map(|i| &*agents[i].agent_id)
             .collect();
         assert!(
             explanation
                 .candidates
                 .iter()
-                .all(|c| sample.contains(&c.agent_id.as_str()))
+                .all(|c| sample.contains(&&*c.agent_id))
         );
     }
 }

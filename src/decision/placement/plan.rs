@@ -134,7 +134,7 @@ fn plan(
         let candidates = chosen
             .iter()
             .filter_map(|&index| working.get(index))
-            .map(|agent| agent.agent_id.clone())
+            .map(|agent| agent.agent_id.to_string())
             .collect();
         plans.push(PlannedGrant {
             task_index,
@@ -159,6 +159,9 @@ fn plan_sampled(
     // Which agents the overlay holds: the walk asks about ~k agents per decision, and a bit
     // test is much cheaper than hashing every index (one linear allocation per batch).
     let mut overlaid = vec![false; agents.len()];
+    // The sample and its views, reused from task to task: a decision then allocates neither.
+    let mut sample: Vec<usize> = Vec::with_capacity(options.sample_size.min(agents.len()));
+    let mut views: Vec<AgentView> = Vec::with_capacity(sample.capacity());
     let mut plans = Vec::with_capacity(tasks.len());
     for (task_index, task) in tasks.iter().enumerate() {
         let view = |i: usize| {
@@ -168,10 +171,11 @@ fn plan_sampled(
                 agents.get(i)
             }
         };
-        let sample = sample_by(task, agents.len(), options.sample_size, |i| {
+        sample_into(&mut sample, task, agents.len(), options.sample_size, |i| {
             view(i).is_some_and(|a| fits(task, a))
         });
-        let views: Vec<AgentView> = sample.iter().filter_map(|&i| view(i).cloned()).collect();
+        views.clear();
+        views.extend(sample.iter().filter_map(|&i| view(i).cloned()));
         let ranked: Vec<usize> = strategy.rank(task, &views, ctx);
         let explanation = options
             .explains(task_index)
@@ -180,7 +184,7 @@ fn plan_sampled(
         let candidates = chosen
             .iter()
             .filter_map(|&i| views.get(i))
-            .map(|a| a.agent_id.clone())
+            .map(|a| a.agent_id.to_string())
             .collect();
         if let Some((&first, agent)) = chosen
             .first()
@@ -203,24 +207,28 @@ fn plan_sampled(
     plans
 }
 
-/// The ranking, sanitised and capped at `max_candidates`.
+/// The ranking, sanitised and capped at `max_candidates`: in place, so a decision allocates
+/// nothing for it.
 fn sanitise(
-    ranked: Vec<usize>,
+    mut ranked: Vec<usize>,
     task: &TaskView,
     agents: &[AgentView],
     max_candidates: usize,
 ) -> Vec<usize> {
-    let mut chosen: Vec<usize> = Vec::with_capacity(max_candidates.min(agents.len()));
-    for index in ranked {
-        if chosen.len() >= max_candidates {
+    let mut kept = 0;
+    for read in 0..ranked.len() {
+        if kept >= max_candidates {
             break;
         }
+        let index = ranked[read];
         let ok = agents.get(index).is_some_and(|a| fits(task, a));
-        if ok && !chosen.contains(&index) {
-            chosen.push(index);
+        if ok && !ranked[..kept].contains(&index) {
+            ranked[kept] = index;
+            kept += 1;
         }
     }
-    chosen
+    ranked.truncate(kept);
+    ranked
 }
 
 /// A deterministic sample of at most `k` indexes of agents the task fits on.
@@ -241,13 +249,26 @@ pub fn sample_candidates(task: &TaskView, agents: &[AgentView], k: usize) -> Vec
 
 /// The walk behind [`sample_candidates`], over `n` agents judged by `fits_at`.
 fn sample_by(task: &TaskView, n: usize, k: usize, fits_at: impl Fn(usize) -> bool) -> Vec<usize> {
+    let mut sample = Vec::with_capacity(k.min(n));
+    sample_into(&mut sample, task, n, k, fits_at);
+    sample
+}
+
+/// [`sample_by`] into a buffer the caller reuses; `sample` is cleared first.
+fn sample_into(
+    sample: &mut Vec<usize>,
+    task: &TaskView,
+    n: usize,
+    k: usize,
+    fits_at: impl Fn(usize) -> bool,
+) {
+    sample.clear();
     if n == 0 || k == 0 {
-        return Vec::new();
+        return;
     }
     let hash = fnv1a(task.task_id.as_bytes());
     let start = (hash % n as u64) as usize;
     let stride = coprime_stride(splitmix(hash), n);
-    let mut sample = Vec::with_capacity(k.min(n));
     let mut index = start;
     for _ in 0..n {
         if fits_at(index) {
@@ -258,7 +279,6 @@ fn sample_by(task: &TaskView, n: usize, k: usize, fits_at: impl Fn(usize) -> boo
         }
         index = (index + stride) % n;
     }
-    sample
 }
 
 /// A stride in `1..n` (1 when `n < 3`) sharing no factor with `n`, so stepping by it modulo `n`

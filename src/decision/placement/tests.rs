@@ -17,8 +17,8 @@ fn res(cpu: u64, memory: u64, tokens: u64) -> Resources {
 
 fn agent(id: &str, capacity: Resources, reserved: Resources) -> AgentView {
     AgentView {
-        agent_id: id.to_owned(),
-        agent_type: "worker".to_owned(),
+        agent_id: id.into(),
+        agent_type: "worker".into(),
         capacity,
         reserved,
         score: 1.0,
@@ -39,7 +39,10 @@ fn task(id: &str, required: Resources) -> TaskView {
 }
 
 fn ids(agents: &[AgentView], ranked: &[usize]) -> Vec<String> {
-    ranked.iter().map(|&i| agents[i].agent_id.clone()).collect()
+    ranked
+        .iter()
+        .map(|&i| agents[i].agent_id.to_string())
+        .collect()
 }
 
 #[test]
@@ -270,7 +273,7 @@ fn default_rank_sorts_scores_then_ties() {
     let scores = LeastLoaded.scores(&t, &agents, &EMPTY);
     assert_eq!(scores.len(), 3);
     assert!((scores[0].score - 0.9).abs() < 1e-12);
-    assert_eq!(scores[0].agent_id, "a00000");
+    assert_eq!(&*scores[0].agent_id, "a00000");
 }
 
 #[test]
@@ -327,7 +330,7 @@ fn sampled_plan_ranks_correctly_within_the_sample() {
         .iter()
         .map(|&i| &agents[i])
         .min_by(|a, b| a.reserved.cpu.cmp(&b.reserved.cpu).then(compare_tie(a, b)))
-        .map(|a| a.agent_id.clone());
+        .map(|a| a.agent_id.to_string());
     let plan = plan_batch(&LeastLoaded, std::slice::from_ref(&t), &agents, &EMPTY, 3);
     assert_eq!(plan[0].candidates.first().cloned(), best_in_sample);
     assert_eq!(plan[0].candidates.len(), 3);
@@ -336,7 +339,7 @@ fn sampled_plan_ranks_correctly_within_the_sample() {
         plan[0]
             .candidates
             .iter()
-            .all(|id| { sample.iter().any(|&i| &agents[i].agent_id == id) })
+            .all(|id| { sample.iter().any(|&i| *agents[i].agent_id == **id) })
     );
 }
 

@@ -99,7 +99,7 @@ fn clean_score(score: f64) -> f64 {
 fn best_score_by_type<'a>(task: &TaskView, agents: &'a [AgentView]) -> BTreeMap<&'a str, f64> {
     let mut best: BTreeMap<&str, f64> = BTreeMap::new();
     for (_, agent) in fitting(task, agents).filter(|(_, a)| !is_new(a)) {
-        let entry = best.entry(agent.agent_type.as_str()).or_insert(0.0);
+        let entry = best.entry(&*agent.agent_type).or_insert(0.0);
         *entry = entry.max(clean_score(agent.score));
     }
     best
@@ -115,7 +115,7 @@ fn agent_factor(agent: &AgentView, best_of_type: &BTreeMap<&str, f64>) -> f64 {
     }
     let score = clean_score(agent.score);
     let best = best_of_type
-        .get(agent.agent_type.as_str())
+        .get(&*agent.agent_type)
         .copied()
         .unwrap_or(score)
         .max(score);
@@ -168,12 +168,12 @@ impl Strategy for Adaptive {
         let mut pairs: BTreeMap<&str, PairEstimate> = BTreeMap::new();
         for (_, agent) in fitting(task, agents) {
             pairs
-                .entry(agent.agent_type.as_str())
+                .entry(&*agent.agent_type)
                 .or_insert_with(|| pair_estimate(ctx.patterns, &task.task_type, &agent.agent_type));
         }
         score_fitting(task, agents, |agent| {
             let pair = pairs
-                .get(agent.agent_type.as_str())
+                .get(&*agent.agent_type)
                 .copied()
                 .unwrap_or_else(|| pair_estimate(ctx.patterns, &task.task_type, &agent.agent_type));
             let load = peak_utilization(&reserved_after(task, agent), &agent.capacity);

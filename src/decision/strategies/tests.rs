@@ -17,8 +17,8 @@ fn res(cpu: u64, memory: u64, tokens: u64) -> Resources {
 
 fn agent(id: &str, agent_type: &str, reserved_cpu: u64) -> AgentView {
     AgentView {
-        agent_id: id.to_owned(),
-        agent_type: agent_type.to_owned(),
+        agent_id: id.into(),
+        agent_type: agent_type.into(),
         capacity: res(1000, 1000, 0),
         reserved: res(reserved_cpu, 0, 0),
         score: 0.9,
@@ -50,7 +50,7 @@ fn stats(attempts: u64, successes: u64, success_ema: f64, ratio: f64) -> Pattern
 fn ranked(s: &dyn Strategy, t: &TaskView, agents: &[AgentView], p: &PatternTable) -> Vec<String> {
     s.rank(t, agents, &DecisionContext::new(p))
         .into_iter()
-        .map(|i| agents[i].agent_id.clone())
+        .map(|i| agents[i].agent_id.to_string())
         .collect()
 }
 

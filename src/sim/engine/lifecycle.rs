@@ -1,5 +1,7 @@
 //! What happens when attempts end, tasks fail for good, and agents degrade or die; the fleet.
 
+use std::sync::Arc;
+
 use super::{Engine, Ev, to_us};
 use crate::decision::{NEUTRAL_SCORE, updated_score};
 use crate::sim::state::{Phase, SimAgent};
@@ -115,11 +117,12 @@ pub fn agent_id(agent_type: &str, index: u32) -> String {
 pub(super) fn build_agents(w: &Workload) -> Vec<SimAgent> {
     let mut agents = Vec::with_capacity(w.agent_count());
     for (type_index, t) in w.agent_types.iter().enumerate() {
+        let type_name: Arc<str> = t.name.as_str().into();
         for index in 0..t.count {
             agents.push(SimAgent {
-                id: agent_id(&t.name, index),
+                id: agent_id(&t.name, index).into(),
                 type_index,
-                type_name: t.name.clone(),
+                type_name: type_name.clone(),
                 capacity: t.capacity_milli,
                 reserved: Default::default(),
                 active: 0,
