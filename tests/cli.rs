@@ -55,9 +55,21 @@ fn demo_json_summary_accounts_for_every_task() {
             .find(|g| g["group"] == group)
             .map(|g| g["pattern"].as_str().unwrap_or_default().to_string())
     };
-    assert_eq!(pattern_of("fleet").as_deref(), Some("broadcast"), "{summary}");
-    assert_eq!(pattern_of("pair").as_deref(), Some("synchronous"), "{summary}");
-    assert_eq!(pattern_of("pipeline").as_deref(), Some("pipeline"), "{summary}");
+    assert_eq!(
+        pattern_of("fleet").as_deref(),
+        Some("broadcast"),
+        "{summary}"
+    );
+    assert_eq!(
+        pattern_of("pair").as_deref(),
+        Some("synchronous"),
+        "{summary}"
+    );
+    assert_eq!(
+        pattern_of("pipeline").as_deref(),
+        Some("pipeline"),
+        "{summary}"
+    );
     for g in groups {
         assert_eq!(g["delivered"], g["members"], "{g}");
     }

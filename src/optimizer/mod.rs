@@ -211,7 +211,9 @@ impl Optimizer {
                     chunk = chunks.next() => chunk,
                 };
                 // The request is filled or expired: ask again.
-                let Some(chunk) = chunk else { continue 'requests };
+                let Some(chunk) = chunk else {
+                    continue 'requests;
+                };
                 let batch: Vec<_> = chunk
                     .into_iter()
                     .filter_map(|m| m.map_err(|e| tracing::warn!(error = %e, "pull error")).ok())
