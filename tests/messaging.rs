@@ -49,7 +49,10 @@ async fn an_offline_recipient_gets_stored_modes_when_back_but_not_fire_and_forge
     let nats = NatsServer::start().await.expect("nats starts");
     let sender = agent(&nats, "a1", ProtocolOptions::default()).await;
     // a2 has been here before (its consumers exist), then went offline.
-    drop(agent(&nats, "a2", ProtocolOptions::default()).await);
+    agent(&nats, "a2", ProtocolOptions::default())
+        .await
+        .shutdown()
+        .await;
 
     let guaranteed = sender
         .send_message(note(DeliveryMode::Guaranteed, "a2", "guaranteed"))

@@ -216,6 +216,22 @@ impl CommunicationProtocol {
         let _ = self.shared.shutdown.send(true);
         self.shared.inbox.close();
     }
+
+    /// Goes offline cleanly: stops receiving, waits for the receiving tasks to end and makes
+    /// sure the server has seen their pull requests' subscriptions go. Why it matters: a pull
+    /// request the server still holds for a vanished client is still served, and the messages
+    /// it takes wait out the consumer's ack wait (60 s) before anyone else gets them. Dropping
+    /// the endpoint does the same without the waiting.
+    pub async fn shutdown(mut self) {
+        self.close();
+        for task in std::mem::take(&mut self.tasks) {
+            task.abort();
+            let _ = task.await;
+        }
+        if let Err(e) = self.shared.client.flush().await {
+            tracing::debug!(agent_id = %self.shared.agent_id, error = %e, "flush on shutdown failed");
+        }
+    }
 }
 
 impl Drop for CommunicationProtocol {
