@@ -139,6 +139,20 @@ pub trait Strategy: Send + Sync {
         false
     }
 
+    /// Whether the task should wait for a busy agent instead of going to one with room now:
+    /// the index of the agent it waits for, or `None` (the default: never wait).
+    /// `held[i]` counts the tasks of this plan already waiting for agent `i`, so a strategy can
+    /// tell that a popular agent's future room is spoken for. Only full (unsampled) plans ask.
+    fn hold_for(
+        &self,
+        _task: &TaskView,
+        _agents: &[AgentView],
+        _ctx: &DecisionContext<'_>,
+        _held: &[u32],
+    ) -> Option<usize> {
+        None
+    }
+
     /// Agents that can take the task, best first, as indexes into `agents`.
     ///
     /// The default sorts [`Strategy::scores`] descending, ties to fewer active tasks, then the

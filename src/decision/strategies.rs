@@ -116,3 +116,6 @@ impl std::str::FromStr for StrategyKind {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod hold_tests;

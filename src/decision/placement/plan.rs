@@ -120,8 +120,21 @@ fn plan(
         return plan_sampled(strategy, tasks, agents, ctx, options);
     }
     let mut working: Vec<AgentView> = agents.to_vec();
+    let mut held = vec![0u32; working.len()];
     let mut plans = Vec::with_capacity(tasks.len());
     for (task_index, task) in tasks.iter().enumerate() {
+        if let Some(agent) = strategy.hold_for(task, &working, ctx, &held) {
+            // The task waits in the queue for that agent; the next pass plans it again.
+            if let Some(count) = held.get_mut(agent) {
+                *count = count.saturating_add(1);
+            }
+            plans.push(PlannedGrant {
+                task_index,
+                candidates: Vec::new(),
+                explanation: None,
+            });
+            continue;
+        }
         let ranked = strategy.rank(task, &working, ctx);
         let explanation = options
             .explains(task_index)

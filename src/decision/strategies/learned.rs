@@ -2,13 +2,14 @@
 
 use std::collections::BTreeMap;
 
+use crate::decision::Resources;
 use crate::decision::learning::NEUTRAL_SCORE;
 use crate::decision::patterns::{PatternStats, PatternTable};
 use crate::decision::placement::{
-    AgentView, CandidateScore, DecisionContext, Strategy, TaskView, fitting, reserved_after,
+    AgentView, CandidateScore, DecisionContext, Strategy, TaskView, fits, fitting, reserved_after,
     score_fitting, tie_by_index,
 };
-use crate::decision::resources::peak_utilization;
+use crate::decision::resources::{fits_within, peak_utilization};
 
 /// How much a fully loaded agent's expected time grows (1 + this × peak utilization): loaded
 /// agents share cpu, memory and I/O among more work, and a busy agent is likelier to be the one
@@ -141,6 +142,15 @@ fn agent_factor(agent: &AgentView, best_of_type: &BTreeMap<&str, f64>) -> f64 {
 /// agents that have never completed anything as good as the best of their type, so both get
 /// tried and then judged on evidence instead of being starved by agents that merely have a
 /// history. The score reported is `1 / E` (higher is better).
+///
+/// **Waiting for a busy agent** ([`Strategy::hold_for`]). Placing now is not always fastest: when
+/// an agent that has no room now is expected to finish the task in at most half the time of the
+/// best agent with room, counting its wait, the task stays queued for it. The wait is estimated
+/// without knowing when running tasks end: its first slot frees when the soonest of its running
+/// tasks does, about `run / (slots + 1)` for tasks like this one (`run` = this task's expected time
+/// there, `slots` = how many such tasks it holds), and every task of the same plan already
+/// waiting for it takes one such turn first, so a popular agent stops attracting waiters.
+/// Only full plans (up to 256 agents) consider it: a sampled plan ranks agents with room only.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Adaptive;
 
@@ -153,17 +163,48 @@ impl Strategy for Adaptive {
         true
     }
 
+    fn hold_for(
+        &self,
+        task: &TaskView,
+        agents: &[AgentView],
+        ctx: &DecisionContext<'_>,
+        held: &[u32],
+    ) -> Option<usize> {
+        let best_of_type = best_score_by_type(task, agents);
+        let cost = |agent: &AgentView| {
+            let pair = pair_estimate(ctx.patterns, &task.task_type, &agent.agent_type);
+            estimate_of(task) * pair.cost() / agent_factor(agent, &best_of_type)
+        };
+        let best_now = fitting(task, agents)
+            .map(|(_, agent)| cost(agent) * queue_factor(task, agent))
+            .fold(f64::INFINITY, f64::min);
+        if !best_now.is_finite() {
+            return None; // nothing has room: the task waits anyway
+        }
+        let idle = Resources::default();
+        let (agent, total) = agents
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| !fits(task, a) && fits_within(&task.required, &idle, &a.capacity))
+            .map(|(i, a)| {
+                let run = cost(a);
+                // Its first slot frees when the soonest of its running tasks ends (about
+                // run / (slots + 1) for tasks like this one), and each task already waiting for
+                // it takes one such turn first.
+                let turns = f64::from(held.get(i).copied().unwrap_or(0)) + 1.0;
+                (i, run + run * turns / (slots_for(task, a) + 1.0))
+            })
+            .min_by(|a, b| a.1.total_cmp(&b.1))?;
+        (total < HOLD_GAIN * best_now).then_some(agent)
+    }
+
     fn scores(
         &self,
         task: &TaskView,
         agents: &[AgentView],
         ctx: &DecisionContext<'_>,
     ) -> Vec<CandidateScore> {
-        let estimate = if task.estimated_duration_s.is_finite() && task.estimated_duration_s > 0.0 {
-            task.estimated_duration_s
-        } else {
-            1.0
-        };
+        let estimate = estimate_of(task);
         let best_of_type = best_score_by_type(task, agents);
         let mut pairs: BTreeMap<&str, PairEstimate> = BTreeMap::new();
         for (_, agent) in fitting(task, agents) {
@@ -176,13 +217,44 @@ impl Strategy for Adaptive {
                 .get(&*agent.agent_type)
                 .copied()
                 .unwrap_or_else(|| pair_estimate(ctx.patterns, &task.task_type, &agent.agent_type));
-            let load = peak_utilization(&reserved_after(task, agent), &agent.capacity);
-            let queue = 1.0 + QUEUE_WEIGHT * load.clamp(0.0, 1.0);
             let speed = agent_factor(agent, &best_of_type);
-            let expected = estimate * pair.cost() * queue / speed;
+            let expected = estimate * pair.cost() * queue_factor(task, agent) / speed;
             1.0 / expected
         })
     }
+}
+
+/// A task waits for a busy agent only if that is expected to finish it in at most this share of
+/// the time the best agent with room would take: waiting bets on the busy agent's running tasks
+/// ending as estimated, so it must pay clearly.
+const HOLD_GAIN: f64 = 0.5;
+
+/// The task's estimate in seconds; 1 when not given (common to every candidate of a decision).
+fn estimate_of(task: &TaskView) -> f64 {
+    if task.estimated_duration_s.is_finite() && task.estimated_duration_s > 0.0 {
+        task.estimated_duration_s
+    } else {
+        1.0
+    }
+}
+
+/// `1 + 0.5 × peak utilization after placing`: the queueing penalty of a loaded agent.
+fn queue_factor(task: &TaskView, agent: &AgentView) -> f64 {
+    let load = peak_utilization(&reserved_after(task, agent), &agent.capacity);
+    1.0 + QUEUE_WEIGHT * load.clamp(0.0, 1.0)
+}
+
+/// How many tasks like this one the agent holds at once when empty (at least 1).
+fn slots_for(task: &TaskView, agent: &AgentView) -> f64 {
+    agent
+        .capacity
+        .iter()
+        .filter_map(|(kind, cap)| {
+            let need = task.required.get(kind);
+            (need > 0).then(|| (cap / need) as f64)
+        })
+        .fold(f64::INFINITY, f64::min)
+        .clamp(1.0, 1.0e6)
 }
 
 /// Places each task with the agent type that has succeeded at it most often.
