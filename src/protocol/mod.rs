@@ -8,6 +8,7 @@
 mod envelope;
 mod messages;
 mod messaging;
+mod reasons;
 mod subjects;
 mod validate;
 

@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::envelope::{Envelope, MessageType, PROTOCOL_VERSION};
 use super::messages::{AgentDeregister, AgentRegister, Heartbeat, TaskComplete, TaskSubmit};
 use super::messaging::{HandoffAcknowledge, HandoffInitiate, ResourceRequest};
+pub use super::reasons::RejectReason;
 use super::subjects::Subjects;
 use crate::decision::{ResourceError, Resources};
 
@@ -15,69 +16,6 @@ use crate::decision::{ResourceError, Resources};
 pub const MAX_TASK_PRIORITY: u8 = 10;
 /// Most dependencies one task may name.
 pub const MAX_DEPENDENCIES: usize = 64;
-
-/// Why a message was refused. `as_str` is the documented reason code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RejectReason {
-    PayloadTooLarge,
-    MalformedJson,
-    InvalidEnvelope,
-    UnsupportedVersion,
-    Expired,
-    SubjectMismatch,
-    UnexpectedType,
-    InvalidPayload,
-    InvalidId,
-    InvalidPriority,
-    InvalidDuration,
-    InvalidDependencies,
-    Resource(&'static str),
-    UnknownAgent,
-    AgentNotActive,
-    UnknownTask,
-    WrongAgent,
-    TaskExists,
-    TaskNotGranted,
-    StaleGrant,
-    InvalidStrategy,
-    AgentConflict,
-    /// A handoff id the coordinator does not know: never begun, already answered, or its
-    /// deadline passed.
-    UnknownHandoff,
-    /// The receiving agent lacks free capacity for what it would take on.
-    InsufficientCapacity,
-}
-
-impl RejectReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectReason::PayloadTooLarge => "payload_too_large",
-            RejectReason::MalformedJson => "malformed_json",
-            RejectReason::InvalidEnvelope => "invalid_envelope",
-            RejectReason::UnsupportedVersion => "unsupported_version",
-            RejectReason::Expired => "expired",
-            RejectReason::SubjectMismatch => "subject_mismatch",
-            RejectReason::UnexpectedType => "unexpected_type",
-            RejectReason::InvalidPayload => "invalid_payload",
-            RejectReason::InvalidId => "invalid_id",
-            RejectReason::InvalidPriority => "invalid_priority",
-            RejectReason::InvalidDuration => "invalid_duration",
-            RejectReason::InvalidDependencies => "invalid_dependencies",
-            RejectReason::Resource(code) => code,
-            RejectReason::UnknownAgent => "unknown_agent",
-            RejectReason::AgentNotActive => "agent_not_active",
-            RejectReason::UnknownTask => "unknown_task",
-            RejectReason::WrongAgent => "wrong_agent",
-            RejectReason::TaskExists => "task_exists",
-            RejectReason::TaskNotGranted => "task_not_granted",
-            RejectReason::StaleGrant => "stale_grant",
-            RejectReason::InvalidStrategy => "invalid_strategy",
-            RejectReason::AgentConflict => "agent_conflict",
-            RejectReason::UnknownHandoff => "unknown_handoff",
-            RejectReason::InsufficientCapacity => "insufficient_capacity",
-        }
-    }
-}
 
 /// A refused message: what to report and to whom.
 #[derive(Debug, Clone, PartialEq)]
