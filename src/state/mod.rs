@@ -7,6 +7,7 @@
 
 mod handoffs;
 mod keys;
+mod reads;
 mod records;
 mod rows;
 mod scripts;

@@ -1,0 +1,221 @@
+//! The plain reads of the shared state: fleet snapshots, the queue head, records, learned
+//! patterns and the coordination-sync snapshot. Only reads (and the sync lease, a single SET NX):
+//! every change of state goes through a transition script in `store.rs` / `handoffs.rs`.
+
+use std::collections::BTreeMap;
+
+use redis::AsyncCommands;
+
+use super::records::*;
+use super::rows::{AGENT_FIELDS, TASK_FIELDS, agent_status, agent_view, queued_task};
+use super::store::Store;
+use crate::decision::{AgentView, PatternTable};
+use crate::error::Error;
+use crate::protocol::{CoordinationSync, PatternRow, StatusQuery};
+
+impl Store {
+    /// Active agents with a lease whose last heartbeat is older than the lease (Redis clock).
+    /// Only candidates: `expire_agent` re-checks atomically.
+    pub async fn agents_past_lease(&self) -> Result<Vec<String>, Error> {
+        let ids = self.active_agent_ids().await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut self.conn()).await?;
+        let now = secs * 1000 + micros / 1000;
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HMGET")
+                .arg(self.keys().agent(id))
+                .arg("lease_ms")
+                .arg("last_heartbeat");
+        }
+        let rows: Vec<(Option<u64>, Option<u64>)> = pipe.query_async(&mut self.conn()).await?;
+        Ok(ids
+            .into_iter()
+            .zip(rows)
+            .filter(|(_, (lease, last))| matches!((lease, last), (Some(l), Some(t)) if *l > 0 && t + l < now))
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// Everything learned per (task type, agent type), for strategies and `status --patterns`.
+    pub async fn patterns(&self) -> Result<PatternTable, Error> {
+        let fields: BTreeMap<String, String> = self.conn().hgetall(self.keys().patterns()).await?;
+        Ok(super::rows::pattern_table(&fields))
+    }
+
+    /// Takes the broadcast lease for `ttl_ms` if nobody holds it (one atomic SET NX PX).
+    pub async fn take_sync_lease(&self, holder: &str, ttl_ms: u64) -> Result<bool, Error> {
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(self.keys().sync_lease())
+            .arg(holder)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(taken.is_some())
+    }
+
+    /// Ids of active agents.
+    pub async fn active_agent_ids(&self) -> Result<Vec<String>, Error> {
+        Ok(self.conn().smembers(self.keys().agents()).await?)
+    }
+
+    /// Views of all active agents, read in one pipelined round trip after the id list.
+    pub async fn agent_snapshot(&self) -> Result<Vec<AgentView>, Error> {
+        let ids = self.active_agent_ids().await?;
+        let rows = self.agent_rows(&ids).await?;
+        Ok(ids
+            .into_iter()
+            .zip(rows)
+            .filter(|(_, row)| row.get(1).map(String::as_str) == Some("active"))
+            .map(|(id, row)| agent_view(id, &row))
+            .collect())
+    }
+
+    async fn agent_rows(&self, ids: &[String]) -> Result<Vec<Vec<String>>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new()); // an empty pipeline is refused by the client ("empty command")
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HMGET")
+                .arg(self.keys().agent(id))
+                .arg(&AGENT_FIELDS[..]);
+        }
+        let rows: Vec<Vec<Option<String>>> = pipe.query_async(&mut self.conn()).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| r.into_iter().map(Option::unwrap_or_default).collect())
+            .collect())
+    }
+
+    /// Up to `limit` tasks from the head of the priority queue, in order.
+    pub async fn queue_head(&self, limit: usize) -> Result<Vec<QueuedTask>, Error> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = self
+            .conn()
+            .zrange(self.keys().queue(), 0, limit as isize - 1)
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HMGET")
+                .arg(self.keys().task(id))
+                .arg(&TASK_FIELDS[..]);
+        }
+        let rows: Vec<Vec<Option<String>>> = pipe.query_async(&mut self.conn()).await?;
+        Ok(ids
+            .into_iter()
+            .zip(rows)
+            .filter(|(_, row)| row.first().and_then(|s| s.as_deref()) == Some("queued"))
+            .map(|(id, row)| {
+                queued_task(id, row.into_iter().map(Option::unwrap_or_default).collect())
+            })
+            .collect())
+    }
+
+    /// One task's record (all fields), or `None` when unknown or expired.
+    pub async fn task_record(
+        &self,
+        task_id: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, Error> {
+        let map: BTreeMap<String, String> = self.conn().hgetall(self.keys().task(task_id)).await?;
+        Ok(if map.is_empty() { None } else { Some(map) })
+    }
+
+    /// One agent's record (all fields), or `None`.
+    pub async fn agent_record(
+        &self,
+        agent_id: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, Error> {
+        let map: BTreeMap<String, String> =
+            self.conn().hgetall(self.keys().agent(agent_id)).await?;
+        Ok(if map.is_empty() { None } else { Some(map) })
+    }
+
+    /// The grant of `task_id` number `grant_seq` reached NATS: drop it from the outbox.
+    pub async fn mark_grants_published(&self, grants: &[(String, u64)]) -> Result<(), Error> {
+        if grants.is_empty() {
+            return Ok(());
+        }
+        let members: Vec<String> = grants.iter().map(|(t, s)| format!("{t}|{s}")).collect();
+        let _: i64 = self
+            .conn()
+            .zrem(self.keys().grant_outbox(), members)
+            .await?;
+        Ok(())
+    }
+
+    /// Grants committed more than `older_than_ms` ago (Redis clock) whose publication was never
+    /// confirmed: a replica died between commit and publish.
+    pub async fn stale_grants(
+        &self,
+        older_than_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, Error> {
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut self.conn()).await?;
+        let cutoff = (secs * 1000 + micros / 1000).saturating_sub(older_than_ms);
+        let members: Vec<String> = self
+            .conn()
+            .zrangebyscore_limit(self.keys().grant_outbox(), 0, cutoff, 0, limit as isize)
+            .await?;
+        Ok(members
+            .iter()
+            .filter_map(|m| m.rsplit_once('|'))
+            .filter_map(|(t, s)| Some((t.to_string(), s.parse().ok()?)))
+            .collect())
+    }
+
+    pub async fn queue_depth(&self) -> Result<u64, Error> {
+        Ok(self.conn().zcard(self.keys().queue()).await?)
+    }
+
+    /// A coordination snapshot for status queries and sync broadcasts.
+    pub async fn coordination_sync(&self, query: &StatusQuery) -> Result<CoordinationSync, Error> {
+        let queue_depth = self.queue_depth().await?;
+        let counters: BTreeMap<String, u64> = self.conn().hgetall(self.keys().stats()).await?;
+        let mut agents = Vec::new();
+        if query.include_agents {
+            let mut ids: Vec<String> = self.active_agent_ids().await?;
+            ids.sort();
+            let rows = self.agent_rows(&ids).await?;
+            agents = ids
+                .into_iter()
+                .zip(rows)
+                .map(|(id, row)| agent_status(id, &row))
+                .collect();
+        }
+        let patterns = if query.include_patterns {
+            pattern_rows(&self.patterns().await?)
+        } else {
+            Vec::new()
+        };
+        Ok(CoordinationSync {
+            patterns,
+            queue_depth,
+            counters,
+            agents,
+        })
+    }
+}
+
+fn pattern_rows(table: &PatternTable) -> Vec<PatternRow> {
+    table
+        .iter()
+        .map(|(task_type, agent_type, s)| PatternRow {
+            task_type: task_type.to_string(),
+            agent_type: agent_type.to_string(),
+            attempts: s.attempts,
+            successes: s.successes,
+            success_ema: s.success_ema,
+            duration_ratio_ema: s.duration_ratio_ema,
+        })
+        .collect()
+}
