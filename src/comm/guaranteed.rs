@@ -166,6 +166,10 @@ async fn give_up_on(
         ),
         subject: None,
     };
+    // Built with a JSON payload directly: the inbox holds untyped envelopes.
+    let Ok(report) = serde_json::to_value(report) else {
+        return;
+    };
     let mut notice = Envelope::new(
         shared.agent_id.clone(),
         MessageType::ErrorReport,
@@ -175,12 +179,10 @@ async fn give_up_on(
     .with_correlation(envelope.message_id.to_string())
     .with_recipient(shared.agent_id.clone());
     notice.priority = MessagePriority::High;
-    if let Ok(notice) = serde_json::to_value(&notice).and_then(serde_json::from_value) {
-        shared
-            .inbox
-            .push(MessagePriority::High, Delivery::local(notice))
-            .await;
-    }
+    shared
+        .inbox
+        .push(MessagePriority::High, Delivery::local(notice))
+        .await;
 }
 
 /// Asynchronous mode with acknowledgment: one wait, no retries; counts the outcome.

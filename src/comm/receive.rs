@@ -49,9 +49,9 @@ pub(crate) async fn start(shared: &Arc<Shared>) -> Result<Vec<JoinHandle<()>>, E
         o.duplicate_window,
         o.max_message_bytes,
     );
-    transport::ensure_messages_stream(&shared.js, stream).await?;
+    transport::ensure_stream(&shared.js, stream).await?;
     let dead_letters = transport::dead_letter_stream_config(&shared.subjects);
-    transport::ensure_messages_stream(&shared.js, dead_letters).await?;
+    transport::ensure_stream(&shared.js, dead_letters).await?;
     let mut tasks = Vec::new();
     // Core first: an acknowledgment or response must never arrive unheard. Three tasks, so
     // that acknowledgments and the coordinator's refusals (which calls may be waiting for) are

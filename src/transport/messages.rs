@@ -31,7 +31,7 @@ pub(crate) fn messages_stream_config(
 }
 
 /// Makes sure a stream exists without changing one an optimizer configured.
-pub(crate) async fn ensure_messages_stream(
+pub(crate) async fn ensure_stream(
     js: &jetstream::Context,
     config: stream::Config,
 ) -> Result<(), Error> {

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 mod messages;
 
-pub(crate) use messages::{ensure_messages_stream, message_consumer, messages_stream_config};
+pub(crate) use messages::{ensure_stream, message_consumer, messages_stream_config};
 
 use crate::config::JetStreamConfig;
 use crate::error::{Error, ErrorKind, nats_error};
