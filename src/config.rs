@@ -46,6 +46,8 @@ pub struct CoordinationConfig {
     pub batch_size: usize,
     pub dispatch_window: usize,
     pub max_candidates: usize,
+    /// A grant not acknowledged by its agent within this many ms is sent again.
+    pub grant_resend_ms: u64,
     pub default_strategy: String,
     pub task_retention_s: u64,
 }
@@ -133,6 +135,7 @@ impl Config {
                 batch_size: 256,
                 dispatch_window: 128,
                 max_candidates: 4,
+                grant_resend_ms: 1000,
                 default_strategy: "least_loaded".into(),
                 task_retention_s: 86_400,
             },
@@ -232,6 +235,10 @@ impl Config {
         check(
             (1..=64).contains(&c.max_candidates),
             "coordination.max_candidates must be 1..=64",
+        );
+        check(
+            (50..=600_000).contains(&c.grant_resend_ms),
+            "coordination.grant_resend_ms must be 50..=600000",
         );
         check(
             crate::decision::StrategyKind::parse(&c.default_strategy).is_some(),

@@ -19,6 +19,7 @@ pub const REDELIVERIES_TOTAL: &str = "switchyard_redeliveries_total";
 pub const GRANT_LATENCY_SECONDS: &str = "switchyard_grant_latency_seconds";
 pub const QUEUE_DEPTH: &str = "switchyard_queue_depth";
 pub const GRANT_REPUBLISHES_TOTAL: &str = "switchyard_grant_republishes_total";
+pub const DISPATCH_ROUNDS_TOTAL: &str = "switchyard_dispatch_rounds_total";
 pub const AGENTS_EXPIRED_TOTAL: &str = "switchyard_agents_expired_total";
 pub const AGENT_HANDOFF_DURATION_SECONDS: &str = "agent_handoff_duration_seconds";
 // The inter-agent protocol's client metrics (one registry per `CommunicationProtocol`).
@@ -55,6 +56,9 @@ pub struct Metrics {
     pub grant_latency: HistogramVec,
     pub queue_depth: Gauge,
     pub grant_republishes: IntCounter,
+    /// Dispatch rounds that found a non-empty queue head (each reads the fleet log once and
+    /// commits its grants in one script call).
+    pub dispatch_rounds: IntCounter,
     /// Agents marked dead because their lease ran out.
     pub agents_expired: IntCounter,
     /// Handoff begin to verdict, by `outcome`: accepted, rejected, refused.
@@ -156,7 +160,14 @@ impl Metrics {
                 &r,
                 IntCounter::new(
                     GRANT_REPUBLISHES_TOTAL,
-                    "Grants re-published after an interrupted publication",
+                    "Grants sent again because their agent had not acknowledged them",
+                ),
+            )?,
+            dispatch_rounds: registered(
+                &r,
+                IntCounter::new(
+                    DISPATCH_ROUNDS_TOTAL,
+                    "Dispatch rounds over a non-empty queue head",
                 ),
             )?,
             agents_expired: registered(

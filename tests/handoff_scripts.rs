@@ -72,6 +72,7 @@ impl Fixture {
             dependencies: Vec::new(),
             strategy: None,
             explain: false,
+            replies: switchyard::protocol::Replies::All,
         };
         self.store.submit_task(&req, 3600).await.expect("submit");
         let outcome = self
@@ -425,6 +426,7 @@ async fn begin_checks_the_task_and_both_agents() {
                 dependencies: Vec::new(),
                 strategy: None,
                 explain: false,
+                replies: switchyard::protocol::Replies::All,
             },
             3600,
         )

@@ -33,6 +33,7 @@ fn submit_req(task_id: &str, message_id: &str, priority: u8, required: Resources
         dependencies: Vec::new(),
         strategy: None,
         explain: false,
+        replies: switchyard::protocol::Replies::All,
     }
 }
 
@@ -763,7 +764,7 @@ async fn grant_outbox_lists_unpublished_grants() {
         "a fresh grant is not older than an hour"
     );
     f.store
-        .mark_grants_published(&[("t1".to_string(), 1)])
+        .acknowledge_grants(&[("t1".to_string(), 1)])
         .await
         .unwrap();
     assert!(f.store.stale_grants(0, 10).await.unwrap().is_empty());
@@ -793,7 +794,7 @@ async fn leases_expire_by_the_redis_clock_and_heartbeats_renew_them() {
         HeartbeatOutcome::Alive
     );
     assert_eq!(
-        f.store.expire_agent("leased").await.expect("expire"),
+        f.store.expire_agent("leased", 1).await.expect("expire"),
         ExpireOutcome::Alive
     );
     assert_eq!(
@@ -805,7 +806,7 @@ async fn leases_expire_by_the_redis_clock_and_heartbeats_renew_them() {
     let dead = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         loop {
             if let ExpireOutcome::Dead { tasks } =
-                f.store.expire_agent("leased").await.expect("expire")
+                f.store.expire_agent("leased", 1).await.expect("expire")
             {
                 return tasks;
             }
@@ -816,7 +817,7 @@ async fn leases_expire_by_the_redis_clock_and_heartbeats_renew_them() {
     .expect("lease runs out");
     assert_eq!(dead, ids(&["t1"]));
     assert_eq!(
-        f.store.expire_agent("forever").await.expect("expire"),
+        f.store.expire_agent("forever", 1).await.expect("expire"),
         ExpireOutcome::Alive
     );
     assert!(
@@ -844,7 +845,7 @@ async fn leases_expire_by_the_redis_clock_and_heartbeats_renew_them() {
         RequeueOutcome::Requeued
     );
     assert_eq!(
-        f.store.agents_past_lease().await.expect("candidates"),
+        f.store.agents_past_lease(100).await.expect("candidates"),
         Vec::<String>::new()
     );
 }

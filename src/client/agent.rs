@@ -3,19 +3,26 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull};
+use async_nats::jetstream;
 use futures::StreamExt;
 
 use super::router::{ClientEvent, Router, into_reply};
 use crate::error::{Error, nats_error};
 use crate::protocol::{
-    AgentDeregister, AgentRegister, Envelope, Heartbeat, MessageType, Subjects, TaskComplete,
-    TaskGrant, now_ms,
+    AgentDeregister, AgentRegister, Envelope, GrantAck, GrantRef, Heartbeat, MessageType, Replies,
+    Subjects, TaskComplete, TaskGrant, now_ms,
 };
 use crate::transport;
 
+/// How many recent grants an agent remembers to drop redeliveries.
+const DEDUPE_MEMORY: usize = 10_000;
+
 pub struct Agent {
+    client: async_nats::Client,
     js: jetstream::Context,
+    /// The grant subscription, made before registering so that no grant sent in answer to the
+    /// registration is missed; handed out by [`Agent::grants`].
+    grants: std::sync::Mutex<Option<async_nats::Subscriber>>,
     subjects: Subjects,
     agent_id: String,
     router: Router,
@@ -40,7 +47,13 @@ impl Agent {
         let agent_id = registration.agent_id.clone();
         let lease = registration.lease_s.filter(|l| *l > 0.0);
         let router = Router::start(&client, &subjects, &agent_id, 1024).await?;
+        let grants = client
+            .subscribe(subjects.addressed(MessageType::TaskRequest, &agent_id))
+            .await
+            .map_err(|e| nats_error("cannot subscribe to grants", e))?;
         let mut agent = Agent {
+            client: client.clone(),
+            grants: std::sync::Mutex::new(Some(grants)),
             js: jetstream::new(client),
             subjects,
             agent_id,
@@ -53,7 +66,7 @@ impl Agent {
             .await?;
         if let Some(lease) = lease {
             agent.heartbeat = Some(tokio::spawn(send_heartbeats(
-                agent.js.clone(),
+                agent.client.clone(),
                 agent.subjects.clone(),
                 agent.agent_id.clone(),
                 Duration::from_secs_f64(lease / 3.0),
@@ -79,13 +92,22 @@ impl Agent {
         self.router.subscribe()
     }
 
-    /// This agent's grants, from its durable consumer: grants sent while it was away arrive
-    /// when it comes back.
+    /// This agent's grants. Each is acknowledged (GRANT_ACK) as it is handed out; grants the
+    /// optimizers sent while the agent was away are sent again until acknowledged, and at once
+    /// when it registers again. Can be taken once per registration: a second call is an error.
     pub async fn grants(&self) -> Result<GrantStream, Error> {
-        let consumer = transport::agent_consumer(&self.js, &self.subjects, &self.agent_id).await?;
+        let taken = self.grants.lock().map(|mut slot| slot.take());
+        let Ok(Some(subscription)) = taken else {
+            return Err(Error::new(
+                crate::error::ErrorKind::Rejected,
+                "the grant stream of this agent was already taken",
+            ));
+        };
         Ok(GrantStream {
-            consumer,
-            batch: None,
+            subscription,
+            client: self.client.clone(),
+            subjects: self.subjects.clone(),
+            agent_id: self.agent_id.clone(),
             seen: HashSet::new(),
             order: VecDeque::new(),
         })
@@ -93,14 +115,17 @@ impl Agent {
 
     /// Reports a task's outcome; resolves once JetStream stored the report (it will be applied
     /// even if no optimizer is up right now).
+    /// Nobody waits for the verdict, so none is asked for (a refusal still comes on
+    /// [`Agent::events`]).
     pub async fn complete_task(
         &self,
         task_id: &str,
         success: bool,
         execution_time_s: f64,
     ) -> Result<(), Error> {
-        self.publish_completion(self.completion(task_id, success, execution_time_s))
-            .await
+        let mut report = self.completion(task_id, success, execution_time_s);
+        report.replies = Replies::None;
+        self.publish_completion(report).await
     }
 
     /// Reports the outcome of this grant: like [`Agent::complete_task`], plus the grant number,
@@ -113,6 +138,7 @@ impl Agent {
     ) -> Result<(), Error> {
         let mut report = self.completion(&grant.task_id, success, execution_time_s);
         report.grant_seq = Some(grant.grant_seq);
+        report.replies = Replies::None;
         self.publish_completion(report).await
     }
 
@@ -157,6 +183,7 @@ impl Agent {
             performance_metrics: Default::default(),
             error: None,
             grant_seq: None,
+            replies: Replies::All,
         }
     }
 
@@ -188,34 +215,23 @@ impl Agent {
     }
 }
 
-/// How many recent grants an agent remembers to drop redeliveries.
-const DEDUPE_MEMORY: usize = 10_000;
-
-/// An agent's incoming grants. Each grant is acknowledged as it is handed out, and a grant
-/// delivered twice (same task and grant number) is handed out once.
+/// An agent's incoming grants (core NATS, `<prefix>.task_request.<agent_id>`). Each grant is
+/// acknowledged as it is handed out, and a grant delivered twice (same task and grant number) is
+/// handed out once.
 pub struct GrantStream {
-    consumer: jetstream::consumer::PullConsumer,
-    /// The pull request being served. Grants are pulled in consecutive batch requests rather
-    /// than async-nats' continuous stream, whose client-side count of outstanding messages was
-    /// seen to drift under load and stop asking for more for up to 35 s.
-    batch: Option<pull::Batch>,
+    subscription: async_nats::Subscriber,
+    client: async_nats::Client,
+    subjects: Subjects,
+    agent_id: String,
     seen: HashSet<(String, u64)>,
     order: VecDeque<(String, u64)>,
 }
 
-/// Grants asked for per pull request, and how long a request waits on the server.
-const GRANT_BATCH: usize = 256;
-const GRANT_PULL_EXPIRES: Duration = Duration::from_secs(5);
-
 impl GrantStream {
-    /// The next grant, waiting for one; an error when pulling fails (e.g. the connection closed).
+    /// The next grant, waiting for one; `None` when the connection closed for good.
     pub async fn next(&mut self) -> Option<Result<Envelope<TaskGrant>, Error>> {
         loop {
-            let message = match self.next_message().await? {
-                Ok(m) => m,
-                Err(e) => return Some(Err(e)),
-            };
-            let _ = message.ack().await;
+            let message = self.subscription.next().await?;
             let grant: Envelope<TaskGrant> = match serde_json::from_slice(&message.payload) {
                 Ok(g) => g,
                 Err(e) => {
@@ -223,43 +239,30 @@ impl GrantStream {
                     continue;
                 }
             };
+            // Acknowledged even when it is a copy: the copy came because an earlier
+            // acknowledgment was lost.
+            if let Err(e) = self.acknowledge(&grant.payload).await {
+                tracing::warn!(task_id = %grant.payload.task_id, error = %e, "grant not acknowledged; it will come again");
+            }
             if self.remember(&grant.payload) {
                 return Some(Ok(grant));
             }
         }
     }
 
-    async fn next_message(&mut self) -> Option<Result<jetstream::Message, Error>> {
-        loop {
-            let batch = match self.batch.as_mut() {
-                Some(batch) => batch,
-                None => {
-                    let request = self
-                        .consumer
-                        .batch()
-                        .max_messages(GRANT_BATCH)
-                        .expires(GRANT_PULL_EXPIRES)
-                        .messages()
-                        .await;
-                    match request {
-                        Ok(batch) => self.batch.insert(batch),
-                        Err(e) => return Some(Err(nats_error("cannot pull grants", e))),
-                    }
-                }
-            };
-            match batch.next().await {
-                Some(Ok(message)) => return Some(Ok(message)),
-                Some(Err(e)) => {
-                    self.batch = None;
-                    return Some(Err(Error::new(
-                        crate::error::ErrorKind::Nats,
-                        format!("grant delivery failed: {e}"),
-                    )));
-                }
-                // This request is done (filled or expired): ask again.
-                None => self.batch = None,
-            }
-        }
+    async fn acknowledge(&self, grant: &TaskGrant) -> Result<(), Error> {
+        let ack = GrantAck {
+            agent_id: self.agent_id.clone(),
+            grants: vec![GrantRef {
+                task_id: grant.task_id.clone(),
+                grant_seq: grant.grant_seq,
+            }],
+        };
+        let envelope = Envelope::new(self.agent_id.clone(), MessageType::GrantAck, ack, now_ms());
+        let subject = self
+            .subjects
+            .addressed(MessageType::GrantAck, &self.agent_id);
+        transport::publish_core(&self.client, subject, &envelope).await
     }
 
     fn remember(&mut self, grant: &TaskGrant) -> bool {
@@ -277,10 +280,10 @@ impl GrantStream {
     }
 }
 
-/// Publishes a HEARTBEAT every `every` until aborted. A failed heartbeat is logged; the next one
-/// may get through before the lease runs out.
+/// Publishes a HEARTBEAT (core NATS) every `every` until aborted. A lost heartbeat is harmless:
+/// the next one comes well within the lease.
 async fn send_heartbeats(
-    js: jetstream::Context,
+    client: async_nats::Client,
     subjects: Subjects,
     agent_id: String,
     every: Duration,
@@ -294,10 +297,7 @@ async fn send_heartbeats(
         };
         let envelope = Envelope::new(agent_id.clone(), MessageType::Heartbeat, beat, now_ms());
         let subject = subjects.addressed(MessageType::Heartbeat, &agent_id);
-        if let Err(e) =
-            transport::publish_stored(&js, subject, &envelope.message_id.to_string(), &envelope)
-                .await
-        {
+        if let Err(e) = transport::publish_core(&client, subject, &envelope).await {
             tracing::warn!(agent_id = %agent_id, error = %e, "heartbeat not sent");
         }
     }

@@ -9,7 +9,7 @@ use futures::future::join_all;
 
 use super::Ctx;
 use super::dispatch::publish_grants;
-use super::events::{Applied, apply_event};
+use super::events::{Applied, apply_batch};
 use super::publish::{Reply, send_rejection, send_reply};
 use crate::error::Error;
 use crate::protocol::{Inbound, MessageType, Rejection, ReplyStatus, decode, now_ms};
@@ -20,7 +20,8 @@ pub(crate) async fn process_batch(ctx: &Ctx, messages: Vec<Message>) {
     ctx.metrics.active_coordinations.add(count);
     let events = decode_batch(ctx, messages).await;
     let t_decoded = Instant::now();
-    let results = join_all(events.iter().map(|(_, event)| apply_event(ctx, event))).await;
+    let inbound: Vec<&Inbound> = events.iter().map(|(_, event)| event).collect();
+    let results = apply_batch(ctx, &inbound).await;
     let t_applied = Instant::now();
     let needs_dispatch = results.iter().any(|r| matches!(r, Ok(a) if a.dispatch));
     let granted = if needs_dispatch {

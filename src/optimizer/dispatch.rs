@@ -19,30 +19,30 @@ use crate::decision::{
 };
 use crate::error::Error;
 use crate::protocol::{MessageType, ReplyStatus, now_ms};
-use crate::state::GrantOutcome;
-use crate::state::QueuedTask;
+use crate::state::{FleetCache, GrantOutcome, GrantRequest, QueuedTask};
 
 /// Most passes one dispatch call makes while every pass keeps granting a full window.
 const MAX_ROUNDS: usize = 8;
 
 /// Grants what fits from the queue head; returns the ids of tasks granted (and published).
-pub(crate) async fn dispatch_queue(ctx: &Ctx) -> Result<HashSet<String>, Error> {
+pub(crate) async fn dispatch_queue(
+    ctx: &Ctx,
+    fleet: &mut FleetCache,
+) -> Result<HashSet<String>, Error> {
     let started = Instant::now();
     let mut granted_ids = HashSet::new();
     let mut stale_retry_left = true;
     for _ in 0..MAX_ROUNDS {
-        let round = dispatch_round(ctx).await?;
+        let round = dispatch_round(ctx, fleet).await?;
         granted_ids.extend(round.granted.iter().map(|g| g.payload.task_id.clone()));
         if ctx.faults.stall_after_commit && !round.granted.is_empty() {
             tracing::warn!("fault injection: grants committed; stalling before publishing them");
             std::future::pending::<()>().await;
         }
-        let tp = Instant::now();
         publish_grants(ctx, round.granted).await;
-        tracing::debug!(publish_us = tp.elapsed().as_micros() as u64, "published");
         // Go again when the window was fully granted (more may be waiting behind it), or once
-        // when a proposal missed because the snapshot was stale (a fresh one may find room; when
-        // the fleet is simply full, more rounds would only re-read the same queue head).
+        // when a proposal missed because the cache was stale (the next round reads what changed;
+        // when the fleet is simply full, more rounds would only re-read the same queue head).
         let retry_stale = round.stale_misses > 0 && std::mem::take(&mut stale_retry_left);
         if !(round.window_full || retry_stale) {
             break;
@@ -55,56 +55,49 @@ pub(crate) async fn dispatch_queue(ctx: &Ctx) -> Result<HashSet<String>, Error> 
     Ok(granted_ids)
 }
 
+#[derive(Default)]
 struct Round {
     granted: Vec<Grant>,
     window_full: bool,
     stale_misses: usize,
 }
 
-async fn dispatch_round(ctx: &Ctx) -> Result<Round, Error> {
+/// One round: the queue head, what changed in the fleet since the last round (one XRANGE, not a
+/// read of every agent), a plan, and one script call that commits every grant of the plan.
+async fn dispatch_round(ctx: &Ctx, fleet: &mut FleetCache) -> Result<Round, Error> {
     let window = ctx.config.coordination.dispatch_window;
-    let t0 = Instant::now();
     let head = ctx.dispatch_store.queue_head(window).await?;
     if head.is_empty() {
-        return Ok(Round {
-            granted: Vec::new(),
-            window_full: false,
-            stale_misses: 0,
-        });
+        return Ok(Round::default());
     }
-    let t1 = Instant::now();
+    ctx.metrics.dispatch_rounds.inc();
     // What the fleet has learned per (task type, agent type), read only when a strategy in play
-    // uses it, and alongside the snapshot rather than after it.
+    // uses it, and alongside the fleet log rather than after it.
     let needs_patterns = ctx.strategy.uses_patterns()
         || head
             .iter()
             .any(|t| t.strategy.is_some_and(StrategyKind::uses_patterns));
-    let (agents, patterns) = tokio::try_join!(ctx.dispatch_store.agent_snapshot(), async {
+    let (_, patterns) = tokio::try_join!(fleet.refresh(&ctx.dispatch_store), async {
         if needs_patterns {
             ctx.dispatch_store.patterns().await
         } else {
             Ok(PatternTable::new())
         }
     })?;
-    let t2 = Instant::now();
-    let plan = plan_head(ctx, &head, &agents, &patterns);
-    let t3 = Instant::now();
-    let head_ref = &head;
-    let attempts = plan
+    let plan = plan_head(ctx, &head, fleet.agents(), &patterns);
+    let planned: Vec<&PlannedGrant> = plan.iter().filter(|p| !p.candidates.is_empty()).collect();
+    let requests: Vec<GrantRequest> = planned
         .iter()
-        .filter(|p| !p.candidates.is_empty())
-        .map(|p| async move {
-            let task = &head_ref[p.task_index];
-            let outcome = ctx
-                .store
-                .grant_task(&task.view.task_id, &p.candidates)
-                .await;
-            (task, p, outcome)
-        });
-    let mut granted = Vec::new();
-    let mut stale_misses = 0;
-    for (task, planned, result) in join_all(attempts).await {
-        match result? {
+        .map(|p| GrantRequest {
+            task_id: &head[p.task_index].view.task_id,
+            candidates: &p.candidates,
+        })
+        .collect();
+    let outcomes = ctx.store.grant_tasks(&requests).await?;
+    let mut round = Round::default();
+    for (planned, outcome) in planned.into_iter().zip(outcomes) {
+        let task = &head[planned.task_index];
+        match outcome {
             GrantOutcome::Granted {
                 agent_id,
                 grant_seq,
@@ -114,31 +107,17 @@ async fn dispatch_round(ctx: &Ctx) -> Result<Round, Error> {
                     .with_label_values(&["granted"])
                     .inc();
                 tracing::debug!(task_id = %task.view.task_id, agent_id = %agent_id, grant_seq, "task granted");
-                granted.push(
+                round.granted.push(
                     Grant::from_queued(task, &agent_id, grant_seq)
                         .explained(planned.explanation.as_ref()),
                 );
             }
-            GrantOutcome::NoFit => stale_misses += 1,
+            GrantOutcome::NoFit => round.stale_misses += 1,
             GrantOutcome::NotQueued { .. } => {}
         }
     }
-    let window_full = head.len() == window && granted.len() == head.len();
-    tracing::debug!(
-        granted = granted.len(),
-        head = head.len(),
-        stale_misses,
-        head_us = (t1 - t0).as_micros() as u64,
-        snap_us = (t2 - t1).as_micros() as u64,
-        plan_us = (t3 - t2).as_micros() as u64,
-        grant_us = t3.elapsed().as_micros() as u64,
-        "dispatch round"
-    );
-    Ok(Round {
-        granted,
-        window_full,
-        stale_misses,
-    })
+    round.window_full = head.len() == window && round.granted.len() == head.len();
+    Ok(round)
 }
 
 /// Plans the queue head: tasks that asked for a strategy of their own (TASK_SUBMIT.strategy) are
@@ -181,41 +160,37 @@ fn plan_head(
     plans
 }
 
-/// Publishes grants concurrently, then clears them from the outbox and tells the submitters.
-/// A grant whose publication fails stays in the outbox; the maintenance pass re-publishes it.
+/// Sends grants to their agents (core NATS) and tells the submitters. A grant stays in the
+/// outbox until its agent acknowledges it; until then any replica sends it again every
+/// `grant_resend_ms` (see `grants.rs`), so a lost publication or an offline agent costs time,
+/// never the grant.
 pub(crate) async fn publish_grants(ctx: &Ctx, grants: Vec<Grant>) {
     if grants.is_empty() {
         return;
     }
     let results = join_all(grants.iter().map(|g| publish_grant(ctx, g))).await;
-    let mut published = Vec::new();
     let now = now_ms();
     for (grant, result) in grants.into_iter().zip(results) {
-        match result {
-            Ok(()) => {
-                let latency = now.saturating_sub(grant.submitted_at_ms) as f64 / 1000.0;
-                ctx.metrics
-                    .grant_latency
-                    .with_label_values(&["submit_to_grant"])
-                    .observe(latency);
-                published.push((grant.payload.task_id.clone(), grant.payload.grant_seq));
-                let reply = Reply::new(
-                    &grant.payload.submitter,
-                    &grant.submit_message_id,
-                    MessageType::TaskSubmit,
-                    ReplyStatus::Granted,
-                )
-                .task(&grant.payload.task_id)
-                .agent(&grant.payload.agent_id);
-                send_reply(ctx, reply).await;
-            }
-            Err(e) => {
-                tracing::warn!(task_id = %grant.payload.task_id, error = %e, "grant publication failed; the outbox keeps it")
-            }
+        if let Err(e) = result {
+            tracing::warn!(task_id = %grant.payload.task_id, error = %e, "grant not sent; the outbox sends it again");
+            continue;
         }
-    }
-    if let Err(e) = ctx.dispatch_store.mark_grants_published(&published).await {
-        tracing::warn!(error = %e, "could not clear published grants from the outbox; they will be re-published (deduplicated)");
+        let latency = now.saturating_sub(grant.submitted_at_ms) as f64 / 1000.0;
+        ctx.metrics
+            .grant_latency
+            .with_label_values(&["submit_to_grant"])
+            .observe(latency);
+        if grant.replies.wants(ReplyStatus::Granted) {
+            let reply = Reply::new(
+                &grant.payload.submitter,
+                &grant.submit_message_id,
+                MessageType::TaskSubmit,
+                ReplyStatus::Granted,
+            )
+            .task(&grant.payload.task_id)
+            .agent(&grant.payload.agent_id);
+            send_reply(ctx, reply).await;
+        }
     }
 }
 
@@ -251,8 +226,10 @@ impl Dispatcher {
         }
     }
 
-    /// The pass loop; ends when `stop` turns true, releasing anyone still waiting.
+    /// The pass loop; ends when `stop` turns true, releasing anyone still waiting. The fleet
+    /// cache lives here: one pass runs at a time, so it needs no lock.
     pub(crate) async fn run(&self, ctx: &Ctx, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut fleet = FleetCache::new();
         loop {
             tokio::select! {
                 _ = stop.changed() => {
@@ -262,7 +239,7 @@ impl Dispatcher {
                 _ = self.wake.notified() => {}
             }
             let ticket = self.requested.load(std::sync::atomic::Ordering::SeqCst);
-            let granted = dispatch_queue(ctx).await.unwrap_or_else(|e| {
+            let granted = dispatch_queue(ctx, &mut fleet).await.unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "dispatch failed; the next pass retries");
                 HashSet::new()
             });

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use super::Ctx;
 use super::publish::{Grant, Reply};
 use crate::error::Error;
-use crate::protocol::{Inbound, MessageType, RejectReason, ReplyStatus};
+use crate::protocol::{Inbound, MessageType, RejectReason, Replies, ReplyStatus};
 use crate::state::{
     CompleteOutcome, Completion, DeregisterOutcome, ResolveOutcome, SubmitOutcome, SubmitRequest,
 };
@@ -39,6 +39,54 @@ impl Applied {
     }
 }
 
+/// Applies a batch: every completion in one `complete_tasks` call (so agents and patterns are
+/// read and written once for the batch), everything else event by event, concurrently. One
+/// result per event, in order.
+pub(crate) async fn apply_batch(ctx: &Ctx, events: &[&Inbound]) -> Vec<Result<Applied, Error>> {
+    let reports: Vec<Completion> = events
+        .iter()
+        .filter_map(|event| match event {
+            Inbound::Complete(env) => Some(completion_of(&env.payload)),
+            _ => None,
+        })
+        .collect();
+    let c = &ctx.config.coordination;
+    let mut outcomes: std::collections::VecDeque<Result<CompleteOutcome, Error>> = match ctx
+        .store
+        .complete_tasks(&reports, c.learning_rate, c.task_retention_s)
+        .await
+    {
+        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+        Err(e) => reports
+            .iter()
+            .map(|_| Err(Error::new(e.kind(), e.to_string())))
+            .collect(),
+    };
+    let applying = events.iter().map(|event| {
+        let outcome = match event {
+            Inbound::Complete(_) => outcomes.pop_front(),
+            _ => None,
+        };
+        async move {
+            match (event, outcome) {
+                (Inbound::Complete(env), Some(outcome)) => completed(ctx, env, outcome?).await,
+                _ => apply_event(ctx, event).await,
+            }
+        }
+    });
+    futures::future::join_all(applying).await
+}
+
+fn completion_of(p: &crate::protocol::TaskComplete) -> Completion<'_> {
+    Completion {
+        task_id: &p.task_id,
+        agent_id: &p.agent_id,
+        success: p.success,
+        execution_time_s: p.execution_time_s,
+        grant_seq: p.grant_seq,
+    }
+}
+
 pub(crate) async fn apply_event(ctx: &Ctx, event: &Inbound) -> Result<Applied, Error> {
     match event {
         Inbound::Register(env, capacity) => {
@@ -53,6 +101,15 @@ pub(crate) async fn apply_event(ctx: &Ctx, event: &Inbound) -> Result<Applied, E
                 )
                 .await?;
             tracing::info!(agent_id = %p.agent_id, agent_type = %p.agent_type, "agent registered");
+            // A restarted agent gets the grants it had not acknowledged now, not a resend later.
+            let republish = ctx
+                .store
+                .unacknowledged_grants_of(&p.agent_id)
+                .await?
+                .iter()
+                .filter_map(Grant::from_record)
+                .map(Grant::without_replies)
+                .collect();
             let reply = Reply::new(
                 &env.sender,
                 &env.message_id.to_string(),
@@ -63,11 +120,23 @@ pub(crate) async fn apply_event(ctx: &Ctx, event: &Inbound) -> Result<Applied, E
             Ok(Applied {
                 replies: vec![reply],
                 dispatch: true,
+                republish,
                 ..Applied::default()
             })
         }
+        // Both travel on core NATS (signals.rs); a stored copy is applied the same way.
         Inbound::Heartbeat(env) => {
             super::liveness::apply_heartbeat(ctx, &env.payload.agent_id).await
+        }
+        Inbound::GrantAck(env) => {
+            let grants: Vec<(String, u64)> = env
+                .payload
+                .grants
+                .iter()
+                .map(|g| (g.task_id.clone(), g.grant_seq))
+                .collect();
+            ctx.store.acknowledge_grants(&grants).await?;
+            Ok(Applied::default())
         }
         Inbound::Deregister(env) => {
             deregister(
@@ -95,10 +164,22 @@ pub(crate) async fn apply_event(ctx: &Ctx, event: &Inbound) -> Result<Applied, E
                     .and_then(crate::decision::StrategyKind::parse)
                     .map(|k| k.as_str().to_string()),
                 explain: p.explain,
+                replies: p.replies,
             };
             submit(ctx, &request).await
         }
-        Inbound::Complete(env) => complete(ctx, env).await,
+        Inbound::Complete(env) => {
+            let c = &ctx.config.coordination;
+            let outcome = ctx
+                .store
+                .complete_task(
+                    &completion_of(&env.payload),
+                    c.learning_rate,
+                    c.task_retention_s,
+                )
+                .await?;
+            completed(ctx, env, outcome).await
+        }
         Inbound::HandoffInitiate(env) => super::handoff::begin(ctx, env).await,
         Inbound::HandoffAcknowledge(env) => super::handoff::resolve(ctx, env).await,
         Inbound::ResourceRequest(env, extra) => {
@@ -151,15 +232,28 @@ async fn submit(ctx: &Ctx, req: &SubmitRequest) -> Result<Applied, Error> {
         )
         .task(&req.task_id)
     };
+    let mut applied = submit_outcome(ctx, req, outcome, reply).await?;
+    applied.replies.retain(|r| req.replies.wants(r.body.status));
+    Ok(applied)
+}
+
+async fn submit_outcome(
+    ctx: &Ctx,
+    req: &SubmitRequest,
+    outcome: SubmitOutcome,
+    reply: impl Fn(ReplyStatus) -> Reply,
+) -> Result<Applied, Error> {
     let mut applied = Applied::default();
     match outcome {
         SubmitOutcome::Queued => {
             applied.dispatch = true;
-            applied.queued_submit = Some((
-                req.task_id.clone(),
-                req.submitter.clone(),
-                req.message_id.clone(),
-            ));
+            if req.replies.wants(ReplyStatus::Queued) {
+                applied.queued_submit = Some((
+                    req.task_id.clone(),
+                    req.submitter.clone(),
+                    req.message_id.clone(),
+                ));
+            }
         }
         SubmitOutcome::Waiting { unmet } => {
             ctx.metrics
@@ -212,7 +306,7 @@ async fn duplicate_submit(
                 .as_ref()
                 .and_then(Grant::from_record)
             {
-                applied.republish.push(grant);
+                applied.republish.push(grant.without_replies());
             }
             applied
                 .replies
@@ -237,23 +331,13 @@ async fn duplicate_submit(
     Ok(applied)
 }
 
-async fn complete(
+/// What a completion's outcome calls for: replies, refusals, the dependents' turn.
+async fn completed(
     ctx: &Ctx,
     env: &crate::protocol::Envelope<crate::protocol::TaskComplete>,
+    outcome: CompleteOutcome,
 ) -> Result<Applied, Error> {
     let p = &env.payload;
-    let c = &ctx.config.coordination;
-    let report = Completion {
-        task_id: &p.task_id,
-        agent_id: &p.agent_id,
-        success: p.success,
-        execution_time_s: p.execution_time_s,
-        grant_seq: p.grant_seq,
-    };
-    let outcome = ctx
-        .store
-        .complete_task(&report, c.learning_rate, c.task_retention_s)
-        .await?;
     let (success, submitter, submit_id, dependents) = match outcome {
         CompleteOutcome::Finished {
             success,
@@ -326,16 +410,18 @@ async fn complete(
         dispatch: true,
         ..Applied::default()
     };
-    applied.replies.push(
-        Reply::new(
-            &env.sender,
-            &env.message_id.to_string(),
-            MessageType::TaskComplete,
-            status,
-        )
-        .task(&p.task_id)
-        .agent(&p.agent_id),
-    );
+    if p.replies == Replies::All {
+        applied.replies.push(
+            Reply::new(
+                &env.sender,
+                &env.message_id.to_string(),
+                MessageType::TaskComplete,
+                status,
+            )
+            .task(&p.task_id)
+            .agent(&p.agent_id),
+        );
+    }
     if !submitter.is_empty() {
         applied.replies.push(
             Reply::new(&submitter, &submit_id, MessageType::TaskSubmit, status)

@@ -1,5 +1,5 @@
-//! Work a replica does besides events: every OPTIMIZATION_INTERVAL it re-publishes grants whose
-//! publication was interrupted, dispatches the queue (capacity may have freed without an event
+//! Work a replica does besides events: every OPTIMIZATION_INTERVAL it expires agents past their
+//! lease, dispatches the queue (capacity may have freed without an event
 //! reaching this replica), and refreshes the fleet gauges; and it answers status queries.
 
 use std::sync::Arc;
@@ -9,13 +9,9 @@ use futures::StreamExt;
 use tokio::sync::watch;
 
 use super::Ctx;
-use super::dispatch::publish_grants;
-use super::publish::{Grant, OPTIMIZER_SENDER};
+use super::publish::OPTIMIZER_SENDER;
 use crate::error::Error;
 use crate::protocol::{Envelope, MessageType, StatusQuery, now_ms};
-
-/// Grants older than this in the outbox are presumed orphaned by a dead replica.
-const ORPHANED_GRANT_AGE_MS: u64 = 2_000;
 
 pub(crate) async fn run_maintenance(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     let period = Duration::from_secs_f64(ctx.config.coordination.optimization_interval_s);
@@ -33,7 +29,6 @@ pub(crate) async fn run_maintenance(ctx: Arc<Ctx>, mut stop: watch::Receiver<boo
 }
 
 async fn maintenance_pass(ctx: &Ctx) -> Result<(), Error> {
-    republish_orphaned_grants(ctx).await?;
     super::liveness::expire_silent_agents(ctx).await?;
     ctx.dispatcher.dispatch_after_commit().await;
     let sync = ctx.store.coordination_sync(&StatusQuery::default()).await?;
@@ -85,35 +80,6 @@ async fn broadcast_sync(ctx: &Ctx, sync: crate::protocol::CoordinationSync) -> R
         .messages
         .with_label_values(&[MessageType::CoordinationSync.as_str(), "out"])
         .inc();
-    Ok(())
-}
-
-/// Re-publishes grants committed but never confirmed published. Their message ids are
-/// deterministic, so a grant that did reach JetStream is dropped there as a duplicate.
-pub(crate) async fn republish_orphaned_grants(ctx: &Ctx) -> Result<(), Error> {
-    let stale = ctx.store.stale_grants(ORPHANED_GRANT_AGE_MS, 256).await?;
-    let mut grants = Vec::new();
-    for (task_id, seq) in stale {
-        match ctx
-            .store
-            .task_record(&task_id)
-            .await?
-            .as_ref()
-            .and_then(Grant::from_record)
-        {
-            Some(grant) if grant.payload.grant_seq == seq => grants.push(grant),
-            // Superseded (completed, re-queued or re-granted): just drop the outbox entry.
-            _ => ctx.store.mark_grants_published(&[(task_id, seq)]).await?,
-        }
-    }
-    if !grants.is_empty() {
-        tracing::warn!(
-            count = grants.len(),
-            "re-publishing grants orphaned by an interrupted replica"
-        );
-        ctx.metrics.grant_republishes.inc_by(grants.len() as u64);
-    }
-    publish_grants(ctx, grants).await;
     Ok(())
 }
 

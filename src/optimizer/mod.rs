@@ -12,12 +12,14 @@
 mod batch;
 mod dispatch;
 mod events;
+mod grants;
 mod handoff;
 pub mod http;
 mod inbox;
 mod liveness;
 mod maintenance;
 mod publish;
+mod signals;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -70,8 +72,8 @@ pub(crate) struct Ctx {
     pub dispatcher: dispatch::Dispatcher,
     /// This replica's name for leases (unique per process start).
     pub replica_id: String,
-    /// The control lane's consumer, to see whether heartbeats are still waiting to be applied.
-    pub control_lane: jetstream::consumer::PullConsumer,
+    /// Since when (Redis clock, ms) this replica receives heartbeats; 0 until it subscribed.
+    pub listening_since_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A connected optimizer replica.
@@ -116,7 +118,7 @@ impl Optimizer {
             strategy: Arc::from(default_strategy.build()),
             faults,
             dispatcher: dispatch::Dispatcher::new(),
-            control_lane: control.clone(),
+            listening_since_ms: std::sync::atomic::AtomicU64::new(0),
             replica_id: format!("optimizer-{}", uuid::Uuid::new_v4().simple()),
         };
         Ok(Optimizer {
@@ -143,6 +145,8 @@ impl Optimizer {
             self.ctx.clone(),
             stop_rx.clone(),
         ));
+        background.spawn(signals::run_signals(self.ctx.clone(), stop_rx.clone()));
+        background.spawn(grants::run_resender(self.ctx.clone(), stop_rx.clone()));
         let (ctx, stop) = (self.ctx.clone(), stop_rx.clone());
         background.spawn(async move { ctx.dispatcher.run(&ctx, stop).await });
         let (lanes_stop_tx, lanes_stop) = watch::channel(false);

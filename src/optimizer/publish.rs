@@ -10,7 +10,7 @@ use crate::decision::{Explanation, Resources};
 use crate::error::Error;
 use crate::protocol::{
     CoordinatorReply, Envelope, ErrorReport, ExplainedCandidate, GrantExplanation, MessagePriority,
-    MessageType, Rejection, ReplyStatus, TaskGrant, now_ms,
+    MessageType, Rejection, Replies, ReplyStatus, TaskGrant, now_ms,
 };
 use crate::state::QueuedTask;
 use crate::transport;
@@ -70,6 +70,8 @@ pub(crate) struct Grant {
     pub payload: TaskGrant,
     pub submit_message_id: String,
     pub submitted_at_ms: u64,
+    /// Which replies the submitter wants.
+    pub replies: Replies,
 }
 
 impl Grant {
@@ -88,6 +90,7 @@ impl Grant {
             },
             submit_message_id: task.submit_message_id.clone(),
             submitted_at_ms: task.submitted_at_ms,
+            replies: task.replies,
         }
     }
 
@@ -119,7 +122,14 @@ impl Grant {
             },
             submit_message_id: get("submit_msg_id"),
             submitted_at_ms: num("submitted_at"),
+            replies: Replies::parse(&get("replies")),
         })
+    }
+
+    /// The same grant, telling nobody but the agent (a copy sent again).
+    pub(crate) fn without_replies(mut self) -> Grant {
+        self.replies = Replies::None;
+        self
     }
 
     /// Attaches the decision's explanation, naming the agent actually granted as `chosen` (a
@@ -168,7 +178,9 @@ pub(crate) fn message_priority(task_priority: u8) -> MessagePriority {
     }
 }
 
-/// Publishes one grant to the agent's subject and waits until JetStream stored it.
+/// Publishes one grant on the agent's subject (core NATS: the outbox in Redis, not a stream, is
+/// what keeps it until the agent acknowledges). The message id stays deterministic per (task,
+/// grant number), so every copy of a grant carries the same id.
 pub(crate) async fn publish_grant(ctx: &Ctx, grant: &Grant) -> Result<(), Error> {
     let agent = grant.payload.agent_id.clone();
     let mut env = Envelope::new(
@@ -182,7 +194,7 @@ pub(crate) async fn publish_grant(ctx: &Ctx, grant: &Grant) -> Result<(), Error>
     env.message_id = grant.message_id();
     env.priority = message_priority(grant.payload.priority);
     let subject = ctx.subjects.addressed(MessageType::TaskRequest, &agent);
-    transport::publish_stored(&ctx.js, subject, &env.message_id.to_string(), &env).await?;
+    transport::publish_core(&ctx.client, subject, &env).await?;
     ctx.metrics
         .messages
         .with_label_values(&[MessageType::TaskRequest.as_str(), "out"])
@@ -263,6 +275,7 @@ mod tests {
             submitted_at_ms: 0,
             strategy: None,
             explain: true,
+            replies: Replies::All,
         }
     }
 

@@ -31,10 +31,12 @@ pub enum MessageType {
     CoordinatorReply,
     // The inter-agent protocol's own acknowledgment.
     MessageAck,
+    // An agent acknowledges the grants it received.
+    GrantAck,
 }
 
 impl MessageType {
-    pub const ALL: [MessageType; 18] = [
+    pub const ALL: [MessageType; 19] = [
         MessageType::TaskRequest,
         MessageType::TaskResponse,
         MessageType::StatusUpdate,
@@ -53,6 +55,7 @@ impl MessageType {
         MessageType::StatusQuery,
         MessageType::CoordinatorReply,
         MessageType::MessageAck,
+        MessageType::GrantAck,
     ];
 
     /// The subject token of this type, also its lowercase wire name (a bounded metric label).
@@ -76,6 +79,7 @@ impl MessageType {
             MessageType::StatusQuery => "status_query",
             MessageType::CoordinatorReply => "reply",
             MessageType::MessageAck => "message_ack",
+            MessageType::GrantAck => "grant_ack",
         }
     }
 

@@ -29,6 +29,24 @@ pub struct Heartbeat {
     pub agent_id: String,
 }
 
+/// `GRANT_ACK`: an agent received these grants (core NATS, `<prefix>.grant_ack.<agent_id>`).
+/// Until a grant is acknowledged (or its task completed), the optimizers send it again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrantAck {
+    pub agent_id: String,
+    pub grants: Vec<GrantRef>,
+}
+
+/// One grant: its task and grant number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GrantRef {
+    pub task_id: String,
+    pub grant_seq: u64,
+}
+
+/// Most grants one GRANT_ACK may acknowledge.
+pub const MAX_GRANTS_PER_ACK: usize = 256;
+
 fn default_priority_weight() -> f64 {
     1.0
 }
@@ -63,6 +81,56 @@ pub struct TaskSubmit {
     /// [`explanation`](TaskGrant::explanation).
     #[serde(default, skip_serializing_if = "is_false")]
     pub explain: bool,
+    /// Which COORDINATOR_REPLY messages the submitter wants for this task: `all` (default),
+    /// `final` (only completed / failed) or `none`. Refusals always come as ERROR_REPORT.
+    #[serde(default, skip_serializing_if = "Replies::is_all")]
+    pub replies: Replies,
+}
+
+/// Which COORDINATOR_REPLY messages a sender wants. Fewer replies are fewer messages: a client
+/// that does not wait for an answer should say so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Replies {
+    /// Every reply: for a submit, queued / waiting / granted and then completed / failed.
+    #[default]
+    All,
+    /// Only the final outcome (completed or failed).
+    Final,
+    /// No replies at all.
+    None,
+}
+
+impl Replies {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Replies::All => "all",
+            Replies::Final => "final",
+            Replies::None => "none",
+        }
+    }
+
+    /// Reads the stored name back; anything unknown (an older record) means `all`.
+    pub fn parse(name: &str) -> Replies {
+        match name {
+            "final" => Replies::Final,
+            "none" => Replies::None,
+            _ => Replies::All,
+        }
+    }
+
+    fn is_all(&self) -> bool {
+        *self == Replies::All
+    }
+
+    /// Whether a reply with this status goes out.
+    pub fn wants(self, status: ReplyStatus) -> bool {
+        match self {
+            Replies::All => true,
+            Replies::Final => matches!(status, ReplyStatus::Completed | ReplyStatus::Failed),
+            Replies::None => false,
+        }
+    }
 }
 
 fn is_false(value: &bool) -> bool {
@@ -135,6 +203,10 @@ pub struct TaskComplete {
     /// report about an earlier grant of the same task is refused (`stale_grant`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant_seq: Option<u64>,
+    /// `all` (default): the agent is told the verdict in a COORDINATOR_REPLY; `none` (or
+    /// `final`): only a refusal is reported (ERROR_REPORT), which saves a message per task.
+    #[serde(default, skip_serializing_if = "Replies::is_all")]
+    pub replies: Replies,
 }
 
 /// Outcome of an operation, in a `COORDINATOR_REPLY`.
@@ -254,6 +326,7 @@ impl TaskSubmit {
             dependencies: Vec::new(),
             strategy: None,
             explain: false,
+            replies: Replies::All,
         }
     }
 
@@ -287,6 +360,12 @@ impl TaskSubmit {
     /// Asks for the grant to carry an explanation of the placement decision.
     pub fn explain(mut self, explain: bool) -> Self {
         self.explain = explain;
+        self
+    }
+
+    /// Which replies the submitter wants (default: all).
+    pub fn replies(mut self, replies: Replies) -> Self {
+        self.replies = replies;
         self
     }
 

@@ -17,8 +17,9 @@ pub use envelope::{
 };
 pub use messages::{
     AgentDeregister, AgentRegister, AgentStatusView, CoordinationSync, CoordinatorReply,
-    ErrorReport, ExplainedCandidate, GrantExplanation, Heartbeat, PatternRow, ReplyStatus,
-    StatusQuery, TaskComplete, TaskGrant, TaskSubmit,
+    ErrorReport, ExplainedCandidate, GrantAck, GrantExplanation, GrantRef, Heartbeat,
+    MAX_GRANTS_PER_ACK, PatternRow, Replies, ReplyStatus, StatusQuery, TaskComplete, TaskGrant,
+    TaskSubmit,
 };
 pub use messaging::{
     DEFAULT_HANDOFF_TIMEOUT_S, HandoffAcknowledge, HandoffInitiate, HandoffOutcome, HandoffStatus,

@@ -124,11 +124,6 @@ impl Subjects {
         format!("msg_{agent_id}_{}", priority.as_str())
     }
 
-    /// Subjects stored for agents to read at their own pace (the grants stream).
-    pub fn agent_inbox_subjects(&self) -> Vec<String> {
-        vec![self.all_of(MessageType::TaskRequest)]
-    }
-
     fn stream_base(&self) -> String {
         self.prefix
             .chars()
@@ -145,11 +140,6 @@ impl Subjects {
     /// JetStream stream holding optimizer events.
     pub fn events_stream(&self) -> String {
         format!("{}_EVENTS", self.stream_base())
-    }
-
-    /// JetStream stream holding grants addressed to agents.
-    pub fn grants_stream(&self) -> String {
-        format!("{}_GRANTS", self.stream_base())
     }
 
     /// JetStream stream of dead letters and max-delivery advisories.
@@ -175,7 +165,6 @@ impl Subjects {
             MessageType::AgentRegister,
             MessageType::AgentDeregister,
             MessageType::TaskComplete,
-            MessageType::Heartbeat,
             MessageType::HandoffInitiate,
             MessageType::HandoffAcknowledge,
             MessageType::ResourceRequest,
@@ -183,11 +172,6 @@ impl Subjects {
         .into_iter()
         .map(|t| self.all_of(t))
         .collect()
-    }
-
-    /// The durable consumer through which one agent reads its grants.
-    pub fn agent_consumer(&self, agent_id: &str) -> String {
-        format!("agent_{agent_id}")
     }
 
     /// JetStream's advisory subject for messages of the events stream that hit `max_deliver`
@@ -271,6 +255,6 @@ mod tests {
     fn stream_names_are_valid_jetstream_names() {
         let s = Subjects::new("acme.prod");
         assert_eq!(s.events_stream(), "ACME_PROD_EVENTS");
-        assert!(!s.grants_stream().contains('.'));
+        assert!(!s.dead_letter_stream().contains('.'));
     }
 }

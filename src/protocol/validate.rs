@@ -6,7 +6,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::envelope::{Envelope, MessageType, PROTOCOL_VERSION};
-use super::messages::{AgentDeregister, AgentRegister, Heartbeat, TaskComplete, TaskSubmit};
+use super::messages::{
+    AgentDeregister, AgentRegister, GrantAck, Heartbeat, MAX_GRANTS_PER_ACK, TaskComplete,
+    TaskSubmit,
+};
 use super::messaging::{HandoffAcknowledge, HandoffInitiate, ResourceRequest};
 pub use super::reasons::RejectReason;
 use super::subjects::Subjects;
@@ -37,6 +40,7 @@ pub enum Inbound {
     Submit(Envelope<TaskSubmit>, Resources),
     Complete(Envelope<TaskComplete>),
     Heartbeat(Envelope<Heartbeat>),
+    GrantAck(Envelope<GrantAck>),
     HandoffInitiate(Envelope<HandoffInitiate>),
     HandoffAcknowledge(Envelope<HandoffAcknowledge>),
     /// A resource request and the extra resources it asks for.
@@ -51,6 +55,7 @@ impl Inbound {
             Inbound::Submit(..) => MessageType::TaskSubmit,
             Inbound::Complete(_) => MessageType::TaskComplete,
             Inbound::Heartbeat(_) => MessageType::Heartbeat,
+            Inbound::GrantAck(_) => MessageType::GrantAck,
             Inbound::HandoffInitiate(_) => MessageType::HandoffInitiate,
             Inbound::HandoffAcknowledge(_) => MessageType::HandoffAcknowledge,
             Inbound::ResourceRequest(..) => MessageType::ResourceRequest,
@@ -64,6 +69,7 @@ impl Inbound {
             Inbound::Submit(e, _) => e.message_id.to_string(),
             Inbound::Complete(e) => e.message_id.to_string(),
             Inbound::Heartbeat(e) => e.message_id.to_string(),
+            Inbound::GrantAck(e) => e.message_id.to_string(),
             Inbound::HandoffInitiate(e) => e.message_id.to_string(),
             Inbound::HandoffAcknowledge(e) => e.message_id.to_string(),
             Inbound::ResourceRequest(e, _) => e.message_id.to_string(),
@@ -78,6 +84,7 @@ impl Inbound {
             Inbound::Submit(e, _) => &e.sender,
             Inbound::Complete(e) => &e.sender,
             Inbound::Heartbeat(e) => &e.sender,
+            Inbound::GrantAck(e) => &e.sender,
             Inbound::HandoffInitiate(e) => &e.sender,
             Inbound::HandoffAcknowledge(e) => &e.sender,
             Inbound::ResourceRequest(e, _) => &e.sender,
@@ -284,6 +291,12 @@ fn decode_payload(ctx: &Context<'_>, env: Envelope<Value>) -> Result<Inbound, Re
             check_agent_token(ctx, &env.payload.agent_id)?;
             Ok(Inbound::Heartbeat(env))
         }
+        MessageType::GrantAck => {
+            let env: Envelope<GrantAck> = typed(ctx, env)?;
+            check_agent_token(ctx, &env.payload.agent_id)?;
+            check_grant_ack(ctx, &env.payload)?;
+            Ok(Inbound::GrantAck(env))
+        }
         MessageType::TaskSubmit => {
             let env: Envelope<TaskSubmit> = typed(ctx, env)?;
             let required = check_submit(ctx, &env)?;
@@ -408,3 +421,19 @@ mod checks;
 #[cfg(test)]
 #[path = "validate_tests.rs"]
 mod tests;
+
+fn check_grant_ack(ctx: &Context<'_>, ack: &GrantAck) -> Result<(), Rejection> {
+    if ack.grants.is_empty() || ack.grants.len() > MAX_GRANTS_PER_ACK {
+        return Err(ctx.reject(
+            RejectReason::InvalidPayload,
+            format!("grants must list 1..={MAX_GRANTS_PER_ACK} grants"),
+        ));
+    }
+    if !ack.grants.iter().all(|g| validate_task_id(&g.task_id)) {
+        return Err(ctx.reject(
+            RejectReason::InvalidId,
+            "task_id must be 1-128 of [A-Za-z0-9_.:-]",
+        ));
+    }
+    Ok(())
+}

@@ -294,6 +294,7 @@ impl Store {
             .key(k.agent_tasks(&handoff.to_agent))
             .key(k.grant_outbox())
             .key(k.stats())
+            .key(k.fleet_log())
             .arg(handoff_id)
             .arg(agent_id)
             .arg(if accept { "1" } else { "0" })
@@ -317,7 +318,8 @@ impl Store {
         let mut inv = self.scripts.grow_reservation.prepare_invoke();
         inv.key(k.task(req.task_id))
             .key(k.agent(req.agent_id))
-            .key(k.resource_request(req.message_id));
+            .key(k.resource_request(req.message_id))
+            .key(k.fleet_log());
         inv.arg(req.task_id)
             .arg(req.agent_id)
             .arg(req.grant_seq.unwrap_or(0));

@@ -82,6 +82,19 @@ impl Keys {
         format!("{}:resource_request:{message_id}", self.prefix)
     }
 
+    /// Stream: the fleet log. Every transition that changes an agent appends the agent's new view,
+    /// so a replica keeps its fleet cache current by reading what changed since it last looked
+    /// (state/fleet.rs) instead of reading every agent. Entries older than a minute are trimmed.
+    pub fn fleet_log(&self) -> String {
+        format!("{}:fleet_log", self.prefix)
+    }
+
+    /// Sorted set: active agents with a lease, scored by when the lease runs out (Redis clock,
+    /// ms). Heartbeats move the score; the maintenance pass reads only what is past due.
+    pub fn leases(&self) -> String {
+        format!("{}:leases", self.prefix)
+    }
+
     /// Hash: lifetime counters (submitted, granted, completed, failed, requeued).
     pub fn stats(&self) -> String {
         format!("{}:stats", self.prefix)
@@ -110,6 +123,8 @@ mod tests {
             k.sync_lease(),
             k.handoff("a"),
             k.resource_request("a"),
+            k.fleet_log(),
+            k.leases(),
         ];
         let unique: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(unique.len(), all.len());

@@ -5,6 +5,7 @@
 //! first write, because Redis has no rollback: a transition happens whole or not at all. Every
 //! transition is idempotent, so a redelivered event changes nothing and gets the same answer.
 
+mod fleet;
 mod handoffs;
 mod keys;
 mod reads;
@@ -13,13 +14,14 @@ mod rows;
 mod scripts;
 mod store;
 
+pub use fleet::{FleetCache, Refresh};
 pub use handoffs::{
     AnswerOutcome, BeginOutcome, GrowOutcome, GrowRequest, HandoffRecord, HandoffRequest,
     HandoffVerdict, Refusal,
 };
 pub use keys::Keys;
 pub use records::{
-    CompleteOutcome, Completion, DeregisterOutcome, ExpireOutcome, GrantOutcome, HeartbeatOutcome,
-    QueuedTask, RequeueOutcome, ResolveOutcome, SubmitOutcome, SubmitRequest,
+    CompleteOutcome, Completion, DeregisterOutcome, ExpireOutcome, GrantOutcome, GrantRequest,
+    HeartbeatOutcome, QueuedTask, RequeueOutcome, ResolveOutcome, SubmitOutcome, SubmitRequest,
 };
 pub use store::Store;

@@ -1,6 +1,8 @@
-//! The plain reads of the shared state: fleet snapshots, the queue head, records, learned
-//! patterns and the coordination-sync snapshot. Only reads (and the sync lease, a single SET NX):
-//! every change of state goes through a transition script in `store.rs` / `handoffs.rs`.
+//! The plain reads of the shared state: fleet snapshots and the fleet log, the queue head,
+//! records, learned patterns and the coordination-sync snapshot. Besides reads, only single
+//! commands that move no task or reservation: the sync lease (SET NX) and the grant outbox's
+//! bookkeeping (acknowledged grants leave it, re-sent ones are re-timed). Every change of state
+//! goes through a transition script in `store.rs` / `handoffs.rs`.
 
 use std::collections::BTreeMap;
 
@@ -14,29 +16,58 @@ use crate::error::Error;
 use crate::protocol::{CoordinationSync, PatternRow, StatusQuery};
 
 impl Store {
-    /// Active agents with a lease whose last heartbeat is older than the lease (Redis clock).
-    /// Only candidates: `expire_agent` re-checks atomically.
-    pub async fn agents_past_lease(&self) -> Result<Vec<String>, Error> {
-        let ids = self.active_agent_ids().await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut self.conn()).await?;
-        let now = secs * 1000 + micros / 1000;
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.cmd("HMGET")
-                .arg(self.keys().agent(id))
-                .arg("lease_ms")
-                .arg("last_heartbeat");
-        }
-        let rows: Vec<(Option<u64>, Option<u64>)> = pipe.query_async(&mut self.conn()).await?;
-        Ok(ids
+    /// Agents whose lease ran out (Redis clock), at most `limit`, read from the leases index so
+    /// the cost follows the number of silent agents, not the fleet. Only candidates:
+    /// `expire_agent` re-checks atomically.
+    pub async fn agents_past_lease(&self, limit: usize) -> Result<Vec<String>, Error> {
+        let now = self.redis_now_ms().await?;
+        Ok(self
+            .conn()
+            .zrangebyscore_limit(self.keys().leases(), 0, now, 0, limit as isize)
+            .await?)
+    }
+
+    /// Fleet-log entries after `after` (exclusive), oldest first, at most `limit`: each entry's
+    /// (agent id, encoded view) pairs.
+    pub(crate) async fn fleet_log_after(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<(String, String)>)>, Error> {
+        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(self.keys().fleet_log())
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(entries
             .into_iter()
-            .zip(rows)
-            .filter(|(_, (lease, last))| matches!((lease, last), (Some(l), Some(t)) if *l > 0 && t + l < now))
-            .map(|(id, _)| id)
+            .map(|(id, flat)| {
+                let pairs = flat
+                    .chunks_exact(2)
+                    .map(|kv| (kv[0].clone(), kv[1].clone()))
+                    .collect();
+                (id, pairs)
+            })
             .collect())
+    }
+
+    /// The id of the newest fleet-log entry (`0-0` when the log is empty).
+    pub(crate) async fn fleet_log_position(&self) -> Result<String, Error> {
+        let newest: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+            .arg(self.keys().fleet_log())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(newest
+            .into_iter()
+            .next()
+            .map_or_else(|| "0-0".to_string(), |(id, _)| id))
     }
 
     /// Everything learned per (task type, agent type), for strategies and `status --patterns`.
@@ -140,17 +171,72 @@ impl Store {
         Ok(if map.is_empty() { None } else { Some(map) })
     }
 
-    /// The grant of `task_id` number `grant_seq` reached NATS: drop it from the outbox.
-    pub async fn mark_grants_published(&self, grants: &[(String, u64)]) -> Result<(), Error> {
+    /// Agents acknowledged these grants: they leave the outbox (one ZREM for the batch). A grant
+    /// already gone (completed, re-queued, acknowledged before) is simply not there.
+    pub async fn acknowledge_grants(&self, grants: &[(String, u64)]) -> Result<(), Error> {
         if grants.is_empty() {
             return Ok(());
         }
-        let members: Vec<String> = grants.iter().map(|(t, s)| format!("{t}|{s}")).collect();
+        let members: Vec<String> = grants.iter().map(|(t, s)| outbox_member(t, *s)).collect();
         let _: i64 = self
             .conn()
             .zrem(self.keys().grant_outbox(), members)
             .await?;
         Ok(())
+    }
+
+    /// These grants were just sent again: the next resend is due a whole interval from now
+    /// (Redis clock). Only entries still in the outbox are touched (ZADD XX).
+    pub async fn mark_grants_resent(&self, grants: &[(String, u64)]) -> Result<(), Error> {
+        if grants.is_empty() {
+            return Ok(());
+        }
+        let now = self.redis_now_ms().await?;
+        let mut cmd = redis::cmd("ZADD");
+        cmd.arg(self.keys().grant_outbox()).arg("XX");
+        for (task_id, seq) in grants {
+            cmd.arg(now).arg(outbox_member(task_id, *seq));
+        }
+        let _: i64 = cmd.query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    /// The Redis clock, in ms.
+    pub(crate) async fn redis_now_ms(&self) -> Result<u64, Error> {
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut self.conn()).await?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+
+    /// The task records of the grants an agent holds that it has not acknowledged yet (still in
+    /// the outbox): sent again when the agent registers, e.g. after a restart.
+    pub async fn unacknowledged_grants_of(
+        &self,
+        agent_id: &str,
+    ) -> Result<Vec<BTreeMap<String, String>>, Error> {
+        let task_ids: Vec<String> = self
+            .conn()
+            .smembers(self.keys().agent_tasks(agent_id))
+            .await?;
+        let mut pending = Vec::new();
+        for task_id in task_ids {
+            let Some(record) = self.task_record(&task_id).await? else {
+                continue;
+            };
+            let held = record.get("state").map(String::as_str) == Some("granted")
+                && record.get("agent").map(String::as_str) == Some(agent_id);
+            let seq: u64 = record
+                .get("grant_seq")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let score: Option<f64> = self
+                .conn()
+                .zscore(self.keys().grant_outbox(), outbox_member(&task_id, seq))
+                .await?;
+            if held && score.is_some() {
+                pending.push(record);
+            }
+        }
+        Ok(pending)
     }
 
     /// Grants committed more than `older_than_ms` ago (Redis clock) whose publication was never
@@ -160,8 +246,7 @@ impl Store {
         older_than_ms: u64,
         limit: usize,
     ) -> Result<Vec<(String, u64)>, Error> {
-        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut self.conn()).await?;
-        let cutoff = (secs * 1000 + micros / 1000).saturating_sub(older_than_ms);
+        let cutoff = self.redis_now_ms().await?.saturating_sub(older_than_ms);
         let members: Vec<String> = self
             .conn()
             .zrangebyscore_limit(self.keys().grant_outbox(), 0, cutoff, 0, limit as isize)
@@ -218,4 +303,9 @@ fn pattern_rows(table: &PatternTable) -> Vec<PatternRow> {
             duration_ratio_ema: s.duration_ratio_ema,
         })
         .collect()
+}
+
+/// An outbox member: `task_id|grant_seq`, as the scripts write it.
+fn outbox_member(task_id: &str, grant_seq: u64) -> String {
+    format!("{task_id}|{grant_seq}")
 }

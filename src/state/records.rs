@@ -18,6 +18,8 @@ pub struct SubmitRequest {
     pub strategy: Option<String>,
     /// The submit asked for its placement to be explained in the grant.
     pub explain: bool,
+    /// Which replies the submitter wants.
+    pub replies: crate::protocol::Replies,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +41,13 @@ pub enum SubmitOutcome {
         state: String,
         agent: String,
     },
+}
+
+/// One task of a dispatch round and its candidate agents, best first.
+#[derive(Debug, Clone, Copy)]
+pub struct GrantRequest<'a> {
+    pub task_id: &'a str,
+    pub candidates: &'a [String],
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -138,6 +147,8 @@ pub struct QueuedTask {
     pub strategy: Option<crate::decision::StrategyKind>,
     /// The submit asked for the grant to explain its placement.
     pub explain: bool,
+    /// Which replies the submitter wants.
+    pub replies: crate::protocol::Replies,
 }
 
 fn unexpected(script: &str, reply: &[String]) -> Error {
@@ -181,13 +192,13 @@ impl GrantOutcome {
                 agent_id: field(reply, 1),
                 grant_seq: field(reply, 2)
                     .parse()
-                    .map_err(|_| unexpected("grant_task", reply))?,
+                    .map_err(|_| unexpected("grant_tasks", reply))?,
             },
             Some("not_queued") => GrantOutcome::NotQueued {
                 state: field(reply, 1),
             },
             Some("no_fit") => GrantOutcome::NoFit,
-            _ => return Err(unexpected("grant_task", reply)),
+            _ => return Err(unexpected("grant_tasks", reply)),
         })
     }
 }
@@ -251,15 +262,16 @@ impl DeregisterOutcome {
 }
 
 impl HeartbeatOutcome {
-    pub(crate) fn parse(reply: &[String]) -> Result<Self, Error> {
-        Ok(match reply.first().map(String::as_str) {
-            Some("alive") => HeartbeatOutcome::Alive,
-            Some("unknown_agent") => HeartbeatOutcome::UnknownAgent,
-            Some("not_active") => HeartbeatOutcome::NotActive {
-                status: field(reply, 1),
+    /// One agent's entry of `record_heartbeats`: `alive`, `unknown_agent` or the status of an
+    /// agent that is not active.
+    pub(crate) fn parse(entry: &str) -> Self {
+        match entry {
+            "alive" => HeartbeatOutcome::Alive,
+            "unknown_agent" => HeartbeatOutcome::UnknownAgent,
+            status => HeartbeatOutcome::NotActive {
+                status: status.to_string(),
             },
-            _ => return Err(unexpected("record_heartbeat", reply)),
-        })
+        }
     }
 }
 

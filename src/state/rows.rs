@@ -25,7 +25,7 @@ pub(crate) const AGENT_FIELDS: [&str; 14] = [
 ];
 
 /// Task hash fields read for the queue head, in order.
-pub(crate) const TASK_FIELDS: [&str; 14] = [
+pub(crate) const TASK_FIELDS: [&str; 15] = [
     "state",
     "task_type",
     "priority",
@@ -40,6 +40,7 @@ pub(crate) const TASK_FIELDS: [&str; 14] = [
     "queue_seq",
     "strategy",
     "explain",
+    "replies",
 ];
 
 fn num<T: std::str::FromStr + Default>(row: &[String], i: usize) -> T {
@@ -99,6 +100,7 @@ pub(crate) fn queued_task(task_id: String, row: Vec<String>) -> QueuedTask {
             .get(12)
             .and_then(|name| crate::decision::StrategyKind::parse(name)),
         explain: row.get(13).is_some_and(|flag| flag == "1"),
+        replies: crate::protocol::Replies::parse(row.get(14).map_or("", String::as_str)),
     }
 }
 

@@ -1,17 +1,26 @@
-//! The Lua scripts, one per state transition, compiled into the binary.
+//! The Lua scripts, one per state transition, compiled into the binary. Each is loaded with
+//! `lua/lib.lua` in front of it (the Redis clock, the fleet log), so the helpers are written once.
 
 use redis::Script;
+
+/// Helpers every script may call.
+const LIB: &str = include_str!("lua/lib.lua");
+
+/// A transition script with the shared helpers in front of it.
+fn with_lib(body: &str) -> Script {
+    Script::new(&format!("{LIB}\n{body}"))
+}
 
 /// Every transition script, hashed once at start-up.
 pub(crate) struct Scripts {
     pub register_agent: Script,
     pub deregister_agent: Script,
     pub submit_task: Script,
-    pub grant_task: Script,
-    pub complete_task: Script,
+    pub grant_tasks: Script,
+    pub complete_tasks: Script,
     pub resolve_dependency: Script,
     pub requeue_task: Script,
-    pub record_heartbeat: Script,
+    pub record_heartbeats: Script,
     pub expire_agent: Script,
     pub begin_handoff: Script,
     pub resolve_handoff: Script,
@@ -21,18 +30,18 @@ pub(crate) struct Scripts {
 impl Scripts {
     pub(crate) fn new() -> Self {
         Scripts {
-            register_agent: Script::new(include_str!("lua/register_agent.lua")),
-            deregister_agent: Script::new(include_str!("lua/deregister_agent.lua")),
-            submit_task: Script::new(include_str!("lua/submit_task.lua")),
-            grant_task: Script::new(include_str!("lua/grant_task.lua")),
-            complete_task: Script::new(include_str!("lua/complete_task.lua")),
-            resolve_dependency: Script::new(include_str!("lua/resolve_dependency.lua")),
-            requeue_task: Script::new(include_str!("lua/requeue_task.lua")),
-            record_heartbeat: Script::new(include_str!("lua/record_heartbeat.lua")),
-            expire_agent: Script::new(include_str!("lua/expire_agent.lua")),
-            begin_handoff: Script::new(include_str!("lua/begin_handoff.lua")),
-            resolve_handoff: Script::new(include_str!("lua/resolve_handoff.lua")),
-            grow_reservation: Script::new(include_str!("lua/grow_reservation.lua")),
+            register_agent: with_lib(include_str!("lua/register_agent.lua")),
+            deregister_agent: with_lib(include_str!("lua/deregister_agent.lua")),
+            submit_task: with_lib(include_str!("lua/submit_task.lua")),
+            grant_tasks: with_lib(include_str!("lua/grant_tasks.lua")),
+            complete_tasks: with_lib(include_str!("lua/complete_tasks.lua")),
+            resolve_dependency: with_lib(include_str!("lua/resolve_dependency.lua")),
+            requeue_task: with_lib(include_str!("lua/requeue_task.lua")),
+            record_heartbeats: with_lib(include_str!("lua/record_heartbeats.lua")),
+            expire_agent: with_lib(include_str!("lua/expire_agent.lua")),
+            begin_handoff: with_lib(include_str!("lua/begin_handoff.lua")),
+            resolve_handoff: with_lib(include_str!("lua/resolve_handoff.lua")),
+            grow_reservation: with_lib(include_str!("lua/grow_reservation.lua")),
         }
     }
 
@@ -41,11 +50,11 @@ impl Scripts {
             &self.register_agent,
             &self.deregister_agent,
             &self.submit_task,
-            &self.grant_task,
-            &self.complete_task,
+            &self.grant_tasks,
+            &self.complete_tasks,
             &self.resolve_dependency,
             &self.requeue_task,
-            &self.record_heartbeat,
+            &self.record_heartbeats,
             &self.expire_agent,
             &self.begin_handoff,
             &self.resolve_handoff,

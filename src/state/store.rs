@@ -70,7 +70,10 @@ impl Store {
         lease_ms: u64,
     ) -> Result<(), Error> {
         let mut inv = self.scripts.register_agent.prepare_invoke();
-        inv.key(self.keys.agent(agent_id)).key(self.keys.agents());
+        inv.key(self.keys.agent(agent_id))
+            .key(self.keys.agents())
+            .key(self.keys.fleet_log())
+            .key(self.keys.leases());
         inv.arg(agent_id).arg(agent_type);
         for kind in ResourceKind::ALL {
             inv.arg(capacity.get(kind));
@@ -87,6 +90,8 @@ impl Store {
             .key(self.keys.agent(agent_id))
             .key(self.keys.agents())
             .key(self.keys.agent_tasks(agent_id))
+            .key(self.keys.fleet_log())
+            .key(self.keys.leases())
             .arg(agent_id)
             .invoke_async(&mut self.conn())
             .await?;
@@ -103,7 +108,6 @@ impl Store {
         inv.key(k.task(&req.task_id))
             .key(k.unmet_dependencies(&req.task_id))
             .key(k.queue())
-            .key(k.queue_seq())
             .key(k.stats());
         for dep in &req.dependencies {
             inv.key(k.task(dep)).key(k.dependents(dep));
@@ -123,61 +127,129 @@ impl Store {
             inv.arg(dep);
         }
         inv.arg(req.strategy.as_deref().unwrap_or(""))
-            .arg(if req.explain { "1" } else { "0" });
+            .arg(if req.explain { "1" } else { "0" })
+            .arg(crate::protocol::now_ms())
+            .arg(req.replies.as_str());
         let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
         SubmitOutcome::parse(&reply)
     }
 
-    /// Tries the candidates in order; see `lua/grant_task.lua`.
+    /// Tries the candidates in order; see `lua/grant_tasks.lua`. One task: a batch of one.
     pub async fn grant_task(
         &self,
         task_id: &str,
         candidates: &[String],
     ) -> Result<GrantOutcome, Error> {
-        let k = &self.keys;
-        let mut inv = self.scripts.grant_task.prepare_invoke();
-        inv.key(k.task(task_id))
-            .key(k.queue())
-            .key(k.grant_outbox())
-            .key(k.stats());
-        for agent in candidates {
-            inv.key(k.agent(agent)).key(k.agent_tasks(agent));
-        }
-        inv.arg(task_id).arg(candidates.len());
-        for agent in candidates {
-            inv.arg(agent);
-        }
-        let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
-        GrantOutcome::parse(&reply)
+        let batch = [GrantRequest {
+            task_id,
+            candidates,
+        }];
+        let mut outcomes = self.grant_tasks(&batch).await?;
+        outcomes
+            .pop()
+            .ok_or_else(|| Error::new(ErrorKind::Redis, "grant_tasks returned no outcome"))
     }
 
+    /// One dispatch round's grants in one script call, in the order given; see
+    /// `lua/grant_tasks.lua`. Returns one outcome per request.
+    pub async fn grant_tasks(
+        &self,
+        requests: &[GrantRequest<'_>],
+    ) -> Result<Vec<GrantOutcome>, Error> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let k = &self.keys;
+        let (agents, numbers) = number_agents(
+            requests
+                .iter()
+                .flat_map(|r| r.candidates.iter().map(String::as_str)),
+        );
+        let mut inv = self.scripts.grant_tasks.prepare_invoke();
+        inv.key(k.queue())
+            .key(k.grant_outbox())
+            .key(k.stats())
+            .key(k.fleet_log());
+        for request in requests {
+            inv.key(k.task(request.task_id));
+        }
+        for agent in &agents {
+            inv.key(k.agent(agent)).key(k.agent_tasks(agent));
+        }
+        inv.arg(requests.len()).arg(agents.len());
+        for agent in &agents {
+            inv.arg(*agent);
+        }
+        for request in requests {
+            inv.arg(request.task_id).arg(request.candidates.len());
+            for agent in request.candidates {
+                inv.arg(numbers.get(agent.as_str()).copied().unwrap_or(0));
+            }
+        }
+        let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
+        reply.chunks(3).map(GrantOutcome::parse).collect()
+    }
+
+    /// One completion: a batch of one; see [`Store::complete_tasks`].
     pub async fn complete_task(
         &self,
         report: &Completion<'_>,
         learning_rate: f64,
         retention_s: u64,
     ) -> Result<CompleteOutcome, Error> {
+        let mut outcomes = self
+            .complete_tasks(std::slice::from_ref(report), learning_rate, retention_s)
+            .await?;
+        outcomes
+            .pop()
+            .ok_or_else(|| Error::new(ErrorKind::Redis, "complete_tasks returned no outcome"))
+    }
+
+    /// A batch of completions in one script call, applied in order; see
+    /// `lua/complete_tasks.lua`. Returns one outcome per report.
+    pub async fn complete_tasks(
+        &self,
+        reports: &[Completion<'_>],
+        learning_rate: f64,
+        retention_s: u64,
+    ) -> Result<Vec<CompleteOutcome>, Error> {
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
         let k = &self.keys;
-        let reply: Vec<String> = self
-            .scripts
-            .complete_task
-            .key(k.task(report.task_id))
-            .key(k.agent(report.agent_id))
-            .key(k.agent_tasks(report.agent_id))
-            .key(k.dependents(report.task_id))
-            .key(k.stats())
+        let (agents, numbers) = number_agents(reports.iter().map(|r| r.agent_id));
+        let mut inv = self.scripts.complete_tasks.prepare_invoke();
+        inv.key(k.stats())
             .key(k.grant_outbox())
             .key(k.patterns())
-            .arg(report.task_id)
-            .arg(report.agent_id)
-            .arg(if report.success { 1 } else { 0 })
-            .arg(report.execution_time_s)
+            .key(k.fleet_log());
+        for report in reports {
+            inv.key(k.task(report.task_id))
+                .key(k.dependents(report.task_id));
+        }
+        for agent in &agents {
+            inv.key(k.agent(agent)).key(k.agent_tasks(agent));
+        }
+        inv.arg(reports.len())
+            .arg(agents.len())
             .arg(learning_rate)
             .arg(retention_s)
-            .arg(report.grant_seq.unwrap_or(0))
-            .invoke_async(&mut self.conn())
-            .await?;
-        CompleteOutcome::parse(&reply)
+            .arg(crate::protocol::now_ms());
+        for agent in &agents {
+            inv.arg(*agent);
+        }
+        for report in reports {
+            inv.arg(report.task_id)
+                .arg(numbers.get(report.agent_id).copied().unwrap_or(0))
+                .arg(if report.success { 1 } else { 0 })
+                .arg(report.execution_time_s)
+                .arg(report.grant_seq.unwrap_or(0));
+        }
+        let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
+        split_counted(&reply)?
+            .iter()
+            .map(|item| CompleteOutcome::parse(item))
+            .collect()
     }
 
     pub async fn resolve_dependency(
@@ -224,6 +296,7 @@ impl Store {
             .key(k.queue())
             .key(k.stats())
             .key(k.grant_outbox())
+            .key(k.fleet_log())
             .arg(task_id)
             .arg(agent_id)
             .invoke_async(&mut self.conn())
@@ -231,28 +304,96 @@ impl Store {
         RequeueOutcome::parse(&reply)
     }
 
-    pub async fn record_heartbeat(&self, agent_id: &str) -> Result<HeartbeatOutcome, Error> {
-        let reply: Vec<String> = self
-            .scripts
-            .record_heartbeat
-            .key(self.keys.agent(agent_id))
-            .arg(agent_id)
-            .invoke_async(&mut self.conn())
-            .await?;
-        HeartbeatOutcome::parse(&reply)
+    /// Renews the leases of a batch of agents in one script call; one outcome per agent, in
+    /// order. See `lua/record_heartbeats.lua`.
+    pub async fn record_heartbeats(
+        &self,
+        agent_ids: &[&str],
+    ) -> Result<Vec<HeartbeatOutcome>, Error> {
+        if agent_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = self.scripts.record_heartbeats.prepare_invoke();
+        inv.key(self.keys.leases());
+        for agent in agent_ids {
+            inv.key(self.keys.agent(agent));
+        }
+        inv.arg(agent_ids.len());
+        for agent in agent_ids {
+            inv.arg(*agent);
+        }
+        let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
+        Ok(reply.iter().map(|r| HeartbeatOutcome::parse(r)).collect())
     }
 
-    /// Marks the agent dead if its lease ran out (Redis clock); see `lua/expire_agent.lua`.
-    pub async fn expire_agent(&self, agent_id: &str) -> Result<ExpireOutcome, Error> {
+    /// One agent's heartbeat: a batch of one.
+    pub async fn record_heartbeat(&self, agent_id: &str) -> Result<HeartbeatOutcome, Error> {
+        let mut outcomes = self.record_heartbeats(&[agent_id]).await?;
+        outcomes
+            .pop()
+            .ok_or_else(|| Error::new(ErrorKind::Redis, "record_heartbeats returned no outcome"))
+    }
+
+    /// Marks the agent dead if its lease ran out (Redis clock), counting the lease from no
+    /// earlier than `listening_since_ms` (when the caller began receiving heartbeats, Redis
+    /// clock; 0 = always); see `lua/expire_agent.lua`.
+    pub async fn expire_agent(
+        &self,
+        agent_id: &str,
+        listening_since_ms: u64,
+    ) -> Result<ExpireOutcome, Error> {
         let reply: Vec<String> = self
             .scripts
             .expire_agent
             .key(self.keys.agent(agent_id))
             .key(self.keys.agents())
             .key(self.keys.agent_tasks(agent_id))
+            .key(self.keys.fleet_log())
+            .key(self.keys.leases())
             .arg(agent_id)
+            .arg(listening_since_ms)
             .invoke_async(&mut self.conn())
             .await?;
         ExpireOutcome::parse(&reply)
     }
+}
+
+/// Numbers agents once each (1-based, as the batch scripts count), in first-seen order.
+fn number_agents<'a>(
+    ids: impl Iterator<Item = &'a str>,
+) -> (Vec<&'a str>, std::collections::HashMap<&'a str, usize>) {
+    let mut agents = Vec::new();
+    let mut numbers = std::collections::HashMap::new();
+    for id in ids {
+        numbers.entry(id).or_insert_with(|| {
+            agents.push(id);
+            agents.len()
+        });
+    }
+    (agents, numbers)
+}
+
+/// Splits a batch script's reply of `outcome, k, k fields` groups into one `[outcome,
+/// fields...]` list per item, the shape the single-transition parsers take.
+fn split_counted(reply: &[String]) -> Result<Vec<Vec<String>>, Error> {
+    let mut items = Vec::new();
+    let mut rest = reply;
+    while let [outcome, count, tail @ ..] = rest {
+        let count: usize = count
+            .parse()
+            .map_err(|_| Error::new(ErrorKind::Redis, "a batch reply lost its field count"))?;
+        if tail.len() < count {
+            return Err(Error::new(ErrorKind::Redis, "a batch reply is cut short"));
+        }
+        let (fields, next) = tail.split_at(count);
+        let mut item = Vec::with_capacity(count + 1);
+        item.push(outcome.clone());
+        item.extend_from_slice(fields);
+        items.push(item);
+        rest = next;
+    }
+    if !rest.is_empty() {
+        return Err(Error::new(ErrorKind::Redis, "a batch reply ends half way"));
+    }
+    Ok(items)
 }

@@ -66,7 +66,8 @@ pub fn check_server(info: &ServerInfo) -> Result<(), Error> {
     }
 }
 
-/// Creates or updates the events, grants, dead-letter and messages streams.
+/// Creates or updates the events, dead-letter and messages streams. Grants need no stream: they
+/// travel on core NATS and wait in the Redis outbox until acknowledged.
 pub async fn ensure_streams(
     js: &jetstream::Context,
     subjects: &Subjects,
@@ -87,18 +88,6 @@ pub async fn ensure_streams(
         description: Some("Switchyard optimizer events".into()),
         ..Default::default()
     };
-    let grants = stream::Config {
-        name: subjects.grants_stream(),
-        subjects: subjects.agent_inbox_subjects(),
-        retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::File,
-        duplicate_window: dedupe,
-        max_age: Duration::from_secs(config.grants_max_age_s),
-        max_bytes: config.grants_max_bytes,
-        max_message_size: i32::try_from(max_message_bytes).unwrap_or(i32::MAX),
-        description: Some("Switchyard grants, one subject per agent".into()),
-        ..Default::default()
-    };
     let dead = dead_letter_stream_config(subjects);
     let messages = messages_stream_config(
         subjects,
@@ -106,7 +95,7 @@ pub async fn ensure_streams(
         dedupe,
         max_message_bytes,
     );
-    for cfg in [events, grants, dead, messages] {
+    for cfg in [events, dead, messages] {
         let name = cfg.name.clone();
         js.create_or_update_stream(cfg)
             .await
@@ -179,32 +168,6 @@ async fn optimizer_consumer(
         .create_consumer(cfg)
         .await
         .map_err(|e| nats_error(&format!("cannot create the optimizer consumer {name}"), e))
-}
-
-/// The durable consumer through which one agent reads its grants, from where it left off.
-pub async fn agent_consumer(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-    agent_id: &str,
-) -> Result<consumer::PullConsumer, Error> {
-    let stream = js
-        .get_stream(subjects.grants_stream())
-        .await
-        .map_err(|e| nats_error("grants stream missing: is an optimizer running?", e))?;
-    let name = subjects.agent_consumer(agent_id);
-    let cfg = consumer::pull::Config {
-        durable_name: Some(name.clone()),
-        filter_subject: subjects.addressed(crate::protocol::MessageType::TaskRequest, agent_id),
-        ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(30),
-        // An agent that never comes back does not leave its consumer behind forever.
-        inactive_threshold: Duration::from_secs(24 * 3600),
-        ..Default::default()
-    };
-    stream
-        .get_or_create_consumer(&name, cfg)
-        .await
-        .map_err(|e| nats_error("cannot create the agent's grant consumer", e))
 }
 
 /// Headers carrying the message id JetStream dedupes on.

@@ -1,6 +1,7 @@
 -- deregister_agent: an agent leaves the fleet.
 --
 -- KEYS[1] agent hash  KEYS[2] set of active agent ids  KEYS[3] set of the agent's granted tasks
+-- KEYS[4] fleet log  KEYS[5] leases (zset)
 -- ARGV[1] agent_id
 --
 -- Returns {"unknown_agent"} or {"deregistered", task_id...}: the tasks still granted to the
@@ -10,8 +11,12 @@
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'unknown_agent'}
 end
-redis.call('HSET', KEYS[1], 'status', 'deregistered')
-redis.call('SREM', KEYS[2], ARGV[1])
+if redis.call('HGET', KEYS[1], 'status') ~= 'deregistered' then
+  redis.call('HSET', KEYS[1], 'status', 'deregistered')
+  redis.call('SREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[5], ARGV[1])
+  log_agents(KEYS[4], {{ARGV[1], KEYS[1]}}, now_ms())
+end
 local reply = {'deregistered'}
 for _, task_id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
   table.insert(reply, task_id)

@@ -3,7 +3,7 @@
 -- is exactly what completion, re-queueing and handoffs release or move, so the grown amount
 -- travels with the task from then on (a re-queued task keeps its grown requirements).
 --
--- KEYS[1] task hash  KEYS[2] agent hash  KEYS[3] this request's answer record
+-- KEYS[1] task hash  KEYS[2] agent hash  KEYS[3] this request's answer record  KEYS[4] fleet log
 -- ARGV[1] task_id  ARGV[2] agent_id  ARGV[3] grant_seq (0 = not given: the current grant)
 -- ARGV[4..7] extra cpu, memory, tokens, time in milli-units
 -- ARGV[8] how long the answer is remembered, in ms
@@ -71,4 +71,5 @@ for k = 1, 4 do
     held[k] = redis.call('HGET', KEYS[1], 'req_' .. kinds[k])
   end
 end
+log_agents(KEYS[4], {{ARGV[2], KEYS[2]}}, now_ms())
 return answer('granted', '', '', held)

@@ -2,7 +2,7 @@
 -- in its original place (same priority, same FIFO position).
 --
 -- KEYS[1] task hash  KEYS[2] agent hash  KEYS[3] agent's granted-task set
--- KEYS[4] priority queue  KEYS[5] stats hash  KEYS[6] grant outbox
+-- KEYS[4] priority queue  KEYS[5] stats hash  KEYS[6] grant outbox  KEYS[7] fleet log
 -- ARGV[1] task_id  ARGV[2] agent_id
 --
 -- Returns {"requeued"} or {"noop", state}: the task is not granted to this agent (already
@@ -24,4 +24,5 @@ redis.call('HSET', KEYS[1], 'state', 'queued', 'agent', '')
 redis.call('ZADD', KEYS[4], (100 - tonumber(task[7])) * 1e13 + tonumber(task[8]), ARGV[1])
 redis.call('ZREM', KEYS[6], ARGV[1] .. '|' .. task[9])
 redis.call('HINCRBY', KEYS[5], 'requeued', 1)
+log_agents(KEYS[7], {{ARGV[2], KEYS[2]}}, now_ms())
 return {'requeued'}

@@ -13,7 +13,11 @@
 --                                 cascades (repeats answer the same)
 --   {"noop", state}               the task is not waiting (already resolved): nothing changed
 local task = redis.call('HMGET', KEYS[1], 'state', 'priority', 'queue_seq', 'reason', 'submitter',
-  'submit_msg_id')
+  'submit_msg_id', 'replies')
+if task[7] == 'none' then
+  -- A submitter that asked for no replies is not named, so nobody is told.
+  task[5] = ''
+end
 local state = task[1]
 if state == 'failed' and ARGV[3] == 'failed' and task[4] == 'dependency_failed:' .. ARGV[2] then
   local reply = {'failed', task[5] or '', task[6] or ''}

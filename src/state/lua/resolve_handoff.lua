@@ -5,6 +5,7 @@
 --
 -- KEYS[1] handoff hash  KEYS[2] task hash  KEYS[3] from-agent hash  KEYS[4] from-agent's task set
 -- KEYS[5] to-agent hash  KEYS[6] to-agent's task set  KEYS[7] grant outbox  KEYS[8] stats hash
+-- KEYS[9] fleet log
 -- ARGV[1] handoff_id  ARGV[2] the answering agent  ARGV[3] "1" accept, "0" reject
 -- ARGV[4] task_id  ARGV[5] from_agent  ARGV[6] to_agent: as the caller read them from the handoff
 --         record to name the keys; if the record no longer says so, it is not the same handoff
@@ -101,4 +102,5 @@ redis.call('HSET', KEYS[2], 'agent', ARGV[6], 'granted_at', now, 'handed_off_at'
 -- handoff itself.
 redis.call('ZREM', KEYS[7], ARGV[4] .. '|' .. task[3])
 redis.call('HINCRBY', KEYS[8], 'handed_off', 1)
+log_agents(KEYS[9], {{ARGV[5], KEYS[3]}, {ARGV[6], KEYS[5]}}, now)
 return decide('accepted', tostring(seq), '', '')

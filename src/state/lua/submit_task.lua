@@ -1,14 +1,16 @@
 -- submit_task: a task enters the system, waiting on dependencies or queued by priority.
 --
 -- KEYS[1] task hash  KEYS[2] task's unmet-dependency set  KEYS[3] priority queue (zset)
--- KEYS[4] queue sequence counter  KEYS[5] stats hash
--- KEYS[6+2i] dependency i's task hash  KEYS[7+2i] dependency i's dependents set (i from 0)
+-- KEYS[4] stats hash
+-- KEYS[5+2i] dependency i's task hash  KEYS[6+2i] dependency i's dependents set (i from 0)
 -- ARGV[1] task_id  ARGV[2] submit message_id  ARGV[3] submitter  ARGV[4] task_type
 -- ARGV[5] priority (0..10)  ARGV[6..9] required cpu, memory, tokens, time (milli-units)
 -- ARGV[10] estimated_duration_s  ARGV[11] retention seconds for terminal tasks
 -- ARGV[12] number of dependencies n  ARGV[13..12+n] dependency ids
 -- ARGV[13+n] strategy name asked for by the submit ('' = the optimizer's default)
 -- ARGV[14+n] '1' when the submit asked for its placement to be explained, else '0'
+-- ARGV[15+n] now (ms, the optimizer's clock: recorded as submitted_at, for latency figures)
+-- ARGV[16+n] which replies the submitter wants: all | final | none (stored for later replies)
 --
 -- Returns one of
 --   {"queued"}                     in the priority queue
@@ -16,7 +18,9 @@
 --   {"failed", reason}             a dependency already failed
 --   {"duplicate", state, agent}    same message_id seen before: nothing changed
 --   {"task_exists", state, agent}  the task id was submitted by another message
--- Queue order: higher priority first, FIFO within a priority (score = (100-priority)*1e13 + seq).
+-- Queue order: higher priority first, FIFO within a priority (score = (100-priority)*1e13 + seq,
+-- where seq is the lifetime `submitted` counter, which only grows).
+-- A plain queued submit costs four commands: HMGET, HINCRBY, HSET, ZADD.
 local existing = redis.call('HMGET', KEYS[1], 'state', 'submit_msg_id', 'agent')
 if existing[1] then
   local verdict = (existing[2] == ARGV[2]) and 'duplicate' or 'task_exists'
@@ -29,7 +33,7 @@ local unmet = {}
 local failed_dep = nil
 for i = 0, ndeps - 1 do
   local dep_id = ARGV[13 + i]
-  local dep_state = redis.call('HGET', KEYS[6 + 2 * i], 'state')
+  local dep_state = redis.call('HGET', KEYS[5 + 2 * i], 'state')
   if dep_state == 'failed' then
     failed_dep = failed_dep or dep_id
   elseif dep_state ~= 'completed' then
@@ -37,31 +41,35 @@ for i = 0, ndeps - 1 do
   end
 end
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local seq = redis.call('INCR', KEYS[4])
-redis.call('HSET', KEYS[1],
+local now = ARGV[15 + ndeps]
+local seq = redis.call('HINCRBY', KEYS[4], 'submitted', 1)
+local state = 'queued'
+if failed_dep then
+  state = 'failed'
+elseif #unmet > 0 then
+  state = 'waiting'
+end
+redis.call('HSET', KEYS[1], 'state', state,
   'task_id', ARGV[1], 'submit_msg_id', ARGV[2], 'submitter', ARGV[3], 'task_type', ARGV[4],
   'priority', ARGV[5], 'req_cpu', ARGV[6], 'req_memory', ARGV[7], 'req_tokens', ARGV[8],
   'req_time', ARGV[9], 'estimated_duration_s', ARGV[10], 'queue_seq', seq, 'grant_seq', 0,
-  'agent', '', 'submitted_at', now, 'strategy', ARGV[13 + ndeps], 'explain', ARGV[14 + ndeps])
-redis.call('HINCRBY', KEYS[5], 'submitted', 1)
+  'agent', '', 'submitted_at', now, 'strategy', ARGV[13 + ndeps], 'explain', ARGV[14 + ndeps],
+  'replies', ARGV[16 + ndeps])
 
 if failed_dep then
-  redis.call('HSET', KEYS[1], 'state', 'failed', 'reason', 'dependency_failed:' .. failed_dep,
-    'finished_at', now)
-  redis.call('HINCRBY', KEYS[5], 'failed', 1)
+  redis.call('HSET', KEYS[1], 'reason', 'dependency_failed:' .. failed_dep, 'finished_at', now)
+  redis.call('HINCRBY', KEYS[4], 'failed', 1)
   redis.call('EXPIRE', KEYS[1], ARGV[11])
   return {'failed', 'dependency_failed:' .. failed_dep}
 end
 if #unmet > 0 then
   for _, i in ipairs(unmet) do
     redis.call('SADD', KEYS[2], ARGV[13 + i])
-    redis.call('SADD', KEYS[7 + 2 * i], ARGV[1])
+    redis.call('SADD', KEYS[6 + 2 * i], ARGV[1])
+    -- Lets complete_tasks skip reading the dependents set of the many tasks that have none.
+    redis.call('HSET', KEYS[5 + 2 * i], 'has_dependents', '1')
   end
-  redis.call('HSET', KEYS[1], 'state', 'waiting')
   return {'waiting', #unmet}
 end
-redis.call('HSET', KEYS[1], 'state', 'queued')
 redis.call('ZADD', KEYS[3], (100 - tonumber(ARGV[5])) * 1e13 + seq, ARGV[1])
 return {'queued'}

@@ -1,0 +1,212 @@
+-- complete_tasks: agents report outcomes; each reservation is released and the agent's
+-- performance score and the (task type, agent type) patterns learn from it. One call for a whole
+-- batch of completions, applied in the order given.
+--
+-- KEYS[1] stats hash  KEYS[2] grant outbox  KEYS[3] pattern statistics hash (fields
+-- `<task_type>|<agent_type>|<stat>`)  KEYS[4] fleet log
+-- KEYS[3+2i] report i's task hash  KEYS[4+2i] that task's dependents set (i from 1 to n)
+-- KEYS[3+2n+2j] agent j's hash  KEYS[4+2n+2j] agent j's granted-task set (j from 1 to m)
+-- ARGV[1] n  ARGV[2] m  ARGV[3] learning_rate  ARGV[4] retention seconds
+-- ARGV[5] now (ms, the optimizer's clock: only recorded as finished_at)
+-- ARGV[5+j] agent j's id
+-- then five per report, in order: task_id, agent number j, success (1/0), execution_time_s,
+-- the grant_seq being reported (0 = not given: any grant of this task to this agent)
+--
+-- Returns per report: outcome, k, then k fields:
+--   "completed"|"failed", submitter, submit_message_id, dependent_id...  the outcome, who to tell,
+--                                   and the tasks waiting on this one (the caller resolves each
+--                                   with resolve_dependency); a repeat of the same completion
+--                                   answers the same and changes nothing
+--   "unknown_agent" | "unknown_task"
+--   "agent_not_active", status      the agent was marked dead or deregistered: a late report
+--   "stale_grant", grant_seq        the report names an earlier grant of the task (re-granted, or
+--                                   handed off): checked before the owner
+--   "wrong_agent", owner            the task is (or was) granted to another agent
+--   "task_not_granted", state       queued or waiting: e.g. re-queued after this agent died
+-- Score: exponential moving average of outcomes, x = success * time efficiency where efficiency
+-- = min(1, estimated / actual) (1 when either is unknown).
+-- Patterns: per (task type, agent type) attempts, successes, success EMA and EMA of actual /
+-- estimated duration (successes only), at rate max(learning_rate, 1/(n+1)): the same update as
+-- `PatternStats::record` in src/decision/patterns.rs.
+-- Agents and patterns are read once and written once per call, whatever the number of reports.
+local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
+local lr, retention, now = tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local kinds = {'cpu', 'memory', 'tokens', 'time'}
+local AGENT_EXTRA = {'completions', 'successes'}
+
+local agents = {}
+local function agent(j)
+  if agents[j] == nil then
+    local fields = {unpack(VIEW_FIELDS)}
+    for _, f in ipairs(AGENT_EXTRA) do
+      table.insert(fields, f)
+    end
+    local row = redis.call('HMGET', KEYS[3 + 2 * n + 2 * j], unpack(fields))
+    local a = {id = ARGV[5 + j], touched = false, exists = row[1] ~= false}
+    for i, f in ipairs(fields) do
+      a[f] = row[i]
+    end
+    agents[j] = a
+  end
+  return agents[j]
+end
+
+local pattern_fields = {}
+local function pattern(pair)
+  if pattern_fields[pair] == nil then
+    local row = redis.call('HMGET', KEYS[3], pair .. 'attempts', pair .. 'successes',
+      pair .. 'success_ema', pair .. 'duration_ratio_ema')
+    pattern_fields[pair] = {attempts = tonumber(row[1]) or 0, successes = tonumber(row[2]) or 0,
+      success_ema = tonumber(row[3]) or 0.5, ratio = tonumber(row[4]), ratio_set = false}
+  end
+  return pattern_fields[pair]
+end
+
+local function warm_rate(count)
+  local rate = math.max(0, math.min(1, lr))
+  return math.max(rate, 1 / (count + 1))
+end
+
+local function learn(a, task, success, actual)
+  local est = tonumber(task[7]) or 0
+  local x = 0
+  if success then
+    x = 1
+    if est > 0 and actual > 0 then
+      x = math.min(1, est / actual)
+    end
+  end
+  local score = tonumber(a.score) or 0.5
+  a.score = tostring(score + lr * (x - score))
+  a.completions = int((tonumber(a.completions) or 0) + 1)
+  if success then
+    a.successes = int((tonumber(a.successes) or 0) + 1)
+  end
+  local p = pattern((task[11] or 'default') .. '|' .. (a.agent_type or '') .. '|')
+  p.attempts = p.attempts + 1
+  p.success_ema = p.success_ema + warm_rate(p.attempts) * ((success and 1 or 0) - p.success_ema)
+  if success then
+    p.successes = p.successes + 1
+    if est > 0 and actual > 0 then
+      local r = p.ratio or 1
+      p.ratio = r + warm_rate(p.successes) * (actual / est - r)
+      p.ratio_set = true
+    end
+  end
+end
+
+local stats = {completed = 0, failed = 0}
+local reply = {}
+local function answer(outcome, fields)
+  table.insert(reply, outcome)
+  table.insert(reply, #fields)
+  for _, f in ipairs(fields) do
+    table.insert(reply, f)
+  end
+end
+
+local function with_dependents(i, outcome, task)
+  -- A submitter that asked for no replies is not named, so nobody is told.
+  local submitter = task[13] == 'none' and '' or (task[9] or '')
+  local fields = {submitter, task[10] or ''}
+  if task[12] == '1' then
+    for _, id in ipairs(redis.call('SMEMBERS', KEYS[4 + 2 * i])) do
+      table.insert(fields, id)
+    end
+  end
+  answer(outcome, fields)
+end
+
+local function complete(i, task_id, j, success, actual_raw, reported_seq)
+  local actual = tonumber(actual_raw) or 0
+  local a = agent(j)
+  if not a.exists then
+    return answer('unknown_agent', {})
+  end
+  local task = redis.call('HMGET', KEYS[3 + 2 * i], 'state', 'agent', 'req_cpu', 'req_memory',
+    'req_tokens', 'req_time', 'estimated_duration_s', 'grant_seq', 'submitter', 'submit_msg_id',
+    'task_type', 'has_dependents', 'replies')
+  local state, owner = task[1], task[2]
+  if not state then
+    return answer('unknown_task', {})
+  end
+  if a.status ~= 'active' and (state == 'granted' or state == 'queued') then
+    -- A dead or departed agent's work has been (or is being) given to another agent.
+    return answer('agent_not_active', {a.status})
+  end
+  if state == 'queued' or state == 'waiting' then
+    return answer('task_not_granted', {state})
+  end
+  if reported_seq ~= '0' and reported_seq ~= task[8] then
+    -- An earlier grant: the task was taken back and granted again (perhaps to this same agent,
+    -- after it left or died and came back), or handed off. It must not complete the current
+    -- grant. Checked before the owner, so an agent that handed the task off hears
+    -- `stale_grant` for its old grant, whoever holds the task now.
+    return answer('stale_grant', {task[8] or ''})
+  end
+  if owner ~= a.id then
+    return answer('wrong_agent', {owner or ''})
+  end
+  if state == 'completed' or state == 'failed' then
+    return with_dependents(i, state, task)
+  end
+  local outcome = success and 'completed' or 'failed'
+  for k = 1, 4 do
+    a['res_' .. kinds[k]] = int((tonumber(a['res_' .. kinds[k]]) or 0) - (tonumber(task[2 + k]) or 0))
+  end
+  a.active_tasks = int((tonumber(a.active_tasks) or 0) - 1)
+  a.touched = true
+  learn(a, task, success, actual)
+  redis.call('SREM', KEYS[4 + 2 * n + 2 * j], task_id)
+  redis.call('HSET', KEYS[3 + 2 * i], 'state', outcome, 'finished_at', now,
+    'execution_time_s', actual_raw)
+  redis.call('ZREM', KEYS[2], task_id .. '|' .. task[8])
+  redis.call('EXPIRE', KEYS[3 + 2 * i], retention)
+  if task[12] == '1' then
+    redis.call('EXPIRE', KEYS[4 + 2 * i], retention)
+  end
+  stats[outcome] = stats[outcome] + 1
+  with_dependents(i, outcome, task)
+end
+
+for i = 1, n do
+  local at = 5 + m + 5 * (i - 1)
+  complete(i, ARGV[at + 1], tonumber(ARGV[at + 2]), ARGV[at + 3] == '1', ARGV[at + 4],
+    ARGV[at + 5])
+end
+
+local views = {}
+for j = 1, m do
+  local a = agents[j]
+  if a and a.touched then
+    redis.call('HSET', KEYS[3 + 2 * n + 2 * j], 'res_cpu', a.res_cpu, 'res_memory', a.res_memory,
+      'res_tokens', a.res_tokens, 'res_time', a.res_time, 'active_tasks', a.active_tasks,
+      'score', a.score, 'completions', a.completions, 'successes', a.successes or '0')
+    table.insert(views, {a.id, encode_view(a)})
+  end
+end
+local pattern_writes = {}
+for pair, p in pairs(pattern_fields) do
+  table.insert(pattern_writes, pair .. 'attempts')
+  table.insert(pattern_writes, int(p.attempts))
+  table.insert(pattern_writes, pair .. 'successes')
+  table.insert(pattern_writes, int(p.successes))
+  table.insert(pattern_writes, pair .. 'success_ema')
+  table.insert(pattern_writes, tostring(p.success_ema))
+  if p.ratio_set then
+    table.insert(pattern_writes, pair .. 'duration_ratio_ema')
+    table.insert(pattern_writes, tostring(p.ratio))
+  end
+end
+if #pattern_writes > 0 then
+  redis.call('HSET', KEYS[3], unpack(pattern_writes))
+end
+for outcome, count in pairs(stats) do
+  if count > 0 then
+    redis.call('HINCRBY', KEYS[1], outcome, count)
+  end
+end
+if #views > 0 then
+  append_fleet_log(KEYS[4], views, now_ms())
+end
+return reply

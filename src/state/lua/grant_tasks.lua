@@ -1,0 +1,102 @@
+-- grant_tasks: one dispatch round's grants in one call. Each task is reserved on the first of its
+-- candidate agents that still fits; tasks are taken in the order given (the queue order).
+--
+-- KEYS[1] priority queue  KEYS[2] grant outbox (zset)  KEYS[3] stats hash  KEYS[4] fleet log
+-- KEYS[4+i] task i's hash (i from 1 to n)
+-- KEYS[3+n+2j] agent j's hash  KEYS[4+n+2j] agent j's granted-task set (j from 1 to m)
+-- ARGV[1] n tasks  ARGV[2] m agents  ARGV[2+j] agent j's id
+-- then for each task, in order: task_id, c (number of candidates), c agent numbers j (1..m),
+-- best first
+--
+-- Returns three entries per task, in order:
+--   "granted", agent_id, grant_seq   reserved; the grant waits in the outbox until acknowledged
+--   "not_queued", state, agent       someone else granted it (or it is gone): nothing changed
+--   "no_fit", "", ""                 no candidate has room right now: nothing changed
+-- The candidates come from a replica's fleet cache, which may be stale; every capacity is
+-- re-checked here, atomically, which is what keeps two replicas from over-reserving an agent.
+-- Reads and writes are gathered: one HMGET per task and per agent, one HSET per task and per
+-- agent touched, and one ZREM, ZADD, HINCRBY and XADD for the whole round.
+local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
+local kinds = {'cpu', 'memory', 'tokens', 'time'}
+local agents = {}
+
+local function agent(j)
+  if agents[j] then
+    return agents[j]
+  end
+  local row = redis.call('HMGET', KEYS[3 + n + 2 * j], unpack(VIEW_FIELDS))
+  local a = {id = ARGV[2 + j], touched = false}
+  for i, field in ipairs(VIEW_FIELDS) do
+    a[field] = row[i]
+  end
+  agents[j] = a
+  return a
+end
+
+local function fits(a, req)
+  if a.status ~= 'active' then
+    return false
+  end
+  for k = 1, 4 do
+    if (tonumber(a['res_' .. kinds[k]]) or 0) + req[k] > (tonumber(a['cap_' .. kinds[k]]) or 0) then
+      return false
+    end
+  end
+  return true
+end
+
+local now = now_ms()
+local reply, dequeued, outbox = {}, {}, {}
+local at = 3 + m
+for i = 1, n do
+  local task_id, c = ARGV[at], tonumber(ARGV[at + 1])
+  local task = redis.call('HMGET', KEYS[4 + i], 'state', 'agent', 'req_cpu', 'req_memory',
+    'req_tokens', 'req_time', 'grant_seq')
+  local outcome = {'no_fit', '', ''}
+  if task[1] ~= 'queued' then
+    outcome = {'not_queued', task[1] or 'missing', task[2] or ''}
+  else
+    local req = {tonumber(task[3]), tonumber(task[4]), tonumber(task[5]), tonumber(task[6])}
+    for x = 1, c do
+      local j = tonumber(ARGV[at + 1 + x])
+      local a = agent(j)
+      if fits(a, req) then
+        for k = 1, 4 do
+          a['res_' .. kinds[k]] = int((tonumber(a['res_' .. kinds[k]]) or 0) + req[k])
+        end
+        a.active_tasks = int((tonumber(a.active_tasks) or 0) + 1)
+        a.touched = true
+        local seq = (tonumber(task[7]) or 0) + 1
+        redis.call('HSET', KEYS[4 + i], 'state', 'granted', 'agent', a.id, 'granted_at', now,
+          'grant_seq', seq)
+        redis.call('SADD', KEYS[4 + n + 2 * j], task_id)
+        table.insert(dequeued, task_id)
+        table.insert(outbox, now)
+        table.insert(outbox, task_id .. '|' .. seq)
+        outcome = {'granted', a.id, tostring(seq)}
+        break
+      end
+    end
+  end
+  for _, v in ipairs(outcome) do
+    table.insert(reply, v)
+  end
+  at = at + 2 + c
+end
+
+if #dequeued > 0 then
+  redis.call('ZREM', KEYS[1], unpack(dequeued))
+  redis.call('ZADD', KEYS[2], unpack(outbox))
+  redis.call('HINCRBY', KEYS[3], 'granted', #dequeued)
+  local views = {}
+  for j = 1, m do
+    local a = agents[j]
+    if a and a.touched then
+      redis.call('HSET', KEYS[3 + n + 2 * j], 'res_cpu', a.res_cpu, 'res_memory', a.res_memory,
+        'res_tokens', a.res_tokens, 'res_time', a.res_time, 'active_tasks', a.active_tasks)
+      table.insert(views, {a.id, encode_view(a)})
+    end
+  end
+  append_fleet_log(KEYS[4], views, now)
+end
+return reply
