@@ -228,23 +228,34 @@ pub async fn events_drained(nats: &async_nats::Client) {
     }
 }
 
-/// Messages stored in the grants stream for one agent's subject.
-pub async fn stored_grants(nats: &async_nats::Client, agent_id: &str) -> u64 {
-    let js = async_nats::jetstream::new(nats.clone());
-    let stream = js.get_stream("COORD_GRANTS").await.expect("grants stream");
-    let subject = format!("coord.task_request.{agent_id}");
-    let info = stream
-        .info_with_subjects(subject.clone())
-        .await
-        .expect("stream info");
-    let mut total = 0;
-    let mut info = info;
-    while let Some(Ok((s, n))) = futures::StreamExt::next(&mut info).await {
-        if s == subject {
-            total += n as u64;
-        }
+/// Listens to one agent's grant subject (core NATS) the way an operator's `nats sub` would, to
+/// see every copy of every grant sent to it.
+pub struct GrantTap {
+    subscription: async_nats::Subscriber,
+}
+
+impl GrantTap {
+    pub async fn start(nats: &async_nats::Client, agent_id: &str) -> GrantTap {
+        let subscription = nats
+            .subscribe(format!("coord.task_request.{agent_id}"))
+            .await
+            .expect("subscribe to grants");
+        nats.flush().await.expect("flush");
+        GrantTap { subscription }
     }
-    total
+
+    /// (task_id, grant_seq) of every grant copy that arrives within `quiet` of the previous one.
+    pub async fn seen(&mut self, quiet: Duration) -> Vec<(String, u64)> {
+        let mut seen = Vec::new();
+        while let Ok(Some(message)) =
+            tokio::time::timeout(quiet, futures::StreamExt::next(&mut self.subscription)).await
+        {
+            let grant: switchyard::protocol::Envelope<switchyard::protocol::TaskGrant> =
+                serde_json::from_slice(&message.payload).expect("a grant");
+            seen.push((grant.payload.task_id, grant.payload.grant_seq));
+        }
+        seen
+    }
 }
 
 /// Waits until some optimizer has created the streams and the shared consumer (a replica

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """A Switchyard agent written only from docs/protocol.md, with nats-py as its one dependency.
 
-It registers, takes grants from its durable consumer, acknowledges each, reports each as
-completed, and after --tasks completions prints one JSON line to stdout and exits 0:
+It subscribes to its grant subject, registers, acknowledges each grant with a GRANT_ACK, drops
+copies of a grant it already took, reports each as completed, and after --tasks completions prints one JSON line to stdout and exits 0:
 
     {"agent_id": "...", "completed": ["task", ...],
      "grants": [{"task_id": "...", "grant_seq": 1, "correlation_id": "..."}, ...]}
@@ -22,7 +22,6 @@ import uuid
 import nats
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import AckPolicy, ConsumerConfig
 
 
 class AgentError(Exception):
@@ -109,8 +108,26 @@ class Agent:
             )
         return env["message_id"], body
 
+    async def acknowledge_grant(self, grant):
+        """GRANT_ACK on core NATS (§6.4): until it arrives, the optimizers send the grant again."""
+        ack = {
+            "agent_id": self.agent_id,
+            "grants": [{"task_id": grant["task_id"], "grant_seq": grant["grant_seq"]}],
+        }
+        env = self.envelope("GRANT_ACK", ack)
+        await self.nc.publish(
+            f"{self.prefix}.grant_ack.{self.agent_id}", json.dumps(env).encode()
+        )
+
     async def run(self, tasks):
         await self.subscribe_answers()
+        # Grants are core NATS (§6.4): subscribe before registering, so none is missed; a grant
+        # made while this agent was away is sent again until acknowledged.
+        grant_queue = asyncio.Queue()
+        await self.nc.subscribe(
+            f"{self.prefix}.task_request.{self.agent_id}", cb=grant_queue.put
+        )
+        await self.nc.flush()
         await self.send(
             "agent_register",
             "AGENT_REGISTER",
@@ -123,16 +140,6 @@ class Agent:
         )
         log(f"{self.agent_id} registered")
 
-        # Creates the durable grant consumer, or binds to it if it exists (same config as §5).
-        sub = await self.js.pull_subscribe(
-            f"{self.prefix}.task_request.{self.agent_id}",
-            durable=f"agent_{self.agent_id}",
-            stream=f"{stream_prefix(self.prefix)}_GRANTS",
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT, ack_wait=30, inactive_threshold=86400
-            ),
-        )
-
         seen = set()
         completed = []
         grants = []
@@ -143,16 +150,16 @@ class Agent:
                     f"no grant within {self.timeout:.0f}s ({len(completed)} of {tasks} done)"
                 )
             try:
-                msgs = await sub.fetch(batch=tasks - len(completed), timeout=2)
-            except asyncio.TimeoutError:  # nats-py's TimeoutError subclasses it
+                msgs = [await asyncio.wait_for(grant_queue.get(), timeout=2)]
+            except asyncio.TimeoutError:
                 continue
             for msg in msgs:
-                # Taken on: acknowledge it (explicit ack, confirmed by the server).
-                await msg.ack_sync(timeout=5)
                 env = json.loads(msg.data)
                 if env.get("type") != "TASK_REQUEST":
                     raise AgentError(f"unexpected message on the grant subject: {msg.data!r}")
                 grant = env["payload"]
+                # Taken on: acknowledge it, copies too (a copy means an ack was lost).
+                await self.acknowledge_grant(grant)
                 key = (grant["task_id"], grant["grant_seq"])
                 if key in seen:  # grants are at-least-once
                     continue
