@@ -59,6 +59,9 @@ pub struct MessagesConfig {
     pub enable_message_tracking: bool,
     pub default_message_ttl_s: u64,
     pub max_message_bytes: usize,
+    /// How long a sender waits for the acknowledgments of a message that asked for them, before
+    /// retrying (guaranteed) or counting them as timed out (asynchronous), in ms.
+    pub ack_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,7 +82,7 @@ pub struct MetricsConfig {
 }
 
 /// Environment variable → (table, key). The first six are the seed's names.
-const ENV_OVERRIDES: [(&str, &str, &str); 13] = [
+const ENV_OVERRIDES: [(&str, &str, &str); 14] = [
     (
         "MAX_CONCURRENT_COORDINATIONS",
         "coordination",
@@ -98,6 +101,7 @@ const ENV_OVERRIDES: [(&str, &str, &str); 13] = [
         "enable_message_tracking",
     ),
     ("DEFAULT_MESSAGE_TTL", "messages", "default_message_ttl_s"),
+    ("MESSAGE_ACK_TIMEOUT_MS", "messages", "ack_timeout_ms"),
     ("NATS_URL", "nats", "url"),
     ("REDIS_URL", "redis", "url"),
     ("METRICS_ADDR", "metrics", "addr"),
@@ -144,6 +148,7 @@ impl Config {
                 enable_message_tracking: true,
                 default_message_ttl_s: 300,
                 max_message_bytes: 65_536,
+                ack_timeout_ms: 5000,
             },
             jetstream: JetStreamConfig {
                 ack_wait_ms: 30_000,
@@ -251,6 +256,10 @@ impl Config {
         check(
             self.messages.max_message_bytes >= 1024,
             "messages.max_message_bytes must be >= 1024",
+        );
+        check(
+            self.messages.ack_timeout_ms >= 1,
+            "messages.ack_timeout_ms must be > 0",
         );
         check(
             self.jetstream.max_deliver >= 1,
@@ -398,6 +407,19 @@ mod tests {
         let err = Config::from_sources(None, &env(&[("DEFAULT_STRATEGY", "coin_flip")]))
             .expect_err("unknown");
         assert!(err.to_string().contains("default_strategy"), "{err}");
+    }
+
+    #[test]
+    fn the_ack_timeout_is_set_by_file_or_env_and_must_be_positive() {
+        assert_eq!(Config::default().messages.ack_timeout_ms, 5000);
+        let c =
+            Config::from_sources(None, &env(&[("MESSAGE_ACK_TIMEOUT_MS", "750")])).expect("valid");
+        assert_eq!(c.messages.ack_timeout_ms, 750);
+        let options = crate::comm::ProtocolOptions::from_config(&c);
+        assert_eq!(options.ack_timeout, std::time::Duration::from_millis(750));
+        let err =
+            Config::from_sources(Some("[messages]\nack_timeout_ms = 0\n"), &[]).expect_err("zero");
+        assert!(err.to_string().contains("ack_timeout_ms"), "{err}");
     }
 
     #[test]

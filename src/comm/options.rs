@@ -28,8 +28,8 @@ pub struct ProtocolOptions {
     /// `DEFAULT_MESSAGE_TTL`: TTL of messages sent without one (`None`: no TTL).
     pub default_ttl_s: Option<u64>,
     pub ack_mode: AckMode,
-    /// How long a sender waits for acknowledgments before retrying (guaranteed) or counting
-    /// them as timed out (asynchronous).
+    /// `MESSAGE_ACK_TIMEOUT_MS`: how long a sender waits for acknowledgments before retrying
+    /// (guaranteed) or counting them as timed out (asynchronous).
     pub ack_timeout: Duration,
     /// How long a synchronous send waits for each recipient's response.
     pub request_timeout: Duration,
@@ -60,7 +60,7 @@ impl ProtocolOptions {
             enable_tracking: m.enable_message_tracking,
             default_ttl_s: (m.default_message_ttl_s > 0).then_some(m.default_message_ttl_s),
             ack_mode: AckMode::Auto,
-            ack_timeout: Duration::from_secs(5),
+            ack_timeout: Duration::from_millis(m.ack_timeout_ms.max(1)),
             request_timeout: Duration::from_secs(10),
             retry_policy: RetryPolicy::default(),
             redelivery_wait: Duration::from_secs(60),

@@ -214,3 +214,74 @@ fn an_unknown_strategy_is_refused_and_known_ones_accepted() {
     let seed_spelling = submit(json!({"task_id": "t", "strategy": "ROUND_ROBIN"}));
     assert_eq!(reason("coord.task_submit.orch", &seed_spelling), "accepted");
 }
+
+#[test]
+fn a_number_beyond_f64_is_malformed_json_wherever_it_is() {
+    // serde_json refuses a number that overflows f64 ("number out of range") while parsing, so
+    // it is `malformed_json` even where a too-large amount would be `resource_too_large`, and even
+    // in a field nobody reads. Nothing of the message was read: the report goes to the subject's
+    // token, without a correlation id.
+    for text in [
+        r#"{"protocol_version":1,"message_id":"6f1c2d1e-8f7a-4b7e-9a51-3d0f2f6f7a10","sender":"orch","type":"TASK_SUBMIT","created_at_ms":1700000000000,"payload":{"task_id":"t1","required_resources":{"cpu":1e400}}}"#,
+        r#"{"protocol_version":1,"message_id":"6f1c2d1e-8f7a-4b7e-9a51-3d0f2f6f7a10","sender":"someone","type":"TASK_SUBMIT","created_at_ms":1700000000000,"unknown_field":-1e400,"payload":{"task_id":"t1"}}"#,
+    ] {
+        let r = decode(
+            &Subjects::default(),
+            "coord.task_submit.orch",
+            text.as_bytes(),
+            65_536,
+            NOW,
+        )
+        .expect_err("out of range");
+        assert_eq!(r.reason, RejectReason::MalformedJson, "{}", r.message);
+        assert_eq!(r.reply_to, "orch");
+        assert_eq!(r.correlation_id, None);
+    }
+    // A number too small for f64 is read as 0.
+    let tiny = br#"{"protocol_version":1,"message_id":"6f1c2d1e-8f7a-4b7e-9a51-3d0f2f6f7a10","sender":"orch","type":"TASK_SUBMIT","created_at_ms":1700000000000,"payload":{"task_id":"t1","required_resources":{"cpu":1e-400}}}"#;
+    match decode(
+        &Subjects::default(),
+        "coord.task_submit.orch",
+        tiny,
+        65_536,
+        NOW,
+    ) {
+        Ok(Inbound::Submit(_, required)) => assert_eq!(required.cpu, 0),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn an_oversized_message_is_reported_to_the_subject_token_not_its_sender() {
+    // Registered on the agent's behalf by `orch`: a refusal after reading goes to `orch`, but an
+    // oversized message is not read at all, so its report goes to the subject's agent.
+    let mut reg = envelope(
+        "AGENT_REGISTER",
+        "orch",
+        json!({"agent_id": "a1", "agent_type": "backend", "max_resources": {}}),
+    );
+    reg["padding"] = json!("x".repeat(70_000));
+    let r = run("coord.agent_register.a1", &reg).expect_err("too large");
+    assert_eq!(r.reason, RejectReason::PayloadTooLarge);
+    assert_eq!(r.reply_to, "a1");
+    assert_eq!(r.correlation_id, None);
+    reg["padding"] = json!("small");
+    reg["protocol_version"] = json!(2);
+    let r = run("coord.agent_register.a1", &reg).expect_err("version");
+    assert_eq!(r.reply_to, "orch");
+}
+
+#[test]
+fn an_invalid_sender_is_invalid_id_for_a_submit_too() {
+    // The envelope's sender is checked before the subject: a submit from a sender that is not a
+    // valid id is `invalid_id` (reported to the subject's token), not `subject_mismatch`.
+    for sender in ["has space", "all", ""] {
+        let r = run(
+            "coord.task_submit.orch",
+            &envelope("TASK_SUBMIT", sender, json!({"task_id": "t"})),
+        )
+        .expect_err("invalid sender");
+        assert_eq!(r.reason, RejectReason::InvalidId, "sender {sender:?}");
+        assert_eq!(r.reply_to, "orch");
+    }
+}
