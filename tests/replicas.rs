@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use common::{
-    Cluster, GrantTap, OptimizerProcess, config_for, events_drained, hget, hget_i64,
-    init_tracing, optimizer_ready, within,
+    Cluster, GrantTap, OptimizerProcess, config_for, events_drained, hget, hget_i64, init_tracing,
+    optimizer_ready, within,
 };
 use futures::future::join_all;
 use switchyard::client::{Agent, Coordinator};

@@ -230,6 +230,9 @@ impl Dispatcher {
     /// cache lives here: one pass runs at a time, so it needs no lock.
     pub(crate) async fn run(&self, ctx: &Ctx, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut fleet = FleetCache::new();
+        let gauge_period =
+            std::time::Duration::from_secs_f64(ctx.config.coordination.optimization_interval_s);
+        let mut gauges_due = std::time::Instant::now();
         loop {
             tokio::select! {
                 _ = stop.changed() => {
@@ -243,8 +246,27 @@ impl Dispatcher {
                 tracing::warn!(error = %e, "dispatch failed; the next pass retries");
                 HashSet::new()
             });
+            if gauges_due.elapsed() >= gauge_period {
+                set_utilization_gauges(ctx, fleet.agents());
+                gauges_due = std::time::Instant::now();
+            }
             self.done
                 .send_replace((ticket, std::sync::Arc::new(granted)));
         }
     }
+}
+
+/// Mean and max utilization of the active agents, from the fleet cache (no Redis reads; at most
+/// once per OPTIMIZATION_INTERVAL).
+fn set_utilization_gauges(ctx: &Ctx, agents: &[AgentView]) {
+    let utilizations = agents
+        .iter()
+        .map(|a| crate::decision::resources::utilization(&a.reserved, &a.capacity));
+    let (sum, max, count) = utilizations.fold((0.0, 0.0_f64, 0usize), |(s, m, n), u| {
+        (s + u, m.max(u), n + 1)
+    });
+    let mean = if count == 0 { 0.0 } else { sum / count as f64 };
+    let gauge = &ctx.metrics.agent_utilization;
+    gauge.with_label_values(&["mean"]).set(mean);
+    gauge.with_label_values(&["max"]).set(max);
 }

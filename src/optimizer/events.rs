@@ -287,8 +287,8 @@ async fn submit_outcome(
 }
 
 /// The same submit again (a redelivery or a client retry): answer with the current state, and
-/// re-publish the grant in case the first publication died with its replica. The grant's message
-/// id is deterministic, so if it did get out, JetStream drops the copy.
+/// send the grant again (it also stays in the outbox until acknowledged); agents drop copies by
+/// task and grant number.
 async fn duplicate_submit(
     ctx: &Ctx,
     req: &SubmitRequest,
@@ -312,6 +312,7 @@ async fn duplicate_submit(
                 .replies
                 .push(reply(ReplyStatus::Granted).agent(agent));
         }
+        "queued" if !req.replies.wants(ReplyStatus::Queued) => applied.dispatch = true,
         "queued" => {
             applied.dispatch = true;
             applied.queued_submit = Some((

@@ -31,28 +31,15 @@ pub(crate) async fn run_maintenance(ctx: Arc<Ctx>, mut stop: watch::Receiver<boo
 async fn maintenance_pass(ctx: &Ctx) -> Result<(), Error> {
     super::liveness::expire_silent_agents(ctx).await?;
     ctx.dispatcher.dispatch_after_commit().await;
-    let sync = ctx.store.coordination_sync(&StatusQuery::default()).await?;
-    ctx.metrics.queue_depth.set(sync.queue_depth as f64);
-    let utilizations: Vec<f64> = sync
-        .agents
-        .iter()
-        .filter(|a| a.status == "active")
-        .map(|a| a.utilization)
-        .collect();
-    let mean = if utilizations.is_empty() {
-        0.0
-    } else {
-        utilizations.iter().sum::<f64>() / utilizations.len() as f64
+    // Without the agent table: reading every agent each interval would make an idle fleet's
+    // cost grow with its size. The table is a status query away; the utilization gauges come
+    // from the dispatcher's fleet cache.
+    let totals = StatusQuery {
+        include_agents: false,
+        include_patterns: false,
     };
-    let max = utilizations.iter().copied().fold(0.0, f64::max);
-    ctx.metrics
-        .agent_utilization
-        .with_label_values(&["mean"])
-        .set(mean);
-    ctx.metrics
-        .agent_utilization
-        .with_label_values(&["max"])
-        .set(max);
+    let sync = ctx.store.coordination_sync(&totals).await?;
+    ctx.metrics.queue_depth.set(sync.queue_depth as f64);
     broadcast_sync(ctx, sync).await
 }
 

@@ -123,6 +123,18 @@ impl Store {
             .collect())
     }
 
+    /// When each agent's lease runs out (Redis clock, ms), `None` for agents without one.
+    async fn lease_deadlines(&self, ids: &[String]) -> Result<Vec<Option<f64>>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(redis::cmd("ZMSCORE")
+            .arg(self.keys().leases())
+            .arg(ids)
+            .query_async(&mut self.conn())
+            .await?)
+    }
+
     /// Up to `limit` tasks from the head of the priority queue, in order.
     pub async fn queue_head(&self, limit: usize) -> Result<Vec<QueuedTask>, Error> {
         if limit == 0 {
@@ -271,10 +283,24 @@ impl Store {
             let mut ids: Vec<String> = self.active_agent_ids().await?;
             ids.sort();
             let rows = self.agent_rows(&ids).await?;
+            let deadlines = self.lease_deadlines(&ids).await?;
             agents = ids
                 .into_iter()
                 .zip(rows)
-                .map(|(id, row)| agent_status(id, &row))
+                .zip(deadlines)
+                .map(|((id, row), deadline)| {
+                    let mut status = agent_status(id, &row);
+                    // Heartbeats move the lease deadline only (one command each), so the last
+                    // one is the deadline less the lease.
+                    if let (Some(deadline), Some(lease)) =
+                        (deadline, row.get(14).and_then(|l| l.parse::<u64>().ok()))
+                    {
+                        status.last_heartbeat_ms = status
+                            .last_heartbeat_ms
+                            .max((deadline as u64).saturating_sub(lease));
+                    }
+                    status
+                })
                 .collect();
         }
         let patterns = if query.include_patterns {

@@ -7,7 +7,7 @@ use crate::protocol::AgentStatusView;
 use super::records::QueuedTask;
 
 /// Agent hash fields, in the order the functions below read them.
-pub(crate) const AGENT_FIELDS: [&str; 14] = [
+pub(crate) const AGENT_FIELDS: [&str; 15] = [
     "agent_type",
     "status",
     "cap_cpu",
@@ -22,6 +22,7 @@ pub(crate) const AGENT_FIELDS: [&str; 14] = [
     "priority_weight",
     "active_tasks",
     "last_heartbeat",
+    "lease_ms",
 ];
 
 /// Task hash fields read for the queue head, in order.
