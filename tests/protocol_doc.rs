@@ -10,16 +10,17 @@ use serde_json::Value;
 use switchyard::decision::{ResourceError, ResourceKind};
 use switchyard::protocol::{
     AgentDeregister, AgentRegister, CoordinationSync, CoordinatorReply, Envelope, ErrorReport,
-    HandoffAcknowledge, HandoffInitiate, Heartbeat, MessageType, PROTOCOL_VERSION, RejectReason,
+    GrantAck, HandoffAcknowledge, HandoffInitiate, Heartbeat, MessageType, PROTOCOL_VERSION, RejectReason,
     ReplyStatus, ResourceGrant, ResourceRequest, StatusQuery, Subjects, TaskComplete, TaskGrant,
     TaskSubmit, decode,
 };
 
 /// The message types whose payloads are typed, and so must be illustrated by an example.
-const TYPED: [MessageType; 14] = [
+const TYPED: [MessageType; 15] = [
     MessageType::AgentRegister,
     MessageType::AgentDeregister,
     MessageType::Heartbeat,
+    MessageType::GrantAck,
     MessageType::TaskSubmit,
     MessageType::TaskRequest,
     MessageType::TaskComplete,
@@ -99,6 +100,7 @@ fn expected_subject(subjects: &Subjects, env: &Envelope<Value>) -> Option<String
         MessageType::AgentRegister
         | MessageType::AgentDeregister
         | MessageType::Heartbeat
+        | MessageType::GrantAck
         | MessageType::TaskComplete => field("agent_id")?,
         MessageType::TaskSubmit => env.sender.as_str(),
         MessageType::TaskRequest | MessageType::CoordinatorReply | MessageType::ErrorReport => {
@@ -118,12 +120,14 @@ fn expected_subject(subjects: &Subjects, env: &Envelope<Value>) -> Option<String
     Some(subjects.addressed(env.message_type, token))
 }
 
-/// True for the messages the optimizer consumes as events (and so validates).
+/// True for the messages the optimizer consumes as events or core-lane signals (and so
+/// validates).
 fn is_event(env: &Envelope<Value>) -> bool {
     match env.message_type {
         MessageType::AgentRegister
         | MessageType::AgentDeregister
         | MessageType::Heartbeat
+        | MessageType::GrantAck
         | MessageType::TaskSubmit
         | MessageType::TaskComplete
         | MessageType::HandoffInitiate
@@ -159,6 +163,7 @@ fn every_json_example_is_valid_and_parses_into_the_real_types() {
             MessageType::AgentRegister => typed_payload::<AgentRegister>(line, payload),
             MessageType::AgentDeregister => typed_payload::<AgentDeregister>(line, payload),
             MessageType::Heartbeat => typed_payload::<Heartbeat>(line, payload),
+            MessageType::GrantAck => typed_payload::<GrantAck>(line, payload),
             MessageType::TaskSubmit => typed_payload::<TaskSubmit>(line, payload),
             MessageType::TaskRequest => typed_payload::<TaskGrant>(line, payload),
             MessageType::TaskComplete => typed_payload::<TaskComplete>(line, payload),
