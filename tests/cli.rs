@@ -130,6 +130,62 @@ fn bench_json_reports_lifecycles_latency_and_no_double_grants() {
 }
 
 #[test]
+fn closed_loop_bench_counts_each_task_once_and_reports_baseline_and_server_cost() {
+    let args = [
+        "bench",
+        "--json",
+        "--duration",
+        "2",
+        "--rate",
+        "0",
+        "--inflight",
+        "64",
+        "--agents",
+        "8",
+        "--baseline",
+        "--baseline-seconds",
+        "1",
+    ];
+    let report = json_of(&switchyard(&args).output().expect("bench runs"));
+    assert_eq!(report["mode"], "closed_loop", "{report}");
+    let count = |field: &str| {
+        report[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{field}: {report}"))
+    };
+    assert!(count("submitted") > 0, "{report}");
+    assert_eq!(
+        count("completed"),
+        count("submitted"),
+        "every submit drained"
+    );
+    assert_eq!(count("unfinished"), 0, "{report}");
+    assert_eq!(count("double_grants"), 0, "{report}");
+    assert_eq!(count("duplicate_completions"), 0, "{report}");
+    assert!(
+        count("completed_in_window") <= count("completed"),
+        "{report}"
+    );
+    let positive = |value: &serde_json::Value| value.as_f64().is_some_and(|v| v > 0.0);
+    assert!(positive(&report["baseline_allocations_per_s"]), "{report}");
+    assert!(positive(&report["ratio_to_baseline"]), "{report}");
+    let per_lifecycle = &report["per_lifecycle"];
+    assert!(positive(&per_lifecycle["nats_msgs"]), "{report}");
+    assert!(positive(&per_lifecycle["redis_commands"]), "{report}");
+    assert!(
+        !per_lifecycle["redis_top_commands"]
+            .as_array()
+            .expect("top commands")
+            .is_empty(),
+        "{report}"
+    );
+    assert!(
+        report["idle_per_s"].is_null(),
+        "no --idle-seconds: {report}"
+    );
+}
+
+#[test]
 fn invalid_configuration_lists_every_error() {
     let output = Command::new(env!("CARGO_BIN_EXE_optimizer"))
         .env("LEARNING_RATE", "2.5")

@@ -56,6 +56,27 @@ async fn local_servers_start_and_serve() -> Result<()> {
 }
 
 #[tokio::test]
+async fn nats_serves_its_monitoring_endpoint() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let nats = NatsServer::start().await?;
+    let url = nats.monitor_url();
+    let authority = url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(authority).await?;
+    stream.write_all(b"GET /varz HTTP/1.0\r\n\r\n").await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    ensure!(response.starts_with("HTTP/1.0 200"), "{response}");
+    ensure!(response.contains("\"in_msgs\""), "{response}");
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let varz: serde_json::Value = serde_json::from_str(body)?;
+    ensure!(
+        varz["port"].as_u64() == Some(u64::from(nats.port())),
+        "the monitor of our own server: {varz}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn nats_restart_keeps_stream_messages() -> Result<()> {
     let mut nats = NatsServer::start().await?;
     let (port, pid) = (nats.port(), nats.pid());

@@ -21,7 +21,7 @@ struct Replica {
 pub struct Deployment {
     config: Config,
     /// Kept alive for the deployment's life; dropping kills the servers.
-    _servers: Option<LocalServers>,
+    servers: Option<LocalServers>,
     replicas: Vec<Replica>,
     metrics: Vec<Metrics>,
 }
@@ -47,7 +47,7 @@ impl Deployment {
         };
         let mut deployment = Deployment {
             config,
-            _servers: servers,
+            servers,
             replicas: Vec::new(),
             metrics: Vec::new(),
         };
@@ -69,6 +69,11 @@ impl Deployment {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The local servers this deployment started, if it started them.
+    pub fn local_servers(&self) -> Option<&LocalServers> {
+        self.servers.as_ref()
     }
 
     pub fn subjects(&self) -> Subjects {

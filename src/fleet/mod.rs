@@ -7,7 +7,10 @@
 
 mod announce;
 pub use announce::AnnouncementRow;
+mod baseline;
 pub mod bench;
+mod counters;
+pub use counters::{CommandCalls, Cost};
 pub mod decision_cost;
 pub mod demo;
 pub mod deployment;

@@ -3,11 +3,11 @@
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 
 use tokio::io::AsyncWriteExt;
 
-use super::process::{Flavor, Managed, connect, contains, read_until};
+use super::process::{Flavor, Managed, connect, contains, free_port, read_until};
 use super::{HarnessError, binary};
 
 /// A `nats-server` with JetStream on `127.0.0.1`, a free port and its own temporary store
@@ -34,6 +34,12 @@ impl NatsServer {
     /// The client port (stays the same across restarts).
     pub fn port(&self) -> u16 {
         self.inner.port()
+    }
+
+    /// The HTTP monitoring endpoint (`/varz`, `/connz`, `/jsz`, ...), `http://127.0.0.1:PORT`.
+    /// The port is picked afresh at every start, so it may change across restarts.
+    pub fn monitor_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.inner.flavor().monitor_port())
     }
 
     /// The process id of the running server, `None` after [`NatsServer::kill`].
@@ -81,6 +87,8 @@ impl Drop for NatsServer {
 struct Nats {
     /// Unique per server, so the probe can tell our server from another one on the same port.
     name: String,
+    /// The HTTP monitoring port of the current start (0 before the first).
+    monitor_port: AtomicU16,
 }
 
 impl Nats {
@@ -89,7 +97,20 @@ impl Nats {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         Nats {
             name: format!("switchyard-test-{}-{n}", std::process::id()),
+            monitor_port: AtomicU16::new(0),
         }
+    }
+
+    fn monitor_port(&self) -> u16 {
+        self.monitor_port.load(Ordering::Relaxed)
+    }
+
+    /// A free port for this start's monitoring endpoint. Fresh at every start: if it was taken
+    /// in the meantime the server exits and the start is retried, with another one.
+    fn pick_monitor_port(&self) -> u16 {
+        let port = free_port().unwrap_or(0);
+        self.monitor_port.store(port, Ordering::Relaxed);
+        port
     }
 }
 
@@ -105,6 +126,9 @@ impl Flavor for Nats {
             .into_iter()
             .map(OsString::from)
             .collect();
+        // Always on: the benchmark reads /varz for the server's message and byte counters.
+        // Bound to loopback like the client port (`-a` applies to both).
+        args.extend(["-m".into(), self.pick_monitor_port().to_string().into()]);
         args.extend([
             "-sd".into(),
             store_dir(dir).into_os_string(),

@@ -109,6 +109,10 @@ impl<F: Flavor> Managed<F> {
         self.port
     }
 
+    pub(crate) fn flavor(&self) -> &F {
+        &self.flavor
+    }
+
     pub(crate) fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -195,7 +199,7 @@ impl<F> Drop for Managed<F> {
 }
 
 /// A port that was free a moment ago (the listener is dropped before returning).
-fn free_port() -> io::Result<u16> {
+pub(crate) fn free_port() -> io::Result<u16> {
     let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
     Ok(listener.local_addr()?.port())
 }
