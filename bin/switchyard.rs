@@ -52,7 +52,7 @@ enum Command {
         #[arg(long)]
         patterns: bool,
     },
-    /// Steady load through the real path: lifecycles/s and request→grant latency.
+    /// Load through the real path: distinct lifecycles/s, request→grant latency, server cost per lifecycle (and against the bare allocation loop with --baseline).
     Bench(BenchOptions),
     /// Messages between agents: throughput per delivery mode, and latency per priority while a
     /// receiver is backed up (NATS_URL, else its own servers).

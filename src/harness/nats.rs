@@ -108,7 +108,11 @@ impl Nats {
     /// A free port for this start's monitoring endpoint. Fresh at every start: if it was taken
     /// in the meantime the server exits and the start is retried, with another one.
     fn pick_monitor_port(&self) -> u16 {
-        let port = free_port().unwrap_or(0);
+        // Port 0 leaves monitoring off rather than failing the start over a side feature.
+        let port = free_port().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "no free port for nats-server monitoring; it stays off");
+            0
+        });
         self.monitor_port.store(port, Ordering::Relaxed);
         port
     }
