@@ -124,9 +124,11 @@ impl Load {
     }
 
     fn submit(&self, n: u64) -> std::pin::Pin<Box<dyn Future<Output = Result<(), Error>> + Send>> {
+        // The bench waits only for the outcome, so it asks for nothing else.
         let task = TaskSubmit::new(format!("{}-{n}", self.run))
             .resource("cpu", 1.0)
-            .estimated_duration(0.0);
+            .estimated_duration(0.0)
+            .replies(crate::protocol::Replies::Final);
         let envelope = Envelope::new(
             self.orch.client_id().to_string(),
             MessageType::TaskSubmit,
