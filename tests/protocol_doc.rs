@@ -10,9 +10,9 @@ use serde_json::Value;
 use switchyard::decision::{ResourceError, ResourceKind};
 use switchyard::protocol::{
     AgentDeregister, AgentRegister, CoordinationSync, CoordinatorReply, Envelope, ErrorReport,
-    GrantAck, HandoffAcknowledge, HandoffInitiate, Heartbeat, MessageType, PROTOCOL_VERSION, RejectReason,
-    ReplyStatus, ResourceGrant, ResourceRequest, StatusQuery, Subjects, TaskComplete, TaskGrant,
-    TaskSubmit, decode,
+    GrantAck, HandoffAcknowledge, HandoffInitiate, Heartbeat, MessageType, PROTOCOL_VERSION,
+    RejectReason, ReplyStatus, ResourceGrant, ResourceRequest, StatusQuery, Subjects, TaskComplete,
+    TaskGrant, TaskSubmit, decode,
 };
 
 /// The message types whose payloads are typed, and so must be illustrated by an example.
