@@ -247,6 +247,11 @@ impl Dispatcher {
                 HashSet::new()
             });
             if gauges_due.elapsed() >= gauge_period {
+                // Also keeps the cache read while the queue is empty, so an idle spell longer
+                // than the fleet log's retention does not end in a read of every agent.
+                if let Err(e) = fleet.refresh(&ctx.dispatch_store).await {
+                    tracing::warn!(error = %e, "fleet cache not refreshed");
+                }
                 set_utilization_gauges(ctx, fleet.agents());
                 gauges_due = std::time::Instant::now();
             }

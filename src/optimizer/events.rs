@@ -233,7 +233,11 @@ async fn submit(ctx: &Ctx, req: &SubmitRequest) -> Result<Applied, Error> {
         .task(&req.task_id)
     };
     let mut applied = submit_outcome(ctx, req, outcome, reply).await?;
+    // Only the replies the submitter asked for (the batch sends `queued` later, if at all).
     applied.replies.retain(|r| req.replies.wants(r.body.status));
+    if !req.replies.wants(ReplyStatus::Queued) {
+        applied.queued_submit = None;
+    }
     Ok(applied)
 }
 
@@ -247,13 +251,11 @@ async fn submit_outcome(
     match outcome {
         SubmitOutcome::Queued => {
             applied.dispatch = true;
-            if req.replies.wants(ReplyStatus::Queued) {
-                applied.queued_submit = Some((
-                    req.task_id.clone(),
-                    req.submitter.clone(),
-                    req.message_id.clone(),
-                ));
-            }
+            applied.queued_submit = Some((
+                req.task_id.clone(),
+                req.submitter.clone(),
+                req.message_id.clone(),
+            ));
         }
         SubmitOutcome::Waiting { unmet } => {
             ctx.metrics
@@ -312,7 +314,6 @@ async fn duplicate_submit(
                 .replies
                 .push(reply(ReplyStatus::Granted).agent(agent));
         }
-        "queued" if !req.replies.wants(ReplyStatus::Queued) => applied.dispatch = true,
         "queued" => {
             applied.dispatch = true;
             applied.queued_submit = Some((

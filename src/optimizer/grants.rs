@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use super::Ctx;
 use super::dispatch::publish_grants;
+use super::maintenance::run_every;
 use super::publish::Grant;
 use crate::error::Error;
 
@@ -20,19 +21,9 @@ use crate::error::Error;
 const RESEND_BATCH: usize = 512;
 
 /// Sends overdue grants again every `grant_resend_ms`, until `stop`.
-pub(crate) async fn run_resender(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run_resender(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) {
     let period = Duration::from_millis(ctx.config.coordination.grant_resend_ms);
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = ticker.tick() => {}
-        }
-        if let Err(e) = resend_overdue(&ctx).await {
-            tracing::warn!(error = %e, "grant resend pass failed; retrying next interval");
-        }
-    }
+    run_every(period, stop, "grant resend pass", || resend_overdue(&ctx)).await
 }
 
 /// Sends again every grant whose agent has not acknowledged it within `grant_resend_ms`. Several

@@ -13,8 +13,22 @@ use super::publish::OPTIMIZER_SENDER;
 use crate::error::Error;
 use crate::protocol::{Envelope, MessageType, StatusQuery, now_ms};
 
-pub(crate) async fn run_maintenance(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run_maintenance(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) {
     let period = Duration::from_secs_f64(ctx.config.coordination.optimization_interval_s);
+    run_every(period, stop, "maintenance pass", || maintenance_pass(&ctx)).await
+}
+
+/// Runs `pass` every `period` until `stop` turns true. A failed pass is logged and retried at the
+/// next tick; a pass that overruns delays the next one rather than bunching them up.
+pub(crate) async fn run_every<F, Fut, T>(
+    period: Duration,
+    mut stop: watch::Receiver<bool>,
+    what: &'static str,
+    mut pass: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -22,8 +36,8 @@ pub(crate) async fn run_maintenance(ctx: Arc<Ctx>, mut stop: watch::Receiver<boo
             _ = stop.changed() => return,
             _ = ticker.tick() => {}
         }
-        if let Err(e) = maintenance_pass(&ctx).await {
-            tracing::warn!(error = %e, "maintenance pass failed; retrying next interval");
+        if let Err(e) = pass().await {
+            tracing::warn!(error = %e, "{what} failed; retrying next interval");
         }
     }
 }

@@ -49,11 +49,6 @@ impl Keys {
         format!("{}:queue", self.prefix)
     }
 
-    /// Counter giving queue entries their FIFO sequence.
-    pub fn queue_seq(&self) -> String {
-        format!("{}:queue:seq", self.prefix)
-    }
-
     /// Sorted set: grants committed but not yet confirmed published (`task_id|grant_seq` by time).
     pub fn grant_outbox(&self) -> String {
         format!("{}:outbox", self.prefix)
@@ -116,7 +111,6 @@ mod tests {
             k.unmet_dependencies("a"),
             k.dependents("a"),
             k.queue(),
-            k.queue_seq(),
             k.grant_outbox(),
             k.stats(),
             k.patterns(),

@@ -144,10 +144,8 @@ impl Store {
             task_id,
             candidates,
         }];
-        let mut outcomes = self.grant_tasks(&batch).await?;
-        outcomes
-            .pop()
-            .ok_or_else(|| Error::new(ErrorKind::Redis, "grant_tasks returned no outcome"))
+        let outcomes = self.grant_tasks(&batch).await?;
+        only_outcome(outcomes, "grant_tasks")
     }
 
     /// One dispatch round's grants in one script call, in the order given; see
@@ -187,7 +185,11 @@ impl Store {
             }
         }
         let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
-        reply.chunks(3).map(GrantOutcome::parse).collect()
+        let outcomes: Vec<GrantOutcome> = reply
+            .chunks(3)
+            .map(GrantOutcome::parse)
+            .collect::<Result<_, _>>()?;
+        one_each(outcomes, requests.len(), "grant_tasks")
     }
 
     /// One completion: a batch of one; see [`Store::complete_tasks`].
@@ -197,12 +199,10 @@ impl Store {
         learning_rate: f64,
         retention_s: u64,
     ) -> Result<CompleteOutcome, Error> {
-        let mut outcomes = self
+        let outcomes = self
             .complete_tasks(std::slice::from_ref(report), learning_rate, retention_s)
             .await?;
-        outcomes
-            .pop()
-            .ok_or_else(|| Error::new(ErrorKind::Redis, "complete_tasks returned no outcome"))
+        only_outcome(outcomes, "complete_tasks")
     }
 
     /// A batch of completions in one script call, applied in order; see
@@ -246,10 +246,11 @@ impl Store {
                 .arg(report.grant_seq.unwrap_or(0));
         }
         let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
-        split_counted(&reply)?
+        let outcomes: Vec<CompleteOutcome> = split_counted(&reply)?
             .iter()
             .map(|item| CompleteOutcome::parse(item))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        one_each(outcomes, reports.len(), "complete_tasks")
     }
 
     pub async fn resolve_dependency(
@@ -323,15 +324,14 @@ impl Store {
             inv.arg(*agent);
         }
         let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
-        Ok(reply.iter().map(|r| HeartbeatOutcome::parse(r)).collect())
+        let outcomes = reply.iter().map(|r| HeartbeatOutcome::parse(r)).collect();
+        one_each(outcomes, agent_ids.len(), "record_heartbeats")
     }
 
     /// One agent's heartbeat: a batch of one.
     pub async fn record_heartbeat(&self, agent_id: &str) -> Result<HeartbeatOutcome, Error> {
-        let mut outcomes = self.record_heartbeats(&[agent_id]).await?;
-        outcomes
-            .pop()
-            .ok_or_else(|| Error::new(ErrorKind::Redis, "record_heartbeats returned no outcome"))
+        let outcomes = self.record_heartbeats(&[agent_id]).await?;
+        only_outcome(outcomes, "record_heartbeats")
     }
 
     /// Marks the agent dead if its lease ran out (Redis clock), counting the lease from no
@@ -356,6 +356,29 @@ impl Store {
             .await?;
         ExpireOutcome::parse(&reply)
     }
+}
+
+/// A batch script's outcomes, checked to be one per item: a short reply would otherwise leave
+/// items unanswered without a word.
+fn one_each<T>(outcomes: Vec<T>, items: usize, script: &str) -> Result<Vec<T>, Error> {
+    if outcomes.len() == items {
+        Ok(outcomes)
+    } else {
+        Err(Error::new(
+            ErrorKind::Redis,
+            format!(
+                "{script} returned {} outcomes for {items} items",
+                outcomes.len()
+            ),
+        ))
+    }
+}
+
+/// The one outcome of a batch script called with one item (checked by `one_each`).
+fn only_outcome<T>(mut outcomes: Vec<T>, script: &str) -> Result<T, Error> {
+    outcomes
+        .pop()
+        .ok_or_else(|| Error::new(ErrorKind::Redis, format!("{script} returned no outcome")))
 }
 
 /// Numbers agents once each (1-based, as the batch scripts count), in first-seen order.
