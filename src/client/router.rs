@@ -1,16 +1,16 @@
 //! Routes the coordinator's replies and error reports addressed to one client id to whoever is
 //! waiting on the correlation id, and to any number of event watchers.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::error::{Error, ErrorKind, nats_error};
+use crate::error::{Error, nats_error};
 use crate::protocol::{CoordinatorReply, Envelope, ErrorReport, MessageType, Subjects};
+use crate::transport;
 
 /// Something the coordinator said to this client.
 #[derive(Debug, Clone)]
@@ -28,7 +28,7 @@ impl ClientEvent {
     }
 }
 
-type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<ClientEvent>>>>;
+type Waiters = Arc<transport::Waiters<ClientEvent>>;
 
 pub(crate) struct Router {
     waiters: Waiters,
@@ -69,17 +69,11 @@ impl Router {
 
     /// Registers interest in the first answer to `correlation_id`; call before sending.
     pub(crate) fn expect(&self, correlation_id: &str) -> oneshot::Receiver<ClientEvent> {
-        let (tx, rx) = oneshot::channel();
-        if let Ok(mut waiters) = self.waiters.lock() {
-            waiters.insert(correlation_id.to_string(), tx);
-        }
-        rx
+        self.waiters.expect(correlation_id)
     }
 
     pub(crate) fn forget(&self, correlation_id: &str) {
-        if let Ok(mut waiters) = self.waiters.lock() {
-            waiters.remove(correlation_id);
-        }
+        self.waiters.forget(correlation_id);
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<ClientEvent> {
@@ -93,19 +87,7 @@ impl Router {
         rx: oneshot::Receiver<ClientEvent>,
         timeout: Duration,
     ) -> Result<ClientEvent, Error> {
-        let result = tokio::time::timeout(timeout, rx).await;
-        self.forget(correlation_id);
-        match result {
-            Ok(Ok(event)) => Ok(event),
-            Ok(Err(_)) => Err(Error::new(
-                ErrorKind::Shutdown,
-                "client closed while waiting for a reply",
-            )),
-            Err(_) => Err(Error::new(
-                ErrorKind::Timeout,
-                format!("no reply to {correlation_id} within {timeout:?}"),
-            )),
-        }
+        self.waiters.wait(correlation_id, rx, timeout).await
     }
 }
 
@@ -135,12 +117,7 @@ async fn route(
             tracing::warn!(subject = %message.subject, "undecodable message from the coordinator");
             continue;
         };
-        let waiter = event
-            .correlation_id()
-            .and_then(|id| waiters.lock().ok().and_then(|mut w| w.remove(id)));
-        if let Some(waiter) = waiter {
-            let _ = waiter.send(event.clone());
-        }
+        let _ = waiters.deliver(event.correlation_id(), event.clone());
         // No watcher is fine; a lagging watcher loses the oldest events, never blocks routing.
         let _ = events.send(event);
     }

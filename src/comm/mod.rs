@@ -62,7 +62,7 @@ pub(crate) struct Shared {
     tracker: Tracker,
     seen: Mutex<SeenIds>,
     /// Messages a call is waiting for, by correlation id (handoff verdicts, resource grants).
-    waiters: Mutex<HashMap<String, oneshot::Sender<Envelope<Value>>>>,
+    waiters: crate::transport::Waiters<Envelope<Value>>,
     metrics: CommMetrics,
     shutdown: watch::Sender<bool>,
 }
@@ -104,7 +104,7 @@ impl CommunicationProtocol {
             inbox: PriorityInbox::new(options.message_buffer_size),
             tracker: Tracker::new(options.enable_tracking),
             seen: Mutex::new(SeenIds::new(options.message_buffer_size.max(1) * 16)),
-            waiters: Mutex::new(HashMap::new()),
+            waiters: crate::transport::Waiters::default(),
             metrics,
             shutdown,
             options,
@@ -254,21 +254,14 @@ pub struct Sent {
 impl Shared {
     /// Registers interest in the first message correlated to `id`; call before sending.
     pub(crate) fn expect(&self, id: &str) -> oneshot::Receiver<Envelope<Value>> {
-        let (tx, rx) = oneshot::channel();
-        if let Ok(mut waiters) = self.waiters.lock() {
-            waiters.insert(id.to_string(), tx);
-        }
-        rx
+        self.waiters.expect(id)
     }
 
     pub(crate) fn forget(&self, id: &str) {
-        if let Ok(mut waiters) = self.waiters.lock() {
-            waiters.remove(id);
-        }
+        self.waiters.forget(id);
     }
 
     fn take_waiter(&self, id: Option<&str>) -> Option<oneshot::Sender<Envelope<Value>>> {
-        let id = id?;
-        self.waiters.lock().ok()?.remove(id)
+        self.waiters.take(id)
     }
 }

@@ -116,45 +116,16 @@ async fn receive_acks(shared: Arc<Shared>, mut acks: CoreStream) {
 const PULL_BATCH: usize = 64;
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
 
-/// Pulls one priority's messages in consecutive batch requests. Why not async-nats' continuous
-/// `messages()` stream: under load its client-side count of outstanding messages drifted from
-/// the server's (`num_waiting` 0 with messages pending) and it stopped asking for more for up to
-/// its 35 s fallback. Independent batch requests cannot drift, and a request is only made once
-/// the previous batch is in the inbox, which keeps backpressure simple.
+/// Pulls one priority's messages (see `transport::Puller` for why batch requests).
 async fn receive_stored(shared: Arc<Shared>, consumer: jetstream::consumer::PullConsumer) {
     let mut shutdown = shared.shutdown.subscribe();
-    loop {
-        let request = consumer
-            .batch()
-            .max_messages(PULL_BATCH)
-            .expires(PULL_EXPIRES)
-            .messages();
-        let requested = tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => return,
-            batch = request => batch,
-        };
-        let mut batch = match requested {
-            Ok(batch) => batch,
-            Err(e) => {
-                tracing::warn!(agent_id = %shared.agent_id, error = %e, "message pull failed");
-                tokio::select! {
-                    _ = shutdown.wait_for(|stop| *stop) => return,
-                    _ = tokio::time::sleep(PULL_EXPIRES) => continue,
-                }
-            }
-        };
-        loop {
-            let next = tokio::select! {
-                _ = shutdown.wait_for(|stop| *stop) => return,
-                next = batch.next() => next,
-            };
-            match next {
-                Some(Ok(message)) => accept_stored(&shared, message).await,
-                Some(Err(e)) => {
-                    tracing::warn!(agent_id = %shared.agent_id, error = %e, "message pull failed")
-                }
-                None => break,
-            }
+    let label = format!("messages of {}", shared.agent_id);
+    let mut puller = transport::Puller::new(consumer, PULL_BATCH, PULL_EXPIRES, label);
+    // A chunk is taken into the inbox before the next request is made, which keeps
+    // backpressure simple.
+    while let Some(chunk) = puller.next_chunk(&mut shutdown).await {
+        for message in chunk {
+            accept_stored(&shared, message).await;
         }
     }
 }

@@ -25,7 +25,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use async_nats::jetstream;
-use futures::StreamExt;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
@@ -184,54 +183,19 @@ impl Optimizer {
             self.ctx.config.coordination.max_concurrent_coordinations,
         ));
         let mut in_flight = JoinSet::new();
-        // Consecutive pull requests rather than async-nats' continuous stream, which was seen to
-        // stop asking for messages for up to 35 s under load (see `comm::receive`). Chunks of a
-        // request are processed as they arrive, so one open request at a time costs no
-        // concurrency.
-        'requests: loop {
-            let request = consumer
-                .batch()
-                .max_messages(batch_size)
-                .expires(PULL_EXPIRES)
-                .messages();
-            let requested = tokio::select! {
-                _ = stop.changed() => break 'requests,
-                requested = request => requested,
+        // Chunks of a request are processed as they arrive, so one open request at a time costs
+        // no concurrency.
+        let mut puller = transport::Puller::new(consumer.clone(), batch_size, PULL_EXPIRES, lane);
+        while let Some(batch) = puller.next_chunk(&mut stop).await {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
             };
-            let messages = match requested {
-                Ok(messages) => messages,
-                Err(e) => {
-                    tracing::warn!(lane, error = %e, "cannot pull events; retrying");
-                    tokio::select! {
-                        _ = stop.changed() => break 'requests,
-                        _ = tokio::time::sleep(PULL_EXPIRES) => continue 'requests,
-                    }
-                }
-            };
-            let mut chunks = messages.ready_chunks(batch_size);
-            loop {
-                let chunk = tokio::select! {
-                    _ = stop.changed() => break 'requests,
-                    chunk = chunks.next() => chunk,
-                };
-                // The request is filled or expired: ask again.
-                let Some(chunk) = chunk else {
-                    continue 'requests;
-                };
-                let batch: Vec<_> = chunk
-                    .into_iter()
-                    .filter_map(|m| m.map_err(|e| tracing::warn!(error = %e, "pull error")).ok())
-                    .collect();
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    break 'requests;
-                };
-                let ctx = self.ctx.clone();
-                in_flight.spawn(async move {
-                    batch::process_batch(&ctx, batch).await;
-                    drop(permit);
-                });
-                while in_flight.try_join_next().is_some() {}
-            }
+            let ctx = self.ctx.clone();
+            in_flight.spawn(async move {
+                batch::process_batch(&ctx, batch).await;
+                drop(permit);
+            });
+            while in_flight.try_join_next().is_some() {}
         }
         tracing::info!(
             lane,

@@ -10,8 +10,12 @@ use bytes::Bytes;
 use serde::Serialize;
 
 mod messages;
+mod pull;
+mod waiters;
 
 pub(crate) use messages::{ensure_stream, message_consumer, messages_stream_config};
+pub(crate) use pull::Puller;
+pub(crate) use waiters::Waiters;
 
 use crate::config::JetStreamConfig;
 use crate::error::{Error, ErrorKind, nats_error};
