@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{StoreFixture as Fixture, store_fixture as fixture};
+use common::{StoreFixture as Fixture, refused, store_fixture as fixture};
 use std::time::Duration;
 
 use switchyard::decision::Resources;
@@ -270,13 +270,14 @@ async fn an_accepted_handoff_moves_ownership_and_reservation_exactly() {
     // The old agent's late reports are refused; the new owner completes with the new grant.
     assert_eq!(
         f.complete("t", "a", Some(1)).await,
-        CompleteOutcome::StaleGrant {
-            current: "2".into()
-        }
+        refused(
+            RejectReason::StaleGrant,
+            "task t is on grant 2; this report is about an earlier grant"
+        )
     );
     assert_eq!(
         f.complete("t", "a", None).await,
-        CompleteOutcome::WrongAgent { owner: "b".into() }
+        refused(RejectReason::WrongAgent, "task t is held by agent b, not a")
     );
     assert!(matches!(
         f.complete("t", "b", Some(2)).await,

@@ -3,9 +3,12 @@
 
 mod common;
 
-use common::{StoreFixture as Fixture, store_fixture as fixture};
+use common::{StoreFixture as Fixture, refused, store_fixture as fixture};
 use futures::future::join_all;
 use switchyard::decision::Resources;
+use switchyard::decision::TaskState;
+use switchyard::protocol::RejectReason;
+use switchyard::state::Refusal;
 use switchyard::state::{
     CompleteOutcome, Completion, GrantOutcome, RequeueOutcome, ResolveOutcome, SubmitOutcome,
     SubmitRequest,
@@ -222,7 +225,7 @@ async fn submit_queues_and_detects_duplicates_and_existing_tasks() {
     assert_eq!(
         f.submit(&req).await,
         SubmitOutcome::Duplicate {
-            state: "queued".into(),
+            state: TaskState::Queued,
             agent: String::new()
         },
         "same message id again is a duplicate"
@@ -233,10 +236,10 @@ async fn submit_queues_and_detects_duplicates_and_existing_tasks() {
     let other = submit_req("t1", "m2", 9, cpu(5000));
     assert_eq!(
         f.submit(&other).await,
-        SubmitOutcome::TaskExists {
-            state: "queued".into(),
-            agent: String::new()
-        }
+        SubmitOutcome::Refused(Refusal {
+            reason: RejectReason::TaskExists,
+            message: "task t1 was already submitted by another message (state queued)".into()
+        })
     );
     assert_eq!(f.zcard(&queue).await, 1);
     let record = f.store.task_record("t1").await.unwrap().expect("record");
@@ -317,7 +320,7 @@ async fn grant_reserves_on_the_first_candidate_that_fits() {
     assert_eq!(
         f.grant("fits", &["a1"]).await,
         GrantOutcome::NotQueued {
-            state: "granted".into()
+            state: Some(TaskState::Granted)
         }
     );
     assert_eq!(f.reserved("a1").await, [3000, 0, 0, 0]);
@@ -378,9 +381,7 @@ async fn grant_reserves_on_the_first_candidate_that_fits() {
     // An unknown task is not queued.
     assert_eq!(
         f.grant("nope", &["a3"]).await,
-        GrantOutcome::NotQueued {
-            state: "missing".into()
-        }
+        GrantOutcome::NotQueued { state: None }
     );
 }
 
@@ -452,15 +453,21 @@ async fn complete_releases_exactly_once_and_learns_the_score() {
     // Wrong agent, unknown task, unknown agent: refused, nothing released.
     assert_eq!(
         f.complete("work", "a2", true).await,
-        CompleteOutcome::WrongAgent { owner: "a1".into() }
+        refused(
+            RejectReason::WrongAgent,
+            "task work is held by agent a1, not a2"
+        )
     );
     assert_eq!(
         f.complete("no-such-task", "a1", true).await,
-        CompleteOutcome::UnknownTask
+        refused(
+            RejectReason::UnknownTask,
+            "task no-such-task is unknown (or expired)"
+        )
     );
     assert_eq!(
         f.complete("work", "ghost", true).await,
-        CompleteOutcome::UnknownAgent
+        refused(RejectReason::UnknownAgent, "agent ghost is not registered")
     );
     assert_eq!(f.reserved("a1").await, [1500, 512_000, 33_333, 7_001]);
     assert_eq!(f.task_state("work").await.as_deref(), Some("granted"));
@@ -526,9 +533,10 @@ async fn complete_releases_exactly_once_and_learns_the_score() {
     f.submit(&submit_req("waiting-room", "m-wr", 5, need)).await;
     assert_eq!(
         f.complete("waiting-room", "a1", true).await,
-        CompleteOutcome::NotGranted {
-            state: "queued".into()
-        }
+        refused(
+            RejectReason::TaskNotGranted,
+            "task waiting-room is queued, not granted to a1"
+        )
     );
     assert_eq!(
         f.task_state("waiting-room").await.as_deref(),
@@ -799,7 +807,10 @@ async fn leases_expire_by_the_redis_clock_and_heartbeats_renew_them() {
     );
     assert_eq!(
         f.store.record_heartbeat("nobody").await.expect("heartbeat"),
-        HeartbeatOutcome::UnknownAgent
+        HeartbeatOutcome::Refused(Refusal {
+            reason: RejectReason::UnknownAgent,
+            message: "agent nobody is not registered".into()
+        })
     );
 
     // Past the lease it dies, handing back its task; the agent without a lease never does.
@@ -829,16 +840,18 @@ async fn leases_expire_by_the_redis_clock_and_heartbeats_renew_them() {
     );
     assert_eq!(
         f.store.record_heartbeat("leased").await.expect("heartbeat"),
-        HeartbeatOutcome::NotActive {
-            status: "dead".into()
-        }
+        HeartbeatOutcome::Refused(Refusal {
+            reason: RejectReason::AgentNotActive,
+            message: "agent leased is dead: register again to rejoin".into()
+        })
     );
     // Its late completion is refused before anything is released or counted.
     assert_eq!(
         f.complete("t1", "leased", true).await,
-        CompleteOutcome::AgentNotActive {
-            status: "dead".into()
-        }
+        refused(
+            RejectReason::AgentNotActive,
+            "agent leased is dead: its tasks were given to others; register again to rejoin"
+        )
     );
     assert_eq!(
         f.store.requeue_task("t1", "leased").await.expect("requeue"),
@@ -884,9 +897,10 @@ async fn a_report_about_an_earlier_grant_cannot_complete_a_later_one() {
     };
     assert_eq!(
         report(Some(1)).await.expect("complete"),
-        CompleteOutcome::StaleGrant {
-            current: "2".into()
-        }
+        refused(
+            RejectReason::StaleGrant,
+            "task t is on grant 2; this report is about an earlier grant"
+        )
     );
     assert!(matches!(
         report(Some(2)).await.expect("complete"),
@@ -899,9 +913,10 @@ async fn a_report_about_an_earlier_grant_cannot_complete_a_later_one() {
     ));
     assert_eq!(
         report(Some(1)).await.expect("complete"),
-        CompleteOutcome::StaleGrant {
-            current: "2".into()
-        }
+        refused(
+            RejectReason::StaleGrant,
+            "task t is on grant 2; this report is about an earlier grant"
+        )
     );
 }
 

@@ -6,10 +6,12 @@ use std::collections::HashSet;
 
 use super::Ctx;
 use super::publish::{Grant, Reply};
+use crate::decision::TaskState;
 use crate::error::Error;
 use crate::protocol::{Inbound, MessageType, RejectReason, Replies, ReplyStatus};
 use crate::state::{
-    CompleteOutcome, Completion, DeregisterOutcome, ResolveOutcome, SubmitOutcome, SubmitRequest,
+    CompleteOutcome, Completion, DeregisterOutcome, Refusal, ResolveOutcome, SubmitOutcome,
+    SubmitRequest,
 };
 
 /// What applying one event calls for.
@@ -31,6 +33,11 @@ pub(crate) struct Applied {
 }
 
 impl Applied {
+    /// A transition script's refusal, as the script worded it.
+    pub(crate) fn refused(refusal: Refusal) -> Applied {
+        Applied::refuse(refusal.reason, refusal.message)
+    }
+
     pub(crate) fn refuse(reason: RejectReason, message: impl Into<String>) -> Applied {
         Applied {
             refusal: Some((reason, message.into())),
@@ -195,12 +202,7 @@ async fn deregister(
     message_id: &str,
 ) -> Result<Applied, Error> {
     let tasks = match ctx.store.deregister_agent(agent_id).await? {
-        DeregisterOutcome::UnknownAgent => {
-            return Ok(Applied::refuse(
-                RejectReason::UnknownAgent,
-                format!("agent {agent_id} is not registered"),
-            ));
-        }
+        DeregisterOutcome::Refused(refusal) => return Ok(Applied::refused(refusal)),
         DeregisterOutcome::Deregistered { tasks } => tasks,
     };
     super::liveness::requeue_tasks(ctx, agent_id, &tasks).await?;
@@ -273,17 +275,9 @@ async fn submit_outcome(
                 .push(reply(ReplyStatus::Failed).detail(reason));
         }
         SubmitOutcome::Duplicate { state, agent } => {
-            return duplicate_submit(ctx, req, &state, &agent, reply).await;
+            return duplicate_submit(ctx, req, state, &agent, reply).await;
         }
-        SubmitOutcome::TaskExists { state, .. } => {
-            return Ok(Applied::refuse(
-                RejectReason::TaskExists,
-                format!(
-                    "task {} was already submitted by another message (state {state})",
-                    req.task_id
-                ),
-            ));
-        }
+        SubmitOutcome::Refused(refusal) => return Ok(Applied::refused(refusal)),
     }
     Ok(applied)
 }
@@ -294,13 +288,13 @@ async fn submit_outcome(
 async fn duplicate_submit(
     ctx: &Ctx,
     req: &SubmitRequest,
-    state: &str,
+    state: TaskState,
     agent: &str,
     reply: impl Fn(ReplyStatus) -> Reply,
 ) -> Result<Applied, Error> {
     let mut applied = Applied::default();
     match state {
-        "granted" => {
+        TaskState::Granted => {
             if let Some(grant) = ctx
                 .store
                 .task_record(&req.task_id)
@@ -314,7 +308,7 @@ async fn duplicate_submit(
                 .replies
                 .push(reply(ReplyStatus::Granted).agent(agent));
         }
-        "queued" => {
+        TaskState::Queued => {
             applied.dispatch = true;
             applied.queued_submit = Some((
                 req.task_id.clone(),
@@ -322,11 +316,11 @@ async fn duplicate_submit(
                 req.message_id.clone(),
             ));
         }
-        "waiting" => applied.replies.push(reply(ReplyStatus::Waiting)),
-        "completed" => applied
+        TaskState::WaitingDependencies => applied.replies.push(reply(ReplyStatus::Waiting)),
+        TaskState::Completed => applied
             .replies
             .push(reply(ReplyStatus::Completed).agent(agent)),
-        _ => applied
+        TaskState::Failed => applied
             .replies
             .push(reply(ReplyStatus::Failed).agent(agent)),
     }
@@ -347,56 +341,7 @@ async fn completed(
             submit_message_id,
             dependents,
         } => (success, submitter, submit_message_id, dependents),
-        CompleteOutcome::UnknownAgent => {
-            return Ok(Applied::refuse(
-                RejectReason::UnknownAgent,
-                format!("agent {} is not registered", p.agent_id),
-            ));
-        }
-        CompleteOutcome::AgentNotActive { status } => {
-            return Ok(Applied::refuse(
-                RejectReason::AgentNotActive,
-                format!(
-                    "agent {} is {status}: its tasks were given to others; register again to rejoin",
-                    p.agent_id
-                ),
-            ));
-        }
-        CompleteOutcome::StaleGrant { current } => {
-            return Ok(Applied::refuse(
-                RejectReason::StaleGrant,
-                format!(
-                    "task {} is on grant {current}; this report is about an earlier grant",
-                    p.task_id
-                ),
-            ));
-        }
-        CompleteOutcome::UnknownTask => {
-            return Ok(Applied::refuse(
-                RejectReason::UnknownTask,
-                format!("task {} is unknown (or expired)", p.task_id),
-            ));
-        }
-        CompleteOutcome::WrongAgent { owner } => {
-            let owner = if owner.is_empty() {
-                "no agent".to_string()
-            } else {
-                format!("agent {owner}")
-            };
-            return Ok(Applied::refuse(
-                RejectReason::WrongAgent,
-                format!("task {} is held by {owner}, not {}", p.task_id, p.agent_id),
-            ));
-        }
-        CompleteOutcome::NotGranted { state } => {
-            return Ok(Applied::refuse(
-                RejectReason::TaskNotGranted,
-                format!(
-                    "task {} is {state}, not granted to {}",
-                    p.task_id, p.agent_id
-                ),
-            ));
-        }
+        CompleteOutcome::Refused(refusal) => return Ok(Applied::refused(refusal)),
     };
     ctx.metrics
         .allocations

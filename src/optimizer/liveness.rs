@@ -4,7 +4,6 @@
 use super::Ctx;
 use super::events::Applied;
 use crate::error::Error;
-use crate::protocol::RejectReason;
 use crate::state::{ExpireOutcome, HeartbeatOutcome, RequeueOutcome};
 
 /// A HEARTBEAT: renew the lease. No reply on success (heartbeats are frequent); a dead or unknown
@@ -12,14 +11,7 @@ use crate::state::{ExpireOutcome, HeartbeatOutcome, RequeueOutcome};
 pub(crate) async fn apply_heartbeat(ctx: &Ctx, agent_id: &str) -> Result<Applied, Error> {
     Ok(match ctx.store.record_heartbeat(agent_id).await? {
         HeartbeatOutcome::Alive => Applied::default(),
-        HeartbeatOutcome::UnknownAgent => Applied::refuse(
-            RejectReason::UnknownAgent,
-            format!("agent {agent_id} is not registered"),
-        ),
-        HeartbeatOutcome::NotActive { status } => Applied::refuse(
-            RejectReason::AgentNotActive,
-            format!("agent {agent_id} is {status}: register again to rejoin"),
-        ),
+        HeartbeatOutcome::Refused(refusal) => Applied::refused(refusal),
     })
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use super::Ctx;
-use crate::decision::{Explanation, Resources};
+use crate::decision::{Explanation, Resources, TaskState};
 use crate::error::Error;
 use crate::protocol::{
     CoordinatorReply, Envelope, ErrorReport, ExplainedCandidate, GrantExplanation, MessagePriority,
@@ -96,7 +96,8 @@ impl Grant {
 
     /// Rebuilds the grant of a task record that is currently granted (for re-publication).
     pub(crate) fn from_record(record: &BTreeMap<String, String>) -> Option<Grant> {
-        if record.get("state").map(String::as_str) != Some("granted") {
+        let state = record.get("state").and_then(|s| TaskState::parse(s));
+        if state != Some(TaskState::Granted) {
             return None;
         }
         let get = |k: &str| record.get(k).cloned().unwrap_or_default();

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use super::Ctx;
 use super::publish::send_rejection;
 use crate::error::Error;
-use crate::protocol::{Inbound, MessageType, RejectReason, Rejection, decode, now_ms};
+use crate::protocol::{Inbound, MessageType, Rejection, decode, now_ms};
 use crate::state::HeartbeatOutcome;
 
 /// Most signals applied together.
@@ -91,7 +91,7 @@ async fn apply_signals(ctx: &Ctx, batch: Vec<async_nats::Message>) -> Result<(),
         ctx.store.acknowledge_grants(&acks)
     )?;
     for ((agent_id, sender, message_id), outcome) in beats.iter().zip(outcomes) {
-        if let Some(mut rejection) = heartbeat_refusal(agent_id, sender, outcome) {
+        if let Some(mut rejection) = heartbeat_refusal(sender, outcome) {
             rejection.correlation_id = Some(message_id.clone());
             let subject = ctx.subjects.addressed(MessageType::Heartbeat, agent_id);
             send_rejection(ctx, &subject, &rejection).await;
@@ -112,21 +112,13 @@ fn count_in(ctx: &Ctx, batch: &[async_nats::Message]) {
 
 /// A heartbeat of an agent that is not (or no longer) active is answered, so it can register
 /// again; an alive one is not (heartbeats are frequent).
-fn heartbeat_refusal(agent_id: &str, sender: &str, outcome: HeartbeatOutcome) -> Option<Rejection> {
-    let (reason, message) = match outcome {
-        HeartbeatOutcome::Alive => return None,
-        HeartbeatOutcome::UnknownAgent => (
-            RejectReason::UnknownAgent,
-            format!("agent {agent_id} is not registered"),
-        ),
-        HeartbeatOutcome::NotActive { status } => (
-            RejectReason::AgentNotActive,
-            format!("agent {agent_id} is {status}: register again to rejoin"),
-        ),
+fn heartbeat_refusal(sender: &str, outcome: HeartbeatOutcome) -> Option<Rejection> {
+    let HeartbeatOutcome::Refused(refusal) = outcome else {
+        return None;
     };
     Some(Rejection {
-        reason,
-        message,
+        reason: refusal.reason,
+        message: refusal.message,
         reply_to: sender.to_string(),
         correlation_id: None,
         message_type: Some(MessageType::Heartbeat),

@@ -1,10 +1,12 @@
 //! Handoffs and resource requests in Redis: typed calls to `begin_handoff`, `resolve_handoff` and
 //! `grow_reservation`, and their answers.
 
+pub use super::records::Refusal;
+use super::records::refusal;
 use super::store::Store;
 use crate::decision::{ResourceKind, Resources};
 use crate::error::{Error, ErrorKind};
-use crate::protocol::{HandoffStatus, RejectReason};
+use crate::protocol::HandoffStatus;
 
 /// A handoff as `begin_handoff` records it.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,13 +21,6 @@ pub struct HandoffRequest<'a> {
     pub timeout_ms: u64,
     /// Message priority of the initiate, kept for the verdicts (`low`, `normal`, ...).
     pub priority: &'a str,
-}
-
-/// Why a transition was refused: the reason code and a readable message.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Refusal {
-    pub reason: RejectReason,
-    pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -115,28 +110,6 @@ fn field(reply: &[String], i: usize) -> &str {
 
 fn number(reply: &[String], i: usize) -> u64 {
     field(reply, i).parse().unwrap_or(0)
-}
-
-/// The reason codes the scripts refuse with.
-fn reason(code: &str) -> Option<RejectReason> {
-    Some(match code {
-        "unknown_agent" => RejectReason::UnknownAgent,
-        "agent_not_active" => RejectReason::AgentNotActive,
-        "unknown_task" => RejectReason::UnknownTask,
-        "task_not_granted" => RejectReason::TaskNotGranted,
-        "wrong_agent" => RejectReason::WrongAgent,
-        "stale_grant" => RejectReason::StaleGrant,
-        "insufficient_capacity" => RejectReason::InsufficientCapacity,
-        "unknown_handoff" => RejectReason::UnknownHandoff,
-        _ => return None,
-    })
-}
-
-fn refusal(script: &str, reply: &[String], code: usize) -> Result<Refusal, Error> {
-    Ok(Refusal {
-        reason: reason(field(reply, code)).ok_or_else(|| unexpected(script, reply))?,
-        message: field(reply, code + 1).to_string(),
-    })
 }
 
 impl BeginOutcome {
@@ -335,6 +308,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::RejectReason;
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()

@@ -11,7 +11,7 @@ use redis::AsyncCommands;
 use super::records::*;
 use super::rows::{AGENT_FIELDS, TASK_FIELDS, agent_status, agent_view, queued_task};
 use super::store::Store;
-use crate::decision::{AgentView, PatternTable};
+use crate::decision::{AgentView, PatternTable, TaskState};
 use crate::error::Error;
 use crate::protocol::{CoordinationSync, PatternRow, StatusQuery};
 
@@ -157,7 +157,12 @@ impl Store {
         Ok(ids
             .into_iter()
             .zip(rows)
-            .filter(|(_, row)| row.first().and_then(|s| s.as_deref()) == Some("queued"))
+            .filter(|(_, row)| {
+                row.first()
+                    .and_then(|s| s.as_deref())
+                    .and_then(TaskState::parse)
+                    == Some(TaskState::Queued)
+            })
             .map(|(id, row)| {
                 queued_task(id, row.into_iter().map(Option::unwrap_or_default).collect())
             })
@@ -234,7 +239,8 @@ impl Store {
             let Some(record) = self.task_record(&task_id).await? else {
                 continue;
             };
-            let held = record.get("state").map(String::as_str) == Some("granted")
+            let held = record.get("state").and_then(|s| TaskState::parse(s))
+                == Some(TaskState::Granted)
                 && record.get("agent").map(String::as_str) == Some(agent_id);
             let seq: u64 = record
                 .get("grant_seq")

@@ -1,7 +1,8 @@
 //! Typed answers of the transition scripts, parsed from their reply arrays.
 
-use crate::decision::{Resources, TaskView};
+use crate::decision::{Resources, TaskState, TaskView};
 use crate::error::{Error, ErrorKind};
+use crate::protocol::RejectReason;
 
 /// What the optimizer asks `submit_task` to record.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,14 +34,11 @@ pub enum SubmitOutcome {
     },
     /// The same submit message was applied before; `state`/`agent` are the task's current ones.
     Duplicate {
-        state: String,
+        state: TaskState,
         agent: String,
     },
-    /// Another message already submitted this task id.
-    TaskExists {
-        state: String,
-        agent: String,
-    },
+    /// Refused: another message already submitted this task id (`task_exists`).
+    Refused(Refusal),
 }
 
 /// One task of a dispatch round and its candidate agents, best first.
@@ -52,8 +50,14 @@ pub struct GrantRequest<'a> {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum GrantOutcome {
-    Granted { agent_id: String, grant_seq: u64 },
-    NotQueued { state: String },
+    Granted {
+        agent_id: String,
+        grant_seq: u64,
+    },
+    /// Someone else granted it, or it finished; `None`: the task is unknown (or expired).
+    NotQueued {
+        state: Option<TaskState>,
+    },
     NoFit,
 }
 
@@ -68,6 +72,39 @@ pub struct Completion<'a> {
     pub grant_seq: Option<u64>,
 }
 
+/// Why a transition was refused: the reason code and a readable message, both written by the
+/// script that refused (every script refuses in this one shape: `refused, code, message`), so
+/// the optimizer maps nothing by hand.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub reason: RejectReason,
+    pub message: String,
+}
+
+/// The reason codes the scripts refuse with.
+fn reason(code: &str) -> Option<RejectReason> {
+    Some(match code {
+        "unknown_agent" => RejectReason::UnknownAgent,
+        "agent_not_active" => RejectReason::AgentNotActive,
+        "unknown_task" => RejectReason::UnknownTask,
+        "task_not_granted" => RejectReason::TaskNotGranted,
+        "wrong_agent" => RejectReason::WrongAgent,
+        "stale_grant" => RejectReason::StaleGrant,
+        "insufficient_capacity" => RejectReason::InsufficientCapacity,
+        "unknown_handoff" => RejectReason::UnknownHandoff,
+        "task_exists" => RejectReason::TaskExists,
+        _ => return None,
+    })
+}
+
+/// The refusal whose code is at `code` in a script's reply and whose message follows it.
+pub(crate) fn refusal(script: &str, reply: &[String], code: usize) -> Result<Refusal, Error> {
+    Ok(Refusal {
+        reason: reason(&field(reply, code)).ok_or_else(|| unexpected(script, reply))?,
+        message: field(reply, code + 1),
+    })
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum CompleteOutcome {
     /// Completed (`success`) or failed; `dependents` wait on this task.
@@ -77,22 +114,9 @@ pub enum CompleteOutcome {
         submit_message_id: String,
         dependents: Vec<String>,
     },
-    UnknownAgent,
-    UnknownTask,
-    WrongAgent {
-        owner: String,
-    },
-    /// The agent is dead or deregistered; its tasks were given back.
-    AgentNotActive {
-        status: String,
-    },
-    /// The report names an earlier grant of the task; `current` is the task's grant number.
-    StaleGrant {
-        current: String,
-    },
-    NotGranted {
-        state: String,
-    },
+    /// Not applied: unknown agent or task, an agent that is not active, a report about an
+    /// earlier grant, the wrong agent, or a task not granted.
+    Refused(Refusal),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -111,14 +135,14 @@ pub enum ResolveOutcome {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeregisterOutcome {
     Deregistered { tasks: Vec<String> },
-    UnknownAgent,
+    Refused(Refusal),
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum HeartbeatOutcome {
     Alive,
-    UnknownAgent,
-    NotActive { status: String },
+    /// Unknown, or not active (dead, deregistered): register again to rejoin.
+    Refused(Refusal),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -162,6 +186,12 @@ fn field(reply: &[String], i: usize) -> String {
     reply.get(i).cloned().unwrap_or_default()
 }
 
+/// A task state a script named in its reply, typed: a name the state machine does not know is
+/// an unexpected reply, not a string to compare by hand further on.
+fn state(script: &str, reply: &[String], i: usize) -> Result<TaskState, Error> {
+    TaskState::parse(&field(reply, i)).ok_or_else(|| unexpected(script, reply))
+}
+
 impl SubmitOutcome {
     pub(crate) fn parse(reply: &[String]) -> Result<Self, Error> {
         Ok(match reply.first().map(String::as_str) {
@@ -173,13 +203,10 @@ impl SubmitOutcome {
                 reason: field(reply, 1),
             },
             Some("duplicate") => SubmitOutcome::Duplicate {
-                state: field(reply, 1),
+                state: state("submit_task", reply, 1)?,
                 agent: field(reply, 2),
             },
-            Some("task_exists") => SubmitOutcome::TaskExists {
-                state: field(reply, 1),
-                agent: field(reply, 2),
-            },
+            Some("refused") => SubmitOutcome::Refused(refusal("submit_task", reply, 1)?),
             _ => return Err(unexpected("submit_task", reply)),
         })
     }
@@ -194,8 +221,9 @@ impl GrantOutcome {
                     .parse()
                     .map_err(|_| unexpected("grant_tasks", reply))?,
             },
+            // "missing": no such task.
             Some("not_queued") => GrantOutcome::NotQueued {
-                state: field(reply, 1),
+                state: TaskState::parse(&field(reply, 1)),
             },
             Some("no_fit") => GrantOutcome::NoFit,
             _ => return Err(unexpected("grant_tasks", reply)),
@@ -214,20 +242,7 @@ impl CompleteOutcome {
         Ok(match reply.first().map(String::as_str) {
             Some("completed") => finished(true),
             Some("failed") => finished(false),
-            Some("unknown_agent") => CompleteOutcome::UnknownAgent,
-            Some("unknown_task") => CompleteOutcome::UnknownTask,
-            Some("wrong_agent") => CompleteOutcome::WrongAgent {
-                owner: field(reply, 1),
-            },
-            Some("agent_not_active") => CompleteOutcome::AgentNotActive {
-                status: field(reply, 1),
-            },
-            Some("stale_grant") => CompleteOutcome::StaleGrant {
-                current: field(reply, 1),
-            },
-            Some("task_not_granted") => CompleteOutcome::NotGranted {
-                state: field(reply, 1),
-            },
+            Some("refused") => CompleteOutcome::Refused(refusal("complete_tasks", reply, 1)?),
             _ => return Err(unexpected("complete_task", reply)),
         })
     }
@@ -255,23 +270,20 @@ impl DeregisterOutcome {
             Some("deregistered") => DeregisterOutcome::Deregistered {
                 tasks: reply.iter().skip(1).cloned().collect(),
             },
-            Some("unknown_agent") => DeregisterOutcome::UnknownAgent,
+            Some("refused") => DeregisterOutcome::Refused(refusal("deregister_agent", reply, 1)?),
             _ => return Err(unexpected("deregister_agent", reply)),
         })
     }
 }
 
 impl HeartbeatOutcome {
-    /// One agent's entry of `record_heartbeats`: `alive`, `unknown_agent` or the status of an
-    /// agent that is not active.
-    pub(crate) fn parse(entry: &str) -> Self {
-        match entry {
-            "alive" => HeartbeatOutcome::Alive,
-            "unknown_agent" => HeartbeatOutcome::UnknownAgent,
-            status => HeartbeatOutcome::NotActive {
-                status: status.to_string(),
-            },
-        }
+    /// One agent's three entries of `record_heartbeats`.
+    pub(crate) fn parse(entry: &[String]) -> Result<Self, Error> {
+        Ok(match entry.first().map(String::as_str) {
+            Some("alive") => HeartbeatOutcome::Alive,
+            Some("refused") => HeartbeatOutcome::Refused(refusal("record_heartbeats", entry, 1)?),
+            _ => return Err(unexpected("record_heartbeats", entry)),
+        })
     }
 }
 

@@ -324,7 +324,10 @@ impl Store {
             inv.arg(*agent);
         }
         let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
-        let outcomes = reply.iter().map(|r| HeartbeatOutcome::parse(r)).collect();
+        let outcomes = reply
+            .chunks(3)
+            .map(HeartbeatOutcome::parse)
+            .collect::<Result<_, _>>()?;
         one_each(outcomes, agent_ids.len(), "record_heartbeats")
     }
 

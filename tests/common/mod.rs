@@ -325,3 +325,14 @@ pub async fn store_fixture() -> StoreFixture {
         keys: switchyard::state::Keys::new("t"),
     }
 }
+
+/// A completion refused with `reason` and exactly `message`, as the script words it.
+pub fn refused(
+    reason: switchyard::protocol::RejectReason,
+    message: &str,
+) -> switchyard::state::CompleteOutcome {
+    switchyard::state::CompleteOutcome::Refused(switchyard::state::Refusal {
+        reason,
+        message: message.to_string(),
+    })
+}

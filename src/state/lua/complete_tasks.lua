@@ -17,12 +17,13 @@
 --                                   and the tasks waiting on this one (the caller resolves each
 --                                   with resolve_dependency); a repeat of the same completion
 --                                   answers the same and changes nothing
---   "unknown_agent" | "unknown_task"
---   "agent_not_active", status      the agent was marked dead or deregistered: a late report
---   "stale_grant", grant_seq        the report names an earlier grant of the task (re-granted, or
+--   "refused", code, message        nothing changed; code is one of
+--       unknown_agent | unknown_task
+--       agent_not_active            the agent was marked dead or deregistered: a late report
+--       stale_grant                 the report names an earlier grant of the task (re-granted, or
 --                                   handed off): checked before the owner
---   "wrong_agent", owner            the task is (or was) granted to another agent
---   "task_not_granted", state       queued or waiting: e.g. re-queued after this agent died
+--       wrong_agent                 the task is (or was) granted to another agent
+--       task_not_granted            queued or waiting: e.g. re-queued after this agent died
 -- Score: exponential moving average of outcomes, x = success * time efficiency where efficiency
 -- = min(1, estimated / actual) (1 when either is unknown).
 -- Patterns: per (task type, agent type) attempts, successes, success EMA and EMA of actual /
@@ -120,32 +121,39 @@ end
 local function complete(i, task_id, j, success, actual_raw, reported_seq)
   local actual = tonumber(actual_raw) or 0
   local a = agent(j)
+  local function refuse(code, message)
+    answer('refused', {code, message})
+  end
   if not a.exists then
-    return answer('unknown_agent', {})
+    return refuse('unknown_agent', 'agent ' .. a.id .. ' is not registered')
   end
   local task = redis.call('HMGET', KEYS[3 + 2 * i], 'state', 'agent', 'req_cpu', 'req_memory',
     'req_tokens', 'req_time', 'estimated_duration_s', 'grant_seq', 'submitter', 'submit_msg_id',
     'task_type', 'has_dependents', 'replies')
   local state, owner = task[1], task[2]
   if not state then
-    return answer('unknown_task', {})
+    return refuse('unknown_task', 'task ' .. task_id .. ' is unknown (or expired)')
   end
   if a.status ~= 'active' and (state == 'granted' or state == 'queued') then
     -- A dead or departed agent's work has been (or is being) given to another agent.
-    return answer('agent_not_active', {a.status})
+    return refuse('agent_not_active', 'agent ' .. a.id .. ' is ' .. a.status
+      .. ': its tasks were given to others; register again to rejoin')
   end
   if state == 'queued' or state == 'waiting' then
-    return answer('task_not_granted', {state})
+    return refuse('task_not_granted', 'task ' .. task_id .. ' is ' .. state
+      .. ', not granted to ' .. a.id)
   end
   if reported_seq ~= '0' and reported_seq ~= task[8] then
     -- An earlier grant: the task was taken back and granted again (perhaps to this same agent,
     -- after it left or died and came back), or handed off. It must not complete the current
     -- grant. Checked before the owner, so an agent that handed the task off hears
     -- `stale_grant` for its old grant, whoever holds the task now.
-    return answer('stale_grant', {task[8] or ''})
+    return refuse('stale_grant', 'task ' .. task_id .. ' is on grant ' .. (task[8] or '')
+      .. '; this report is about an earlier grant')
   end
   if owner ~= a.id then
-    return answer('wrong_agent', {owner or ''})
+    local holder = (owner and owner ~= '') and ('agent ' .. owner) or 'no agent'
+    return refuse('wrong_agent', 'task ' .. task_id .. ' is held by ' .. holder .. ', not ' .. a.id)
   end
   if state == 'completed' or state == 'failed' then
     return with_dependents(i, state, task)

@@ -4,12 +4,12 @@
 -- KEYS[4] fleet log  KEYS[5] leases (zset)
 -- ARGV[1] agent_id
 --
--- Returns {"unknown_agent"} or {"deregistered", task_id...}: the tasks still granted to the
+-- Returns {"refused", "unknown_agent", message} or {"deregistered", task_id...}: the tasks still granted to the
 -- agent, which the caller re-queues one by one with requeue_task (each its own transition, so a
 -- crash half way is finished by the redelivered event). Idempotent: a repeat answers with the
 -- tasks not yet re-queued.
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {'unknown_agent'}
+  return {'refused', 'unknown_agent', 'agent ' .. ARGV[1] .. ' is not registered'}
 end
 if redis.call('HGET', KEYS[1], 'status') ~= 'deregistered' then
   redis.call('HSET', KEYS[1], 'status', 'deregistered')

@@ -17,14 +17,17 @@
 --   {"waiting", unmet_count}       waiting for dependencies
 --   {"failed", reason}             a dependency already failed
 --   {"duplicate", state, agent}    same message_id seen before: nothing changed
---   {"task_exists", state, agent}  the task id was submitted by another message
+--   {"refused", "task_exists", message}  the task id was submitted by another message
 -- Queue order: higher priority first, FIFO within a priority (score = (100-priority)*1e13 + seq,
 -- where seq is the lifetime `submitted` counter, which only grows).
 -- A plain queued submit costs four commands: HMGET, HINCRBY, HSET, ZADD.
 local existing = redis.call('HMGET', KEYS[1], 'state', 'submit_msg_id', 'agent')
 if existing[1] then
-  local verdict = (existing[2] == ARGV[2]) and 'duplicate' or 'task_exists'
-  return {verdict, existing[1], existing[3] or ''}
+  if existing[2] == ARGV[2] then
+    return {'duplicate', existing[1], existing[3] or ''}
+  end
+  return {'refused', 'task_exists', 'task ' .. ARGV[1]
+    .. ' was already submitted by another message (state ' .. existing[1] .. ')'}
 end
 
 -- Read every dependency before the first write.
