@@ -14,11 +14,13 @@
 //!   builds subject strings).
 //! * [`decision`] — pure decision logic with no I/O and no clock: resource vectors in exact
 //!   milli-units, the task state machine, and the placement [`decision::Strategy`] seam.
-//! * [`state`] — the shared state in Redis: key names (the only module that builds them) and one Lua
-//!   script per state transition (`src/state/lua/*.lua`), each checking everything before its first
-//!   write so a transition either happens whole or not at all, and each idempotent.
+//! * [`state`] — the shared state in Redis: key names (the only module that builds them), one Lua
+//!   script per state transition (`src/state/lua/*.lua`, batch scripts where a pulled batch pays),
+//!   each checking everything before its first write so a transition either happens whole or not
+//!   at all, and each idempotent; and the fleet cache a replica keeps from the fleet log.
 //! * [`transport`] — NATS JetStream: streams and consumers created idempotently, the server version
-//!   check, publishing with `Nats-Msg-Id` for dedupe.
+//!   check, publishing with `Nats-Msg-Id` for dedupe, the one pull loop (`Puller`) and the one map
+//!   of callers waiting for answers (`Waiters`).
 //! * [`optimizer`] — the stateless optimizer service: pulls events in batches, applies them through
 //!   the Redis scripts, dispatches queued work, publishes grants and replies. `run(config, shutdown)`
 //!   lets tests run replicas in-process.
