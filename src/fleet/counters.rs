@@ -19,7 +19,7 @@ use crate::error::{Error, ErrorKind};
 /// How long one counter read may take before it is given up.
 const READ_WITHIN: Duration = Duration::from_secs(5);
 /// Commands shown in a breakdown.
-const TOP_COMMANDS: usize = 6;
+const TOP_COMMANDS: usize = 16;
 /// Clock ticks per second in `/proc/<pid>/stat`. The kernel fixes USER_HZ at 100 for user
 /// space on every mainstream architecture; reading it would need libc's `sysconf`.
 const USER_HZ: f64 = 100.0;
