@@ -3,12 +3,15 @@
 //! Configuration: `config/default.toml` defaults, `--config FILE` (or SWITCHYARD_CONFIG), then
 //! environment variables (NATS_URL, REDIS_URL, METRICS_ADDR, MAX_CONCURRENT_COORDINATIONS, ...).
 
+// A command-line tool: standard output and error are its interface.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use switchyard::config::Config;
-use switchyard::optimizer::{Faults, Optimizer, http};
+use switchyard_server::config::Config;
+use switchyard_server::optimizer::{Faults, Optimizer, http};
 
 #[derive(Parser)]
 #[command(about = "Switchyard optimizer replica: consumes coordination events, publishes grants")]

@@ -3,16 +3,19 @@
 //! placement strategies on a workload file in a deterministic simulation (no servers), or with
 //! `--live` through the real optimizer.
 
+// A command-line tool: standard output and error are its interface.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use switchyard::client::Coordinator;
-use switchyard::config::Config;
 use switchyard::fleet::bench::{BenchOptions, run_bench};
 use switchyard::fleet::demo::{DemoOptions, render_table, run_demo};
 use switchyard::fleet::live::{self, LiveOptions};
-use switchyard::protocol::StatusQuery;
+use switchyard_client::Coordinator;
+use switchyard_protocol::StatusQuery;
+use switchyard_server::config::Config;
 
 #[derive(Parser)]
 #[command(
@@ -209,7 +212,7 @@ async fn main() -> anyhow::Result<()> {
             let text = std::fs::read_to_string(&workload)
                 .with_context(|| format!("reading {}", workload.display()))?;
             let stem = workload.file_stem().unwrap_or_default().to_string_lossy();
-            let parsed = switchyard::sim::parse_named(&text, &stem)
+            let parsed = switchyard_sim::parse_named(&text, &stem)
                 .with_context(|| format!("workload {}", workload.display()))?;
             let options = LiveOptions {
                 tasks: tasks.unwrap_or(LiveOptions::default().tasks),
@@ -220,10 +223,10 @@ async fn main() -> anyhow::Result<()> {
             let report = if live {
                 sim_live(&config, &parsed, &options).await?
             } else {
-                switchyard::sim::run_all(&live::first_tasks(&parsed, tasks))?
+                switchyard_sim::run_all(&live::first_tasks(&parsed, tasks))?
             };
             if let Some(path) = plot {
-                std::fs::write(&path, switchyard::sim::render_svg(&report))
+                std::fs::write(&path, switchyard_sim::render_svg(&report))
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             if json {
@@ -294,9 +297,9 @@ async fn main() -> anyhow::Result<()> {
 /// `sim --live`: the replay, with progress on stderr.
 async fn sim_live(
     config: &Config,
-    workload: &switchyard::sim::Workload,
+    workload: &switchyard_sim::Workload,
     options: &LiveOptions,
-) -> anyhow::Result<switchyard::sim::SimReport> {
+) -> anyhow::Result<switchyard_sim::SimReport> {
     eprintln!(
         "live: first {} of {} tasks, {}x faster than real time, through the real optimizer; every strategy but the oracle",
         options.tasks.min(workload.tasks.count as usize),
@@ -312,11 +315,11 @@ async fn sim_live(
 /// How the live ranking by mean completion compares with the offline simulator's on the same
 /// tasks.
 fn print_rankings(
-    report: &switchyard::sim::SimReport,
-    workload: &switchyard::sim::Workload,
+    report: &switchyard_sim::SimReport,
+    workload: &switchyard_sim::Workload,
     options: &LiveOptions,
 ) -> anyhow::Result<()> {
-    let offline = switchyard::sim::run_all(&live::first_tasks(workload, Some(options.tasks)))?;
+    let offline = switchyard_sim::run_all(&live::first_tasks(workload, Some(options.tasks)))?;
     let live_order = live::ranking(report, |_| true);
     let offline_order = live::ranking(&offline, |name| report.strategies.contains_key(name));
     println!(
@@ -330,7 +333,7 @@ fn print_rankings(
     Ok(())
 }
 
-fn print_patterns(rows: &[switchyard::protocol::PatternRow]) {
+fn print_patterns(rows: &[switchyard_protocol::PatternRow]) {
     println!(
         "\n{:<16} {:<16} {:>8} {:>9} {:>9} {:>12}",
         "task type", "agent type", "attempts", "successes", "success", "time ratio"

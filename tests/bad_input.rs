@@ -3,6 +3,14 @@
 //! counted in `switchyard_rejected_messages_total`, and terminated (no redelivery loop); and the
 //! optimizer must keep serving valid traffic afterwards.
 
+// Test code: a helper that cannot go on should stop the test where it failed.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod common;
 
 use std::time::Duration;
@@ -11,9 +19,9 @@ use async_nats::jetstream;
 use common::{Cluster, hget, hget_i64, within};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use switchyard::client::Allocation;
-use switchyard::protocol::{Envelope, ErrorReport, TaskSubmit, now_ms};
-use switchyard::state::Keys;
+use switchyard_client::Allocation;
+use switchyard_protocol::{Envelope, ErrorReport, TaskSubmit, now_ms};
+use switchyard_server::state::Keys;
 use uuid::Uuid;
 
 /// The optimizer under attack, with the raw publishing side and the error-report subscription.

@@ -1,13 +1,21 @@
 //! The binaries as a user runs them: the demo and the benchmark end to end with their JSON
 //! summaries, the optimizer's /healthz and /metrics, and a refused configuration.
 
+// Test code: a helper that cannot go on should stop the test where it failed.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod common;
 
 use std::process::Command;
 use std::time::Duration;
 
 use common::{OptimizerProcess, config_for, within};
-use switchyard::harness::LocalServers;
+use switchyard_harness::LocalServers;
 
 /// A command with no NATS_URL / REDIS_URL, so the CLI starts its own servers.
 fn switchyard(args: &[&str]) -> Command {
@@ -319,7 +327,7 @@ fn sim_live_json_reports_every_strategy_but_the_oracle() {
     assert_eq!(report["agents"], 4);
     let strategies = report["strategies"].as_object().expect("strategies");
     let names: Vec<&str> = strategies.keys().map(String::as_str).collect();
-    let mut expected: Vec<&str> = switchyard::decision::StrategyKind::ALL
+    let mut expected: Vec<&str> = switchyard_decision::StrategyKind::ALL
         .iter()
         .map(|k| k.as_str())
         .collect();

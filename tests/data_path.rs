@@ -1,6 +1,14 @@
 //! Data path v2 at fleet scale and across faults: grants on core NATS kept in the Redis outbox
 //! until acknowledged, dispatch from the fleet log, two optimizer processes side by side.
 
+// Test code: a helper that cannot go on should stop the test where it failed.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod common;
 
 use std::collections::HashMap;
@@ -9,13 +17,13 @@ use std::time::Duration;
 
 use common::{Cluster, OptimizerProcess, config_for, hget, hget_i64, optimizer_ready, within};
 use futures::StreamExt;
-use switchyard::client::{Agent, Coordinator};
-use switchyard::harness::LocalServers;
-use switchyard::protocol::{
+use switchyard_client::{Agent, Coordinator};
+use switchyard_harness::LocalServers;
+use switchyard_protocol::{
     AgentRegister, Envelope, GrantAck, GrantRef, MessageType, Replies, Subjects, TaskComplete,
     TaskGrant, TaskSubmit, now_ms,
 };
-use switchyard::state::Keys;
+use switchyard_server::state::Keys;
 
 const OUTBOX: &str = "switchyard:outbox";
 
@@ -164,7 +172,7 @@ async fn an_agent_that_never_returns_loses_its_task_when_its_lease_ends() {
     };
     let mut events = gone.events();
     let env = Envelope::new("gone", MessageType::TaskComplete, late, now_ms());
-    switchyard::transport::publish_stored(
+    switchyard_client::transport::publish_stored(
         &async_nats::jetstream::new(gone_nats),
         "coord.task_complete.gone".into(),
         &env.message_id.to_string(),
@@ -174,7 +182,7 @@ async fn an_agent_that_never_returns_loses_its_task_when_its_lease_ends() {
     .expect("stored");
     let refusal = within(10, "the late completion refused", async {
         loop {
-            if let Ok(switchyard::client::ClientEvent::Error(report)) = events.recv().await {
+            if let Ok(switchyard_client::ClientEvent::Error(report)) = events.recv().await {
                 return report.payload.code;
             }
         }
@@ -285,7 +293,7 @@ fn play_fleet(
                 }],
             };
             let ack = Envelope::new(g.agent_id.clone(), MessageType::GrantAck, ack, now_ms());
-            let _ = switchyard::transport::publish_core(
+            let _ = switchyard_client::transport::publish_core(
                 &nats,
                 format!("coord.grant_ack.{}", g.agent_id),
                 &ack,
@@ -330,7 +338,7 @@ fn play_fleet(
                     now_ms(),
                 );
                 let subject = format!("coord.task_complete.{}", g.agent_id);
-                switchyard::transport::publish_stored(
+                switchyard_client::transport::publish_stored(
                     &js,
                     subject,
                     &env.message_id.to_string(),
@@ -352,9 +360,14 @@ async fn register_fleet(nats: &async_nats::Client, range: std::ops::Range<usize>
             let reg = AgentRegister::new(id.clone(), "worker").capacity("cpu", 2.0);
             let env = Envelope::new(id.clone(), MessageType::AgentRegister, reg, now_ms());
             let subject = format!("coord.agent_register.{id}");
-            switchyard::transport::publish_stored(&js, subject, &env.message_id.to_string(), &env)
-                .await
-                .expect("registration stored");
+            switchyard_client::transport::publish_stored(
+                &js,
+                subject,
+                &env.message_id.to_string(),
+                &env,
+            )
+            .await
+            .expect("registration stored");
         }
     });
     futures::stream::iter(publishes)

@@ -2,12 +2,20 @@
 //! granted on the agents' own subjects, completions free resources, and the queue drains
 //! highest priority first.
 
+// Test code: a helper that cannot go on should stop the test where it failed.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod common;
 
 use common::{Cluster, hget, hget_i64, within};
-use switchyard::client::Allocation;
-use switchyard::protocol::TaskSubmit;
-use switchyard::state::Keys;
+use switchyard_client::Allocation;
+use switchyard_protocol::TaskSubmit;
+use switchyard_server::state::Keys;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_agents_ten_tasks_priority_order_and_release() {
@@ -122,7 +130,7 @@ async fn three_agents_ten_tasks_priority_order_and_release() {
     assert_eq!(status.queue_depth, 0);
     assert_eq!(status.counters.get("completed"), Some(&8));
     // What the fleet learned is visible: alpha (a backend) completed 8 default-type tasks.
-    let query = switchyard::protocol::StatusQuery {
+    let query = switchyard_protocol::StatusQuery {
         include_agents: true,
         include_patterns: true,
     };
@@ -192,7 +200,7 @@ async fn dependencies_wait_and_failures_cascade() {
     let keys = Keys::new("switchyard");
     let reason = within(10, "load failed", async {
         loop {
-            if let Ok(switchyard::client::ClientEvent::Reply(r)) = events.recv().await {
+            if let Ok(switchyard_client::ClientEvent::Reply(r)) = events.recv().await {
                 if r.payload.task_id.as_deref() == Some("load") {
                     return r.payload;
                 }
@@ -200,7 +208,7 @@ async fn dependencies_wait_and_failures_cascade() {
         }
     })
     .await;
-    assert_eq!(reason.status, switchyard::protocol::ReplyStatus::Failed);
+    assert_eq!(reason.status, switchyard_protocol::ReplyStatus::Failed);
     assert_eq!(
         reason.detail.as_deref(),
         Some("dependency_failed:transform")
@@ -227,7 +235,7 @@ async fn dependencies_wait_and_failures_cascade() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_can_ask_for_its_own_strategy() {
-    use switchyard::decision::StrategyKind;
+    use switchyard_decision::StrategyKind;
     let cluster = Cluster::start(1).await;
     let _a = cluster.agent("a", "worker", 8.0, 8192.0).await;
     let _b = cluster.agent("b", "worker", 8.0, 8192.0).await;
@@ -262,7 +270,7 @@ async fn replicas_broadcast_one_coordination_sync_per_interval() {
     let _agent = cluster.agent("watched", "worker", 2.0, 512.0).await;
     let snapshot = within(10, "a sync", async {
         let message = syncs.next().await.expect("subscription open");
-        let env: switchyard::protocol::Envelope<switchyard::protocol::CoordinationSync> =
+        let env: switchyard_protocol::Envelope<switchyard_protocol::CoordinationSync> =
             serde_json::from_slice(&message.payload).expect("a COORDINATION_SYNC envelope");
         env
     })
@@ -283,7 +291,7 @@ async fn replicas_broadcast_one_coordination_sync_per_interval() {
     assert!(status.agents.iter().any(|a| a.agent_id == "watched"));
     assert_eq!(
         snapshot.message_type,
-        switchyard::protocol::MessageType::CoordinationSync
+        switchyard_protocol::MessageType::CoordinationSync
     );
     // The replica that published counted it (the lease itself is checked in state_scripts).
     let published: u64 = cluster

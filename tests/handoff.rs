@@ -3,6 +3,14 @@
 //! are read from the agents' inboxes in the messages stream and from their error-report subjects,
 //! and the effect is checked in Redis.
 
+// Test code: a helper that cannot go on should stop the test where it failed.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod common;
 
 use std::time::Duration;
@@ -11,9 +19,9 @@ use async_nats::jetstream::{self, consumer};
 use common::{Cluster, events_drained, hget, hget_i64, within};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use switchyard::client::Agent;
-use switchyard::protocol::{MessagePriority, MessageType, Subjects, TaskSubmit, now_ms};
-use switchyard::state::Keys;
+use switchyard_client::Agent;
+use switchyard_protocol::{MessagePriority, MessageType, Subjects, TaskSubmit, now_ms};
+use switchyard_server::state::Keys;
 use uuid::Uuid;
 
 /// An agent speaking the wire protocol by hand: raw envelopes out, its error reports and its

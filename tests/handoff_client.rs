@@ -1,6 +1,14 @@
 //! Handoffs and resource requests through the Rust `CommunicationProtocol`, against a real
 //! optimizer, nats-server and redis-server.
 
+// Test code: a helper that cannot go on should stop the test where it failed.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -8,10 +16,10 @@ use std::time::Duration;
 
 use common::{Cluster, within};
 use serde_json::json;
-use switchyard::client::{Agent, Allocation};
-use switchyard::comm::{CommunicationProtocol, HandoffRequest, ProtocolOptions};
-use switchyard::error::ErrorKind;
-use switchyard::protocol::{
+use switchyard_client::comm::{CommunicationProtocol, HandoffRequest, ProtocolOptions};
+use switchyard_client::error::ErrorKind;
+use switchyard_client::{Agent, Allocation};
+use switchyard_protocol::{
     HandoffInitiate, HandoffStatus, MessageType, StatusQuery, TaskGrant, TaskSubmit,
 };
 

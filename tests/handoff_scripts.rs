@@ -2,14 +2,22 @@
 //! handoffs move ownership and reservation exactly, refused, rejected and expired ones change
 //! nothing, every answer repeats idempotently, and a grown reservation is what completion frees.
 
+// Test code: a helper that cannot go on should stop the test where it failed.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod common;
 
 use common::{StoreFixture as Fixture, refused, store_fixture as fixture};
 use std::time::Duration;
 
-use switchyard::decision::Resources;
-use switchyard::protocol::{HandoffStatus, RejectReason};
-use switchyard::state::{
+use switchyard_decision::Resources;
+use switchyard_protocol::{HandoffStatus, RejectReason};
+use switchyard_server::state::{
     AnswerOutcome, BeginOutcome, CompleteOutcome, Completion, GrantOutcome, GrowOutcome,
     GrowRequest, HandoffRequest, HandoffVerdict, RequeueOutcome, SubmitRequest,
 };
@@ -72,7 +80,7 @@ impl Fixture {
             dependencies: Vec::new(),
             strategy: None,
             explain: false,
-            replies: switchyard::protocol::Replies::All,
+            replies: switchyard_protocol::Replies::All,
         };
         self.store.submit_task(&req, 3600).await.expect("submit");
         let outcome = self
@@ -427,7 +435,7 @@ async fn begin_checks_the_task_and_both_agents() {
                 dependencies: Vec::new(),
                 strategy: None,
                 explain: false,
-                replies: switchyard::protocol::Replies::All,
+                replies: switchyard_protocol::Replies::All,
             },
             3600,
         )

@@ -1,12 +1,20 @@
 //! The test harness starts real servers, restarts them with their data, and cleans up after itself.
 
+// Test code: a helper that cannot go on should stop the test where it failed.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use async_nats::jetstream::{self, stream};
 use redis::AsyncCommands;
-use switchyard::harness::{LocalServers, NatsServer, RedisOptions, RedisServer};
+use switchyard_harness::{LocalServers, NatsServer, RedisOptions, RedisServer};
 
 fn version_at_least(version: &str, min: (u32, u32)) -> bool {
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));

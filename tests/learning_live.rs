@@ -18,6 +18,14 @@
 //!   type, and the measured batch is submitted only after the optimizer has confirmed every
 //!   warm-up completion (the replies arrive after the Redis commit that updates the patterns).
 
+// Test code: a helper that cannot go on should stop the test where it failed.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
@@ -25,11 +33,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Cluster, within};
-use switchyard::client::{ClientEvent, Coordinator};
-use switchyard::decision::StrategyKind;
 use switchyard::fleet::{FleetEvent, SubmitClock, WorkModel, spawn_sim_agent, stop_fleet};
-use switchyard::protocol::{AgentRegister, ReplyStatus, TaskGrant, TaskSubmit};
-use switchyard::sim::rng::SplitMix;
+use switchyard_client::{ClientEvent, Coordinator};
+use switchyard_decision::StrategyKind;
+use switchyard_protocol::{AgentRegister, ReplyStatus, TaskGrant, TaskSubmit};
+use switchyard_sim::rng::SplitMix;
 use tokio::sync::{broadcast, mpsc, watch};
 
 /// Estimated duration of every task; the fast type takes exactly this.

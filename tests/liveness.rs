@@ -1,12 +1,20 @@
 //! Heartbeats and leases: a silent agent is marked dead by the coordinator's clock, its tasks are
 //! granted elsewhere, its late completion is refused, and it can rejoin by registering again.
 
+// Test code: a helper that cannot go on should stop the test where it failed.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod common;
 
 use common::{Cluster, hget, hget_i64, within};
-use switchyard::client::Agent;
-use switchyard::protocol::{AgentRegister, TaskSubmit};
-use switchyard::state::Keys;
+use switchyard_client::Agent;
+use switchyard_protocol::{AgentRegister, TaskSubmit};
+use switchyard_server::state::Keys;
 
 async fn agent_with_lease(cluster: &Cluster, id: &str, lease_s: f64) -> Agent {
     let reg = AgentRegister::new(id, "worker")

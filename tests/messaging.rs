@@ -1,18 +1,26 @@
 //! The inter-agent protocol's delivery modes over a real nats-server (JetStream on), with two
 //! or more agents per test. No optimizer is needed: agents talk to each other directly.
 
+// Test code: a helper that cannot go on should stop the test where it failed.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod common;
 
 use std::time::Duration;
 
 use common::within;
 use serde_json::{Value, json};
-use switchyard::comm::{
+use switchyard_client::comm::{
     AckMode, CommunicationProtocol, DeliveryStatus, InboxMessage, OutgoingMessage, ProtocolOptions,
 };
-use switchyard::error::ErrorKind;
-use switchyard::harness::NatsServer;
-use switchyard::protocol::{
+use switchyard_client::error::ErrorKind;
+use switchyard_harness::NatsServer;
+use switchyard_protocol::{
     DeliveryMode, Envelope, MessagePriority, MessageType, RetryPolicy, Subjects, now_ms,
 };
 

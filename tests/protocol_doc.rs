@@ -3,12 +3,20 @@
 //! the subject the document names), every message type with a typed payload must have an example,
 //! and every reason code the service can send must be documented. No servers needed.
 
+// Test code: a helper that cannot go on should stop the test where it failed.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 use std::collections::BTreeSet;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use switchyard::decision::{ResourceError, ResourceKind};
-use switchyard::protocol::{
+use switchyard_decision::{ResourceError, ResourceKind};
+use switchyard_protocol::{
     AgentDeregister, AgentRegister, CoordinationSync, CoordinatorReply, Envelope, ErrorReport,
     GrantAck, HandoffAcknowledge, HandoffInitiate, Heartbeat, MessageType, PROTOCOL_VERSION,
     RejectReason, ReplyStatus, ResourceGrant, ResourceRequest, StatusQuery, Subjects, TaskComplete,

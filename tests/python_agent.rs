@@ -2,14 +2,22 @@
 //! nothing but `nats-py`, registers, receives grants, acknowledges them and completes the tasks
 //! against a real optimizer.
 
+// Test code: a helper that cannot go on should stop the test where it failed.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod common;
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use common::{Cluster, hget, hget_i64, require_python_nats, within};
-use switchyard::protocol::TaskSubmit;
-use switchyard::state::Keys;
+use switchyard_protocol::TaskSubmit;
+use switchyard_server::state::Keys;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 

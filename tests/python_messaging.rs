@@ -3,6 +3,14 @@
 //! synchronous and fire-and-forget messages with a Rust `CommunicationProtocol`, and drops (and
 //! reports) a stored message past its TTL. NATS only: no optimizer, no Redis.
 
+// Test code: a helper that cannot go on should stop the test where it failed.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod common;
 
 use std::collections::BTreeSet;
@@ -14,11 +22,11 @@ use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
 use common::{require_python_nats, within};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use switchyard::comm::{CommunicationProtocol, DeliveryStatus, OutgoingMessage, ProtocolOptions};
-use switchyard::harness::NatsServer;
-use switchyard::protocol::{
-    DeliveryMode, Envelope, MessagePriority, MessageType, Subjects, now_ms,
+use switchyard_client::comm::{
+    CommunicationProtocol, DeliveryStatus, OutgoingMessage, ProtocolOptions,
 };
+use switchyard_harness::NatsServer;
+use switchyard_protocol::{DeliveryMode, Envelope, MessagePriority, MessageType, Subjects, now_ms};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::task::JoinHandle;

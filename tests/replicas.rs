@@ -2,6 +2,14 @@
 //! agent over capacity, nothing lost; redelivered and re-sent submits never grant twice, even
 //! when a replica is SIGKILLed between its Redis commit and its acknowledgement.
 
+// Test code: a helper that cannot go on should stop the test where it failed.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod common;
 
 use std::collections::HashMap;
@@ -12,10 +20,10 @@ use common::{
     optimizer_ready, within,
 };
 use futures::future::join_all;
-use switchyard::client::{Agent, Coordinator};
-use switchyard::harness::LocalServers;
-use switchyard::protocol::{AgentRegister, Envelope, MessageType, Subjects, TaskSubmit, now_ms};
-use switchyard::state::Keys;
+use switchyard_client::{Agent, Coordinator};
+use switchyard_harness::LocalServers;
+use switchyard_protocol::{AgentRegister, Envelope, MessageType, Subjects, TaskSubmit, now_ms};
+use switchyard_server::state::Keys;
 
 const AGENTS: usize = 50;
 const SUBMITTERS: usize = 8;
@@ -192,7 +200,7 @@ async fn the_same_submit_twice_grants_once() {
     // And once more under a different Nats-Msg-Id, as if re-sent after the dedupe window:
     // it reaches an optimizer, which must recognise the message id and not grant again.
     let body = serde_json::to_vec(&envelope).expect("json");
-    let headers = switchyard::transport::msg_id_headers("resent-after-window");
+    let headers = switchyard_client::transport::msg_id_headers("resent-after-window");
     js.publish_with_headers("coord.task_submit.orch", headers, body.into())
         .await
         .expect("publish")
@@ -281,6 +289,17 @@ async fn a_replica_killed_after_commit_before_ack_does_not_cause_a_second_grant(
         .await
         .expect("ZSCORE");
     assert!(score.is_some(), "the committed grant waits in the outbox");
+    // The stall is compiled into test builds only (the `fault-injection` feature): without it
+    // this replica would have published and acked, and the test would prove nothing.
+    within(10, "the faulty replica stalls after its commit", async {
+        while !faulty
+            .log()
+            .contains("fault injection: stalling after commit")
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     faulty.kill();
 
     // Another replica gets the redelivered submit (after ack_wait) and must not grant again.

@@ -1,10 +1,18 @@
 //! The simulator end to end: every shipped workload parses and runs under every strategy, the
 //! oracle beats round-robin where agents differ, and the CLI's JSON, table and SVG.
 
+// Test code: a helper that cannot go on should stop the test where it failed.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use switchyard::sim::{ORACLE, parse_named, run_all};
+use switchyard_sim::{ORACLE, parse_named, run_all};
 
 const SHIPPED: [&str; 4] = [
     "homogeneous",
@@ -17,7 +25,7 @@ fn workload_path(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("config/workloads/{name}.toml"))
 }
 
-fn load(name: &str) -> switchyard::sim::Workload {
+fn load(name: &str) -> switchyard_sim::Workload {
     let text = std::fs::read_to_string(workload_path(name)).expect("workload file");
     parse_named(&text, name).unwrap_or_else(|e| panic!("{name}: {e}"))
 }

@@ -1,15 +1,23 @@
 //! The Redis transition scripts against a real redis-server (no NATS): each transition's answers,
 //! its idempotency, and that it changes exactly what it should (and nothing when it refuses).
 
+// Test code: a helper that cannot go on should stop the test where it failed.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod common;
 
 use common::{StoreFixture as Fixture, refused, store_fixture as fixture};
 use futures::future::join_all;
-use switchyard::decision::Resources;
-use switchyard::decision::TaskState;
-use switchyard::protocol::RejectReason;
-use switchyard::state::Refusal;
-use switchyard::state::{
+use switchyard_decision::Resources;
+use switchyard_decision::TaskState;
+use switchyard_protocol::RejectReason;
+use switchyard_server::state::Refusal;
+use switchyard_server::state::{
     CompleteOutcome, Completion, GrantOutcome, RequeueOutcome, ResolveOutcome, SubmitOutcome,
     SubmitRequest,
 };
@@ -36,7 +44,7 @@ fn submit_req(task_id: &str, message_id: &str, priority: u8, required: Resources
         dependencies: Vec::new(),
         strategy: None,
         explain: false,
-        replies: switchyard::protocol::Replies::All,
+        replies: switchyard_protocol::Replies::All,
     }
 }
 
@@ -202,7 +210,7 @@ async fn register_is_idempotent_and_revives_a_deregistered_agent() {
     assert!(f.store.agent_snapshot().await.unwrap().is_empty());
     let sync = f
         .store
-        .coordination_sync(&switchyard::protocol::StatusQuery::default())
+        .coordination_sync(&switchyard_protocol::StatusQuery::default())
         .await
         .expect("status with no active agent");
     assert!(sync.agents.is_empty());
@@ -251,7 +259,7 @@ async fn submit_queues_and_detects_duplicates_and_existing_tasks() {
     );
     let sync = f
         .store
-        .coordination_sync(&switchyard::protocol::StatusQuery {
+        .coordination_sync(&switchyard_protocol::StatusQuery {
             include_agents: false,
             include_patterns: false,
         })
@@ -498,7 +506,7 @@ async fn complete_releases_exactly_once_and_learns_the_score() {
     );
     let sync = f
         .store
-        .coordination_sync(&switchyard::protocol::StatusQuery {
+        .coordination_sync(&switchyard_protocol::StatusQuery {
             include_agents: false,
             include_patterns: false,
         })
@@ -731,7 +739,7 @@ async fn requeue_returns_a_task_to_its_original_place() {
     assert_eq!(f.queue_ids().await, ids(&["early", "later"]));
     let sync = f
         .store
-        .coordination_sync(&switchyard::protocol::StatusQuery {
+        .coordination_sync(&switchyard_protocol::StatusQuery {
             include_agents: false,
             include_patterns: false,
         })
@@ -780,7 +788,7 @@ async fn grant_outbox_lists_unpublished_grants() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_expire_by_the_redis_clock_and_heartbeats_renew_them() {
-    use switchyard::state::{ExpireOutcome, HeartbeatOutcome};
+    use switchyard_server::state::{ExpireOutcome, HeartbeatOutcome};
     let f = fixture().await;
     f.store
         .register_agent("leased", "worker", &cpu(2000), 1.0, 200)
@@ -922,7 +930,7 @@ async fn a_report_about_an_earlier_grant_cannot_complete_a_later_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completions_teach_the_same_pattern_statistics_as_the_rust_model() {
-    use switchyard::decision::PatternTable;
+    use switchyard_decision::PatternTable;
     let f = fixture().await;
     f.store
         .register_agent("fast", "gpu", &cpu(4000), 1.0, 0)
@@ -979,7 +987,7 @@ async fn completions_teach_the_same_pattern_statistics_as_the_rust_model() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_keeps_the_strategy_its_submit_asked_for() {
-    use switchyard::decision::StrategyKind;
+    use switchyard_decision::StrategyKind;
     let f = fixture().await;
     let mut own = submit_req("own", "m1", 5, cpu(1000));
     own.strategy = Some("round_robin".into());

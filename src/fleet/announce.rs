@@ -10,10 +10,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::comm::{CommunicationProtocol, OutgoingMessage, ProtocolOptions};
-use crate::decision::{CommunicationPattern, WorkflowShape, recommend_pattern};
-use crate::error::Error;
-use crate::protocol::{MessagePriority, MessageType, Subjects, now_ms};
+use switchyard_client::comm::{CommunicationPattern, WorkflowShape, recommend_pattern};
+use switchyard_client::comm::{CommunicationProtocol, OutgoingMessage, ProtocolOptions};
+use switchyard_client::error::Error;
+use switchyard_protocol::{MessagePriority, MessageType, Subjects, now_ms};
 
 /// One group's announcement, as the demo reports it.
 #[derive(Debug, Clone, Serialize)]
@@ -213,7 +213,10 @@ async fn listen(endpoint: Arc<CommunicationProtocol>, seen: mpsc::Sender<Seen>) 
     }
 }
 
-async fn forward_stage(endpoint: &CommunicationProtocol, env: &crate::protocol::Envelope<Value>) {
+async fn forward_stage(
+    endpoint: &CommunicationProtocol,
+    env: &switchyard_protocol::Envelope<Value>,
+) {
     let next: Vec<String> = env.payload["next"]
         .as_array()
         .map(|a| {

@@ -18,8 +18,8 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::watch;
 
-use crate::error::{Error, ErrorKind, nats_error};
-use crate::transport::msg_id_headers;
+use switchyard_client::error::{Error, ErrorKind, nats_error};
+use switchyard_client::transport::msg_id_headers;
 
 /// Requests pulled at once.
 const BATCH: usize = 256;

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::error::{Error, ErrorKind};
+use switchyard_client::error::{Error, ErrorKind};
 
 /// How long one counter read may take before it is given up.
 const READ_WITHIN: Duration = Duration::from_secs(5);

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::decision::{
+use switchyard_decision::{
     AgentView, DecisionContext, PatternTable, Resources, StrategyKind, TaskView, plan_batch,
 };
-use crate::sim::rng::SplitMix;
+use switchyard_sim::rng::SplitMix;
 
 /// Tasks planned per batch, as the optimizer's default dispatch window.
 const BATCH: usize = 128;

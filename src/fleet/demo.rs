@@ -13,11 +13,11 @@ use super::{
     FleetEvent, LatencySummary, SIM_AGENT_LEASE_S, SubmitClock, WorkModel, spawn_sim_agent,
     stop_fleet,
 };
-use crate::client::{ClientEvent, Coordinator};
-use crate::config::Config;
-use crate::error::Error;
-use crate::protocol::{AgentRegister, ReplyStatus, Subjects, TaskGrant, TaskSubmit};
-use crate::sim::rng::SplitMix;
+use switchyard_client::error::Error;
+use switchyard_client::{ClientEvent, Coordinator};
+use switchyard_protocol::{AgentRegister, ReplyStatus, Subjects, TaskGrant, TaskSubmit};
+use switchyard_server::config::Config;
+use switchyard_sim::rng::SplitMix;
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -168,11 +168,11 @@ async fn drive(
     let mut rng = SplitMix::new(options.seed);
     for i in 0..options.tasks {
         let task = demo_task(&mut rng, &run, i);
-        let envelope = crate::protocol::Envelope::new(
+        let envelope = switchyard_protocol::Envelope::new(
             orch.client_id().to_string(),
-            crate::protocol::MessageType::TaskSubmit,
+            switchyard_protocol::MessageType::TaskSubmit,
             task,
-            crate::protocol::now_ms(),
+            switchyard_protocol::now_ms(),
         );
         clock.record(envelope.message_id.to_string());
         orch.publish(&envelope).await?;

@@ -4,13 +4,13 @@
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
-use crate::error::{Error, ErrorKind};
-use crate::harness::LocalServers;
-use crate::metrics::Metrics;
-use crate::optimizer::{Faults, Optimizer};
-use crate::protocol::Subjects;
-use crate::transport;
+use switchyard_client::error::{Error, ErrorKind};
+use switchyard_client::transport;
+use switchyard_harness::LocalServers;
+use switchyard_protocol::Subjects;
+use switchyard_server::config::Config;
+use switchyard_server::metrics::Metrics;
+use switchyard_server::optimizer::{Faults, Optimizer};
 
 /// An in-process optimizer replica and the switch that stops it.
 struct Replica {

@@ -18,10 +18,10 @@ use serde_json::json;
 
 use super::LatencySummary;
 use super::deployment::Deployment;
-use crate::comm::{CommunicationProtocol, OutgoingMessage, ProtocolOptions};
-use crate::config::Config;
-use crate::error::Error;
-use crate::protocol::{DeliveryMode, MessagePriority, MessageType};
+use switchyard_client::comm::{CommunicationProtocol, OutgoingMessage};
+use switchyard_client::error::Error;
+use switchyard_protocol::{DeliveryMode, MessagePriority, MessageType};
+use switchyard_server::config::Config;
 
 #[derive(Debug, Clone)]
 pub struct MessageBenchOptions {
@@ -103,7 +103,7 @@ async fn pair(
     run: &str,
 ) -> Result<(CommunicationProtocol, Arc<CommunicationProtocol>), Error> {
     let subjects = deployment.subjects();
-    let options = ProtocolOptions::from_config(deployment.config());
+    let options = deployment.config().protocol_options();
     let connect = |id: String| {
         let subjects = subjects.clone();
         let options = options.clone();
@@ -173,7 +173,7 @@ async fn run_mode(
     }
     let (seen, last) = draining
         .await
-        .map_err(|e| Error::new(crate::error::ErrorKind::Shutdown, e.to_string()))?;
+        .map_err(|e| Error::new(switchyard_client::error::ErrorKind::Shutdown, e.to_string()))?;
     let latencies: Vec<Duration> = seen.into_values().flatten().collect();
     let elapsed = last.saturating_duration_since(started).as_secs_f64();
     Ok(ModeResult {
@@ -212,7 +212,7 @@ async fn run_backlog(
     let offered = sent as f64 / started.elapsed().as_secs_f64().max(1e-9);
     let (seen, _) = draining
         .await
-        .map_err(|e| Error::new(crate::error::ErrorKind::Shutdown, e.to_string()))?;
+        .map_err(|e| Error::new(switchyard_client::error::ErrorKind::Shutdown, e.to_string()))?;
     let summary = seen
         .into_iter()
         .map(|(p, l)| (p.as_str().to_string(), LatencySummary::from_durations(&l)))

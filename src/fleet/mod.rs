@@ -25,10 +25,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::client::Agent;
-use crate::error::Error;
-use crate::protocol::{AgentRegister, Subjects, TaskGrant};
 pub use stats::{LatencySummary, percentile};
+use switchyard_client::Agent;
+use switchyard_client::error::Error;
+use switchyard_protocol::{AgentRegister, Subjects, TaskGrant};
 
 /// Lease of simulated agents: if a demo or bench process dies, its agents are marked dead
 /// (and their tasks re-queued) instead of lingering as active.

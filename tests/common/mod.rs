@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use switchyard::client::{Agent, Coordinator};
-use switchyard::config::Config;
-use switchyard::harness::LocalServers;
-use switchyard::optimizer::{Faults, Optimizer};
-use switchyard::protocol::{AgentRegister, Subjects};
+use switchyard_client::{Agent, Coordinator};
+use switchyard_harness::LocalServers;
+use switchyard_protocol::{AgentRegister, Subjects};
+use switchyard_server::config::Config;
+use switchyard_server::optimizer::{Faults, Optimizer};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -17,7 +17,7 @@ pub struct Cluster {
     pub config: Config,
     replicas: Vec<(oneshot::Sender<()>, JoinHandle<()>)>,
     /// Metrics of each in-process replica, in start order.
-    pub metrics: Vec<switchyard::metrics::Metrics>,
+    pub metrics: Vec<switchyard_server::metrics::Metrics>,
 }
 
 /// A config pointing at the harness's servers, with test-friendly timings.
@@ -250,7 +250,7 @@ impl GrantTap {
         while let Ok(Some(message)) =
             tokio::time::timeout(quiet, futures::StreamExt::next(&mut self.subscription)).await
         {
-            let grant: switchyard::protocol::Envelope<switchyard::protocol::TaskGrant> =
+            let grant: switchyard_protocol::Envelope<switchyard_protocol::TaskGrant> =
                 serde_json::from_slice(&message.payload).expect("a grant");
             seen.push((grant.payload.task_id, grant.payload.grant_seq));
         }
@@ -295,17 +295,17 @@ pub fn require_python_nats() {
 
 /// One redis-server and a store on it (key prefix `t`), plus a raw connection for direct reads.
 pub struct StoreFixture {
-    pub _server: switchyard::harness::RedisServer,
-    pub store: switchyard::state::Store,
+    pub _server: switchyard_harness::RedisServer,
+    pub store: switchyard_server::state::Store,
     pub raw: redis::aio::MultiplexedConnection,
-    pub keys: switchyard::state::Keys,
+    pub keys: switchyard_server::state::Keys,
 }
 
 pub async fn store_fixture() -> StoreFixture {
-    let server = switchyard::harness::RedisServer::start()
+    let server = switchyard_harness::RedisServer::start()
         .await
         .expect("redis-server starts");
-    let store = switchyard::state::Store::connect(&switchyard::config::RedisConfig {
+    let store = switchyard_server::state::Store::connect(&switchyard_server::config::RedisConfig {
         url: server.url(),
         key_prefix: "t".into(),
         response_timeout_ms: 2000,
@@ -322,16 +322,16 @@ pub async fn store_fixture() -> StoreFixture {
         _server: server,
         store,
         raw,
-        keys: switchyard::state::Keys::new("t"),
+        keys: switchyard_server::state::Keys::new("t"),
     }
 }
 
 /// A completion refused with `reason` and exactly `message`, as the script words it.
 pub fn refused(
-    reason: switchyard::protocol::RejectReason,
+    reason: switchyard_protocol::RejectReason,
     message: &str,
-) -> switchyard::state::CompleteOutcome {
-    switchyard::state::CompleteOutcome::Refused(switchyard::state::Refusal {
+) -> switchyard_server::state::CompleteOutcome {
+    switchyard_server::state::CompleteOutcome::Refused(switchyard_server::state::Refusal {
         reason,
         message: message.to_string(),
     })

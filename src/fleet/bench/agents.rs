@@ -8,10 +8,10 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::error::Error;
 use crate::fleet::deployment::Deployment;
 use crate::fleet::{FleetEvent, SIM_AGENT_LEASE_S, SubmitClock, WorkModel, spawn_sim_agent};
-use crate::protocol::AgentRegister;
+use switchyard_client::error::Error;
+use switchyard_protocol::AgentRegister;
 
 /// Registrations awaited at once: enough to hide the round trips, few enough not to flood the
 /// optimizer's control lane (each one is a JetStream publish, a Redis script, a consumer).

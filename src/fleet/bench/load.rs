@@ -10,10 +10,10 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{Semaphore, watch};
 
-use crate::client::Coordinator;
-use crate::error::Error;
 use crate::fleet::SubmitClock;
-use crate::protocol::{Envelope, MessageType, TaskSubmit, now_ms};
+use switchyard_client::Coordinator;
+use switchyard_client::error::Error;
+use switchyard_protocol::{Envelope, MessageType, TaskSubmit, now_ms};
 
 /// Submits so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -128,7 +128,7 @@ impl Load {
         let task = TaskSubmit::new(format!("{}-{n}", self.run))
             .resource("cpu", 1.0)
             .estimated_duration(0.0)
-            .replies(crate::protocol::Replies::Final);
+            .replies(switchyard_protocol::Replies::Final);
         let envelope = Envelope::new(
             self.orch.client_id().to_string(),
             MessageType::TaskSubmit,

@@ -21,10 +21,10 @@ use super::baseline::run_baseline;
 use super::counters::{Cost, Probes, Usage};
 use super::deployment::Deployment;
 use super::{FleetEvent, LatencySummary, SubmitClock, stop_fleet};
-use crate::client::Coordinator;
-use crate::config::Config;
-use crate::error::{Error, ErrorKind};
 pub use report::BenchReport;
+use switchyard_client::Coordinator;
+use switchyard_client::error::{Error, ErrorKind};
+use switchyard_server::config::Config;
 
 /// How long tasks still in flight at the end of the load may take to finish.
 const DRAIN: Duration = Duration::from_secs(10);

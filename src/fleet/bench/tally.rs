@@ -6,9 +6,9 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::client::ClientEvent;
 use crate::fleet::FleetEvent;
-use crate::protocol::ReplyStatus;
+use switchyard_client::ClientEvent;
+use switchyard_protocol::ReplyStatus;
 
 /// What the bench has heard so far.
 #[derive(Default)]
@@ -104,7 +104,7 @@ impl Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{CoordinatorReply, Envelope, MessageType, now_ms};
+    use switchyard_protocol::{CoordinatorReply, Envelope, MessageType, now_ms};
 
     fn reply(task: &str, status: ReplyStatus) -> Result<ClientEvent, RecvError> {
         let payload = CoordinatorReply {

@@ -7,16 +7,16 @@
 //! task is retried up to `max_attempts` times and its children wait for it. So a task is
 //! submitted only when its parents have completed, and each retry is submitted as a new task.
 //!
-//! [`StrategyMetrics::from_outcome`]: crate::sim::StrategyMetrics::from_outcome
+//! [`StrategyMetrics::from_outcome`]: switchyard_sim::StrategyMetrics::from_outcome
 
 use std::collections::{BTreeMap, HashMap};
 
 use super::work::parse_task_id;
-use crate::decision::Resources;
-use crate::decision::resources::utilization;
-use crate::sim::engine::agent_id;
-use crate::sim::tasks::{SimTask, generate};
-use crate::sim::{Outcome, TaskRecord, Workload};
+use switchyard_decision::Resources;
+use switchyard_decision::resources::utilization;
+use switchyard_sim::engine::agent_id;
+use switchyard_sim::tasks::{SimTask, generate};
+use switchyard_sim::{Outcome, TaskRecord, Workload};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {

@@ -11,11 +11,11 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::book::{Book, Effects};
 use super::work::{SpeedFactor, task_id};
-use crate::client::{ClientEvent, Coordinator};
-use crate::error::{Error, ErrorKind};
-use crate::protocol::{CoordinatorReply, ReplyStatus, TaskSubmit};
-use crate::sim::Outcome;
-use crate::sim::workload::{AgentEventKind, Workload};
+use switchyard_client::error::{Error, ErrorKind};
+use switchyard_client::{ClientEvent, Coordinator};
+use switchyard_protocol::{CoordinatorReply, ReplyStatus, TaskSubmit};
+use switchyard_sim::Outcome;
+use switchyard_sim::workload::{AgentEventKind, Workload};
 
 /// Something scheduled at a virtual time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -143,7 +143,7 @@ impl<'a> Driver<'a> {
         let Some(event) = self.workload.events.get(i) else {
             return;
         };
-        let id = crate::sim::engine::agent_id(&event.agent.agent_type, event.agent.index);
+        let id = switchyard_sim::engine::agent_id(&event.agent.agent_type, event.agent.index);
         let Some(a) = self.book.agent_index(&id) else {
             return;
         };

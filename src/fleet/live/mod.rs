@@ -20,15 +20,15 @@ use tokio::sync::{mpsc, watch};
 
 use super::deployment::Deployment;
 use super::{SIM_AGENT_LEASE_S, SubmitClock, spawn_sim_agent};
-use crate::client::Coordinator;
-use crate::config::Config;
-use crate::decision::StrategyKind;
-use crate::error::{Error, ErrorKind};
-use crate::harness::LocalServers;
-use crate::protocol::{AgentRegister, validate_agent_id};
-use crate::sim::{SimReport, StrategyMetrics, Workload};
 use book::LiveAgent;
 use driver::{Driver, FleetControl};
+use switchyard_client::Coordinator;
+use switchyard_client::error::{Error, ErrorKind};
+use switchyard_decision::StrategyKind;
+use switchyard_harness::LocalServers;
+use switchyard_protocol::{AgentRegister, validate_agent_id};
+use switchyard_server::config::Config;
+use switchyard_sim::{SimReport, StrategyMetrics, Workload};
 use work::{SpeedFactor, work_model};
 
 /// How a live run is scaled.
@@ -142,7 +142,7 @@ fn check(workload: &Workload, options: &LiveOptions) -> Result<(), Error> {
         return invalid(format!("limit must be > 0 s, not {}", options.limit_s));
     }
     for t in &workload.agent_types {
-        let last = crate::sim::engine::agent_id(&t.name, t.count.saturating_sub(1));
+        let last = switchyard_sim::engine::agent_id(&t.name, t.count.saturating_sub(1));
         if !validate_agent_id(&last) {
             return invalid(format!(
                 "agent type {:?} cannot run live: agent ids like {last:?} must be 1-64 of [A-Za-z0-9_-]",
@@ -168,7 +168,7 @@ async fn run_strategy(
     config: &Config,
     workload: &Arc<Workload>,
     options: &LiveOptions,
-) -> Result<crate::sim::Outcome, Error> {
+) -> Result<switchyard_sim::Outcome, Error> {
     let deployment = Deployment::start(config, 1, false).await?;
     let result = drive(&deployment, workload, options).await;
     deployment.stop().await;
@@ -179,7 +179,7 @@ async fn drive(
     deployment: &Deployment,
     workload: &Arc<Workload>,
     options: &LiveOptions,
-) -> Result<crate::sim::Outcome, Error> {
+) -> Result<switchyard_sim::Outcome, Error> {
     let (fleet, agents) = start_fleet(deployment, workload).await?;
     let orch = Coordinator::with_client(
         deployment.nats_client("simlive-driver").await?,

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::fleet::WorkModel;
-use crate::protocol::TaskGrant;
-use crate::sim::Workload;
-use crate::sim::rng::SplitMix;
+use switchyard_protocol::TaskGrant;
+use switchyard_sim::Workload;
+use switchyard_sim::rng::SplitMix;
 
 /// The task id of one attempt of stream task `index`. Each retry is a new task on the wire
 /// (a finished task id cannot be submitted again), so the attempt is part of the id.

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::fleet::live::work::task_id;
-use crate::sim::StrategyMetrics;
+use switchyard_sim::StrategyMetrics;
 
 /// Three tasks in a chain (each depends on the one before), two agents of one type.
 fn chain(max_attempts: u32) -> Workload {

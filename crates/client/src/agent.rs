@@ -1,0 +1,304 @@
+//! [`Agent`]: an agent's handle: register, receive grants, report completions.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+
+use super::router::{ClientEvent, Router, into_reply};
+use crate::error::{Error, nats_error};
+use crate::transport;
+use switchyard_protocol::{
+    AgentDeregister, AgentRegister, Envelope, GrantAck, GrantRef, Heartbeat, MessageType, Replies,
+    Subjects, TaskComplete, TaskGrant, now_ms,
+};
+
+/// How many recent grants an agent remembers to drop redeliveries.
+const DEDUPE_MEMORY: usize = 10_000;
+
+pub struct Agent {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    /// The grant subscription, made before registering so that no grant sent in answer to the
+    /// registration is missed; handed out by [`Agent::grants`].
+    grants: std::sync::Mutex<Option<async_nats::Subscriber>>,
+    subjects: Subjects,
+    agent_id: String,
+    router: Router,
+    reply_timeout: Duration,
+    /// Sends HEARTBEATs while the agent lives (when it registered with a lease).
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop_heartbeats();
+    }
+}
+
+impl Agent {
+    /// Registers with the coordinator and waits until it confirms.
+    pub async fn register(
+        client: async_nats::Client,
+        subjects: Subjects,
+        registration: AgentRegister,
+    ) -> Result<Agent, Error> {
+        let agent_id = registration.agent_id.clone();
+        let lease = registration.lease_s.filter(|l| *l > 0.0);
+        let router = Router::start(&client, &subjects, &agent_id, 1024).await?;
+        let grants = client
+            .subscribe(subjects.addressed(MessageType::TaskRequest, &agent_id))
+            .await
+            .map_err(|e| nats_error("cannot subscribe to grants", e))?;
+        let mut agent = Agent {
+            client: client.clone(),
+            grants: std::sync::Mutex::new(Some(grants)),
+            js: jetstream::new(client),
+            subjects,
+            agent_id,
+            router,
+            reply_timeout: super::DEFAULT_REPLY_TIMEOUT,
+            heartbeat: None,
+        };
+        agent
+            .send_and_confirm(MessageType::AgentRegister, registration)
+            .await?;
+        if let Some(lease) = lease {
+            agent.heartbeat = Some(tokio::spawn(send_heartbeats(
+                agent.client.clone(),
+                agent.subjects.clone(),
+                agent.agent_id.clone(),
+                Duration::from_secs_f64(lease / 3.0),
+            )));
+        }
+        Ok(agent)
+    }
+
+    /// Stops heartbeating (the agent will be marked dead once its lease runs out). Dropping the
+    /// agent does this too.
+    pub fn stop_heartbeats(&mut self) {
+        if let Some(task) = self.heartbeat.take() {
+            task.abort();
+        }
+    }
+
+    pub fn agent_id(&self) -> &str {
+        &self.agent_id
+    }
+
+    /// Replies and error reports addressed to this agent.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<ClientEvent> {
+        self.router.subscribe()
+    }
+
+    /// This agent's grants. Each is acknowledged (GRANT_ACK) as it is handed out; grants the
+    /// optimizers sent while the agent was away are sent again until acknowledged, and at once
+    /// when it registers again. Can be taken once per registration: a second call is an error.
+    pub async fn grants(&self) -> Result<GrantStream, Error> {
+        let taken = self.grants.lock().map(|mut slot| slot.take());
+        let Ok(Some(subscription)) = taken else {
+            return Err(Error::new(
+                crate::error::ErrorKind::Rejected,
+                "the grant stream of this agent was already taken",
+            ));
+        };
+        Ok(GrantStream {
+            subscription,
+            client: self.client.clone(),
+            subjects: self.subjects.clone(),
+            agent_id: self.agent_id.clone(),
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+        })
+    }
+
+    /// Reports a task's outcome; resolves once JetStream stored the report (it will be applied
+    /// even if no optimizer is up right now).
+    /// Nobody waits for the verdict, so none is asked for (a refusal still comes on
+    /// [`Agent::events`]).
+    pub async fn complete_task(
+        &self,
+        task_id: &str,
+        success: bool,
+        execution_time_s: f64,
+    ) -> Result<(), Error> {
+        let mut report = self.completion(task_id, success, execution_time_s);
+        report.replies = Replies::None;
+        self.publish_completion(report).await
+    }
+
+    /// Reports the outcome of this grant: like [`Agent::complete_task`], plus the grant number,
+    /// so the report cannot complete a later grant of the same task (`stale_grant`).
+    pub async fn complete_grant(
+        &self,
+        grant: &TaskGrant,
+        success: bool,
+        execution_time_s: f64,
+    ) -> Result<(), Error> {
+        let mut report = self.completion(&grant.task_id, success, execution_time_s);
+        report.grant_seq = Some(grant.grant_seq);
+        report.replies = Replies::None;
+        self.publish_completion(report).await
+    }
+
+    async fn publish_completion(&self, report: TaskComplete) -> Result<(), Error> {
+        let envelope = Envelope::new(
+            self.agent_id.clone(),
+            MessageType::TaskComplete,
+            report,
+            now_ms(),
+        );
+        let subject = self
+            .subjects
+            .addressed(MessageType::TaskComplete, &self.agent_id);
+        transport::publish_stored(
+            &self.js,
+            subject,
+            &envelope.message_id.to_string(),
+            &envelope,
+        )
+        .await
+    }
+
+    /// Like [`Agent::complete_task`] but waits for the coordinator's verdict, so a refusal
+    /// (`wrong_agent`, `unknown_task`, ...) comes back as an error.
+    pub async fn complete_task_confirmed(
+        &self,
+        task_id: &str,
+        success: bool,
+        execution_time_s: f64,
+    ) -> Result<(), Error> {
+        let report = self.completion(task_id, success, execution_time_s);
+        self.send_and_confirm(MessageType::TaskComplete, report)
+            .await
+    }
+
+    fn completion(&self, task_id: &str, success: bool, execution_time_s: f64) -> TaskComplete {
+        TaskComplete {
+            task_id: task_id.to_string(),
+            agent_id: self.agent_id.clone(),
+            success,
+            execution_time_s,
+            performance_metrics: Default::default(),
+            error: None,
+            grant_seq: None,
+            replies: Replies::All,
+        }
+    }
+
+    /// Leaves the fleet; tasks still granted to this agent go back to the queue.
+    pub async fn deregister(&self) -> Result<(), Error> {
+        self.send_and_confirm(
+            MessageType::AgentDeregister,
+            AgentDeregister {
+                agent_id: self.agent_id.clone(),
+            },
+        )
+        .await
+    }
+
+    async fn send_and_confirm<P: serde::Serialize>(
+        &self,
+        message_type: MessageType,
+        payload: P,
+    ) -> Result<(), Error> {
+        let envelope = Envelope::new(self.agent_id.clone(), message_type, payload, now_ms());
+        let id = envelope.message_id.to_string();
+        let rx = self.router.expect(&id);
+        let subject = self.subjects.addressed(message_type, &self.agent_id);
+        if let Err(e) = transport::publish_stored(&self.js, subject, &id, &envelope).await {
+            self.router.forget(&id);
+            return Err(e);
+        }
+        into_reply(self.router.wait(&id, rx, self.reply_timeout).await?).map(|_| ())
+    }
+}
+
+/// An agent's incoming grants (core NATS, `<prefix>.task_request.<agent_id>`). Each grant is
+/// acknowledged as it is handed out, and a grant delivered twice (same task and grant number) is
+/// handed out once.
+pub struct GrantStream {
+    subscription: async_nats::Subscriber,
+    client: async_nats::Client,
+    subjects: Subjects,
+    agent_id: String,
+    seen: HashSet<(String, u64)>,
+    order: VecDeque<(String, u64)>,
+}
+
+impl GrantStream {
+    /// The next grant, waiting for one; `None` when the connection closed for good.
+    pub async fn next(&mut self) -> Option<Result<Envelope<TaskGrant>, Error>> {
+        loop {
+            let message = self.subscription.next().await?;
+            let grant: Envelope<TaskGrant> = match serde_json::from_slice(&message.payload) {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::warn!(error = %e, "undecodable grant skipped");
+                    continue;
+                }
+            };
+            // Acknowledged even when it is a copy: the copy came because an earlier
+            // acknowledgment was lost.
+            if let Err(e) = self.acknowledge(&grant.payload).await {
+                tracing::warn!(task_id = %grant.payload.task_id, error = %e, "grant not acknowledged; it will come again");
+            }
+            if self.remember(&grant.payload) {
+                return Some(Ok(grant));
+            }
+        }
+    }
+
+    async fn acknowledge(&self, grant: &TaskGrant) -> Result<(), Error> {
+        let ack = GrantAck {
+            agent_id: self.agent_id.clone(),
+            grants: vec![GrantRef {
+                task_id: grant.task_id.clone(),
+                grant_seq: grant.grant_seq,
+            }],
+        };
+        let envelope = Envelope::new(self.agent_id.clone(), MessageType::GrantAck, ack, now_ms());
+        let subject = self
+            .subjects
+            .addressed(MessageType::GrantAck, &self.agent_id);
+        transport::publish_core(&self.client, subject, &envelope).await
+    }
+
+    fn remember(&mut self, grant: &TaskGrant) -> bool {
+        let key = (grant.task_id.clone(), grant.grant_seq);
+        if !self.seen.insert(key.clone()) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > DEDUPE_MEMORY {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+/// Publishes a HEARTBEAT (core NATS) every `every` until aborted. A lost heartbeat is harmless:
+/// the next one comes well within the lease.
+async fn send_heartbeats(
+    client: async_nats::Client,
+    subjects: Subjects,
+    agent_id: String,
+    every: Duration,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await; // registration itself counts as the first heartbeat
+    loop {
+        ticker.tick().await;
+        let beat = Heartbeat {
+            agent_id: agent_id.clone(),
+        };
+        let envelope = Envelope::new(agent_id.clone(), MessageType::Heartbeat, beat, now_ms());
+        let subject = subjects.addressed(MessageType::Heartbeat, &agent_id);
+        if let Err(e) = transport::publish_core(&client, subject, &envelope).await {
+            tracing::warn!(agent_id = %agent_id, error = %e, "heartbeat not sent");
+        }
+    }
+}

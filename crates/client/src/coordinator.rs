@@ -1,0 +1,183 @@
+//! [`Coordinator`]: the orchestrator's handle (the seed's `CoordinationOptimizer` calls).
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use super::router::{ClientEvent, Router, into_reply};
+use crate::error::{Error, ErrorKind, nats_error};
+use crate::transport;
+use switchyard_protocol::{
+    AgentRegister, CoordinationSync, Envelope, MessageType, ReplyStatus, StatusQuery, Subjects,
+    TaskSubmit, now_ms,
+};
+
+/// Where a task stands after submission.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Allocation {
+    Granted { agent_id: String },
+    Queued,
+    Waiting,
+    Failed { reason: String },
+    Completed { agent_id: String },
+}
+
+pub struct Coordinator {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    subjects: Subjects,
+    client_id: String,
+    router: Router,
+    reply_timeout: Duration,
+}
+
+impl Coordinator {
+    /// Connects as `client_id` (1–64 of `[A-Za-z0-9_-]`; replies arrive on
+    /// `<prefix>.reply.<client_id>`).
+    pub async fn connect(
+        nats_url: &str,
+        client_id: &str,
+        subject_prefix: &str,
+    ) -> Result<Coordinator, Error> {
+        let client = transport::connect(nats_url, client_id).await?;
+        Coordinator::with_client(client, client_id, Subjects::new(subject_prefix)).await
+    }
+
+    pub async fn with_client(
+        client: async_nats::Client,
+        client_id: &str,
+        subjects: Subjects,
+    ) -> Result<Coordinator, Error> {
+        if !switchyard_protocol::validate_agent_id(client_id) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "client id must be 1-64 of [A-Za-z0-9_-]",
+            ));
+        }
+        let router = Router::start(&client, &subjects, client_id, 65_536).await?;
+        let js = jetstream::new(client.clone());
+        Ok(Coordinator {
+            client,
+            js,
+            subjects,
+            client_id: client_id.to_string(),
+            router,
+            reply_timeout: super::DEFAULT_REPLY_TIMEOUT,
+        })
+    }
+
+    pub fn set_reply_timeout(&mut self, timeout: Duration) {
+        self.reply_timeout = timeout;
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// Every reply and error report addressed to this client, as they arrive.
+    pub fn events(&self) -> broadcast::Receiver<ClientEvent> {
+        self.router.subscribe()
+    }
+
+    /// Submits a task and waits for the first answer: granted (to whom), queued, waiting on
+    /// dependencies, or failed. A refusal (bad input, duplicate id) is an
+    /// [`ErrorKind::Rejected`] error carrying the reason code.
+    pub async fn allocate_task(&self, task: TaskSubmit) -> Result<Allocation, Error> {
+        let envelope = Envelope::new(
+            self.client_id.clone(),
+            MessageType::TaskSubmit,
+            task,
+            now_ms(),
+        );
+        let id = envelope.message_id.to_string();
+        let rx = self.router.expect(&id);
+        if let Err(e) = self.publish(&envelope).await {
+            self.router.forget(&id);
+            return Err(e);
+        }
+        let reply = into_reply(self.router.wait(&id, rx, self.reply_timeout).await?)?;
+        Ok(match reply.status {
+            ReplyStatus::Granted => Allocation::Granted {
+                agent_id: reply.agent_id.unwrap_or_default(),
+            },
+            ReplyStatus::Queued => Allocation::Queued,
+            ReplyStatus::Waiting => Allocation::Waiting,
+            ReplyStatus::Completed => Allocation::Completed {
+                agent_id: reply.agent_id.unwrap_or_default(),
+            },
+            _ => Allocation::Failed {
+                reason: reply.detail.unwrap_or_default(),
+            },
+        })
+    }
+
+    /// Submits a task without waiting for the answer; returns the submit's message id (the
+    /// correlation id of the replies in [`Coordinator::events`]). Resolves once JetStream stored it.
+    pub async fn submit_task(&self, task: TaskSubmit) -> Result<Uuid, Error> {
+        let envelope = Envelope::new(
+            self.client_id.clone(),
+            MessageType::TaskSubmit,
+            task,
+            now_ms(),
+        );
+        self.publish(&envelope).await?;
+        Ok(envelope.message_id)
+    }
+
+    /// Publishes an already-built submit envelope (e.g. to resend the same message id).
+    pub async fn publish(&self, envelope: &Envelope<TaskSubmit>) -> Result<(), Error> {
+        let subject = self
+            .subjects
+            .addressed(MessageType::TaskSubmit, &self.client_id);
+        transport::publish_stored(
+            &self.js,
+            subject,
+            &envelope.message_id.to_string(),
+            envelope,
+        )
+        .await
+    }
+
+    /// Registers an agent on its behalf (the seed's `coordinator.register_agent`).
+    pub async fn register_agent(&self, agent: AgentRegister) -> Result<(), Error> {
+        let subject = self
+            .subjects
+            .addressed(MessageType::AgentRegister, &agent.agent_id);
+        let envelope = Envelope::new(
+            self.client_id.clone(),
+            MessageType::AgentRegister,
+            agent,
+            now_ms(),
+        );
+        let id = envelope.message_id.to_string();
+        let rx = self.router.expect(&id);
+        transport::publish_stored(&self.js, subject, &id, &envelope).await?;
+        into_reply(self.router.wait(&id, rx, self.reply_timeout).await?).map(|_| ())
+    }
+
+    /// A COORDINATION_SYNC snapshot (queue, counters, agents) from any optimizer replica.
+    pub async fn status(&self) -> Result<CoordinationSync, Error> {
+        self.status_with(StatusQuery::default()).await
+    }
+
+    /// A snapshot with what `query` asks for (e.g. the learned patterns).
+    pub async fn status_with(&self, query: StatusQuery) -> Result<CoordinationSync, Error> {
+        let query = Envelope::new(
+            self.client_id.clone(),
+            MessageType::StatusQuery,
+            query,
+            now_ms(),
+        );
+        let bytes = serde_json::to_vec(&query)?;
+        let subject = self.subjects.unaddressed(MessageType::StatusQuery);
+        let request = self.client.request(subject, bytes.into());
+        let answer = tokio::time::timeout(self.reply_timeout, request)
+            .await
+            .map_err(|_| Error::new(ErrorKind::Timeout, "no optimizer answered the status query"))?
+            .map_err(|e| nats_error("status query failed (is an optimizer running?)", e))?;
+        let env: Envelope<CoordinationSync> = serde_json::from_slice(&answer.payload)?;
+        Ok(env.payload)
+    }
+}

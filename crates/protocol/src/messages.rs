@@ -1,0 +1,403 @@
+//! Payloads of the coordinator's messages. Resource amounts on the wire are plain numbers in
+//! whole units (cpu cores, memory MB, tokens, seconds), keyed by resource name.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `AGENT_REGISTER`: an agent announces what it can carry. Re-registering updates capacity and
+/// revives an agent that was marked dead or deregistered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRegister {
+    pub agent_id: String,
+    pub agent_type: String,
+    /// Capacity per resource: `cpu`, `memory`, `tokens`, `time`. Absent means none.
+    pub max_resources: BTreeMap<String, f64>,
+    /// The seed's PRIORITY resource: a weight strategies may use to prefer this agent.
+    #[serde(default = "default_priority_weight")]
+    pub priority_weight: f64,
+    /// Liveness lease in seconds: an agent silent (no HEARTBEAT) for longer is marked dead and its
+    /// tasks go back to the queue. Absent or 0: no lease, the agent lives until it deregisters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_s: Option<f64>,
+}
+
+/// `HEARTBEAT`: the agent is alive. Renews its lease (timed by the coordinator's clock, not the
+/// agent's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub agent_id: String,
+}
+
+/// `GRANT_ACK`: an agent received these grants (core NATS, `<prefix>.grant_ack.<agent_id>`).
+/// Until a grant is acknowledged (or its task completed), the optimizers send it again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrantAck {
+    pub agent_id: String,
+    pub grants: Vec<GrantRef>,
+}
+
+/// One grant: its task and grant number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GrantRef {
+    pub task_id: String,
+    pub grant_seq: u64,
+}
+
+/// Most grants one GRANT_ACK may acknowledge.
+pub const MAX_GRANTS_PER_ACK: usize = 256;
+
+fn default_priority_weight() -> f64 {
+    1.0
+}
+
+/// `AGENT_DEREGISTER`: an agent leaves; its granted tasks go back to the queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentDeregister {
+    pub agent_id: String,
+}
+
+/// `TASK_SUBMIT`: an orchestrator asks for a task to be placed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSubmit {
+    pub task_id: String,
+    #[serde(default = "default_task_type")]
+    pub task_type: String,
+    /// 0 (lowest) ..= 10 (highest), as in the seed. Higher priority is granted first.
+    #[serde(default = "default_task_priority")]
+    pub priority: u8,
+    #[serde(default)]
+    pub required_resources: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub estimated_duration_s: f64,
+    /// Task ids that must complete successfully before this one is queued.
+    #[serde(default)]
+    pub dependencies: Vec<String>,
+    /// How to place this task (`least_loaded`, `round_robin`, `priority_based`, `load_balanced`,
+    /// `adaptive`, `historical`); absent: the optimizer's default strategy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// Ask for the placement decision to be explained: the grant then carries an
+    /// [`explanation`](TaskGrant::explanation).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub explain: bool,
+    /// Which COORDINATOR_REPLY messages the submitter wants for this task: `all` (default),
+    /// `final` (only completed / failed) or `none`. Refusals always come as ERROR_REPORT.
+    #[serde(default, skip_serializing_if = "Replies::is_all")]
+    pub replies: Replies,
+}
+
+/// Which COORDINATOR_REPLY messages a sender wants. Fewer replies are fewer messages: a client
+/// that does not wait for an answer should say so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Replies {
+    /// Every reply: for a submit, queued / waiting / granted and then completed / failed.
+    #[default]
+    All,
+    /// Only the final outcome (completed or failed).
+    Final,
+    /// No replies at all.
+    None,
+}
+
+impl Replies {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Replies::All => "all",
+            Replies::Final => "final",
+            Replies::None => "none",
+        }
+    }
+
+    /// Reads the stored name back; anything unknown (an older record) means `all`.
+    pub fn parse(name: &str) -> Replies {
+        match name {
+            "final" => Replies::Final,
+            "none" => Replies::None,
+            _ => Replies::All,
+        }
+    }
+
+    fn is_all(&self) -> bool {
+        *self == Replies::All
+    }
+
+    /// Whether a reply with this status goes out.
+    pub fn wants(self, status: ReplyStatus) -> bool {
+        match self {
+            Replies::All => true,
+            Replies::Final => matches!(status, ReplyStatus::Completed | ReplyStatus::Failed),
+            Replies::None => false,
+        }
+    }
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+fn default_task_type() -> String {
+    "default".to_string()
+}
+
+fn default_task_priority() -> u8 {
+    5
+}
+
+/// `TASK_REQUEST`: the grant, sent to the chosen agent on its own subject. The agent's resources
+/// for this task are already reserved when it arrives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskGrant {
+    pub task_id: String,
+    pub task_type: String,
+    pub agent_id: String,
+    pub priority: u8,
+    pub resources: BTreeMap<String, f64>,
+    pub estimated_duration_s: f64,
+    /// Increments each time the task is granted again (after its agent died or left).
+    pub grant_seq: u64,
+    /// Who submitted the task (replies go to them).
+    pub submitter: String,
+    /// Why this agent: present when the submit asked for it (`explain`), except on a grant
+    /// re-published after an optimizer replica died between committing and publishing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<GrantExplanation>,
+}
+
+/// How a grant's agent was chosen: the strategy, and every candidate it ranked with its score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrantExplanation {
+    /// The strategy that decided (`least_loaded`, `round_robin`, ...).
+    pub strategy: String,
+    /// The agent granted. Normally the first candidate; a later one when the better ones filled
+    /// up between the decision and the grant.
+    pub chosen: String,
+    /// The agents the strategy ranked (on a fleet of more than 256 agents, its sample of 64),
+    /// best first.
+    pub candidates: Vec<ExplainedCandidate>,
+}
+
+/// One ranked candidate in a [`GrantExplanation`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExplainedCandidate {
+    pub agent_id: String,
+    /// Higher is better; comparable only within one explanation (each strategy has its own
+    /// scale).
+    pub score: f64,
+}
+
+/// `TASK_COMPLETE`: the agent reports the outcome; its reservation is released.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskComplete {
+    pub task_id: String,
+    pub agent_id: String,
+    pub success: bool,
+    #[serde(default)]
+    pub execution_time_s: f64,
+    #[serde(default)]
+    pub performance_metrics: BTreeMap<String, f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The `grant_seq` of the grant being reported. Optional, but recommended: with it, a late
+    /// report about an earlier grant of the same task is refused (`stale_grant`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_seq: Option<u64>,
+    /// `all` (default): the agent is told the verdict in a COORDINATOR_REPLY; `none` (or
+    /// `final`): only a refusal is reported (ERROR_REPORT), which saves a message per task.
+    #[serde(default, skip_serializing_if = "Replies::is_all")]
+    pub replies: Replies,
+}
+
+/// Outcome of an operation, in a `COORDINATOR_REPLY`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyStatus {
+    Registered,
+    Deregistered,
+    /// The task was granted; `agent_id` says to whom.
+    Granted,
+    /// The task waits in the priority queue for capacity.
+    Queued,
+    /// The task waits for its dependencies.
+    Waiting,
+    Completed,
+    Failed,
+}
+
+/// `COORDINATOR_REPLY`: the coordinator's answer to an operation, sent to the operation's sender
+/// with `correlation_id` = the operation's `message_id`. A task can get several replies over its
+/// life (queued, then granted); each carries the submit's message id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoordinatorReply {
+    /// The operation answered, e.g. `task_submit`.
+    pub op: String,
+    pub status: ReplyStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// `ERROR_REPORT`: why a message was refused. `code` is a stable, documented reason code.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorReport {
+    pub code: String,
+    pub message: String,
+    /// The subject the offending message arrived on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+/// `STATUS_QUERY`: asks for a [`CoordinationSync`] snapshot (core NATS request/reply).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusQuery {
+    /// Include the per-agent table.
+    #[serde(default = "default_true")]
+    pub include_agents: bool,
+    /// Include what has been learned per (task type, agent type).
+    #[serde(default)]
+    pub include_patterns: bool,
+}
+
+impl Default for StatusQuery {
+    fn default() -> Self {
+        StatusQuery {
+            include_agents: true,
+            include_patterns: false,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// One agent's state in a [`CoordinationSync`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatusView {
+    pub agent_id: String,
+    pub agent_type: String,
+    pub status: String,
+    pub capacity: BTreeMap<String, f64>,
+    pub reserved: BTreeMap<String, f64>,
+    pub utilization: f64,
+    pub performance_score: f64,
+    pub active_tasks: u64,
+    pub last_heartbeat_ms: u64,
+}
+
+/// `COORDINATION_SYNC`: a snapshot of coordination state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CoordinationSync {
+    pub queue_depth: u64,
+    /// Counters since the store was created: submitted, granted, completed, failed, requeued.
+    pub counters: BTreeMap<String, u64>,
+    pub agents: Vec<AgentStatusView>,
+    /// Learned statistics per (task type, agent type), when asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patterns: Vec<PatternRow>,
+}
+
+/// One (task type, agent type) pair's learned statistics in a [`CoordinationSync`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatternRow {
+    pub task_type: String,
+    pub agent_type: String,
+    pub attempts: u64,
+    pub successes: u64,
+    /// Moving average of success (1) and failure (0).
+    pub success_ema: f64,
+    /// Moving average of actual / estimated duration over successes (1.0 = as estimated).
+    pub duration_ratio_ema: f64,
+}
+
+impl TaskSubmit {
+    /// A task with the seed's defaults: type `default`, priority 5, no needs, no dependencies.
+    pub fn new(task_id: impl Into<String>) -> TaskSubmit {
+        TaskSubmit {
+            task_id: task_id.into(),
+            task_type: default_task_type(),
+            priority: default_task_priority(),
+            required_resources: BTreeMap::new(),
+            estimated_duration_s: 0.0,
+            dependencies: Vec::new(),
+            strategy: None,
+            explain: false,
+            replies: Replies::All,
+        }
+    }
+
+    pub fn task_type(mut self, task_type: impl Into<String>) -> Self {
+        self.task_type = task_type.into();
+        self
+    }
+
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Needs `amount` whole units of `resource` (`cpu`, `memory`, `tokens`, `time`).
+    pub fn resource(mut self, resource: &str, amount: f64) -> Self {
+        self.required_resources.insert(resource.to_string(), amount);
+        self
+    }
+
+    pub fn estimated_duration(mut self, seconds: f64) -> Self {
+        self.estimated_duration_s = seconds;
+        self
+    }
+
+    /// Places this task with `strategy` instead of the optimizer's default.
+    pub fn strategy(mut self, strategy: switchyard_decision::StrategyKind) -> Self {
+        self.strategy = Some(strategy.as_str().to_string());
+        self
+    }
+
+    /// Asks for the grant to carry an explanation of the placement decision.
+    pub fn explain(mut self, explain: bool) -> Self {
+        self.explain = explain;
+        self
+    }
+
+    /// Which replies the submitter wants (default: all).
+    pub fn replies(mut self, replies: Replies) -> Self {
+        self.replies = replies;
+        self
+    }
+
+    pub fn depends_on(mut self, task_id: impl Into<String>) -> Self {
+        self.dependencies.push(task_id.into());
+        self
+    }
+}
+
+impl AgentRegister {
+    pub fn new(agent_id: impl Into<String>, agent_type: impl Into<String>) -> AgentRegister {
+        AgentRegister {
+            agent_id: agent_id.into(),
+            agent_type: agent_type.into(),
+            max_resources: BTreeMap::new(),
+            priority_weight: default_priority_weight(),
+            lease_s: None,
+        }
+    }
+
+    /// Asks to be marked dead after `seconds` without a heartbeat (the Rust [`Agent`] client
+    /// heartbeats every third of it).
+    ///
+    /// [`Agent`]: https://docs.rs/switchyard-client
+    pub fn lease(mut self, seconds: f64) -> Self {
+        self.lease_s = Some(seconds);
+        self
+    }
+
+    /// Can carry `amount` whole units of `resource`.
+    pub fn capacity(mut self, resource: &str, amount: f64) -> Self {
+        self.max_resources.insert(resource.to_string(), amount);
+        self
+    }
+}

@@ -1,0 +1,260 @@
+//! The subject map: the only place subject strings (and the JetStream names bound to them) are
+//! built. Layout: `<prefix>.<message type>[.<agent or sender id>]`, so `nats sub 'coord.>'` shows
+//! all traffic, `nats sub 'coord.task_request.agent-7'` one agent's grants, and NATS permissions
+//! can later scope each agent to subjects ending in its own id.
+
+use super::envelope::{MessagePriority, MessageType};
+
+/// The recipient token of messages addressed to every agent (`all` is not a valid agent id).
+pub const ALL_AGENTS: &str = "all";
+
+/// Builds subjects under one prefix (default `coord`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Subjects {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<prefix>.<type>.<id>`: a message of `message_type` to or from one agent or sender.
+    pub fn addressed(&self, message_type: MessageType, id: &str) -> String {
+        format!("{}.{}.{}", self.prefix, message_type.as_str(), id)
+    }
+
+    /// `<prefix>.<type>`: a message not tied to one agent (status queries, sync snapshots).
+    pub fn unaddressed(&self, message_type: MessageType) -> String {
+        format!("{}.{}", self.prefix, message_type.as_str())
+    }
+
+    /// `<prefix>.<type>.*`: every message of one type.
+    pub fn all_of(&self, message_type: MessageType) -> String {
+        format!("{}.{}.*", self.prefix, message_type.as_str())
+    }
+
+    /// Where a message that exhausted its deliveries is parked: `<prefix>.dead_letter.<type>`.
+    pub fn dead_letter(&self, message_type_token: &str) -> String {
+        format!("{}.dead_letter.{}", self.prefix, message_type_token)
+    }
+
+    /// Wildcard over all dead letters.
+    pub fn all_dead_letters(&self) -> String {
+        format!("{}.dead_letter.>", self.prefix)
+    }
+
+    /// Splits an inbound subject into its message type and trailing id token.
+    pub fn parse<'a>(&self, subject: &'a str) -> Option<(MessageType, Option<&'a str>)> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('.')?;
+        let mut parts = rest.splitn(2, '.');
+        let message_type = MessageType::from_token(parts.next()?)?;
+        Some((message_type, parts.next()))
+    }
+
+    /// Subjects the optimizers consume as events (the events stream).
+    pub fn event_subjects(&self) -> Vec<String> {
+        let mut subjects = self.control_event_subjects();
+        subjects.push(self.all_of(MessageType::TaskSubmit));
+        subjects
+    }
+
+    /// `<prefix>.msg.<type>.<recipient>.<priority>`: a stored message (asynchronous or
+    /// guaranteed) for one agent, or for every agent when `recipient` is [`ALL_AGENTS`].
+    pub fn message(
+        &self,
+        message_type: MessageType,
+        recipient: &str,
+        priority: MessagePriority,
+    ) -> String {
+        format!(
+            "{}.msg.{}.{recipient}.{}",
+            self.prefix,
+            message_type.as_str(),
+            priority.as_str()
+        )
+    }
+
+    /// What one agent's consumer for one priority reads: its own messages and broadcasts.
+    pub fn message_filters(&self, recipient: &str, priority: MessagePriority) -> Vec<String> {
+        [recipient, ALL_AGENTS]
+            .into_iter()
+            .map(|r| format!("{}.msg.*.{r}.{}", self.prefix, priority.as_str()))
+            .collect()
+    }
+
+    /// Every stored inter-agent message (the messages stream).
+    pub fn all_messages(&self) -> String {
+        format!("{}.msg.>", self.prefix)
+    }
+
+    /// `<prefix>.direct.<type>.<recipient>`: a core NATS message (synchronous requests,
+    /// fire-and-forget, acknowledgments), never stored.
+    pub fn direct(&self, message_type: MessageType, recipient: &str) -> String {
+        format!(
+            "{}.direct.{}.{recipient}",
+            self.prefix,
+            message_type.as_str()
+        )
+    }
+
+    /// What one agent subscribes to for core messages: its own and broadcasts.
+    pub fn direct_filters(&self, recipient: &str) -> Vec<String> {
+        [recipient, ALL_AGENTS]
+            .into_iter()
+            .map(|r| format!("{}.direct.*.{r}", self.prefix))
+            .collect()
+    }
+
+    /// JetStream stream holding stored inter-agent messages.
+    pub fn messages_stream(&self) -> String {
+        format!("{}_MESSAGES", self.stream_base())
+    }
+
+    /// The durable consumer through which one agent reads its messages of one priority.
+    pub fn message_consumer(&self, agent_id: &str, priority: MessagePriority) -> String {
+        format!("msg_{agent_id}_{}", priority.as_str())
+    }
+
+    fn stream_base(&self) -> String {
+        self.prefix
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    }
+
+    /// JetStream stream holding optimizer events.
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.stream_base())
+    }
+
+    /// JetStream stream of dead letters and max-delivery advisories.
+    pub fn dead_letter_stream(&self) -> String {
+        format!("{}_DLQ", self.stream_base())
+    }
+
+    /// The durable pull consumer all optimizer replicas share for new tasks.
+    pub fn optimizer_consumer(&self) -> String {
+        "optimizer".to_string()
+    }
+
+    /// The durable pull consumer all optimizer replicas share for control events (agents
+    /// joining and leaving, completions). A separate lane, so a flood of submits can never hold
+    /// back the completions that free the capacity those submits wait for.
+    pub fn optimizer_control_consumer(&self) -> String {
+        "optimizer_control".to_string()
+    }
+
+    /// Event subjects of the control lane.
+    pub fn control_event_subjects(&self) -> Vec<String> {
+        [
+            MessageType::AgentRegister,
+            MessageType::AgentDeregister,
+            MessageType::TaskComplete,
+            MessageType::HandoffInitiate,
+            MessageType::HandoffAcknowledge,
+            MessageType::ResourceRequest,
+        ]
+        .into_iter()
+        .map(|t| self.all_of(t))
+        .collect()
+    }
+
+    /// JetStream's advisory subject for messages of the events stream that hit `max_deliver`
+    /// (either lane).
+    pub fn max_deliveries_advisory(&self) -> String {
+        format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.*",
+            self.events_stream()
+        )
+    }
+
+    /// Queue group shared by optimizer replicas for core request/reply subjects.
+    pub fn optimizer_queue_group(&self) -> String {
+        format!("{}-optimizers", self.prefix)
+    }
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Subjects::new("coord")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_readable_subjects() {
+        let s = Subjects::default();
+        assert_eq!(
+            s.addressed(MessageType::TaskRequest, "a1"),
+            "coord.task_request.a1"
+        );
+        assert_eq!(
+            s.unaddressed(MessageType::StatusQuery),
+            "coord.status_query"
+        );
+        assert_eq!(s.all_of(MessageType::TaskSubmit), "coord.task_submit.*");
+        assert_eq!(
+            s.dead_letter("task_submit"),
+            "coord.dead_letter.task_submit"
+        );
+    }
+
+    #[test]
+    fn parses_what_it_builds() {
+        let s = Subjects::new("acme.prod");
+        let subject = s.addressed(MessageType::TaskComplete, "agent-9");
+        assert_eq!(
+            s.parse(&subject),
+            Some((MessageType::TaskComplete, Some("agent-9")))
+        );
+        assert_eq!(
+            s.parse("acme.prod.status_query"),
+            Some((MessageType::StatusQuery, None))
+        );
+        assert_eq!(s.parse("other.task_submit.x"), None);
+        assert_eq!(s.parse("acme.prod.bogus.x"), None);
+    }
+
+    #[test]
+    fn message_subjects_put_type_recipient_and_priority_in_tokens() {
+        let s = Subjects::default();
+        let subject = s.message(MessageType::StatusUpdate, "a2", MessagePriority::High);
+        assert_eq!(subject, "coord.msg.status_update.a2.high");
+        assert_eq!(
+            s.message_filters("a2", MessagePriority::High),
+            vec!["coord.msg.*.a2.high", "coord.msg.*.all.high"]
+        );
+        assert_eq!(
+            s.direct(MessageType::MessageAck, "a1"),
+            "coord.direct.message_ack.a1"
+        );
+        // Stored messages never land in the events or grants streams.
+        assert_eq!(s.parse(&subject), None);
+        assert!(!crate::validate_agent_id(ALL_AGENTS));
+    }
+
+    #[test]
+    fn stream_names_are_valid_jetstream_names() {
+        let s = Subjects::new("acme.prod");
+        assert_eq!(s.events_stream(), "ACME_PROD_EVENTS");
+        assert!(!s.dead_letter_stream().contains('.'));
+    }
+}

@@ -1,0 +1,439 @@
+//! Decoding untrusted bytes into typed messages. Every failure becomes a [`Rejection`] with a
+//! stable reason code (a bounded metric label), the offending message's id for correlation, and
+//! who to tell; nothing here panics.
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::envelope::{Envelope, MessageType, PROTOCOL_VERSION};
+use super::messages::{
+    AgentDeregister, AgentRegister, GrantAck, Heartbeat, MAX_GRANTS_PER_ACK, TaskComplete,
+    TaskSubmit,
+};
+use super::messaging::{HandoffAcknowledge, HandoffInitiate, ResourceRequest};
+pub use super::reasons::RejectReason;
+use super::subjects::Subjects;
+use switchyard_decision::{ResourceError, Resources};
+
+/// Highest task priority accepted.
+pub const MAX_TASK_PRIORITY: u8 = 10;
+/// Most dependencies one task may name.
+pub const MAX_DEPENDENCIES: usize = 64;
+
+/// A refused message: what to report and to whom.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    pub message: String,
+    /// Where the error report goes: the sender's id, or `unknown`.
+    pub reply_to: String,
+    /// The offending message's `message_id`, when it could be read.
+    pub correlation_id: Option<String>,
+    pub message_type: Option<MessageType>,
+}
+
+/// A decoded, validated event for the optimizer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    Register(Envelope<AgentRegister>, Resources),
+    Deregister(Envelope<AgentDeregister>),
+    Submit(Envelope<TaskSubmit>, Resources),
+    Complete(Envelope<TaskComplete>),
+    Heartbeat(Envelope<Heartbeat>),
+    GrantAck(Envelope<GrantAck>),
+    HandoffInitiate(Envelope<HandoffInitiate>),
+    HandoffAcknowledge(Envelope<HandoffAcknowledge>),
+    /// A resource request and the extra resources it asks for.
+    ResourceRequest(Envelope<ResourceRequest>, Resources),
+}
+
+impl Inbound {
+    pub fn message_type(&self) -> MessageType {
+        match self {
+            Inbound::Register(..) => MessageType::AgentRegister,
+            Inbound::Deregister(_) => MessageType::AgentDeregister,
+            Inbound::Submit(..) => MessageType::TaskSubmit,
+            Inbound::Complete(_) => MessageType::TaskComplete,
+            Inbound::Heartbeat(_) => MessageType::Heartbeat,
+            Inbound::GrantAck(_) => MessageType::GrantAck,
+            Inbound::HandoffInitiate(_) => MessageType::HandoffInitiate,
+            Inbound::HandoffAcknowledge(_) => MessageType::HandoffAcknowledge,
+            Inbound::ResourceRequest(..) => MessageType::ResourceRequest,
+        }
+    }
+
+    pub fn message_id(&self) -> String {
+        match self {
+            Inbound::Register(e, _) => e.message_id.to_string(),
+            Inbound::Deregister(e) => e.message_id.to_string(),
+            Inbound::Submit(e, _) => e.message_id.to_string(),
+            Inbound::Complete(e) => e.message_id.to_string(),
+            Inbound::Heartbeat(e) => e.message_id.to_string(),
+            Inbound::GrantAck(e) => e.message_id.to_string(),
+            Inbound::HandoffInitiate(e) => e.message_id.to_string(),
+            Inbound::HandoffAcknowledge(e) => e.message_id.to_string(),
+            Inbound::ResourceRequest(e, _) => e.message_id.to_string(),
+        }
+    }
+
+    /// Who sent the event (and is told about a refusal).
+    pub fn sender(&self) -> &str {
+        match self {
+            Inbound::Register(e, _) => &e.sender,
+            Inbound::Deregister(e) => &e.sender,
+            Inbound::Submit(e, _) => &e.sender,
+            Inbound::Complete(e) => &e.sender,
+            Inbound::Heartbeat(e) => &e.sender,
+            Inbound::GrantAck(e) => &e.sender,
+            Inbound::HandoffInitiate(e) => &e.sender,
+            Inbound::HandoffAcknowledge(e) => &e.sender,
+            Inbound::ResourceRequest(e, _) => &e.sender,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Agent ids become subject tokens and consumer names: 1–64 of `[A-Za-z0-9_-]`, and not `all`
+/// (the broadcast recipient).
+pub fn validate_agent_id(id: &str) -> bool {
+    !id.is_empty()
+        && id != super::subjects::ALL_AGENTS
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Task and agent types key the learned patterns (`<task>|<agent>|<stat>`): 1–64 printable
+/// characters, no `|`.
+fn valid_type_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && !name.chars().any(|c| c == '|' || c.is_control())
+}
+
+/// Task ids become Redis key parts and message ids: 1–128 of `[A-Za-z0-9_.:-]`.
+fn validate_task_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+struct Context<'a> {
+    subject: &'a str,
+    token: Option<&'a str>,
+    reply_to: String,
+    correlation_id: Option<String>,
+    message_type: Option<MessageType>,
+}
+
+impl Context<'_> {
+    fn reject(&self, reason: RejectReason, message: impl Into<String>) -> Rejection {
+        Rejection {
+            reason,
+            message: message.into(),
+            reply_to: self.reply_to.clone(),
+            correlation_id: self.correlation_id.clone(),
+            message_type: self.message_type,
+        }
+    }
+}
+
+/// Decodes and validates one inbound event message.
+pub fn decode(
+    subjects: &Subjects,
+    subject: &str,
+    bytes: &[u8],
+    max_bytes: usize,
+    now_ms: u64,
+) -> Result<Inbound, Rejection> {
+    let parsed = subjects.parse(subject);
+    let token = parsed.and_then(|(_, token)| token);
+    let mut ctx = Context {
+        subject,
+        token,
+        reply_to: token
+            .filter(|t| validate_agent_id(t))
+            .unwrap_or("unknown")
+            .to_string(),
+        correlation_id: None,
+        message_type: parsed.map(|(t, _)| t),
+    };
+    if bytes.len() > max_bytes {
+        return Err(ctx.reject(
+            RejectReason::PayloadTooLarge,
+            format!("message is {} bytes, the limit is {max_bytes}", bytes.len()),
+        ));
+    }
+    let raw: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ctx.reject(RejectReason::MalformedJson, format!("not valid JSON: {e}")))?;
+    ctx.correlation_id = raw
+        .get("message_id")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    if let Some(sender) = raw
+        .get("sender")
+        .and_then(Value::as_str)
+        .filter(|s| validate_agent_id(s))
+    {
+        ctx.reply_to = sender.to_string();
+    }
+    let envelope: Envelope<Value> = serde_json::from_value(raw)
+        .map_err(|e| ctx.reject(RejectReason::InvalidEnvelope, format!("bad envelope: {e}")))?;
+    check_envelope(&ctx, &envelope, now_ms)?;
+    decode_payload(&ctx, envelope)
+}
+
+fn check_envelope(ctx: &Context<'_>, env: &Envelope<Value>, now_ms: u64) -> Result<(), Rejection> {
+    // Replies go to `<prefix>.reply.<sender>`: a sender that is not a plain token would make an
+    // invalid (or wildcard) subject.
+    if !validate_agent_id(&env.sender) {
+        return Err(ctx.reject(
+            RejectReason::InvalidId,
+            "sender must be 1-64 of [A-Za-z0-9_-]",
+        ));
+    }
+    if env.protocol_version != PROTOCOL_VERSION {
+        return Err(ctx.reject(
+            RejectReason::UnsupportedVersion,
+            format!(
+                "protocol_version {} is not supported (expected {PROTOCOL_VERSION})",
+                env.protocol_version
+            ),
+        ));
+    }
+    if env.is_expired(now_ms) {
+        return Err(ctx.reject(
+            RejectReason::Expired,
+            "message arrived after its ttl_seconds ran out",
+        ));
+    }
+    if ctx.message_type != Some(env.message_type) {
+        return Err(ctx.reject(
+            RejectReason::SubjectMismatch,
+            format!(
+                "type {:?} does not belong on subject {}",
+                env.message_type, ctx.subject
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn typed<P: DeserializeOwned>(
+    ctx: &Context<'_>,
+    env: Envelope<Value>,
+) -> Result<Envelope<P>, Rejection> {
+    let Envelope { payload, .. } = &env;
+    let payload: P = serde_json::from_value(payload.clone())
+        .map_err(|e| ctx.reject(RejectReason::InvalidPayload, format!("bad payload: {e}")))?;
+    Ok(Envelope {
+        protocol_version: env.protocol_version,
+        message_id: env.message_id,
+        correlation_id: env.correlation_id,
+        sender: env.sender,
+        recipients: env.recipients,
+        message_type: env.message_type,
+        priority: env.priority,
+        delivery_mode: env.delivery_mode,
+        requires_ack: env.requires_ack,
+        created_at_ms: env.created_at_ms,
+        ttl_seconds: env.ttl_seconds,
+        retry_policy: env.retry_policy,
+        payload,
+    })
+}
+
+fn decode_payload(ctx: &Context<'_>, env: Envelope<Value>) -> Result<Inbound, Rejection> {
+    match env.message_type {
+        MessageType::AgentRegister => {
+            let env: Envelope<AgentRegister> = typed(ctx, env)?;
+            check_agent_token(ctx, &env.payload.agent_id)?;
+            let capacity = resources(ctx, &env.payload.max_resources)?;
+            if !env.payload.priority_weight.is_finite() || env.payload.priority_weight < 0.0 {
+                return Err(ctx.reject(
+                    RejectReason::Resource("invalid_priority_weight"),
+                    "priority_weight must be a finite number >= 0",
+                ));
+            }
+            if !valid_type_name(&env.payload.agent_type) {
+                return Err(ctx.reject(
+                    RejectReason::InvalidPayload,
+                    "agent_type must be 1-64 printable characters without |",
+                ));
+            }
+            if env
+                .payload
+                .lease_s
+                .is_some_and(|l| !l.is_finite() || !(0.0..=86_400.0).contains(&l))
+            {
+                return Err(ctx.reject(
+                    RejectReason::InvalidDuration,
+                    "lease_s must be 0..=86400 seconds",
+                ));
+            }
+            Ok(Inbound::Register(env, capacity))
+        }
+        MessageType::AgentDeregister => {
+            let env: Envelope<AgentDeregister> = typed(ctx, env)?;
+            check_agent_token(ctx, &env.payload.agent_id)?;
+            Ok(Inbound::Deregister(env))
+        }
+        MessageType::Heartbeat => {
+            let env: Envelope<Heartbeat> = typed(ctx, env)?;
+            check_agent_token(ctx, &env.payload.agent_id)?;
+            Ok(Inbound::Heartbeat(env))
+        }
+        MessageType::GrantAck => {
+            let env: Envelope<GrantAck> = typed(ctx, env)?;
+            check_agent_token(ctx, &env.payload.agent_id)?;
+            check_grant_ack(ctx, &env.payload)?;
+            Ok(Inbound::GrantAck(env))
+        }
+        MessageType::TaskSubmit => {
+            let env: Envelope<TaskSubmit> = typed(ctx, env)?;
+            let required = check_submit(ctx, &env)?;
+            Ok(Inbound::Submit(env, required))
+        }
+        MessageType::TaskComplete => {
+            let env: Envelope<TaskComplete> = typed(ctx, env)?;
+            check_agent_token(ctx, &env.payload.agent_id)?;
+            if !validate_task_id(&env.payload.task_id) {
+                return Err(ctx.reject(
+                    RejectReason::InvalidId,
+                    "task_id must be 1-128 of [A-Za-z0-9_.:-]",
+                ));
+            }
+            if !env.payload.execution_time_s.is_finite() || env.payload.execution_time_s < 0.0 {
+                return Err(ctx.reject(
+                    RejectReason::InvalidDuration,
+                    "execution_time_s must be finite and >= 0",
+                ));
+            }
+            Ok(Inbound::Complete(env))
+        }
+        MessageType::HandoffInitiate => checks::handoff_initiate(ctx, typed(ctx, env)?),
+        MessageType::HandoffAcknowledge => checks::handoff_acknowledge(ctx, typed(ctx, env)?),
+        MessageType::ResourceRequest => checks::resource_request(ctx, typed(ctx, env)?),
+        other => Err(ctx.reject(
+            RejectReason::UnexpectedType,
+            format!("{other:?} is not an event the optimizer consumes"),
+        )),
+    }
+}
+
+/// Agent messages must come on the agent's own subject, so permissions can scope agents.
+fn check_agent_token(ctx: &Context<'_>, agent_id: &str) -> Result<(), Rejection> {
+    if !validate_agent_id(agent_id) {
+        return Err(ctx.reject(
+            RejectReason::InvalidId,
+            "agent_id must be 1-64 of [A-Za-z0-9_-]",
+        ));
+    }
+    if ctx.token != Some(agent_id) {
+        return Err(ctx.reject(
+            RejectReason::SubjectMismatch,
+            format!(
+                "agent_id {agent_id} does not match the subject {}",
+                ctx.subject
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn resources(
+    ctx: &Context<'_>,
+    map: &std::collections::BTreeMap<String, f64>,
+) -> Result<Resources, Rejection> {
+    Resources::from_units(map).map_err(|e: ResourceError| {
+        ctx.reject(RejectReason::Resource(e.reason_code()), e.to_string())
+    })
+}
+
+fn check_submit(ctx: &Context<'_>, env: &Envelope<TaskSubmit>) -> Result<Resources, Rejection> {
+    let task = &env.payload;
+    if ctx.token != Some(env.sender.as_str()) || !validate_agent_id(&env.sender) {
+        return Err(ctx.reject(
+            RejectReason::SubjectMismatch,
+            format!(
+                "sender must be 1-64 of [A-Za-z0-9_-] and match the subject {}",
+                ctx.subject
+            ),
+        ));
+    }
+    if !validate_task_id(&task.task_id) {
+        return Err(ctx.reject(
+            RejectReason::InvalidId,
+            "task_id must be 1-128 of [A-Za-z0-9_.:-]",
+        ));
+    }
+    if !valid_type_name(&task.task_type) {
+        return Err(ctx.reject(
+            RejectReason::InvalidPayload,
+            "task_type must be 1-64 printable characters without |",
+        ));
+    }
+    if task.priority > MAX_TASK_PRIORITY {
+        return Err(ctx.reject(
+            RejectReason::InvalidPriority,
+            format!("priority must be 0..={MAX_TASK_PRIORITY}"),
+        ));
+    }
+    if !task.estimated_duration_s.is_finite() || task.estimated_duration_s < 0.0 {
+        return Err(ctx.reject(
+            RejectReason::InvalidDuration,
+            "estimated_duration_s must be finite and >= 0",
+        ));
+    }
+    let deps_ok = task.dependencies.len() <= MAX_DEPENDENCIES
+        && task
+            .dependencies
+            .iter()
+            .all(|d| validate_task_id(d) && *d != task.task_id);
+    if !deps_ok {
+        return Err(ctx.reject(
+            RejectReason::InvalidDependencies,
+            format!("at most {MAX_DEPENDENCIES} valid task ids, not the task itself"),
+        ));
+    }
+    if let Some(name) = &task.strategy {
+        if switchyard_decision::StrategyKind::parse(name).is_none() {
+            return Err(ctx.reject(
+                RejectReason::InvalidStrategy,
+                format!("unknown strategy {name:?}: least_loaded, round_robin, priority_based, load_balanced, adaptive or historical"),
+            ));
+        }
+    }
+    resources(ctx, &task.required_resources)
+}
+
+#[path = "validate_messaging.rs"]
+mod checks;
+
+#[cfg(test)]
+#[path = "validate_tests.rs"]
+mod tests;
+
+fn check_grant_ack(ctx: &Context<'_>, ack: &GrantAck) -> Result<(), Rejection> {
+    if ack.grants.is_empty() || ack.grants.len() > MAX_GRANTS_PER_ACK {
+        return Err(ctx.reject(
+            RejectReason::InvalidPayload,
+            format!("grants must list 1..={MAX_GRANTS_PER_ACK} grants"),
+        ));
+    }
+    if !ack.grants.iter().all(|g| validate_task_id(&g.task_id)) {
+        return Err(ctx.reject(
+            RejectReason::InvalidId,
+            "task_id must be 1-128 of [A-Za-z0-9_.:-]",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,463 @@
+//! One typed configuration, loaded from `config/default.toml` (embedded, so the documented
+//! defaults are the defaults), an optional override file, then environment variables with the
+//! seed's names. Validation reports every problem at once.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use switchyard_client::comm::ProtocolOptions;
+use switchyard_client::error::{Error, ErrorKind};
+
+const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub nats: NatsConfig,
+    pub redis: RedisConfig,
+    pub coordination: CoordinationConfig,
+    pub messages: MessagesConfig,
+    pub jetstream: JetStreamConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    pub url: String,
+    pub subject_prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+    pub key_prefix: String,
+    pub response_timeout_ms: u64,
+    pub connection_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinationConfig {
+    pub max_concurrent_coordinations: usize,
+    pub optimization_interval_s: f64,
+    pub learning_rate: f64,
+    pub batch_size: usize,
+    pub dispatch_window: usize,
+    pub max_candidates: usize,
+    /// A grant not acknowledged by its agent within this many ms is sent again.
+    pub grant_resend_ms: u64,
+    pub default_strategy: String,
+    pub task_retention_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessagesConfig {
+    pub message_buffer_size: usize,
+    pub enable_message_tracking: bool,
+    pub default_message_ttl_s: u64,
+    pub max_message_bytes: usize,
+    /// How long a sender waits for the acknowledgments of a message that asked for them, before
+    /// retrying (guaranteed) or counting them as timed out (asynchronous), in ms.
+    pub ack_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JetStreamConfig {
+    pub ack_wait_ms: u64,
+    pub max_deliver: i64,
+    pub duplicate_window_s: u64,
+    pub grants_max_age_s: u64,
+    pub grants_max_bytes: i64,
+    pub messages_max_age_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub addr: String,
+}
+
+/// Environment variable → (table, key). The first six are the seed's names.
+const ENV_OVERRIDES: [(&str, &str, &str); 14] = [
+    (
+        "MAX_CONCURRENT_COORDINATIONS",
+        "coordination",
+        "max_concurrent_coordinations",
+    ),
+    (
+        "OPTIMIZATION_INTERVAL",
+        "coordination",
+        "optimization_interval_s",
+    ),
+    ("LEARNING_RATE", "coordination", "learning_rate"),
+    ("MESSAGE_BUFFER_SIZE", "messages", "message_buffer_size"),
+    (
+        "ENABLE_MESSAGE_TRACKING",
+        "messages",
+        "enable_message_tracking",
+    ),
+    ("DEFAULT_MESSAGE_TTL", "messages", "default_message_ttl_s"),
+    ("MESSAGE_ACK_TIMEOUT_MS", "messages", "ack_timeout_ms"),
+    ("NATS_URL", "nats", "url"),
+    ("REDIS_URL", "redis", "url"),
+    ("METRICS_ADDR", "metrics", "addr"),
+    ("SUBJECT_PREFIX", "nats", "subject_prefix"),
+    ("REDIS_KEY_PREFIX", "redis", "key_prefix"),
+    ("BATCH_SIZE", "coordination", "batch_size"),
+    ("DEFAULT_STRATEGY", "coordination", "default_strategy"),
+];
+
+impl Default for Config {
+    fn default() -> Self {
+        // The embedded file is part of the binary and covered by a unit test; should it ever fail
+        // to parse, fall back to the same values spelled out in code.
+        toml::from_str(DEFAULT_TOML).unwrap_or_else(|_| Config::builtin())
+    }
+}
+
+impl Config {
+    fn builtin() -> Config {
+        Config {
+            nats: NatsConfig {
+                url: "nats://127.0.0.1:4222".into(),
+                subject_prefix: "coord".into(),
+            },
+            redis: RedisConfig {
+                url: "redis://127.0.0.1:6379/".into(),
+                key_prefix: "switchyard".into(),
+                response_timeout_ms: 2000,
+                connection_timeout_ms: 2000,
+            },
+            coordination: CoordinationConfig {
+                max_concurrent_coordinations: 10,
+                optimization_interval_s: 5.0,
+                learning_rate: 0.1,
+                batch_size: 256,
+                dispatch_window: 128,
+                max_candidates: 4,
+                grant_resend_ms: 1000,
+                default_strategy: "least_loaded".into(),
+                task_retention_s: 86_400,
+            },
+            messages: MessagesConfig {
+                message_buffer_size: 1000,
+                enable_message_tracking: true,
+                default_message_ttl_s: 300,
+                max_message_bytes: 65_536,
+                ack_timeout_ms: 5000,
+            },
+            jetstream: JetStreamConfig {
+                ack_wait_ms: 30_000,
+                max_deliver: 5,
+                duplicate_window_s: 120,
+                grants_max_age_s: 3600,
+                grants_max_bytes: 1 << 30,
+                messages_max_age_s: 86_400,
+            },
+            metrics: MetricsConfig {
+                addr: "127.0.0.1:9464".into(),
+            },
+        }
+    }
+
+    /// Defaults, then `path` (if any), then the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, Error> {
+        let file = match path {
+            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+                Error::with_source(ErrorKind::Config, format!("cannot read {}", p.display()), e)
+            })?),
+            None => None,
+        };
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Config::from_sources(file.as_deref(), &env)
+    }
+
+    /// Builds a config from an optional TOML override text and environment pairs; pure, so
+    /// tests need not touch the process environment.
+    pub fn from_sources(file: Option<&str>, env: &[(String, String)]) -> Result<Config, Error> {
+        let mut errors = Vec::new();
+        let mut merged: toml::Table = toml::from_str(DEFAULT_TOML)
+            .map_err(|e| Error::with_source(ErrorKind::Config, "embedded default.toml", e))?;
+        if let Some(text) = file {
+            match toml::from_str::<toml::Table>(text) {
+                Ok(overrides) => merge(&mut merged, overrides),
+                Err(e) => errors.push(format!("config file: {e}")),
+            }
+        }
+        apply_env(&mut merged, env, &mut errors);
+        let config = match toml::Value::Table(merged).try_into::<Config>() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                errors.push(format!("config: {e}"));
+                None
+            }
+        };
+        if let Some(c) = &config {
+            errors.extend(c.problems());
+        }
+        match config {
+            Some(c) if errors.is_empty() => Ok(c),
+            _ => Err(Error::new(
+                ErrorKind::Config,
+                format!("invalid configuration:\n  - {}", errors.join("\n  - ")),
+            )),
+        }
+    }
+
+    /// Every semantic problem with the values, for [`Config::from_sources`].
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let mut check = |ok: bool, msg: &str| {
+            if !ok {
+                p.push(msg.to_string());
+            }
+        };
+        let c = &self.coordination;
+        check(
+            c.max_concurrent_coordinations >= 1,
+            "coordination.max_concurrent_coordinations must be >= 1",
+        );
+        check(
+            c.optimization_interval_s.is_finite() && c.optimization_interval_s > 0.0,
+            "coordination.optimization_interval_s must be > 0",
+        );
+        check(
+            c.learning_rate.is_finite() && c.learning_rate > 0.0 && c.learning_rate <= 1.0,
+            "coordination.learning_rate must be in (0, 1]",
+        );
+        check(
+            (1..=10_000).contains(&c.batch_size),
+            "coordination.batch_size must be 1..=10000",
+        );
+        check(
+            c.dispatch_window >= 1,
+            "coordination.dispatch_window must be >= 1",
+        );
+        check(
+            (1..=64).contains(&c.max_candidates),
+            "coordination.max_candidates must be 1..=64",
+        );
+        check(
+            (50..=600_000).contains(&c.grant_resend_ms),
+            "coordination.grant_resend_ms must be 50..=600000",
+        );
+        check(
+            switchyard_decision::StrategyKind::parse(&c.default_strategy).is_some(),
+            "coordination.default_strategy must be one of least_loaded, round_robin, priority_based, load_balanced, adaptive, historical",
+        );
+        check(
+            self.messages.message_buffer_size >= 1,
+            "messages.message_buffer_size must be >= 1",
+        );
+        check(
+            self.messages.max_message_bytes >= 1024,
+            "messages.max_message_bytes must be >= 1024",
+        );
+        check(
+            self.messages.ack_timeout_ms >= 1,
+            "messages.ack_timeout_ms must be > 0",
+        );
+        check(
+            self.jetstream.max_deliver >= 1,
+            "jetstream.max_deliver must be >= 1",
+        );
+        check(
+            self.jetstream.ack_wait_ms >= 100,
+            "jetstream.ack_wait_ms must be >= 100",
+        );
+        check(
+            self.redis.response_timeout_ms >= 1,
+            "redis.response_timeout_ms must be >= 1",
+        );
+        check(
+            self.nats.url.starts_with("nats://"),
+            "nats.url must start with nats://",
+        );
+        check(
+            self.redis.url.starts_with("redis://"),
+            "redis.url must start with redis://",
+        );
+        check(
+            !self.nats.subject_prefix.is_empty()
+                && !self.nats.subject_prefix.contains(['*', '>', ' '])
+                && !self.nats.subject_prefix.starts_with('.')
+                && !self.nats.subject_prefix.ends_with('.'),
+            "nats.subject_prefix must be a literal subject without wildcards",
+        );
+        check(
+            self.metrics.addr.parse::<std::net::SocketAddr>().is_ok(),
+            "metrics.addr must be host:port",
+        );
+        p
+    }
+}
+
+fn merge(base: &mut toml::Table, overrides: toml::Table) {
+    for (key, value) in overrides {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(key, v);
+            }
+        }
+    }
+}
+
+fn apply_env(merged: &mut toml::Table, env: &[(String, String)], errors: &mut Vec<String>) {
+    for (var, table, key) in ENV_OVERRIDES {
+        let Some((_, raw)) = env.iter().find(|(k, _)| k == var) else {
+            continue;
+        };
+        let Some(toml::Value::Table(section)) = merged.get_mut(table) else {
+            continue;
+        };
+        let value = match section.get(key) {
+            Some(toml::Value::Integer(_)) => {
+                raw.trim().parse::<i64>().map(toml::Value::Integer).ok()
+            }
+            Some(toml::Value::Float(_)) => raw.trim().parse::<f64>().map(toml::Value::Float).ok(),
+            Some(toml::Value::Boolean(_)) => parse_bool(raw).map(toml::Value::Boolean),
+            _ => Some(toml::Value::String(raw.clone())),
+        };
+        match value {
+            Some(v) => {
+                section.insert(key.to_string(), v);
+            }
+            None => errors.push(format!(
+                "{var}={raw:?} is not a valid value for {table}.{key}"
+            )),
+        }
+    }
+}
+
+fn parse_bool(raw: &str) -> Option<bool> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+impl Config {
+    /// The settings of an inter-agent protocol endpoint (`[messages]` and `[jetstream]`) for a
+    /// client that runs with this configuration (the message benchmark, the demo's agents).
+    pub fn protocol_options(&self) -> ProtocolOptions {
+        let m = &self.messages;
+        ProtocolOptions {
+            message_buffer_size: m.message_buffer_size.max(1),
+            enable_tracking: m.enable_message_tracking,
+            default_ttl_s: (m.default_message_ttl_s > 0).then_some(m.default_message_ttl_s),
+            ack_timeout: Duration::from_millis(m.ack_timeout_ms.max(1)),
+            messages_max_age: Duration::from_secs(self.jetstream.messages_max_age_s),
+            duplicate_window: Duration::from_secs(self.jetstream.duplicate_window_s),
+            max_message_bytes: m.max_message_bytes,
+            ..ProtocolOptions::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn embedded_defaults_parse_and_match_builtin() {
+        let parsed: Config = toml::from_str(DEFAULT_TOML).expect("default.toml parses");
+        assert_eq!(parsed, Config::builtin());
+        assert!(parsed.problems().is_empty());
+    }
+
+    #[test]
+    fn env_overrides_use_the_seed_names() {
+        let c = Config::from_sources(
+            None,
+            &env(&[
+                ("MAX_CONCURRENT_COORDINATIONS", "3"),
+                ("LEARNING_RATE", "0.5"),
+                ("NATS_URL", "nats://x:1"),
+                ("ENABLE_MESSAGE_TRACKING", "false"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.coordination.max_concurrent_coordinations, 3);
+        assert_eq!(c.coordination.learning_rate, 0.5);
+        assert_eq!(c.nats.url, "nats://x:1");
+        assert!(!c.messages.enable_message_tracking);
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_env_overrides_file() {
+        let file = "[coordination]\nbatch_size = 7\nlearning_rate = 0.2\n";
+        let c = Config::from_sources(Some(file), &env(&[("LEARNING_RATE", "0.3")])).expect("valid");
+        assert_eq!(c.coordination.batch_size, 7);
+        assert_eq!(c.coordination.learning_rate, 0.3);
+        assert_eq!(c.coordination.dispatch_window, 128);
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let file = "[coordination]\nlearning_rate = 2.0\nbatch_size = 0\n";
+        let err = Config::from_sources(Some(file), &env(&[("OPTIMIZATION_INTERVAL", "soon")]))
+            .expect_err("invalid");
+        let text = err.to_string();
+        assert!(text.contains("OPTIMIZATION_INTERVAL"), "{text}");
+        assert!(text.contains("learning_rate"), "{text}");
+        assert!(text.contains("batch_size"), "{text}");
+        assert_eq!(err.kind(), ErrorKind::Config);
+    }
+
+    #[test]
+    fn strategy_is_chosen_by_name_and_checked() {
+        let c =
+            Config::from_sources(None, &env(&[("DEFAULT_STRATEGY", "ADAPTIVE")])).expect("valid");
+        assert_eq!(c.coordination.default_strategy, "ADAPTIVE");
+        let err = Config::from_sources(None, &env(&[("DEFAULT_STRATEGY", "coin_flip")]))
+            .expect_err("unknown");
+        assert!(err.to_string().contains("default_strategy"), "{err}");
+    }
+
+    #[test]
+    fn the_ack_timeout_is_set_by_file_or_env_and_must_be_positive() {
+        assert_eq!(Config::default().messages.ack_timeout_ms, 5000);
+        let c =
+            Config::from_sources(None, &env(&[("MESSAGE_ACK_TIMEOUT_MS", "750")])).expect("valid");
+        assert_eq!(c.messages.ack_timeout_ms, 750);
+        let options = c.protocol_options();
+        assert_eq!(options.ack_timeout, std::time::Duration::from_millis(750));
+        let err =
+            Config::from_sources(Some("[messages]\nack_timeout_ms = 0\n"), &[]).expect_err("zero");
+        assert!(err.to_string().contains("ack_timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn the_client_protocol_defaults_are_the_configuration_defaults() {
+        let from_config = Config::default().protocol_options();
+        let client = ProtocolOptions::default();
+        assert_eq!(from_config.message_buffer_size, client.message_buffer_size);
+        assert_eq!(from_config.enable_tracking, client.enable_tracking);
+        assert_eq!(from_config.default_ttl_s, client.default_ttl_s);
+        assert_eq!(from_config.ack_timeout, client.ack_timeout);
+        assert_eq!(from_config.messages_max_age, client.messages_max_age);
+        assert_eq!(from_config.duplicate_window, client.duplicate_window);
+        assert_eq!(from_config.max_message_bytes, client.max_message_bytes);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::from_sources(Some("[nats]\nurll = \"x\"\n"), &[]).expect_err("typo");
+        assert!(err.to_string().contains("urll"), "{err}");
+    }
+}

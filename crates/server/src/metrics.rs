@@ -1,0 +1,222 @@
+//! Metric names and handles: the only place metrics are named. Labels are bounded sets (message
+//! type, reason code, outcome, operation), never a task or agent id.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
+};
+
+use switchyard_client::error::{Error, ErrorKind};
+
+pub const COORDINATION_EFFICIENCY_SECONDS: &str = "coordination_efficiency_seconds";
+pub const RESOURCE_ALLOCATIONS_TOTAL: &str = "resource_allocations_total";
+pub const ACTIVE_COORDINATIONS: &str = "active_coordinations";
+pub const AGENT_UTILIZATION_RATIO: &str = "agent_utilization_ratio";
+// Shared with the agents' protocol client, which names it.
+pub use switchyard_client::comm::AGENT_MESSAGES_TOTAL;
+pub const REJECTED_MESSAGES_TOTAL: &str = "switchyard_rejected_messages_total";
+pub const DEAD_LETTERS_TOTAL: &str = "switchyard_dead_letters_total";
+pub const REDELIVERIES_TOTAL: &str = "switchyard_redeliveries_total";
+pub const GRANT_LATENCY_SECONDS: &str = "switchyard_grant_latency_seconds";
+pub const QUEUE_DEPTH: &str = "switchyard_queue_depth";
+pub const GRANT_REPUBLISHES_TOTAL: &str = "switchyard_grant_republishes_total";
+pub const DISPATCH_ROUNDS_TOTAL: &str = "switchyard_dispatch_rounds_total";
+pub const AGENTS_EXPIRED_TOTAL: &str = "switchyard_agents_expired_total";
+pub const AGENT_HANDOFF_DURATION_SECONDS: &str = "agent_handoff_duration_seconds";
+
+/// All metrics of one optimizer replica, in its own registry (so in-process replicas in tests
+/// do not collide).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Seconds to apply one operation, by `op`: `batch` (one pulled batch of events, from decode
+    /// to ack) and `dispatch` (one dispatch pass over the queue head).
+    pub coordination_seconds: HistogramVec,
+    /// Allocation outcomes by `outcome`: granted, queued, waiting, completed, failed, requeued.
+    pub allocations: IntCounterVec,
+    /// Events being worked on right now.
+    pub active_coordinations: IntGauge,
+    /// Fleet utilization by `stat` (mean, max), refreshed by the maintenance pass.
+    pub agent_utilization: GaugeVec,
+    /// Messages by `type` and `direction` (in, out).
+    pub messages: IntCounterVec,
+    /// Refused messages by `reason` code.
+    pub rejected: IntCounterVec,
+    pub dead_letters: IntCounter,
+    pub redeliveries: IntCounter,
+    /// Submit (message creation) to grant publication.
+    pub grant_latency: HistogramVec,
+    pub queue_depth: Gauge,
+    pub grant_republishes: IntCounter,
+    /// Dispatch rounds that found a non-empty queue head (each reads the fleet log once and
+    /// commits its grants in one script call).
+    pub dispatch_rounds: IntCounter,
+    /// Agents marked dead because their lease ran out.
+    pub agents_expired: IntCounter,
+    /// Handoff begin to verdict, by `outcome`: accepted, rejected, refused.
+    pub handoff_duration: HistogramVec,
+}
+
+pub(crate) fn registered<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: Result<C, prometheus::Error>,
+) -> Result<C, Error> {
+    let collector = collector.map_err(|e| Error::with_source(ErrorKind::Config, "metric", e))?;
+    registry
+        .register(Box::new(collector.clone()))
+        .map_err(|e| Error::with_source(ErrorKind::Config, "metric registration", e))?;
+    Ok(collector)
+}
+
+pub(crate) const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
+
+/// Handoffs wait for another agent's answer: up to the handoff timeout (at most an hour).
+const HANDOFF_BUCKETS: [f64; 13] = [
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+];
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, Error> {
+        let r = Registry::new();
+        let hist = |name: &str, help: &str| {
+            HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())
+        };
+        Ok(Metrics {
+            coordination_seconds: registered(
+                &r,
+                HistogramVec::new(
+                    hist(
+                        COORDINATION_EFFICIENCY_SECONDS,
+                        "Time to apply coordination operations",
+                    ),
+                    &["op"],
+                ),
+            )?,
+            allocations: registered(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(RESOURCE_ALLOCATIONS_TOTAL, "Allocation outcomes"),
+                    &["outcome"],
+                ),
+            )?,
+            active_coordinations: registered(
+                &r,
+                IntGauge::new(ACTIVE_COORDINATIONS, "Events in flight in this replica"),
+            )?,
+            agent_utilization: registered(
+                &r,
+                GaugeVec::new(
+                    Opts::new(AGENT_UTILIZATION_RATIO, "Fleet resource utilization"),
+                    &["stat"],
+                ),
+            )?,
+            messages: registered(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(AGENT_MESSAGES_TOTAL, "Messages by type and direction"),
+                    &["type", "direction"],
+                ),
+            )?,
+            rejected: registered(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(REJECTED_MESSAGES_TOTAL, "Refused messages by reason code"),
+                    &["reason"],
+                ),
+            )?,
+            dead_letters: registered(
+                &r,
+                IntCounter::new(
+                    DEAD_LETTERS_TOTAL,
+                    "Events parked in the dead-letter stream",
+                ),
+            )?,
+            redeliveries: registered(
+                &r,
+                IntCounter::new(REDELIVERIES_TOTAL, "Events delivered more than once"),
+            )?,
+            grant_latency: registered(
+                &r,
+                HistogramVec::new(
+                    hist(GRANT_LATENCY_SECONDS, "Submit to grant publication"),
+                    &["path"],
+                ),
+            )?,
+            queue_depth: registered(
+                &r,
+                Gauge::new(QUEUE_DEPTH, "Tasks waiting in the priority queue"),
+            )?,
+            grant_republishes: registered(
+                &r,
+                IntCounter::new(
+                    GRANT_REPUBLISHES_TOTAL,
+                    "Grants sent again because their agent had not acknowledged them",
+                ),
+            )?,
+            dispatch_rounds: registered(
+                &r,
+                IntCounter::new(
+                    DISPATCH_ROUNDS_TOTAL,
+                    "Dispatch rounds over a non-empty queue head",
+                ),
+            )?,
+            agents_expired: registered(
+                &r,
+                IntCounter::new(
+                    AGENTS_EXPIRED_TOTAL,
+                    "Agents marked dead after missing their lease",
+                ),
+            )?,
+            handoff_duration: registered(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        AGENT_HANDOFF_DURATION_SECONDS,
+                        "Handoff initiation to verdict, by outcome",
+                    )
+                    .buckets(HANDOFF_BUCKETS.to_vec()),
+                    &["outcome"],
+                ),
+            )?,
+            registry: r,
+        })
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let families = self.registry.gather();
+        if TextEncoder::new().encode(&families, &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_seed_metric_names() {
+        let m = Metrics::new().expect("metrics");
+        m.allocations.with_label_values(&["granted"]).inc();
+        m.coordination_seconds
+            .with_label_values(&["submit"])
+            .observe(0.001);
+        m.agent_utilization.with_label_values(&["mean"]).set(0.5);
+        m.messages.with_label_values(&["task_submit", "in"]).inc();
+        let text = m.render();
+        for name in [
+            COORDINATION_EFFICIENCY_SECONDS,
+            RESOURCE_ALLOCATIONS_TOTAL,
+            ACTIVE_COORDINATIONS,
+            AGENT_UTILIZATION_RATIO,
+            AGENT_MESSAGES_TOTAL,
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! One batch of events: decode all, commit all (concurrently, so the Redis calls share round
+//! trips), dispatch once, publish, and only then acknowledge. A replica that dies anywhere before
+//! the acks leaves the whole batch to be redelivered, and every step is idempotent.
+
+use std::time::Instant;
+
+use async_nats::jetstream::{AckKind, Message};
+use futures::future::join_all;
+
+use super::Ctx;
+use super::dispatch::publish_grants;
+use super::events::{Applied, apply_batch};
+use super::publish::{Reply, send_rejection, send_reply};
+use switchyard_client::error::Error;
+use switchyard_protocol::{Inbound, MessageType, Rejection, ReplyStatus, decode, now_ms};
+
+pub(crate) async fn process_batch(ctx: &Ctx, messages: Vec<Message>) {
+    let started = Instant::now();
+    let count = messages.len() as i64;
+    ctx.metrics.active_coordinations.add(count);
+    let events = decode_batch(ctx, messages).await;
+    let t_decoded = Instant::now();
+    let inbound: Vec<&Inbound> = events.iter().map(|(_, event)| event).collect();
+    let results = apply_batch(ctx, &inbound).await;
+    let t_applied = Instant::now();
+    let needs_dispatch = results.iter().any(|r| matches!(r, Ok(a) if a.dispatch));
+    let granted = if needs_dispatch {
+        ctx.dispatcher.dispatch_after_commit().await
+    } else {
+        Default::default()
+    };
+    if ctx.faults.stall_after_commit {
+        tracing::warn!("fault injection: stalling after commit, before publish and ack");
+        std::future::pending::<()>().await;
+    }
+    // Replies, re-publications and acks of the batch go out together, not one round trip each.
+    let granted = &granted;
+    let finishing = events
+        .iter()
+        .zip(results)
+        .map(|((message, event), result)| finish_event(ctx, message, event, result, granted));
+    let t_dispatched = Instant::now();
+    join_all(finishing).await;
+    tracing::debug!(
+        size = count,
+        decode_us = (t_decoded - started).as_micros() as u64,
+        apply_us = (t_applied - t_decoded).as_micros() as u64,
+        dispatch_us = (t_dispatched - t_applied).as_micros() as u64,
+        finish_us = t_dispatched.elapsed().as_micros() as u64,
+        "batch"
+    );
+    ctx.metrics.active_coordinations.sub(count);
+    ctx.metrics
+        .coordination_seconds
+        .with_label_values(&["batch"])
+        .observe(started.elapsed().as_secs_f64());
+}
+
+/// Decodes every message; refused ones get their error report and are terminated here (they
+/// would fail the same way on every redelivery).
+async fn decode_batch(ctx: &Ctx, messages: Vec<Message>) -> Vec<(Message, Inbound)> {
+    let now = now_ms();
+    let max_bytes = ctx.config.messages.max_message_bytes;
+    let mut events = Vec::with_capacity(messages.len());
+    for message in messages {
+        note_delivery(ctx, &message);
+        let subject = message.subject.as_str();
+        match decode(&ctx.subjects, subject, &message.payload, max_bytes, now) {
+            Ok(event) => events.push((message, event)),
+            Err(rejection) => {
+                send_rejection(ctx, subject, &rejection).await;
+                acknowledge(&message, AckKind::Term).await;
+            }
+        }
+    }
+    events
+}
+
+fn note_delivery(ctx: &Ctx, message: &Message) {
+    let kind = ctx
+        .subjects
+        .parse(message.subject.as_str())
+        .map(|(t, _)| t.as_str())
+        .unwrap_or("unknown");
+    ctx.metrics.messages.with_label_values(&[kind, "in"]).inc();
+    if message.info().map(|i| i.delivered > 1).unwrap_or(false) {
+        ctx.metrics.redeliveries.inc();
+    }
+}
+
+/// Sends what an applied event calls for, then acknowledges it; or, when it could not be
+/// applied, asks for redelivery (or dead-letters it on its last delivery).
+async fn finish_event(
+    ctx: &Ctx,
+    message: &Message,
+    event: &Inbound,
+    result: Result<Applied, Error>,
+    granted: &std::collections::HashSet<String>,
+) {
+    let applied = match result {
+        Ok(applied) => applied,
+        Err(e) => return retry_or_dead_letter(ctx, message, event, &e).await,
+    };
+    // Inbox messages are stored ones an agent waits for (a handoff, a verdict): if they cannot be
+    // published, redeliver the event, whose transition answers the same again.
+    if let Err(e) = super::inbox::publish_all(ctx, &applied.messages).await {
+        return retry_or_dead_letter(ctx, message, event, &e).await;
+    }
+    publish_grants(ctx, applied.republish).await;
+    for reply in applied.replies {
+        send_reply(ctx, reply).await;
+    }
+    if let Some((task_id, submitter, message_id)) = applied.queued_submit {
+        if !granted.contains(&task_id) {
+            ctx.metrics.allocations.with_label_values(&["queued"]).inc();
+            let reply = Reply::new(
+                &submitter,
+                &message_id,
+                MessageType::TaskSubmit,
+                ReplyStatus::Queued,
+            )
+            .task(&task_id);
+            send_reply(ctx, reply).await;
+        }
+    }
+    if let Some((reason, text)) = applied.refusal {
+        let sender = sender_of(event);
+        let rejection = Rejection {
+            reason,
+            message: text,
+            reply_to: sender,
+            correlation_id: Some(event.message_id()),
+            message_type: Some(event.message_type()),
+        };
+        send_rejection(ctx, message.subject.as_str(), &rejection).await;
+    }
+    acknowledge(message, AckKind::Ack).await;
+}
+
+fn sender_of(event: &Inbound) -> String {
+    event.sender().to_string()
+}
+
+/// Transient failure (Redis or NATS trouble): let JetStream redeliver after a pause; on the last
+/// allowed delivery, park the message in the dead-letter stream instead of dropping it.
+async fn retry_or_dead_letter(ctx: &Ctx, message: &Message, event: &Inbound, error: &Error) {
+    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+    if delivered < ctx.config.jetstream.max_deliver {
+        tracing::warn!(error = %error, delivered, kind = event.message_type().as_str(), "event failed; asking for redelivery");
+        acknowledge(
+            message,
+            AckKind::Nak(Some(std::time::Duration::from_millis(
+                250 * delivered as u64,
+            ))),
+        )
+        .await;
+        return;
+    }
+    let subject = ctx.subjects.dead_letter(event.message_type().as_str());
+    let id = format!("dlq:{}", event.message_id());
+    let published = ctx
+        .js
+        .publish_with_headers(
+            subject,
+            switchyard_client::transport::msg_id_headers(&id),
+            message.payload.clone(),
+        )
+        .await;
+    let stored = match published {
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
+    };
+    match stored {
+        true => {
+            ctx.metrics.dead_letters.inc();
+            tracing::error!(error = %error, kind = event.message_type().as_str(), "event dead-lettered after {delivered} deliveries");
+            acknowledge(message, AckKind::Term).await;
+        }
+        false => acknowledge(message, AckKind::Nak(None)).await,
+    }
+}
+
+async fn acknowledge(message: &Message, kind: AckKind) {
+    if let Err(e) = message.ack_with(kind).await {
+        // The server will redeliver after ack_wait; every transition is idempotent.
+        tracing::warn!(error = %e, "acknowledgement not sent");
+    }
+}

@@ -1,0 +1,437 @@
+//! Applying one decoded event to the shared state. Each function runs the event's transition
+//! script(s) and says what follows: replies, refusals, whether the queue should be dispatched.
+//! Nothing here publishes; the batch does that after all of its commits.
+
+use std::collections::HashSet;
+
+use super::Ctx;
+use super::publish::{Grant, Reply};
+use crate::state::{
+    CompleteOutcome, Completion, DeregisterOutcome, Refusal, ResolveOutcome, SubmitOutcome,
+    SubmitRequest,
+};
+use switchyard_client::error::Error;
+use switchyard_decision::TaskState;
+use switchyard_protocol::{Inbound, MessageType, RejectReason, Replies, ReplyStatus};
+
+/// What applying one event calls for.
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    pub replies: Vec<Reply>,
+    /// The event is refused with this reason and message.
+    pub refusal: Option<(RejectReason, String)>,
+    /// Capacity was freed or work was queued: run a dispatch pass.
+    pub dispatch: bool,
+    /// A submit that ended queued: (task id, submitter, submit message id). Told "queued" unless
+    /// the batch's dispatch grants it.
+    pub queued_submit: Option<(String, String, String)>,
+    /// Grants to publish again (a redelivered submit whose first publication may have been lost).
+    pub republish: Vec<Grant>,
+    /// Stored messages for agents' inboxes (handoffs, verdicts, resource grants). Published
+    /// before the event is acknowledged; if that fails, the event is redelivered.
+    pub messages: Vec<super::inbox::InboxMessage>,
+}
+
+impl Applied {
+    /// A transition script's refusal, as the script worded it.
+    pub(crate) fn refused(refusal: Refusal) -> Applied {
+        Applied::refuse(refusal.reason, refusal.message)
+    }
+
+    pub(crate) fn refuse(reason: RejectReason, message: impl Into<String>) -> Applied {
+        Applied {
+            refusal: Some((reason, message.into())),
+            ..Applied::default()
+        }
+    }
+}
+
+/// Applies a batch: every completion in one `complete_tasks` call (so agents and patterns are
+/// read and written once for the batch), everything else event by event, concurrently. One
+/// result per event, in order.
+pub(crate) async fn apply_batch(ctx: &Ctx, events: &[&Inbound]) -> Vec<Result<Applied, Error>> {
+    let reports: Vec<Completion> = events
+        .iter()
+        .filter_map(|event| match event {
+            Inbound::Complete(env) => Some(completion_of(&env.payload)),
+            _ => None,
+        })
+        .collect();
+    let c = &ctx.config.coordination;
+    let mut outcomes: std::collections::VecDeque<Result<CompleteOutcome, Error>> = match ctx
+        .store
+        .complete_tasks(&reports, c.learning_rate, c.task_retention_s)
+        .await
+    {
+        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+        Err(e) => reports
+            .iter()
+            .map(|_| Err(Error::new(e.kind(), e.to_string())))
+            .collect(),
+    };
+    let applying = events.iter().map(|event| {
+        let outcome = match event {
+            Inbound::Complete(_) => outcomes.pop_front(),
+            _ => None,
+        };
+        async move {
+            match (event, outcome) {
+                (Inbound::Complete(env), Some(outcome)) => completed(ctx, env, outcome?).await,
+                _ => apply_event(ctx, event).await,
+            }
+        }
+    });
+    futures::future::join_all(applying).await
+}
+
+fn completion_of(p: &switchyard_protocol::TaskComplete) -> Completion<'_> {
+    Completion {
+        task_id: &p.task_id,
+        agent_id: &p.agent_id,
+        success: p.success,
+        execution_time_s: p.execution_time_s,
+        grant_seq: p.grant_seq,
+    }
+}
+
+pub(crate) async fn apply_event(ctx: &Ctx, event: &Inbound) -> Result<Applied, Error> {
+    match event {
+        Inbound::Register(env, capacity) => {
+            let p = &env.payload;
+            ctx.store
+                .register_agent(
+                    &p.agent_id,
+                    &p.agent_type,
+                    capacity,
+                    p.priority_weight,
+                    lease_ms(p.lease_s),
+                )
+                .await?;
+            tracing::info!(agent_id = %p.agent_id, agent_type = %p.agent_type, "agent registered");
+            // A restarted agent gets the grants it had not acknowledged now, not a resend later.
+            let republish = ctx
+                .store
+                .unacknowledged_grants_of(&p.agent_id)
+                .await?
+                .iter()
+                .filter_map(Grant::from_record)
+                .map(Grant::without_replies)
+                .collect();
+            let reply = Reply::new(
+                &env.sender,
+                &env.message_id.to_string(),
+                MessageType::AgentRegister,
+                ReplyStatus::Registered,
+            )
+            .agent(&p.agent_id);
+            Ok(Applied {
+                replies: vec![reply],
+                dispatch: true,
+                republish,
+                ..Applied::default()
+            })
+        }
+        // Both travel on core NATS (signals.rs); a stored copy is applied the same way.
+        Inbound::Heartbeat(env) => {
+            super::liveness::apply_heartbeat(ctx, &env.payload.agent_id).await
+        }
+        Inbound::GrantAck(env) => {
+            let grants: Vec<(String, u64)> = env
+                .payload
+                .grants
+                .iter()
+                .map(|g| (g.task_id.clone(), g.grant_seq))
+                .collect();
+            ctx.store.acknowledge_grants(&grants).await?;
+            Ok(Applied::default())
+        }
+        Inbound::Deregister(env) => {
+            deregister(
+                ctx,
+                &env.payload.agent_id,
+                &env.sender,
+                &env.message_id.to_string(),
+            )
+            .await
+        }
+        Inbound::Submit(env, required) => {
+            let p = &env.payload;
+            let request = SubmitRequest {
+                task_id: p.task_id.clone(),
+                message_id: env.message_id.to_string(),
+                submitter: env.sender.clone(),
+                task_type: p.task_type.clone(),
+                priority: p.priority,
+                required: *required,
+                estimated_duration_s: p.estimated_duration_s,
+                dependencies: p.dependencies.clone(),
+                strategy: p
+                    .strategy
+                    .as_deref()
+                    .and_then(switchyard_decision::StrategyKind::parse)
+                    .map(|k| k.as_str().to_string()),
+                explain: p.explain,
+                replies: p.replies,
+            };
+            submit(ctx, &request).await
+        }
+        Inbound::Complete(env) => {
+            let c = &ctx.config.coordination;
+            let outcome = ctx
+                .store
+                .complete_task(
+                    &completion_of(&env.payload),
+                    c.learning_rate,
+                    c.task_retention_s,
+                )
+                .await?;
+            completed(ctx, env, outcome).await
+        }
+        Inbound::HandoffInitiate(env) => super::handoff::begin(ctx, env).await,
+        Inbound::HandoffAcknowledge(env) => super::handoff::resolve(ctx, env).await,
+        Inbound::ResourceRequest(env, extra) => {
+            super::handoff::grow_reservation(ctx, env, extra).await
+        }
+    }
+}
+
+async fn deregister(
+    ctx: &Ctx,
+    agent_id: &str,
+    sender: &str,
+    message_id: &str,
+) -> Result<Applied, Error> {
+    let tasks = match ctx.store.deregister_agent(agent_id).await? {
+        DeregisterOutcome::Refused(refusal) => return Ok(Applied::refused(refusal)),
+        DeregisterOutcome::Deregistered { tasks } => tasks,
+    };
+    super::liveness::requeue_tasks(ctx, agent_id, &tasks).await?;
+    let reply = Reply::new(
+        sender,
+        message_id,
+        MessageType::AgentDeregister,
+        ReplyStatus::Deregistered,
+    )
+    .agent(agent_id);
+    Ok(Applied {
+        replies: vec![reply],
+        dispatch: true,
+        ..Applied::default()
+    })
+}
+
+async fn submit(ctx: &Ctx, req: &SubmitRequest) -> Result<Applied, Error> {
+    let outcome = ctx
+        .store
+        .submit_task(req, ctx.config.coordination.task_retention_s)
+        .await?;
+    let reply = |status| {
+        Reply::new(
+            &req.submitter,
+            &req.message_id,
+            MessageType::TaskSubmit,
+            status,
+        )
+        .task(&req.task_id)
+    };
+    let mut applied = submit_outcome(ctx, req, outcome, reply).await?;
+    // Only the replies the submitter asked for (the batch sends `queued` later, if at all).
+    applied.replies.retain(|r| req.replies.wants(r.body.status));
+    if !req.replies.wants(ReplyStatus::Queued) {
+        applied.queued_submit = None;
+    }
+    Ok(applied)
+}
+
+async fn submit_outcome(
+    ctx: &Ctx,
+    req: &SubmitRequest,
+    outcome: SubmitOutcome,
+    reply: impl Fn(ReplyStatus) -> Reply,
+) -> Result<Applied, Error> {
+    let mut applied = Applied::default();
+    match outcome {
+        SubmitOutcome::Queued => {
+            applied.dispatch = true;
+            applied.queued_submit = Some((
+                req.task_id.clone(),
+                req.submitter.clone(),
+                req.message_id.clone(),
+            ));
+        }
+        SubmitOutcome::Waiting { unmet } => {
+            ctx.metrics
+                .allocations
+                .with_label_values(&["waiting"])
+                .inc();
+            applied
+                .replies
+                .push(reply(ReplyStatus::Waiting).detail(format!("{unmet} unmet dependencies")));
+        }
+        SubmitOutcome::Failed { reason } => {
+            ctx.metrics.allocations.with_label_values(&["failed"]).inc();
+            applied
+                .replies
+                .push(reply(ReplyStatus::Failed).detail(reason));
+        }
+        SubmitOutcome::Duplicate { state, agent } => {
+            return duplicate_submit(ctx, req, state, &agent, reply).await;
+        }
+        SubmitOutcome::Refused(refusal) => return Ok(Applied::refused(refusal)),
+    }
+    Ok(applied)
+}
+
+/// The same submit again (a redelivery or a client retry): answer with the current state, and
+/// send the grant again (it also stays in the outbox until acknowledged); agents drop copies by
+/// task and grant number.
+async fn duplicate_submit(
+    ctx: &Ctx,
+    req: &SubmitRequest,
+    state: TaskState,
+    agent: &str,
+    reply: impl Fn(ReplyStatus) -> Reply,
+) -> Result<Applied, Error> {
+    let mut applied = Applied::default();
+    match state {
+        TaskState::Granted => {
+            if let Some(grant) = ctx
+                .store
+                .task_record(&req.task_id)
+                .await?
+                .as_ref()
+                .and_then(Grant::from_record)
+            {
+                applied.republish.push(grant.without_replies());
+            }
+            applied
+                .replies
+                .push(reply(ReplyStatus::Granted).agent(agent));
+        }
+        TaskState::Queued => {
+            applied.dispatch = true;
+            applied.queued_submit = Some((
+                req.task_id.clone(),
+                req.submitter.clone(),
+                req.message_id.clone(),
+            ));
+        }
+        TaskState::WaitingDependencies => applied.replies.push(reply(ReplyStatus::Waiting)),
+        TaskState::Completed => applied
+            .replies
+            .push(reply(ReplyStatus::Completed).agent(agent)),
+        TaskState::Failed => applied
+            .replies
+            .push(reply(ReplyStatus::Failed).agent(agent)),
+    }
+    Ok(applied)
+}
+
+/// What a completion's outcome calls for: replies, refusals, the dependents' turn.
+async fn completed(
+    ctx: &Ctx,
+    env: &switchyard_protocol::Envelope<switchyard_protocol::TaskComplete>,
+    outcome: CompleteOutcome,
+) -> Result<Applied, Error> {
+    let p = &env.payload;
+    let (success, submitter, submit_id, dependents) = match outcome {
+        CompleteOutcome::Finished {
+            success,
+            submitter,
+            submit_message_id,
+            dependents,
+        } => (success, submitter, submit_message_id, dependents),
+        CompleteOutcome::Refused(refusal) => return Ok(Applied::refused(refusal)),
+    };
+    ctx.metrics
+        .allocations
+        .with_label_values(&[if success { "completed" } else { "failed" }])
+        .inc();
+    tracing::debug!(task_id = %p.task_id, agent_id = %p.agent_id, success, "task finished");
+    let status = if success {
+        ReplyStatus::Completed
+    } else {
+        ReplyStatus::Failed
+    };
+    let mut applied = Applied {
+        dispatch: true,
+        ..Applied::default()
+    };
+    if p.replies == Replies::All {
+        applied.replies.push(
+            Reply::new(
+                &env.sender,
+                &env.message_id.to_string(),
+                MessageType::TaskComplete,
+                status,
+            )
+            .task(&p.task_id)
+            .agent(&p.agent_id),
+        );
+    }
+    if !submitter.is_empty() {
+        applied.replies.push(
+            Reply::new(&submitter, &submit_id, MessageType::TaskSubmit, status)
+                .task(&p.task_id)
+                .agent(&p.agent_id),
+        );
+    }
+    resolve_dependents(ctx, &p.task_id, success, dependents, &mut applied).await?;
+    Ok(applied)
+}
+
+/// Walks the dependents of a finished task: each becomes queued, keeps waiting, or fails in
+/// turn (cascading). `visited` guards against dependency cycles.
+async fn resolve_dependents(
+    ctx: &Ctx,
+    task_id: &str,
+    success: bool,
+    dependents: Vec<String>,
+    applied: &mut Applied,
+) -> Result<(), Error> {
+    let retention = ctx.config.coordination.task_retention_s;
+    let mut frontier: Vec<(String, String)> = dependents
+        .into_iter()
+        .map(|d| (task_id.to_string(), d))
+        .collect();
+    let mut visited = HashSet::new();
+    while let Some((dependency, dependent)) = frontier.pop() {
+        if !visited.insert(dependent.clone()) {
+            continue;
+        }
+        match ctx
+            .store
+            .resolve_dependency(&dependent, &dependency, success, retention)
+            .await?
+        {
+            ResolveOutcome::Queued => applied.dispatch = true,
+            ResolveOutcome::Waiting | ResolveOutcome::Noop => {}
+            ResolveOutcome::Failed {
+                submitter,
+                submit_message_id,
+                dependents,
+            } => {
+                ctx.metrics.allocations.with_label_values(&["failed"]).inc();
+                tracing::info!(task_id = %dependent, dependency = %dependency, "task failed: dependency failed");
+                if !submitter.is_empty() {
+                    let reply = Reply::new(
+                        &submitter,
+                        &submit_message_id,
+                        MessageType::TaskSubmit,
+                        ReplyStatus::Failed,
+                    )
+                    .task(&dependent)
+                    .detail(format!("dependency_failed:{dependency}"));
+                    applied.replies.push(reply);
+                }
+                frontier.extend(dependents.into_iter().map(|d| (dependent.clone(), d)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Seconds of lease on the wire to whole milliseconds (0 = no lease).
+fn lease_ms(lease_s: Option<f64>) -> u64 {
+    lease_s.map(|s| (s * 1000.0).round() as u64).unwrap_or(0)
+}

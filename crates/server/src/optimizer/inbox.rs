@@ -1,0 +1,72 @@
+//! Stored messages the optimizer puts in agents' inboxes (the messages stream): forwarded
+//! handoffs, handoff verdicts and resource grants. Each carries a message id derived from what it
+//! answers, so publishing it again for a redelivered event is dropped by JetStream as a duplicate.
+
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::Ctx;
+use switchyard_client::error::Error;
+use switchyard_client::transport;
+use switchyard_protocol::{Envelope, MessagePriority};
+
+/// One message for one agent's inbox, ready to publish.
+#[derive(Debug, Clone)]
+pub(crate) struct InboxMessage {
+    pub subject: String,
+    /// Sent as `Nats-Msg-Id`: the envelope's own `message_id`.
+    pub message_id: String,
+    pub envelope: Envelope<Value>,
+}
+
+impl InboxMessage {
+    /// Addresses `envelope` to `recipient`'s inbox at `priority`.
+    pub(crate) fn new<P: Serialize>(
+        ctx: &Ctx,
+        recipient: &str,
+        priority: MessagePriority,
+        envelope: Envelope<P>,
+    ) -> Result<InboxMessage, Error> {
+        let mut envelope: Envelope<Value> =
+            serde_json::from_value(serde_json::to_value(envelope)?)?;
+        envelope.priority = priority;
+        Ok(InboxMessage {
+            subject: ctx
+                .subjects
+                .message(envelope.message_type, recipient, priority),
+            message_id: envelope.message_id.to_string(),
+            envelope,
+        })
+    }
+}
+
+/// A message id that is the same every time it is derived from the same `name`.
+pub(crate) fn derived_id(name: &str) -> Uuid {
+    Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes())
+}
+
+/// The wire name of a priority, read back from where it was stored (`normal` when unreadable).
+pub(crate) fn parse_priority(name: &str) -> MessagePriority {
+    [
+        MessagePriority::Low,
+        MessagePriority::High,
+        MessagePriority::Critical,
+    ]
+    .into_iter()
+    .find(|p| p.as_str() == name)
+    .unwrap_or(MessagePriority::Normal)
+}
+
+/// Publishes each message and waits until JetStream stored it. A failure fails the event, which
+/// is then redelivered: its transition answers the same again and the messages go out again.
+pub(crate) async fn publish_all(ctx: &Ctx, messages: &[InboxMessage]) -> Result<(), Error> {
+    for m in messages {
+        transport::publish_stored(&ctx.js, m.subject.clone(), &m.message_id, &m.envelope).await?;
+        ctx.metrics
+            .messages
+            .with_label_values(&[m.envelope.message_type.as_str(), "out"])
+            .inc();
+    }
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! Liveness: heartbeats renew an agent's lease; the maintenance pass marks agents whose lease
+//! ran out (by the Redis clock, never the agents') dead and gives their tasks back to the queue.
+
+use super::Ctx;
+use super::events::Applied;
+use crate::state::{ExpireOutcome, HeartbeatOutcome, RequeueOutcome};
+use switchyard_client::error::Error;
+
+/// A HEARTBEAT: renew the lease. No reply on success (heartbeats are frequent); a dead or unknown
+/// agent is told, so it can register again.
+pub(crate) async fn apply_heartbeat(ctx: &Ctx, agent_id: &str) -> Result<Applied, Error> {
+    Ok(match ctx.store.record_heartbeat(agent_id).await? {
+        HeartbeatOutcome::Alive => Applied::default(),
+        HeartbeatOutcome::Refused(refusal) => Applied::refused(refusal),
+    })
+}
+
+/// Gives an agent's granted tasks back to the queue, one idempotent transition each.
+pub(crate) async fn requeue_tasks(
+    ctx: &Ctx,
+    agent_id: &str,
+    tasks: &[String],
+) -> Result<(), Error> {
+    for task_id in tasks {
+        if ctx.store.requeue_task(task_id, agent_id).await? == RequeueOutcome::Requeued {
+            ctx.metrics
+                .allocations
+                .with_label_values(&["requeued"])
+                .inc();
+            tracing::info!(task_id = %task_id, agent_id, "task re-queued from an agent that left or died");
+        }
+    }
+    Ok(())
+}
+
+/// Marks every active agent whose lease ran out dead and re-queues its tasks. Returns how many
+/// agents died. Safe with several replicas: the expiry check and the write are one script. Reads
+/// only the agents past their lease (the leases index), never the whole fleet.
+pub(crate) async fn expire_silent_agents(ctx: &Ctx) -> Result<usize, Error> {
+    let listening_since = ctx
+        .listening_since_ms
+        .load(std::sync::atomic::Ordering::SeqCst);
+    if listening_since == 0 {
+        // Not hearing heartbeats yet: silence means nothing.
+        return Ok(0);
+    }
+    let mut died = 0;
+    for agent_id in ctx.store.agents_past_lease(EXPIRE_BATCH).await? {
+        if let ExpireOutcome::Dead { tasks } =
+            ctx.store.expire_agent(&agent_id, listening_since).await?
+        {
+            died += 1;
+            tracing::warn!(agent_id = %agent_id, tasks = tasks.len(), "agent missed its lease: marked dead");
+            requeue_tasks(ctx, &agent_id, &tasks).await?;
+        }
+    }
+    if died > 0 {
+        ctx.metrics.agents_expired.inc_by(died as u64);
+    }
+    Ok(died)
+}
+
+/// Most agents one maintenance pass looks at; the rest wait for the next pass.
+const EXPIRE_BATCH: usize = 1024;

@@ -1,0 +1,130 @@
+//! Work a replica does besides events: every OPTIMIZATION_INTERVAL it expires agents past their
+//! lease, dispatches the queue (capacity may have freed without an event
+//! reaching this replica), and refreshes the fleet gauges; and it answers status queries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use super::Ctx;
+use super::publish::OPTIMIZER_SENDER;
+use switchyard_client::error::Error;
+use switchyard_protocol::{Envelope, MessageType, StatusQuery, now_ms};
+
+pub(crate) async fn run_maintenance(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) {
+    let period = Duration::from_secs_f64(ctx.config.coordination.optimization_interval_s);
+    run_every(period, stop, "maintenance pass", || maintenance_pass(&ctx)).await
+}
+
+/// Runs `pass` every `period` until `stop` turns true. A failed pass is logged and retried at the
+/// next tick; a pass that overruns delays the next one rather than bunching them up.
+pub(crate) async fn run_every<F, Fut, T>(
+    period: Duration,
+    mut stop: watch::Receiver<bool>,
+    what: &'static str,
+    mut pass: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Err(e) = pass().await {
+            tracing::warn!(error = %e, "{what} failed; retrying next interval");
+        }
+    }
+}
+
+async fn maintenance_pass(ctx: &Ctx) -> Result<(), Error> {
+    super::liveness::expire_silent_agents(ctx).await?;
+    ctx.dispatcher.dispatch_after_commit().await;
+    // Without the agent table: reading every agent each interval would make an idle fleet's
+    // cost grow with its size. The table is a status query away; the utilization gauges come
+    // from the dispatcher's fleet cache.
+    let totals = StatusQuery {
+        include_agents: false,
+        include_patterns: false,
+    };
+    let sync = ctx.store.coordination_sync(&totals).await?;
+    ctx.metrics.queue_depth.set(sync.queue_depth as f64);
+    broadcast_sync(ctx, sync).await
+}
+
+/// Publishes the coordination snapshot on `<prefix>.coordination_sync`, once per interval for
+/// the whole deployment: the replica that takes the interval's lease in Redis publishes, the
+/// others skip (a lost lease race costs one skipped broadcast, never a duplicate).
+async fn broadcast_sync(
+    ctx: &Ctx,
+    sync: switchyard_protocol::CoordinationSync,
+) -> Result<(), Error> {
+    let interval_ms = (ctx.config.coordination.optimization_interval_s * 1000.0) as u64;
+    if !ctx
+        .store
+        .take_sync_lease(&ctx.replica_id, interval_ms.max(1))
+        .await?
+    {
+        return Ok(());
+    }
+    let envelope = Envelope::new(
+        OPTIMIZER_SENDER,
+        MessageType::CoordinationSync,
+        sync,
+        now_ms(),
+    );
+    let subject = ctx.subjects.unaddressed(MessageType::CoordinationSync);
+    switchyard_client::transport::publish_core(&ctx.client, subject, &envelope).await?;
+    ctx.metrics
+        .messages
+        .with_label_values(&[MessageType::CoordinationSync.as_str(), "out"])
+        .inc();
+    Ok(())
+}
+
+/// Answers `<prefix>.status_query` (core request/reply, one replica per query via a queue group)
+/// with a COORDINATION_SYNC snapshot.
+pub(crate) async fn answer_status_queries(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+    let subject = ctx.subjects.unaddressed(MessageType::StatusQuery);
+    let mut sub = match ctx
+        .client
+        .queue_subscribe(subject, ctx.subjects.optimizer_queue_group())
+        .await
+    {
+        Ok(sub) => sub,
+        Err(e) => return tracing::error!(error = %e, "cannot subscribe to status queries"),
+    };
+    loop {
+        let message = tokio::select! {
+            _ = stop.changed() => return,
+            m = sub.next() => m,
+        };
+        let Some(message) = message else { return };
+        let Some(reply_to) = message.reply.clone() else {
+            continue;
+        };
+        let query = serde_json::from_slice::<Envelope<StatusQuery>>(&message.payload)
+            .map(|e| e.payload)
+            .unwrap_or_default();
+        let body = match ctx.store.coordination_sync(&query).await {
+            Ok(sync) => Envelope::new(
+                OPTIMIZER_SENDER,
+                MessageType::CoordinationSync,
+                sync,
+                now_ms(),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "status query failed");
+                continue;
+            }
+        };
+        if let Ok(bytes) = serde_json::to_vec(&body) {
+            let _ = ctx.client.publish(reply_to, bytes.into()).await;
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! Typed answers of the transition scripts, parsed from their reply arrays.
+
+use switchyard_client::error::{Error, ErrorKind};
+use switchyard_decision::{Resources, TaskState, TaskView};
+use switchyard_protocol::RejectReason;
+
+/// What the optimizer asks `submit_task` to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubmitRequest {
+    pub task_id: String,
+    pub message_id: String,
+    pub submitter: String,
+    pub task_type: String,
+    pub priority: u8,
+    pub required: Resources,
+    pub estimated_duration_s: f64,
+    pub dependencies: Vec<String>,
+    /// The strategy asked for in the submit, by name; `None`: the optimizer's default.
+    pub strategy: Option<String>,
+    /// The submit asked for its placement to be explained in the grant.
+    pub explain: bool,
+    /// Which replies the submitter wants.
+    pub replies: switchyard_protocol::Replies,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubmitOutcome {
+    Queued,
+    Waiting {
+        unmet: u64,
+    },
+    Failed {
+        reason: String,
+    },
+    /// The same submit message was applied before; `state`/`agent` are the task's current ones.
+    Duplicate {
+        state: TaskState,
+        agent: String,
+    },
+    /// Refused: another message already submitted this task id (`task_exists`).
+    Refused(Refusal),
+}
+
+/// One task of a dispatch round and its candidate agents, best first.
+#[derive(Debug, Clone, Copy)]
+pub struct GrantRequest<'a> {
+    pub task_id: &'a str,
+    pub candidates: &'a [String],
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum GrantOutcome {
+    Granted {
+        agent_id: String,
+        grant_seq: u64,
+    },
+    /// Someone else granted it, or it finished; `None`: the task is unknown (or expired).
+    NotQueued {
+        state: Option<TaskState>,
+    },
+    NoFit,
+}
+
+/// A completion report, as `complete_task` needs it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Completion<'a> {
+    pub task_id: &'a str,
+    pub agent_id: &'a str,
+    pub success: bool,
+    pub execution_time_s: f64,
+    /// The grant reported on; `None` accepts any grant of the task to this agent.
+    pub grant_seq: Option<u64>,
+}
+
+/// Why a transition was refused: the reason code and a readable message, both written by the
+/// script that refused (every script refuses in this one shape: `refused, code, message`), so
+/// the optimizer maps nothing by hand.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub reason: RejectReason,
+    pub message: String,
+}
+
+/// The reason codes the scripts refuse with.
+fn reason(code: &str) -> Option<RejectReason> {
+    Some(match code {
+        "unknown_agent" => RejectReason::UnknownAgent,
+        "agent_not_active" => RejectReason::AgentNotActive,
+        "unknown_task" => RejectReason::UnknownTask,
+        "task_not_granted" => RejectReason::TaskNotGranted,
+        "wrong_agent" => RejectReason::WrongAgent,
+        "stale_grant" => RejectReason::StaleGrant,
+        "insufficient_capacity" => RejectReason::InsufficientCapacity,
+        "unknown_handoff" => RejectReason::UnknownHandoff,
+        "task_exists" => RejectReason::TaskExists,
+        _ => return None,
+    })
+}
+
+/// The refusal whose code is at `code` in a script's reply and whose message follows it.
+pub(crate) fn refusal(script: &str, reply: &[String], code: usize) -> Result<Refusal, Error> {
+    Ok(Refusal {
+        reason: reason(&field(reply, code)).ok_or_else(|| unexpected(script, reply))?,
+        message: field(reply, code + 1),
+    })
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CompleteOutcome {
+    /// Completed (`success`) or failed; `dependents` wait on this task.
+    Finished {
+        success: bool,
+        submitter: String,
+        submit_message_id: String,
+        dependents: Vec<String>,
+    },
+    /// Not applied: unknown agent or task, an agent that is not active, a report about an
+    /// earlier grant, the wrong agent, or a task not granted.
+    Refused(Refusal),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResolveOutcome {
+    Queued,
+    Waiting,
+    /// Failed with its dependency; these dependents must be failed in turn.
+    Failed {
+        submitter: String,
+        submit_message_id: String,
+        dependents: Vec<String>,
+    },
+    Noop,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeregisterOutcome {
+    Deregistered { tasks: Vec<String> },
+    Refused(Refusal),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeartbeatOutcome {
+    Alive,
+    /// Unknown, or not active (dead, deregistered): register again to rejoin.
+    Refused(Refusal),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExpireOutcome {
+    Alive,
+    /// Dead; these tasks are still granted to it and must be re-queued.
+    Dead {
+        tasks: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RequeueOutcome {
+    Requeued,
+    Noop,
+}
+
+/// A task at the head of the queue, with what a grant message needs.
+#[derive(Debug, Clone)]
+pub struct QueuedTask {
+    pub view: TaskView,
+    pub submitter: String,
+    pub submit_message_id: String,
+    pub submitted_at_ms: u64,
+    /// The strategy the submit asked for; `None`: the optimizer's default.
+    pub strategy: Option<switchyard_decision::StrategyKind>,
+    /// The submit asked for the grant to explain its placement.
+    pub explain: bool,
+    /// Which replies the submitter wants.
+    pub replies: switchyard_protocol::Replies,
+}
+
+fn unexpected(script: &str, reply: &[String]) -> Error {
+    Error::new(
+        ErrorKind::Redis,
+        format!("{script} returned an unexpected reply {reply:?}"),
+    )
+}
+
+fn field(reply: &[String], i: usize) -> String {
+    reply.get(i).cloned().unwrap_or_default()
+}
+
+/// A task state a script named in its reply, typed: a name the state machine does not know is
+/// an unexpected reply, not a string to compare by hand further on.
+fn state(script: &str, reply: &[String], i: usize) -> Result<TaskState, Error> {
+    TaskState::parse(&field(reply, i)).ok_or_else(|| unexpected(script, reply))
+}
+
+impl SubmitOutcome {
+    pub(crate) fn parse(reply: &[String]) -> Result<Self, Error> {
+        Ok(match reply.first().map(String::as_str) {
+            Some("queued") => SubmitOutcome::Queued,
+            Some("waiting") => SubmitOutcome::Waiting {
+                unmet: field(reply, 1).parse().unwrap_or(0),
+            },
+            Some("failed") => SubmitOutcome::Failed {
+                reason: field(reply, 1),
+            },
+            Some("duplicate") => SubmitOutcome::Duplicate {
+                state: state("submit_task", reply, 1)?,
+                agent: field(reply, 2),
+            },
+            Some("refused") => SubmitOutcome::Refused(refusal("submit_task", reply, 1)?),
+            _ => return Err(unexpected("submit_task", reply)),
+        })
+    }
+}
+
+impl GrantOutcome {
+    pub(crate) fn parse(reply: &[String]) -> Result<Self, Error> {
+        Ok(match reply.first().map(String::as_str) {
+            Some("granted") => GrantOutcome::Granted {
+                agent_id: field(reply, 1),
+                grant_seq: field(reply, 2)
+                    .parse()
+                    .map_err(|_| unexpected("grant_tasks", reply))?,
+            },
+            // "missing": no such task.
+            Some("not_queued") => GrantOutcome::NotQueued {
+                state: TaskState::parse(&field(reply, 1)),
+            },
+            Some("no_fit") => GrantOutcome::NoFit,
+            _ => return Err(unexpected("grant_tasks", reply)),
+        })
+    }
+}
+
+impl CompleteOutcome {
+    pub(crate) fn parse(reply: &[String]) -> Result<Self, Error> {
+        let finished = |success| CompleteOutcome::Finished {
+            success,
+            submitter: field(reply, 1),
+            submit_message_id: field(reply, 2),
+            dependents: reply.iter().skip(3).cloned().collect(),
+        };
+        Ok(match reply.first().map(String::as_str) {
+            Some("completed") => finished(true),
+            Some("failed") => finished(false),
+            Some("refused") => CompleteOutcome::Refused(refusal("complete_tasks", reply, 1)?),
+            _ => return Err(unexpected("complete_task", reply)),
+        })
+    }
+}
+
+impl ResolveOutcome {
+    pub(crate) fn parse(reply: &[String]) -> Result<Self, Error> {
+        Ok(match reply.first().map(String::as_str) {
+            Some("queued") => ResolveOutcome::Queued,
+            Some("waiting") => ResolveOutcome::Waiting,
+            Some("failed") => ResolveOutcome::Failed {
+                submitter: field(reply, 1),
+                submit_message_id: field(reply, 2),
+                dependents: reply.iter().skip(3).cloned().collect(),
+            },
+            Some("noop") => ResolveOutcome::Noop,
+            _ => return Err(unexpected("resolve_dependency", reply)),
+        })
+    }
+}
+
+impl DeregisterOutcome {
+    pub(crate) fn parse(reply: &[String]) -> Result<Self, Error> {
+        Ok(match reply.first().map(String::as_str) {
+            Some("deregistered") => DeregisterOutcome::Deregistered {
+                tasks: reply.iter().skip(1).cloned().collect(),
+            },
+            Some("refused") => DeregisterOutcome::Refused(refusal("deregister_agent", reply, 1)?),
+            _ => return Err(unexpected("deregister_agent", reply)),
+        })
+    }
+}
+
+impl HeartbeatOutcome {
+    /// One agent's three entries of `record_heartbeats`.
+    pub(crate) fn parse(entry: &[String]) -> Result<Self, Error> {
+        Ok(match entry.first().map(String::as_str) {
+            Some("alive") => HeartbeatOutcome::Alive,
+            Some("refused") => HeartbeatOutcome::Refused(refusal("record_heartbeats", entry, 1)?),
+            _ => return Err(unexpected("record_heartbeats", entry)),
+        })
+    }
+}
+
+impl ExpireOutcome {
+    pub(crate) fn parse(reply: &[String]) -> Result<Self, Error> {
+        Ok(match reply.first().map(String::as_str) {
+            Some("alive") => ExpireOutcome::Alive,
+            Some("dead") => ExpireOutcome::Dead {
+                tasks: reply.iter().skip(1).cloned().collect(),
+            },
+            _ => return Err(unexpected("expire_agent", reply)),
+        })
+    }
+}
+
+impl RequeueOutcome {
+    pub(crate) fn parse(reply: &[String]) -> Result<Self, Error> {
+        Ok(match reply.first().map(String::as_str) {
+            Some("requeued") => RequeueOutcome::Requeued,
+            Some("noop") => RequeueOutcome::Noop,
+            _ => return Err(unexpected("requeue_task", reply)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_script_replies() {
+        assert_eq!(
+            SubmitOutcome::parse(&s(&["waiting", "2"])).ok(),
+            Some(SubmitOutcome::Waiting { unmet: 2 })
+        );
+        assert_eq!(
+            GrantOutcome::parse(&s(&["granted", "a1", "3"])).ok(),
+            Some(GrantOutcome::Granted {
+                agent_id: "a1".into(),
+                grant_seq: 3
+            })
+        );
+        assert_eq!(
+            CompleteOutcome::parse(&s(&["failed", "orch", "m1", "t2", "t3"])).ok(),
+            Some(CompleteOutcome::Finished {
+                success: false,
+                submitter: "orch".into(),
+                submit_message_id: "m1".into(),
+                dependents: s(&["t2", "t3"])
+            })
+        );
+        assert!(GrantOutcome::parse(&s(&["bogus"])).is_err());
+        assert!(SubmitOutcome::parse(&[]).is_err());
+    }
+}

@@ -1,0 +1,173 @@
+//! Parsing the rows Redis returns for agents and tasks into typed views. Missing or garbled
+//! fields read as zero/empty: a half-written record must not take the optimizer down.
+
+use switchyard_decision::{AgentView, Resources, TaskView};
+use switchyard_protocol::AgentStatusView;
+
+use super::records::QueuedTask;
+
+/// Agent hash fields, in the order the functions below read them.
+pub(crate) const AGENT_FIELDS: [&str; 15] = [
+    "agent_type",
+    "status",
+    "cap_cpu",
+    "cap_memory",
+    "cap_tokens",
+    "cap_time",
+    "res_cpu",
+    "res_memory",
+    "res_tokens",
+    "res_time",
+    "score",
+    "priority_weight",
+    "active_tasks",
+    "last_heartbeat",
+    "lease_ms",
+];
+
+/// Task hash fields read for the queue head, in order.
+pub(crate) const TASK_FIELDS: [&str; 15] = [
+    "state",
+    "task_type",
+    "priority",
+    "req_cpu",
+    "req_memory",
+    "req_tokens",
+    "req_time",
+    "submitter",
+    "submit_msg_id",
+    "estimated_duration_s",
+    "submitted_at",
+    "queue_seq",
+    "strategy",
+    "explain",
+    "replies",
+];
+
+fn num<T: std::str::FromStr + Default>(row: &[String], i: usize) -> T {
+    row.get(i).and_then(|s| s.parse().ok()).unwrap_or_default()
+}
+
+fn resources_at(row: &[String], first: usize) -> Resources {
+    Resources {
+        cpu: num(row, first),
+        memory: num(row, first + 1),
+        tokens: num(row, first + 2),
+        time: num(row, first + 3),
+    }
+}
+
+pub(crate) fn agent_view(agent_id: String, row: &[String]) -> AgentView {
+    AgentView {
+        agent_id: agent_id.into(),
+        agent_type: row.first().map_or("", String::as_str).into(),
+        capacity: resources_at(row, 2),
+        reserved: resources_at(row, 6),
+        score: num(row, 10),
+        priority_weight: num(row, 11),
+        active_tasks: num(row, 12),
+    }
+}
+
+pub(crate) fn agent_status(agent_id: String, row: &[String]) -> AgentStatusView {
+    let view = agent_view(agent_id, row);
+    AgentStatusView {
+        utilization: switchyard_decision::resources::utilization(&view.reserved, &view.capacity),
+        agent_id: view.agent_id.to_string(),
+        agent_type: view.agent_type.to_string(),
+        status: row.get(1).cloned().unwrap_or_default(),
+        capacity: view.capacity.to_units(),
+        reserved: view.reserved.to_units(),
+        performance_score: view.score,
+        active_tasks: u64::from(view.active_tasks),
+        last_heartbeat_ms: num(row, 13),
+    }
+}
+
+pub(crate) fn queued_task(task_id: String, row: Vec<String>) -> QueuedTask {
+    QueuedTask {
+        view: TaskView {
+            task_id,
+            task_type: row.get(1).cloned().unwrap_or_default(),
+            priority: num(&row, 2),
+            required: resources_at(&row, 3),
+            seq: num(&row, 11),
+            estimated_duration_s: num(&row, 9),
+        },
+        submitter: row.get(7).cloned().unwrap_or_default(),
+        submit_message_id: row.get(8).cloned().unwrap_or_default(),
+        submitted_at_ms: num(&row, 10),
+        strategy: row
+            .get(12)
+            .and_then(|name| switchyard_decision::StrategyKind::parse(name)),
+        explain: row.get(13).is_some_and(|flag| flag == "1"),
+        replies: switchyard_protocol::Replies::parse(row.get(14).map_or("", String::as_str)),
+    }
+}
+
+/// Rebuilds the pattern table from its hash fields (`<task_type>|<agent_type>|<stat>`); fields
+/// that do not parse are skipped.
+pub(crate) fn pattern_table(
+    fields: &std::collections::BTreeMap<String, String>,
+) -> switchyard_decision::PatternTable {
+    use switchyard_decision::PatternStats;
+    let mut pairs: std::collections::BTreeMap<(&str, &str), PatternStats> = Default::default();
+    for (field, value) in fields {
+        let mut parts = field.splitn(3, '|');
+        let (Some(task_type), Some(agent_type), Some(stat)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let stats = pairs
+            .entry((task_type, agent_type))
+            .or_insert_with(PatternStats::neutral);
+        match stat {
+            "attempts" => stats.attempts = value.parse().unwrap_or(0),
+            "successes" => stats.successes = value.parse().unwrap_or(0),
+            "success_ema" => stats.success_ema = value.parse().unwrap_or(stats.success_ema),
+            "duration_ratio_ema" => {
+                stats.duration_ratio_ema = value.parse().unwrap_or(stats.duration_ratio_ema)
+            }
+            _ => {}
+        }
+    }
+    let mut table = switchyard_decision::PatternTable::new();
+    for ((task_type, agent_type), stats) in pairs {
+        table.insert(task_type, agent_type, stats);
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queued_task_reads_seq_and_estimate_by_field_position() {
+        let mut row: Vec<String> = vec![String::new(); TASK_FIELDS.len()];
+        let at = |name: &str| TASK_FIELDS.iter().position(|f| *f == name).unwrap_or(0);
+        row[at("task_type")] = "build".into();
+        row[at("priority")] = "7".into();
+        row[at("estimated_duration_s")] = "12.5".into();
+        row[at("queue_seq")] = "42".into();
+        row[at("explain")] = "1".into();
+        let task = queued_task("t1".into(), row);
+        assert!(task.explain);
+        assert_eq!(task.view.task_type, "build");
+        assert_eq!(task.view.priority, 7);
+        assert_eq!(task.view.seq, 42);
+        assert_eq!(task.view.estimated_duration_s, 12.5);
+    }
+
+    #[test]
+    fn garbled_task_fields_read_as_zero() {
+        let task = queued_task("t".into(), vec!["queued".into()]);
+        assert_eq!(task.view.seq, 0);
+        assert_eq!(task.view.estimated_duration_s, 0.0);
+        assert!(
+            !task.explain,
+            "a task stored without the flag is not explained"
+        );
+    }
+}

@@ -1,0 +1,425 @@
+//! [`Store`]: typed calls to the transition scripts (the plain reads are in `reads.rs`).
+//!
+//! All calls take `&self` and clone the multiplexed [`ConnectionManager`] (a cheap handle), so a
+//! batch's calls issued concurrently share one connection and are pipelined by the client: one
+//! network round trip for the whole batch instead of one per event.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::keys::Keys;
+use super::records::*;
+use super::scripts::Scripts;
+use crate::config::RedisConfig;
+use switchyard_client::error::{Error, ErrorKind};
+use switchyard_decision::{ResourceKind, Resources};
+
+/// Starting performance score of a new agent: neutral, so it is neither favoured nor starved.
+pub use switchyard_decision::NEUTRAL_SCORE;
+
+/// Handle to the shared state. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    keys: Keys,
+    // Visible to the sibling modules that add transitions to `Store` (handoffs.rs).
+    pub(super) scripts: std::sync::Arc<Scripts>,
+}
+
+impl Store {
+    /// Connects with explicit timeouts and loads every script once (later calls use EVALSHA).
+    pub async fn connect(config: &RedisConfig) -> Result<Store, Error> {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| Error::with_source(ErrorKind::Config, "invalid redis.url", e))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_millis(config.response_timeout_ms)))
+            .set_connection_timeout(Some(Duration::from_millis(config.connection_timeout_ms)))
+            .set_number_of_retries(3);
+        let conn = client
+            .get_connection_manager_with_config(manager_config)
+            .await?;
+        let store = Store {
+            conn,
+            keys: Keys::new(config.key_prefix.clone()),
+            scripts: std::sync::Arc::new(Scripts::new()),
+        };
+        for script in store.scripts.all() {
+            script
+                .prepare_invoke()
+                .load_async(&mut store.conn())
+                .await?;
+        }
+        Ok(store)
+    }
+
+    pub(super) fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub async fn register_agent(
+        &self,
+        agent_id: &str,
+        agent_type: &str,
+        capacity: &Resources,
+        priority_weight: f64,
+        lease_ms: u64,
+    ) -> Result<(), Error> {
+        let mut inv = self.scripts.register_agent.prepare_invoke();
+        inv.key(self.keys.agent(agent_id))
+            .key(self.keys.agents())
+            .key(self.keys.fleet_log())
+            .key(self.keys.leases());
+        inv.arg(agent_id).arg(agent_type);
+        for kind in ResourceKind::ALL {
+            inv.arg(capacity.get(kind));
+        }
+        inv.arg(priority_weight).arg(NEUTRAL_SCORE).arg(lease_ms);
+        let _: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    pub async fn deregister_agent(&self, agent_id: &str) -> Result<DeregisterOutcome, Error> {
+        let reply: Vec<String> = self
+            .scripts
+            .deregister_agent
+            .key(self.keys.agent(agent_id))
+            .key(self.keys.agents())
+            .key(self.keys.agent_tasks(agent_id))
+            .key(self.keys.fleet_log())
+            .key(self.keys.leases())
+            .arg(agent_id)
+            .invoke_async(&mut self.conn())
+            .await?;
+        DeregisterOutcome::parse(&reply)
+    }
+
+    pub async fn submit_task(
+        &self,
+        req: &SubmitRequest,
+        retention_s: u64,
+    ) -> Result<SubmitOutcome, Error> {
+        let k = &self.keys;
+        let mut inv = self.scripts.submit_task.prepare_invoke();
+        inv.key(k.task(&req.task_id))
+            .key(k.unmet_dependencies(&req.task_id))
+            .key(k.queue())
+            .key(k.stats());
+        for dep in &req.dependencies {
+            inv.key(k.task(dep)).key(k.dependents(dep));
+        }
+        inv.arg(&req.task_id)
+            .arg(&req.message_id)
+            .arg(&req.submitter)
+            .arg(&req.task_type)
+            .arg(req.priority);
+        for kind in ResourceKind::ALL {
+            inv.arg(req.required.get(kind));
+        }
+        inv.arg(req.estimated_duration_s)
+            .arg(retention_s)
+            .arg(req.dependencies.len());
+        for dep in &req.dependencies {
+            inv.arg(dep);
+        }
+        inv.arg(req.strategy.as_deref().unwrap_or(""))
+            .arg(if req.explain { "1" } else { "0" })
+            .arg(switchyard_protocol::now_ms())
+            .arg(req.replies.as_str());
+        let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
+        SubmitOutcome::parse(&reply)
+    }
+
+    /// Tries the candidates in order; see `lua/grant_tasks.lua`. One task: a batch of one.
+    pub async fn grant_task(
+        &self,
+        task_id: &str,
+        candidates: &[String],
+    ) -> Result<GrantOutcome, Error> {
+        let batch = [GrantRequest {
+            task_id,
+            candidates,
+        }];
+        let outcomes = self.grant_tasks(&batch).await?;
+        only_outcome(outcomes, "grant_tasks")
+    }
+
+    /// One dispatch round's grants in one script call, in the order given; see
+    /// `lua/grant_tasks.lua`. Returns one outcome per request.
+    pub async fn grant_tasks(
+        &self,
+        requests: &[GrantRequest<'_>],
+    ) -> Result<Vec<GrantOutcome>, Error> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let k = &self.keys;
+        let (agents, numbers) = number_agents(
+            requests
+                .iter()
+                .flat_map(|r| r.candidates.iter().map(String::as_str)),
+        );
+        let mut inv = self.scripts.grant_tasks.prepare_invoke();
+        inv.key(k.queue())
+            .key(k.grant_outbox())
+            .key(k.stats())
+            .key(k.fleet_log());
+        for request in requests {
+            inv.key(k.task(request.task_id));
+        }
+        for agent in &agents {
+            inv.key(k.agent(agent)).key(k.agent_tasks(agent));
+        }
+        inv.arg(requests.len()).arg(agents.len());
+        for agent in &agents {
+            inv.arg(*agent);
+        }
+        for request in requests {
+            inv.arg(request.task_id).arg(request.candidates.len());
+            for agent in request.candidates {
+                inv.arg(numbers.get(agent.as_str()).copied().unwrap_or(0));
+            }
+        }
+        let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
+        let outcomes: Vec<GrantOutcome> = reply
+            .chunks(3)
+            .map(GrantOutcome::parse)
+            .collect::<Result<_, _>>()?;
+        one_each(outcomes, requests.len(), "grant_tasks")
+    }
+
+    /// One completion: a batch of one; see [`Store::complete_tasks`].
+    pub async fn complete_task(
+        &self,
+        report: &Completion<'_>,
+        learning_rate: f64,
+        retention_s: u64,
+    ) -> Result<CompleteOutcome, Error> {
+        let outcomes = self
+            .complete_tasks(std::slice::from_ref(report), learning_rate, retention_s)
+            .await?;
+        only_outcome(outcomes, "complete_tasks")
+    }
+
+    /// A batch of completions in one script call, applied in order; see
+    /// `lua/complete_tasks.lua`. Returns one outcome per report.
+    pub async fn complete_tasks(
+        &self,
+        reports: &[Completion<'_>],
+        learning_rate: f64,
+        retention_s: u64,
+    ) -> Result<Vec<CompleteOutcome>, Error> {
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
+        let k = &self.keys;
+        let (agents, numbers) = number_agents(reports.iter().map(|r| r.agent_id));
+        let mut inv = self.scripts.complete_tasks.prepare_invoke();
+        inv.key(k.stats())
+            .key(k.grant_outbox())
+            .key(k.patterns())
+            .key(k.fleet_log());
+        for report in reports {
+            inv.key(k.task(report.task_id))
+                .key(k.dependents(report.task_id));
+        }
+        for agent in &agents {
+            inv.key(k.agent(agent)).key(k.agent_tasks(agent));
+        }
+        inv.arg(reports.len())
+            .arg(agents.len())
+            .arg(learning_rate)
+            .arg(retention_s)
+            .arg(switchyard_protocol::now_ms());
+        for agent in &agents {
+            inv.arg(*agent);
+        }
+        for report in reports {
+            inv.arg(report.task_id)
+                .arg(numbers.get(report.agent_id).copied().unwrap_or(0))
+                .arg(if report.success { 1 } else { 0 })
+                .arg(report.execution_time_s)
+                .arg(report.grant_seq.unwrap_or(0));
+        }
+        let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
+        let outcomes: Vec<CompleteOutcome> = split_counted(&reply)?
+            .iter()
+            .map(|item| CompleteOutcome::parse(item))
+            .collect::<Result<_, _>>()?;
+        one_each(outcomes, reports.len(), "complete_tasks")
+    }
+
+    pub async fn resolve_dependency(
+        &self,
+        task_id: &str,
+        dependency_id: &str,
+        dependency_succeeded: bool,
+        retention_s: u64,
+    ) -> Result<ResolveOutcome, Error> {
+        let k = &self.keys;
+        let reply: Vec<String> = self
+            .scripts
+            .resolve_dependency
+            .key(k.task(task_id))
+            .key(k.unmet_dependencies(task_id))
+            .key(k.queue())
+            .key(k.stats())
+            .key(k.dependents(task_id))
+            .arg(task_id)
+            .arg(dependency_id)
+            .arg(if dependency_succeeded {
+                "completed"
+            } else {
+                "failed"
+            })
+            .arg(retention_s)
+            .invoke_async(&mut self.conn())
+            .await?;
+        ResolveOutcome::parse(&reply)
+    }
+
+    pub async fn requeue_task(
+        &self,
+        task_id: &str,
+        agent_id: &str,
+    ) -> Result<RequeueOutcome, Error> {
+        let k = &self.keys;
+        let reply: Vec<String> = self
+            .scripts
+            .requeue_task
+            .key(k.task(task_id))
+            .key(k.agent(agent_id))
+            .key(k.agent_tasks(agent_id))
+            .key(k.queue())
+            .key(k.stats())
+            .key(k.grant_outbox())
+            .key(k.fleet_log())
+            .arg(task_id)
+            .arg(agent_id)
+            .invoke_async(&mut self.conn())
+            .await?;
+        RequeueOutcome::parse(&reply)
+    }
+
+    /// Renews the leases of a batch of agents in one script call; one outcome per agent, in
+    /// order. See `lua/record_heartbeats.lua`.
+    pub async fn record_heartbeats(
+        &self,
+        agent_ids: &[&str],
+    ) -> Result<Vec<HeartbeatOutcome>, Error> {
+        if agent_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = self.scripts.record_heartbeats.prepare_invoke();
+        inv.key(self.keys.leases());
+        for agent in agent_ids {
+            inv.key(self.keys.agent(agent));
+        }
+        inv.arg(agent_ids.len());
+        for agent in agent_ids {
+            inv.arg(*agent);
+        }
+        let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
+        let outcomes = reply
+            .chunks(3)
+            .map(HeartbeatOutcome::parse)
+            .collect::<Result<_, _>>()?;
+        one_each(outcomes, agent_ids.len(), "record_heartbeats")
+    }
+
+    /// One agent's heartbeat: a batch of one.
+    pub async fn record_heartbeat(&self, agent_id: &str) -> Result<HeartbeatOutcome, Error> {
+        let outcomes = self.record_heartbeats(&[agent_id]).await?;
+        only_outcome(outcomes, "record_heartbeats")
+    }
+
+    /// Marks the agent dead if its lease ran out (Redis clock), counting the lease from no
+    /// earlier than `listening_since_ms` (when the caller began receiving heartbeats, Redis
+    /// clock; 0 = always); see `lua/expire_agent.lua`.
+    pub async fn expire_agent(
+        &self,
+        agent_id: &str,
+        listening_since_ms: u64,
+    ) -> Result<ExpireOutcome, Error> {
+        let reply: Vec<String> = self
+            .scripts
+            .expire_agent
+            .key(self.keys.agent(agent_id))
+            .key(self.keys.agents())
+            .key(self.keys.agent_tasks(agent_id))
+            .key(self.keys.fleet_log())
+            .key(self.keys.leases())
+            .arg(agent_id)
+            .arg(listening_since_ms)
+            .invoke_async(&mut self.conn())
+            .await?;
+        ExpireOutcome::parse(&reply)
+    }
+}
+
+/// A batch script's outcomes, checked to be one per item: a short reply would otherwise leave
+/// items unanswered without a word.
+fn one_each<T>(outcomes: Vec<T>, items: usize, script: &str) -> Result<Vec<T>, Error> {
+    if outcomes.len() == items {
+        Ok(outcomes)
+    } else {
+        Err(Error::new(
+            ErrorKind::Redis,
+            format!(
+                "{script} returned {} outcomes for {items} items",
+                outcomes.len()
+            ),
+        ))
+    }
+}
+
+/// The one outcome of a batch script called with one item (checked by `one_each`).
+fn only_outcome<T>(mut outcomes: Vec<T>, script: &str) -> Result<T, Error> {
+    outcomes
+        .pop()
+        .ok_or_else(|| Error::new(ErrorKind::Redis, format!("{script} returned no outcome")))
+}
+
+/// Numbers agents once each (1-based, as the batch scripts count), in first-seen order.
+fn number_agents<'a>(
+    ids: impl Iterator<Item = &'a str>,
+) -> (Vec<&'a str>, std::collections::HashMap<&'a str, usize>) {
+    let mut agents = Vec::new();
+    let mut numbers = std::collections::HashMap::new();
+    for id in ids {
+        numbers.entry(id).or_insert_with(|| {
+            agents.push(id);
+            agents.len()
+        });
+    }
+    (agents, numbers)
+}
+
+/// Splits a batch script's reply of `outcome, k, k fields` groups into one `[outcome,
+/// fields...]` list per item, the shape the single-transition parsers take.
+fn split_counted(reply: &[String]) -> Result<Vec<Vec<String>>, Error> {
+    let mut items = Vec::new();
+    let mut rest = reply;
+    while let [outcome, count, tail @ ..] = rest {
+        let count: usize = count
+            .parse()
+            .map_err(|_| Error::new(ErrorKind::Redis, "a batch reply lost its field count"))?;
+        if tail.len() < count {
+            return Err(Error::new(ErrorKind::Redis, "a batch reply is cut short"));
+        }
+        let (fields, next) = tail.split_at(count);
+        let mut item = Vec::with_capacity(count + 1);
+        item.push(outcome.clone());
+        item.extend_from_slice(fields);
+        items.push(item);
+        rest = next;
+    }
+    if !rest.is_empty() {
+        return Err(Error::new(ErrorKind::Redis, "a batch reply ends half way"));
+    }
+    Ok(items)
+}

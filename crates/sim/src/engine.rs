@@ -1,0 +1,242 @@
+//! The discrete-event loop.
+//!
+//! Events (arrivals, attempt completions, retry re-queues, agent events) sit in a binary heap
+//! ordered by virtual time, then by insertion. After all events of one instant are applied, the
+//! ready queue (priority descending, FIFO within a priority, as in Redis) is dispatched the way
+//! the optimizer dispatches: the queue head of `dispatch_window` tasks is planned with the real
+//! [`plan_batch`](switchyard_decision::plan_batch) against a snapshot of the live agents and the learned patterns, each task is
+//! granted on its first candidate that still fits, and rounds repeat while a whole window was
+//! granted. Every completion updates the agent's score with [`updated_score`](switchyard_decision::updated_score) and the pattern
+//! table with [`PatternTable::record`], the same learning as the live system.
+//!
+//! Capacity and dependency invariants are checked on every grant; a violation ends the run with
+//! [`SimError::Invariant`] instead of a panic.
+
+mod dispatch;
+mod lifecycle;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+
+use super::outcome::Outcome;
+use super::state::{Phase, Run, SimAgent};
+use super::tasks::{SimTask, generate};
+use super::workload::Workload;
+use lifecycle::build_agents;
+use switchyard_decision::{PatternTable, Strategy};
+
+pub use lifecycle::agent_id;
+
+/// Who places tasks: one of the real strategies, or the oracle.
+#[derive(Clone, Copy)]
+pub enum Placer<'a> {
+    /// A real strategy, exactly as the optimizer runs it.
+    Strategy(&'a dyn Strategy),
+    /// The [`Oracle`](super::oracle::Oracle), rebuilt each round from the current hidden truth.
+    Oracle,
+}
+
+/// Why a simulation stopped early.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SimError {
+    /// The engine caught itself breaking a rule of the real system.
+    #[error("simulation invariant broken at t={at_s:.3}s: {what}")]
+    Invariant {
+        /// Virtual time, seconds.
+        at_s: f64,
+        /// What went wrong.
+        what: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    AgentEvent(usize),
+    Finish { task: usize, grant: u32 },
+    Requeue(usize),
+    Arrival(usize),
+}
+
+fn to_us(s: f64) -> u64 {
+    (s.max(0.0) * 1e6).round() as u64
+}
+
+/// Runs `workload` once with `placer`.
+pub fn simulate(workload: &Workload, placer: Placer<'_>) -> Result<Outcome, SimError> {
+    let mut engine = Engine::new(workload, placer);
+    engine.run()?;
+    Ok(engine.into_outcome())
+}
+
+pub(crate) struct Engine<'w> {
+    w: &'w Workload,
+    placer: Placer<'w>,
+    pub(crate) stream: Vec<SimTask>,
+    pub(crate) runs: Vec<Run>,
+    pub(crate) agents: Vec<SimAgent>,
+    agent_index: HashMap<String, usize>,
+    agent_type: Vec<usize>,
+    speed_factor: Vec<f64>,
+    patterns: PatternTable,
+    heap: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    next_seq: u64,
+    ready: BTreeSet<(Reverse<u8>, usize)>,
+    pub(crate) now_us: u64,
+    finished: usize,
+    pub(crate) last_finish_us: u64,
+    pub(crate) util_area: f64,
+    pub(crate) alive_area: f64,
+    pub(crate) grants_by_type: Vec<u64>,
+}
+
+impl<'w> Engine<'w> {
+    fn new(w: &'w Workload, placer: Placer<'w>) -> Engine<'w> {
+        let stream = generate(w);
+        let runs = linked_runs(&stream);
+        let agents = build_agents(w);
+        let agent_index = agents
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.id.to_string(), i))
+            .collect();
+        let agent_type = agents.iter().map(|a| a.type_index).collect();
+        let speed_factor = vec![1.0; agents.len()];
+        let mut engine = Engine {
+            w,
+            placer,
+            stream,
+            runs,
+            agents,
+            agent_index,
+            agent_type,
+            speed_factor,
+            patterns: PatternTable::new(),
+            heap: BinaryHeap::new(),
+            next_seq: 0,
+            ready: BTreeSet::new(),
+            now_us: 0,
+            finished: 0,
+            last_finish_us: 0,
+            util_area: 0.0,
+            alive_area: 0.0,
+            grants_by_type: vec![0; w.agent_types.len()],
+        };
+        for i in 0..engine.stream.len() {
+            engine.schedule(to_us(engine.stream[i].submit_s), Ev::Arrival(i));
+        }
+        for (i, e) in w.events.iter().enumerate() {
+            engine.schedule(to_us(e.at_s), Ev::AgentEvent(i));
+        }
+        engine
+    }
+
+    fn schedule(&mut self, at_us: u64, ev: Ev) {
+        self.heap.push(Reverse((at_us, self.next_seq, ev)));
+        self.next_seq += 1;
+    }
+
+    fn run(&mut self) -> Result<(), SimError> {
+        while let Some(Reverse((at, _, ev))) = self.heap.pop() {
+            self.advance(at);
+            self.apply(ev)?;
+            let same_instant = self.heap.peek().is_some_and(|Reverse((t, _, _))| *t == at);
+            if !same_instant {
+                self.dispatch()?;
+            }
+        }
+        self.check_end()
+    }
+
+    /// After the last event nothing may still run or hold a reservation.
+    fn check_end(&self) -> Result<(), SimError> {
+        if let Some(t) = self
+            .runs
+            .iter()
+            .position(|r| !r.is_terminal() && matches!(r.phase, Phase::Running { .. }))
+        {
+            return Err(self.invariant(format!("task {t} still running after the last event")));
+        }
+        for agent in &self.agents {
+            agent
+                .check_capacity()
+                .map_err(|what| self.invariant(what))?;
+        }
+        Ok(())
+    }
+
+    /// Moves the clock, integrating utilization while work remains.
+    fn advance(&mut self, at_us: u64) {
+        if at_us > self.now_us && self.finished < self.runs.len() {
+            let dt = (at_us - self.now_us) as f64 / 1e6;
+            let live = self.agents.iter().filter(|a| a.alive);
+            let (sum, count) = live.fold((0.0, 0.0), |(s, n), a| {
+                (
+                    s + switchyard_decision::resources::utilization(&a.reserved, &a.capacity),
+                    n + 1.0,
+                )
+            });
+            self.util_area += sum * dt;
+            self.alive_area += count * dt;
+        }
+        self.now_us = self.now_us.max(at_us);
+    }
+
+    fn apply(&mut self, ev: Ev) -> Result<(), SimError> {
+        match ev {
+            Ev::Arrival(t) => self.arrive(t),
+            Ev::Requeue(t) => self.enqueue(t),
+            Ev::Finish { task, grant } => self.finish(task, grant),
+            Ev::AgentEvent(i) => self.agent_event(i),
+        }
+        Ok(())
+    }
+
+    fn arrive(&mut self, t: usize) {
+        let parent_failed = self.stream[t]
+            .parents
+            .iter()
+            .any(|&p| self.runs[p].phase == Phase::Failed);
+        if parent_failed {
+            self.fail_for_good(t);
+        } else if self.runs[t].pending_parents == 0 {
+            self.enqueue(t);
+        } else {
+            self.runs[t].phase = Phase::Blocked;
+        }
+    }
+
+    fn enqueue(&mut self, t: usize) {
+        self.runs[t].phase = Phase::Queued;
+        self.ready.insert((Reverse(self.stream[t].priority), t));
+    }
+
+    fn invariant(&self, what: String) -> SimError {
+        SimError::Invariant {
+            at_s: self.now_us as f64 / 1e6,
+            what,
+        }
+    }
+
+    fn into_outcome(self) -> Outcome {
+        Outcome::from_engine(&self)
+    }
+}
+
+/// A fresh [`Run`] per task, each knowing its children.
+fn linked_runs(stream: &[SimTask]) -> Vec<Run> {
+    let mut runs: Vec<Run> = stream
+        .iter()
+        .map(|t| Run::new(t.parents.len() as u32))
+        .collect();
+    for (i, t) in stream.iter().enumerate() {
+        for &p in &t.parents {
+            if let Some(parent) = runs.get_mut(p) {
+                parent.children.push(i);
+            }
+        }
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,181 @@
+use super::*;
+use crate::report::run_all;
+use switchyard_decision::{LeastLoaded, RoundRobin};
+
+fn workload(agents: &str, tasks: &str, extra: &str) -> Workload {
+    let text = format!(
+        r#"
+seed = 5
+{extra}
+{agents}
+[tasks]
+{tasks}
+[[tasks.types]]
+name = "job"
+priority = [1, 10]
+resources = {{ cpu = 1 }}
+estimated_duration_s = [2.0, 6.0]
+"#
+    );
+    match Workload::parse(&text) {
+        Ok(w) => w,
+        Err(e) => panic!("{e}\n{text}"),
+    }
+}
+
+const TWO_TYPES: &str = r#"
+[[agent_types]]
+name = "fast"
+count = 2
+capacity = { cpu = 2 }
+truth.job = { speed = 0.5, failure_rate = 0.1, noise = 0.3 }
+[[agent_types]]
+name = "slow"
+count = 3
+capacity = { cpu = 2 }
+truth.job = { speed = 2.0, failure_rate = 0.3, noise = 0.3 }
+"#;
+
+const DEEP: &str = "count = 400\narrival = \"bursty\"\nburst_size = 50\nburst_every_s = 10.0\n\
+    [tasks.dependencies]\nprobability = 0.9\nfan_in = 3\nmax_depth = 10\nlookback = 15";
+
+#[test]
+fn same_seed_same_outcome() {
+    let w = workload(TWO_TYPES, DEEP, "");
+    let a = simulate(&w, Placer::Strategy(&RoundRobin)).unwrap();
+    let b = simulate(&w, Placer::Strategy(&RoundRobin)).unwrap();
+    assert_eq!(a, b);
+    let ja = serde_json::to_string(&run_all(&w).unwrap()).unwrap();
+    let jb = serde_json::to_string(&run_all(&w).unwrap()).unwrap();
+    assert_eq!(ja, jb);
+    let other = Workload { seed: 6, ..w };
+    assert_ne!(
+        serde_json::to_string(&run_all(&other).unwrap()).unwrap(),
+        ja
+    );
+}
+
+#[test]
+fn dependencies_are_respected() {
+    let w = workload(TWO_TYPES, DEEP, "");
+    for placer in [Placer::Strategy(&LeastLoaded), Placer::Oracle] {
+        let o = simulate(&w, placer).unwrap();
+        assert!(o.tasks.iter().any(|t| t.parents.len() > 1));
+        for (i, t) in o.tasks.iter().enumerate() {
+            let Some(start) = t.first_start_s else {
+                continue;
+            };
+            assert!(start >= t.submit_s, "task {i} started before submission");
+            for &p in &t.parents {
+                let done = o.tasks[p].completed_s;
+                assert!(
+                    done.is_some_and(|d| d <= start),
+                    "task {i} started before parent {p}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_task_finishes_and_capacity_returns_to_zero() {
+    let w = workload(TWO_TYPES, DEEP, "");
+    let mut engine = Engine::new(&w, Placer::Strategy(&RoundRobin));
+    engine.run().unwrap();
+    assert!(engine.runs.iter().all(|r| r.is_terminal()));
+    assert!(
+        engine
+            .agents
+            .iter()
+            .all(|a| a.reserved.is_zero() && a.active == 0)
+    );
+}
+
+#[test]
+fn over_capacity_grant_is_an_error_not_a_panic() {
+    let w = workload(
+        TWO_TYPES,
+        "count = 2\narrival = \"poisson\"\nrate_per_s = 1.0",
+        "",
+    );
+    let mut engine = Engine::new(&w, Placer::Strategy(&RoundRobin));
+    engine.enqueue(0);
+    engine.agents[0].reserved = engine.agents[0].capacity;
+    engine.agents[0].running.push(1);
+    let err = engine.grant(0, 0).unwrap_err();
+    assert!(err.to_string().contains("over capacity"), "{err}");
+}
+
+#[test]
+fn grant_before_parent_is_an_error() {
+    let w = workload(TWO_TYPES, DEEP, "");
+    let mut engine = Engine::new(&w, Placer::Strategy(&RoundRobin));
+    let child = engine
+        .stream
+        .iter()
+        .position(|t| !t.parents.is_empty())
+        .unwrap();
+    engine.enqueue(child);
+    let err = engine.grant(child, 0).unwrap_err();
+    assert!(err.to_string().contains("before its parent"), "{err}");
+}
+
+#[test]
+fn failing_agents_exhaust_retries_and_fail_dependents() {
+    let agents = "[[agent_types]]\nname = \"bad\"\ncount = 2\ncapacity = { cpu = 2 }\n\
+                  truth.job = { failure_rate = 1.0 }";
+    let w = workload(agents, DEEP, "[retry]\nmax_attempts = 2\nbackoff_s = 0.5");
+    let o = simulate(&w, Placer::Strategy(&RoundRobin)).unwrap();
+    assert!(o.tasks.iter().all(|t| t.failed && t.completed_s.is_none()));
+    assert!(o.tasks.iter().all(|t| t.grants == 0 || t.grants == 2));
+    // Dependents of failed tasks fail without ever running.
+    assert!(
+        o.tasks
+            .iter()
+            .any(|t| t.grants == 0 && !t.parents.is_empty())
+    );
+}
+
+#[test]
+fn dead_agents_tasks_are_requeued_and_complete() {
+    let agents = "[[agent_types]]\nname = \"w\"\ncount = 2\ncapacity = { cpu = 4 }\n\
+                  truth.job = { speed = 1.0 }";
+    let events = "[[events]]\nat_s = 3.0\nagent = { type = \"w\", index = 0 }\nkind = \"die\"\n\
+                  [[events]]\nat_s = 1.0\nagent = { type = \"w\", index = 1 }\nkind = \"degrade\"\nspeed_factor = 2.0";
+    let tasks = "count = 40\narrival = \"bursty\"\nburst_size = 20\nburst_every_s = 5.0";
+    let w = workload(&format!("{agents}\n{events}"), tasks, "");
+    let o = simulate(&w, Placer::Strategy(&RoundRobin)).unwrap();
+    assert!(o.tasks.iter().all(|t| t.completed_s.is_some()));
+    // Some first attempts were cut short by the death, and were re-granted.
+    assert!(
+        o.tasks
+            .iter()
+            .any(|t| t.grants == 2 && t.first_attempt_ok == Some(false))
+    );
+    // After t=3 only w-001 runs; it is degraded, so late tasks take twice the estimate or more.
+    let late: Vec<_> = o.tasks.iter().filter(|t| t.submit_s >= 5.0).collect();
+    assert!(
+        late.iter()
+            .all(|t| t.completed_s.unwrap() - t.last_start_s.unwrap() >= 4.0 - 1e-6)
+    );
+}
+
+#[test]
+fn reliable_fleet_has_full_first_attempt_success() {
+    let agents = "[[agent_types]]\nname = \"w\"\ncount = 3\ncapacity = { cpu = 2 }";
+    let w = workload(
+        agents,
+        "count = 100\narrival = \"poisson\"\nrate_per_s = 0.5",
+        "",
+    );
+    let o = simulate(&w, Placer::Strategy(&RoundRobin)).unwrap();
+    assert!(
+        o.tasks
+            .iter()
+            .all(|t| t.first_attempt_ok == Some(true) && t.grants == 1)
+    );
+    // Speed 1, no noise, light load: completion is the estimate.
+    let t = &o.tasks[0];
+    assert!((t.completed_s.unwrap() - t.submit_s - 2.0).abs() < 4.0 + 1e-6);
+    assert!(o.utilization > 0.0 && o.utilization < 1.0);
+}

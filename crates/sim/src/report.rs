@@ -1,0 +1,263 @@
+//! Metrics per strategy, `run_all`, and the text table.
+//!
+//! Completion time is submit → successful completion (so it includes waiting for parents, for
+//! capacity and for retries). The JSON shape is `{"workload", "seed", "tasks", "agents",
+//! "strategies": {"<name>": StrategyMetrics}}`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::engine::{Placer, SimError, simulate};
+use super::outcome::Outcome;
+use super::workload::Workload;
+use switchyard_decision::StrategyKind;
+
+/// The oracle's name in reports.
+pub const ORACLE: &str = "oracle";
+
+/// One strategy's results on one workload.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StrategyMetrics {
+    /// Mean of submit → successful completion over completed tasks, seconds.
+    pub mean_completion_s: f64,
+    /// 95th percentile (nearest rank) of the same, seconds.
+    pub p95_completion_s: f64,
+    /// Time of the last completion or final failure, seconds.
+    pub makespan_s: f64,
+    /// Time-averaged mean reserved/capacity over live agents while work remained, 0..1.
+    pub utilization: f64,
+    /// Share of attempted tasks whose first attempt succeeded, 0..1.
+    pub first_attempt_success: f64,
+    /// Completion time weighted by (priority + 1), seconds.
+    pub priority_weighted_latency_s: f64,
+    /// Completed tasks per second of makespan.
+    pub throughput_per_s: f64,
+    /// Tasks that completed successfully.
+    pub tasks_completed: usize,
+    /// Tasks that failed for good (retries exhausted, or a parent failed).
+    pub tasks_failed: usize,
+    /// Tasks neither completed nor failed when the run ended (nothing could run them).
+    pub tasks_unfinished: usize,
+    /// Grants (attempts) in total.
+    pub attempts: u64,
+    /// Grants per agent type.
+    pub grants_by_agent_type: BTreeMap<String, u64>,
+}
+
+/// Every strategy on one workload.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SimReport {
+    /// The workload's name.
+    pub workload: String,
+    /// Its seed.
+    pub seed: u64,
+    /// Tasks submitted.
+    pub tasks: u32,
+    /// Agents at the start.
+    pub agents: usize,
+    /// Results per strategy name (`StrategyKind::as_str`, plus `oracle`).
+    pub strategies: BTreeMap<String, StrategyMetrics>,
+}
+
+impl StrategyMetrics {
+    /// Summarises one run.
+    pub fn from_outcome(o: &Outcome) -> StrategyMetrics {
+        let times: Vec<(f64, u8)> = o
+            .tasks
+            .iter()
+            .filter_map(|t| t.completed_s.map(|c| (c - t.submit_s, t.priority)))
+            .collect();
+        let (mean, p95, weighted) = completion_stats(times.clone());
+        let n = times.len();
+        let attempted = o.tasks.iter().filter_map(|t| t.first_attempt_ok);
+        let (ok, tried) =
+            attempted.fold((0usize, 0usize), |(ok, n), x| (ok + usize::from(x), n + 1));
+        let failed = o.tasks.iter().filter(|t| t.failed).count();
+        StrategyMetrics {
+            mean_completion_s: mean,
+            p95_completion_s: p95,
+            makespan_s: o.makespan_s,
+            utilization: o.utilization,
+            first_attempt_success: ratio(ok as f64, tried as f64),
+            priority_weighted_latency_s: weighted,
+            throughput_per_s: ratio(n as f64, o.makespan_s),
+            tasks_completed: n,
+            tasks_failed: failed,
+            tasks_unfinished: o.tasks.len() - n - failed,
+            attempts: o.tasks.iter().map(|t| u64::from(t.grants)).sum(),
+            grants_by_agent_type: o.grants_by_agent_type.clone(),
+        }
+    }
+}
+
+/// `a / b`, or 0 when `b` is not positive (JSON has no NaN).
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+/// Mean, nearest-rank p95, and (priority + 1)-weighted mean of (completion time, priority).
+fn completion_stats(mut times: Vec<(f64, u8)>) -> (f64, f64, f64) {
+    times.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let n = times.len();
+    let mean = ratio(times.iter().map(|t| t.0).sum(), n as f64);
+    let rank = ((n as f64 * 0.95).ceil() as usize).clamp(1, n.max(1)) - 1;
+    let p95 = times.get(rank).map_or(0.0, |t| t.0);
+    let weight: f64 = times.iter().map(|t| f64::from(t.1) + 1.0).sum();
+    let weighted: f64 = times.iter().map(|t| t.0 * (f64::from(t.1) + 1.0)).sum();
+    (mean, p95, ratio(weighted, weight))
+}
+
+/// Runs every [`StrategyKind`] and the oracle on the same workload (same seed, same tasks).
+pub fn run_all(workload: &Workload) -> Result<SimReport, SimError> {
+    let mut strategies = BTreeMap::new();
+    for kind in StrategyKind::ALL {
+        let strategy = kind.build();
+        let outcome = simulate(workload, Placer::Strategy(strategy.as_ref()))?;
+        strategies.insert(
+            kind.as_str().to_owned(),
+            StrategyMetrics::from_outcome(&outcome),
+        );
+    }
+    let outcome = simulate(workload, Placer::Oracle)?;
+    strategies.insert(ORACLE.to_owned(), StrategyMetrics::from_outcome(&outcome));
+    Ok(SimReport {
+        workload: workload.name.clone(),
+        seed: workload.seed,
+        tasks: workload.tasks.count,
+        agents: workload.agent_count(),
+        strategies,
+    })
+}
+
+impl SimReport {
+    /// Strategy names in display order: `StrategyKind::ALL`, then the oracle.
+    pub fn names(&self) -> Vec<&str> {
+        StrategyKind::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .chain([ORACLE])
+            .filter(|n| self.strategies.contains_key(*n))
+            .collect()
+    }
+
+    /// A plain-text table, one row per strategy; `vs rr` is the mean completion time relative
+    /// to round_robin.
+    pub fn render_table(&self) -> String {
+        let mut out = format!(
+            "workload {}  seed {}  tasks {}  agents {}\n",
+            self.workload, self.seed, self.tasks, self.agents
+        );
+        let _ = writeln!(
+            out,
+            "{:<14} {:>9} {:>9} {:>8} {:>9} {:>7} {:>6} {:>9} {:>7} {:>6} {:>6}",
+            "strategy",
+            "mean s",
+            "p95 s",
+            "vs rr",
+            "makespan",
+            "util",
+            "1st ok",
+            "prio-w s",
+            "thru/s",
+            "done",
+            "failed"
+        );
+        let rr = self
+            .strategies
+            .get("round_robin")
+            .map(|m| m.mean_completion_s);
+        for name in self.names() {
+            if let Some(m) = self.strategies.get(name) {
+                out.push_str(&table_row(name, m, rr));
+            }
+        }
+        out
+    }
+}
+
+/// One line of the table; `rr` is round_robin's mean completion time, if known.
+fn table_row(name: &str, m: &StrategyMetrics, rr: Option<f64>) -> String {
+    let vs = match rr {
+        Some(base) if base > 0.0 => format!("{:+.1}%", (m.mean_completion_s / base - 1.0) * 100.0),
+        _ => "-".to_owned(),
+    };
+    format!(
+        "{:<14} {:>9.2} {:>9.2} {:>8} {:>9.1} {:>6.1}% {:>5.1}% {:>9.2} {:>7.3} {:>6} {:>6}\n",
+        name,
+        m.mean_completion_s,
+        m.p95_completion_s,
+        vs,
+        m.makespan_s,
+        m.utilization * 100.0,
+        m.first_attempt_success * 100.0,
+        m.priority_weighted_latency_s,
+        m.throughput_per_s,
+        m.tasks_completed,
+        m.tasks_failed
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::TaskRecord;
+
+    fn record(submit: f64, done: Option<f64>, priority: u8, first: Option<bool>) -> TaskRecord {
+        TaskRecord {
+            submit_s: submit,
+            priority,
+            parents: vec![],
+            first_start_s: done.map(|_| submit),
+            last_start_s: done.map(|_| submit),
+            completed_s: done,
+            failed: done.is_none() && first.is_some(),
+            grants: u32::from(first.is_some()),
+            first_attempt_ok: first,
+        }
+    }
+
+    #[test]
+    fn metrics_from_hand_built_outcome() {
+        let mut tasks: Vec<TaskRecord> = (0..19)
+            .map(|i| record(0.0, Some(1.0 + i as f64), 0, Some(true)))
+            .collect();
+        tasks.push(record(0.0, Some(100.0), 9, Some(false)));
+        tasks.push(record(0.0, None, 0, Some(false)));
+        tasks.push(record(0.0, None, 0, None));
+        let o = Outcome {
+            tasks,
+            makespan_s: 100.0,
+            utilization: 0.5,
+            grants_by_agent_type: BTreeMap::new(),
+        };
+        let m = StrategyMetrics::from_outcome(&o);
+        assert_eq!(m.tasks_completed, 20);
+        assert_eq!(m.tasks_failed, 1);
+        assert_eq!(m.tasks_unfinished, 1);
+        let mean = ((1..=19).sum::<i32>() as f64 + 100.0) / 20.0;
+        assert!((m.mean_completion_s - mean).abs() < 1e-9);
+        assert_eq!(m.p95_completion_s, 19.0); // nearest rank: 19th of 20
+        assert!((m.first_attempt_success - 19.0 / 21.0).abs() < 1e-9);
+        assert!((m.throughput_per_s - 0.2).abs() < 1e-9);
+        // The priority-9 task weighs 10 against 1 for each other.
+        let w = ((1..=19).sum::<i32>() as f64 + 1000.0) / 29.0;
+        assert!((m.priority_weighted_latency_s - w).abs() < 1e-9);
+    }
+
+    #[test]
+    fn empty_outcome_gives_zeros_not_nan() {
+        let o = Outcome {
+            tasks: vec![],
+            makespan_s: 0.0,
+            utilization: 0.0,
+            grants_by_agent_type: BTreeMap::new(),
+        };
+        let m = StrategyMetrics::from_outcome(&o);
+        assert_eq!(m.mean_completion_s, 0.0);
+        assert_eq!(m.p95_completion_s, 0.0);
+        assert_eq!(m.throughput_per_s, 0.0);
+        assert_eq!(m.first_attempt_success, 0.0);
+    }
+}
