@@ -49,13 +49,6 @@ pub struct MessageBenchReport {
     pub backlog_offered_per_s: f64,
 }
 
-const PRIORITIES: [MessagePriority; 4] = [
-    MessagePriority::Low,
-    MessagePriority::Normal,
-    MessagePriority::High,
-    MessagePriority::Critical,
-];
-
 fn micros_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -202,7 +195,7 @@ async fn run_backlog(
     while sent < total {
         ticker.tick().await;
         for _ in 0..per_tick.min(total - sent) {
-            let priority = PRIORITIES[sent % PRIORITIES.len()];
+            let priority = MessagePriority::ALL[sent % MessagePriority::ALL.len()];
             sender
                 .send_message(message(DeliveryMode::Asynchronous, &to, priority))
                 .await?;

@@ -11,8 +11,15 @@ use std::fmt;
 pub enum ErrorKind {
     /// NATS connection, publish or JetStream API failure. Retry with backoff.
     Nats,
-    /// Redis connection or command failure. Retry with backoff.
+    /// Redis connection trouble, or a server state that passes (loading, failover, busy script).
+    /// Retry with backoff.
     Redis,
+    /// Redis refused the command as sent (a script error, a wrong type, a refused argument):
+    /// the same command fails the same way again. Do not retry.
+    RedisRefused,
+    /// A reply the code does not understand (a script answering what its caller does not
+    /// expect): a defect, not a condition that passes. Do not retry.
+    Unexpected,
     /// Waited longer than allowed for a reply or acknowledgement. Retry may help.
     Timeout,
     /// The request was refused by the coordinator (bad input, unknown agent, ...). Do not retry.
@@ -120,6 +127,8 @@ impl From<redis::RedisError> for Error {
     fn from(err: redis::RedisError) -> Self {
         let kind = if err.is_timeout() {
             ErrorKind::Timeout
+        } else if matches!(err.retry_method(), redis::RetryMethod::NoRetry) {
+            ErrorKind::RedisRefused
         } else {
             ErrorKind::Redis
         };
@@ -139,3 +148,22 @@ pub fn nats_error(context: &str, err: impl std::error::Error + Send + Sync + 'st
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(all(test, feature = "redis"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_errors_say_whether_a_retry_can_help() {
+        let dropped = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let dropped = Error::from(redis::RedisError::from(dropped));
+        assert_eq!(dropped.kind(), ErrorKind::Redis);
+        assert!(dropped.is_retryable());
+        let refused = Error::from(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "not a list",
+        )));
+        assert_eq!(refused.kind(), ErrorKind::RedisRefused);
+        assert!(!refused.is_retryable());
+    }
+}

@@ -102,6 +102,21 @@ pub enum MessagePriority {
 }
 
 impl MessagePriority {
+    /// Every priority, highest first (the order an inbox drains them).
+    pub const ALL: [MessagePriority; 4] = [
+        MessagePriority::Critical,
+        MessagePriority::High,
+        MessagePriority::Normal,
+        MessagePriority::Low,
+    ];
+
+    /// The priority of a wire name (`low`, `normal`, `high`, `critical`).
+    pub fn parse(name: &str) -> Option<MessagePriority> {
+        MessagePriority::ALL
+            .into_iter()
+            .find(|p| p.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             MessagePriority::Low => "low",
@@ -174,6 +189,25 @@ pub struct Envelope<P = serde_json::Value> {
 }
 
 impl<P> Envelope<P> {
+    /// The same envelope around another payload (a raw payload once it has been read).
+    pub fn with_payload<Q>(self, payload: Q) -> Envelope<Q> {
+        Envelope {
+            protocol_version: self.protocol_version,
+            message_id: self.message_id,
+            correlation_id: self.correlation_id,
+            sender: self.sender,
+            recipients: self.recipients,
+            message_type: self.message_type,
+            priority: self.priority,
+            delivery_mode: self.delivery_mode,
+            requires_ack: self.requires_ack,
+            created_at_ms: self.created_at_ms,
+            ttl_seconds: self.ttl_seconds,
+            retry_policy: self.retry_policy,
+            payload,
+        }
+    }
+
     /// A new message from `sender` with defaults: normal priority, guaranteed, no ttl.
     pub fn new(
         sender: impl Into<String>,

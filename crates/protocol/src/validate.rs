@@ -4,6 +4,7 @@
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::envelope::{Envelope, MessageType, PROTOCOL_VERSION};
 use super::messages::{
@@ -13,7 +14,7 @@ use super::messages::{
 use super::messaging::{HandoffAcknowledge, HandoffInitiate, ResourceRequest};
 pub use super::reasons::RejectReason;
 use super::subjects::Subjects;
-use switchyard_decision::{ResourceError, Resources};
+use switchyard_decision::{ResourceError, Resources, StrategyKind};
 
 /// Highest task priority accepted.
 pub const MAX_TASK_PRIORITY: u8 = 10;
@@ -37,7 +38,8 @@ pub struct Rejection {
 pub enum Inbound {
     Register(Envelope<AgentRegister>, Resources),
     Deregister(Envelope<AgentDeregister>),
-    Submit(Envelope<TaskSubmit>, Resources),
+    /// A submit, its required resources and the strategy it asked for (parsed here, once).
+    Submit(Envelope<TaskSubmit>, Resources, Option<StrategyKind>),
     Complete(Envelope<TaskComplete>),
     Heartbeat(Envelope<Heartbeat>),
     GrantAck(Envelope<GrantAck>),
@@ -66,7 +68,7 @@ impl Inbound {
         match self {
             Inbound::Register(e, _) => e.message_id.to_string(),
             Inbound::Deregister(e) => e.message_id.to_string(),
-            Inbound::Submit(e, _) => e.message_id.to_string(),
+            Inbound::Submit(e, ..) => e.message_id.to_string(),
             Inbound::Complete(e) => e.message_id.to_string(),
             Inbound::Heartbeat(e) => e.message_id.to_string(),
             Inbound::GrantAck(e) => e.message_id.to_string(),
@@ -81,7 +83,7 @@ impl Inbound {
         match self {
             Inbound::Register(e, _) => &e.sender,
             Inbound::Deregister(e) => &e.sender,
-            Inbound::Submit(e, _) => &e.sender,
+            Inbound::Submit(e, ..) => &e.sender,
             Inbound::Complete(e) => &e.sender,
             Inbound::Heartbeat(e) => &e.sender,
             Inbound::GrantAck(e) => &e.sender,
@@ -172,8 +174,28 @@ pub fn decode(
             format!("message is {} bytes, the limit is {max_bytes}", bytes.len()),
         ));
     }
-    let raw: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ctx.reject(RejectReason::MalformedJson, format!("not valid JSON: {e}")))?;
+    // The payload stays raw text until its type is known, then is read once into that type.
+    let envelope: RawEnvelope =
+        serde_json::from_slice(bytes).map_err(|e| refuse_unreadable(&mut ctx, bytes, e))?;
+    ctx.correlation_id = Some(envelope.message_id.to_string());
+    if validate_agent_id(&envelope.sender) {
+        ctx.reply_to = envelope.sender.clone();
+    }
+    check_envelope(&ctx, &envelope, now_ms)?;
+    decode_payload(&ctx, envelope)
+}
+
+/// An envelope whose payload is still JSON text (`None` when the field is missing, which the
+/// payload's own type then refuses as it would `null`).
+type RawEnvelope = Envelope<Option<Box<RawValue>>>;
+
+/// Why bytes that are not a valid envelope were refused: not JSON at all, or JSON that is not an
+/// envelope. Whatever can be read (message id, sender) still goes into the error report.
+fn refuse_unreadable(ctx: &mut Context<'_>, bytes: &[u8], error: serde_json::Error) -> Rejection {
+    let raw: Value = match serde_json::from_slice(bytes) {
+        Ok(raw) => raw,
+        Err(e) => return ctx.reject(RejectReason::MalformedJson, format!("not valid JSON: {e}")),
+    };
     ctx.correlation_id = raw
         .get("message_id")
         .and_then(Value::as_str)
@@ -185,13 +207,13 @@ pub fn decode(
     {
         ctx.reply_to = sender.to_string();
     }
-    let envelope: Envelope<Value> = serde_json::from_value(raw)
-        .map_err(|e| ctx.reject(RejectReason::InvalidEnvelope, format!("bad envelope: {e}")))?;
-    check_envelope(&ctx, &envelope, now_ms)?;
-    decode_payload(&ctx, envelope)
+    ctx.reject(
+        RejectReason::InvalidEnvelope,
+        format!("bad envelope: {error}"),
+    )
 }
 
-fn check_envelope(ctx: &Context<'_>, env: &Envelope<Value>, now_ms: u64) -> Result<(), Rejection> {
+fn check_envelope(ctx: &Context<'_>, env: &RawEnvelope, now_ms: u64) -> Result<(), Rejection> {
     // Replies go to `<prefix>.reply.<sender>`: a sender that is not a plain token would make an
     // invalid (or wildcard) subject.
     if !validate_agent_id(&env.sender) {
@@ -227,60 +249,23 @@ fn check_envelope(ctx: &Context<'_>, env: &Envelope<Value>, now_ms: u64) -> Resu
     Ok(())
 }
 
+/// The envelope with its payload read into `P`.
 fn typed<P: DeserializeOwned>(
     ctx: &Context<'_>,
-    env: Envelope<Value>,
+    env: RawEnvelope,
 ) -> Result<Envelope<P>, Rejection> {
-    let Envelope { payload, .. } = &env;
-    let payload: P = serde_json::from_value(payload.clone())
-        .map_err(|e| ctx.reject(RejectReason::InvalidPayload, format!("bad payload: {e}")))?;
-    Ok(Envelope {
-        protocol_version: env.protocol_version,
-        message_id: env.message_id,
-        correlation_id: env.correlation_id,
-        sender: env.sender,
-        recipients: env.recipients,
-        message_type: env.message_type,
-        priority: env.priority,
-        delivery_mode: env.delivery_mode,
-        requires_ack: env.requires_ack,
-        created_at_ms: env.created_at_ms,
-        ttl_seconds: env.ttl_seconds,
-        retry_policy: env.retry_policy,
-        payload,
-    })
+    let text = env.payload.as_deref().map_or("null", RawValue::get);
+    let payload: P = serde_json::from_str(text).map_err(|e| match e.is_syntax() {
+        // The envelope's reader only checked the payload's shape; a number beyond f64 shows now.
+        true => ctx.reject(RejectReason::MalformedJson, format!("not valid JSON: {e}")),
+        false => ctx.reject(RejectReason::InvalidPayload, format!("bad payload: {e}")),
+    })?;
+    Ok(env.with_payload(payload))
 }
 
-fn decode_payload(ctx: &Context<'_>, env: Envelope<Value>) -> Result<Inbound, Rejection> {
+fn decode_payload(ctx: &Context<'_>, env: RawEnvelope) -> Result<Inbound, Rejection> {
     match env.message_type {
-        MessageType::AgentRegister => {
-            let env: Envelope<AgentRegister> = typed(ctx, env)?;
-            check_agent_token(ctx, &env.payload.agent_id)?;
-            let capacity = resources(ctx, &env.payload.max_resources)?;
-            if !env.payload.priority_weight.is_finite() || env.payload.priority_weight < 0.0 {
-                return Err(ctx.reject(
-                    RejectReason::Resource("invalid_priority_weight"),
-                    "priority_weight must be a finite number >= 0",
-                ));
-            }
-            if !valid_type_name(&env.payload.agent_type) {
-                return Err(ctx.reject(
-                    RejectReason::InvalidPayload,
-                    "agent_type must be 1-64 printable characters without |",
-                ));
-            }
-            if env
-                .payload
-                .lease_s
-                .is_some_and(|l| !l.is_finite() || !(0.0..=86_400.0).contains(&l))
-            {
-                return Err(ctx.reject(
-                    RejectReason::InvalidDuration,
-                    "lease_s must be 0..=86400 seconds",
-                ));
-            }
-            Ok(Inbound::Register(env, capacity))
-        }
+        MessageType::AgentRegister => check_register(ctx, typed(ctx, env)?),
         MessageType::AgentDeregister => {
             let env: Envelope<AgentDeregister> = typed(ctx, env)?;
             check_agent_token(ctx, &env.payload.agent_id)?;
@@ -299,26 +284,11 @@ fn decode_payload(ctx: &Context<'_>, env: Envelope<Value>) -> Result<Inbound, Re
         }
         MessageType::TaskSubmit => {
             let env: Envelope<TaskSubmit> = typed(ctx, env)?;
-            let required = check_submit(ctx, &env)?;
-            Ok(Inbound::Submit(env, required))
+            let strategy = check_submit(ctx, &env)?;
+            let required = resources(ctx, &env.payload.required_resources)?;
+            Ok(Inbound::Submit(env, required, strategy))
         }
-        MessageType::TaskComplete => {
-            let env: Envelope<TaskComplete> = typed(ctx, env)?;
-            check_agent_token(ctx, &env.payload.agent_id)?;
-            if !validate_task_id(&env.payload.task_id) {
-                return Err(ctx.reject(
-                    RejectReason::InvalidId,
-                    "task_id must be 1-128 of [A-Za-z0-9_.:-]",
-                ));
-            }
-            if !env.payload.execution_time_s.is_finite() || env.payload.execution_time_s < 0.0 {
-                return Err(ctx.reject(
-                    RejectReason::InvalidDuration,
-                    "execution_time_s must be finite and >= 0",
-                ));
-            }
-            Ok(Inbound::Complete(env))
-        }
+        MessageType::TaskComplete => check_complete(ctx, typed(ctx, env)?),
         MessageType::HandoffInitiate => checks::handoff_initiate(ctx, typed(ctx, env)?),
         MessageType::HandoffAcknowledge => checks::handoff_acknowledge(ctx, typed(ctx, env)?),
         MessageType::ResourceRequest => checks::resource_request(ctx, typed(ctx, env)?),
@@ -327,6 +297,48 @@ fn decode_payload(ctx: &Context<'_>, env: Envelope<Value>) -> Result<Inbound, Re
             format!("{other:?} is not an event the optimizer consumes"),
         )),
     }
+}
+
+fn check_register(ctx: &Context<'_>, env: Envelope<AgentRegister>) -> Result<Inbound, Rejection> {
+    check_agent_token(ctx, &env.payload.agent_id)?;
+    let capacity = resources(ctx, &env.payload.max_resources)?;
+    if !env.payload.priority_weight.is_finite() || env.payload.priority_weight < 0.0 {
+        return Err(ctx.reject(
+            RejectReason::Resource("invalid_priority_weight"),
+            "priority_weight must be a finite number >= 0",
+        ));
+    }
+    if !valid_type_name(&env.payload.agent_type) {
+        return Err(ctx.reject(
+            RejectReason::InvalidPayload,
+            "agent_type must be 1-64 printable characters without |",
+        ));
+    }
+    let lease_ok = |l: f64| l.is_finite() && (0.0..=86_400.0).contains(&l);
+    if env.payload.lease_s.is_some_and(|l| !lease_ok(l)) {
+        return Err(ctx.reject(
+            RejectReason::InvalidDuration,
+            "lease_s must be 0..=86400 seconds",
+        ));
+    }
+    Ok(Inbound::Register(env, capacity))
+}
+
+fn check_complete(ctx: &Context<'_>, env: Envelope<TaskComplete>) -> Result<Inbound, Rejection> {
+    check_agent_token(ctx, &env.payload.agent_id)?;
+    if !validate_task_id(&env.payload.task_id) {
+        return Err(ctx.reject(
+            RejectReason::InvalidId,
+            "task_id must be 1-128 of [A-Za-z0-9_.:-]",
+        ));
+    }
+    if !env.payload.execution_time_s.is_finite() || env.payload.execution_time_s < 0.0 {
+        return Err(ctx.reject(
+            RejectReason::InvalidDuration,
+            "execution_time_s must be finite and >= 0",
+        ));
+    }
+    Ok(Inbound::Complete(env))
 }
 
 /// Agent messages must come on the agent's own subject, so permissions can scope agents.
@@ -358,7 +370,11 @@ fn resources(
     })
 }
 
-fn check_submit(ctx: &Context<'_>, env: &Envelope<TaskSubmit>) -> Result<Resources, Rejection> {
+/// Checks a submit's fields; answers the strategy it asked for.
+fn check_submit(
+    ctx: &Context<'_>,
+    env: &Envelope<TaskSubmit>,
+) -> Result<Option<StrategyKind>, Rejection> {
     let task = &env.payload;
     if ctx.token != Some(env.sender.as_str()) || !validate_agent_id(&env.sender) {
         return Err(ctx.reject(
@@ -404,15 +420,16 @@ fn check_submit(ctx: &Context<'_>, env: &Envelope<TaskSubmit>) -> Result<Resourc
             format!("at most {MAX_DEPENDENCIES} valid task ids, not the task itself"),
         ));
     }
-    if let Some(name) = &task.strategy {
-        if switchyard_decision::StrategyKind::parse(name).is_none() {
-            return Err(ctx.reject(
-                RejectReason::InvalidStrategy,
-                format!("unknown strategy {name:?}: least_loaded, round_robin, priority_based, load_balanced, adaptive or historical"),
-            ));
-        }
+    let Some(name) = &task.strategy else {
+        return Ok(None);
+    };
+    match StrategyKind::parse(name) {
+        Some(kind) => Ok(Some(kind)),
+        None => Err(ctx.reject(
+            RejectReason::InvalidStrategy,
+            format!("unknown strategy {name:?}: least_loaded, round_robin, priority_based, load_balanced, adaptive or historical"),
+        )),
     }
-    resources(ctx, &task.required_resources)
 }
 
 #[path = "validate_messaging.rs"]

@@ -37,7 +37,7 @@ fn accepts_a_valid_submit_with_seed_style_resource_names() {
         json!({"task_id": "t1", "priority": 8, "required_resources": {"CPU": 2.0, "memory": 4096.0}, "dependencies": ["t0"]}),
     );
     match run("coord.task_submit.orch", &msg) {
-        Ok(Inbound::Submit(env, req)) => {
+        Ok(Inbound::Submit(env, req, _)) => {
             assert_eq!(env.payload.task_id, "t1");
             assert_eq!(req.cpu, 2000);
             assert_eq!(req.memory, 4_096_000);
@@ -213,30 +213,48 @@ fn an_unknown_strategy_is_refused_and_known_ones_accepted() {
     assert_eq!(reason("coord.task_submit.orch", &bad), "invalid_strategy");
     let seed_spelling = submit(json!({"task_id": "t", "strategy": "ROUND_ROBIN"}));
     assert_eq!(reason("coord.task_submit.orch", &seed_spelling), "accepted");
+    // The strategy is parsed once, here, and travels typed to the optimizer.
+    match run("coord.task_submit.orch", &seed_spelling) {
+        Ok(Inbound::Submit(_, _, strategy)) => {
+            assert_eq!(
+                strategy,
+                Some(switchyard_decision::StrategyKind::RoundRobin)
+            )
+        }
+        other => panic!("expected a submit, got {other:?}"),
+    }
 }
 
 #[test]
-fn a_number_beyond_f64_is_malformed_json_wherever_it_is() {
-    // serde_json refuses a number that overflows f64 ("number out of range") while parsing, so
-    // it is `malformed_json` even where a too-large amount would be `resource_too_large`, and even
-    // in a field nobody reads. Nothing of the message was read: the report goes to the subject's
-    // token, without a correlation id.
-    for text in [
-        r#"{"protocol_version":1,"message_id":"6f1c2d1e-8f7a-4b7e-9a51-3d0f2f6f7a10","sender":"orch","type":"TASK_SUBMIT","created_at_ms":1700000000000,"payload":{"task_id":"t1","required_resources":{"cpu":1e400}}}"#,
-        r#"{"protocol_version":1,"message_id":"6f1c2d1e-8f7a-4b7e-9a51-3d0f2f6f7a10","sender":"someone","type":"TASK_SUBMIT","created_at_ms":1700000000000,"unknown_field":-1e400,"payload":{"task_id":"t1"}}"#,
-    ] {
-        let r = decode(
-            &Subjects::default(),
-            "coord.task_submit.orch",
-            text.as_bytes(),
-            65_536,
-            NOW,
-        )
-        .expect_err("out of range");
-        assert_eq!(r.reason, RejectReason::MalformedJson, "{}", r.message);
-        assert_eq!(r.reply_to, "orch");
-        assert_eq!(r.correlation_id, None);
-    }
+fn a_number_beyond_f64_is_malformed_json_where_it_is_read() {
+    // serde_json refuses a number that overflows f64 ("number out of range") when it reads it:
+    // in the payload that is `malformed_json` (even where a too-large amount would be
+    // `resource_too_large`), reported to the sender with the message's id, since the envelope
+    // was read. In a field nobody reads it is skipped with the field.
+    let in_payload = r#"{"protocol_version":1,"message_id":"6f1c2d1e-8f7a-4b7e-9a51-3d0f2f6f7a10","sender":"orch","type":"TASK_SUBMIT","created_at_ms":1700000000000,"payload":{"task_id":"t1","required_resources":{"cpu":1e400}}}"#;
+    let r = decode(
+        &Subjects::default(),
+        "coord.task_submit.orch",
+        in_payload.as_bytes(),
+        65_536,
+        NOW,
+    )
+    .expect_err("out of range");
+    assert_eq!(r.reason, RejectReason::MalformedJson, "{}", r.message);
+    assert_eq!(r.reply_to, "orch");
+    assert_eq!(
+        r.correlation_id.as_deref(),
+        Some("6f1c2d1e-8f7a-4b7e-9a51-3d0f2f6f7a10")
+    );
+    let unread = r#"{"protocol_version":1,"message_id":"6f1c2d1e-8f7a-4b7e-9a51-3d0f2f6f7a10","sender":"orch","type":"TASK_SUBMIT","created_at_ms":1700000000000,"unknown_field":-1e400,"payload":{"task_id":"t1"}}"#;
+    let decoded = decode(
+        &Subjects::default(),
+        "coord.task_submit.orch",
+        unread.as_bytes(),
+        65_536,
+        NOW,
+    );
+    assert!(decoded.is_ok(), "{decoded:?}");
     // A number too small for f64 is read as 0.
     let tiny = br#"{"protocol_version":1,"message_id":"6f1c2d1e-8f7a-4b7e-9a51-3d0f2f6f7a10","sender":"orch","type":"TASK_SUBMIT","created_at_ms":1700000000000,"payload":{"task_id":"t1","required_resources":{"cpu":1e-400}}}"#;
     match decode(
@@ -246,7 +264,7 @@ fn a_number_beyond_f64_is_malformed_json_wherever_it_is() {
         65_536,
         NOW,
     ) {
-        Ok(Inbound::Submit(_, required)) => assert_eq!(required.cpu, 0),
+        Ok(Inbound::Submit(_, required, _)) => assert_eq!(required.cpu, 0),
         other => panic!("unexpected {other:?}"),
     }
 }

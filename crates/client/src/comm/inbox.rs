@@ -15,16 +15,11 @@ use tokio::sync::Notify;
 
 use switchyard_protocol::MessagePriority;
 
-/// Priorities, highest first (the order the inbox drains them).
-pub(crate) const PRIORITIES: [MessagePriority; 4] = [
-    MessagePriority::Critical,
-    MessagePriority::High,
-    MessagePriority::Normal,
-    MessagePriority::Low,
-];
-
 fn lane(priority: MessagePriority) -> usize {
-    PRIORITIES.iter().position(|p| *p == priority).unwrap_or(2)
+    MessagePriority::ALL
+        .iter()
+        .position(|p| *p == priority)
+        .unwrap_or(2)
 }
 
 struct Lanes<T> {

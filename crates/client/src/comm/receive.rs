@@ -12,7 +12,6 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::inbox::PRIORITIES;
 use super::{AckMode, InboxMessage, Shared};
 use crate::error::{Error, nats_error};
 use crate::transport;
@@ -69,7 +68,7 @@ pub(crate) async fn start(shared: &Arc<Shared>) -> Result<Vec<JoinHandle<()>>, E
     tasks.push(tokio::spawn(receive_core(shared.clone(), errors)));
     tasks.push(tokio::spawn(receive_core(shared.clone(), direct)));
     let max_pending = i64::try_from(o.message_buffer_size).unwrap_or(i64::MAX);
-    for priority in PRIORITIES {
+    for priority in MessagePriority::ALL {
         let consumer = transport::message_consumer(
             &shared.js,
             &shared.subjects,

@@ -2,7 +2,7 @@
 //! trips), dispatch once, publish, and only then acknowledge. A replica that dies anywhere before
 //! the acks leaves the whole batch to be redelivered, and every step is idempotent.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{AckKind, Message};
 use futures::future::join_all;
@@ -141,48 +141,105 @@ fn sender_of(event: &Inbound) -> String {
     event.sender().to_string()
 }
 
-/// Transient failure (Redis or NATS trouble): let JetStream redeliver after a pause; on the last
-/// allowed delivery, park the message in the dead-letter stream instead of dropping it.
-async fn retry_or_dead_letter(ctx: &Ctx, message: &Message, event: &Inbound, error: &Error) {
-    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-    if delivered < ctx.config.jetstream.max_deliver {
-        tracing::warn!(error = %error, delivered, kind = event.message_type().as_str(), "event failed; asking for redelivery");
-        acknowledge(
-            message,
-            AckKind::Nak(Some(std::time::Duration::from_millis(
-                250 * delivered as u64,
-            ))),
-        )
-        .await;
-        return;
-    }
-    let subject = ctx.subjects.dead_letter(event.message_type().as_str());
-    let id = format!("dlq:{}", event.message_id());
-    let published = ctx
-        .js
-        .publish_with_headers(
-            subject,
-            switchyard_client::transport::msg_id_headers(&id),
-            message.payload.clone(),
-        )
-        .await;
-    let stored = match published {
-        Ok(ack) => ack.await.is_ok(),
-        Err(_) => false,
-    };
-    match stored {
-        true => {
-            ctx.metrics.dead_letters.inc();
-            tracing::error!(error = %error, kind = event.message_type().as_str(), "event dead-lettered after {delivered} deliveries");
-            acknowledge(message, AckKind::Term).await;
-        }
-        false => acknowledge(message, AckKind::Nak(None)).await,
+/// What becomes of an event that could not be applied.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Disposition {
+    /// Transient trouble (Redis or NATS): JetStream delivers it again after this pause.
+    Redeliver(Duration),
+    /// It cannot succeed as sent, or it has had its last delivery: park it in the dead-letter
+    /// stream rather than drop it, so an operator can see and replay it.
+    DeadLetter,
+}
+
+/// Retries only what may succeed later ([`Error::is_retryable`]), with a pause growing by 250 ms
+/// per delivery, and never past `max_deliver` deliveries.
+fn disposition(error: &Error, delivered: i64, max_deliver: i64) -> Disposition {
+    if error.is_retryable() && delivered < max_deliver {
+        Disposition::Redeliver(Duration::from_millis(250 * delivered.max(1) as u64))
+    } else {
+        Disposition::DeadLetter
     }
 }
+
+async fn retry_or_dead_letter(ctx: &Ctx, message: &Message, event: &Inbound, error: &Error) {
+    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+    let kind = event.message_type().as_str();
+    match disposition(error, delivered, ctx.config.jetstream.max_deliver) {
+        Disposition::Redeliver(pause) => {
+            tracing::warn!(error = %error, delivered, kind, "event failed; asking for redelivery");
+            acknowledge(message, AckKind::Nak(Some(pause))).await;
+        }
+        Disposition::DeadLetter => {
+            if dead_letter(ctx, message, event, error).await {
+                ctx.metrics.dead_letters.inc();
+                tracing::error!(error = %error, delivered, kind, retryable = error.is_retryable(), "event dead-lettered");
+                acknowledge(message, AckKind::Term).await;
+            } else {
+                acknowledge(message, AckKind::Nak(None)).await;
+            }
+        }
+    }
+}
+
+/// Stores a copy of the event in the dead-letter stream, with the error that put it there in a
+/// `Switchyard-Error` header; true once JetStream has stored it.
+async fn dead_letter(ctx: &Ctx, message: &Message, event: &Inbound, error: &Error) -> bool {
+    let subject = ctx.subjects.dead_letter(event.message_type().as_str());
+    let id = format!("dlq:{}", event.message_id());
+    let mut headers = switchyard_client::transport::msg_id_headers(&id);
+    headers.insert(DEAD_LETTER_ERROR_HEADER, error.to_string().as_str());
+    let published = ctx
+        .js
+        .publish_with_headers(subject, headers, message.payload.clone())
+        .await;
+    match published {
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// The header of a dead letter that says why it was dead-lettered.
+const DEAD_LETTER_ERROR_HEADER: &str = "Switchyard-Error";
 
 async fn acknowledge(message: &Message, kind: AckKind) {
     if let Err(e) = message.ack_with(kind).await {
         // The server will redeliver after ack_wait; every transition is idempotent.
         tracing::warn!(error = %e, "acknowledgement not sent");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_client::error::ErrorKind;
+
+    #[test]
+    fn transient_errors_are_redelivered_until_the_last_delivery() {
+        let redis = Error::new(ErrorKind::Redis, "connection reset");
+        assert_eq!(
+            disposition(&redis, 1, 5),
+            Disposition::Redeliver(Duration::from_millis(250))
+        );
+        assert_eq!(
+            disposition(&redis, 4, 5),
+            Disposition::Redeliver(Duration::from_millis(1000))
+        );
+        assert_eq!(disposition(&redis, 5, 5), Disposition::DeadLetter);
+    }
+
+    #[test]
+    fn what_cannot_succeed_is_dead_lettered_at_once() {
+        for kind in [
+            ErrorKind::InvalidInput,
+            ErrorKind::Rejected,
+            ErrorKind::Config,
+        ] {
+            let error = Error::new(kind, "unexpected script reply");
+            assert_eq!(
+                disposition(&error, 1, 5),
+                Disposition::DeadLetter,
+                "{kind:?}"
+            );
+        }
     }
 }

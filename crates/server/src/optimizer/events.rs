@@ -11,8 +11,10 @@ use crate::state::{
     SubmitRequest,
 };
 use switchyard_client::error::Error;
-use switchyard_decision::TaskState;
-use switchyard_protocol::{Inbound, MessageType, RejectReason, Replies, ReplyStatus};
+use switchyard_decision::{Resources, StrategyKind, TaskState};
+use switchyard_protocol::{
+    AgentRegister, Envelope, Inbound, MessageType, RejectReason, Replies, ReplyStatus, TaskSubmit,
+};
 
 /// What applying one event calls for.
 #[derive(Debug, Default)]
@@ -96,41 +98,7 @@ fn completion_of(p: &switchyard_protocol::TaskComplete) -> Completion<'_> {
 
 pub(crate) async fn apply_event(ctx: &Ctx, event: &Inbound) -> Result<Applied, Error> {
     match event {
-        Inbound::Register(env, capacity) => {
-            let p = &env.payload;
-            ctx.store
-                .register_agent(
-                    &p.agent_id,
-                    &p.agent_type,
-                    capacity,
-                    p.priority_weight,
-                    lease_ms(p.lease_s),
-                )
-                .await?;
-            tracing::info!(agent_id = %p.agent_id, agent_type = %p.agent_type, "agent registered");
-            // A restarted agent gets the grants it had not acknowledged now, not a resend later.
-            let republish = ctx
-                .store
-                .unacknowledged_grants_of(&p.agent_id)
-                .await?
-                .iter()
-                .filter_map(Grant::from_record)
-                .map(Grant::without_replies)
-                .collect();
-            let reply = Reply::new(
-                &env.sender,
-                &env.message_id.to_string(),
-                MessageType::AgentRegister,
-                ReplyStatus::Registered,
-            )
-            .agent(&p.agent_id);
-            Ok(Applied {
-                replies: vec![reply],
-                dispatch: true,
-                republish,
-                ..Applied::default()
-            })
-        }
+        Inbound::Register(env, capacity) => register(ctx, env, capacity).await,
         // Both travel on core NATS (signals.rs); a stored copy is applied the same way.
         Inbound::Heartbeat(env) => {
             super::liveness::apply_heartbeat(ctx, &env.payload.agent_id).await
@@ -146,44 +114,18 @@ pub(crate) async fn apply_event(ctx: &Ctx, event: &Inbound) -> Result<Applied, E
             Ok(Applied::default())
         }
         Inbound::Deregister(env) => {
-            deregister(
-                ctx,
-                &env.payload.agent_id,
-                &env.sender,
-                &env.message_id.to_string(),
-            )
-            .await
+            let message_id = env.message_id.to_string();
+            deregister(ctx, &env.payload.agent_id, &env.sender, &message_id).await
         }
-        Inbound::Submit(env, required) => {
-            let p = &env.payload;
-            let request = SubmitRequest {
-                task_id: p.task_id.clone(),
-                message_id: env.message_id.to_string(),
-                submitter: env.sender.clone(),
-                task_type: p.task_type.clone(),
-                priority: p.priority,
-                required: *required,
-                estimated_duration_s: p.estimated_duration_s,
-                dependencies: p.dependencies.clone(),
-                strategy: p
-                    .strategy
-                    .as_deref()
-                    .and_then(switchyard_decision::StrategyKind::parse)
-                    .map(|k| k.as_str().to_string()),
-                explain: p.explain,
-                replies: p.replies,
-            };
-            submit(ctx, &request).await
+        Inbound::Submit(env, required, strategy) => {
+            submit(ctx, &submit_request(env, required, *strategy)).await
         }
         Inbound::Complete(env) => {
             let c = &ctx.config.coordination;
+            let completion = completion_of(&env.payload);
             let outcome = ctx
                 .store
-                .complete_task(
-                    &completion_of(&env.payload),
-                    c.learning_rate,
-                    c.task_retention_s,
-                )
+                .complete_task(&completion, c.learning_rate, c.task_retention_s)
                 .await?;
             completed(ctx, env, outcome).await
         }
@@ -192,6 +134,68 @@ pub(crate) async fn apply_event(ctx: &Ctx, event: &Inbound) -> Result<Applied, E
         Inbound::ResourceRequest(env, extra) => {
             super::handoff::grow_reservation(ctx, env, extra).await
         }
+    }
+}
+
+async fn register(
+    ctx: &Ctx,
+    env: &Envelope<AgentRegister>,
+    capacity: &Resources,
+) -> Result<Applied, Error> {
+    let p = &env.payload;
+    let lease = lease_ms(p.lease_s);
+    ctx.store
+        .register_agent(
+            &p.agent_id,
+            &p.agent_type,
+            capacity,
+            p.priority_weight,
+            lease,
+        )
+        .await?;
+    tracing::info!(agent_id = %p.agent_id, agent_type = %p.agent_type, "agent registered");
+    // A restarted agent gets the grants it had not acknowledged now, not a resend later.
+    let republish = ctx
+        .store
+        .unacknowledged_grants_of(&p.agent_id)
+        .await?
+        .iter()
+        .filter_map(Grant::from_record)
+        .map(Grant::without_replies)
+        .collect();
+    let reply = Reply::new(
+        &env.sender,
+        &env.message_id.to_string(),
+        MessageType::AgentRegister,
+        ReplyStatus::Registered,
+    )
+    .agent(&p.agent_id);
+    Ok(Applied {
+        replies: vec![reply],
+        dispatch: true,
+        republish,
+        ..Applied::default()
+    })
+}
+
+fn submit_request(
+    env: &Envelope<TaskSubmit>,
+    required: &Resources,
+    strategy: Option<StrategyKind>,
+) -> SubmitRequest {
+    let p = &env.payload;
+    SubmitRequest {
+        task_id: p.task_id.clone(),
+        message_id: env.message_id.to_string(),
+        submitter: env.sender.clone(),
+        task_type: p.task_type.clone(),
+        priority: p.priority,
+        required: *required,
+        estimated_duration_s: p.estimated_duration_s,
+        dependencies: p.dependencies.clone(),
+        strategy: strategy.map(|k| k.as_str().to_string()),
+        explain: p.explain,
+        replies: p.replies,
     }
 }
 

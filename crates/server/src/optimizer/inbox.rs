@@ -48,14 +48,7 @@ pub(crate) fn derived_id(name: &str) -> Uuid {
 
 /// The wire name of a priority, read back from where it was stored (`normal` when unreadable).
 pub(crate) fn parse_priority(name: &str) -> MessagePriority {
-    [
-        MessagePriority::Low,
-        MessagePriority::High,
-        MessagePriority::Critical,
-    ]
-    .into_iter()
-    .find(|p| p.as_str() == name)
-    .unwrap_or(MessagePriority::Normal)
+    MessagePriority::parse(name).unwrap_or(MessagePriority::Normal)
 }
 
 /// Publishes each message and waits until JetStream stored it. A failure fails the event, which

@@ -3,8 +3,9 @@
 
 pub use super::records::Refusal;
 use super::records::refusal;
+use super::records::unexpected;
 use super::store::Store;
-use switchyard_client::error::{Error, ErrorKind};
+use switchyard_client::error::Error;
 use switchyard_decision::{ResourceKind, Resources};
 use switchyard_protocol::HandoffStatus;
 
@@ -95,13 +96,6 @@ pub struct GrowOutcome {
     pub reservation: Option<Resources>,
     /// Answered before: the same answer again, and nothing changed.
     pub repeat: bool,
-}
-
-fn unexpected(script: &str, reply: &[String]) -> Error {
-    Error::new(
-        ErrorKind::Redis,
-        format!("{script} returned an unexpected reply {reply:?}"),
-    )
 }
 
 fn field(reply: &[String], i: usize) -> &str {

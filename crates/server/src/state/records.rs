@@ -175,9 +175,10 @@ pub struct QueuedTask {
     pub replies: switchyard_protocol::Replies,
 }
 
-fn unexpected(script: &str, reply: &[String]) -> Error {
+/// A script answered what its caller does not expect: a defect, never retried.
+pub(crate) fn unexpected(script: &str, reply: &[String]) -> Error {
     Error::new(
-        ErrorKind::Redis,
+        ErrorKind::Unexpected,
         format!("{script} returned an unexpected reply {reply:?}"),
     )
 }

@@ -368,7 +368,7 @@ fn one_each<T>(outcomes: Vec<T>, items: usize, script: &str) -> Result<Vec<T>, E
         Ok(outcomes)
     } else {
         Err(Error::new(
-            ErrorKind::Redis,
+            ErrorKind::Unexpected,
             format!(
                 "{script} returned {} outcomes for {items} items",
                 outcomes.len()
@@ -379,9 +379,12 @@ fn one_each<T>(outcomes: Vec<T>, items: usize, script: &str) -> Result<Vec<T>, E
 
 /// The one outcome of a batch script called with one item (checked by `one_each`).
 fn only_outcome<T>(mut outcomes: Vec<T>, script: &str) -> Result<T, Error> {
-    outcomes
-        .pop()
-        .ok_or_else(|| Error::new(ErrorKind::Redis, format!("{script} returned no outcome")))
+    outcomes.pop().ok_or_else(|| {
+        Error::new(
+            ErrorKind::Unexpected,
+            format!("{script} returned no outcome"),
+        )
+    })
 }
 
 /// Numbers agents once each (1-based, as the batch scripts count), in first-seen order.
@@ -407,9 +410,12 @@ fn split_counted(reply: &[String]) -> Result<Vec<Vec<String>>, Error> {
     while let [outcome, count, tail @ ..] = rest {
         let count: usize = count
             .parse()
-            .map_err(|_| Error::new(ErrorKind::Redis, "a batch reply lost its field count"))?;
+            .map_err(|_| Error::new(ErrorKind::Unexpected, "a batch reply lost its field count"))?;
         if tail.len() < count {
-            return Err(Error::new(ErrorKind::Redis, "a batch reply is cut short"));
+            return Err(Error::new(
+                ErrorKind::Unexpected,
+                "a batch reply is cut short",
+            ));
         }
         let (fields, next) = tail.split_at(count);
         let mut item = Vec::with_capacity(count + 1);
@@ -419,7 +425,10 @@ fn split_counted(reply: &[String]) -> Result<Vec<Vec<String>>, Error> {
         rest = next;
     }
     if !rest.is_empty() {
-        return Err(Error::new(ErrorKind::Redis, "a batch reply ends half way"));
+        return Err(Error::new(
+            ErrorKind::Unexpected,
+            "a batch reply ends half way",
+        ));
     }
     Ok(items)
 }
