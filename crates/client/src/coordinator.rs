@@ -7,7 +7,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::router::{ClientEvent, Router, into_reply};
-use crate::error::{Error, ErrorKind, nats_error};
+use crate::error::{Error, ErrorKind};
 use crate::transport;
 use switchyard_protocol::{
     AgentRegister, CoordinationSync, Envelope, MessageType, ReplyStatus, StatusQuery, Subjects,
@@ -164,20 +164,14 @@ impl Coordinator {
 
     /// A snapshot with what `query` asks for (e.g. the learned patterns).
     pub async fn status_with(&self, query: StatusQuery) -> Result<CoordinationSync, Error> {
-        let query = Envelope::new(
-            self.client_id.clone(),
-            MessageType::StatusQuery,
+        let timeout = self.reply_timeout;
+        crate::calls::request_status(
+            &self.client,
+            &self.subjects,
+            &self.client_id,
             query,
-            now_ms(),
-        );
-        let bytes = serde_json::to_vec(&query)?;
-        let subject = self.subjects.unaddressed(MessageType::StatusQuery);
-        let request = self.client.request(subject, bytes.into());
-        let answer = tokio::time::timeout(self.reply_timeout, request)
-            .await
-            .map_err(|_| Error::new(ErrorKind::Timeout, "no optimizer answered the status query"))?
-            .map_err(|e| nats_error("status query failed (is an optimizer running?)", e))?;
-        let env: Envelope<CoordinationSync> = serde_json::from_slice(&answer.payload)?;
-        Ok(env.payload)
+            timeout,
+        )
+        .await
     }
 }

@@ -19,6 +19,7 @@
 //! The wire types come from `switchyard-protocol`, re-exported as [`protocol`].
 
 mod agent;
+mod calls;
 pub mod comm;
 mod coordinator;
 pub mod error;

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::CommunicationProtocol;
-use crate::error::{Error, ErrorKind, nats_error};
+use crate::error::{Error, ErrorKind};
 use crate::transport;
 use switchyard_protocol::{
     CoordinationSync, DEFAULT_HANDOFF_TIMEOUT_S, Envelope, HandoffAcknowledge, HandoffInitiate,
@@ -216,21 +216,15 @@ impl CommunicationProtocol {
     /// A COORDINATION_SYNC snapshot on request (answered by any optimizer replica).
     pub async fn request_sync(&self, query: StatusQuery) -> Result<CoordinationSync, Error> {
         let shared = &self.shared;
-        let envelope = Envelope::new(
-            shared.agent_id.clone(),
-            MessageType::StatusQuery,
-            query,
-            now_ms(),
-        );
-        let bytes = serde_json::to_vec(&envelope)?;
-        let subject = shared.subjects.unaddressed(MessageType::StatusQuery);
         let timeout = shared.options.request_timeout;
-        let answer = tokio::time::timeout(timeout, shared.client.request(subject, bytes.into()))
-            .await
-            .map_err(|_| Error::new(ErrorKind::Timeout, "no optimizer answered the sync request"))?
-            .map_err(|e| nats_error("sync request failed (is an optimizer running?)", e))?;
-        let env: Envelope<CoordinationSync> = serde_json::from_slice(&answer.payload)?;
-        Ok(env.payload)
+        crate::calls::request_status(
+            &shared.client,
+            &shared.subjects,
+            &shared.agent_id,
+            query,
+            timeout,
+        )
+        .await
     }
 
     /// Publishes an event for the coordinator on `<prefix>.<type>.<this agent>`.

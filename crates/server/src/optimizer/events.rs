@@ -31,7 +31,7 @@ pub(crate) struct Applied {
     pub republish: Vec<Grant>,
     /// Stored messages for agents' inboxes (handoffs, verdicts, resource grants). Published
     /// before the event is acknowledged; if that fails, the event is redelivered.
-    pub messages: Vec<super::inbox::InboxMessage>,
+    pub messages: Vec<super::inbox::InboxDelivery>,
 }
 
 impl Applied {

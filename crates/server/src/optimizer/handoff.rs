@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::Ctx;
 use super::events::Applied;
-use super::inbox::{InboxMessage, derived_id, parse_priority};
+use super::inbox::{InboxDelivery, derived_id, parse_priority};
 use super::publish::OPTIMIZER_SENDER;
 use crate::state::{
     AnswerOutcome, BeginOutcome, GrowOutcome, GrowRequest, HandoffRequest, HandoffVerdict, Refusal,
@@ -54,7 +54,7 @@ pub(crate) async fn begin(ctx: &Ctx, env: &Envelope<HandoffInitiate>) -> Result<
             }
             // The initiate goes on unchanged (same sender, same message id, so a repeat is a
             // JetStream duplicate): the new agent gets the task state and results as sent.
-            let forward = InboxMessage::new(ctx, &p.to_agent, env.priority, env.clone())?;
+            let forward = InboxDelivery::new(ctx, &p.to_agent, env.priority, env.clone())?;
             Ok(Applied {
                 messages: vec![forward],
                 ..Applied::default()
@@ -254,7 +254,7 @@ fn resource_grant(
     ctx: &Ctx,
     env: &Envelope<ResourceRequest>,
     out: &GrowOutcome,
-) -> Result<InboxMessage, Error> {
+) -> Result<InboxDelivery, Error> {
     let p = &env.payload;
     let request_id = env.message_id.to_string();
     let payload = ResourceGrant {
@@ -273,7 +273,7 @@ fn resource_grant(
     .with_correlation(request_id.clone())
     .with_recipient(p.agent_id.clone());
     reply.message_id = derived_id(&format!("resource-grant:{request_id}"));
-    InboxMessage::new(ctx, &p.agent_id, env.priority, reply)
+    InboxDelivery::new(ctx, &p.agent_id, env.priority, reply)
 }
 
 /// A `HANDOFF_ACKNOWLEDGE` from the optimizer, carrying the verdict.
@@ -302,7 +302,7 @@ impl<'a> Verdict<'a> {
         }
     }
 
-    fn to(&self, ctx: &Ctx, recipient: &str, message_id: Uuid) -> Result<InboxMessage, Error> {
+    fn to(&self, ctx: &Ctx, recipient: &str, message_id: Uuid) -> Result<InboxDelivery, Error> {
         let payload = HandoffAcknowledge {
             handoff_id: self.handoff_id.to_string(),
             agent_id: self.agent_id.to_string(),
@@ -320,7 +320,7 @@ impl<'a> Verdict<'a> {
         .with_correlation(self.handoff_id)
         .with_recipient(recipient);
         env.message_id = message_id;
-        InboxMessage::new(ctx, recipient, self.priority, env)
+        InboxDelivery::new(ctx, recipient, self.priority, env)
     }
 }
 

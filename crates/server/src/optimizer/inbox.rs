@@ -13,25 +13,25 @@ use switchyard_protocol::{Envelope, MessagePriority};
 
 /// One message for one agent's inbox, ready to publish.
 #[derive(Debug, Clone)]
-pub(crate) struct InboxMessage {
+pub(crate) struct InboxDelivery {
     pub subject: String,
     /// Sent as `Nats-Msg-Id`: the envelope's own `message_id`.
     pub message_id: String,
     pub envelope: Envelope<Value>,
 }
 
-impl InboxMessage {
+impl InboxDelivery {
     /// Addresses `envelope` to `recipient`'s inbox at `priority`.
     pub(crate) fn new<P: Serialize>(
         ctx: &Ctx,
         recipient: &str,
         priority: MessagePriority,
         envelope: Envelope<P>,
-    ) -> Result<InboxMessage, Error> {
+    ) -> Result<InboxDelivery, Error> {
         let mut envelope: Envelope<Value> =
             serde_json::from_value(serde_json::to_value(envelope)?)?;
         envelope.priority = priority;
-        Ok(InboxMessage {
+        Ok(InboxDelivery {
             subject: ctx
                 .subjects
                 .message(envelope.message_type, recipient, priority),
@@ -53,7 +53,7 @@ pub(crate) fn parse_priority(name: &str) -> MessagePriority {
 
 /// Publishes each message and waits until JetStream stored it. A failure fails the event, which
 /// is then redelivered: its transition answers the same again and the messages go out again.
-pub(crate) async fn publish_all(ctx: &Ctx, messages: &[InboxMessage]) -> Result<(), Error> {
+pub(crate) async fn publish_all(ctx: &Ctx, messages: &[InboxDelivery]) -> Result<(), Error> {
     for m in messages {
         transport::publish_stored(&ctx.js, m.subject.clone(), &m.message_id, &m.envelope).await?;
         ctx.metrics
