@@ -1,14 +1,26 @@
 //! The Lua scripts, one per state transition, compiled into the binary. Each is loaded with
-//! `lua/lib.lua` in front of it (the Redis clock, the fleet log), so the helpers are written once.
+//! `lua/lib.lua` in front of it (the Redis clock, the fleet log, field helpers), so the helpers
+//! are written once, and in front of that the resource kinds, so no script spells one.
 
 use redis::Script;
+use switchyard_decision::ResourceKind;
 
 /// Helpers every script may call.
 const LIB: &str = include_str!("lua/lib.lua");
 
-/// A transition script with the shared helpers in front of it.
+/// `local KINDS = {'cpu', 'memory', 'tokens', 'time'}`: the resource kinds in wire order, from
+/// [`ResourceKind::ALL`], which is also the order in which the Rust side passes amounts.
+fn kinds_prelude() -> String {
+    let names: Vec<String> = ResourceKind::ALL
+        .iter()
+        .map(|kind| format!("'{}'", kind.as_str()))
+        .collect();
+    format!("local KINDS = {{{}}}\n", names.join(", "))
+}
+
+/// A transition script with the kinds and the shared helpers in front of it.
 fn with_lib(body: &str) -> Script {
-    Script::new(&format!("{LIB}\n{body}"))
+    Script::new(&format!("{}{LIB}\n{body}", kinds_prelude()))
 }
 
 /// Every transition script, hashed once at start-up.
@@ -60,5 +72,51 @@ impl Scripts {
             &self.resolve_handoff,
             &self.grow_reservation,
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scripts_get_every_resource_kind_and_spell_none() {
+        let prelude = kinds_prelude();
+        for kind in ResourceKind::ALL {
+            assert!(
+                prelude.contains(&format!("'{}'", kind.as_str())),
+                "{prelude}"
+            );
+        }
+        let bodies = [
+            LIB,
+            include_str!("lua/register_agent.lua"),
+            include_str!("lua/submit_task.lua"),
+            include_str!("lua/grant_tasks.lua"),
+            include_str!("lua/complete_tasks.lua"),
+            include_str!("lua/requeue_task.lua"),
+            include_str!("lua/begin_handoff.lua"),
+            include_str!("lua/resolve_handoff.lua"),
+            include_str!("lua/grow_reservation.lua"),
+        ];
+        for body in bodies {
+            let code: Vec<&str> = body
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect();
+            for kind in ResourceKind::ALL {
+                let quoted = format!("'{}'", kind.as_str());
+                let field = format!("_{}'", kind.as_str());
+                assert!(
+                    !code
+                        .iter()
+                        .any(|l| l.contains(&quoted) || l.contains(&field)),
+                    "a script spells the kind {kind:?}: {}",
+                    code.iter()
+                        .find(|l| l.contains(&quoted) || l.contains(&field))
+                        .unwrap_or(&"")
+                );
+            }
+        }
     }
 }

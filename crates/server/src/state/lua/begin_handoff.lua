@@ -60,7 +60,7 @@ if code then
   return refuse(code, message)
 end
 local task = redis.call('HMGET', KEYS[2], 'state', 'agent', 'grant_seq',
-  'req_cpu', 'req_memory', 'req_tokens', 'req_time')
+  unpack(kind_fields('req_')))
 if not task[1] then
   return refuse('unknown_task', 'task ' .. ARGV[2] .. ' is unknown (or expired)')
 end
@@ -76,18 +76,17 @@ if ARGV[5] ~= '0' and ARGV[5] ~= task[3] then
     .. ', not ' .. ARGV[5])
 end
 
-local to = redis.call('HMGET', KEYS[4], 'status', 'cap_cpu', 'cap_memory', 'cap_tokens',
-  'cap_time', 'res_cpu', 'res_memory', 'res_tokens', 'res_time')
+local to = redis.call('HMGET', KEYS[4], unpack(flat('status', kind_fields('cap_'),
+  kind_fields('res_'))))
 code, message = agent_refusal(to[1], ARGV[4])
 if code then
   return refuse(code, message)
 end
-local kinds = {'cpu', 'memory', 'tokens', 'time'}
-for k = 1, 4 do
-  local free = tonumber(to[1 + k]) - tonumber(to[5 + k])
+for k, kind in ipairs(KINDS) do
+  local free = tonumber(to[1 + k]) - tonumber(to[1 + NKINDS + k])
   if tonumber(task[3 + k]) > free then
     return refuse('insufficient_capacity', 'agent ' .. ARGV[4] .. ' has ' .. free .. ' milli-units of '
-      .. kinds[k] .. ' free; task ' .. ARGV[2] .. ' holds ' .. task[3 + k])
+      .. kind .. ' free; task ' .. ARGV[2] .. ' holds ' .. task[3 + k])
   end
 end
 

@@ -32,8 +32,9 @@
 -- Agents and patterns are read once and written once per call, whatever the number of reports.
 local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
 local lr, retention, now = tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local kinds = {'cpu', 'memory', 'tokens', 'time'}
 local AGENT_EXTRA = {'completions', 'successes'}
+local TASK_FIELDS = flat('state', 'agent', 'estimated_duration_s', 'grant_seq', 'submitter',
+  'submit_msg_id', 'task_type', 'has_dependents', 'replies', kind_fields('req_'))
 
 local agents = {}
 local function agent(j)
@@ -69,7 +70,7 @@ local function warm_rate(count)
 end
 
 local function learn(a, task, success, actual)
-  local est = tonumber(task[7]) or 0
+  local est = tonumber(task.estimated_duration_s) or 0
   local x = 0
   if success then
     x = 1
@@ -83,7 +84,7 @@ local function learn(a, task, success, actual)
   if success then
     a.successes = int((tonumber(a.successes) or 0) + 1)
   end
-  local p = pattern((task[11] or 'default') .. '|' .. (a.agent_type or '') .. '|')
+  local p = pattern((task.task_type or 'default') .. '|' .. (a.agent_type or '') .. '|')
   p.attempts = p.attempts + 1
   p.success_ema = p.success_ema + warm_rate(p.attempts) * ((success and 1 or 0) - p.success_ema)
   if success then
@@ -108,9 +109,9 @@ end
 
 local function with_dependents(i, outcome, task)
   -- A submitter that asked for no replies is not named, so nobody is told.
-  local submitter = task[13] == 'none' and '' or (task[9] or '')
-  local fields = {submitter, task[10] or ''}
-  if task[12] == '1' then
+  local submitter = task.replies == 'none' and '' or (task.submitter or '')
+  local fields = {submitter, task.submit_msg_id or ''}
+  if task.has_dependents == '1' then
     for _, id in ipairs(redis.call('SMEMBERS', KEYS[4 + 2 * i])) do
       table.insert(fields, id)
     end
@@ -127,10 +128,8 @@ local function complete(i, task_id, j, success, actual_raw, reported_seq)
   if not a.exists then
     return refuse('unknown_agent', 'agent ' .. a.id .. ' is not registered')
   end
-  local task = redis.call('HMGET', KEYS[3 + 2 * i], 'state', 'agent', 'req_cpu', 'req_memory',
-    'req_tokens', 'req_time', 'estimated_duration_s', 'grant_seq', 'submitter', 'submit_msg_id',
-    'task_type', 'has_dependents', 'replies')
-  local state, owner = task[1], task[2]
+  local task = hmget_named(KEYS[3 + 2 * i], TASK_FIELDS)
+  local state, owner = task.state, task.agent
   if not state then
     return refuse('unknown_task', 'task ' .. task_id .. ' is unknown (or expired)')
   end
@@ -143,12 +142,12 @@ local function complete(i, task_id, j, success, actual_raw, reported_seq)
     return refuse('task_not_granted', 'task ' .. task_id .. ' is ' .. state
       .. ', not granted to ' .. a.id)
   end
-  if reported_seq ~= '0' and reported_seq ~= task[8] then
+  if reported_seq ~= '0' and reported_seq ~= task.grant_seq then
     -- An earlier grant: the task was taken back and granted again (perhaps to this same agent,
     -- after it left or died and came back), or handed off. It must not complete the current
     -- grant. Checked before the owner, so an agent that handed the task off hears
     -- `stale_grant` for its old grant, whoever holds the task now.
-    return refuse('stale_grant', 'task ' .. task_id .. ' is on grant ' .. (task[8] or '')
+    return refuse('stale_grant', 'task ' .. task_id .. ' is on grant ' .. (task.grant_seq or '')
       .. '; this report is about an earlier grant')
   end
   if owner ~= a.id then
@@ -159,8 +158,9 @@ local function complete(i, task_id, j, success, actual_raw, reported_seq)
     return with_dependents(i, state, task)
   end
   local outcome = success and 'completed' or 'failed'
-  for k = 1, 4 do
-    a['res_' .. kinds[k]] = int((tonumber(a['res_' .. kinds[k]]) or 0) - (tonumber(task[2 + k]) or 0))
+  for _, kind in ipairs(KINDS) do
+    local held = tonumber(task['req_' .. kind]) or 0
+    a['res_' .. kind] = int((tonumber(a['res_' .. kind]) or 0) - held)
   end
   a.active_tasks = int((tonumber(a.active_tasks) or 0) - 1)
   a.touched = true
@@ -168,9 +168,9 @@ local function complete(i, task_id, j, success, actual_raw, reported_seq)
   redis.call('SREM', KEYS[4 + 2 * n + 2 * j], task_id)
   redis.call('HSET', KEYS[3 + 2 * i], 'state', outcome, 'finished_at', now,
     'execution_time_s', actual_raw)
-  redis.call('ZREM', KEYS[2], task_id .. '|' .. task[8])
+  redis.call('ZREM', KEYS[2], task_id .. '|' .. task.grant_seq)
   redis.call('EXPIRE', KEYS[3 + 2 * i], retention)
-  if task[12] == '1' then
+  if task.has_dependents == '1' then
     redis.call('EXPIRE', KEYS[4 + 2 * i], retention)
   end
   stats[outcome] = stats[outcome] + 1
@@ -187,9 +187,9 @@ local views = {}
 for j = 1, m do
   local a = agents[j]
   if a and a.touched then
-    redis.call('HSET', KEYS[3 + 2 * n + 2 * j], 'res_cpu', a.res_cpu, 'res_memory', a.res_memory,
-      'res_tokens', a.res_tokens, 'res_time', a.res_time, 'active_tasks', a.active_tasks,
-      'score', a.score, 'completions', a.completions, 'successes', a.successes or '0')
+    redis.call('HSET', KEYS[3 + 2 * n + 2 * j], unpack(flat(reserved_pairs(a),
+      'active_tasks', a.active_tasks, 'score', a.score, 'completions', a.completions,
+      'successes', a.successes or '0')))
     table.insert(views, {a.id, encode_view(a)})
   end
 end

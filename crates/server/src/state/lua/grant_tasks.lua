@@ -17,8 +17,8 @@
 -- Reads and writes are gathered: one HMGET per task and per agent, one HSET per task and per
 -- agent touched, and one ZREM, ZADD, HINCRBY and XADD for the whole round.
 local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
-local kinds = {'cpu', 'memory', 'tokens', 'time'}
 local agents = {}
+local TASK_FIELDS = flat('state', 'agent', 'grant_seq', kind_fields('req_'))
 
 local function agent(j)
   if agents[j] then
@@ -37,8 +37,8 @@ local function fits(a, req)
   if a.status ~= 'active' then
     return false
   end
-  for k = 1, 4 do
-    if (tonumber(a['res_' .. kinds[k]]) or 0) + req[k] > (tonumber(a['cap_' .. kinds[k]]) or 0) then
+  for k, kind in ipairs(KINDS) do
+    if (tonumber(a['res_' .. kind]) or 0) + req[k] > (tonumber(a['cap_' .. kind]) or 0) then
       return false
     end
   end
@@ -50,23 +50,25 @@ local reply, dequeued, outbox = {}, {}, {}
 local at = 3 + m
 for i = 1, n do
   local task_id, c = ARGV[at], tonumber(ARGV[at + 1])
-  local task = redis.call('HMGET', KEYS[4 + i], 'state', 'agent', 'req_cpu', 'req_memory',
-    'req_tokens', 'req_time', 'grant_seq')
+  local task = redis.call('HMGET', KEYS[4 + i], unpack(TASK_FIELDS))
   local outcome = {'no_fit', '', ''}
   if task[1] ~= 'queued' then
     outcome = {'not_queued', task[1] or 'missing', task[2] or ''}
   else
-    local req = {tonumber(task[3]), tonumber(task[4]), tonumber(task[5]), tonumber(task[6])}
+    local req = {}
+    for k = 1, NKINDS do
+      req[k] = tonumber(task[3 + k]) or 0
+    end
     for x = 1, c do
       local j = tonumber(ARGV[at + 1 + x])
       local a = agent(j)
       if fits(a, req) then
-        for k = 1, 4 do
-          a['res_' .. kinds[k]] = int((tonumber(a['res_' .. kinds[k]]) or 0) + req[k])
+        for k, kind in ipairs(KINDS) do
+          a['res_' .. kind] = int((tonumber(a['res_' .. kind]) or 0) + req[k])
         end
         a.active_tasks = int((tonumber(a.active_tasks) or 0) + 1)
         a.touched = true
-        local seq = (tonumber(task[7]) or 0) + 1
+        local seq = (tonumber(task[3]) or 0) + 1
         redis.call('HSET', KEYS[4 + i], 'state', 'granted', 'agent', a.id, 'granted_at', now,
           'grant_seq', seq)
         redis.call('SADD', KEYS[4 + n + 2 * j], task_id)
@@ -92,8 +94,8 @@ if #dequeued > 0 then
   for j = 1, m do
     local a = agents[j]
     if a and a.touched then
-      redis.call('HSET', KEYS[3 + n + 2 * j], 'res_cpu', a.res_cpu, 'res_memory', a.res_memory,
-        'res_tokens', a.res_tokens, 'res_time', a.res_time, 'active_tasks', a.active_tasks)
+      redis.call('HSET', KEYS[3 + n + 2 * j], unpack(flat(reserved_pairs(a),
+        'active_tasks', a.active_tasks)))
       table.insert(views, {a.id, encode_view(a)})
     end
   end

@@ -5,40 +5,46 @@
 --
 -- KEYS[1] task hash  KEYS[2] agent hash  KEYS[3] this request's answer record  KEYS[4] fleet log
 -- ARGV[1] task_id  ARGV[2] agent_id  ARGV[3] grant_seq (0 = not given: the current grant)
--- ARGV[4..7] extra cpu, memory, tokens, time in milli-units
--- ARGV[8] how long the answer is remembered, in ms
+-- ARGV[3+k] extra of kind k in milli-units (k from 1 to #KINDS, in KINDS order)
+-- ARGV[4+#KINDS] how long the answer is remembered, in ms
 --
--- Returns {outcome, repeat, code, message, cpu, memory, tokens, time}: outcome granted | refused;
--- code and message say why (refused only); cpu..time the task's whole reservation after the
--- answer ("" when the request is not about a task this agent holds). Every answer is remembered
+-- Returns {outcome, repeat, code, message, then one amount per kind}: outcome granted | refused;
+-- code and message say why (refused only); the amounts are the task's whole reservation after
+-- the answer ("" when the request is not about a task this agent holds). Every answer is remembered
 -- under the request's message id, so a redelivered request answers the same (repeat "1") and
 -- never grows the reservation twice.
-local kinds = {'cpu', 'memory', 'tokens', 'time'}
-local seen = redis.call('HMGET', KEYS[3], 'outcome', 'code', 'message',
-  'cpu', 'memory', 'tokens', 'time')
+local seen = redis.call('HMGET', KEYS[3], unpack(flat('outcome', 'code', 'message', KINDS)))
 if seen[1] then
-  return {seen[1], '1', seen[2] or '', seen[3] or '', seen[4] or '', seen[5] or '', seen[6] or '',
-    seen[7] or ''}
+  local again = {seen[1], '1', seen[2] or '', seen[3] or ''}
+  for k = 1, NKINDS do
+    again[4 + k] = seen[3 + k] or ''
+  end
+  return again
 end
 
 local function answer(outcome, code, message, held)
-  held = held or {'', '', '', ''}
-  redis.call('HSET', KEYS[3], 'outcome', outcome, 'code', code, 'message', message,
-    'cpu', held[1], 'memory', held[2], 'tokens', held[3], 'time', held[4])
-  redis.call('PEXPIRE', KEYS[3], ARGV[8])
-  return {outcome, '0', code, message, held[1], held[2], held[3], held[4]}
+  if not held then
+    held = {}
+    for k = 1, NKINDS do
+      held[k] = ''
+    end
+  end
+  redis.call('HSET', KEYS[3], unpack(flat('outcome', outcome, 'code', code, 'message', message,
+    field_pairs(KINDS, held))))
+  redis.call('PEXPIRE', KEYS[3], ARGV[4 + NKINDS])
+  return flat(outcome, '0', code, message, held)
 end
 
-local a = redis.call('HMGET', KEYS[2], 'status', 'cap_cpu', 'cap_memory', 'cap_tokens',
-  'cap_time', 'res_cpu', 'res_memory', 'res_tokens', 'res_time')
+local a = redis.call('HMGET', KEYS[2], unpack(flat('status', kind_fields('cap_'),
+  kind_fields('res_'))))
 if not a[1] then
   return answer('refused', 'unknown_agent', 'agent ' .. ARGV[2] .. ' is not registered')
 end
 if a[1] ~= 'active' then
   return answer('refused', 'agent_not_active', 'agent ' .. ARGV[2] .. ' is ' .. a[1])
 end
-local task = redis.call('HMGET', KEYS[1], 'state', 'agent', 'grant_seq',
-  'req_cpu', 'req_memory', 'req_tokens', 'req_time')
+local task = redis.call('HMGET', KEYS[1], unpack(flat('state', 'agent', 'grant_seq',
+  kind_fields('req_'))))
 if not task[1] then
   return answer('refused', 'unknown_task', 'task ' .. ARGV[1] .. ' is unknown (or expired)')
 end
@@ -54,21 +60,24 @@ if ARGV[3] ~= '0' and ARGV[3] ~= task[3] then
   return answer('refused', 'stale_grant', 'task ' .. ARGV[1] .. ' is on grant ' .. task[3]
     .. ', not ' .. ARGV[3])
 end
-local held = {task[4], task[5], task[6], task[7]}
-for k = 1, 4 do
-  local free = tonumber(a[1 + k]) - tonumber(a[5 + k])
+local held = {}
+for k = 1, NKINDS do
+  held[k] = task[3 + k]
+end
+for k, kind in ipairs(KINDS) do
+  local free = tonumber(a[1 + k]) - tonumber(a[1 + NKINDS + k])
   if tonumber(ARGV[3 + k]) > free then
     return answer('refused', 'insufficient_capacity', 'agent ' .. ARGV[2] .. ' has ' .. free
-      .. ' milli-units of ' .. kinds[k] .. ' free; the request asks for ' .. ARGV[3 + k], held)
+      .. ' milli-units of ' .. kind .. ' free; the request asks for ' .. ARGV[3 + k], held)
   end
 end
 
-for k = 1, 4 do
+for k, kind in ipairs(KINDS) do
   if ARGV[3 + k] ~= '0' then
-    redis.call('HINCRBY', KEYS[1], 'req_' .. kinds[k], ARGV[3 + k])
-    redis.call('HINCRBY', KEYS[2], 'res_' .. kinds[k], ARGV[3 + k])
+    redis.call('HINCRBY', KEYS[1], 'req_' .. kind, ARGV[3 + k])
+    redis.call('HINCRBY', KEYS[2], 'res_' .. kind, ARGV[3 + k])
     -- Read back as Redis's own string: a Lua number may print as "1e+15".
-    held[k] = redis.call('HGET', KEYS[1], 'req_' .. kinds[k])
+    held[k] = redis.call('HGET', KEYS[1], 'req_' .. kind)
   end
 end
 log_agents(KEYS[4], {{ARGV[2], KEYS[2]}}, now_ms())

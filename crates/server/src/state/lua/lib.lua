@@ -13,11 +13,68 @@ local function int(x)
   return string.format('%d', x)
 end
 
+-- KINDS, the resource kinds in wire order, is defined in front of this file by state/scripts.rs
+-- from ResourceKind::ALL: no script spells a kind, so a new kind is a change to Rust alone.
+local NKINDS = #KINDS
+
+-- The hash fields of every kind under a prefix: kind_fields('cap_') is {'cap_cpu', ...}.
+local function kind_fields(prefix)
+  local fields = {}
+  for k, kind in ipairs(KINDS) do
+    fields[k] = prefix .. kind
+  end
+  return fields
+end
+
+-- Single values and lists, in order, as one list (the arguments of HMGET and HSET).
+local function flat(...)
+  local out = {}
+  for _, part in ipairs({...}) do
+    if type(part) == 'table' then
+      for _, v in ipairs(part) do
+        table.insert(out, v)
+      end
+    else
+      table.insert(out, part)
+    end
+  end
+  return out
+end
+
+-- fields[1], values[1], fields[2], values[2], ...: field-value pairs for HSET.
+local function field_pairs(fields, values)
+  local out = {}
+  for i, f in ipairs(fields) do
+    table.insert(out, f)
+    table.insert(out, values[i])
+  end
+  return out
+end
+
+-- A hash's fields by name (a missing hash gives a table of nils).
+local function hmget_named(key, fields)
+  local row = redis.call('HMGET', key, unpack(fields))
+  local out = {}
+  for i, f in ipairs(fields) do
+    out[f] = row[i]
+  end
+  return out
+end
+
+-- An agent's reservations (`res_<kind>` of a table read by field name) as pairs for HSET.
+local function reserved_pairs(agent)
+  local out = {}
+  for _, kind in ipairs(KINDS) do
+    table.insert(out, 'res_' .. kind)
+    table.insert(out, agent['res_' .. kind])
+  end
+  return out
+end
+
 -- Agent hash fields that make up an agent's view in the fleet log, in wire order. The type comes
 -- last so it may contain any character.
-local VIEW_FIELDS = {'status', 'cap_cpu', 'cap_memory', 'cap_tokens', 'cap_time',
-  'res_cpu', 'res_memory', 'res_tokens', 'res_time', 'score', 'priority_weight', 'active_tasks',
-  'agent_type'}
+local VIEW_FIELDS = flat('status', kind_fields('cap_'), kind_fields('res_'), 'score',
+  'priority_weight', 'active_tasks', 'agent_type')
 
 -- Encodes an agent's view from a table holding the VIEW_FIELDS by name.
 local function encode_view(agent)

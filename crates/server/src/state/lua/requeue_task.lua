@@ -8,21 +8,21 @@
 -- Returns {"requeued"} or {"noop", state}: the task is not granted to this agent (already
 -- re-queued, completed, or granted elsewhere), nothing changed. The agent's set entry is dropped
 -- either way so a stale entry cannot be returned again.
-local task = redis.call('HMGET', KEYS[1], 'state', 'agent', 'req_cpu', 'req_memory', 'req_tokens',
-  'req_time', 'priority', 'queue_seq', 'grant_seq')
-if task[1] ~= 'granted' or task[2] ~= ARGV[2] then
+local task = hmget_named(KEYS[1], flat('state', 'agent', 'priority', 'queue_seq', 'grant_seq',
+  kind_fields('req_')))
+if task.state ~= 'granted' or task.agent ~= ARGV[2] then
   redis.call('SREM', KEYS[3], ARGV[1])
-  return {'noop', task[1] or 'missing'}
+  return {'noop', task.state or 'missing'}
 end
-local kinds = {'cpu', 'memory', 'tokens', 'time'}
-for k = 1, 4 do
-  redis.call('HINCRBY', KEYS[2], 'res_' .. kinds[k], 0 - tonumber(task[2 + k]))
+for _, kind in ipairs(KINDS) do
+  redis.call('HINCRBY', KEYS[2], 'res_' .. kind, 0 - tonumber(task['req_' .. kind]))
 end
 redis.call('HINCRBY', KEYS[2], 'active_tasks', -1)
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('HSET', KEYS[1], 'state', 'queued', 'agent', '')
-redis.call('ZADD', KEYS[4], (100 - tonumber(task[7])) * 1e13 + tonumber(task[8]), ARGV[1])
-redis.call('ZREM', KEYS[6], ARGV[1] .. '|' .. task[9])
+redis.call('ZADD', KEYS[4], (100 - tonumber(task.priority)) * 1e13 + tonumber(task.queue_seq),
+  ARGV[1])
+redis.call('ZREM', KEYS[6], ARGV[1] .. '|' .. task.grant_seq)
 redis.call('HINCRBY', KEYS[5], 'requeued', 1)
 log_agents(KEYS[7], {{ARGV[2], KEYS[2]}}, now_ms())
 return {'requeued'}

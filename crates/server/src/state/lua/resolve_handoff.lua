@@ -53,7 +53,7 @@ if from_status ~= 'active' then
     'agent ' .. ARGV[5] .. ' is ' .. (from_status or 'not registered'))
 end
 local task = redis.call('HMGET', KEYS[2], 'state', 'agent', 'grant_seq',
-  'req_cpu', 'req_memory', 'req_tokens', 'req_time')
+  unpack(kind_fields('req_')))
 if task[1] ~= 'granted' then
   return decide('refused', '', 'task_not_granted',
     'task ' .. ARGV[4] .. ' is ' .. (task[1] or 'unknown') .. ', not granted')
@@ -66,18 +66,17 @@ if task[3] ~= h[5] then
   return decide('refused', '', 'stale_grant',
     'task ' .. ARGV[4] .. ' is on grant ' .. task[3] .. ', the handoff was of grant ' .. h[5])
 end
-local to = redis.call('HMGET', KEYS[5], 'status', 'cap_cpu', 'cap_memory', 'cap_tokens',
-  'cap_time', 'res_cpu', 'res_memory', 'res_tokens', 'res_time')
+local to = redis.call('HMGET', KEYS[5], unpack(flat('status', kind_fields('cap_'),
+  kind_fields('res_'))))
 if to[1] ~= 'active' then
   return decide('refused', '', 'agent_not_active',
     'agent ' .. ARGV[6] .. ' is ' .. (to[1] or 'not registered'))
 end
-local kinds = {'cpu', 'memory', 'tokens', 'time'}
-for k = 1, 4 do
-  local free = tonumber(to[1 + k]) - tonumber(to[5 + k])
+for k, kind in ipairs(KINDS) do
+  local free = tonumber(to[1 + k]) - tonumber(to[1 + NKINDS + k])
   if tonumber(task[3 + k]) > free then
     return decide('refused', '', 'insufficient_capacity', 'agent ' .. ARGV[6] .. ' has ' .. free
-      .. ' milli-units of ' .. kinds[k] .. ' free; task ' .. ARGV[4] .. ' holds ' .. task[3 + k])
+      .. ' milli-units of ' .. kind .. ' free; task ' .. ARGV[4] .. ' holds ' .. task[3 + k])
   end
 end
 
@@ -88,9 +87,9 @@ local function negated(amount)
   end
   return '-' .. amount
 end
-for k = 1, 4 do
-  redis.call('HINCRBY', KEYS[3], 'res_' .. kinds[k], negated(task[3 + k]))
-  redis.call('HINCRBY', KEYS[5], 'res_' .. kinds[k], task[3 + k])
+for k, kind in ipairs(KINDS) do
+  redis.call('HINCRBY', KEYS[3], 'res_' .. kind, negated(task[3 + k]))
+  redis.call('HINCRBY', KEYS[5], 'res_' .. kind, task[3 + k])
 end
 redis.call('HINCRBY', KEYS[3], 'active_tasks', -1)
 redis.call('HINCRBY', KEYS[5], 'active_tasks', 1)

@@ -4,13 +4,14 @@
 -- KEYS[4] stats hash
 -- KEYS[5+2i] dependency i's task hash  KEYS[6+2i] dependency i's dependents set (i from 0)
 -- ARGV[1] task_id  ARGV[2] submit message_id  ARGV[3] submitter  ARGV[4] task_type
--- ARGV[5] priority (0..10)  ARGV[6..9] required cpu, memory, tokens, time (milli-units)
--- ARGV[10] estimated_duration_s  ARGV[11] retention seconds for terminal tasks
--- ARGV[12] number of dependencies n  ARGV[13..12+n] dependency ids
--- ARGV[13+n] strategy name asked for by the submit ('' = the optimizer's default)
--- ARGV[14+n] '1' when the submit asked for its placement to be explained, else '0'
--- ARGV[15+n] now (ms, the optimizer's clock: recorded as submitted_at, for latency figures)
--- ARGV[16+n] which replies the submitter wants: all | final | none (stored for later replies)
+-- ARGV[5] priority (0..10)  ARGV[5+k] required amount of kind k in milli-units (k from 1 to
+-- #KINDS, in KINDS order); then, from b = 5 + #KINDS:
+-- ARGV[b+1] estimated_duration_s  ARGV[b+2] retention seconds for terminal tasks
+-- ARGV[b+3] number of dependencies n  ARGV[b+3+i] dependency i's id (i from 1 to n)
+-- ARGV[b+4+n] strategy name asked for by the submit ('' = the optimizer's default)
+-- ARGV[b+5+n] '1' when the submit asked for its placement to be explained, else '0'
+-- ARGV[b+6+n] now (ms, the optimizer's clock: recorded as submitted_at, for latency figures)
+-- ARGV[b+7+n] which replies the submitter wants: all | final | none (stored for later replies)
 --
 -- Returns one of
 --   {"queued"}                     in the priority queue
@@ -31,11 +32,12 @@ if existing[1] then
 end
 
 -- Read every dependency before the first write.
-local ndeps = tonumber(ARGV[12])
+local b = 5 + NKINDS
+local ndeps = tonumber(ARGV[b + 3])
 local unmet = {}
 local failed_dep = nil
 for i = 0, ndeps - 1 do
-  local dep_id = ARGV[13 + i]
+  local dep_id = ARGV[b + 4 + i]
   local dep_state = redis.call('HGET', KEYS[5 + 2 * i], 'state')
   if dep_state == 'failed' then
     failed_dep = failed_dep or dep_id
@@ -44,7 +46,11 @@ for i = 0, ndeps - 1 do
   end
 end
 
-local now = ARGV[15 + ndeps]
+local now = ARGV[b + 6 + ndeps]
+local required = {}
+for k = 1, NKINDS do
+  required[k] = ARGV[5 + k]
+end
 local seq = redis.call('HINCRBY', KEYS[4], 'submitted', 1)
 local state = 'queued'
 if failed_dep then
@@ -52,22 +58,22 @@ if failed_dep then
 elseif #unmet > 0 then
   state = 'waiting'
 end
-redis.call('HSET', KEYS[1], 'state', state,
+redis.call('HSET', KEYS[1], unpack(flat('state', state,
   'task_id', ARGV[1], 'submit_msg_id', ARGV[2], 'submitter', ARGV[3], 'task_type', ARGV[4],
-  'priority', ARGV[5], 'req_cpu', ARGV[6], 'req_memory', ARGV[7], 'req_tokens', ARGV[8],
-  'req_time', ARGV[9], 'estimated_duration_s', ARGV[10], 'queue_seq', seq, 'grant_seq', 0,
-  'agent', '', 'submitted_at', now, 'strategy', ARGV[13 + ndeps], 'explain', ARGV[14 + ndeps],
-  'replies', ARGV[16 + ndeps])
+  'priority', ARGV[5], field_pairs(kind_fields('req_'), required),
+  'estimated_duration_s', ARGV[b + 1], 'queue_seq', seq, 'grant_seq', 0,
+  'agent', '', 'submitted_at', now, 'strategy', ARGV[b + 4 + ndeps],
+  'explain', ARGV[b + 5 + ndeps], 'replies', ARGV[b + 7 + ndeps])))
 
 if failed_dep then
   redis.call('HSET', KEYS[1], 'reason', 'dependency_failed:' .. failed_dep, 'finished_at', now)
   redis.call('HINCRBY', KEYS[4], 'failed', 1)
-  redis.call('EXPIRE', KEYS[1], ARGV[11])
+  redis.call('EXPIRE', KEYS[1], ARGV[b + 2])
   return {'failed', 'dependency_failed:' .. failed_dep}
 end
 if #unmet > 0 then
   for _, i in ipairs(unmet) do
-    redis.call('SADD', KEYS[2], ARGV[13 + i])
+    redis.call('SADD', KEYS[2], ARGV[b + 4 + i])
     redis.call('SADD', KEYS[6 + 2 * i], ARGV[1])
     -- Lets complete_tasks skip reading the dependents set of the many tasks that have none.
     redis.call('HSET', KEYS[5 + 2 * i], 'has_dependents', '1')
