@@ -2,24 +2,10 @@
 //!
 //! Configuration: `config/default.toml` defaults, `--config FILE` (or SWITCHYARD_CONFIG), then
 //! environment variables (NATS_URL, REDIS_URL, METRICS_ADDR, MAX_CONCURRENT_COORDINATIONS, ...).
+//! The replica itself is `switchyard::cli::replica`; this file sets up logging, parses and runs.
 
-// A command-line tool: standard output and error are its interface.
-#![allow(clippy::print_stdout, clippy::print_stderr)]
-
-use std::path::PathBuf;
-
-use anyhow::Context;
 use clap::Parser;
-use switchyard_server::config::Config;
-use switchyard_server::optimizer::{Faults, Optimizer, http};
-
-#[derive(Parser)]
-#[command(about = "Switchyard optimizer replica: consumes coordination events, publishes grants")]
-struct Args {
-    /// TOML file overriding config/default.toml.
-    #[arg(long, env = "SWITCHYARD_CONFIG")]
-    config: Option<PathBuf>,
-}
+use switchyard::cli::replica::{self, ReplicaArgs};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -32,42 +18,5 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,async_nats=warn".into()),
         )
         .init();
-    let args = Args::parse();
-    let config = Config::load(args.config.as_deref())?;
-    let metrics_addr = config.metrics.addr.clone();
-    let optimizer = Optimizer::connect(config, Faults::from_env()).await?;
-    let listener = tokio::net::TcpListener::bind(&metrics_addr)
-        .await
-        .with_context(|| format!("cannot listen on METRICS_ADDR {metrics_addr}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(http::serve(listener, optimizer.metrics(), async {
-        let _ = http_stopped.await;
-    }));
-    optimizer.run(shutdown_signal()).await?;
-    let _ = stop_http.send(());
-    let _ = server.await;
-    Ok(())
-}
-
-/// SIGTERM or Ctrl-C: stop pulling, finish what is in flight, leave the rest for other replicas.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-    tracing::info!("shutdown requested");
+    replica::run(ReplicaArgs::parse()).await
 }

@@ -22,8 +22,10 @@
 //! * `switchyard-sim` (`crates/sim`) — the deterministic discrete-event simulator.
 //! * `switchyard-harness` (`crates/harness`) — real `nats-server` and `redis-server` child
 //!   processes on free loopback ports, for tests, the demo and benchmarks.
-//! * this crate, `switchyard` — the command-line tools (`bin/`) and what they drive: simulated
-//!   fleets, the demo, the benchmarks and the live replay of a simulator workload ([`fleet`]); and
-//!   the end-to-end tests (`tests/`).
+//! * this crate, `switchyard` — the command-line tools: thin binaries (`bin/`) over the [`cli`]
+//!   module, which holds the clap definitions and one handler per subcommand; what they drive:
+//!   simulated fleets, the demo, the benchmarks and the live replay of a simulator workload
+//!   ([`fleet`]); and the end-to-end tests (`tests/`).
 
+pub mod cli;
 pub mod fleet;

@@ -123,23 +123,72 @@ pub async fn run_demo(
     result
 }
 
+/// Starts the fleet, submits every task, and tallies until all have finished or two minutes
+/// have passed.
 async fn drive(
     deployment: &Deployment,
     options: &DemoOptions,
     progress: &impl Fn(&str),
 ) -> Result<DemoSummary, Error> {
     let run = format!("demo{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
-    let subjects = deployment.subjects();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (events_tx, mut events_rx) = mpsc::channel(65_536);
     let clock = SubmitClock::default();
+    let fleet = start_fleet(deployment, options, &run, &clock, &events_tx, &stop_rx).await?;
+    let orch = Coordinator::with_client(
+        deployment.nats_client("demo-orchestrator").await?,
+        &format!("{run}-orch"),
+        deployment.subjects(),
+    )
+    .await?;
+    // Subscribed before the first submit, so no reply is missed.
+    let mut replies = orch.events();
+    let started = Instant::now();
+    submit_tasks(&orch, &clock, options, &run).await?;
+    let mut tally = Tally::default();
+    let deadline = started + Duration::from_secs(120);
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    while tally.finished() < options.tasks && Instant::now() < deadline {
+        tokio::select! {
+            event = replies.recv() => tally.reply(event),
+            Some(event) = events_rx.recv() => tally.fleet(event),
+            _ = ticker.tick() => {
+                tally.sample(&orch).await;
+                progress(&tally.progress_line(options.tasks));
+            }
+        }
+    }
+    stop_fleet(&stop_tx, fleet.agents).await;
+    let mut summary = tally.summary(options, started.elapsed(), &fleet.agent_types);
+    summary.announcements = announce(deployment, &orch, &run, &summary, &fleet.agent_types).await?;
+    Ok(summary)
+}
+
+/// The demo's simulated agents: their tasks, and each agent's type by id.
+struct DemoFleet {
+    agents: Vec<tokio::task::JoinHandle<()>>,
+    agent_types: BTreeMap<String, String>,
+}
+
+/// Registers `options.agents` simulated agents, taking the [`AGENT_TYPES`] in turn.
+async fn start_fleet(
+    deployment: &Deployment,
+    options: &DemoOptions,
+    run: &str,
+    clock: &SubmitClock,
+    events: &mpsc::Sender<FleetEvent>,
+    stop: &watch::Receiver<bool>,
+) -> Result<DemoFleet, Error> {
     let client = deployment.nats_client("demo-agents").await?;
-    let mut agent_types = BTreeMap::new();
-    let mut fleet = Vec::new();
+    let subjects = deployment.subjects();
+    let mut fleet = DemoFleet {
+        agents: Vec::new(),
+        agent_types: BTreeMap::new(),
+    };
     for i in 0..options.agents {
         let (kind, cpu, mem, tokens) = AGENT_TYPES[i % AGENT_TYPES.len()];
         let id = format!("{run}-{kind}-{i:02}");
-        agent_types.insert(id.clone(), kind.to_string());
+        fleet.agent_types.insert(id.clone(), kind.to_string());
         let reg = AgentRegister::new(id, kind)
             .capacity("cpu", cpu)
             .capacity("memory", mem)
@@ -151,23 +200,25 @@ async fn drive(
             reg,
             demo_work(options.seed),
             clock.clone(),
-            events_tx.clone(),
-            stop_rx.clone(),
+            events.clone(),
+            stop.clone(),
         )
         .await?;
-        fleet.push(agent);
+        fleet.agents.push(agent);
     }
-    let orch = Coordinator::with_client(
-        deployment.nats_client("demo-orchestrator").await?,
-        &format!("{run}-orch"),
-        subjects.clone(),
-    )
-    .await?;
-    let mut replies = orch.events();
-    let started = Instant::now();
+    Ok(fleet)
+}
+
+/// Publishes the whole task mix at once, noting each submit's time for the grant latency.
+async fn submit_tasks(
+    orch: &Coordinator,
+    clock: &SubmitClock,
+    options: &DemoOptions,
+    run: &str,
+) -> Result<(), Error> {
     let mut rng = SplitMix::new(options.seed);
     for i in 0..options.tasks {
-        let task = demo_task(&mut rng, &run, i);
+        let task = demo_task(&mut rng, run, i);
         let envelope = switchyard_protocol::Envelope::new(
             orch.client_id().to_string(),
             switchyard_protocol::MessageType::TaskSubmit,
@@ -177,35 +228,30 @@ async fn drive(
         clock.record(envelope.message_id.to_string());
         orch.publish(&envelope).await?;
     }
-    let mut tally = Tally::default();
-    let mut ticker = tokio::time::interval(Duration::from_millis(500));
-    let deadline = started + Duration::from_secs(120);
-    while tally.finished() < options.tasks && Instant::now() < deadline {
-        tokio::select! {
-            event = replies.recv() => tally.reply(event),
-            Some(event) = events_rx.recv() => tally.fleet(event),
-            _ = ticker.tick() => {
-                tally.sample(&orch).await;
-                progress(&format!("submitted {} · granted {} · completed {} · failed {} · queued {}", options.tasks, tally.granted, tally.completed.len(), tally.failed.len(), tally.queue_depth));
-            }
-        }
-    }
-    stop_fleet(&stop_tx, fleet).await;
-    let mut summary = tally.summary(options, started.elapsed(), &agent_types);
+    Ok(())
+}
+
+/// The closing announcement of the run's outcome to the fleet's groups.
+async fn announce(
+    deployment: &Deployment,
+    orch: &Coordinator,
+    run: &str,
+    summary: &DemoSummary,
+    agent_types: &BTreeMap<String, String>,
+) -> Result<Vec<super::announce::AnnouncementRow>, Error> {
     let headline = serde_json::json!({
         "run": run,
         "completed": summary.tasks_completed,
         "failed": summary.tasks_failed,
     });
-    summary.announcements = super::announce::announce_run(
+    super::announce::announce_run(
         deployment.nats_client("demo-announce").await?,
-        &subjects,
+        &deployment.subjects(),
         orch.client_id(),
-        &agent_types,
+        agent_types,
         headline,
     )
-    .await?;
-    Ok(summary)
+    .await
 }
 
 #[derive(Default)]
@@ -223,6 +269,16 @@ struct Tally {
 impl Tally {
     fn finished(&self) -> usize {
         self.completed.len() + self.failed.len()
+    }
+
+    fn progress_line(&self, submitted: usize) -> String {
+        format!(
+            "submitted {submitted} · granted {} · completed {} · failed {} · queued {}",
+            self.granted,
+            self.completed.len(),
+            self.failed.len(),
+            self.queue_depth
+        )
     }
 
     fn reply(&mut self, event: Result<ClientEvent, tokio::sync::broadcast::error::RecvError>) {

@@ -212,89 +212,134 @@ impl Config {
 
     /// Every semantic problem with the values, for [`Config::from_sources`].
     pub fn problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
-        let mut check = |ok: bool, msg: &str| {
-            if !ok {
-                p.push(msg.to_string());
-            }
-        };
-        let c = &self.coordination;
-        check(
-            c.max_concurrent_coordinations >= 1,
-            "coordination.max_concurrent_coordinations must be >= 1",
-        );
-        check(
-            c.optimization_interval_s.is_finite() && c.optimization_interval_s > 0.0,
-            "coordination.optimization_interval_s must be > 0",
-        );
-        check(
-            c.learning_rate.is_finite() && c.learning_rate > 0.0 && c.learning_rate <= 1.0,
-            "coordination.learning_rate must be in (0, 1]",
-        );
-        check(
-            (1..=10_000).contains(&c.batch_size),
-            "coordination.batch_size must be 1..=10000",
-        );
-        check(
-            c.dispatch_window >= 1,
-            "coordination.dispatch_window must be >= 1",
-        );
-        check(
-            (1..=64).contains(&c.max_candidates),
-            "coordination.max_candidates must be 1..=64",
-        );
-        check(
-            (50..=600_000).contains(&c.grant_resend_ms),
-            "coordination.grant_resend_ms must be 50..=600000",
-        );
-        check(
-            switchyard_decision::StrategyKind::parse(&c.default_strategy).is_some(),
-            "coordination.default_strategy must be one of least_loaded, round_robin, priority_based, load_balanced, adaptive, historical",
-        );
-        check(
-            self.messages.message_buffer_size >= 1,
-            "messages.message_buffer_size must be >= 1",
-        );
-        check(
-            self.messages.max_message_bytes >= 1024,
-            "messages.max_message_bytes must be >= 1024",
-        );
-        check(
-            self.messages.ack_timeout_ms >= 1,
-            "messages.ack_timeout_ms must be > 0",
-        );
-        check(
-            self.jetstream.max_deliver >= 1,
-            "jetstream.max_deliver must be >= 1",
-        );
-        check(
-            self.jetstream.ack_wait_ms >= 100,
-            "jetstream.ack_wait_ms must be >= 100",
-        );
-        check(
-            self.redis.response_timeout_ms >= 1,
+        [
+            self.coordination.problems(),
+            self.messages.problems(),
+            self.jetstream.problems(),
+            connection_problems(&self.nats, &self.redis),
+            self.metrics.problems(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(str::to_string)
+        .collect()
+    }
+}
+
+/// The messages of the checks that failed, in the order given.
+fn failed(checks: &[(bool, &'static str)]) -> Vec<&'static str> {
+    checks
+        .iter()
+        .filter(|(ok, _)| !ok)
+        .map(|(_, message)| *message)
+        .collect()
+}
+
+impl CoordinationConfig {
+    fn problems(&self) -> Vec<&'static str> {
+        failed(&[
+            (
+                self.max_concurrent_coordinations >= 1,
+                "coordination.max_concurrent_coordinations must be >= 1",
+            ),
+            (
+                self.optimization_interval_s.is_finite() && self.optimization_interval_s > 0.0,
+                "coordination.optimization_interval_s must be > 0",
+            ),
+            (
+                self.learning_rate.is_finite()
+                    && self.learning_rate > 0.0
+                    && self.learning_rate <= 1.0,
+                "coordination.learning_rate must be in (0, 1]",
+            ),
+            (
+                (1..=10_000).contains(&self.batch_size),
+                "coordination.batch_size must be 1..=10000",
+            ),
+            (
+                self.dispatch_window >= 1,
+                "coordination.dispatch_window must be >= 1",
+            ),
+            (
+                (1..=64).contains(&self.max_candidates),
+                "coordination.max_candidates must be 1..=64",
+            ),
+            (
+                (50..=600_000).contains(&self.grant_resend_ms),
+                "coordination.grant_resend_ms must be 50..=600000",
+            ),
+            (
+                switchyard_decision::StrategyKind::parse(&self.default_strategy).is_some(),
+                "coordination.default_strategy must be one of least_loaded, round_robin, priority_based, load_balanced, adaptive, historical",
+            ),
+        ])
+    }
+}
+
+impl MessagesConfig {
+    fn problems(&self) -> Vec<&'static str> {
+        failed(&[
+            (
+                self.message_buffer_size >= 1,
+                "messages.message_buffer_size must be >= 1",
+            ),
+            (
+                self.max_message_bytes >= 1024,
+                "messages.max_message_bytes must be >= 1024",
+            ),
+            (
+                self.ack_timeout_ms >= 1,
+                "messages.ack_timeout_ms must be > 0",
+            ),
+        ])
+    }
+}
+
+impl JetStreamConfig {
+    fn problems(&self) -> Vec<&'static str> {
+        failed(&[
+            (self.max_deliver >= 1, "jetstream.max_deliver must be >= 1"),
+            (
+                self.ack_wait_ms >= 100,
+                "jetstream.ack_wait_ms must be >= 100",
+            ),
+        ])
+    }
+}
+
+/// NATS and Redis in one list: the error list has always interleaved them (timeout, URLs, then
+/// the subject prefix), and one function per section would reorder what users already see.
+fn connection_problems(nats: &NatsConfig, redis: &RedisConfig) -> Vec<&'static str> {
+    let prefix = &nats.subject_prefix;
+    failed(&[
+        (
+            redis.response_timeout_ms >= 1,
             "redis.response_timeout_ms must be >= 1",
-        );
-        check(
-            self.nats.url.starts_with("nats://"),
+        ),
+        (
+            nats.url.starts_with("nats://"),
             "nats.url must start with nats://",
-        );
-        check(
-            self.redis.url.starts_with("redis://"),
+        ),
+        (
+            redis.url.starts_with("redis://"),
             "redis.url must start with redis://",
-        );
-        check(
-            !self.nats.subject_prefix.is_empty()
-                && !self.nats.subject_prefix.contains(['*', '>', ' '])
-                && !self.nats.subject_prefix.starts_with('.')
-                && !self.nats.subject_prefix.ends_with('.'),
+        ),
+        (
+            !prefix.is_empty()
+                && !prefix.contains(['*', '>', ' '])
+                && !prefix.starts_with('.')
+                && !prefix.ends_with('.'),
             "nats.subject_prefix must be a literal subject without wildcards",
-        );
-        check(
-            self.metrics.addr.parse::<std::net::SocketAddr>().is_ok(),
+        ),
+    ])
+}
+
+impl MetricsConfig {
+    fn problems(&self) -> Vec<&'static str> {
+        failed(&[(
+            self.addr.parse::<std::net::SocketAddr>().is_ok(),
             "metrics.addr must be host:port",
-        );
-        p
+        )])
     }
 }
 

@@ -79,108 +79,66 @@ const HANDOFF_BUCKETS: [f64; 13] = [
 
 impl Metrics {
     pub fn new() -> Result<Metrics, Error> {
-        let r = Registry::new();
-        let hist = |name: &str, help: &str| {
-            HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())
-        };
+        let registry = Registry::new();
+        let add = Registrar(&registry);
         Ok(Metrics {
-            coordination_seconds: registered(
-                &r,
-                HistogramVec::new(
-                    hist(
-                        COORDINATION_EFFICIENCY_SECONDS,
-                        "Time to apply coordination operations",
-                    ),
-                    &["op"],
-                ),
+            coordination_seconds: add.latencies(
+                COORDINATION_EFFICIENCY_SECONDS,
+                "Time to apply coordination operations",
+                &["op"],
             )?,
-            allocations: registered(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(RESOURCE_ALLOCATIONS_TOTAL, "Allocation outcomes"),
-                    &["outcome"],
-                ),
+            allocations: add.counters(
+                RESOURCE_ALLOCATIONS_TOTAL,
+                "Allocation outcomes",
+                &["outcome"],
             )?,
-            active_coordinations: registered(
-                &r,
-                IntGauge::new(ACTIVE_COORDINATIONS, "Events in flight in this replica"),
+            active_coordinations: add
+                .int_gauge(ACTIVE_COORDINATIONS, "Events in flight in this replica")?,
+            agent_utilization: add.gauges(
+                AGENT_UTILIZATION_RATIO,
+                "Fleet resource utilization",
+                &["stat"],
             )?,
-            agent_utilization: registered(
-                &r,
-                GaugeVec::new(
-                    Opts::new(AGENT_UTILIZATION_RATIO, "Fleet resource utilization"),
-                    &["stat"],
-                ),
+            messages: add.counters(
+                AGENT_MESSAGES_TOTAL,
+                "Messages by type and direction",
+                &["type", "direction"],
             )?,
-            messages: registered(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(AGENT_MESSAGES_TOTAL, "Messages by type and direction"),
-                    &["type", "direction"],
-                ),
+            rejected: add.counters(
+                REJECTED_MESSAGES_TOTAL,
+                "Refused messages by reason code",
+                &["reason"],
             )?,
-            rejected: registered(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(REJECTED_MESSAGES_TOTAL, "Refused messages by reason code"),
-                    &["reason"],
-                ),
+            dead_letters: add.counter(
+                DEAD_LETTERS_TOTAL,
+                "Events parked in the dead-letter stream",
             )?,
-            dead_letters: registered(
-                &r,
-                IntCounter::new(
-                    DEAD_LETTERS_TOTAL,
-                    "Events parked in the dead-letter stream",
-                ),
+            redeliveries: add.counter(REDELIVERIES_TOTAL, "Events delivered more than once")?,
+            grant_latency: add.latencies(
+                GRANT_LATENCY_SECONDS,
+                "Submit to grant publication",
+                &["path"],
             )?,
-            redeliveries: registered(
-                &r,
-                IntCounter::new(REDELIVERIES_TOTAL, "Events delivered more than once"),
+            queue_depth: add.gauge(QUEUE_DEPTH, "Tasks waiting in the priority queue")?,
+            grant_republishes: add.counter(
+                GRANT_REPUBLISHES_TOTAL,
+                "Grants sent again because their agent had not acknowledged them",
             )?,
-            grant_latency: registered(
-                &r,
-                HistogramVec::new(
-                    hist(GRANT_LATENCY_SECONDS, "Submit to grant publication"),
-                    &["path"],
-                ),
+            dispatch_rounds: add.counter(
+                DISPATCH_ROUNDS_TOTAL,
+                "Dispatch rounds over a non-empty queue head",
             )?,
-            queue_depth: registered(
-                &r,
-                Gauge::new(QUEUE_DEPTH, "Tasks waiting in the priority queue"),
+            agents_expired: add.counter(
+                AGENTS_EXPIRED_TOTAL,
+                "Agents marked dead after missing their lease",
             )?,
-            grant_republishes: registered(
-                &r,
-                IntCounter::new(
-                    GRANT_REPUBLISHES_TOTAL,
-                    "Grants sent again because their agent had not acknowledged them",
-                ),
+            handoff_duration: add.histograms(
+                AGENT_HANDOFF_DURATION_SECONDS,
+                "Handoff initiation to verdict, by outcome",
+                &["outcome"],
+                &HANDOFF_BUCKETS,
             )?,
-            dispatch_rounds: registered(
-                &r,
-                IntCounter::new(
-                    DISPATCH_ROUNDS_TOTAL,
-                    "Dispatch rounds over a non-empty queue head",
-                ),
-            )?,
-            agents_expired: registered(
-                &r,
-                IntCounter::new(
-                    AGENTS_EXPIRED_TOTAL,
-                    "Agents marked dead after missing their lease",
-                ),
-            )?,
-            handoff_duration: registered(
-                &r,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        AGENT_HANDOFF_DURATION_SECONDS,
-                        "Handoff initiation to verdict, by outcome",
-                    )
-                    .buckets(HANDOFF_BUCKETS.to_vec()),
-                    &["outcome"],
-                ),
-            )?,
-            registry: r,
+            registry,
         })
     }
 
@@ -192,6 +150,51 @@ impl Metrics {
             return String::new();
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Registers each metric as it is made, one method per kind, so [`Metrics::new`] reads as the
+/// list of metrics.
+struct Registrar<'a>(&'a Registry);
+
+impl Registrar<'_> {
+    fn counter(&self, name: &str, help: &str) -> Result<IntCounter, Error> {
+        registered(self.0, IntCounter::new(name, help))
+    }
+
+    /// A counter per combination of `labels`.
+    fn counters(&self, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, Error> {
+        registered(self.0, IntCounterVec::new(Opts::new(name, help), labels))
+    }
+
+    fn int_gauge(&self, name: &str, help: &str) -> Result<IntGauge, Error> {
+        registered(self.0, IntGauge::new(name, help))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> Result<Gauge, Error> {
+        registered(self.0, Gauge::new(name, help))
+    }
+
+    /// A gauge per combination of `labels`.
+    fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec, Error> {
+        registered(self.0, GaugeVec::new(Opts::new(name, help), labels))
+    }
+
+    /// A histogram per combination of `labels`, over `buckets` (seconds).
+    fn histograms(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        buckets: &[f64],
+    ) -> Result<HistogramVec, Error> {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        registered(self.0, HistogramVec::new(opts, labels))
+    }
+
+    /// A histogram over the [`LATENCY_BUCKETS`] of a coordination step.
+    fn latencies(&self, name: &str, help: &str, labels: &[&str]) -> Result<HistogramVec, Error> {
+        self.histograms(name, help, labels, &LATENCY_BUCKETS)
     }
 }
 

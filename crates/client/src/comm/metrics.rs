@@ -72,65 +72,9 @@ impl CommMetrics {
     /// Prometheus text exposition of these metrics.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counter = |out: &mut String, name: &str, help: &str, c: &Counter| {
-            family(out, name, help, "counter");
-            let _ = writeln!(out, "{name} {}", c.get());
-        };
-        family(
-            &mut out,
-            AGENT_MESSAGES_TOTAL,
-            "Messages by type and direction",
-            "counter",
-        );
-        self.messages
-            .render(&mut out, AGENT_MESSAGES_TOTAL, &["type", "direction"]);
-        family(
-            &mut out,
-            AGENT_MESSAGE_LATENCY_SECONDS,
-            "Message creation to delivery to the application, by priority",
-            "histogram",
-        );
-        self.latency
-            .render(&mut out, AGENT_MESSAGE_LATENCY_SECONDS, "priority");
-        family(
-            &mut out,
-            AGENT_MESSAGE_ACKS_TOTAL,
-            "Awaited acknowledgments by outcome",
-            "counter",
-        );
-        self.acks
-            .render(&mut out, AGENT_MESSAGE_ACKS_TOTAL, &["outcome"]);
-        family(
-            &mut out,
-            AGENT_MESSAGE_ACK_RATE,
-            "Share of awaited acknowledgments received",
-            "gauge",
-        );
-        let _ = writeln!(out, "{AGENT_MESSAGE_ACK_RATE} {}", self.ack_rate.get());
-        counter(
-            &mut out,
-            AGENT_MESSAGES_EXPIRED_TOTAL,
-            "Messages dropped past their TTL",
-            &self.expired,
-        );
-        counter(
-            &mut out,
-            AGENT_MESSAGES_DEAD_LETTERED_TOTAL,
-            "Guaranteed messages given up on and dead-lettered",
-            &self.dead_lettered,
-        );
-        counter(
-            &mut out,
-            AGENT_MESSAGES_DUPLICATE_TOTAL,
-            "Duplicate deliveries kept from the application",
-            &self.duplicates,
-        );
-        counter(
-            &mut out,
-            AGENT_MESSAGE_RETRIES_TOTAL,
-            "Re-sends of unacknowledged guaranteed messages",
-            &self.retries,
-        );
+        self.render_traffic(&mut out);
+        self.render_acks(&mut out);
+        self.render_losses_and_retries(&mut out);
         family(
             &mut out,
             AGENT_CLIENT_HANDOFF_SECONDS,
@@ -141,6 +85,79 @@ impl CommMetrics {
             .render(&mut out, AGENT_CLIENT_HANDOFF_SECONDS, "outcome");
         out
     }
+
+    /// Messages sent and received, and how long they took to arrive.
+    fn render_traffic(&self, out: &mut String) {
+        family(
+            out,
+            AGENT_MESSAGES_TOTAL,
+            "Messages by type and direction",
+            "counter",
+        );
+        self.messages
+            .render(out, AGENT_MESSAGES_TOTAL, &["type", "direction"]);
+        family(
+            out,
+            AGENT_MESSAGE_LATENCY_SECONDS,
+            "Message creation to delivery to the application, by priority",
+            "histogram",
+        );
+        self.latency
+            .render(out, AGENT_MESSAGE_LATENCY_SECONDS, "priority");
+    }
+
+    /// Awaited acknowledgments: the count by outcome and the share received.
+    fn render_acks(&self, out: &mut String) {
+        family(
+            out,
+            AGENT_MESSAGE_ACKS_TOTAL,
+            "Awaited acknowledgments by outcome",
+            "counter",
+        );
+        self.acks
+            .render(out, AGENT_MESSAGE_ACKS_TOTAL, &["outcome"]);
+        family(
+            out,
+            AGENT_MESSAGE_ACK_RATE,
+            "Share of awaited acknowledgments received",
+            "gauge",
+        );
+        let _ = writeln!(out, "{AGENT_MESSAGE_ACK_RATE} {}", self.ack_rate.get());
+    }
+
+    /// Messages dropped or given up on, duplicates kept back, and re-sends.
+    fn render_losses_and_retries(&self, out: &mut String) {
+        counter_family(
+            out,
+            AGENT_MESSAGES_EXPIRED_TOTAL,
+            "Messages dropped past their TTL",
+            &self.expired,
+        );
+        counter_family(
+            out,
+            AGENT_MESSAGES_DEAD_LETTERED_TOTAL,
+            "Guaranteed messages given up on and dead-lettered",
+            &self.dead_lettered,
+        );
+        counter_family(
+            out,
+            AGENT_MESSAGES_DUPLICATE_TOTAL,
+            "Duplicate deliveries kept from the application",
+            &self.duplicates,
+        );
+        counter_family(
+            out,
+            AGENT_MESSAGE_RETRIES_TOTAL,
+            "Re-sends of unacknowledged guaranteed messages",
+            &self.retries,
+        );
+    }
+}
+
+/// A label-less counter with its HELP and TYPE lines.
+fn counter_family(out: &mut String, name: &str, help: &str, counter: &Counter) {
+    family(out, name, help, "counter");
+    let _ = writeln!(out, "{name} {}", counter.get());
 }
 
 fn family(out: &mut String, name: &str, help: &str, kind: &str) {

@@ -1,0 +1,90 @@
+//! `switchyard status`: a running deployment's state, as tables or one JSON line.
+
+use std::io::Write;
+
+use anyhow::Context;
+use switchyard_client::Coordinator;
+use switchyard_protocol::{AgentStatusView, PatternRow, StatusQuery};
+
+use super::{RunContext, write_json_line};
+
+#[derive(clap::Args)]
+pub(crate) struct StatusArgs {
+    #[arg(long)]
+    json: bool,
+    /// Also show what was learned per (task type, agent type).
+    #[arg(long)]
+    patterns: bool,
+}
+
+/// Asks the deployment at the configured NATS URL for its status and prints it.
+pub(crate) async fn run(
+    args: StatusArgs,
+    context: &RunContext<'_>,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let nats = &context.config.nats;
+    let coordinator = Coordinator::connect(&nats.url, "switchyard-cli", &nats.subject_prefix)
+        .await
+        .with_context(|| format!("connecting to {}", nats.url))?;
+    let query = StatusQuery {
+        include_agents: true,
+        include_patterns: args.patterns,
+    };
+    let status = coordinator.status_with(query).await?;
+    if args.json {
+        return write_json_line(out, &status);
+    }
+    writeln!(
+        out,
+        "queue depth {}  counters {:?}",
+        status.queue_depth, status.counters
+    )?;
+    write_agents(out, &status.agents)?;
+    if args.patterns {
+        write_patterns(out, &status.patterns)?;
+    }
+    Ok(())
+}
+
+fn write_agents(out: &mut dyn Write, agents: &[AgentStatusView]) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{:<24} {:<10} {:<12} {:>8} {:>7} {:>6}",
+        "agent", "type", "status", "util", "score", "tasks"
+    )?;
+    for a in agents {
+        writeln!(
+            out,
+            "{:<24} {:<10} {:<12} {:>7.1}% {:>7.3} {:>6}",
+            a.agent_id,
+            a.agent_type,
+            a.status,
+            a.utilization * 100.0,
+            a.performance_score,
+            a.active_tasks
+        )?;
+    }
+    Ok(())
+}
+
+fn write_patterns(out: &mut dyn Write, rows: &[PatternRow]) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "\n{:<16} {:<16} {:>8} {:>9} {:>9} {:>12}",
+        "task type", "agent type", "attempts", "successes", "success", "time ratio"
+    )?;
+    for r in rows {
+        writeln!(
+            out,
+            "{:<16} {:<16} {:>8} {:>9} {:>8.1}% {:>12.2}",
+            r.task_type,
+            r.agent_type,
+            r.attempts,
+            r.successes,
+            r.success_ema * 100.0,
+            r.duration_ratio_ema
+        )?;
+    }
+    Ok(())
+}
