@@ -43,14 +43,19 @@ pub struct SubmitClock(Arc<Mutex<HashMap<String, Instant>>>);
 
 impl SubmitClock {
     pub fn record(&self, message_id: String) {
-        if let Ok(mut map) = self.0.lock() {
-            map.insert(message_id, Instant::now());
-        }
+        self.map().insert(message_id, Instant::now());
     }
 
     /// Time since the submit, forgetting it (each task is timed once).
     pub fn elapsed(&self, message_id: &str) -> Option<Duration> {
-        self.0.lock().ok()?.remove(message_id).map(|t| t.elapsed())
+        self.map().remove(message_id).map(|t| t.elapsed())
+    }
+
+    /// The map, also after a panic elsewhere: each use is one insert or remove, so it is whole.
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -1,5 +1,6 @@
 //! [`Agent`]: an agent's handle: register, receive grants, report completions.
 
+use crate::sync::lock;
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
@@ -96,8 +97,8 @@ impl Agent {
     /// optimizers sent while the agent was away are sent again until acknowledged, and at once
     /// when it registers again. Can be taken once per registration: a second call is an error.
     pub async fn grants(&self) -> Result<GrantStream, Error> {
-        let taken = self.grants.lock().map(|mut slot| slot.take());
-        let Ok(Some(subscription)) = taken else {
+        let taken = lock(&self.grants).take();
+        let Some(subscription) = taken else {
             return Err(Error::new(
                 crate::error::ErrorKind::Rejected,
                 "the grant stream of this agent was already taken",

@@ -24,6 +24,7 @@ pub mod comm;
 mod coordinator;
 pub mod error;
 mod router;
+mod sync;
 pub mod transport;
 
 pub use error::{Error, ErrorKind};

@@ -13,7 +13,7 @@
 //! (earliest expected completion), not a proven optimum.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use super::workload::Workload;
 use switchyard_decision::placement::CandidateScore;
@@ -142,9 +142,9 @@ impl Strategy for Oracle<'_> {
             .iter()
             .map(|c| -c.score)
             .fold(f64::INFINITY, f64::min);
-        let Ok(mut held) = self.held.lock() else {
-            return scored;
-        };
+        // One plan at a time updates the bookings whole: after a panic elsewhere they are
+        // still consistent, so a poisoned lock is taken as it is.
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         match self.best_wait(task, agents, &held) {
             Some((agent, total)) if total < HOLD_GAIN * best_now => {
                 if let Some(booked) = held.get_mut(agent) {

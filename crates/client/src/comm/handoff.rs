@@ -7,6 +7,7 @@
 //! and reservation atomically (or not) and sends the verdict to both. No answer by the deadline:
 //! the record expires, a late acceptance is refused, and the task stays where it was.
 
+use crate::sync::lock;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -103,26 +104,19 @@ impl CommunicationProtocol {
             deadline: now + request.timeout + shared.options.handoff_grace,
             started: now,
         };
-        if let Ok(mut handoffs) = self.handoffs.lock() {
-            handoffs.insert(handoff_id.clone(), pending);
-        }
+        lock(&self.handoffs).insert(handoff_id.clone(), pending);
         Ok(handoff_id)
     }
 
     /// The verdict on a handoff this agent initiated. A `Timeout` error means the new agent did
     /// not answer in time: the task stays with this agent.
     pub async fn handoff_outcome(&self, handoff_id: &str) -> Result<HandoffOutcome, Error> {
-        let pending = self
-            .handoffs
-            .lock()
-            .ok()
-            .and_then(|mut h| h.remove(handoff_id))
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::InvalidInput,
-                    format!("no handoff {handoff_id} is pending here"),
-                )
-            })?;
+        let pending = lock(&self.handoffs).remove(handoff_id).ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("no handoff {handoff_id} is pending here"),
+            )
+        })?;
         let wait = pending.deadline.saturating_duration_since(Instant::now());
         let result = tokio::time::timeout(wait, pending.verdict).await;
         self.shared.forget(handoff_id);

@@ -8,6 +8,7 @@
 //! inbox is full, so a full inbox stops pulling (and JetStream, at `max_ack_pending`, stops
 //! delivering) instead of dropping anything.
 
+use crate::sync::lock;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
@@ -59,9 +60,7 @@ impl<T> PriorityInbox<T> {
         let lane = lane(priority);
         loop {
             {
-                let Ok(mut lanes) = self.lanes.lock() else {
-                    return false;
-                };
+                let mut lanes = lock(&self.lanes);
                 if lanes.closed {
                     return false;
                 }
@@ -83,7 +82,7 @@ impl<T> PriorityInbox<T> {
     }
 
     fn try_pop(&self) -> Option<T> {
-        let mut lanes = self.lanes.lock().ok()?;
+        let mut lanes = lock(&self.lanes);
         let item = lanes.queues.iter_mut().find_map(VecDeque::pop_front)?;
         lanes.len -= 1;
         let first_waiting = lanes.waiting.iter().position(|w| *w > 0);
@@ -104,7 +103,7 @@ impl<T> PriorityInbox<T> {
             if let Some(item) = self.try_pop() {
                 return Some(item);
             }
-            if self.lanes.lock().map(|l| l.closed).unwrap_or(true) {
+            if lock(&self.lanes).closed {
                 return None;
             }
             notified.await;
@@ -113,14 +112,12 @@ impl<T> PriorityInbox<T> {
 
     /// Items buffered now.
     pub(crate) fn len(&self) -> usize {
-        self.lanes.lock().map(|l| l.len).unwrap_or(0)
+        lock(&self.lanes).len
     }
 
     /// Wakes every waiter; producers stop, `pop` drains what is buffered and then ends.
     pub(crate) fn close(&self) {
-        if let Ok(mut lanes) = self.lanes.lock() {
-            lanes.closed = true;
-        }
+        lock(&self.lanes).closed = true;
         for lane in &self.slot_freed {
             lane.notify_waiters();
             lane.notify_one();

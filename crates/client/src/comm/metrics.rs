@@ -10,7 +10,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 
 // The names of the protocol client's metrics: the only place they are written.
 /// Messages by type and direction (the optimizer exports the same name for what it handles).
@@ -215,13 +217,12 @@ pub struct CounterVec(Arc<Mutex<BTreeMap<Vec<String>, Counter>>>);
 impl CounterVec {
     pub fn with_label_values(&self, values: &[&str]) -> Counter {
         let key: Vec<String> = values.iter().map(|v| v.to_string()).collect();
-        // A poisoned map still holds valid counters: a panic elsewhere must not stop counting.
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = lock(&self.0);
         map.entry(key).or_default().clone()
     }
 
     fn render(&self, out: &mut String, name: &str, label_names: &[&str]) {
-        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let map = lock(&self.0);
         for (values, counter) in map.iter() {
             let _ = writeln!(
                 out,
@@ -247,7 +248,7 @@ struct HistogramData {
 
 impl Histogram {
     pub fn observe(&self, seconds: f64) {
-        let mut h = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut h = lock(&self.0);
         if let Some(i) = LATENCY_BUCKETS.iter().position(|b| seconds <= *b) {
             h.buckets[i] += 1;
         }
@@ -256,15 +257,15 @@ impl Histogram {
     }
 
     pub fn get_sample_count(&self) -> u64 {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).count
+        lock(&self.0).count
     }
 
     pub fn get_sample_sum(&self) -> f64 {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).sum
+        lock(&self.0).sum
     }
 
     fn render(&self, out: &mut String, name: &str, label: &str, value: &str) {
-        let h = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let h = lock(&self.0);
         let mut cumulative = 0;
         for (bound, n) in LATENCY_BUCKETS.iter().zip(h.buckets) {
             cumulative += n;
@@ -290,12 +291,12 @@ pub struct HistogramVec(Arc<Mutex<BTreeMap<String, Histogram>>>);
 impl HistogramVec {
     pub fn with_label_values(&self, values: &[&str]) -> Histogram {
         let key = values.first().copied().unwrap_or_default().to_string();
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = lock(&self.0);
         map.entry(key).or_default().clone()
     }
 
     fn render(&self, out: &mut String, name: &str, label: &str) {
-        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let map = lock(&self.0);
         for (value, histogram) in map.iter() {
             histogram.render(out, name, label, value);
         }

@@ -3,6 +3,7 @@
 //! reports). Every message passes the same gate before it can take an inbox slot: decodable, not
 //! expired, not a duplicate, not something a call is waiting for.
 
+use crate::sync::lock;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -207,11 +208,7 @@ async fn admit(shared: &Shared, envelope: &Envelope<Value>) -> bool {
     if !shared.options.enable_tracking {
         return true;
     }
-    let seen = shared
-        .seen
-        .lock()
-        .ok()
-        .and_then(|mut seen| seen.check_and_insert(envelope.message_id));
+    let seen = lock(&shared.seen).check_and_insert(envelope.message_id);
     match seen {
         None => true,
         Some(acknowledged) => {
@@ -324,7 +321,8 @@ async fn drop_expired(shared: &Shared, envelope: &Envelope<Value>) {
 /// Sends a MESSAGE_ACK for `envelope` to its sender (core NATS: a lost acknowledgment makes
 /// the sender retry, and the retry is acknowledged again).
 pub(crate) async fn send_ack(shared: &Shared, envelope: &Envelope<Value>) -> Result<(), Error> {
-    if let Ok(mut seen) = shared.seen.lock() {
+    {
+        let mut seen = lock(&shared.seen);
         seen.mark_acknowledged(envelope.message_id);
     }
     let ack = MessageAck {

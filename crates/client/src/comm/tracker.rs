@@ -1,6 +1,7 @@
 //! Delivery bookkeeping: which recipients of a sent message have acknowledged it, and which
 //! received message ids the application already has (duplicate suppression).
 
+use crate::sync::lock;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
@@ -85,16 +86,12 @@ impl Tracker {
             attempts: 1,
             status: DeliveryStatus::Pending,
         });
-        if let Ok(mut records) = self.records.lock() {
-            records.live.insert(message_id, tx);
-        }
+        lock(&self.records).live.insert(message_id, tx);
         rx
     }
 
     fn update(&self, message_id: &Uuid, change: impl FnOnce(&mut DeliveryRecord) -> bool) -> bool {
-        let Ok(records) = self.records.lock() else {
-            return false;
-        };
+        let records = lock(&self.records);
         match records.live.get(message_id) {
             Some(tx) => tx.send_if_modified(change),
             None => false,
@@ -128,9 +125,7 @@ impl Tracker {
             record.status = status;
             true
         });
-        let Ok(mut records) = self.records.lock() else {
-            return;
-        };
+        let mut records = lock(&self.records);
         if !self.keep_finished {
             records.live.remove(message_id);
             return;
@@ -144,12 +139,12 @@ impl Tracker {
     }
 
     pub(crate) fn record(&self, message_id: &Uuid) -> Option<DeliveryRecord> {
-        let records = self.records.lock().ok()?;
+        let records = lock(&self.records);
         records.live.get(message_id).map(|tx| tx.borrow().clone())
     }
 
     pub(crate) fn subscribe(&self, message_id: &Uuid) -> Option<watch::Receiver<DeliveryRecord>> {
-        let records = self.records.lock().ok()?;
+        let records = lock(&self.records);
         records.live.get(message_id).map(watch::Sender::subscribe)
     }
 }

@@ -3,6 +3,7 @@
 //! grants, synchronous responses). Register with `expect` before sending, so no answer can
 //! arrive unheard; the receiving task hands the answer over with `deliver`.
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -77,10 +78,7 @@ impl<T> Waiters<T> {
         &self,
         f: impl FnOnce(&mut HashMap<String, oneshot::Sender<T>>) -> R,
     ) -> Option<R> {
-        match self.waiting.lock() {
-            Ok(mut waiting) => Some(f(&mut waiting)),
-            Err(poisoned) => Some(f(&mut poisoned.into_inner())),
-        }
+        Some(f(&mut lock(&self.waiting)))
     }
 }
 
