@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, ScriptInvocation};
 
 use super::keys::Keys;
 use super::records::*;
@@ -83,15 +84,21 @@ impl Store {
         Ok(())
     }
 
-    pub async fn deregister_agent(&self, agent_id: &str) -> Result<DeregisterOutcome, Error> {
-        let reply: Vec<String> = self
-            .scripts
-            .deregister_agent
-            .key(self.keys.agent(agent_id))
+    /// The keys of a script by which an agent leaves the fleet (deregister_agent, expire_agent):
+    /// its hash, the active set, its granted tasks, the fleet log and the leases.
+    fn leaving_agent<'s>(&self, script: &'s Script, agent_id: &str) -> ScriptInvocation<'s> {
+        let mut invocation = script.key(self.keys.agent(agent_id));
+        invocation
             .key(self.keys.agents())
             .key(self.keys.agent_tasks(agent_id))
             .key(self.keys.fleet_log())
-            .key(self.keys.leases())
+            .key(self.keys.leases());
+        invocation
+    }
+
+    pub async fn deregister_agent(&self, agent_id: &str) -> Result<DeregisterOutcome, Error> {
+        let reply: Vec<String> = self
+            .leaving_agent(&self.scripts.deregister_agent, agent_id)
             .arg(agent_id)
             .invoke_async(&mut self.conn())
             .await?;
@@ -346,13 +353,7 @@ impl Store {
         listening_since_ms: u64,
     ) -> Result<ExpireOutcome, Error> {
         let reply: Vec<String> = self
-            .scripts
-            .expire_agent
-            .key(self.keys.agent(agent_id))
-            .key(self.keys.agents())
-            .key(self.keys.agent_tasks(agent_id))
-            .key(self.keys.fleet_log())
-            .key(self.keys.leases())
+            .leaving_agent(&self.scripts.expire_agent, agent_id)
             .arg(agent_id)
             .arg(listening_since_ms)
             .invoke_async(&mut self.conn())
