@@ -8,8 +8,9 @@
 //!
 //! * [`resources`] — resource vectors in exact integer milli-units, validation of wire amounts,
 //!   fit checks and utilization.
-//! * [`task_state`] — the task lifecycle state machine; the reference the Redis Lua scripts
-//!   implement.
+//! * [`task_state`] — the task lifecycle state machine: the one the Redis Lua scripts implement
+//!   (their typed answers carry a [`TaskState`]), and the one the simulator and the live replay
+//!   keep their tasks in.
 //! * [`placement`] — the [`Strategy`] seam, the default [`LeastLoaded`] strategy, batch planning
 //!   that spreads a batch across the fleet, and sampling that keeps large fleets cheap.
 //! * [`strategies`] — the seed's strategies (round-robin, priority-based, load-balanced,

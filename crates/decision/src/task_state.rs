@@ -40,10 +40,17 @@
 //! [`initial_state`], and a resubmission of a known task is a duplicate for the caller to treat
 //! idempotently, not a transition. `completed` and `failed` are terminal.
 //!
-//! The Lua scripts in `src/state/lua` implement this same table against Redis, atomically. This
-//! Rust version is the reference: it is what the unit tests check exhaustively, and the scripts
-//! must agree with it. The state names returned by [`TaskState::as_str`] are exactly the strings
-//! those scripts store.
+//! The Lua scripts in `crates/server/src/state/lua` implement this same table against Redis,
+//! atomically (one script per event: `resolve_dependency` for the dependency events,
+//! `grant_tasks`, `complete_tasks` for `Completed` and `Failed`, `requeue_task`). This Rust version
+//! is the reference: it is what the unit tests check exhaustively, `tests/task_states.rs` drives
+//! every row of the table through the scripts and checks they agree with it, and the state names
+//! returned by [`TaskState::as_str`] are exactly the strings those scripts store.
+//!
+//! The simulator (`switchyard-sim`) and the live replay of a workload keep each task in a
+//! `TaskState` and move it only with [`TaskState::apply`]. They also use `Requeued` for a failed
+//! attempt that the workload's retry policy runs again (the service itself fails such a task);
+//! "not arrived yet" and "waiting out a retry back-off" are data beside the state, not states.
 
 use std::fmt;
 
@@ -154,7 +161,8 @@ pub enum TaskEvent {
     Completed,
     /// The agent reported failure.
     Failed,
-    /// The agent died or deregistered before finishing; the task goes back in the queue.
+    /// The agent died or deregistered before finishing; the task goes back in the queue. (In
+    /// the simulator and the live replay also a failed attempt that will be retried.)
     Requeued,
 }
 

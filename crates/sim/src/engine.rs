@@ -19,11 +19,11 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 
 use super::outcome::Outcome;
-use super::state::{Phase, Run, SimAgent};
+use super::state::{Run, SimAgent};
 use super::tasks::{SimTask, generate};
 use super::workload::Workload;
 use lifecycle::build_agents;
-use switchyard_decision::{PatternTable, Strategy};
+use switchyard_decision::{PatternTable, Strategy, TaskEvent, TaskState};
 
 pub use lifecycle::agent_id;
 
@@ -149,11 +149,7 @@ impl<'w> Engine<'w> {
 
     /// After the last event nothing may still run or hold a reservation.
     fn check_end(&self) -> Result<(), SimError> {
-        if let Some(t) = self
-            .runs
-            .iter()
-            .position(|r| !r.is_terminal() && matches!(r.phase, Phase::Running { .. }))
-        {
+        if let Some(t) = self.runs.iter().position(|r| r.is(TaskState::Granted)) {
             return Err(self.invariant(format!("task {t} still running after the last event")));
         }
         for agent in &self.agents {
@@ -184,29 +180,52 @@ impl<'w> Engine<'w> {
     fn apply(&mut self, ev: Ev) -> Result<(), SimError> {
         match ev {
             Ev::Arrival(t) => self.arrive(t),
-            Ev::Requeue(t) => self.enqueue(t),
+            Ev::Requeue(t) => self.retry_due(t),
             Ev::Finish { task, grant } => self.finish(task, grant),
             Ev::AgentEvent(i) => self.agent_event(i),
+        }
+    }
+
+    /// Task `t` arrives in the state machine's initial state: queued, waiting for its parents,
+    /// or failed because a parent already failed for good.
+    pub(crate) fn arrive(&mut self, t: usize) -> Result<(), SimError> {
+        let parent_failed = self.stream[t]
+            .parents
+            .iter()
+            .any(|&p| self.runs[p].is(TaskState::Failed));
+        let state = self.runs[t]
+            .arrive(parent_failed)
+            .map_err(|what| self.invariant(format!("task {t} {what}")))?;
+        match state {
+            TaskState::Queued => self.make_ready(t),
+            TaskState::Failed => {
+                self.terminal();
+                self.fail_dependents(t)?;
+            }
+            _ => {}
         }
         Ok(())
     }
 
-    fn arrive(&mut self, t: usize) {
-        let parent_failed = self.stream[t]
-            .parents
-            .iter()
-            .any(|&p| self.runs[p].phase == Phase::Failed);
-        if parent_failed {
-            self.fail_for_good(t);
-        } else if self.runs[t].pending_parents == 0 {
-            self.enqueue(t);
-        } else {
-            self.runs[t].phase = Phase::Blocked;
+    /// The back-off of `t`'s failed attempt is over: it is ready to be granted again.
+    fn retry_due(&mut self, t: usize) -> Result<(), SimError> {
+        if self.runs[t].retry_at_us.take().is_none() {
+            return Err(self.invariant(format!("task {t} retried without a failed attempt")));
         }
+        self.make_ready(t);
+        Ok(())
     }
 
-    fn enqueue(&mut self, t: usize) {
-        self.runs[t].phase = Phase::Queued;
+    /// Moves task `t` by `event` through the state machine; an event it refuses is a broken
+    /// invariant of the simulation, not something to paper over.
+    pub(crate) fn step(&mut self, t: usize, event: TaskEvent) -> Result<TaskState, SimError> {
+        self.runs[t]
+            .step(event)
+            .map_err(|what| self.invariant(format!("task {t}: {what}")))
+    }
+
+    /// Puts queued task `t` in the ready queue, where dispatch finds it.
+    pub(crate) fn make_ready(&mut self, t: usize) {
         self.ready.insert((Reverse(self.stream[t].priority), t));
     }
 

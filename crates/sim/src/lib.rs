@@ -10,6 +10,12 @@
 //! * [`tasks`] — the task stream drawn from the workload's seed.
 //! * [`engine`] — the event loop: arrivals, dispatch through `plan_batch`, completions, retries,
 //!   agent events, learning.
+//! * `state` — each task's progress and each agent's reservations. A task's lifecycle is the
+//!   service's own [`switchyard_decision::TaskState`], moved only through its transition
+//!   function (a broken transition ends the run with [`SimError::Invariant`]); what only a
+//!   simulation has (not arrived yet, a retry back-off, the agent and grant number of the running
+//!   attempt) is data beside it, not further states. A failed attempt that will be retried is
+//!   `Requeued` (granted → queued) and waits out its back-off before it is ready again.
 //! * [`oracle`] — the reference strategy that knows true speeds and failure rates.
 //! * [`report`] — metrics per strategy, `run_all`, the text table and JSON; [`plot`] the SVG chart.
 //! * [`outcome`] — the per-task record of one run.

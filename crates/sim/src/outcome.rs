@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::engine::Engine;
-use super::state::Phase;
+use switchyard_decision::TaskState;
 
 /// One task's history in a run.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,7 +58,7 @@ impl Outcome {
                 first_start_s: r.first_start_us.map(secs),
                 last_start_s: r.first_start_us.map(|_| secs(r.last_start_us)),
                 completed_s: r.completed_us.map(secs),
-                failed: r.phase == Phase::Failed,
+                failed: r.is(TaskState::Failed),
                 grants: r.grants,
                 first_attempt_ok: r.first_ok,
             })

@@ -3,31 +3,25 @@
 use std::sync::Arc;
 
 use switchyard_decision::resources::ResourceKind;
-use switchyard_decision::{AgentView, Resources};
-
-/// Where one task is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phase {
-    /// Not submitted yet.
-    Future,
-    /// Submitted, waiting for parents.
-    Blocked,
-    /// In the ready queue.
-    Queued,
-    /// Granted to `agent`; `grant` numbers the grants of this task (1 = first).
-    Running { agent: usize, grant: u32 },
-    /// Failed an attempt, waiting out the retry backoff.
-    BackingOff,
-    /// Completed successfully.
-    Done,
-    /// Failed for good (retries exhausted, or a parent failed for good).
-    Failed,
-}
+use switchyard_decision::task_state::initial_state;
+use switchyard_decision::{AgentView, Resources, TaskEvent, TaskState};
 
 /// One task's progress.
+///
+/// Its lifecycle is the service's own [`TaskState`], moved only through [`TaskState::apply`]
+/// (by [`Run::step`]) so the simulator cannot drift from the state machine the Lua scripts
+/// implement. What only a simulation needs sits next to it as data: not having arrived yet
+/// (`state` is `None`), the agent and grant number of the running attempt, and the back-off
+/// deadline of a failed attempt that will be retried.
 #[derive(Debug, Clone)]
 pub(crate) struct Run {
-    pub phase: Phase,
+    /// `None` until the task arrives.
+    pub state: Option<TaskState>,
+    /// While `Granted`: the agent running the current attempt, which is grant number `grants`.
+    pub agent: Option<usize>,
+    /// While a failed attempt waits out its retry back-off: when it re-enters the ready queue,
+    /// µs. The task is `Queued` again (a retried attempt is `Requeued`), just not ready yet.
+    pub retry_at_us: Option<u64>,
     /// Parents not yet completed.
     pub pending_parents: u32,
     /// Tasks that depend on this one.
@@ -51,7 +45,9 @@ pub(crate) struct Run {
 impl Run {
     pub fn new(pending_parents: u32) -> Run {
         Run {
-            phase: Phase::Future,
+            state: None,
+            agent: None,
+            retry_at_us: None,
             pending_parents,
             children: Vec::new(),
             grants: 0,
@@ -64,8 +60,33 @@ impl Run {
         }
     }
 
-    pub fn is_terminal(&self) -> bool {
-        matches!(self.phase, Phase::Done | Phase::Failed)
+    /// The task arrives: its first state is the state machine's [`initial_state`].
+    pub fn arrive(&mut self, parent_failed: bool) -> Result<TaskState, String> {
+        if let Some(state) = self.state {
+            return Err(format!("arrived again while {state}"));
+        }
+        let state = initial_state(self.pending_parents as usize, parent_failed);
+        self.state = Some(state);
+        Ok(state)
+    }
+
+    /// Applies `event` through [`TaskState::apply`]; `Err` says why it does not apply.
+    pub fn step(&mut self, event: TaskEvent) -> Result<TaskState, String> {
+        let Some(from) = self.state else {
+            return Err(format!("event {} before the task arrived", event.name()));
+        };
+        let next = from.apply(&event).map_err(|e| e.to_string())?;
+        self.state = Some(next);
+        Ok(next)
+    }
+
+    pub fn is(&self, state: TaskState) -> bool {
+        self.state == Some(state)
+    }
+
+    /// Queued and not waiting out a back-off: what dispatch may grant.
+    pub fn is_ready(&self) -> bool {
+        self.is(TaskState::Queued) && self.retry_at_us.is_none()
     }
 }
 
@@ -158,6 +179,39 @@ mod tests {
             speed_factor: 1.0,
             running: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_run_moves_only_through_the_state_machine() {
+        let mut run = Run::new(1);
+        let err = run.step(TaskEvent::DependenciesMet).unwrap_err();
+        assert!(err.contains("before the task arrived"), "{err}");
+        assert_eq!(run.arrive(false), Ok(TaskState::WaitingDependencies));
+        assert!(run.arrive(false).unwrap_err().contains("arrived again"));
+        let err = run.step(TaskEvent::Granted).unwrap_err();
+        assert!(err.contains("granted") && err.contains("waiting"), "{err}");
+        assert_eq!(
+            run.state,
+            Some(TaskState::WaitingDependencies),
+            "refused: unchanged"
+        );
+        for (event, want) in [
+            (TaskEvent::DependenciesMet, TaskState::Queued),
+            (TaskEvent::Granted, TaskState::Granted),
+            (TaskEvent::Requeued, TaskState::Queued),
+        ] {
+            assert_eq!(run.step(event), Ok(want));
+        }
+        assert!(run.is_ready());
+        run.retry_at_us = Some(5);
+        assert!(!run.is_ready(), "backing off is queued but not ready");
+    }
+
+    #[test]
+    fn a_run_with_a_failed_parent_fails_on_arrival() {
+        let mut run = Run::new(2);
+        assert_eq!(run.arrive(true), Ok(TaskState::Failed));
+        assert!(run.state.is_some_and(TaskState::is_terminal));
     }
 
     #[test]

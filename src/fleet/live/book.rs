@@ -7,36 +7,35 @@
 //! task is retried up to `max_attempts` times and its children wait for it. So a task is
 //! submitted only when its parents have completed, and each retry is submitted as a new task.
 //!
+//! Each task's lifecycle is the service's [`TaskState`], moved only through its transition
+//! function, as in the simulator: a report the state machine refuses in the task's state is stale
+//! or repeated and changes nothing. A failed attempt that will be retried is `Requeued` and waits
+//! out its back-off (a deadline beside the state) before the next attempt is submitted.
+//!
 //! [`StrategyMetrics::from_outcome`]: switchyard_sim::StrategyMetrics::from_outcome
 
 use std::collections::{BTreeMap, HashMap};
 
 use super::work::parse_task_id;
-use switchyard_decision::Resources;
 use switchyard_decision::resources::utilization;
+use switchyard_decision::task_state::initial_state;
+use switchyard_decision::{Resources, TaskEvent, TaskState};
 use switchyard_sim::engine::agent_id;
 use switchyard_sim::tasks::{SimTask, generate};
 use switchyard_sim::{Outcome, TaskRecord, Workload};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Not arrived yet.
-    Future,
-    /// Arrived, waiting for parents.
-    Blocked,
-    /// Submitted (or given back to the queue by a dying agent), not granted yet.
-    Submitted,
-    /// Granted to this agent (index into the book's agents).
-    Running(usize),
-    /// Failed an attempt, waiting out the retry backoff.
-    BackingOff,
-    Done,
-    Failed,
-}
-
+/// One task of the replay. Its lifecycle is the service's own [`TaskState`], moved only by
+/// [`Book::step`] (through [`TaskState::apply`]); what only the replay needs is data beside it.
 #[derive(Debug, Clone)]
 struct TaskRun {
-    phase: Phase,
+    /// `None` until the task arrives.
+    state: Option<TaskState>,
+    /// While `Granted`: the agent holding the attempt (index into the book's agents).
+    agent: Option<usize>,
+    /// While a failed attempt waits out its retry back-off: when the next attempt is submitted,
+    /// virtual seconds. The task is `Queued` again (a retried attempt is `Requeued`), but nothing
+    /// is on the wire until then.
+    retry_at_s: Option<f64>,
     pending_parents: u32,
     children: Vec<usize>,
     /// The attempt on the wire now (1 = first); part of its task id.
@@ -47,6 +46,12 @@ struct TaskRun {
     first_start_s: Option<f64>,
     last_start_s: f64,
     completed_s: Option<f64>,
+}
+
+impl TaskRun {
+    fn is(&self, state: TaskState) -> bool {
+        self.state == Some(state)
+    }
 }
 
 /// One agent of the fleet as the driver tracks it.
@@ -142,17 +147,23 @@ impl Book {
         let Some(task) = self.stream.get(t) else {
             return effects;
         };
-        if task
+        let parent_failed = task
             .parents
             .iter()
-            .any(|&p| self.runs[p].phase == Phase::Failed)
-        {
-            self.fail_for_good(t, now_s);
-        } else if self.runs[t].pending_parents == 0 {
-            self.runs[t].phase = Phase::Submitted;
-            effects.submit.push(t);
-        } else {
-            self.runs[t].phase = Phase::Blocked;
+            .any(|&p| self.runs[p].is(TaskState::Failed));
+        let run = &mut self.runs[t];
+        if run.state.is_some() {
+            return effects;
+        }
+        let state = initial_state(run.pending_parents as usize, parent_failed);
+        run.state = Some(state);
+        match state {
+            TaskState::Queued => effects.submit.push(t),
+            TaskState::Failed => {
+                self.terminal(now_s);
+                self.fail_dependents(t, now_s);
+            }
+            _ => {}
         }
         effects
     }
@@ -161,9 +172,9 @@ impl Book {
     /// backing off (nothing to do).
     pub(crate) fn retry_due(&mut self, t: usize) -> bool {
         match self.runs.get_mut(t) {
-            Some(run) if run.phase == Phase::BackingOff => {
+            Some(run) if run.retry_at_s.is_some() => {
+                run.retry_at_s = None;
                 run.attempt += 1;
-                run.phase = Phase::Submitted;
                 true
             }
             _ => false,
@@ -177,7 +188,7 @@ impl Book {
         else {
             return;
         };
-        if self.runs.get(t).map(|r| (r.attempt, r.phase)) != Some((attempt, Phase::Submitted)) {
+        if !self.is_current(t, attempt) || self.step(t, TaskEvent::Granted).is_none() {
             return;
         }
         self.advance(now_s);
@@ -191,7 +202,14 @@ impl Book {
         run.grants += 1;
         run.first_start_s.get_or_insert(now_s);
         run.last_start_s = now_s;
-        run.phase = Phase::Running(a);
+        run.agent = Some(a);
+    }
+
+    /// Whether `attempt` is task `t`'s attempt on the wire now (not one backing off).
+    fn is_current(&self, t: usize, attempt: u32) -> bool {
+        self.runs
+            .get(t)
+            .is_some_and(|r| r.attempt == attempt && r.retry_at_s.is_none())
     }
 
     /// The optimizer accepted the outcome of `task_id`.
@@ -199,32 +217,52 @@ impl Book {
         let Some((t, attempt)) = parse_task_id(task_id) else {
             return Effects::default();
         };
-        let phase = match self.runs.get(t) {
-            Some(run) if run.attempt == attempt => run.phase,
+        let run = match self.runs.get(t) {
+            Some(run) if run.attempt == attempt => run,
             _ => return Effects::default(),
         };
+        let (state, agent, backing_off) = (run.state, run.agent, run.retry_at_s.is_some());
         self.advance(now_s);
-        match phase {
-            Phase::Running(a) => self.release(t, a),
-            // Its agent died just after reporting; the report reached the optimizer first.
-            Phase::Submitted => {}
+        match (state, agent) {
+            _ if backing_off => return Effects::default(),
+            (Some(TaskState::Granted), Some(a)) => self.release(t, a),
+            // Its agent died just after reporting; the report reached the optimizer first. So
+            // the optimizer still held the attempt granted when it ended: the book's requeue for
+            // the dying agent was behind it, and the book catches up through `Granted` (the
+            // grant was counted when it was first reported).
+            (Some(TaskState::Queued), _) => {
+                self.step(t, TaskEvent::Granted);
+            }
             _ => return Effects::default(),
         }
+        self.runs[t].agent = None;
         self.runs[t].first_ok.get_or_insert(success);
         if success {
             return self.complete(t, now_s);
         }
+        self.attempt_failed(t, now_s)
+    }
+
+    /// A granted attempt of `t` failed: retried after a back-off while the workload allows
+    /// more attempts (`Requeued`), failed for good with its dependents otherwise.
+    fn attempt_failed(&mut self, t: usize, now_s: f64) -> Effects {
         let run = &mut self.runs[t];
         run.failures += 1;
         if run.failures >= self.max_attempts {
-            self.fail_for_good(t, now_s);
+            if self.step(t, TaskEvent::Failed).is_some() {
+                self.terminal(now_s);
+                self.fail_dependents(t, now_s);
+            }
             return Effects::default();
         }
-        run.phase = Phase::BackingOff;
-        let backoff = self.backoff_s * 2f64.powi(run.failures as i32 - 1);
+        let retry_at_s = now_s + self.backoff_s * 2f64.powi(run.failures as i32 - 1);
+        if self.step(t, TaskEvent::Requeued).is_none() {
+            return Effects::default();
+        }
+        self.runs[t].retry_at_s = Some(retry_at_s);
         Effects {
             submit: Vec::new(),
-            requeue: vec![(t, now_s + backoff)],
+            requeue: vec![(t, retry_at_s)],
         }
     }
 
@@ -236,40 +274,53 @@ impl Book {
             agent.alive = false;
             agent.reserved = Resources::default();
         }
-        for run in &mut self.runs {
-            if run.phase == Phase::Running(a) {
-                run.first_ok.get_or_insert(false);
-                run.phase = Phase::Submitted;
+        for t in 0..self.runs.len() {
+            if self.runs[t].agent == Some(a) && self.step(t, TaskEvent::Requeued).is_some() {
+                self.runs[t].agent = None;
+                self.runs[t].first_ok.get_or_insert(false);
             }
         }
     }
 
+    /// Moves task `t` by `event` through the state machine. `None`, and nothing changes, when
+    /// the task has not arrived or the event does not apply to its state: for the book that is
+    /// a stale or repeated report, ignored like the others.
+    fn step(&mut self, t: usize, event: TaskEvent) -> Option<TaskState> {
+        let run = self.runs.get_mut(t)?;
+        let next = run.state?.apply(&event).ok()?;
+        run.state = Some(next);
+        Some(next)
+    }
+
     fn complete(&mut self, t: usize, now_s: f64) -> Effects {
-        self.runs[t].phase = Phase::Done;
+        let mut effects = Effects::default();
+        if self.step(t, TaskEvent::Completed).is_none() {
+            return effects;
+        }
         self.runs[t].completed_s = Some(now_s);
         self.terminal(now_s);
-        let mut effects = Effects::default();
         for i in 0..self.runs[t].children.len() {
             let c = self.runs[t].children[i];
             let child = &mut self.runs[c];
             child.pending_parents = child.pending_parents.saturating_sub(1);
-            if child.pending_parents == 0 && child.phase == Phase::Blocked {
-                child.phase = Phase::Submitted;
+            if child.pending_parents == 0 && child.is(TaskState::WaitingDependencies) {
+                self.step(c, TaskEvent::DependenciesMet);
                 effects.submit.push(c);
             }
         }
         effects
     }
 
-    /// Fails `t` for good, and every arrived task waiting on it (later arrivals see the failed
-    /// parent when they arrive).
-    fn fail_for_good(&mut self, t: usize, now_s: f64) {
+    /// `t` failed for good: so does every arrived task waiting on it, transitively (later
+    /// arrivals see the failed parent when they arrive). Each fails as it is found, so a task
+    /// reachable through two failed parents fails once.
+    fn fail_dependents(&mut self, t: usize, now_s: f64) {
         let mut stack = vec![t];
         while let Some(x) = stack.pop() {
-            self.runs[x].phase = Phase::Failed;
-            self.terminal(now_s);
-            for &c in &self.runs[x].children {
-                if self.runs[c].phase == Phase::Blocked {
+            for i in 0..self.runs[x].children.len() {
+                let c = self.runs[x].children[i];
+                if self.step(c, TaskEvent::DependencyFailed).is_some() {
+                    self.terminal(now_s);
                     stack.push(c);
                 }
             }
@@ -314,7 +365,7 @@ impl Book {
                 first_start_s: run.first_start_s,
                 last_start_s: run.first_start_s.map(|_| run.last_start_s),
                 completed_s: run.completed_s,
-                failed: run.phase == Phase::Failed,
+                failed: run.is(TaskState::Failed),
                 grants: run.grants,
                 first_attempt_ok: run.first_ok,
             })
@@ -335,7 +386,9 @@ impl Book {
 
 fn new_run(task: &SimTask) -> TaskRun {
     TaskRun {
-        phase: Phase::Future,
+        state: None,
+        agent: None,
+        retry_at_s: None,
         pending_parents: task.parents.len() as u32,
         children: Vec::new(),
         attempt: 1,

@@ -5,10 +5,10 @@ use std::cmp::Reverse;
 use super::{Engine, Ev, Placer, SimError, to_us};
 use crate::oracle::Oracle;
 use crate::rng::SplitMix;
-use crate::state::{Phase, SimAgent};
+use crate::state::SimAgent;
 use switchyard_decision::resources::fits_within;
 use switchyard_decision::{
-    AgentView, DecisionContext, PlannedGrant, Resources, TaskView, plan_batch,
+    AgentView, DecisionContext, PlannedGrant, Resources, TaskEvent, TaskState, TaskView, plan_batch,
 };
 
 impl Engine<'_> {
@@ -108,13 +108,18 @@ impl Engine<'_> {
     }
 
     pub(super) fn grant(&mut self, t: usize, a: usize) -> Result<(), SimError> {
-        if self.runs[t].phase != Phase::Queued {
-            return Err(self.invariant(format!("task {t} granted while {:?}", self.runs[t].phase)));
+        if !self.runs[t].is_ready() {
+            let run = &self.runs[t];
+            let what = format!(
+                "task {t} granted while {:?} (back-off {:?})",
+                run.state, run.retry_at_us
+            );
+            return Err(self.invariant(what));
         }
         if let Some(&p) = self.stream[t]
             .parents
             .iter()
-            .find(|&&p| self.runs[p].phase != Phase::Done)
+            .find(|&&p| !self.runs[p].is(TaskState::Completed))
         {
             return Err(self.invariant(format!("task {t} granted before its parent {p} completed")));
         }
@@ -127,12 +132,10 @@ impl Engine<'_> {
         if let Some(n) = self.grants_by_type.get_mut(self.agents[a].type_index) {
             *n += 1;
         }
+        self.step(t, TaskEvent::Granted)?;
         let run = &mut self.runs[t];
         run.grants += 1;
-        run.phase = Phase::Running {
-            agent: a,
-            grant: run.grants,
-        };
+        run.agent = Some(a);
         run.first_start_us.get_or_insert(self.now_us);
         run.last_start_us = self.now_us;
         run.outcome = outcome;

@@ -2,20 +2,51 @@
 
 use std::sync::Arc;
 
-use super::{Engine, Ev, to_us};
-use crate::state::{Phase, SimAgent};
+use super::{Engine, Ev, SimError, to_us};
+use crate::state::SimAgent;
 use crate::workload::{AgentEventKind, Workload};
-use switchyard_decision::{NEUTRAL_SCORE, updated_score};
+use switchyard_decision::{NEUTRAL_SCORE, TaskEvent, TaskState, updated_score};
 
 impl Engine<'_> {
-    pub(super) fn finish(&mut self, t: usize, grant: u32) {
-        let Phase::Running { agent: a, grant: g } = self.runs[t].phase else {
-            return;
+    /// Attempt `grant` of task `t` ends; a report about an earlier grant (its agent died and
+    /// the task was granted again, or is queued) changes nothing.
+    pub(super) fn finish(&mut self, t: usize, grant: u32) -> Result<(), SimError> {
+        let run = &self.runs[t];
+        let (true, Some(a)) = (run.is(TaskState::Granted), run.agent) else {
+            return Ok(());
         };
-        if g != grant {
-            return;
+        if run.grants != grant {
+            return Ok(());
         }
-        let (success, actual_s) = self.runs[t].outcome;
+        let (success, actual_s) = run.outcome;
+        self.learn(t, a, success, actual_s);
+        let run = &mut self.runs[t];
+        run.agent = None;
+        run.first_ok.get_or_insert(success);
+        if success {
+            self.step(t, TaskEvent::Completed)?;
+            self.runs[t].completed_us = Some(self.now_us);
+            self.terminal();
+            return self.resolve_children(t);
+        }
+        run.failures += 1;
+        if run.failures >= self.w.retry.max_attempts {
+            self.step(t, TaskEvent::Failed)?;
+            self.terminal();
+            return self.fail_dependents(t);
+        }
+        // A retried attempt goes back to the queue, but only once its back-off is over.
+        let backoff = self.w.retry.backoff_s * 2f64.powi(run.failures as i32 - 1);
+        let retry_at = self.now_us + to_us(backoff);
+        self.step(t, TaskEvent::Requeued)?;
+        self.runs[t].retry_at_us = Some(retry_at);
+        self.schedule(retry_at, Ev::Requeue(t));
+        Ok(())
+    }
+
+    /// Releases `t`'s reservation on agent `a` and learns from the attempt, as the completion
+    /// script does.
+    fn learn(&mut self, t: usize, a: usize, success: bool, actual_s: f64) {
         let task = &self.stream[t];
         self.agents[a].release(t, &task.required);
         let lr = self.w.learning_rate;
@@ -30,23 +61,6 @@ impl Engine<'_> {
             actual_s,
             lr,
         );
-        let run = &mut self.runs[t];
-        run.first_ok.get_or_insert(success);
-        if success {
-            run.phase = Phase::Done;
-            run.completed_us = Some(self.now_us);
-            self.terminal();
-            self.resolve_children(t);
-            return;
-        }
-        run.failures += 1;
-        if run.failures >= self.w.retry.max_attempts {
-            self.fail_for_good(t);
-        } else {
-            run.phase = Phase::BackingOff;
-            let backoff = self.w.retry.backoff_s * 2f64.powi(run.failures as i32 - 1);
-            self.schedule(self.now_us + to_us(backoff), Ev::Requeue(t));
-        }
     }
 
     pub(super) fn terminal(&mut self) {
@@ -54,42 +68,48 @@ impl Engine<'_> {
         self.last_finish_us = self.now_us;
     }
 
-    pub(super) fn resolve_children(&mut self, t: usize) {
+    /// `t` completed: children with no parent left to wait for are queued.
+    pub(super) fn resolve_children(&mut self, t: usize) -> Result<(), SimError> {
         for i in 0..self.runs[t].children.len() {
             let c = self.runs[t].children[i];
             let run = &mut self.runs[c];
             run.pending_parents = run.pending_parents.saturating_sub(1);
-            if run.pending_parents == 0 && run.phase == Phase::Blocked {
-                self.enqueue(c);
+            if run.pending_parents == 0 && run.is(TaskState::WaitingDependencies) {
+                self.step(c, TaskEvent::DependenciesMet)?;
+                self.make_ready(c);
             }
         }
+        Ok(())
     }
 
-    /// Fails `t` for good, and every submitted task waiting on it (later arrivals see the failed
-    /// parent when they arrive).
-    pub(super) fn fail_for_good(&mut self, t: usize) {
+    /// `t` failed for good: so does every arrived task waiting on it, transitively (later
+    /// arrivals see the failed parent when they arrive). Each is failed as it is found, so a
+    /// task reachable through two failed parents fails once.
+    pub(super) fn fail_dependents(&mut self, t: usize) -> Result<(), SimError> {
         let mut stack = vec![t];
         while let Some(x) = stack.pop() {
-            self.runs[x].phase = Phase::Failed;
-            self.terminal();
-            for &c in &self.runs[x].children {
-                if self.runs[c].phase == Phase::Blocked {
+            for i in 0..self.runs[x].children.len() {
+                let c = self.runs[x].children[i];
+                if self.runs[c].is(TaskState::WaitingDependencies) {
+                    self.step(c, TaskEvent::DependencyFailed)?;
+                    self.terminal();
                     stack.push(c);
                 }
             }
         }
+        Ok(())
     }
 
-    pub(super) fn agent_event(&mut self, i: usize) {
+    pub(super) fn agent_event(&mut self, i: usize) -> Result<(), SimError> {
         let Some(e) = self.w.events.get(i) else {
-            return;
+            return Ok(());
         };
         let Some(a) = self
             .agent_index
             .get(&agent_id(&e.agent.agent_type, e.agent.index))
             .copied()
         else {
-            return;
+            return Ok(());
         };
         match e.kind {
             AgentEventKind::Degrade => {
@@ -102,10 +122,13 @@ impl Engine<'_> {
                 for t in self.agents[a].running.clone() {
                     self.agents[a].release(t, &self.stream[t].required);
                     self.runs[t].first_ok.get_or_insert(false);
-                    self.enqueue(t);
+                    self.runs[t].agent = None;
+                    self.step(t, TaskEvent::Requeued)?;
+                    self.make_ready(t);
                 }
             }
         }
+        Ok(())
     }
 }
 
