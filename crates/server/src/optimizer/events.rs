@@ -277,6 +277,7 @@ async fn submit_outcome(
             applied
                 .replies
                 .push(reply(ReplyStatus::Failed).detail(reason));
+            fail_early_dependents(ctx, &req.task_id, &mut applied).await?;
         }
         SubmitOutcome::Duplicate { state, agent } => {
             return duplicate_submit(ctx, req, state, &agent, reply).await;
@@ -324,11 +325,32 @@ async fn duplicate_submit(
         TaskState::Completed => applied
             .replies
             .push(reply(ReplyStatus::Completed).agent(agent)),
-        TaskState::Failed => applied
-            .replies
-            .push(reply(ReplyStatus::Failed).agent(agent)),
+        TaskState::Failed => {
+            applied
+                .replies
+                .push(reply(ReplyStatus::Failed).agent(agent));
+            // The first delivery may have died between failing the task and its dependents.
+            fail_early_dependents(ctx, &req.task_id, &mut applied).await?;
+        }
     }
     Ok(applied)
+}
+
+/// A task that failed at its own submit (a dependency of its own had failed) may already have
+/// dependents: the protocol lets a dependent be submitted first, and it then waits in this task's
+/// dependents set. They fail in turn, as they would had this task failed on an agent. Read after
+/// the failure was committed, so every dependent registered before it is seen; one registered
+/// after it finds this task failed at its own submit. Resolving is idempotent.
+async fn fail_early_dependents(
+    ctx: &Ctx,
+    task_id: &str,
+    applied: &mut Applied,
+) -> Result<(), Error> {
+    let dependents = ctx.store.dependents_of(task_id).await?;
+    if dependents.is_empty() {
+        return Ok(());
+    }
+    resolve_dependents(ctx, task_id, false, dependents, applied).await
 }
 
 /// What a completion's outcome calls for: replies, refusals, the dependents' turn.

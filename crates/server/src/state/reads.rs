@@ -276,6 +276,15 @@ impl Store {
             .collect())
     }
 
+    /// The tasks registered as waiting on `task_id` (a dependent may be submitted before the
+    /// task it depends on, so a task can have dependents before it exists).
+    pub async fn dependents_of(&self, task_id: &str) -> Result<Vec<String>, Error> {
+        Ok(self
+            .conn()
+            .smembers(self.keys().dependents(task_id))
+            .await?)
+    }
+
     pub async fn queue_depth(&self) -> Result<u64, Error> {
         Ok(self.conn().zcard(self.keys().queue()).await?)
     }
