@@ -2,6 +2,8 @@
 //! helpers to read Redis directly.
 #![allow(dead_code)]
 
+pub mod scripts;
+
 use std::time::Duration;
 
 use switchyard_client::{Agent, Coordinator};
@@ -291,48 +293,4 @@ pub fn require_python_nats() {
         ),
         Ok(_) => {}
     }
-}
-
-/// One redis-server and a store on it (key prefix `t`), plus a raw connection for direct reads.
-pub struct StoreFixture {
-    pub _server: switchyard_harness::RedisServer,
-    pub store: switchyard_server::state::Store,
-    pub raw: redis::aio::MultiplexedConnection,
-    pub keys: switchyard_server::state::Keys,
-}
-
-pub async fn store_fixture() -> StoreFixture {
-    let server = switchyard_harness::RedisServer::start()
-        .await
-        .expect("redis-server starts");
-    let store = switchyard_server::state::Store::connect(&switchyard_server::config::RedisConfig {
-        url: server.url(),
-        key_prefix: "t".into(),
-        response_timeout_ms: 2000,
-        connection_timeout_ms: 2000,
-    })
-    .await
-    .expect("store connects");
-    let raw = redis::Client::open(server.url())
-        .expect("redis url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("raw connection");
-    StoreFixture {
-        _server: server,
-        store,
-        raw,
-        keys: switchyard_server::state::Keys::new("t"),
-    }
-}
-
-/// A completion refused with `reason` and exactly `message`, as the script words it.
-pub fn refused(
-    reason: switchyard_protocol::RejectReason,
-    message: &str,
-) -> switchyard_server::state::CompleteOutcome {
-    switchyard_server::state::CompleteOutcome::Refused(switchyard_server::state::Refusal {
-        reason,
-        message: message.to_string(),
-    })
 }
