@@ -14,8 +14,11 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{OptimizerProcess, config_for, within};
+use common::{OptimizerProcess, OutputWithin, config_for, within};
 use switchyard_harness::LocalServers;
+
+/// How long one run of a binary may take before the test fails.
+const LIMIT_S: u64 = 300;
 
 /// A command with no NATS_URL / REDIS_URL, so the CLI starts its own servers.
 fn switchyard(args: &[&str]) -> Command {
@@ -42,8 +45,7 @@ fn json_of(output: &std::process::Output) -> serde_json::Value {
 #[test]
 fn demo_json_summary_accounts_for_every_task() {
     let output = switchyard(&["demo", "--json", "--tasks", "60", "--agents", "6"])
-        .output()
-        .expect("demo runs");
+        .output_within(LIMIT_S, "demo to finish");
     let summary = json_of(&output);
     assert_eq!(summary["tasks_submitted"], 60);
     let completed = summary["tasks_completed"].as_u64().expect("completed");
@@ -93,7 +95,7 @@ fn message_bench_delivers_everything_and_serves_critical_messages_first() {
         "--backlog-seconds",
         "0.5",
     ];
-    let report = json_of(&switchyard(&args).output().expect("message-bench runs"));
+    let report = json_of(&switchyard(&args).output_within(LIMIT_S, "message-bench to finish"));
     let modes = report["throughput"].as_array().expect("throughput");
     assert_eq!(modes.len(), 3, "{report}");
     for mode in modes {
@@ -121,7 +123,7 @@ fn bench_json_reports_lifecycles_latency_and_no_double_grants() {
         "--replicas",
         "2",
     ];
-    let report = json_of(&switchyard(&args).output().expect("bench runs"));
+    let report = json_of(&switchyard(&args).output_within(LIMIT_S, "bench to finish"));
     assert_eq!(report["double_grants"], 0, "{report}");
     assert_eq!(report["unfinished"], 0, "{report}");
     assert!(
@@ -154,7 +156,7 @@ fn closed_loop_bench_counts_each_task_once_and_reports_baseline_and_server_cost(
         "--baseline-seconds",
         "1",
     ];
-    let report = json_of(&switchyard(&args).output().expect("bench runs"));
+    let report = json_of(&switchyard(&args).output_within(LIMIT_S, "bench to finish"));
     assert_eq!(report["mode"], "closed_loop", "{report}");
     let count = |field: &str| {
         report[field]
@@ -199,8 +201,10 @@ fn invalid_configuration_lists_every_error() {
         .env("LEARNING_RATE", "2.5")
         .env("MAX_CONCURRENT_COORDINATIONS", "many")
         .env("NATS_URL", "nats://127.0.0.1:1")
-        .output()
-        .expect("optimizer runs");
+        .output_within(
+            LIMIT_S,
+            "the optimizer to refuse its configuration and exit",
+        );
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("learning_rate"), "{stderr}");
@@ -260,8 +264,7 @@ fn decision_cost_reports_every_strategy_at_every_size() {
         "20",
         "--json",
     ])
-    .output()
-    .expect("decision-cost runs");
+    .output_within(LIMIT_S, "decision-cost to finish");
     let rows = json_of(&output);
     let rows = rows.as_array().expect("a JSON array");
     assert_eq!(rows.len(), 12, "6 strategies × 2 sizes: {rows:?}");
@@ -321,7 +324,7 @@ fn sim_live_json_reports_every_strategy_but_the_oracle() {
         "--time-scale",
         "20",
     ];
-    let report = json_of(&switchyard(&args).output().expect("sim --live runs"));
+    let report = json_of(&switchyard(&args).output_within(LIMIT_S, "sim --live to finish"));
     assert_eq!(report["workload"], "tiny");
     assert_eq!(report["tasks"], 12, "cut to --tasks: {report}");
     assert_eq!(report["agents"], 4);

@@ -15,7 +15,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Cluster, OptimizerProcess, config_for, hget, hget_i64, optimizer_ready, within};
+use common::{
+    Cluster, OptimizerProcess, config_for, hget, hget_i64, next_grant, optimizer_ready, redis_at,
+    register_within, wait_for_state, within,
+};
 use futures::StreamExt;
 use switchyard_client::{Agent, Coordinator};
 use switchyard_harness::LocalServers;
@@ -35,16 +38,6 @@ async fn outbox_len(redis: &mut redis::aio::MultiplexedConnection) -> u64 {
         .expect("ZCARD")
 }
 
-async fn wait_for_state(redis: &mut redis::aio::MultiplexedConnection, task: &str, state: &str) {
-    let key = Keys::new("switchyard").task(task);
-    within(30, &format!("{task} to be {state}"), async {
-        while hget(redis, &key, "state").await.as_deref() != Some(state) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_agent_gets_its_grant_when_it_returns() {
     let cluster = Cluster::start(1).await;
@@ -53,22 +46,26 @@ async fn an_offline_agent_gets_its_grant_when_it_returns() {
     let away = async_nats::connect(cluster.servers.nats.url())
         .await
         .expect("nats");
-    let reg = || AgentRegister::new("away", "worker").capacity("cpu", 1.0);
-    let agent = Agent::register(away.clone(), cluster.subjects(), reg())
-        .await
-        .expect("registers");
-    drop(agent);
+    drop(register_within(&away, away_registration()).await);
     drop(away);
 
     let orch = cluster.coordinator("orch").await;
     orch.submit_task(TaskSubmit::new("while-away").resource("cpu", 1.0))
         .await
         .expect("stored");
-    wait_for_state(&mut redis, "while-away", "granted").await;
+    wait_for_state(&mut redis, 30, "while-away", "granted").await;
     assert_eq!(outbox_len(&mut redis).await, 1, "unacknowledged grant kept");
+    let resent = grant_sent_again_to_a_listener(&cluster).await;
+    the_returning_agent_gets_the_same_grant(&cluster, &mut redis, &resent).await;
+}
 
-    // Anyone listening on the subject (here a plain subscriber, as after a network blip) gets
-    // the grant again within the resend interval, without a new registration.
+fn away_registration() -> AgentRegister {
+    AgentRegister::new("away", "worker").capacity("cpu", 1.0)
+}
+
+/// Anyone listening on the subject (here a plain subscriber, as after a network blip) gets
+/// the grant again within the resend interval, without a new registration.
+async fn grant_sent_again_to_a_listener(cluster: &Cluster) -> Envelope<TaskGrant> {
     let nats = cluster.nats().await;
     let mut tap = nats
         .subscribe("coord.task_request.away")
@@ -82,27 +79,29 @@ async fn an_offline_agent_gets_its_grant_when_it_returns() {
         (resent.payload.task_id.as_str(), resent.payload.grant_seq),
         ("while-away", 1)
     );
+    resent
+}
 
-    // The agent comes back: its registration brings the grant at once, and its stream
-    // acknowledges it, which empties the outbox.
+/// The agent comes back: its registration brings the grant at once, and its stream
+/// acknowledges it, which empties the outbox.
+async fn the_returning_agent_gets_the_same_grant(
+    cluster: &Cluster,
+    redis: &mut redis::aio::MultiplexedConnection,
+    resent: &Envelope<TaskGrant>,
+) {
     let back = async_nats::connect(cluster.servers.nats.url())
         .await
         .expect("nats");
-    let agent = Agent::register(back, cluster.subjects(), reg())
-        .await
-        .expect("registers again");
+    let agent = register_within(&back, away_registration()).await;
     let mut grants = agent.grants().await.expect("grants");
-    let grant = within(10, "the grant after returning", grants.next())
-        .await
-        .expect("open")
-        .expect("grant");
+    let grant = next_grant(10, "the grant after returning", &mut grants).await;
     assert_eq!(grant.payload.task_id, "while-away");
     assert_eq!(
         grant.message_id, resent.message_id,
         "the same grant, not a new one"
     );
     within(10, "the acknowledgment applied", async {
-        while outbox_len(&mut redis).await != 0 {
+        while outbox_len(redis).await != 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -117,46 +116,60 @@ async fn an_offline_agent_gets_its_grant_when_it_returns() {
 async fn an_agent_that_never_returns_loses_its_task_when_its_lease_ends() {
     let cluster = Cluster::start(1).await;
     let mut redis = cluster.redis().await;
-    let keys = Keys::new("switchyard");
     let gone_nats = cluster.nats().await;
-    let reg = AgentRegister::new("gone", "worker")
-        .capacity("cpu", 1.0)
-        .lease(1.0);
-    let gone = Agent::register(gone_nats.clone(), cluster.subjects(), reg)
-        .await
-        .expect("registers");
-    let orch = cluster.coordinator("orch").await;
-    orch.submit_task(TaskSubmit::new("orphan").resource("cpu", 1.0))
-        .await
-        .expect("stored");
-    wait_for_state(&mut redis, "orphan", "granted").await;
-    assert_eq!(
-        hget(&mut redis, &keys.task("orphan"), "agent")
-            .await
-            .as_deref(),
-        Some("gone")
-    );
+    let mut gone = orphan_granted_to_a_leased_agent(&cluster, &gone_nats, &mut redis).await;
     // It never takes the grant and stops heartbeating (its process hangs, say).
-    let mut gone = gone;
     gone.stop_heartbeats();
 
     let backup = cluster.agent("backup", "worker", 1.0, 0.0).await;
     let mut grants = backup.grants().await.expect("grants");
-    let grant = within(30, "the task, re-granted to the backup", grants.next())
-        .await
-        .expect("open")
-        .expect("grant");
+    let grant = next_grant(30, "the task, re-granted to the backup", &mut grants).await;
     assert_eq!(
         (grant.payload.task_id.as_str(), grant.payload.grant_seq),
         ("orphan", 2),
         "a new grant, not the old one resent"
     );
-    // The old grant is withdrawn: no copy of it is sent any more, and acting on it is refused.
+    the_old_grant_is_withdrawn(&mut redis, &gone, gone_nats).await;
+    backup
+        .complete_grant(&grant.payload, true, 0.1)
+        .await
+        .expect("completed");
+    wait_for_state(&mut redis, 30, "orphan", "completed").await;
+    let keys = Keys::new("switchyard");
+    assert_eq!(hget_i64(&mut redis, &keys.stats(), "completed").await, 1);
+}
+
+/// Agent `gone` (1 cpu, a one-second lease) is granted task `orphan`.
+async fn orphan_granted_to_a_leased_agent(
+    cluster: &Cluster,
+    gone_nats: &async_nats::Client,
+    redis: &mut redis::aio::MultiplexedConnection,
+) -> Agent {
+    let reg = AgentRegister::new("gone", "worker")
+        .capacity("cpu", 1.0)
+        .lease(1.0);
+    let gone = register_within(gone_nats, reg).await;
+    let orch = cluster.coordinator("orch").await;
+    orch.submit_task(TaskSubmit::new("orphan").resource("cpu", 1.0))
+        .await
+        .expect("stored");
+    wait_for_state(redis, 30, "orphan", "granted").await;
+    let holder = hget(redis, &Keys::new("switchyard").task("orphan"), "agent").await;
+    assert_eq!(holder.as_deref(), Some("gone"));
+    gone
+}
+
+/// The old grant is withdrawn: no copy of it is sent any more, and acting on it is refused.
+async fn the_old_grant_is_withdrawn(
+    redis: &mut redis::aio::MultiplexedConnection,
+    gone: &Agent,
+    gone_nats: async_nats::Client,
+) {
     let members: Vec<String> = redis::cmd("ZRANGE")
         .arg(OUTBOX)
         .arg(0)
         .arg(-1)
-        .query_async(&mut redis)
+        .query_async(redis)
         .await
         .expect("ZRANGE");
     assert!(!members.contains(&"orphan|1".to_string()), "{members:?}");
@@ -192,12 +205,6 @@ async fn an_agent_that_never_returns_loses_its_task_when_its_lease_ends() {
         ["agent_not_active", "stale_grant"].contains(&refusal.as_str()),
         "{refusal}"
     );
-    backup
-        .complete_grant(&grant.payload, true, 0.1)
-        .await
-        .expect("completed");
-    wait_for_state(&mut redis, "orphan", "completed").await;
-    assert_eq!(hget_i64(&mut redis, &keys.stats(), "completed").await, 1);
 }
 
 /// Redis's own command counters: total calls, and HMGET calls.
@@ -247,7 +254,11 @@ async fn dispatch_rounds(port: u16) -> u64 {
         .await
         .expect("request");
     let mut body = String::new();
-    stream.read_to_string(&mut body).await.expect("response");
+    within(10, &format!("the /metrics answer on port {port}"), async {
+        stream.read_to_string(&mut body).await
+    })
+    .await
+    .expect("response");
     body.lines()
         .find_map(|l| l.strip_prefix("switchyard_dispatch_rounds_total "))
         .and_then(|v| v.trim().parse::<f64>().ok())
@@ -311,44 +322,45 @@ fn play_fleet(
                 let held = *held;
                 book.most_held = book.most_held.max(held);
             }
-            let (js, book) = (js.clone(), book.clone());
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                let done = TaskComplete {
-                    task_id: g.task_id.clone(),
-                    agent_id: g.agent_id.clone(),
-                    success: true,
-                    execution_time_s: 0.03,
-                    performance_metrics: Default::default(),
-                    error: None,
-                    grant_seq: Some(g.grant_seq),
-                    replies: Replies::None,
-                };
-                // Released in the book before the optimizer releases it in Redis: the book's
-                // count never exceeds the real reservations.
-                if let Ok(mut book) = book.lock() {
-                    if let Some(held) = book.held.get_mut(&g.agent_id) {
-                        *held -= 1;
-                    }
-                }
-                let env = Envelope::new(
-                    g.agent_id.clone(),
-                    MessageType::TaskComplete,
-                    done,
-                    now_ms(),
-                );
-                let subject = format!("coord.task_complete.{}", g.agent_id);
-                switchyard_client::transport::publish_stored(
-                    &js,
-                    subject,
-                    &env.message_id.to_string(),
-                    &env,
-                )
-                .await
-                .expect("completion stored");
-            });
+            tokio::spawn(complete_after_a_while(js.clone(), book.clone(), g));
         }
     })
+}
+
+/// Holds grant `g` for 30 ms, releases it in the book, then reports it complete.
+async fn complete_after_a_while(
+    js: async_nats::jetstream::Context,
+    book: Arc<Mutex<FleetBook>>,
+    g: TaskGrant,
+) {
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let done = TaskComplete {
+        task_id: g.task_id.clone(),
+        agent_id: g.agent_id.clone(),
+        success: true,
+        execution_time_s: 0.03,
+        performance_metrics: Default::default(),
+        error: None,
+        grant_seq: Some(g.grant_seq),
+        replies: Replies::None,
+    };
+    // Released in the book before the optimizer releases it in Redis: the book's count never
+    // exceeds the real reservations.
+    if let Ok(mut book) = book.lock() {
+        if let Some(held) = book.held.get_mut(&g.agent_id) {
+            *held -= 1;
+        }
+    }
+    let env = Envelope::new(
+        g.agent_id.clone(),
+        MessageType::TaskComplete,
+        done,
+        now_ms(),
+    );
+    let subject = format!("coord.task_complete.{}", g.agent_id);
+    switchyard_client::transport::publish_stored(&js, subject, &env.message_id.to_string(), &env)
+        .await
+        .expect("completion stored");
 }
 
 async fn register_fleet(nats: &async_nats::Client, range: std::ops::Range<usize>) {
@@ -444,22 +456,10 @@ async fn run_phase(
 async fn two_thousand_agents_two_optimizer_processes_grant_each_task_once() {
     common::init_tracing();
     let servers = LocalServers::start().await.expect("servers");
-    let mut config = config_for(&servers);
-    let mut optimizers = Vec::new();
-    let mut ports = Vec::new();
-    for _ in 0..2 {
-        let port = free_port();
-        config.metrics.addr = format!("127.0.0.1:{port}");
-        optimizers.push(OptimizerProcess::spawn(&config, &[]));
-        ports.push(port);
-    }
+    let (optimizers, ports) = two_optimizers_with_metrics(&servers);
     let nats = async_nats::connect(servers.nats.url()).await.expect("nats");
     optimizer_ready(&nats).await;
-    let mut redis = redis::Client::open(servers.redis.url())
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
+    let mut redis = redis_at(&servers).await;
     let book = Arc::new(Mutex::new(FleetBook::default()));
     let fleet = play_fleet(
         async_nats::connect(servers.nats.url()).await.expect("nats"),
@@ -479,6 +479,29 @@ async fn two_thousand_agents_two_optimizer_processes_grant_each_task_once() {
     let large = run_phase(&orch, &mut redis, &ports, "large", 1000, 1000).await;
     fleet.abort();
 
+    every_fleet_task_granted_once_and_released(&book, &mut redis).await;
+    dispatch_cost_does_not_follow_the_fleet(small, large);
+    drop(optimizers);
+}
+
+/// Two optimizer processes, each with its metrics on a port of its own.
+fn two_optimizers_with_metrics(servers: &LocalServers) -> (Vec<OptimizerProcess>, Vec<u16>) {
+    let mut config = config_for(servers);
+    let mut optimizers = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..2 {
+        let port = free_port();
+        config.metrics.addr = format!("127.0.0.1:{port}");
+        optimizers.push(OptimizerProcess::spawn(&config, &[]));
+        ports.push(port);
+    }
+    (optimizers, ports)
+}
+
+async fn every_fleet_task_granted_once_and_released(
+    book: &Mutex<FleetBook>,
+    redis: &mut redis::aio::MultiplexedConnection,
+) {
     let (grants, most_held) = {
         let book = book.lock().expect("book");
         (book.grants.clone(), book.most_held)
@@ -492,18 +515,22 @@ async fn two_thousand_agents_two_optimizer_processes_grant_each_task_once() {
         most_held
     );
     let keys = Keys::new("switchyard");
-    assert_eq!(hget_i64(&mut redis, &keys.stats(), "granted").await, 2000);
+    assert_eq!(hget_i64(redis, &keys.stats(), "granted").await, 2000);
     assert_eq!(
-        outbox_len(&mut redis).await,
+        outbox_len(redis).await,
         0,
         "every grant acknowledged or completed"
     );
     for i in [0, 199, 1999] {
         let agent = keys.agent(&format!("fleet-{i:04}"));
-        assert_eq!(hget_i64(&mut redis, &agent, "res_cpu").await, 0, "released");
+        assert_eq!(hget_i64(redis, &agent, "res_cpu").await, 0, "released");
     }
-    // The cost of a dispatch round does not follow the fleet: ten times the agents, about the
-    // same commands per round, and nowhere near one HMGET per agent per round.
+}
+
+/// The cost of a dispatch round does not follow the fleet: ten times the agents, about the
+/// same commands per round, and nowhere near one HMGET per agent per round. `small` and
+/// `large` are (Redis commands, HMGET calls, dispatch rounds) with 200 and 2,000 agents.
+fn dispatch_cost_does_not_follow_the_fleet(small: (u64, u64, u64), large: (u64, u64, u64)) {
     let per_round = |(commands, hmget, rounds): (u64, u64, u64)| {
         assert!(rounds > 0, "dispatch rounds counted");
         (
@@ -525,5 +552,4 @@ async fn two_thousand_agents_two_optimizer_processes_grant_each_task_once() {
         large_hmget <= 1.5 * small_hmget,
         "HMGETs per dispatch round grew with the fleet: {small_hmget:.1} with 200 agents, {large_hmget:.1} with 2,000"
     );
-    drop(optimizers);
 }

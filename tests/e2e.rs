@@ -12,10 +12,15 @@
 
 mod common;
 
-use common::{Cluster, hget, hget_i64, within};
-use switchyard_client::Allocation;
+use std::collections::HashMap;
+
+use common::{Cluster, hget, hget_i64, next_grant, within};
+use switchyard_client::{Agent, Allocation, Coordinator, GrantStream};
 use switchyard_protocol::TaskSubmit;
 use switchyard_server::state::Keys;
+
+/// Priorities of the seven tasks that queue behind the full fleet.
+const QUEUED_PRIORITIES: [u8; 7] = [3, 9, 1, 7, 9, 5, 2];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_agents_ten_tasks_priority_order_and_release() {
@@ -30,9 +35,44 @@ async fn three_agents_ten_tasks_priority_order_and_release() {
         streams.push(agent.grants().await.expect("grant stream"));
     }
     let orch = cluster.coordinator("orch").await;
+    let holders = three_tasks_fill_the_fleet(&orch).await;
 
-    // Three tasks fill the fleet (each needs a whole agent).
-    let mut holders = std::collections::HashMap::new();
+    // Each agent receives exactly its own grant on its own subject.
+    for (agent, stream) in agents.iter().zip(streams.iter_mut()) {
+        let grant = next_grant(10, "grant", stream).await;
+        assert_eq!(grant.payload.agent_id, agent.agent_id());
+        assert_eq!(holders[&grant.payload.task_id], agent.agent_id());
+    }
+
+    // Seven more, mixed priorities: all must queue.
+    for (i, p) in QUEUED_PRIORITIES.iter().enumerate() {
+        let task = TaskSubmit::new(format!("q-{i}"))
+            .priority(*p)
+            .resource("cpu", 2.0);
+        assert_eq!(
+            orch.allocate_task(task).await.expect("submitted"),
+            Allocation::Queued,
+            "q-{i}"
+        );
+    }
+    let alpha_task = holders
+        .iter()
+        .find(|(_, a)| *a == "alpha")
+        .map(|(t, _)| t.clone())
+        .expect("alpha task");
+    let last = alpha_takes_the_queue_highest_priority_first(
+        &cluster,
+        &agents[0],
+        &mut streams[0],
+        alpha_task,
+    )
+    .await;
+    alpha_released_everything_and_its_type_learned(&cluster, &orch, &agents[0], &last).await;
+}
+
+/// Three tasks fill the fleet (each needs a whole agent); answers who holds which.
+async fn three_tasks_fill_the_fleet(orch: &Coordinator) -> HashMap<String, String> {
+    let mut holders = HashMap::new();
     for i in 0..3 {
         let task = TaskSubmit::new(format!("fill-{i}"))
             .priority(5)
@@ -49,49 +89,26 @@ async fn three_agents_ten_tasks_priority_order_and_release() {
         3,
         "least-loaded spreads the three tasks over three agents"
     );
+    holders
+}
 
-    // Each agent receives exactly its own grant on its own subject.
-    for (agent, stream) in agents.iter().zip(streams.iter_mut()) {
-        let grant = within(10, "grant", stream.next())
-            .await
-            .expect("stream open")
-            .expect("grant");
-        assert_eq!(grant.payload.agent_id, agent.agent_id());
-        assert_eq!(holders[&grant.payload.task_id], agent.agent_id());
-    }
-
-    // Seven more, mixed priorities: all must queue.
-    let priorities = [3u8, 9, 1, 7, 9, 5, 2];
-    for (i, p) in priorities.iter().enumerate() {
-        let task = TaskSubmit::new(format!("q-{i}"))
-            .priority(*p)
-            .resource("cpu", 2.0);
-        assert_eq!(
-            orch.allocate_task(task).await.expect("submitted"),
-            Allocation::Queued,
-            "q-{i}"
-        );
-    }
-
-    // Complete one task at a time on alpha; each completion lets the best queued task in.
+/// Completes one task at a time on alpha; each completion lets the best queued task in, and
+/// alpha never holds more than one. Answers the task alpha holds at the end.
+async fn alpha_takes_the_queue_highest_priority_first(
+    cluster: &Cluster,
+    alpha: &Agent,
+    grants: &mut GrantStream,
+    mut current: String,
+) -> String {
     let mut redis = cluster.redis().await;
     let keys = Keys::new("switchyard");
-    let alpha_idx = 0;
-    let mut current = holders
-        .iter()
-        .find(|(_, a)| *a == "alpha")
-        .map(|(t, _)| t.clone())
-        .expect("alpha task");
     let mut granted_order = Vec::new();
-    for _ in 0..priorities.len() {
-        agents[alpha_idx]
+    for _ in 0..QUEUED_PRIORITIES.len() {
+        alpha
             .complete_task_confirmed(&current, true, 1.0)
             .await
             .expect("completion accepted");
-        let grant = within(10, "next grant on alpha", streams[alpha_idx].next())
-            .await
-            .expect("open")
-            .expect("grant");
+        let grant = next_grant(10, "next grant on alpha", grants).await;
         granted_order.push(grant.payload.priority);
         current = grant.payload.task_id.clone();
         assert_eq!(
@@ -100,36 +117,40 @@ async fn three_agents_ten_tasks_priority_order_and_release() {
             "one task's cpu reserved"
         );
     }
-    let mut expected: Vec<u8> = priorities.to_vec();
+    let mut expected: Vec<u8> = QUEUED_PRIORITIES.to_vec();
     expected.sort_by(|a, b| b.cmp(a));
     assert_eq!(
         granted_order, expected,
         "queued tasks granted highest priority first"
     );
+    current
+}
 
-    // The last completion releases everything alpha holds.
-    agents[alpha_idx]
-        .complete_task_confirmed(&current, true, 1.0)
+/// The last completion releases everything alpha holds, and what the fleet learned is
+/// visible: alpha (a backend) completed 8 default-type tasks.
+async fn alpha_released_everything_and_its_type_learned(
+    cluster: &Cluster,
+    orch: &Coordinator,
+    alpha: &Agent,
+    last: &str,
+) {
+    alpha
+        .complete_task_confirmed(last, true, 1.0)
         .await
         .expect("last completion");
+    let mut redis = cluster.redis().await;
+    let keys = Keys::new("switchyard");
     assert_eq!(
         hget_i64(&mut redis, &keys.agent("alpha"), "res_cpu").await,
         0
     );
-    assert_eq!(
-        hget_i64(&mut redis, &keys.agent("alpha"), "res_memory").await,
-        0
-    );
-    assert_eq!(
-        hget(&mut redis, &keys.task(&current), "state")
-            .await
-            .as_deref(),
-        Some("completed")
-    );
+    let res_memory = hget_i64(&mut redis, &keys.agent("alpha"), "res_memory").await;
+    assert_eq!(res_memory, 0);
+    let state = hget(&mut redis, &keys.task(last), "state").await;
+    assert_eq!(state.as_deref(), Some("completed"));
     let status = orch.status().await.expect("status");
     assert_eq!(status.queue_depth, 0);
     assert_eq!(status.counters.get("completed"), Some(&8));
-    // What the fleet learned is visible: alpha (a backend) completed 8 default-type tasks.
     let query = switchyard_protocol::StatusQuery {
         include_agents: true,
         include_patterns: true,
@@ -151,40 +172,15 @@ async fn dependencies_wait_and_failures_cascade() {
     let agent = cluster.agent("solo", "worker", 8.0, 8192.0).await;
     let mut grants = agent.grants().await.expect("grants");
     let orch = cluster.coordinator("orch").await;
+    extract_transform_load_submitted(&orch).await;
 
-    let first = orch
-        .allocate_task(TaskSubmit::new("extract").resource("cpu", 1.0))
-        .await
-        .expect("extract");
-    assert!(matches!(first, Allocation::Granted { .. }));
-    let second = orch
-        .allocate_task(
-            TaskSubmit::new("transform")
-                .resource("cpu", 1.0)
-                .depends_on("extract"),
-        )
-        .await
-        .expect("transform");
-    assert_eq!(second, Allocation::Waiting, "waits for its dependency");
-    let third = orch
-        .allocate_task(TaskSubmit::new("load").depends_on("transform"))
-        .await
-        .expect("load");
-    assert_eq!(third, Allocation::Waiting);
-
-    let g = within(10, "extract grant", grants.next())
-        .await
-        .expect("open")
-        .expect("grant");
+    let g = next_grant(10, "extract grant", &mut grants).await;
     assert_eq!(g.payload.task_id, "extract");
     agent
         .complete_task_confirmed("extract", true, 0.5)
         .await
         .expect("extract done");
-    let g = within(10, "transform grant", grants.next())
-        .await
-        .expect("open")
-        .expect("grant");
+    let g = next_grant(10, "transform grant", &mut grants).await;
     assert_eq!(
         g.payload.task_id, "transform",
         "dependency met: transform granted"
@@ -196,8 +192,6 @@ async fn dependencies_wait_and_failures_cascade() {
         .complete_task_confirmed("transform", false, 0.5)
         .await
         .expect("failure reported");
-    let mut redis = cluster.redis().await;
-    let keys = Keys::new("switchyard");
     let reason = within(10, "load failed", async {
         loop {
             if let Ok(switchyard_client::ClientEvent::Reply(r)) = events.recv().await {
@@ -208,17 +202,41 @@ async fn dependencies_wait_and_failures_cascade() {
         }
     })
     .await;
+    load_failed_because_transform_did(&cluster, &orch, reason).await;
+}
+
+/// extract is granted at once; transform waits for it, load for transform.
+async fn extract_transform_load_submitted(orch: &Coordinator) {
+    let first = orch
+        .allocate_task(TaskSubmit::new("extract").resource("cpu", 1.0))
+        .await
+        .expect("extract");
+    assert!(matches!(first, Allocation::Granted { .. }));
+    let transform = TaskSubmit::new("transform")
+        .resource("cpu", 1.0)
+        .depends_on("extract");
+    let second = orch.allocate_task(transform).await.expect("transform");
+    assert_eq!(second, Allocation::Waiting, "waits for its dependency");
+    let third = orch
+        .allocate_task(TaskSubmit::new("load").depends_on("transform"))
+        .await
+        .expect("load");
+    assert_eq!(third, Allocation::Waiting);
+}
+
+async fn load_failed_because_transform_did(
+    cluster: &Cluster,
+    orch: &Coordinator,
+    reason: switchyard_protocol::CoordinatorReply,
+) {
     assert_eq!(reason.status, switchyard_protocol::ReplyStatus::Failed);
     assert_eq!(
         reason.detail.as_deref(),
         Some("dependency_failed:transform")
     );
-    assert_eq!(
-        hget(&mut redis, &keys.task("load"), "state")
-            .await
-            .as_deref(),
-        Some("failed")
-    );
+    let mut redis = cluster.redis().await;
+    let state = hget(&mut redis, &Keys::new("switchyard").task("load"), "state").await;
+    assert_eq!(state.as_deref(), Some("failed"));
 
     // A task submitted after its dependency failed fails at once.
     let late = orch
@@ -327,20 +345,14 @@ async fn a_grant_explains_its_decision_only_when_asked() {
     let plain = TaskSubmit::new("plain").resource("cpu", 2.0);
     let plain_agent = granted_to(orch.allocate_task(plain).await.expect("plain"));
     let at = |agent: &str| ids.iter().position(|id| *id == agent).expect("known agent");
-    let grant = within(10, "plain grant", streams[at(&plain_agent)].next())
-        .await
-        .expect("open")
-        .expect("grant");
+    let grant = next_grant(10, "plain grant", &mut streams[at(&plain_agent)]).await;
     assert_eq!(grant.payload.task_id, "plain");
     assert_eq!(grant.payload.explanation, None);
 
     // Asked: the grant names the granted agent and ranks every agent the task fits on.
     let asked = TaskSubmit::new("asked").resource("cpu", 1.0).explain(true);
     let asked_agent = granted_to(orch.allocate_task(asked).await.expect("asked"));
-    let grant = within(10, "explained grant", streams[at(&asked_agent)].next())
-        .await
-        .expect("open")
-        .expect("grant");
+    let grant = next_grant(10, "explained grant", &mut streams[at(&asked_agent)]).await;
     assert_eq!(grant.payload.task_id, "asked");
     let explanation = grant.payload.explanation.expect("an explanation");
     assert_eq!(explanation.strategy, "least_loaded");

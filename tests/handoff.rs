@@ -16,7 +16,7 @@ mod common;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use common::{Cluster, events_drained, hget, hget_i64, within};
+use common::{Cluster, events_drained, hget, hget_i64, next_grant, within};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use switchyard_client::Agent;
@@ -145,11 +145,14 @@ async fn stored(cluster: &Cluster, filter: &str) -> u64 {
         .info_with_subjects(filter)
         .await
         .expect("stream info");
-    let mut total = 0;
-    while let Some(Ok((_, n))) = info.next().await {
-        total += n as u64;
-    }
-    total
+    within(10, &format!("the message counts of {filter}"), async {
+        let mut total = 0;
+        while let Some(Ok((_, n))) = info.next().await {
+            total += n as u64;
+        }
+        total
+    })
+    .await
 }
 
 /// A cluster with `holder` (4 cpu) running task `job` (2 cpu, grant 1), and `receiver` with
@@ -170,10 +173,7 @@ async fn scene(receiver_cpu: f64) -> Scene {
         .submit_task(TaskSubmit::new("job").resource("cpu", 2.0))
         .await
         .expect("submitted");
-    let grant = within(10, "the grant to holder", grants.next())
-        .await
-        .expect("open")
-        .expect("grant");
+    let grant = next_grant(10, "the grant to holder", &mut grants).await;
     assert_eq!(grant.payload.grant_seq, 1);
     let receiver = cluster
         .agent("receiver", "worker", receiver_cpu, 1024.0)

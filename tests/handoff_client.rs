@@ -14,7 +14,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Cluster, within};
+use common::{Cluster, next_grant, within};
 use serde_json::json;
 use switchyard_client::comm::{CommunicationProtocol, HandoffRequest, ProtocolOptions};
 use switchyard_client::error::ErrorKind;
@@ -46,10 +46,7 @@ async fn held_task(cluster: &Cluster, taker_cpu: f64) -> (Agent, Agent, TaskGran
             agent_id: "holder".into()
         }
     );
-    let grant = within(10, "the grant", grants.next())
-        .await
-        .expect("open")
-        .expect("grant");
+    let grant = next_grant(10, "the grant", &mut grants).await;
     let taker = cluster.agent("taker", "worker", taker_cpu, 4096.0).await;
     (holder, taker, grant.payload)
 }

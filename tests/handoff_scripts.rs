@@ -12,25 +12,18 @@
 
 mod common;
 
-use common::{StoreFixture as Fixture, refused, store_fixture as fixture};
 use std::time::Duration;
 
+use common::scripts::{Fixture, fixture, refused, res, submit_req};
+use common::{hget, within};
 use switchyard_decision::Resources;
 use switchyard_protocol::{HandoffStatus, RejectReason};
 use switchyard_server::state::{
-    AnswerOutcome, BeginOutcome, CompleteOutcome, Completion, GrantOutcome, GrowOutcome,
-    GrowRequest, HandoffRequest, HandoffVerdict, RequeueOutcome, SubmitRequest,
+    AnswerOutcome, BeginOutcome, CompleteOutcome, GrowOutcome, GrowRequest, HandoffRequest,
+    HandoffVerdict, RequeueOutcome, SubmitOutcome,
 };
 
 const TTL_MS: u64 = 60_000;
-
-fn res(cpu: u64, memory: u64) -> Resources {
-    Resources {
-        cpu,
-        memory,
-        ..Resources::default()
-    }
-}
 
 fn handoff<'a>(id: &'a str, task: &'a str, from: &'a str, to: &'a str) -> HandoffRequest<'a> {
     HandoffRequest {
@@ -59,41 +52,8 @@ fn grow<'a>(
     }
 }
 
+/// The handoff and resource-request transitions, and an agent's load.
 impl Fixture {
-    async fn register(&self, agent_id: &str, capacity: Resources) {
-        self.store
-            .register_agent(agent_id, "worker", &capacity, 1.0, 0)
-            .await
-            .expect("register_agent");
-    }
-
-    /// Submits `task_id` needing `need` and grants it to `agent_id` (grant 1).
-    async fn granted(&self, task_id: &str, need: Resources, agent_id: &str) {
-        let req = SubmitRequest {
-            task_id: task_id.into(),
-            message_id: format!("m-{task_id}"),
-            submitter: "orch".into(),
-            task_type: "default".into(),
-            priority: 5,
-            required: need,
-            estimated_duration_s: 0.0,
-            dependencies: Vec::new(),
-            strategy: None,
-            explain: false,
-            replies: switchyard_protocol::Replies::All,
-        };
-        self.store.submit_task(&req, 3600).await.expect("submit");
-        let outcome = self
-            .store
-            .grant_task(task_id, &[agent_id.to_string()])
-            .await
-            .expect("grant_task");
-        assert!(
-            matches!(outcome, GrantOutcome::Granted { .. }),
-            "{outcome:?}"
-        );
-    }
-
     async fn begin(&self, req: &HandoffRequest<'_>) -> BeginOutcome {
         self.store
             .begin_handoff(req, TTL_MS)
@@ -115,90 +75,11 @@ impl Fixture {
             .expect("grow_reservation")
     }
 
-    async fn complete(
-        &self,
-        task_id: &str,
-        agent_id: &str,
-        grant_seq: Option<u64>,
-    ) -> CompleteOutcome {
-        let report = Completion {
-            task_id,
-            agent_id,
-            success: true,
-            execution_time_s: 0.0,
-            grant_seq,
-        };
-        self.store
-            .complete_task(&report, 0.5, 3600)
-            .await
-            .expect("complete_task")
-    }
-
-    async fn agent_i64(&self, agent_id: &str, field: &str) -> i64 {
-        let record = self
-            .store
-            .agent_record(agent_id)
-            .await
-            .expect("agent_record");
-        let raw = record
-            .and_then(|r| r.get(field).cloned())
-            .unwrap_or_default();
-        raw.parse()
-            .unwrap_or_else(|_| panic!("{agent_id}.{field} = {raw:?}"))
-    }
-
     /// Reservations (cpu, memory, tokens, time) and active task count of an agent.
     async fn load(&self, agent_id: &str) -> [i64; 5] {
-        let mut out = [0; 5];
-        for (i, field) in [
-            "res_cpu",
-            "res_memory",
-            "res_tokens",
-            "res_time",
-            "active_tasks",
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            out[i] = self.agent_i64(agent_id, field).await;
-        }
-        out
-    }
-
-    async fn tasks_of(&mut self, agent_id: &str) -> Vec<String> {
-        let mut members: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.keys.agent_tasks(agent_id))
-            .query_async(&mut self.raw)
-            .await
-            .expect("SMEMBERS");
-        members.sort();
-        members
-    }
-
-    async fn task_field(&self, task_id: &str, field: &str) -> String {
-        self.store
-            .task_record(task_id)
-            .await
-            .expect("task_record")
-            .and_then(|r| r.get(field).cloned())
-            .unwrap_or_default()
-    }
-
-    async fn exists(&mut self, key: &str) -> bool {
-        let n: i64 = redis::cmd("EXISTS")
-            .arg(key)
-            .query_async(&mut self.raw)
-            .await
-            .expect("EXISTS");
-        n == 1
-    }
-
-    async fn pttl(&mut self, key: &str) -> i64 {
-        redis::cmd("PTTL")
-            .arg(key)
-            .query_async(&mut self.raw)
-            .await
-            .expect("PTTL")
+        let [cpu, memory, tokens, time] = self.reserved(agent_id).await;
+        let active = self.agent_i64(agent_id, "active_tasks").await;
+        [cpu, memory, tokens, time, active]
     }
 }
 
@@ -226,23 +107,7 @@ async fn an_accepted_handoff_moves_ownership_and_reservation_exactly() {
     f.granted("t", res(1500, 512), "a").await;
     f.granted("other", res(500, 0), "b").await;
 
-    let begun = f.begin(&handoff("h1", "t", "a", "b")).await;
-    assert!(
-        matches!(begun, BeginOutcome::Pending { repeat: false, .. }),
-        "{begun:?}"
-    );
-    let pending_ttl = f.pttl(&f.keys.handoff("h1")).await;
-    assert!(
-        pending_ttl > 0 && pending_ttl <= TTL_MS as i64,
-        "{pending_ttl}"
-    );
-    // Beginning moves nothing; the same initiate again is a no-op.
-    assert_eq!(f.load("a").await, [1500, 512, 0, 0, 1]);
-    assert!(matches!(
-        f.begin(&handoff("h1", "t", "a", "b")).await,
-        BeginOutcome::Pending { repeat: true, .. }
-    ));
-
+    a_begun_handoff_moves_nothing(&mut f).await;
     let v = verdict(f.answer("h1", "b", true).await);
     assert_eq!(
         (v.status, v.grant_seq, v.repeat),
@@ -253,13 +118,7 @@ async fn an_accepted_handoff_moves_ownership_and_reservation_exactly() {
         (v.handoff.task_id.as_str(), v.handoff.priority.as_str()),
         ("t", "high")
     );
-    assert_eq!(f.load("a").await, [0, 0, 0, 0, 0]);
-    assert_eq!(f.load("b").await, [2000, 512, 0, 0, 2]);
-    assert!(f.tasks_of("a").await.is_empty());
-    assert_eq!(f.tasks_of("b").await, vec!["other", "t"]);
-    assert_eq!(f.task_field("t", "agent").await, "b");
-    assert_eq!(f.task_field("t", "grant_seq").await, "2");
-    assert_eq!(f.task_field("t", "state").await, "granted");
+    the_task_and_its_reservation_moved_to_b(&mut f).await;
 
     // Repeats answer the same and move nothing again; the verdict is kept as a tombstone.
     let again = verdict(f.answer("h1", "b", true).await);
@@ -275,30 +134,59 @@ async fn an_accepted_handoff_moves_ownership_and_reservation_exactly() {
     ));
     assert!(f.pttl(&f.keys.handoff("h1")).await > 0);
 
-    // The old agent's late reports are refused; the new owner completes with the new grant.
+    only_the_new_owner_completes(&mut f).await;
+}
+
+/// Handoff h1 of t from a to b begins: pending for its timeout, nothing moved, and the same
+/// initiate again is a no-op.
+async fn a_begun_handoff_moves_nothing(f: &mut Fixture) {
+    let begun = f.begin(&handoff("h1", "t", "a", "b")).await;
+    assert!(
+        matches!(begun, BeginOutcome::Pending { repeat: false, .. }),
+        "{begun:?}"
+    );
+    let pending_ttl = f.pttl(&f.keys.handoff("h1")).await;
+    assert!(
+        pending_ttl > 0 && pending_ttl <= TTL_MS as i64,
+        "{pending_ttl}"
+    );
+    assert_eq!(f.load("a").await, [1500, 512, 0, 0, 1]);
+    assert!(matches!(
+        f.begin(&handoff("h1", "t", "a", "b")).await,
+        BeginOutcome::Pending { repeat: true, .. }
+    ));
+}
+
+async fn the_task_and_its_reservation_moved_to_b(f: &mut Fixture) {
+    assert_eq!(f.load("a").await, [0, 0, 0, 0, 0]);
+    assert_eq!(f.load("b").await, [2000, 512, 0, 0, 2]);
+    assert!(f.tasks_of("a").await.is_empty());
+    assert_eq!(f.tasks_of("b").await, vec!["other", "t"]);
+    assert_eq!(f.task_field("t", "agent").await, "b");
+    assert_eq!(f.task_field("t", "grant_seq").await, "2");
+    assert_eq!(f.task_field("t", "state").await, "granted");
+}
+
+/// The old agent's late reports are refused; the new owner completes with the new grant.
+async fn only_the_new_owner_completes(f: &mut Fixture) {
     assert_eq!(
-        f.complete("t", "a", Some(1)).await,
+        f.complete_grant("t", "a", Some(1)).await,
         refused(
             RejectReason::StaleGrant,
             "task t is on grant 2; this report is about an earlier grant"
         )
     );
     assert_eq!(
-        f.complete("t", "a", None).await,
+        f.complete_grant("t", "a", None).await,
         refused(RejectReason::WrongAgent, "task t is held by agent b, not a")
     );
     assert!(matches!(
-        f.complete("t", "b", Some(2)).await,
+        f.complete_grant("t", "b", Some(2)).await,
         CompleteOutcome::Finished { success: true, .. }
     ));
     assert_eq!(f.load("b").await, [500, 0, 0, 0, 1]);
-    let handed_off: Option<i64> = redis::cmd("HGET")
-        .arg(f.keys.stats())
-        .arg("handed_off")
-        .query_async(&mut f.raw)
-        .await
-        .expect("HGET");
-    assert_eq!(handed_off, Some(1));
+    let handed_off = hget(&mut f.raw, &f.keys.stats(), "handed_off").await;
+    assert_eq!(handed_off.as_deref(), Some("1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,14 +285,12 @@ async fn an_expired_handoff_cannot_be_accepted() {
     req.timeout_ms = 200;
     assert!(matches!(f.begin(&req).await, BeginOutcome::Pending { .. }));
     let key = f.keys.handoff("h");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while f.exists(&key).await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the handoff never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    within(10, "the handoff's key to expire", async {
+        while f.exists(&key).await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     assert_eq!(
         f.answer("h", "b", true).await,
         AnswerOutcome::UnknownHandoff
@@ -422,25 +308,8 @@ async fn begin_checks_the_task_and_both_agents() {
     f.register("gone", res(4000, 0)).await;
     f.store.deregister_agent("gone").await.expect("deregister");
     f.granted("t", res(1000, 0), "a").await;
-    f.store
-        .submit_task(
-            &SubmitRequest {
-                task_id: "queued".into(),
-                message_id: "m-q".into(),
-                submitter: "orch".into(),
-                task_type: "default".into(),
-                priority: 5,
-                required: res(99_000, 0),
-                estimated_duration_s: 0.0,
-                dependencies: Vec::new(),
-                strategy: None,
-                explain: false,
-                replies: switchyard_protocol::Replies::All,
-            },
-            3600,
-        )
-        .await
-        .expect("submit");
+    let queued = submit_req("queued", "m-q", 5, res(99_000, 0));
+    assert_eq!(f.submit(&queued).await, SubmitOutcome::Queued);
 
     let cases: [(HandoffRequest, RejectReason); 6] = [
         (handoff("h1", "t", "b", "a"), RejectReason::WrongAgent),
@@ -551,7 +420,7 @@ async fn a_grown_reservation_is_granted_once_and_released_by_completion() {
     assert_eq!(f.load("a").await, [0, 0, 0, 0, 0]);
     assert_eq!(f.load("b").await, [3000, 100, 0, 0, 1]);
     assert!(matches!(
-        f.complete("t", "b", Some(2)).await,
+        f.complete_grant("t", "b", Some(2)).await,
         CompleteOutcome::Finished { .. }
     ));
     assert_eq!(f.load("b").await, [0, 0, 0, 0, 0]);

@@ -199,6 +199,7 @@ async fn many_servers_start_in_parallel() -> Result<()> {
         }
         anyhow::Ok(())
     })
-    .await??;
+    .await
+    .context("timed out after 5s waiting for every server to accept a connection")??;
     Ok(())
 }

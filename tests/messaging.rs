@@ -271,27 +271,7 @@ async fn a_backed_up_inbox_delivers_higher_priority_first_and_holds_no_more_than
         sender.send_message(m).await.expect("stored");
     }
     // The critical messages have reached the client (waiting for a slot) before reading starts.
-    let client = async_nats::connect(nats.url()).await.expect("connects");
-    let js = async_nats::jetstream::new(client);
-    let subjects = Subjects::default();
-    within(10, "critical messages reach the client", async {
-        loop {
-            let stream = js
-                .get_stream(subjects.messages_stream())
-                .await
-                .expect("stream");
-            let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
-                .get_consumer(&subjects.message_consumer("a2", MessagePriority::Critical))
-                .await
-                .expect("consumer");
-            let info = consumer.info().await.expect("info");
-            if info.num_ack_pending >= 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    critical_messages_reach_the_client(&nats, "a2").await;
     assert_eq!(receiver.inbox_len(), 4, "the bound holds");
 
     let mut order = Vec::new();
@@ -311,6 +291,31 @@ async fn a_backed_up_inbox_delivers_higher_priority_first_and_holds_no_more_than
     );
     let latency = receiver.metrics().latency.with_label_values(&["critical"]);
     assert_eq!(latency.get_sample_count(), 3);
+}
+
+/// Waits (at most 10 s) until `agent`'s critical consumer has handed a message to the client.
+async fn critical_messages_reach_the_client(nats: &NatsServer, agent: &str) {
+    let client = async_nats::connect(nats.url()).await.expect("connects");
+    let js = async_nats::jetstream::new(client);
+    let subjects = Subjects::default();
+    within(10, "critical messages reach the client", async {
+        loop {
+            let stream = js
+                .get_stream(subjects.messages_stream())
+                .await
+                .expect("stream");
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
+                .get_consumer(&subjects.message_consumer(agent, MessagePriority::Critical))
+                .await
+                .expect("consumer");
+            let info = consumer.info().await.expect("info");
+            if info.num_ack_pending >= 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -166,59 +166,68 @@ fn every_json_example_is_valid_and_parses_into_the_real_types() {
             env.protocol_version, PROTOCOL_VERSION,
             "docs/protocol.md line {line}: protocol_version"
         );
-        let payload = &env.payload;
-        match env.message_type {
-            MessageType::AgentRegister => typed_payload::<AgentRegister>(line, payload),
-            MessageType::AgentDeregister => typed_payload::<AgentDeregister>(line, payload),
-            MessageType::Heartbeat => typed_payload::<Heartbeat>(line, payload),
-            MessageType::GrantAck => typed_payload::<GrantAck>(line, payload),
-            MessageType::TaskSubmit => typed_payload::<TaskSubmit>(line, payload),
-            MessageType::TaskRequest => typed_payload::<TaskGrant>(line, payload),
-            MessageType::TaskComplete => typed_payload::<TaskComplete>(line, payload),
-            MessageType::CoordinatorReply => typed_payload::<CoordinatorReply>(line, payload),
-            MessageType::ErrorReport => typed_payload::<ErrorReport>(line, payload),
-            MessageType::CoordinationSync => typed_payload::<CoordinationSync>(line, payload),
-            MessageType::StatusQuery => typed_payload::<StatusQuery>(line, payload),
-            MessageType::HandoffInitiate => typed_payload::<HandoffInitiate>(line, payload),
-            MessageType::HandoffAcknowledge => typed_payload::<HandoffAcknowledge>(line, payload),
-            MessageType::ResourceRequest => typed_payload::<ResourceRequest>(line, payload),
-            MessageType::ResourceGrant => typed_payload::<ResourceGrant>(line, payload),
-            _ => {}
-        }
+        payload_parses_into_its_type(line, &env);
         seen.insert(env.message_type.as_str());
-
-        let expected = expected_subject(&subjects, &env);
-        if let (Some(named), Some(expected)) = (&block.subject, &expected) {
-            assert_eq!(
-                named, expected,
-                "docs/protocol.md line {line}: the example is said to travel on the wrong subject"
-            );
-        }
-        // The events the optimizer consumes must pass its validation, on their subject, at the
-        // moment they were created.
-        if is_event(&env) {
-            let subject = expected.unwrap_or_else(|| {
-                panic!("docs/protocol.md line {line}: cannot tell the event's subject")
-            });
-            if let Err(rejection) = decode(
-                &subjects,
-                &subject,
-                block.text.as_bytes(),
-                65_536,
-                env.created_at_ms,
-            ) {
-                panic!(
-                    "docs/protocol.md line {line}: the optimizer would refuse this example with {}: {}",
-                    rejection.reason.as_str(),
-                    rejection.message
-                );
-            }
-        }
+        on_its_subject_and_accepted(&subjects, block, &env);
     }
     for message_type in TYPED {
         assert!(
             seen.contains(message_type.as_str()),
             "docs/protocol.md has no JSON example of {message_type:?}"
+        );
+    }
+}
+
+/// The example's payload parses into the Rust type of its message type.
+fn payload_parses_into_its_type(line: usize, env: &Envelope<Value>) {
+    let payload = &env.payload;
+    match env.message_type {
+        MessageType::AgentRegister => typed_payload::<AgentRegister>(line, payload),
+        MessageType::AgentDeregister => typed_payload::<AgentDeregister>(line, payload),
+        MessageType::Heartbeat => typed_payload::<Heartbeat>(line, payload),
+        MessageType::GrantAck => typed_payload::<GrantAck>(line, payload),
+        MessageType::TaskSubmit => typed_payload::<TaskSubmit>(line, payload),
+        MessageType::TaskRequest => typed_payload::<TaskGrant>(line, payload),
+        MessageType::TaskComplete => typed_payload::<TaskComplete>(line, payload),
+        MessageType::CoordinatorReply => typed_payload::<CoordinatorReply>(line, payload),
+        MessageType::ErrorReport => typed_payload::<ErrorReport>(line, payload),
+        MessageType::CoordinationSync => typed_payload::<CoordinationSync>(line, payload),
+        MessageType::StatusQuery => typed_payload::<StatusQuery>(line, payload),
+        MessageType::HandoffInitiate => typed_payload::<HandoffInitiate>(line, payload),
+        MessageType::HandoffAcknowledge => typed_payload::<HandoffAcknowledge>(line, payload),
+        MessageType::ResourceRequest => typed_payload::<ResourceRequest>(line, payload),
+        MessageType::ResourceGrant => typed_payload::<ResourceGrant>(line, payload),
+        _ => {}
+    }
+}
+
+/// The subject the example is said to travel on is the right one, and the events the
+/// optimizer consumes pass its validation, on their subject, at the moment they were created.
+fn on_its_subject_and_accepted(subjects: &Subjects, block: &Block, env: &Envelope<Value>) {
+    let line = block.line;
+    let expected = expected_subject(subjects, env);
+    if let (Some(named), Some(expected)) = (&block.subject, &expected) {
+        assert_eq!(
+            named, expected,
+            "docs/protocol.md line {line}: the example is said to travel on the wrong subject"
+        );
+    }
+    if !is_event(env) {
+        return;
+    }
+    let subject = expected
+        .unwrap_or_else(|| panic!("docs/protocol.md line {line}: cannot tell the event's subject"));
+    if let Err(rejection) = decode(
+        subjects,
+        &subject,
+        block.text.as_bytes(),
+        65_536,
+        env.created_at_ms,
+    ) {
+        panic!(
+            "docs/protocol.md line {line}: the optimizer would refuse this example with {}: {}",
+            rejection.reason.as_str(),
+            rejection.message
         );
     }
 }

@@ -98,21 +98,56 @@ async fn a_python_agent_exchanges_messages_with_a_rust_agent() {
     let client = async_nats::connect(nats.url())
         .await
         .expect("nats connects");
-    let subjects = Subjects::default();
 
     // 1. The Rust agent; connecting also creates the COORD_MESSAGES stream.
     let rust_a = CommunicationProtocol::connect(
         client.clone(),
-        subjects.clone(),
+        Subjects::default(),
         RUST_ID,
         ProtocolOptions::default(),
     )
     .await
     .expect("rust-a connects");
+    let stale_id = publish_stale_message(&client).await;
+    // py-b's acknowledgments, seen on the wire as well as by rust-a.
+    let mut acks = client
+        .subscribe(Subjects::default().direct(MessageType::MessageAck, RUST_ID))
+        .await
+        .expect("subscribes to acknowledgments");
+    client.flush().await.expect("flush");
 
-    // A stored message that is already past its TTL when py-b reads it (as if sent a minute ago
-    // with a one-second TTL): py-b must drop it and, since it asked for an acknowledgment,
-    // report it back as `expired` (§13.4).
+    // 2. The Python agent: READY once it listens on its core subjects and its consumer.
+    let mut py_b = PythonAgent::start(&nats.url()).await;
+
+    // 3. A guaranteed message: py-b takes it, acknowledges it and replies asynchronously.
+    let hello_id = a_guaranteed_message_is_acknowledged(&rust_a, &mut acks).await;
+    rust_a_gets_the_reply_and_the_expiry_report(&rust_a, &hello_id, &stale_id).await;
+
+    // 4. A synchronous request, answered on its reply subject.
+    let ping_id = a_synchronous_request_is_answered(&rust_a).await;
+
+    // 5. Fire-and-forget: py-b leaves when told.
+    rust_a
+        .send_message(
+            OutgoingMessage::new(MessageType::StatusUpdate, json!({ "m": "bye" }))
+                .to(PY_ID)
+                .delivery(DeliveryMode::FireAndForget),
+        )
+        .await
+        .expect("bye sent");
+    let (result, line) = py_b.result().await;
+    assert_eq!(result["agent_id"], PY_ID, "{line}");
+    assert_eq!(result["expired"], json!([stale_id]), "{line}");
+    assert_eq!(result["replied"], json!([hello_id]), "{line}");
+    assert_eq!(result["answered"], json!([ping_id]), "{line}");
+    py_b_acknowledged_and_stored_hello(&result, &line, &hello_id);
+    py_b_consumer_is_the_documented_one(&client).await;
+}
+
+/// A stored message that is already past its TTL when py-b reads it (as if sent a minute ago
+/// with a one-second TTL): py-b must drop it and, since it asked for an acknowledgment, report
+/// it back as `expired` (§13.4). Answers its message id.
+async fn publish_stale_message(client: &async_nats::Client) -> String {
     let js = async_nats::jetstream::new(client.clone());
     let mut stale = Envelope::new(
         RUST_ID,
@@ -128,49 +163,99 @@ async fn a_python_agent_exchanges_messages_with_a_rust_agent() {
         async_nats::header::NATS_MESSAGE_ID,
         format!("{}:{PY_ID}:1", stale.message_id).as_str(),
     );
-    js.publish_with_headers(
-        subjects.message(MessageType::StatusUpdate, PY_ID, MessagePriority::Normal),
-        headers,
-        serde_json::to_vec(&stale).expect("encodes").into(),
-    )
-    .await
-    .expect("stale message sent")
+    let subject =
+        Subjects::default().message(MessageType::StatusUpdate, PY_ID, MessagePriority::Normal);
+    within(10, "the stale message to be stored", async {
+        js.publish_with_headers(
+            subject,
+            headers,
+            serde_json::to_vec(&stale).expect("encodes").into(),
+        )
+        .await
+        .expect("stale message sent")
+        .await
+    })
     .await
     .expect("stale message stored");
+    stale.message_id.to_string()
+}
 
-    // py-b's acknowledgments, seen on the wire as well as by rust-a.
-    let mut acks = client
-        .subscribe(subjects.direct(MessageType::MessageAck, RUST_ID))
-        .await
-        .expect("subscribes to acknowledgments");
-    client.flush().await.expect("flush");
+/// The Python agent (messenger.py) with its stdout lines and its collected stderr.
+struct PythonAgent {
+    child: tokio::process::Child,
+    stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    stderr: Stderr,
+}
 
-    // 2. The Python agent: READY once it listens on its core subjects and its consumer.
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/messenger.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .args(["--nats", &nats.url()])
-        .args(["--agent-id", PY_ID, "--peer", RUST_ID, "--prefix", "coord"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 starts");
-    let mut stderr = Stderr::collect(child.stderr.take().expect("stderr piped"));
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout piped")).lines();
-    let first = within(30, "the python agent to be READY", stdout.next_line())
-        .await
-        .expect("stdout readable");
-    if first.as_deref() != Some("READY") {
-        let exit = within(10, "the python agent to exit", child.wait()).await;
-        panic!(
-            "the python agent did not get ready (first line {first:?}, exit {exit:?}); stderr:\n{}",
-            stderr.finish().await
-        );
+impl PythonAgent {
+    /// Starts messenger.py and waits (at most 30 s) for its READY line.
+    async fn start(nats_url: &str) -> PythonAgent {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/messenger.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(["--nats", nats_url])
+            .args(["--agent-id", PY_ID, "--peer", RUST_ID, "--prefix", "coord"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 starts");
+        let mut stderr = Stderr::collect(child.stderr.take().expect("stderr piped"));
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout piped")).lines();
+        let first = within(30, "the python agent to be READY", stdout.next_line())
+            .await
+            .expect("stdout readable");
+        if first.as_deref() != Some("READY") {
+            let exit = within(10, "the python agent to exit", child.wait()).await;
+            panic!(
+                "the python agent did not get ready (first line {first:?}, exit {exit:?}); stderr:\n{}",
+                stderr.finish().await
+            );
+        }
+        PythonAgent {
+            child,
+            stdout,
+            stderr,
+        }
     }
 
-    // 3. A guaranteed message: py-b takes it, acknowledges it and replies asynchronously.
+    /// Waits for the agent to exit (it must succeed); answers its JSON result line.
+    async fn result(&mut self) -> (Value, String) {
+        let status = within(30, "the python agent to exit", self.child.wait())
+            .await
+            .expect("wait for the python agent");
+        let mut lines = Vec::new();
+        let what = "the python agent's stdout to close";
+        while let Some(line) = within(10, what, self.stdout.next_line())
+            .await
+            .expect("stdout readable")
+        {
+            lines.push(line);
+        }
+        let stderr_text = self.stderr.finish().await;
+        assert!(
+            status.success(),
+            "the python agent failed ({status}); stderr:\n{stderr_text}\nstdout:\n{}",
+            lines.join("\n")
+        );
+        let line = lines
+            .iter()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_else(|| panic!("no result line on stdout; stderr:\n{stderr_text}"));
+        let result: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("result line is not JSON ({e}): {line}"));
+        (result, line.clone())
+    }
+}
+
+/// rust-a sends `hello` guaranteed; it is delivered and acknowledged by py-b with exactly the
+/// §13.3 MESSAGE_ACK envelope. Answers hello's message id.
+async fn a_guaranteed_message_is_acknowledged(
+    rust_a: &CommunicationProtocol,
+    acks: &mut async_nats::Subscriber,
+) -> String {
     let hello = rust_a
         .send_message(
             OutgoingMessage::new(MessageType::StatusUpdate, json!({ "m": "hello" }))
@@ -186,11 +271,16 @@ async fn a_python_agent_exchanges_messages_with_a_rust_agent() {
     assert_eq!(record.status, DeliveryStatus::Delivered, "{record:?}");
     assert_eq!(record.acknowledged_by, [PY_ID], "{record:?}");
 
-    // The MESSAGE_ACK is exactly the §13.3 envelope.
     let raw_ack = within(10, "py-b's MESSAGE_ACK on the wire", acks.next())
         .await
         .expect("subscription open");
     let ack: Value = serde_json::from_slice(&raw_ack.payload).expect("the ack is JSON");
+    let hello_id = hello.message_id.to_string();
+    the_ack_is_the_documented_envelope(&ack, &hello_id);
+    hello_id
+}
+
+fn the_ack_is_the_documented_envelope(ack: &Value, hello_id: &str) {
     let fields: BTreeSet<&str> = ack
         .as_object()
         .expect("the ack is an object")
@@ -212,7 +302,6 @@ async fn a_python_agent_exchanges_messages_with_a_rust_agent() {
     ]
     .into();
     assert_eq!(fields, documented, "{ack}");
-    let hello_id = hello.message_id.to_string();
     let ack_id = ack["message_id"].as_str().expect("message_id");
     assert_eq!(
         Uuid::parse_str(ack_id).map(|u| u.hyphenated().to_string()),
@@ -221,7 +310,7 @@ async fn a_python_agent_exchanges_messages_with_a_rust_agent() {
     );
     assert_ne!(ack_id, hello_id, "the ack has an id of its own: {ack}");
     assert_eq!(ack["protocol_version"], 1, "{ack}");
-    assert_eq!(ack["correlation_id"], hello_id.as_str(), "{ack}");
+    assert_eq!(ack["correlation_id"], hello_id, "{ack}");
     assert_eq!(ack["sender"], PY_ID, "{ack}");
     assert_eq!(ack["recipients"], json!([RUST_ID]), "{ack}");
     assert_eq!(ack["type"], "MESSAGE_ACK", "{ack}");
@@ -234,8 +323,14 @@ async fn a_python_agent_exchanges_messages_with_a_rust_agent() {
         json!({ "message_id": hello_id, "agent_id": PY_ID }),
         "{ack}"
     );
+}
 
-    // rust-a's inbox: the reply to `hello` and the expiry report of the stale message.
+/// rust-a's inbox: the reply to `hello` and the expiry report of the stale message.
+async fn rust_a_gets_the_reply_and_the_expiry_report(
+    rust_a: &CommunicationProtocol,
+    hello_id: &str,
+    stale_id: &str,
+) {
     let mut inbox = Vec::new();
     for _ in 0..2 {
         let message = within(30, "a message from py-b", rust_a.recv())
@@ -251,7 +346,7 @@ async fn a_python_agent_exchanges_messages_with_a_rust_agent() {
     assert_eq!(reply.recipients, [RUST_ID], "{}", envelope_of(reply));
     assert_eq!(
         reply.correlation_id.as_deref(),
-        Some(hello_id.as_str()),
+        Some(hello_id),
         "{}",
         envelope_of(reply)
     );
@@ -261,23 +356,20 @@ async fn a_python_agent_exchanges_messages_with_a_rust_agent() {
         .iter()
         .find(|e| e.message_type == MessageType::ErrorReport)
         .unwrap_or_else(|| panic!("no ERROR_REPORT for the stale message in {inbox:?}"));
-    let stale_id = stale.message_id.to_string();
     assert_eq!(expired.sender, PY_ID, "{}", envelope_of(expired));
     assert_eq!(
         expired.correlation_id.as_deref(),
-        Some(stale_id.as_str()),
+        Some(stale_id),
         "{}",
         envelope_of(expired)
     );
     assert_eq!(expired.priority, MessagePriority::High);
-    assert_eq!(
-        expired.payload["code"],
-        "expired",
-        "{}",
-        envelope_of(expired)
-    );
+    let code = &expired.payload["code"];
+    assert_eq!(code, "expired", "{}", envelope_of(expired));
+}
 
-    // 4. A synchronous request, answered on its reply subject.
+/// A synchronous request, answered on its reply subject; answers the request's message id.
+async fn a_synchronous_request_is_answered(rust_a: &CommunicationProtocol) -> String {
     let ping = within(
         30,
         "py-b to answer the synchronous request",
@@ -293,65 +385,30 @@ async fn a_python_agent_exchanges_messages_with_a_rust_agent() {
     let answer = &ping.responses[0];
     assert_eq!(answer.message_type, MessageType::TaskResponse);
     assert_eq!(answer.sender, PY_ID);
+    let ping_id = ping.message_id.to_string();
     assert_eq!(
         answer.correlation_id.as_deref(),
-        Some(ping.message_id.to_string().as_str()),
+        Some(ping_id.as_str()),
         "{}",
         envelope_of(answer)
     );
     assert_eq!(answer.payload, json!({ "echo": "ping" }));
+    ping_id
+}
 
-    // 5. Fire-and-forget: py-b leaves when told.
-    rust_a
-        .send_message(
-            OutgoingMessage::new(MessageType::StatusUpdate, json!({ "m": "bye" }))
-                .to(PY_ID)
-                .delivery(DeliveryMode::FireAndForget),
-        )
-        .await
-        .expect("bye sent");
-    let status = within(30, "the python agent to exit", child.wait())
-        .await
-        .expect("wait for the python agent");
-    let mut lines = Vec::new();
-    while let Some(line) = within(10, "the python agent's stdout to close", stdout.next_line())
-        .await
-        .expect("stdout readable")
-    {
-        lines.push(line);
-    }
-    let stderr_text = stderr.finish().await;
-    assert!(
-        status.success(),
-        "the python agent failed ({status}); stderr:\n{stderr_text}\nstdout:\n{}",
-        lines.join("\n")
-    );
-    let line = lines
-        .iter()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_else(|| panic!("no result line on stdout; stderr:\n{stderr_text}"));
-    let result: Value = serde_json::from_str(line)
-        .unwrap_or_else(|e| panic!("result line is not JSON ({e}): {line}"));
-    assert_eq!(result["agent_id"], PY_ID, "{line}");
-    assert_eq!(result["expired"], json!([stale_id]), "{line}");
-    assert_eq!(result["replied"], json!([hello_id]), "{line}");
-    assert_eq!(
-        result["answered"],
-        json!([ping.message_id.to_string()]),
-        "{line}"
-    );
+/// Only hello asked for an acknowledgment and was taken; each stored copy carries
+/// `Nats-Msg-Id: <message_id>:<recipient>:<attempt>` (§13.3).
+fn py_b_acknowledged_and_stored_hello(result: &Value, line: &str, hello_id: &str) {
     let acknowledged = result["acknowledged"].as_array().expect("acknowledged");
     assert!(
-        acknowledged.iter().all(|id| *id == hello_id.as_str()) && !acknowledged.is_empty(),
+        acknowledged.iter().all(|id| *id == hello_id) && !acknowledged.is_empty(),
         "only hello asked for an acknowledgment and was taken: {line}"
     );
-    // Each stored copy carries `Nats-Msg-Id: <message_id>:<recipient>:<attempt>` (§13.3).
     let first_copy = result["stored"]
         .as_array()
         .expect("stored")
         .iter()
-        .find(|s| s["message_id"] == hello_id.as_str())
+        .find(|s| s["message_id"] == hello_id)
         .unwrap_or_else(|| panic!("hello not among the stored messages: {line}"));
     assert_eq!(
         first_copy["nats_msg_id"],
@@ -359,8 +416,11 @@ async fn a_python_agent_exchanges_messages_with_a_rust_agent() {
         "{line}"
     );
     assert_eq!(first_copy["delivery_mode"], "guaranteed", "{line}");
+}
 
-    // py-b's consumer is the one §13.1 describes, and everything on it was acknowledged.
+/// py-b's consumer is the one §13.1 describes, and everything on it was acknowledged.
+async fn py_b_consumer_is_the_documented_one(client: &async_nats::Client) {
+    let js = async_nats::jetstream::new(client.clone());
     let mut inbox_consumer = js
         .get_consumer_from_stream::<consumer::pull::Config, _, _>(
             format!("msg_{PY_ID}_normal"),

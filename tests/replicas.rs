@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use common::{
     Cluster, GrantTap, OptimizerProcess, config_for, events_drained, hget, hget_i64, init_tracing,
-    optimizer_ready, within,
+    next_grant, optimizer_ready, redis_at, register_within, wait_for_stat, wait_for_state, within,
 };
 use futures::future::join_all;
 use switchyard_client::{Agent, Coordinator};
@@ -63,6 +63,17 @@ async fn run_agent(
     }
 }
 
+/// Grants each agent received (by task) and every time one held more than its capacity.
+#[derive(Clone, Default)]
+struct Ledger {
+    grants_seen: Arc<Mutex<HashMap<String, u32>>>,
+    violations: Arc<Mutex<Vec<String>>>,
+}
+
+fn agent_id(i: usize) -> String {
+    format!("agent-{i:02}")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replica_processes_fifty_agents_two_thousand_tasks() {
     init_tracing();
@@ -70,101 +81,89 @@ async fn two_replica_processes_fifty_agents_two_thousand_tasks() {
     let config = config_for(&servers);
     let _a = OptimizerProcess::spawn(&config, &[]);
     let _b = OptimizerProcess::spawn(&config, &[]);
-    let subjects = Subjects::default();
     let nats = async_nats::connect(servers.nats.url()).await.expect("nats");
     optimizer_ready(&nats).await;
 
-    let grants_seen = Arc::new(Mutex::new(HashMap::new()));
-    let violations = Arc::new(Mutex::new(Vec::new()));
+    let ledger = Ledger::default();
     for i in 0..AGENTS {
-        let reg = AgentRegister::new(format!("agent-{i:02}"), "worker")
+        let reg = AgentRegister::new(agent_id(i), "worker")
             .capacity("cpu", 4.0)
             .capacity("memory", 4096.0);
         // Registration waits for a replica's reply: both processes are up once this returns.
-        let agent = within(
-            30,
-            "registration",
-            Agent::register(nats.clone(), subjects.clone(), reg),
-        )
-        .await
-        .expect("registers");
-        tokio::spawn(run_agent(agent, grants_seen.clone(), violations.clone()));
+        let agent = register_within(&nats, reg).await;
+        tokio::spawn(run_agent(
+            agent,
+            ledger.grants_seen.clone(),
+            ledger.violations.clone(),
+        ));
     }
-
-    // Sample every agent's reservation in Redis while the load runs.
-    let keys = Keys::new("switchyard");
-    let mut redis = redis::Client::open(servers.redis.url())
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let sampler = {
-        let (mut redis, keys) = (redis.clone(), keys.clone());
-        tokio::spawn(async move {
-            let mut worst = 0;
-            while !*stop_rx.borrow() {
-                for i in 0..AGENTS {
-                    worst = worst.max(
-                        hget_i64(&mut redis, &keys.agent(&format!("agent-{i:02}")), "res_cpu")
-                            .await,
-                    );
-                }
-                let _ =
-                    tokio::time::timeout(std::time::Duration::from_millis(5), stop_rx.changed())
-                        .await;
-            }
-            worst
-        })
-    };
-
-    let submitters = (0..SUBMITTERS).map(|s| {
-        let nats = nats.clone();
-        let subjects = subjects.clone();
-        async move {
-            let orch = Coordinator::with_client(nats, &format!("submitter-{s}"), subjects)
-                .await
-                .expect("coordinator");
-            for t in 0..TASKS_PER_SUBMITTER {
-                let cpu = 1.0 + ((s + t) % 3) as f64; // 1, 2 or 3 cpu
-                let task = TaskSubmit::new(format!("s{s}-t{t}"))
-                    .priority(((s * 7 + t) % 11) as u8)
-                    .resource("cpu", cpu);
-                orch.submit_task(task).await.expect("submit stored");
-            }
-        }
-    });
-    join_all(submitters).await;
+    let mut redis = redis_at(&servers).await;
+    let (stop_sampling, sampler) = sample_reservations(redis.clone());
+    join_all((0..SUBMITTERS).map(|s| submit_share(nats.clone(), s))).await;
 
     let total = (SUBMITTERS * TASKS_PER_SUBMITTER) as i64;
-    within(180, "every task completed", async {
-        while hget_i64(&mut redis, &keys.stats(), "completed").await < total {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    let _ = stop_tx.send(true);
-    let worst = sampler.await.expect("sampler");
-
-    assert!(
-        violations.lock().expect("lock").is_empty(),
-        "over capacity: {:?}",
-        violations.lock().expect("lock")
-    );
+    wait_for_stat(&mut redis, 180, "completed", total).await;
+    let _ = stop_sampling.send(true);
+    let worst = within(10, "the sampler to stop", sampler)
+        .await
+        .expect("sampler");
     assert!(
         worst <= AGENT_CPU as i64,
         "Redis showed {worst} milli-cpu reserved on a 4-cpu agent"
     );
-    assert_eq!(
-        hget_i64(&mut redis, &keys.stats(), "granted").await,
-        total,
-        "granted exactly once each"
-    );
-    assert_eq!(
-        hget_i64(&mut redis, &keys.stats(), "submitted").await,
-        total
-    );
-    let seen = grants_seen.lock().expect("lock").clone();
+    every_task_granted_once_and_released(&mut redis, &ledger, total).await;
+}
+
+/// Samples every agent's reservation in Redis until told to stop; answers the largest seen.
+fn sample_reservations(
+    mut redis: redis::aio::MultiplexedConnection,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<i64>,
+) {
+    let keys = Keys::new("switchyard");
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let sampler = tokio::spawn(async move {
+        let mut worst = 0;
+        while !*stop_rx.borrow() {
+            for i in 0..AGENTS {
+                let reserved = hget_i64(&mut redis, &keys.agent(&agent_id(i)), "res_cpu").await;
+                worst = worst.max(reserved);
+            }
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_millis(5), stop_rx.changed()).await;
+        }
+        worst
+    });
+    (stop_tx, sampler)
+}
+
+/// Submitter `s` submits its share of the tasks (1, 2 or 3 cpu, priorities spread).
+async fn submit_share(nats: async_nats::Client, s: usize) {
+    let orch = Coordinator::with_client(nats, &format!("submitter-{s}"), Subjects::default())
+        .await
+        .expect("coordinator");
+    for t in 0..TASKS_PER_SUBMITTER {
+        let cpu = 1.0 + ((s + t) % 3) as f64;
+        let task = TaskSubmit::new(format!("s{s}-t{t}"))
+            .priority(((s * 7 + t) % 11) as u8)
+            .resource("cpu", cpu);
+        orch.submit_task(task).await.expect("submit stored");
+    }
+}
+
+async fn every_task_granted_once_and_released(
+    redis: &mut redis::aio::MultiplexedConnection,
+    ledger: &Ledger,
+    total: i64,
+) {
+    let keys = Keys::new("switchyard");
+    let violations = ledger.violations.lock().expect("lock").clone();
+    assert!(violations.is_empty(), "over capacity: {violations:?}");
+    let granted = hget_i64(redis, &keys.stats(), "granted").await;
+    assert_eq!(granted, total, "granted exactly once each");
+    assert_eq!(hget_i64(redis, &keys.stats(), "submitted").await, total);
+    let seen = ledger.grants_seen.lock().expect("lock").clone();
     assert_eq!(seen.len(), total as usize, "every task reached an agent");
     let doubles: Vec<_> = seen.iter().filter(|(_, n)| **n != 1).collect();
     assert!(
@@ -172,11 +171,8 @@ async fn two_replica_processes_fifty_agents_two_thousand_tasks() {
         "tasks delivered more than once: {doubles:?}"
     );
     for i in 0..AGENTS {
-        assert_eq!(
-            hget_i64(&mut redis, &keys.agent(&format!("agent-{i:02}")), "res_cpu").await,
-            0,
-            "all released"
-        );
+        let reserved = hget_i64(redis, &keys.agent(&agent_id(i)), "res_cpu").await;
+        assert_eq!(reserved, 0, "all released");
     }
 }
 
@@ -223,10 +219,7 @@ async fn the_same_submit_twice_grants_once() {
         "reserved once"
     );
     let mut grants = agent.grants().await.expect("grants");
-    let grant = within(10, "the grant", grants.next())
-        .await
-        .expect("open")
-        .expect("grant");
+    let grant = next_grant(10, "the grant", &mut grants).await;
     assert_eq!(grant.payload.task_id, "once");
 }
 
@@ -236,56 +229,76 @@ async fn a_replica_killed_after_commit_before_ack_does_not_cause_a_second_grant(
     let servers = LocalServers::start().await.expect("servers");
     let mut config = config_for(&servers);
     config.jetstream.ack_wait_ms = 1_000;
-    let subjects = Subjects::default();
     let nats = async_nats::connect(servers.nats.url()).await.expect("nats");
+    let agent = steady_registered_by_a_replica_that_leaves(&config, &nats).await;
 
-    // A healthy replica sets up the streams and registers the agent, then leaves gracefully.
-    let mut setup = OptimizerProcess::spawn(&config, &[]);
-    optimizer_ready(&nats).await;
-    let reg = AgentRegister::new("steady", "worker").capacity("cpu", 2.0);
-    let agent = within(
+    let mut tap = GrantTap::start(&nats, "steady").await;
+    let mut redis = redis_at(&servers).await;
+    let mut faulty = replica_stalled_after_committing_fragile(&config, &nats, &mut redis).await;
+    faulty.kill();
+
+    // Another replica gets the redelivered submit (after ack_wait) and must not grant again.
+    let _healthy = OptimizerProcess::spawn(&config, &[]);
+    let mut grants = agent.grants().await.expect("grants");
+    let grant = next_grant(
         30,
-        "registration",
-        Agent::register(nats.clone(), subjects.clone(), reg),
+        "the grant, published by the healthy replica",
+        &mut grants,
     )
-    .await
-    .expect("registers");
+    .await;
+    assert_eq!(
+        (grant.payload.task_id.as_str(), grant.payload.grant_seq),
+        ("fragile", 1)
+    );
+    within(30, "redelivered submit applied", events_drained(&nats)).await;
+    fragile_granted_and_reserved_once(&mut redis).await;
+    // Copies of the grant may have been sent (the outbox re-sends until acknowledged), but
+    // every one of them is the same grant.
+    let copies = tap.seen(std::time::Duration::from_millis(300)).await;
+    assert!(!copies.is_empty(), "the grant went out");
+    assert!(
+        copies.iter().all(|c| *c == ("fragile".to_string(), 1)),
+        "{copies:?}"
+    );
+}
+
+/// A healthy replica sets up the streams and registers agent `steady` (2 cpu), then leaves
+/// gracefully.
+async fn steady_registered_by_a_replica_that_leaves(
+    config: &switchyard_server::config::Config,
+    nats: &async_nats::Client,
+) -> Agent {
+    let mut setup = OptimizerProcess::spawn(config, &[]);
+    optimizer_ready(nats).await;
+    let reg = AgentRegister::new("steady", "worker").capacity("cpu", 2.0);
+    let agent = register_within(nats, reg).await;
     assert!(
         setup.terminate().success(),
         "graceful SIGTERM exit: {}",
         setup.log()
     );
+    agent
+}
 
-    // The faulty replica commits the grant to Redis, then stalls before publishing and acking.
-    let mut faulty =
-        OptimizerProcess::spawn(&config, &[("SWITCHYARD_FAULT_STALL_AFTER_COMMIT", "1")]);
-    let mut tap = GrantTap::start(&nats, "steady").await;
-    let orch = Coordinator::with_client(nats.clone(), "orch", subjects.clone())
+/// The faulty replica commits the grant of `fragile` to Redis, then stalls before publishing
+/// and acking.
+async fn replica_stalled_after_committing_fragile(
+    config: &switchyard_server::config::Config,
+    nats: &async_nats::Client,
+    redis: &mut redis::aio::MultiplexedConnection,
+) -> OptimizerProcess {
+    let faulty = OptimizerProcess::spawn(config, &[("SWITCHYARD_FAULT_STALL_AFTER_COMMIT", "1")]);
+    let orch = Coordinator::with_client(nats.clone(), "orch", Subjects::default())
         .await
         .expect("coordinator");
     orch.submit_task(TaskSubmit::new("fragile").resource("cpu", 2.0))
         .await
         .expect("stored");
-    let mut redis = redis::Client::open(servers.redis.url())
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let keys = Keys::new("switchyard");
-    within(30, "commit by the faulty replica", async {
-        while hget(&mut redis, &keys.task("fragile"), "state")
-            .await
-            .as_deref()
-            != Some("granted")
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    wait_for_state(redis, 30, "fragile", "granted").await;
     let score: Option<f64> = redis::cmd("ZSCORE")
-        .arg(keys.grant_outbox())
+        .arg(Keys::new("switchyard").grant_outbox())
         .arg("fragile|1")
-        .query_async(&mut redis)
+        .query_async(redis)
         .await
         .expect("ZSCORE");
     assert!(score.is_some(), "the committed grant waits in the outbox");
@@ -300,46 +313,15 @@ async fn a_replica_killed_after_commit_before_ack_does_not_cause_a_second_grant(
         }
     })
     .await;
-    faulty.kill();
+    faulty
+}
 
-    // Another replica gets the redelivered submit (after ack_wait) and must not grant again.
-    let _healthy = OptimizerProcess::spawn(&config, &[]);
-    let mut grants = agent.grants().await.expect("grants");
-    let grant = within(
-        30,
-        "the grant, published by the healthy replica",
-        grants.next(),
-    )
-    .await
-    .expect("open")
-    .expect("grant");
-    assert_eq!(
-        (grant.payload.task_id.as_str(), grant.payload.grant_seq),
-        ("fragile", 1)
-    );
-    within(30, "redelivered submit applied", events_drained(&nats)).await;
-    assert_eq!(
-        hget_i64(&mut redis, &keys.stats(), "granted").await,
-        1,
-        "granted once"
-    );
-    assert_eq!(
-        hget(&mut redis, &keys.task("fragile"), "grant_seq")
-            .await
-            .as_deref(),
-        Some("1")
-    );
-    assert_eq!(
-        hget_i64(&mut redis, &keys.agent("steady"), "res_cpu").await,
-        2000,
-        "reserved once"
-    );
-    // Copies of the grant may have been sent (the outbox re-sends until acknowledged), but
-    // every one of them is the same grant.
-    let copies = tap.seen(std::time::Duration::from_millis(300)).await;
-    assert!(!copies.is_empty(), "the grant went out");
-    assert!(
-        copies.iter().all(|c| *c == ("fragile".to_string(), 1)),
-        "{copies:?}"
-    );
+async fn fragile_granted_and_reserved_once(redis: &mut redis::aio::MultiplexedConnection) {
+    let keys = Keys::new("switchyard");
+    let granted = hget_i64(redis, &keys.stats(), "granted").await;
+    assert_eq!(granted, 1, "granted once");
+    let grant_seq = hget(redis, &keys.task("fragile"), "grant_seq").await;
+    assert_eq!(grant_seq.as_deref(), Some("1"));
+    let reserved = hget_i64(redis, &keys.agent("steady"), "res_cpu").await;
+    assert_eq!(reserved, 2000, "reserved once");
 }

@@ -9,9 +9,12 @@
     clippy::print_stderr
 )]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::OutputWithin;
 use switchyard_sim::{ORACLE, parse_named, run_all};
 
 const SHIPPED: [&str; 4] = [
@@ -85,8 +88,7 @@ fn sim_cli(args: &[&str]) -> std::process::Output {
         .arg("sim")
         .args(args)
         .env_remove("SWITCHYARD_CONFIG")
-        .output()
-        .expect("switchyard sim runs")
+        .output_within(300, "switchyard sim to finish")
 }
 
 #[test]

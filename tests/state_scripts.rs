@@ -11,78 +11,23 @@
 
 mod common;
 
-use common::{StoreFixture as Fixture, refused, store_fixture as fixture};
+use std::collections::BTreeMap;
+
+use common::scripts::{
+    Fixture, RETENTION_S, all, completion, cpu, fixture, ids, refused, submit_req, with_deps,
+};
+use common::within;
 use futures::future::join_all;
 use switchyard_decision::Resources;
 use switchyard_decision::TaskState;
-use switchyard_protocol::RejectReason;
+use switchyard_protocol::{RejectReason, StatusQuery};
 use switchyard_server::state::Refusal;
 use switchyard_server::state::{
     CompleteOutcome, Completion, GrantOutcome, RequeueOutcome, ResolveOutcome, SubmitOutcome,
-    SubmitRequest,
 };
 
-const RETENTION_S: u64 = 3600;
-const LR: f64 = 0.5;
-
-fn cpu(milli: u64) -> Resources {
-    Resources {
-        cpu: milli,
-        ..Resources::default()
-    }
-}
-
-fn submit_req(task_id: &str, message_id: &str, priority: u8, required: Resources) -> SubmitRequest {
-    SubmitRequest {
-        task_id: task_id.into(),
-        message_id: message_id.into(),
-        submitter: "orch".into(),
-        task_type: "default".into(),
-        priority,
-        required,
-        estimated_duration_s: 0.0,
-        dependencies: Vec::new(),
-        strategy: None,
-        explain: false,
-        replies: switchyard_protocol::Replies::All,
-    }
-}
-
-fn with_deps(mut req: SubmitRequest, deps: &[&str]) -> SubmitRequest {
-    req.dependencies = deps.iter().map(|d| d.to_string()).collect();
-    req
-}
-
-fn ids(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
-
+/// Steps only these tests use.
 impl Fixture {
-    async fn register(&self, agent_id: &str, capacity: Resources) {
-        self.store
-            .register_agent(agent_id, "worker", &capacity, 1.0, 0)
-            .await
-            .expect("register_agent");
-    }
-
-    async fn submit(&self, req: &SubmitRequest) -> SubmitOutcome {
-        self.store
-            .submit_task(req, RETENTION_S)
-            .await
-            .expect("submit_task")
-    }
-
-    async fn grant(&self, task_id: &str, candidates: &[&str]) -> GrantOutcome {
-        self.store
-            .grant_task(task_id, &ids(candidates))
-            .await
-            .expect("grant_task")
-    }
-
-    async fn complete(&self, task_id: &str, agent_id: &str, success: bool) -> CompleteOutcome {
-        self.complete_timed(task_id, agent_id, success, 0.0).await
-    }
-
     async fn complete_timed(
         &self,
         task_id: &str,
@@ -91,16 +36,11 @@ impl Fixture {
         execution_time_s: f64,
     ) -> CompleteOutcome {
         let report = Completion {
-            task_id,
-            agent_id,
             success,
             execution_time_s,
-            grant_seq: None,
+            ..completion(task_id, agent_id)
         };
-        self.store
-            .complete_task(&report, LR, RETENTION_S)
-            .await
-            .expect("complete_task")
+        self.complete_report(&report).await
     }
 
     async fn resolve(&self, task_id: &str, dependency: &str, succeeded: bool) -> ResolveOutcome {
@@ -110,73 +50,45 @@ impl Fixture {
             .expect("resolve_dependency")
     }
 
-    async fn agent_field(&self, agent_id: &str, field: &str) -> String {
-        self.store
-            .agent_record(agent_id)
-            .await
-            .expect("agent_record")
-            .unwrap_or_else(|| panic!("agent {agent_id} has no record"))
-            .get(field)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    async fn agent_i64(&self, agent_id: &str, field: &str) -> i64 {
-        let raw = self.agent_field(agent_id, field).await;
+    async fn score(&self, agent_id: &str) -> f64 {
+        let raw = self.agent_field(agent_id, "score").await;
         raw.parse()
-            .unwrap_or_else(|_| panic!("{agent_id}.{field} = {raw:?} is not an integer"))
+            .unwrap_or_else(|_| panic!("{agent_id}.score = {raw:?} is not a number"))
     }
 
-    /// The four reservations of an agent, in milli-units: cpu, memory, tokens, time.
-    async fn reserved(&self, agent_id: &str) -> [i64; 4] {
-        [
-            self.agent_i64(agent_id, "res_cpu").await,
-            self.agent_i64(agent_id, "res_memory").await,
-            self.agent_i64(agent_id, "res_tokens").await,
-            self.agent_i64(agent_id, "res_time").await,
-        ]
+    /// The counters of a coordination sync (no agents, no patterns).
+    async fn counters(&self) -> BTreeMap<String, u64> {
+        self.sync_without_agents().await.counters
     }
 
-    async fn task_state(&self, task_id: &str) -> Option<String> {
+    async fn sync_without_agents(&self) -> switchyard_protocol::CoordinationSync {
+        let query = StatusQuery {
+            include_agents: false,
+            include_patterns: false,
+        };
         self.store
-            .task_record(task_id)
+            .coordination_sync(&query)
             .await
-            .expect("task_record")
-            .and_then(|r| r.get("state").cloned())
+            .expect("coordination_sync")
     }
 
-    async fn queue_ids(&self) -> Vec<String> {
-        self.store
-            .queue_head(1000)
-            .await
-            .expect("queue_head")
-            .into_iter()
-            .map(|t| t.view.task_id)
-            .collect()
-    }
-
-    async fn zcard(&mut self, key: &str) -> u64 {
-        redis::cmd("ZCARD")
-            .arg(key)
-            .query_async(&mut self.raw)
-            .await
-            .expect("ZCARD")
-    }
-
-    async fn scard(&mut self, key: &str) -> u64 {
-        redis::cmd("SCARD")
-            .arg(key)
-            .query_async(&mut self.raw)
-            .await
-            .expect("SCARD")
-    }
-
-    async fn ttl(&mut self, key: &str) -> i64 {
-        redis::cmd("TTL")
-            .arg(key)
-            .query_async(&mut self.raw)
-            .await
-            .expect("TTL")
+    /// Submits `task_id` (queued) and grants it to `agent_id`.
+    async fn submit_and_grant(
+        &self,
+        req: &switchyard_server::state::SubmitRequest,
+        agent_id: &str,
+    ) {
+        assert_eq!(
+            self.submit(req).await,
+            SubmitOutcome::Queued,
+            "{}",
+            req.task_id
+        );
+        let outcome = self.grant(&req.task_id, &[agent_id]).await;
+        assert!(
+            matches!(outcome, GrantOutcome::Granted { .. }),
+            "{outcome:?}"
+        );
     }
 }
 
@@ -189,6 +101,29 @@ async fn register_is_idempotent_and_revives_a_deregistered_agent() {
         tokens: 0,
         time: 0,
     };
+    registering_twice_changes_nothing(&mut f, capacity).await;
+
+    f.store.deregister_agent("a1").await.expect("deregister");
+    assert_eq!(f.agent_field("a1", "status").await, "deregistered");
+    assert!(f.store.active_agent_ids().await.unwrap().is_empty());
+    // No active agent at all: the snapshot and the status are empty, not an error.
+    assert!(f.store.agent_snapshot().await.unwrap().is_empty());
+    let sync = f
+        .store
+        .coordination_sync(&StatusQuery::default())
+        .await
+        .expect("status with no active agent");
+    assert!(sync.agents.is_empty());
+
+    f.register("a1", capacity).await;
+    assert_eq!(f.agent_field("a1", "status").await, "active");
+    assert_eq!(f.store.active_agent_ids().await.unwrap(), ids(&["a1"]));
+    let snapshot = f.store.agent_snapshot().await.unwrap();
+    assert_eq!(snapshot.len(), 1);
+    assert_eq!(snapshot[0].capacity, capacity);
+}
+
+async fn registering_twice_changes_nothing(f: &mut Fixture, capacity: Resources) {
     f.register("a1", capacity).await;
     let mut first = f.store.agent_record("a1").await.unwrap().expect("record");
     f.register("a1", capacity).await;
@@ -202,25 +137,6 @@ async fn register_is_idempotent_and_revives_a_deregistered_agent() {
     assert_eq!(f.store.active_agent_ids().await.unwrap(), ids(&["a1"]));
     let agents_key = f.store.keys().agents();
     assert_eq!(f.scard(&agents_key).await, 1);
-
-    f.store.deregister_agent("a1").await.expect("deregister");
-    assert_eq!(f.agent_field("a1", "status").await, "deregistered");
-    assert!(f.store.active_agent_ids().await.unwrap().is_empty());
-    // No active agent at all: the snapshot and the status are empty, not an error.
-    assert!(f.store.agent_snapshot().await.unwrap().is_empty());
-    let sync = f
-        .store
-        .coordination_sync(&switchyard_protocol::StatusQuery::default())
-        .await
-        .expect("status with no active agent");
-    assert!(sync.agents.is_empty());
-
-    f.register("a1", capacity).await;
-    assert_eq!(f.agent_field("a1", "status").await, "active");
-    assert_eq!(f.store.active_agent_ids().await.unwrap(), ids(&["a1"]));
-    let snapshot = f.store.agent_snapshot().await.unwrap();
-    assert_eq!(snapshot.len(), 1);
-    assert_eq!(snapshot[0].capacity, capacity);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,7 +156,13 @@ async fn submit_queues_and_detects_duplicates_and_existing_tasks() {
     );
     let queue = f.store.keys().queue();
     assert_eq!(f.zcard(&queue).await, 1, "no second queue entry");
+    another_message_for_the_same_task_is_refused(&mut f).await;
+    let sync = f.sync_without_agents().await;
+    assert_eq!(sync.counters.get("submitted"), Some(&1));
+    assert_eq!(sync.queue_depth, 1);
+}
 
+async fn another_message_for_the_same_task_is_refused(f: &mut Fixture) {
     let other = submit_req("t1", "m2", 9, cpu(5000));
     assert_eq!(
         f.submit(&other).await,
@@ -249,6 +171,7 @@ async fn submit_queues_and_detects_duplicates_and_existing_tasks() {
             message: "task t1 was already submitted by another message (state queued)".into()
         })
     );
+    let queue = f.store.keys().queue();
     assert_eq!(f.zcard(&queue).await, 1);
     let record = f.store.task_record("t1").await.unwrap().expect("record");
     assert_eq!(record.get("submit_msg_id").map(String::as_str), Some("m1"));
@@ -257,16 +180,6 @@ async fn submit_queues_and_detects_duplicates_and_existing_tasks() {
         Some("1000"),
         "the other message did not overwrite the task"
     );
-    let sync = f
-        .store
-        .coordination_sync(&switchyard_protocol::StatusQuery {
-            include_agents: false,
-            include_patterns: false,
-        })
-        .await
-        .unwrap();
-    assert_eq!(sync.counters.get("submitted"), Some(&1));
-    assert_eq!(sync.queue_depth, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,19 +218,20 @@ async fn queue_is_highest_priority_first_then_fifo() {
     assert_eq!(first_two, ids(&["q1", "q3"]));
 }
 
+fn granted_to(agent_id: &str, grant_seq: u64) -> GrantOutcome {
+    GrantOutcome::Granted {
+        agent_id: agent_id.into(),
+        grant_seq,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grant_reserves_on_the_first_candidate_that_fits() {
     let mut f = fixture().await;
     f.register("a1", cpu(4000)).await;
     f.submit(&submit_req("fits", "m-fits", 5, cpu(3000))).await;
 
-    assert_eq!(
-        f.grant("fits", &["a1"]).await,
-        GrantOutcome::Granted {
-            agent_id: "a1".into(),
-            grant_seq: 1
-        }
-    );
+    assert_eq!(f.grant("fits", &["a1"]).await, granted_to("a1", 1));
     assert_eq!(f.reserved("a1").await, [3000, 0, 0, 0]);
     assert_eq!(f.agent_i64("a1", "active_tasks").await, 1);
     assert_eq!(f.task_state("fits").await.as_deref(), Some("granted"));
@@ -333,7 +247,20 @@ async fn grant_reserves_on_the_first_candidate_that_fits() {
     );
     assert_eq!(f.reserved("a1").await, [3000, 0, 0, 0]);
 
-    // Too big for every candidate: nothing changes.
+    too_big_for_every_candidate_changes_nothing(&f).await;
+    a_deregistered_candidate_is_skipped(&f).await;
+    candidates_are_tried_in_order(&f).await;
+    every_kind_must_fit(&f).await;
+
+    // An unknown task is not queued.
+    assert_eq!(
+        f.grant("nope", &["a3"]).await,
+        GrantOutcome::NotQueued { state: None }
+    );
+}
+
+/// a1 holds 3000 of 4000; a2 (2000) joins; a task of 2500 fits neither.
+async fn too_big_for_every_candidate_changes_nothing(f: &Fixture) {
     f.register("a2", cpu(2000)).await;
     f.submit(&submit_req("huge", "m-huge", 5, cpu(2500))).await;
     assert_eq!(f.grant("huge", &["a1", "a2"]).await, GrantOutcome::NoFit);
@@ -341,56 +268,43 @@ async fn grant_reserves_on_the_first_candidate_that_fits() {
     assert_eq!(f.reserved("a2").await, [0, 0, 0, 0]);
     assert_eq!(f.task_state("huge").await.as_deref(), Some("queued"));
     assert_eq!(f.queue_ids().await, ids(&["huge"]));
+}
 
-    // A deregistered candidate is skipped even though it has room.
+/// A deregistered candidate is skipped even though it has room.
+async fn a_deregistered_candidate_is_skipped(f: &Fixture) {
     f.register("gone", cpu(10_000)).await;
     f.store.deregister_agent("gone").await.unwrap();
     f.submit(&submit_req("small", "m-small", 5, cpu(500))).await;
-    assert_eq!(
-        f.grant("small", &["gone", "a2"]).await,
-        GrantOutcome::Granted {
-            agent_id: "a2".into(),
-            grant_seq: 1
-        }
-    );
+    assert_eq!(f.grant("small", &["gone", "a2"]).await, granted_to("a2", 1));
     assert_eq!(f.reserved("gone").await, [0, 0, 0, 0]);
     assert_eq!(f.reserved("a2").await, [500, 0, 0, 0]);
+}
 
-    // Candidates in order: a1 has 1000 free (too little), a2 has 1500 (enough), a3 (plenty)
-    // comes last and is not reached.
+/// Candidates in order: a1 has 1000 free (too little), a2 has 1500 (enough), a3 (plenty)
+/// comes last and is not reached.
+async fn candidates_are_tried_in_order(f: &Fixture) {
     f.register("a3", cpu(10_000)).await;
     f.submit(&submit_req("mid", "m-mid", 5, cpu(1500))).await;
     assert_eq!(
         f.grant("mid", &["a1", "a2", "a3"]).await,
-        GrantOutcome::Granted {
-            agent_id: "a2".into(),
-            grant_seq: 1
-        }
+        granted_to("a2", 1)
     );
     assert_eq!(f.reserved("a1").await, [3000, 0, 0, 0]);
     assert_eq!(f.reserved("a2").await, [2000, 0, 0, 0]);
     assert_eq!(f.reserved("a3").await, [0, 0, 0, 0]);
+}
 
-    // Every kind must fit, not just cpu.
-    f.submit(&submit_req(
-        "needs-memory",
-        "m-mem",
-        5,
-        Resources {
-            cpu: 1,
-            memory: 1,
-            ..Resources::default()
-        },
-    ))
-    .await;
+/// Every kind must fit, not just cpu: a3 has no memory.
+async fn every_kind_must_fit(f: &Fixture) {
+    let need = Resources {
+        cpu: 1,
+        memory: 1,
+        ..Resources::default()
+    };
+    f.submit(&submit_req("needs-memory", "m-mem", 5, need))
+        .await;
     assert_eq!(f.grant("needs-memory", &["a3"]).await, GrantOutcome::NoFit);
     assert_eq!(f.reserved("a3").await, [0, 0, 0, 0]);
-
-    // An unknown task is not queued.
-    assert_eq!(
-        f.grant("nope", &["a3"]).await,
-        GrantOutcome::NotQueued { state: None }
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,6 +346,23 @@ async fn concurrent_grants_never_over_reserve() {
     assert_eq!(f.zcard(&outbox).await, 10);
 }
 
+/// What task `work` needs, of every kind.
+const NEED: Resources = Resources {
+    cpu: 1500,
+    memory: 512_000,
+    tokens: 33_333,
+    time: 7_001,
+};
+
+fn finished(success: bool, submit_message_id: &str) -> CompleteOutcome {
+    CompleteOutcome::Finished {
+        success,
+        submitter: "orch".into(),
+        submit_message_id: submit_message_id.into(),
+        dependents: Vec::new(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn complete_releases_exactly_once_and_learns_the_score() {
     let f = fixture().await;
@@ -443,13 +374,7 @@ async fn complete_releases_exactly_once_and_learns_the_score() {
     };
     f.register("a1", capacity).await;
     f.register("a2", capacity).await;
-    let need = Resources {
-        cpu: 1500,
-        memory: 512_000,
-        tokens: 33_333,
-        time: 7_001,
-    };
-    let mut req = submit_req("work", "m-work", 5, need);
+    let mut req = submit_req("work", "m-work", 5, NEED);
     req.estimated_duration_s = 2.0;
     f.submit(&req).await;
     assert!(matches!(
@@ -458,7 +383,14 @@ async fn complete_releases_exactly_once_and_learns_the_score() {
     ));
     assert_eq!(f.reserved("a1").await, [1500, 512_000, 33_333, 7_001]);
 
-    // Wrong agent, unknown task, unknown agent: refused, nothing released.
+    refused_completions_release_nothing(&f).await;
+    the_completion_releases_once_and_learns(&f).await;
+    a_failure_pulls_the_score_halfway_to_zero(&f).await;
+    a_queued_task_cannot_be_completed(&f).await;
+}
+
+/// Wrong agent, unknown task, unknown agent: refused, nothing released.
+async fn refused_completions_release_nothing(f: &Fixture) {
     assert_eq!(
         f.complete("work", "a2", true).await,
         refused(
@@ -479,66 +411,53 @@ async fn complete_releases_exactly_once_and_learns_the_score() {
     );
     assert_eq!(f.reserved("a1").await, [1500, 512_000, 33_333, 7_001]);
     assert_eq!(f.task_state("work").await.as_deref(), Some("granted"));
+}
 
-    let done = CompleteOutcome::Finished {
-        success: true,
-        submitter: "orch".into(),
-        submit_message_id: "m-work".into(),
-        dependents: Vec::new(),
-    };
+/// The completion releases everything and learns (a success at the estimated duration moves
+/// the score from 0.5 to 0.75); the same completion again (even claiming the opposite outcome)
+/// answers the same and releases nothing twice.
+async fn the_completion_releases_once_and_learns(f: &Fixture) {
+    let done = finished(true, "m-work");
     assert_eq!(f.complete_timed("work", "a1", true, 2.0).await, done);
     assert_eq!(f.reserved("a1").await, [0, 0, 0, 0]);
     assert_eq!(f.agent_i64("a1", "active_tasks").await, 0);
-    let score: f64 = f.agent_field("a1", "score").await.parse().unwrap();
+    let score = f.score("a1").await;
     assert!((score - 0.75).abs() < 1e-12, "score {score}, expected 0.75");
     assert_eq!(f.task_state("work").await.as_deref(), Some("completed"));
 
-    // The same completion again (even claiming the opposite outcome) answers the same and
-    // releases nothing twice.
     assert_eq!(f.complete_timed("work", "a1", true, 2.0).await, done);
     assert_eq!(f.complete_timed("work", "a1", false, 9.0).await, done);
     assert_eq!(f.reserved("a1").await, [0, 0, 0, 0]);
     assert_eq!(f.agent_i64("a1", "active_tasks").await, 0);
-    let score: f64 = f.agent_field("a1", "score").await.parse().unwrap();
+    let score = f.score("a1").await;
     assert!(
         (score - 0.75).abs() < 1e-12,
         "repeat moved the score: {score}"
     );
-    let sync = f
-        .store
-        .coordination_sync(&switchyard_protocol::StatusQuery {
-            include_agents: false,
-            include_patterns: false,
-        })
-        .await
-        .unwrap();
-    assert_eq!(sync.counters.get("completed"), Some(&1));
+    assert_eq!(f.counters().await.get("completed"), Some(&1));
+}
 
-    // A failure pulls the score halfway to 0.
-    f.submit(&submit_req("flaky", "m-flaky", 5, need)).await;
+async fn a_failure_pulls_the_score_halfway_to_zero(f: &Fixture) {
+    f.submit(&submit_req("flaky", "m-flaky", 5, NEED)).await;
     assert!(matches!(
         f.grant("flaky", &["a1"]).await,
         GrantOutcome::Granted { .. }
     ));
     assert_eq!(
         f.complete_timed("flaky", "a1", false, 1.0).await,
-        CompleteOutcome::Finished {
-            success: false,
-            submitter: "orch".into(),
-            submit_message_id: "m-flaky".into(),
-            dependents: Vec::new(),
-        }
+        finished(false, "m-flaky")
     );
-    let score: f64 = f.agent_field("a1", "score").await.parse().unwrap();
+    let score = f.score("a1").await;
     assert!(
         (score - 0.375).abs() < 1e-12,
         "score {score}, expected 0.375"
     );
     assert_eq!(f.reserved("a1").await, [0, 0, 0, 0]);
     assert_eq!(f.task_state("flaky").await.as_deref(), Some("failed"));
+}
 
-    // Completing a task that is still queued.
-    f.submit(&submit_req("waiting-room", "m-wr", 5, need)).await;
+async fn a_queued_task_cannot_be_completed(f: &Fixture) {
+    f.submit(&submit_req("waiting-room", "m-wr", 5, NEED)).await;
     assert_eq!(
         f.complete("waiting-room", "a1", true).await,
         refused(
@@ -557,8 +476,34 @@ async fn complete_releases_exactly_once_and_learns_the_score() {
 async fn dependencies_queue_on_success_and_cascade_failures() {
     let mut f = fixture().await;
     f.register("w", cpu(100_000)).await;
+    a_dependent_is_queued_once_its_dependency_completes(&f).await;
+    // A dependency that completed before the dependent was submitted: queued at once.
+    assert_eq!(
+        f.submit(&with_deps(submit_req("late", "mLate", 5, cpu(1)), &["A"]))
+            .await,
+        SubmitOutcome::Queued
+    );
+    a_dependent_waits_for_all_its_dependencies(&f).await;
+    a_failure_cascades_through_the_dependents(&f).await;
+    failed_tasks_expire_with_the_retention(&mut f).await;
 
-    // Success: B waits for A, and is queued once A completes.
+    // Submitted after its dependency failed: fails at once.
+    assert_eq!(
+        f.submit(&with_deps(submit_req("D", "mD", 5, cpu(1)), &["A2"]))
+            .await,
+        SubmitOutcome::Failed {
+            reason: "dependency_failed:A2".into()
+        }
+    );
+    assert_eq!(f.task_state("D").await.as_deref(), Some("failed"));
+    let queue = f.queue_ids().await;
+    for t in ["B2", "C", "D"] {
+        assert!(!queue.contains(&t.to_string()), "{t} must not be queued");
+    }
+}
+
+/// B waits for A, and is queued (once) when A completes.
+async fn a_dependent_is_queued_once_its_dependency_completes(f: &Fixture) {
     f.submit(&submit_req("A", "mA", 5, cpu(1000))).await;
     assert_eq!(
         f.submit(&with_deps(submit_req("B", "mB", 5, cpu(1000)), &["A"]))
@@ -583,15 +528,10 @@ async fn dependencies_queue_on_success_and_cascade_failures() {
     assert_eq!(f.task_state("B").await.as_deref(), Some("queued"));
     assert_eq!(f.resolve("B", "A", true).await, ResolveOutcome::Noop);
     assert_eq!(f.queue_ids().await, ids(&["B"]), "queued once");
+}
 
-    // A dependency that completed before the dependent was submitted: queued at once.
-    assert_eq!(
-        f.submit(&with_deps(submit_req("late", "mLate", 5, cpu(1)), &["A"]))
-            .await,
-        SubmitOutcome::Queued
-    );
-
-    // Two dependencies: waiting until both are done.
+/// Two dependencies: waiting until both are done.
+async fn a_dependent_waits_for_all_its_dependencies(f: &Fixture) {
     f.submit(&submit_req("P", "mP", 5, cpu(1))).await;
     f.submit(&submit_req("Q", "mQ", 5, cpu(1))).await;
     assert_eq!(
@@ -609,8 +549,10 @@ async fn dependencies_queue_on_success_and_cascade_failures() {
     assert_eq!(f.resolve("PQ", "P", true).await, ResolveOutcome::Waiting);
     assert_eq!(f.task_state("PQ").await.as_deref(), Some("waiting"));
     assert_eq!(f.resolve("PQ", "Q", true).await, ResolveOutcome::Queued);
+}
 
-    // Failure cascade: C depends on B2, B2 on A2; A2 fails.
+/// C depends on B2, B2 on A2; A2 fails, and so do B2 and C.
+async fn a_failure_cascades_through_the_dependents(f: &Fixture) {
     f.submit(&submit_req("A2", "mA2", 5, cpu(1000))).await;
     f.submit(&with_deps(submit_req("B2", "mB2", 5, cpu(1)), &["A2"]))
         .await;
@@ -628,25 +570,18 @@ async fn dependencies_queue_on_success_and_cascade_failures() {
         } => assert_eq!(dependents, ids(&["B2"])),
         other => panic!("A2 should fail, got {other:?}"),
     }
-    let b2_failed = ResolveOutcome::Failed {
+    let failed = |message_id: &str, dependents: &[&str]| ResolveOutcome::Failed {
         submitter: "orch".into(),
-        submit_message_id: "mB2".into(),
-        dependents: ids(&["C"]),
+        submit_message_id: message_id.into(),
+        dependents: ids(dependents),
     };
-    assert_eq!(f.resolve("B2", "A2", false).await, b2_failed);
+    assert_eq!(f.resolve("B2", "A2", false).await, failed("mB2", &["C"]));
     assert_eq!(f.task_state("B2").await.as_deref(), Some("failed"));
-    assert_eq!(
-        f.resolve("C", "B2", false).await,
-        ResolveOutcome::Failed {
-            submitter: "orch".into(),
-            submit_message_id: "mC".into(),
-            dependents: Vec::new(),
-        }
-    );
+    assert_eq!(f.resolve("C", "B2", false).await, failed("mC", &[]));
     assert_eq!(f.task_state("C").await.as_deref(), Some("failed"));
     assert_eq!(
         f.resolve("B2", "A2", false).await,
-        b2_failed,
+        failed("mB2", &["C"]),
         "a repeated failure answers the same"
     );
     let record = f.store.task_record("B2").await.unwrap().expect("B2");
@@ -654,8 +589,10 @@ async fn dependencies_queue_on_success_and_cascade_failures() {
         record.get("reason").map(String::as_str),
         Some("dependency_failed:A2")
     );
+}
 
-    // Failed tasks and what the repeat answer reads are kept for the retention, not forever.
+/// Failed tasks and what the repeat answer reads are kept for the retention, not forever.
+async fn failed_tasks_expire_with_the_retention(f: &mut Fixture) {
     let b2_key = f.store.keys().task("B2");
     let b2_dependents = f.store.keys().dependents("B2");
     let b2_ttl = f.ttl(&b2_key).await;
@@ -668,20 +605,6 @@ async fn dependencies_queue_on_success_and_cascade_failures() {
         dependents_ttl > 0 && dependents_ttl <= RETENTION_S as i64,
         "the failed task's dependents set expires with it (ttl {dependents_ttl})"
     );
-
-    // Submitted after its dependency failed: fails at once.
-    assert_eq!(
-        f.submit(&with_deps(submit_req("D", "mD", 5, cpu(1)), &["A2"]))
-            .await,
-        SubmitOutcome::Failed {
-            reason: "dependency_failed:A2".into()
-        }
-    );
-    assert_eq!(f.task_state("D").await.as_deref(), Some("failed"));
-    let queue = f.queue_ids().await;
-    for t in ["B2", "C", "D"] {
-        assert!(!queue.contains(&t.to_string()), "{t} must not be queued");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -693,16 +616,7 @@ async fn requeue_returns_a_task_to_its_original_place() {
         tokens: 3000,
         time: 4000,
     };
-    f.register(
-        "x",
-        Resources {
-            cpu: 10_000,
-            memory: 10_000,
-            tokens: 10_000,
-            time: 10_000,
-        },
-    )
-    .await;
+    f.register("x", all(10_000)).await;
     f.submit(&submit_req("early", "m1", 5, need)).await;
     f.submit(&submit_req("later", "m2", 5, need)).await;
     assert!(matches!(
@@ -712,6 +626,21 @@ async fn requeue_returns_a_task_to_its_original_place() {
     assert_eq!(f.reserved("x").await, [1000, 2000, 3000, 4000]);
     assert_eq!(f.queue_ids().await, ids(&["later"]));
 
+    the_requeue_releases_and_restores_the_queue_place(&mut f).await;
+
+    assert_eq!(
+        f.store.requeue_task("early", "x").await.unwrap(),
+        RequeueOutcome::Noop
+    );
+    assert_eq!(f.reserved("x").await, [0, 0, 0, 0]);
+    assert_eq!(f.queue_ids().await, ids(&["early", "later"]));
+    assert_eq!(f.counters().await.get("requeued"), Some(&1));
+
+    // Granted again: a new grant number.
+    assert_eq!(f.grant("early", &["x"]).await, granted_to("x", 2));
+}
+
+async fn the_requeue_releases_and_restores_the_queue_place(f: &mut Fixture) {
     assert_eq!(
         f.store.requeue_task("early", "x").await.unwrap(),
         RequeueOutcome::Requeued
@@ -729,31 +658,6 @@ async fn requeue_returns_a_task_to_its_original_place() {
     assert!(
         f.store.stale_grants(0, 10).await.unwrap().is_empty(),
         "the requeued grant left the outbox"
-    );
-
-    assert_eq!(
-        f.store.requeue_task("early", "x").await.unwrap(),
-        RequeueOutcome::Noop
-    );
-    assert_eq!(f.reserved("x").await, [0, 0, 0, 0]);
-    assert_eq!(f.queue_ids().await, ids(&["early", "later"]));
-    let sync = f
-        .store
-        .coordination_sync(&switchyard_protocol::StatusQuery {
-            include_agents: false,
-            include_patterns: false,
-        })
-        .await
-        .unwrap();
-    assert_eq!(sync.counters.get("requeued"), Some(&1));
-
-    // Granted again: a new grant number.
-    assert_eq!(
-        f.grant("early", &["x"]).await,
-        GrantOutcome::Granted {
-            agent_id: "x".into(),
-            grant_seq: 2
-        }
     );
 }
 
@@ -795,14 +699,8 @@ async fn leases_expire_by_the_redis_clock_and_heartbeats_renew_them() {
         .await
         .expect("register");
     f.register("forever", cpu(2000)).await; // no lease
-    assert_eq!(
-        f.submit(&submit_req("t1", "m1", 5, cpu(1000))).await,
-        SubmitOutcome::Queued
-    );
-    assert!(matches!(
-        f.grant("t1", &["leased"]).await,
-        GrantOutcome::Granted { .. }
-    ));
+    f.submit_and_grant(&submit_req("t1", "m1", 5, cpu(1000)), "leased")
+        .await;
 
     // Fresh: a heartbeat renews, expiry finds it alive.
     assert_eq!(
@@ -822,30 +720,33 @@ async fn leases_expire_by_the_redis_clock_and_heartbeats_renew_them() {
     );
 
     // Past the lease it dies, handing back its task; the agent without a lease never does.
-    let dead = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+    assert_eq!(lease_runs_out(&f, "leased").await, ids(&["t1"]));
+    assert_eq!(
+        f.store.expire_agent("forever", 1).await.expect("expire"),
+        ExpireOutcome::Alive
+    );
+    a_dead_agent_is_refused_until_it_registers_again(&f).await;
+}
+
+/// Polls `expire_agent` (bounded) until `agent_id` is dead; answers the tasks it handed back.
+async fn lease_runs_out(f: &Fixture, agent_id: &str) -> Vec<String> {
+    use switchyard_server::state::ExpireOutcome;
+    within(5, &format!("{agent_id}'s lease to run out"), async {
         loop {
-            if let ExpireOutcome::Dead { tasks } =
-                f.store.expire_agent("leased", 1).await.expect("expire")
-            {
+            let outcome = f.store.expire_agent(agent_id, 1).await.expect("expire");
+            if let ExpireOutcome::Dead { tasks } = outcome {
                 return tasks;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     })
     .await
-    .expect("lease runs out");
-    assert_eq!(dead, ids(&["t1"]));
-    assert_eq!(
-        f.store.expire_agent("forever", 1).await.expect("expire"),
-        ExpireOutcome::Alive
-    );
-    assert!(
-        !f.store
-            .active_agent_ids()
-            .await
-            .expect("ids")
-            .contains(&"leased".to_string())
-    );
+}
+
+async fn a_dead_agent_is_refused_until_it_registers_again(f: &Fixture) {
+    use switchyard_server::state::HeartbeatOutcome;
+    let active = f.store.active_agent_ids().await.expect("ids");
+    assert!(!active.contains(&"leased".to_string()));
     assert_eq!(
         f.store.record_heartbeat("leased").await.expect("heartbeat"),
         HeartbeatOutcome::Refused(Refusal {
@@ -875,14 +776,8 @@ async fn leases_expire_by_the_redis_clock_and_heartbeats_renew_them() {
 async fn a_report_about_an_earlier_grant_cannot_complete_a_later_one() {
     let f = fixture().await;
     f.register("a", cpu(2000)).await;
-    assert_eq!(
-        f.submit(&submit_req("t", "m", 5, cpu(1000))).await,
-        SubmitOutcome::Queued
-    );
-    assert!(matches!(
-        f.grant("t", &["a"]).await,
-        GrantOutcome::Granted { grant_seq: 1, .. }
-    ));
+    f.submit_and_grant(&submit_req("t", "m", 5, cpu(1000)), "a")
+        .await;
     // The agent leaves and comes back; the task is granted to it again (grant 2).
     assert_eq!(
         f.store.requeue_task("t", "a").await.expect("requeue"),
@@ -892,40 +787,21 @@ async fn a_report_about_an_earlier_grant_cannot_complete_a_later_one() {
         f.grant("t", &["a"]).await,
         GrantOutcome::Granted { grant_seq: 2, .. }
     ));
-    let store = &f.store;
-    let report = |grant_seq| async move {
-        let report = Completion {
-            task_id: "t",
-            agent_id: "a",
-            success: true,
-            execution_time_s: 0.0,
-            grant_seq,
-        };
-        store.complete_task(&report, LR, RETENTION_S).await
-    };
-    assert_eq!(
-        report(Some(1)).await.expect("complete"),
-        refused(
-            RejectReason::StaleGrant,
-            "task t is on grant 2; this report is about an earlier grant"
-        )
+    let stale = refused(
+        RejectReason::StaleGrant,
+        "task t is on grant 2; this report is about an earlier grant",
     );
+    assert_eq!(f.complete_grant("t", "a", Some(1)).await, stale);
     assert!(matches!(
-        report(Some(2)).await.expect("complete"),
+        f.complete_grant("t", "a", Some(2)).await,
         CompleteOutcome::Finished { success: true, .. }
     ));
     // Repeating the accepted report answers the same; the stale one stays refused.
     assert!(matches!(
-        report(Some(2)).await.expect("complete"),
+        f.complete_grant("t", "a", Some(2)).await,
         CompleteOutcome::Finished { .. }
     ));
-    assert_eq!(
-        report(Some(1)).await.expect("complete"),
-        refused(
-            RejectReason::StaleGrant,
-            "task t is on grant 2; this report is about an earlier grant"
-        )
-    );
+    assert_eq!(f.complete_grant("t", "a", Some(1)).await, stale);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -944,28 +820,14 @@ async fn completions_teach_the_same_pattern_statistics_as_the_rust_model() {
         (true, 10.0, 20.0),
         (true, 10.0, 10.0),
     ];
-    for (i, (success, est, actual)) in runs.iter().enumerate() {
+    for (i, (success, est, actual)) in runs.into_iter().enumerate() {
         let task = format!("t{i}");
         let mut req = submit_req(&task, &format!("m{i}"), 5, cpu(1000));
         req.task_type = "render".into();
-        req.estimated_duration_s = *est;
-        assert_eq!(f.submit(&req).await, SubmitOutcome::Queued);
-        assert!(matches!(
-            f.grant(&task, &["fast"]).await,
-            GrantOutcome::Granted { .. }
-        ));
-        let report = Completion {
-            task_id: &task,
-            agent_id: "fast",
-            success: *success,
-            execution_time_s: *actual,
-            grant_seq: None,
-        };
-        f.store
-            .complete_task(&report, LR, RETENTION_S)
-            .await
-            .expect("complete");
-        model.record("render", "gpu", *success, *est, *actual, LR);
+        req.estimated_duration_s = est;
+        f.submit_and_grant(&req, "fast").await;
+        f.complete_timed(&task, "fast", success, actual).await;
+        model.record("render", "gpu", success, est, actual, common::scripts::LR);
     }
     let learned = f.store.patterns().await.expect("patterns");
     let got = learned.get("render", "gpu").expect("pair learned");
@@ -1037,10 +899,7 @@ async fn a_task_keeps_its_explain_flag_through_the_queue() {
         CompleteOutcome::Finished { success: true, .. }
     ));
     assert_eq!(
-        f.store
-            .resolve_dependency("explained", "dep", true, RETENTION_S)
-            .await
-            .expect("resolve"),
+        f.resolve("explained", "dep", true).await,
         ResolveOutcome::Queued
     );
     let head = f.store.queue_head(10).await.expect("queue head");
@@ -1054,49 +913,23 @@ async fn a_task_keeps_its_explain_flag_through_the_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_replica_per_interval_holds_the_sync_lease() {
-    let f = fixture().await;
-    assert!(
-        f.store
-            .take_sync_lease("replica-1", 60_000)
-            .await
-            .expect("lease")
-    );
-    assert!(
-        !f.store
-            .take_sync_lease("replica-2", 60_000)
-            .await
-            .expect("lease"),
-        "held by replica-1"
-    );
-    assert!(
-        !f.store
-            .take_sync_lease("replica-1", 60_000)
-            .await
-            .expect("lease"),
-        "not re-entrant"
-    );
-    let mut raw = f.raw.clone();
-    let _: () = redis::cmd("DEL")
-        .arg("t:sync_lease")
-        .query_async(&mut raw)
-        .await
-        .expect("del");
-    assert!(
-        f.store
-            .take_sync_lease("replica-2", 50)
-            .await
-            .expect("lease")
-    );
-    let taken = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while !f
-            .store
-            .take_sync_lease("replica-3", 50)
-            .await
-            .expect("lease")
-        {
+    let mut f = fixture().await;
+    let store = f.store.clone();
+    let take = move |replica: &'static str, ms: u64| {
+        let store = store.clone();
+        async move { store.take_sync_lease(replica, ms).await.expect("lease") }
+    };
+    assert!(take("replica-1", 60_000).await);
+    assert!(!take("replica-2", 60_000).await, "held by replica-1");
+    assert!(!take("replica-1", 60_000).await, "not re-entrant");
+    let _: () = f
+        .raw_query("DEL", redis::cmd("DEL").arg("t:sync_lease"))
+        .await;
+    assert!(take("replica-2", 50).await);
+    within(5, "the 50 ms sync lease to expire", async {
+        while !take("replica-3", 50).await {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     })
     .await;
-    assert!(taken.is_ok(), "the lease expires");
 }

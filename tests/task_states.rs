@@ -18,7 +18,7 @@
 
 mod common;
 
-use common::{StoreFixture as Fixture, store_fixture as fixture};
+use common::scripts::{Fixture, fixture};
 use switchyard_decision::task_state::initial_state;
 use switchyard_decision::{Resources, TaskEvent, TaskState};
 use switchyard_protocol::RejectReason;

@@ -2,6 +2,8 @@
 //! helpers to read Redis directly.
 #![allow(dead_code)]
 
+pub mod scripts;
+
 use std::time::Duration;
 
 use switchyard_client::{Agent, Coordinator};
@@ -66,10 +68,11 @@ impl Cluster {
         self.replicas.push((tx, handle));
     }
 
+    /// Asks every in-process replica to stop and waits (at most 30 s each) until it has.
     pub async fn stop_replicas(&mut self) {
         for (tx, handle) in self.replicas.drain(..) {
             let _ = tx.send(());
-            let _ = handle.await;
+            let _ = within(30, "an optimizer replica to stop", handle).await;
         }
     }
 
@@ -99,11 +102,7 @@ impl Cluster {
     }
 
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.servers.redis.url())
-            .expect("redis url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis connects")
+        redis_at(&self.servers).await
     }
 }
 
@@ -112,6 +111,77 @@ pub async fn within<T>(secs: u64, what: &str, future: impl std::future::Future<O
     tokio::time::timeout(Duration::from_secs(secs), future)
         .await
         .unwrap_or_else(|_| panic!("timed out after {secs}s waiting for {what}"))
+}
+
+/// A Redis connection to the harness's redis-server.
+pub async fn redis_at(servers: &LocalServers) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(servers.redis.url())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connects")
+}
+
+/// Registers an agent through the Rust client; the registration waits for an optimizer's
+/// reply, so a replica is up once this returns (at most 30 s).
+pub async fn register_within(nats: &async_nats::Client, registration: AgentRegister) -> Agent {
+    let what = format!("{} to be registered", registration.agent_id);
+    within(
+        30,
+        &what,
+        Agent::register(nats.clone(), Subjects::default(), registration),
+    )
+    .await
+    .expect("agent registers")
+}
+
+/// Waits (at most `secs`) until task `task` (key prefix `switchyard`) is in `state`.
+pub async fn wait_for_state(
+    redis: &mut redis::aio::MultiplexedConnection,
+    secs: u64,
+    task: &str,
+    state: &str,
+) {
+    let key = switchyard_server::state::Keys::new("switchyard").task(task);
+    within(secs, &format!("{task} to be {state}"), async {
+        while hget(redis, &key, "state").await.as_deref() != Some(state) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// Waits (at most `secs`) until the coordinator counter `stat` (key prefix `switchyard`)
+/// reaches `want`.
+pub async fn wait_for_stat(
+    redis: &mut redis::aio::MultiplexedConnection,
+    secs: u64,
+    stat: &str,
+    want: i64,
+) {
+    let key = switchyard_server::state::Keys::new("switchyard").stats();
+    within(
+        secs,
+        &format!("the {stat} counter to reach {want}"),
+        async {
+            while hget_i64(redis, &key, stat).await < want {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        },
+    )
+    .await;
+}
+
+/// The next grant on an agent's grant stream, waited for at most `secs` seconds.
+pub async fn next_grant(
+    secs: u64,
+    what: &str,
+    grants: &mut switchyard_client::GrantStream,
+) -> switchyard_protocol::Envelope<switchyard_protocol::TaskGrant> {
+    within(secs, what, grants.next())
+        .await
+        .unwrap_or_else(|| panic!("the grant stream closed while waiting for {what}"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 /// Reads one field of a hash as an integer (0 when absent).
@@ -185,13 +255,32 @@ impl OptimizerProcess {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM and wait for the graceful exit.
+    /// SIGTERM and wait (at most 30 s) for the graceful exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let _ = std::process::Command::new("kill")
             .arg("-TERM")
             .arg(self.pid().to_string())
             .status();
-        self.child.wait().expect("optimizer exits")
+        self.exit_within(30, "the optimizer to exit after SIGTERM")
+    }
+
+    /// Waits for the process to exit; after `secs` seconds kills it and fails with `what` and
+    /// the process's log.
+    fn exit_within(&mut self, secs: u64, what: &str) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the optimizer") {
+                return status;
+            }
+            if std::time::Instant::now() >= deadline {
+                self.kill();
+                panic!(
+                    "timed out after {secs}s waiting for {what}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn log(&self) -> String {
@@ -205,26 +294,32 @@ impl Drop for OptimizerProcess {
     }
 }
 
-/// Waits until both optimizer lanes (submits, control) have nothing pending or unacknowledged.
+/// Waits (at most 30 s per lane) until both optimizer lanes (submits, control) have nothing
+/// pending or unacknowledged.
 pub async fn events_drained(nats: &async_nats::Client) {
     let js = async_nats::jetstream::new(nats.clone());
     for lane in ["optimizer", "optimizer_control"] {
-        loop {
-            let consumer = js
-                .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
-                    lane,
-                    "COORD_EVENTS",
-                )
-                .await;
-            if let Ok(mut consumer) = consumer {
-                if let Ok(info) = consumer.info().await {
-                    if info.num_pending == 0 && info.num_ack_pending == 0 {
-                        break;
-                    }
+        let what = format!("the {lane} consumer to have nothing pending or unacknowledged");
+        within(30, &what, lane_drained(&js, lane)).await;
+    }
+}
+
+async fn lane_drained(js: &async_nats::jetstream::Context, lane: &str) {
+    loop {
+        let consumer = js
+            .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                lane,
+                "COORD_EVENTS",
+            )
+            .await;
+        if let Ok(mut consumer) = consumer {
+            if let Ok(info) = consumer.info().await {
+                if info.num_pending == 0 && info.num_ack_pending == 0 {
+                    return;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -244,16 +339,20 @@ impl GrantTap {
         GrantTap { subscription }
     }
 
-    /// (task_id, grant_seq) of every grant copy that arrives within `quiet` of the previous one.
+    /// (task_id, grant_seq) of every grant copy that arrives within `quiet` of the previous one
+    /// (and within 60 s in all: copies that never stop coming fail the test).
     pub async fn seen(&mut self, quiet: Duration) -> Vec<(String, u64)> {
         let mut seen = Vec::new();
-        while let Ok(Some(message)) =
-            tokio::time::timeout(quiet, futures::StreamExt::next(&mut self.subscription)).await
-        {
-            let grant: switchyard_protocol::Envelope<switchyard_protocol::TaskGrant> =
-                serde_json::from_slice(&message.payload).expect("a grant");
-            seen.push((grant.payload.task_id, grant.payload.grant_seq));
-        }
+        within(60, "grant copies to stop arriving", async {
+            while let Ok(Some(message)) =
+                tokio::time::timeout(quiet, futures::StreamExt::next(&mut self.subscription)).await
+            {
+                let grant: switchyard_protocol::Envelope<switchyard_protocol::TaskGrant> =
+                    serde_json::from_slice(&message.payload).expect("a grant");
+                seen.push((grant.payload.task_id, grant.payload.grant_seq));
+            }
+        })
+        .await;
         seen
     }
 }
@@ -293,46 +392,35 @@ pub fn require_python_nats() {
     }
 }
 
-/// One redis-server and a store on it (key prefix `t`), plus a raw connection for direct reads.
-pub struct StoreFixture {
-    pub _server: switchyard_harness::RedisServer,
-    pub store: switchyard_server::state::Store,
-    pub raw: redis::aio::MultiplexedConnection,
-    pub keys: switchyard_server::state::Keys,
+/// Runs a command to completion, capturing its output like `Command::output`, but fails after
+/// `secs` seconds (killing it) with what was awaited, instead of hanging the test.
+pub trait OutputWithin {
+    fn output_within(&mut self, secs: u64, what: &str) -> std::process::Output;
 }
 
-pub async fn store_fixture() -> StoreFixture {
-    let server = switchyard_harness::RedisServer::start()
-        .await
-        .expect("redis-server starts");
-    let store = switchyard_server::state::Store::connect(&switchyard_server::config::RedisConfig {
-        url: server.url(),
-        key_prefix: "t".into(),
-        response_timeout_ms: 2000,
-        connection_timeout_ms: 2000,
-    })
-    .await
-    .expect("store connects");
-    let raw = redis::Client::open(server.url())
-        .expect("redis url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("raw connection");
-    StoreFixture {
-        _server: server,
-        store,
-        raw,
-        keys: switchyard_server::state::Keys::new("t"),
+impl OutputWithin for std::process::Command {
+    fn output_within(&mut self, secs: u64, what: &str) -> std::process::Output {
+        use std::process::Stdio;
+        let child = self
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(Duration::from_secs(secs)) {
+            Ok(output) => output.unwrap_or_else(|e| panic!("{what}: {e}")),
+            Err(_) => {
+                let _ = std::process::Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .status();
+                panic!("timed out after {secs}s waiting for {what}");
+            }
+        }
     }
-}
-
-/// A completion refused with `reason` and exactly `message`, as the script words it.
-pub fn refused(
-    reason: switchyard_protocol::RejectReason,
-    message: &str,
-) -> switchyard_server::state::CompleteOutcome {
-    switchyard_server::state::CompleteOutcome::Refused(switchyard_server::state::Refusal {
-        reason,
-        message: message.to_string(),
-    })
 }
