@@ -19,14 +19,14 @@ use common::{hget, within};
 use switchyard_decision::Resources;
 use switchyard_protocol::{HandoffStatus, RejectReason};
 use switchyard_server::state::{
-    AnswerOutcome, BeginOutcome, CompleteOutcome, GrowOutcome, GrowRequest, HandoffRequest,
+    AnswerOutcome, BeginHandoff, BeginOutcome, CompleteOutcome, GrowOutcome, GrowRequest,
     HandoffVerdict, RequeueOutcome, SubmitOutcome,
 };
 
 const TTL_MS: u64 = 60_000;
 
-fn handoff<'a>(id: &'a str, task: &'a str, from: &'a str, to: &'a str) -> HandoffRequest<'a> {
-    HandoffRequest {
+fn handoff<'a>(id: &'a str, task: &'a str, from: &'a str, to: &'a str) -> BeginHandoff<'a> {
+    BeginHandoff {
         handoff_id: id,
         task_id: task,
         from_agent: from,
@@ -54,7 +54,7 @@ fn grow<'a>(
 
 /// The handoff and resource-request transitions, and an agent's load.
 impl Fixture {
-    async fn begin(&self, req: &HandoffRequest<'_>) -> BeginOutcome {
+    async fn begin(&self, req: &BeginHandoff<'_>) -> BeginOutcome {
         self.store
             .begin_handoff(req, TTL_MS)
             .await
@@ -311,7 +311,7 @@ async fn begin_checks_the_task_and_both_agents() {
     let queued = submit_req("queued", "m-q", 5, res(99_000, 0));
     assert_eq!(f.submit(&queued).await, SubmitOutcome::Queued);
 
-    let cases: [(HandoffRequest, RejectReason); 6] = [
+    let cases: [(BeginHandoff, RejectReason); 6] = [
         (handoff("h1", "t", "b", "a"), RejectReason::WrongAgent),
         (handoff("h2", "nope", "a", "b"), RejectReason::UnknownTask),
         (
@@ -324,7 +324,7 @@ async fn begin_checks_the_task_and_both_agents() {
             RejectReason::AgentNotActive,
         ),
         (
-            HandoffRequest {
+            BeginHandoff {
                 grant_seq: Some(7),
                 ..handoff("h6", "t", "a", "b")
             },
@@ -336,7 +336,7 @@ async fn begin_checks_the_task_and_both_agents() {
         assert_eq!(reason, expected, "{req:?}");
     }
     assert!(matches!(
-        f.begin(&HandoffRequest {
+        f.begin(&BeginHandoff {
             grant_seq: Some(1),
             ..handoff("ok", "t", "a", "b")
         })

@@ -17,7 +17,7 @@ use super::events::Applied;
 use super::inbox::{InboxDelivery, derived_id, parse_priority};
 use super::publish::OPTIMIZER_SENDER;
 use crate::state::{
-    AnswerOutcome, BeginOutcome, GrowOutcome, GrowRequest, HandoffRequest, HandoffVerdict, Refusal,
+    AnswerOutcome, BeginHandoff, BeginOutcome, GrowOutcome, GrowRequest, HandoffVerdict, Refusal,
 };
 use switchyard_client::error::Error;
 use switchyard_decision::Resources;
@@ -34,7 +34,7 @@ const ANSWER_RETENTION_MS: u64 = 600_000;
 /// `HANDOFF_INITIATE` from the task's current agent.
 pub(crate) async fn begin(ctx: &Ctx, env: &Envelope<HandoffInitiate>) -> Result<Applied, Error> {
     let p = &env.payload;
-    let request = HandoffRequest {
+    let request = BeginHandoff {
         handoff_id: &p.handoff_id,
         task_id: &p.task_id,
         from_agent: &p.from_agent,

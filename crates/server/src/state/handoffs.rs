@@ -11,7 +11,7 @@ use switchyard_protocol::HandoffStatus;
 
 /// A handoff as `begin_handoff` records it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct HandoffRequest<'a> {
+pub struct BeginHandoff<'a> {
     pub handoff_id: &'a str,
     pub task_id: &'a str,
     pub from_agent: &'a str,
@@ -191,7 +191,7 @@ impl Store {
     /// refusal is remembered for repeats.
     pub async fn begin_handoff(
         &self,
-        req: &HandoffRequest<'_>,
+        req: &BeginHandoff<'_>,
         refusal_ttl_ms: u64,
     ) -> Result<BeginOutcome, Error> {
         let k = self.keys();

@@ -16,7 +16,7 @@ mod store;
 
 pub use fleet::{FleetCache, Refresh};
 pub use handoffs::{
-    AnswerOutcome, BeginOutcome, GrowOutcome, GrowRequest, HandoffRecord, HandoffRequest,
+    AnswerOutcome, BeginHandoff, BeginOutcome, GrowOutcome, GrowRequest, HandoffRecord,
     HandoffVerdict, Refusal,
 };
 pub use keys::Keys;
