@@ -8,8 +8,9 @@ use async_nats::jetstream::{AckKind, Message};
 use futures::future::join_all;
 
 use super::Ctx;
+use super::applied::Applied;
 use super::dispatch::publish_grants;
-use super::events::{Applied, apply_batch};
+use super::events::apply_batch;
 use super::publish::{Reply, send_rejection, send_reply};
 use switchyard_client::error::Error;
 use switchyard_protocol::{Inbound, MessageType, Rejection, ReplyStatus, decode, now_ms};

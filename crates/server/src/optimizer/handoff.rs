@@ -13,7 +13,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::Ctx;
-use super::events::Applied;
+use super::applied::Applied;
 use super::inbox::{InboxDelivery, derived_id, parse_priority};
 use super::publish::OPTIMIZER_SENDER;
 use crate::state::{

@@ -2,7 +2,7 @@
 //! ran out (by the Redis clock, never the agents') dead and gives their tasks back to the queue.
 
 use super::Ctx;
-use super::events::Applied;
+use super::applied::Applied;
 use crate::state::{ExpireOutcome, HeartbeatOutcome, RequeueOutcome};
 use switchyard_client::error::Error;
 

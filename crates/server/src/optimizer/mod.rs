@@ -9,6 +9,7 @@
 //! [`Optimizer::run`] works until the `shutdown` future resolves, then finishes the batches in
 //! flight and leaves everything else unacknowledged for another replica.
 
+mod applied;
 mod batch;
 mod dispatch;
 mod events;
