@@ -23,9 +23,10 @@ pub async fn run(args: ReplicaArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&metrics_addr)
         .await
         .with_context(|| format!("cannot listen on METRICS_ADDR {metrics_addr}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(http::serve(listener, optimizer.metrics(), async {
+    let (metrics, readiness) = (optimizer.metrics(), optimizer.readiness());
+    let server = tokio::spawn(http::serve(listener, metrics, readiness, async {
         let _ = http_stopped.await;
     }));
     optimizer.run(shutdown_signal()).await?;

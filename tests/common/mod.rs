@@ -20,6 +20,8 @@ pub struct Cluster {
     replicas: Vec<(oneshot::Sender<()>, JoinHandle<()>)>,
     /// Metrics of each in-process replica, in start order.
     pub metrics: Vec<switchyard_server::metrics::Metrics>,
+    /// Readiness of each in-process replica, in start order.
+    pub readiness: Vec<switchyard_server::optimizer::Readiness>,
 }
 
 /// A config pointing at the harness's servers, with test-friendly timings.
@@ -44,6 +46,7 @@ impl Cluster {
             config,
             replicas: Vec::new(),
             metrics: Vec::new(),
+            readiness: Vec::new(),
         };
         for _ in 0..replicas {
             cluster.add_replica().await;
@@ -56,6 +59,7 @@ impl Cluster {
             .await
             .expect("optimizer connects");
         self.metrics.push(optimizer.metrics());
+        self.readiness.push(optimizer.readiness());
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
             optimizer

@@ -12,7 +12,7 @@ use super::applied::Applied;
 use super::dispatch::publish_grants;
 use super::events::apply_batch;
 use super::publish::{Reply, send_rejection, send_reply};
-use switchyard_client::error::Error;
+use switchyard_client::error::{Error, ErrorKind};
 use switchyard_protocol::{Inbound, MessageType, Rejection, ReplyStatus, decode, now_ms};
 
 pub(crate) async fn process_batch(ctx: &Ctx, messages: Vec<Message>) {
@@ -165,6 +165,10 @@ fn disposition(error: &Error, delivered: i64, max_deliver: i64) -> Disposition {
 async fn retry_or_dead_letter(ctx: &Ctx, message: &Message, event: &Inbound, error: &Error) {
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
     let kind = event.message_type().as_str();
+    if error.kind() == ErrorKind::Redis {
+        // Stop pulling until the probe hears Redis again, rather than spend more deliveries.
+        ctx.readiness.set_redis(false);
+    }
     match disposition(error, delivered, ctx.config.jetstream.max_deliver) {
         Disposition::Redeliver(pause) => {
             tracing::warn!(error = %error, delivered, kind, "event failed; asking for redelivery");
@@ -212,7 +216,6 @@ async fn acknowledge(message: &Message, kind: AckKind) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_client::error::ErrorKind;
 
     #[test]
     fn transient_errors_are_redelivered_until_the_last_delivery() {

@@ -1,15 +1,22 @@
-//! `/metrics` (Prometheus text) and `/healthz` over a deliberately tiny HTTP/1.1 responder: two
-//! read-only GET endpoints do not justify an HTTP framework.
+//! `/metrics` (Prometheus text), `/healthz` (the process answers: alive) and `/readyz` (it reaches
+//! Redis and NATS now: 503 with what is missing when not) over a deliberately tiny HTTP/1.1
+//! responder: three read-only GET endpoints do not justify an HTTP framework.
 
 use std::future::Future;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::Readiness;
 use crate::metrics::Metrics;
 
 /// Serves until `shutdown` resolves. Each connection answers one request and closes.
-pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Metrics,
+    readiness: Readiness,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -18,16 +25,16 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: impl Futur
         };
         match accepted {
             Ok((stream, _)) => {
-                let metrics = metrics.clone();
+                let (metrics, readiness) = (metrics.clone(), readiness.clone());
                 // Bounded by the read timeout below: a slow client cannot pin the task forever.
-                tokio::spawn(async move { answer(stream, &metrics).await });
+                tokio::spawn(async move { answer(stream, &metrics, &readiness).await });
             }
             Err(e) => tracing::warn!(error = %e, "metrics accept failed"),
         }
     }
 }
 
-async fn answer(mut stream: TcpStream, metrics: &Metrics) {
+async fn answer(mut stream: TcpStream, metrics: &Metrics, readiness: &Readiness) {
     let Ok(Some(head)) =
         tokio::time::timeout(std::time::Duration::from_secs(5), read_head(&mut stream)).await
     else {
@@ -38,6 +45,14 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) {
     let (status, content_type, body) = match path {
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
         "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+        "/readyz" => match readiness.problem() {
+            None => ("200 OK", "text/plain", "ready\n".to_string()),
+            Some(problem) => (
+                "503 Service Unavailable",
+                "text/plain",
+                format!("{problem}\n"),
+            ),
+        },
         _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
     };
     let response = format!(

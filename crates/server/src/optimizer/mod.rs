@@ -20,6 +20,9 @@ mod inbox;
 mod liveness;
 mod maintenance;
 mod publish;
+mod readiness;
+
+pub use readiness::Readiness;
 mod signals;
 
 use std::future::Future;
@@ -82,6 +85,8 @@ pub(crate) struct Ctx {
     pub replica_id: String,
     /// Since when (Redis clock, ms) this replica receives heartbeats; 0 until it subscribed.
     pub listening_since_ms: std::sync::atomic::AtomicU64,
+    /// Whether Redis and NATS answer now (`/readyz`; lanes pause while Redis does not).
+    pub readiness: Readiness,
 }
 
 /// A connected optimizer replica.
@@ -127,6 +132,7 @@ impl Optimizer {
             faults,
             dispatcher: dispatch::Dispatcher::new(),
             listening_since_ms: std::sync::atomic::AtomicU64::new(0),
+            readiness: Readiness::new(),
             replica_id: format!("optimizer-{}", uuid::Uuid::new_v4().simple()),
         };
         Ok(Optimizer {
@@ -139,6 +145,11 @@ impl Optimizer {
     /// This replica's metrics (for the HTTP endpoint and tests).
     pub fn metrics(&self) -> Metrics {
         self.ctx.metrics.clone()
+    }
+
+    /// Whether this replica reaches Redis and NATS now (for `/readyz` and tests).
+    pub fn readiness(&self) -> Readiness {
+        self.ctx.readiness.clone()
     }
 
     /// Consumes events until `shutdown` resolves; then drains the batches in flight.
@@ -155,6 +166,7 @@ impl Optimizer {
         ));
         background.spawn(signals::run_signals(self.ctx.clone(), stop_rx.clone()));
         background.spawn(grants::run_resender(self.ctx.clone(), stop_rx.clone()));
+        background.spawn(readiness::run_probe(self.ctx.clone(), stop_rx.clone()));
         let (ctx, stop) = (self.ctx.clone(), stop_rx.clone());
         background.spawn(async move { ctx.dispatcher.run(&ctx, stop).await });
         let (lanes_stop_tx, lanes_stop) = watch::channel(false);
@@ -195,7 +207,11 @@ impl Optimizer {
         // Chunks of a request are processed as they arrive, so one open request at a time costs
         // no concurrency.
         let mut puller = transport::Puller::new(consumer.clone(), batch_size, PULL_EXPIRES, lane);
-        while let Some(batch) = puller.next_chunk(&mut stop).await {
+        // Events are pulled only while Redis answers: see readiness.rs.
+        while self.ctx.readiness.redis_reachable(&mut stop).await {
+            let Some(batch) = puller.next_chunk(&mut stop).await else {
+                break;
+            };
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
