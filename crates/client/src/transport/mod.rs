@@ -11,11 +11,13 @@ use serde::Serialize;
 
 mod messages;
 mod pull;
+mod throttle;
 mod waiters;
 
 pub use messages::messages_stream_config;
 pub(crate) use messages::{ensure_stream, message_consumer};
 pub use pull::Puller;
+pub use throttle::{Throttle, WARN_EVERY};
 pub(crate) use waiters::Waiters;
 
 use crate::error::{Error, ErrorKind, nats_error};

@@ -9,11 +9,13 @@
 //! (a 503 while the stream's server is down, say), ends the request and pauses before the next
 //! one, so an outage costs one warning per pause, not a busy loop.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull};
 use futures::StreamExt;
 use tokio::sync::watch;
+
+use super::throttle::{Throttle, WARN_EVERY};
 
 /// Pause after a failed pull before asking again.
 const ERROR_PAUSE: Duration = Duration::from_millis(500);
@@ -26,6 +28,8 @@ pub struct Puller {
     /// Who pulls, for the logs.
     label: String,
     batch: Option<futures::stream::ReadyChunks<pull::Batch>>,
+    /// The errors of one outage are written once per interval, not once per request.
+    warnings: Throttle,
 }
 
 impl Puller {
@@ -41,6 +45,7 @@ impl Puller {
             expires,
             label: label.into(),
             batch: None,
+            warnings: Throttle::new(WARN_EVERY),
         }
     }
 
@@ -59,7 +64,9 @@ impl Puller {
                 Pulled::Messages(messages) => return Some(messages),
                 Pulled::Renew => {}
                 Pulled::Failed(error) => {
-                    tracing::warn!(puller = %self.label, error = %error, "pull failed; pausing before the next request");
+                    if let Some(held_back) = self.warnings.allow(Instant::now()) {
+                        tracing::warn!(puller = %self.label, error = %error, held_back, "pull failed; pausing before the next request");
+                    }
                     tokio::select! {
                         _ = stop.wait_for(|stopped| *stopped) => return None,
                         _ = tokio::time::sleep(ERROR_PAUSE) => {}
@@ -104,7 +111,9 @@ impl Puller {
             if messages.is_empty() {
                 return Pulled::Failed(error);
             }
-            tracing::warn!(puller = %self.label, error = %error, "pull request ended by an error");
+            if let Some(held_back) = self.warnings.allow(Instant::now()) {
+                tracing::warn!(puller = %self.label, error = %error, held_back, "pull request ended by an error");
+            }
         }
         if messages.is_empty() {
             Pulled::Renew

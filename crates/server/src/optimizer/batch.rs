@@ -171,7 +171,9 @@ async fn retry_or_dead_letter(ctx: &Ctx, message: &Message, event: &Inbound, err
     }
     match disposition(error, delivered, ctx.config.jetstream.max_deliver) {
         Disposition::Redeliver(pause) => {
-            tracing::warn!(error = %error, delivered, kind, "event failed; asking for redelivery");
+            if let Some(held_back) = failure_warning_due(ctx) {
+                tracing::warn!(error = %error, delivered, kind, held_back, "event failed; asking for redelivery");
+            }
             acknowledge(message, AckKind::Nak(Some(pause))).await;
         }
         Disposition::DeadLetter => {
@@ -184,6 +186,16 @@ async fn retry_or_dead_letter(ctx: &Ctx, message: &Message, event: &Inbound, err
             }
         }
     }
+}
+
+/// Whether to write this failure's warning: once per interval, with how many were held back.
+fn failure_warning_due(ctx: &Ctx) -> Option<u64> {
+    // The throttle is a counter and a time: whole even after a panic elsewhere.
+    let mut throttle = ctx
+        .failure_warnings
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    throttle.allow(Instant::now())
 }
 
 /// Stores a copy of the event in the dead-letter stream, with the error that put it there in a

@@ -87,6 +87,8 @@ pub(crate) struct Ctx {
     pub listening_since_ms: std::sync::atomic::AtomicU64,
     /// Whether Redis and NATS answer now (`/readyz`; lanes pause while Redis does not).
     pub readiness: Readiness,
+    /// Failed events are logged once per interval with a count, not once each.
+    pub failure_warnings: std::sync::Mutex<transport::Throttle>,
 }
 
 /// A connected optimizer replica.
@@ -133,6 +135,9 @@ impl Optimizer {
             dispatcher: dispatch::Dispatcher::new(),
             listening_since_ms: std::sync::atomic::AtomicU64::new(0),
             readiness: Readiness::new(),
+            failure_warnings: std::sync::Mutex::new(transport::Throttle::new(
+                transport::WARN_EVERY,
+            )),
             replica_id: format!("optimizer-{}", uuid::Uuid::new_v4().simple()),
         };
         Ok(Optimizer {
