@@ -734,7 +734,17 @@ async fn lease_runs_out(f: &Fixture, agent_id: &str) -> Vec<String> {
     within(5, &format!("{agent_id}'s lease to run out"), async {
         loop {
             let outcome = f.store.expire_agent(agent_id, 1).await.expect("expire");
-            if let ExpireOutcome::Dead { tasks } = outcome {
+            if let ExpireOutcome::Dead { tasks, just_died } = outcome {
+                assert!(just_died, "the first judgment is the death");
+                let again = f.store.expire_agent(agent_id, 1).await.expect("again");
+                assert_eq!(
+                    again,
+                    ExpireOutcome::Dead {
+                        tasks: tasks.clone(),
+                        just_died: false
+                    },
+                    "a repeat (another replica) is not a second death"
+                );
                 return tasks;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;

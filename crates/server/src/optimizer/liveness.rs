@@ -46,11 +46,13 @@ pub(crate) async fn expire_silent_agents(ctx: &Ctx) -> Result<usize, Error> {
     }
     let mut died = 0;
     for agent_id in ctx.store.agents_past_lease(EXPIRE_BATCH).await? {
-        if let ExpireOutcome::Dead { tasks } =
+        if let ExpireOutcome::Dead { tasks, just_died } =
             ctx.store.expire_agent(&agent_id, listening_since).await?
         {
-            died += 1;
-            tracing::warn!(agent_id = %agent_id, tasks = tasks.len(), "agent missed its lease: marked dead");
+            if just_died {
+                died += 1;
+                tracing::warn!(agent_id = %agent_id, tasks = tasks.len(), "agent missed its lease: marked dead");
+            }
             requeue_tasks(ctx, &agent_id, &tasks).await?;
         }
     }

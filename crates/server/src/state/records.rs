@@ -151,6 +151,9 @@ pub enum ExpireOutcome {
     /// Dead; these tasks are still granted to it and must be re-queued.
     Dead {
         tasks: Vec<String>,
+        /// This call marked it dead (false: it was already, by another replica or an earlier
+        /// pass); only a fresh death is counted and logged.
+        just_died: bool,
     },
 }
 
@@ -292,8 +295,9 @@ impl ExpireOutcome {
     pub(crate) fn parse(reply: &[String]) -> Result<Self, Error> {
         Ok(match reply.first().map(String::as_str) {
             Some("alive") => ExpireOutcome::Alive,
-            Some("dead") => ExpireOutcome::Dead {
+            Some(outcome @ ("died" | "dead")) => ExpireOutcome::Dead {
                 tasks: reply.iter().skip(1).cloned().collect(),
+                just_died: outcome == "died",
             },
             _ => return Err(unexpected("expire_agent", reply)),
         })

@@ -7,21 +7,23 @@
 --         heartbeat sent before that may have been lost with no replica listening, so the lease
 --         is counted from no earlier than this
 --
--- Returns {"alive"} (no lease, lease not yet run out, or not active: nothing changed) or
--- {"dead", task_id...}: the agent is out of the active set and these tasks are still granted to
--- it; the caller re-queues each with requeue_task. The check and the write are one transition,
--- so a heartbeat that lands first always saves the agent. A repeat answers with what is left.
+-- Returns {"alive"} (no lease, lease not yet run out, or not active: nothing changed), or
+-- {"died", task_id...} when this call marked the agent dead, or {"dead", task_id...} when it was
+-- dead already (another replica, or an earlier delivery, judged it): either way the agent is out
+-- of the active set and these tasks are still granted to it; the caller re-queues each with
+-- requeue_task. Only "died" is counted and logged, so several replicas count a death once. The
+-- check and the write are one transition, so a heartbeat that lands first always saves the agent.
 local a = redis.call('HMGET', KEYS[1], 'status', 'lease_ms')
 local lease = tonumber(a[2]) or 0
-local function dead_reply()
-  local reply = {'dead'}
+local function dead_reply(outcome)
+  local reply = {outcome}
   for _, task_id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
     table.insert(reply, task_id)
   end
   return reply
 end
 if a[1] == 'dead' then
-  return dead_reply()
+  return dead_reply('dead')
 end
 if a[1] ~= 'active' or lease <= 0 then
   return {'alive'}
@@ -36,4 +38,4 @@ redis.call('HSET', KEYS[1], 'status', 'dead', 'died_at', now)
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
 log_agents(KEYS[4], {{ARGV[1], KEYS[1]}}, now)
-return dead_reply()
+return dead_reply('died')
