@@ -70,3 +70,61 @@ async fn a_redis_stall_pauses_pulling_and_dead_letters_nothing() {
         "nothing dead-lettered"
     );
 }
+
+/// A submit whose script call timed out while Redis was paused is dead-lettered on its only
+/// delivery; Redis ran it when it resumed, and the dead letter says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_says_whether_its_transition_took_effect() {
+    let mut cluster = Cluster::start(0).await;
+    cluster.config.jetstream.max_deliver = 1;
+    cluster.config.redis.response_timeout_ms = 1_000;
+    cluster.add_replica().await;
+    let orch = cluster.coordinator("orch").await;
+    let redis_pid = cluster.servers.redis.pid().expect("redis runs");
+
+    signal(redis_pid, "-STOP");
+    let submit = TaskSubmit::new("slow").resource("cpu", 1.0);
+    orch.submit_task(submit.replies(Replies::None))
+        .await
+        .expect("stored");
+    // Past the script's 1 s timeout, within the 1 s the dead-lettering waits to ask Redis.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    signal(redis_pid, "-CONT");
+
+    let nats = cluster.nats().await;
+    let js = async_nats::jetstream::new(nats);
+    let subjects = cluster.subjects();
+    let dead = within(20, "the submit's dead letter", async {
+        loop {
+            let stream = js
+                .get_stream(subjects.dead_letter_stream())
+                .await
+                .expect("dlq");
+            let subject = subjects.dead_letter("task_submit");
+            if let Ok(message) = stream.get_last_raw_message_by_subject(&subject).await {
+                return message;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let header = |name: &str| {
+        dead.headers
+            .get(name)
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        header("Switchyard-Took-Effect"),
+        "yes",
+        "{:?}",
+        dead.headers
+    );
+    assert!(
+        header("Switchyard-Error").contains("Timeout")
+            || header("Switchyard-Error").contains("Redis"),
+        "{:?}",
+        dead.headers
+    );
+    assert_eq!(cluster.metrics[0].dead_letters.get(), 1);
+}

@@ -205,6 +205,8 @@ async fn dead_letter(ctx: &Ctx, message: &Message, event: &Inbound, error: &Erro
     let id = format!("dlq:{}", event.message_id());
     let mut headers = switchyard_client::transport::msg_id_headers(&id);
     headers.insert(DEAD_LETTER_ERROR_HEADER, error.to_string().as_str());
+    let took_effect = super::took_effect::took_effect(ctx, event).await;
+    headers.insert(DEAD_LETTER_TOOK_EFFECT_HEADER, took_effect);
     let published = ctx
         .js
         .publish_with_headers(subject, headers, message.payload.clone())
@@ -217,6 +219,8 @@ async fn dead_letter(ctx: &Ctx, message: &Message, event: &Inbound, error: &Erro
 
 /// The header of a dead letter that says why it was dead-lettered.
 const DEAD_LETTER_ERROR_HEADER: &str = "Switchyard-Error";
+/// The header that says whether its transition took effect after all: yes, no or unknown.
+const DEAD_LETTER_TOOK_EFFECT_HEADER: &str = "Switchyard-Took-Effect";
 
 async fn acknowledge(message: &Message, kind: AckKind) {
     if let Err(e) = message.ack_with(kind).await {

@@ -24,6 +24,7 @@ mod readiness;
 
 pub use readiness::Readiness;
 mod signals;
+mod took_effect;
 
 use std::future::Future;
 use std::sync::Arc;
