@@ -128,3 +128,67 @@ async fn a_dead_letter_says_whether_its_transition_took_effect() {
     );
     assert_eq!(cluster.metrics[0].dead_letters.get(), 1);
 }
+
+/// The optimizer alone loses Redis (a cut link, Redis itself fine): it says so, pulls nothing,
+/// and once the link is back every task submitted meanwhile is granted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_from_redis_loses_and_doubles_nothing() {
+    let mut cluster = Cluster::start(0).await;
+    let redis_addr = format!("127.0.0.1:{}", cluster.servers.redis.port());
+    let proxy = switchyard_harness::TcpProxy::start(redis_addr.parse().expect("addr"))
+        .await
+        .expect("proxy");
+    cluster.config.redis.url = format!("redis://127.0.0.1:{}/", proxy.port());
+    cluster.config.jetstream.max_deliver = 3;
+    cluster.add_replica().await;
+    let readiness = cluster.readiness[0].clone();
+    let agent = cluster.agent("worker", "worker", 64.0, 65536.0).await;
+    let mut grants = agent.grants().await.expect("grants");
+    let orch = cluster.coordinator("orch").await;
+
+    proxy.cut();
+    within(10, "/readyz to report redis", async {
+        while readiness.problem().as_deref() != Some("redis unreachable") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    for i in 0..10 {
+        let submit = TaskSubmit::new(format!("p{i}")).resource("cpu", 1.0);
+        orch.submit_task(submit.replies(Replies::None))
+            .await
+            .expect("stored");
+    }
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    proxy.restore();
+
+    let mut seen = Vec::new();
+    within(60, "every task granted after the partition", async {
+        while seen.len() < 10 {
+            let grant = grants.next().await.expect("open").expect("grant");
+            seen.push((grant.payload.task_id, grant.payload.grant_seq));
+        }
+    })
+    .await;
+    seen.sort();
+    seen.dedup();
+    assert_eq!(
+        seen.len(),
+        10,
+        "ten tasks, each on its first grant: {seen:?}"
+    );
+    assert!(seen.iter().all(|(_, seq)| *seq == 1), "{seen:?}");
+    assert_eq!(
+        cluster.metrics[0].dead_letters.get(),
+        0,
+        "nothing dead-lettered"
+    );
+    let mut redis = cluster.redis().await;
+    let reserved = common::hget_i64(
+        &mut redis,
+        &switchyard_server::state::Keys::new("switchyard").agent("worker"),
+        "res_cpu",
+    )
+    .await;
+    assert_eq!(reserved, 10_000, "reserved once per task");
+}

@@ -33,11 +33,13 @@
 mod binary;
 mod nats;
 mod process;
+mod proxy;
 mod redis;
 
 use std::time::Duration;
 
 pub use nats::NatsServer;
+pub use proxy::TcpProxy;
 pub use redis::{RedisOptions, RedisServer};
 
 /// Why a server could not be started.
