@@ -3,7 +3,7 @@
 //! defined in the client's transport; the events stream and the optimizer consumers are the
 //! service's own.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
 use switchyard_client::error::{Error, nats_error};
@@ -151,10 +151,43 @@ async fn optimizer_consumer(
         num_replicas,
         ..Default::default()
     };
-    stream
-        .create_consumer(cfg)
-        .await
-        .map_err(|e| nats_error(&format!("cannot create the optimizer consumer {name}"), e))
+    create_consumer(&stream, cfg, &name).await
+}
+
+/// How long a consumer waits for its stream's new peers after the stream's replication was
+/// raised.
+const SCALE_UP_WITHIN: Duration = Duration::from_secs(15);
+
+/// Creates or updates a consumer. Right after a stream's replication was raised, JetStream
+/// refuses a consumer with the new count until the stream's new peers are placed; that passes
+/// within moments, so it is retried for a while rather than failing the start.
+async fn create_consumer(
+    stream: &stream::Stream,
+    cfg: consumer::pull::Config,
+    name: &str,
+) -> Result<consumer::PullConsumer, Error> {
+    let started = Instant::now();
+    loop {
+        match stream.create_consumer(cfg.clone()).await {
+            Ok(consumer) => return Ok(consumer),
+            Err(e) if is_scaling_up(&e) && started.elapsed() < SCALE_UP_WITHIN => {
+                tracing::debug!(consumer = name, error = %e, "stream still scaling up; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                let context = format!("cannot create the optimizer consumer {name}");
+                return Err(nats_error(&context, e));
+            }
+        }
+    }
+}
+
+fn is_scaling_up(e: &stream::ConsumerError) -> bool {
+    matches!(
+        e.kind(),
+        stream::ConsumerErrorKind::JetStream(js)
+            if js.error_code() == jetstream::ErrorCode::CONSUMER_REPLICAS_EXCEEDS_STREAM
+    )
 }
 
 #[cfg(test)]
