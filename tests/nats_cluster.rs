@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
-use switchyard_client::transport;
-use switchyard_harness::NatsCluster;
-use switchyard_protocol::Subjects;
+use switchyard_client::{Agent, Coordinator, GrantStream, transport};
+use switchyard_harness::{NatsCluster, RedisServer};
+use switchyard_protocol::{AgentRegister, Subjects, TaskSubmit};
 use switchyard_server::config::Config;
+use switchyard_server::optimizer::{Faults, Optimizer};
 use switchyard_server::streams::{ensure_streams, optimizer_consumers};
 
 /// Waits for `future` or fails the test after `secs` seconds, saying what it waited for.
@@ -180,11 +181,8 @@ async fn publish_stored(js: &jetstream::Context, i: usize) {
 }
 
 /// The stream's leader as its info reports it.
-async fn stream_leader(js: &jetstream::Context) -> Result<String, String> {
-    let stream = js
-        .get_stream(FAILOVER_STREAM)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn stream_leader(js: &jetstream::Context, name: &str) -> Result<String, String> {
+    let stream = js.get_stream(name).await.map_err(|e| e.to_string())?;
     let cluster = stream.cached_info().cluster.clone();
     cluster
         .and_then(|c| c.leader)
@@ -197,7 +195,7 @@ async fn stream_leader(js: &jetstream::Context) -> Result<String, String> {
 async fn move_stream_leader(client: &async_nats::Client, js: &jetstream::Context, to: &str) {
     let what = format!("{to} to lead {FAILOVER_STREAM}");
     eventually(30, &what, || async {
-        let leader = stream_leader(js).await?;
+        let leader = stream_leader(js, FAILOVER_STREAM).await?;
         if leader == to {
             return Ok(());
         }
@@ -350,7 +348,10 @@ async fn publishing_and_reading_survive_the_loss_of_the_stream_leader() {
     for i in BEFORE + 1..BEFORE + AFTER {
         publish_stored(&js, i).await;
     }
-    let leader = eventually(30, "a new stream leader", || stream_leader(&js)).await;
+    let leader = eventually(30, "a new stream leader", || {
+        stream_leader(&js, FAILOVER_STREAM)
+    })
+    .await;
     assert_ne!(leader, connected, "the killed node cannot lead");
     assert_ne!(
         client.server_info().server_name,
@@ -369,4 +370,103 @@ async fn publishing_and_reading_survive_the_loss_of_the_stream_leader() {
         .expect("node rejoins");
     eventually(30, "every replica current again", || replicas_current(&js)).await;
     assert_stored(&js, BEFORE + AFTER).await;
+}
+
+/// Submits a task (retrying while the cluster fails over; a repeated submit of one task id is
+/// granted once) and waits for the agent to receive its grant.
+async fn granted(orch: &Coordinator, grants: &mut GrantStream, task_id: &str) {
+    let task = TaskSubmit::new(task_id).resource("cpu", 1.0);
+    let what = format!("the submit of {task_id} to be stored");
+    eventually(30, &what, || async {
+        orch.submit_task(task.clone())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let what = format!("the grant of {task_id}");
+    within(60, &what, async {
+        loop {
+            let grant = grants.next().await.expect("grant stream open");
+            if grant.expect("a grant").payload.task_id == task_id {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+fn optimizer_config(cluster: &NatsCluster, redis: &RedisServer) -> Config {
+    let mut config = Config::default();
+    config.nats.url = cluster.url();
+    config.redis.url = redis.url();
+    config.metrics.addr = "127.0.0.1:0".into();
+    config.coordination.optimization_interval_s = 0.5;
+    config.jetstream.ack_wait_ms = 2_000;
+    config.jetstream.replicas = 3;
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_optimizer_on_the_cluster_keeps_granting_after_a_node_loss() {
+    let redis = RedisServer::start().await.expect("redis starts");
+    let mut cluster = start_cluster().await;
+    let config = optimizer_config(&cluster, &redis);
+    let optimizer = Optimizer::connect(config.clone(), Faults::default());
+    let optimizer = within(60, "the optimizer to connect", optimizer)
+        .await
+        .expect("optimizer connects");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(optimizer.run(async {
+        let _ = stopped.await;
+    }));
+
+    let subjects = Subjects::new(config.nats.subject_prefix.clone());
+    let url = cluster.url();
+    let agent_client = transport::connect(&url, "worker")
+        .await
+        .expect("agent connects");
+    let registration = AgentRegister::new("worker", "backend")
+        .capacity("cpu", 8.0)
+        .capacity("memory", 8192.0);
+    let agent = within(
+        30,
+        "the agent to register",
+        Agent::register(agent_client, subjects.clone(), registration),
+    )
+    .await
+    .expect("agent registers");
+    let mut grants = agent.grants().await.expect("grant stream");
+    let orch_client = transport::connect(&url, "orch")
+        .await
+        .expect("orch connects");
+    let js = jetstream::new(orch_client.clone());
+    let orch = Coordinator::with_client(orch_client, "orch", subjects.clone())
+        .await
+        .expect("coordinator");
+    granted(&orch, &mut grants, "before-loss").await;
+
+    // Kill the node leading the events stream the submits and the optimizer go through.
+    let events = subjects.events_stream();
+    let leader = eventually(30, "the events stream's leader", || {
+        stream_leader(&js, &events)
+    })
+    .await;
+    let victim = cluster.index_of(&leader).expect("leader is a cluster node");
+    cluster.kill(victim).expect("kill the events leader");
+    let killed = Instant::now();
+    granted(&orch, &mut grants, "after-loss").await;
+    eprintln!(
+        "task granted {:?} after the events leader was killed",
+        killed.elapsed()
+    );
+
+    within(60, "the node to rejoin", cluster.start_again(victim))
+        .await
+        .expect("node rejoins");
+    let _ = stop.send(());
+    within(30, "the optimizer to stop", running)
+        .await
+        .expect("optimizer task")
+        .expect("optimizer ran without error");
 }
