@@ -17,6 +17,11 @@
 //! start it again on the *same* port with the *same* store directory, so clients can reconnect and
 //! JetStream data survives. [`RedisServer`] offers the same.
 //!
+//! Replication and client fail-over need more than one server: [`NatsCluster::start`] starts a
+//! JetStream cluster of several `nats-server` nodes on loopback (each with its own client, route
+//! and monitoring port and store, routed to each other under a cluster name no other test uses)
+//! and returns once it has formed. Its nodes can be killed and started again one at a time.
+//!
 //! # How
 //!
 //! * Binaries are looked up once per process (cached in a [`std::sync::OnceLock`]): an environment
@@ -27,11 +32,16 @@
 //!   Redis `PING`), polling every 20 ms for up to 10 s — never by sleeping a fixed time. The probe
 //!   also checks that it reached *our* server and not one another test process started on the same
 //!   port in the meantime; if our server exits early (port taken), start-up retries on a new port.
+//! * A cluster is ready when every running node reports (on its `/jsz` monitoring endpoint) the
+//!   same JetStream meta leader and that leader counts every other running node as current,
+//!   polled every 50 ms for up to 30 s.
 //! * Child processes are killed with SIGKILL and reaped when the handle is dropped, so neither
 //!   zombies nor leftover servers outlive a test.
 
 mod binary;
+mod monitor;
 mod nats;
+mod nats_cluster;
 mod process;
 mod proxy;
 mod redis;
@@ -39,6 +49,7 @@ mod redis;
 use std::time::Duration;
 
 pub use nats::NatsServer;
+pub use nats_cluster::NatsCluster;
 pub use proxy::TcpProxy;
 pub use redis::{RedisOptions, RedisServer};
 
@@ -93,6 +104,28 @@ pub enum HarnessError {
         after: Duration,
         /// The last lines of the server's log.
         log_tail: String,
+    },
+    /// A cluster needs at least one node.
+    #[error("a NATS cluster needs at least one node (asked for {size})")]
+    InvalidClusterSize {
+        /// The size asked for.
+        size: usize,
+    },
+    /// A cluster node index out of range.
+    #[error("no NATS cluster node {index} (the cluster has {size})")]
+    NoSuchNode {
+        /// The index asked for.
+        index: usize,
+        /// How many nodes the cluster has.
+        size: usize,
+    },
+    /// The cluster's nodes were running but did not form a JetStream cluster in time.
+    #[error("NATS cluster not formed after {after:?}: {missing}")]
+    ClusterNotFormed {
+        /// How long we waited.
+        after: Duration,
+        /// What was still missing at the last look.
+        missing: String,
     },
     /// Any other I/O error (temp dir, free port, log file).
     #[error("harness I/O error: {0}")]

@@ -42,6 +42,16 @@ impl NatsServer {
         format!("http://127.0.0.1:{}", self.inner.flavor().monitor_port())
     }
 
+    /// The server's name (`server_name`), as JetStream reports stream and meta leaders.
+    pub fn server_name(&self) -> &str {
+        &self.inner.flavor().name
+    }
+
+    /// The HTTP monitoring port of the current start (0 when monitoring is off).
+    pub(crate) fn monitor_port(&self) -> u16 {
+        self.inner.flavor().monitor_port()
+    }
+
     /// The process id of the running server, `None` after [`NatsServer::kill`].
     pub fn pid(&self) -> Option<u32> {
         self.inner.pid()
@@ -76,6 +86,18 @@ impl NatsServer {
     }
 }
 
+impl NatsServer {
+    /// Starts one node of a cluster: as [`NatsServer::start`], plus a route listener on
+    /// `route.port` that solicits routes to the other nodes.
+    pub(crate) async fn start_node(route: Route) -> Result<NatsServer, HarnessError> {
+        let bin = binary::nats_server().await?;
+        let mut flavor = Nats::unique();
+        flavor.route = Some(route);
+        let inner = Managed::start(flavor, bin).await?;
+        Ok(NatsServer { inner })
+    }
+}
+
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.inner.kill();
@@ -89,6 +111,40 @@ struct Nats {
     name: String,
     /// The HTTP monitoring port of the current start (0 before the first).
     monitor_port: AtomicU16,
+    /// Set for a cluster node; fixed for its life so the other nodes find it after a restart.
+    route: Option<Route>,
+}
+
+/// A cluster node's route settings.
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    /// The cluster's name, shared by its nodes and unique per cluster (so two clusters started by
+    /// parallel tests can never join each other).
+    pub(crate) cluster_name: String,
+    /// This node's route (cluster) port.
+    pub(crate) port: u16,
+    /// The route ports of the other nodes.
+    pub(crate) peers: Vec<u16>,
+}
+
+impl Route {
+    fn args(&self) -> Vec<OsString> {
+        let peers: Vec<String> = self
+            .peers
+            .iter()
+            .map(|port| format!("nats://127.0.0.1:{port}"))
+            .collect();
+        let mut args: Vec<OsString> = vec![
+            "--cluster".into(),
+            format!("nats://127.0.0.1:{}", self.port).into(),
+            "--cluster_name".into(),
+            self.cluster_name.clone().into(),
+        ];
+        if !peers.is_empty() {
+            args.extend(["--routes".into(), peers.join(",").into()]);
+        }
+        args
+    }
 }
 
 impl Nats {
@@ -98,6 +154,7 @@ impl Nats {
         Nats {
             name: format!("switchyard-test-{}-{n}", std::process::id()),
             monitor_port: AtomicU16::new(0),
+            route: None,
         }
     }
 
@@ -141,6 +198,9 @@ impl Flavor for Nats {
             "--server_name".into(),
             self.name.clone().into(),
         ]);
+        if let Some(route) = &self.route {
+            args.extend(route.args());
+        }
         args
     }
 

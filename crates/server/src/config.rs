@@ -2,13 +2,14 @@
 //! defaults are the defaults), an optional override file, then environment variables with the
 //! seed's names. Validation reports every problem at once.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use switchyard_client::comm::ProtocolOptions;
 use switchyard_client::error::{Error, ErrorKind};
+use switchyard_client::transport::{NatsTls, parse_servers};
 
 const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
 
@@ -26,8 +27,15 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
+    /// One server URL or a comma-separated list of them (`nats://` or `tls://` each).
     pub url: String,
     pub subject_prefix: String,
+    /// PEM certificate authorities for TLS connections; empty: the system's roots.
+    pub tls_ca_file: String,
+    /// PEM client certificate for servers that verify clients; set with `tls_key_file`.
+    pub tls_cert_file: String,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,6 +83,8 @@ pub struct JetStreamConfig {
     pub grants_max_age_s: u64,
     pub grants_max_bytes: i64,
     pub messages_max_age_s: u64,
+    /// Copies of every stream and consumer Switchyard creates: 1, 3 or 5.
+    pub replicas: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,6 +137,9 @@ impl Config {
             nats: NatsConfig {
                 url: "nats://127.0.0.1:4222".into(),
                 subject_prefix: "coord".into(),
+                tls_ca_file: String::new(),
+                tls_cert_file: String::new(),
+                tls_key_file: String::new(),
             },
             redis: RedisConfig {
                 url: "redis://127.0.0.1:6379/".into(),
@@ -159,6 +172,7 @@ impl Config {
                 grants_max_age_s: 3600,
                 grants_max_bytes: 1 << 30,
                 messages_max_age_s: 86_400,
+                replicas: 1,
             },
             metrics: MetricsConfig {
                 addr: "127.0.0.1:9464".into(),
@@ -212,17 +226,15 @@ impl Config {
 
     /// Every semantic problem with the values, for [`Config::from_sources`].
     pub fn problems(&self) -> Vec<String> {
-        [
+        let fixed = [
             self.coordination.problems(),
             self.messages.problems(),
             self.jetstream.problems(),
-            connection_problems(&self.nats, &self.redis),
-            self.metrics.problems(),
-        ]
-        .into_iter()
-        .flatten()
-        .map(str::to_string)
-        .collect()
+        ];
+        let mut problems: Vec<String> = fixed.into_iter().flatten().map(str::to_string).collect();
+        problems.extend(connection_problems(&self.nats, &self.redis));
+        problems.extend(self.metrics.problems().into_iter().map(str::to_string));
+        problems
     }
 }
 
@@ -303,23 +315,26 @@ impl JetStreamConfig {
                 self.ack_wait_ms >= 100,
                 "jetstream.ack_wait_ms must be >= 100",
             ),
+            (
+                [1, 3, 5].contains(&self.replicas),
+                "jetstream.replicas must be 1, 3 or 5",
+            ),
         ])
     }
 }
 
 /// NATS and Redis in one list: the error list has always interleaved them (timeout, URLs, then
 /// the subject prefix), and one function per section would reorder what users already see.
-fn connection_problems(nats: &NatsConfig, redis: &RedisConfig) -> Vec<&'static str> {
+fn connection_problems(nats: &NatsConfig, redis: &RedisConfig) -> Vec<String> {
     let prefix = &nats.subject_prefix;
-    failed(&[
-        (
-            redis.response_timeout_ms >= 1,
-            "redis.response_timeout_ms must be >= 1",
-        ),
-        (
-            nats.url.starts_with("nats://"),
-            "nats.url must start with nats://",
-        ),
+    let mut problems = owned(failed(&[(
+        redis.response_timeout_ms >= 1,
+        "redis.response_timeout_ms must be >= 1",
+    )]));
+    if let Err(bad) = parse_servers(&nats.url) {
+        problems.extend(bad.iter().map(|entry| format!("nats.url: {entry}")));
+    }
+    problems.extend(owned(failed(&[
         (
             redis.url.starts_with("redis://"),
             "redis.url must start with redis://",
@@ -331,7 +346,28 @@ fn connection_problems(nats: &NatsConfig, redis: &RedisConfig) -> Vec<&'static s
                 && !prefix.ends_with('.'),
             "nats.subject_prefix must be a literal subject without wildcards",
         ),
-    ])
+        (
+            nats.tls_cert_file.is_empty() == nats.tls_key_file.is_empty(),
+            "nats.tls_cert_file and nats.tls_key_file must be set together",
+        ),
+    ])));
+    problems
+}
+
+fn owned(messages: Vec<&'static str>) -> Vec<String> {
+    messages.into_iter().map(str::to_string).collect()
+}
+
+impl NatsConfig {
+    /// The TLS files that are set, for [`switchyard_client::transport::connect_with_tls`].
+    pub fn tls(&self) -> NatsTls {
+        let path = |file: &str| (!file.is_empty()).then(|| PathBuf::from(file));
+        NatsTls {
+            ca_file: path(&self.tls_ca_file),
+            cert_file: path(&self.tls_cert_file),
+            key_file: path(&self.tls_key_file),
+        }
+    }
 }
 
 impl MetricsConfig {
@@ -498,6 +534,56 @@ mod tests {
         assert_eq!(from_config.messages_max_age, client.messages_max_age);
         assert_eq!(from_config.duplicate_window, client.duplicate_window);
         assert_eq!(from_config.max_message_bytes, client.max_message_bytes);
+    }
+
+    #[test]
+    fn nats_url_takes_a_list_and_every_bad_entry_is_reported() {
+        let list = "nats://a:4222, tls://b:4222";
+        let c = Config::from_sources(None, &env(&[("NATS_URL", list)])).expect("valid list");
+        assert_eq!(c.nats.url, list);
+        let file = "[nats]\nurl = \"nats://a:1,nats://b:2,nats://c:3\"\n";
+        assert!(Config::from_sources(Some(file), &[]).is_ok());
+        let err = Config::from_sources(None, &env(&[("NATS_URL", "http://x,nats://ok:1,,y")]))
+            .expect_err("bad entries");
+        let text = err.to_string();
+        assert!(text.contains("nats.url: entry 1 \"http://x\""), "{text}");
+        assert!(text.contains("nats.url: entry 3"), "{text}");
+        assert!(text.contains("nats.url: entry 4 \"y\""), "{text}");
+        assert!(!text.contains("entry 2"), "{text}");
+    }
+
+    #[test]
+    fn tls_files_are_optional_and_cert_and_key_go_together() {
+        let defaults = Config::default();
+        assert_eq!(defaults.nats.tls(), NatsTls::default());
+        let file = "[nats]\ntls_ca_file = \"/etc/ca.pem\"\ntls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"\n";
+        let c = Config::from_sources(Some(file), &[]).expect("valid tls");
+        let tls = c.nats.tls();
+        assert_eq!(tls.ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(tls.cert_file, Some(PathBuf::from("c.pem")));
+        assert_eq!(tls.key_file, Some(PathBuf::from("k.pem")));
+        let err = Config::from_sources(Some("[nats]\ntls_cert_file = \"c.pem\"\n"), &[])
+            .expect_err("cert without key");
+        assert!(err.to_string().contains("set together"), "{err}");
+    }
+
+    #[test]
+    fn replicas_default_to_one_and_must_be_1_3_or_5() {
+        assert_eq!(Config::default().jetstream.replicas, 1);
+        for ok in [1, 3, 5] {
+            let file = format!("[jetstream]\nreplicas = {ok}\n");
+            let c = Config::from_sources(Some(&file), &[]).expect("valid replicas");
+            assert_eq!(c.jetstream.replicas, ok);
+        }
+        for bad in [0, 2, 4, 7] {
+            let file = format!("[jetstream]\nreplicas = {bad}\n");
+            let err = Config::from_sources(Some(&file), &[]).expect_err("invalid replicas");
+            assert!(
+                err.to_string()
+                    .contains("jetstream.replicas must be 1, 3 or 5"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -11,12 +11,14 @@ use serde::Serialize;
 
 mod messages;
 mod pull;
+mod servers;
 mod throttle;
 mod waiters;
 
 pub use messages::messages_stream_config;
 pub(crate) use messages::{ensure_stream, message_consumer};
 pub use pull::Puller;
+pub use servers::{NatsTls, parse_servers};
 pub use throttle::{Throttle, WARN_EVERY};
 pub(crate) use waiters::Waiters;
 
@@ -28,11 +30,31 @@ use switchyard_protocol::Subjects;
 pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 12, 0);
 
 /// Connects to NATS with a client name that shows up in `nats server report connections`.
+/// `url` may list several servers separated by commas (`nats://a:4222,nats://b:4222`); the
+/// client connects to one of them and fails over to the others (and to the servers the cluster
+/// announces) when it loses the connection.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Error> {
-    async_nats::ConnectOptions::new()
+    connect_with_tls(url, name, &NatsTls::default()).await
+}
+
+/// [`connect`] with TLS files (certificate authorities, client certificate) for `tls://` servers
+/// or servers that require TLS.
+pub async fn connect_with_tls(
+    url: &str,
+    name: &str,
+    tls: &NatsTls,
+) -> Result<async_nats::Client, Error> {
+    let servers = parse_servers(url).map_err(|problems| {
+        Error::new(
+            ErrorKind::Config,
+            format!("bad NATS server list {url:?}: {}", problems.join("; ")),
+        )
+    })?;
+    let options = async_nats::ConnectOptions::new()
         .name(name)
-        .connection_timeout(Duration::from_secs(5))
-        .connect(url)
+        .connection_timeout(Duration::from_secs(5));
+    tls.apply(options)
+        .connect(servers)
         .await
         .map_err(|e| nats_error(&format!("cannot connect to NATS at {url}"), e))
 }

@@ -105,7 +105,12 @@ impl Optimizer {
     /// Connects to NATS (checking the server version) and Redis, creates streams and the shared
     /// consumer if missing, and loads the scripts.
     pub async fn connect(config: Config, faults: Faults) -> Result<Optimizer, Error> {
-        let client = transport::connect(&config.nats.url, "switchyard-optimizer").await?;
+        let client = transport::connect_with_tls(
+            &config.nats.url,
+            "switchyard-optimizer",
+            &config.nats.tls(),
+        )
+        .await?;
         transport::check_server(&client.server_info())?;
         let js = jetstream::new(client.clone());
         let subjects = Subjects::new(config.nats.subject_prefix.clone());
