@@ -85,6 +85,9 @@ pub struct JetStreamConfig {
     pub messages_max_age_s: u64,
     /// Copies of every stream and consumer Switchyard creates: 1, 3 or 5.
     pub replicas: usize,
+    /// Pause before the n-th redelivery of an event that failed for a transient reason (ms); the
+    /// last entry repeats. Together they should outlast a stall of tens of seconds.
+    pub redelivery_backoff_ms: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,6 +176,7 @@ impl Config {
                 grants_max_bytes: 1 << 30,
                 messages_max_age_s: 86_400,
                 replicas: 1,
+                redelivery_backoff_ms: vec![1_000, 5_000, 15_000, 30_000],
             },
             metrics: MetricsConfig {
                 addr: "127.0.0.1:9464".into(),
@@ -318,6 +322,10 @@ impl JetStreamConfig {
             (
                 [1, 3, 5].contains(&self.replicas),
                 "jetstream.replicas must be 1, 3 or 5",
+            ),
+            (
+                !self.redelivery_backoff_ms.is_empty(),
+                "jetstream.redelivery_backoff_ms must list at least one pause",
             ),
         ])
     }

@@ -12,6 +12,7 @@ use super::applied::Applied;
 use super::dispatch::publish_grants;
 use super::events::apply_batch;
 use super::publish::{Reply, send_rejection, send_reply};
+use crate::config::JetStreamConfig;
 use switchyard_client::error::{Error, ErrorKind};
 use switchyard_protocol::{Inbound, MessageType, Rejection, ReplyStatus, decode, now_ms};
 
@@ -152,14 +153,20 @@ enum Disposition {
     DeadLetter,
 }
 
-/// Retries only what may succeed later ([`Error::is_retryable`]), with a pause growing by 250 ms
-/// per delivery, and never past `max_deliver` deliveries.
-fn disposition(error: &Error, delivered: i64, max_deliver: i64) -> Disposition {
-    if error.is_retryable() && delivered < max_deliver {
-        Disposition::Redeliver(Duration::from_millis(250 * delivered.max(1) as u64))
-    } else {
-        Disposition::DeadLetter
+/// Retries only what may succeed later ([`Error::is_retryable`]), after the configured pause for
+/// this delivery (the last one repeats), and never past `max_deliver` deliveries.
+fn disposition(error: &Error, delivered: i64, jetstream: &JetStreamConfig) -> Disposition {
+    if !error.is_retryable() || delivered >= jetstream.max_deliver {
+        return Disposition::DeadLetter;
     }
+    let backoff = &jetstream.redelivery_backoff_ms;
+    let step = usize::try_from(delivered.max(1) - 1).unwrap_or(0);
+    let pause = backoff
+        .get(step)
+        .or(backoff.last())
+        .copied()
+        .unwrap_or(1_000);
+    Disposition::Redeliver(Duration::from_millis(pause))
 }
 
 async fn retry_or_dead_letter(ctx: &Ctx, message: &Message, event: &Inbound, error: &Error) {
@@ -169,7 +176,7 @@ async fn retry_or_dead_letter(ctx: &Ctx, message: &Message, event: &Inbound, err
         // Stop pulling until the probe hears Redis again, rather than spend more deliveries.
         ctx.readiness.set_redis(false);
     }
-    match disposition(error, delivered, ctx.config.jetstream.max_deliver) {
+    match disposition(error, delivered, &ctx.config.jetstream) {
         Disposition::Redeliver(pause) => {
             if let Some(held_back) = failure_warning_due(ctx) {
                 tracing::warn!(error = %error, delivered, kind, held_back, "event failed; asking for redelivery");
@@ -233,30 +240,41 @@ async fn acknowledge(message: &Message, kind: AckKind) {
 mod tests {
     use super::*;
 
+    fn jetstream(max_deliver: i64, backoff: &[u64]) -> JetStreamConfig {
+        JetStreamConfig {
+            max_deliver,
+            redelivery_backoff_ms: backoff.to_vec(),
+            ..crate::config::Config::default().jetstream
+        }
+    }
+
     #[test]
-    fn transient_errors_are_redelivered_until_the_last_delivery() {
+    fn transient_errors_are_redelivered_after_the_configured_pauses() {
         let redis = Error::new(ErrorKind::Redis, "connection reset");
+        let js = jetstream(5, &[1_000, 5_000]);
+        let pause = |delivered| disposition(&redis, delivered, &js);
+        let ms = |n| Disposition::Redeliver(Duration::from_millis(n));
+        assert_eq!(pause(1), ms(1_000));
+        assert_eq!(pause(2), ms(5_000));
+        assert_eq!(pause(4), ms(5_000), "the last pause repeats");
         assert_eq!(
-            disposition(&redis, 1, 5),
-            Disposition::Redeliver(Duration::from_millis(250))
+            pause(5),
+            Disposition::DeadLetter,
+            "no delivery past max_deliver"
         );
-        assert_eq!(
-            disposition(&redis, 4, 5),
-            Disposition::Redeliver(Duration::from_millis(1000))
-        );
-        assert_eq!(disposition(&redis, 5, 5), Disposition::DeadLetter);
     }
 
     #[test]
     fn what_cannot_succeed_is_dead_lettered_at_once() {
+        let js = jetstream(5, &[1_000]);
         for kind in [
+            ErrorKind::RedisRefused,
+            ErrorKind::Unexpected,
             ErrorKind::InvalidInput,
-            ErrorKind::Rejected,
-            ErrorKind::Config,
         ] {
             let error = Error::new(kind, "unexpected script reply");
             assert_eq!(
-                disposition(&error, 1, 5),
+                disposition(&error, 1, &js),
                 Disposition::DeadLetter,
                 "{kind:?}"
             );
