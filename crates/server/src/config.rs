@@ -595,6 +595,13 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_example_configuration_is_valid() {
+        let c = Config::from_sources(Some(include_str!("../../../config/cluster.toml")), &[])
+            .expect("config/cluster.toml is valid");
+        assert_eq!(c.jetstream.replicas, 3);
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err = Config::from_sources(Some("[nats]\nurll = \"x\"\n"), &[]).expect_err("typo");
         assert!(err.to_string().contains("urll"), "{err}");
