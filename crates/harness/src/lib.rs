@@ -27,6 +27,8 @@
 //!   Redis `PING`), polling every 20 ms for up to 10 s — never by sleeping a fixed time. The probe
 //!   also checks that it reached *our* server and not one another test process started on the same
 //!   port in the meantime; if our server exits early (port taken), start-up retries on a new port.
+//! * [`RedisCluster`] starts three cluster-enabled `redis-server` nodes and joins them into one
+//!   Redis Cluster, ready once every node reports `cluster_state:ok` (polled, with a deadline).
 //! * Child processes are killed with SIGKILL and reaped when the handle is dropped, so neither
 //!   zombies nor leftover servers outlive a test.
 
@@ -34,11 +36,13 @@ mod binary;
 mod nats;
 mod process;
 mod redis;
+mod redis_cluster;
 
 use std::time::Duration;
 
 pub use nats::NatsServer;
 pub use redis::{RedisOptions, RedisServer};
+pub use redis_cluster::RedisCluster;
 
 /// Why a server could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +96,9 @@ pub enum HarnessError {
         /// The last lines of the server's log.
         log_tail: String,
     },
+    /// The nodes of a [`RedisCluster`] refused to be joined or did not agree in time.
+    #[error("redis cluster: {0}")]
+    Cluster(String),
     /// Any other I/O error (temp dir, free port, log file).
     #[error("harness I/O error: {0}")]
     Io(#[from] std::io::Error),

@@ -33,10 +33,15 @@ pub struct NatsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
+    /// One `redis://` URL; with `cluster`, the seed nodes, comma-separated.
     pub url: String,
     pub key_prefix: String,
     pub response_timeout_ms: u64,
     pub connection_timeout_ms: u64,
+    /// Redis Cluster: connect with the cluster client, which follows the slot map. Absent from
+    /// older config files, so it defaults to off there too.
+    #[serde(default)]
+    pub cluster: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,7 +89,7 @@ pub struct MetricsConfig {
 }
 
 /// Environment variable → (table, key). The first six are the seed's names.
-const ENV_OVERRIDES: [(&str, &str, &str); 14] = [
+const ENV_OVERRIDES: [(&str, &str, &str); 15] = [
     (
         "MAX_CONCURRENT_COORDINATIONS",
         "coordination",
@@ -109,6 +114,7 @@ const ENV_OVERRIDES: [(&str, &str, &str); 14] = [
     ("METRICS_ADDR", "metrics", "addr"),
     ("SUBJECT_PREFIX", "nats", "subject_prefix"),
     ("REDIS_KEY_PREFIX", "redis", "key_prefix"),
+    ("REDIS_CLUSTER", "redis", "cluster"),
     ("BATCH_SIZE", "coordination", "batch_size"),
     ("DEFAULT_STRATEGY", "coordination", "default_strategy"),
 ];
@@ -133,6 +139,7 @@ impl Config {
                 key_prefix: "switchyard".into(),
                 response_timeout_ms: 2000,
                 connection_timeout_ms: 2000,
+                cluster: false,
             },
             coordination: CoordinationConfig {
                 max_concurrent_coordinations: 10,
@@ -217,6 +224,7 @@ impl Config {
             self.messages.problems(),
             self.jetstream.problems(),
             connection_problems(&self.nats, &self.redis),
+            self.redis.problems(),
             self.metrics.problems(),
         ]
         .into_iter()
@@ -321,7 +329,9 @@ fn connection_problems(nats: &NatsConfig, redis: &RedisConfig) -> Vec<&'static s
             "nats.url must start with nats://",
         ),
         (
-            redis.url.starts_with("redis://"),
+            crate::state::seed_urls(&redis.url)
+                .iter()
+                .all(|url| url.starts_with("redis://")),
             "redis.url must start with redis://",
         ),
         (
@@ -332,6 +342,26 @@ fn connection_problems(nats: &NatsConfig, redis: &RedisConfig) -> Vec<&'static s
             "nats.subject_prefix must be a literal subject without wildcards",
         ),
     ])
+}
+
+impl RedisConfig {
+    /// Several seed URLs only make sense to the cluster client; a single Redis has one address.
+    /// An empty prefix would make the hash tag `{}`, which Redis Cluster ignores (it hashes the
+    /// whole key), scattering a deployment's keys over the slots.
+    fn problems(&self) -> Vec<&'static str> {
+        let seeds = crate::state::seed_urls(&self.url);
+        failed(&[
+            (!seeds.is_empty(), "redis.url must name a Redis"),
+            (
+                self.cluster || seeds.len() == 1,
+                "redis.url may list several nodes only with redis.cluster = true",
+            ),
+            (
+                !self.key_prefix.is_empty(),
+                "redis.key_prefix must not be empty",
+            ),
+        ])
+    }
 }
 
 impl MetricsConfig {
@@ -498,6 +528,25 @@ mod tests {
         assert_eq!(from_config.messages_max_age, client.messages_max_age);
         assert_eq!(from_config.duplicate_window, client.duplicate_window);
         assert_eq!(from_config.max_message_bytes, client.max_message_bytes);
+    }
+
+    #[test]
+    fn a_cluster_is_chosen_by_file_or_env_and_may_list_seeds() {
+        assert!(!Config::default().redis.cluster);
+        let seeds = "redis://127.0.0.1:7000, redis://127.0.0.1:7001";
+        let c = Config::from_sources(
+            None,
+            &env(&[("REDIS_CLUSTER", "true"), ("REDIS_URL", seeds)]),
+        )
+        .expect("valid");
+        assert!(c.redis.cluster);
+        let err = Config::from_sources(None, &env(&[("REDIS_URL", seeds)])).expect_err("two urls");
+        assert!(err.to_string().contains("redis.cluster"), "{err}");
+        let file = "[redis]\ncluster = true\nurl = \"redis://a:1,http://b:2\"\n";
+        let err = Config::from_sources(Some(file), &[]).expect_err("not redis://");
+        assert!(err.to_string().contains("redis://"), "{err}");
+        let err = Config::from_sources(None, &env(&[("REDIS_KEY_PREFIX", "")])).expect_err("empty");
+        assert!(err.to_string().contains("key_prefix"), "{err}");
     }
 
     #[test]
