@@ -28,11 +28,9 @@ use switchyard_protocol::{
 };
 use switchyard_server::state::Keys;
 
-const OUTBOX: &str = "switchyard:outbox";
-
 async fn outbox_len(redis: &mut redis::aio::MultiplexedConnection) -> u64 {
     redis::cmd("ZCARD")
-        .arg(OUTBOX)
+        .arg(Keys::new("switchyard").grant_outbox())
         .query_async(redis)
         .await
         .expect("ZCARD")
@@ -166,7 +164,7 @@ async fn the_old_grant_is_withdrawn(
     gone_nats: async_nats::Client,
 ) {
     let members: Vec<String> = redis::cmd("ZRANGE")
-        .arg(OUTBOX)
+        .arg(Keys::new("switchyard").grant_outbox())
         .arg(0)
         .arg(-1)
         .query_async(redis)
@@ -438,7 +436,8 @@ async fn run_phase(
         orch.submit_task(task).await.expect("submit stored");
     }
     let want = completed_before + count as u64;
-    wait_for_count(redis, "HGET", "switchyard:stats", Some("completed"), want).await;
+    let stats = Keys::new("switchyard").stats();
+    wait_for_count(redis, "HGET", &stats, Some("completed"), want).await;
     let (commands_1, hmget_1) = redis_commands(redis).await;
 
     let mut rounds_1 = 0;
@@ -472,10 +471,11 @@ async fn two_thousand_agents_two_optimizer_processes_grant_each_task_once() {
 
     // 200 agents, then 2,000: the same number of tasks through each fleet.
     register_fleet(&nats, 0..200).await;
-    wait_for_count(&mut redis, "SCARD", "switchyard:agents", None, 200).await;
+    let agents = Keys::new("switchyard").agents();
+    wait_for_count(&mut redis, "SCARD", &agents, None, 200).await;
     let small = run_phase(&orch, &mut redis, &ports, "small", 1000, 0).await;
     register_fleet(&nats, 200..2000).await;
-    wait_for_count(&mut redis, "SCARD", "switchyard:agents", None, 2000).await;
+    wait_for_count(&mut redis, "SCARD", &agents, None, 2000).await;
     let large = run_phase(&orch, &mut redis, &ports, "large", 1000, 1000).await;
     fleet.abort();
 

@@ -15,7 +15,7 @@ mod common;
 use std::time::Duration;
 
 use common::scripts::{Fixture, fixture, refused, res, submit_req};
-use common::{hget, within};
+use common::within;
 use switchyard_decision::Resources;
 use switchyard_protocol::{HandoffStatus, RejectReason};
 use switchyard_server::state::{
@@ -185,7 +185,10 @@ async fn only_the_new_owner_completes(f: &mut Fixture) {
         CompleteOutcome::Finished { success: true, .. }
     ));
     assert_eq!(f.load("b").await, [500, 0, 0, 0, 1]);
-    let handed_off = hget(&mut f.raw, &f.keys.stats(), "handed_off").await;
+    let stats = f.keys.stats();
+    let handed_off: Option<String> = f
+        .raw_query("HGET", redis::cmd("HGET").arg(stats).arg("handed_off"))
+        .await;
     assert_eq!(handed_off.as_deref(), Some("1"));
 }
 

@@ -932,9 +932,8 @@ async fn one_replica_per_interval_holds_the_sync_lease() {
     assert!(take("replica-1", 60_000).await);
     assert!(!take("replica-2", 60_000).await, "held by replica-1");
     assert!(!take("replica-1", 60_000).await, "not re-entrant");
-    let _: () = f
-        .raw_query("DEL", redis::cmd("DEL").arg("t:sync_lease"))
-        .await;
+    let lease = f.keys.sync_lease();
+    let _: () = f.raw_query("DEL", redis::cmd("DEL").arg(lease)).await;
     assert!(take("replica-2", 50).await);
     within(5, "the 50 ms sync lease to expire", async {
         while !take("replica-3", 50).await {

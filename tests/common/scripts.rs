@@ -1,12 +1,14 @@
-//! The fixture of the script tests (`state_scripts.rs`, `handoff_scripts.rs`): one
-//! redis-server, a `Store` on it (key prefix `t`) and a raw connection, with short-hand
-//! methods for the transitions and for reading what they changed.
+//! The fixture of the script tests (`state_scripts.rs`, `handoff_scripts.rs`,
+//! `redis_cluster.rs`): one redis-server (or a Redis Cluster), a `Store` on it (key prefix `t`)
+//! and a raw connection, with short-hand methods for the transitions and for reading what they
+//! changed.
 
 use switchyard_decision::Resources;
 use switchyard_protocol::RejectReason;
 use switchyard_server::config::RedisConfig;
 use switchyard_server::state::{
-    CompleteOutcome, Completion, GrantOutcome, Keys, Refusal, Store, SubmitOutcome, SubmitRequest,
+    CompleteOutcome, Completion, Connection, GrantOutcome, Keys, Refusal, Store, SubmitOutcome,
+    SubmitRequest,
 };
 
 /// How long finished tasks are kept, in seconds.
@@ -14,11 +16,13 @@ pub const RETENTION_S: u64 = 3600;
 /// The learning rate of completions.
 pub const LR: f64 = 0.5;
 
-/// One redis-server and a store on it (key prefix `t`), plus a raw connection for direct reads.
+/// One redis-server (or cluster) and a store on it (key prefix `t`), plus a raw connection of
+/// the same kind for direct reads.
 pub struct Fixture {
-    pub _server: switchyard_harness::RedisServer,
+    /// The server(s), kept alive as long as the fixture.
+    pub _server: Box<dyn std::any::Any + Send + Sync>,
     pub store: Store,
-    pub raw: redis::aio::MultiplexedConnection,
+    pub raw: Connection,
     pub keys: Keys,
 }
 
@@ -26,19 +30,33 @@ pub async fn fixture() -> Fixture {
     let server = switchyard_harness::RedisServer::start()
         .await
         .expect("redis-server starts");
-    let store = Store::connect(&RedisConfig {
-        url: server.url(),
+    let url = server.url();
+    fixture_on(Box::new(server), url, false).await
+}
+
+/// The fixture on a three-master Redis Cluster, connected through every node as a seed.
+pub async fn cluster_fixture() -> Fixture {
+    let cluster = switchyard_harness::RedisCluster::start()
+        .await
+        .expect("redis cluster starts");
+    let seeds = cluster.seed_urls();
+    fixture_on(Box::new(cluster), seeds, true).await
+}
+
+async fn fixture_on(
+    server: Box<dyn std::any::Any + Send + Sync>,
+    url: String,
+    cluster: bool,
+) -> Fixture {
+    let config = RedisConfig {
+        url,
         key_prefix: "t".into(),
         response_timeout_ms: 2000,
         connection_timeout_ms: 2000,
-    })
-    .await
-    .expect("store connects");
-    let raw = redis::Client::open(server.url())
-        .expect("redis url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("raw connection");
+        cluster,
+    };
+    let store = Store::connect(&config).await.expect("store connects");
+    let raw = Connection::open(&config).await.expect("raw connection");
     Fixture {
         _server: server,
         store,

@@ -35,6 +35,8 @@
 //! * A cluster is ready when every running node reports (on its `/jsz` monitoring endpoint) the
 //!   same JetStream meta leader and that leader counts every other running node as current,
 //!   polled every 50 ms for up to 30 s.
+//! * [`RedisCluster`] starts three cluster-enabled `redis-server` nodes and joins them into one
+//!   Redis Cluster, ready once every node reports `cluster_state:ok` (polled, with a deadline).
 //! * Child processes are killed with SIGKILL and reaped when the handle is dropped, so neither
 //!   zombies nor leftover servers outlive a test.
 
@@ -45,6 +47,7 @@ mod nats_cluster;
 mod process;
 mod proxy;
 mod redis;
+mod redis_cluster;
 
 use std::time::Duration;
 
@@ -52,6 +55,7 @@ pub use nats::NatsServer;
 pub use nats_cluster::NatsCluster;
 pub use proxy::TcpProxy;
 pub use redis::{RedisOptions, RedisServer};
+pub use redis_cluster::RedisCluster;
 
 /// Why a server could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +131,9 @@ pub enum HarnessError {
         /// What was still missing at the last look.
         missing: String,
     },
+    /// The nodes of a [`RedisCluster`] refused to be joined or did not agree in time.
+    #[error("redis cluster: {0}")]
+    Cluster(String),
     /// Any other I/O error (temp dir, free port, log file).
     #[error("harness I/O error: {0}")]
     Io(#[from] std::io::Error),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::AsyncWriteExt;
 
-use super::process::{Flavor, Managed, connect, read_until};
+use super::process::{Flavor, Managed, connect, free_port, read_until};
 use super::{HarnessError, binary};
 
 /// How the Redis server is configured.
@@ -33,8 +33,30 @@ impl RedisServer {
     /// Starts `redis-server` with `options` and returns once it answers `PING`.
     pub async fn start_with(options: RedisOptions) -> Result<RedisServer, HarnessError> {
         let bin = binary::redis_server().await?;
-        let inner = Managed::start(Redis { options }, bin).await?;
+        let flavor = Redis {
+            options,
+            cluster_bus_port: None,
+        };
+        let inner = Managed::start(flavor, bin).await?;
         Ok(RedisServer { inner })
+    }
+
+    /// Starts an empty Redis Cluster node (`cluster-enabled yes`, no slots, known to no other
+    /// node yet), with its cluster bus on a free port of its own: the default, port + 10000, may
+    /// be taken or beyond 65535. [`crate::RedisCluster`] joins such nodes.
+    pub(crate) async fn start_cluster_node() -> Result<RedisServer, HarnessError> {
+        let bin = binary::redis_server().await?;
+        let flavor = Redis {
+            options: RedisOptions::default(),
+            cluster_bus_port: Some(free_port()?),
+        };
+        let inner = Managed::start(flavor, bin).await?;
+        Ok(RedisServer { inner })
+    }
+
+    /// The cluster bus port of a cluster node, `None` for a plain server.
+    pub fn cluster_bus_port(&self) -> Option<u16> {
+        self.inner.flavor().cluster_bus_port
     }
 
     /// The client URL, `redis://127.0.0.1:PORT/`.
@@ -91,6 +113,8 @@ impl Drop for RedisServer {
 #[derive(Debug)]
 struct Redis {
     options: RedisOptions,
+    /// Set for a Redis Cluster node: its cluster bus port.
+    cluster_bus_port: Option<u16>,
 }
 
 impl Flavor for Redis {
@@ -109,6 +133,20 @@ impl Flavor for Redis {
             "--logfile".into(),
             log.as_os_str().to_owned(),
         ]);
+        if let Some(bus_port) = self.cluster_bus_port {
+            // nodes.conf lands in `dir`, so every node keeps its own cluster state.
+            args.extend(
+                [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus_port.to_string(),
+                ]
+                .into_iter()
+                .chain(["--cluster-node-timeout", "2000"])
+                .map(OsString::from),
+            );
+        }
         args
     }
 

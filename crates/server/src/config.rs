@@ -41,10 +41,15 @@ pub struct NatsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
+    /// One `redis://` URL; with `cluster`, the seed nodes, comma-separated.
     pub url: String,
     pub key_prefix: String,
     pub response_timeout_ms: u64,
     pub connection_timeout_ms: u64,
+    /// Redis Cluster: connect with the cluster client, which follows the slot map. Absent from
+    /// older config files, so it defaults to off there too.
+    #[serde(default)]
+    pub cluster: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,7 +102,7 @@ pub struct MetricsConfig {
 }
 
 /// Environment variable → (table, key). The first six are the seed's names.
-const ENV_OVERRIDES: [(&str, &str, &str); 14] = [
+const ENV_OVERRIDES: [(&str, &str, &str); 15] = [
     (
         "MAX_CONCURRENT_COORDINATIONS",
         "coordination",
@@ -122,6 +127,7 @@ const ENV_OVERRIDES: [(&str, &str, &str); 14] = [
     ("METRICS_ADDR", "metrics", "addr"),
     ("SUBJECT_PREFIX", "nats", "subject_prefix"),
     ("REDIS_KEY_PREFIX", "redis", "key_prefix"),
+    ("REDIS_CLUSTER", "redis", "cluster"),
     ("BATCH_SIZE", "coordination", "batch_size"),
     ("DEFAULT_STRATEGY", "coordination", "default_strategy"),
 ];
@@ -149,6 +155,7 @@ impl Config {
                 key_prefix: "switchyard".into(),
                 response_timeout_ms: 2000,
                 connection_timeout_ms: 2000,
+                cluster: false,
             },
             coordination: CoordinationConfig {
                 max_concurrent_coordinations: 10,
@@ -234,6 +241,7 @@ impl Config {
             self.coordination.problems(),
             self.messages.problems(),
             self.jetstream.problems(),
+            self.redis.problems(),
         ];
         let mut problems: Vec<String> = fixed.into_iter().flatten().map(str::to_string).collect();
         problems.extend(connection_problems(&self.nats, &self.redis));
@@ -344,7 +352,9 @@ fn connection_problems(nats: &NatsConfig, redis: &RedisConfig) -> Vec<String> {
     }
     problems.extend(owned(failed(&[
         (
-            redis.url.starts_with("redis://"),
+            crate::state::seed_urls(&redis.url)
+                .iter()
+                .all(|url| url.starts_with("redis://")),
             "redis.url must start with redis://",
         ),
         (
@@ -375,6 +385,26 @@ impl NatsConfig {
             cert_file: path(&self.tls_cert_file),
             key_file: path(&self.tls_key_file),
         }
+    }
+}
+
+impl RedisConfig {
+    /// Several seed URLs only make sense to the cluster client; a single Redis has one address.
+    /// An empty prefix would make the hash tag `{}`, which Redis Cluster ignores (it hashes the
+    /// whole key), scattering a deployment's keys over the slots.
+    fn problems(&self) -> Vec<&'static str> {
+        let seeds = crate::state::seed_urls(&self.url);
+        failed(&[
+            (!seeds.is_empty(), "redis.url must name a Redis"),
+            (
+                self.cluster || seeds.len() == 1,
+                "redis.url may list several nodes only with redis.cluster = true",
+            ),
+            (
+                !self.key_prefix.is_empty(),
+                "redis.key_prefix must not be empty",
+            ),
+        ])
     }
 }
 
@@ -599,6 +629,25 @@ mod tests {
         let c = Config::from_sources(Some(include_str!("../../../config/cluster.toml")), &[])
             .expect("config/cluster.toml is valid");
         assert_eq!(c.jetstream.replicas, 3);
+    }
+
+    #[test]
+    fn a_cluster_is_chosen_by_file_or_env_and_may_list_seeds() {
+        assert!(!Config::default().redis.cluster);
+        let seeds = "redis://127.0.0.1:7000, redis://127.0.0.1:7001";
+        let c = Config::from_sources(
+            None,
+            &env(&[("REDIS_CLUSTER", "true"), ("REDIS_URL", seeds)]),
+        )
+        .expect("valid");
+        assert!(c.redis.cluster);
+        let err = Config::from_sources(None, &env(&[("REDIS_URL", seeds)])).expect_err("two urls");
+        assert!(err.to_string().contains("redis.cluster"), "{err}");
+        let file = "[redis]\ncluster = true\nurl = \"redis://a:1,http://b:2\"\n";
+        let err = Config::from_sources(Some(file), &[]).expect_err("not redis://");
+        assert!(err.to_string().contains("redis://"), "{err}");
+        let err = Config::from_sources(None, &env(&[("REDIS_KEY_PREFIX", "")])).expect_err("empty");
+        assert!(err.to_string().contains("key_prefix"), "{err}");
     }
 
     #[test]

@@ -1,98 +1,117 @@
 //! Redis key names: the only place they are built. Every key a script touches is built here and
 //! passed in through KEYS.
+//!
+//! Every key starts with the prefix in braces, `{switchyard}:task:<id>`: a Redis Cluster hash tag.
+//! A cluster places a key by the part in braces alone, so all the keys of one deployment hash to
+//! one slot. They must: a transition script touches several keys at once (the task, the queue,
+//! the agents it may go to, the stats, the fleet log...), and a cluster refuses a script whose
+//! keys are in different slots (CROSSSLOT), as it refuses a pipeline spread over several nodes.
+//!
+//! The price is that one deployment lives on one shard: a cluster gives it failover, but not
+//! more memory or throughput than one Redis node has; the other shards stay idle for it.
+//! Fleets that do not share agents or tasks can each take their own prefix (`redis.key_prefix`),
+//! so their own slot, and so spread over the shards. On a single Redis the braces change nothing
+//! but the names.
 
-/// Builds keys under one prefix (default `switchyard`).
+/// Builds keys under one prefix (default `switchyard`), written as the hash tag `{prefix}`.
 #[derive(Debug, Clone)]
 pub struct Keys {
-    prefix: String,
+    /// The prefix already in braces: `{switchyard}`.
+    tag: String,
 }
 
 impl Keys {
-    pub fn new(prefix: impl Into<String>) -> Self {
+    pub fn new(prefix: impl AsRef<str>) -> Self {
         Keys {
-            prefix: prefix.into(),
+            tag: format!("{{{}}}", prefix.as_ref()),
         }
+    }
+
+    /// The hash tag `{prefix}` itself, a name in the deployment's slot: keyless commands (TIME)
+    /// are sent to the node that serves it, so they read the clock the scripts read.
+    pub fn slot_key(&self) -> &str {
+        &self.tag
     }
 
     /// Hash: one agent's capacity, reservations, status, score, last heartbeat.
     pub fn agent(&self, agent_id: &str) -> String {
-        format!("{}:agent:{agent_id}", self.prefix)
+        format!("{}:agent:{agent_id}", self.tag)
     }
 
     /// Set: task ids currently granted to the agent.
     pub fn agent_tasks(&self, agent_id: &str) -> String {
-        format!("{}:agent:{agent_id}:tasks", self.prefix)
+        format!("{}:agent:{agent_id}:tasks", self.tag)
     }
 
     /// Set: ids of active agents.
     pub fn agents(&self) -> String {
-        format!("{}:agents", self.prefix)
+        format!("{}:agents", self.tag)
     }
 
     /// Hash: one task's state, requirements, owner, submitter.
     pub fn task(&self, task_id: &str) -> String {
-        format!("{}:task:{task_id}", self.prefix)
+        format!("{}:task:{task_id}", self.tag)
     }
 
     /// Set: dependencies of the task that have not completed yet.
     pub fn unmet_dependencies(&self, task_id: &str) -> String {
-        format!("{}:task:{task_id}:unmet", self.prefix)
+        format!("{}:task:{task_id}:unmet", self.tag)
     }
 
     /// Set: tasks waiting on this one.
     pub fn dependents(&self, task_id: &str) -> String {
-        format!("{}:task:{task_id}:dependents", self.prefix)
+        format!("{}:task:{task_id}:dependents", self.tag)
     }
 
     /// Sorted set: the priority queue (lowest score first = highest priority, then FIFO).
     pub fn queue(&self) -> String {
-        format!("{}:queue", self.prefix)
+        format!("{}:queue", self.tag)
     }
 
     /// Sorted set: grants committed but not yet confirmed published (`task_id|grant_seq` by time).
     pub fn grant_outbox(&self) -> String {
-        format!("{}:outbox", self.prefix)
+        format!("{}:outbox", self.tag)
     }
 
     /// Hash: learned statistics per (task type, agent type): `<task>|<agent>|<stat>` fields.
     pub fn patterns(&self) -> String {
-        format!("{}:patterns", self.prefix)
+        format!("{}:patterns", self.tag)
     }
 
     /// String: which replica holds this interval's coordination-sync broadcast (expires).
     pub fn sync_lease(&self) -> String {
-        format!("{}:sync_lease", self.prefix)
+        format!("{}:sync_lease", self.tag)
     }
 
     /// Hash: one handoff (task, from and to agents, grant number, status). Expires at the
     /// handoff's deadline while pending, and is kept a while after its verdict so a repeated
     /// message gets the same answer.
     pub fn handoff(&self, handoff_id: &str) -> String {
-        format!("{}:handoff:{handoff_id}", self.prefix)
+        format!("{}:handoff:{handoff_id}", self.tag)
     }
 
     /// Hash: the answer to one resource request (by its message id), kept a while so a
     /// redelivered request is answered the same instead of growing the reservation again.
     pub fn resource_request(&self, message_id: &str) -> String {
-        format!("{}:resource_request:{message_id}", self.prefix)
+        format!("{}:resource_request:{message_id}", self.tag)
     }
 
     /// Stream: the fleet log. Every transition that changes an agent appends the agent's new view,
     /// so a replica keeps its fleet cache current by reading what changed since it last looked
     /// (state/fleet.rs) instead of reading every agent. Entries older than a minute are trimmed.
     pub fn fleet_log(&self) -> String {
-        format!("{}:fleet_log", self.prefix)
+        format!("{}:fleet_log", self.tag)
     }
 
     /// Sorted set: active agents with a lease, scored by when the lease runs out (Redis clock,
     /// ms). Heartbeats move the score; the maintenance pass reads only what is past due.
     pub fn leases(&self) -> String {
-        format!("{}:leases", self.prefix)
+        format!("{}:leases", self.tag)
     }
 
     /// Hash: lifetime counters (submitted, granted, completed, failed, requeued).
     pub fn stats(&self) -> String {
-        format!("{}:stats", self.prefix)
+        format!("{}:stats", self.tag)
     }
 }
 
@@ -122,6 +141,25 @@ mod tests {
         ];
         let unique: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(unique.len(), all.len());
-        assert!(all.iter().all(|key| key.starts_with("sy:")));
+        assert!(all.iter().all(|key| key.starts_with("{sy}:")));
+    }
+
+    /// The slot Redis Cluster computes (CRC16 of the hash tag) is the same for every key, or a
+    /// script touching several of them would be refused with CROSSSLOT.
+    #[test]
+    fn every_key_is_in_the_slot_of_the_hash_tag() {
+        use redis::cluster_routing::Slot;
+        let k = Keys::new("switchyard");
+        let home = Slot::for_key(k.slot_key());
+        for key in [
+            k.task("x"),
+            k.agent("y"),
+            k.queue(),
+            k.fleet_log(),
+            k.stats(),
+        ] {
+            assert_eq!(Slot::for_key(&key), home, "{key}");
+        }
+        assert_eq!(k.task("t1"), "{switchyard}:task:t1");
     }
 }

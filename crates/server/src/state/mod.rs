@@ -5,6 +5,7 @@
 //! first write, because Redis has no rollback: a transition happens whole or not at all. Every
 //! transition is idempotent, so a redelivered event changes nothing and gets the same answer.
 
+mod connection;
 mod fleet;
 mod handoffs;
 mod keys;
@@ -14,6 +15,8 @@ mod rows;
 mod scripts;
 mod store;
 
+pub use connection::Connection;
+pub(crate) use connection::seed_urls;
 pub use fleet::{FleetCache, Refresh};
 pub use handoffs::{
     AnswerOutcome, BeginHandoff, BeginOutcome, GrowOutcome, GrowRequest, HandoffRecord,

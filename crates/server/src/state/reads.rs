@@ -218,9 +218,12 @@ impl Store {
         Ok(())
     }
 
-    /// The Redis clock, in ms.
+    /// The Redis clock, in ms: on a cluster, that of the node the scripts run on.
     pub(crate) async fn redis_now_ms(&self) -> Result<u64, Error> {
-        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut self.conn()).await?;
+        let (secs, micros): (u64, u64) = self
+            .conn()
+            .query_in_slot(&redis::cmd("TIME"), self.keys().slot_key())
+            .await?;
         Ok(secs * 1000 + micros / 1000)
     }
 

@@ -1,14 +1,13 @@
 //! [`Store`]: typed calls to the transition scripts (the plain reads are in `reads.rs`).
 //!
-//! All calls take `&self` and clone the multiplexed [`ConnectionManager`] (a cheap handle), so a
-//! batch's calls issued concurrently share one connection and are pipelined by the client: one
-//! network round trip for the whole batch instead of one per event.
+//! All calls take `&self` and clone the multiplexed [`Connection`] (a cheap handle, to a single
+//! Redis or to a Redis Cluster), so a batch's calls issued concurrently share one connection and
+//! are pipelined by the client: one network round trip for the whole batch instead of one per
+//! event.
 
-use std::time::Duration;
-
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, ScriptInvocation};
 
+use super::connection::Connection;
 use super::keys::Keys;
 use super::records::*;
 use super::scripts::Scripts;
@@ -22,26 +21,19 @@ pub use switchyard_decision::NEUTRAL_SCORE;
 /// Handle to the shared state. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    conn: Connection,
     keys: Keys,
     // Visible to the sibling modules that add transitions to `Store` (handoffs.rs).
     pub(super) scripts: std::sync::Arc<Scripts>,
 }
 
 impl Store {
-    /// Connects with explicit timeouts and loads every script once (later calls use EVALSHA).
+    /// Connects with explicit timeouts and loads every script once (later calls use EVALSHA; on a
+    /// cluster SCRIPT LOAD goes to every primary, and a node that lacks a script, e.g. a replica
+    /// promoted since, is given it again on its first NOSCRIPT).
     pub async fn connect(config: &RedisConfig) -> Result<Store, Error> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| Error::with_source(ErrorKind::Config, "invalid redis.url", e))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_millis(config.response_timeout_ms)))
-            .set_connection_timeout(Some(Duration::from_millis(config.connection_timeout_ms)))
-            .set_number_of_retries(3);
-        let conn = client
-            .get_connection_manager_with_config(manager_config)
-            .await?;
         let store = Store {
-            conn,
+            conn: Connection::open(config).await?,
             keys: Keys::new(config.key_prefix.clone()),
             scripts: std::sync::Arc::new(Scripts::new()),
         };
@@ -54,7 +46,7 @@ impl Store {
         Ok(store)
     }
 
-    pub(super) fn conn(&self) -> ConnectionManager {
+    pub(super) fn conn(&self) -> Connection {
         self.conn.clone()
     }
 
