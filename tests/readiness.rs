@@ -26,6 +26,26 @@ fn signal(pid: u32, sig: &str) {
     assert!(status.success(), "kill {sig} {pid}");
 }
 
+/// Waits (bounded) until the replica's readiness says Redis is out of reach.
+async fn redis_reported_down(readiness: &switchyard_server::optimizer::Readiness) {
+    within(10, "/readyz to report redis", async {
+        while readiness.problem().as_deref() != Some("redis unreachable") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+/// Submits ten one-cpu tasks `<prefix>0`..`<prefix>9`, asking for no replies.
+async fn submit_ten(orch: &switchyard_client::Coordinator, prefix: &str) {
+    for i in 0..10 {
+        let submit = TaskSubmit::new(format!("{prefix}{i}")).resource("cpu", 1.0);
+        orch.submit_task(submit.replies(Replies::None))
+            .await
+            .expect("stored");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_stall_pauses_pulling_and_dead_letters_nothing() {
     let mut cluster = Cluster::start(0).await;
@@ -39,19 +59,9 @@ async fn a_redis_stall_pauses_pulling_and_dead_letters_nothing() {
 
     let redis_pid = cluster.servers.redis.pid().expect("redis runs");
     signal(redis_pid, "-STOP");
-    within(10, "/readyz to report redis", async {
-        while readiness.problem().as_deref() != Some("redis unreachable") {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    redis_reported_down(&readiness).await;
     // Longer than three deliveries with their back-off and the 2 s Redis timeout each.
-    for i in 0..10 {
-        let submit = TaskSubmit::new(format!("t{i}")).resource("cpu", 1.0);
-        orch.submit_task(submit.replies(Replies::None))
-            .await
-            .expect("stored");
-    }
+    submit_ten(&orch, "t").await;
     tokio::time::sleep(Duration::from_secs(12)).await;
     signal(redis_pid, "-CONT");
 
@@ -147,18 +157,8 @@ async fn a_partition_from_redis_loses_and_doubles_nothing() {
     let orch = cluster.coordinator("orch").await;
 
     proxy.cut();
-    within(10, "/readyz to report redis", async {
-        while readiness.problem().as_deref() != Some("redis unreachable") {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    for i in 0..10 {
-        let submit = TaskSubmit::new(format!("p{i}")).resource("cpu", 1.0);
-        orch.submit_task(submit.replies(Replies::None))
-            .await
-            .expect("stored");
-    }
+    redis_reported_down(&readiness).await;
+    submit_ten(&orch, "p").await;
     tokio::time::sleep(Duration::from_secs(8)).await;
     proxy.restore();
 
