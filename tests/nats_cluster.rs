@@ -84,6 +84,24 @@ fn stream_names(subjects: &Subjects) -> [String; 3] {
     ]
 }
 
+/// What an optimizer does at start with `config`: the streams, then its consumers (bounded).
+async fn ensure_all(js: &jetstream::Context, subjects: &Subjects, config: &Config) {
+    let bytes = config.messages.max_message_bytes;
+    within(
+        30,
+        "ensure_streams",
+        ensure_streams(js, subjects, &config.jetstream, bytes),
+    )
+    .await
+    .expect("streams ensured");
+    within(
+        30,
+        "optimizer consumers",
+        optimizer_consumers(js, subjects, &config.jetstream),
+    )
+    .await
+    .expect("consumers ensured");
+}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_are_applied_raised_and_never_lowered() {
     let cluster = start_cluster().await;
@@ -96,26 +114,12 @@ async fn replicas_are_applied_raised_and_never_lowered() {
     .expect("connects through the list");
     let js = jetstream::new(client);
     let mut config = Config::default();
-    let bytes = config.messages.max_message_bytes;
 
     // Fresh streams get the configured 3; a later optimizer configured with 1 keeps them at 3.
     let subjects = Subjects::new("three".to_owned());
     for replicas in [3, 1] {
         config.jetstream.replicas = replicas;
-        within(
-            30,
-            "ensure_streams",
-            ensure_streams(&js, &subjects, &config.jetstream, bytes),
-        )
-        .await
-        .expect("streams ensured");
-        within(
-            30,
-            "optimizer consumers",
-            optimizer_consumers(&js, &subjects, &config.jetstream),
-        )
-        .await
-        .expect("consumers ensured");
+        ensure_all(&js, &subjects, &config).await;
         for name in stream_names(&subjects) {
             assert_eq!(
                 replicas_of(&js, &name).await,
@@ -137,20 +141,7 @@ async fn replicas_are_applied_raised_and_never_lowered() {
     let subjects = Subjects::new("raised".to_owned());
     for replicas in [1, 3] {
         config.jetstream.replicas = replicas;
-        within(
-            30,
-            "ensure_streams",
-            ensure_streams(&js, &subjects, &config.jetstream, bytes),
-        )
-        .await
-        .expect("streams ensured");
-        within(
-            30,
-            "optimizer consumers",
-            optimizer_consumers(&js, &subjects, &config.jetstream),
-        )
-        .await
-        .expect("consumers ensured");
+        ensure_all(&js, &subjects, &config).await;
         for name in stream_names(&subjects) {
             assert_eq!(replicas_of(&js, &name).await, replicas, "{name}");
         }
