@@ -13,18 +13,15 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Cluster, hget, hget_i64, require_python_nats, within};
+use common::{Cluster, hget, hget_i64, python, require_python_nats, within};
 use switchyard_client::{Coordinator, transport};
 use switchyard_harness::{NatsCluster, RedisServer};
 use switchyard_protocol::{Subjects, TaskSubmit};
 use switchyard_server::config::Config;
 use switchyard_server::optimizer::{Faults, Optimizer};
 use switchyard_server::state::Keys;
-use tokio::io::AsyncReadExt;
-use tokio::process::Command;
 
 const AGENT_ID: &str = "py-agent";
 
@@ -36,7 +33,7 @@ async fn a_python_agent_registers_takes_grants_and_completes() {
     let cluster = Cluster::start(1).await;
     let mut redis = cluster.redis().await;
     let mut child = spawn_python_agent(&cluster);
-    registered(&mut child, &mut redis).await;
+    python::registered(&mut child, &mut redis, AGENT_ID).await;
 
     let orch = cluster.coordinator("orch").await;
     let mut submits = Vec::new();
@@ -51,7 +48,7 @@ async fn a_python_agent_registers_takes_grants_and_completes() {
     let out = within(60, "the python agent to finish", child.wait_with_output())
         .await
         .expect("agent output");
-    let (result, line) = result_line(&out);
+    let (result, line) = python::result_line(&out);
     assert_eq!(result["agent_id"], AGENT_ID);
     let mut completed: Vec<&str> = result["completed"]
         .as_array()
@@ -66,64 +63,8 @@ async fn a_python_agent_registers_takes_grants_and_completes() {
 }
 
 fn spawn_python_agent(cluster: &Cluster) -> tokio::process::Child {
-    python_agent(&["--nats", &cluster.servers.nats.url(), "--tasks", "2"])
-}
-
-/// `agent.py` as [`AGENT_ID`] under the `coord` prefix, with `args` besides.
-fn python_agent(args: &[&str]) -> tokio::process::Child {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/agent.py");
-    Command::new("python3")
-        .arg(script)
-        .args(["--agent-id", AGENT_ID, "--prefix", "coord"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 starts")
-}
-
-/// Waits (at most 30 s) until the optimizer applied the python agent's AGENT_REGISTER; fails at
-/// once, with its stderr, if the agent exits first.
-async fn registered(child: &mut tokio::process::Child, redis: &mut Redis) {
-    let key = Keys::new("switchyard").agent(AGENT_ID);
-    within(30, "the python agent to register", async {
-        loop {
-            let status = hget(redis, &key, "status").await;
-            if status.as_deref() == Some("active") {
-                break;
-            }
-            if let Some(exit) = child.try_wait().expect("poll the agent") {
-                let mut stderr = String::new();
-                if let Some(mut pipe) = child.stderr.take() {
-                    let _ = pipe.read_to_string(&mut stderr).await;
-                }
-                panic!("the python agent exited ({exit}) before registering; stderr:\n{stderr}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-}
-
-/// The agent succeeded and its last stdout line is its JSON result; answers it and the line.
-fn result_line(out: &std::process::Output) -> (serde_json::Value, String) {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the python agent failed ({}); stderr:\n{stderr}\nstdout:\n{stdout}",
-        out.status
-    );
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_else(|| panic!("no result line on stdout; stderr:\n{stderr}"));
-    let result: serde_json::Value = serde_json::from_str(line)
-        .unwrap_or_else(|e| panic!("result line is not JSON ({e}): {line}"));
-    (result, line.to_string())
+    let args = ["--nats", &cluster.servers.nats.url(), "--tasks", "2"];
+    python::spawn_agent(AGENT_ID, &args)
 }
 
 fn each_grant_correlated_to_its_submit(
@@ -193,8 +134,9 @@ async fn a_python_agent_rides_through_the_loss_of_its_nats_node() {
 
     let mut redis = redis_connection(&redis_server).await;
     let servers = nats.urls().join(",");
-    let mut child = python_agent(&["--nats", &servers, "--in-order", "--tasks", "4"]);
-    registered(&mut child, &mut redis).await;
+    let args = ["--nats", &servers, "--in-order", "--tasks", "4"];
+    let mut child = python::spawn_agent(AGENT_ID, &args);
+    python::registered(&mut child, &mut redis, AGENT_ID).await;
     let orch_client = transport::connect(&nats.url(), "orch")
         .await
         .expect("orch connects");
@@ -211,7 +153,7 @@ async fn a_python_agent_rides_through_the_loss_of_its_nats_node() {
     let out = within(120, "the python agent to finish", child.wait_with_output())
         .await
         .expect("agent output");
-    let (result, line) = result_line(&out);
+    let (result, line) = python::result_line(&out);
     let completed = result["completed"]
         .as_array()
         .expect("completed is an array");

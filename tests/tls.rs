@@ -15,7 +15,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{Cluster, config_for, hget, next_grant, within};
+use common::{Cluster, config_for, hget, next_grant, python, require_python_nats, within};
 use switchyard_client::Allocation;
 use switchyard_client::error::Error;
 use switchyard_client::transport::{NatsTls, connect_with_tls};
@@ -93,6 +93,39 @@ async fn an_optimizer_over_tls_nats_and_rediss_grants_and_completes_a_task() {
     assert_eq!(
         hget(&mut redis, &key, "state").await.as_deref(),
         Some("completed")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_agent_connects_with_an_ssl_context_and_completes_a_task() {
+    require_python_nats();
+    let pki = TestPki::generate().expect("certificates");
+    let (servers, config) = tls_servers(&pki).await;
+    let cluster = Cluster::start_on(servers, config, 1).await;
+    let mut redis = cluster.redis().await;
+    let (ca, cert, key) = (
+        text(&pki.ca_file()),
+        text(&pki.client_cert_file()),
+        text(&pki.client_key_file()),
+    );
+    let tls = ["--tls-ca", &ca, "--tls-cert", &cert, "--tls-key", &key];
+    let url = cluster.servers.nats.url();
+    let args = [&["--nats", &url, "--tasks", "1"][..], &tls].concat();
+    let mut child = python::spawn_agent("py-tls", &args);
+    python::registered(&mut child, &mut redis, "py-tls").await;
+
+    let orch = cluster.coordinator("tls-orch").await;
+    orch.submit_task(TaskSubmit::new("py-tls-task").resource("cpu", 1.0))
+        .await
+        .expect("submitted");
+    let out = within(60, "the python agent to finish", child.wait_with_output())
+        .await
+        .expect("agent output");
+    let (result, line) = python::result_line(&out);
+    assert_eq!(
+        result["completed"],
+        serde_json::json!(["py-tls-task"]),
+        "{line}"
     );
 }
 

@@ -2,6 +2,7 @@
 //! helpers to read Redis directly.
 #![allow(dead_code)]
 
+pub mod python;
 pub mod scripts;
 
 use std::time::Duration;

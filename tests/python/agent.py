@@ -15,6 +15,7 @@ grant makes it exit 1 with a message on stderr. Run by tests/python_agent.rs; ne
 import argparse
 import asyncio
 import json
+import ssl
 import sys
 import time
 import uuid
@@ -225,6 +226,16 @@ def stream_prefix(prefix):
     return "".join(c if c.isascii() and c.isalnum() else "_" for c in prefix.upper())
 
 
+def tls_context(args):
+    """TLS to NATS (docs/operations.md): trust --tls-ca, present --tls-cert/--tls-key if given."""
+    if not (args.tls_ca or args.tls_cert):
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=args.tls_ca)
+    if args.tls_cert:
+        ctx.load_cert_chain(certfile=args.tls_cert, keyfile=args.tls_key)
+    return ctx
+
+
 async def main(args):
     async def on_error(e):
         log(f"nats: {e!r}")
@@ -243,6 +254,7 @@ async def main(args):
         dont_randomize=args.in_order,
         error_cb=on_error,
         reconnected_cb=on_reconnected,
+        tls=tls_context(args),
     )
     try:
         agent = Agent(nc, args.agent_id, args.prefix, args.timeout)
@@ -266,6 +278,9 @@ def parse_args():
     p.add_argument("--tasks", type=int, default=1, help="completions before exiting")
     p.add_argument("--prefix", default="coord", help="subject prefix")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for anything")
+    p.add_argument("--tls-ca", help="PEM CA file that signed the NATS servers' certificates")
+    p.add_argument("--tls-cert", help="PEM client certificate (with --tls-key)")
+    p.add_argument("--tls-key", help="PEM key of --tls-cert")
     return p.parse_args()
 
 
