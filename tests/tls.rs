@@ -19,7 +19,7 @@ use common::{Cluster, config_for, hget, next_grant, python, require_python_nats,
 use switchyard_client::Allocation;
 use switchyard_client::error::Error;
 use switchyard_client::transport::{NatsTls, connect_with_tls};
-use switchyard_harness::{LocalServers, NatsServer, RedisServer, TestPki};
+use switchyard_harness::{LocalServers, NatsServer, RedisCluster, RedisServer, TestPki};
 use switchyard_protocol::TaskSubmit;
 use switchyard_server::config::{Config, RedisConfig};
 use switchyard_server::state::{Connection, Keys};
@@ -264,4 +264,68 @@ async fn a_redis_that_verifies_clients_refuses_one_without_a_certificate() {
         Connection::open(&config),
     );
     connected.await.expect("the client certificate is accepted");
+}
+
+/// The cluster client over TLS: every node of a TLS-only Redis Cluster (cluster bus on TLS too)
+/// is reached with the configured CA and client certificate, redirections included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_client_reaches_every_node_of_a_tls_redis_cluster() {
+    let pki = TestPki::generate().expect("certificates");
+    let cluster = within(
+        60,
+        "the TLS cluster",
+        RedisCluster::start_tls(pki.server_tls(true)),
+    )
+    .await
+    .expect("cluster starts");
+    let mut config = Config::default();
+    config.redis.cluster = true;
+    config.redis.url = cluster.seed_urls();
+    assert!(
+        config.redis.url.starts_with("rediss://"),
+        "{}",
+        config.redis.url
+    );
+    config.redis.tls_ca_file = text(&pki.ca_file());
+    config.redis.tls_cert_file = text(&pki.client_cert_file());
+    config.redis.tls_key_file = text(&pki.client_key_file());
+    assert!(config.problems().is_empty(), "{:?}", config.problems());
+    let mut conn = within(
+        REFUSED_WITHIN,
+        "the cluster connection",
+        Connection::open(&config.redis),
+    )
+    .await
+    .expect("the cluster client connects over TLS");
+
+    // Keys without a hash tag spread over the slots: the thirds they fall in are the nodes.
+    let mut thirds = std::collections::BTreeSet::new();
+    for i in 0..30 {
+        let key = format!("tls-k{i}");
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("KEYSLOT");
+        thirds.insert(slot / (16384 / 3 + 1));
+        let () = redis::cmd("SET")
+            .arg(&key)
+            .arg(i)
+            .query_async(&mut conn)
+            .await
+            .expect("SET");
+        let back: i64 = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("GET");
+        assert_eq!(back, i, "{key}");
+    }
+    assert_eq!(thirds.len(), 3, "the keys reached every node: {thirds:?}");
+
+    let mut wrong = config.redis.clone();
+    wrong.tls_ca_file = text(&pki.other_ca_file());
+    let e = redis_refused(&wrong, "a cluster client trusting another CA").await;
+    assert!(e.to_string().contains("UnknownIssuer"), "{e}");
 }

@@ -59,13 +59,16 @@ impl RedisServer {
 
     /// Starts an empty Redis Cluster node (`cluster-enabled yes`, no slots, known to no other
     /// node yet), with its cluster bus on a free port of its own: the default, port + 10000, may
-    /// be taken or beyond 65535. [`crate::RedisCluster`] joins such nodes.
-    pub(crate) async fn start_cluster_node() -> Result<RedisServer, HarnessError> {
+    /// be taken or beyond 65535. [`crate::RedisCluster`] joins such nodes. With `tls` the node
+    /// serves TLS only, its cluster bus included.
+    pub(crate) async fn start_cluster_node(
+        tls: Option<ServerTls>,
+    ) -> Result<RedisServer, HarnessError> {
         let bin = binary::redis_server().await?;
         let flavor = Redis {
             options: RedisOptions::default(),
             cluster_bus_port: Some(free_port()?),
-            tls: None,
+            tls,
         };
         let inner = Managed::start(flavor, bin).await?;
         Ok(RedisServer { inner })
@@ -74,6 +77,15 @@ impl RedisServer {
     /// The cluster bus port of a cluster node, `None` for a plain server.
     pub fn cluster_bus_port(&self) -> Option<u16> {
         self.inner.flavor().cluster_bus_port
+    }
+
+    /// A client for this server: over TLS with the harness's client certificate when it was
+    /// started with TLS.
+    pub(crate) fn client(&self) -> io::Result<redis::Client> {
+        match &self.inner.flavor().tls {
+            Some(tls) => tls_client(self.port(), tls),
+            None => redis::Client::open(self.url()).map_err(io::Error::other),
+        }
     }
 
     /// The client URL, `redis://127.0.0.1:PORT/` (`rediss://` for a server started with TLS).
@@ -174,6 +186,18 @@ impl Flavor for Redis {
                 .chain(["--cluster-node-timeout", "2000"])
                 .map(OsString::from),
             );
+            if let Some(tls) = &self.tls {
+                // The bus over TLS; a node dials the others with the client certificate (its
+                // server certificate is not one a verifying peer accepts from a client).
+                args.extend([
+                    "--tls-cluster".into(),
+                    "yes".into(),
+                    "--tls-client-cert-file".into(),
+                    tls.client_cert_file.clone().into_os_string(),
+                    "--tls-client-key-file".into(),
+                    tls.client_key_file.clone().into_os_string(),
+                ]);
+            }
         }
         args
     }
@@ -222,8 +246,8 @@ fn tls_args(port: u16, tls: &ServerTls) -> Vec<OsString> {
     args
 }
 
-/// [`Redis::probe`] over TLS, presenting the client certificate of `tls`.
-async fn probe_tls(port: u16, log: &Path, tls: &ServerTls) -> io::Result<bool> {
+/// A TLS client for the server on `port`, presenting the client certificate of `tls`.
+fn tls_client(port: u16, tls: &ServerTls) -> io::Result<redis::Client> {
     let certificates = redis::TlsCertificates {
         client_tls: Some(redis::ClientTlsConfig {
             client_cert: std::fs::read(&tls.client_cert_file)?,
@@ -231,9 +255,13 @@ async fn probe_tls(port: u16, log: &Path, tls: &ServerTls) -> io::Result<bool> {
         }),
         root_cert: Some(std::fs::read(&tls.ca_file)?),
     };
-    let client = redis::Client::build_with_tls(format!("rediss://127.0.0.1:{port}/"), certificates)
-        .map_err(io::Error::other)?;
-    let mut conn = client
+    redis::Client::build_with_tls(format!("rediss://127.0.0.1:{port}/"), certificates)
+        .map_err(io::Error::other)
+}
+
+/// [`Redis::probe`] over TLS, presenting the client certificate of `tls`.
+async fn probe_tls(port: u16, log: &Path, tls: &ServerTls) -> io::Result<bool> {
+    let mut conn = tls_client(port, tls)?
         .get_multiplexed_async_connection()
         .await
         .map_err(io::Error::other)?;
