@@ -36,6 +36,7 @@ impl RedisServer {
         let flavor = Redis {
             options,
             cluster_bus_port: None,
+            replica_of: None,
         };
         let inner = Managed::start(flavor, bin).await?;
         Ok(RedisServer { inner })
@@ -49,6 +50,20 @@ impl RedisServer {
         let flavor = Redis {
             options: RedisOptions::default(),
             cluster_bus_port: Some(free_port()?),
+            replica_of: None,
+        };
+        let inner = Managed::start(flavor, bin).await?;
+        Ok(RedisServer { inner })
+    }
+
+    /// Starts a replica of the server on loopback port `primary` (`--replicaof`). It answers
+    /// `PING` before its first sync has finished; [`crate::RedisSentinel`] waits for the link.
+    pub(crate) async fn start_replica_of(primary: u16) -> Result<RedisServer, HarnessError> {
+        let bin = binary::redis_server().await?;
+        let flavor = Redis {
+            options: RedisOptions::default(),
+            cluster_bus_port: None,
+            replica_of: Some(primary),
         };
         let inner = Managed::start(flavor, bin).await?;
         Ok(RedisServer { inner })
@@ -115,6 +130,8 @@ struct Redis {
     options: RedisOptions,
     /// Set for a Redis Cluster node: its cluster bus port.
     cluster_bus_port: Option<u16>,
+    /// Set for a replica: the loopback port of its primary.
+    replica_of: Option<u16>,
 }
 
 impl Flavor for Redis {
@@ -133,6 +150,9 @@ impl Flavor for Redis {
             "--logfile".into(),
             log.as_os_str().to_owned(),
         ]);
+        if let Some(primary) = self.replica_of {
+            args.extend(["--replicaof".into(), "127.0.0.1".into(), primary.to_string().into()]);
+        }
         if let Some(bus_port) = self.cluster_bus_port {
             // nodes.conf lands in `dir`, so every node keeps its own cluster state.
             args.extend(
