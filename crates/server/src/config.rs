@@ -41,7 +41,8 @@ pub struct NatsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// One `redis://` URL; with `cluster`, the seed nodes, comma-separated.
+    /// One `redis://` URL; with `cluster`, the seed nodes, comma-separated; with
+    /// `sentinel_master`, the sentinels, comma-separated.
     pub url: String,
     pub key_prefix: String,
     pub response_timeout_ms: u64,
@@ -50,6 +51,10 @@ pub struct RedisConfig {
     /// older config files, so it defaults to off there too.
     #[serde(default)]
     pub cluster: bool,
+    /// Sentinel mode when not empty: the name the sentinels know the primary by. The primary is
+    /// looked up through them, and again after a failover.
+    #[serde(default)]
+    pub sentinel_master: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,7 +107,7 @@ pub struct MetricsConfig {
 }
 
 /// Environment variable → (table, key). The first six are the seed's names.
-const ENV_OVERRIDES: [(&str, &str, &str); 15] = [
+const ENV_OVERRIDES: [(&str, &str, &str); 16] = [
     (
         "MAX_CONCURRENT_COORDINATIONS",
         "coordination",
@@ -128,6 +133,7 @@ const ENV_OVERRIDES: [(&str, &str, &str); 15] = [
     ("SUBJECT_PREFIX", "nats", "subject_prefix"),
     ("REDIS_KEY_PREFIX", "redis", "key_prefix"),
     ("REDIS_CLUSTER", "redis", "cluster"),
+    ("REDIS_SENTINEL_MASTER", "redis", "sentinel_master"),
     ("BATCH_SIZE", "coordination", "batch_size"),
     ("DEFAULT_STRATEGY", "coordination", "default_strategy"),
 ];
@@ -156,6 +162,7 @@ impl Config {
                 response_timeout_ms: 2000,
                 connection_timeout_ms: 2000,
                 cluster: false,
+                sentinel_master: String::new(),
             },
             coordination: CoordinationConfig {
                 max_concurrent_coordinations: 10,
@@ -389,16 +396,30 @@ impl NatsConfig {
 }
 
 impl RedisConfig {
-    /// Several seed URLs only make sense to the cluster client; a single Redis has one address.
+    /// Several URLs only make sense to the cluster client (seeds) or under Sentinel (the
+    /// sentinels); a single Redis has one address.
     /// An empty prefix would make the hash tag `{}`, which Redis Cluster ignores (it hashes the
     /// whole key), scattering a deployment's keys over the slots.
     fn problems(&self) -> Vec<&'static str> {
         let seeds = crate::state::seed_urls(&self.url);
+        let sentinel = !self.sentinel_master.is_empty();
         failed(&[
-            (!seeds.is_empty(), "redis.url must name a Redis"),
+            (!seeds.is_empty() || sentinel, "redis.url must name a Redis"),
             (
-                self.cluster || seeds.len() == 1,
-                "redis.url may list several nodes only with redis.cluster = true",
+                self.cluster || sentinel || seeds.len() <= 1,
+                "redis.url may list several nodes only with redis.cluster = true or redis.sentinel_master",
+            ),
+            (
+                !(self.cluster && sentinel),
+                "redis.cluster = true and redis.sentinel_master exclude each other",
+            ),
+            (
+                !sentinel || !seeds.is_empty(),
+                "redis.url must list at least one sentinel when redis.sentinel_master is set",
+            ),
+            (
+                !self.sentinel_master.contains(char::is_whitespace),
+                "redis.sentinel_master must be a name without blanks",
             ),
             (
                 !self.key_prefix.is_empty(),
@@ -648,6 +669,32 @@ mod tests {
         assert!(err.to_string().contains("redis://"), "{err}");
         let err = Config::from_sources(None, &env(&[("REDIS_KEY_PREFIX", "")])).expect_err("empty");
         assert!(err.to_string().contains("key_prefix"), "{err}");
+    }
+
+    #[test]
+    fn sentinel_mode_names_the_master_lists_sentinels_and_excludes_cluster() {
+        assert!(Config::default().redis.sentinel_master.is_empty());
+        let sentinels = "redis://127.0.0.1:26379, redis://127.0.0.1:26380,redis://127.0.0.1:26381";
+        let on = [("REDIS_SENTINEL_MASTER", "mymaster"), ("REDIS_URL", sentinels)];
+        let c = Config::from_sources(None, &env(&on)).expect("valid sentinel mode");
+        assert_eq!(c.redis.sentinel_master, "mymaster");
+        let file = "[redis]\nsentinel_master = \"mymaster\"\nurl = \"redis://s:26379\"\n";
+        let c = Config::from_sources(Some(file), &[]).expect("one sentinel is enough");
+        assert_eq!(c.redis.url, "redis://s:26379");
+
+        let both = "[redis]\ncluster = true\nsentinel_master = \"m\"\nurl = \"redis://a:1\"\n";
+        let err = Config::from_sources(Some(both), &[]).expect_err("cluster and sentinel");
+        assert!(err.to_string().contains("exclude each other"), "{err}");
+        let none = [("REDIS_SENTINEL_MASTER", "m"), ("REDIS_URL", " , ")];
+        let err = Config::from_sources(None, &env(&none)).expect_err("no sentinel");
+        assert!(err.to_string().contains("at least one sentinel"), "{err}");
+        assert!(!err.to_string().contains("must name a Redis"), "{err}");
+        let blank = [("REDIS_SENTINEL_MASTER", "my master"), ("REDIS_URL", sentinels)];
+        let err = Config::from_sources(None, &env(&blank)).expect_err("blank in name");
+        assert!(err.to_string().contains("without blanks"), "{err}");
+        let bad = [("REDIS_SENTINEL_MASTER", "m"), ("REDIS_URL", "redis://a:1,http://b:2")];
+        let err = Config::from_sources(None, &env(&bad)).expect_err("not redis://");
+        assert!(err.to_string().contains("redis://"), "{err}");
     }
 
     #[test]

@@ -13,10 +13,12 @@ mod reads;
 mod records;
 mod rows;
 mod scripts;
+mod sentinel;
 mod store;
 
 pub use connection::Connection;
 pub(crate) use connection::seed_urls;
+pub use sentinel::SentinelConnection;
 pub use fleet::{FleetCache, Refresh};
 pub use handoffs::{
     AnswerOutcome, BeginHandoff, BeginOutcome, GrowOutcome, GrowRequest, HandoffRecord,
