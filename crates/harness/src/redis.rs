@@ -151,7 +151,11 @@ impl Flavor for Redis {
             log.as_os_str().to_owned(),
         ]);
         if let Some(primary) = self.replica_of {
-            args.extend(["--replicaof".into(), "127.0.0.1".into(), primary.to_string().into()]);
+            args.extend([
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                primary.to_string().into(),
+            ]);
         }
         if let Some(bus_port) = self.cluster_bus_port {
             // nodes.conf lands in `dir`, so every node keeps its own cluster state.

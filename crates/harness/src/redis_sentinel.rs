@@ -190,7 +190,10 @@ async fn watching_gap(port: u16) -> Option<String> {
         Ok(conn) => conn,
         Err(e) => return Some(e.to_string()),
     };
-    let cmd = redis::cmd("SENTINEL").arg("MASTER").arg(MASTER_NAME).clone();
+    let cmd = redis::cmd("SENTINEL")
+        .arg("MASTER")
+        .arg(MASTER_NAME)
+        .clone();
     let fields: HashMap<String, String> = match run(&mut conn, &cmd).await {
         Ok(fields) => fields,
         Err(e) => return Some(e.to_string()),

@@ -675,7 +675,10 @@ mod tests {
     fn sentinel_mode_names_the_master_lists_sentinels_and_excludes_cluster() {
         assert!(Config::default().redis.sentinel_master.is_empty());
         let sentinels = "redis://127.0.0.1:26379, redis://127.0.0.1:26380,redis://127.0.0.1:26381";
-        let on = [("REDIS_SENTINEL_MASTER", "mymaster"), ("REDIS_URL", sentinels)];
+        let on = [
+            ("REDIS_SENTINEL_MASTER", "mymaster"),
+            ("REDIS_URL", sentinels),
+        ];
         let c = Config::from_sources(None, &env(&on)).expect("valid sentinel mode");
         assert_eq!(c.redis.sentinel_master, "mymaster");
         let file = "[redis]\nsentinel_master = \"mymaster\"\nurl = \"redis://s:26379\"\n";
@@ -689,10 +692,16 @@ mod tests {
         let err = Config::from_sources(None, &env(&none)).expect_err("no sentinel");
         assert!(err.to_string().contains("at least one sentinel"), "{err}");
         assert!(!err.to_string().contains("must name a Redis"), "{err}");
-        let blank = [("REDIS_SENTINEL_MASTER", "my master"), ("REDIS_URL", sentinels)];
+        let blank = [
+            ("REDIS_SENTINEL_MASTER", "my master"),
+            ("REDIS_URL", sentinels),
+        ];
         let err = Config::from_sources(None, &env(&blank)).expect_err("blank in name");
         assert!(err.to_string().contains("without blanks"), "{err}");
-        let bad = [("REDIS_SENTINEL_MASTER", "m"), ("REDIS_URL", "redis://a:1,http://b:2")];
+        let bad = [
+            ("REDIS_SENTINEL_MASTER", "m"),
+            ("REDIS_URL", "redis://a:1,http://b:2"),
+        ];
         let err = Config::from_sources(None, &env(&bad)).expect_err("not redis://");
         assert!(err.to_string().contains("redis://"), "{err}");
     }

@@ -36,7 +36,9 @@ impl Connection {
         if config.cluster {
             open_cluster(config).await
         } else if !config.sentinel_master.is_empty() {
-            Ok(Connection::Sentinel(SentinelConnection::open(config).await?))
+            Ok(Connection::Sentinel(
+                SentinelConnection::open(config).await?,
+            ))
         } else {
             open_single(config).await
         }

@@ -18,7 +18,6 @@ mod store;
 
 pub use connection::Connection;
 pub(crate) use connection::seed_urls;
-pub use sentinel::SentinelConnection;
 pub use fleet::{FleetCache, Refresh};
 pub use handoffs::{
     AnswerOutcome, BeginHandoff, BeginOutcome, GrowOutcome, GrowRequest, HandoffRecord,
@@ -29,4 +28,5 @@ pub use records::{
     CompleteOutcome, Completion, DeregisterOutcome, ExpireOutcome, GrantOutcome, GrantRequest,
     HeartbeatOutcome, QueuedTask, RequeueOutcome, ResolveOutcome, SubmitOutcome, SubmitRequest,
 };
+pub use sentinel::SentinelConnection;
 pub use store::Store;

@@ -9,6 +9,15 @@
 //! back, or stayed, as a replica) or NOREPLICAS (it lost its replicas, as a primary cut off by a
 //! partition does when `min-replicas-to-write` is set).
 //!
+//! A primary that is demoted while alive (SENTINEL FAILOVER, or a failover decided while it was
+//! cut off from the sentinels) keeps accepting writes until the sentinels reconfigure it, which
+//! can take ten seconds, and its resync as a replica then discards them. Errors do not show
+//! that, so a watcher task also listens to the sentinels' `+switch-master` announcements and
+//! drops the connection the moment one names this primary; what the old primary took between
+//! the promotion and the announcement is still lost (docs/operations.md). The watcher follows
+//! one sentinel at a time, moves to the next when that one goes away, and ends with the last
+//! clone of the connection.
+//!
 //! The command that met the sign is not retried here: whether it took effect on the old primary
 //! is unknown, and the error goes up as a retryable one (`switchyard_client::error`), so the
 //! optimizer NAKs the event and applies it again later, which its transitions make idempotent.
@@ -21,13 +30,14 @@
 //! clone the connection or the lookup, and again to store the result.
 
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::sentinel::Sentinel;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use tokio::sync::oneshot;
 
 use crate::config::RedisConfig;
 use switchyard_client::error::{Error, ErrorKind};
@@ -38,6 +48,8 @@ use switchyard_client::error::{Error, ErrorKind};
 pub struct SentinelConnection {
     target: Arc<Target>,
     state: Arc<Mutex<State>>,
+    /// Dropped with the last clone, which ends the watcher (its receiver resolves).
+    _watching: Arc<oneshot::Sender<()>>,
 }
 
 /// What a lookup needs; apart from the state, so a lookup in the state holds no reference to it.
@@ -93,11 +105,15 @@ impl SentinelConnection {
                 .set_response_timeout(Some(response_timeout)),
             lookup_within: connection_timeout + response_timeout,
         };
+        let (watching, stop) = oneshot::channel();
         let conn = SentinelConnection {
             target: Arc::new(target),
             state: Arc::new(Mutex::new(State::Lost { generation: 0 })),
+            _watching: Arc::new(watching),
         };
         conn.primary().await?;
+        let state = Arc::downgrade(&conn.state);
+        tokio::spawn(watch_switches(Arc::clone(&conn.target), state, stop));
         Ok(conn)
     }
 
@@ -159,9 +175,84 @@ impl SentinelConnection {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // The state is replaced whole under the lock, so a panic elsewhere cannot leave it torn.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.state)
     }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // The state is replaced whole under the lock, so a panic elsewhere cannot leave it torn.
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// How long the watcher waits before it tries the next sentinel.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(500);
+
+/// Follows `+switch-master` on one sentinel after another until `stop` resolves (the last clone
+/// of the connection is gone) or the state is gone.
+async fn watch_switches(
+    target: Arc<Target>,
+    state: Weak<Mutex<State>>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    for (round, url) in target.sentinels.iter().cycle().enumerate() {
+        tokio::select! {
+            _ = &mut stop => return,
+            ended = follow_switches(&target, url, &state, round > 0) => {
+                tracing::debug!(sentinel = %url, ?ended, "stopped following a sentinel");
+            }
+        }
+        if state.upgrade().is_none() {
+            return;
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            () = tokio::time::sleep(RESUBSCRIBE_AFTER) => {}
+        }
+    }
+}
+
+/// Subscribes to `+switch-master` on the sentinel at `url` and drops the primary's connection
+/// on every switch of this master; returns when the subscription ends. A switch may have passed
+/// while no sentinel was followed, so a `resubscribed` watcher drops it once subscribed, too
+/// (one lookup); not when no sentinel answers, which would stop a healthy primary being used.
+async fn follow_switches(
+    target: &Target,
+    url: &str,
+    state: &Weak<Mutex<State>>,
+    resubscribed: bool,
+) -> RedisResult<()> {
+    let client = redis::Client::open(url)?;
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe("+switch-master").await?;
+    if resubscribed {
+        forget_primary(state, "following the sentinels again");
+    }
+    let mut messages = pubsub.on_message();
+    while let Some(message) = futures::StreamExt::next(&mut messages).await {
+        // "<master> <old ip> <old port> <new ip> <new port>"
+        let payload: String = message.get_payload()?;
+        if payload.split(' ').next() == Some(target.master.as_str()) {
+            forget_primary(state, "the sentinels switched the primary");
+        }
+    }
+    Ok(())
+}
+
+/// Drops whatever connection or lookup the state holds, so the next command looks up anew.
+fn forget_primary(state: &Weak<Mutex<State>>, why: &str) {
+    let Some(state) = state.upgrade() else {
+        return;
+    };
+    let mut state = lock(&state);
+    let generation = match &*state {
+        State::Ready { generation, .. }
+        | State::Looking { generation, .. }
+        | State::Lost { generation } => *generation,
+    };
+    tracing::info!(why, "asking the sentinels for the redis primary again");
+    *state = State::Lost { generation };
 }
 
 /// Asks the sentinels for the primary, checks its role and connects, within the target's bound.
