@@ -118,9 +118,9 @@ async fn the_optimizer_follows_a_sentinel_failover_and_loses_no_task() {
 /// it answers READONLY), asks the sentinels again and writes to the new primary, with retryable
 /// errors meanwhile; a script the new primary never loaded is loaded again on its NOSCRIPT.
 ///
-/// Until the sentinels have reconfigured the old primary it still takes writes, which its resync
-/// as a replica then discards: the failover's loss window (docs/operations.md). So the test
-/// writes until a write shows on the new primary, rather than expecting the first to.
+/// Until the sentinels have reconfigured the old primary (up to ~10 s) it still takes writes,
+/// which its resync as a replica then discards; the connection leaves it on the sentinels'
+/// `+switch-master`, so no write it acknowledges after the promotion is on the old primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_follows_a_demoted_primary() {
     common::init_tracing();
@@ -155,25 +155,35 @@ async fn the_connection_follows_a_demoted_primary() {
         .expect("promoted");
     let mut new_primary = redis_at(&format!("redis://127.0.0.1:{new_port}/")).await;
 
-    let followed = within(30, "a write on the new primary", async {
+    // Once the sentinels name the new primary, the first write the connection acknowledges
+    // must be on it: one acknowledged by the demoted primary would be discarded by its resync.
+    let acknowledged = within(30, "a write to be acknowledged", async {
         for attempt in 0u64.. {
-            let written: Result<(), _> = redis::cmd("SET")
+            let written: redis::RedisResult<()> = redis::cmd("SET")
                 .arg("probe")
                 .arg(attempt)
                 .query_async(&mut conn)
                 .await;
-            if let Err(e) = written {
-                let error = switchyard_client::error::Error::from(e);
-                assert!(error.is_retryable(), "{error}");
-            } else if get_u64(&mut new_primary, "probe").await == Some(attempt) {
-                return attempt;
+            match written {
+                Ok(()) => return attempt,
+                Err(e) => {
+                    let error = switchyard_client::error::Error::from(e);
+                    assert!(error.is_retryable(), "{error}");
+                }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         unreachable!("the loop only ends by returning")
     })
     .await;
-    println!("sentinel demotion: write {followed} was the first on the new primary");
+    assert_eq!(
+        get_u64(&mut new_primary, "probe").await,
+        Some(acknowledged),
+        "write {acknowledged} was acknowledged by the demoted primary"
+    );
+    println!(
+        "sentinel demotion: write {acknowledged} was the first acknowledged, on the new primary"
+    );
     let counted: i64 = script.key("n").invoke_async(&mut conn).await.expect("runs");
     let stored: i64 = redis::cmd("GET")
         .arg("n")
@@ -189,9 +199,12 @@ async fn the_connection_follows_a_demoted_primary() {
     let old_url = format!("redis://127.0.0.1:{old_port}/");
     within(30, "the old primary to become a replica", async {
         loop {
-            let mut old_primary = redis_at(&old_url).await;
-            let role: redis::RedisResult<Vec<redis::Value>> =
-                redis::cmd("ROLE").query_async(&mut old_primary).await;
+            let client = redis::Client::open(old_url.as_str()).expect("url");
+            let role: redis::RedisResult<Vec<redis::Value>> = async {
+                let mut old_primary = client.get_multiplexed_async_connection().await?;
+                redis::cmd("ROLE").query_async(&mut old_primary).await
+            }
+            .await;
             if let Ok(role) = role
                 && role.first() == Some(&redis::Value::BulkString(b"slave".to_vec()))
             {
