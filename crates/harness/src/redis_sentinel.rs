@@ -117,9 +117,10 @@ impl RedisSentinel {
         Ok(index)
     }
 
-    /// Starts node `index` again on its port and directory. A former primary comes back as a
-    /// primary with what it had, until the sentinels see it and make it a replica of the new
-    /// one.
+    /// Starts node `index` again on its port and directory. The nodes keep no data on disk, so
+    /// a former primary comes back as an empty primary until the sentinels see it and make it a
+    /// replica of the new one; started again before the sentinels promoted another node, it
+    /// would hand its emptiness to the replica (why production runs AOF, docs/operations.md).
     pub async fn start_again(&mut self, index: usize) -> Result<(), HarnessError> {
         let size = self.nodes.len();
         let node = self
