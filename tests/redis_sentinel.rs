@@ -4,7 +4,8 @@
 //! The primary is SIGKILLed while agents hold tasks and more wait in the queue; the sentinels
 //! promote the replica and the optimizer, which finds the new primary through them by itself,
 //! carries on: every task submitted before and after the failover is granted once and completed,
-//! and no agent ends up holding more than its capacity. The replica is made to catch up (WAIT)
+//! and no agent ends up holding more than its capacity; the killed node, started again, rejoins
+//! as a replica and the work goes on. The replica is made to catch up (WAIT)
 //! before the kill, because Redis replicates asynchronously: what the primary acknowledged and
 //! had not yet sent is lost in a failover (docs/operations.md), and the test is about following
 //! the failover, not about that window.
@@ -80,7 +81,7 @@ async fn the_optimizer_follows_a_sentinel_failover_and_loses_no_task() {
     // The failover: the agents report the held tasks and new tasks come in while it happens.
     let old_port = deployment.primary_port().await.expect("primary");
     let killed_at = Instant::now();
-    deployment.kill_primary().await.expect("primary killed");
+    let killed = deployment.kill_primary().await.expect("primary killed");
     fleet.granted_before_kill = fleet.owner.keys().cloned().collect();
     fleet.killed_at = Some(killed_at);
     fleet.complete_held().await;
@@ -99,7 +100,29 @@ async fn the_optimizer_follows_a_sentinel_failover_and_loses_no_task() {
     )
     .await;
     let mut new_primary = redis_at(&format!("redis://127.0.0.1:{new_port}/")).await;
-    fleet.check_against(&mut new_primary).await;
+    fleet.check_against(&mut new_primary, 15).await;
+
+    // The killed node comes back (empty: no persistence) and is made a replica of the new
+    // primary; the optimizer keeps to the new primary.
+    deployment
+        .start_again(killed)
+        .await
+        .expect("old primary starts");
+    let old_url = deployment.nodes()[killed].url();
+    within(
+        30,
+        "the old primary to rejoin as a replica",
+        until_replica(&old_url),
+    )
+    .await;
+    submit(&orch, "rejoined", 3).await;
+    within(
+        60,
+        "the last tasks granted and completed",
+        fleet.work_until(18),
+    )
+    .await;
+    fleet.check_against(&mut new_primary, 18).await;
     assert_eq!(metrics.dead_letters.get(), 0, "nothing dead-lettered");
     let first_grant = fleet
         .first_grant_after_kill
@@ -197,23 +220,31 @@ async fn the_connection_follows_a_demoted_primary() {
     );
     // The sentinels make the old primary a replica (and disconnect its clients as they do).
     let old_url = format!("redis://127.0.0.1:{old_port}/");
-    within(30, "the old primary to become a replica", async {
-        loop {
-            let client = redis::Client::open(old_url.as_str()).expect("url");
-            let role: redis::RedisResult<Vec<redis::Value>> = async {
-                let mut old_primary = client.get_multiplexed_async_connection().await?;
-                redis::cmd("ROLE").query_async(&mut old_primary).await
-            }
-            .await;
-            if let Ok(role) = role
-                && role.first() == Some(&redis::Value::BulkString(b"slave".to_vec()))
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
+    within(
+        30,
+        "the old primary to become a replica",
+        until_replica(&old_url),
+    )
     .await;
+}
+
+/// Polls ROLE on fresh connections (the sentinels disconnect clients as they reconfigure a
+/// node) until the node at `url` is a replica.
+async fn until_replica(url: &str) {
+    let client = redis::Client::open(url).expect("url");
+    loop {
+        let role: redis::RedisResult<Vec<redis::Value>> = async {
+            let mut node = client.get_multiplexed_async_connection().await?;
+            redis::cmd("ROLE").query_async(&mut node).await
+        }
+        .await;
+        if let Ok(role) = role
+            && role.first() == Some(&redis::Value::BulkString(b"slave".to_vec()))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn config_for(nats: &NatsServer, deployment: &RedisSentinel) -> Config {
@@ -363,7 +394,7 @@ impl Fleet {
 
     /// What the new primary says: every task completed by the agent that saw its grant, and
     /// no agent holding a reservation.
-    async fn check_against(&self, primary: &mut redis::aio::MultiplexedConnection) {
+    async fn check_against(&self, primary: &mut redis::aio::MultiplexedConnection, total: usize) {
         let keys = Keys::new("switchyard");
         for (task, agent) in &self.owner {
             let key = keys.task(task);
@@ -376,7 +407,12 @@ impl Fleet {
             let recorded = common::hget(primary, &key, "agent").await;
             assert_eq!(recorded.as_deref(), Some(agent.as_str()), "{task}'s agent");
         }
-        assert_eq!(self.owner.len(), 15, "every task granted: {:?}", self.owner);
+        assert_eq!(
+            self.owner.len(),
+            total,
+            "every task granted: {:?}",
+            self.owner
+        );
         for agent in AGENTS {
             let reserved = common::hget_i64(primary, &keys.agent(agent), "res_cpu").await;
             assert_eq!(reserved, 0, "{agent} still holds a reservation");
