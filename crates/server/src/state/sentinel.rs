@@ -11,7 +11,7 @@
 //!
 //! A primary that is demoted while alive (SENTINEL FAILOVER, or a failover decided while it was
 //! cut off from the sentinels) keeps accepting writes until the sentinels reconfigure it, which
-//! can take ten seconds, and its resync as a replica then discards them. Errors do not show
+//! takes 10 to 30 seconds, and its resync as a replica then discards them. Errors do not show
 //! that, so a watcher task also listens to the sentinels' `+switch-master` announcements and
 //! drops the connection the moment one names this primary; what the old primary took between
 //! the promotion and the announcement is still lost (docs/operations.md). The watcher follows
@@ -22,7 +22,8 @@
 //! is unknown, and the error goes up as a retryable one (`switchyard_client::error`), so the
 //! optimizer NAKs the event and applies it again later, which its transitions make idempotent.
 //! Until the sentinels have promoted a replica every lookup fails the same way (the old address,
-//! refused), and events wait in their redelivery back-off.
+//! refused), and events wait in their redelivery back-off (the optimizer's Redis probe stops
+//! pulling new ones meanwhile).
 //!
 //! Concurrent commands that need the primary while it is being looked up share one lookup
 //! (a [`Shared`] future in the state), so a batch that fails at once does not send a burst of
