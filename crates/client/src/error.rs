@@ -127,6 +127,8 @@ impl From<redis::RedisError> for Error {
     fn from(err: redis::RedisError) -> Self {
         let kind = if err.is_timeout() {
             ErrorKind::Timeout
+        } else if passes_with_a_failover(&err) {
+            ErrorKind::Redis
         } else if matches!(err.retry_method(), redis::RetryMethod::NoRetry) {
             ErrorKind::RedisRefused
         } else {
@@ -134,6 +136,15 @@ impl From<redis::RedisError> for Error {
         };
         Error::with_source(kind, "redis command failed", err)
     }
+}
+
+/// Replies that redis-rs counts as final but that a failover explains, so a later try succeeds:
+/// NOREPLICAS (a primary cut off from its replicas refuses writes under `min-replicas-to-write`
+/// until the sentinels promote another) and NOSCRIPT (`redis::Script` loads a script the node
+/// lacks and runs it again; a second NOSCRIPT means the primary changed in between).
+#[cfg(feature = "redis")]
+fn passes_with_a_failover(err: &redis::RedisError) -> bool {
+    matches!(err.code(), Some("NOREPLICAS" | "NOSCRIPT"))
 }
 
 impl From<serde_json::Error> for Error {
@@ -165,5 +176,22 @@ mod tests {
         )));
         assert_eq!(refused.kind(), ErrorKind::RedisRefused);
         assert!(!refused.is_retryable());
+        for line in [
+            "READONLY You can't write against a read only replica.",
+            "NOREPLICAS Not enough good replicas to write.",
+            "NOSCRIPT No matching script.",
+        ] {
+            let reply = redis::parse_redis_value(format!("-{line}\r\n").as_bytes());
+            let Ok(redis::Value::ServerError(e)) = reply else {
+                panic!("{line}: not an error reply");
+            };
+            let during_failover = Error::from(redis::RedisError::from(e));
+            assert!(during_failover.is_retryable(), "{line}");
+        }
+        let script = redis::parse_redis_value(b"-ERR Error running script\r\n");
+        let Ok(redis::Value::ServerError(e)) = script else {
+            panic!("not an error reply");
+        };
+        assert!(!Error::from(redis::RedisError::from(e)).is_retryable());
     }
 }

@@ -37,6 +37,10 @@
 //!   polled every 50 ms for up to 30 s.
 //! * [`RedisCluster`] starts three cluster-enabled `redis-server` nodes and joins them into one
 //!   Redis Cluster, ready once every node reports `cluster_state:ok` (polled, with a deadline).
+//! * [`RedisSentinel`] starts a primary, one replica (`--replicaof`) and three sentinels (each
+//!   with its own writable config file), ready once every sentinel reports the primary, its
+//!   replica and the other two sentinels (polled, with a deadline). The primary can be killed and
+//!   the promotion of the replica awaited, for failover tests.
 //! * Child processes are killed with SIGKILL and reaped when the handle is dropped, so neither
 //!   zombies nor leftover servers outlive a test.
 
@@ -49,6 +53,7 @@ mod process;
 mod proxy;
 mod redis;
 mod redis_cluster;
+mod redis_sentinel;
 
 use std::time::Duration;
 
@@ -58,6 +63,7 @@ pub use pki::{ServerTls, TestPki};
 pub use proxy::TcpProxy;
 pub use redis::{RedisOptions, RedisServer};
 pub use redis_cluster::RedisCluster;
+pub use redis_sentinel::RedisSentinel;
 
 /// Why a server could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +142,9 @@ pub enum HarnessError {
     /// The nodes of a [`RedisCluster`] refused to be joined or did not agree in time.
     #[error("redis cluster: {0}")]
     Cluster(String),
+    /// A [`RedisSentinel`] deployment did not come together or fail over in time.
+    #[error("redis sentinel: {0}")]
+    Sentinel(String),
     /// Any other I/O error (temp dir, free port, log file).
     #[error("harness I/O error: {0}")]
     Io(#[from] std::io::Error),

@@ -34,6 +34,12 @@ pub(crate) trait Flavor {
     /// Command-line arguments for a start on `port`, keeping state in `dir`, logging to `log`.
     fn args(&self, port: u16, dir: &Path, log: &Path) -> Vec<OsString>;
 
+    /// Files the server needs in `dir` before it starts (a config file it rewrites, say).
+    /// Called before every start, so it must keep what an earlier run left there.
+    fn prepare(&self, _dir: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
     /// One readiness probe: `Ok(true)` once *this* server (not another process that happens to
     /// listen on `port`) answers its protocol.
     async fn probe(&self, port: u16, log: &Path) -> io::Result<bool>;
@@ -128,6 +134,7 @@ impl<F: Flavor> Managed<F> {
     /// Spawns the child on `self.port` and waits until it is ready; kills it on failure.
     async fn launch(&mut self) -> Result<(), HarnessError> {
         let log = self.log_path();
+        self.flavor.prepare(self.dir.path())?;
         let log_file = OpenOptions::new().create(true).append(true).open(&log)?;
         let child = Command::new(&self.bin)
             .args(self.flavor.args(self.port, self.dir.path(), &log))

@@ -38,6 +38,7 @@ impl RedisServer {
             options,
             cluster_bus_port: None,
             tls: None,
+            replica_of: None,
         };
         let inner = Managed::start(flavor, bin).await?;
         Ok(RedisServer { inner })
@@ -52,6 +53,7 @@ impl RedisServer {
             options: RedisOptions::default(),
             cluster_bus_port: None,
             tls: Some(tls),
+            replica_of: None,
         };
         let inner = Managed::start(flavor, bin).await?;
         Ok(RedisServer { inner })
@@ -69,6 +71,21 @@ impl RedisServer {
             options: RedisOptions::default(),
             cluster_bus_port: Some(free_port()?),
             tls,
+            replica_of: None,
+        };
+        let inner = Managed::start(flavor, bin).await?;
+        Ok(RedisServer { inner })
+    }
+
+    /// Starts a replica of the server on loopback port `primary` (`--replicaof`). It answers
+    /// `PING` before its first sync has finished; [`crate::RedisSentinel`] waits for the link.
+    pub(crate) async fn start_replica_of(primary: u16) -> Result<RedisServer, HarnessError> {
+        let bin = binary::redis_server().await?;
+        let flavor = Redis {
+            options: RedisOptions::default(),
+            cluster_bus_port: None,
+            tls: None,
+            replica_of: Some(primary),
         };
         let inner = Managed::start(flavor, bin).await?;
         Ok(RedisServer { inner })
@@ -151,6 +168,8 @@ struct Redis {
     cluster_bus_port: Option<u16>,
     /// Set for a server that serves TLS only, on the port a plain server would listen on.
     tls: Option<ServerTls>,
+    /// Set for a replica: the loopback port of its primary.
+    replica_of: Option<u16>,
 }
 
 impl Flavor for Redis {
@@ -173,6 +192,13 @@ impl Flavor for Redis {
             "--logfile".into(),
             log.as_os_str().to_owned(),
         ]);
+        if let Some(primary) = self.replica_of {
+            args.extend([
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                primary.to_string().into(),
+            ]);
+        }
         if let Some(bus_port) = self.cluster_bus_port {
             // nodes.conf lands in `dir`, so every node keeps its own cluster state.
             args.extend(

@@ -41,7 +41,8 @@ pub struct NatsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// One `redis://` URL; with `cluster`, the seed nodes, comma-separated.
+    /// One `redis://` URL; with `cluster`, the seed nodes, comma-separated; with
+    /// `sentinel_master`, the sentinels, comma-separated.
     pub url: String,
     pub key_prefix: String,
     pub response_timeout_ms: u64,
@@ -60,6 +61,10 @@ pub struct RedisConfig {
     /// PEM private key of `tls_cert_file`.
     #[serde(default)]
     pub tls_key_file: String,
+    /// Sentinel mode when not empty: the name the sentinels know the primary by. The primary is
+    /// looked up through them, and again after a failover.
+    #[serde(default)]
+    pub sentinel_master: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,7 +117,7 @@ pub struct MetricsConfig {
 }
 
 /// Environment variable → (table, key). The first six are the seed's names.
-const ENV_OVERRIDES: [(&str, &str, &str); 22] = [
+const ENV_OVERRIDES: [(&str, &str, &str); 23] = [
     (
         "MAX_CONCURRENT_COORDINATIONS",
         "coordination",
@@ -144,6 +149,7 @@ const ENV_OVERRIDES: [(&str, &str, &str); 22] = [
     ("SUBJECT_PREFIX", "nats", "subject_prefix"),
     ("REDIS_KEY_PREFIX", "redis", "key_prefix"),
     ("REDIS_CLUSTER", "redis", "cluster"),
+    ("REDIS_SENTINEL_MASTER", "redis", "sentinel_master"),
     ("BATCH_SIZE", "coordination", "batch_size"),
     ("DEFAULT_STRATEGY", "coordination", "default_strategy"),
     ("JETSTREAM_REPLICAS", "jetstream", "replicas"),
@@ -176,6 +182,7 @@ impl Config {
                 tls_ca_file: String::new(),
                 tls_cert_file: String::new(),
                 tls_key_file: String::new(),
+                sentinel_master: String::new(),
             },
             coordination: CoordinationConfig {
                 max_concurrent_coordinations: 10,
@@ -409,7 +416,8 @@ impl NatsConfig {
 }
 
 impl RedisConfig {
-    /// Several seed URLs only make sense to the cluster client; a single Redis has one address.
+    /// Several URLs only make sense to the cluster client (seeds) or under Sentinel (the
+    /// sentinels); a single Redis has one address.
     /// An empty prefix would make the hash tag `{}`, which Redis Cluster ignores (it hashes the
     /// whole key), scattering a deployment's keys over the slots. TLS files with a plain URL
     /// would be silently unused, so they are refused.
@@ -417,6 +425,7 @@ impl RedisConfig {
         let seeds = crate::state::seed_urls(&self.url);
         let tls_files = [&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file];
         let tls_seeds = seeds.iter().filter(|u| u.starts_with("rediss://")).count();
+        let sentinel = !self.sentinel_master.is_empty();
         failed(&[
             (
                 tls_seeds == 0 || tls_seeds == seeds.len(),
@@ -430,10 +439,26 @@ impl RedisConfig {
                 self.tls_cert_file.is_empty() == self.tls_key_file.is_empty(),
                 "redis.tls_cert_file and redis.tls_key_file must be set together",
             ),
-            (!seeds.is_empty(), "redis.url must name a Redis"),
+            (!seeds.is_empty() || sentinel, "redis.url must name a Redis"),
             (
-                self.cluster || seeds.len() == 1,
-                "redis.url may list several nodes only with redis.cluster = true",
+                self.cluster || sentinel || seeds.len() <= 1,
+                "redis.url may list several nodes only with redis.cluster = true or redis.sentinel_master",
+            ),
+            (
+                !(self.cluster && sentinel),
+                "redis.cluster = true and redis.sentinel_master exclude each other",
+            ),
+            (
+                !sentinel || !seeds.is_empty(),
+                "redis.url must list at least one sentinel when redis.sentinel_master is set",
+            ),
+            (
+                !sentinel || (!self.uses_tls() && tls_files.iter().all(|f| f.is_empty())),
+                "TLS to Redis under Sentinel is not supported yet",
+            ),
+            (
+                !self.sentinel_master.contains(char::is_whitespace),
+                "redis.sentinel_master must be a name without blanks",
             ),
             (
                 !self.key_prefix.is_empty(),
@@ -746,6 +771,41 @@ mod tests {
         assert!(err.to_string().contains("must not mix"), "{err}");
         let file = "[redis]\ncluster = true\nurl = \"rediss://a:1,rediss://b:2\"\n";
         assert!(Config::from_sources(Some(file), &[]).is_ok());
+    }
+
+    #[test]
+    fn sentinel_mode_names_the_master_lists_sentinels_and_excludes_cluster() {
+        assert!(Config::default().redis.sentinel_master.is_empty());
+        let sentinels = "redis://127.0.0.1:26379, redis://127.0.0.1:26380,redis://127.0.0.1:26381";
+        let on = [
+            ("REDIS_SENTINEL_MASTER", "mymaster"),
+            ("REDIS_URL", sentinels),
+        ];
+        let c = Config::from_sources(None, &env(&on)).expect("valid sentinel mode");
+        assert_eq!(c.redis.sentinel_master, "mymaster");
+        let file = "[redis]\nsentinel_master = \"mymaster\"\nurl = \"redis://s:26379\"\n";
+        let c = Config::from_sources(Some(file), &[]).expect("one sentinel is enough");
+        assert_eq!(c.redis.url, "redis://s:26379");
+
+        let both = "[redis]\ncluster = true\nsentinel_master = \"m\"\nurl = \"redis://a:1\"\n";
+        let err = Config::from_sources(Some(both), &[]).expect_err("cluster and sentinel");
+        assert!(err.to_string().contains("exclude each other"), "{err}");
+        let none = [("REDIS_SENTINEL_MASTER", "m"), ("REDIS_URL", " , ")];
+        let err = Config::from_sources(None, &env(&none)).expect_err("no sentinel");
+        assert!(err.to_string().contains("at least one sentinel"), "{err}");
+        assert!(!err.to_string().contains("must name a Redis"), "{err}");
+        let blank = [
+            ("REDIS_SENTINEL_MASTER", "my master"),
+            ("REDIS_URL", sentinels),
+        ];
+        let err = Config::from_sources(None, &env(&blank)).expect_err("blank in name");
+        assert!(err.to_string().contains("without blanks"), "{err}");
+        let bad = [
+            ("REDIS_SENTINEL_MASTER", "m"),
+            ("REDIS_URL", "redis://a:1,http://b:2"),
+        ];
+        let err = Config::from_sources(None, &env(&bad)).expect_err("not redis://");
+        assert!(err.to_string().contains("redis://"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! [`Connection`]: one connection type for a single Redis and for a Redis Cluster, so every
-//! command and script of the store takes one code path whatever the topology.
+//! [`Connection`]: one connection type for a single Redis, a primary under Sentinel and a Redis
+//! Cluster, so every command and script of the store takes one code path whatever the topology.
 //!
-//! Both kinds are multiplexed handles, cheap to clone. On a cluster the client routes each
+//! All kinds are multiplexed handles, cheap to clone. Under Sentinel the primary is looked up
+//! through the sentinels and again after a failover (`sentinel.rs`). On a cluster the client routes each
 //! command by its keys; every key of a deployment carries the same hash tag (`keys.rs`), so a
 //! script or a pipeline always goes to the one node that serves the deployment's slot. Commands
 //! that name no key go there too ([`Connection::query_in_slot`]); redis-rs alone would send
@@ -18,22 +19,29 @@ use redis::{
     Value,
 };
 
+use super::sentinel::SentinelConnection;
 use crate::config::RedisConfig;
 use switchyard_client::error::{Error, ErrorKind};
 
-/// A connection to a single Redis (reconnecting by itself) or to a Redis Cluster (following the
-/// cluster's slot map, MOVED and ASK redirections and failovers).
+/// A connection to a single Redis (reconnecting by itself), to the primary the sentinels name
+/// (following failovers), or to a Redis Cluster (following the cluster's slot map, MOVED and ASK
+/// redirections and failovers).
 #[derive(Clone)]
 pub enum Connection {
     Single(ConnectionManager),
+    Sentinel(SentinelConnection),
     Cluster(ClusterConnection),
 }
 
 impl Connection {
-    /// Connects as `redis.cluster` says, with the configured timeouts.
+    /// Connects as `redis.cluster` and `redis.sentinel_master` say, with the configured timeouts.
     pub async fn open(config: &RedisConfig) -> Result<Connection, Error> {
         if config.cluster {
             open_cluster(config).await
+        } else if !config.sentinel_master.is_empty() {
+            Ok(Connection::Sentinel(
+                SentinelConnection::open(config).await?,
+            ))
         } else {
             open_single(config).await
         }
@@ -48,6 +56,7 @@ impl Connection {
     ) -> RedisResult<T> {
         match self {
             Connection::Single(conn) => cmd.query_async(conn).await,
+            Connection::Sentinel(conn) => cmd.query_async(conn).await,
             Connection::Cluster(conn) => {
                 let route = Route::with_key(slot_key, SlotAddr::Master);
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
@@ -162,6 +171,7 @@ impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Connection::Single(conn) => conn.req_packed_command(cmd),
+            Connection::Sentinel(conn) => conn.req_packed_command(cmd),
             Connection::Cluster(conn) => conn.req_packed_command(cmd),
         }
     }
@@ -174,6 +184,7 @@ impl ConnectionLike for Connection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Connection::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Connection::Sentinel(conn) => conn.req_packed_commands(pipeline, offset, count),
             Connection::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -181,6 +192,7 @@ impl ConnectionLike for Connection {
     fn get_db(&self) -> i64 {
         match self {
             Connection::Single(conn) => conn.get_db(),
+            Connection::Sentinel(conn) => conn.get_db(),
             Connection::Cluster(conn) => conn.get_db(),
         }
     }

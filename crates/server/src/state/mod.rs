@@ -13,6 +13,7 @@ mod reads;
 mod records;
 mod rows;
 mod scripts;
+mod sentinel;
 mod store;
 
 pub(crate) use connection::seed_urls;
@@ -27,4 +28,5 @@ pub use records::{
     CompleteOutcome, Completion, DeregisterOutcome, ExpireOutcome, GrantOutcome, GrantRequest,
     HeartbeatOutcome, QueuedTask, RequeueOutcome, ResolveOutcome, SubmitOutcome, SubmitRequest,
 };
+pub use sentinel::SentinelConnection;
 pub use store::Store;
