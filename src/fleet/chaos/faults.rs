@@ -47,6 +47,7 @@ pub(crate) async fn inject(
             topology.optimizers[0].kill();
             tokio::time::sleep(Duration::from_secs(5)).await;
             topology.optimizers[0].start()?;
+            topology.startup_restarts += topology.optimizers[0].supervise_start().await?;
             "optimizer 1 killed, started again after 5 s".to_string()
         }
         Scenario::OptimizerStop => {

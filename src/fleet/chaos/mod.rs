@@ -176,6 +176,7 @@ async fn run_scenario(
         reservations,
         dead_letters,
         recovery: invariants::recovery(&grants, &fault, spec.recover_from),
+        optimizer_start_retries: topology.startup_restarts,
         unreported_completions: ledger.unreported_count(),
         violations: Vec::new(),
         passed: false,

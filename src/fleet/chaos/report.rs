@@ -28,6 +28,9 @@ pub struct ScenarioReport {
     pub reservations: Reservations,
     pub dead_letters: DeadLetters,
     pub recovery: Recovery,
+    /// Optimizer processes that exited during start-up and were started again (as a supervisor
+    /// would).
+    pub optimizer_start_retries: u32,
     /// Completions agents could not get stored within two minutes.
     pub unreported_completions: u64,
     /// Every invariant broken, in words; empty when the scenario passed.
@@ -110,6 +113,12 @@ pub fn render_table(report: &ChaosReport) -> String {
     }
     for s in &report.scenarios {
         out.push_str(&format!("\n{}: {} ({}).", s.scenario, s.fault, s.note));
+        if s.optimizer_start_retries > 0 {
+            out.push_str(&format!(
+                "\n  - optimizer processes exited during start-up and were started again: {}",
+                s.optimizer_start_retries
+            ));
+        }
         for line in s
             .violations
             .iter()

@@ -19,6 +19,8 @@ use super::scenario::{NatsShape, Spec};
 pub(crate) const OPTIMIZERS: usize = 2;
 /// How long an optimizer may take to answer `/readyz` with 200 after it starts.
 const READY_WITHIN: Duration = Duration::from_secs(30);
+/// How many times an optimizer that exits during start-up is started in all.
+const START_ATTEMPTS: u32 = 3;
 
 pub(crate) enum Nats {
     Single(NatsServer),
@@ -44,6 +46,9 @@ pub(crate) struct Topology {
     pub(crate) optimizers: Vec<OptimizerProcess>,
     /// The configuration clients and checks use (direct URLs).
     pub(crate) config: Config,
+    /// Optimizer processes that exited during start-up and were started again, as a supervisor
+    /// (systemd, Kubernetes) would.
+    pub(crate) startup_restarts: u32,
 }
 
 fn harness(what: &str) -> impl FnOnce(HarnessError) -> Error + '_ {
@@ -80,16 +85,16 @@ impl Topology {
             nats_proxies: Vec::new(),
             optimizers: Vec::new(),
             config,
+            startup_restarts: 0,
         };
         topology.start_proxies(spec).await?;
+        // One after the other: two replicas creating the same replicated streams at once on a
+        // cluster that has just formed is the start-up most likely to time out.
         for i in 0..OPTIMIZERS {
             let config = topology.optimizer_config(i)?;
-            topology
-                .optimizers
-                .push(OptimizerProcess::spawn(bin, config, i)?);
-        }
-        for optimizer in &topology.optimizers {
-            optimizer.wait_ready(READY_WITHIN).await?;
+            let mut optimizer = OptimizerProcess::spawn(bin, config, i)?;
+            topology.startup_restarts += optimizer.supervise_start().await?;
+            topology.optimizers.push(optimizer);
         }
         Ok(topology)
     }
@@ -184,7 +189,9 @@ impl OptimizerProcess {
             .arg(self.dir.path().join("optimizer.toml"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(io)?)
-            .stderr(log);
+            .stderr(log)
+            // An error exit prints its message, not a backtrace, into the log.
+            .env("RUST_BACKTRACE", "0");
         // The config file says everything; the caller's environment must not override it.
         for var in ["NATS_URL", "REDIS_URL", "METRICS_ADDR", "SWITCHYARD_CONFIG"] {
             command.env_remove(var);
@@ -228,24 +235,52 @@ impl OptimizerProcess {
         }
     }
 
-    /// Polls `/readyz` until it answers 200 (it can reach NATS and Redis), at most `within`.
-    pub(crate) async fn wait_ready(&self, within: Duration) -> Result<(), Error> {
-        let poll = async {
-            while !http_ok(&self.metrics_addr, "/readyz").await {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    /// Waits until the process is ready, starting it again (at most [`START_ATTEMPTS`] times in
+    /// all) when it exits during start-up. Answers how many times it was started again.
+    pub(crate) async fn supervise_start(&mut self) -> Result<u32, Error> {
+        let mut restarts = 0;
+        loop {
+            match self.wait_ready(READY_WITHIN).await {
+                Ok(()) => return Ok(restarts),
+                Err(e) if self.child.is_none() && restarts + 1 < START_ATTEMPTS => {
+                    tracing::warn!(error = %e, "optimizer exited during start-up; starting it again");
+                    restarts += 1;
+                    self.start()?;
+                }
+                Err(e) => return Err(e),
             }
-        };
-        tokio::time::timeout(within, poll).await.map_err(|_| {
-            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(10).collect();
-            Error::new(
-                ErrorKind::Timeout,
-                format!(
-                    "optimizer not ready after {within:?}; log tail: {}",
-                    tail.join(" | ")
-                ),
-            )
-        })
+        }
+    }
+
+    /// Polls `/readyz` until it answers 200 (it can reach NATS and Redis), at most `within`;
+    /// fails at once, with its log, if the process exits.
+    pub(crate) async fn wait_ready(&mut self, within: Duration) -> Result<(), Error> {
+        let started = std::time::Instant::now();
+        while !http_ok(&self.metrics_addr, "/readyz").await {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                self.child = None;
+                return Err(self.failure(format!("optimizer exited ({status})")));
+            }
+            if started.elapsed() >= within {
+                return Err(self.failure(format!("optimizer not ready after {within:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    fn failure(&self, what: String) -> Error {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(8).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        Error::new(
+            ErrorKind::Timeout,
+            format!("{what}; log: {}", tail.join(" | ")),
+        )
     }
 }
 
