@@ -261,14 +261,25 @@ pub struct Recovery {
     /// Seconds from the reference point until a one-second window holds at least half the grants
     /// of an average second before the fault.
     pub rate_back_s: Option<f64>,
+    /// The load was still running at the reference point, so grants were due after it; when
+    /// not, the times above are left out (there was nothing left to recover).
+    pub measured: bool,
 }
 
 /// The recovery times from the grant start times the agents recorded.
-pub(crate) fn recovery(grants: &[Instant], fault: &FaultWindow, from: RecoverFrom) -> Recovery {
+pub(crate) fn recovery(
+    grants: &[Instant],
+    fault: &FaultWindow,
+    from: RecoverFrom,
+    load_end: Instant,
+) -> Recovery {
     let reference = match from {
         RecoverFrom::Start => fault.start,
         RecoverFrom::End => fault.end,
     };
+    if reference >= load_end {
+        return Recovery::default();
+    }
     let baseline_span = Duration::from_secs(5);
     let before = grants
         .iter()
@@ -293,6 +304,7 @@ pub(crate) fn recovery(grants: &[Instant], fault: &FaultWindow, from: RecoverFro
     Recovery {
         first_grant_s,
         rate_back_s: if baseline > 0.0 { rate_back_s } else { None },
+        measured: true,
     }
 }
 
@@ -351,8 +363,11 @@ mod tests {
             end: at(8.0),
             note: String::new(),
         };
-        let r = recovery(&grants, &fault, RecoverFrom::End);
+        let r = recovery(&grants, &fault, RecoverFrom::End, at(12.0));
+        assert!(r.measured);
         assert_eq!(r.first_grant_s.map(|s| (s * 10.0).round()), Some(10.0));
         assert_eq!(r.rate_back_s.map(|s| (s * 10.0).round()), Some(20.0));
+        let after_the_load = recovery(&grants, &fault, RecoverFrom::End, at(7.0));
+        assert!(!after_the_load.measured && after_the_load.first_grant_s.is_none());
     }
 }

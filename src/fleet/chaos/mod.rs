@@ -22,6 +22,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
 pub use invariants::{DeadLetters, Outcomes, Recovery, Reservations};
 pub use report::{ChaosReport, ScenarioReport, render_table};
 pub use scenario::Scenario;
@@ -106,6 +109,17 @@ struct Running {
     ledger: Ledger,
     fleet: Fleet,
     submits: Submits,
+    /// Stops the reservation sampler, which then answers what it saw.
+    stop_sampling: watch::Sender<bool>,
+    sampler: JoinHandle<Reservations>,
+}
+
+/// When things happened during a scenario.
+struct Timeline {
+    load_started: Instant,
+    /// When the load's last submit was due.
+    load_end: Instant,
+    fault: FaultWindow,
 }
 
 async fn run_scenario(
@@ -116,6 +130,20 @@ async fn run_scenario(
 ) -> Result<ScenarioReport, Error> {
     let spec = scenario.spec();
     let mut topology = Topology::start(&spec, config, &options.optimizer_bin).await?;
+    let mut running = start_fleet(&topology, options).await?;
+    progress(&format!(
+        "{}: {} agents registered, load starts",
+        spec.name, options.agents
+    ));
+    let timeline = drive(scenario, &mut topology, &mut running, options, progress).await?;
+    let mut report = check(scenario, &topology, running, timeline, options).await?;
+    report.optimizer_start_retries = topology.startup_restarts;
+    report.judge();
+    Ok(report)
+}
+
+/// Connects, registers the agents and starts sampling their reservations.
+async fn start_fleet(topology: &Topology, options: &ChaosOptions) -> Result<Running, Error> {
     let subjects = Subjects::new(topology.config.nats.subject_prefix.clone());
     let nats = transport::connect(&topology.config.nats.url, "chaos-driver").await?;
     let ledger = Ledger::default();
@@ -125,27 +153,32 @@ async fn run_scenario(
         ledger: ledger.clone(),
     };
     let fleet = Fleet::start(&topology.config.nats.url, &subjects, options.agents, &plan).await?;
-    let agent_ids: Vec<String> = (0..options.agents).map(agent_id).collect();
-    let keys = Keys::new(&topology.config.redis.key_prefix);
     let (stop_sampling, sampler) = invariants::sample_reservations(
         topology.config.redis.clone(),
-        keys,
-        agent_ids,
+        Keys::new(&topology.config.redis.key_prefix),
+        (0..options.agents).map(agent_id).collect(),
         (AGENT_CPU * 1000) as i64,
     );
-    progress(&format!(
-        "{}: {} agents registered, load starts",
-        spec.name, options.agents
-    ));
-    let mut running = Running {
+    Ok(Running {
         nats,
         subjects,
         ledger,
         fleet,
         submits: Submits::default(),
-    };
-    let (load_started, fault) =
-        drive(scenario, &mut topology, &mut running, options, progress).await?;
+        stop_sampling,
+        sampler,
+    })
+}
+
+/// Waits for every task to end (or the deadline), stops the fleet and checks the invariants.
+async fn check(
+    scenario: Scenario,
+    topology: &Topology,
+    running: Running,
+    timeline: Timeline,
+    options: &ChaosOptions,
+) -> Result<ScenarioReport, Error> {
+    let spec = scenario.spec();
     let submitted = running.submits.all();
     let stored: Vec<String> = submitted
         .iter()
@@ -154,46 +187,44 @@ async fn run_scenario(
         .collect();
     let outcomes =
         invariants::final_states(&topology.config.redis, &stored, options.drain_within).await?;
-    let _ = stop_sampling.send(true);
-    let reservations = sampler.await.unwrap_or_default();
+    let _ = running.stop_sampling.send(true);
+    let reservations = running.sampler.await.unwrap_or_default();
     let dead_letters = invariants::dead_letters(&running.nats, &running.subjects).await?;
-    let Running { ledger, fleet, .. } = running;
-    fleet.stop().await;
-    let intervals = ledger.intervals(Instant::now());
+    let ledger = running.ledger;
+    running.fleet.stop().await;
     let grants = ledger.grant_times();
-    let mut report = ScenarioReport {
+    let fault = &timeline.fault;
+    Ok(ScenarioReport {
         scenario: spec.name,
         fault: spec.fault,
         note: fault.note.clone(),
-        fault_at_s: (fault.start - load_started).as_secs_f64(),
+        fault_at_s: (fault.start - timeline.load_started).as_secs_f64(),
         fault_for_s: (fault.end - fault.start).as_secs_f64(),
         tasks: stored.len() as u64,
         not_accepted: (submitted.len() - stored.len()) as u64,
         outcomes,
         grants: grants.len() as u64,
-        double_worked: invariants::double_worked(&intervals),
+        double_worked: invariants::double_worked(&ledger.intervals(Instant::now())),
         over_capacity_seen: ledger.over_capacity_events(),
         reservations,
         dead_letters,
-        recovery: invariants::recovery(&grants, &fault, spec.recover_from),
-        optimizer_start_retries: topology.startup_restarts,
+        recovery: invariants::recovery(&grants, fault, spec.recover_from, timeline.load_end),
+        optimizer_start_retries: 0,
         unreported_completions: ledger.unreported_count(),
         violations: Vec::new(),
         passed: false,
-    };
-    report.judge();
-    Ok(report)
+    })
 }
 
 /// Runs the load, injects the fault a third of the way into it, and waits for the load to end.
-/// Answers when the load started and the fault's window.
+/// Answers when the load started and ended (its last submit was due), and the fault's window.
 async fn drive(
     scenario: Scenario,
     topology: &mut Topology,
     running: &mut Running,
     options: &ChaosOptions,
     progress: &dyn Fn(&str),
-) -> Result<(Instant, FaultWindow), Error> {
+) -> Result<Timeline, Error> {
     let orch =
         Coordinator::with_client(running.nats.clone(), "chaos-load", running.subjects.clone())
             .await?;
@@ -223,7 +254,11 @@ async fn drive(
     // Every submit is retried for at most a minute after the load's end.
     let load_within = options.duration + Duration::from_secs(90);
     match tokio::time::timeout(load_within, load).await {
-        Ok(_) => Ok((load_started, fault)),
+        Ok(_) => Ok(Timeline {
+            load_started,
+            load_end: load_started + options.duration,
+            fault,
+        }),
         Err(_) => Err(Error::new(ErrorKind::Timeout, "the load did not finish")),
     }
 }

@@ -62,7 +62,7 @@ impl ScenarioReport {
         if over > 0 {
             v.push(format!("{over} over-capacity observations"));
         }
-        if self.recovery.first_grant_s.is_none() {
+        if self.recovery.measured && self.recovery.first_grant_s.is_none() {
             v.push("no grant after the fault".to_string());
         }
         self.passed = v.is_empty();
@@ -86,6 +86,15 @@ fn seconds(s: Option<f64>) -> String {
     s.map_or_else(|| "-".to_string(), |s| format!("{s:.1} s"))
 }
 
+/// A recovery time, or why there is none.
+fn recovered(r: &Recovery, s: Option<f64>) -> String {
+    if r.measured {
+        seconds(s)
+    } else {
+        "n/a (load over)".to_string()
+    }
+}
+
 /// The markdown table, then the violations and notes of each scenario below it.
 pub fn render_table(report: &ChaosReport) -> String {
     let mut out = String::from(
@@ -105,8 +114,8 @@ pub fn render_table(report: &ChaosReport) -> String {
             d.took_effect,
             d.did_not,
             d.unknown,
-            seconds(s.recovery.first_grant_s),
-            seconds(s.recovery.rate_back_s),
+            recovered(&s.recovery, s.recovery.first_grant_s),
+            recovered(&s.recovery, s.recovery.rate_back_s),
             seconds(s.outcomes.drained_after_s),
             if s.passed { "pass" } else { "FAIL" },
         ));
