@@ -187,6 +187,49 @@ pub(crate) fn double_worked(intervals: &[Interval]) -> Vec<String> {
     found
 }
 
+/// Agents Redis holds as dead at the end of a scenario.
+pub(crate) async fn dead_agents(
+    redis: &RedisConfig,
+    agent_ids: &[String],
+) -> Result<Vec<String>, Error> {
+    let keys = Keys::new(&redis.key_prefix);
+    let mut conn = Connection::open(redis).await?;
+    let mut pipe = redis::pipe();
+    for id in agent_ids {
+        pipe.cmd("HGET").arg(keys.agent(id)).arg("status");
+    }
+    let statuses: Vec<Option<String>> = query(&mut conn, &pipe).await?;
+    Ok(agent_ids
+        .iter()
+        .zip(statuses)
+        .filter(|(_, status)| status.as_deref() == Some("dead"))
+        .map(|(id, _)| id.clone())
+        .collect())
+}
+
+/// The longest time from an agent's death (the agent-kill fault) to the re-grant of a task it
+/// was working on, and how many such tasks were never granted again.
+pub(crate) fn regrants_after_kill(intervals: &[Interval]) -> (Option<f64>, u64) {
+    let mut longest: Option<f64> = None;
+    let mut never = 0;
+    for cut in intervals.iter().filter(|i| i.cut) {
+        let Some(died) = cut.end else { continue };
+        let next = intervals
+            .iter()
+            .filter(|i| i.task_id == cut.task_id && i.start > cut.start)
+            .map(|i| i.start)
+            .min();
+        match next {
+            Some(start) => {
+                let after = start.saturating_duration_since(died).as_secs_f64();
+                longest = Some(longest.map_or(after, |l: f64| l.max(after)));
+            }
+            None => never += 1,
+        }
+    }
+    (longest, never)
+}
+
 /// Dead letters by what their `Switchyard-Took-Effect` header says.
 #[derive(Debug, Default, Serialize)]
 pub struct DeadLetters {
@@ -327,6 +370,7 @@ mod tests {
             start: start + Duration::from_secs_f64(from_s),
             end: Some(start + Duration::from_secs_f64(to_s)),
             success: true,
+            cut: false,
         }
     }
 

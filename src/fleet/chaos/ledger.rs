@@ -15,6 +15,8 @@ pub(crate) struct Interval {
     /// When the agent stopped working on it (reported it, or was killed); `None` while working.
     pub(crate) end: Option<Instant>,
     pub(crate) success: bool,
+    /// Ended because its agent was killed.
+    pub(crate) cut: bool,
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +52,7 @@ impl Ledger {
             start: Instant::now(),
             end: None,
             success: false,
+            cut: false,
         });
         book.open.insert(
             (task_id.to_string(), agent_id.to_string(), grant_seq),
@@ -87,6 +90,7 @@ impl Ledger {
             .collect();
         for index in open {
             book.intervals[index].end = Some(now);
+            book.intervals[index].cut = true;
         }
         book.open.retain(|(_, agent, _), _| agent != agent_id);
     }
@@ -108,6 +112,11 @@ impl Ledger {
         let mut times: Vec<Instant> = self.book().intervals.iter().map(|i| i.start).collect();
         times.sort();
         times
+    }
+
+    /// The agents the agent-kill fault dropped.
+    pub(crate) fn killed_agents(&self) -> Vec<String> {
+        self.book().killed.keys().cloned().collect()
     }
 
     pub(crate) fn over_capacity_events(&self) -> Vec<String> {

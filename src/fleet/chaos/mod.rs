@@ -190,8 +190,15 @@ async fn check(
     let _ = running.stop_sampling.send(true);
     let reservations = running.sampler.await.unwrap_or_default();
     let dead_letters = invariants::dead_letters(&running.nats, &running.subjects).await?;
+    let agent_ids: Vec<String> = (0..options.agents).map(agent_id).collect();
+    let dead = invariants::dead_agents(&topology.config.redis, &agent_ids).await?;
     let ledger = running.ledger;
     running.fleet.stop().await;
+    let killed = ledger.killed_agents();
+    let (live_dead, killed_dead): (Vec<String>, Vec<String>) =
+        dead.into_iter().partition(|a| !killed.contains(a));
+    let intervals = ledger.intervals(Instant::now());
+    let (regranted_after_kill_s, never_regranted) = invariants::regrants_after_kill(&intervals);
     let grants = ledger.grant_times();
     let fault = &timeline.fault;
     Ok(ScenarioReport {
@@ -204,11 +211,15 @@ async fn check(
         not_accepted: (submitted.len() - stored.len()) as u64,
         outcomes,
         grants: grants.len() as u64,
-        double_worked: invariants::double_worked(&ledger.intervals(Instant::now())),
+        double_worked: invariants::double_worked(&intervals),
         over_capacity_seen: ledger.over_capacity_events(),
         reservations,
         dead_letters,
         recovery: invariants::recovery(&grants, fault, spec.recover_from, timeline.load_end),
+        live_agents_marked_dead: live_dead,
+        killed_agents_marked_dead: killed_dead.len() as u64,
+        regranted_after_kill_s,
+        never_regranted,
         optimizer_start_retries: 0,
         unreported_completions: ledger.unreported_count(),
         violations: Vec::new(),

@@ -28,6 +28,15 @@ pub struct ScenarioReport {
     pub reservations: Reservations,
     pub dead_letters: DeadLetters,
     pub recovery: Recovery,
+    /// Agents Redis holds as dead at the end that the fault did not kill: alive, working, and
+    /// judged dead (their leases ran out as far as the optimizers could tell).
+    pub live_agents_marked_dead: Vec<String>,
+    /// Agents the fault killed that Redis holds as dead at the end.
+    pub killed_agents_marked_dead: u64,
+    /// Longest time from an agent's kill to the re-grant of a task it was working on, and how
+    /// many of those tasks were never granted again.
+    pub regranted_after_kill_s: Option<f64>,
+    pub never_regranted: u64,
     /// Optimizer processes that exited during start-up and were started again (as a supervisor
     /// would).
     pub optimizer_start_retries: u32,
@@ -122,6 +131,18 @@ pub fn render_table(report: &ChaosReport) -> String {
     }
     for s in &report.scenarios {
         out.push_str(&format!("\n{}: {} ({}).", s.scenario, s.fault, s.note));
+        if !s.live_agents_marked_dead.is_empty() {
+            out.push_str(&format!(
+                "\n  - live agents marked dead: {}",
+                s.live_agents_marked_dead.join(", ")
+            ));
+        }
+        if let Some(after) = s.regranted_after_kill_s {
+            out.push_str(&format!(
+                "\n  - killed agents ({} marked dead): their tasks re-granted within {after:.1} s of the kill ({} never)",
+                s.killed_agents_marked_dead, s.never_regranted
+            ));
+        }
         if s.optimizer_start_retries > 0 {
             out.push_str(&format!(
                 "\n  - optimizer processes exited during start-up and were started again: {}",
