@@ -55,31 +55,9 @@ pub(crate) async fn run(
     context: &RunContext<'_>,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.agents > 0 && args.rate > 0.0 && args.duration_s > 0.0,
-        "--agents, --rate and --duration-s must be positive"
-    );
-    let optimizer_bin = match args.optimizer_bin {
-        Some(path) => path,
-        None => ChaosOptions::optimizer_next_to_current_exe()
-            .context("no optimizer binary next to this executable; build it (cargo build --bin optimizer) or pass --optimizer-bin")?,
-    };
-    let options = ChaosOptions {
-        scenarios: if args.scenarios.is_empty() {
-            Scenario::ALL.to_vec()
-        } else {
-            args.scenarios
-        },
-        agents: args.agents,
-        rate: args.rate,
-        duration: Duration::from_secs_f64(args.duration_s),
-        lease_s: args.lease_s,
-        seed: args.seed,
-        optimizer_bin,
-        drain_within: Duration::from_secs_f64(args.drain_s),
-    };
-    let report = run_chaos(&context.config, &options, context.progress).await?;
-    if args.json {
+    let json = args.json;
+    let report = run_chaos(&context.config, &options(args)?, context.progress).await?;
+    if json {
         write_json_line(out, &report)?;
     } else {
         writeln!(out, "{}", render_table(&report))?;
@@ -96,4 +74,32 @@ pub(crate) async fn run(
         failed.join(", ")
     );
     Ok(())
+}
+
+fn options(args: ChaosArgs) -> anyhow::Result<ChaosOptions> {
+    anyhow::ensure!(
+        args.agents > 0 && args.rate > 0.0 && args.duration_s > 0.0 && args.lease_s > 0.0,
+        "--agents, --rate, --duration-s and --lease-s must be positive"
+    );
+    let optimizer_bin = match args.optimizer_bin {
+        Some(path) => path,
+        None => ChaosOptions::optimizer_next_to_current_exe().context(
+            "no optimizer binary next to this executable; build it (cargo build --bin optimizer) \
+             or pass --optimizer-bin",
+        )?,
+    };
+    Ok(ChaosOptions {
+        scenarios: if args.scenarios.is_empty() {
+            Scenario::ALL.to_vec()
+        } else {
+            args.scenarios
+        },
+        agents: args.agents,
+        rate: args.rate,
+        duration: Duration::from_secs_f64(args.duration_s),
+        lease_s: args.lease_s,
+        seed: args.seed,
+        optimizer_bin,
+        drain_within: Duration::from_secs_f64(args.drain_s),
+    })
 }

@@ -153,32 +153,21 @@ async fn kill_events_leader(
 /// far again with a new id (as a redelivery would).
 async fn flood(targets: Targets<'_>) -> String {
     let js = jetstream::new(targets.nats.clone());
-    let (mut sent, mut failed) = (0u64, 0u64);
-    let mut count = |result: Result<(), Error>| match result {
-        Ok(()) => sent += 1,
-        Err(_) => failed += 1,
-    };
+    let mut published: Vec<Result<(), Error>> = Vec::new();
     for submitted in targets.submits.all() {
         let original = submitted.envelope;
-        let subject = targets
-            .subjects
-            .addressed(MessageType::TaskSubmit, &original.sender);
-        count(
-            transport::publish_stored(
-                &js,
-                subject.clone(),
-                &original.message_id.to_string(),
-                &original,
-            )
-            .await,
-        );
         let copy = Envelope::new(
             original.sender.clone(),
             MessageType::TaskSubmit,
             original.payload.clone(),
             now_ms(),
         );
-        count(transport::publish_stored(&js, subject, &copy.message_id.to_string(), &copy).await);
+        for envelope in [original, copy] {
+            let subject = targets
+                .subjects
+                .addressed(MessageType::TaskSubmit, &envelope.sender);
+            published.push(publish(&js, subject, &envelope).await);
+        }
     }
     for (task_id, agent_id, grant_seq, success) in targets.ledger.finished_grants() {
         let report = TaskComplete {
@@ -191,19 +180,24 @@ async fn flood(targets: Targets<'_>) -> String {
             grant_seq: Some(grant_seq),
             replies: Replies::None,
         };
-        let envelope = Envelope::new(
-            agent_id.clone(),
-            MessageType::TaskComplete,
-            report,
-            now_ms(),
-        );
+        let envelope = Envelope::new(agent_id, MessageType::TaskComplete, report, now_ms());
         let subject = targets
             .subjects
-            .addressed(MessageType::TaskComplete, &agent_id);
-        count(
-            transport::publish_stored(&js, subject, &envelope.message_id.to_string(), &envelope)
-                .await,
-        );
+            .addressed(MessageType::TaskComplete, &envelope.sender);
+        published.push(publish(&js, subject, &envelope).await);
     }
-    format!("{sent} duplicates published ({failed} not stored)")
+    let failed = published.iter().filter(|r| r.is_err()).count();
+    format!(
+        "{} duplicates published ({failed} not stored)",
+        published.len() - failed
+    )
+}
+
+/// Publishes `envelope` to a stream with its own message id as `Nats-Msg-Id`.
+async fn publish<T: serde::Serialize>(
+    js: &jetstream::Context,
+    subject: String,
+    envelope: &Envelope<T>,
+) -> Result<(), Error> {
+    transport::publish_stored(js, subject, &envelope.message_id.to_string(), envelope).await
 }

@@ -257,22 +257,33 @@ pub(crate) async fn dead_letters(
         .map_err(|e| nats_error(e.to_string()))?
         .state
         .clone();
-    let mut letters = DeadLetters::default();
-    let mut errors: HashMap<String, u64> = HashMap::new();
-    for seq in state.first_sequence..=state.last_sequence {
-        if state.messages == 0 {
-            break;
+    let mut tally = DeadLetterTally::default();
+    if state.messages > 0 {
+        for seq in state.first_sequence..=state.last_sequence {
+            if let Ok(message) = stream.get_raw_message(seq).await {
+                tally.add(&message);
+            }
         }
-        let Ok(message) = stream.get_raw_message(seq).await else {
-            continue;
-        };
+    }
+    Ok(tally.finish())
+}
+
+#[derive(Default)]
+struct DeadLetterTally {
+    letters: DeadLetters,
+    errors: HashMap<String, u64>,
+}
+
+impl DeadLetterTally {
+    /// Counts one stored message if it is an optimizer's dead letter (advisories are not).
+    fn add(&mut self, message: &async_nats::jetstream::message::StreamMessage) {
         let Some(effect) = message.headers.get("Switchyard-Took-Effect") else {
-            continue;
+            return;
         };
         match effect.as_str() {
-            "yes" => letters.took_effect += 1,
-            "no" => letters.did_not += 1,
-            _ => letters.unknown += 1,
+            "yes" => self.letters.took_effect += 1,
+            "no" => self.letters.did_not += 1,
+            _ => self.letters.unknown += 1,
         }
         let error = message
             .headers
@@ -280,19 +291,24 @@ pub(crate) async fn dead_letters(
             .map(|v| v.as_str())
             .unwrap_or("");
         // The kind of error, without task-specific detail after the first colon.
-        let kind = error.split(':').next().unwrap_or("").trim().to_string();
-        *errors
+        let kind = error.split(':').next().unwrap_or("").trim();
+        *self
+            .errors
             .entry(format!("{} {kind}", message.subject))
             .or_default() += 1;
     }
-    let mut errors: Vec<(String, u64)> = errors.into_iter().collect();
-    errors.sort_by(|a, b| b.1.cmp(&a.1));
-    letters.errors = errors
-        .into_iter()
-        .take(LISTED)
-        .map(|(e, n)| format!("{n}x {e}"))
-        .collect();
-    Ok(letters)
+
+    /// The counts, with the most frequent errors first.
+    fn finish(mut self) -> DeadLetters {
+        let mut errors: Vec<(String, u64)> = self.errors.into_iter().collect();
+        errors.sort_by(|a, b| b.1.cmp(&a.1));
+        self.letters.errors = errors
+            .into_iter()
+            .take(LISTED)
+            .map(|(e, n)| format!("{n}x {e}"))
+            .collect();
+        self.letters
+    }
 }
 
 /// How long service took to come back.

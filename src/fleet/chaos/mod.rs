@@ -185,23 +185,16 @@ async fn check(
         .filter(|s| s.stored)
         .map(|s| s.envelope.payload.task_id.clone())
         .collect();
-    let outcomes =
-        invariants::final_states(&topology.config.redis, &stored, options.drain_within).await?;
+    let redis = &topology.config.redis;
+    let outcomes = invariants::final_states(redis, &stored, options.drain_within).await?;
     let _ = running.stop_sampling.send(true);
     let reservations = running.sampler.await.unwrap_or_default();
     let dead_letters = invariants::dead_letters(&running.nats, &running.subjects).await?;
     let agent_ids: Vec<String> = (0..options.agents).map(agent_id).collect();
-    let dead = invariants::dead_agents(&topology.config.redis, &agent_ids).await?;
-    let ledger = running.ledger;
+    let dead = invariants::dead_agents(redis, &agent_ids).await?;
     running.fleet.stop().await;
-    let killed = ledger.killed_agents();
-    let (live_dead, killed_dead): (Vec<String>, Vec<String>) =
-        dead.into_iter().partition(|a| !killed.contains(a));
-    let intervals = ledger.intervals(Instant::now());
-    let (regranted_after_kill_s, never_regranted) = invariants::regrants_after_kill(&intervals);
-    let grants = ledger.grant_times();
     let fault = &timeline.fault;
-    Ok(ScenarioReport {
+    let mut report = ScenarioReport {
         scenario: spec.name,
         fault: spec.fault,
         note: fault.note.clone(),
@@ -210,21 +203,43 @@ async fn check(
         tasks: stored.len() as u64,
         not_accepted: (submitted.len() - stored.len()) as u64,
         outcomes,
-        grants: grants.len() as u64,
-        double_worked: invariants::double_worked(&intervals),
-        over_capacity_seen: ledger.over_capacity_events(),
         reservations,
         dead_letters,
-        recovery: invariants::recovery(&grants, fault, spec.recover_from, timeline.load_end),
-        live_agents_marked_dead: live_dead,
-        killed_agents_marked_dead: killed_dead.len() as u64,
-        regranted_after_kill_s,
-        never_regranted,
-        optimizer_start_retries: 0,
-        unreported_completions: ledger.unreported_count(),
-        violations: Vec::new(),
-        passed: false,
-    })
+        ..ScenarioReport::default()
+    };
+    what_the_agents_saw(
+        &mut report,
+        &running.ledger,
+        dead,
+        &timeline,
+        spec.recover_from,
+    );
+    Ok(report)
+}
+
+/// Fills in the parts of `report` that come from the agents' ledger and the dead agents.
+fn what_the_agents_saw(
+    report: &mut ScenarioReport,
+    ledger: &Ledger,
+    dead: Vec<String>,
+    timeline: &Timeline,
+    recover_from: scenario::RecoverFrom,
+) {
+    let killed = ledger.killed_agents();
+    let (live_dead, killed_dead): (Vec<String>, Vec<String>) =
+        dead.into_iter().partition(|a| !killed.contains(a));
+    let intervals = ledger.intervals(Instant::now());
+    let grants = ledger.grant_times();
+    (report.regranted_after_kill_s, report.never_regranted) =
+        invariants::regrants_after_kill(&intervals);
+    report.grants = grants.len() as u64;
+    report.double_worked = invariants::double_worked(&intervals);
+    report.over_capacity_seen = ledger.over_capacity_events();
+    report.recovery =
+        invariants::recovery(&grants, &timeline.fault, recover_from, timeline.load_end);
+    report.live_agents_marked_dead = live_dead;
+    report.killed_agents_marked_dead = killed_dead.len() as u64;
+    report.unreported_completions = ledger.unreported_count();
 }
 
 /// Runs the load, injects the fault a third of the way into it, and waits for the load to end.

@@ -5,7 +5,7 @@ use serde::Serialize;
 use super::invariants::{DeadLetters, Outcomes, Recovery, Reservations};
 
 /// What one scenario showed.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct ScenarioReport {
     pub scenario: &'static str,
     pub fault: &'static str,
@@ -130,41 +130,44 @@ pub fn render_table(report: &ChaosReport) -> String {
         ));
     }
     for s in &report.scenarios {
-        out.push_str(&format!("\n{}: {} ({}).", s.scenario, s.fault, s.note));
-        if !s.live_agents_marked_dead.is_empty() {
-            out.push_str(&format!(
-                "\n  - live agents marked dead: {}",
-                s.live_agents_marked_dead.join(", ")
-            ));
-        }
-        if let Some(after) = s.regranted_after_kill_s {
-            out.push_str(&format!(
-                "\n  - killed agents ({} marked dead): their tasks re-granted within {after:.1} s of the kill ({} never)",
-                s.killed_agents_marked_dead, s.never_regranted
-            ));
-        }
-        if s.optimizer_start_retries > 0 {
-            out.push_str(&format!(
-                "\n  - optimizer processes exited during start-up and were started again: {}",
-                s.optimizer_start_retries
-            ));
-        }
-        for line in s
-            .violations
-            .iter()
-            .chain(&s.double_worked)
-            .chain(&s.outcomes.stragglers)
-        {
-            out.push_str(&format!("\n  - {line}"));
-        }
-        for line in s
-            .over_capacity_seen
-            .iter()
-            .chain(&s.reservations.over)
-            .chain(&s.dead_letters.errors)
-        {
-            out.push_str(&format!("\n  - {line}"));
-        }
+        out.push_str(&notes(s));
+    }
+    out
+}
+
+/// A scenario's fault, violations, stragglers and other findings, one per line.
+fn notes(s: &ScenarioReport) -> String {
+    let mut lines: Vec<String> = s
+        .violations
+        .iter()
+        .chain(&s.double_worked)
+        .chain(&s.outcomes.stragglers)
+        .chain(&s.over_capacity_seen)
+        .chain(&s.reservations.over)
+        .chain(&s.dead_letters.errors)
+        .cloned()
+        .collect();
+    if !s.live_agents_marked_dead.is_empty() {
+        lines.push(format!(
+            "live agents marked dead: {}",
+            s.live_agents_marked_dead.join(", ")
+        ));
+    }
+    if let Some(after) = s.regranted_after_kill_s {
+        lines.push(format!(
+            "killed agents ({} marked dead): their tasks re-granted within {after:.1} s of the kill ({} never)",
+            s.killed_agents_marked_dead, s.never_regranted
+        ));
+    }
+    if s.optimizer_start_retries > 0 {
+        lines.push(format!(
+            "optimizer processes exited during start-up and were started again: {}",
+            s.optimizer_start_retries
+        ));
+    }
+    let mut out = format!("\n{}: {} ({}).", s.scenario, s.fault, s.note);
+    for line in lines {
+        out.push_str(&format!("\n  - {line}"));
     }
     out
 }
