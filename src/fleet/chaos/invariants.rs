@@ -301,7 +301,7 @@ impl DeadLetterTally {
     /// The counts, with the most frequent errors first.
     fn finish(mut self) -> DeadLetters {
         let mut errors: Vec<(String, u64)> = self.errors.into_iter().collect();
-        errors.sort_by(|a, b| b.1.cmp(&a.1));
+        errors.sort_by_key(|e| std::cmp::Reverse(e.1));
         self.letters.errors = errors
             .into_iter()
             .take(LISTED)
@@ -414,9 +414,9 @@ mod tests {
     fn recovery_counts_from_the_reference_to_the_first_grant_and_the_rate_back() {
         let t0 = Instant::now();
         let at = |s: f64| t0 + Duration::from_secs_f64(s);
-        // 10 grants a second for 5 s, nothing during the fault (5..8 s), then 2 a second, then 10.
+        // 10 grants a second for 5 s, nothing during the fault (5..8 s), then 1, then 10 a second.
         let mut grants: Vec<Instant> = (0..50).map(|i| at(f64::from(i) * 0.1)).collect();
-        grants.extend([at(9.0), at(9.5)]);
+        grants.push(at(9.0));
         grants.extend((0..20).map(|i| at(10.0 + f64::from(i) * 0.1)));
         let fault = FaultWindow {
             start: at(5.0),
