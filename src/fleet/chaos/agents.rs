@@ -110,11 +110,21 @@ impl Fleet {
     }
 
     /// Stops every agent (their work in progress is dropped) and waits until they have.
-    pub(crate) async fn stop(self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.stop.send(true);
-        for running in self.agents {
+        for running in std::mem::take(&mut self.agents) {
             running.task.abort();
             let _ = running.task.await;
+        }
+    }
+}
+
+impl Drop for Fleet {
+    /// A scenario that fails half-way leaves no agent running (after [`Fleet::stop`] this finds
+    /// nothing left to do).
+    fn drop(&mut self) {
+        for running in &self.agents {
+            running.task.abort();
         }
     }
 }

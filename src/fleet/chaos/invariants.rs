@@ -76,7 +76,10 @@ pub(crate) fn sample_reservations(
                     }
                 }
             }
-            let _ = tokio::time::timeout(SAMPLE_EVERY, stopped.changed()).await;
+            // Stops when told to, and when the driver went away (its sender dropped).
+            if let Ok(Err(_)) = tokio::time::timeout(SAMPLE_EVERY, stopped.changed()).await {
+                break;
+            }
         }
         seen
     });

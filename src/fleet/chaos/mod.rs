@@ -279,12 +279,16 @@ async fn drive(
     progress(&format!("{}: fault over: {}", scenario.name(), fault.note));
     // Every submit is retried for at most a minute after the load's end.
     let load_within = options.duration + Duration::from_secs(90);
+    let abort = load.abort_handle();
     match tokio::time::timeout(load_within, load).await {
         Ok(_) => Ok(Timeline {
             load_started,
             load_end: load_started + options.duration,
             fault,
         }),
-        Err(_) => Err(Error::new(ErrorKind::Timeout, "the load did not finish")),
+        Err(_) => {
+            abort.abort();
+            Err(Error::new(ErrorKind::Timeout, "the load did not finish"))
+        }
     }
 }
