@@ -60,6 +60,12 @@ impl Topology {
     /// returns once every optimizer answers `/readyz`.
     pub(crate) async fn start(spec: &Spec, base: &Config, bin: &Path) -> Result<Topology, Error> {
         let mut config = base.clone();
+        // The scenario's own servers: one plain Redis, NATS without TLS.
+        config.redis.cluster = false;
+        config.jetstream.replicas = 1;
+        config.nats.tls_ca_file.clear();
+        config.nats.tls_cert_file.clear();
+        config.nats.tls_key_file.clear();
         let nats = match spec.nats {
             NatsShape::Single => {
                 Nats::Single(NatsServer::start().await.map_err(harness("nats-server"))?)
