@@ -1,6 +1,7 @@
 //! The protocol needs no Rust SDK: `tests/python/agent.py`, written from `docs/protocol.md` with
 //! nothing but `nats-py`, registers, receives grants, acknowledges them and completes the tasks
-//! against a real optimizer.
+//! against a real optimizer, and, given the server list of a 3-node NATS cluster, keeps working
+//! when the node it is connected to is killed.
 
 // Test code: a helper that cannot go on should stop the test where it failed.
 #![allow(
@@ -12,14 +13,15 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Cluster, hget, hget_i64, require_python_nats, within};
-use switchyard_protocol::TaskSubmit;
+use common::{Cluster, hget, hget_i64, python, require_python_nats, within};
+use switchyard_client::{Coordinator, transport};
+use switchyard_harness::{NatsCluster, RedisServer};
+use switchyard_protocol::{Subjects, TaskSubmit};
+use switchyard_server::config::Config;
+use switchyard_server::optimizer::{Faults, Optimizer};
 use switchyard_server::state::Keys;
-use tokio::io::AsyncReadExt;
-use tokio::process::Command;
 
 const AGENT_ID: &str = "py-agent";
 
@@ -31,7 +33,7 @@ async fn a_python_agent_registers_takes_grants_and_completes() {
     let cluster = Cluster::start(1).await;
     let mut redis = cluster.redis().await;
     let mut child = spawn_python_agent(&cluster);
-    registered(&mut child, &mut redis).await;
+    python::registered(&mut child, &mut redis, AGENT_ID).await;
 
     let orch = cluster.coordinator("orch").await;
     let mut submits = Vec::new();
@@ -46,7 +48,7 @@ async fn a_python_agent_registers_takes_grants_and_completes() {
     let out = within(60, "the python agent to finish", child.wait_with_output())
         .await
         .expect("agent output");
-    let (result, line) = result_line(&out);
+    let (result, line) = python::result_line(&out);
     assert_eq!(result["agent_id"], AGENT_ID);
     let mut completed: Vec<&str> = result["completed"]
         .as_array()
@@ -61,59 +63,8 @@ async fn a_python_agent_registers_takes_grants_and_completes() {
 }
 
 fn spawn_python_agent(cluster: &Cluster) -> tokio::process::Child {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/agent.py");
-    Command::new("python3")
-        .arg(script)
-        .args(["--nats", &cluster.servers.nats.url()])
-        .args(["--agent-id", AGENT_ID, "--tasks", "2", "--prefix", "coord"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 starts")
-}
-
-/// Waits (at most 30 s) until the optimizer applied the python agent's AGENT_REGISTER; fails at
-/// once, with its stderr, if the agent exits first.
-async fn registered(child: &mut tokio::process::Child, redis: &mut Redis) {
-    let key = Keys::new("switchyard").agent(AGENT_ID);
-    within(30, "the python agent to register", async {
-        loop {
-            let status = hget(redis, &key, "status").await;
-            if status.as_deref() == Some("active") {
-                break;
-            }
-            if let Some(exit) = child.try_wait().expect("poll the agent") {
-                let mut stderr = String::new();
-                if let Some(mut pipe) = child.stderr.take() {
-                    let _ = pipe.read_to_string(&mut stderr).await;
-                }
-                panic!("the python agent exited ({exit}) before registering; stderr:\n{stderr}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-}
-
-/// The agent succeeded and its last stdout line is its JSON result; answers it and the line.
-fn result_line(out: &std::process::Output) -> (serde_json::Value, String) {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the python agent failed ({}); stderr:\n{stderr}\nstdout:\n{stdout}",
-        out.status
-    );
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_else(|| panic!("no result line on stdout; stderr:\n{stderr}"));
-    let result: serde_json::Value = serde_json::from_str(line)
-        .unwrap_or_else(|e| panic!("result line is not JSON ({e}): {line}"));
-    (result, line.to_string())
+    let args = ["--nats", &cluster.servers.nats.url(), "--tasks", "2"];
+    python::spawn_agent(AGENT_ID, &args)
 }
 
 fn each_grant_correlated_to_its_submit(
@@ -158,4 +109,118 @@ async fn the_authoritative_state_agrees(redis: &mut Redis, submits: &[(&str, Str
         .await
         .expect("ZCARD");
     assert_eq!(outbox, 0, "every grant acknowledged");
+}
+
+/// The cluster's node 0 is the first of the agent's servers (tried in order), so it is the node
+/// the agent is connected to; killing it makes the agent reconnect to another and go on. Events
+/// and grants live in streams with three replicas, so none is lost with the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_agent_rides_through_the_loss_of_its_nats_node() {
+    require_python_nats();
+    let redis_server = RedisServer::start().await.expect("redis starts");
+    let mut nats = within(60, "the 3-node cluster to form", NatsCluster::start(3))
+        .await
+        .expect("cluster starts");
+    let config = cluster_config(&nats, &redis_server);
+    let optimizer = within(60, "the optimizer to connect", async {
+        Optimizer::connect(config.clone(), Faults::default()).await
+    })
+    .await
+    .expect("optimizer connects");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(optimizer.run(async {
+        let _ = stopped.await;
+    }));
+
+    let mut redis = redis_connection(&redis_server).await;
+    let servers = nats.urls().join(",");
+    let args = ["--nats", &servers, "--in-order", "--tasks", "4"];
+    let mut child = python::spawn_agent(AGENT_ID, &args);
+    python::registered(&mut child, &mut redis, AGENT_ID).await;
+    let orch_client = transport::connect(&nats.url(), "orch")
+        .await
+        .expect("orch connects");
+    let subjects = Subjects::new(config.nats.subject_prefix.clone());
+    let orch = Coordinator::with_client(orch_client, "orch", subjects)
+        .await
+        .expect("coordinator");
+    submit_until_stored(&orch, &["py-1", "py-2"]).await;
+    completed_in_redis(&mut redis, &["py-1", "py-2"]).await;
+
+    nats.kill(0).expect("kill the agent's node");
+    submit_until_stored(&orch, &["py-3", "py-4"]).await;
+
+    let out = within(120, "the python agent to finish", child.wait_with_output())
+        .await
+        .expect("agent output");
+    let (result, line) = python::result_line(&out);
+    let completed = result["completed"]
+        .as_array()
+        .expect("completed is an array");
+    assert_eq!(completed.len(), 4, "four tasks completed: {line}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("reconnected to"),
+        "the agent moved to another node: {stderr}"
+    );
+    completed_in_redis(&mut redis, &["py-1", "py-2", "py-3", "py-4"]).await;
+    let keys = Keys::new("switchyard");
+    assert_eq!(
+        hget_i64(&mut redis, &keys.agent(AGENT_ID), "res_cpu").await,
+        0
+    );
+    assert_eq!(hget_i64(&mut redis, &keys.stats(), "completed").await, 4);
+    let _ = stop.send(());
+    within(30, "the optimizer to stop", running)
+        .await
+        .expect("optimizer task")
+        .expect("optimizer ran without error");
+}
+
+fn cluster_config(nats: &NatsCluster, redis: &RedisServer) -> Config {
+    let mut config = Config::default();
+    config.nats.url = nats.url();
+    config.redis.url = redis.url();
+    config.metrics.addr = "127.0.0.1:0".into();
+    config.coordination.optimization_interval_s = 0.5;
+    config.jetstream.ack_wait_ms = 2_000;
+    config.jetstream.replicas = 3;
+    config
+}
+
+async fn redis_connection(server: &RedisServer) -> Redis {
+    redis::Client::open(server.url())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connects")
+}
+
+/// Submits each task, resending the same submit while the cluster elects new stream leaders
+/// (safe: the same message_id is stored once), for at most 30 s per task.
+async fn submit_until_stored(orch: &Coordinator, task_ids: &[&str]) {
+    for task_id in task_ids {
+        let task = TaskSubmit::new(*task_id).resource("cpu", 1.0);
+        let what = format!("the submit of {task_id} to be stored");
+        within(30, &what, async {
+            while let Err(e) = orch.submit_task(task.clone()).await {
+                eprintln!("submit {task_id}: {e}; again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+    }
+}
+
+/// Waits (at most 60 s) until every task of `task_ids` is `completed` in Redis.
+async fn completed_in_redis(redis: &mut Redis, task_ids: &[&str]) {
+    let keys = Keys::new("switchyard");
+    within(60, "the tasks to complete", async {
+        for task_id in task_ids {
+            while hget(redis, &keys.task(task_id), "state").await.as_deref() != Some("completed") {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    })
+    .await;
 }

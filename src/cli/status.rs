@@ -4,7 +4,8 @@ use std::io::Write;
 
 use anyhow::Context;
 use switchyard_client::Coordinator;
-use switchyard_protocol::{AgentStatusView, PatternRow, StatusQuery};
+use switchyard_client::transport;
+use switchyard_protocol::{AgentStatusView, PatternRow, StatusQuery, Subjects};
 
 use super::{RunContext, write_json_line};
 
@@ -24,9 +25,11 @@ pub(crate) async fn run(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let nats = &context.config.nats;
-    let coordinator = Coordinator::connect(&nats.url, "switchyard-cli", &nats.subject_prefix)
+    let client = transport::connect_with_tls(&nats.url, "switchyard-cli", &nats.tls())
         .await
         .with_context(|| format!("connecting to {}", nats.url))?;
+    let subjects = Subjects::new(nats.subject_prefix.clone());
+    let coordinator = Coordinator::with_client(client, "switchyard-cli", subjects).await?;
     let query = StatusQuery {
         include_agents: true,
         include_patterns: args.patterns,

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use switchyard_client::error::{Error, ErrorKind, nats_error};
 use switchyard_client::transport::msg_id_headers;
+use switchyard_server::config::RedisConfig;
 
 /// Requests pulled at once.
 const BATCH: usize = 256;
@@ -91,15 +92,14 @@ struct Allocator {
     seen: AtomicU64,
 }
 
-/// Runs the bare loop for `seconds` on the servers behind `nats` and `redis_url`, then removes
-/// its stream and keys.
+/// Runs the bare loop for `seconds` on the servers behind `nats` and `redis`, then removes its
+/// stream and keys.
 pub(crate) async fn run_baseline(
     nats: async_nats::Client,
-    redis_url: &str,
+    redis: &RedisConfig,
     seconds: f64,
 ) -> Result<BaselineResult, Error> {
-    let redis = redis::Client::open(redis_url)
-        .map_err(|e| Error::with_source(ErrorKind::Config, "invalid redis.url", e))?
+    let redis = switchyard_server::state::redis_client(redis)?
         .get_multiplexed_async_connection()
         .await?;
     let allocator = Arc::new(Allocator {

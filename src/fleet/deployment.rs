@@ -85,7 +85,8 @@ impl Deployment {
     }
 
     pub async fn nats_client(&self, name: &str) -> Result<async_nats::Client, Error> {
-        transport::connect(&self.config.nats.url, name).await
+        let nats = &self.config.nats;
+        transport::connect_with_tls(&nats.url, name, &nats.tls()).await
     }
 
     /// Stops the replicas (each finishes its batches in flight), then the servers.

@@ -2,6 +2,7 @@
 //! helpers to read Redis directly.
 #![allow(dead_code)]
 
+pub mod python;
 pub mod scripts;
 
 use std::time::Duration;
@@ -41,6 +42,12 @@ impl Cluster {
         init_tracing();
         let servers = LocalServers::start().await.expect("servers start");
         let config = config_for(&servers);
+        Cluster::start_on(servers, config, replicas).await
+    }
+
+    /// `replicas` in-process optimizers with `config` on servers started by the caller (TLS).
+    pub async fn start_on(servers: LocalServers, config: Config, replicas: usize) -> Cluster {
+        init_tracing();
         let mut cluster = Cluster {
             servers,
             config,
@@ -84,8 +91,10 @@ impl Cluster {
         Subjects::new(self.config.nats.subject_prefix.clone())
     }
 
+    /// A NATS client with the configuration's TLS files (none on a plain server).
     pub async fn nats(&self) -> async_nats::Client {
-        async_nats::connect(self.servers.nats.url())
+        let tls = self.config.nats.tls();
+        switchyard_client::transport::connect_with_tls(&self.servers.nats.url(), "test", &tls)
             .await
             .expect("nats connects")
     }
@@ -105,8 +114,13 @@ impl Cluster {
             .expect("agent registers")
     }
 
+    /// A Redis connection as the optimizers make it (TLS files included).
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis_at(&self.servers).await
+        switchyard_server::state::redis_client(&self.config.redis)
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connects")
     }
 }
 

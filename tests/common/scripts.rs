@@ -54,6 +54,7 @@ async fn fixture_on(
         response_timeout_ms: 2000,
         connection_timeout_ms: 2000,
         cluster,
+        ..switchyard_server::config::Config::default().redis
     };
     let store = Store::connect(&config).await.expect("store connects");
     let raw = Connection::open(&config).await.expect("raw connection");

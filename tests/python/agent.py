@@ -15,13 +15,19 @@ grant makes it exit 1 with a message on stderr. Run by tests/python_agent.rs; ne
 import argparse
 import asyncio
 import json
+import ssl
 import sys
 import time
 import uuid
 
 import nats
-from nats.errors import NoRespondersError
+from nats.errors import ConnectionReconnectingError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import ServiceUnavailableError
+
+
+# How long to wait for the answer to an event before sending it again (see Agent.answer_to).
+ANSWER_PATIENCE_S = 5.0
 
 
 class AgentError(Exception):
@@ -77,8 +83,14 @@ class Agent:
                 return await self.js.publish(
                     subject, data, timeout=5, headers={"Nats-Msg-Id": env["message_id"]}
                 )
-            except (NoRespondersError, NatsTimeoutError) as e:
-                # No stream yet (no optimizer has started) or a slow server: same message again.
+            except (
+                NoRespondersError,
+                NatsTimeoutError,
+                ConnectionReconnectingError,
+                ServiceUnavailableError,
+            ) as e:
+                # No stream yet (no optimizer has started), a slow server, or a cluster electing a
+                # new stream leader after losing a node: the same message again.
                 if time.monotonic() >= deadline:
                     raise AgentError(f"publish to {subject} failed for {self.timeout:.0f}s: {e!r}")
                 await asyncio.sleep(0.2)
@@ -89,13 +101,7 @@ class Agent:
         fut = asyncio.get_running_loop().create_future()
         self.answers[env["message_id"]] = fut  # before publishing, so it cannot be missed
         await self.publish_event(token, env)
-        try:
-            answer = await asyncio.wait_for(fut, timeout=self.timeout)
-        except asyncio.TimeoutError:
-            self.answers.pop(env["message_id"], None)
-            raise AgentError(
-                f"no answer to {type_} {env['message_id']} within {self.timeout:.0f}s"
-            ) from None
+        answer = await self.answer_to(token, env, fut)
         body = answer.get("payload") or {}
         if answer.get("type") == "ERROR_REPORT":
             raise AgentError(
@@ -107,6 +113,28 @@ class Agent:
                 f"{json.dumps(answer)}"
             )
         return env["message_id"], body
+
+    async def answer_to(self, token, env, fut):
+        """Waits for the answer to `env`. Replies are core NATS (§10): one sent while this client
+        was reconnecting (a NATS node lost) is gone, so after ANSWER_PATIENCE_S the same event is
+        sent again under a new message_id; a repeated AGENT_REGISTER or TASK_COMPLETE is answered
+        the same and changes nothing further."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            wait = min(ANSWER_PATIENCE_S, max(deadline - time.monotonic(), 0.0))
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), timeout=wait)
+            except asyncio.TimeoutError:
+                pass
+            if time.monotonic() >= deadline:
+                self.answers.pop(env["message_id"], None)
+                raise AgentError(
+                    f"no answer to {env['type']} {env['message_id']} within {self.timeout:.0f}s"
+                )
+            log(f"no answer to {env['type']} yet; sending it again")
+            again = self.envelope(env["type"], env["payload"])
+            self.answers[again["message_id"]] = fut  # either answer completes the wait
+            await self.publish_event(token, again)
 
     async def acknowledge_grant(self, grant):
         """GRANT_ACK on core NATS (§6.4): until it arrives, the optimizers send the grant again."""
@@ -198,15 +226,35 @@ def stream_prefix(prefix):
     return "".join(c if c.isascii() and c.isalnum() else "_" for c in prefix.upper())
 
 
+def tls_context(args):
+    """TLS to NATS (docs/operations.md): trust --tls-ca, present --tls-cert/--tls-key if given."""
+    if not (args.tls_ca or args.tls_cert):
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=args.tls_ca)
+    if args.tls_cert:
+        ctx.load_cert_chain(certfile=args.tls_cert, keyfile=args.tls_key)
+    return ctx
+
+
 async def main(args):
     async def on_error(e):
         log(f"nats: {e!r}")
 
+    async def on_reconnected():
+        log(f"reconnected to {nc.connected_url.netloc}")
+
+    # --nats may list several servers of one cluster: the client moves to another when the one
+    # it is connected to goes away, and keeps trying (bounded by --timeout on every wait).
+    servers = [s.strip() for s in args.nats.split(",") if s.strip()]
     nc = await nats.connect(
-        args.nats,
+        servers=servers,
         connect_timeout=5,
-        max_reconnect_attempts=3,
+        max_reconnect_attempts=60,
+        reconnect_time_wait=0.5,
+        dont_randomize=args.in_order,
         error_cb=on_error,
+        reconnected_cb=on_reconnected,
+        tls=tls_context(args),
     )
     try:
         agent = Agent(nc, args.agent_id, args.prefix, args.timeout)
@@ -220,11 +268,19 @@ async def main(args):
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--nats", default="nats://127.0.0.1:4222", help="NATS server URL")
+    p.add_argument(
+        "--nats", default="nats://127.0.0.1:4222", help="NATS server URL, or several comma-separated"
+    )
+    p.add_argument(
+        "--in-order", action="store_true", help="try the servers in the order given, not shuffled"
+    )
     p.add_argument("--agent-id", required=True, help="1-64 of [A-Za-z0-9_-]")
     p.add_argument("--tasks", type=int, default=1, help="completions before exiting")
     p.add_argument("--prefix", default="coord", help="subject prefix")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for anything")
+    p.add_argument("--tls-ca", help="PEM CA file that signed the NATS servers' certificates")
+    p.add_argument("--tls-cert", help="PEM client certificate (with --tls-key)")
+    p.add_argument("--tls-key", help="PEM key of --tls-cert")
     return p.parse_args()
 
 

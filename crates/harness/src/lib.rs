@@ -44,6 +44,7 @@ mod binary;
 mod monitor;
 mod nats;
 mod nats_cluster;
+mod pki;
 mod process;
 mod proxy;
 mod redis;
@@ -53,6 +54,7 @@ use std::time::Duration;
 
 pub use nats::NatsServer;
 pub use nats_cluster::NatsCluster;
+pub use pki::{ServerTls, TestPki};
 pub use proxy::TcpProxy;
 pub use redis::{RedisOptions, RedisServer};
 pub use redis_cluster::RedisCluster;

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 
 use tokio::io::AsyncWriteExt;
 
+use super::pki::ServerTls;
 use super::process::{Flavor, Managed, connect, contains, free_port, read_until};
 use super::{HarnessError, binary};
 
@@ -26,9 +27,25 @@ impl NatsServer {
         Ok(NatsServer { inner })
     }
 
-    /// The client URL, `nats://127.0.0.1:PORT`.
+    /// Starts `nats-server -js` as [`NatsServer::start`] does, but accepting only TLS clients
+    /// with `tls`'s certificate (and, with [`ServerTls::verify_clients`], only clients that
+    /// present a certificate signed by its CA). [`NatsServer::url`] is then `tls://...`.
+    pub async fn start_tls(tls: ServerTls) -> Result<NatsServer, HarnessError> {
+        let bin = binary::nats_server().await?;
+        let mut flavor = Nats::unique();
+        flavor.tls = Some(tls);
+        let inner = Managed::start(flavor, bin).await?;
+        Ok(NatsServer { inner })
+    }
+
+    /// The client URL, `nats://127.0.0.1:PORT` (`tls://` for a server started with TLS).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port())
+        let scheme = if self.inner.flavor().tls.is_some() {
+            "tls"
+        } else {
+            "nats"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port())
     }
 
     /// The client port (stays the same across restarts).
@@ -113,6 +130,8 @@ struct Nats {
     monitor_port: AtomicU16,
     /// Set for a cluster node; fixed for its life so the other nodes find it after a restart.
     route: Option<Route>,
+    /// Set for a server that accepts TLS clients only.
+    tls: Option<ServerTls>,
 }
 
 /// A cluster node's route settings.
@@ -155,6 +174,7 @@ impl Nats {
             name: format!("switchyard-test-{}-{n}", std::process::id()),
             monitor_port: AtomicU16::new(0),
             route: None,
+            tls: None,
         }
     }
 
@@ -179,6 +199,39 @@ fn store_dir(dir: &Path) -> PathBuf {
     dir.join("store")
 }
 
+/// The server's TLS flags: its certificate, the CA it trusts for client certificates, and
+/// whether it requires one.
+fn tls_args(tls: &ServerTls) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        "--tls".into(),
+        "--tlscert".into(),
+        tls.cert_file.clone().into(),
+        "--tlskey".into(),
+        tls.key_file.clone().into(),
+        "--tlscacert".into(),
+        tls.ca_file.clone().into(),
+    ];
+    if tls.verify_clients {
+        args.push("--tlsverify".into());
+    }
+    args
+}
+
+impl Nats {
+    /// Connects as a TLS client (CA and client certificate from `tls`): ready when the server
+    /// that answers is ours and has JetStream on.
+    async fn probe_tls(&self, port: u16, tls: &ServerTls) -> io::Result<bool> {
+        let client = async_nats::ConnectOptions::new()
+            .add_root_certificates(tls.ca_file.clone())
+            .add_client_certificate(tls.client_cert_file.clone(), tls.client_key_file.clone())
+            .connect(format!("tls://127.0.0.1:{port}"))
+            .await
+            .map_err(io::Error::other)?;
+        let info = client.server_info();
+        Ok(info.server_name == self.name && info.jetstream)
+    }
+}
+
 impl Flavor for Nats {
     const SERVER: &'static str = "nats-server";
 
@@ -201,12 +254,18 @@ impl Flavor for Nats {
         if let Some(route) = &self.route {
             args.extend(route.args());
         }
+        if let Some(tls) = &self.tls {
+            args.extend(tls_args(tls));
+        }
         args
     }
 
     /// Reads the `INFO` line (must name our server and have JetStream on), then does a
-    /// `CONNECT` + `PING` and waits for `PONG`.
+    /// `CONNECT` + `PING` and waits for `PONG`. A TLS server is probed by a TLS client.
     async fn probe(&self, port: u16, _log: &Path) -> io::Result<bool> {
+        if let Some(tls) = &self.tls {
+            return self.probe_tls(port, tls).await;
+        }
         let mut stream = connect(port).await?;
         let mut buf = Vec::new();
         read_until(&mut stream, &mut buf, |b| contains(b, b"\r\n")).await?;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::AsyncWriteExt;
 
+use super::pki::ServerTls;
 use super::process::{Flavor, Managed, connect, free_port, read_until};
 use super::{HarnessError, binary};
 
@@ -36,6 +37,21 @@ impl RedisServer {
         let flavor = Redis {
             options,
             cluster_bus_port: None,
+            tls: None,
+        };
+        let inner = Managed::start(flavor, bin).await?;
+        Ok(RedisServer { inner })
+    }
+
+    /// Starts `redis-server` serving TLS only (no plain port) with `tls`'s certificate; clients
+    /// must present a certificate signed by its CA when [`ServerTls::verify_clients`] is set.
+    /// [`RedisServer::url`] is then `rediss://...`.
+    pub async fn start_tls(tls: ServerTls) -> Result<RedisServer, HarnessError> {
+        let bin = binary::redis_server().await?;
+        let flavor = Redis {
+            options: RedisOptions::default(),
+            cluster_bus_port: None,
+            tls: Some(tls),
         };
         let inner = Managed::start(flavor, bin).await?;
         Ok(RedisServer { inner })
@@ -43,12 +59,16 @@ impl RedisServer {
 
     /// Starts an empty Redis Cluster node (`cluster-enabled yes`, no slots, known to no other
     /// node yet), with its cluster bus on a free port of its own: the default, port + 10000, may
-    /// be taken or beyond 65535. [`crate::RedisCluster`] joins such nodes.
-    pub(crate) async fn start_cluster_node() -> Result<RedisServer, HarnessError> {
+    /// be taken or beyond 65535. [`crate::RedisCluster`] joins such nodes. With `tls` the node
+    /// serves TLS only, its cluster bus included.
+    pub(crate) async fn start_cluster_node(
+        tls: Option<ServerTls>,
+    ) -> Result<RedisServer, HarnessError> {
         let bin = binary::redis_server().await?;
         let flavor = Redis {
             options: RedisOptions::default(),
             cluster_bus_port: Some(free_port()?),
+            tls,
         };
         let inner = Managed::start(flavor, bin).await?;
         Ok(RedisServer { inner })
@@ -59,9 +79,23 @@ impl RedisServer {
         self.inner.flavor().cluster_bus_port
     }
 
-    /// The client URL, `redis://127.0.0.1:PORT/`.
+    /// A client for this server: over TLS with the harness's client certificate when it was
+    /// started with TLS.
+    pub(crate) fn client(&self) -> io::Result<redis::Client> {
+        match &self.inner.flavor().tls {
+            Some(tls) => tls_client(self.port(), tls),
+            None => redis::Client::open(self.url()).map_err(io::Error::other),
+        }
+    }
+
+    /// The client URL, `redis://127.0.0.1:PORT/` (`rediss://` for a server started with TLS).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port())
+        let scheme = if self.inner.flavor().tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/", self.port())
     }
 
     /// The port (stays the same across restarts).
@@ -115,6 +149,8 @@ struct Redis {
     options: RedisOptions,
     /// Set for a Redis Cluster node: its cluster bus port.
     cluster_bus_port: Option<u16>,
+    /// Set for a server that serves TLS only, on the port a plain server would listen on.
+    tls: Option<ServerTls>,
 }
 
 impl Flavor for Redis {
@@ -122,11 +158,15 @@ impl Flavor for Redis {
 
     fn args(&self, port: u16, dir: &Path, log: &Path) -> Vec<OsString> {
         let appendonly = if self.options.appendonly { "yes" } else { "no" };
-        let mut args: Vec<OsString> = ["--bind", "127.0.0.1", "--port", &port.to_string()]
+        let mut args: Vec<OsString> = ["--bind", "127.0.0.1"]
             .into_iter()
             .chain(["--save", "", "--appendonly", appendonly])
             .map(OsString::from)
             .collect();
+        match &self.tls {
+            None => args.extend(["--port".into(), port.to_string().into()]),
+            Some(tls) => args.extend(tls_args(port, tls)),
+        }
         args.extend([
             "--dir".into(),
             dir.as_os_str().to_owned(),
@@ -146,14 +186,30 @@ impl Flavor for Redis {
                 .chain(["--cluster-node-timeout", "2000"])
                 .map(OsString::from),
             );
+            if let Some(tls) = &self.tls {
+                // The bus over TLS; a node dials the others with the client certificate (its
+                // server certificate is not one a verifying peer accepts from a client).
+                args.extend([
+                    "--tls-cluster".into(),
+                    "yes".into(),
+                    "--tls-client-cert-file".into(),
+                    tls.client_cert_file.clone().into_os_string(),
+                    "--tls-client-key-file".into(),
+                    tls.client_key_file.clone().into_os_string(),
+                ]);
+            }
         }
         args
     }
 
     /// Sends `PING` and `CONFIG GET logfile`: ready when the answer is `+PONG` and our own log
     /// file (which tells our server from another one on the same port). While Redis is still
-    /// loading its append-only file it answers `-LOADING`, which counts as not ready.
+    /// loading its append-only file it answers `-LOADING`, which counts as not ready. A TLS
+    /// server is asked the same by a TLS client.
     async fn probe(&self, port: u16, log: &Path) -> io::Result<bool> {
+        if let Some(tls) = &self.tls {
+            return probe_tls(port, log, tls).await;
+        }
         let log = log.to_string_lossy();
         let expected = format!(
             "+PONG\r\n*2\r\n$7\r\nlogfile\r\n${}\r\n{log}\r\n",
@@ -168,4 +224,54 @@ impl Flavor for Redis {
         .await?;
         Ok(buf.starts_with(expected.as_bytes()))
     }
+}
+
+/// TLS on `port` and no plain port: a client that does not speak TLS cannot get in.
+fn tls_args(port: u16, tls: &ServerTls) -> Vec<OsString> {
+    let auth_clients = if tls.verify_clients { "yes" } else { "no" };
+    let mut args: Vec<OsString> = ["--port", "0", "--tls-port", &port.to_string()]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+    args.extend([
+        "--tls-cert-file".into(),
+        tls.cert_file.clone().into_os_string(),
+        "--tls-key-file".into(),
+        tls.key_file.clone().into_os_string(),
+        "--tls-ca-cert-file".into(),
+        tls.ca_file.clone().into_os_string(),
+        "--tls-auth-clients".into(),
+        auth_clients.into(),
+    ]);
+    args
+}
+
+/// A TLS client for the server on `port`, presenting the client certificate of `tls`.
+fn tls_client(port: u16, tls: &ServerTls) -> io::Result<redis::Client> {
+    let certificates = redis::TlsCertificates {
+        client_tls: Some(redis::ClientTlsConfig {
+            client_cert: std::fs::read(&tls.client_cert_file)?,
+            client_key: std::fs::read(&tls.client_key_file)?,
+        }),
+        root_cert: Some(std::fs::read(&tls.ca_file)?),
+    };
+    redis::Client::build_with_tls(format!("rediss://127.0.0.1:{port}/"), certificates)
+        .map_err(io::Error::other)
+}
+
+/// [`Redis::probe`] over TLS, presenting the client certificate of `tls`.
+async fn probe_tls(port: u16, log: &Path, tls: &ServerTls) -> io::Result<bool> {
+    let mut conn = tls_client(port, tls)?
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(io::Error::other)?;
+    let (pong, logfile): (String, Vec<String>) = redis::pipe()
+        .cmd("PING")
+        .cmd("CONFIG")
+        .arg("GET")
+        .arg("logfile")
+        .query_async(&mut conn)
+        .await
+        .map_err(io::Error::other)?;
+    Ok(pong == "PONG" && logfile.get(1).map(String::as_str) == Some(&*log.to_string_lossy()))
 }

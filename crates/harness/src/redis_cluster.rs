@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 
-use super::{HarnessError, RedisServer};
+use super::{HarnessError, RedisServer, ServerTls};
 
 /// How many masters the cluster has.
 const MASTERS: u16 = 3;
@@ -32,10 +32,20 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts three nodes, joins them and returns once every node reports `cluster_state:ok`.
     pub async fn start() -> Result<RedisCluster, HarnessError> {
+        RedisCluster::start_with(None).await
+    }
+
+    /// [`RedisCluster::start`] with nodes that serve TLS only (clients and cluster bus alike)
+    /// with `tls`'s certificate; [`RedisCluster::seed_urls`] are then `rediss://` URLs.
+    pub async fn start_tls(tls: ServerTls) -> Result<RedisCluster, HarnessError> {
+        RedisCluster::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<ServerTls>) -> Result<RedisCluster, HarnessError> {
         let (a, b, c) = tokio::try_join!(
-            RedisServer::start_cluster_node(),
-            RedisServer::start_cluster_node(),
-            RedisServer::start_cluster_node(),
+            RedisServer::start_cluster_node(tls.clone()),
+            RedisServer::start_cluster_node(tls.clone()),
+            RedisServer::start_cluster_node(tls),
         )?;
         let cluster = RedisCluster {
             nodes: vec![a, b, c],
@@ -121,7 +131,9 @@ impl RedisCluster {
 }
 
 async fn connect(node: &RedisServer) -> Result<MultiplexedConnection, HarnessError> {
-    let client = redis::Client::open(node.url()).map_err(cluster_error)?;
+    let client = node
+        .client()
+        .map_err(|e| HarnessError::Cluster(e.to_string()))?;
     client
         .get_multiplexed_async_connection()
         .await

@@ -50,6 +50,16 @@ pub struct RedisConfig {
     /// older config files, so it defaults to off there too.
     #[serde(default)]
     pub cluster: bool,
+    /// PEM certificate authorities for `rediss://`; empty: the system's roots. (The three TLS
+    /// files are absent from older config files, so they default to empty there too.)
+    #[serde(default)]
+    pub tls_ca_file: String,
+    /// PEM client certificate for a Redis that verifies clients; set with `tls_key_file`.
+    #[serde(default)]
+    pub tls_cert_file: String,
+    /// PEM private key of `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,7 +112,7 @@ pub struct MetricsConfig {
 }
 
 /// Environment variable → (table, key). The first six are the seed's names.
-const ENV_OVERRIDES: [(&str, &str, &str); 15] = [
+const ENV_OVERRIDES: [(&str, &str, &str); 22] = [
     (
         "MAX_CONCURRENT_COORDINATIONS",
         "coordination",
@@ -123,13 +133,20 @@ const ENV_OVERRIDES: [(&str, &str, &str); 15] = [
     ("DEFAULT_MESSAGE_TTL", "messages", "default_message_ttl_s"),
     ("MESSAGE_ACK_TIMEOUT_MS", "messages", "ack_timeout_ms"),
     ("NATS_URL", "nats", "url"),
+    ("NATS_TLS_CA_FILE", "nats", "tls_ca_file"),
+    ("NATS_TLS_CERT_FILE", "nats", "tls_cert_file"),
+    ("NATS_TLS_KEY_FILE", "nats", "tls_key_file"),
     ("REDIS_URL", "redis", "url"),
+    ("REDIS_TLS_CA_FILE", "redis", "tls_ca_file"),
+    ("REDIS_TLS_CERT_FILE", "redis", "tls_cert_file"),
+    ("REDIS_TLS_KEY_FILE", "redis", "tls_key_file"),
     ("METRICS_ADDR", "metrics", "addr"),
     ("SUBJECT_PREFIX", "nats", "subject_prefix"),
     ("REDIS_KEY_PREFIX", "redis", "key_prefix"),
     ("REDIS_CLUSTER", "redis", "cluster"),
     ("BATCH_SIZE", "coordination", "batch_size"),
     ("DEFAULT_STRATEGY", "coordination", "default_strategy"),
+    ("JETSTREAM_REPLICAS", "jetstream", "replicas"),
 ];
 
 impl Default for Config {
@@ -156,6 +173,9 @@ impl Config {
                 response_timeout_ms: 2000,
                 connection_timeout_ms: 2000,
                 cluster: false,
+                tls_ca_file: String::new(),
+                tls_cert_file: String::new(),
+                tls_key_file: String::new(),
             },
             coordination: CoordinationConfig {
                 max_concurrent_coordinations: 10,
@@ -354,8 +374,8 @@ fn connection_problems(nats: &NatsConfig, redis: &RedisConfig) -> Vec<String> {
         (
             crate::state::seed_urls(&redis.url)
                 .iter()
-                .all(|url| url.starts_with("redis://")),
-            "redis.url must start with redis://",
+                .all(|url| url.starts_with("redis://") || url.starts_with("rediss://")),
+            "redis.url must start with redis:// or rediss:// (TLS)",
         ),
         (
             !prefix.is_empty()
@@ -391,10 +411,25 @@ impl NatsConfig {
 impl RedisConfig {
     /// Several seed URLs only make sense to the cluster client; a single Redis has one address.
     /// An empty prefix would make the hash tag `{}`, which Redis Cluster ignores (it hashes the
-    /// whole key), scattering a deployment's keys over the slots.
+    /// whole key), scattering a deployment's keys over the slots. TLS files with a plain URL
+    /// would be silently unused, so they are refused.
     fn problems(&self) -> Vec<&'static str> {
         let seeds = crate::state::seed_urls(&self.url);
+        let tls_files = [&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file];
+        let tls_seeds = seeds.iter().filter(|u| u.starts_with("rediss://")).count();
         failed(&[
+            (
+                tls_seeds == 0 || tls_seeds == seeds.len(),
+                "redis.url must not mix redis:// and rediss:// seeds",
+            ),
+            (
+                tls_files.iter().all(|f| f.is_empty()) || self.uses_tls(),
+                "redis.tls_* files need a rediss:// redis.url",
+            ),
+            (
+                self.tls_cert_file.is_empty() == self.tls_key_file.is_empty(),
+                "redis.tls_cert_file and redis.tls_key_file must be set together",
+            ),
             (!seeds.is_empty(), "redis.url must name a Redis"),
             (
                 self.cluster || seeds.len() == 1,
@@ -405,6 +440,14 @@ impl RedisConfig {
                 "redis.key_prefix must not be empty",
             ),
         ])
+    }
+}
+
+impl RedisConfig {
+    /// Whether the URL (every seed) asks for TLS.
+    pub fn uses_tls(&self) -> bool {
+        let seeds = crate::state::seed_urls(&self.url);
+        !seeds.is_empty() && seeds.iter().all(|url| url.starts_with("rediss://"))
     }
 }
 
@@ -648,6 +691,61 @@ mod tests {
         assert!(err.to_string().contains("redis://"), "{err}");
         let err = Config::from_sources(None, &env(&[("REDIS_KEY_PREFIX", "")])).expect_err("empty");
         assert!(err.to_string().contains("key_prefix"), "{err}");
+    }
+
+    #[test]
+    fn tls_files_and_replicas_are_set_by_env() {
+        let c = Config::from_sources(
+            None,
+            &env(&[
+                ("NATS_TLS_CA_FILE", "/n/ca.pem"),
+                ("NATS_TLS_CERT_FILE", "/n/c.pem"),
+                ("NATS_TLS_KEY_FILE", "/n/k.pem"),
+                ("REDIS_URL", "rediss://r:6380/"),
+                ("REDIS_TLS_CA_FILE", "/r/ca.pem"),
+                ("REDIS_TLS_CERT_FILE", "/r/c.pem"),
+                ("REDIS_TLS_KEY_FILE", "/r/k.pem"),
+                ("JETSTREAM_REPLICAS", "3"),
+            ]),
+        )
+        .expect("valid");
+        let nats = c.nats.tls();
+        assert_eq!(nats.ca_file, Some(PathBuf::from("/n/ca.pem")));
+        assert_eq!(nats.cert_file, Some(PathBuf::from("/n/c.pem")));
+        assert_eq!(nats.key_file, Some(PathBuf::from("/n/k.pem")));
+        let r = &c.redis;
+        let files = [&r.tls_ca_file, &r.tls_cert_file, &r.tls_key_file];
+        assert_eq!(files, ["/r/ca.pem", "/r/c.pem", "/r/k.pem"]);
+        assert!(r.uses_tls());
+        assert_eq!(c.jetstream.replicas, 3);
+        let err = Config::from_sources(None, &env(&[("JETSTREAM_REPLICAS", "2")]))
+            .expect_err("two replicas");
+        assert!(err.to_string().contains("jetstream.replicas"), "{err}");
+        let err = Config::from_sources(None, &env(&[("JETSTREAM_REPLICAS", "three")]))
+            .expect_err("not a number");
+        assert!(err.to_string().contains("JETSTREAM_REPLICAS"), "{err}");
+    }
+
+    #[test]
+    fn rediss_is_accepted_and_its_files_are_checked() {
+        let c = Config::from_sources(None, &env(&[("REDIS_URL", "rediss://r:6380/")]))
+            .expect("rediss alone: the system's roots");
+        assert!(c.redis.uses_tls() && c.redis.tls_ca_file.is_empty());
+        assert!(!Config::default().redis.uses_tls());
+        let plain_with_ca = env(&[("REDIS_TLS_CA_FILE", "/r/ca.pem")]);
+        let err = Config::from_sources(None, &plain_with_ca).expect_err("files, plain url");
+        assert!(err.to_string().contains("need a rediss://"), "{err}");
+        let cert_only = env(&[
+            ("REDIS_URL", "rediss://r:6380/"),
+            ("REDIS_TLS_CERT_FILE", "/r/c.pem"),
+        ]);
+        let err = Config::from_sources(None, &cert_only).expect_err("cert without key");
+        assert!(err.to_string().contains("redis.tls_cert_file and"), "{err}");
+        let file = "[redis]\ncluster = true\nurl = \"rediss://a:1,redis://b:2\"\n";
+        let err = Config::from_sources(Some(file), &[]).expect_err("mixed seeds");
+        assert!(err.to_string().contains("must not mix"), "{err}");
+        let file = "[redis]\ncluster = true\nurl = \"rediss://a:1,rediss://b:2\"\n";
+        assert!(Config::from_sources(Some(file), &[]).is_ok());
     }
 
     #[test]

@@ -96,8 +96,7 @@ pub async fn run_bench(
 
 /// Where the server counters are read: the local servers' own, or what the options name.
 async fn probes_for(deployment: &Deployment, options: &BenchOptions) -> Result<Probes, Error> {
-    let redis = redis::Client::open(deployment.config().redis.url.as_str())
-        .map_err(|e| Error::with_source(ErrorKind::Config, "invalid redis.url", e))?
+    let redis = switchyard_server::state::redis_client(&deployment.config().redis)?
         .get_multiplexed_async_connection()
         .await?;
     let local = deployment.local_servers();
@@ -180,12 +179,7 @@ async fn measure_baseline(
         return Ok(None);
     }
     let nats = deployment.nats_client("bench-baseline").await?;
-    let result = run_baseline(
-        nats,
-        &deployment.config().redis.url,
-        options.baseline_seconds,
-    )
-    .await?;
+    let result = run_baseline(nats, &deployment.config().redis, options.baseline_seconds).await?;
     progress(&format!(
         "bare allocation loop: {} allocations in {:.1}s = {:.0}/s",
         result.allocations,

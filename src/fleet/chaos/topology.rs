@@ -23,7 +23,7 @@ const READY_WITHIN: Duration = Duration::from_secs(30);
 const START_ATTEMPTS: u32 = 3;
 
 pub(crate) enum Nats {
-    Single(NatsServer),
+    Single(Box<NatsServer>),
     Cluster(NatsCluster),
 }
 
@@ -66,10 +66,13 @@ impl Topology {
         config.nats.tls_ca_file.clear();
         config.nats.tls_cert_file.clear();
         config.nats.tls_key_file.clear();
+        config.redis.tls_ca_file.clear();
+        config.redis.tls_cert_file.clear();
+        config.redis.tls_key_file.clear();
         let nats = match spec.nats {
-            NatsShape::Single => {
-                Nats::Single(NatsServer::start().await.map_err(harness("nats-server"))?)
-            }
+            NatsShape::Single => Nats::Single(Box::new(
+                NatsServer::start().await.map_err(harness("nats-server"))?,
+            )),
             NatsShape::Cluster3 => {
                 config.jetstream.replicas = 3;
                 Nats::Cluster(
@@ -190,6 +193,12 @@ impl OptimizerProcess {
             .open(self.log_path())
             .map_err(io)?;
         let mut command = Command::new(&self.bin);
+        // The config file holds the whole resolved configuration (the caller's environment
+        // overrides already applied, then the scenario's servers): no variable may change it.
+        command.env_clear();
+        if let Some(filter) = std::env::var_os("RUST_LOG") {
+            command.env("RUST_LOG", filter);
+        }
         command
             .arg("--config")
             .arg(self.dir.path().join("optimizer.toml"))
@@ -198,10 +207,6 @@ impl OptimizerProcess {
             .stderr(log)
             // An error exit prints its message, not a backtrace, into the log.
             .env("RUST_BACKTRACE", "0");
-        // The config file says everything; the caller's environment must not override it.
-        for var in ["NATS_URL", "REDIS_URL", "METRICS_ADDR", "SWITCHYARD_CONFIG"] {
-            command.env_remove(var);
-        }
         self.child = Some(command.spawn().map_err(io)?);
         Ok(())
     }

@@ -15,8 +15,8 @@ mod rows;
 mod scripts;
 mod store;
 
-pub use connection::Connection;
 pub(crate) use connection::seed_urls;
+pub use connection::{Connection, redis_client};
 pub use fleet::{FleetCache, Refresh};
 pub use handoffs::{
     AnswerOutcome, BeginHandoff, BeginOutcome, GrowOutcome, GrowRequest, HandoffRecord,
