@@ -365,3 +365,19 @@ fn sim_live_json_reports_every_strategy_but_the_oracle() {
         assert_eq!(grants, count("attempts"), "{name}: {m}");
     }
 }
+
+#[test]
+fn chaos_refuses_an_unknown_scenario_and_names_the_known_ones() {
+    let output = switchyard(&["chaos", "--scenario", "no-such-fault"])
+        .output_within(LIMIT_S, "chaos to refuse");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "refused: {stderr}");
+    for name in [
+        "optimizer-kill",
+        "nats-node-kill",
+        "redis-restart",
+        "duplicate-flood",
+    ] {
+        assert!(stderr.contains(name), "names {name}: {stderr}");
+    }
+}

@@ -6,6 +6,7 @@
 //! callback, both given by the binary: the library itself never touches standard output or error.
 
 mod bench;
+mod chaos;
 mod demo;
 pub mod replica;
 mod sim;
@@ -54,6 +55,10 @@ enum Command {
     /// replayed scaled down through the real optimizer over NATS and Redis instead (uses
     /// NATS_URL and REDIS_URL when both are set, else starts its own servers).
     Sim(sim::SimArgs),
+    /// The fault matrix: per scenario its own servers on loopback, two optimizer processes,
+    /// agents with leases under a steady load, one fault mid-load, and the invariants checked
+    /// (nothing lost, nothing worked twice at once, no agent over capacity, recovery times).
+    Chaos(chaos::ChaosArgs),
 }
 
 /// What every subcommand runs with besides its own arguments.
@@ -92,6 +97,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write, progress: &dyn Fn(&str)) -> anyh
         Command::MessageBench(args) => bench::messages(args, &context, out).await,
         Command::DecisionCost(args) => bench::decisions(&args, out),
         Command::Sim(args) => sim::run(args, &context, out).await,
+        Command::Chaos(args) => chaos::run(args, &context, out).await,
     }
 }
 

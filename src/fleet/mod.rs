@@ -1,5 +1,5 @@
-//! Simulated agent fleets and the drivers behind `switchyard demo`, `switchyard bench` and
-//! `switchyard sim --live`.
+//! Simulated agent fleets and the drivers behind `switchyard demo`, `switchyard bench`,
+//! `switchyard sim --live` and `switchyard chaos`.
 //!
 //! A simulated agent is a real client: it registers over NATS, receives its grants from its
 //! durable consumer, "works" for a while (a sleep decided by a [`WorkModel`]) and reports the
@@ -9,6 +9,7 @@ mod announce;
 pub use announce::AnnouncementRow;
 mod baseline;
 pub mod bench;
+pub mod chaos;
 mod counters;
 pub use counters::{CommandCalls, Cost};
 pub mod decision_cost;
