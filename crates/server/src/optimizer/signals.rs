@@ -1,8 +1,18 @@
 //! The core lane: HEARTBEAT and GRANT_ACK, the two frequent small signals agents send, arrive on
-//! core NATS (no stream: storing them would cost four messages and a disk write each) through a
-//! queue group, so each reaches one replica. A lost one costs little: the next heartbeat comes
-//! within a third of the lease, and an unacknowledged grant is sent again and acknowledged again.
-//! They are applied in batches: one script call renews every lease of a batch, one ZREM clears
+//! core NATS (no stream: storing them would cost four messages and a disk write each).
+//!
+//! Every replica receives every heartbeat (a plain subscription), while grant acks go through a
+//! queue group, so each reaches one replica. The difference is what a replica that is alive to
+//! nats-server but cannot apply what it receives (frozen, or cut off from Redis) does to them: in
+//! a queue group it would keep taking its share and drop it, so with two replicas half of every
+//! agent's heartbeats would be lost while it is stalled, and three lost in a row end a lease: a
+//! live agent judged dead and its tasks granted to another while it still works on them (the
+//! chaos matrix's `optimizer-stop` showed it). Recording a heartbeat twice is harmless (the script
+//! renews the lease to the Redis clock's now), and each replica records a whole batch in one
+//! script call, so the cost is one call per batch per replica. A lost grant ack costs only a
+//! resend, so acks stay in the queue group.
+//!
+//! Both are applied in batches: one script call renews every lease of a batch, one ZREM clears
 //! every acknowledged grant.
 
 use std::sync::Arc;
@@ -23,13 +33,11 @@ const SIGNAL_BATCH: usize = 1024;
 /// Receives heartbeats and grant acknowledgments until `stop`.
 pub(crate) async fn run_signals(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     let group = ctx.subjects.optimizer_queue_group();
-    let subscribe = |t| {
-        ctx.client
-            .queue_subscribe(ctx.subjects.all_of(t), group.clone())
-    };
     let (heartbeats, acks) = match tokio::try_join!(
-        subscribe(MessageType::Heartbeat),
-        subscribe(MessageType::GrantAck)
+        ctx.client
+            .subscribe(ctx.subjects.all_of(MessageType::Heartbeat)),
+        ctx.client
+            .queue_subscribe(ctx.subjects.all_of(MessageType::GrantAck), group)
     ) {
         Ok(subs) => subs,
         Err(e) => {
