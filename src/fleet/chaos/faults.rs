@@ -41,7 +41,7 @@ pub(crate) async fn inject(
     topology: &mut Topology,
     targets: Targets<'_>,
 ) -> Result<FaultWindow, Error> {
-    let start = Instant::now();
+    let mut start = Instant::now();
     let note = match scenario {
         Scenario::OptimizerKill => {
             topology.optimizers[0].kill();
@@ -84,7 +84,12 @@ pub(crate) async fn inject(
                 .map_err(harness("redis-server did not start again"))?;
             "redis-server killed, started again after 2 s (AOF loaded)".to_string()
         }
-        Scenario::RedisFailover => fail_over(&mut topology.redis).await?,
+        Scenario::RedisFailover => {
+            let (note, killed_at) = fail_over(&mut topology.redis).await?;
+            // The fault is the kill; holding writes until the replica caught up prepares it.
+            start = killed_at;
+            note
+        }
         Scenario::RedisStop => {
             let pid = topology
                 .redis
@@ -113,7 +118,8 @@ pub(crate) async fn inject(
 
 /// Kills the Redis primary once its replica has every write, waits until the sentinels agree on
 /// the promoted replica, and starts the killed node again (the sentinels make it a replica).
-async fn fail_over(redis: &mut Redis) -> Result<String, Error> {
+/// Answers the note and when the primary was killed.
+async fn fail_over(redis: &mut Redis) -> Result<(String, Instant), Error> {
     let Redis::Sentinel(deployment) = redis else {
         return Err(Error::new(
             ErrorKind::Config,
@@ -128,8 +134,10 @@ async fn fail_over(redis: &mut Redis) -> Result<String, Error> {
         .primary_url()
         .await
         .map_err(harness("the sentinels name no primary"))?;
+    let held_at = Instant::now();
     catch_up(&url).await?;
     let killed_at = Instant::now();
+    let held_for = (killed_at - held_at).as_secs_f64();
     let index = deployment
         .kill_primary()
         .await
@@ -143,10 +151,11 @@ async fn fail_over(redis: &mut Redis) -> Result<String, Error> {
         .start_again(index)
         .await
         .map_err(harness("the killed node did not start again"))?;
-    Ok(format!(
-        "primary :{old_port} killed, :{new_port} promoted after {promoted_after:.1} s, \
-         the killed node started again"
-    ))
+    let note = format!(
+        "writes held {held_for:.1} s until the replica had them all; primary :{old_port} \
+         killed, :{new_port} promoted after {promoted_after:.1} s, the killed node started again"
+    );
+    Ok((note, killed_at))
 }
 
 /// How long the replica may take to acknowledge every write before the kill.
