@@ -189,4 +189,19 @@ mod tests {
         }
         assert_eq!(Scenario::from_name("no-such-fault"), None);
     }
+
+    /// A proxy, a kill or a stop of "the" redis-server needs a single one; the failover needs
+    /// the sentinels.
+    #[test]
+    fn every_scenario_runs_on_the_redis_its_fault_acts_on() {
+        for scenario in Scenario::ALL {
+            let spec = scenario.spec();
+            let single = spec.redis_proxy
+                || matches!(scenario, Scenario::RedisRestart | Scenario::RedisStop);
+            if single {
+                assert_eq!(spec.redis, RedisShape::Single, "{}", spec.name);
+            }
+        }
+        assert_eq!(Scenario::RedisFailover.spec().redis, RedisShape::Sentinel);
+    }
 }
