@@ -1,7 +1,8 @@
-//! Three scenarios of the fault matrix (`switchyard chaos`) with a small load, through the
-//! library's entry point: a Redis restart with its append-only file, a restart of the whole
-//! single-node NATS, and one optimizer of two frozen (SIGSTOP) for 15 s, through which no live
-//! agent may lose its lease. Each starts its own servers and two optimizer processes, runs agents with
+//! Four scenarios of the fault matrix (`switchyard chaos`) with a small load, through the
+//! library's entry point: a Redis restart with its append-only file, a failover of Redis under
+//! Sentinel (the primary killed, the replica promoted), a restart of the whole single-node NATS,
+//! and one optimizer of two frozen (SIGSTOP) for 15 s, through which no live agent may lose its
+//! lease. Each starts its own servers and two optimizer processes, runs agents with
 //! 5 s leases under 30 submits/s for 12 s (30 s for the stop), injects the fault a third of the way in, and checks that every task
 //! ended, none was worked twice at once and no agent was over its capacity.
 
@@ -93,6 +94,18 @@ async fn redis_restart_with_aof_loses_nothing() {
         s.fault_for_s >= 2.0,
         "redis was down at least 2 s: {}",
         s.fault_for_s
+    );
+}
+
+/// Both optimizers and the checks find the primary through the sentinels; the replica had every
+/// write when the primary was killed, so whatever the optimizers did before the kill is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_sentinel_failover_loses_nothing() {
+    let s = run(Scenario::RedisFailover, DURATION_S).await;
+    assert!(s.note.contains("promoted"), "{}", s.note);
+    assert_eq!(
+        s.dead_letters.took_effect, 0,
+        "no dead letter for an event that took effect"
     );
 }
 

@@ -12,8 +12,8 @@ use crate::fleet::chaos::{ChaosOptions, Scenario, render_table, run_chaos};
 #[derive(clap::Args)]
 pub(crate) struct ChaosArgs {
     /// A scenario to run (repeatable; default: all): optimizer-kill, optimizer-stop,
-    /// nats-node-kill, nats-restart, redis-restart, redis-partition, nats-partition, agent-kill,
-    /// duplicate-flood.
+    /// nats-node-kill, nats-restart, redis-restart, redis-failover, redis-stop, redis-partition,
+    /// nats-partition, agent-kill, duplicate-flood.
     #[arg(long = "scenario", value_parser = parse_scenario)]
     scenarios: Vec<Scenario>,
     /// Agents (4 cpus each; every task needs 1).

@@ -79,10 +79,13 @@ impl RedisServer {
 
     /// Starts a replica of the server on loopback port `primary` (`--replicaof`). It answers
     /// `PING` before its first sync has finished; [`crate::RedisSentinel`] waits for the link.
-    pub(crate) async fn start_replica_of(primary: u16) -> Result<RedisServer, HarnessError> {
+    pub(crate) async fn start_replica_of(
+        primary: u16,
+        options: RedisOptions,
+    ) -> Result<RedisServer, HarnessError> {
         let bin = binary::redis_server().await?;
         let flavor = Redis {
-            options: RedisOptions::default(),
+            options,
             cluster_bus_port: None,
             tls: None,
             replica_of: Some(primary),

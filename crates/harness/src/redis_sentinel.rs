@@ -16,7 +16,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::io::AsyncWriteExt;
 
 use super::process::{Flavor, Managed, connect, contains, read_until};
-use super::{HarnessError, RedisServer, binary};
+use super::{HarnessError, RedisOptions, RedisServer, binary};
 
 /// The name the sentinels know the primary by: `redis.sentinel_master`.
 const MASTER_NAME: &str = "switchyard";
@@ -50,8 +50,14 @@ impl RedisSentinel {
     /// Starts the primary, its replica and three sentinels, and returns once every sentinel
     /// reports the primary as master, knows the replica and knows the other two sentinels.
     pub async fn start() -> Result<RedisSentinel, HarnessError> {
-        let primary = RedisServer::start().await?;
-        let replica = RedisServer::start_replica_of(primary.port()).await?;
+        RedisSentinel::start_with(RedisOptions::default()).await
+    }
+
+    /// As [`RedisSentinel::start`], both nodes with `options` (an append-only file, so a node
+    /// started again comes back with its data).
+    pub async fn start_with(options: RedisOptions) -> Result<RedisSentinel, HarnessError> {
+        let primary = RedisServer::start_with(options).await?;
+        let replica = RedisServer::start_replica_of(primary.port(), options).await?;
         // Linked before the sentinels start: a sentinel finds replicas in the primary's INFO,
         // which it reads at once and then only every 10 s.
         wait_for_link(&primary, &replica).await?;
@@ -117,9 +123,9 @@ impl RedisSentinel {
         Ok(index)
     }
 
-    /// Starts node `index` again on its port and directory. The nodes keep no data on disk, so
-    /// a former primary comes back as an empty primary until the sentinels see it and make it a
-    /// replica of the new one; started again before the sentinels promoted another node, it
+    /// Starts node `index` again on its port and directory. Started with [`RedisSentinel::start`]
+    /// the nodes keep no data on disk, so a former primary comes back as an empty primary until
+    /// the sentinels see it and make it a replica of the new one; started again before the sentinels promoted another node, it
     /// would hand its emptiness to the replica (why production runs AOF, docs/operations.md).
     pub async fn start_again(&mut self, index: usize) -> Result<(), HarnessError> {
         let size = self.nodes.len();

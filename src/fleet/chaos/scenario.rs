@@ -20,6 +20,12 @@ pub enum Scenario {
     /// SIGKILL redis-server (AOF, `appendfsync everysec`), start it again 2 s later on the same
     /// directory.
     RedisRestart,
+    /// Redis under Sentinel (primary and replica with AOF everysec, three sentinels): SIGKILL
+    /// the primary once the replica has caught up, wait for the sentinels to promote the
+    /// replica, start the killed node again (it rejoins as a replica).
+    RedisFailover,
+    /// SIGSTOP the single redis-server for 30 s, then SIGCONT.
+    RedisStop,
     /// Cut one optimizer's link to Redis (a TCP proxy) for 10 s.
     RedisPartition,
     /// Cut one optimizer's link to NATS (a TCP proxy) for 10 s.
@@ -40,6 +46,14 @@ pub(crate) enum NatsShape {
     Cluster3,
 }
 
+/// The Redis a scenario runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RedisShape {
+    Single,
+    /// A primary and a replica watched by three sentinels; everything connects in sentinel mode.
+    Sentinel,
+}
+
 /// From when the recovery time of a scenario is counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RecoverFrom {
@@ -56,6 +70,7 @@ pub(crate) struct Spec {
     /// One line for the report.
     pub(crate) fault: &'static str,
     pub(crate) nats: NatsShape,
+    pub(crate) redis: RedisShape,
     /// The optimizers reach Redis through a TCP proxy each.
     pub(crate) redis_proxy: bool,
     /// The optimizers reach NATS through a TCP proxy each.
@@ -65,12 +80,14 @@ pub(crate) struct Spec {
 
 impl Scenario {
     /// Every scenario, in the order the matrix runs them.
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::OptimizerKill,
         Scenario::OptimizerStop,
         Scenario::NatsNodeKill,
         Scenario::NatsRestart,
         Scenario::RedisRestart,
+        Scenario::RedisFailover,
+        Scenario::RedisStop,
         Scenario::RedisPartition,
         Scenario::NatsPartition,
         Scenario::AgentKill,
@@ -82,6 +99,7 @@ impl Scenario {
             name,
             fault,
             nats: NatsShape::Single,
+            redis: RedisShape::Single,
             redis_proxy: false,
             nats_proxy: false,
             recover_from,
@@ -112,6 +130,19 @@ impl Scenario {
             Scenario::RedisRestart => plain(
                 "redis-restart",
                 "SIGKILL redis-server (AOF everysec), start again after 2 s",
+                End,
+            ),
+            Scenario::RedisFailover => Spec {
+                redis: RedisShape::Sentinel,
+                ..plain(
+                    "redis-failover",
+                    "SIGKILL the Redis primary (Sentinel, replica caught up), replica promoted",
+                    Start,
+                )
+            },
+            Scenario::RedisStop => plain(
+                "redis-stop",
+                "SIGSTOP the single redis-server for 30 s",
                 End,
             ),
             Scenario::RedisPartition => Spec {
@@ -157,5 +188,20 @@ mod tests {
             assert_eq!(Scenario::from_name(scenario.name()), Some(scenario));
         }
         assert_eq!(Scenario::from_name("no-such-fault"), None);
+    }
+
+    /// A proxy, a kill or a stop of "the" redis-server needs a single one; the failover needs
+    /// the sentinels.
+    #[test]
+    fn every_scenario_runs_on_the_redis_its_fault_acts_on() {
+        for scenario in Scenario::ALL {
+            let spec = scenario.spec();
+            let single = spec.redis_proxy
+                || matches!(scenario, Scenario::RedisRestart | Scenario::RedisStop);
+            if single {
+                assert_eq!(spec.redis, RedisShape::Single, "{}", spec.name);
+            }
+        }
+        assert_eq!(Scenario::RedisFailover.spec().redis, RedisShape::Sentinel);
     }
 }

@@ -1,5 +1,5 @@
 //! One scenario's servers on loopback: NATS (one node, or three at 3 replicas), Redis with an
-//! append-only file, optional TCP proxies between each optimizer and a server, and two optimizer
+//! append-only file (one server, or a primary and a replica under three sentinels), optional TCP proxies between each optimizer and a server, and two optimizer
 //! processes (real processes, so they can be SIGKILLed and SIGSTOPped).
 
 use std::net::SocketAddr;
@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use switchyard_client::error::{Error, ErrorKind};
 use switchyard_harness::{
-    HarnessError, NatsCluster, NatsServer, RedisOptions, RedisServer, TcpProxy,
+    HarnessError, NatsCluster, NatsServer, RedisOptions, RedisSentinel, RedisServer, TcpProxy,
 };
 use switchyard_server::config::Config;
 
-use super::scenario::{NatsShape, Spec};
+use super::scenario::{NatsShape, RedisShape, Spec};
 
 /// Optimizer processes per scenario.
 pub(crate) const OPTIMIZERS: usize = 2;
@@ -36,9 +36,55 @@ impl Nats {
     }
 }
 
+pub(crate) enum Redis {
+    Single(RedisServer),
+    Sentinel(RedisSentinel),
+}
+
+impl Redis {
+    async fn start(shape: RedisShape) -> Result<Redis, Error> {
+        let options = RedisOptions { appendonly: true };
+        Ok(match shape {
+            RedisShape::Single => Redis::Single(
+                RedisServer::start_with(options)
+                    .await
+                    .map_err(harness("redis-server"))?,
+            ),
+            RedisShape::Sentinel => Redis::Sentinel(
+                RedisSentinel::start_with(options)
+                    .await
+                    .map_err(harness("Redis under Sentinel"))?,
+            ),
+        })
+    }
+
+    /// Points `config` at these servers: the server's URL, or the sentinels' and the master's
+    /// name, so every connection (optimizers, checks) follows a failover.
+    fn configure(&self, config: &mut switchyard_server::config::RedisConfig) {
+        match self {
+            Redis::Single(server) => config.url = server.url(),
+            Redis::Sentinel(deployment) => {
+                config.url = deployment.sentinel_urls();
+                config.sentinel_master = deployment.master_name().to_string();
+            }
+        }
+    }
+
+    /// The single server, for the faults and proxies that act on one.
+    pub(crate) fn single(&mut self) -> Result<&mut RedisServer, Error> {
+        match self {
+            Redis::Single(server) => Ok(server),
+            Redis::Sentinel(_) => Err(Error::new(
+                ErrorKind::Config,
+                "this fault needs a single redis-server",
+            )),
+        }
+    }
+}
+
 pub(crate) struct Topology {
     pub(crate) nats: Nats,
-    pub(crate) redis: RedisServer,
+    pub(crate) redis: Redis,
     /// Per optimizer, when the scenario routes its Redis link through a proxy.
     pub(crate) redis_proxies: Vec<TcpProxy>,
     /// Per optimizer, when the scenario routes its NATS link through a proxy.
@@ -60,8 +106,9 @@ impl Topology {
     /// returns once every optimizer answers `/readyz`.
     pub(crate) async fn start(spec: &Spec, base: &Config, bin: &Path) -> Result<Topology, Error> {
         let mut config = base.clone();
-        // The scenario's own servers: one plain Redis, NATS without TLS.
+        // The scenario's own servers: Redis (no cluster) and NATS, without TLS.
         config.redis.cluster = false;
+        config.redis.sentinel_master.clear();
         config.jetstream.replicas = 1;
         config.nats.tls_ca_file.clear();
         config.nats.tls_cert_file.clear();
@@ -82,11 +129,9 @@ impl Topology {
                 )
             }
         };
-        let redis = RedisServer::start_with(RedisOptions { appendonly: true })
-            .await
-            .map_err(harness("redis-server"))?;
+        let redis = Redis::start(spec.redis).await?;
         config.nats.url = nats.url();
-        config.redis.url = redis.url();
+        redis.configure(&mut config.redis);
         let mut topology = Topology {
             nats,
             redis,
@@ -111,7 +156,8 @@ impl Topology {
     async fn start_proxies(&mut self, spec: &Spec) -> Result<(), Error> {
         for _ in 0..OPTIMIZERS {
             if spec.redis_proxy {
-                let proxy = TcpProxy::start(loopback(self.redis.port())).await;
+                let port = self.redis.single()?.port();
+                let proxy = TcpProxy::start(loopback(port)).await;
                 self.redis_proxies
                     .push(proxy.map_err(harness("a Redis proxy"))?);
             }
@@ -231,19 +277,7 @@ impl OptimizerProcess {
                 "the optimizer is not running",
             ));
         };
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(child.id().to_string())
-            .status()
-            .map_err(|e| Error::with_source(ErrorKind::Harness, "cannot run kill", e))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(Error::new(
-                ErrorKind::Harness,
-                format!("kill -{signal} failed: {status}"),
-            ))
-        }
+        send_signal(child.id(), signal)
     }
 
     /// Waits until the process is ready, starting it again (at most [`START_ATTEMPTS`] times in
@@ -299,6 +333,23 @@ impl Drop for OptimizerProcess {
     fn drop(&mut self) {
         // SIGKILL ends a stopped process too: no SIGCONT needed first.
         self.kill();
+    }
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to process `pid`.
+pub(crate) fn send_signal(pid: u32, signal: &str) -> Result<(), Error> {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .map_err(|e| Error::with_source(ErrorKind::Harness, "cannot run kill", e))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Harness,
+            format!("kill -{signal} {pid} failed: {status}"),
+        ))
     }
 }
 
