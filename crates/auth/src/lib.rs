@@ -6,9 +6,12 @@
 //!   templates built from the protocol's subject map.
 //! * [`trust`] — the keys and JWTs of one deployment: operator, accounts, one scoped signing key
 //!   per role, and the user JWTs they sign.
+//! * [`directory`] — the files `switchyard auth` writes: the server's include file, the seeds,
+//!   one `.creds` file per identity.
 //! * `jwt` — encoding and signing NATS JWTs.
 
 pub mod creds;
+pub mod directory;
 mod jwt;
 pub mod roles;
 pub mod trust;
