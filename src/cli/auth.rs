@@ -69,7 +69,7 @@ pub(crate) fn run(
     }
 }
 
-fn add(dir: &PathBuf, role: Role, id: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+fn add(dir: &std::path::Path, role: Role, id: &str, out: &mut dyn Write) -> anyhow::Result<()> {
     let path = AuthDir::open(dir)?.add(role, id)?;
     writeln!(out, "{}", path.display())?;
     Ok(())
