@@ -23,6 +23,7 @@ forbid switchyard-decision tokio async-nats redis prometheus clap
 forbid switchyard-protocol tokio async-nats redis prometheus clap
 forbid switchyard-sim tokio async-nats redis prometheus clap
 forbid switchyard-client redis prometheus clap
+forbid switchyard-auth tokio async-nats redis prometheus clap
 # One rustls crypto provider, ring (async-nats's): with a second one compiled in, rustls 0.23
 # cannot choose a default and the first TLS connection (redis-rs asks for the default) panics.
 forbid switchyard aws-lc-rs aws-lc-sys

@@ -381,3 +381,47 @@ fn chaos_refuses_an_unknown_scenario_and_names_the_known_ones() {
         assert!(stderr.contains(name), "names {name}: {stderr}");
     }
 }
+
+#[test]
+fn auth_init_and_add_agent_write_the_server_include_and_one_creds_file_each() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("auth");
+    let dir_arg = dir.to_str().expect("utf-8 path");
+    let init = switchyard(&["auth", "init", dir_arg])
+        .output()
+        .expect("runs");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let conf = std::fs::read_to_string(dir.join("nats-auth.conf")).expect("include written");
+    assert!(conf.contains("operator:") && conf.contains("resolver_preload"));
+
+    let add = switchyard(&["auth", "add-agent", "agent-1", "--dir", dir_arg])
+        .output()
+        .expect("runs");
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    let path = String::from_utf8_lossy(&add.stdout).trim().to_string();
+    let creds = std::fs::read_to_string(&path).expect("creds written");
+    assert!(creds.contains("BEGIN NATS USER JWT") && creds.contains("BEGIN USER NKEY SEED"));
+
+    let bad = switchyard(&["auth", "add-agent", "a.b", "--dir", dir_arg])
+        .output()
+        .expect("runs");
+    assert!(
+        !bad.status.success(),
+        "an id that is not a subject token is refused"
+    );
+    let again = switchyard(&["auth", "init", dir_arg])
+        .output()
+        .expect("runs");
+    assert!(
+        !again.status.success(),
+        "init does not overwrite a trust chain"
+    );
+}

@@ -5,6 +5,7 @@
 //! Handlers write their results to an [`std::io::Write`] handle and their progress lines to a
 //! callback, both given by the binary: the library itself never touches standard output or error.
 
+mod auth;
 mod bench;
 mod chaos;
 mod demo;
@@ -59,6 +60,8 @@ enum Command {
     /// agents with leases under a steady load, one fault mid-load, and the invariants checked
     /// (nothing lost, nothing worked twice at once, no agent over capacity, recovery times).
     Chaos(chaos::ChaosArgs),
+    /// Identities of a secured deployment: `auth init DIR`, `auth add-agent ID --dir DIR`.
+    Auth(auth::AuthArgs),
 }
 
 /// What every subcommand runs with besides its own arguments.
@@ -98,6 +101,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write, progress: &dyn Fn(&str)) -> anyh
         Command::DecisionCost(args) => bench::decisions(&args, out),
         Command::Sim(args) => sim::run(args, &context, out).await,
         Command::Chaos(args) => chaos::run(args, &context, out).await,
+        Command::Auth(args) => auth::run(args, &context, out),
     }
 }
 

@@ -1,0 +1,229 @@
+//! The directory `switchyard auth init DIR` writes and `add-agent` / `add-orchestrator` add to:
+//!
+//! ```text
+//! DIR/nats-auth.conf            include from nats-server.conf: operator, accounts, resolver
+//! DIR/subject-prefix            the subject prefix the permissions were written for
+//! DIR/keys/*.nk                 the seeds that sign (secret: 0600, keep them off the servers)
+//! DIR/creds/<role>-<name>.creds one identity each, loaded by any NATS client
+//! ```
+//!
+//! The keys are read again on every `add-*`, so identities can be minted on any machine that
+//! holds `keys/`; nats-server only ever needs `nats-auth.conf`, which holds no secret.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use nkeys::KeyPair;
+use switchyard_protocol::Subjects;
+
+use crate::creds::creds_file;
+use crate::trust::Trust;
+use crate::{AuthError, Role};
+
+const OPERATOR_SEED: &str = "operator.nk";
+const SYSTEM_SEED: &str = "system-account.nk";
+const ACCOUNT_SEED: &str = "account.nk";
+const SERVER_CONF: &str = "nats-auth.conf";
+const PREFIX_FILE: &str = "subject-prefix";
+
+/// A deployment's identity directory.
+pub struct AuthDir {
+    root: PathBuf,
+    trust: Trust,
+    subjects: Subjects,
+}
+
+impl AuthDir {
+    /// Generates a new trust chain in `root` (refusing to overwrite one), writes the server's
+    /// include file and the credentials of one optimizer and one operator.
+    pub fn init(root: &Path, subjects: Subjects) -> Result<AuthDir, AuthError> {
+        if root.join("keys").exists() {
+            return Err(AuthError::Invalid(format!(
+                "{} already holds keys; remove it to start over (every identity it issued stops working)",
+                root.display()
+            )));
+        }
+        let dir = AuthDir {
+            root: root.to_path_buf(),
+            trust: Trust::generate(),
+            subjects,
+        };
+        dir.write_keys()?;
+        write(&root.join(PREFIX_FILE), dir.subjects.prefix(), false)?;
+        dir.write_server_conf()?;
+        dir.add(Role::Optimizer, "optimizer")?;
+        dir.add(Role::Operator, "operator")?;
+        Ok(dir)
+    }
+
+    /// Reads the directory `init` wrote.
+    pub fn open(root: &Path) -> Result<AuthDir, AuthError> {
+        let keys = root.join("keys");
+        let seed = |file: &str| read_seed(&keys.join(file));
+        let role_keys = Role::ALL
+            .iter()
+            .map(|role| Ok((*role, seed(&role_seed_file(*role))?)))
+            .collect::<Result<Vec<_>, AuthError>>()?;
+        let trust = Trust {
+            operator: seed(OPERATOR_SEED)?,
+            system_account: seed(SYSTEM_SEED)?,
+            account: seed(ACCOUNT_SEED)?,
+            role_keys,
+        };
+        let prefix = read(&root.join(PREFIX_FILE))?;
+        Ok(AuthDir {
+            root: root.to_path_buf(),
+            trust,
+            subjects: Subjects::new(prefix.trim()),
+        })
+    }
+
+    /// Mints a new identity of `role` named `name` and writes its `.creds` file; answers its path.
+    pub fn add(&self, role: Role, name: &str) -> Result<PathBuf, AuthError> {
+        check_name(name)?;
+        let user = KeyPair::new_user();
+        let jwt = self.trust.user_jwt(role, name, &user)?;
+        let path = self.creds_path(role, name);
+        write(&path, &creds_file(&jwt, &user)?, true)?;
+        Ok(path)
+    }
+
+    /// Where the credentials of `role` `name` are (or would be) written.
+    pub fn creds_path(&self, role: Role, name: &str) -> PathBuf {
+        self.root
+            .join("creds")
+            .join(format!("{}-{name}.creds", role.as_str()))
+    }
+
+    /// The file to include from nats-server's configuration.
+    pub fn server_conf_path(&self) -> PathBuf {
+        self.root.join(SERVER_CONF)
+    }
+
+    fn write_keys(&self) -> Result<(), AuthError> {
+        let keys = self.root.join("keys");
+        let t = &self.trust;
+        write_seed(&keys.join(OPERATOR_SEED), &t.operator)?;
+        write_seed(&keys.join(SYSTEM_SEED), &t.system_account)?;
+        write_seed(&keys.join(ACCOUNT_SEED), &t.account)?;
+        for (role, key) in &t.role_keys {
+            write_seed(&keys.join(role_seed_file(*role)), key)?;
+        }
+        Ok(())
+    }
+
+    fn write_server_conf(&self) -> Result<(), AuthError> {
+        let jwts = self.trust.server_jwts(&self.subjects)?;
+        let (system, system_jwt) = &jwts.system_account;
+        let (account, account_jwt) = &jwts.account;
+        let text = format!(
+            "# Written by `switchyard auth init`; include it from nats-server's configuration.\n\
+             # It holds no secret. Identities are added without touching it or the server.\n\
+             operator: {}\n\
+             system_account: {system}\n\
+             resolver: MEMORY\n\
+             resolver_preload: {{\n  {system}: {system_jwt}\n  {account}: {account_jwt}\n}}\n",
+            jwts.operator
+        );
+        write(&self.server_conf_path(), &text, false)
+    }
+}
+
+fn role_seed_file(role: Role) -> String {
+    format!("role-{}.nk", role.as_str())
+}
+
+/// Names become subject tokens through the permission templates: the protocol's id rule.
+fn check_name(name: &str) -> Result<(), AuthError> {
+    if switchyard_protocol::validate_agent_id(name) {
+        Ok(())
+    } else {
+        Err(AuthError::Invalid(format!(
+            "{name:?} is not a valid id (1-64 of [A-Za-z0-9_-], not \"all\")"
+        )))
+    }
+}
+
+fn write_seed(path: &Path, key: &KeyPair) -> Result<(), AuthError> {
+    let seed = key.seed().map_err(|e| AuthError::Key(e.to_string()))?;
+    write(path, &seed, true)
+}
+
+fn read_seed(path: &Path) -> Result<KeyPair, AuthError> {
+    KeyPair::from_seed(read(path)?.trim())
+        .map_err(|e| AuthError::Key(format!("{}: {e}", path.display())))
+}
+
+fn read(path: &Path) -> Result<String, AuthError> {
+    fs::read_to_string(path).map_err(|source| AuthError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Writes `text` to `path`, creating its directory; `secret` files are readable by the owner only.
+fn write(path: &Path, text: &str, secret: bool) -> Result<(), AuthError> {
+    let io = |source| AuthError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(io)?;
+    }
+    fs::write(path, text).map_err(io)?;
+    if secret {
+        restrict(path).map_err(io)?;
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn restrict(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+}
+
+#[cfg(not(unix))]
+fn restrict(_path: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::creds::jwt_of;
+    use crate::jwt::decode_claims;
+
+    #[test]
+    fn init_then_open_mints_identities_of_the_same_trust_chain() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = AuthDir::init(tmp.path(), Subjects::new("coord")).expect("init");
+        assert!(dir.server_conf_path().exists());
+        assert!(dir.creds_path(Role::Optimizer, "optimizer").exists());
+        assert!(
+            AuthDir::init(tmp.path(), Subjects::new("coord")).is_err(),
+            "no overwrite"
+        );
+
+        let reopened = AuthDir::open(tmp.path()).expect("open");
+        let path = reopened.add(Role::Agent, "agent-7").expect("add");
+        let creds = fs::read_to_string(&path).expect("creds");
+        let claims = decode_claims(jwt_of(&creds).expect("jwt")).expect("claims");
+        let agent_key = dir.trust.role_keys.iter().find(|(r, _)| *r == Role::Agent);
+        assert_eq!(claims["iss"], agent_key.expect("agent key").1.public_key());
+        assert_eq!(claims["name"], "agent-7");
+        assert!(reopened.add(Role::Agent, "all").is_err());
+        assert!(reopened.add(Role::Agent, "a.b").is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn secrets_are_readable_by_the_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = AuthDir::init(tmp.path(), Subjects::new("coord")).expect("init");
+        let mode = |p: &Path| fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&tmp.path().join("keys").join(OPERATOR_SEED)), 0o600);
+        assert_eq!(mode(&dir.creds_path(Role::Operator, "operator")), 0o600);
+    }
+}

@@ -1,0 +1,226 @@
+//! The four roles of a secured deployment and what each may publish and subscribe to.
+//!
+//! Permissions are written once per role as a *template* on the account's scoped signing key for
+//! that role: `{{name()}}` stands for the identity's name (an agent id, an orchestrator's sender
+//! id), which the server fills in from the user JWT at connect time. So a user JWT carries no
+//! permissions of its own, whoever holds a role's signing key can mint identities of that role
+//! only, and adding an agent changes nothing on the server.
+//!
+//! Every subject comes from [`Subjects`], so the permissions follow the wire layout
+//! (`<prefix>.<message type>.<sender or recipient id>`).
+
+use switchyard_protocol::{MessageType, Subjects};
+
+/// The template placeholder for the identity's name.
+pub(crate) const NAME: &str = "{{name()}}";
+
+/// Events an agent publishes on subjects ending in its own id.
+const AGENT_EVENTS: [MessageType; 8] = [
+    MessageType::AgentRegister,
+    MessageType::AgentDeregister,
+    MessageType::TaskComplete,
+    MessageType::Heartbeat,
+    MessageType::GrantAck,
+    MessageType::HandoffInitiate,
+    MessageType::HandoffAcknowledge,
+    MessageType::ResourceRequest,
+];
+
+/// Who an identity is, which decides what it may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// An optimizer replica: consumes every event, publishes grants and replies, manages streams.
+    Optimizer,
+    /// Submits tasks and asks for status under its own sender id; cannot act as an agent.
+    Orchestrator,
+    /// Publishes the events of its own agent id and reads only what is addressed to it.
+    Agent,
+    /// Read-only: status queries and stream and consumer information, nothing that changes state.
+    Operator,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [
+        Role::Optimizer,
+        Role::Orchestrator,
+        Role::Agent,
+        Role::Operator,
+    ];
+
+    /// The role's name in files and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Optimizer => "optimizer",
+            Role::Orchestrator => "orchestrator",
+            Role::Agent => "agent",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+/// Subjects an identity may publish to and subscribe to (NATS wildcards allowed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+}
+
+/// The inbox prefix an identity of `role` named `name` must use for request replies (clients
+/// set it as their custom inbox prefix), so no identity can read another's replies.
+pub fn inbox_prefix(role: Role, name: &str) -> String {
+    format!("_INBOX_{}.{name}", role.as_str())
+}
+
+/// What `role` may do under `subjects`, with [`NAME`] where the identity's name goes.
+pub fn permissions(role: Role, subjects: &Subjects) -> Permissions {
+    match role {
+        Role::Optimizer => optimizer(subjects),
+        Role::Orchestrator => orchestrator(subjects),
+        Role::Agent => agent(subjects),
+        Role::Operator => operator(subjects),
+    }
+}
+
+fn optimizer(subjects: &Subjects) -> Permissions {
+    let everything = format!("{}.>", subjects.prefix());
+    Permissions {
+        publish: vec![
+            everything.clone(),
+            "$JS.API.>".into(),
+            "$JS.ACK.>".into(),
+            format!("{}.>", inbox_prefix(Role::Optimizer, NAME)),
+        ],
+        subscribe: vec![
+            everything,
+            "$JS.EVENT.>".into(),
+            format!("{}.>", inbox_prefix(Role::Optimizer, NAME)),
+        ],
+    }
+}
+
+fn orchestrator(subjects: &Subjects) -> Permissions {
+    let inbox = format!("{}.>", inbox_prefix(Role::Orchestrator, NAME));
+    Permissions {
+        publish: vec![
+            subjects.addressed(MessageType::TaskSubmit, NAME),
+            subjects.unaddressed(MessageType::StatusQuery),
+            "$JS.API.STREAM.INFO.*".into(),
+        ],
+        subscribe: vec![
+            subjects.addressed(MessageType::CoordinatorReply, NAME),
+            subjects.addressed(MessageType::ErrorReport, NAME),
+            inbox,
+        ],
+    }
+}
+
+fn agent(subjects: &Subjects) -> Permissions {
+    let mut publish: Vec<String> = AGENT_EVENTS
+        .iter()
+        .map(|t| subjects.addressed(*t, NAME))
+        .collect();
+    publish.push(subjects.unaddressed(MessageType::StatusQuery));
+    publish.push("$JS.API.STREAM.INFO.*".into());
+    Permissions {
+        publish,
+        subscribe: vec![
+            subjects.addressed(MessageType::TaskRequest, NAME),
+            subjects.addressed(MessageType::CoordinatorReply, NAME),
+            subjects.addressed(MessageType::ErrorReport, NAME),
+            format!("{}.>", inbox_prefix(Role::Agent, NAME)),
+        ],
+    }
+}
+
+fn operator(subjects: &Subjects) -> Permissions {
+    Permissions {
+        publish: vec![
+            subjects.unaddressed(MessageType::StatusQuery),
+            "$JS.API.INFO".into(),
+            "$JS.API.STREAM.NAMES".into(),
+            "$JS.API.STREAM.INFO.*".into(),
+            "$JS.API.CONSUMER.NAMES.*".into(),
+            "$JS.API.CONSUMER.INFO.*.*".into(),
+        ],
+        subscribe: vec![format!("{}.>", inbox_prefix(Role::Operator, NAME))],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allows(patterns: &[String], subject: &str) -> bool {
+        patterns.iter().any(|p| matches(p, subject))
+    }
+
+    /// NATS subject matching: `*` one token, `>` one or more trailing tokens.
+    fn matches(pattern: &str, subject: &str) -> bool {
+        let mut subject_tokens = subject.split('.');
+        for p in pattern.split('.') {
+            match (p, subject_tokens.next()) {
+                (">", Some(_)) => return true,
+                ("*", Some(_)) => {}
+                (p, Some(s)) if p == s => {}
+                _ => return false,
+            }
+        }
+        subject_tokens.next().is_none()
+    }
+
+    fn for_name(p: Permissions, name: &str) -> Permissions {
+        let fill = |v: Vec<String>| v.into_iter().map(|s| s.replace(NAME, name)).collect();
+        Permissions {
+            publish: fill(p.publish),
+            subscribe: fill(p.subscribe),
+        }
+    }
+
+    #[test]
+    fn an_agent_publishes_only_its_own_events() {
+        let p = for_name(permissions(Role::Agent, &Subjects::new("coord")), "a");
+        assert!(allows(&p.publish, "coord.heartbeat.a"));
+        assert!(allows(&p.publish, "coord.task_complete.a"));
+        assert!(!allows(&p.publish, "coord.heartbeat.b"));
+        assert!(
+            !allows(&p.publish, "coord.task_submit.a"),
+            "agents do not submit"
+        );
+        assert!(
+            !allows(&p.publish, "coord.task_request.b"),
+            "agents do not grant"
+        );
+        assert!(!allows(&p.publish, "$JS.API.STREAM.DELETE.COORD_EVENTS"));
+        assert!(allows(&p.subscribe, "coord.task_request.a"));
+        assert!(!allows(&p.subscribe, "coord.task_request.b"));
+        assert!(!allows(&p.subscribe, "coord.>"));
+        assert!(allows(&p.subscribe, "_INBOX_agent.a.xyz"));
+        assert!(!allows(&p.subscribe, "_INBOX_agent.b.xyz"));
+    }
+
+    #[test]
+    fn an_orchestrator_submits_but_does_not_act_as_an_agent() {
+        let p = for_name(
+            permissions(Role::Orchestrator, &Subjects::new("coord")),
+            "o",
+        );
+        assert!(allows(&p.publish, "coord.task_submit.o"));
+        assert!(!allows(&p.publish, "coord.task_submit.other"));
+        assert!(!allows(&p.publish, "coord.task_complete.o"));
+        assert!(!allows(&p.publish, "coord.agent_register.o"));
+        assert!(allows(&p.subscribe, "coord.reply.o"));
+    }
+
+    #[test]
+    fn the_operator_changes_nothing() {
+        let p = for_name(permissions(Role::Operator, &Subjects::new("coord")), "ops");
+        for subject in [
+            "coord.task_submit.ops",
+            "coord.heartbeat.ops",
+            "$JS.API.STREAM.DELETE.X",
+        ] {
+            assert!(!allows(&p.publish, subject), "{subject}");
+        }
+        assert!(allows(&p.publish, "coord.status_query"));
+    }
+}
