@@ -12,6 +12,8 @@
     clippy::print_stderr
 )]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -387,22 +389,11 @@ async fn granted(orch: &Coordinator, grants: &mut GrantStream, task_id: &str) {
     .await;
 }
 
-fn optimizer_config(cluster: &NatsCluster, redis: &RedisServer) -> Config {
-    let mut config = Config::default();
-    config.nats.url = cluster.url();
-    config.redis.url = redis.url();
-    config.metrics.addr = "127.0.0.1:0".into();
-    config.coordination.optimization_interval_s = 0.5;
-    config.jetstream.ack_wait_ms = 2_000;
-    config.jetstream.replicas = 3;
-    config
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_optimizer_on_the_cluster_keeps_granting_after_a_node_loss() {
     let redis = RedisServer::start().await.expect("redis starts");
     let mut cluster = start_cluster().await;
-    let config = optimizer_config(&cluster, &redis);
+    let config = common::cluster_config(&cluster, &redis);
     let optimizer = Optimizer::connect(config.clone(), Faults::default());
     let optimizer = within(60, "the optimizer to connect", optimizer)
         .await

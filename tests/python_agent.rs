@@ -15,11 +15,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, hget, hget_i64, python, require_python_nats, within};
+use common::{
+    Cluster, cluster_config, hget, hget_i64, python, redis_at_url, require_python_nats, within,
+};
 use switchyard_client::{Coordinator, transport};
 use switchyard_harness::{NatsCluster, RedisServer};
 use switchyard_protocol::{Subjects, TaskSubmit};
-use switchyard_server::config::Config;
 use switchyard_server::optimizer::{Faults, Optimizer};
 use switchyard_server::state::Keys;
 
@@ -132,7 +133,7 @@ async fn a_python_agent_rides_through_the_loss_of_its_nats_node() {
         let _ = stopped.await;
     }));
 
-    let mut redis = redis_connection(&redis_server).await;
+    let mut redis = redis_at_url(&redis_server.url()).await;
     let servers = nats.urls().join(",");
     let args = ["--nats", &servers, "--in-order", "--tasks", "4"];
     let mut child = python::spawn_agent(AGENT_ID, &args);
@@ -175,25 +176,6 @@ async fn a_python_agent_rides_through_the_loss_of_its_nats_node() {
         .await
         .expect("optimizer task")
         .expect("optimizer ran without error");
-}
-
-fn cluster_config(nats: &NatsCluster, redis: &RedisServer) -> Config {
-    let mut config = Config::default();
-    config.nats.url = nats.url();
-    config.redis.url = redis.url();
-    config.metrics.addr = "127.0.0.1:0".into();
-    config.coordination.optimization_interval_s = 0.5;
-    config.jetstream.ack_wait_ms = 2_000;
-    config.jetstream.replicas = 3;
-    config
-}
-
-async fn redis_connection(server: &RedisServer) -> Redis {
-    redis::Client::open(server.url())
-        .expect("redis url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis connects")
 }
 
 /// Submits each task, resending the same submit while the cluster elects new stream leaders

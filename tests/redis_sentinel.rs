@@ -66,7 +66,7 @@ async fn the_optimizer_follows_a_sentinel_failover_and_loses_no_task() {
     // Before: six tasks fill the fleet and are held, three more wait in the queue.
     submit(&orch, "before", 9).await;
     within(30, "six grants before the failover", fleet.take_grants(6)).await;
-    let mut primary = redis_at(&deployment.primary_url().await.expect("primary")).await;
+    let mut primary = common::redis_at_url(&deployment.primary_url().await.expect("primary")).await;
     for i in 6..9 {
         wait_for_state(&mut primary, &format!("before{i}"), "queued").await;
     }
@@ -99,7 +99,7 @@ async fn the_optimizer_follows_a_sentinel_failover_and_loses_no_task() {
         fleet.work_until(15),
     )
     .await;
-    let mut new_primary = redis_at(&format!("redis://127.0.0.1:{new_port}/")).await;
+    let mut new_primary = common::redis_at_url(&format!("redis://127.0.0.1:{new_port}/")).await;
     fleet.check_against(&mut new_primary, 15).await;
 
     // The killed node comes back (empty: no persistence) and is made a replica of the new
@@ -172,7 +172,8 @@ async fn the_connection_follows_a_demoted_primary() {
         .expect("WAIT");
     assert_eq!(caught_up, 1, "the replica has the count");
     let old_port = deployment.primary_port().await.expect("primary");
-    let mut sentinel = redis_at(deployment.sentinel_urls().split(',').next().unwrap()).await;
+    let mut sentinel =
+        common::redis_at_url(deployment.sentinel_urls().split(',').next().unwrap()).await;
     let _: () = redis::cmd("SENTINEL")
         .arg("FAILOVER")
         .arg(deployment.master_name())
@@ -183,7 +184,7 @@ async fn the_connection_follows_a_demoted_primary() {
         .wait_for_new_primary(old_port)
         .await
         .expect("promoted");
-    let mut new_primary = redis_at(&format!("redis://127.0.0.1:{new_port}/")).await;
+    let mut new_primary = common::redis_at_url(&format!("redis://127.0.0.1:{new_port}/")).await;
 
     // Once the sentinels name the new primary, the first write the connection acknowledges
     // must be on it: one acknowledged by the demoted primary would be discarded by its resync.
@@ -281,14 +282,6 @@ async fn get_u64(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Opt
         .query_async(conn)
         .await
         .expect("GET")
-}
-
-async fn redis_at(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .expect("redis url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis connects")
 }
 
 /// Waits (at most 30 s) until `task` is in `state` on the node behind `conn`.

@@ -8,7 +8,7 @@ pub mod scripts;
 use std::time::Duration;
 
 use switchyard_client::{Agent, Coordinator};
-use switchyard_harness::LocalServers;
+use switchyard_harness::{LocalServers, NatsCluster, RedisServer};
 use switchyard_protocol::{AgentRegister, Subjects};
 use switchyard_server::config::Config;
 use switchyard_server::optimizer::{Faults, Optimizer};
@@ -27,9 +27,21 @@ pub struct Cluster {
 
 /// A config pointing at the harness's servers, with test-friendly timings.
 pub fn config_for(servers: &LocalServers) -> Config {
+    config_at(servers.nats.url(), servers.redis.url())
+}
+
+/// A config for a 3-node NATS cluster (every stream and consumer with 3 copies) and a Redis.
+pub fn cluster_config(nats: &NatsCluster, redis: &RedisServer) -> Config {
+    let mut config = config_at(nats.url(), redis.url());
+    config.jetstream.replicas = 3;
+    config
+}
+
+/// A config pointing at these servers, with test-friendly timings.
+fn config_at(nats_url: String, redis_url: String) -> Config {
     let mut config = Config::default();
-    config.nats.url = servers.nats.url();
-    config.redis.url = servers.redis.url();
+    config.nats.url = nats_url;
+    config.redis.url = redis_url;
     config.metrics.addr = "127.0.0.1:0".into();
     config.coordination.optimization_interval_s = 0.5;
     config.jetstream.ack_wait_ms = 2_000;
@@ -133,7 +145,12 @@ pub async fn within<T>(secs: u64, what: &str, future: impl std::future::Future<O
 
 /// A Redis connection to the harness's redis-server.
 pub async fn redis_at(servers: &LocalServers) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(servers.redis.url())
+    redis_at_url(&servers.redis.url()).await
+}
+
+/// A Redis connection to `url`.
+pub async fn redis_at_url(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
         .expect("redis url")
         .get_multiplexed_async_connection()
         .await
