@@ -202,8 +202,16 @@ impl<F> Drop for Managed<F> {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // To read a failed test's server logs: the directory stays, and its path is logged.
+        if std::env::var_os(KEEP_DIRS_VAR).is_some() {
+            self.dir.disable_cleanup(true);
+            tracing::info!(dir = %self.dir.path().display(), "server directory kept");
+        }
     }
 }
+
+/// Set (to anything) to keep every server's directory (store, config, log) after the test.
+pub const KEEP_DIRS_VAR: &str = "SWITCHYARD_KEEP_SERVER_DIRS";
 
 /// A port that was free a moment ago (the listener is dropped before returning).
 pub(crate) fn free_port() -> io::Result<u16> {

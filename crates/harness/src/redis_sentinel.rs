@@ -24,10 +24,14 @@ const MASTER_NAME: &str = "switchyard";
 const SENTINELS: usize = 3;
 /// How many sentinels must agree that the primary is down.
 const QUORUM: usize = 2;
-/// A node that has not answered for this long is considered down.
-const DOWN_AFTER_MS: u64 = 1000;
+/// A node that has not answered for this long is considered down. At 1 s, three tests at once
+/// on two loaded cores made the sentinels judge the just-promoted primary down a second after
+/// the switch (its fresh link had not answered a PING yet) and fail back over to the killed node,
+/// which had started again with its pre-kill data and was not yet a replica: every write between
+/// the two failovers was lost. That is Sentinel working as designed on a starved machine.
+const DOWN_AFTER_MS: u64 = 5000;
 /// How long a failover may take before the sentinels give it up and try again.
-const FAILOVER_TIMEOUT_MS: u64 = 3000;
+const FAILOVER_TIMEOUT_MS: u64 = 10000;
 /// How long the replica may take to sync and the sentinels to find everything.
 const READY_WITHIN: Duration = Duration::from_secs(30);
 /// How long the sentinels may take to promote the replica after the primary died.
