@@ -18,7 +18,7 @@ use std::path::Path;
 use common::{Cluster, config_for, hget, next_grant, python, require_python_nats, within};
 use switchyard_client::Allocation;
 use switchyard_client::error::Error;
-use switchyard_client::transport::{NatsTls, connect_with_tls};
+use switchyard_client::transport::{NatsSecurity, connect_secured};
 use switchyard_harness::{LocalServers, NatsServer, RedisCluster, RedisServer, TestPki};
 use switchyard_protocol::TaskSubmit;
 use switchyard_server::config::{Config, RedisConfig};
@@ -130,8 +130,8 @@ async fn the_python_agent_connects_with_an_ssl_context_and_completes_a_task() {
 }
 
 /// Connects to `url` with `tls`, expecting a refusal within [`REFUSED_WITHIN`]; answers it.
-async fn nats_refused(url: &str, tls: NatsTls, what: &str) -> Error {
-    let attempt = connect_with_tls(url, "tls-negative", &tls);
+async fn nats_refused(url: &str, tls: NatsSecurity, what: &str) -> Error {
+    let attempt = connect_secured(url, "tls-negative", &tls);
     match within(REFUSED_WITHIN, what, attempt).await {
         Ok(_) => panic!("{what}: connected, but should have been refused"),
         Err(e) => e,
@@ -145,10 +145,11 @@ async fn nats_refuses_a_wrong_ca_and_clients_without_a_valid_certificate() {
         .await
         .expect("nats starts");
     let url = nats.url();
-    let client = |ca: &Path, cert: Option<(&Path, &Path)>| NatsTls {
+    let client = |ca: &Path, cert: Option<(&Path, &Path)>| NatsSecurity {
         ca_file: Some(ca.to_path_buf()),
         cert_file: cert.map(|(c, _)| c.to_path_buf()),
         key_file: cert.map(|(_, k)| k.to_path_buf()),
+        creds_file: None,
     };
     let (ca, other_ca) = (pki.ca_file(), pki.other_ca_file());
     let ours = (pki.client_cert_file(), pki.client_key_file());
@@ -157,7 +158,7 @@ async fn nats_refuses_a_wrong_ca_and_clients_without_a_valid_certificate() {
 
     // The right CA and certificate connect: the refusals below are for the reason given.
     let good_tls = client(&ca, ours);
-    let good = connect_with_tls(&url, "tls-positive", &good_tls);
+    let good = connect_secured(&url, "tls-positive", &good_tls);
     within(REFUSED_WITHIN, "a good client", good)
         .await
         .expect("the right CA and client certificate connect");

@@ -3,8 +3,7 @@
 use std::io::Write;
 
 use anyhow::Context;
-use switchyard_client::Coordinator;
-use switchyard_client::transport;
+use switchyard_client::{DEFAULT_REPLY_TIMEOUT, request_status, transport};
 use switchyard_protocol::{AgentStatusView, PatternRow, StatusQuery, Subjects};
 
 use super::{RunContext, write_json_line};
@@ -25,16 +24,23 @@ pub(crate) async fn run(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let nats = &context.config.nats;
-    let client = transport::connect_with_tls(&nats.url, "switchyard-cli", &nats.tls())
+    let client = transport::connect_secured(&nats.url, "switchyard-cli", &nats.security())
         .await
         .with_context(|| format!("connecting to {}", nats.url))?;
     let subjects = Subjects::new(nats.subject_prefix.clone());
-    let coordinator = Coordinator::with_client(client, "switchyard-cli", subjects).await?;
     let query = StatusQuery {
         include_agents: true,
         include_patterns: args.patterns,
     };
-    let status = coordinator.status_with(query).await?;
+    // A plain request: an operator's credentials allow it and no subscription of its own.
+    let status = request_status(
+        &client,
+        &subjects,
+        "switchyard-cli",
+        query,
+        DEFAULT_REPLY_TIMEOUT,
+    )
+    .await?;
     if args.json {
         return write_json_line(out, &status);
     }

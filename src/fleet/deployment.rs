@@ -86,7 +86,7 @@ impl Deployment {
 
     pub async fn nats_client(&self, name: &str) -> Result<async_nats::Client, Error> {
         let nats = &self.config.nats;
-        transport::connect_with_tls(&nats.url, name, &nats.tls()).await
+        transport::connect_secured(&nats.url, name, &nats.security()).await
     }
 
     /// Stops the replicas (each finishes its batches in flight), then the servers.

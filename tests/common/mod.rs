@@ -105,8 +105,8 @@ impl Cluster {
 
     /// A NATS client with the configuration's TLS files (none on a plain server).
     pub async fn nats(&self) -> async_nats::Client {
-        let tls = self.config.nats.tls();
-        switchyard_client::transport::connect_with_tls(&self.servers.nats.url(), "test", &tls)
+        let tls = self.config.nats.security();
+        switchyard_client::transport::connect_secured(&self.servers.nats.url(), "test", &tls)
             .await
             .expect("nats connects")
     }

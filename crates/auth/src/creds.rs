@@ -3,7 +3,48 @@
 
 use nkeys::KeyPair;
 
-use crate::AuthError;
+use crate::roles::{Role, inbox_prefix};
+use crate::{AuthError, jwt};
+
+/// Who a `.creds` file says its holder is: the role and the name its permissions are filled
+/// in with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub role: Role,
+    pub name: String,
+}
+
+impl Identity {
+    /// The inbox prefix this identity's permissions allow for request replies.
+    pub fn inbox_prefix(&self) -> String {
+        inbox_prefix(self.role, &self.name)
+    }
+}
+
+/// Reads the identity out of a `.creds` file's text (the user JWT's name and role tag). The
+/// signature is not checked here: the server checks it when the holder connects.
+pub fn identity_of(creds: &str) -> Result<Identity, AuthError> {
+    let claims = jwt::decode_claims(jwt_of(creds)?)?;
+    let name = claims["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| AuthError::Invalid("the user JWT has no name".into()))?;
+    let role = claims["nats"]["tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str().and_then(Role::from_tag))
+        .next()
+        .ok_or_else(|| {
+            AuthError::Invalid(format!(
+                "the user JWT of {name:?} names no Switchyard role: not made by `switchyard auth`"
+            ))
+        })?;
+    Ok(Identity {
+        role,
+        name: name.to_string(),
+    })
+}
 
 /// The text of a `.creds` file for `jwt`, whose subject is `user`.
 pub fn creds_file(jwt: &str, user: &KeyPair) -> Result<String, AuthError> {
@@ -43,5 +84,30 @@ mod tests {
         let seed = user.seed().expect("seed");
         assert!(text.contains(&format!("-----BEGIN USER NKEY SEED-----\n{seed}\n")));
         assert!(jwt_of("no jwt here").is_err());
+    }
+
+    #[test]
+    fn a_creds_file_names_its_role_and_identity() {
+        let trust = crate::Trust::generate();
+        let user = KeyPair::new_user();
+        let jwt = trust
+            .user_jwt(Role::Agent, "worker-3", &user)
+            .expect("signs");
+        let identity = identity_of(&creds_file(&jwt, &user).expect("writes")).expect("reads");
+        assert_eq!(identity.role, Role::Agent);
+        assert_eq!(identity.name, "worker-3");
+        assert_eq!(identity.inbox_prefix(), "_INBOX_agent.worker-3");
+        let untagged = crate::jwt::encode(
+            crate::jwt::Claims {
+                subject: &user.public_key(),
+                name: "x",
+                issued_at: 1,
+                nats: serde_json::json!({"type": "user"}),
+            },
+            &KeyPair::new_account(),
+        )
+        .expect("signs");
+        let refused = identity_of(&creds_file(&untagged, &user).expect("writes"));
+        assert!(refused.is_err(), "{refused:?}");
     }
 }

@@ -58,6 +58,22 @@ impl Role {
     }
 }
 
+/// The tag a user JWT carries to name its role (tags are not permissions, so a scoped
+/// signing key's user may carry them).
+pub fn role_tag(role: Role) -> String {
+    format!("{ROLE_TAG}{}", role.as_str())
+}
+
+const ROLE_TAG: &str = "switchyard-role:";
+
+impl Role {
+    /// The role named by one of a user JWT's tags, if it is a role tag.
+    pub fn from_tag(tag: &str) -> Option<Role> {
+        let name = tag.strip_prefix(ROLE_TAG)?;
+        Role::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
 /// Subjects an identity may publish to and subscribe to (NATS wildcards allowed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Permissions {

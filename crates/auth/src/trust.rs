@@ -124,6 +124,8 @@ impl Trust {
                     // Nothing else: nats-server refuses a user of a scoped key that sets
                     // permissions or limits of its own.
                     "issuer_account": self.account.public_key(),
+                    // Not a permission: tells a client which inbox prefix its role may use.
+                    "tags": [roles::role_tag(role)],
                 }),
             },
             signer,
@@ -151,9 +153,16 @@ fn scoped_key(role: Role, key: &KeyPair, subjects: &Subjects) -> Value {
             "pub": {"allow": publish},
             "sub": {"allow": subscribe},
             "subs": -1, "data": -1, "payload": -1,
-            "allow_responses": role != Role::Operator,
+            "resp": answers_requests(role).then(|| json!({"max": 1, "ttl": 0})),
         },
     })
+}
+
+/// Whether `role` answers requests, and so may publish one reply to the reply subject of each
+/// request it received (`resp`; a ttl of 0 is the server's default, 2 minutes): the optimizer
+/// answers status queries, an agent answers other agents' synchronous requests.
+fn answers_requests(role: Role) -> bool {
+    matches!(role, Role::Optimizer | Role::Agent)
 }
 
 fn now_s() -> u64 {

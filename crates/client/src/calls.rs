@@ -9,8 +9,9 @@ use switchyard_protocol::{CoordinationSync, Envelope, MessageType, StatusQuery, 
 use crate::error::{Error, ErrorKind, nats_error};
 
 /// A COORDINATION_SYNC snapshot with what `query` asks for, answered by any optimizer replica
-/// (core NATS request/reply: nothing is stored, a lost query is simply asked again).
-pub(crate) async fn request_status(
+/// (core NATS request/reply: nothing is stored, a lost query is simply asked again). Needs no
+/// subscription but the client's inbox, so a read-only operator identity can make it.
+pub async fn request_status(
     client: &async_nats::Client,
     subjects: &Subjects,
     sender: &str,

@@ -31,6 +31,7 @@ pub use error::{Error, ErrorKind};
 pub use switchyard_protocol as protocol;
 
 pub use agent::{Agent, GrantStream};
+pub use calls::request_status;
 pub use coordinator::{Allocation, Coordinator};
 pub use router::ClientEvent;
 

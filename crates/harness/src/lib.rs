@@ -57,7 +57,7 @@ mod redis_sentinel;
 
 use std::time::Duration;
 
-pub use nats::NatsServer;
+pub use nats::{NatsAuth, NatsServer};
 pub use nats_cluster::NatsCluster;
 pub use pki::{ServerTls, TestPki};
 pub use proxy::TcpProxy;

@@ -38,6 +38,18 @@ impl NatsServer {
         Ok(NatsServer { inner })
     }
 
+    /// Starts `nats-server -js` as [`NatsServer::start`] does, secured by `auth.config_file`
+    /// (the include file `switchyard auth init` writes: operator, accounts, resolver), so only
+    /// clients with credentials from that trust chain get in. Readiness is probed by connecting
+    /// with `auth.probe_creds`.
+    pub async fn start_secured(auth: NatsAuth) -> Result<NatsServer, HarnessError> {
+        let bin = binary::nats_server().await?;
+        let mut flavor = Nats::unique();
+        flavor.auth = Some(auth);
+        let inner = Managed::start(flavor, bin).await?;
+        Ok(NatsServer { inner })
+    }
+
     /// The client URL, `nats://127.0.0.1:PORT` (`tls://` for a server started with TLS).
     pub fn url(&self) -> String {
         let scheme = if self.inner.flavor().tls.is_some() {
@@ -132,6 +144,17 @@ struct Nats {
     route: Option<Route>,
     /// Set for a server that accepts TLS clients only.
     tls: Option<ServerTls>,
+    /// Set for a server that accepts only clients with credentials.
+    auth: Option<NatsAuth>,
+}
+
+/// What a secured server loads and how the harness proves it is up.
+#[derive(Debug, Clone)]
+pub struct NatsAuth {
+    /// A nats-server configuration file with the operator, accounts and resolver.
+    pub config_file: PathBuf,
+    /// A `.creds` file from that trust chain, used by the readiness probe.
+    pub probe_creds: PathBuf,
 }
 
 /// A cluster node's route settings.
@@ -175,6 +198,7 @@ impl Nats {
             monitor_port: AtomicU16::new(0),
             route: None,
             tls: None,
+            auth: None,
         }
     }
 
@@ -232,6 +256,20 @@ impl Nats {
     }
 }
 
+impl Nats {
+    /// Connects with the probe's credentials: ready when the server that answers is ours and
+    /// has JetStream on.
+    async fn probe_with_creds(&self, port: u16, auth: &NatsAuth) -> io::Result<bool> {
+        let client = async_nats::ConnectOptions::with_credentials_file(&auth.probe_creds)
+            .await?
+            .connect(format!("nats://127.0.0.1:{port}"))
+            .await
+            .map_err(io::Error::other)?;
+        let info = client.server_info();
+        Ok(info.server_name == self.name && info.jetstream)
+    }
+}
+
 impl Flavor for Nats {
     const SERVER: &'static str = "nats-server";
 
@@ -257,6 +295,10 @@ impl Flavor for Nats {
         if let Some(tls) = &self.tls {
             args.extend(tls_args(tls));
         }
+        if let Some(auth) = &self.auth {
+            // The flags above take precedence over the file, which adds only the trust chain.
+            args.extend(["-c".into(), auth.config_file.clone().into_os_string()]);
+        }
         args
     }
 
@@ -265,6 +307,9 @@ impl Flavor for Nats {
     async fn probe(&self, port: u16, _log: &Path) -> io::Result<bool> {
         if let Some(tls) = &self.tls {
             return self.probe_tls(port, tls).await;
+        }
+        if let Some(auth) = &self.auth {
+            return self.probe_with_creds(port, auth).await;
         }
         let mut stream = connect(port).await?;
         let mut buf = Vec::new();

@@ -237,6 +237,19 @@ fn check_envelope(ctx: &Context<'_>, env: &RawEnvelope, now_ms: u64) -> Result<(
             "message arrived after its ttl_seconds ran out",
         ));
     }
+    // The subject's last token is who the event is from (agents' and orchestrators'
+    // credentials allow only their own), so a sender that names someone else is a forgery.
+    if let Some(token) = ctx.token
+        && token != env.sender
+    {
+        return Err(ctx.reject(
+            RejectReason::SubjectMismatch,
+            format!(
+                "sender {:?} does not match subject {} (events are sent on the sender's own subject)",
+                env.sender, ctx.subject
+            ),
+        ));
+    }
     if ctx.message_type != Some(env.message_type) {
         return Err(ctx.reject(
             RejectReason::SubjectMismatch,

@@ -303,3 +303,19 @@ fn an_invalid_sender_is_invalid_id_for_a_submit_too() {
         assert_eq!(r.reply_to, "orch");
     }
 }
+
+#[test]
+fn an_event_whose_sender_is_not_its_subject_token_is_a_forgery() {
+    let heartbeat = json!({"agent_id": "a", "utilization": {}});
+    let forged = envelope("HEARTBEAT", "mallory", heartbeat.clone());
+    let r = run("coord.heartbeat.a", &forged).expect_err("forged sender");
+    assert_eq!(r.reason, RejectReason::SubjectMismatch);
+    assert!(r.message.contains("mallory"), "{}", r.message);
+    let own = envelope("HEARTBEAT", "a", heartbeat);
+    assert_eq!(reason("coord.heartbeat.a", &own), "accepted");
+    let submit_as_other = submit(json!({"task_id": "t1", "priority": 1}));
+    assert_eq!(
+        reason("coord.task_submit.someone-else", &submit_as_other),
+        "subject_mismatch"
+    );
+}

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use switchyard_client::comm::ProtocolOptions;
 use switchyard_client::error::{Error, ErrorKind};
-use switchyard_client::transport::{NatsTls, parse_servers};
+use switchyard_client::transport::{NatsSecurity, parse_servers};
 
 const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
 
@@ -36,6 +36,8 @@ pub struct NatsConfig {
     pub tls_cert_file: String,
     /// PEM private key of `tls_cert_file`.
     pub tls_key_file: String,
+    /// NATS `.creds` file of this process's identity (`switchyard auth`); empty: no credentials.
+    pub creds_file: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,7 +119,7 @@ pub struct MetricsConfig {
 }
 
 /// Environment variable → (table, key). The first six are the seed's names.
-const ENV_OVERRIDES: [(&str, &str, &str); 23] = [
+const ENV_OVERRIDES: [(&str, &str, &str); 24] = [
     (
         "MAX_CONCURRENT_COORDINATIONS",
         "coordination",
@@ -141,6 +143,7 @@ const ENV_OVERRIDES: [(&str, &str, &str); 23] = [
     ("NATS_TLS_CA_FILE", "nats", "tls_ca_file"),
     ("NATS_TLS_CERT_FILE", "nats", "tls_cert_file"),
     ("NATS_TLS_KEY_FILE", "nats", "tls_key_file"),
+    ("NATS_CREDS", "nats", "creds_file"),
     ("REDIS_URL", "redis", "url"),
     ("REDIS_TLS_CA_FILE", "redis", "tls_ca_file"),
     ("REDIS_TLS_CERT_FILE", "redis", "tls_cert_file"),
@@ -172,6 +175,7 @@ impl Config {
                 tls_ca_file: String::new(),
                 tls_cert_file: String::new(),
                 tls_key_file: String::new(),
+                creds_file: String::new(),
             },
             redis: RedisConfig {
                 url: "redis://127.0.0.1:6379/".into(),
@@ -404,13 +408,15 @@ fn owned(messages: Vec<&'static str>) -> Vec<String> {
 }
 
 impl NatsConfig {
-    /// The TLS files that are set, for [`switchyard_client::transport::connect_with_tls`].
-    pub fn tls(&self) -> NatsTls {
+    /// The TLS and credentials files that are set, for
+    /// [`switchyard_client::transport::connect_secured`].
+    pub fn security(&self) -> NatsSecurity {
         let path = |file: &str| (!file.is_empty()).then(|| PathBuf::from(file));
-        NatsTls {
+        NatsSecurity {
             ca_file: path(&self.tls_ca_file),
             cert_file: path(&self.tls_cert_file),
             key_file: path(&self.tls_key_file),
+            creds_file: path(&self.creds_file),
         }
     }
 }
@@ -661,10 +667,10 @@ mod tests {
     #[test]
     fn tls_files_are_optional_and_cert_and_key_go_together() {
         let defaults = Config::default();
-        assert_eq!(defaults.nats.tls(), NatsTls::default());
+        assert_eq!(defaults.nats.security(), NatsSecurity::default());
         let file = "[nats]\ntls_ca_file = \"/etc/ca.pem\"\ntls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"\n";
         let c = Config::from_sources(Some(file), &[]).expect("valid tls");
-        let tls = c.nats.tls();
+        let tls = c.nats.security();
         assert_eq!(tls.ca_file, Some(PathBuf::from("/etc/ca.pem")));
         assert_eq!(tls.cert_file, Some(PathBuf::from("c.pem")));
         assert_eq!(tls.key_file, Some(PathBuf::from("k.pem")));
@@ -734,7 +740,7 @@ mod tests {
             ]),
         )
         .expect("valid");
-        let nats = c.nats.tls();
+        let nats = c.nats.security();
         assert_eq!(nats.ca_file, Some(PathBuf::from("/n/ca.pem")));
         assert_eq!(nats.cert_file, Some(PathBuf::from("/n/c.pem")));
         assert_eq!(nats.key_file, Some(PathBuf::from("/n/k.pem")));

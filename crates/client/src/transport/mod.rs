@@ -18,7 +18,7 @@ mod waiters;
 pub use messages::messages_stream_config;
 pub(crate) use messages::{ensure_stream, message_consumer};
 pub use pull::Puller;
-pub use servers::{NatsTls, parse_servers};
+pub use servers::{NatsSecurity, parse_servers};
 pub use throttle::{Throttle, WARN_EVERY};
 pub(crate) use waiters::Waiters;
 
@@ -34,15 +34,15 @@ pub const MIN_SERVER_VERSION: (u64, u64, u64) = (2, 12, 0);
 /// client connects to one of them and fails over to the others (and to the servers the cluster
 /// announces) when it loses the connection.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Error> {
-    connect_with_tls(url, name, &NatsTls::default()).await
+    connect_secured(url, name, &NatsSecurity::default()).await
 }
 
 /// [`connect`] with TLS files (certificate authorities, client certificate) for `tls://` servers
-/// or servers that require TLS.
-pub async fn connect_with_tls(
+/// or servers that require TLS, and the `.creds` file of a secured deployment.
+pub async fn connect_secured(
     url: &str,
     name: &str,
-    tls: &NatsTls,
+    security: &NatsSecurity,
 ) -> Result<async_nats::Client, Error> {
     let servers = parse_servers(url).map_err(|problems| {
         Error::new(
@@ -53,7 +53,9 @@ pub async fn connect_with_tls(
     let options = async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(Duration::from_secs(5));
-    tls.apply(options)
+    security
+        .apply(options)
+        .await?
         .connect(servers)
         .await
         .map_err(|e| nats_error(&format!("cannot connect to NATS at {url}"), e))

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use async_nats::{ConnectOptions, ServerAddr};
 
+use crate::error::{Error, ErrorKind};
+
 /// Schemes a server entry may use: plain or TLS client connections. (async-nats also takes
 /// `ws://`, but Switchyard's deployments do not use websockets, so a typo stays an error.)
 const SCHEMES: [&str; 2] = ["nats://", "tls://"];
@@ -41,28 +43,49 @@ fn parse_entry(entry: &str) -> Result<ServerAddr, String> {
     Ok(server)
 }
 
-/// Optional TLS files for the NATS connection. Unset (`None`) files are not used; a `tls://`
-/// server entry alone makes the connection use TLS with the system's root certificates.
+/// How the NATS connection proves who it talks to and who it is: optional TLS files, and the
+/// `.creds` file of a secured deployment. Unset (`None`) files are not used; a `tls://` server
+/// entry alone makes the connection use TLS with the system's root certificates.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NatsTls {
+pub struct NatsSecurity {
     /// PEM file of the certificate authorities that signed the servers' certificates.
     pub ca_file: Option<PathBuf>,
     /// PEM client certificate, for servers that verify clients (with `key_file`).
     pub cert_file: Option<PathBuf>,
     /// PEM private key of `cert_file`.
     pub key_file: Option<PathBuf>,
+    /// A NATS `.creds` file made by `switchyard auth` (user JWT and nkey seed).
+    pub creds_file: Option<PathBuf>,
 }
 
-impl NatsTls {
-    /// Adds the files that are set to the connect options.
-    pub(crate) fn apply(&self, mut options: ConnectOptions) -> ConnectOptions {
+impl NatsSecurity {
+    /// Adds what is set to the connect options. With a creds file, request replies come back
+    /// under the identity's own inbox prefix, the only one its permissions let it read.
+    pub(crate) async fn apply(&self, mut options: ConnectOptions) -> Result<ConnectOptions, Error> {
         if let Some(ca) = &self.ca_file {
             options = options.add_root_certificates(ca.clone());
         }
         if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
             options = options.add_client_certificate(cert.clone(), key.clone());
         }
-        options
+        if let Some(path) = &self.creds_file {
+            let unreadable = |why: String| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("NATS credentials {}: {why}", path.display()),
+                )
+            };
+            let text = tokio::fs::read_to_string(path)
+                .await
+                .map_err(|e| unreadable(e.to_string()))?;
+            let identity = switchyard_auth::creds::identity_of(&text)
+                .map_err(|e| unreadable(e.to_string()))?;
+            options = options
+                .credentials(&text)
+                .map_err(|e| unreadable(e.to_string()))?
+                .custom_inbox_prefix(identity.inbox_prefix());
+        }
+        Ok(options)
     }
 }
 

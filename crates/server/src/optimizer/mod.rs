@@ -105,10 +105,10 @@ impl Optimizer {
     /// Connects to NATS (checking the server version) and Redis, creates streams and the shared
     /// consumer if missing, and loads the scripts.
     pub async fn connect(config: Config, faults: Faults) -> Result<Optimizer, Error> {
-        let client = transport::connect_with_tls(
+        let client = transport::connect_secured(
             &config.nats.url,
             "switchyard-optimizer",
-            &config.nats.tls(),
+            &config.nats.security(),
         )
         .await?;
         transport::check_server(&client.server_info())?;
