@@ -90,9 +90,10 @@ ensure_nats() {
     echo "nats-server: installed ${found% *} (v${found#* })"
 }
 
-# nats-py (pip), for the Python agent the test suite runs (tests/python/agent.py).
+# nats-py (pip), for the Python agent the test suite runs (tests/python/agent.py), with nkeys,
+# which nats-py needs to sign with a .creds file in a secured deployment.
 nats_py_version() {
-    python3 -c 'import importlib.metadata as m, nats; print(m.version("nats-py"))' 2>/dev/null
+    python3 -c 'import importlib.metadata as m, nats, nkeys; print(m.version("nats-py"))' 2>/dev/null
 }
 
 ensure_nats_py() {
@@ -104,10 +105,10 @@ ensure_nats_py() {
     if ! python3 -m pip --version >/dev/null 2>&1; then
         apt_install python3-pip
     fi
-    python3 -m pip install --quiet nats-py \
-        || python3 -m pip install --quiet --break-system-packages nats-py
+    python3 -m pip install --quiet nats-py nkeys \
+        || python3 -m pip install --quiet --break-system-packages nats-py nkeys
     if ! version="$(nats_py_version)"; then
-        echo "nats-py: installed, but python3 cannot import nats" >&2
+        echo "nats-py: installed, but python3 cannot import nats and nkeys" >&2
         exit 1
     fi
     echo "nats-py: installed $version"

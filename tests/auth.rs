@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use common::{Cluster, config_for, hget, next_grant, wait_for_state, within};
+use common::{Cluster, OutputWithin, config_for, hget, next_grant, wait_for_state, within};
 use serde_json::json;
 use switchyard_auth::Role;
 use switchyard_auth::creds::identity_of;
@@ -300,6 +300,27 @@ async fn orchestrators_and_operators_cannot_act_as_agents() {
         operator.publish_refused(subject).await;
     }
     operator.subscribe_refused("coord.>").await;
+
+    // `switchyard status` with the operator's creds, as the README has it.
+    let creds = secured.creds(Role::Operator, "operator");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["status", "--json"])
+        .env("NATS_URL", secured.cluster.servers.nats.url())
+        .env("NATS_CREDS", &creds)
+        .output_within(60, "switchyard status as the operator");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert!(
+        status["agents"]
+            .as_array()
+            .is_some_and(|agents| agents.iter().any(|a| a["agent_id"] == "a")),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -376,4 +397,30 @@ async fn wrong_or_missing_credentials_are_refused() {
     )
     .await;
     assert!(error.to_lowercase().contains("authoriz"), "{error}");
+}
+
+/// The README's Python instructions: nats-py with the agent's `.creds` file and its inbox
+/// prefix registers, takes a grant and completes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_agent_works_with_its_creds_file() {
+    common::require_python_nats();
+    let secured = Secured::start().await;
+    let creds = secured
+        .creds(Role::Agent, "py-secure")
+        .display()
+        .to_string();
+    let url = secured.cluster.servers.nats.url();
+    let args = ["--nats", &url, "--tasks", "1", "--creds", &creds];
+    let mut child = common::python::spawn_agent("py-secure", &args);
+    let mut redis = secured.cluster.redis().await;
+    common::python::registered(&mut child, &mut redis, "py-secure").await;
+    let orch = secured.orchestrator("orch").await;
+    orch.submit_task(TaskSubmit::new("py-secure-task").resource("cpu", 1.0))
+        .await
+        .expect("submitted");
+    let out = within(60, "the python agent to finish", child.wait_with_output())
+        .await
+        .expect("agent output");
+    let (result, line) = common::python::result_line(&out);
+    assert_eq!(result["completed"], json!(["py-secure-task"]), "{line}");
 }

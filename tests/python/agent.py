@@ -236,6 +236,14 @@ def tls_context(args):
     return ctx
 
 
+def credentials(args):
+    """A secured deployment (README "Security"): the agent's .creds file, and the inbox prefix
+    its permissions allow, where JetStream's acknowledgments and request replies come back."""
+    if not args.creds:
+        return {}
+    return {"user_credentials": args.creds, "inbox_prefix": f"_INBOX_agent.{args.agent_id}"}
+
+
 async def main(args):
     async def on_error(e):
         log(f"nats: {e!r}")
@@ -255,6 +263,7 @@ async def main(args):
         error_cb=on_error,
         reconnected_cb=on_reconnected,
         tls=tls_context(args),
+        **credentials(args),
     )
     try:
         agent = Agent(nc, args.agent_id, args.prefix, args.timeout)
@@ -281,6 +290,7 @@ def parse_args():
     p.add_argument("--tls-ca", help="PEM CA file that signed the NATS servers' certificates")
     p.add_argument("--tls-cert", help="PEM client certificate (with --tls-key)")
     p.add_argument("--tls-key", help="PEM key of --tls-cert")
+    p.add_argument("--creds", help="the agent's .creds file (switchyard auth add-agent)")
     return p.parse_args()
 
 

@@ -238,9 +238,15 @@ fn check_envelope(ctx: &Context<'_>, env: &RawEnvelope, now_ms: u64) -> Result<(
         ));
     }
     // The subject's last token is who the event is from (agents' and orchestrators'
-    // credentials allow only their own), so a sender that names someone else is a forgery.
+    // credentials allow only their own), so a sender that names someone else is a forgery;
+    // except that an orchestrator may register an agent, or take it out, on its behalf.
+    let on_behalf = matches!(
+        env.message_type,
+        MessageType::AgentRegister | MessageType::AgentDeregister
+    );
     if let Some(token) = ctx.token
         && token != env.sender
+        && !on_behalf
     {
         return Err(ctx.reject(
             RejectReason::SubjectMismatch,

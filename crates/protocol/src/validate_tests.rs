@@ -318,4 +318,8 @@ fn an_event_whose_sender_is_not_its_subject_token_is_a_forgery() {
         reason("coord.task_submit.someone-else", &submit_as_other),
         "subject_mismatch"
     );
+    // Registering an agent on its behalf stays allowed.
+    let register = json!({"agent_id": "a", "agent_type": "worker", "max_resources": {"cpu": 1.0}});
+    let on_behalf = envelope("AGENT_REGISTER", "orch", register);
+    assert_eq!(reason("coord.agent_register.a", &on_behalf), "accepted");
 }
