@@ -424,3 +424,45 @@ async fn a_python_agent_works_with_its_creds_file() {
     let (result, line) = common::python::result_line(&out);
     assert_eq!(result["completed"], json!(["py-secure-task"]), "{line}");
 }
+
+/// `switchyard auth revoke` and a reload: the revoked agent's connection is closed and it cannot
+/// connect again; the other agent goes on working; the name minted again is a new identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_agent_is_cut_off_after_a_reload() {
+    let secured = Secured::start().await;
+    let revoked = secured.client(Role::Agent, "gone").await;
+    let _kept = secured.agent("kept", 1.0).await;
+    let stolen = tempfile::NamedTempFile::new().expect("tempfile");
+    std::fs::copy(secured.auth.creds_path(Role::Agent, "gone"), stolen.path()).expect("copy");
+    secured.auth.revoke(Role::Agent, "gone").expect("revoked");
+    secured.cluster.servers.nats.reload().expect("reload");
+    within(20, "the revoked connection to be closed", async {
+        while revoked.connection_state() == async_nats::connection::State::Connected {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let old_creds = secured.auth.creds_path(Role::Agent, "gone");
+    assert!(!old_creds.exists(), "the creds file is removed");
+    let security = NatsSecurity {
+        creds_file: Some(stolen.path().to_path_buf()),
+        ..NatsSecurity::default()
+    };
+    let url = secured.cluster.servers.nats.url();
+    let attempt = connect_secured(&url, "gone", &security);
+    let refused = within(20, "a copy of the revoked creds to be refused", attempt).await;
+    assert!(
+        refused.is_err(),
+        "a copy of the revoked creds still connects"
+    );
+
+    // A fresh client with the kept agent's creds still works, and the name minted again too.
+    let kept = secured.watched(Role::Agent, "kept").await;
+    kept.client
+        .publish("coord.heartbeat.kept", b"{}".to_vec().into())
+        .await
+        .expect("published");
+    kept.client.flush().await.expect("flushed");
+    let again = secured.agent("gone", 1.0).await;
+    assert_eq!(again.agent_id(), "gone");
+}

@@ -32,6 +32,16 @@ enum AuthCommand {
         #[arg(long, default_value = "switchyard-auth")]
         dir: PathBuf,
     },
+    /// Revokes an identity: nats-server refuses it and drops its connections once it reloads
+    /// its configuration (`nats-server --signal reload`). Removes its creds file.
+    Revoke {
+        /// optimizer, orchestrator, agent or operator.
+        #[arg(value_parser = parse_role)]
+        role: Role,
+        id: String,
+        #[arg(long, default_value = "switchyard-auth")]
+        dir: PathBuf,
+    },
     /// Writes the credentials of another optimizer replica or read-only operator.
     Add {
         /// optimizer, orchestrator, agent or operator.
@@ -66,6 +76,18 @@ pub(crate) fn run(
         AuthCommand::AddAgent { id, dir } => add(&dir, Role::Agent, &id, out),
         AuthCommand::AddOrchestrator { id, dir } => add(&dir, Role::Orchestrator, &id, out),
         AuthCommand::Add { role, id, dir } => add(&dir, role, &id, out),
+        AuthCommand::Revoke { role, id, dir } => {
+            let auth = AuthDir::open(&dir)?;
+            let key = auth.revoke(role, &id)?;
+            writeln!(
+                out,
+                "revoked {}-{id} ({key}); apply it with `nats-server --signal reload` on every \
+                 server that includes {}",
+                role.as_str(),
+                auth.server_conf_path().display()
+            )?;
+            Ok(())
+        }
     }
 }
 

@@ -5,19 +5,23 @@
 //! DIR/subject-prefix            the subject prefix the permissions were written for
 //! DIR/keys/*.nk                 the seeds that sign (secret: 0600, keep them off the servers)
 //! DIR/creds/<role>-<name>.creds one identity each, loaded by any NATS client
+//! DIR/revocations               revoked identities: `<user public key> <unix time> <role>-<name>`
+//! DIR/jwt/*.jwt                 the operator and system account JWTs, kept for `revoke`
 //! ```
 //!
 //! The keys are read again on every `add-*`, so identities can be minted on any machine that
 //! holds `keys/`; nats-server only ever needs `nats-auth.conf`, which holds no secret.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use nkeys::KeyPair;
 use switchyard_protocol::Subjects;
 
-use crate::creds::creds_file;
-use crate::trust::Trust;
+use crate::creds::{self, creds_file};
+use crate::jwt;
+use crate::trust::{Trust, now_s};
 use crate::{AuthError, Role};
 
 const OPERATOR_SEED: &str = "operator.nk";
@@ -25,6 +29,9 @@ const SYSTEM_SEED: &str = "system-account.nk";
 const ACCOUNT_SEED: &str = "account.nk";
 const SERVER_CONF: &str = "nats-auth.conf";
 const PREFIX_FILE: &str = "subject-prefix";
+const REVOCATIONS_FILE: &str = "revocations";
+const OPERATOR_JWT: &str = "operator.jwt";
+const SYSTEM_JWT: &str = "system-account.jwt";
 
 /// A deployment's identity directory.
 pub struct AuthDir {
@@ -88,6 +95,50 @@ impl AuthDir {
         Ok(path)
     }
 
+    /// Revokes the identity `role` `name`: its user key goes into the account JWT's
+    /// revocations and `nats-auth.conf` is written again. nats-server applies it on a reload
+    /// (`nats-server --signal reload`), refusing that key and closing its connections. The
+    /// creds file is removed; minting the same name again makes a new key, which is not revoked.
+    /// Answers the revoked public key.
+    pub fn revoke(&self, role: Role, name: &str) -> Result<String, AuthError> {
+        check_name(name)?;
+        let path = self.creds_path(role, name);
+        let claims = jwt::decode_claims(creds::jwt_of(&read(&path)?)?)?;
+        let key = claims["sub"]
+            .as_str()
+            .ok_or_else(|| AuthError::Invalid(format!("{}: no user key", path.display())))?
+            .to_string();
+        let line = format!("{key} {} {}-{name}\n", now_s(), role.as_str());
+        append(&self.root.join(REVOCATIONS_FILE), &line)?;
+        self.write_server_conf()?;
+        fs::remove_file(&path).map_err(|source| AuthError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(key)
+    }
+
+    /// The revoked user keys and since when, from the revocations file (none if it is absent).
+    fn revocations(&self) -> Result<BTreeMap<String, u64>, AuthError> {
+        let path = self.root.join(REVOCATIONS_FILE);
+        if !path.exists() {
+            return Ok(BTreeMap::new());
+        }
+        let mut revoked = BTreeMap::new();
+        for line in read(&path)?.lines().filter(|l| !l.trim().is_empty()) {
+            let mut fields = line.split_whitespace();
+            let (Some(key), Some(Ok(at))) = (fields.next(), fields.next().map(str::parse::<u64>))
+            else {
+                return Err(AuthError::Invalid(format!(
+                    "{}: bad line {line:?}",
+                    path.display()
+                )));
+            };
+            revoked.insert(key.to_string(), at);
+        }
+        Ok(revoked)
+    }
+
     /// Where the credentials of `role` `name` are (or would be) written.
     pub fn creds_path(&self, role: Role, name: &str) -> PathBuf {
         self.root
@@ -113,19 +164,43 @@ impl AuthDir {
     }
 
     fn write_server_conf(&self) -> Result<(), AuthError> {
-        let jwts = self.trust.server_jwts(&self.subjects)?;
+        let jwts = self
+            .trust
+            .server_jwts(&self.subjects, &self.revocations()?)?;
         let (system, system_jwt) = &jwts.system_account;
         let (account, account_jwt) = &jwts.account;
+        // nats-server refuses a reload that changes the operator (a JWT issued again differs in
+        // its time), so the first operator and system JWTs are kept and written again as they are.
+        let operator = self.kept_jwt(OPERATOR_JWT, &jwts.operator)?;
+        let system_jwt = self.kept_jwt(SYSTEM_JWT, system_jwt)?;
         let text = format!(
             "# Written by `switchyard auth init`; include it from nats-server's configuration.\n\
              # It holds no secret. Identities are added without touching it or the server.\n\
-             operator: {}\n\
+             operator: {operator}\n\
              system_account: {system}\n\
              resolver: MEMORY\n\
-             resolver_preload: {{\n  {system}: {system_jwt}\n  {account}: {account_jwt}\n}}\n",
-            jwts.operator
+             resolver_preload: {{\n  {system}: {system_jwt}\n  {account}: {account_jwt}\n}}\n"
         );
-        write(&self.server_conf_path(), &text, false)
+        // Replaced whole (rename), so a server reloading at that moment never reads half a file.
+        let path = self.server_conf_path();
+        let next = path.with_extension("conf.new");
+        write(&next, &text, false)?;
+        fs::rename(&next, &path).map_err(|source| AuthError::Io {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+}
+
+impl AuthDir {
+    /// The JWT kept in `file` under `jwt/`, or `fresh`, kept there from now on.
+    fn kept_jwt(&self, file: &str, fresh: &str) -> Result<String, AuthError> {
+        let path = self.root.join("jwt").join(file);
+        if path.exists() {
+            return Ok(read(&path)?.trim().to_string());
+        }
+        write(&path, fresh, false)?;
+        Ok(fresh.to_string())
     }
 }
 
@@ -159,6 +234,21 @@ fn read(path: &Path) -> Result<String, AuthError> {
         path: path.display().to_string(),
         source,
     })
+}
+
+/// Appends `line` to `path`, creating it.
+fn append(path: &Path, line: &str) -> Result<(), AuthError> {
+    use std::io::Write;
+    let io = |source| AuthError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io)?;
+    file.write_all(line.as_bytes()).map_err(io)
 }
 
 /// Writes `text` to `path`, creating its directory; `secret` files are readable by the owner only.

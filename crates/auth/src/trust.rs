@@ -5,6 +5,7 @@
 //! It trusts any user JWT signed by one of the account's signing keys, so identities are minted
 //! offline and never registered with the server: adding an agent is writing one `.creds` file.
 
+use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nkeys::KeyPair;
@@ -22,6 +23,13 @@ pub struct Trust {
     pub(crate) account: KeyPair,
     /// One scoped signing key per role, in [`Role::ALL`] order.
     pub(crate) role_keys: Vec<(Role, KeyPair)>,
+}
+
+/// What differs between the system account and Switchyard's.
+struct AccountExtras<'a> {
+    signing_keys: Value,
+    revocations: &'a BTreeMap<String, u64>,
+    jetstream: bool,
 }
 
 /// The JWTs nats-server needs to trust the deployment.
@@ -45,8 +53,14 @@ impl Trust {
         }
     }
 
-    /// The operator and account JWTs, with the roles' permission templates for `subjects`.
-    pub fn server_jwts(&self, subjects: &Subjects) -> Result<ServerJwts, AuthError> {
+    /// The operator and account JWTs, with the roles' permission templates for `subjects` and
+    /// the revoked identities (user public key → seconds since the epoch: the server refuses
+    /// that key's JWTs issued at or before then, and drops its connections).
+    pub fn server_jwts(
+        &self,
+        subjects: &Subjects,
+        revocations: &BTreeMap<String, u64>,
+    ) -> Result<ServerJwts, AuthError> {
         let now = now_s();
         let operator = jwt::encode(
             Claims {
@@ -61,13 +75,27 @@ impl Trust {
             },
             &self.operator,
         )?;
-        let system = self.account_jwt(&self.system_account, "SYS", json!([]), false, now)?;
+        let system = self.account_jwt(
+            &self.system_account,
+            "SYS",
+            AccountExtras {
+                signing_keys: json!([]),
+                revocations: &BTreeMap::new(),
+                jetstream: false,
+            },
+            now,
+        )?;
         let scoped: Vec<Value> = self
             .role_keys
             .iter()
             .map(|(role, key)| scoped_key(*role, key, subjects))
             .collect();
-        let account = self.account_jwt(&self.account, "SWITCHYARD", json!(scoped), true, now)?;
+        let extras = AccountExtras {
+            signing_keys: json!(scoped),
+            revocations,
+            jetstream: true,
+        };
+        let account = self.account_jwt(&self.account, "SWITCHYARD", extras, now)?;
         Ok(ServerJwts {
             operator,
             system_account: (self.system_account.public_key(), system),
@@ -79,13 +107,12 @@ impl Trust {
         &self,
         account: &KeyPair,
         name: &str,
-        signing_keys: Value,
-        jetstream: bool,
+        extras: AccountExtras<'_>,
         now: u64,
     ) -> Result<String, AuthError> {
         // JetStream is on for an account whose storage limits are not zero; nats-server refuses
         // to start with JetStream on the system account.
-        let storage = if jetstream { -1 } else { 0 };
+        let storage = if extras.jetstream { -1 } else { 0 };
         let unlimited = json!({
             "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
             "wildcards": true, "conn": -1, "leaf": -1,
@@ -101,7 +128,8 @@ impl Trust {
                     "type": "account",
                     "version": 2,
                     "limits": unlimited,
-                    "signing_keys": signing_keys,
+                    "signing_keys": extras.signing_keys,
+                    "revocations": extras.revocations,
                     "default_permissions": {"pub": {}, "sub": {}},
                 }),
             },
@@ -165,7 +193,7 @@ fn answers_requests(role: Role) -> bool {
     matches!(role, Role::Optimizer | Role::Agent)
 }
 
-fn now_s() -> u64 {
+pub(crate) fn now_s() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -180,7 +208,9 @@ mod tests {
     #[test]
     fn each_role_has_a_scoped_key_with_its_template() {
         let trust = Trust::generate();
-        let jwts = trust.server_jwts(&Subjects::new("coord")).expect("jwts");
+        let jwts = trust
+            .server_jwts(&Subjects::new("coord"), &BTreeMap::new())
+            .expect("jwts");
         let account = decode_claims(&jwts.account.1).expect("account claims");
         assert_eq!(account["iss"], trust.operator.public_key());
         let keys = account["nats"]["signing_keys"].as_array().expect("keys");

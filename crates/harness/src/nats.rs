@@ -50,6 +50,21 @@ impl NatsServer {
         Ok(NatsServer { inner })
     }
 
+    /// Asks the running server to reload its configuration (SIGHUP), as
+    /// `nats-server --signal reload` does; a secured server re-reads its trust chain.
+    pub fn reload(&self) -> Result<(), HarnessError> {
+        let not_running = || io::Error::other("nats-server is not running");
+        let pid = self.pid().ok_or_else(not_running)?;
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(not_running().into())
+        }
+    }
+
     /// The client URL, `nats://127.0.0.1:PORT` (`tls://` for a server started with TLS).
     pub fn url(&self) -> String {
         let scheme = if self.inner.flavor().tls.is_some() {
@@ -219,6 +234,10 @@ impl Nats {
     }
 }
 
+fn secured_conf(dir: &Path) -> PathBuf {
+    dir.join("secured.conf")
+}
+
 fn store_dir(dir: &Path) -> PathBuf {
     dir.join("store")
 }
@@ -295,11 +314,31 @@ impl Flavor for Nats {
         if let Some(tls) = &self.tls {
             args.extend(tls_args(tls));
         }
-        if let Some(auth) = &self.auth {
-            // The flags above take precedence over the file, which adds only the trust chain.
-            args.extend(["-c".into(), auth.config_file.clone().into_os_string()]);
+        if self.auth.is_some() {
+            args.extend(["-c".into(), secured_conf(dir).into_os_string()]);
         }
         args
+    }
+
+    /// A secured server's configuration file: the trust chain included, and the server name,
+    /// which a reload does not take from the command line (it would refuse the reload as a
+    /// change of name).
+    fn prepare(&self, dir: &Path) -> io::Result<()> {
+        let Some(auth) = &self.auth else {
+            return Ok(());
+        };
+        // nats-server resolves an include relative to the including file, even an absolute
+        // path; a link next to it keeps it following the original, which `auth revoke` rewrites.
+        let link = dir.join("nats-auth.conf");
+        if link.symlink_metadata().is_ok() {
+            std::fs::remove_file(&link)?;
+        }
+        std::os::unix::fs::symlink(&auth.config_file, &link)?;
+        let text = format!(
+            "server_name: \"{}\"\ninclude \"nats-auth.conf\"\n",
+            self.name
+        );
+        std::fs::write(secured_conf(dir), text)
     }
 
     /// Reads the `INFO` line (must name our server and have JetStream on), then does a
