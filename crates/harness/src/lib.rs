@@ -61,7 +61,7 @@ pub use nats::NatsServer;
 pub use nats_cluster::NatsCluster;
 pub use pki::{ServerTls, TestPki};
 pub use proxy::TcpProxy;
-pub use redis::{RedisOptions, RedisServer};
+pub use redis::{HARNESS_ADMIN, RedisOptions, RedisServer};
 pub use redis_cluster::RedisCluster;
 pub use redis_sentinel::RedisSentinel;
 
