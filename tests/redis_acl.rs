@@ -19,9 +19,12 @@ use common::{OptimizerProcess, OutputWithin, config_for, next_grant, register_wi
 use switchyard_auth::redis_acl::{OPTIMIZER_COMMANDS, OPTIMIZER_USER};
 use switchyard_client::error::ErrorKind;
 use switchyard_client::{Allocation, Coordinator};
-use switchyard_harness::{LocalServers, NatsServer, RedisOptions, RedisServer};
+use switchyard_harness::{
+    LocalServers, NatsServer, RedisCluster, RedisOptions, RedisSentinel, RedisServer,
+};
 use switchyard_protocol::{AgentRegister, StatusQuery, Subjects, TaskSubmit};
 use switchyard_server::config::{Config, RedisConfig};
+use switchyard_server::optimizer::{Faults, Optimizer};
 use switchyard_server::state::{Connection, Keys, redis_client};
 
 /// Not the default prefix, so the test shows `auth init` reads the configured one.
@@ -397,6 +400,198 @@ async fn a_wrong_password_stops_the_optimizer_naming_the_user_not_the_password()
         message.contains("cannot read redis.password_file") && message.contains("missing"),
         "{message}"
     );
+}
+
+/// The optimizer user's line of the `users.acl` that `auth init` writes, added to a running node
+/// with ACL SETUSER. The harness's cluster and sentinel set-ups log in as the default user, so it
+/// stays on there; CLIENT LIST shows that the optimizer logged in as its own user.
+async fn add_optimizer_user(node: &RedisServer, users_acl: &str) {
+    let line = users_acl
+        .lines()
+        .find(|l| l.starts_with(&format!("user {OPTIMIZER_USER} ")))
+        .expect("the optimizer user's line");
+    let mut setuser = redis::cmd("ACL");
+    setuser.arg("SETUSER");
+    for rule in line.split(' ').skip(1) {
+        setuser.arg(rule);
+    }
+    let mut conn = common::redis_at_url(&node.admin_url()).await;
+    let () = setuser.query_async(&mut conn).await.expect("ACL SETUSER");
+}
+
+/// Whether some client of `node` is logged in as the optimizer user, and what the node's ACL
+/// log holds besides redis-rs's CLIENT SETINFO (see above).
+async fn optimizer_clients_and_refusals(node: &RedisServer) -> (bool, Vec<String>) {
+    let mut conn = common::redis_at_url(&node.admin_url()).await;
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .expect("CLIENT LIST");
+    let log: Vec<redis::Value> = redis::cmd("ACL")
+        .arg("LOG")
+        .query_async(&mut conn)
+        .await
+        .expect("ACL LOG");
+    let refusals = log
+        .iter()
+        .map(|entry| format!("{entry:?}"))
+        .filter(|entry| !entry.contains("client|setinfo"))
+        .collect();
+    (
+        clients.contains(&format!("user={OPTIMIZER_USER} ")),
+        refusals,
+    )
+}
+
+/// The replica `one_task_through` leaves running, so its connections can be looked at.
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    replica: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = within(30, "the replica to stop", self.replica).await;
+    }
+}
+
+/// One task end to end through an in-process optimizer on `config`, left running.
+async fn one_task_through(config: &Config) -> Running {
+    let optimizer = within(60, "the optimizer to connect", async {
+        Optimizer::connect(config.clone(), Faults::default()).await
+    })
+    .await
+    .expect("the optimizer connects as its ACL user");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let replica = tokio::spawn(async move {
+        let until_stopped = async {
+            let _ = stopped.await;
+        };
+        optimizer.run(until_stopped).await.expect("optimizer runs");
+    });
+    let nats = async_nats::connect(&config.nats.url).await.expect("nats");
+    let registration = AgentRegister::new("alpha", "worker").capacity("cpu", 2.0);
+    let agent = register_within(&nats, registration).await;
+    let orch = Coordinator::with_client(nats, "orch", Subjects::default())
+        .await
+        .expect("coordinator");
+    let task = TaskSubmit::new("t1").resource("cpu", 1.0);
+    let allocation = within(30, "the grant", orch.allocate_task(task))
+        .await
+        .expect("allocated");
+    assert_eq!(
+        allocation,
+        Allocation::Granted {
+            agent_id: "alpha".into()
+        }
+    );
+    within(
+        30,
+        "the completion",
+        agent.complete_task_confirmed("t1", true, 0.1),
+    )
+    .await
+    .expect("completed");
+    let status = within(30, "the status", orch.status())
+        .await
+        .expect("status");
+    assert_eq!(status.counters.get("completed"), Some(&1), "{status:?}");
+    Running { stop, replica }
+}
+
+/// The same user on every node of a Redis Cluster: the slot map, node checks and the scripts'
+/// loading on every primary need nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_optimizer_user_suffices_on_a_redis_cluster() {
+    common::init_tracing();
+    let auth = tempfile::tempdir().expect("tempdir");
+    auth_init(auth.path());
+    let users = std::fs::read_to_string(auth.path().join("redis/users.acl")).expect("acl");
+    let (nats, cluster) = within(60, "the servers", async {
+        tokio::try_join!(NatsServer::start(), RedisCluster::start()).expect("servers start")
+    })
+    .await;
+    for node in cluster.nodes() {
+        add_optimizer_user(node, &users).await;
+    }
+    let mut config = config_for_nats(&nats);
+    config.redis.url = cluster.seed_urls();
+    config.redis.cluster = true;
+    config.redis.username = OPTIMIZER_USER.into();
+    config.redis.password_file = text(&auth.path().join("redis/optimizer.password"));
+    let running = one_task_through(&config).await;
+    let mut logged_in = false;
+    for node in cluster.nodes() {
+        let (clients, refusals) = optimizer_clients_and_refusals(node).await;
+        logged_in |= clients;
+        assert!(refusals.is_empty(), "node {}: {refusals:?}", node.port());
+    }
+    assert!(logged_in, "no node saw the optimizer user");
+    running.stop().await;
+}
+
+/// Under Sentinel the primary gets the optimizer user's login (the sentinels none): ROLE is all
+/// the lookup needs; a wrong password is refused by the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_optimizer_user_suffices_on_a_sentinel_primary() {
+    common::init_tracing();
+    let auth = tempfile::tempdir().expect("tempdir");
+    auth_init(auth.path());
+    let users = std::fs::read_to_string(auth.path().join("redis/users.acl")).expect("acl");
+    let (nats, deployment) = within(90, "the servers", async {
+        tokio::try_join!(NatsServer::start(), RedisSentinel::start()).expect("servers start")
+    })
+    .await;
+    for node in deployment.nodes() {
+        add_optimizer_user(node, &users).await;
+    }
+    let mut config = config_for_nats(&nats);
+    config.redis.url = deployment.sentinel_urls();
+    config.redis.sentinel_master = deployment.master_name().into();
+    config.redis.username = OPTIMIZER_USER.into();
+    config.redis.password_file = text(&auth.path().join("redis/optimizer.password"));
+    let running = one_task_through(&config).await;
+    let primary = deployment.primary_port().await.expect("primary");
+    let node = deployment
+        .nodes()
+        .iter()
+        .find(|n| n.port() == primary)
+        .expect("the primary node");
+    let (logged_in, refusals) = optimizer_clients_and_refusals(node).await;
+    assert!(logged_in, "the primary saw no client of the optimizer user");
+    assert!(refusals.is_empty(), "{refusals:?}");
+    running.stop().await;
+
+    let wrong = auth.path().join("wrong.password");
+    std::fs::write(&wrong, "not-the-password-0123456789\n").expect("written");
+    config.redis.password_file = text(&wrong);
+    let refused = within(
+        60,
+        "a lookup with a wrong password",
+        Connection::open(&config.redis),
+    )
+    .await
+    .err()
+    .expect("the primary refuses a wrong password");
+    assert!(
+        !refused.to_string().contains("not-the-password"),
+        "{refused}"
+    );
+}
+
+fn config_for_nats(nats: &NatsServer) -> Config {
+    let mut config = Config::default();
+    config.nats.url = nats.url();
+    config.redis.key_prefix = PREFIX.into();
+    config.metrics.addr = "127.0.0.1:0".into();
+    config.coordination.optimization_interval_s = 0.5;
+    config
+}
+
+fn text(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
 }
 
 /// The ACL must grant every command the state layer sends and every command its scripts run
