@@ -326,6 +326,17 @@ async fn the_optimizer_user_stays_inside_its_prefix_and_runs_no_admin_command() 
         assert_eq!(e.code(), Some("NOPERM"), "{e}");
     }
 
+    // A login written in the URL (no password file) works as well.
+    let password = std::fs::read_to_string(secured.password_file()).expect("password");
+    let mut by_url = secured.config.redis.clone();
+    let login = format!("redis://{OPTIMIZER_USER}:{}@", password.trim());
+    by_url.url = secured.servers.redis.url().replacen("redis://", &login, 1);
+    within(30, "a store with the URL's login", async {
+        switchyard_server::state::Store::connect(&by_url).await
+    })
+    .await
+    .expect("the URL's login works");
+
     // It may load scripts, but a script runs with its permissions: a key outside the prefix is
     // refused whether it comes in KEYS or is named in the script.
     let through_keys = redis::Script::new("return redis.call('GET', KEYS[1])");
@@ -390,6 +401,16 @@ async fn a_wrong_password_stops_the_optimizer_naming_the_user_not_the_password()
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains(OPTIMIZER_USER), "{stderr}");
     assert!(!stderr.contains(wrong), "{stderr}");
+
+    // The same with the login written in the URL: the user is named, the password is not.
+    let mut by_url = secured.config.redis.clone();
+    let login = format!("redis://{OPTIMIZER_USER}:{wrong}@");
+    by_url.url = secured.servers.redis.url().replacen("redis://", &login, 1);
+    let e = Connection::open(&by_url).await.err().expect("refused");
+    let message = e.to_string();
+    assert_eq!(e.kind(), ErrorKind::Config, "{message}");
+    assert!(message.contains(OPTIMIZER_USER), "{message}");
+    assert!(!message.contains(wrong), "{message}");
 
     // A password file that cannot be read is named, too.
     redis.password_file = tmp.path().join("missing").to_string_lossy().into_owned();
