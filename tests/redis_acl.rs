@@ -616,8 +616,9 @@ fn text(path: &Path) -> String {
 }
 
 /// The ACL must grant every command the state layer sends and every command its scripts run
-/// (Redis checks both): read from the sources, so a new command fails here before it fails in
-/// production with NOPERM.
+/// (Redis checks both): read from the sources (`redis.call('X'`, `cmd("X")` and the typed
+/// methods called on a connection), so a new command fails here before it fails in production
+/// with NOPERM.
 #[test]
 fn the_acl_grants_every_command_the_sources_use() {
     let granted: Vec<String> = OPTIMIZER_COMMANDS
@@ -641,6 +642,7 @@ fn the_acl_grants_every_command_the_sources_use() {
                     }
                 }
             }
+            used.extend(typed_commands(&text).into_iter().map(|c| (c, path.clone())));
         }
     }
     assert!(used.len() > 20, "the sources were read: {used:?}");
@@ -652,4 +654,22 @@ fn the_acl_grants_every_command_the_sources_use() {
             path.display()
         );
     }
+}
+
+/// The commands sent through redis-rs's typed methods, `self.conn().hgetall(...)`: the method
+/// called on a connection, named as the command it sends (`zrangebyscore_limit` sends
+/// ZRANGEBYSCORE ... LIMIT).
+fn typed_commands(text: &str) -> Vec<String> {
+    let not_commands = ["query_in_slot", "clone"];
+    text.split(".conn()")
+        .skip(1)
+        .filter_map(|after| after.trim_start().strip_prefix('.'))
+        .map(|call| {
+            call.chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect::<String>()
+        })
+        .filter(|method| !method.is_empty() && !not_commands.contains(&method.as_str()))
+        .map(|method| method.trim_end_matches("_limit").to_string())
+        .collect()
 }
