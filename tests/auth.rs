@@ -35,7 +35,7 @@ impl Secured {
     async fn start() -> Secured {
         common::init_tracing();
         let dir = tempfile::tempdir().expect("tempdir");
-        let auth = AuthDir::init(dir.path(), Subjects::default()).expect("auth init");
+        let auth = AuthDir::init(dir.path(), Subjects::default(), "switchyard").expect("auth init");
         let optimizer_creds = auth.creds_path(Role::Optimizer, "optimizer");
         let nats = NatsServer::start_secured(NatsAuth {
             config_file: auth.server_conf_path(),
@@ -364,7 +364,7 @@ async fn wrong_or_missing_credentials_are_refused() {
 
     // Credentials from another deployment's trust chain.
     let other = tempfile::tempdir().expect("tempdir");
-    let foreign = AuthDir::init(other.path(), Subjects::default()).expect("init");
+    let foreign = AuthDir::init(other.path(), Subjects::default(), "switchyard").expect("init");
     let foreign_creds = foreign.add(Role::Agent, "a").expect("add");
     let error = refused(
         NatsSecurity {

@@ -131,7 +131,11 @@ async fn redis_kill_then_start_again() -> Result<()> {
 
 #[tokio::test]
 async fn redis_appendonly_keeps_data_across_restart() -> Result<()> {
-    let mut redis = RedisServer::start_with(RedisOptions { appendonly: true }).await?;
+    let mut redis = RedisServer::start_with(RedisOptions {
+        appendonly: true,
+        ..RedisOptions::default()
+    })
+    .await?;
     let () = redis_connection(&redis.url())
         .await?
         .set("durable", "yes")

@@ -18,7 +18,9 @@ pub(crate) struct AuthArgs {
 #[derive(clap::Subcommand)]
 enum AuthCommand {
     /// Creates a deployment's trust chain in DIR: nats-auth.conf for nats-server (include it),
-    /// the signing keys (DIR/keys, secret), and the optimizer's and the operator's credentials.
+    /// the signing keys (DIR/keys, secret), and the optimizer's and the operator's credentials;
+    /// and DIR/redis/users.acl for redis-server (--aclfile) with the optimizer user's password
+    /// in DIR/redis/optimizer.password, for the keys under redis.key_prefix (REDIS_KEY_PREFIX).
     Init { dir: PathBuf },
     /// Writes the credentials of a new agent (DIR/creds/agent-ID.creds); no server restart.
     AddAgent {
@@ -61,7 +63,8 @@ pub(crate) fn run(
     match args.command {
         AuthCommand::Init { dir } => {
             let subjects = Subjects::new(context.config.nats.subject_prefix.clone());
-            let auth = AuthDir::init(&dir, subjects)?;
+            // The prefix the optimizers will read from the same configuration.
+            let auth = AuthDir::init(&dir, subjects, &context.config.redis.key_prefix)?;
             writeln!(
                 out,
                 "nats-server include: {}",
@@ -71,6 +74,15 @@ pub(crate) fn run(
                 let path = auth.creds_path(role, role.as_str());
                 writeln!(out, "{} credentials: {}", role.as_str(), path.display())?;
             }
+            let acl = auth.redis_acl_path();
+            writeln!(out, "redis-server --aclfile {}", acl.display())?;
+            let password = auth.redis_password_path();
+            writeln!(
+                out,
+                "optimizer redis user: REDIS_USERNAME={} REDIS_PASSWORD_FILE={}",
+                switchyard_auth::redis_acl::OPTIMIZER_USER,
+                password.display()
+            )?;
             Ok(())
         }
         AuthCommand::AddAgent { id, dir } => add(&dir, Role::Agent, &id, out),

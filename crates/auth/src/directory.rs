@@ -7,6 +7,8 @@
 //! DIR/creds/<role>-<name>.creds one identity each, loaded by any NATS client
 //! DIR/revocations               revoked identities: `<user public key> <unix time> <role>-<name>`
 //! DIR/jwt/*.jwt                 the operator and system account JWTs, kept for `revoke`
+//! DIR/redis/users.acl           redis-server --aclfile: default user off, the optimizer user
+//! DIR/redis/optimizer.password  that user's password (secret: 0600; users.acl holds its hash)
 //! ```
 //!
 //! The keys are read again on every `add-*`, so identities can be minted on any machine that
@@ -21,6 +23,7 @@ use switchyard_protocol::Subjects;
 
 use crate::creds::{self, creds_file};
 use crate::jwt;
+use crate::redis_acl::users_acl;
 use crate::trust::{Trust, now_s};
 use crate::{AuthError, Role};
 
@@ -32,6 +35,8 @@ const PREFIX_FILE: &str = "subject-prefix";
 const REVOCATIONS_FILE: &str = "revocations";
 const OPERATOR_JWT: &str = "operator.jwt";
 const SYSTEM_JWT: &str = "system-account.jwt";
+const REDIS_ACL: &str = "redis/users.acl";
+const REDIS_OPTIMIZER_PASSWORD: &str = "redis/optimizer.password";
 
 /// A deployment's identity directory.
 pub struct AuthDir {
@@ -42,8 +47,13 @@ pub struct AuthDir {
 
 impl AuthDir {
     /// Generates a new trust chain in `root` (refusing to overwrite one), writes the server's
-    /// include file and the credentials of one optimizer and one operator.
-    pub fn init(root: &Path, subjects: Subjects) -> Result<AuthDir, AuthError> {
+    /// include file and the credentials of one optimizer and one operator, and the Redis ACL
+    /// file for the keys under `redis_key_prefix` with the optimizer user's password.
+    pub fn init(
+        root: &Path,
+        subjects: Subjects,
+        redis_key_prefix: &str,
+    ) -> Result<AuthDir, AuthError> {
         if root.join("keys").exists() {
             return Err(AuthError::Invalid(format!(
                 "{} already holds keys; remove it to start over (every identity it issued stops working)",
@@ -55,8 +65,13 @@ impl AuthDir {
             trust: Trust::generate(),
             subjects,
         };
+        // Checked before anything is written, so a bad prefix leaves no half-made directory.
+        let password = new_password()?;
+        let acl = users_acl(redis_key_prefix, &password)?;
         dir.write_keys()?;
         write(&root.join(PREFIX_FILE), dir.subjects.prefix(), false)?;
+        write(&dir.redis_acl_path(), &acl, false)?;
+        write(&dir.redis_password_path(), &format!("{password}\n"), true)?;
         dir.write_server_conf()?;
         dir.add(Role::Optimizer, "optimizer")?;
         dir.add(Role::Operator, "operator")?;
@@ -146,6 +161,16 @@ impl AuthDir {
             .join(format!("{}-{name}.creds", role.as_str()))
     }
 
+    /// The ACL file for redis-server (`--aclfile`); it holds password hashes only.
+    pub fn redis_acl_path(&self) -> PathBuf {
+        self.root.join(REDIS_ACL)
+    }
+
+    /// The optimizer user's Redis password, in clear (`redis.password_file`).
+    pub fn redis_password_path(&self) -> PathBuf {
+        self.root.join(REDIS_OPTIMIZER_PASSWORD)
+    }
+
     /// The file to include from nats-server's configuration.
     pub fn server_conf_path(&self) -> PathBuf {
         self.root.join(SERVER_CONF)
@@ -202,6 +227,15 @@ impl AuthDir {
         write(&path, fresh, false)?;
         Ok(fresh.to_string())
     }
+}
+
+/// 32 random bytes from the operating system, hex: 256 bits, so the SHA-256 hash in the ACL file
+/// (which Redis does not salt) cannot be reversed by guessing.
+fn new_password() -> Result<String, AuthError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| AuthError::Key(format!("no randomness for the Redis password: {e}")))?;
+    Ok(data_encoding::HEXLOWER.encode(&bytes))
 }
 
 fn role_seed_file(role: Role) -> String {
@@ -287,11 +321,11 @@ mod tests {
     #[test]
     fn init_then_open_mints_identities_of_the_same_trust_chain() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = AuthDir::init(tmp.path(), Subjects::new("coord")).expect("init");
+        let dir = AuthDir::init(tmp.path(), Subjects::new("coord"), "switchyard").expect("init");
         assert!(dir.server_conf_path().exists());
         assert!(dir.creds_path(Role::Optimizer, "optimizer").exists());
         assert!(
-            AuthDir::init(tmp.path(), Subjects::new("coord")).is_err(),
+            AuthDir::init(tmp.path(), Subjects::new("coord"), "switchyard").is_err(),
             "no overwrite"
         );
 
@@ -311,9 +345,32 @@ mod tests {
     fn secrets_are_readable_by_the_owner_only() {
         use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = AuthDir::init(tmp.path(), Subjects::new("coord")).expect("init");
+        let dir = AuthDir::init(tmp.path(), Subjects::new("coord"), "switchyard").expect("init");
         let mode = |p: &Path| fs::metadata(p).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode(&tmp.path().join("keys").join(OPERATOR_SEED)), 0o600);
         assert_eq!(mode(&dir.creds_path(Role::Operator, "operator")), 0o600);
+        assert_eq!(mode(&dir.redis_password_path()), 0o600);
+    }
+
+    #[test]
+    fn init_writes_the_redis_acl_with_the_hash_of_the_password_file() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = AuthDir::init(tmp.path(), Subjects::new("coord"), "fleet").expect("init");
+        let password = fs::read_to_string(dir.redis_password_path()).expect("password");
+        let password = password.trim();
+        assert_eq!(password.len(), 64);
+        let acl = fs::read_to_string(dir.redis_acl_path()).expect("acl");
+        assert!(!acl.contains(password));
+        let hash = crate::redis_acl::password_hash(password);
+        assert!(acl.contains(&format!("#{hash} ")), "{acl}");
+        assert!(acl.contains("~{fleet}:*"), "{acl}");
+
+        let other = tempfile::tempdir().expect("tempdir");
+        let again = AuthDir::init(other.path(), Subjects::new("coord"), "fleet").expect("init");
+        let second = fs::read_to_string(again.redis_password_path()).expect("password");
+        assert_ne!(second.trim(), password, "a new password per init");
+        let bad = tempfile::tempdir().expect("tempdir");
+        assert!(AuthDir::init(bad.path(), Subjects::new("coord"), "a b").is_err());
+        assert!(!bad.path().join("keys").exists(), "nothing written");
     }
 }

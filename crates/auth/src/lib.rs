@@ -8,11 +8,14 @@
 //!   per role, and the user JWTs they sign.
 //! * [`directory`] — the files `switchyard auth` writes: the server's include file, the seeds,
 //!   one `.creds` file per identity.
+//! * [`redis_acl`] — the Redis ACL file: the default user off, the optimizer user limited to the
+//!   deployment's keys and the commands Switchyard sends.
 //! * `jwt` — encoding and signing NATS JWTs.
 
 pub mod creds;
 pub mod directory;
 mod jwt;
+pub mod redis_acl;
 pub mod roles;
 pub mod trust;
 

@@ -41,6 +41,9 @@
 //!   with its own writable config file), ready once every sentinel reports the primary, its
 //!   replica and the other two sentinels (polled, with a deadline). The primary can be killed and
 //!   the promotion of the replica awaited, for failover tests.
+//! * A [`RedisServer`] started with [`RedisOptions::acl_file`] loads that ACL file plus an admin
+//!   user of the harness's own ([`HARNESS_ADMIN`]), as which its probe logs in: with the default
+//!   user off, an anonymous probe could not tell our server from another.
 //! * Child processes are killed with SIGKILL and reaped when the handle is dropped, so neither
 //!   zombies nor leftover servers outlive a test.
 
@@ -61,7 +64,7 @@ pub use nats::{NatsAuth, NatsServer};
 pub use nats_cluster::NatsCluster;
 pub use pki::{ServerTls, TestPki};
 pub use proxy::TcpProxy;
-pub use redis::{RedisOptions, RedisServer};
+pub use redis::{HARNESS_ADMIN, RedisOptions, RedisServer};
 pub use redis_cluster::RedisCluster;
 pub use redis_sentinel::RedisSentinel;
 

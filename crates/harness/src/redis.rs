@@ -11,12 +11,31 @@ use super::process::{Flavor, Managed, connect, free_port, read_until};
 use super::{HarnessError, binary};
 
 /// How the Redis server is configured.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RedisOptions {
     /// Keep an append-only file in the server's directory, so data survives a kill/restart.
     /// Off by default (`--appendonly no`); RDB snapshots are always off (`--save ""`).
     pub appendonly: bool,
+    /// Start with `--aclfile`: the users of this file (as `switchyard auth init` writes it, the
+    /// default user off), plus the harness's own admin user, [`HARNESS_ADMIN`]. For a single
+    /// server; replicas and sentinels would need a login to their primary, which the harness
+    /// does not give them.
+    pub acl_file: Option<PathBuf>,
 }
+
+/// The admin user the harness adds to a server started with [`RedisOptions::acl_file`], with a
+/// password of its own per server ([`RedisServer::admin_url`]).
+///
+/// Why a user of its own: the readiness probe must tell *our* server from another process on
+/// the same port, which it does by reading `CONFIG GET logfile`. With the default user off, an
+/// anonymous client gets `-NOAUTH` to everything, which any Redis with a password would answer
+/// too; so the probe logs in. The user goes into a copy of the file in the server's directory,
+/// so the file under test is loaded as written, and tests get a login that may read every key
+/// (to check what the restricted users did).
+pub const HARNESS_ADMIN: &str = "switchyard-harness";
+
+/// The file a server with an ACL loads: the given users and [`HARNESS_ADMIN`].
+const ACL_COPY: &str = "users.acl";
 
 /// A `redis-server` on `127.0.0.1`, a free port and its own temporary directory.
 /// Dropping it kills the server.
@@ -34,11 +53,19 @@ impl RedisServer {
     /// Starts `redis-server` with `options` and returns once it answers `PING`.
     pub async fn start_with(options: RedisOptions) -> Result<RedisServer, HarnessError> {
         let bin = binary::redis_server().await?;
+        let acl = match options.acl_file {
+            Some(file) => Some(Box::new(Acl {
+                file,
+                admin_password: new_password()?,
+            })),
+            None => None,
+        };
         let flavor = Redis {
-            options,
+            appendonly: options.appendonly,
             cluster_bus_port: None,
             tls: None,
             replica_of: None,
+            acl,
         };
         let inner = Managed::start(flavor, bin).await?;
         Ok(RedisServer { inner })
@@ -50,10 +77,11 @@ impl RedisServer {
     pub async fn start_tls(tls: ServerTls) -> Result<RedisServer, HarnessError> {
         let bin = binary::redis_server().await?;
         let flavor = Redis {
-            options: RedisOptions::default(),
+            appendonly: false,
             cluster_bus_port: None,
             tls: Some(tls),
             replica_of: None,
+            acl: None,
         };
         let inner = Managed::start(flavor, bin).await?;
         Ok(RedisServer { inner })
@@ -68,10 +96,11 @@ impl RedisServer {
     ) -> Result<RedisServer, HarnessError> {
         let bin = binary::redis_server().await?;
         let flavor = Redis {
-            options: RedisOptions::default(),
+            appendonly: false,
             cluster_bus_port: Some(free_port()?),
             tls,
             replica_of: None,
+            acl: None,
         };
         let inner = Managed::start(flavor, bin).await?;
         Ok(RedisServer { inner })
@@ -85,10 +114,11 @@ impl RedisServer {
     ) -> Result<RedisServer, HarnessError> {
         let bin = binary::redis_server().await?;
         let flavor = Redis {
-            options,
+            appendonly: options.appendonly,
             cluster_bus_port: None,
             tls: None,
             replica_of: Some(primary),
+            acl: None,
         };
         let inner = Managed::start(flavor, bin).await?;
         Ok(RedisServer { inner })
@@ -104,7 +134,22 @@ impl RedisServer {
     pub(crate) fn client(&self) -> io::Result<redis::Client> {
         match &self.inner.flavor().tls {
             Some(tls) => tls_client(self.port(), tls),
-            None => redis::Client::open(self.url()).map_err(io::Error::other),
+            None => redis::Client::open(self.admin_url()).map_err(io::Error::other),
+        }
+    }
+
+    /// [`RedisServer::url`] with the login of [`HARNESS_ADMIN`] for a server started with an
+    /// ACL file (every key and command); the plain URL otherwise.
+    pub fn admin_url(&self) -> String {
+        match self.inner.flavor().acl.as_deref() {
+            Some(Acl {
+                admin_password: password,
+                ..
+            }) => format!(
+                "redis://{HARNESS_ADMIN}:{password}@127.0.0.1:{}/",
+                self.port()
+            ),
+            None => self.url(),
         }
     }
 
@@ -166,20 +211,30 @@ impl Drop for RedisServer {
 /// Redis specifics: arguments and the readiness probe.
 #[derive(Debug)]
 struct Redis {
-    options: RedisOptions,
+    /// [`RedisOptions::appendonly`].
+    appendonly: bool,
     /// Set for a Redis Cluster node: its cluster bus port.
     cluster_bus_port: Option<u16>,
     /// Set for a server that serves TLS only, on the port a plain server would listen on.
     tls: Option<ServerTls>,
     /// Set for a replica: the loopback port of its primary.
     replica_of: Option<u16>,
+    /// Set with [`RedisOptions::acl_file`] (boxed: most servers have none).
+    acl: Option<Box<Acl>>,
+}
+
+/// The users a server loads, and the password of [`HARNESS_ADMIN`] among them.
+#[derive(Debug)]
+struct Acl {
+    file: PathBuf,
+    admin_password: String,
 }
 
 impl Flavor for Redis {
     const SERVER: &'static str = "redis-server";
 
     fn args(&self, port: u16, dir: &Path, log: &Path) -> Vec<OsString> {
-        let appendonly = if self.options.appendonly { "yes" } else { "no" };
+        let appendonly = if self.appendonly { "yes" } else { "no" };
         let mut args: Vec<OsString> = ["--bind", "127.0.0.1"]
             .into_iter()
             .chain(["--save", "", "--appendonly", appendonly])
@@ -195,6 +250,9 @@ impl Flavor for Redis {
             "--logfile".into(),
             log.as_os_str().to_owned(),
         ]);
+        if self.acl.is_some() {
+            args.extend(["--aclfile".into(), dir.join(ACL_COPY).into_os_string()]);
+        }
         if let Some(primary) = self.replica_of {
             args.extend([
                 "--replicaof".into(),
@@ -231,21 +289,47 @@ impl Flavor for Redis {
         args
     }
 
+    /// The ACL copy: the given file's users, then [`HARNESS_ADMIN`] (rewritten before every
+    /// start; Redis itself never writes it back).
+    fn prepare(&self, dir: &Path) -> io::Result<()> {
+        let Some(acl) = self.acl.as_deref() else {
+            return Ok(());
+        };
+        let mut users = std::fs::read_to_string(&acl.file)?;
+        if !users.is_empty() && !users.ends_with('\n') {
+            users.push('\n');
+        }
+        let password = &acl.admin_password;
+        users.push_str(&format!(
+            "user {HARNESS_ADMIN} on >{password} ~* &* +@all\n"
+        ));
+        std::fs::write(dir.join(ACL_COPY), users)
+    }
+
     /// Sends `PING` and `CONFIG GET logfile`: ready when the answer is `+PONG` and our own log
     /// file (which tells our server from another one on the same port). While Redis is still
     /// loading its append-only file it answers `-LOADING`, which counts as not ready. A TLS
-    /// server is asked the same by a TLS client.
+    /// server is asked the same by a TLS client. A server with an ACL file is asked as
+    /// [`HARNESS_ADMIN`] (see there why).
     async fn probe(&self, port: u16, log: &Path) -> io::Result<bool> {
         if let Some(tls) = &self.tls {
             return probe_tls(port, log, tls).await;
         }
         let log = log.to_string_lossy();
+        let (login, logged_in) = match self.acl.as_deref() {
+            Some(Acl {
+                admin_password: password,
+                ..
+            }) => (format!("AUTH {HARNESS_ADMIN} {password}\r\n"), "+OK\r\n"),
+            None => (String::new(), ""),
+        };
         let expected = format!(
-            "+PONG\r\n*2\r\n$7\r\nlogfile\r\n${}\r\n{log}\r\n",
+            "{logged_in}+PONG\r\n*2\r\n$7\r\nlogfile\r\n${}\r\n{log}\r\n",
             log.len()
         );
         let mut stream = connect(port).await?;
-        stream.write_all(b"PING\r\nCONFIG GET logfile\r\n").await?;
+        let request = format!("{login}PING\r\nCONFIG GET logfile\r\n");
+        stream.write_all(request.as_bytes()).await?;
         let mut buf = Vec::new();
         read_until(&mut stream, &mut buf, |b| {
             b.len() >= expected.len() || b.starts_with(b"-")
@@ -253,6 +337,13 @@ impl Flavor for Redis {
         .await?;
         Ok(buf.starts_with(expected.as_bytes()))
     }
+}
+
+/// 16 random bytes from the operating system, hex.
+fn new_password() -> io::Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(io::Error::other)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// TLS on `port` and no plain port: a client that does not speak TLS cannot get in.

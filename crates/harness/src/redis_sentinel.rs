@@ -60,7 +60,7 @@ impl RedisSentinel {
     /// As [`RedisSentinel::start`], both nodes with `options` (an append-only file, so a node
     /// started again comes back with its data).
     pub async fn start_with(options: RedisOptions) -> Result<RedisSentinel, HarnessError> {
-        let primary = RedisServer::start_with(options).await?;
+        let primary = RedisServer::start_with(options.clone()).await?;
         let replica = RedisServer::start_replica_of(primary.port(), options).await?;
         // Linked before the sentinels start: a sentinel finds replicas in the primary's INFO,
         // which it reads at once and then only every 10 s.

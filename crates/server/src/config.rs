@@ -67,6 +67,13 @@ pub struct RedisConfig {
     /// looked up through them, and again after a failover.
     #[serde(default)]
     pub sentinel_master: String,
+    /// The ACL user to log in as, with the password in `password_file`; empty: the URL's user,
+    /// or none. Under Sentinel the primary gets this login, the sentinels the URL's.
+    #[serde(default)]
+    pub username: String,
+    /// A file holding the password (its first line); empty: the URL's password, or none.
+    #[serde(default)]
+    pub password_file: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,7 +126,7 @@ pub struct MetricsConfig {
 }
 
 /// Environment variable → (table, key). The first six are the seed's names.
-const ENV_OVERRIDES: [(&str, &str, &str); 24] = [
+const ENV_OVERRIDES: [(&str, &str, &str); 26] = [
     (
         "MAX_CONCURRENT_COORDINATIONS",
         "coordination",
@@ -153,6 +160,8 @@ const ENV_OVERRIDES: [(&str, &str, &str); 24] = [
     ("REDIS_KEY_PREFIX", "redis", "key_prefix"),
     ("REDIS_CLUSTER", "redis", "cluster"),
     ("REDIS_SENTINEL_MASTER", "redis", "sentinel_master"),
+    ("REDIS_USERNAME", "redis", "username"),
+    ("REDIS_PASSWORD_FILE", "redis", "password_file"),
     ("BATCH_SIZE", "coordination", "batch_size"),
     ("DEFAULT_STRATEGY", "coordination", "default_strategy"),
     ("JETSTREAM_REPLICAS", "jetstream", "replicas"),
@@ -187,6 +196,8 @@ impl Config {
                 tls_cert_file: String::new(),
                 tls_key_file: String::new(),
                 sentinel_master: String::new(),
+                username: String::new(),
+                password_file: String::new(),
             },
             coordination: CoordinationConfig {
                 max_concurrent_coordinations: 10,
@@ -470,8 +481,23 @@ impl RedisConfig {
                 !self.key_prefix.is_empty(),
                 "redis.key_prefix must not be empty",
             ),
+            (
+                self.username.is_empty() || !self.password_file.is_empty(),
+                "redis.username needs redis.password_file",
+            ),
+            (
+                sentinel || self.password_file.is_empty() || !seeds.iter().any(|u| has_login(u)),
+                "redis.url must not carry a login when redis.username / redis.password_file are set",
+            ),
         ])
     }
+}
+
+/// Whether a `redis://` URL carries `user:password@` (or `:password@`).
+fn has_login(url: &str) -> bool {
+    url.split_once("://")
+        .map(|(_, rest)| rest.split(['/', '?']).next().unwrap_or(""))
+        .is_some_and(|authority| authority.contains('@'))
 }
 
 impl RedisConfig {
@@ -812,6 +838,50 @@ mod tests {
         ];
         let err = Config::from_sources(None, &env(&bad)).expect_err("not redis://");
         assert!(err.to_string().contains("redis://"), "{err}");
+    }
+
+    #[test]
+    fn the_redis_login_is_set_by_file_or_env_and_checked() {
+        let r = Config::default().redis;
+        assert!(
+            r.username.is_empty() && r.password_file.is_empty(),
+            "no login"
+        );
+        let login = [
+            ("REDIS_USERNAME", "switchyard-optimizer"),
+            ("REDIS_PASSWORD_FILE", "/auth/redis/optimizer.password"),
+        ];
+        let c = Config::from_sources(None, &env(&login)).expect("valid login");
+        assert_eq!(c.redis.username, "switchyard-optimizer");
+        assert_eq!(c.redis.password_file, "/auth/redis/optimizer.password");
+        let file = "[redis]\npassword_file = \"/p\"\n";
+        assert!(
+            Config::from_sources(Some(file), &[]).is_ok(),
+            "password alone"
+        );
+        let err = Config::from_sources(None, &env(&[("REDIS_USERNAME", "u")]))
+            .expect_err("user without password");
+        assert!(err.to_string().contains("redis.username needs"), "{err}");
+        let url_too = [
+            ("REDIS_PASSWORD_FILE", "/p"),
+            ("REDIS_URL", "redis://u:secret@h:6379/"),
+        ];
+        let err = Config::from_sources(None, &env(&url_too)).expect_err("two logins");
+        assert!(err.to_string().contains("must not carry a login"), "{err}");
+        let in_url = [("REDIS_URL", "redis://u:secret@h:6379/")];
+        assert!(
+            Config::from_sources(None, &env(&in_url)).is_ok(),
+            "URL login"
+        );
+        let sentinels = [
+            ("REDIS_PASSWORD_FILE", "/p"),
+            ("REDIS_SENTINEL_MASTER", "m"),
+            ("REDIS_URL", "redis://:sentinel-pw@s:26379"),
+        ];
+        assert!(
+            Config::from_sources(None, &env(&sentinels)).is_ok(),
+            "the sentinels' login and the primary's"
+        );
     }
 
     #[test]

@@ -43,7 +43,10 @@ pub(crate) enum Redis {
 
 impl Redis {
     async fn start(shape: RedisShape) -> Result<Redis, Error> {
-        let options = RedisOptions { appendonly: true };
+        let options = RedisOptions {
+            appendonly: true,
+            ..RedisOptions::default()
+        };
         Ok(match shape {
             RedisShape::Single => Redis::Single(
                 RedisServer::start_with(options)

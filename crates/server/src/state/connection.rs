@@ -15,8 +15,8 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{
-    ClientTlsConfig, Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, TlsCertificates,
-    Value,
+    ClientTlsConfig, Cmd, FromRedisValue, IntoConnectionInfo, Pipeline, RedisConnectionInfo,
+    RedisFuture, RedisResult, TlsCertificates, Value,
 };
 
 use super::sentinel::SentinelConnection;
@@ -71,13 +71,99 @@ impl Connection {
 /// any is set, which needs a `rediss://` URL; a `rediss://` URL alone trusts the system's roots.
 /// Everything that opens a Redis connection for a deployment starts here, so every one of them
 /// honours the same settings.
+/// With `redis.password_file` set, it logs in as `redis.username` (or, without one, as the
+/// default user) with that password instead of the URL's login.
 pub fn redis_client(config: &RedisConfig) -> Result<redis::Client, Error> {
-    let url = config.url.trim();
+    let invalid = |e| Error::with_source(ErrorKind::Config, "invalid redis.url", e);
+    let mut info = config.url.trim().into_connection_info().map_err(invalid)?;
+    if let Some(login) = Login::of(config)? {
+        let settings = login.apply(info.redis_settings().clone());
+        info = info.set_redis_settings(settings);
+    }
     let client = match tls_certificates(config)? {
-        Some(certificates) => redis::Client::build_with_tls(url, certificates),
-        None => redis::Client::open(url),
+        Some(certificates) => redis::Client::build_with_tls(info, certificates),
+        None => redis::Client::open(info),
     };
-    client.map_err(|e| Error::with_source(ErrorKind::Config, "invalid redis.url", e))
+    client.map_err(invalid)
+}
+
+/// `redis.username` and the password read from `redis.password_file`.
+pub(crate) struct Login {
+    pub(crate) username: Option<String>,
+    pub(crate) password: String,
+}
+
+impl Login {
+    /// The configured login, `None` without a password file (the URL's login, if any, applies).
+    /// The file is read on every connect, so a rotated password is picked up on a restart.
+    pub(crate) fn of(config: &RedisConfig) -> Result<Option<Login>, Error> {
+        let file = config.password_file.trim();
+        if file.is_empty() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            Error::with_source(
+                ErrorKind::Config,
+                format!("cannot read redis.password_file {file}"),
+                e,
+            )
+        })?;
+        let password = text.lines().next().unwrap_or("").trim().to_string();
+        if password.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("redis.password_file {file} holds no password"),
+            ));
+        }
+        let username = Some(config.username.trim().to_string()).filter(|u| !u.is_empty());
+        Ok(Some(Login { username, password }))
+    }
+
+    pub(crate) fn apply(&self, settings: RedisConnectionInfo) -> RedisConnectionInfo {
+        let settings = settings.set_password(&self.password);
+        match &self.username {
+            Some(username) => settings.set_username(username),
+            None => settings,
+        }
+    }
+}
+
+/// Who a connection logs in as, for messages: the configured user, the URL's, or `default`.
+fn login_name(config: &RedisConfig) -> String {
+    let from_url = || {
+        let url = seed_urls(&config.url)
+            .first()?
+            .into_connection_info()
+            .ok()?;
+        url.redis_settings().username().map(str::to_string)
+    };
+    let configured = config.username.trim();
+    if !configured.is_empty() {
+        configured.to_string()
+    } else {
+        from_url().unwrap_or_else(|| "default".to_string())
+    }
+}
+
+/// `redis.url` without the passwords it may carry, for messages and logs.
+pub(crate) fn redacted_url(url: &str) -> String {
+    seed_urls(url)
+        .iter()
+        .map(|seed| match (seed.split_once("://"), seed.rfind('@')) {
+            (Some((scheme, rest)), Some(_)) => {
+                let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                match authority.rsplit_once('@') {
+                    Some((userinfo, host)) => {
+                        let user = userinfo.split(':').next().unwrap_or("");
+                        format!("{scheme}://{user}:***@{host}{path}")
+                    }
+                    None => seed.to_string(),
+                }
+            }
+            _ => seed.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The TLS files of `config`, read; `None` when none is set.
@@ -115,15 +201,52 @@ fn tls_certificates(config: &RedisConfig) -> Result<Option<TlsCertificates>, Err
 /// What a failed connection says: the URL, and for a plain URL that the server may want TLS (a
 /// TLS-only Redis just closes a plain connection, which alone reads as a network fault).
 fn cannot_connect(config: &RedisConfig, e: redis::RedisError) -> Error {
+    if let Some(refused) = refused_login(config, &e) {
+        return refused;
+    }
     let hint = if config.uses_tls() {
         ""
     } else {
         " (if that Redis serves TLS only, use rediss:// and redis.tls_ca_file)"
     };
-    let message = format!("cannot connect to Redis at {}{hint}", config.url);
+    let message = format!(
+        "cannot connect to Redis at {}{hint}",
+        redacted_url(&config.url)
+    );
     // Retryable or not as any other failure of the same Redis error.
     let kind = Error::from(e.clone()).kind();
     Error::with_source(kind, message, e)
+}
+
+/// A login or permission refusal as a configuration error (retrying does not help), naming the
+/// user and the password file but never the password; `None` for any other error.
+pub(crate) fn refused_login(config: &RedisConfig, e: &redis::RedisError) -> Option<Error> {
+    let user = login_name(config);
+    let url = redacted_url(&config.url);
+    let text = e.to_string();
+    let message = if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || text.contains("WRONGPASS")
+    {
+        let from = match config.password_file.trim() {
+            "" => "the password in redis.url".to_string(),
+            file => format!("the password in redis.password_file {file}"),
+        };
+        format!(
+            "Redis at {url} refused the login of user {user:?}: {from} is wrong, or the user is off or missing from the server's ACL"
+        )
+    } else if e.code() == Some("NOAUTH") {
+        format!(
+            "Redis at {url} wants a login: set redis.username and redis.password_file (REDIS_USERNAME, REDIS_PASSWORD_FILE)"
+        )
+    } else if e.code() == Some("NOPERM") {
+        format!(
+            "the Redis user {user:?} at {url} lacks a permission Switchyard needs (its ACL must come from `switchyard auth init` for redis.key_prefix {:?})",
+            config.key_prefix
+        )
+    } else {
+        return None;
+    };
+    Some(Error::with_source(ErrorKind::Config, message, e.clone()))
 }
 
 async fn open_single(config: &RedisConfig) -> Result<Connection, Error> {
@@ -148,6 +271,13 @@ async fn open_cluster(config: &RedisConfig) -> Result<Connection, Error> {
         .retries(3);
     if let Some(certificates) = tls_certificates(config)? {
         builder = builder.certs(certificates);
+    }
+    // The same login on every node; without one, the first seed's URL login applies to all.
+    if let Some(login) = Login::of(config)? {
+        builder = builder.password(&login.password);
+        if let Some(username) = &login.username {
+            builder = builder.username(username);
+        }
     }
     let client = builder
         .build()
@@ -200,7 +330,21 @@ impl ConnectionLike for Connection {
 
 #[cfg(test)]
 mod tests {
-    use super::seed_urls;
+    use super::{redacted_url, seed_urls};
+
+    #[test]
+    fn passwords_in_the_url_are_not_repeated() {
+        assert_eq!(
+            redacted_url("redis://u:s3cret@h:1/0"),
+            "redis://u:***@h:1/0"
+        );
+        assert_eq!(redacted_url("redis://:s3cret@h:1"), "redis://:***@h:1");
+        assert_eq!(
+            redacted_url("redis://a:1, rediss://x:y@b:2/"),
+            "redis://a:1,rediss://x:***@b:2/"
+        );
+        assert_eq!(redacted_url("redis://h:1/"), "redis://h:1/");
+    }
 
     #[test]
     fn seeds_are_split_on_commas() {

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::sentinel::Sentinel;
+use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use tokio::sync::oneshot;
 
@@ -59,6 +59,9 @@ struct Target {
     sentinels: Vec<String>,
     /// The name the sentinels know the primary by.
     master: String,
+    /// How to log in to the primary (`redis.username` / `redis.password_file`); the sentinels
+    /// get the login of their URLs, since they often have an ACL of their own or none.
+    node: Option<SentinelNodeConnectionInfo>,
     /// The timeouts of the connection to the primary.
     timeouts: AsyncConnectionConfig,
     /// How long one lookup (sentinels, ROLE, connecting) may take in all.
@@ -98,9 +101,14 @@ impl SentinelConnection {
             .map_err(|e| Error::with_source(ErrorKind::Config, "invalid redis.url", e))?;
         let connection_timeout = Duration::from_millis(config.connection_timeout_ms);
         let response_timeout = Duration::from_millis(config.response_timeout_ms);
+        let node = super::connection::Login::of(config)?.map(|login| {
+            let settings = login.apply(redis::RedisConnectionInfo::default());
+            SentinelNodeConnectionInfo::default().set_redis_connection_info(settings)
+        });
         let target = Target {
             sentinels,
             master: config.sentinel_master.clone(),
+            node,
             timeouts: AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(connection_timeout))
                 .set_response_timeout(Some(response_timeout)),
@@ -112,7 +120,9 @@ impl SentinelConnection {
             state: Arc::new(Mutex::new(State::Lost { generation: 0 })),
             _watching: Arc::new(watching),
         };
-        conn.primary().await?;
+        conn.primary().await.map_err(|e| {
+            super::connection::refused_login(config, &e).unwrap_or_else(|| e.into())
+        })?;
         let state = Arc::downgrade(&conn.state);
         tokio::spawn(watch_switches(Arc::clone(&conn.target), state, stop));
         Ok(conn)
@@ -260,7 +270,9 @@ fn forget_primary(state: &Weak<Mutex<State>>, why: &str) {
 async fn look_up(target: Arc<Target>) -> RedisResult<Found> {
     let lookup = async {
         let mut sentinel = Sentinel::build(target.sentinels.clone())?;
-        let client = sentinel.async_master_for(&target.master, None).await?;
+        let client = sentinel
+            .async_master_for(&target.master, target.node.as_ref())
+            .await?;
         let address = client.get_connection_info().addr().to_string();
         let conn = client
             .get_multiplexed_async_connection_with_config(&target.timeouts)

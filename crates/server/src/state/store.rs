@@ -37,11 +37,16 @@ impl Store {
             keys: Keys::new(config.key_prefix.clone()),
             scripts: std::sync::Arc::new(Scripts::new()),
         };
+        // The first command: a Redis that wants a login, or a user without the permissions,
+        // is told apart here from a Redis that is down.
         for script in store.scripts.all() {
             script
                 .prepare_invoke()
                 .load_async(&mut store.conn())
-                .await?;
+                .await
+                .map_err(|e| {
+                    super::connection::refused_login(config, &e).unwrap_or_else(|| e.into())
+                })?;
         }
         Ok(store)
     }
