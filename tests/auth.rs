@@ -1,6 +1,7 @@
 //! A secured deployment, as `switchyard auth init` sets it up: nats-server in operator mode with
-//! the generated trust chain, an optimizer with its `.creds`, and agents, an orchestrator and an
-//! operator each with their own. The server itself refuses what an identity may not do (a
+//! the generated trust chain, redis-server with the generated ACL file (default user off), an
+//! optimizer with its `.creds` and its Redis user, and agents, an orchestrator and an operator
+//! each with their own creds. The server itself refuses what an identity may not do (a
 //! permissions violation), and what it refuses never reaches the events stream, so no optimizer
 //! can apply it.
 
@@ -20,7 +21,7 @@ use switchyard_auth::creds::identity_of;
 use switchyard_auth::directory::AuthDir;
 use switchyard_client::transport::{NatsSecurity, connect_secured};
 use switchyard_client::{Agent, Allocation, Coordinator, request_status};
-use switchyard_harness::{LocalServers, NatsAuth, NatsServer, RedisServer};
+use switchyard_harness::{LocalServers, NatsAuth, NatsServer, RedisOptions, RedisServer};
 use switchyard_protocol::{AgentRegister, StatusQuery, Subjects, TaskSubmit};
 use tokio::sync::mpsc;
 
@@ -43,10 +44,19 @@ impl Secured {
         })
         .await
         .expect("secured nats-server starts");
-        let redis = RedisServer::start().await.expect("redis starts");
+        // Redis as `auth init` secures it: the default user off, the optimizer's ACL user.
+        let redis_files = dir.path().join("redis");
+        let redis = RedisServer::start_with(RedisOptions {
+            acl_file: Some(redis_files.join("users.acl")),
+            ..RedisOptions::default()
+        })
+        .await
+        .expect("redis starts with the ACL file");
         let servers = LocalServers { nats, redis };
         let mut config = config_for(&servers);
         config.nats.creds_file = optimizer_creds.display().to_string();
+        config.redis.username = "switchyard-optimizer".into();
+        config.redis.password_file = redis_files.join("optimizer.password").display().to_string();
         let cluster = Cluster::start_on(servers, config, 1).await;
         Secured {
             auth,
@@ -248,6 +258,20 @@ async fn an_agent_acts_only_as_itself() {
         .await
         .expect("b completes its own task");
     wait_for_state(&mut redis, 10, "t1", "completed").await;
+
+    // Nobody without the optimizer's Redis login reads the task either.
+    let anonymous = redis::Client::open(secured.cluster.servers.redis.url()).expect("url");
+    let read: Result<Option<String>, _> = async {
+        let mut conn = anonymous.get_multiplexed_async_connection().await?;
+        redis::cmd("HGET")
+            .arg(&task_key)
+            .arg("state")
+            .query_async(&mut conn)
+            .await
+    }
+    .await;
+    let refused = read.expect_err("the default user is off");
+    assert!(refused.to_string().contains("NOAUTH"), "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
