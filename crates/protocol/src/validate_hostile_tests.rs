@@ -376,7 +376,10 @@ fn an_invalid_envelope_is_reported_with_what_can_be_read() {
 #[test]
 #[ignore = "a measurement, not a check: run it in a release build"]
 fn hostile_payload_timings() {
-    println!("{:<40} {:>9} {:>12}", "payload", "bytes", "median µs");
+    println!(
+        "| {:<38} | {:>9} | {:>9} | {:<18} |",
+        "payload", "bytes", "median µs", "outcome"
+    );
     for case in deep_cases().into_iter().chain(slow_cases()) {
         let mut times: Vec<std::time::Duration> = (0..21)
             .map(|_| {
@@ -387,6 +390,11 @@ fn hostile_payload_timings() {
             .collect();
         times.sort();
         let median = times[times.len() / 2].as_secs_f64() * 1e6;
-        println!("{:<40} {:>9} {:>12.1}", case.name, case.bytes.len(), median);
+        let result = outcome(&case).map_or("accepted", RejectReason::as_str);
+        println!(
+            "| {:<38} | {:>9} | {median:>9.1} | {result:<18} |",
+            case.name,
+            case.bytes.len()
+        );
     }
 }

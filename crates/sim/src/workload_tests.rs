@@ -73,7 +73,10 @@ fn hostile_workloads_are_refused_without_overflowing_the_stack() {
 #[test]
 #[ignore = "a measurement, not a check: run it in a release build"]
 fn hostile_workload_timings() {
-    println!("{:<32} {:>9} {:>12}", "workload", "bytes", "median µs");
+    println!(
+        "| {:<30} | {:>9} | {:>9} | {:<8} |",
+        "workload", "bytes", "median µs", "outcome"
+    );
     for (name, text, _) in cases() {
         let mut times: Vec<std::time::Duration> = (0..11)
             .map(|_| {
@@ -84,6 +87,14 @@ fn hostile_workload_timings() {
             .collect();
         times.sort();
         let median = times[times.len() / 2].as_secs_f64() * 1e6;
-        println!("{name:<32} {:>9} {median:>12.1}", text.len());
+        let result = if Workload::parse(&text).is_ok() {
+            "parsed"
+        } else {
+            "refused"
+        };
+        println!(
+            "| {name:<30} | {:>9} | {median:>9.1} | {result:<8} |",
+            text.len()
+        );
     }
 }
