@@ -3,7 +3,6 @@
 //! who to tell; nothing here panics.
 
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::envelope::{Envelope, MessageType, PROTOCOL_VERSION};
@@ -192,20 +191,13 @@ type RawEnvelope = Envelope<Option<Box<RawValue>>>;
 /// Why bytes that are not a valid envelope were refused: not JSON at all, or JSON that is not an
 /// envelope. Whatever can be read (message id, sender) still goes into the error report.
 fn refuse_unreadable(ctx: &mut Context<'_>, bytes: &[u8], error: serde_json::Error) -> Rejection {
-    let raw: Value = match serde_json::from_slice(bytes) {
-        Ok(raw) => raw,
+    let identity = match identity::read(bytes) {
+        Ok(identity) => identity,
         Err(e) => return ctx.reject(RejectReason::MalformedJson, format!("not valid JSON: {e}")),
     };
-    ctx.correlation_id = raw
-        .get("message_id")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    if let Some(sender) = raw
-        .get("sender")
-        .and_then(Value::as_str)
-        .filter(|s| validate_agent_id(s))
-    {
-        ctx.reply_to = sender.to_string();
+    ctx.correlation_id = identity.message_id;
+    if let Some(sender) = identity.sender.filter(|s| validate_agent_id(s)) {
+        ctx.reply_to = sender;
     }
     ctx.reject(
         RejectReason::InvalidEnvelope,
@@ -454,9 +446,16 @@ fn check_submit(
 #[path = "validate_messaging.rs"]
 mod checks;
 
+#[path = "validate_identity.rs"]
+mod identity;
+
 #[cfg(test)]
 #[path = "validate_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "validate_hostile_tests.rs"]
+mod hostile_tests;
 
 fn check_grant_ack(ctx: &Context<'_>, ack: &GrantAck) -> Result<(), Rejection> {
     if ack.grants.is_empty() || ack.grants.len() > MAX_GRANTS_PER_ACK {

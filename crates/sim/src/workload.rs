@@ -290,3 +290,7 @@ fn default_lookback() -> u32 {
 fn default_max_attempts() -> u32 {
     3
 }
+
+#[cfg(test)]
+#[path = "workload_tests.rs"]
+mod tests;
