@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::secured::Secured;
+use common::secured::{Secured, Watched};
 use common::within;
 use serde_json::json;
 use switchyard_auth::Role;
@@ -45,7 +45,7 @@ fn note(mode: DeliveryMode, to: &str, m: &str) -> OutgoingMessage {
 }
 
 /// Waits until everything `agent`'s consumer of `priority` delivered was acknowledged to
-/// JetStream (so the acknowledgments, on `$JS.ACK.…`, were allowed).
+/// JetStream (the acknowledgments, on `$JS.ACK.…`, got through).
 async fn settled(secured: &Secured, agent: &str, priority: MessagePriority) {
     let subjects = Subjects::default();
     let js = async_nats::jetstream::new(secured.client(Role::Optimizer, "optimizer").await);
@@ -69,6 +69,23 @@ async fn settled(secured: &Secured, agent: &str, priority: MessagePriority) {
         }
     })
     .await;
+}
+
+/// Publishes on `subject`, then on a subject `a` may not use: the first error the server reports
+/// must be the second's (errors come in order), so the first was allowed.
+async fn publish_allowed(a: &mut Watched, subject: &str) {
+    let refused = "coord.heartbeat.not-a";
+    for s in [subject, refused] {
+        a.client
+            .publish(s.to_string(), b"{}".to_vec().into())
+            .await
+            .expect("handed to the connection");
+    }
+    a.client.flush().await.expect("flushed");
+    let error = within(10, "the refusal after an allowed publish", a.errors.recv())
+        .await
+        .expect("connection open");
+    assert!(error.contains(refused), "{subject}: {error}");
 }
 
 async fn next(agent: &CommunicationProtocol, what: &str) -> InboxMessage {
@@ -182,6 +199,15 @@ async fn an_agent_messages_only_as_itself_and_reads_only_its_own_messages() {
         "$JS.ACK.COORD_MESSAGES.msg_b_high.1.1.1.1700000000000000000.0",
     ] {
         a.publish_refused(subject).await;
+    }
+    // Allowed, even past the one-reply-per-delivery window of `resp` (a message may wait in the
+    // inbox for minutes before the application takes and acknowledges it).
+    for subject in [
+        "$JS.ACK.COORD_MESSAGES.msg_a_high.1.1.1.1700000000000000000.0",
+        "$JS.API.CONSUMER.INFO.COORD_MESSAGES.msg_a_low",
+        "coord.dead_letter.status_update.a",
+    ] {
+        publish_allowed(&mut a, subject).await;
     }
     for subject in [
         "coord.direct.*.b.*",
