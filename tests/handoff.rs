@@ -237,7 +237,8 @@ async fn forwarded(receiver: &mut RawAgent, initiate_id: Uuid) {
         Subjects::default().message(
             MessageType::HandoffInitiate,
             "receiver",
-            MessagePriority::High
+            MessagePriority::High,
+            "holder"
         )
     );
     assert_eq!(env["type"], "HANDOFF_INITIATE");
@@ -426,7 +427,7 @@ async fn a_handoff_to_an_agent_without_room_is_refused() {
     assert_eq!(outcome["code"], "insufficient_capacity");
     events_drained(&scene.cluster.nats().await).await;
     assert_eq!(
-        stored(&scene.cluster, "coord.msg.*.receiver.*").await,
+        stored(&scene.cluster, "coord.msg.*.receiver.*.*").await,
         0,
         "nothing was forwarded"
     );
@@ -450,7 +451,7 @@ async fn resource_requests_are_granted_from_free_capacity_or_refused() {
         .send("resource_request", "RESOURCE_REQUEST", request(1.0))
         .await;
     let (subject, grant) = holder.next_message().await;
-    assert_eq!(subject, "coord.msg.resource_grant.holder.high");
+    assert_eq!(subject, "coord.msg.resource_grant.holder.high.optimizer");
     assert_eq!(grant["type"], "RESOURCE_GRANT");
     assert_eq!(grant["correlation_id"], first.to_string());
     assert_eq!(grant["payload"]["granted"], true);
@@ -482,7 +483,7 @@ async fn resource_requests_are_granted_from_free_capacity_or_refused() {
     events_drained(&scene.cluster.nats().await).await;
     assert_eq!(scene.res_cpu("holder").await, 3000, "granted once");
     assert_eq!(
-        stored(&scene.cluster, "coord.msg.resource_grant.holder.*").await,
+        stored(&scene.cluster, "coord.msg.resource_grant.holder.*.*").await,
         2,
         "the resend's answer was a JetStream duplicate"
     );

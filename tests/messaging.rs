@@ -220,7 +220,12 @@ async fn an_expired_message_is_counted_reported_and_never_handed_over() {
     stale.requires_ack = true;
     let client = async_nats::connect(nats.url()).await.expect("connects");
     let js = async_nats::jetstream::new(client);
-    let subject = subjects.message(MessageType::StatusUpdate, "a2", MessagePriority::Normal);
+    let subject = subjects.message(
+        MessageType::StatusUpdate,
+        "a2",
+        MessagePriority::Normal,
+        "a1",
+    );
     js.publish(subject, serde_json::to_vec(&stale).expect("json").into())
         .await
         .expect("publish")
@@ -241,6 +246,79 @@ async fn an_expired_message_is_counted_reported_and_never_handed_over() {
     assert_eq!(
         report.envelope.correlation_id,
         Some(stale.message_id.to_string())
+    );
+}
+
+/// Messages whose envelope names a sender other than their subject's sender token (what a
+/// secured deployment's permissions prove): stored, core and requests are all dropped, counted
+/// and, where the publisher waits, reported to the publisher as `sender_mismatch`.
+#[tokio::test]
+async fn a_message_whose_sender_is_not_its_subject_token_is_dropped_and_reported() {
+    common::init_tracing();
+    let nats = NatsServer::start().await.expect("nats starts");
+    let publisher = agent(&nats, "a1", ProtocolOptions::default()).await;
+    let receiver = agent(&nats, "a2", ProtocolOptions::default()).await;
+    let subjects = Subjects::default();
+    let client = async_nats::connect(nats.url()).await.expect("connects");
+    // Published as a1 (the subject's last token), claiming to come from a3.
+    let mut forged = Envelope::new(
+        "a3",
+        MessageType::StatusUpdate,
+        json!({ "m": "forged" }),
+        now_ms(),
+    )
+    .with_recipient("a2");
+    forged.requires_ack = true;
+    let stored = subjects.message(
+        MessageType::StatusUpdate,
+        "a2",
+        MessagePriority::Normal,
+        "a1",
+    );
+    let js = async_nats::jetstream::new(client.clone());
+    let bytes: bytes::Bytes = serde_json::to_vec(&forged).expect("json").into();
+    js.publish(stored, bytes.clone())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let direct = subjects.direct(MessageType::StatusUpdate, "a2", "a1");
+    client
+        .publish(direct.clone(), bytes.clone())
+        .await
+        .expect("published");
+    let answer = within(
+        10,
+        "the refused request's answer",
+        client.request(direct, bytes),
+    )
+    .await
+    .expect("answered");
+    let answer: Envelope<Value> = serde_json::from_slice(&answer.payload).expect("envelope");
+    assert_eq!(answer.message_type, MessageType::ErrorReport);
+    assert_eq!(answer.payload["code"], "sender_mismatch");
+    publisher
+        .send_message(note(DeliveryMode::Asynchronous, "a2", "genuine"))
+        .await
+        .expect("stored");
+
+    assert_eq!(next_marker(&receiver).await, "genuine");
+    let report = within(10, "the mismatch report", publisher.recv())
+        .await
+        .expect("open");
+    assert_eq!(report.envelope.payload["code"], "sender_mismatch");
+    assert_eq!(report.envelope.sender, "a2");
+    assert_eq!(
+        report.envelope.correlation_id,
+        Some(forged.message_id.to_string())
+    );
+    assert_eq!(receiver.metrics().sender_mismatch.get(), 3);
+    assert!(
+        receiver
+            .recv_timeout(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "no forged message reached the application"
     );
 }
 

@@ -121,7 +121,7 @@ fn expected_subject(subjects: &Subjects, env: &Envelope<Value>) -> Option<String
         // The optimizer's answers go to the recipient's inbox in the messages stream.
         MessageType::HandoffAcknowledge | MessageType::ResourceGrant => {
             let recipient = env.recipients.first()?;
-            return Some(subjects.message(env.message_type, recipient, env.priority));
+            return Some(subjects.message(env.message_type, recipient, env.priority, &env.sender));
         }
         _ => return None,
     };

@@ -1,7 +1,8 @@
 //! Messages between agents need no Rust SDK: `tests/python/messenger.py`, written from
 //! `docs/protocol.md` (§2, §13) with nothing but `nats-py`, exchanges guaranteed, asynchronous,
 //! synchronous and fire-and-forget messages with a Rust `CommunicationProtocol`, and drops (and
-//! reports) a stored message past its TTL. NATS only: no optimizer, no Redis.
+//! reports) a stored message past its TTL and one whose sender is not its subject's sender token.
+//! NATS only: no optimizer, no Redis.
 
 // Test code: a helper that cannot go on should stop the test where it failed.
 #![allow(
@@ -109,9 +110,10 @@ async fn a_python_agent_exchanges_messages_with_a_rust_agent() {
     .await
     .expect("rust-a connects");
     let stale_id = publish_stale_message(&client).await;
+    let forged_id = publish_forged_message(&client).await;
     // py-b's acknowledgments, seen on the wire as well as by rust-a.
     let mut acks = client
-        .subscribe(Subjects::default().direct(MessageType::MessageAck, RUST_ID))
+        .subscribe(Subjects::default().direct(MessageType::MessageAck, RUST_ID, PY_ID))
         .await
         .expect("subscribes to acknowledgments");
     client.flush().await.expect("flush");
@@ -121,7 +123,7 @@ async fn a_python_agent_exchanges_messages_with_a_rust_agent() {
 
     // 3. A guaranteed message: py-b takes it, acknowledges it and replies asynchronously.
     let hello_id = a_guaranteed_message_is_acknowledged(&rust_a, &mut acks).await;
-    rust_a_gets_the_reply_and_the_expiry_report(&rust_a, &hello_id, &stale_id).await;
+    rust_a_gets_the_reply_and_the_reports(&rust_a, &hello_id, &stale_id, &forged_id).await;
 
     // 4. A synchronous request, answered on its reply subject.
     let ping_id = a_synchronous_request_is_answered(&rust_a).await;
@@ -138,6 +140,7 @@ async fn a_python_agent_exchanges_messages_with_a_rust_agent() {
     let (result, line) = py_b.result().await;
     assert_eq!(result["agent_id"], PY_ID, "{line}");
     assert_eq!(result["expired"], json!([stale_id]), "{line}");
+    assert_eq!(result["forged"], json!([forged_id]), "{line}");
     assert_eq!(result["replied"], json!([hello_id]), "{line}");
     assert_eq!(result["answered"], json!([ping_id]), "{line}");
     py_b_acknowledged_and_stored_hello(&result, &line, &hello_id);
@@ -148,7 +151,6 @@ async fn a_python_agent_exchanges_messages_with_a_rust_agent() {
 /// with a one-second TTL): py-b must drop it and, since it asked for an acknowledgment, report
 /// it back as `expired` (§13.4). Answers its message id.
 async fn publish_stale_message(client: &async_nats::Client) -> String {
-    let js = async_nats::jetstream::new(client.clone());
     let mut stale = Envelope::new(
         RUST_ID,
         MessageType::StatusUpdate,
@@ -158,26 +160,55 @@ async fn publish_stale_message(client: &async_nats::Client) -> String {
     .with_recipient(PY_ID);
     stale.requires_ack = true;
     stale.ttl_seconds = Some(1);
+    store_for_py_b(client, &stale, RUST_ID).await
+}
+
+/// A stored message for py-b published as rust-a (the subject's sender token) whose envelope
+/// names another sender: py-b must drop it and, since it asks for an acknowledgment, report it
+/// to rust-a as `sender_mismatch` (§13.1). Answers its message id.
+async fn publish_forged_message(client: &async_nats::Client) -> String {
+    let mut forged = Envelope::new(
+        "someone-else",
+        MessageType::StatusUpdate,
+        json!({ "m": "forged" }),
+        now_ms(),
+    )
+    .with_recipient(PY_ID);
+    forged.requires_ack = true;
+    store_for_py_b(client, &forged, RUST_ID).await
+}
+
+/// Stores `envelope` in py-b's normal-priority inbox under the sender token `publisher`.
+async fn store_for_py_b(
+    client: &async_nats::Client,
+    envelope: &Envelope<Value>,
+    publisher: &str,
+) -> String {
+    let js = async_nats::jetstream::new(client.clone());
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(
         async_nats::header::NATS_MESSAGE_ID,
-        format!("{}:{PY_ID}:1", stale.message_id).as_str(),
+        format!("{}:{PY_ID}:1", envelope.message_id).as_str(),
     );
-    let subject =
-        Subjects::default().message(MessageType::StatusUpdate, PY_ID, MessagePriority::Normal);
-    within(10, "the stale message to be stored", async {
+    let subject = Subjects::default().message(
+        envelope.message_type,
+        PY_ID,
+        MessagePriority::Normal,
+        publisher,
+    );
+    within(10, "the message to be stored", async {
         js.publish_with_headers(
             subject,
             headers,
-            serde_json::to_vec(&stale).expect("encodes").into(),
+            serde_json::to_vec(envelope).expect("encodes").into(),
         )
         .await
-        .expect("stale message sent")
+        .expect("message sent")
         .await
     })
     .await
-    .expect("stale message stored");
-    stale.message_id.to_string()
+    .expect("message stored");
+    envelope.message_id.to_string()
 }
 
 /// The Python agent (messenger.py) with its stdout lines and its collected stderr.
@@ -325,14 +356,16 @@ fn the_ack_is_the_documented_envelope(ack: &Value, hello_id: &str) {
     );
 }
 
-/// rust-a's inbox: the reply to `hello` and the expiry report of the stale message.
-async fn rust_a_gets_the_reply_and_the_expiry_report(
+/// rust-a's inbox: the reply to `hello`, the expiry report of the stale message and the
+/// mismatch report of the forged one.
+async fn rust_a_gets_the_reply_and_the_reports(
     rust_a: &CommunicationProtocol,
     hello_id: &str,
     stale_id: &str,
+    forged_id: &str,
 ) {
     let mut inbox = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let message = within(30, "a message from py-b", rust_a.recv())
             .await
             .expect("inbox open");
@@ -352,9 +385,17 @@ async fn rust_a_gets_the_reply_and_the_expiry_report(
     );
     assert_eq!(reply.delivery_mode, DeliveryMode::Asynchronous);
     assert_eq!(reply.payload, json!({ "echo": "hello" }));
-    let expired = inbox
-        .iter()
-        .find(|e| e.message_type == MessageType::ErrorReport)
+    let report_on = |id: &str| {
+        inbox.iter().find(|e| {
+            e.message_type == MessageType::ErrorReport && e.correlation_id.as_deref() == Some(id)
+        })
+    };
+    let mismatch = report_on(forged_id)
+        .unwrap_or_else(|| panic!("no ERROR_REPORT for the forged message in {inbox:?}"));
+    assert_eq!(mismatch.sender, PY_ID, "{}", envelope_of(mismatch));
+    let code = &mismatch.payload["code"];
+    assert_eq!(code, "sender_mismatch", "{}", envelope_of(mismatch));
+    let expired = report_on(stale_id)
         .unwrap_or_else(|| panic!("no ERROR_REPORT for the stale message in {inbox:?}"));
     assert_eq!(expired.sender, PY_ID, "{}", envelope_of(expired));
     assert_eq!(
@@ -433,7 +474,7 @@ async fn py_b_consumer_is_the_documented_one(client: &async_nats::Client) {
     filters.sort();
     assert_eq!(
         filters,
-        ["coord.msg.*.all.normal", "coord.msg.*.py-b.normal"],
+        ["coord.msg.*.all.normal.*", "coord.msg.*.py-b.normal.*"],
         "{info:?}"
     );
     assert_eq!(info.config.durable_name.as_deref(), Some("msg_py-b_normal"));

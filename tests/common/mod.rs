@@ -4,6 +4,7 @@
 
 pub mod python;
 pub mod scripts;
+pub mod secured;
 
 use std::time::Duration;
 

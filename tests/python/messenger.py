@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """An agent that messages other agents, written only from docs/protocol.md (§2, §13) with nats-py.
 
-It listens on its core subjects (coord.direct.*.<id>, coord.direct.*.all) and reads its
+It listens on its core subjects (coord.direct.*.<id>.*, coord.direct.*.all.*) and reads its
 normal-priority stored messages through its durable consumer msg_<id>_normal on COORD_MESSAGES,
-then prints `READY` to stdout. From then on it:
+then prints `READY` to stdout. Every subject it publishes on ends in its own id (the sender
+token). From then on it:
 
+* drops a message whose envelope `sender` is not its subject's last token (+TERM for a stored
+  one) and, when the publisher (the subject's token) waits for an acknowledgment, tells it with
+  a stored ERROR_REPORT (code `sender_mismatch`) on coord.msg.error_report.<publisher>.high.<id>;
 * drops a stored message past its TTL (+TERM) and, when the sender waits for an acknowledgment,
-  tells it with a stored ERROR_REPORT (code `expired`) on coord.msg.error_report.<sender>.high;
+  tells it with a stored ERROR_REPORT (code `expired`) on coord.msg.error_report.<sender>.high.<id>;
 * takes a stored message (acknowledges it to JetStream), sends a MESSAGE_ACK to
-  coord.direct.message_ack.<sender> when it asked for one, and answers a STATUS_UPDATE
+  coord.direct.message_ack.<sender>.<id> when it asked for one, and answers a STATUS_UPDATE
   {"m": text} from --peer with a stored asynchronous TASK_RESPONSE {"echo": text} correlated to it;
 * answers a synchronous request (a core message with a reply subject) with a TASK_RESPONSE
   {"echo": text} on the reply subject;
@@ -17,7 +21,8 @@ then prints `READY` to stdout. From then on it:
 
     {"agent_id": "...", "consumer_api": "nats-py" | "raw",
      "stored": [{"message_id", "type", "nats_msg_id", "delivery_mode"}, ...],
-     "expired": ["message_id", ...], "acknowledged": [...], "replied": [...], "answered": [...]}
+     "expired": ["message_id", ...], "forged": ["message_id", ...],
+     "acknowledged": [...], "replied": [...], "answered": [...]}
 
 Anything that breaks the protocol, or --timeout seconds without the "bye", makes it exit 1 with a
 message on stderr. Run by tests/python_messaging.rs; needs `pip install nats-py`.
@@ -137,6 +142,7 @@ class Messenger:
             "consumer_api": "raw" if raw_api else "nats-py",
             "stored": [],
             "expired": [],
+            "forged": [],
             "acknowledged": [],
             "replied": [],
             "answered": [],
@@ -170,8 +176,8 @@ class Messenger:
             "durable_name": name,
             "description": f"inbox of {self.agent_id}, {priority} priority",
             "filter_subjects": [
-                f"{self.prefix}.msg.*.{self.agent_id}.{priority}",
-                f"{self.prefix}.msg.*.all.{priority}",
+                f"{self.prefix}.msg.*.{self.agent_id}.{priority}.*",
+                f"{self.prefix}.msg.*.all.{priority}.*",
             ],
             "deliver_policy": "all",
             "ack_policy": "explicit",
@@ -229,7 +235,7 @@ class Messenger:
             raise AgentError(f"{subject} stored in {ack.stream}, not {self.stream}")
 
     async def send_ack(self, env):
-        """§13.3: MESSAGE_ACK to coord.direct.message_ack.<sender> (core NATS)."""
+        """§13.3: MESSAGE_ACK to coord.direct.message_ack.<sender>.<id> (core NATS)."""
         ack = self.envelope(
             "MESSAGE_ACK",
             {"message_id": env["message_id"], "agent_id": self.agent_id},
@@ -238,40 +244,64 @@ class Messenger:
             delivery_mode="fire_and_forget",
         )
         await self.nc.publish(
-            f"{self.prefix}.direct.message_ack.{env['sender']}", json.dumps(ack).encode()
+            f"{self.prefix}.direct.message_ack.{env['sender']}.{self.agent_id}",
+            json.dumps(ack).encode(),
         )
         await self.nc.flush()
         self.seen[env["message_id"]] = True
         self.report["acknowledged"].append(env["message_id"])
 
-    async def report_expired(self, env):
-        """§13.4: a stored ERROR_REPORT `expired` in the sender's high-priority inbox."""
-        self.report["expired"].append(env["message_id"])
+    async def report_to(self, recipient, env, code, text):
+        """§13.3: a stored ERROR_REPORT with `code` about `env` in `recipient`'s high inbox,
+        unless nobody waits for an acknowledgment of it."""
         waiting = env.get("requires_ack", False) or env.get("delivery_mode") == "guaranteed"
-        if not waiting or env["sender"] == self.agent_id:
+        if not waiting or recipient == self.agent_id:
             return
         report = self.envelope(
             "ERROR_REPORT",
-            {
-                "code": "expired",
-                "message": f"{env['message_id']} expired before {self.agent_id} received it",
-            },
-            env["sender"],
+            {"code": code, "message": text},
+            recipient,
             correlation_id=env["message_id"],
             priority="high",
         )
-        subject = f"{self.prefix}.msg.error_report.{env['sender']}.high"
-        # Deterministic: a redelivered expired copy does not report twice.
-        await self.publish_stored(subject, report, f"{env['message_id']}:expired:{self.agent_id}")
-        log(f"{env['message_id']} expired; reported to {env['sender']}")
+        subject = f"{self.prefix}.msg.error_report.{recipient}.high.{self.agent_id}"
+        # Deterministic: a redelivered copy does not report twice.
+        await self.publish_stored(subject, report, f"{env['message_id']}:{code}:{self.agent_id}")
+        log(f"{env['message_id']}: {code}; reported to {recipient}")
+
+    async def report_expired(self, env):
+        """§13.4: a stored ERROR_REPORT `expired` in the sender's high-priority inbox."""
+        self.report["expired"].append(env["message_id"])
+        text = f"{env['message_id']} expired before {self.agent_id} received it"
+        await self.report_to(env["sender"], env, "expired", text)
+
+    async def sender_proven(self, subject, env):
+        """§13.1: the envelope's sender must be the subject's last token (the publisher, which
+        a secured deployment's permissions prove). Otherwise the message is dropped and the
+        publisher told, if it waits for an acknowledgment."""
+        publisher = subject.rsplit(".", 1)[-1]
+        if env["sender"] == publisher:
+            return True
+        self.report["forged"].append(env["message_id"])
+        text = (
+            f"{env['message_id']} names {env['sender']} as its sender "
+            f"but was published as {publisher}"
+        )
+        await self.report_to(publisher, env, "sender_mismatch", text)
+        return False
 
     # ---- receiving ---------------------------------------------------------------------------
 
     async def on_stored(self, msg):
-        # coord.msg.<type token>.<recipient>.<priority>; the prefix may contain dots.
-        token, recipient, priority = msg.subject[len(self.prefix) + len(".msg.") :].split(".")
+        # coord.msg.<type token>.<recipient>.<priority>.<sender>; the prefix may contain dots.
+        token, recipient, priority, _sender = msg.subject[len(self.prefix) + len(".msg.") :].split(
+            "."
+        )
         env = json.loads(msg.data)
         check_envelope(env, token, msg.subject)
+        if not await self.sender_proven(msg.subject, env):
+            await msg.term()  # never redelivered
+            return
         if env.get("priority", "normal") != priority:
             raise AgentError(f"{msg.subject}: priority {env.get('priority')} off its subject")
         msg_id = (msg.headers or {}).get("Nats-Msg-Id")
@@ -313,17 +343,19 @@ class Messenger:
                 delivery_mode="asynchronous",
                 ttl_seconds=300,
             )
-            subject = f"{self.prefix}.msg.task_response.{env['sender']}.normal"
+            subject = f"{self.prefix}.msg.task_response.{env['sender']}.normal.{self.agent_id}"
             await self.publish_stored(subject, reply, f"{reply['message_id']}:{env['sender']}:1")
             self.report["replied"].append(env["message_id"])
             log(f"replied to {env['message_id']} with {reply['message_id']}")
 
     async def on_core_message(self, msg):
         """Returns True on the final "bye"."""
-        # coord.direct.<type token>.<recipient>
-        token, _recipient = msg.subject[len(self.prefix) + len(".direct.") :].split(".")
+        # coord.direct.<type token>.<recipient>.<sender>
+        token, _recipient, _sender = msg.subject[len(self.prefix) + len(".direct.") :].split(".")
         env = json.loads(msg.data)
         check_envelope(env, token, msg.subject)
+        if not await self.sender_proven(msg.subject, env):
+            return False
         if env["type"] == "MESSAGE_ACK":  # we send nothing that asks for one
             return False
         if is_expired(env):
@@ -374,7 +406,7 @@ class Messenger:
     async def run(self):
         # Core first, so nothing addressed to us directly goes unheard (§13.1).
         for recipient in (self.agent_id, "all"):
-            await self.nc.subscribe(f"{self.prefix}.direct.*.{recipient}", cb=self.on_core)
+            await self.nc.subscribe(f"{self.prefix}.direct.*.{recipient}.*", cb=self.on_core)
         inbox = await self.bind_inbox("normal")
         await self.nc.flush()
         print("READY", flush=True)

@@ -9,7 +9,7 @@
 //! Every subject comes from [`Subjects`], so the permissions follow the wire layout
 //! (`<prefix>.<message type>.<sender or recipient id>`).
 
-use switchyard_protocol::{MessageType, Subjects};
+use switchyard_protocol::{MessagePriority, MessageType, Subjects};
 
 /// The template placeholder for the identity's name.
 pub(crate) const NAME: &str = "{{name()}}";
@@ -137,15 +137,37 @@ fn agent(subjects: &Subjects) -> Permissions {
         .collect();
     publish.push(subjects.unaddressed(MessageType::StatusQuery));
     publish.push("$JS.API.STREAM.INFO.*".into());
-    Permissions {
-        publish,
-        subscribe: vec![
-            subjects.addressed(MessageType::TaskRequest, NAME),
-            subjects.addressed(MessageType::CoordinatorReply, NAME),
-            subjects.addressed(MessageType::ErrorReport, NAME),
-            format!("{}.>", inbox_prefix(Role::Agent, NAME)),
-        ],
+    publish.extend(agent_messaging_publish(subjects));
+    let mut subscribe = vec![
+        subjects.addressed(MessageType::TaskRequest, NAME),
+        subjects.addressed(MessageType::CoordinatorReply, NAME),
+        subjects.addressed(MessageType::ErrorReport, NAME),
+        format!("{}.>", inbox_prefix(Role::Agent, NAME)),
+    ];
+    // Core messages to itself and to every agent, from any sender (the sender is the last
+    // token, which the sender's own permissions prove).
+    subscribe.extend(subjects.direct_filters(NAME));
+    Permissions { publish, subscribe }
+}
+
+/// Messages to other agents, only as itself (the sender token is its own name), and its own
+/// message consumers: look them up, pull from them, acknowledge what they delivered. Never
+/// create one: a consumer named after itself could filter on someone else's messages, so the
+/// optimizer creates them when the agent registers.
+fn agent_messaging_publish(subjects: &Subjects) -> Vec<String> {
+    let mut publish = vec![
+        subjects.messages_from(NAME),
+        subjects.direct_from(NAME),
+        subjects.message_dead_letters_from(NAME),
+    ];
+    let stream = subjects.messages_stream();
+    for priority in MessagePriority::ALL {
+        let consumer = subjects.message_consumer(NAME, priority);
+        publish.push(subjects.consumer_info(&stream, &consumer));
+        publish.push(subjects.consumer_next(&stream, &consumer));
+        publish.push(subjects.consumer_acks(&stream, &consumer));
     }
+    publish
 }
 
 fn operator(subjects: &Subjects) -> Permissions {
@@ -212,6 +234,75 @@ mod tests {
         assert!(!allows(&p.subscribe, "coord.>"));
         assert!(allows(&p.subscribe, "_INBOX_agent.a.xyz"));
         assert!(!allows(&p.subscribe, "_INBOX_agent.b.xyz"));
+    }
+
+    #[test]
+    fn an_agent_messages_other_agents_only_as_itself() {
+        let p = for_name(permissions(Role::Agent, &Subjects::new("coord")), "a");
+        for allowed in [
+            "coord.msg.status_update.b.normal.a",
+            "coord.msg.broadcast.all.low.a",
+            "coord.msg.error_report.b.high.a",
+            "coord.direct.task_response.b.a",
+            "coord.direct.message_ack.b.a",
+            "coord.dead_letter.status_update.a",
+        ] {
+            assert!(allows(&p.publish, allowed), "{allowed}");
+        }
+        for refused in [
+            "coord.msg.status_update.b.normal.b",
+            "coord.msg.status_update.a.normal.b",
+            "coord.direct.status_update.b.b",
+            "coord.direct.message_ack.a.b",
+            "coord.dead_letter.status_update.b",
+            "coord.dead_letter.task_submit",
+        ] {
+            assert!(!allows(&p.publish, refused), "{refused}");
+        }
+        assert!(allows(&p.subscribe, "coord.direct.status_update.a.b"));
+        assert!(allows(&p.subscribe, "coord.direct.*.a.*"));
+        assert!(allows(&p.subscribe, "coord.direct.status_update.all.b"));
+        assert!(!allows(&p.subscribe, "coord.direct.status_update.b.a"));
+        assert!(!allows(&p.subscribe, "coord.msg.status_update.a.normal.b"));
+    }
+
+    #[test]
+    fn an_agent_reads_only_its_own_consumers_and_creates_none() {
+        let p = for_name(permissions(Role::Agent, &Subjects::new("coord")), "a");
+        for priority in ["low", "normal", "high", "critical"] {
+            let own = format!("COORD_MESSAGES.msg_a_{priority}");
+            assert!(allows(&p.publish, &format!("$JS.API.CONSUMER.INFO.{own}")));
+            assert!(allows(
+                &p.publish,
+                &format!("$JS.API.CONSUMER.MSG.NEXT.{own}")
+            ));
+            assert!(allows(&p.publish, &format!("$JS.ACK.{own}.1.7.7.1700.0")));
+            let theirs = format!("COORD_MESSAGES.msg_b_{priority}");
+            assert!(!allows(
+                &p.publish,
+                &format!("$JS.API.CONSUMER.INFO.{theirs}")
+            ));
+            assert!(!allows(
+                &p.publish,
+                &format!("$JS.API.CONSUMER.MSG.NEXT.{theirs}")
+            ));
+            assert!(!allows(
+                &p.publish,
+                &format!("$JS.ACK.{theirs}.1.7.7.1700.0")
+            ));
+            for create in [
+                format!("$JS.API.CONSUMER.CREATE.{own}"),
+                format!("$JS.API.CONSUMER.CREATE.{own}.coord.msg.*.b.{priority}.*"),
+                format!("$JS.API.CONSUMER.DURABLE.CREATE.{own}"),
+                "$JS.API.CONSUMER.CREATE.COORD_MESSAGES".to_string(),
+            ] {
+                assert!(!allows(&p.publish, &create), "{create}");
+            }
+        }
+        assert!(!allows(
+            &p.publish,
+            "$JS.API.CONSUMER.DELETE.COORD_MESSAGES.msg_a_low"
+        ));
     }
 
     #[test]

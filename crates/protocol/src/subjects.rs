@@ -67,27 +67,31 @@ impl Subjects {
         subjects
     }
 
-    /// `<prefix>.msg.<type>.<recipient>.<priority>`: a stored message (asynchronous or
-    /// guaranteed) for one agent, or for every agent when `recipient` is [`ALL_AGENTS`].
+    /// `<prefix>.msg.<type>.<recipient>.<priority>.<sender>`: a stored message (asynchronous or
+    /// guaranteed) for one agent, or for every agent when `recipient` is [`ALL_AGENTS`]. The
+    /// sender is the last token so that NATS permissions can prove it (an agent may publish
+    /// only on subjects ending in its own id) and receivers can check the envelope against it.
     pub fn message(
         &self,
         message_type: MessageType,
         recipient: &str,
         priority: MessagePriority,
+        sender: &str,
     ) -> String {
         format!(
-            "{}.msg.{}.{recipient}.{}",
+            "{}.msg.{}.{recipient}.{}.{sender}",
             self.prefix,
             message_type.as_str(),
             priority.as_str()
         )
     }
 
-    /// What one agent's consumer for one priority reads: its own messages and broadcasts.
+    /// What one agent's consumer for one priority reads: its own messages and broadcasts, from
+    /// any sender.
     pub fn message_filters(&self, recipient: &str, priority: MessagePriority) -> Vec<String> {
         [recipient, ALL_AGENTS]
             .into_iter()
-            .map(|r| format!("{}.msg.*.{r}.{}", self.prefix, priority.as_str()))
+            .map(|r| format!("{}.msg.*.{r}.{}.*", self.prefix, priority.as_str()))
             .collect()
     }
 
@@ -96,22 +100,72 @@ impl Subjects {
         format!("{}.msg.>", self.prefix)
     }
 
-    /// `<prefix>.direct.<type>.<recipient>`: a core NATS message (synchronous requests,
+    /// `<prefix>.direct.<type>.<recipient>.<sender>`: a core NATS message (synchronous requests,
     /// fire-and-forget, acknowledgments), never stored.
-    pub fn direct(&self, message_type: MessageType, recipient: &str) -> String {
+    pub fn direct(&self, message_type: MessageType, recipient: &str, sender: &str) -> String {
         format!(
-            "{}.direct.{}.{recipient}",
+            "{}.direct.{}.{recipient}.{sender}",
             self.prefix,
             message_type.as_str()
         )
     }
 
-    /// What one agent subscribes to for core messages: its own and broadcasts.
+    /// What one agent subscribes to for core messages: its own and broadcasts, from any sender.
     pub fn direct_filters(&self, recipient: &str) -> Vec<String> {
         [recipient, ALL_AGENTS]
             .into_iter()
-            .map(|r| format!("{}.direct.*.{r}", self.prefix))
+            .map(|r| format!("{}.direct.*.{r}.*", self.prefix))
             .collect()
+    }
+
+    /// The acknowledgments sent to one agent, from any sender.
+    pub fn direct_acks(&self, recipient: &str) -> String {
+        format!(
+            "{}.direct.{}.{recipient}.*",
+            self.prefix,
+            MessageType::MessageAck.as_str()
+        )
+    }
+
+    /// Every stored message `sender` sends, to anyone, of any type and priority.
+    pub fn messages_from(&self, sender: &str) -> String {
+        format!("{}.msg.*.*.*.{sender}", self.prefix)
+    }
+
+    /// Every core message `sender` sends.
+    pub fn direct_from(&self, sender: &str) -> String {
+        format!("{}.direct.*.*.{sender}", self.prefix)
+    }
+
+    /// Every dead letter `sender`'s client parks.
+    pub fn message_dead_letters_from(&self, sender: &str) -> String {
+        format!("{}.dead_letter.*.{sender}", self.prefix)
+    }
+
+    /// The sender token (the last one) of a stored or core message's subject; `None` for any
+    /// other subject.
+    pub fn message_sender<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('.')?;
+        let tokens: Vec<&str> = rest.split('.').collect();
+        match tokens.as_slice() {
+            ["msg", _, _, _, sender] | ["direct", _, _, sender] if !sender.is_empty() => {
+                Some(sender)
+            }
+            _ => None,
+        }
+    }
+
+    /// Where an agent's client parks a guaranteed message it gave up on:
+    /// `<prefix>.dead_letter.<type>.<sender>` (the optimizer's own dead letters have no sender
+    /// token; both are under [`Subjects::all_dead_letters`]).
+    pub fn message_dead_letter(&self, message_type: MessageType, sender: &str) -> String {
+        format!(
+            "{}.dead_letter.{}.{sender}",
+            self.prefix,
+            message_type.as_str()
+        )
     }
 
     /// JetStream stream holding stored inter-agent messages.
@@ -122,6 +176,26 @@ impl Subjects {
     /// The durable consumer through which one agent reads its messages of one priority.
     pub fn message_consumer(&self, agent_id: &str, priority: MessagePriority) -> String {
         format!("msg_{agent_id}_{}", priority.as_str())
+    }
+
+    /// The JetStream API subject that reads a consumer's information (`INFO`).
+    pub fn consumer_info(&self, stream: &str, consumer: &str) -> String {
+        format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}")
+    }
+
+    /// The JetStream API subject a pull request for a consumer's next messages goes to.
+    pub fn consumer_next(&self, stream: &str, consumer: &str) -> String {
+        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}")
+    }
+
+    /// The JetStream API subject that creates a consumer (with a name).
+    pub fn consumer_create(&self, stream: &str, consumer: &str) -> String {
+        format!("$JS.API.CONSUMER.CREATE.{stream}.{consumer}")
+    }
+
+    /// The acknowledgment subjects of a consumer's deliveries (their reply subjects).
+    pub fn consumer_acks(&self, stream: &str, consumer: &str) -> String {
+        format!("$JS.ACK.{stream}.{consumer}.>")
     }
 
     fn stream_base(&self) -> String {
@@ -236,19 +310,39 @@ mod tests {
     #[test]
     fn message_subjects_put_type_recipient_and_priority_in_tokens() {
         let s = Subjects::default();
-        let subject = s.message(MessageType::StatusUpdate, "a2", MessagePriority::High);
-        assert_eq!(subject, "coord.msg.status_update.a2.high");
+        let subject = s.message(MessageType::StatusUpdate, "a2", MessagePriority::High, "a1");
+        assert_eq!(subject, "coord.msg.status_update.a2.high.a1");
         assert_eq!(
             s.message_filters("a2", MessagePriority::High),
-            vec!["coord.msg.*.a2.high", "coord.msg.*.all.high"]
+            vec!["coord.msg.*.a2.high.*", "coord.msg.*.all.high.*"]
+        );
+        let ack = s.direct(MessageType::MessageAck, "a1", "a2");
+        assert_eq!(ack, "coord.direct.message_ack.a1.a2");
+        assert_eq!(s.direct_acks("a1"), "coord.direct.message_ack.a1.*");
+        assert_eq!(
+            s.direct_filters("a1"),
+            vec!["coord.direct.*.a1.*", "coord.direct.*.all.*"]
         );
         assert_eq!(
-            s.direct(MessageType::MessageAck, "a1"),
-            "coord.direct.message_ack.a1"
+            s.message_dead_letter(MessageType::StatusUpdate, "a1"),
+            "coord.dead_letter.status_update.a1"
         );
         // Stored messages never land in the events or grants streams.
         assert_eq!(s.parse(&subject), None);
         assert!(!crate::validate_agent_id(ALL_AGENTS));
+    }
+
+    #[test]
+    fn the_sender_is_the_last_token_of_message_subjects_only() {
+        let s = Subjects::new("acme.prod");
+        let stored = s.message(MessageType::TaskResponse, "b", MessagePriority::Low, "a");
+        assert_eq!(s.message_sender(&stored), Some("a"));
+        let core = s.direct(MessageType::StatusUpdate, ALL_AGENTS, "a");
+        assert_eq!(s.message_sender(&core), Some("a"));
+        assert_eq!(s.message_sender("acme.prod.msg.status_update.b.low"), None);
+        assert_eq!(s.message_sender("acme.prod.direct.status_update.b"), None);
+        assert_eq!(s.message_sender("acme.prod.heartbeat.a"), None);
+        assert_eq!(s.message_sender("coord.direct.status_update.b.a"), None);
     }
 
     #[test]

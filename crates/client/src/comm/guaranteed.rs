@@ -153,7 +153,9 @@ async fn give_up_on(
     );
     shared.metrics.dead_lettered.inc();
     tracing::warn!(agent_id = %shared.agent_id, message_id = %envelope.message_id, code, "guaranteed delivery gave up");
-    let dlq = shared.subjects.dead_letter(envelope.message_type.as_str());
+    let dlq = shared
+        .subjects
+        .message_dead_letter(envelope.message_type, &shared.agent_id);
     let id = format!("{}:dead_letter", envelope.message_id);
     if let Err(e) = transport::publish_stored(&shared.js, dlq, &id, envelope).await {
         tracing::warn!(agent_id = %shared.agent_id, error = %e, "dead letter not stored");

@@ -24,6 +24,7 @@ pub const AGENT_MESSAGES_EXPIRED_TOTAL: &str = "agent_messages_expired_total";
 pub const AGENT_MESSAGES_DEAD_LETTERED_TOTAL: &str = "agent_messages_dead_lettered_total";
 pub const AGENT_MESSAGES_DUPLICATE_TOTAL: &str = "agent_messages_duplicate_total";
 pub const AGENT_MESSAGE_RETRIES_TOTAL: &str = "agent_message_retries_total";
+pub const AGENT_MESSAGES_SENDER_MISMATCH_TOTAL: &str = "agent_messages_sender_mismatch_total";
 pub const AGENT_CLIENT_HANDOFF_SECONDS: &str = "agent_client_handoff_seconds";
 
 /// Histogram buckets for latencies, in seconds.
@@ -51,6 +52,9 @@ pub struct CommMetrics {
     pub duplicates: Counter,
     /// Re-sends of guaranteed messages that were not acknowledged in time.
     pub retries: Counter,
+    /// Received messages dropped because their envelope's sender is not their subject's sender
+    /// token (a forgery, which a secured deployment's permissions let no agent publish).
+    pub sender_mismatch: Counter,
     /// Initiating a handoff to its verdict (or timeout), by `outcome`.
     pub handoff: HistogramVec,
 }
@@ -152,6 +156,12 @@ impl CommMetrics {
             AGENT_MESSAGE_RETRIES_TOTAL,
             "Re-sends of unacknowledged guaranteed messages",
             &self.retries,
+        );
+        counter_family(
+            out,
+            AGENT_MESSAGES_SENDER_MISMATCH_TOTAL,
+            "Messages dropped because their sender is not their subject's sender token",
+            &self.sender_mismatch,
         );
     }
 }

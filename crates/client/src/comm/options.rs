@@ -38,6 +38,9 @@ pub struct ProtocolOptions {
     pub redelivery_wait: Duration,
     /// Extra time the initiator of a handoff waits past its deadline for the verdict.
     pub handoff_grace: Duration,
+    /// In a secured deployment, how long connecting waits for the optimizer to create this
+    /// agent's message consumers (it does when it applies the agent's registration).
+    pub consumer_wait: Duration,
     /// Used when this client is the first to create the messages stream.
     pub messages_max_age: Duration,
     pub duplicate_window: Duration,
@@ -59,6 +62,7 @@ impl Default for ProtocolOptions {
             retry_policy: RetryPolicy::default(),
             redelivery_wait: Duration::from_secs(60),
             handoff_grace: Duration::from_secs(5),
+            consumer_wait: Duration::from_secs(15),
             messages_max_age: Duration::from_secs(86_400),
             duplicate_window: Duration::from_secs(120),
             max_message_bytes: 65_536,

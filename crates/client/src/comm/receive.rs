@@ -18,7 +18,7 @@ use crate::error::{Error, nats_error};
 use crate::transport;
 use switchyard_protocol::{
     ALL_AGENTS, DeliveryMode, Envelope, ErrorReport, MessageAck, MessagePriority, MessageType,
-    now_ms,
+    now_ms, validate_agent_id,
 };
 
 /// A message in the inbox, with what is needed to settle it once the application takes it.
@@ -58,27 +58,30 @@ pub(crate) async fn start(shared: &Arc<Shared>) -> Result<Vec<JoinHandle<()>>, E
     // never stuck behind a message waiting for an inbox slot.
     let me = shared.agent_id.as_str();
     let direct = subscribe_all(shared, shared.subjects.direct_filters(me)).await?;
-    let acks = subscribe_all(
-        shared,
-        vec![shared.subjects.direct(MessageType::MessageAck, me)],
-    );
+    let acks = subscribe_all(shared, vec![shared.subjects.direct_acks(me)]);
     let acks = acks.await?;
     let errors = vec![shared.subjects.addressed(MessageType::ErrorReport, me)];
     let errors = subscribe_all(shared, errors).await?;
     tasks.push(tokio::spawn(receive_acks(shared.clone(), acks)));
-    tasks.push(tokio::spawn(receive_core(shared.clone(), errors)));
-    tasks.push(tokio::spawn(receive_core(shared.clone(), direct)));
+    // The coordinator's error reports have no sender token: only the optimizer may publish them.
+    tasks.push(tokio::spawn(receive_core(shared.clone(), errors, false)));
+    tasks.push(tokio::spawn(receive_core(shared.clone(), direct, true)));
     let max_pending = i64::try_from(o.message_buffer_size).unwrap_or(i64::MAX);
+    // A server that asks for credentials applies per-identity permissions, under which an agent
+    // may not create consumers: the optimizer creates them when it applies the registration.
+    let may_create = !shared.client.server_info().auth_required;
     for priority in MessagePriority::ALL {
-        let consumer = transport::message_consumer(
-            &shared.js,
+        let cfg = transport::message_consumer_config(
             &shared.subjects,
             &shared.agent_id,
             priority,
             max_pending,
             o.redelivery_wait,
-        )
-        .await?;
+        );
+        let wait = o.consumer_wait;
+        let consumer =
+            transport::message_consumer(&shared.js, &shared.subjects, cfg, may_create, wait)
+                .await?;
         tasks.push(tokio::spawn(receive_stored(shared.clone(), consumer)));
     }
     Ok(tasks)
@@ -106,7 +109,10 @@ async fn receive_acks(shared: Arc<Shared>, mut acks: CoreStream) {
             _ = shutdown.wait_for(|stop| *stop) => return,
             next = acks.next() => match next { Some(m) => m, None => return },
         };
-        if let Some(envelope) = decode(&shared, &message.payload) {
+        let Some(envelope) = decode(&shared, &message.payload) else {
+            continue;
+        };
+        if sender_proven(&shared, &message.subject, &envelope) {
             note_ack(&shared, &envelope);
         }
     }
@@ -135,6 +141,11 @@ async fn accept_stored(shared: &Shared, message: jetstream::Message) {
         let _ = message.ack_with(AckKind::Term).await;
         return;
     };
+    if !sender_proven(shared, &message.subject, &envelope) {
+        let _ = message.ack_with(AckKind::Term).await;
+        report_mismatch(shared, &message.subject, &envelope).await;
+        return;
+    }
     if !admit(shared, &envelope).await {
         let _ = message.ack_with(AckKind::Term).await;
         return;
@@ -148,7 +159,8 @@ async fn accept_stored(shared: &Shared, message: jetstream::Message) {
     route(shared, priority, delivery).await;
 }
 
-async fn receive_core(shared: Arc<Shared>, mut messages: CoreStream) {
+/// Receives core messages; `check_sender` for subjects that end in a sender token.
+async fn receive_core(shared: Arc<Shared>, mut messages: CoreStream, check_sender: bool) {
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         let message = tokio::select! {
@@ -160,6 +172,10 @@ async fn receive_core(shared: Arc<Shared>, mut messages: CoreStream) {
         };
         if envelope.message_type == MessageType::MessageAck {
             continue; // `receive_acks` has it too
+        }
+        if check_sender && !sender_proven(&shared, &message.subject, &envelope) {
+            refuse_request(&shared, message.reply.as_deref(), &envelope).await;
+            continue;
         }
         if !admit(&shared, &envelope).await {
             continue;
@@ -181,6 +197,72 @@ fn decode(shared: &Shared, bytes: &[u8]) -> Option<Envelope<Value>> {
             tracing::warn!(agent_id = %shared.agent_id, error = %e, "undecodable message dropped");
             None
         }
+    }
+}
+
+/// True when the envelope's `sender` is the subject's sender token. A secured deployment's
+/// permissions let an agent publish only on subjects ending in its own id, so the token is
+/// proven and an envelope naming someone else is a forgery (in an unsecured deployment, a
+/// broken or malicious client): it is counted, logged and never handed on.
+fn sender_proven(shared: &Shared, subject: &str, envelope: &Envelope<Value>) -> bool {
+    let token = shared.subjects.message_sender(subject);
+    if token == Some(envelope.sender.as_str()) {
+        return true;
+    }
+    shared.metrics.sender_mismatch.inc();
+    tracing::warn!(
+        agent_id = %shared.agent_id,
+        subject,
+        sender = %envelope.sender,
+        message_id = %envelope.message_id,
+        "message dropped: its sender is not its subject's sender token"
+    );
+    false
+}
+
+/// Tells the publisher of a stored message whose sender did not match (the subject's token,
+/// the only sender known for sure) with an ERROR_REPORT `sender_mismatch`, when it waits for an
+/// acknowledgment.
+async fn report_mismatch(shared: &Shared, subject: &str, envelope: &Envelope<Value>) {
+    let Some(publisher) = shared.subjects.message_sender(subject) else {
+        return;
+    };
+    let waiting = envelope.requires_ack || envelope.delivery_mode == DeliveryMode::Guaranteed;
+    if !waiting || publisher == shared.agent_id || !validate_agent_id(publisher) {
+        return;
+    }
+    let text = format!(
+        "{} names {} as its sender but was published as {publisher}",
+        envelope.message_id, envelope.sender
+    );
+    report_to(shared, publisher, envelope, "sender_mismatch", text).await;
+}
+
+/// Answers a synchronous request whose sender did not match with an ERROR_REPORT
+/// `sender_mismatch` on its reply subject, so the requester does not wait out its timeout.
+async fn refuse_request(shared: &Shared, reply: Option<&str>, envelope: &Envelope<Value>) {
+    let Some(reply) = reply else {
+        return;
+    };
+    let report = ErrorReport {
+        code: "sender_mismatch".into(),
+        message: format!(
+            "{} names {} as its sender, which is not its subject's sender token",
+            envelope.message_id, envelope.sender
+        ),
+        subject: None,
+    };
+    let mut answer = Envelope::new(
+        shared.agent_id.clone(),
+        MessageType::ErrorReport,
+        report,
+        now_ms(),
+    )
+    .with_correlation(envelope.message_id.to_string());
+    answer.delivery_mode = DeliveryMode::Synchronous;
+    let sent = transport::publish_core(&shared.client, reply.to_string(), &answer).await;
+    if let Err(e) = sent {
+        tracing::warn!(agent_id = %shared.agent_id, error = %e, "sender mismatch not reported");
     }
 }
 
@@ -290,12 +372,24 @@ async fn drop_expired(shared: &Shared, envelope: &Envelope<Value>) {
     if !waiting || envelope.sender == shared.agent_id {
         return;
     }
+    let text = format!(
+        "{} expired before {} received it",
+        envelope.message_id, shared.agent_id
+    );
+    report_to(shared, &envelope.sender, envelope, "expired", text).await;
+}
+
+/// Stores an ERROR_REPORT with `code` about `envelope` in `recipient`'s inbox (high priority).
+async fn report_to(
+    shared: &Shared,
+    recipient: &str,
+    envelope: &Envelope<Value>,
+    code: &str,
+    text: String,
+) {
     let report = ErrorReport {
-        code: "expired".into(),
-        message: format!(
-            "{} expired before {} received it",
-            envelope.message_id, shared.agent_id
-        ),
+        code: code.to_string(),
+        message: text,
         subject: None,
     };
     let mut reply = Envelope::new(
@@ -305,16 +399,16 @@ async fn drop_expired(shared: &Shared, envelope: &Envelope<Value>) {
         now_ms(),
     )
     .with_correlation(envelope.message_id.to_string())
-    .with_recipient(envelope.sender.clone());
+    .with_recipient(recipient.to_string());
     reply.priority = MessagePriority::High;
-    let subject =
-        shared
-            .subjects
-            .message(MessageType::ErrorReport, &envelope.sender, reply.priority);
-    // Deterministic id: a redelivered expired copy does not report twice.
-    let id = format!("{}:expired:{}", envelope.message_id, shared.agent_id);
+    let me = shared.agent_id.as_str();
+    let subject = shared
+        .subjects
+        .message(MessageType::ErrorReport, recipient, reply.priority, me);
+    // Deterministic id: a redelivered copy does not report twice.
+    let id = format!("{}:{code}:{me}", envelope.message_id);
     if let Err(e) = transport::publish_stored(&shared.js, subject, &id, &reply).await {
-        tracing::warn!(agent_id = %shared.agent_id, error = %e, "expiry report not sent");
+        tracing::warn!(agent_id = %me, error = %e, code, "error report not sent");
     }
 }
 
@@ -338,8 +432,9 @@ pub(crate) async fn send_ack(shared: &Shared, envelope: &Envelope<Value>) -> Res
     .with_correlation(envelope.message_id.to_string())
     .with_recipient(envelope.sender.clone());
     reply.delivery_mode = DeliveryMode::FireAndForget;
-    let subject = shared
-        .subjects
-        .direct(MessageType::MessageAck, &envelope.sender);
+    let subject =
+        shared
+            .subjects
+            .direct(MessageType::MessageAck, &envelope.sender, &shared.agent_id);
     transport::publish_core(&shared.client, subject, &reply).await
 }

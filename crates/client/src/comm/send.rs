@@ -117,16 +117,21 @@ pub(crate) async fn publish_copy(
     recipient: &str,
     attempt: u32,
 ) -> Result<(), Error> {
-    let subject = shared
-        .subjects
-        .message(envelope.message_type, recipient, envelope.priority);
+    let subject = shared.subjects.message(
+        envelope.message_type,
+        recipient,
+        envelope.priority,
+        &shared.agent_id,
+    );
     let id = format!("{}:{recipient}:{attempt}", envelope.message_id);
     transport::publish_stored(&shared.js, subject, &id, envelope).await
 }
 
 async fn publish_direct(shared: &Shared, envelope: &Envelope<Value>) -> Result<(), Error> {
     for recipient in &envelope.recipients {
-        let subject = shared.subjects.direct(envelope.message_type, recipient);
+        let subject = shared
+            .subjects
+            .direct(envelope.message_type, recipient, &shared.agent_id);
         transport::publish_core(&shared.client, subject, envelope).await?;
     }
     Ok(())
@@ -156,7 +161,9 @@ async fn request_one(
     bytes: Bytes,
     timeout: Duration,
 ) -> Result<Envelope<Value>, Error> {
-    let subject = shared.subjects.direct(message_type, recipient);
+    let subject = shared
+        .subjects
+        .direct(message_type, recipient, &shared.agent_id);
     let answer = tokio::time::timeout(timeout, shared.client.request(subject, bytes))
         .await
         .map_err(|_| {

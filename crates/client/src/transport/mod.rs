@@ -15,7 +15,7 @@ mod servers;
 mod throttle;
 mod waiters;
 
-pub use messages::messages_stream_config;
+pub use messages::{ensure_message_consumers, message_consumer_config, messages_stream_config};
 pub(crate) use messages::{ensure_stream, message_consumer};
 pub use pull::Puller;
 pub use servers::{NatsSecurity, parse_servers};

@@ -22,6 +22,9 @@ pub(crate) struct Applied {
     /// Stored messages for agents' inboxes (handoffs, verdicts, resource grants). Published
     /// before the event is acknowledged; if that fails, the event is redelivered.
     pub messages: Vec<super::inbox::InboxDelivery>,
+    /// Agents whose message consumers must exist before anyone hears of the event: a registered
+    /// agent's (it may not create its own in a secured deployment).
+    pub inboxes: Vec<String>,
 }
 
 impl Applied {

@@ -103,6 +103,11 @@ async fn finish_event(
         Ok(applied) => applied,
         Err(e) => return retry_or_dead_letter(ctx, message, event, &e).await,
     };
+    // A registered agent's message consumers exist before it hears it is registered (it reads
+    // its messages through them as soon as it does); if they cannot be made, redeliver.
+    if let Err(e) = super::inbox::ensure_inboxes(ctx, &applied.inboxes).await {
+        return retry_or_dead_letter(ctx, message, event, &e).await;
+    }
     // Inbox messages are stored ones an agent waits for (a handoff, a verdict): if they cannot be
     // published, redeliver the event, whose transition answers the same again.
     if let Err(e) = super::inbox::publish_all(ctx, &applied.messages).await {

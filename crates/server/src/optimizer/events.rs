@@ -142,6 +142,7 @@ async fn register(
         replies: vec![reply],
         dispatch: true,
         republish,
+        inboxes: vec![p.agent_id.clone()],
         ..Applied::default()
     })
 }
