@@ -16,7 +16,7 @@ mod common;
 use common::scripts::{Fixture, RETENTION_S, cpu, fixture, res, submit_req, with_deps};
 use common::{Cluster, OutputWithin, next_grant, within};
 use switchyard_client::{Allocation, Coordinator};
-use switchyard_decision::Resources;
+use switchyard_decision::{ResourceKind, Resources};
 use switchyard_protocol::{
     AgentRegister, RejectReason, StatusQuery, TaskSubmit, TaskWaitView, WaitReason,
 };
@@ -188,6 +188,18 @@ async fn refuse_checks_the_largest_capacity_of_each_kind() {
     assert_eq!(f.submit(&split).await, SubmitOutcome::Queued);
     let view = waits(&f, 0, Some("split")).await;
     assert_eq!(view[0].reason, Some(WaitReason::NoAgentWithCapacity));
+
+    // Agents registered by a version that kept no index: a starting replica indexes them.
+    for kind in ResourceKind::ALL {
+        let key = f.keys.capacity_index(kind.as_str());
+        let _: () = f.raw_query("DEL", redis::cmd("DEL").arg(&key)).await;
+    }
+    let fourth = submit_req("job-4", "m-job-4", 5, cpu(2000));
+    assert!(infeasible(&f.submit(&fourth).await), "nothing indexed");
+    let indexed = f.store.index_capacities().await.expect("index");
+    assert_eq!(indexed, 2, "small and memory are active");
+    assert_eq!(f.submit(&fourth).await, SubmitOutcome::Queued);
+    assert_eq!(f.zcard(&f.keys.capacity_index("cpu")).await, 1);
 }
 
 async fn reason_of(orch: &Coordinator, task_id: &str) -> Option<WaitReason> {

@@ -129,6 +129,8 @@ impl Optimizer {
         let store = Store::connect(&config.redis)
             .await?
             .with_infeasible_policy(config.coordination.infeasible);
+        // Agents registered by a version that kept no capacity index enter it now.
+        store.index_capacities().await?;
         let dispatch_store = Store::connect(&config.redis).await?;
         let ctx = Ctx {
             config,

@@ -28,7 +28,35 @@ struct TaskRow {
     required: Resources,
 }
 
+/// Agents indexed per script call at start, so one call stays small.
+const INDEX_CHUNK: usize = 256;
+
 impl Store {
+    /// Puts every active agent into the capacity index (`lua/index_capacities.lua`): run when a
+    /// replica starts, so agents registered by an older version, which kept no index, are
+    /// counted by the infeasible check. Costs one script call per 256 agents, once. Returns how
+    /// many agents are indexed.
+    pub async fn index_capacities(&self) -> Result<u64, Error> {
+        let ids = self.active_agent_ids().await?;
+        let mut indexed = 0;
+        for chunk in ids.chunks(INDEX_CHUNK) {
+            let mut inv = self.scripts.index_capacities.prepare_invoke();
+            for id in chunk {
+                inv.key(self.keys().agent(id));
+            }
+            for kind in ResourceKind::ALL {
+                inv.key(self.keys().capacity_index(kind.as_str()));
+            }
+            inv.arg(chunk.len());
+            for id in chunk {
+                inv.arg(id);
+            }
+            let reply: Vec<u64> = inv.invoke_async(&mut self.conn()).await?;
+            indexed += reply.first().copied().unwrap_or(0);
+        }
+        Ok(indexed)
+    }
+
     /// Tasks waiting on dependencies.
     pub async fn waiting_depth(&self) -> Result<u64, Error> {
         Ok(self.conn().zcard(self.keys().waiting()).await?)
