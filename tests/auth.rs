@@ -157,7 +157,7 @@ async fn orchestrators_and_operators_cannot_act_as_agents() {
         "operator",
         StatusQuery {
             include_agents: true,
-            include_patterns: false,
+            ..StatusQuery::default()
         },
         Duration::from_secs(10),
     )

@@ -154,6 +154,7 @@ async fn alpha_released_everything_and_its_type_learned(
     let query = switchyard_protocol::StatusQuery {
         include_agents: true,
         include_patterns: true,
+        ..switchyard_protocol::StatusQuery::default()
     };
     let learned = orch.status_with(query).await.expect("status with patterns");
     let row = learned

@@ -261,6 +261,7 @@ fn all_reject_reasons() -> Vec<RejectReason> {
         RejectReason::StaleGrant,
         RejectReason::UnknownHandoff,
         RejectReason::InsufficientCapacity,
+        RejectReason::Infeasible,
     ];
     all.extend(
         all_resource_errors()
@@ -298,7 +299,8 @@ fn exhaustive(reason: RejectReason) {
         | RejectReason::AgentConflict
         | RejectReason::StaleGrant
         | RejectReason::UnknownHandoff
-        | RejectReason::InsufficientCapacity => {}
+        | RejectReason::InsufficientCapacity
+        | RejectReason::Infeasible => {}
     }
 }
 

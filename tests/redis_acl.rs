@@ -181,6 +181,7 @@ async fn the_optimizer_runs_a_whole_flow_as_its_acl_user() {
     let query = StatusQuery {
         include_agents: true,
         include_patterns: true,
+        ..StatusQuery::default()
     };
     let status = within(30, "the status", orch.status_with(query))
         .await

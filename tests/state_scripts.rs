@@ -64,7 +64,7 @@ impl Fixture {
     async fn sync_without_agents(&self) -> switchyard_protocol::CoordinationSync {
         let query = StatusQuery {
             include_agents: false,
-            include_patterns: false,
+            ..StatusQuery::default()
         };
         self.store
             .coordination_sync(&query)

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::Context;
 use switchyard_client::{DEFAULT_REPLY_TIMEOUT, request_status, transport};
-use switchyard_protocol::{AgentStatusView, PatternRow, StatusQuery, Subjects};
+use switchyard_protocol::{AgentStatusView, PatternRow, StatusQuery, Subjects, TaskWaitView};
 
 use super::{RunContext, write_json_line};
 
@@ -15,6 +15,13 @@ pub(crate) struct StatusArgs {
     /// Also show what was learned per (task type, agent type).
     #[arg(long)]
     patterns: bool,
+    /// Also list the first N waiting and queued tasks by priority, with why each waits (at most
+    /// 200).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    tasks: u32,
+    /// Also show one task: its state, and why it waits if it does.
+    #[arg(long, value_name = "ID")]
+    task: Option<String>,
 }
 
 /// Asks the deployment at the configured NATS URL for its status and prints it.
@@ -31,6 +38,8 @@ pub(crate) async fn run(
     let query = StatusQuery {
         include_agents: true,
         include_patterns: args.patterns,
+        include_tasks: args.tasks,
+        task_id: args.task.clone(),
     };
     // A plain request: an operator's credentials allow it and no subscription of its own.
     let status = request_status(
@@ -46,12 +55,31 @@ pub(crate) async fn run(
     }
     writeln!(
         out,
-        "queue depth {}  counters {:?}",
-        status.queue_depth, status.counters
+        "queue depth {}  waiting on dependencies {}  counters {:?}",
+        status.queue_depth, status.waiting_depth, status.counters
     )?;
     write_agents(out, &status.agents)?;
     if args.patterns {
         write_patterns(out, &status.patterns)?;
+    }
+    if args.tasks > 0 || args.task.is_some() {
+        write_tasks(out, &status.tasks)?;
+    }
+    Ok(())
+}
+
+fn write_tasks(out: &mut dyn Write, tasks: &[TaskWaitView]) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "\n{:<24} {:<10} {:>8}  why",
+        "task", "state", "priority"
+    )?;
+    for t in tasks {
+        writeln!(
+            out,
+            "{:<24} {:<10} {:>8}  {}",
+            t.task_id, t.state, t.priority, t.detail
+        )?;
     }
     Ok(())
 }

@@ -174,4 +174,19 @@ impl Coordinator {
         )
         .await
     }
+
+    /// One task's state and, when it waits, why (`None`: no optimizer knows the task, or the
+    /// answer left it out). One status query without the agent table.
+    pub async fn task_status(
+        &self,
+        task_id: &str,
+    ) -> Result<Option<switchyard_protocol::TaskWaitView>, Error> {
+        let query = StatusQuery {
+            include_agents: false,
+            task_id: Some(task_id.to_string()),
+            ..StatusQuery::default()
+        };
+        let sync = self.status_with(query).await?;
+        Ok(sync.tasks.into_iter().find(|t| t.task_id == task_id))
+    }
 }

@@ -11,6 +11,7 @@ mod messaging;
 mod reasons;
 mod subjects;
 mod validate;
+mod waits;
 
 pub use envelope::{
     DeliveryMode, Envelope, MessagePriority, MessageType, PROTOCOL_VERSION, RetryPolicy,
@@ -27,3 +28,4 @@ pub use messaging::{
 };
 pub use subjects::{ALL_AGENTS, Subjects};
 pub use validate::{Inbound, RejectReason, Rejection, decode, now_ms, validate_agent_id};
+pub use waits::{MAX_STATUS_TASKS, TaskWaitView, WaitReason};

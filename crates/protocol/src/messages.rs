@@ -260,6 +260,17 @@ pub struct StatusQuery {
     /// Include what has been learned per (task type, agent type).
     #[serde(default)]
     pub include_patterns: bool,
+    /// List up to this many waiting and queued tasks, first by priority, each with why it waits
+    /// (capped at [`MAX_STATUS_TASKS`](crate::MAX_STATUS_TASKS)); 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub include_tasks: u32,
+    /// Also list this one task, whatever its state, with why it waits if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 impl Default for StatusQuery {
@@ -267,6 +278,8 @@ impl Default for StatusQuery {
         StatusQuery {
             include_agents: true,
             include_patterns: false,
+            include_tasks: 0,
+            task_id: None,
         }
     }
 }
@@ -299,6 +312,12 @@ pub struct CoordinationSync {
     /// Learned statistics per (task type, agent type), when asked for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub patterns: Vec<PatternRow>,
+    /// Tasks waiting on dependencies (state `waiting`; not in `queue_depth`).
+    #[serde(default)]
+    pub waiting_depth: u64,
+    /// Waiting and queued tasks with why each waits, when asked for (`include_tasks`, `task_id`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<crate::TaskWaitView>,
 }
 
 /// One (task type, agent type) pair's learned statistics in a [`CoordinationSync`].

@@ -31,6 +31,9 @@ pub enum RejectReason {
     UnknownHandoff,
     /// The receiving agent lacks free capacity for what it would take on.
     InsufficientCapacity,
+    /// No registered agent's capacity covers what the task needs, and the optimizer refuses such
+    /// tasks (`coordination.infeasible = "refuse"`).
+    Infeasible,
 }
 
 impl RejectReason {
@@ -60,6 +63,7 @@ impl RejectReason {
             RejectReason::AgentConflict => "agent_conflict",
             RejectReason::UnknownHandoff => "unknown_handoff",
             RejectReason::InsufficientCapacity => "insufficient_capacity",
+            RejectReason::Infeasible => "infeasible",
         }
     }
 }

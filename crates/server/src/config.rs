@@ -89,6 +89,31 @@ pub struct CoordinationConfig {
     pub grant_resend_ms: u64,
     pub default_strategy: String,
     pub task_retention_s: u64,
+    /// A task no active agent's capacity covers: refused at submit, or held in the queue.
+    /// Absent from older config files, so it defaults to hold there too.
+    #[serde(default)]
+    pub infeasible: InfeasiblePolicy,
+}
+
+/// What a submit does with a task that no active agent's *capacity* (free or not) covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InfeasiblePolicy {
+    /// Refuse it (`infeasible`); nothing is stored.
+    Refuse,
+    /// Queue it; it waits, with the reason `no agent with capacity` in status, until an agent
+    /// that big registers. The default: agents may register after the work is submitted.
+    #[default]
+    Hold,
+}
+
+impl InfeasiblePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InfeasiblePolicy::Refuse => "refuse",
+            InfeasiblePolicy::Hold => "hold",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,7 +151,7 @@ pub struct MetricsConfig {
 }
 
 /// Environment variable → (table, key). The first six are the seed's names.
-const ENV_OVERRIDES: [(&str, &str, &str); 26] = [
+const ENV_OVERRIDES: [(&str, &str, &str); 27] = [
     (
         "MAX_CONCURRENT_COORDINATIONS",
         "coordination",
@@ -164,6 +189,7 @@ const ENV_OVERRIDES: [(&str, &str, &str); 26] = [
     ("REDIS_PASSWORD_FILE", "redis", "password_file"),
     ("BATCH_SIZE", "coordination", "batch_size"),
     ("DEFAULT_STRATEGY", "coordination", "default_strategy"),
+    ("INFEASIBLE_POLICY", "coordination", "infeasible"),
     ("JETSTREAM_REPLICAS", "jetstream", "replicas"),
 ];
 
@@ -209,6 +235,7 @@ impl Config {
                 grant_resend_ms: 1000,
                 default_strategy: "least_loaded".into(),
                 task_retention_s: 86_400,
+                infeasible: InfeasiblePolicy::Hold,
             },
             messages: MessagesConfig {
                 message_buffer_size: 1000,

@@ -19,6 +19,7 @@ pub const DEAD_LETTERS_TOTAL: &str = "switchyard_dead_letters_total";
 pub const REDELIVERIES_TOTAL: &str = "switchyard_redeliveries_total";
 pub const GRANT_LATENCY_SECONDS: &str = "switchyard_grant_latency_seconds";
 pub const QUEUE_DEPTH: &str = "switchyard_queue_depth";
+pub const WAITING_DEPTH: &str = "switchyard_waiting_depth";
 pub const GRANT_REPUBLISHES_TOTAL: &str = "switchyard_grant_republishes_total";
 pub const DISPATCH_ROUNDS_TOTAL: &str = "switchyard_dispatch_rounds_total";
 pub const AGENTS_EXPIRED_TOTAL: &str = "switchyard_agents_expired_total";
@@ -47,6 +48,8 @@ pub struct Metrics {
     /// Submit (message creation) to grant publication.
     pub grant_latency: HistogramVec,
     pub queue_depth: Gauge,
+    /// Tasks waiting on dependencies (not in the queue yet).
+    pub waiting_depth: Gauge,
     pub grant_republishes: IntCounter,
     /// Dispatch rounds that found a non-empty queue head (each reads the fleet log once and
     /// commits its grants in one script call).
@@ -120,6 +123,7 @@ impl Metrics {
                 &["path"],
             )?,
             queue_depth: add.gauge(QUEUE_DEPTH, "Tasks waiting in the priority queue")?,
+            waiting_depth: add.gauge(WAITING_DEPTH, "Tasks waiting on dependencies")?,
             grant_republishes: add.counter(
                 GRANT_REPUBLISHES_TOTAL,
                 "Grants sent again because their agent had not acknowledged them",

@@ -50,10 +50,11 @@ async fn maintenance_pass(ctx: &Ctx) -> Result<(), Error> {
     // from the dispatcher's fleet cache.
     let totals = StatusQuery {
         include_agents: false,
-        include_patterns: false,
+        ..StatusQuery::default()
     };
     let sync = ctx.store.coordination_sync(&totals).await?;
     ctx.metrics.queue_depth.set(sync.queue_depth as f64);
+    ctx.metrics.waiting_depth.set(sync.waiting_depth as f64);
     broadcast_sync(ctx, sync).await
 }
 

@@ -126,7 +126,11 @@ impl Optimizer {
         // Validated with the rest of the config; the fallback only guards a hand-built Config.
         let default_strategy =
             StrategyKind::parse(&config.coordination.default_strategy).unwrap_or_default();
-        let store = Store::connect(&config.redis).await?;
+        let store = Store::connect(&config.redis)
+            .await?
+            .with_infeasible_policy(config.coordination.infeasible);
+        // Agents registered by a version that kept no capacity index enter it now.
+        store.index_capacities().await?;
         let dispatch_store = Store::connect(&config.redis).await?;
         let ctx = Ctx {
             config,

@@ -109,6 +109,19 @@ impl Keys {
         format!("{}:leases", self.tag)
     }
 
+    /// Sorted set: active agents by their capacity of one resource kind (milli-units), so the
+    /// largest capacity of each kind is one read: what a submit is checked against under
+    /// `coordination.infeasible = "refuse"`. Kept by register, deregister and expire.
+    pub fn capacity_index(&self, kind: &str) -> String {
+        format!("{}:capacity:{kind}", self.tag)
+    }
+
+    /// Sorted set: tasks waiting on dependencies, scored like the queue (priority, then FIFO):
+    /// counted in status, and listed there with what each waits on.
+    pub fn waiting(&self) -> String {
+        format!("{}:waiting", self.tag)
+    }
+
     /// Hash: lifetime counters (submitted, granted, completed, failed, requeued).
     pub fn stats(&self) -> String {
         format!("{}:stats", self.tag)
@@ -138,6 +151,8 @@ mod tests {
             k.resource_request("a"),
             k.fleet_log(),
             k.leases(),
+            k.capacity_index("cpu"),
+            k.waiting(),
         ];
         let unique: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(unique.len(), all.len());
@@ -157,6 +172,8 @@ mod tests {
             k.queue(),
             k.fleet_log(),
             k.stats(),
+            k.capacity_index("cpu"),
+            k.waiting(),
         ] {
             assert_eq!(Slot::for_key(&key), home, "{key}");
         }

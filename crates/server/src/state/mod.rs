@@ -15,6 +15,7 @@ mod rows;
 mod scripts;
 mod sentinel;
 mod store;
+mod waits;
 
 pub(crate) use connection::seed_urls;
 pub use connection::{Connection, redis_client};

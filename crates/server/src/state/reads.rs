@@ -327,6 +327,8 @@ impl Store {
             Vec::new()
         };
         Ok(CoordinationSync {
+            waiting_depth: self.waiting_depth().await?,
+            tasks: self.task_waits(query).await?,
             patterns,
             queue_depth,
             counters,

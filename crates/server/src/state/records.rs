@@ -93,6 +93,7 @@ fn reason(code: &str) -> Option<RejectReason> {
         "insufficient_capacity" => RejectReason::InsufficientCapacity,
         "unknown_handoff" => RejectReason::UnknownHandoff,
         "task_exists" => RejectReason::TaskExists,
+        "infeasible" => RejectReason::Infeasible,
         _ => return None,
     })
 }

@@ -11,7 +11,7 @@ use super::connection::Connection;
 use super::keys::Keys;
 use super::records::*;
 use super::scripts::Scripts;
-use crate::config::RedisConfig;
+use crate::config::{InfeasiblePolicy, RedisConfig};
 use switchyard_client::error::{Error, ErrorKind};
 use switchyard_decision::{ResourceKind, Resources};
 
@@ -25,6 +25,8 @@ pub struct Store {
     keys: Keys,
     // Visible to the sibling modules that add transitions to `Store` (handoffs.rs).
     pub(super) scripts: std::sync::Arc<Scripts>,
+    /// What a submit does with a task no active agent's capacity covers.
+    infeasible: InfeasiblePolicy,
 }
 
 impl Store {
@@ -36,6 +38,7 @@ impl Store {
             conn: Connection::open(config).await?,
             keys: Keys::new(config.key_prefix.clone()),
             scripts: std::sync::Arc::new(Scripts::new()),
+            infeasible: InfeasiblePolicy::default(),
         };
         // The first command: a Redis that wants a login, or a user without the permissions,
         // is told apart here from a Redis that is down.
@@ -59,6 +62,19 @@ impl Store {
         &self.keys
     }
 
+    /// The same store, refusing or holding infeasible submits as `policy` says (default: hold).
+    pub fn with_infeasible_policy(mut self, policy: InfeasiblePolicy) -> Store {
+        self.infeasible = policy;
+        self
+    }
+
+    /// The capacity index keys, one per resource kind in wire order (see `Keys::capacity_index`).
+    fn capacity_index_keys<'s>(&self, inv: &mut ScriptInvocation<'s>) {
+        for kind in ResourceKind::ALL {
+            inv.key(self.keys.capacity_index(kind.as_str()));
+        }
+    }
+
     pub async fn register_agent(
         &self,
         agent_id: &str,
@@ -72,6 +88,7 @@ impl Store {
             .key(self.keys.agents())
             .key(self.keys.fleet_log())
             .key(self.keys.leases());
+        self.capacity_index_keys(&mut inv);
         inv.arg(agent_id).arg(agent_type);
         for kind in ResourceKind::ALL {
             inv.arg(capacity.get(kind));
@@ -90,6 +107,7 @@ impl Store {
             .key(self.keys.agent_tasks(agent_id))
             .key(self.keys.fleet_log())
             .key(self.keys.leases());
+        self.capacity_index_keys(&mut invocation);
         invocation
     }
 
@@ -116,6 +134,8 @@ impl Store {
         for dep in &req.dependencies {
             inv.key(k.task(dep)).key(k.dependents(dep));
         }
+        inv.key(k.waiting()).key(k.agents());
+        self.capacity_index_keys(&mut inv);
         inv.arg(&req.task_id)
             .arg(&req.message_id)
             .arg(&req.submitter)
@@ -133,7 +153,8 @@ impl Store {
         inv.arg(req.strategy.as_deref().unwrap_or(""))
             .arg(if req.explain { "1" } else { "0" })
             .arg(switchyard_protocol::now_ms())
-            .arg(req.replies.as_str());
+            .arg(req.replies.as_str())
+            .arg(self.infeasible.as_str());
         let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
         SubmitOutcome::parse(&reply)
     }
@@ -273,6 +294,7 @@ impl Store {
             .key(k.queue())
             .key(k.stats())
             .key(k.dependents(task_id))
+            .key(k.waiting())
             .arg(task_id)
             .arg(dependency_id)
             .arg(if dependency_succeeded {

@@ -2,6 +2,7 @@
 --
 -- KEYS[1] agent hash  KEYS[2] set of active agent ids  KEYS[3] set of the agent's granted tasks
 -- KEYS[4] fleet log  KEYS[5] leases (zset)
+-- KEYS[5+k] capacity index of kind k (zset, k from 1 to #KINDS, in KINDS order)
 -- ARGV[1] agent_id
 --
 -- Returns {"refused", "unknown_agent", message} or {"deregistered", task_id...}: the tasks still granted to the
@@ -15,6 +16,7 @@ if redis.call('HGET', KEYS[1], 'status') ~= 'deregistered' then
   redis.call('HSET', KEYS[1], 'status', 'deregistered')
   redis.call('SREM', KEYS[2], ARGV[1])
   redis.call('ZREM', KEYS[5], ARGV[1])
+  unindex_capacity(6, ARGV[1])
   log_agents(KEYS[4], {{ARGV[1], KEYS[1]}}, now_ms())
 end
 local reply = {'deregistered'}

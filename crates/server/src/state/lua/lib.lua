@@ -119,3 +119,24 @@ local function log_agents(log_key, agents, now)
   end
   append_fleet_log(log_key, views, now)
 end
+
+-- The capacity index: one sorted set per kind (the caller's KEYS from `first`, in KINDS order),
+-- holding each active agent that has some of the kind, scored by its capacity (milli-units).
+-- Register adds an agent; deregister and expire take it out, so the largest capacity of a kind
+-- among active agents is one ZREVRANGE.
+local function index_capacity(first, agent_id, capacity)
+  for k = 1, NKINDS do
+    local amount = tonumber(capacity[k]) or 0
+    if amount > 0 then
+      redis.call('ZADD', KEYS[first + k - 1], amount, agent_id)
+    else
+      redis.call('ZREM', KEYS[first + k - 1], agent_id)
+    end
+  end
+end
+
+local function unindex_capacity(first, agent_id)
+  for k = 1, NKINDS do
+    redis.call('ZREM', KEYS[first + k - 1], agent_id)
+  end
+end

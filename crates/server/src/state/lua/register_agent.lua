@@ -1,6 +1,7 @@
 -- register_agent: an agent joins (or re-joins) the fleet.
 --
 -- KEYS[1] agent hash  KEYS[2] set of active agent ids  KEYS[3] fleet log  KEYS[4] leases (zset)
+-- KEYS[4+k] capacity index of kind k (zset, k from 1 to #KINDS, in KINDS order)
 -- ARGV[1] agent_id  ARGV[2] agent_type
 -- ARGV[2+k] capacity of kind k in milli-units (k from 1 to #KINDS, in KINDS order)
 -- then priority_weight, the neutral starting performance score, and the liveness lease in ms
@@ -34,5 +35,6 @@ if lease > 0 then
 else
   redis.call('ZREM', KEYS[4], ARGV[1])
 end
+index_capacity(5, ARGV[1], capacity)
 log_agents(KEYS[3], {{ARGV[1], KEYS[1]}}, now)
 return {'registered'}

@@ -1,7 +1,7 @@
 -- resolve_dependency: a dependency of a waiting task finished; queue or fail the task.
 --
 -- KEYS[1] task hash  KEYS[2] task's unmet-dependency set  KEYS[3] priority queue
--- KEYS[4] stats hash  KEYS[5] task's dependents set
+-- KEYS[4] stats hash  KEYS[5] task's dependents set  KEYS[6] tasks waiting on dependencies (zset)
 -- ARGV[1] task_id  ARGV[2] dependency id  ARGV[3] dependency outcome ("completed"|"failed")
 -- ARGV[4] retention seconds
 --
@@ -37,6 +37,7 @@ if ARGV[3] == 'failed' then
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   redis.call('EXPIRE', KEYS[5], ARGV[4])
   redis.call('DEL', KEYS[2])
+  redis.call('ZREM', KEYS[6], ARGV[1])
   local reply = {'failed', task[5] or '', task[6] or ''}
   for _, id in ipairs(redis.call('SMEMBERS', KEYS[5])) do
     table.insert(reply, id)
@@ -49,5 +50,6 @@ if left > 0 then
   return {'waiting', left}
 end
 redis.call('HSET', KEYS[1], 'state', 'queued')
+redis.call('ZREM', KEYS[6], ARGV[1])
 redis.call('ZADD', KEYS[3], (100 - tonumber(task[2])) * 1e13 + tonumber(task[3]), ARGV[1])
 return {'queued'}

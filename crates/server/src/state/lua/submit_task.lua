@@ -3,6 +3,9 @@
 -- KEYS[1] task hash  KEYS[2] task's unmet-dependency set  KEYS[3] priority queue (zset)
 -- KEYS[4] stats hash
 -- KEYS[5+2i] dependency i's task hash  KEYS[6+2i] dependency i's dependents set (i from 0)
+-- then, after the n dependencies' keys: KEYS[5+2n] tasks waiting on dependencies (zset)
+-- KEYS[6+2n] set of active agent ids  KEYS[6+2n+k] capacity index of kind k (zset, k from 1 to
+-- #KINDS, in KINDS order)
 -- ARGV[1] task_id  ARGV[2] submit message_id  ARGV[3] submitter  ARGV[4] task_type
 -- ARGV[5] priority (0..10)  ARGV[5+k] required amount of kind k in milli-units (k from 1 to
 -- #KINDS, in KINDS order); then, from b = 5 + #KINDS:
@@ -12,6 +15,7 @@
 -- ARGV[b+5+n] '1' when the submit asked for its placement to be explained, else '0'
 -- ARGV[b+6+n] now (ms, the optimizer's clock: recorded as submitted_at, for latency figures)
 -- ARGV[b+7+n] which replies the submitter wants: all | final | none (stored for later replies)
+-- ARGV[b+8+n] what to do with a task no active agent's capacity covers: refuse | hold
 --
 -- Returns one of
 --   {"queued"}                     in the priority queue
@@ -19,9 +23,16 @@
 --   {"failed", reason}             a dependency already failed
 --   {"duplicate", state, agent}    same message_id seen before: nothing changed
 --   {"refused", "task_exists", message}  the task id was submitted by another message
+--   {"refused", "infeasible", message}   policy refuse, and no active agent's capacity covers
+--                                  the task: nothing is stored, so the same id may come back
 -- Queue order: higher priority first, FIFO within a priority (score = (100-priority)*1e13 + seq,
 -- where seq is the lifetime `submitted` counter, which only grows).
--- A plain queued submit costs four commands: HMGET, HINCRBY, HSET, ZADD.
+-- A plain queued submit costs four commands: HMGET, HINCRBY, HSET, ZADD; under policy refuse, one
+-- ZREVRANGE more per resource kind it needs (SCARD when it needs none).
+-- The feasibility check is per kind: the largest capacity of each kind among active agents must
+-- cover the need. Necessary, not sufficient (the largest cpu and the largest memory may be on two
+-- agents): what passes it and still fits no single agent is queued, and the status names it
+-- `no agent with capacity`. Policy hold checks nothing here (the status says it instead).
 local existing = redis.call('HMGET', KEYS[1], 'state', 'submit_msg_id', 'agent')
 if existing[1] then
   if existing[2] == ARGV[2] then
@@ -34,6 +45,34 @@ end
 -- Read every dependency before the first write.
 local b = 5 + NKINDS
 local ndeps = tonumber(ARGV[b + 3])
+local after_deps = 5 + 2 * ndeps
+
+-- Under policy refuse: why no active agent could ever hold this task, or nil if one may.
+local function infeasible()
+  local needs_any = false
+  for k = 1, NKINDS do
+    local need = tonumber(ARGV[5 + k]) or 0
+    if need > 0 then
+      needs_any = true
+      local top = redis.call('ZREVRANGE', KEYS[after_deps + 1 + k], 0, 0, 'WITHSCORES')
+      local largest = tonumber(top[2]) or 0
+      if largest < need then
+        return string.format('task %s needs %s %g; the largest %s capacity of an active agent '
+          .. 'is %g', ARGV[1], KINDS[k], need / 1000, KINDS[k], largest / 1000)
+      end
+    end
+  end
+  if not needs_any and redis.call('SCARD', KEYS[after_deps + 1]) == 0 then
+    return 'task ' .. ARGV[1] .. ' cannot run: no agent is registered'
+  end
+  return nil
+end
+if ARGV[b + 8 + ndeps] == 'refuse' then
+  local why = infeasible()
+  if why then
+    return {'refused', 'infeasible', why}
+  end
+end
 local unmet = {}
 local failed_dep = nil
 for i = 0, ndeps - 1 do
@@ -78,6 +117,7 @@ if #unmet > 0 then
     -- Lets complete_tasks skip reading the dependents set of the many tasks that have none.
     redis.call('HSET', KEYS[5 + 2 * i], 'has_dependents', '1')
   end
+  redis.call('ZADD', KEYS[after_deps], (100 - tonumber(ARGV[5])) * 1e13 + seq, ARGV[1])
   return {'waiting', #unmet}
 end
 redis.call('ZADD', KEYS[3], (100 - tonumber(ARGV[5])) * 1e13 + seq, ARGV[1])

@@ -1,0 +1,267 @@
+//! Why tasks wait, for status answers: read from Redis when asked, never stored, so a reason is
+//! never stale. Tasks waiting on dependencies are listed from the `waiting` index with their unmet
+//! dependencies; queued tasks from the priority queue, judged against the active agents:
+//! `no agent with capacity` when no agent's whole capacity covers the task (what policy hold
+//! keeps), else `behind N tasks` when some agent has room now (the dispatcher has not reached
+//! it), else `no agent with free capacity now`. The cost is bounded by the query: at most
+//! [`MAX_STATUS_TASKS`] tasks, plus one read of the active agents when a queued task is listed.
+
+use redis::AsyncCommands;
+
+use super::store::Store;
+use switchyard_client::error::Error;
+use switchyard_decision::resources::fits_within;
+use switchyard_decision::{AgentView, ResourceKind, Resources, TaskState};
+use switchyard_protocol::{MAX_STATUS_TASKS, StatusQuery, TaskWaitView, WaitReason};
+
+/// One task to describe: its id, and its rank in the queue when it is queued.
+struct Listed {
+    task_id: String,
+    score: f64,
+    queue_rank: Option<u64>,
+}
+
+/// A task's fields a reason needs.
+struct TaskRow {
+    state: String,
+    priority: u8,
+    required: Resources,
+}
+
+/// Agents indexed per script call at start, so one call stays small.
+const INDEX_CHUNK: usize = 256;
+
+impl Store {
+    /// Puts every active agent into the capacity index (`lua/index_capacities.lua`): run when a
+    /// replica starts, so agents registered by an older version, which kept no index, are
+    /// counted by the infeasible check. Costs one script call per 256 agents, once. Returns how
+    /// many agents are indexed.
+    pub async fn index_capacities(&self) -> Result<u64, Error> {
+        let ids = self.active_agent_ids().await?;
+        let mut indexed = 0;
+        for chunk in ids.chunks(INDEX_CHUNK) {
+            let mut inv = self.scripts.index_capacities.prepare_invoke();
+            for id in chunk {
+                inv.key(self.keys().agent(id));
+            }
+            for kind in ResourceKind::ALL {
+                inv.key(self.keys().capacity_index(kind.as_str()));
+            }
+            inv.arg(chunk.len());
+            for id in chunk {
+                inv.arg(id);
+            }
+            let reply: Vec<u64> = inv.invoke_async(&mut self.conn()).await?;
+            indexed += reply.first().copied().unwrap_or(0);
+        }
+        Ok(indexed)
+    }
+
+    /// Tasks waiting on dependencies.
+    pub async fn waiting_depth(&self) -> Result<u64, Error> {
+        Ok(self.conn().zcard(self.keys().waiting()).await?)
+    }
+
+    /// The tasks a status query asks for (`include_tasks`, `task_id`), each with why it waits.
+    pub async fn task_waits(&self, query: &StatusQuery) -> Result<Vec<TaskWaitView>, Error> {
+        let mut listed = self
+            .first_tasks(query.include_tasks.min(MAX_STATUS_TASKS))
+            .await?;
+        if let Some(id) = &query.task_id {
+            if !listed.iter().any(|l| &l.task_id == id) {
+                let rank: Option<u64> = self.conn().zrank(self.keys().queue(), id).await?;
+                listed.push(Listed {
+                    task_id: id.clone(),
+                    score: f64::MAX,
+                    queue_rank: rank,
+                });
+            }
+        }
+        if listed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = self.task_rows(&listed).await?;
+        let agents = if rows.iter().any(|r| r.state == "queued") {
+            self.agent_snapshot().await?
+        } else {
+            Vec::new()
+        };
+        let mut views = Vec::with_capacity(listed.len());
+        for (item, row) in listed.into_iter().zip(rows) {
+            let reason = match row.state.as_str() {
+                "queued" => Some(queued_reason(
+                    &row.required,
+                    item.queue_rank.unwrap_or(0),
+                    &agents,
+                )),
+                "waiting" => Some(WaitReason::Dependencies {
+                    unmet: self.unmet_of(&item.task_id).await?,
+                }),
+                _ => None,
+            };
+            views.push(TaskWaitView {
+                detail: reason
+                    .as_ref()
+                    .map(WaitReason::describe)
+                    .unwrap_or_default(),
+                task_id: item.task_id,
+                state: row.state,
+                priority: row.priority,
+                reason,
+            });
+        }
+        Ok(views)
+    }
+
+    /// The first `limit` tasks by priority (then FIFO) among the queued and the waiting: both
+    /// indexes are scored alike, so the two heads merge by score.
+    async fn first_tasks(&self, limit: u32) -> Result<Vec<Listed>, Error> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let end = limit as isize - 1;
+        let queued: Vec<(String, f64)> = self
+            .conn()
+            .zrange_withscores(self.keys().queue(), 0, end)
+            .await?;
+        let waiting: Vec<(String, f64)> = self
+            .conn()
+            .zrange_withscores(self.keys().waiting(), 0, end)
+            .await?;
+        let mut listed: Vec<Listed> = queued
+            .into_iter()
+            .enumerate()
+            .map(|(rank, (task_id, score))| Listed {
+                task_id,
+                score,
+                queue_rank: Some(rank as u64),
+            })
+            .chain(waiting.into_iter().map(|(task_id, score)| Listed {
+                task_id,
+                score,
+                queue_rank: None,
+            }))
+            .collect();
+        listed.sort_by(|a, b| a.score.total_cmp(&b.score));
+        listed.truncate(limit as usize);
+        Ok(listed)
+    }
+
+    /// State, priority and needs of each listed task, in one pipelined round trip.
+    async fn task_rows(&self, listed: &[Listed]) -> Result<Vec<TaskRow>, Error> {
+        let mut fields = vec!["state".to_string(), "priority".to_string()];
+        fields.extend(
+            ResourceKind::ALL
+                .iter()
+                .map(|k| format!("req_{}", k.as_str())),
+        );
+        let mut pipe = redis::pipe();
+        for item in listed {
+            pipe.cmd("HMGET")
+                .arg(self.keys().task(&item.task_id))
+                .arg(&fields);
+        }
+        let rows: Vec<Vec<Option<String>>> = pipe.query_async(&mut self.conn()).await?;
+        Ok(rows.into_iter().map(task_row).collect())
+    }
+
+    /// The dependencies a waiting task still waits on, sorted.
+    async fn unmet_of(&self, task_id: &str) -> Result<Vec<String>, Error> {
+        let mut unmet: Vec<String> = self
+            .conn()
+            .smembers(self.keys().unmet_dependencies(task_id))
+            .await?;
+        unmet.sort();
+        Ok(unmet)
+    }
+}
+
+fn task_row(row: Vec<Option<String>>) -> TaskRow {
+    let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+    let mut required = Resources::default();
+    for (i, kind) in ResourceKind::ALL.into_iter().enumerate() {
+        required.set(kind, field(2 + i).parse().unwrap_or(0));
+    }
+    let state = field(0);
+    TaskRow {
+        // A task that expired or never existed reads as `unknown`.
+        state: match TaskState::parse(&state) {
+            Some(_) => state,
+            None => "unknown".to_string(),
+        },
+        priority: field(1).parse().unwrap_or(0),
+        required,
+    }
+}
+
+/// Why a queued task needing `required`, with `ahead` tasks before it, is not granted, given the
+/// active agents.
+pub(crate) fn queued_reason(required: &Resources, ahead: u64, agents: &[AgentView]) -> WaitReason {
+    let nothing = Resources::default();
+    if !agents
+        .iter()
+        .any(|a| fits_within(required, &nothing, &a.capacity))
+    {
+        return WaitReason::NoAgentWithCapacity;
+    }
+    if agents
+        .iter()
+        .any(|a| fits_within(required, &a.reserved, &a.capacity))
+    {
+        WaitReason::BehindQueue { ahead }
+    } else {
+        WaitReason::NoFreeCapacity { ahead }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(cap_cpu: u64, res_cpu: u64) -> AgentView {
+        AgentView {
+            agent_id: "a".into(),
+            agent_type: "w".into(),
+            capacity: Resources {
+                cpu: cap_cpu,
+                ..Resources::default()
+            },
+            reserved: Resources {
+                cpu: res_cpu,
+                ..Resources::default()
+            },
+            score: 0.5,
+            priority_weight: 1.0,
+            active_tasks: 0,
+        }
+    }
+
+    fn cpu(milli: u64) -> Resources {
+        Resources {
+            cpu: milli,
+            ..Resources::default()
+        }
+    }
+
+    #[test]
+    fn a_queued_task_is_judged_by_capacity_then_by_free_capacity() {
+        let small = agent(4000, 0);
+        let big_busy = agent(100_000, 90_000);
+        assert_eq!(
+            queued_reason(&cpu(50_000), 3, std::slice::from_ref(&small)),
+            WaitReason::NoAgentWithCapacity
+        );
+        assert_eq!(
+            queued_reason(&cpu(1000), 0, &[]),
+            WaitReason::NoAgentWithCapacity
+        );
+        assert_eq!(
+            queued_reason(&cpu(50_000), 3, &[small.clone(), big_busy]),
+            WaitReason::NoFreeCapacity { ahead: 3 }
+        );
+        assert_eq!(
+            queued_reason(&cpu(2000), 7, &[small]),
+            WaitReason::BehindQueue { ahead: 7 }
+        );
+    }
+}
