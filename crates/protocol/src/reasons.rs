@@ -31,6 +31,8 @@ pub enum RejectReason {
     UnknownHandoff,
     /// The receiving agent lacks free capacity for what it would take on.
     InsufficientCapacity,
+    /// A TASK_CANCEL from neither the task's submitter nor an operator.
+    NotSubmitter,
 }
 
 impl RejectReason {
@@ -60,6 +62,7 @@ impl RejectReason {
             RejectReason::AgentConflict => "agent_conflict",
             RejectReason::UnknownHandoff => "unknown_handoff",
             RejectReason::InsufficientCapacity => "insufficient_capacity",
+            RejectReason::NotSubmitter => "not_submitter",
         }
     }
 }

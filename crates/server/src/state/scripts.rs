@@ -37,6 +37,7 @@ pub(crate) struct Scripts {
     pub begin_handoff: Script,
     pub resolve_handoff: Script,
     pub grow_reservation: Script,
+    pub cancel_task: Script,
 }
 
 impl Scripts {
@@ -54,10 +55,11 @@ impl Scripts {
             begin_handoff: with_lib(include_str!("lua/begin_handoff.lua")),
             resolve_handoff: with_lib(include_str!("lua/resolve_handoff.lua")),
             grow_reservation: with_lib(include_str!("lua/grow_reservation.lua")),
+            cancel_task: with_lib(include_str!("lua/cancel_task.lua")),
         }
     }
 
-    pub(crate) fn all(&self) -> [&Script; 12] {
+    pub(crate) fn all(&self) -> [&Script; 13] {
         [
             &self.register_agent,
             &self.deregister_agent,
@@ -71,6 +73,7 @@ impl Scripts {
             &self.begin_handoff,
             &self.resolve_handoff,
             &self.grow_reservation,
+            &self.cancel_task,
         ]
     }
 }
@@ -98,6 +101,7 @@ mod tests {
             include_str!("lua/begin_handoff.lua"),
             include_str!("lua/resolve_handoff.lua"),
             include_str!("lua/grow_reservation.lua"),
+            include_str!("lua/cancel_task.lua"),
         ];
         for body in bodies {
             let code: Vec<&str> = body
