@@ -184,32 +184,36 @@ pub(crate) async fn resend_cancel_notices(ctx: &Ctx) -> Result<usize, Error> {
         .store
         .due_cancel_notices(ctx.config.coordination.grant_resend_ms, RESEND_BATCH)
         .await?;
-    let mut sent = Vec::new();
-    let mut gone = Vec::new();
+    let (mut sent, mut gone, mut moved) = (Vec::new(), Vec::new(), Vec::new());
     for (task_id, seq) in due {
         let record = ctx.store.task_record(&task_id).await?;
-        match record.as_ref().and_then(|r| pending_notice(r, seq)) {
+        match record.as_ref().and_then(pending_notice) {
             Some(notice) => {
                 publish_notices(ctx, std::slice::from_ref(&notice)).await;
-                sent.push((task_id, seq));
+                if notice.grant_seq == seq {
+                    sent.push((task_id, seq));
+                } else {
+                    // Handed off since: the new agent is told, under its own grant.
+                    moved.push((task_id.clone(), notice.grant_seq));
+                    gone.push((task_id, seq));
+                }
             }
             None => gone.push((task_id, seq)),
         }
     }
     ctx.store.update_cancel_notices(&sent, &gone).await?;
-    Ok(sent.len())
+    ctx.store.add_cancel_notices(&moved).await?;
+    Ok(sent.len() + moved.len())
 }
 
-/// The notice still owed for grant `seq` of this task record: it is still granted on that grant
-/// and its cancel was requested.
-fn pending_notice(
-    record: &std::collections::BTreeMap<String, String>,
-    seq: u64,
-) -> Option<TaskCancelNotice> {
+/// The notice still owed for this task record: it is still granted and its cancel was
+/// requested. It names the current grant, which a handoff may have moved to another agent since
+/// the cancel.
+fn pending_notice(record: &std::collections::BTreeMap<String, String>) -> Option<TaskCancelNotice> {
     let get = |k: &str| record.get(k).cloned().unwrap_or_default();
     let granted = TaskState::parse(&get("state")) == Some(TaskState::Granted);
-    let same_grant = get("grant_seq").parse::<u64>().ok() == Some(seq);
-    if !(granted && same_grant && get("cancel_requested") == "1") {
+    let seq = get("grant_seq").parse::<u64>().ok()?;
+    if !(granted && get("cancel_requested") == "1") {
         return None;
     }
     let reason = Some(get("cancel_reason")).filter(|r| !r.is_empty());
@@ -233,7 +237,7 @@ mod tests {
     }
 
     #[test]
-    fn a_notice_is_owed_only_for_the_same_grant_of_a_granted_task_being_cancelled() {
+    fn a_notice_is_owed_for_the_current_grant_of_a_granted_task_being_cancelled() {
         let base = [
             ("task_id", "t1"),
             ("agent", "a1"),
@@ -242,15 +246,14 @@ mod tests {
             ("cancel_requested", "1"),
             ("cancel_reason", "user asked"),
         ];
-        let notice = pending_notice(&record(&base), 2).expect("owed");
-        assert_eq!(notice.agent_id, "a1");
+        let notice = pending_notice(&record(&base)).expect("owed");
+        assert_eq!((notice.agent_id.as_str(), notice.grant_seq), ("a1", 2));
         assert_eq!(notice.reason.as_deref(), Some("user asked"));
-        assert!(pending_notice(&record(&base), 1).is_none(), "earlier grant");
         let mut done = base;
         done[2] = ("state", "cancelled");
-        assert!(pending_notice(&record(&done), 2).is_none(), "confirmed");
+        assert!(pending_notice(&record(&done)).is_none(), "confirmed");
         let mut not_asked = base;
         not_asked[4] = ("cancel_requested", "");
-        assert!(pending_notice(&record(&not_asked), 2).is_none());
+        assert!(pending_notice(&record(&not_asked)).is_none());
     }
 }

@@ -322,6 +322,21 @@ impl Store {
         Ok(())
     }
 
+    /// Cancel notices now owed for these grants (a handed-off task's new grant): due at once
+    /// on the next pass.
+    pub async fn add_cancel_notices(&self, grants: &[(String, u64)]) -> Result<(), Error> {
+        if grants.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("ZADD");
+        cmd.arg(self.keys().cancel_outbox()).arg("NX");
+        for (task_id, seq) in grants {
+            cmd.arg(0).arg(outbox_member(task_id, *seq));
+        }
+        let _: i64 = cmd.query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
     /// The tasks registered as waiting on `task_id` (a dependent may be submitted before the
     /// task it depends on, so a task can have dependents before it exists).
     pub async fn dependents_of(&self, task_id: &str) -> Result<Vec<String>, Error> {
