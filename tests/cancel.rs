@@ -512,3 +512,45 @@ async fn a_cancel_racing_the_completion_agrees_with_the_outcome() {
     assert_eq!(finished, N as i64, "each task finished exactly once");
     assert_eq!(reserved_cpu(&cluster, "solo").await, 0);
 }
+
+/// An agent that never confirms, and then goes silent: the notice is sent again (same message
+/// id) while it lives, and when its lease ends (Redis clock) the task is cancelled, not re-queued,
+/// and its reservation released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_cancel_is_resent_and_ends_with_the_lease() {
+    let mut cluster = Cluster::start(0).await;
+    cluster.config.coordination.optimization_interval_s = 0.2;
+    cluster.config.coordination.grant_resend_ms = 200;
+    cluster.add_replica().await;
+    cluster.add_replica().await;
+    let registration = switchyard_protocol::AgentRegister::new("mute", "worker")
+        .capacity("cpu", 1.0)
+        .lease(1.5);
+    let mut agent = within(
+        30,
+        "mute to register",
+        Agent::register(cluster.nats().await, cluster.subjects(), registration),
+    )
+    .await
+    .expect("registers");
+    let mut grants = agent.grants().await.expect("grants");
+    let orch = cluster.coordinator("orch").await;
+    let mut events = orch.events();
+    orch.allocate_task(task("t")).await.unwrap();
+    assert!(matches!(
+        orch.cancel_task("t").await.unwrap(),
+        Cancellation::Cancelling { .. }
+    ));
+    let first = next_notice(&mut grants, "the notice").await;
+    let again = next_notice(&mut grants, "the notice sent again").await;
+    assert_eq!(first.message_id, again.message_id, "every copy has one id");
+    assert_eq!(state_of(&cluster, "t").await.as_deref(), Some("granted"));
+
+    agent.stop_heartbeats();
+    wait_for_state(&mut cluster.redis().await, 15, "t", "cancelled").await;
+    assert!(!in_queue(&cluster, "t").await, "not re-queued");
+    assert_eq!(reserved_cpu(&cluster, "mute").await, 0);
+    assert_eq!(stat(&cluster, "requeued").await, 0);
+    let told = submit_reply(&mut events, "t", &[ReplyStatus::Granted]).await;
+    assert_eq!(told.status, ReplyStatus::Cancelled, "the submitter is told");
+}
