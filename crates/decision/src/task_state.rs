@@ -25,6 +25,9 @@
 //!        +------------------- DependencyFailed -----------------+
 //! ```
 //!
+//! `Cancelled`, from `waiting`, `queued` and `granted` to the terminal `cancelled`, is left out of
+//! the drawing (it would cross every line); it is in the table.
+//!
 //! As a table (anything not listed is an [`InvalidTransition`]):
 //!
 //! | from      | event            | to        |
