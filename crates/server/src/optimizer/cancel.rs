@@ -45,15 +45,13 @@ pub(crate) async fn apply_cancel(
         CancelOutcome::Refused(_) => "refused",
     };
     ctx.metrics.task_cancels.with_label_values(&[label]).inc();
-    let reply = |status| {
-        Reply::new(
-            &env.sender,
-            &env.message_id.to_string(),
-            MessageType::TaskCancel,
-            status,
-        )
-        .task(&p.task_id)
-    };
+    let reply = Reply::new(
+        &env.sender,
+        &env.message_id.to_string(),
+        MessageType::TaskCancel,
+        ReplyStatus::Cancelled,
+    )
+    .task(&p.task_id);
     let mut applied = Applied::default();
     match outcome {
         CancelOutcome::Refused(refusal) => return Ok(Applied::refused(refusal)),
@@ -62,8 +60,12 @@ pub(crate) async fn apply_cancel(
             submit_message_id,
             dependents,
         } => {
+            ctx.metrics
+                .allocations
+                .with_label_values(&["cancelled"])
+                .inc();
             tracing::info!(task_id = %p.task_id, by = %env.sender, "task cancelled");
-            applied.replies.push(reply(ReplyStatus::Cancelled));
+            applied.replies.push(reply);
             tell_submitter(&mut applied, &p.task_id, &submitter, &submit_message_id);
             let cancelled = DependencyOutcome::Cancelled;
             resolve_dependents(ctx, &p.task_id, cancelled, dependents, &mut applied).await?;
@@ -71,32 +73,46 @@ pub(crate) async fn apply_cancel(
         CancelOutcome::Cancelling {
             agent_id,
             grant_seq,
-        } => {
-            tracing::info!(task_id = %p.task_id, agent_id = %agent_id, by = %env.sender, "cancel of a granted task: telling its agent");
-            applied
-                .replies
-                .push(reply(ReplyStatus::Cancelling).agent(&agent_id));
-            applied.cancel_notices.push(TaskCancelNotice {
-                task_id: p.task_id.clone(),
-                agent_id,
-                grant_seq,
-                reason: p.reason.clone(),
-            });
-        }
+        } => telling_the_agent(env, reply, agent_id, grant_seq, &mut applied),
         CancelOutcome::Finished { state, agent_id } => {
-            let status = if state == TaskState::Completed {
-                ReplyStatus::Completed
-            } else {
-                ReplyStatus::Failed
-            };
-            applied.replies.push(
-                reply(status)
-                    .agent(&agent_id)
-                    .detail(format!("already {state}: nothing to cancel")),
-            );
+            applied.replies.push(too_late(reply, state, &agent_id));
         }
     }
     Ok(applied)
+}
+
+/// A granted task: the canceller hears `cancelling`, and the agent gets its notice.
+fn telling_the_agent(
+    env: &Envelope<TaskCancel>,
+    reply: Reply,
+    agent_id: String,
+    grant_seq: u64,
+    applied: &mut Applied,
+) {
+    let p = &env.payload;
+    tracing::info!(task_id = %p.task_id, agent_id = %agent_id, by = %env.sender, "cancel of a granted task: telling its agent");
+    let mut reply = reply.agent(&agent_id);
+    reply.body.status = ReplyStatus::Cancelling;
+    applied.replies.push(reply);
+    applied.cancel_notices.push(TaskCancelNotice {
+        task_id: p.task_id.clone(),
+        agent_id,
+        grant_seq,
+        reason: p.reason.clone(),
+    });
+}
+
+/// The answer to a cancel of a task that had already completed or failed: its outcome.
+fn too_late(reply: Reply, state: TaskState, agent_id: &str) -> Reply {
+    let mut reply = reply
+        .agent(agent_id)
+        .detail(format!("already {state}: nothing to cancel"));
+    reply.body.status = if state == TaskState::Completed {
+        ReplyStatus::Completed
+    } else {
+        ReplyStatus::Failed
+    };
+    reply
 }
 
 /// Tells the submitter its task was cancelled (an empty `submitter` asked for no replies).
