@@ -368,7 +368,7 @@ async fn a_task_is_cancelled_by_its_submitter_or_an_operator_only() {
 
     // The operator may cancel any task, on its own subject.
     let client = secured.client(Role::Operator, "ops").await;
-    let ops = Coordinator::with_client(client, "ops", Subjects::default())
+    let ops = switchyard_client::Coordinator::with_client(client, "ops", Subjects::default())
         .await
         .expect("operator client");
     let answer = ops
