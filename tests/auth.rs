@@ -341,3 +341,41 @@ async fn a_revoked_agent_is_cut_off_after_a_reload() {
     let again = secured.agent("gone", 1.0).await;
     assert_eq!(again.agent_id(), "gone");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_is_cancelled_by_its_submitter_or_an_operator_only() {
+    let secured = Secured::start().await;
+    let _a = secured.agent("a", 1.0).await;
+    let orch = secured.orchestrator("orch").await;
+    // Needs more than any agent has: it stays queued.
+    let queued = orch
+        .allocate_task(TaskSubmit::new("big").resource("cpu", 2.0))
+        .await
+        .expect("submitted");
+    assert_eq!(queued, Allocation::Queued);
+
+    // An orchestrator cancels only as itself, and cannot pose as an operator.
+    let mut watched = secured.watched(Role::Orchestrator, "orch").await;
+    watched
+        .publish_refused("coord.task_cancel.someone-else")
+        .await;
+    watched
+        .publish_refused("coord.task_cancel.operator.orch")
+        .await;
+    let intruder = secured.orchestrator("intruder").await;
+    let refused = intruder.cancel_task("big").await.expect_err("not its task");
+    assert_eq!(refused.reason_code(), Some("not_submitter"));
+
+    // The operator may cancel any task, on its own subject.
+    let client = secured.client(Role::Operator, "ops").await;
+    let ops = switchyard_client::Coordinator::with_client(client, "ops", Subjects::default())
+        .await
+        .expect("operator client");
+    let answer = ops
+        .cancel_task_as_operator("big", Some("drain"))
+        .await
+        .expect("the operator cancels");
+    assert_eq!(answer, switchyard_client::Cancellation::Cancelled);
+    let mut operator = secured.watched(Role::Operator, "ops").await;
+    operator.publish_refused("coord.task_cancel.ops").await;
+}

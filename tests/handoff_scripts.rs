@@ -439,7 +439,7 @@ async fn a_requeued_task_releases_its_grown_reservation_and_keeps_the_grown_need
         None
     );
     assert_eq!(
-        f.store.requeue_task("t", "a").await.expect("requeue"),
+        f.store.requeue_task("t", "a", 3600).await.expect("requeue"),
         RequeueOutcome::Requeued
     );
     assert_eq!(f.load("a").await, [0, 0, 0, 0, 0]);

@@ -19,12 +19,12 @@ use switchyard_decision::{ResourceError, ResourceKind};
 use switchyard_protocol::{
     AgentDeregister, AgentRegister, CoordinationSync, CoordinatorReply, Envelope, ErrorReport,
     GrantAck, HandoffAcknowledge, HandoffInitiate, Heartbeat, MessageType, PROTOCOL_VERSION,
-    RejectReason, ReplyStatus, ResourceGrant, ResourceRequest, StatusQuery, Subjects, TaskComplete,
-    TaskGrant, TaskSubmit, decode,
+    RejectReason, ReplyStatus, ResourceGrant, ResourceRequest, StatusQuery, Subjects, TaskCancel,
+    TaskCancelNotice, TaskComplete, TaskGrant, TaskSubmit, decode,
 };
 
 /// The message types whose payloads are typed, and so must be illustrated by an example.
-const TYPED: [MessageType; 15] = [
+const TYPED: [MessageType; 16] = [
     MessageType::AgentRegister,
     MessageType::AgentDeregister,
     MessageType::Heartbeat,
@@ -40,7 +40,14 @@ const TYPED: [MessageType; 15] = [
     MessageType::HandoffAcknowledge,
     MessageType::ResourceRequest,
     MessageType::ResourceGrant,
+    MessageType::TaskCancel,
 ];
+
+/// A TASK_CANCEL from the optimizer to an agent (a notice, naming the grant) rather than from a
+/// submitter or operator (an event).
+fn is_cancel_notice(env: &Envelope<Value>) -> bool {
+    env.message_type == MessageType::TaskCancel && env.payload.get("grant_seq").is_some()
+}
 
 fn doc() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md");
@@ -115,6 +122,10 @@ fn expected_subject(subjects: &Subjects, env: &Envelope<Value>) -> Option<String
             env.recipients.first()?.as_str()
         }
         MessageType::StatusQuery => return Some(subjects.unaddressed(MessageType::StatusQuery)),
+        MessageType::TaskCancel if is_cancel_notice(env) => {
+            return Some(subjects.cancel_notice(env.recipients.first()?));
+        }
+        MessageType::TaskCancel => env.sender.as_str(),
         MessageType::HandoffInitiate => field("from_agent")?,
         MessageType::ResourceRequest => field("agent_id")?,
         MessageType::HandoffAcknowledge if is_event(env) => field("agent_id")?,
@@ -140,6 +151,7 @@ fn is_event(env: &Envelope<Value>) -> bool {
         | MessageType::TaskComplete
         | MessageType::HandoffInitiate
         | MessageType::ResourceRequest => true,
+        MessageType::TaskCancel => !is_cancel_notice(env),
         // An agent's answer; the optimizer's verdict carries an `outcome`.
         MessageType::HandoffAcknowledge => env.payload.get("outcome").is_none(),
         _ => false,
@@ -197,6 +209,10 @@ fn payload_parses_into_its_type(line: usize, env: &Envelope<Value>) {
         MessageType::HandoffAcknowledge => typed_payload::<HandoffAcknowledge>(line, payload),
         MessageType::ResourceRequest => typed_payload::<ResourceRequest>(line, payload),
         MessageType::ResourceGrant => typed_payload::<ResourceGrant>(line, payload),
+        MessageType::TaskCancel if is_cancel_notice(env) => {
+            typed_payload::<TaskCancelNotice>(line, payload)
+        }
+        MessageType::TaskCancel => typed_payload::<TaskCancel>(line, payload),
         _ => {}
     }
 }
@@ -262,6 +278,7 @@ fn all_reject_reasons() -> Vec<RejectReason> {
         RejectReason::UnknownHandoff,
         RejectReason::InsufficientCapacity,
         RejectReason::Infeasible,
+        RejectReason::NotSubmitter,
     ];
     all.extend(
         all_resource_errors()
@@ -301,6 +318,7 @@ fn exhaustive(reason: RejectReason) {
         | RejectReason::UnknownHandoff
         | RejectReason::InsufficientCapacity
         | RejectReason::Infeasible => {}
+        RejectReason::NotSubmitter => {}
     }
 }
 
@@ -366,6 +384,8 @@ fn every_type_token_and_reply_status_is_documented() {
         ReplyStatus::Waiting,
         ReplyStatus::Completed,
         ReplyStatus::Failed,
+        ReplyStatus::Cancelled,
+        ReplyStatus::Cancelling,
     ] {
         match status {
             ReplyStatus::Registered
@@ -374,7 +394,9 @@ fn every_type_token_and_reply_status_is_documented() {
             | ReplyStatus::Queued
             | ReplyStatus::Waiting
             | ReplyStatus::Completed
-            | ReplyStatus::Failed => {}
+            | ReplyStatus::Failed
+            | ReplyStatus::Cancelled
+            | ReplyStatus::Cancelling => {}
         }
         let name = serde_json::to_value(status).unwrap_or_default();
         let name = name.as_str().unwrap_or_default().to_string();

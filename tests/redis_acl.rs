@@ -671,6 +671,12 @@ fn typed_commands(text: &str) -> Vec<String> {
                 .collect::<String>()
         })
         .filter(|method| !method.is_empty() && !not_commands.contains(&method.as_str()))
-        .map(|method| method.trim_end_matches("_limit").to_string())
+        // redis-rs's variants of one command: `zrangebyscore_limit`, `zrange_withscores`.
+        .map(|method| {
+            method
+                .trim_end_matches("_limit")
+                .trim_end_matches("_withscores")
+                .to_string()
+        })
         .collect()
 }

@@ -100,7 +100,11 @@ async fn the_batch_scripts_and_reads_run_too(f: &mut common::scripts::Fixture) {
     assert_eq!(outcomes[1], GrantOutcome::NoFit, "b has 100 left");
     assert_eq!(f.reserved("b").await, [400, 0, 0, 0]);
 
-    let requeued = f.store.requeue_task("t2", "b").await.expect("requeue");
+    let requeued = f
+        .store
+        .requeue_task("t2", "b", 3600)
+        .await
+        .expect("requeue");
     assert_eq!(requeued, RequeueOutcome::Requeued);
     assert_eq!(f.reserved("b").await, [0, 0, 0, 0]);
     assert_eq!(f.queue_ids().await.len(), 2);

@@ -629,7 +629,7 @@ async fn requeue_returns_a_task_to_its_original_place() {
     the_requeue_releases_and_restores_the_queue_place(&mut f).await;
 
     assert_eq!(
-        f.store.requeue_task("early", "x").await.unwrap(),
+        f.store.requeue_task("early", "x", 3600).await.unwrap(),
         RequeueOutcome::Noop
     );
     assert_eq!(f.reserved("x").await, [0, 0, 0, 0]);
@@ -642,7 +642,7 @@ async fn requeue_returns_a_task_to_its_original_place() {
 
 async fn the_requeue_releases_and_restores_the_queue_place(f: &mut Fixture) {
     assert_eq!(
-        f.store.requeue_task("early", "x").await.unwrap(),
+        f.store.requeue_task("early", "x", 3600).await.unwrap(),
         RequeueOutcome::Requeued
     );
     assert_eq!(f.reserved("x").await, [0, 0, 0, 0]);
@@ -773,7 +773,10 @@ async fn a_dead_agent_is_refused_until_it_registers_again(f: &Fixture) {
         )
     );
     assert_eq!(
-        f.store.requeue_task("t1", "leased").await.expect("requeue"),
+        f.store
+            .requeue_task("t1", "leased", 3600)
+            .await
+            .expect("requeue"),
         RequeueOutcome::Requeued
     );
     assert_eq!(
@@ -790,7 +793,7 @@ async fn a_report_about_an_earlier_grant_cannot_complete_a_later_one() {
         .await;
     // The agent leaves and comes back; the task is granted to it again (grant 2).
     assert_eq!(
-        f.store.requeue_task("t", "a").await.expect("requeue"),
+        f.store.requeue_task("t", "a", 3600).await.expect("requeue"),
         RequeueOutcome::Requeued
     );
     assert!(matches!(

@@ -7,6 +7,10 @@
 //! nothing, and leave the stored state as it was. The expected states come from the pure state
 //! machine, not from this file, so a script and the machine drifting apart fails here. Cases run
 //! one after the other on one server and each failure is listed on its own.
+//!
+//! `Cancelled` of a granted task takes two scripts, as in the service: `cancel_task` marks it
+//! (the task stays granted, its agent is told) and the agent's confirmation, a failure report
+//! through `complete_tasks`, cancels it.
 
 // Test code: a helper that cannot go on should stop the test where it failed.
 #![allow(
@@ -23,8 +27,8 @@ use switchyard_decision::task_state::initial_state;
 use switchyard_decision::{Resources, TaskEvent, TaskState};
 use switchyard_protocol::RejectReason;
 use switchyard_server::state::{
-    CompleteOutcome, Completion, GrantOutcome, RequeueOutcome, ResolveOutcome, SubmitOutcome,
-    SubmitRequest,
+    CancelOutcome, CompleteOutcome, Completion, GrantOutcome, RequeueOutcome, ResolveOutcome,
+    SubmitOutcome, SubmitRequest,
 };
 
 const RETENTION_S: u64 = 3600;
@@ -34,13 +38,14 @@ const AGENT: &str = "w";
 
 /// Every event but `Submitted`, which is not a transition (a new task's first state is
 /// [`initial_state`], checked on its own below).
-const EVENTS: [TaskEvent; 6] = [
+const EVENTS: [TaskEvent; 7] = [
     TaskEvent::DependenciesMet,
     TaskEvent::DependencyFailed,
     TaskEvent::Granted,
     TaskEvent::Completed,
     TaskEvent::Failed,
     TaskEvent::Requeued,
+    TaskEvent::Cancelled,
 ];
 
 /// A script's typed answer, reduced to what the state machine speaks of.
@@ -86,13 +91,25 @@ fn finished(outcome: CompleteOutcome) -> Answer {
     match outcome {
         CompleteOutcome::Finished { success: true, .. } => Answer::Now(TaskState::Completed),
         CompleteOutcome::Finished { success: false, .. } => Answer::Now(TaskState::Failed),
+        CompleteOutcome::Cancelled { .. } => Answer::Now(TaskState::Cancelled),
         other @ CompleteOutcome::Refused(_) => Answer::Refused(format!("{other:?}")),
+    }
+}
+
+fn cancelled(outcome: CancelOutcome) -> Answer {
+    match outcome {
+        CancelOutcome::Cancelled { .. } => Answer::Now(TaskState::Cancelled),
+        CancelOutcome::Cancelling { .. } => Answer::Now(TaskState::Granted),
+        other @ (CancelOutcome::Finished { .. } | CancelOutcome::Refused(_)) => {
+            Answer::Refused(format!("{other:?}"))
+        }
     }
 }
 
 fn requeued(outcome: RequeueOutcome) -> Answer {
     match outcome {
         RequeueOutcome::Requeued => Answer::Now(TaskState::Queued),
+        RequeueOutcome::Cancelled => Answer::Now(TaskState::Cancelled),
         other @ RequeueOutcome::Noop => Answer::Refused(format!("{other:?}")),
     }
 }
@@ -231,8 +248,19 @@ async fn drive(f: &Fixture, task: &Task, event: TaskEvent) -> Result<Answer, Str
         TaskEvent::Completed => complete(f, &task.id, true).await?,
         TaskEvent::Failed => complete(f, &task.id, false).await?,
         TaskEvent::Requeued => {
-            let outcome = f.store.requeue_task(&task.id, AGENT).await;
+            let outcome = f.store.requeue_task(&task.id, AGENT, RETENTION_S).await;
             requeued(outcome.map_err(failed("requeue_task"))?)
+        }
+        TaskEvent::Cancelled => {
+            let outcome = f
+                .store
+                .cancel_task(&task.id, "orch", false, "", RETENTION_S)
+                .await;
+            match outcome.map_err(failed("cancel_task"))? {
+                // Granted: the agent confirms the cancel by reporting the grant failed.
+                CancelOutcome::Cancelling { .. } => complete(f, &task.id, false).await?,
+                other => cancelled(other),
+            }
         }
     })
 }
@@ -295,6 +323,7 @@ fn path_to(state: TaskState) -> &'static [TaskEvent] {
         TaskState::Granted => &[E::DependenciesMet, E::Granted],
         TaskState::Completed => &[E::DependenciesMet, E::Granted, E::Completed],
         TaskState::Failed => &[E::DependenciesMet, E::Granted, E::Failed],
+        TaskState::Cancelled => &[E::DependenciesMet, E::Cancelled],
     }
 }
 

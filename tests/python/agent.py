@@ -183,6 +183,12 @@ class Agent:
                 continue
             for msg in msgs:
                 env = json.loads(msg.data)
+                if env.get("type") == "TASK_CANCEL":
+                    # A granted task was cancelled (§6.6). This agent finishes each task as
+                    # soon as it is granted, so there is nothing left to stop: the completion
+                    # already sent (or its lease ending) releases the reservation.
+                    log(f"cancel notice for {env['payload']['task_id']}")
+                    continue
                 if env.get("type") != "TASK_REQUEST":
                     raise AgentError(f"unexpected message on the grant subject: {msg.data!r}")
                 grant = env["payload"]

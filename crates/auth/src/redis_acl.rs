@@ -70,6 +70,14 @@ pub const OPTIMIZER_COMMANDS: &[(&str, &str)] = &[
     ),
     ("zmscore", "reads: lease deadlines for status"),
     ("zcard", "reads: queue depth"),
+    (
+        "zrank",
+        "reads: a queued task's place in the queue (why it waits)",
+    ),
+    (
+        "zrevrange",
+        "scripts: the largest capacity of a kind (coordination.infeasible = refuse)",
+    ),
     ("xrange", "reads: fleet-log entries since the last read"),
     ("xrevrange", "reads: the newest fleet-log position"),
     ("set", "the coordination-sync lease (SET NX PX)"),

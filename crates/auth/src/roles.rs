@@ -31,11 +31,14 @@ const AGENT_EVENTS: [MessageType; 8] = [
 pub enum Role {
     /// An optimizer replica: consumes every event, publishes grants and replies, manages streams.
     Optimizer,
-    /// Submits tasks and asks for status under its own sender id; cannot act as an agent.
+    /// Submits (and cancels its own) tasks and asks for status under its own sender id; cannot
+    /// act as an agent.
     Orchestrator,
     /// Publishes the events of its own agent id and reads only what is addressed to it.
     Agent,
-    /// Read-only: status queries and stream and consumer information, nothing that changes state.
+    /// Status queries and stream and consumer information; the one change it may make is to
+    /// cancel any task, on its own subject `<prefix>.task_cancel.operator.<name>`, which no other
+    /// role may publish to: that is how the optimizer knows a cancel comes from an operator.
     Operator,
 }
 
@@ -119,6 +122,7 @@ fn orchestrator(subjects: &Subjects) -> Permissions {
     Permissions {
         publish: vec![
             subjects.addressed(MessageType::TaskSubmit, NAME),
+            subjects.addressed(MessageType::TaskCancel, NAME),
             subjects.unaddressed(MessageType::StatusQuery),
             "$JS.API.STREAM.INFO.*".into(),
         ],
@@ -179,8 +183,13 @@ fn operator(subjects: &Subjects) -> Permissions {
             "$JS.API.STREAM.INFO.*".into(),
             "$JS.API.CONSUMER.NAMES.*".into(),
             "$JS.API.CONSUMER.INFO.*.*".into(),
+            subjects.operator_cancel(NAME),
         ],
-        subscribe: vec![format!("{}.>", inbox_prefix(Role::Operator, NAME))],
+        subscribe: vec![
+            subjects.addressed(MessageType::CoordinatorReply, NAME),
+            subjects.addressed(MessageType::ErrorReport, NAME),
+            format!("{}.>", inbox_prefix(Role::Operator, NAME)),
+        ],
     }
 }
 
@@ -313,21 +322,35 @@ mod tests {
         );
         assert!(allows(&p.publish, "coord.task_submit.o"));
         assert!(!allows(&p.publish, "coord.task_submit.other"));
+        assert!(allows(&p.publish, "coord.task_cancel.o"));
+        assert!(!allows(&p.publish, "coord.task_cancel.other"));
+        assert!(
+            !allows(&p.publish, "coord.task_cancel.operator.o"),
+            "only operators cancel as operators"
+        );
         assert!(!allows(&p.publish, "coord.task_complete.o"));
         assert!(!allows(&p.publish, "coord.agent_register.o"));
         assert!(allows(&p.subscribe, "coord.reply.o"));
     }
 
     #[test]
-    fn the_operator_changes_nothing() {
+    fn the_operator_changes_nothing_but_may_cancel() {
         let p = for_name(permissions(Role::Operator, &Subjects::new("coord")), "ops");
         for subject in [
             "coord.task_submit.ops",
             "coord.heartbeat.ops",
+            "coord.task_cancel.ops",
+            "coord.task_cancel.operator.other",
             "$JS.API.STREAM.DELETE.X",
         ] {
             assert!(!allows(&p.publish, subject), "{subject}");
         }
         assert!(allows(&p.publish, "coord.status_query"));
+        assert!(allows(&p.publish, "coord.task_cancel.operator.ops"));
+        assert!(allows(&p.subscribe, "coord.reply.ops"));
+        for role in [Role::Agent, Role::Orchestrator] {
+            let other = for_name(permissions(role, &Subjects::new("coord")), "ops");
+            assert!(!allows(&other.publish, "coord.task_cancel.operator.ops"));
+        }
     }
 }

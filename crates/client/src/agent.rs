@@ -12,8 +12,19 @@ use crate::error::{Error, nats_error};
 use crate::transport;
 use switchyard_protocol::{
     AgentDeregister, AgentRegister, Envelope, GrantAck, GrantRef, Heartbeat, MessageType, Replies,
-    Subjects, TaskComplete, TaskGrant, now_ms,
+    Subjects, TaskCancelNotice, TaskComplete, TaskGrant, now_ms,
 };
+
+/// What arrives on an agent's grant subject.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Work {
+    /// A task to run (TASK_REQUEST).
+    Grant(Envelope<TaskGrant>),
+    /// A granted task was cancelled (TASK_CANCEL): stop it and confirm with
+    /// [`Agent::confirm_cancel`]. Sent again until confirmed, so a copy may come; confirming
+    /// twice is harmless.
+    Cancel(Envelope<TaskCancelNotice>),
+}
 
 /// How many recent grants an agent remembers to drop redeliveries.
 const DEDUPE_MEMORY: usize = 10_000;
@@ -188,6 +199,16 @@ impl Agent {
         }
     }
 
+    /// Confirms a cancel notice: the grant is reported failed (`error: "cancelled"`), which
+    /// cancels the task and releases its reservation. Resolves once JetStream stored the report.
+    pub async fn confirm_cancel(&self, notice: &TaskCancelNotice) -> Result<(), Error> {
+        let mut report = self.completion(&notice.task_id, false, 0.0);
+        report.grant_seq = Some(notice.grant_seq);
+        report.error = Some("cancelled".to_string());
+        report.replies = Replies::None;
+        self.publish_completion(report).await
+    }
+
     /// Leaves the fleet; tasks still granted to this agent go back to the queue.
     pub async fn deregister(&self) -> Result<(), Error> {
         self.send_and_confirm(
@@ -229,10 +250,35 @@ pub struct GrantStream {
 }
 
 impl GrantStream {
-    /// The next grant, waiting for one; `None` when the connection closed for good.
+    /// The next grant, waiting for one; `None` when the connection closed for good. Cancel
+    /// notices are skipped: an agent that never reads them keeps a cancelled task's reservation
+    /// until it reports the task or its lease ends. Use [`GrantStream::next_work`] to hear them.
     pub async fn next(&mut self) -> Option<Result<Envelope<TaskGrant>, Error>> {
         loop {
+            match self.next_work().await? {
+                Ok(Work::Grant(grant)) => return Some(Ok(grant)),
+                Ok(Work::Cancel(notice)) => {
+                    tracing::debug!(task_id = %notice.payload.task_id, "cancel notice skipped");
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// The next grant or cancel notice, waiting for one; `None` when the connection closed for
+    /// good.
+    pub async fn next_work(&mut self) -> Option<Result<Work, Error>> {
+        loop {
             let message = self.subscription.next().await?;
+            if is_cancel_notice(&message.payload) {
+                match serde_json::from_slice::<Envelope<TaskCancelNotice>>(&message.payload) {
+                    Ok(notice) => return Some(Ok(Work::Cancel(notice))),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "undecodable cancel notice skipped");
+                        continue;
+                    }
+                }
+            }
             let grant: Envelope<TaskGrant> = match serde_json::from_slice(&message.payload) {
                 Ok(g) => g,
                 Err(e) => {
@@ -246,7 +292,7 @@ impl GrantStream {
                 tracing::warn!(task_id = %grant.payload.task_id, error = %e, "grant not acknowledged; it will come again");
             }
             if self.remember(&grant.payload) {
-                return Some(Ok(grant));
+                return Some(Ok(Work::Grant(grant)));
             }
         }
     }
@@ -279,6 +325,19 @@ impl GrantStream {
         }
         true
     }
+}
+
+/// Whether a message on the grant subject is a TASK_CANCEL notice (its envelope's `type`).
+fn is_cancel_notice(payload: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Kind {
+        #[serde(rename = "type")]
+        message_type: Option<MessageType>,
+    }
+    serde_json::from_slice::<Kind>(payload)
+        .ok()
+        .and_then(|k| k.message_type)
+        == Some(MessageType::TaskCancel)
 }
 
 /// Publishes a HEARTBEAT (core NATS) every `every` until aborted. A lost heartbeat is harmless:

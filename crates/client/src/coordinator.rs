@@ -10,8 +10,8 @@ use super::router::{ClientEvent, Router, into_reply};
 use crate::error::{Error, ErrorKind};
 use crate::transport;
 use switchyard_protocol::{
-    AgentRegister, CoordinationSync, Envelope, MessageType, ReplyStatus, StatusQuery, Subjects,
-    TaskSubmit, now_ms,
+    AgentRegister, CoordinationSync, CoordinatorReply, Envelope, MessageType, ReplyStatus,
+    StatusQuery, Subjects, TaskCancel, TaskSubmit, now_ms,
 };
 
 /// Where a task stands after submission.
@@ -22,6 +22,38 @@ pub enum Allocation {
     Waiting,
     Failed { reason: String },
     Completed { agent_id: String },
+    Cancelled,
+}
+
+/// What a [`Coordinator::cancel_task`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cancellation {
+    /// The task was waiting or queued and is cancelled (or had been already).
+    Cancelled,
+    /// The task is granted: its agent has been told, and the task becomes cancelled when the
+    /// agent confirms or its lease ends (the submitter is then told `cancelled`, or `completed`
+    /// if the agent finished the work first).
+    Cancelling { agent_id: String },
+    /// The task had already completed or failed: nothing was cancelled.
+    AlreadyFinished {
+        status: ReplyStatus,
+        agent_id: Option<String>,
+    },
+}
+
+impl Cancellation {
+    fn from_reply(reply: CoordinatorReply) -> Cancellation {
+        match reply.status {
+            ReplyStatus::Cancelled => Cancellation::Cancelled,
+            ReplyStatus::Cancelling => Cancellation::Cancelling {
+                agent_id: reply.agent_id.unwrap_or_default(),
+            },
+            status => Cancellation::AlreadyFinished {
+                status,
+                agent_id: reply.agent_id,
+            },
+        }
+    }
 }
 
 pub struct Coordinator {
@@ -107,6 +139,7 @@ impl Coordinator {
             ReplyStatus::Completed => Allocation::Completed {
                 agent_id: reply.agent_id.unwrap_or_default(),
             },
+            ReplyStatus::Cancelled => Allocation::Cancelled,
             _ => Allocation::Failed {
                 reason: reply.detail.unwrap_or_default(),
             },
@@ -138,6 +171,53 @@ impl Coordinator {
             envelope,
         )
         .await
+    }
+
+    /// Cancels a task this client submitted (TASK_CANCEL) and waits for the answer. Idempotent:
+    /// cancelling again answers the same. A task submitted by someone else is refused
+    /// (`not_submitter`), an unknown one `unknown_task`, as [`ErrorKind::Rejected`] errors.
+    pub async fn cancel_task(&self, task_id: &str) -> Result<Cancellation, Error> {
+        let subject = self
+            .subjects
+            .addressed(MessageType::TaskCancel, &self.client_id);
+        self.send_cancel(subject, task_id, None).await
+    }
+
+    /// Cancels any task as an operator: sent on `<prefix>.task_cancel.operator.<client_id>`,
+    /// which in a secured deployment only the operator role may publish to.
+    pub async fn cancel_task_as_operator(
+        &self,
+        task_id: &str,
+        reason: Option<&str>,
+    ) -> Result<Cancellation, Error> {
+        let subject = self.subjects.operator_cancel(&self.client_id);
+        self.send_cancel(subject, task_id, reason).await
+    }
+
+    async fn send_cancel(
+        &self,
+        subject: String,
+        task_id: &str,
+        reason: Option<&str>,
+    ) -> Result<Cancellation, Error> {
+        let cancel = TaskCancel {
+            task_id: task_id.to_string(),
+            reason: reason.map(str::to_string),
+        };
+        let envelope = Envelope::new(
+            self.client_id.clone(),
+            MessageType::TaskCancel,
+            cancel,
+            now_ms(),
+        );
+        let id = envelope.message_id.to_string();
+        let rx = self.router.expect(&id);
+        if let Err(e) = transport::publish_stored(&self.js, subject, &id, &envelope).await {
+            self.router.forget(&id);
+            return Err(e);
+        }
+        let reply = into_reply(self.router.wait(&id, rx, self.reply_timeout).await?)?;
+        Ok(Cancellation::from_reply(reply))
     }
 
     /// Registers an agent on its behalf (the seed's `coordinator.register_agent`).

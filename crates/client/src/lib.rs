@@ -30,9 +30,9 @@ pub mod transport;
 pub use error::{Error, ErrorKind};
 pub use switchyard_protocol as protocol;
 
-pub use agent::{Agent, GrantStream};
+pub use agent::{Agent, GrantStream, Work};
 pub use calls::request_status;
-pub use coordinator::{Allocation, Coordinator};
+pub use coordinator::{Allocation, Cancellation, Coordinator};
 pub use router::ClientEvent;
 
 use std::time::Duration;

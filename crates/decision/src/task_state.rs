@@ -25,6 +25,9 @@
 //!        +------------------- DependencyFailed -----------------+
 //! ```
 //!
+//! `Cancelled`, from `waiting`, `queued` and `granted` to the terminal `cancelled`, is left out of
+//! the drawing (it would cross every line); it is in the table.
+//!
 //! As a table (anything not listed is an [`InvalidTransition`]):
 //!
 //! | from      | event            | to        |
@@ -35,14 +38,31 @@
 //! | granted   | Completed        | completed |
 //! | granted   | Failed           | failed    |
 //! | granted   | Requeued         | queued    |
+//! | waiting   | Cancelled        | cancelled |
+//! | queued    | Cancelled        | cancelled |
+//! | granted   | Cancelled        | cancelled |
 //!
 //! `Submitted` is never applied to an existing state: a new task's first state comes from
 //! [`initial_state`], and a resubmission of a known task is a duplicate for the caller to treat
-//! idempotently, not a transition. `completed` and `failed` are terminal.
+//! idempotently, not a transition. `completed`, `failed` and `cancelled` are terminal.
+//!
+//! **Cancellation** is its own terminal state rather than `failed` with a reason: a cancel is
+//! something a user asked for, not something that went wrong, so it is counted apart (the
+//! `cancelled` counter), it does not lower the agent's learned score, and a status reader can
+//! tell "stopped on purpose" from "broke" without parsing a reason. Its dependents still fail
+//! (with the reason `dependency_cancelled:<id>`), since they can never run. A waiting or queued
+//! task is cancelled at once (`cancel_task.lua`). A granted task is not: the TASK_CANCEL marks it
+//! `cancel_requested` (data beside the state, like a retry back-off in the simulator) and the
+//! agent is told; `Cancelled` is applied when the agent confirms by reporting the task failed
+//! (`complete_tasks.lua`), or when its lease ends or it deregisters (`requeue_task.lua`, which
+//! cancels such a task instead of queueing it). An agent that reports success first has done the
+//! work: the task is `completed`, the cancel lost the race.
 //!
 //! The Lua scripts in `crates/server/src/state/lua` implement this same table against Redis,
 //! atomically (one script per event: `resolve_dependency` for the dependency events,
-//! `grant_tasks`, `complete_tasks` for `Completed` and `Failed`, `requeue_task`). This Rust version
+//! `grant_tasks`, `complete_tasks` for `Completed` and `Failed` (and `Cancelled` of a granted
+//! task the agent confirms), `requeue_task`, `cancel_task` for `Cancelled` of a waiting or
+//! queued task). This Rust version
 //! is the reference: it is what the unit tests check exhaustively, `tests/task_states.rs` drives
 //! every row of the table through the scripts and checks they agree with it, and the state names
 //! returned by [`TaskState::as_str`] are exactly the strings those scripts store.
@@ -74,16 +94,20 @@ pub enum TaskState {
     /// Finished unsuccessfully, or can never run because a dependency failed (terminal).
     #[serde(rename = "failed")]
     Failed,
+    /// Cancelled by its submitter or an operator (terminal).
+    #[serde(rename = "cancelled")]
+    Cancelled,
 }
 
 impl TaskState {
     /// Every state, for exhaustive loops.
-    pub const ALL: [TaskState; 5] = [
+    pub const ALL: [TaskState; 6] = [
         TaskState::WaitingDependencies,
         TaskState::Queued,
         TaskState::Granted,
         TaskState::Completed,
         TaskState::Failed,
+        TaskState::Cancelled,
     ];
 
     /// The name stored in Redis by the Lua scripts and sent on the wire.
@@ -94,6 +118,7 @@ impl TaskState {
             TaskState::Granted => "granted",
             TaskState::Completed => "completed",
             TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
         }
     }
 
@@ -106,7 +131,10 @@ impl TaskState {
 
     /// Whether no further event can move the task: its dependents may now be resolved.
     pub fn is_terminal(self) -> bool {
-        matches!(self, TaskState::Completed | TaskState::Failed)
+        matches!(
+            self,
+            TaskState::Completed | TaskState::Failed | TaskState::Cancelled
+        )
     }
 
     /// Applies one event, returning the next state or why the event does not apply here.
@@ -124,6 +152,7 @@ impl TaskState {
             (S::Granted, E::Completed) => S::Completed,
             (S::Granted, E::Failed) => S::Failed,
             (S::Granted, E::Requeued) => S::Queued,
+            (S::WaitingDependencies | S::Queued | S::Granted, E::Cancelled) => S::Cancelled,
             _ => {
                 return Err(InvalidTransition {
                     from: self,
@@ -164,6 +193,9 @@ pub enum TaskEvent {
     /// The agent died or deregistered before finishing; the task goes back in the queue. (In
     /// the simulator and the live replay also a failed attempt that will be retried.)
     Requeued,
+    /// Its submitter or an operator cancelled it: at once when waiting or queued; when granted,
+    /// once the agent confirms or its lease ends.
+    Cancelled,
 }
 
 impl TaskEvent {
@@ -177,6 +209,7 @@ impl TaskEvent {
             TaskEvent::Completed => "completed",
             TaskEvent::Failed => "failed",
             TaskEvent::Requeued => "requeued",
+            TaskEvent::Cancelled => "cancelled",
         }
     }
 }
@@ -221,7 +254,7 @@ mod tests {
         failed_dependency: false,
     };
 
-    const ALL_EVENTS: [TaskEvent; 7] = [
+    const ALL_EVENTS: [TaskEvent; 8] = [
         SUBMITTED,
         TaskEvent::DependenciesMet,
         TaskEvent::DependencyFailed,
@@ -229,6 +262,7 @@ mod tests {
         TaskEvent::Completed,
         TaskEvent::Failed,
         TaskEvent::Requeued,
+        TaskEvent::Cancelled,
     ];
 
     /// The documented table, written independently of `apply`.
@@ -242,6 +276,9 @@ mod tests {
             (S::Granted, E::Completed) => Some(S::Completed),
             (S::Granted, E::Failed) => Some(S::Failed),
             (S::Granted, E::Requeued) => Some(S::Queued),
+            (S::WaitingDependencies, E::Cancelled) => Some(S::Cancelled),
+            (S::Queued, E::Cancelled) => Some(S::Cancelled),
+            (S::Granted, E::Cancelled) => Some(S::Cancelled),
             _ => None,
         }
     }
@@ -269,7 +306,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(valid, 6, "exactly six transitions are allowed");
+        assert_eq!(valid, 9, "exactly nine transitions are allowed");
     }
 
     #[test]
@@ -299,12 +336,19 @@ mod tests {
     }
 
     #[test]
-    fn only_completed_and_failed_are_terminal() {
+    fn only_completed_failed_and_cancelled_are_terminal() {
         let terminal: Vec<_> = TaskState::ALL
             .into_iter()
             .filter(|s| s.is_terminal())
             .collect();
-        assert_eq!(terminal, vec![TaskState::Completed, TaskState::Failed]);
+        assert_eq!(
+            terminal,
+            vec![
+                TaskState::Completed,
+                TaskState::Failed,
+                TaskState::Cancelled
+            ]
+        );
     }
 
     #[test]
@@ -345,7 +389,14 @@ mod tests {
         let names: Vec<_> = TaskState::ALL.into_iter().map(TaskState::as_str).collect();
         assert_eq!(
             names,
-            ["waiting", "queued", "granted", "completed", "failed"]
+            [
+                "waiting",
+                "queued",
+                "granted",
+                "completed",
+                "failed",
+                "cancelled"
+            ]
         );
     }
 

@@ -33,10 +33,12 @@ pub enum MessageType {
     MessageAck,
     // An agent acknowledges the grants it received.
     GrantAck,
+    // A task's submitter (or an operator) cancels it; also the notice to its agent.
+    TaskCancel,
 }
 
 impl MessageType {
-    pub const ALL: [MessageType; 19] = [
+    pub const ALL: [MessageType; 20] = [
         MessageType::TaskRequest,
         MessageType::TaskResponse,
         MessageType::StatusUpdate,
@@ -56,6 +58,7 @@ impl MessageType {
         MessageType::CoordinatorReply,
         MessageType::MessageAck,
         MessageType::GrantAck,
+        MessageType::TaskCancel,
     ];
 
     /// The subject token of this type, also its lowercase wire name (a bounded metric label).
@@ -80,6 +83,7 @@ impl MessageType {
             MessageType::CoordinatorReply => "reply",
             MessageType::MessageAck => "message_ack",
             MessageType::GrantAck => "grant_ack",
+            MessageType::TaskCancel => "task_cancel",
         }
     }
 

@@ -95,7 +95,7 @@ pub enum Replies {
     /// Every reply: for a submit, queued / waiting / granted and then completed / failed.
     #[default]
     All,
-    /// Only the final outcome (completed or failed).
+    /// Only the final outcome (completed, failed or cancelled).
     Final,
     /// No replies at all.
     None,
@@ -127,7 +127,10 @@ impl Replies {
     pub fn wants(self, status: ReplyStatus) -> bool {
         match self {
             Replies::All => true,
-            Replies::Final => matches!(status, ReplyStatus::Completed | ReplyStatus::Failed),
+            Replies::Final => matches!(
+                status,
+                ReplyStatus::Completed | ReplyStatus::Failed | ReplyStatus::Cancelled
+            ),
             Replies::None => false,
         }
     }
@@ -209,6 +212,31 @@ pub struct TaskComplete {
     pub replies: Replies,
 }
 
+/// `TASK_CANCEL` (an event): the submitter of a task, or an operator, cancels it. Sent on
+/// `<prefix>.task_cancel.<sender>` by the submitter, or on `<prefix>.task_cancel.operator.<sender>`
+/// by an operator (in a secured deployment only the operator role may publish there).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskCancel {
+    pub task_id: String,
+    /// Why, for the record and the agent (free text, at most 256 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `TASK_CANCEL` (a notice): the optimizer tells the agent holding a granted task that the task
+/// was cancelled. It travels on the agent's grant subject `<prefix>.task_request.<agent_id>` and
+/// is sent again until the agent confirms, by reporting the grant failed (TASK_COMPLETE with
+/// `success: false`), or its lease ends; either releases the reservation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskCancelNotice {
+    pub task_id: String,
+    pub agent_id: String,
+    /// The grant being cancelled: a notice for an earlier grant of the task is to be ignored.
+    pub grant_seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// Outcome of an operation, in a `COORDINATOR_REPLY`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -223,6 +251,11 @@ pub enum ReplyStatus {
     Waiting,
     Completed,
     Failed,
+    /// The task was cancelled (a final status, like completed and failed).
+    Cancelled,
+    /// A granted task's cancel is under way: its agent has been told, and the task becomes
+    /// `cancelled` when the agent confirms or its lease ends.
+    Cancelling,
 }
 
 /// `COORDINATOR_REPLY`: the coordinator's answer to an operation, sent to the operation's sender

@@ -34,6 +34,8 @@ pub enum RejectReason {
     /// No registered agent's capacity covers what the task needs, and the optimizer refuses such
     /// tasks (`coordination.infeasible = "refuse"`).
     Infeasible,
+    /// A TASK_CANCEL from neither the task's submitter nor an operator.
+    NotSubmitter,
 }
 
 impl RejectReason {
@@ -64,6 +66,7 @@ impl RejectReason {
             RejectReason::UnknownHandoff => "unknown_handoff",
             RejectReason::InsufficientCapacity => "insufficient_capacity",
             RejectReason::Infeasible => "infeasible",
+            RejectReason::NotSubmitter => "not_submitter",
         }
     }
 }

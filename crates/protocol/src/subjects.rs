@@ -8,6 +8,11 @@ use super::envelope::{MessagePriority, MessageType};
 /// The recipient token of messages addressed to every agent (`all` is not a valid agent id).
 pub const ALL_AGENTS: &str = "all";
 
+/// The token between `task_cancel` and the sender's id on the subject an operator cancels on:
+/// `<prefix>.task_cancel.operator.<name>`. A subject of its own, so that in a secured deployment
+/// the permission to publish there (the operator role's alone) is what proves an operator.
+pub const OPERATOR_CANCEL_TOKEN: &str = "operator";
+
 /// Builds subjects under one prefix (default `coord`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subjects {
@@ -38,6 +43,24 @@ impl Subjects {
     /// `<prefix>.<type>.*`: every message of one type.
     pub fn all_of(&self, message_type: MessageType) -> String {
         format!("{}.{}.*", self.prefix, message_type.as_str())
+    }
+
+    /// `<prefix>.task_cancel.operator.<name>`: where operator `name` sends TASK_CANCEL (a
+    /// submitter sends it on `addressed(TaskCancel, <its id>)`).
+    pub fn operator_cancel(&self, name: &str) -> String {
+        format!(
+            "{}.{}.{OPERATOR_CANCEL_TOKEN}.{name}",
+            self.prefix,
+            MessageType::TaskCancel.as_str()
+        )
+    }
+
+    /// Where the optimizer tells an agent that its granted task was cancelled: the agent's grant
+    /// subject, `<prefix>.task_request.<agent_id>`, which every agent already reads (and may read
+    /// in a secured deployment), so the notice needs no new subscription or permission. The
+    /// envelope's `type` (TASK_CANCEL) tells it from a grant.
+    pub fn cancel_notice(&self, agent_id: &str) -> String {
+        self.addressed(MessageType::TaskRequest, agent_id)
     }
 
     /// Where a message that exhausted its deliveries is parked: `<prefix>.dead_letter.<type>`.
@@ -242,9 +265,11 @@ impl Subjects {
             MessageType::HandoffInitiate,
             MessageType::HandoffAcknowledge,
             MessageType::ResourceRequest,
+            MessageType::TaskCancel,
         ]
         .into_iter()
         .map(|t| self.all_of(t))
+        .chain([self.operator_cancel("*")])
         .collect()
     }
 
@@ -343,6 +368,20 @@ mod tests {
         assert_eq!(s.message_sender("acme.prod.direct.status_update.b"), None);
         assert_eq!(s.message_sender("acme.prod.heartbeat.a"), None);
         assert_eq!(s.message_sender("coord.direct.status_update.b.a"), None);
+    }
+
+    #[test]
+    fn operator_cancels_have_their_own_subject_in_the_control_lane() {
+        let s = Subjects::default();
+        assert_eq!(s.operator_cancel("ops"), "coord.task_cancel.operator.ops");
+        assert_eq!(
+            s.parse(&s.operator_cancel("ops")),
+            Some((MessageType::TaskCancel, Some("operator.ops")))
+        );
+        let lane = s.control_event_subjects();
+        assert!(lane.contains(&"coord.task_cancel.*".to_string()));
+        assert!(lane.contains(&"coord.task_cancel.operator.*".to_string()));
+        assert_eq!(s.cancel_notice("a1"), "coord.task_request.a1");
     }
 
     #[test]

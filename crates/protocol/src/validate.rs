@@ -7,12 +7,12 @@ use serde_json::value::RawValue;
 
 use super::envelope::{Envelope, MessageType, PROTOCOL_VERSION};
 use super::messages::{
-    AgentDeregister, AgentRegister, GrantAck, Heartbeat, MAX_GRANTS_PER_ACK, TaskComplete,
-    TaskSubmit,
+    AgentDeregister, AgentRegister, GrantAck, Heartbeat, MAX_GRANTS_PER_ACK, TaskCancel,
+    TaskComplete, TaskSubmit,
 };
 use super::messaging::{HandoffAcknowledge, HandoffInitiate, ResourceRequest};
 pub use super::reasons::RejectReason;
-use super::subjects::Subjects;
+use super::subjects::{OPERATOR_CANCEL_TOKEN, Subjects};
 use switchyard_decision::{ResourceError, Resources, StrategyKind};
 
 /// Highest task priority accepted.
@@ -46,6 +46,9 @@ pub enum Inbound {
     HandoffAcknowledge(Envelope<HandoffAcknowledge>),
     /// A resource request and the extra resources it asks for.
     ResourceRequest(Envelope<ResourceRequest>, Resources),
+    /// A cancel, and whether it came on the operators' subject (so from an operator, in a
+    /// secured deployment).
+    Cancel(Envelope<TaskCancel>, bool),
 }
 
 impl Inbound {
@@ -60,6 +63,7 @@ impl Inbound {
             Inbound::HandoffInitiate(_) => MessageType::HandoffInitiate,
             Inbound::HandoffAcknowledge(_) => MessageType::HandoffAcknowledge,
             Inbound::ResourceRequest(..) => MessageType::ResourceRequest,
+            Inbound::Cancel(..) => MessageType::TaskCancel,
         }
     }
 
@@ -74,6 +78,7 @@ impl Inbound {
             Inbound::HandoffInitiate(e) => e.message_id.to_string(),
             Inbound::HandoffAcknowledge(e) => e.message_id.to_string(),
             Inbound::ResourceRequest(e, _) => e.message_id.to_string(),
+            Inbound::Cancel(e, _) => e.message_id.to_string(),
         }
     }
 
@@ -89,6 +94,7 @@ impl Inbound {
             Inbound::HandoffInitiate(e) => &e.sender,
             Inbound::HandoffAcknowledge(e) => &e.sender,
             Inbound::ResourceRequest(e, _) => &e.sender,
+            Inbound::Cancel(e, _) => &e.sender,
         }
     }
 }
@@ -130,6 +136,8 @@ fn validate_task_id(id: &str) -> bool {
 struct Context<'a> {
     subject: &'a str,
     token: Option<&'a str>,
+    /// The event came on an operators' subject (`task_cancel.operator.<name>`).
+    operator: bool,
     reply_to: String,
     correlation_id: Option<String>,
     message_type: Option<MessageType>,
@@ -156,10 +164,20 @@ pub fn decode(
     now_ms: u64,
 ) -> Result<Inbound, Rejection> {
     let parsed = subjects.parse(subject);
-    let token = parsed.and_then(|(_, token)| token);
+    let mut token = parsed.and_then(|(_, token)| token);
+    let operator_token = match (parsed, token) {
+        (Some((MessageType::TaskCancel, _)), Some(t)) => t
+            .strip_prefix(OPERATOR_CANCEL_TOKEN)
+            .and_then(|rest| rest.strip_prefix('.')),
+        _ => None,
+    };
+    if operator_token.is_some() {
+        token = operator_token;
+    }
     let mut ctx = Context {
         subject,
         token,
+        operator: operator_token.is_some(),
         reply_to: token
             .filter(|t| validate_agent_id(t))
             .unwrap_or("unknown")
@@ -303,6 +321,7 @@ fn decode_payload(ctx: &Context<'_>, env: RawEnvelope) -> Result<Inbound, Reject
         MessageType::HandoffInitiate => checks::handoff_initiate(ctx, typed(ctx, env)?),
         MessageType::HandoffAcknowledge => checks::handoff_acknowledge(ctx, typed(ctx, env)?),
         MessageType::ResourceRequest => checks::resource_request(ctx, typed(ctx, env)?),
+        MessageType::TaskCancel => check_cancel(ctx, typed(ctx, env)?),
         other => Err(ctx.reject(
             RejectReason::UnexpectedType,
             format!("{other:?} is not an event the optimizer consumes"),
@@ -350,6 +369,30 @@ fn check_complete(ctx: &Context<'_>, env: Envelope<TaskComplete>) -> Result<Inbo
         ));
     }
     Ok(Inbound::Complete(env))
+}
+
+/// Longest `reason` a TASK_CANCEL may give.
+pub const MAX_CANCEL_REASON_BYTES: usize = 256;
+
+fn check_cancel(ctx: &Context<'_>, env: Envelope<TaskCancel>) -> Result<Inbound, Rejection> {
+    if !validate_task_id(&env.payload.task_id) {
+        return Err(ctx.reject(
+            RejectReason::InvalidId,
+            "task_id must be 1-128 of [A-Za-z0-9_.:-]",
+        ));
+    }
+    if env
+        .payload
+        .reason
+        .as_ref()
+        .is_some_and(|r| r.len() > MAX_CANCEL_REASON_BYTES)
+    {
+        return Err(ctx.reject(
+            RejectReason::InvalidPayload,
+            format!("reason must be at most {MAX_CANCEL_REASON_BYTES} bytes"),
+        ));
+    }
+    Ok(Inbound::Cancel(env, ctx.operator))
 }
 
 /// Agent messages must come on the agent's own subject, so permissions can scope agents.

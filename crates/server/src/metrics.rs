@@ -24,6 +24,8 @@ pub const GRANT_REPUBLISHES_TOTAL: &str = "switchyard_grant_republishes_total";
 pub const DISPATCH_ROUNDS_TOTAL: &str = "switchyard_dispatch_rounds_total";
 pub const AGENTS_EXPIRED_TOTAL: &str = "switchyard_agents_expired_total";
 pub const AGENT_HANDOFF_DURATION_SECONDS: &str = "agent_handoff_duration_seconds";
+pub const TASK_CANCELS_TOTAL: &str = "switchyard_task_cancels_total";
+pub const CANCEL_NOTICES_TOTAL: &str = "switchyard_cancel_notices_total";
 
 /// All metrics of one optimizer replica, in its own registry (so in-process replicas in tests
 /// do not collide).
@@ -33,7 +35,8 @@ pub struct Metrics {
     /// Seconds to apply one operation, by `op`: `batch` (one pulled batch of events, from decode
     /// to ack) and `dispatch` (one dispatch pass over the queue head).
     pub coordination_seconds: HistogramVec,
-    /// Allocation outcomes by `outcome`: granted, queued, waiting, completed, failed, requeued.
+    /// Allocation outcomes by `outcome`: granted, queued, waiting, completed, failed, requeued,
+    /// cancelled.
     pub allocations: IntCounterVec,
     /// Events being worked on right now.
     pub active_coordinations: IntGauge,
@@ -58,6 +61,11 @@ pub struct Metrics {
     pub agents_expired: IntCounter,
     /// Handoff begin to verdict, by `outcome`: accepted, rejected, refused.
     pub handoff_duration: HistogramVec,
+    /// TASK_CANCEL events by `outcome`: cancelled (waiting or queued, or a repeat), cancelling
+    /// (granted: its agent told), finished (already completed or failed), refused.
+    pub task_cancels: IntCounterVec,
+    /// Cancel notices published to agents (first sends and resends).
+    pub cancel_notices: IntCounter,
 }
 
 pub(crate) fn registered<C: prometheus::core::Collector + Clone + 'static>(
@@ -141,6 +149,15 @@ impl Metrics {
                 "Handoff initiation to verdict, by outcome",
                 &["outcome"],
                 &HANDOFF_BUCKETS,
+            )?,
+            task_cancels: add.counters(
+                TASK_CANCELS_TOTAL,
+                "TASK_CANCEL events by outcome",
+                &["outcome"],
+            )?,
+            cancel_notices: add.counter(
+                CANCEL_NOTICES_TOTAL,
+                "Cancel notices sent to agents holding a cancelled task",
             )?,
             registry,
         })

@@ -4,7 +4,7 @@
 
 use super::publish::{Grant, Reply};
 use crate::state::Refusal;
-use switchyard_protocol::RejectReason;
+use switchyard_protocol::{RejectReason, TaskCancelNotice};
 
 /// What applying one event calls for.
 #[derive(Debug, Default)]
@@ -25,6 +25,9 @@ pub(crate) struct Applied {
     /// Agents whose message consumers must exist before anyone hears of the event: a registered
     /// agent's (it may not create its own in a secured deployment).
     pub inboxes: Vec<String>,
+    /// Cancel notices for the agents of granted tasks just cancelled (core NATS; the cancel
+    /// outbox sends them again until the agent confirms).
+    pub cancel_notices: Vec<TaskCancelNotice>,
 }
 
 impl Applied {

@@ -114,6 +114,7 @@ async fn finish_event(
         return retry_or_dead_letter(ctx, message, event, &e).await;
     }
     publish_grants(ctx, applied.republish).await;
+    super::cancel::publish_notices(ctx, &applied.cancel_notices).await;
     for reply in applied.replies {
         send_reply(ctx, reply).await;
     }

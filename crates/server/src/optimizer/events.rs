@@ -8,7 +8,8 @@ use super::Ctx;
 use super::applied::Applied;
 use super::publish::{Grant, Reply};
 use crate::state::{
-    CompleteOutcome, Completion, DeregisterOutcome, ResolveOutcome, SubmitOutcome, SubmitRequest,
+    CompleteOutcome, Completion, DependencyOutcome, DeregisterOutcome, ResolveOutcome,
+    SubmitOutcome, SubmitRequest,
 };
 use switchyard_client::error::Error;
 use switchyard_decision::{Resources, StrategyKind, TaskState};
@@ -102,6 +103,7 @@ pub(crate) async fn apply_event(ctx: &Ctx, event: &Inbound) -> Result<Applied, E
         Inbound::ResourceRequest(env, extra) => {
             super::handoff::grow_reservation(ctx, env, extra).await
         }
+        Inbound::Cancel(env, operator) => super::cancel::apply_cancel(ctx, env, *operator).await,
     }
 }
 
@@ -178,7 +180,7 @@ async fn deregister(
         DeregisterOutcome::Refused(refusal) => return Ok(Applied::refused(refusal)),
         DeregisterOutcome::Deregistered { tasks } => tasks,
     };
-    super::liveness::requeue_tasks(ctx, agent_id, &tasks).await?;
+    let cancelled = super::liveness::requeue_tasks(ctx, agent_id, &tasks).await?;
     let reply = Reply::new(
         sender,
         message_id,
@@ -186,11 +188,13 @@ async fn deregister(
         ReplyStatus::Deregistered,
     )
     .agent(agent_id);
-    Ok(Applied {
+    let mut applied = Applied {
         replies: vec![reply],
         dispatch: true,
         ..Applied::default()
-    })
+    };
+    super::cancel::cancelled_without_agent(ctx, &cancelled, &mut applied).await?;
+    Ok(applied)
 }
 
 async fn submit(ctx: &Ctx, req: &SubmitRequest) -> Result<Applied, Error> {
@@ -301,6 +305,9 @@ async fn duplicate_submit(
             // The first delivery may have died between failing the task and its dependents.
             fail_early_dependents(ctx, &req.task_id, &mut applied).await?;
         }
+        TaskState::Cancelled => applied
+            .replies
+            .push(reply(ReplyStatus::Cancelled).agent(agent)),
     }
     Ok(applied)
 }
@@ -319,7 +326,7 @@ async fn fail_early_dependents(
     if dependents.is_empty() {
         return Ok(());
     }
-    resolve_dependents(ctx, task_id, false, dependents, applied).await
+    resolve_dependents(ctx, task_id, DependencyOutcome::Failed, dependents, applied).await
 }
 
 /// What a completion's outcome calls for: replies, refusals, the dependents' turn.
@@ -336,6 +343,11 @@ async fn completed(
             submit_message_id,
             dependents,
         } => (success, submitter, submit_message_id, dependents),
+        CompleteOutcome::Cancelled {
+            submitter,
+            submit_message_id,
+            dependents,
+        } => return confirmed_cancel(ctx, env, &submitter, &submit_message_id, dependents).await,
         CompleteOutcome::Refused(refusal) => return Ok(Applied::refused(refusal)),
     };
     ctx.metrics
@@ -371,32 +383,75 @@ async fn completed(
                 .agent(&p.agent_id),
         );
     }
-    resolve_dependents(ctx, &p.task_id, success, dependents, &mut applied).await?;
+    let outcome = if success {
+        DependencyOutcome::Completed
+    } else {
+        DependencyOutcome::Failed
+    };
+    resolve_dependents(ctx, &p.task_id, outcome, dependents, &mut applied).await?;
+    Ok(applied)
+}
+
+/// The agent confirmed the cancel of its task (a failure report after the cancel): the task is
+/// cancelled, its reservation released, its dependents fail with `dependency_cancelled`.
+async fn confirmed_cancel(
+    ctx: &Ctx,
+    env: &switchyard_protocol::Envelope<switchyard_protocol::TaskComplete>,
+    submitter: &str,
+    submit_message_id: &str,
+    dependents: Vec<String>,
+) -> Result<Applied, Error> {
+    let p = &env.payload;
+    ctx.metrics
+        .allocations
+        .with_label_values(&["cancelled"])
+        .inc();
+    tracing::info!(task_id = %p.task_id, agent_id = %p.agent_id, "cancel confirmed by the agent");
+    let mut applied = Applied {
+        dispatch: true,
+        ..Applied::default()
+    };
+    if p.replies == Replies::All {
+        applied.replies.push(
+            Reply::new(
+                &env.sender,
+                &env.message_id.to_string(),
+                MessageType::TaskComplete,
+                ReplyStatus::Cancelled,
+            )
+            .task(&p.task_id)
+            .agent(&p.agent_id),
+        );
+    }
+    super::cancel::tell_submitter(&mut applied, &p.task_id, submitter, submit_message_id);
+    let cancelled = DependencyOutcome::Cancelled;
+    resolve_dependents(ctx, &p.task_id, cancelled, dependents, &mut applied).await?;
     Ok(applied)
 }
 
 /// Walks the dependents of a finished task: each becomes queued, keeps waiting, or fails in
-/// turn (cascading). `visited` guards against dependency cycles.
-async fn resolve_dependents(
+/// turn (cascading). The task's own dependents learn how it ended (`outcome`); theirs, in turn,
+/// that their dependency failed. `visited` guards against dependency cycles.
+pub(crate) async fn resolve_dependents(
     ctx: &Ctx,
     task_id: &str,
-    success: bool,
+    outcome: DependencyOutcome,
     dependents: Vec<String>,
     applied: &mut Applied,
 ) -> Result<(), Error> {
     let retention = ctx.config.coordination.task_retention_s;
-    let mut frontier: Vec<(String, String)> = dependents
+    let mut frontier: Vec<(String, String, DependencyOutcome)> = dependents
         .into_iter()
-        .map(|d| (task_id.to_string(), d))
+        .map(|d| (task_id.to_string(), d, outcome))
         .collect();
     let mut visited = HashSet::new();
-    while let Some((dependency, dependent)) = frontier.pop() {
+    while let Some((dependency, dependent, how)) = frontier.pop() {
         if !visited.insert(dependent.clone()) {
             continue;
         }
         match ctx
             .store
-            .resolve_dependency(&dependent, &dependency, success, retention)
+            .resolve_dependency_as(&dependent, &dependency, how, retention)
             .await?
         {
             ResolveOutcome::Queued => applied.dispatch = true,
@@ -407,7 +462,11 @@ async fn resolve_dependents(
                 dependents,
             } => {
                 ctx.metrics.allocations.with_label_values(&["failed"]).inc();
-                tracing::info!(task_id = %dependent, dependency = %dependency, "task failed: dependency failed");
+                let why = match how {
+                    DependencyOutcome::Cancelled => "dependency_cancelled",
+                    _ => "dependency_failed",
+                };
+                tracing::info!(task_id = %dependent, dependency = %dependency, why, "task failed with a dependency");
                 if !submitter.is_empty() {
                     let reply = Reply::new(
                         &submitter,
@@ -416,10 +475,14 @@ async fn resolve_dependents(
                         ReplyStatus::Failed,
                     )
                     .task(&dependent)
-                    .detail(format!("dependency_failed:{dependency}"));
+                    .detail(format!("{why}:{dependency}"));
                     applied.replies.push(reply);
                 }
-                frontier.extend(dependents.into_iter().map(|d| (dependent.clone(), d)));
+                frontier.extend(
+                    dependents
+                        .into_iter()
+                        .map(|d| (dependent.clone(), d, DependencyOutcome::Failed)),
+                );
             }
         }
     }

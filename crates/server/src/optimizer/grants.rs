@@ -23,7 +23,12 @@ const RESEND_BATCH: usize = 512;
 /// Sends overdue grants again every `grant_resend_ms`, until `stop`.
 pub(crate) async fn run_resender(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) {
     let period = Duration::from_millis(ctx.config.coordination.grant_resend_ms);
-    run_every(period, stop, "grant resend pass", || resend_overdue(&ctx)).await
+    run_every(period, stop, "grant resend pass", || async {
+        let grants = resend_overdue(&ctx).await?;
+        let notices = super::cancel::resend_cancel_notices(&ctx).await?;
+        Ok(grants + notices)
+    })
+    .await
 }
 
 /// Sends again every grant whose agent has not acknowledged it within `grant_resend_ms`. Several

@@ -15,22 +15,30 @@ pub(crate) async fn apply_heartbeat(ctx: &Ctx, agent_id: &str) -> Result<Applied
     })
 }
 
-/// Gives an agent's granted tasks back to the queue, one idempotent transition each.
+/// Gives an agent's granted tasks back to the queue, one idempotent transition each. Returns
+/// the tasks whose cancel had been requested: those are cancelled instead, and the caller tells
+/// their submitters and fails their dependents (`cancel::cancelled_without_agent`).
 pub(crate) async fn requeue_tasks(
     ctx: &Ctx,
     agent_id: &str,
     tasks: &[String],
-) -> Result<(), Error> {
+) -> Result<Vec<String>, Error> {
+    let retention = ctx.config.coordination.task_retention_s;
+    let mut cancelled = Vec::new();
     for task_id in tasks {
-        if ctx.store.requeue_task(task_id, agent_id).await? == RequeueOutcome::Requeued {
-            ctx.metrics
-                .allocations
-                .with_label_values(&["requeued"])
-                .inc();
-            tracing::info!(task_id = %task_id, agent_id, "task re-queued from an agent that left or died");
+        match ctx.store.requeue_task(task_id, agent_id, retention).await? {
+            RequeueOutcome::Requeued => {
+                ctx.metrics
+                    .allocations
+                    .with_label_values(&["requeued"])
+                    .inc();
+                tracing::info!(task_id = %task_id, agent_id, "task re-queued from an agent that left or died");
+            }
+            RequeueOutcome::Cancelled => cancelled.push(task_id.clone()),
+            RequeueOutcome::Noop => {}
         }
     }
-    Ok(())
+    Ok(cancelled)
 }
 
 /// Marks every active agent whose lease ran out dead and re-queues its tasks. Returns how many
@@ -53,13 +61,29 @@ pub(crate) async fn expire_silent_agents(ctx: &Ctx) -> Result<usize, Error> {
                 died += 1;
                 tracing::warn!(agent_id = %agent_id, tasks = tasks.len(), "agent missed its lease: marked dead");
             }
-            requeue_tasks(ctx, &agent_id, &tasks).await?;
+            let cancelled = requeue_tasks(ctx, &agent_id, &tasks).await?;
+            finish_cancelled(ctx, &cancelled).await?;
         }
     }
     if died > 0 {
         ctx.metrics.agents_expired.inc_by(died as u64);
     }
     Ok(died)
+}
+
+/// Tells about tasks cancelled because their agent died (no event to answer: replies go out
+/// now). A failure here leaves the agent dead and its tasks cancelled; only replies and the
+/// dependents' cascade are lost, and a repeated cancel of the task sends them again.
+async fn finish_cancelled(ctx: &Ctx, cancelled: &[String]) -> Result<(), Error> {
+    if cancelled.is_empty() {
+        return Ok(());
+    }
+    let mut applied = Applied::default();
+    super::cancel::cancelled_without_agent(ctx, cancelled, &mut applied).await?;
+    for reply in applied.replies {
+        super::publish::send_reply(ctx, reply).await;
+    }
+    Ok(())
 }
 
 /// Most agents one maintenance pass looks at; the rest wait for the next pass.

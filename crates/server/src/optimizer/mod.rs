@@ -11,6 +11,7 @@
 
 mod applied;
 mod batch;
+mod cancel;
 mod dispatch;
 mod events;
 mod grants;

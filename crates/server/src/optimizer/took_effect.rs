@@ -32,7 +32,7 @@ async fn check(ctx: &Ctx, event: &Inbound) -> Option<bool> {
             Some(task.is_some_and(|t| {
                 let finished = matches!(
                     t.get("state").map(String::as_str),
-                    Some("completed" | "failed")
+                    Some("completed" | "failed" | "cancelled")
                 );
                 finished && t.get("agent") == Some(&env.payload.agent_id)
             }))
@@ -48,6 +48,13 @@ async fn check(ctx: &Ctx, event: &Inbound) -> Option<bool> {
                 .and_then(|a| a.get("status"))
                 .map(String::as_str);
             Some(status == Some("deregistered"))
+        }
+        Inbound::Cancel(env, _) => {
+            let task = ctx.store.task_record(&env.payload.task_id).await.ok()?;
+            Some(task.is_some_and(|t| {
+                t.get("state").map(String::as_str) == Some("cancelled")
+                    || t.get("cancel_requested").map(String::as_str) == Some("1")
+            }))
         }
         _ => None,
     }

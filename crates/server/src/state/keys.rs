@@ -73,6 +73,13 @@ impl Keys {
         format!("{}:outbox", self.tag)
     }
 
+    /// Sorted set: cancel notices for granted tasks whose agents have not confirmed yet
+    /// (`task_id|grant_seq`, scored by when the notice is next due; Redis clock, ms). Entries
+    /// of tasks that have since finished are dropped by the resend pass.
+    pub fn cancel_outbox(&self) -> String {
+        format!("{}:cancel_outbox", self.tag)
+    }
+
     /// Hash: learned statistics per (task type, agent type): `<task>|<agent>|<stat>` fields.
     pub fn patterns(&self) -> String {
         format!("{}:patterns", self.tag)
@@ -122,7 +129,7 @@ impl Keys {
         format!("{}:waiting", self.tag)
     }
 
-    /// Hash: lifetime counters (submitted, granted, completed, failed, requeued).
+    /// Hash: lifetime counters (submitted, granted, completed, failed, cancelled, requeued).
     pub fn stats(&self) -> String {
         format!("{}:stats", self.tag)
     }
@@ -144,6 +151,7 @@ mod tests {
             k.dependents("a"),
             k.queue(),
             k.grant_outbox(),
+            k.cancel_outbox(),
             k.stats(),
             k.patterns(),
             k.sync_lease(),

@@ -26,8 +26,9 @@ pub use handoffs::{
 };
 pub use keys::Keys;
 pub use records::{
-    CompleteOutcome, Completion, DeregisterOutcome, ExpireOutcome, GrantOutcome, GrantRequest,
-    HeartbeatOutcome, QueuedTask, RequeueOutcome, ResolveOutcome, SubmitOutcome, SubmitRequest,
+    CancelOutcome, CompleteOutcome, Completion, DependencyOutcome, DeregisterOutcome,
+    ExpireOutcome, GrantOutcome, GrantRequest, HeartbeatOutcome, QueuedTask, RequeueOutcome,
+    ResolveOutcome, SubmitOutcome, SubmitRequest,
 };
 pub use sentinel::SentinelConnection;
 pub use store::Store;

@@ -279,6 +279,64 @@ impl Store {
             .collect())
     }
 
+    /// Cancel notices due again: in the cancel outbox since more than `older_than_ms` ago
+    /// (Redis clock), as `(task_id, grant_seq)`.
+    pub async fn due_cancel_notices(
+        &self,
+        older_than_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, Error> {
+        let cutoff = self.redis_now_ms().await?.saturating_sub(older_than_ms);
+        let members: Vec<String> = self
+            .conn()
+            .zrangebyscore_limit(self.keys().cancel_outbox(), 0, cutoff, 0, limit as isize)
+            .await?;
+        Ok(members
+            .iter()
+            .filter_map(|m| m.rsplit_once('|'))
+            .filter_map(|(t, s)| Some((t.to_string(), s.parse().ok()?)))
+            .collect())
+    }
+
+    /// These cancel notices were just sent again (`sent`), and these are no longer needed
+    /// (`gone`: the task finished or was granted again): one ZADD XX and one ZREM.
+    pub async fn update_cancel_notices(
+        &self,
+        sent: &[(String, u64)],
+        gone: &[(String, u64)],
+    ) -> Result<(), Error> {
+        let key = self.keys().cancel_outbox();
+        if !gone.is_empty() {
+            let members: Vec<String> = gone.iter().map(|(t, s)| outbox_member(t, *s)).collect();
+            let _: i64 = self.conn().zrem(&key, members).await?;
+        }
+        if !sent.is_empty() {
+            let now = self.redis_now_ms().await?;
+            let mut cmd = redis::cmd("ZADD");
+            cmd.arg(&key).arg("XX");
+            for (task_id, seq) in sent {
+                cmd.arg(now).arg(outbox_member(task_id, *seq));
+            }
+            let _: i64 = cmd.query_async(&mut self.conn()).await?;
+        }
+        Ok(())
+    }
+
+    /// Cancel notices now owed for these grants (a handed-off task's new grant): due at once
+    /// on the next pass.
+    pub async fn add_cancel_notices(&self, grants: &[(String, u64)]) -> Result<(), Error> {
+        if grants.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("ZADD");
+        cmd.arg(self.keys().cancel_outbox()).arg("NX");
+        for (task_id, seq) in grants {
+            cmd.arg(0).arg(outbox_member(task_id, *seq));
+        }
+        let _: i64 = cmd.query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
     /// The tasks registered as waiting on `task_id` (a dependent may be submitted before the
     /// task it depends on, so a task can have dependents before it exists).
     pub async fn dependents_of(&self, task_id: &str) -> Result<Vec<String>, Error> {
@@ -351,7 +409,7 @@ fn pattern_rows(table: &PatternTable) -> Vec<PatternRow> {
         .collect()
 }
 
-/// An outbox member: `task_id|grant_seq`, as the scripts write it.
+/// An outbox member (grants and cancel notices): `task_id|grant_seq`, as the scripts write it.
 fn outbox_member(task_id: &str, grant_seq: u64) -> String {
     format!("{task_id}|{grant_seq}")
 }

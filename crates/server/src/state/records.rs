@@ -94,6 +94,7 @@ fn reason(code: &str) -> Option<RejectReason> {
         "unknown_handoff" => RejectReason::UnknownHandoff,
         "task_exists" => RejectReason::TaskExists,
         "infeasible" => RejectReason::Infeasible,
+        "not_submitter" => RejectReason::NotSubmitter,
         _ => return None,
     })
 }
@@ -115,9 +116,53 @@ pub enum CompleteOutcome {
         submit_message_id: String,
         dependents: Vec<String>,
     },
+    /// A failure reported for a task whose cancel was requested: the agent's confirmation, so
+    /// the task is cancelled; `dependents` fail with `dependency_cancelled`.
+    Cancelled {
+        submitter: String,
+        submit_message_id: String,
+        dependents: Vec<String>,
+    },
     /// Not applied: unknown agent or task, an agent that is not active, a report about an
     /// earlier grant, the wrong agent, or a task not granted.
     Refused(Refusal),
+}
+
+/// What became of a TASK_CANCEL (`lua/cancel_task.lua`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelOutcome {
+    /// Cancelled (now or by an earlier cancel); these dependents fail in turn.
+    Cancelled {
+        submitter: String,
+        submit_message_id: String,
+        dependents: Vec<String>,
+    },
+    /// Granted: its agent is being told; the task is cancelled when the agent confirms or its
+    /// lease ends.
+    Cancelling { agent_id: String, grant_seq: u64 },
+    /// Already completed or failed: nothing to cancel.
+    Finished { state: TaskState, agent_id: String },
+    /// Unknown task, or a canceller that is neither its submitter nor an operator.
+    Refused(Refusal),
+}
+
+/// How a dependency ended, for `resolve_dependency`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DependencyOutcome {
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl DependencyOutcome {
+    /// The name `resolve_dependency.lua` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DependencyOutcome::Completed => "completed",
+            DependencyOutcome::Failed => "failed",
+            DependencyOutcome::Cancelled => "cancelled",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -161,6 +206,8 @@ pub enum ExpireOutcome {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RequeueOutcome {
     Requeued,
+    /// Its cancel had been requested: cancelled instead of queued.
+    Cancelled,
     Noop,
 }
 
@@ -247,6 +294,11 @@ impl CompleteOutcome {
         Ok(match reply.first().map(String::as_str) {
             Some("completed") => finished(true),
             Some("failed") => finished(false),
+            Some("cancelled") => CompleteOutcome::Cancelled {
+                submitter: field(reply, 1),
+                submit_message_id: field(reply, 2),
+                dependents: reply.iter().skip(3).cloned().collect(),
+            },
             Some("refused") => CompleteOutcome::Refused(refusal("complete_tasks", reply, 1)?),
             _ => return Err(unexpected("complete_task", reply)),
         })
@@ -265,6 +317,30 @@ impl ResolveOutcome {
             },
             Some("noop") => ResolveOutcome::Noop,
             _ => return Err(unexpected("resolve_dependency", reply)),
+        })
+    }
+}
+
+impl CancelOutcome {
+    pub(crate) fn parse(reply: &[String]) -> Result<Self, Error> {
+        Ok(match reply.first().map(String::as_str) {
+            Some("cancelled") => CancelOutcome::Cancelled {
+                submitter: field(reply, 1),
+                submit_message_id: field(reply, 2),
+                dependents: reply.iter().skip(3).cloned().collect(),
+            },
+            Some("cancelling") => CancelOutcome::Cancelling {
+                agent_id: field(reply, 1),
+                grant_seq: field(reply, 2)
+                    .parse()
+                    .map_err(|_| unexpected("cancel_task", reply))?,
+            },
+            Some("finished") => CancelOutcome::Finished {
+                state: state("cancel_task", reply, 1)?,
+                agent_id: field(reply, 2),
+            },
+            Some("refused") => CancelOutcome::Refused(refusal("cancel_task", reply, 1)?),
+            _ => return Err(unexpected("cancel_task", reply)),
         })
     }
 }
@@ -309,6 +385,7 @@ impl RequeueOutcome {
     pub(crate) fn parse(reply: &[String]) -> Result<Self, Error> {
         Ok(match reply.first().map(String::as_str) {
             Some("requeued") => RequeueOutcome::Requeued,
+            Some("cancelled") => RequeueOutcome::Cancelled,
             Some("noop") => RequeueOutcome::Noop,
             _ => return Err(unexpected("requeue_task", reply)),
         })
@@ -345,6 +422,22 @@ mod tests {
                 dependents: s(&["t2", "t3"])
             })
         );
+        assert_eq!(
+            CancelOutcome::parse(&s(&["cancelling", "a1", "2"])).ok(),
+            Some(CancelOutcome::Cancelling {
+                agent_id: "a1".into(),
+                grant_seq: 2
+            })
+        );
+        assert_eq!(
+            CompleteOutcome::parse(&s(&["cancelled", "orch", "m1"])).ok(),
+            Some(CompleteOutcome::Cancelled {
+                submitter: "orch".into(),
+                submit_message_id: "m1".into(),
+                dependents: vec![]
+            })
+        );
+        assert!(CancelOutcome::parse(&s(&["finished", "bogus", ""])).is_err());
         assert!(GrantOutcome::parse(&s(&["bogus"])).is_err());
         assert!(SubmitOutcome::parse(&[]).is_err());
     }

@@ -38,6 +38,7 @@ pub(crate) struct Scripts {
     pub resolve_handoff: Script,
     pub grow_reservation: Script,
     pub index_capacities: Script,
+    pub cancel_task: Script,
 }
 
 impl Scripts {
@@ -56,10 +57,11 @@ impl Scripts {
             resolve_handoff: with_lib(include_str!("lua/resolve_handoff.lua")),
             grow_reservation: with_lib(include_str!("lua/grow_reservation.lua")),
             index_capacities: with_lib(include_str!("lua/index_capacities.lua")),
+            cancel_task: with_lib(include_str!("lua/cancel_task.lua")),
         }
     }
 
-    pub(crate) fn all(&self) -> [&Script; 13] {
+    pub(crate) fn all(&self) -> [&Script; 14] {
         [
             &self.register_agent,
             &self.deregister_agent,
@@ -74,6 +76,7 @@ impl Scripts {
             &self.resolve_handoff,
             &self.grow_reservation,
             &self.index_capacities,
+            &self.cancel_task,
         ]
     }
 }
@@ -102,6 +105,7 @@ mod tests {
             include_str!("lua/resolve_handoff.lua"),
             include_str!("lua/grow_reservation.lua"),
             include_str!("lua/index_capacities.lua"),
+            include_str!("lua/cancel_task.lua"),
         ];
         for body in bodies {
             let code: Vec<&str> = body

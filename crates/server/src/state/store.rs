@@ -285,6 +285,23 @@ impl Store {
         dependency_succeeded: bool,
         retention_s: u64,
     ) -> Result<ResolveOutcome, Error> {
+        let outcome = if dependency_succeeded {
+            DependencyOutcome::Completed
+        } else {
+            DependencyOutcome::Failed
+        };
+        self.resolve_dependency_as(task_id, dependency_id, outcome, retention_s)
+            .await
+    }
+
+    /// A dependency of a waiting task ended with `outcome`; see `lua/resolve_dependency.lua`.
+    pub async fn resolve_dependency_as(
+        &self,
+        task_id: &str,
+        dependency_id: &str,
+        outcome: DependencyOutcome,
+        retention_s: u64,
+    ) -> Result<ResolveOutcome, Error> {
         let k = &self.keys;
         let reply: Vec<String> = self
             .scripts
@@ -297,21 +314,20 @@ impl Store {
             .key(k.waiting())
             .arg(task_id)
             .arg(dependency_id)
-            .arg(if dependency_succeeded {
-                "completed"
-            } else {
-                "failed"
-            })
+            .arg(outcome.as_str())
             .arg(retention_s)
             .invoke_async(&mut self.conn())
             .await?;
         ResolveOutcome::parse(&reply)
     }
 
+    /// Takes a granted task back from an agent that left or died; one whose cancel was
+    /// requested is cancelled instead (kept for `retention_s`). See `lua/requeue_task.lua`.
     pub async fn requeue_task(
         &self,
         task_id: &str,
         agent_id: &str,
+        retention_s: u64,
     ) -> Result<RequeueOutcome, Error> {
         let k = &self.keys;
         let reply: Vec<String> = self
@@ -326,9 +342,42 @@ impl Store {
             .key(k.fleet_log())
             .arg(task_id)
             .arg(agent_id)
+            .arg(retention_s)
             .invoke_async(&mut self.conn())
             .await?;
         RequeueOutcome::parse(&reply)
+    }
+
+    /// A TASK_CANCEL from `canceller` (`operator`: it came on the operators' subject); see
+    /// `lua/cancel_task.lua`.
+    pub async fn cancel_task(
+        &self,
+        task_id: &str,
+        canceller: &str,
+        operator: bool,
+        reason: &str,
+        retention_s: u64,
+    ) -> Result<CancelOutcome, Error> {
+        let k = &self.keys;
+        let reply: Vec<String> = self
+            .scripts
+            .cancel_task
+            .key(k.task(task_id))
+            .key(k.unmet_dependencies(task_id))
+            .key(k.queue())
+            .key(k.stats())
+            .key(k.dependents(task_id))
+            .key(k.cancel_outbox())
+            .key(k.waiting())
+            .arg(task_id)
+            .arg(canceller)
+            .arg(if operator { "1" } else { "0" })
+            .arg(reason)
+            .arg(retention_s)
+            .arg(switchyard_protocol::now_ms())
+            .invoke_async(&mut self.conn())
+            .await?;
+        CancelOutcome::parse(&reply)
     }
 
     /// Renews the leases of a batch of agents in one script call; one outcome per agent, in

@@ -13,7 +13,7 @@
 -- the grant_seq being reported (0 = not given: any grant of this task to this agent)
 --
 -- Returns per report: outcome, k, then k fields:
---   "completed"|"failed", submitter, submit_message_id, dependent_id...  the outcome, who to tell,
+--   "completed"|"failed"|"cancelled", submitter, submit_message_id, dependent_id...  the outcome, who to tell,
 --                                   and the tasks waiting on this one (the caller resolves each
 --                                   with resolve_dependency); a repeat of the same completion
 --                                   answers the same and changes nothing
@@ -24,6 +24,10 @@
 --                                   handed off): checked before the owner
 --       wrong_agent                 the task is (or was) granted to another agent
 --       task_not_granted            queued or waiting: e.g. re-queued after this agent died
+-- A failure reported for a task whose cancel was requested (cancel_task) is the agent's
+-- confirmation: the task becomes "cancelled", and the agent's score and the patterns do not learn
+-- from it (it was stopped, not beaten). A success reported for it is a completion: the work was
+-- done before the agent heard of the cancel.
 -- Score: exponential moving average of outcomes, x = success * time efficiency where efficiency
 -- = min(1, estimated / actual) (1 when either is unknown).
 -- Patterns: per (task type, agent type) attempts, successes, success EMA and EMA of actual /
@@ -34,7 +38,8 @@ local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
 local lr, retention, now = tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local AGENT_EXTRA = {'completions', 'successes'}
 local TASK_FIELDS = flat('state', 'agent', 'estimated_duration_s', 'grant_seq', 'submitter',
-  'submit_msg_id', 'task_type', 'has_dependents', 'replies', kind_fields('req_'))
+  'submit_msg_id', 'task_type', 'has_dependents', 'replies', 'cancel_requested',
+  kind_fields('req_'))
 
 local agents = {}
 local function agent(j)
@@ -97,7 +102,7 @@ local function learn(a, task, success, actual)
   end
 end
 
-local stats = {completed = 0, failed = 0}
+local stats = {completed = 0, failed = 0, cancelled = 0}
 local reply = {}
 local function answer(outcome, fields)
   table.insert(reply, outcome)
@@ -154,20 +159,28 @@ local function complete(i, task_id, j, success, actual_raw, reported_seq)
     local holder = (owner and owner ~= '') and ('agent ' .. owner) or 'no agent'
     return refuse('wrong_agent', 'task ' .. task_id .. ' is held by ' .. holder .. ', not ' .. a.id)
   end
-  if state == 'completed' or state == 'failed' then
+  if state == 'completed' or state == 'failed' or state == 'cancelled' then
     return with_dependents(i, state, task)
   end
   local outcome = success and 'completed' or 'failed'
+  if not success and task.cancel_requested == '1' then
+    outcome = 'cancelled'
+  end
   for _, kind in ipairs(KINDS) do
     local held = tonumber(task['req_' .. kind]) or 0
     a['res_' .. kind] = int((tonumber(a['res_' .. kind]) or 0) - held)
   end
   a.active_tasks = int((tonumber(a.active_tasks) or 0) - 1)
   a.touched = true
-  learn(a, task, success, actual)
+  if outcome ~= 'cancelled' then
+    learn(a, task, success, actual)
+  end
   redis.call('SREM', KEYS[4 + 2 * n + 2 * j], task_id)
   redis.call('HSET', KEYS[3 + 2 * i], 'state', outcome, 'finished_at', now,
     'execution_time_s', actual_raw)
+  if outcome == 'cancelled' then
+    redis.call('HSET', KEYS[3 + 2 * i], 'reason', 'cancelled')
+  end
   redis.call('ZREM', KEYS[2], task_id .. '|' .. task.grant_seq)
   redis.call('EXPIRE', KEYS[3 + 2 * i], retention)
   if task.has_dependents == '1' then

@@ -3,13 +3,15 @@
 --
 -- KEYS[1] task hash  KEYS[2] agent hash  KEYS[3] agent's granted-task set
 -- KEYS[4] priority queue  KEYS[5] stats hash  KEYS[6] grant outbox  KEYS[7] fleet log
--- ARGV[1] task_id  ARGV[2] agent_id
+-- ARGV[1] task_id  ARGV[2] agent_id  ARGV[3] retention seconds for terminal tasks
 --
--- Returns {"requeued"} or {"noop", state}: the task is not granted to this agent (already
--- re-queued, completed, or granted elsewhere), nothing changed. The agent's set entry is dropped
--- either way so a stale entry cannot be returned again.
+-- Returns {"requeued"}; {"cancelled"}: the task's cancel had been requested (cancel_task), so it
+-- is cancelled instead of queued (the agent can no longer confirm it; the caller tells the
+-- submitter and fails the dependents); or {"noop", state}: the task is not granted to this agent
+-- (already re-queued, completed, or granted elsewhere), nothing changed. The agent's set entry
+-- is dropped either way so a stale entry cannot be returned again.
 local task = hmget_named(KEYS[1], flat('state', 'agent', 'priority', 'queue_seq', 'grant_seq',
-  kind_fields('req_')))
+  'cancel_requested', kind_fields('req_')))
 if task.state ~= 'granted' or task.agent ~= ARGV[2] then
   redis.call('SREM', KEYS[3], ARGV[1])
   return {'noop', task.state or 'missing'}
@@ -19,10 +21,18 @@ for _, kind in ipairs(KINDS) do
 end
 redis.call('HINCRBY', KEYS[2], 'active_tasks', -1)
 redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[6], ARGV[1] .. '|' .. task.grant_seq)
+local now = now_ms()
+log_agents(KEYS[7], {{ARGV[2], KEYS[2]}}, now)
+if task.cancel_requested == '1' then
+  -- The agent stays named, so a late report of its grant is answered "cancelled".
+  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'reason', 'cancelled', 'finished_at', now)
+  redis.call('HINCRBY', KEYS[5], 'cancelled', 1)
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  return {'cancelled'}
+end
 redis.call('HSET', KEYS[1], 'state', 'queued', 'agent', '')
 redis.call('ZADD', KEYS[4], (100 - tonumber(task.priority)) * 1e13 + tonumber(task.queue_seq),
   ARGV[1])
-redis.call('ZREM', KEYS[6], ARGV[1] .. '|' .. task.grant_seq)
 redis.call('HINCRBY', KEYS[5], 'requeued', 1)
-log_agents(KEYS[7], {{ARGV[2], KEYS[2]}}, now_ms())
 return {'requeued'}

@@ -2,14 +2,15 @@
 --
 -- KEYS[1] task hash  KEYS[2] task's unmet-dependency set  KEYS[3] priority queue
 -- KEYS[4] stats hash  KEYS[5] task's dependents set  KEYS[6] tasks waiting on dependencies (zset)
--- ARGV[1] task_id  ARGV[2] dependency id  ARGV[3] dependency outcome ("completed"|"failed")
--- ARGV[4] retention seconds
+-- ARGV[1] task_id  ARGV[2] dependency id  ARGV[3] dependency outcome
+-- ("completed"|"failed"|"cancelled")  ARGV[4] retention seconds
 --
 -- Returns one of
 --   {"queued"}                    last unmet dependency done: now in the priority queue
 --   {"waiting", unmet_count}      still waiting on others
 --   {"failed", submitter, submit_message_id, dependent_id...}  failed because the dependency
---                                 failed; who to tell, and its own dependents so the caller
+--                                 failed (reason dependency_failed:<id>) or was cancelled
+--                                 (reason dependency_cancelled:<id>); who to tell, and its own dependents so the caller
 --                                 cascades (repeats answer the same)
 --   {"noop", state}               the task is not waiting (already resolved): nothing changed
 local task = redis.call('HMGET', KEYS[1], 'state', 'priority', 'queue_seq', 'reason', 'submitter',
@@ -19,7 +20,9 @@ if task[7] == 'none' then
   task[5] = ''
 end
 local state = task[1]
-if state == 'failed' and ARGV[3] == 'failed' and task[4] == 'dependency_failed:' .. ARGV[2] then
+local reason = (ARGV[3] == 'cancelled' and 'dependency_cancelled:' or 'dependency_failed:')
+  .. ARGV[2]
+if state == 'failed' and ARGV[3] ~= 'completed' and task[4] == reason then
   local reply = {'failed', task[5] or '', task[6] or ''}
   for _, id in ipairs(redis.call('SMEMBERS', KEYS[5])) do
     table.insert(reply, id)
@@ -29,9 +32,9 @@ end
 if state ~= 'waiting' then
   return {'noop', state or 'missing'}
 end
-if ARGV[3] == 'failed' then
+if ARGV[3] ~= 'completed' then
   local t = redis.call('TIME')
-  redis.call('HSET', KEYS[1], 'state', 'failed', 'reason', 'dependency_failed:' .. ARGV[2],
+  redis.call('HSET', KEYS[1], 'state', 'failed', 'reason', reason,
     'finished_at', tonumber(t[1]) * 1000)
   redis.call('HINCRBY', KEYS[4], 'failed', 1)
   redis.call('EXPIRE', KEYS[1], ARGV[4])

@@ -20,7 +20,7 @@
 -- Returns one of
 --   {"queued"}                     in the priority queue
 --   {"waiting", unmet_count}       waiting for dependencies
---   {"failed", reason}             a dependency already failed
+--   {"failed", reason}             a dependency already failed (or was cancelled)
 --   {"duplicate", state, agent}    same message_id seen before: nothing changed
 --   {"refused", "task_exists", message}  the task id was submitted by another message
 --   {"refused", "infeasible", message}   policy refuse, and no active agent's capacity covers
@@ -78,8 +78,9 @@ local failed_dep = nil
 for i = 0, ndeps - 1 do
   local dep_id = ARGV[b + 4 + i]
   local dep_state = redis.call('HGET', KEYS[5 + 2 * i], 'state')
-  if dep_state == 'failed' then
-    failed_dep = failed_dep or dep_id
+  if dep_state == 'failed' or dep_state == 'cancelled' then
+    local why = dep_state == 'cancelled' and 'dependency_cancelled:' or 'dependency_failed:'
+    failed_dep = failed_dep or (why .. dep_id)
   elseif dep_state ~= 'completed' then
     table.insert(unmet, i)
   end
@@ -105,10 +106,10 @@ redis.call('HSET', KEYS[1], unpack(flat('state', state,
   'explain', ARGV[b + 5 + ndeps], 'replies', ARGV[b + 7 + ndeps])))
 
 if failed_dep then
-  redis.call('HSET', KEYS[1], 'reason', 'dependency_failed:' .. failed_dep, 'finished_at', now)
+  redis.call('HSET', KEYS[1], 'reason', failed_dep, 'finished_at', now)
   redis.call('HINCRBY', KEYS[4], 'failed', 1)
   redis.call('EXPIRE', KEYS[1], ARGV[b + 2])
-  return {'failed', 'dependency_failed:' .. failed_dep}
+  return {'failed', failed_dep}
 end
 if #unmet > 0 then
   for _, i in ipairs(unmet) do
