@@ -360,6 +360,30 @@ async fn completed(
     } else {
         ReplyStatus::Failed
     };
+    let mut applied = finished(env, status);
+    if !submitter.is_empty() {
+        applied.replies.push(
+            Reply::new(&submitter, &submit_id, MessageType::TaskSubmit, status)
+                .task(&p.task_id)
+                .agent(&p.agent_id),
+        );
+    }
+    let outcome = if success {
+        DependencyOutcome::Completed
+    } else {
+        DependencyOutcome::Failed
+    };
+    resolve_dependents(ctx, &p.task_id, outcome, dependents, &mut applied).await?;
+    Ok(applied)
+}
+
+/// A task finished on its agent (completed, failed or cancelled): capacity freed, so dispatch;
+/// the reporting agent answered `status` if it asked for every reply.
+fn finished(
+    env: &switchyard_protocol::Envelope<switchyard_protocol::TaskComplete>,
+    status: ReplyStatus,
+) -> Applied {
+    let p = &env.payload;
     let mut applied = Applied {
         dispatch: true,
         ..Applied::default()
@@ -376,20 +400,7 @@ async fn completed(
             .agent(&p.agent_id),
         );
     }
-    if !submitter.is_empty() {
-        applied.replies.push(
-            Reply::new(&submitter, &submit_id, MessageType::TaskSubmit, status)
-                .task(&p.task_id)
-                .agent(&p.agent_id),
-        );
-    }
-    let outcome = if success {
-        DependencyOutcome::Completed
-    } else {
-        DependencyOutcome::Failed
-    };
-    resolve_dependents(ctx, &p.task_id, outcome, dependents, &mut applied).await?;
-    Ok(applied)
+    applied
 }
 
 /// The agent confirmed the cancel of its task (a failure report after the cancel): the task is
@@ -407,22 +418,7 @@ async fn confirmed_cancel(
         .with_label_values(&["cancelled"])
         .inc();
     tracing::info!(task_id = %p.task_id, agent_id = %p.agent_id, "cancel confirmed by the agent");
-    let mut applied = Applied {
-        dispatch: true,
-        ..Applied::default()
-    };
-    if p.replies == Replies::All {
-        applied.replies.push(
-            Reply::new(
-                &env.sender,
-                &env.message_id.to_string(),
-                MessageType::TaskComplete,
-                ReplyStatus::Cancelled,
-            )
-            .task(&p.task_id)
-            .agent(&p.agent_id),
-        );
-    }
+    let mut applied = finished(env, ReplyStatus::Cancelled);
     super::cancel::tell_submitter(&mut applied, &p.task_id, submitter, submit_message_id);
     let cancelled = DependencyOutcome::Cancelled;
     resolve_dependents(ctx, &p.task_id, cancelled, dependents, &mut applied).await?;

@@ -267,16 +267,8 @@ impl Store {
         older_than_ms: u64,
         limit: usize,
     ) -> Result<Vec<(String, u64)>, Error> {
-        let cutoff = self.redis_now_ms().await?.saturating_sub(older_than_ms);
-        let members: Vec<String> = self
-            .conn()
-            .zrangebyscore_limit(self.keys().grant_outbox(), 0, cutoff, 0, limit as isize)
-            .await?;
-        Ok(members
-            .iter()
-            .filter_map(|m| m.rsplit_once('|'))
-            .filter_map(|(t, s)| Some((t.to_string(), s.parse().ok()?)))
-            .collect())
+        self.outbox_due(self.keys().grant_outbox(), older_than_ms, limit)
+            .await
     }
 
     /// Cancel notices due again: in the cancel outbox since more than `older_than_ms` ago
@@ -286,10 +278,22 @@ impl Store {
         older_than_ms: u64,
         limit: usize,
     ) -> Result<Vec<(String, u64)>, Error> {
+        self.outbox_due(self.keys().cancel_outbox(), older_than_ms, limit)
+            .await
+    }
+
+    /// Members of an outbox (`task_id|grant_seq` scored by Redis-clock ms) scored more than
+    /// `older_than_ms` ago, at most `limit`, as `(task_id, grant_seq)`.
+    async fn outbox_due(
+        &self,
+        outbox: String,
+        older_than_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, Error> {
         let cutoff = self.redis_now_ms().await?.saturating_sub(older_than_ms);
         let members: Vec<String> = self
             .conn()
-            .zrangebyscore_limit(self.keys().cancel_outbox(), 0, cutoff, 0, limit as isize)
+            .zrangebyscore_limit(outbox, 0, cutoff, 0, limit as isize)
             .await?;
         Ok(members
             .iter()
