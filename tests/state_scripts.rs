@@ -162,6 +162,21 @@ async fn submit_queues_and_detects_duplicates_and_existing_tasks() {
     assert_eq!(sync.queue_depth, 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_stores_the_task_options_by_name() {
+    let mut f = fixture().await;
+    let mut req = submit_req("t1", "m1", 5, cpu(1000));
+    req.options = vec![("opt_a", "1.5".into()), ("opt_b", "x y".into())];
+    assert_eq!(f.submit(&req).await, SubmitOutcome::Queued);
+    assert_eq!(f.task_field("t1", "opt_a").await, "1.5");
+    assert_eq!(f.task_field("t1", "opt_b").await, "x y");
+    assert_eq!(
+        f.task_field("t1", "state").await,
+        "queued",
+        "options follow the fixed fields"
+    );
+}
+
 async fn another_message_for_the_same_task_is_refused(f: &mut Fixture) {
     let other = submit_req("t1", "m2", 9, cpu(5000));
     assert_eq!(

@@ -149,6 +149,7 @@ fn request(task_id: &str, dependencies: &[&str]) -> SubmitRequest {
         strategy: None,
         explain: false,
         replies: switchyard_protocol::Replies::All,
+        options: Vec::new(),
     }
 }
 

@@ -116,6 +116,7 @@ pub fn submit_req(
         strategy: None,
         explain: false,
         replies: switchyard_protocol::Replies::All,
+        options: Vec::new(),
     }
 }
 

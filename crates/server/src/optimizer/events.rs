@@ -167,6 +167,7 @@ fn submit_request(
         strategy: strategy.map(|k| k.as_str().to_string()),
         explain: p.explain,
         replies: p.replies,
+        options: Vec::new(),
     }
 }
 

@@ -21,6 +21,9 @@ pub struct SubmitRequest {
     pub explain: bool,
     /// Which replies the submitter wants.
     pub replies: switchyard_protocol::Replies,
+    /// Per-task settings stored on the task hash as given (field, value), for the scripts of
+    /// later transitions to read by name. Empty for a task that sets none.
+    pub options: Vec<(&'static str, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -154,7 +154,11 @@ impl Store {
             .arg(if req.explain { "1" } else { "0" })
             .arg(switchyard_protocol::now_ms())
             .arg(req.replies.as_str())
-            .arg(self.infeasible.as_str());
+            .arg(self.infeasible.as_str())
+            .arg(req.options.len());
+        for (field, value) in &req.options {
+            inv.arg(*field).arg(value);
+        }
         let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
         SubmitOutcome::parse(&reply)
     }

@@ -26,6 +26,13 @@ local function kind_fields(prefix)
   return fields
 end
 
+-- A queued task's score in the priority queue (and the waiting zset): higher priority first,
+-- FIFO within a priority by `seq`, the lifetime `submitted` counter at its submit, which only
+-- grows. The one place queue order is decided; every script that (re)queues a task calls it.
+local function queue_score(priority, seq)
+  return (100 - tonumber(priority)) * 1e13 + tonumber(seq)
+end
+
 -- Single values and lists, in order, as one list (the arguments of HMGET and HSET).
 local function flat(...)
   local out = {}

@@ -32,7 +32,6 @@ if task.cancel_requested == '1' then
   return {'cancelled'}
 end
 redis.call('HSET', KEYS[1], 'state', 'queued', 'agent', '')
-redis.call('ZADD', KEYS[4], (100 - tonumber(task.priority)) * 1e13 + tonumber(task.queue_seq),
-  ARGV[1])
+redis.call('ZADD', KEYS[4], queue_score(task.priority, task.queue_seq), ARGV[1])
 redis.call('HINCRBY', KEYS[5], 'requeued', 1)
 return {'requeued'}

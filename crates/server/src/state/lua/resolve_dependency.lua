@@ -54,5 +54,5 @@ if left > 0 then
 end
 redis.call('HSET', KEYS[1], 'state', 'queued')
 redis.call('ZREM', KEYS[6], ARGV[1])
-redis.call('ZADD', KEYS[3], (100 - tonumber(task[2])) * 1e13 + tonumber(task[3]), ARGV[1])
+redis.call('ZADD', KEYS[3], queue_score(task[2], task[3]), ARGV[1])
 return {'queued'}

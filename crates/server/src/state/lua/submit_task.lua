@@ -16,6 +16,8 @@
 -- ARGV[b+6+n] now (ms, the optimizer's clock: recorded as submitted_at, for latency figures)
 -- ARGV[b+7+n] which replies the submitter wants: all | final | none (stored for later replies)
 -- ARGV[b+8+n] what to do with a task no active agent's capacity covers: refuse | hold
+-- ARGV[b+9+n] number of task options p, then p field-value pairs: stored on the task hash as
+-- given (per-task settings other scripts read by name; SubmitRequest::options)
 --
 -- Returns one of
 --   {"queued"}                     in the priority queue
@@ -25,8 +27,7 @@
 --   {"refused", "task_exists", message}  the task id was submitted by another message
 --   {"refused", "infeasible", message}   policy refuse, and no active agent's capacity covers
 --                                  the task: nothing is stored, so the same id may come back
--- Queue order: higher priority first, FIFO within a priority (score = (100-priority)*1e13 + seq,
--- where seq is the lifetime `submitted` counter, which only grows).
+-- Queue order: lib.lua's queue_score.
 -- A plain queued submit costs four commands: HMGET, HINCRBY, HSET, ZADD; under policy refuse, one
 -- ZREVRANGE more per resource kind it needs (SCARD when it needs none).
 -- The feasibility check is per kind: the largest capacity of each kind among active agents must
@@ -104,6 +105,10 @@ redis.call('HSET', KEYS[1], unpack(flat('state', state,
   'estimated_duration_s', ARGV[b + 1], 'queue_seq', seq, 'grant_seq', 0,
   'agent', '', 'submitted_at', now, 'strategy', ARGV[b + 4 + ndeps],
   'explain', ARGV[b + 5 + ndeps], 'replies', ARGV[b + 7 + ndeps])))
+local noptions = tonumber(ARGV[b + 9 + ndeps]) or 0
+if noptions > 0 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, b + 10 + ndeps, b + 9 + ndeps + 2 * noptions))
+end
 
 if failed_dep then
   redis.call('HSET', KEYS[1], 'reason', failed_dep, 'finished_at', now)
@@ -118,8 +123,8 @@ if #unmet > 0 then
     -- Lets complete_tasks skip reading the dependents set of the many tasks that have none.
     redis.call('HSET', KEYS[5 + 2 * i], 'has_dependents', '1')
   end
-  redis.call('ZADD', KEYS[after_deps], (100 - tonumber(ARGV[5])) * 1e13 + seq, ARGV[1])
+  redis.call('ZADD', KEYS[after_deps], queue_score(ARGV[5], seq), ARGV[1])
   return {'waiting', #unmet}
 end
-redis.call('ZADD', KEYS[3], (100 - tonumber(ARGV[5])) * 1e13 + seq, ARGV[1])
+redis.call('ZADD', KEYS[3], queue_score(ARGV[5], seq), ARGV[1])
 return {'queued'}
