@@ -164,7 +164,7 @@ async fn submit_queues_and_detects_duplicates_and_existing_tasks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_stores_the_task_options_by_name() {
-    let mut f = fixture().await;
+    let f = fixture().await;
     let mut req = submit_req("t1", "m1", 5, cpu(1000));
     req.options = vec![("opt_a", "1.5".into()), ("opt_b", "x y".into())];
     assert_eq!(f.submit(&req).await, SubmitOutcome::Queued);
