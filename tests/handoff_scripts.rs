@@ -445,3 +445,40 @@ async fn a_requeued_task_releases_its_grown_reservation_and_keeps_the_grown_need
     assert_eq!(f.load("a").await, [0, 0, 0, 0, 0]);
     assert_eq!(f.task_field("t", "req_cpu").await, "1500");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_being_cancelled_is_not_handed_off() {
+    let f = fixture().await;
+    f.register("a", res(4000, 4000)).await;
+    f.register("b", res(4000, 4000)).await;
+    f.register("c", res(4000, 4000)).await;
+    f.granted("t", res(1000, 0), "a").await;
+    // A handoff begun before the cancel: its acceptance is refused afterwards.
+    assert!(matches!(
+        f.begin(&handoff("h-before", "t", "a", "b")).await,
+        BeginOutcome::Pending { .. }
+    ));
+    f.store
+        .cancel_task("t", "orch", false, "cancelled", 60)
+        .await
+        .expect("cancel_task");
+    assert_eq!(f.task_field("t", "cancel_requested").await, "1");
+
+    let v = verdict(f.answer("h-before", "b", true).await);
+    assert_eq!(v.status, HandoffStatus::Refused);
+    assert_eq!(
+        v.refusal.map(|r| r.reason),
+        Some(RejectReason::TaskCancelling)
+    );
+    // One begun after the cancel is refused at once.
+    let (reason, repeat) = refused_begin(f.begin(&handoff("h-after", "t", "a", "c")).await);
+    assert_eq!((reason, repeat), (RejectReason::TaskCancelling, false));
+    assert_eq!(
+        f.task_field("t", "agent").await,
+        "a",
+        "the task stays to be stopped"
+    );
+    assert_eq!(f.load("a").await, [1000, 0, 0, 0, 1]);
+    assert_eq!(f.load("b").await, [0, 0, 0, 0, 0]);
+    assert_eq!(f.load("c").await, [0, 0, 0, 0, 0]);
+}

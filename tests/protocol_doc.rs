@@ -279,6 +279,7 @@ fn all_reject_reasons() -> Vec<RejectReason> {
         RejectReason::InsufficientCapacity,
         RejectReason::Infeasible,
         RejectReason::NotSubmitter,
+        RejectReason::TaskCancelling,
     ];
     all.extend(
         all_resource_errors()
@@ -318,7 +319,7 @@ fn exhaustive(reason: RejectReason) {
         | RejectReason::UnknownHandoff
         | RejectReason::InsufficientCapacity
         | RejectReason::Infeasible => {}
-        RejectReason::NotSubmitter => {}
+        RejectReason::NotSubmitter | RejectReason::TaskCancelling => {}
     }
 }
 

@@ -36,6 +36,8 @@ pub enum RejectReason {
     Infeasible,
     /// A TASK_CANCEL from neither the task's submitter nor an operator.
     NotSubmitter,
+    /// A handoff of a task whose cancel was requested: it is being stopped, not moved.
+    TaskCancelling,
 }
 
 impl RejectReason {
@@ -67,6 +69,7 @@ impl RejectReason {
             RejectReason::InsufficientCapacity => "insufficient_capacity",
             RejectReason::Infeasible => "infeasible",
             RejectReason::NotSubmitter => "not_submitter",
+            RejectReason::TaskCancelling => "task_cancelling",
         }
     }
 }

@@ -98,6 +98,7 @@ fn reason(code: &str) -> Option<RejectReason> {
         "task_exists" => RejectReason::TaskExists,
         "infeasible" => RejectReason::Infeasible,
         "not_submitter" => RejectReason::NotSubmitter,
+        "task_cancelling" => RejectReason::TaskCancelling,
         _ => return None,
     })
 }

@@ -60,7 +60,7 @@ if code then
   return refuse(code, message)
 end
 local task = redis.call('HMGET', KEYS[2], 'state', 'agent', 'grant_seq',
-  unpack(kind_fields('req_')))
+  unpack(flat(kind_fields('req_'), 'cancel_requested')))
 if not task[1] then
   return refuse('unknown_task', 'task ' .. ARGV[2] .. ' is unknown (or expired)')
 end
@@ -74,6 +74,10 @@ end
 if ARGV[5] ~= '0' and ARGV[5] ~= task[3] then
   return refuse('stale_grant', 'task ' .. ARGV[2] .. ' is on grant ' .. (task[3] or '')
     .. ', not ' .. ARGV[5])
+end
+if task[4 + NKINDS] == '1' then
+  -- The agent has been told to stop it: moving it would hand the new agent a task to stop.
+  return refuse('task_cancelling', 'task ' .. ARGV[2] .. ' is being cancelled; stop it instead')
 end
 
 local to = redis.call('HMGET', KEYS[4], unpack(flat('status', kind_fields('cap_'),

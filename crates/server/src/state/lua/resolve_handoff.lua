@@ -53,7 +53,7 @@ if from_status ~= 'active' then
     'agent ' .. ARGV[5] .. ' is ' .. (from_status or 'not registered'))
 end
 local task = redis.call('HMGET', KEYS[2], 'state', 'agent', 'grant_seq',
-  unpack(kind_fields('req_')))
+  unpack(flat(kind_fields('req_'), 'cancel_requested')))
 if task[1] ~= 'granted' then
   return decide('refused', '', 'task_not_granted',
     'task ' .. ARGV[4] .. ' is ' .. (task[1] or 'unknown') .. ', not granted')
@@ -65,6 +65,10 @@ end
 if task[3] ~= h[5] then
   return decide('refused', '', 'stale_grant',
     'task ' .. ARGV[4] .. ' is on grant ' .. task[3] .. ', the handoff was of grant ' .. h[5])
+end
+if task[4 + NKINDS] == '1' then
+  return decide('refused', '', 'task_cancelling',
+    'task ' .. ARGV[4] .. ' was cancelled while the handoff was pending; it stays to be stopped')
 end
 local to = redis.call('HMGET', KEYS[5], unpack(flat('status', kind_fields('cap_'),
   kind_fields('res_'))))
