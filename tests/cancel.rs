@@ -51,8 +51,12 @@ async fn reserved_cpu(cluster: &Cluster, agent_id: &str) -> i64 {
 }
 
 async fn in_queue(cluster: &Cluster, task_id: &str) -> bool {
+    in_sorted_set(cluster, &keys().queue(), task_id).await
+}
+
+async fn in_sorted_set(cluster: &Cluster, key: &str, task_id: &str) -> bool {
     let score: Option<f64> = redis::cmd("ZSCORE")
-        .arg(keys().queue())
+        .arg(key)
         .arg(task_id)
         .query_async(&mut cluster.redis().await)
         .await
@@ -123,6 +127,7 @@ async fn a_cancel_in_each_state_is_applied_or_answered_as_such() {
         .await
         .unwrap();
     assert_eq!(waiting, Allocation::Waiting);
+    assert!(in_sorted_set(&cluster, &keys().waiting(), "w").await);
 
     // Waiting and queued: cancelled at once, out of the queue.
     assert_eq!(
@@ -139,6 +144,12 @@ async fn a_cancel_in_each_state_is_applied_or_answered_as_such() {
         !in_queue(&cluster, "q").await,
         "a cancelled task left the queue"
     );
+    assert!(
+        !in_sorted_set(&cluster, &keys().waiting(), "w").await,
+        "a cancelled waiting task is no longer counted as waiting"
+    );
+    let status = orch.status().await.expect("status");
+    assert_eq!((status.queue_depth, status.waiting_depth), (0, 0));
     let told = submit_reply(&mut events, "q", &[ReplyStatus::Queued]).await;
     assert_eq!(told.status, ReplyStatus::Cancelled, "the submitter is told");
 
