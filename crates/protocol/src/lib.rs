@@ -19,8 +19,8 @@ pub use envelope::{
 pub use messages::{
     AgentDeregister, AgentRegister, AgentStatusView, CoordinationSync, CoordinatorReply,
     ErrorReport, ExplainedCandidate, GrantAck, GrantExplanation, GrantRef, Heartbeat,
-    MAX_GRANTS_PER_ACK, PatternRow, Replies, ReplyStatus, StatusQuery, TaskCancel,
-    TaskCancelNotice, TaskComplete, TaskGrant, TaskSubmit,
+    MAX_GRANTS_PER_ACK, PatternRow, QUEUE_TIMEOUT, RUN_TIMEOUT, Replies, ReplyStatus, StatusQuery,
+    TaskCancel, TaskCancelNotice, TaskComplete, TaskGrant, TaskSubmit,
 };
 pub use messaging::{
     DEFAULT_HANDOFF_TIMEOUT_S, HandoffAcknowledge, HandoffInitiate, HandoffOutcome, HandoffStatus,
