@@ -375,7 +375,8 @@ pub struct AgentStatusView {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CoordinationSync {
     pub queue_depth: u64,
-    /// Counters since the store was created: submitted, granted, completed, failed, requeued.
+    /// Counters since the store was created: submitted, granted, completed, failed, requeued,
+    /// cancelled, timed_out (time limits that ran out), retried (failed attempts run again).
     pub counters: BTreeMap<String, u64>,
     pub agents: Vec<AgentStatusView>,
     /// Learned statistics per (task type, agent type), when asked for.
