@@ -23,7 +23,11 @@ pub fn retry_backoff_s(base_s: f64, failed_attempts: u32, max_s: f64) -> f64 {
 
 /// [`retry_backoff_s`] in whole milliseconds, as the service stores deadlines (rounded).
 pub fn retry_backoff_ms(base_ms: u64, failed_attempts: u32, max_ms: u64) -> u64 {
-    let s = retry_backoff_s(base_ms as f64 / 1000.0, failed_attempts, max_ms as f64 / 1000.0);
+    let s = retry_backoff_s(
+        base_ms as f64 / 1000.0,
+        failed_attempts,
+        max_ms as f64 / 1000.0,
+    );
     (s * 1000.0).round() as u64
 }
 

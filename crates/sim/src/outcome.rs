@@ -26,6 +26,8 @@ pub struct TaskRecord {
     pub grants: u32,
     /// Whether the first attempt succeeded; `None` if never attempted.
     pub first_attempt_ok: Option<bool>,
+    /// Failed attempts run again (after their back-off, preferably on another agent).
+    pub retries: u32,
 }
 
 /// The result of one run.
@@ -61,6 +63,7 @@ impl Outcome {
                 failed: r.is(TaskState::Failed),
                 grants: r.grants,
                 first_attempt_ok: r.first_ok,
+                retries: r.retries,
             })
             .collect();
         let utilization = if e.alive_area > 0.0 {

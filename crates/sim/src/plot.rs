@@ -165,6 +165,7 @@ mod tests {
             tasks_failed: 0,
             tasks_unfinished: 0,
             attempts: 0,
+            retries: 0,
             grants_by_agent_type: BTreeMap::new(),
         }
     }

@@ -30,6 +30,10 @@ pub(crate) struct Run {
     pub grants: u32,
     /// Failed attempts so far (what the retry policy counts).
     pub failures: u32,
+    /// Agents whose attempts failed: placement proposes them last (as the service does).
+    pub failed_agents: Vec<usize>,
+    /// Failed attempts that were run again (the retry policy's retries).
+    pub retries: u32,
     /// Outcome of the first attempt, once known.
     pub first_ok: Option<bool>,
     /// Virtual time of the first grant, µs.
@@ -52,6 +56,8 @@ impl Run {
             children: Vec::new(),
             grants: 0,
             failures: 0,
+            failed_agents: Vec::new(),
+            retries: 0,
             first_ok: None,
             first_start_us: None,
             last_start_us: 0,

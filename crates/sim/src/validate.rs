@@ -40,6 +40,12 @@ pub(crate) fn validate(w: &mut Workload) -> Vec<String> {
     if w.retry.max_attempts == 0 {
         errors.push("retry.max_attempts must be at least 1".to_owned());
     }
+    if !(w.retry.backoff_max_s.is_finite() && w.retry.backoff_max_s >= 0.0) {
+        errors.push(format!(
+            "retry.backoff_max_s must be >= 0, got {}",
+            w.retry.backoff_max_s
+        ));
+    }
     if !(w.retry.backoff_s.is_finite() && w.retry.backoff_s >= 0.0) {
         errors.push(format!(
             "retry.backoff_s must be >= 0, got {}",

@@ -213,9 +213,16 @@ pub struct RetrySpec {
     /// Attempts per task, first included; after the last failure the task fails for good.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
-    /// Delay before re-queueing after the first failure; doubled for each further failure.
+    /// Delay before re-queueing after the first failure; doubled for each further failure...
     #[serde(default = "one")]
     pub backoff_s: f64,
+    /// ... up to this (the service's `coordination.retry_backoff_max_s`, default 60).
+    #[serde(default = "default_backoff_max_s")]
+    pub backoff_max_s: f64,
+}
+
+fn default_backoff_max_s() -> f64 {
+    60.0
 }
 
 impl Default for RetrySpec {
@@ -223,6 +230,7 @@ impl Default for RetrySpec {
         RetrySpec {
             max_attempts: default_max_attempts(),
             backoff_s: 1.0,
+            backoff_max_s: default_backoff_max_s(),
         }
     }
 }

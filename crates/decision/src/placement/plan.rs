@@ -234,7 +234,11 @@ fn sanitise(
     max_candidates: usize,
 ) -> Vec<usize> {
     let avoiding = !task.avoid_agents.is_empty();
-    let cap = if avoiding { ranked.len() } else { max_candidates };
+    let cap = if avoiding {
+        ranked.len()
+    } else {
+        max_candidates
+    };
     let mut kept = 0;
     for read in 0..ranked.len() {
         if kept >= cap {

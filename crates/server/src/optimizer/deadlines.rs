@@ -18,9 +18,7 @@ use super::events::{Retry, resolve_dependents};
 use super::publish::{Reply, send_reply};
 use crate::state::{Deadline, DeadlineKind, DeadlineOutcome, DependencyOutcome};
 use switchyard_client::error::Error;
-use switchyard_protocol::{
-    MessageType, QUEUE_TIMEOUT, RUN_TIMEOUT, ReplyStatus, TaskCancelNotice,
-};
+use switchyard_protocol::{MessageType, QUEUE_TIMEOUT, RUN_TIMEOUT, ReplyStatus, TaskCancelNotice};
 
 /// Most deadlines of each kind, and most retries, one pass acts on; the rest wait a pass.
 const DEADLINE_BATCH: usize = 256;
@@ -64,10 +62,16 @@ async fn enforce_one(ctx: &Ctx, deadline: &Deadline, applied: &mut Applied) -> R
         DeadlineKind::Run => holder(ctx, &deadline.task_id).await?,
     };
     // A handoff between the read and the script moves the task: once more, naming its holder.
-    let mut outcome = ctx.store.enforce_deadline(deadline, &agent, retention).await?;
+    let mut outcome = ctx
+        .store
+        .enforce_deadline(deadline, &agent, retention)
+        .await?;
     if let DeadlineOutcome::Moved { agent_id } = outcome {
         agent = agent_id;
-        outcome = ctx.store.enforce_deadline(deadline, &agent, retention).await?;
+        outcome = ctx
+            .store
+            .enforce_deadline(deadline, &agent, retention)
+            .await?;
     }
     let kind = deadline.kind.as_str();
     let task_id = deadline.task_id.as_str();

@@ -193,7 +193,10 @@ pub(crate) fn limit_options(
     let attempts = p.max_attempts.unwrap_or(defaults.max_attempts).max(1);
     if attempts > 1 {
         let cap = defaults.retry_backoff_max_s;
-        let base = p.retry_backoff_s.unwrap_or(defaults.retry_backoff_s).min(cap);
+        let base = p
+            .retry_backoff_s
+            .unwrap_or(defaults.retry_backoff_s)
+            .min(cap);
         options.push(("max_attempts", attempts.to_string()));
         options.push(("retry_backoff_ms", ms(base).to_string()));
         options.push(("retry_backoff_max_ms", ms(cap).to_string()));

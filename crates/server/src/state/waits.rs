@@ -94,9 +94,9 @@ impl Store {
         let mut views = Vec::with_capacity(listed.len());
         for (item, row) in listed.into_iter().zip(rows) {
             let reason = match row.state.as_str() {
-                "queued" if row.retry.is_some() => row.retry.map(|(until_ms, attempt)| {
-                    WaitReason::RetryBackoff { until_ms, attempt }
-                }),
+                "queued" if row.retry.is_some() => row
+                    .retry
+                    .map(|(until_ms, attempt)| WaitReason::RetryBackoff { until_ms, attempt }),
                 "queued" => Some(queued_reason(
                     &row.required,
                     item.queue_rank.unwrap_or(0),

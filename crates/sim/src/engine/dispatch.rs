@@ -64,6 +64,11 @@ impl Engine<'_> {
             required: task.required,
             seq: t as u64,
             estimated_duration_s: task.estimated_s,
+            avoid_agents: self.runs[t]
+                .failed_agents
+                .iter()
+                .map(|&a| self.agents[a].id.to_string())
+                .collect(),
         }
     }
 

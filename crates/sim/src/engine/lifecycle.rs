@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::{Engine, Ev, SimError, to_us};
 use crate::state::SimAgent;
 use crate::workload::{AgentEventKind, Workload};
-use switchyard_decision::{NEUTRAL_SCORE, TaskEvent, TaskState, updated_score};
+use switchyard_decision::{NEUTRAL_SCORE, TaskEvent, TaskState, retry_backoff_s, updated_score};
 
 impl Engine<'_> {
     /// Attempt `grant` of task `t` ends; a report about an earlier grant (its agent died and
@@ -30,13 +30,19 @@ impl Engine<'_> {
             return self.resolve_children(t);
         }
         run.failures += 1;
+        if !run.failed_agents.contains(&a) {
+            run.failed_agents.push(a);
+        }
         if run.failures >= self.w.retry.max_attempts {
             self.step(t, TaskEvent::Failed)?;
             self.terminal();
             return self.fail_dependents(t);
         }
         // A retried attempt goes back to the queue, but only once its back-off is over.
-        let backoff = self.w.retry.backoff_s * 2f64.powi(run.failures as i32 - 1);
+        // The service's formula (the decision crate's, which its scripts follow).
+        let retry = &self.w.retry;
+        let backoff = retry_backoff_s(retry.backoff_s, run.failures, retry.backoff_max_s);
+        self.runs[t].retries += 1;
         let retry_at = self.now_us + to_us(backoff);
         self.step(t, TaskEvent::Requeued)?;
         self.runs[t].retry_at_us = Some(retry_at);
