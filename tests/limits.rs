@@ -188,19 +188,19 @@ async fn a_run_timeout_releases_the_grant_tells_the_agent_and_retries_on_another
     else {
         panic!("{first:?}")
     };
-    let (stuck, mut stuck_grants, other, mut other_grants) = if first_agent == "a1" {
+    let (stuck, stuck_grants, other, other_grants) = if first_agent == "a1" {
         (&a, &mut ga, &b, &mut gb)
     } else {
         (&b, &mut gb, &a, &mut ga)
     };
     let grant = next_grant(stuck_grants, "the first grant").await;
     // The agent never reports: at the deadline it is told to stop...
-    let notice = next_notice(&mut stuck_grants, "the run-timeout notice").await;
+    let notice = next_notice(stuck_grants, "the run-timeout notice").await;
     assert!(notice.payload.is_run_timeout(), "{:?}", notice.payload);
     assert_eq!(notice.payload.grant_seq, grant.payload.grant_seq);
     // ... its reservation is already released, and the task runs again on the other agent.
     assert_eq!(reserved_cpu(&cluster, stuck.agent_id()).await, 0);
-    let again = next_grant(&mut other_grants, "the retry's grant").await;
+    let again = next_grant(other_grants, "the retry's grant").await;
     assert_eq!(again.payload.task_id, "slow");
     assert!(again.payload.grant_seq > grant.payload.grant_seq);
     assert_eq!(

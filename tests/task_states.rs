@@ -134,13 +134,30 @@ fn timed_out(outcome: DeadlineOutcome) -> Answer {
 /// task's state calls for (run when granted, queue otherwise) is put in its set as already due,
 /// then enforced.
 async fn time_out(f: &Fixture, task_id: &str) -> Result<Answer, String> {
-    let record = f.store.task_record(task_id).await.map_err(failed("task_record"))?;
-    let get = |k: &str| record.as_ref().and_then(|r| r.get(k).cloned()).unwrap_or_default();
+    let record = f
+        .store
+        .task_record(task_id)
+        .await
+        .map_err(failed("task_record"))?;
+    let get = |k: &str| {
+        record
+            .as_ref()
+            .and_then(|r| r.get(k).cloned())
+            .unwrap_or_default()
+    };
     let (kind, key, n) = if get("state") == "granted" {
         let attempt = Some(get("attempt")).filter(|a| !a.is_empty());
-        (DeadlineKind::Run, f.keys.run_deadlines(), attempt.unwrap_or("1".into()))
+        (
+            DeadlineKind::Run,
+            f.keys.run_deadlines(),
+            attempt.unwrap_or("1".into()),
+        )
     } else {
-        (DeadlineKind::Queue, f.keys.queue_deadlines(), get("grant_seq"))
+        (
+            DeadlineKind::Queue,
+            f.keys.queue_deadlines(),
+            get("grant_seq"),
+        )
     };
     let member = format!("{task_id}|{}", if n.is_empty() { "0".into() } else { n });
     let _: i64 = redis::cmd("ZADD")
@@ -155,7 +172,10 @@ async fn time_out(f: &Fixture, task_id: &str) -> Result<Answer, String> {
         task_id: task_id.to_string(),
         member,
     };
-    let outcome = f.store.enforce_deadline(&deadline, AGENT, RETENTION_S).await;
+    let outcome = f
+        .store
+        .enforce_deadline(&deadline, AGENT, RETENTION_S)
+        .await;
     Ok(timed_out(outcome.map_err(failed("enforce_deadline"))?))
 }
 
