@@ -28,6 +28,10 @@ pub struct TaskRecord {
     pub first_attempt_ok: Option<bool>,
     /// Failed attempts run again (after their back-off, preferably on another agent).
     pub retries: u32,
+    /// Its queue timeout ran out (it failed for it).
+    pub queue_timed_out: bool,
+    /// Attempts stopped at their run timeout.
+    pub run_timeouts: u32,
 }
 
 /// The result of one run.
@@ -64,6 +68,8 @@ impl Outcome {
                 grants: r.grants,
                 first_attempt_ok: r.first_ok,
                 retries: r.retries,
+                queue_timed_out: r.queue_timeouts > 0,
+                run_timeouts: r.run_timeouts,
             })
             .collect();
         let utilization = if e.alive_area > 0.0 {

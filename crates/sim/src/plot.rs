@@ -166,6 +166,8 @@ mod tests {
             tasks_unfinished: 0,
             attempts: 0,
             retries: 0,
+            queue_timeouts: 0,
+            run_timeouts: 0,
             grants_by_agent_type: BTreeMap::new(),
         }
     }

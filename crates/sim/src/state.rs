@@ -34,6 +34,9 @@ pub(crate) struct Run {
     pub failed_agents: Vec<usize>,
     /// Failed attempts that were run again (the retry policy's retries).
     pub retries: u32,
+    /// Time limits that ran out: queue (then the task failed) and run (attempts stopped).
+    pub queue_timeouts: u32,
+    pub run_timeouts: u32,
     /// Outcome of the first attempt, once known.
     pub first_ok: Option<bool>,
     /// Virtual time of the first grant, µs.
@@ -58,6 +61,8 @@ impl Run {
             failures: 0,
             failed_agents: Vec::new(),
             retries: 0,
+            queue_timeouts: 0,
+            run_timeouts: 0,
             first_ok: None,
             first_start_us: None,
             last_start_us: 0,

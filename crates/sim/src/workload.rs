@@ -172,6 +172,19 @@ pub struct TaskTypeSpec {
     pub resources: BTreeMap<String, f64>,
     /// Inclusive range of the estimated duration in seconds; drawn uniformly.
     pub estimated_duration_s: [f64; 2],
+    /// Schedule-to-start limit, seconds (the service's `queue_timeout_s`): a task of this type
+    /// not granted this long after it arrived, or after it re-entered the queue, fails.
+    /// Absent or 0: none.
+    #[serde(default)]
+    pub queue_timeout_s: Option<f64>,
+    /// Start-to-close limit of one attempt, seconds (`run_timeout_s`): an attempt still running
+    /// then is stopped, its reservation released, and the task retried or failed. Absent or 0:
+    /// none.
+    #[serde(default)]
+    pub run_timeout_s: Option<f64>,
+    /// Attempts of a task of this type; absent: `[retry] max_attempts`.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
     /// `resources` in milli-units, filled in by validation.
     #[serde(skip)]
     pub required_milli: Resources,

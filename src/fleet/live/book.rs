@@ -374,6 +374,9 @@ impl Book {
                 first_attempt_ok: run.first_ok,
                 // Every failure but a last allowed one was run again.
                 retries: run.failures.min(self.max_attempts.saturating_sub(1)),
+                // The live replay does not enforce time limits (docs/workloads.md).
+                queue_timed_out: false,
+                run_timeouts: 0,
             })
             .collect();
         let utilization = if self.alive_area > 0.0 {

@@ -149,6 +149,7 @@ impl Engine<'_> {
             self.now_us + to_us(outcome.1).max(1),
             Ev::Finish { task: t, grant },
         );
+        self.start_run_deadline(t, grant);
         Ok(())
     }
 
