@@ -510,3 +510,56 @@ async fn completing_a_queued_task_is_refused() {
     );
     assert!(in_queue(&f, "q").await.unwrap(), "still in the queue");
 }
+
+/// A failed attempt with attempts left is `Requeued` (to `queued`) by `complete_tasks`: out of
+/// the priority queue until its back-off ends (in the retry set), its grant ended so a report
+/// of it again answers the same, and `promote_retries` puts it back in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_attempt_with_attempts_left_is_requeued() {
+    let f = fixture().await;
+    register(&f).await;
+    let mut req = request("r", &[]);
+    req.options = vec![
+        ("max_attempts", "2".into()),
+        ("retry_backoff_ms", "0".into()),
+        ("retry_backoff_max_ms", "0".into()),
+    ];
+    f.store.submit_task(&req, RETENTION_S).await.unwrap();
+    assert_eq!(
+        grant(&f, "r").await.unwrap(),
+        Answer::Now(TaskState::Granted)
+    );
+    let want = TaskState::Granted.apply(&TaskEvent::Requeued).unwrap();
+    let report = Completion {
+        task_id: "r",
+        agent_id: AGENT,
+        success: false,
+        execution_time_s: 0.0,
+        grant_seq: Some(1),
+    };
+    for _ in 0..2 {
+        let outcome = f
+            .store
+            .complete_task(&report, LR, RETENTION_S)
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, CompleteOutcome::Retrying { attempt: 2, .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(stored_state(&f, "r").await.unwrap(), Some(want));
+        assert!(!in_queue(&f, "r").await.unwrap(), "waits out its back-off");
+    }
+    let promoted = f.store.promote_retries(&["r".to_string()]).await.unwrap();
+    assert_eq!(promoted, ["r"]);
+    assert!(in_queue(&f, "r").await.unwrap(), "back in the queue");
+    // The last attempt's failure is `Failed`.
+    assert_eq!(
+        grant(&f, "r").await.unwrap(),
+        Answer::Now(TaskState::Granted)
+    );
+    assert_eq!(
+        complete(&f, "r", false).await.unwrap(),
+        Answer::Now(TaskState::Failed)
+    );
+}

@@ -123,7 +123,11 @@ fn plan(
     let mut held = vec![0u32; working.len()];
     let mut plans = Vec::with_capacity(tasks.len());
     for (task_index, task) in tasks.iter().enumerate() {
-        if let Some(agent) = strategy.hold_for(task, &working, ctx, &held) {
+        // A retry is not held for an agent it failed on: it goes elsewhere if it can.
+        let hold = strategy
+            .hold_for(task, &working, ctx, &held)
+            .filter(|&i| !working.get(i).is_some_and(|a| task.avoids(&a.agent_id)));
+        if let Some(agent) = hold {
             // The task waits in the queue for that agent; the next pass plans it again.
             if let Some(count) = held.get_mut(agent) {
                 *count = count.saturating_add(1);
