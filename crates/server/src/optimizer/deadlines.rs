@@ -73,7 +73,17 @@ async fn enforce_one(ctx: &Ctx, deadline: &Deadline, applied: &mut Applied) -> R
             .enforce_deadline(deadline, &agent, retention)
             .await?;
     }
-    let kind = deadline.kind.as_str();
+    react(ctx, deadline, outcome, applied).await
+}
+
+/// What a deadline's outcome calls for: the agent stopped, the submitter told, dependents
+/// resolved, counted; true when it timed a task out.
+async fn react(
+    ctx: &Ctx,
+    deadline: &Deadline,
+    outcome: DeadlineOutcome,
+    applied: &mut Applied,
+) -> Result<bool, Error> {
     let task_id = deadline.task_id.as_str();
     match outcome {
         DeadlineOutcome::NotDue | DeadlineOutcome::Gone | DeadlineOutcome::Moved { .. } => {
@@ -86,27 +96,9 @@ async fn enforce_one(ctx: &Ctx, deadline: &Deadline, applied: &mut Applied) -> R
             submit_message_id,
             dependents,
         } => {
-            let reason = match deadline.kind {
-                DeadlineKind::Queue => QUEUE_TIMEOUT,
-                DeadlineKind::Run => RUN_TIMEOUT,
-            };
-            tracing::info!(task_id, reason, agent_id = %agent_id, "task timed out: failed");
-            ctx.metrics.allocations.with_label_values(&["failed"]).inc();
             stop_agent(task_id, &agent_id, grant_seq, applied);
-            if !submitter.is_empty() {
-                applied.replies.push(
-                    Reply::new(
-                        &submitter,
-                        &submit_message_id,
-                        MessageType::TaskSubmit,
-                        ReplyStatus::Failed,
-                    )
-                    .task(task_id)
-                    .detail(reason),
-                );
-            }
-            let failed = DependencyOutcome::Failed;
-            resolve_dependents(ctx, task_id, failed, dependents, applied).await?;
+            let told = (submitter.as_str(), submit_message_id.as_str());
+            timed_out(ctx, deadline, &agent_id, told, dependents, applied).await?;
         }
         DeadlineOutcome::Retrying {
             agent_id,
@@ -134,21 +126,74 @@ async fn enforce_one(ctx: &Ctx, deadline: &Deadline, applied: &mut Applied) -> R
             submit_message_id,
             dependents,
         } => {
-            tracing::info!(task_id, agent_id = %agent_id, "run timeout of a task being cancelled: cancelled");
-            ctx.metrics
-                .allocations
-                .with_label_values(&["cancelled"])
-                .inc();
             stop_agent(task_id, &agent_id, grant_seq, applied);
-            super::cancel::tell_submitter(applied, task_id, &submitter, &submit_message_id);
-            let cancelled = DependencyOutcome::Cancelled;
-            resolve_dependents(ctx, task_id, cancelled, dependents, applied).await?;
+            let told = (submitter.as_str(), submit_message_id.as_str());
+            cancelled(ctx, task_id, &agent_id, told, dependents, applied).await?;
         }
     }
-    ctx.metrics.task_timeouts.with_label_values(&[kind]).inc();
+    ctx.metrics
+        .task_timeouts
+        .with_label_values(&[deadline.kind.as_str()])
+        .inc();
     // Capacity was freed (run) or the queue changed (queue): let the next tasks go.
     applied.dispatch = true;
     Ok(true)
+}
+
+/// A task failed for its time limit: the submitter's final `failed` reply (`detail` the
+/// reason), and its dependents fail in turn.
+async fn timed_out(
+    ctx: &Ctx,
+    deadline: &Deadline,
+    agent_id: &str,
+    (submitter, submit_message_id): (&str, &str),
+    dependents: Vec<String>,
+    applied: &mut Applied,
+) -> Result<(), Error> {
+    let task_id = deadline.task_id.as_str();
+    let reason = match deadline.kind {
+        DeadlineKind::Queue => QUEUE_TIMEOUT,
+        DeadlineKind::Run => RUN_TIMEOUT,
+    };
+    tracing::info!(task_id, reason, agent_id, "task timed out: failed");
+    ctx.metrics.allocations.with_label_values(&["failed"]).inc();
+    if !submitter.is_empty() {
+        applied.replies.push(
+            Reply::new(
+                submitter,
+                submit_message_id,
+                MessageType::TaskSubmit,
+                ReplyStatus::Failed,
+            )
+            .task(task_id)
+            .detail(reason),
+        );
+    }
+    let failed = DependencyOutcome::Failed;
+    resolve_dependents(ctx, task_id, failed, dependents, applied).await
+}
+
+/// A task being cancelled reached its run timeout: cancelled now, as if its agent confirmed.
+async fn cancelled(
+    ctx: &Ctx,
+    task_id: &str,
+    agent_id: &str,
+    (submitter, submit_message_id): (&str, &str),
+    dependents: Vec<String>,
+    applied: &mut Applied,
+) -> Result<(), Error> {
+    tracing::info!(
+        task_id,
+        agent_id,
+        "run timeout of a task being cancelled: cancelled"
+    );
+    ctx.metrics
+        .allocations
+        .with_label_values(&["cancelled"])
+        .inc();
+    super::cancel::tell_submitter(applied, task_id, submitter, submit_message_id);
+    let cancelled = DependencyOutcome::Cancelled;
+    resolve_dependents(ctx, task_id, cancelled, dependents, applied).await
 }
 
 /// The agent holding a task now (empty when none).
