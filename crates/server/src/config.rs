@@ -732,6 +732,42 @@ mod tests {
     }
 
     #[test]
+    fn time_limits_and_retries_are_set_by_file_or_env_and_checked() {
+        let d = Config::default().coordination;
+        assert_eq!((d.queue_timeout_s, d.run_timeout_s), (0.0, 0.0));
+        assert_eq!(
+            (d.max_attempts, d.retry_backoff_s, d.retry_backoff_max_s),
+            (1, 1.0, 60.0)
+        );
+        let old = "[coordination]\nbatch_size = 7\n";
+        let c = Config::from_sources(Some(old), &[]).expect("a file without them is valid");
+        assert_eq!(c.coordination.max_attempts, 1);
+        let c = Config::from_sources(
+            None,
+            &env(&[
+                ("TASK_QUEUE_TIMEOUT_S", "30"),
+                ("TASK_RUN_TIMEOUT_S", "600.5"),
+                ("TASK_MAX_ATTEMPTS", "3"),
+                ("TASK_RETRY_BACKOFF_S", "0.5"),
+                ("TASK_RETRY_BACKOFF_MAX_S", "10"),
+            ]),
+        )
+        .expect("valid");
+        let c = c.coordination;
+        assert_eq!((c.queue_timeout_s, c.run_timeout_s), (30.0, 600.5));
+        assert_eq!(
+            (c.max_attempts, c.retry_backoff_s, c.retry_backoff_max_s),
+            (3, 0.5, 10.0)
+        );
+        let bad = "[coordination]\nmax_attempts = 0\nrun_timeout_s = -1\n";
+        let text = Config::from_sources(Some(bad), &[])
+            .expect_err("invalid")
+            .to_string();
+        assert!(text.contains("max_attempts"), "{text}");
+        assert!(text.contains("run_timeout_s"), "{text}");
+    }
+
+    #[test]
     fn strategy_is_chosen_by_name_and_checked() {
         let c =
             Config::from_sources(None, &env(&[("DEFAULT_STRATEGY", "ADAPTIVE")])).expect("valid");
