@@ -27,8 +27,8 @@ use switchyard_decision::task_state::initial_state;
 use switchyard_decision::{Resources, TaskEvent, TaskState};
 use switchyard_protocol::RejectReason;
 use switchyard_server::state::{
-    CancelOutcome, CompleteOutcome, Completion, GrantOutcome, RequeueOutcome, ResolveOutcome,
-    SubmitOutcome, SubmitRequest,
+    CancelOutcome, CompleteOutcome, Completion, Deadline, DeadlineKind, DeadlineOutcome,
+    GrantOutcome, RequeueOutcome, ResolveOutcome, SubmitOutcome, SubmitRequest,
 };
 
 const RETENTION_S: u64 = 3600;
@@ -38,7 +38,7 @@ const AGENT: &str = "w";
 
 /// Every event but `Submitted`, which is not a transition (a new task's first state is
 /// [`initial_state`], checked on its own below).
-const EVENTS: [TaskEvent; 7] = [
+const EVENTS: [TaskEvent; 8] = [
     TaskEvent::DependenciesMet,
     TaskEvent::DependencyFailed,
     TaskEvent::Granted,
@@ -46,6 +46,7 @@ const EVENTS: [TaskEvent; 7] = [
     TaskEvent::Failed,
     TaskEvent::Requeued,
     TaskEvent::Cancelled,
+    TaskEvent::TimedOut,
 ];
 
 /// A script's typed answer, reduced to what the state machine speaks of.
@@ -92,6 +93,8 @@ fn finished(outcome: CompleteOutcome) -> Answer {
         CompleteOutcome::Finished { success: true, .. } => Answer::Now(TaskState::Completed),
         CompleteOutcome::Finished { success: false, .. } => Answer::Now(TaskState::Failed),
         CompleteOutcome::Cancelled { .. } => Answer::Now(TaskState::Cancelled),
+        // A failed attempt with attempts left: `Requeued`, to `queued`.
+        CompleteOutcome::Retrying { .. } => Answer::Now(TaskState::Queued),
         other @ CompleteOutcome::Refused(_) => Answer::Refused(format!("{other:?}")),
     }
 }
@@ -116,6 +119,64 @@ fn requeued(outcome: RequeueOutcome) -> Answer {
 
 fn failed<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> String {
     move |e| format!("{what} failed: {e}")
+}
+
+fn timed_out(outcome: DeadlineOutcome) -> Answer {
+    match outcome {
+        DeadlineOutcome::Failed { .. } => Answer::Now(TaskState::Failed),
+        DeadlineOutcome::Retrying { .. } => Answer::Now(TaskState::Queued),
+        DeadlineOutcome::Cancelled { .. } => Answer::Now(TaskState::Cancelled),
+        other => Answer::Refused(format!("{other:?}")),
+    }
+}
+
+/// A time limit running out, as the optimizer's deadline pass applies it: the deadline the
+/// task's state calls for (run when granted, queue otherwise) is put in its set as already due,
+/// then enforced.
+async fn time_out(f: &Fixture, task_id: &str) -> Result<Answer, String> {
+    let record = f
+        .store
+        .task_record(task_id)
+        .await
+        .map_err(failed("task_record"))?;
+    let get = |k: &str| {
+        record
+            .as_ref()
+            .and_then(|r| r.get(k).cloned())
+            .unwrap_or_default()
+    };
+    let (kind, key, n) = if get("state") == "granted" {
+        let attempt = Some(get("attempt")).filter(|a| !a.is_empty());
+        (
+            DeadlineKind::Run,
+            f.keys.run_deadlines(),
+            attempt.unwrap_or("1".into()),
+        )
+    } else {
+        (
+            DeadlineKind::Queue,
+            f.keys.queue_deadlines(),
+            get("grant_seq"),
+        )
+    };
+    let member = format!("{task_id}|{}", if n.is_empty() { "0".into() } else { n });
+    let _: i64 = redis::cmd("ZADD")
+        .arg(key)
+        .arg(0)
+        .arg(&member)
+        .query_async(&mut f.raw.clone())
+        .await
+        .map_err(failed("ZADD"))?;
+    let deadline = Deadline {
+        kind,
+        task_id: task_id.to_string(),
+        member,
+    };
+    let outcome = f
+        .store
+        .enforce_deadline(&deadline, AGENT, RETENTION_S)
+        .await;
+    Ok(timed_out(outcome.map_err(failed("enforce_deadline"))?))
 }
 
 /// A case's task and the one dependency it is submitted with.
@@ -252,6 +313,7 @@ async fn drive(f: &Fixture, task: &Task, event: TaskEvent) -> Result<Answer, Str
             let outcome = f.store.requeue_task(&task.id, AGENT, RETENTION_S).await;
             requeued(outcome.map_err(failed("requeue_task"))?)
         }
+        TaskEvent::TimedOut => time_out(f, &task.id).await?,
         TaskEvent::Cancelled => {
             let outcome = f
                 .store
@@ -447,4 +509,57 @@ async fn completing_a_queued_task_is_refused() {
         Some(TaskState::Queued)
     );
     assert!(in_queue(&f, "q").await.unwrap(), "still in the queue");
+}
+
+/// A failed attempt with attempts left is `Requeued` (to `queued`) by `complete_tasks`: out of
+/// the priority queue until its back-off ends (in the retry set), its grant ended so a report
+/// of it again answers the same, and `promote_retries` puts it back in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_attempt_with_attempts_left_is_requeued() {
+    let f = fixture().await;
+    register(&f).await;
+    let mut req = request("r", &[]);
+    req.options = vec![
+        ("max_attempts", "2".into()),
+        ("retry_backoff_ms", "0".into()),
+        ("retry_backoff_max_ms", "0".into()),
+    ];
+    f.store.submit_task(&req, RETENTION_S).await.unwrap();
+    assert_eq!(
+        grant(&f, "r").await.unwrap(),
+        Answer::Now(TaskState::Granted)
+    );
+    let want = TaskState::Granted.apply(&TaskEvent::Requeued).unwrap();
+    let report = Completion {
+        task_id: "r",
+        agent_id: AGENT,
+        success: false,
+        execution_time_s: 0.0,
+        grant_seq: Some(1),
+    };
+    for _ in 0..2 {
+        let outcome = f
+            .store
+            .complete_task(&report, LR, RETENTION_S)
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, CompleteOutcome::Retrying { attempt: 2, .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(stored_state(&f, "r").await.unwrap(), Some(want));
+        assert!(!in_queue(&f, "r").await.unwrap(), "waits out its back-off");
+    }
+    let promoted = f.store.promote_retries(&["r".to_string()]).await.unwrap();
+    assert_eq!(promoted, ["r"]);
+    assert!(in_queue(&f, "r").await.unwrap(), "back in the queue");
+    // The last attempt's failure is `Failed`.
+    assert_eq!(
+        grant(&f, "r").await.unwrap(),
+        Answer::Now(TaskState::Granted)
+    );
+    assert_eq!(
+        complete(&f, "r", false).await.unwrap(),
+        Answer::Now(TaskState::Failed)
+    );
 }

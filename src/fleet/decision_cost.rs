@@ -65,6 +65,7 @@ fn tasks(rng: &mut SplitMix) -> Vec<TaskView> {
             },
             seq: i as u64,
             estimated_duration_s: rng.range(1.0, 60.0),
+            avoid_agents: Vec::new(),
         })
         .collect()
 }

@@ -33,6 +33,7 @@ pub const OPTIMIZER_COMMANDS: &[(&str, &str)] = &[
     ("hget", "scripts: single fields of records"),
     ("hmget", "scripts and reads: agent, task and handoff rows"),
     ("hset", "scripts: writing records"),
+    ("hdel", "scripts: a retried task's back-off ends"),
     (
         "hincrby",
         "scripts: reservations, counters, learned patterns",

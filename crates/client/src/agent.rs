@@ -186,6 +186,21 @@ impl Agent {
             .await
     }
 
+    /// Like [`Agent::complete_grant`] but waits for the coordinator's verdict: a report of a
+    /// grant that ended (re-granted, handed off, or stopped at its run timeout) comes back as a
+    /// `stale_grant` error.
+    pub async fn complete_grant_confirmed(
+        &self,
+        grant: &TaskGrant,
+        success: bool,
+        execution_time_s: f64,
+    ) -> Result<(), Error> {
+        let mut report = self.completion(&grant.task_id, success, execution_time_s);
+        report.grant_seq = Some(grant.grant_seq);
+        self.send_and_confirm(MessageType::TaskComplete, report)
+            .await
+    }
+
     fn completion(&self, task_id: &str, success: bool, execution_time_s: f64) -> TaskComplete {
         TaskComplete {
             task_id: task_id.to_string(),
@@ -201,7 +216,13 @@ impl Agent {
 
     /// Confirms a cancel notice: the grant is reported failed (`error: "cancelled"`), which
     /// cancels the task and releases its reservation. Resolves once JetStream stored the report.
+    ///
+    /// A notice for a grant stopped at its run timeout ([`TaskCancelNotice::is_run_timeout`])
+    /// needs no confirmation (its reservation is already released): nothing is sent.
     pub async fn confirm_cancel(&self, notice: &TaskCancelNotice) -> Result<(), Error> {
+        if notice.is_run_timeout() {
+            return Ok(());
+        }
         let mut report = self.completion(&notice.task_id, false, 0.0);
         report.grant_seq = Some(notice.grant_seq);
         report.error = Some("cancelled".to_string());
@@ -266,7 +287,9 @@ impl GrantStream {
     }
 
     /// The next grant or cancel notice, waiting for one; `None` when the connection closed for
-    /// good.
+    /// good. A grant that ran past its run timeout is stopped with a cancel notice too (reason
+    /// `run_timeout`, [`TaskCancelNotice::is_run_timeout`]): stop working on it; its report
+    /// would be refused `stale_grant`.
     pub async fn next_work(&mut self) -> Option<Result<Work, Error>> {
         loop {
             let message = self.subscription.next().await?;

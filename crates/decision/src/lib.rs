@@ -17,11 +17,13 @@
 //!   adaptive, historical) and [`StrategyKind`] to select them by name.
 //! * [`learning`] — the performance-score update, the reference `complete_task.lua` implements.
 //! * [`patterns`] — success and duration learned per (task type, agent type).
+//! * [`retry`] — the back-off of a failed attempt before it runs again.
 
 pub mod learning;
 pub mod patterns;
 pub mod placement;
 pub mod resources;
+pub mod retry;
 pub mod strategies;
 pub mod task_state;
 
@@ -32,5 +34,6 @@ pub use placement::{
     TaskView, plan_batch, plan_batch_explained, plan_batch_with, sample_candidates,
 };
 pub use resources::{MAX_AMOUNT, ResourceError, ResourceKind, Resources};
+pub use retry::{retry_backoff_ms, retry_backoff_s};
 pub use strategies::{Adaptive, Historical, LoadBalanced, PriorityBased, RoundRobin, StrategyKind};
 pub use task_state::{InvalidTransition, TaskEvent, TaskState};

@@ -60,6 +60,17 @@ pub struct TaskView {
     pub seq: u64,
     /// The submitter's estimate of the run time, seconds; 0 when not given.
     pub estimated_duration_s: f64,
+    /// Agents whose attempts at this task failed (a retried task): placement proposes them
+    /// last, after every other agent the task fits on, but does not exclude them, so a fleet of
+    /// one still runs the retry. Empty for a first attempt.
+    pub avoid_agents: Vec<String>,
+}
+
+impl TaskView {
+    /// Whether an attempt of this task already failed on `agent_id`.
+    pub fn avoids(&self, agent_id: &str) -> bool {
+        self.avoid_agents.iter().any(|a| a == agent_id)
+    }
 }
 
 /// What has been learned, passed to every decision.

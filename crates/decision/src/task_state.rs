@@ -38,6 +38,9 @@
 //! | granted   | Completed        | completed |
 //! | granted   | Failed           | failed    |
 //! | granted   | Requeued         | queued    |
+//! | waiting   | TimedOut         | failed    |
+//! | queued    | TimedOut         | failed    |
+//! | granted   | TimedOut         | failed    |
 //! | waiting   | Cancelled        | cancelled |
 //! | queued    | Cancelled        | cancelled |
 //! | granted   | Cancelled        | cancelled |
@@ -67,10 +70,24 @@
 //! every row of the table through the scripts and checks they agree with it, and the state names
 //! returned by [`TaskState::as_str`] are exactly the strings those scripts store.
 //!
+//! **Retries and time limits.** `Requeued` also takes back a failed attempt that will run again:
+//! when an agent reports a grant failed (`complete_tasks`) or the grant outlives its
+//! `run_timeout_s` (`enforce_deadline`), and the task has attempts left (`max_attempts`), it goes
+//! back to `queued` instead of `failed`, its dependents keep waiting, and its submitter hears no
+//! final reply yet. Such a task waits out its back-off ([`crate::retry`]) out of the priority
+//! queue (in the retry set, with `retry_at` on the task: data beside the state, like
+//! `cancel_requested`); the maintenance work moves it into the queue, at its old place, when the
+//! back-off ends. The last attempt's failure is `Failed`. A run timeout with no attempt left, and
+//! a queue timeout (`queued` or `waiting` past its `queue_timeout_s`), are the event `TimedOut`,
+//! to `failed` with the reason `run_timeout` or `queue_timeout` (`enforce_deadline`; a run
+//! timeout with attempts left is `Requeued`, as a reported failure is). An agent leaving or dying
+//! is `Requeued` without using an attempt.
+//!
 //! The simulator (`switchyard-sim`) and the live replay of a workload keep each task in a
-//! `TaskState` and move it only with [`TaskState::apply`]. They also use `Requeued` for a failed
-//! attempt that the workload's retry policy runs again (the service itself fails such a task);
-//! "not arrived yet" and "waiting out a retry back-off" are data beside the state, not states.
+//! `TaskState` and move it only with [`TaskState::apply`], with the same rule: `Requeued` for a
+//! failed attempt that runs again, the same back-off function, and the same preference for
+//! another agent (placement puts [`TaskView::avoid_agents`](crate::TaskView) last). "Not arrived
+//! yet" and "waiting out a retry back-off" are data beside the state, not states.
 
 use std::fmt;
 
@@ -151,6 +168,7 @@ impl TaskState {
             (S::Queued, E::Granted) => S::Granted,
             (S::Granted, E::Completed) => S::Completed,
             (S::Granted, E::Failed) => S::Failed,
+            (S::WaitingDependencies | S::Queued | S::Granted, E::TimedOut) => S::Failed,
             (S::Granted, E::Requeued) => S::Queued,
             (S::WaitingDependencies | S::Queued | S::Granted, E::Cancelled) => S::Cancelled,
             _ => {
@@ -188,10 +206,13 @@ pub enum TaskEvent {
     Granted,
     /// The agent reported success.
     Completed,
-    /// The agent reported failure.
+    /// The agent reported failure (of the last attempt, when the task has retries).
     Failed,
-    /// The agent died or deregistered before finishing; the task goes back in the queue. (In
-    /// the simulator and the live replay also a failed attempt that will be retried.)
+    /// A time limit ran out: a waiting or queued task's queue timeout, or the last attempt's
+    /// run timeout (with attempts left, a run timeout is `Requeued`).
+    TimedOut,
+    /// The agent died or deregistered before finishing, or an attempt failed (reported, or past
+    /// its run timeout) and the task has attempts left; the task goes back in the queue.
     Requeued,
     /// Its submitter or an operator cancelled it: at once when waiting or queued; when granted,
     /// once the agent confirms or its lease ends.
@@ -209,6 +230,7 @@ impl TaskEvent {
             TaskEvent::Completed => "completed",
             TaskEvent::Failed => "failed",
             TaskEvent::Requeued => "requeued",
+            TaskEvent::TimedOut => "timed_out",
             TaskEvent::Cancelled => "cancelled",
         }
     }
@@ -254,7 +276,7 @@ mod tests {
         failed_dependency: false,
     };
 
-    const ALL_EVENTS: [TaskEvent; 8] = [
+    const ALL_EVENTS: [TaskEvent; 9] = [
         SUBMITTED,
         TaskEvent::DependenciesMet,
         TaskEvent::DependencyFailed,
@@ -263,6 +285,7 @@ mod tests {
         TaskEvent::Failed,
         TaskEvent::Requeued,
         TaskEvent::Cancelled,
+        TaskEvent::TimedOut,
     ];
 
     /// The documented table, written independently of `apply`.
@@ -279,6 +302,9 @@ mod tests {
             (S::WaitingDependencies, E::Cancelled) => Some(S::Cancelled),
             (S::Queued, E::Cancelled) => Some(S::Cancelled),
             (S::Granted, E::Cancelled) => Some(S::Cancelled),
+            (S::WaitingDependencies, E::TimedOut) => Some(S::Failed),
+            (S::Queued, E::TimedOut) => Some(S::Failed),
+            (S::Granted, E::TimedOut) => Some(S::Failed),
             _ => None,
         }
     }
@@ -306,7 +332,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(valid, 9, "exactly nine transitions are allowed");
+        assert_eq!(valid, 12, "exactly twelve transitions are allowed");
     }
 
     #[test]

@@ -19,13 +19,16 @@ pub use envelope::{
 pub use messages::{
     AgentDeregister, AgentRegister, AgentStatusView, CoordinationSync, CoordinatorReply,
     ErrorReport, ExplainedCandidate, GrantAck, GrantExplanation, GrantRef, Heartbeat,
-    MAX_GRANTS_PER_ACK, PatternRow, Replies, ReplyStatus, StatusQuery, TaskCancel,
-    TaskCancelNotice, TaskComplete, TaskGrant, TaskSubmit,
+    MAX_GRANTS_PER_ACK, PatternRow, QUEUE_TIMEOUT, RUN_TIMEOUT, Replies, ReplyStatus, StatusQuery,
+    TaskCancel, TaskCancelNotice, TaskComplete, TaskGrant, TaskSubmit,
 };
 pub use messaging::{
     DEFAULT_HANDOFF_TIMEOUT_S, HandoffAcknowledge, HandoffInitiate, HandoffOutcome, HandoffStatus,
     MessageAck, ResourceGrant, ResourceRequest,
 };
 pub use subjects::{ALL_AGENTS, Subjects};
-pub use validate::{Inbound, RejectReason, Rejection, decode, now_ms, validate_agent_id};
+pub use validate::{
+    Inbound, MAX_ATTEMPTS, MAX_TIME_LIMIT_S, RejectReason, Rejection, decode, now_ms,
+    validate_agent_id,
+};
 pub use waits::{MAX_STATUS_TASKS, TaskWaitView, WaitReason};

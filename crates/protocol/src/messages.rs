@@ -85,6 +85,26 @@ pub struct TaskSubmit {
     /// `final` (only completed / failed) or `none`. Refusals always come as ERROR_REPORT.
     #[serde(default, skip_serializing_if = "Replies::is_all")]
     pub replies: Replies,
+    /// Schedule-to-start limit, seconds: a task not granted this long after its submit (waiting
+    /// on dependencies included), or after it re-entered the queue (a retry, or its agent left),
+    /// fails with the reason `queue_timeout`. 0: none. Absent: the optimizer's default
+    /// (`coordination.queue_timeout_s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout_s: Option<f64>,
+    /// Start-to-close limit of one attempt, seconds: a grant still running this long after it
+    /// was made is taken back (its agent told to stop with a TASK_CANCEL notice whose reason is
+    /// `run_timeout`), and the task is retried or fails with the reason `run_timeout`. 0: none.
+    /// Absent: the optimizer's default (`coordination.run_timeout_s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_timeout_s: Option<f64>,
+    /// How many attempts the task may have (>= 1): a failed attempt (reported, or past its run
+    /// timeout) is retried while attempts remain. Absent: `coordination.max_attempts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Base of the back-off before a retry, seconds, doubled per failed attempt up to
+    /// `coordination.retry_backoff_max_s`. Absent: `coordination.retry_backoff_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_backoff_s: Option<f64>,
 }
 
 /// Which COORDINATOR_REPLY messages a sender wants. Fewer replies are fewer messages: a client
@@ -224,7 +244,9 @@ pub struct TaskCancel {
 }
 
 /// `TASK_CANCEL` (a notice): the optimizer tells the agent holding a granted task that the task
-/// was cancelled. It travels on the agent's grant subject `<prefix>.task_request.<agent_id>` and
+/// was cancelled, or that its grant ran past its run timeout (`reason` [`RUN_TIMEOUT`]: the
+/// reservation is already released and a report of that grant is refused `stale_grant`; this
+/// notice is sent once, and the agent need not confirm it). It travels on the agent's grant subject `<prefix>.task_request.<agent_id>` and
 /// is sent again until the agent confirms, by reporting the grant failed (TASK_COMPLETE with
 /// `success: false`), or its lease ends; either releases the reservation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -235,6 +257,20 @@ pub struct TaskCancelNotice {
     pub grant_seq: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// The `reason` of a TASK_CANCEL notice for a grant past its run timeout, and of a task that
+/// failed for it.
+pub const RUN_TIMEOUT: &str = "run_timeout";
+/// The reason of a task that was not granted within its queue timeout.
+pub const QUEUE_TIMEOUT: &str = "queue_timeout";
+
+impl TaskCancelNotice {
+    /// Whether the grant was stopped for running past its run timeout (not cancelled by a
+    /// user): the task may run again elsewhere, and the agent need not confirm.
+    pub fn is_run_timeout(&self) -> bool {
+        self.reason.as_deref() == Some(RUN_TIMEOUT)
+    }
 }
 
 /// Outcome of an operation, in a `COORDINATOR_REPLY`.
@@ -339,7 +375,8 @@ pub struct AgentStatusView {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CoordinationSync {
     pub queue_depth: u64,
-    /// Counters since the store was created: submitted, granted, completed, failed, requeued.
+    /// Counters since the store was created: submitted, granted, completed, failed, requeued,
+    /// cancelled, timed_out (time limits that ran out), retried (failed attempts run again).
     pub counters: BTreeMap<String, u64>,
     pub agents: Vec<AgentStatusView>,
     /// Learned statistics per (task type, agent type), when asked for.
@@ -379,7 +416,36 @@ impl TaskSubmit {
             strategy: None,
             explain: false,
             replies: Replies::All,
+            queue_timeout_s: None,
+            run_timeout_s: None,
+            max_attempts: None,
+            retry_backoff_s: None,
         }
+    }
+
+    /// Fails the task (`queue_timeout`) if it is not granted within `seconds` (0: no limit).
+    pub fn queue_timeout(mut self, seconds: f64) -> Self {
+        self.queue_timeout_s = Some(seconds);
+        self
+    }
+
+    /// Stops an attempt that runs longer than `seconds` (`run_timeout`; 0: no limit).
+    pub fn run_timeout(mut self, seconds: f64) -> Self {
+        self.run_timeout_s = Some(seconds);
+        self
+    }
+
+    /// Runs the task up to `attempts` times (>= 1) while attempts fail.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = Some(attempts);
+        self
+    }
+
+    /// Waits `seconds` before the first retry, doubling for each later one (capped by the
+    /// optimizer's `coordination.retry_backoff_max_s`).
+    pub fn retry_backoff(mut self, seconds: f64) -> Self {
+        self.retry_backoff_s = Some(seconds);
+        self
     }
 
     pub fn task_type(mut self, task_type: impl Into<String>) -> Self {

@@ -19,6 +19,10 @@ use switchyard_decision::{ResourceError, Resources, StrategyKind};
 pub const MAX_TASK_PRIORITY: u8 = 10;
 /// Most dependencies one task may name.
 pub const MAX_DEPENDENCIES: usize = 64;
+/// Largest time limit or retry back-off a TASK_SUBMIT may ask for, seconds (30 days).
+pub const MAX_TIME_LIMIT_S: f64 = 2_592_000.0;
+/// Most attempts a TASK_SUBMIT may ask for.
+pub const MAX_ATTEMPTS: u32 = 100;
 
 /// A refused message: what to report and to whom.
 #[derive(Debug, Clone, PartialEq)]
@@ -463,6 +467,7 @@ fn check_submit(
             "estimated_duration_s must be finite and >= 0",
         ));
     }
+    check_limits(ctx, task)?;
     let deps_ok = task.dependencies.len() <= MAX_DEPENDENCIES
         && task
             .dependencies
@@ -484,6 +489,34 @@ fn check_submit(
             format!("unknown strategy {name:?}: least_loaded, round_robin, priority_based, load_balanced, adaptive or historical"),
         )),
     }
+}
+
+/// Time limits and retries of a submit: each absent, or in range (`invalid_duration`,
+/// `invalid_payload` for `max_attempts`).
+fn check_limits(ctx: &Context<'_>, task: &TaskSubmit) -> Result<(), Rejection> {
+    let seconds = [
+        ("queue_timeout_s", task.queue_timeout_s),
+        ("run_timeout_s", task.run_timeout_s),
+        ("retry_backoff_s", task.retry_backoff_s),
+    ];
+    for (name, value) in seconds {
+        if value.is_some_and(|s| !(s.is_finite() && (0.0..=MAX_TIME_LIMIT_S).contains(&s))) {
+            return Err(ctx.reject(
+                RejectReason::InvalidDuration,
+                format!("{name} must be 0..={MAX_TIME_LIMIT_S} seconds"),
+            ));
+        }
+    }
+    if task
+        .max_attempts
+        .is_some_and(|n| !(1..=MAX_ATTEMPTS).contains(&n))
+    {
+        return Err(ctx.reject(
+            RejectReason::InvalidPayload,
+            format!("max_attempts must be 1..={MAX_ATTEMPTS}"),
+        ));
+    }
+    Ok(())
 }
 
 #[path = "validate_messaging.rs"]

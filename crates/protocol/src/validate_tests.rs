@@ -323,3 +323,35 @@ fn an_event_whose_sender_is_not_its_subject_token_is_a_forgery() {
     let on_behalf = envelope("AGENT_REGISTER", "orch", register);
     assert_eq!(reason("coord.agent_register.a", &on_behalf), "accepted");
 }
+
+#[test]
+fn time_limits_and_retries_are_checked() {
+    let subject = "coord.task_submit.orch";
+    let ok = submit(
+        json!({"task_id": "t1", "queue_timeout_s": 0.5, "run_timeout_s": 0, "max_attempts": 3, "retry_backoff_s": 0.25}),
+    );
+    match run(subject, &ok) {
+        Ok(Inbound::Submit(env, _, _)) => {
+            assert_eq!(env.payload.queue_timeout_s, Some(0.5));
+            assert_eq!(env.payload.run_timeout_s, Some(0.0));
+            assert_eq!(env.payload.max_attempts, Some(3));
+            assert_eq!(env.payload.retry_backoff_s, Some(0.25));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    for bad in [
+        json!({"task_id": "t1", "queue_timeout_s": -1.0}),
+        json!({"task_id": "t1", "run_timeout_s": 1e12}),
+        json!({"task_id": "t1", "retry_backoff_s": -0.5}),
+    ] {
+        assert_eq!(reason(subject, &submit(bad)), "invalid_duration");
+    }
+    for bad in [
+        json!({"task_id": "t1", "max_attempts": 0}),
+        json!({"task_id": "t1", "max_attempts": 101}),
+    ] {
+        assert_eq!(reason(subject, &submit(bad)), "invalid_payload");
+    }
+    let wrong_type = submit(json!({"task_id": "t1", "max_attempts": -2}));
+    assert_ne!(reason(subject, &wrong_type), "accepted");
+}

@@ -24,6 +24,10 @@ pub enum WaitReason {
     /// `queued`; an agent has room for it now, and `ahead` tasks are before it in the queue: it
     /// is granted when the dispatcher reaches it.
     BehindQueue { ahead: u64 },
+    /// `queued`, but an attempt failed and the task waits out its retry back-off until
+    /// `until_ms` (Unix ms, Redis clock) before it re-enters the queue; `attempt` is the number of
+    /// the attempt it will run next.
+    RetryBackoff { until_ms: u64, attempt: u32 },
     /// A reason this version does not know.
     #[serde(other)]
     Other,
@@ -43,9 +47,36 @@ impl WaitReason {
             WaitReason::BehindQueue { ahead } => {
                 format!("behind {ahead} higher-priority or earlier tasks")
             }
+            WaitReason::RetryBackoff { until_ms, attempt } => format!(
+                "retrying after back-off until {} (attempt {attempt})",
+                utc_time(*until_ms)
+            ),
             WaitReason::Other => "waiting".to_string(),
         }
     }
+}
+
+/// Unix milliseconds as a UTC time of day with the date, `2026-12-03 10:15:42.250 UTC`.
+fn utc_time(ms: u64) -> String {
+    let days = (ms / 86_400_000) as i64;
+    let in_day = ms % 86_400_000;
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03} UTC",
+        in_day / 3_600_000,
+        in_day / 60_000 % 60,
+        in_day / 1000 % 60,
+        in_day % 1000
+    )
 }
 
 /// One waiting or queued task in a status answer, with why it waits.
@@ -68,6 +99,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_back_off_names_its_end_in_utc() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00.000 UTC");
+        assert_eq!(utc_time(1_700_000_000_250), "2023-11-14 22:13:20.250 UTC");
+        let reason = WaitReason::RetryBackoff {
+            until_ms: 951_782_400_000,
+            attempt: 3,
+        };
+        assert_eq!(
+            reason.describe(),
+            "retrying after back-off until 2000-02-29 00:00:00.000 UTC (attempt 3)"
+        );
+    }
+
+    #[test]
     fn reasons_round_trip_and_unknown_kinds_read_as_other() {
         let reasons = [
             WaitReason::Dependencies {
@@ -76,6 +121,10 @@ mod tests {
             WaitReason::NoAgentWithCapacity,
             WaitReason::NoFreeCapacity { ahead: 3 },
             WaitReason::BehindQueue { ahead: 0 },
+            WaitReason::RetryBackoff {
+                until_ms: 1_700_000_000_000,
+                attempt: 2,
+            },
         ];
         for reason in reasons {
             let json = serde_json::to_string(&reason).unwrap_or_default();

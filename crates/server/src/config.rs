@@ -93,6 +93,33 @@ pub struct CoordinationConfig {
     /// Absent from older config files, so it defaults to hold there too.
     #[serde(default)]
     pub infeasible: InfeasiblePolicy,
+    /// Default schedule-to-start limit of a task that names none (seconds; 0: none).
+    #[serde(default)]
+    pub queue_timeout_s: f64,
+    /// Default start-to-close limit of one attempt (seconds; 0: none).
+    #[serde(default)]
+    pub run_timeout_s: f64,
+    /// Default number of attempts of a task (1: no retry).
+    #[serde(default = "one_attempt")]
+    pub max_attempts: u32,
+    /// Default base of the retry back-off (seconds), doubled per failed attempt.
+    #[serde(default = "one_second")]
+    pub retry_backoff_s: f64,
+    /// Longest retry back-off (seconds), whatever a task asks for.
+    #[serde(default = "one_minute")]
+    pub retry_backoff_max_s: f64,
+}
+
+fn one_attempt() -> u32 {
+    1
+}
+
+fn one_second() -> f64 {
+    1.0
+}
+
+fn one_minute() -> f64 {
+    60.0
 }
 
 /// What a submit does with a task that no active agent's *capacity* (free or not) covers.
@@ -151,7 +178,7 @@ pub struct MetricsConfig {
 }
 
 /// Environment variable → (table, key). The first six are the seed's names.
-const ENV_OVERRIDES: [(&str, &str, &str); 27] = [
+const ENV_OVERRIDES: [(&str, &str, &str); 32] = [
     (
         "MAX_CONCURRENT_COORDINATIONS",
         "coordination",
@@ -190,6 +217,15 @@ const ENV_OVERRIDES: [(&str, &str, &str); 27] = [
     ("BATCH_SIZE", "coordination", "batch_size"),
     ("DEFAULT_STRATEGY", "coordination", "default_strategy"),
     ("INFEASIBLE_POLICY", "coordination", "infeasible"),
+    ("TASK_QUEUE_TIMEOUT_S", "coordination", "queue_timeout_s"),
+    ("TASK_RUN_TIMEOUT_S", "coordination", "run_timeout_s"),
+    ("TASK_MAX_ATTEMPTS", "coordination", "max_attempts"),
+    ("TASK_RETRY_BACKOFF_S", "coordination", "retry_backoff_s"),
+    (
+        "TASK_RETRY_BACKOFF_MAX_S",
+        "coordination",
+        "retry_backoff_max_s",
+    ),
     ("JETSTREAM_REPLICAS", "jetstream", "replicas"),
 ];
 
@@ -236,6 +272,11 @@ impl Config {
                 default_strategy: "least_loaded".into(),
                 task_retention_s: 86_400,
                 infeasible: InfeasiblePolicy::Hold,
+                queue_timeout_s: 0.0,
+                run_timeout_s: 0.0,
+                max_attempts: 1,
+                retry_backoff_s: 1.0,
+                retry_backoff_max_s: 60.0,
             },
             messages: MessagesConfig {
                 message_buffer_size: 1000,
@@ -362,11 +403,36 @@ impl CoordinationConfig {
                 "coordination.grant_resend_ms must be 50..=600000",
             ),
             (
+                limit_ok(self.queue_timeout_s),
+                "coordination.queue_timeout_s must be 0..=2592000 (0: none)",
+            ),
+            (
+                limit_ok(self.run_timeout_s),
+                "coordination.run_timeout_s must be 0..=2592000 (0: none)",
+            ),
+            (
+                (1..=switchyard_protocol::MAX_ATTEMPTS).contains(&self.max_attempts),
+                "coordination.max_attempts must be 1..=100",
+            ),
+            (
+                limit_ok(self.retry_backoff_s),
+                "coordination.retry_backoff_s must be 0..=2592000",
+            ),
+            (
+                limit_ok(self.retry_backoff_max_s),
+                "coordination.retry_backoff_max_s must be 0..=2592000",
+            ),
+            (
                 switchyard_decision::StrategyKind::parse(&self.default_strategy).is_some(),
                 "coordination.default_strategy must be one of least_loaded, round_robin, priority_based, load_balanced, adaptive, historical",
             ),
         ])
     }
+}
+
+/// A time limit or back-off in seconds as TASK_SUBMIT accepts it (0 ..= 30 days).
+fn limit_ok(seconds: f64) -> bool {
+    seconds.is_finite() && (0.0..=switchyard_protocol::MAX_TIME_LIMIT_S).contains(&seconds)
 }
 
 impl MessagesConfig {
@@ -663,6 +729,42 @@ mod tests {
         assert!(text.contains("learning_rate"), "{text}");
         assert!(text.contains("batch_size"), "{text}");
         assert_eq!(err.kind(), ErrorKind::Config);
+    }
+
+    #[test]
+    fn time_limits_and_retries_are_set_by_file_or_env_and_checked() {
+        let d = Config::default().coordination;
+        assert_eq!((d.queue_timeout_s, d.run_timeout_s), (0.0, 0.0));
+        assert_eq!(
+            (d.max_attempts, d.retry_backoff_s, d.retry_backoff_max_s),
+            (1, 1.0, 60.0)
+        );
+        let old = "[coordination]\nbatch_size = 7\n";
+        let c = Config::from_sources(Some(old), &[]).expect("a file without them is valid");
+        assert_eq!(c.coordination.max_attempts, 1);
+        let c = Config::from_sources(
+            None,
+            &env(&[
+                ("TASK_QUEUE_TIMEOUT_S", "30"),
+                ("TASK_RUN_TIMEOUT_S", "600.5"),
+                ("TASK_MAX_ATTEMPTS", "3"),
+                ("TASK_RETRY_BACKOFF_S", "0.5"),
+                ("TASK_RETRY_BACKOFF_MAX_S", "10"),
+            ]),
+        )
+        .expect("valid");
+        let c = c.coordination;
+        assert_eq!((c.queue_timeout_s, c.run_timeout_s), (30.0, 600.5));
+        assert_eq!(
+            (c.max_attempts, c.retry_backoff_s, c.retry_backoff_max_s),
+            (3, 0.5, 10.0)
+        );
+        let bad = "[coordination]\nmax_attempts = 0\nrun_timeout_s = -1\n";
+        let text = Config::from_sources(Some(bad), &[])
+            .expect_err("invalid")
+            .to_string();
+        assert!(text.contains("max_attempts"), "{text}");
+        assert!(text.contains("run_timeout_s"), "{text}");
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub const AGENTS_EXPIRED_TOTAL: &str = "switchyard_agents_expired_total";
 pub const AGENT_HANDOFF_DURATION_SECONDS: &str = "agent_handoff_duration_seconds";
 pub const TASK_CANCELS_TOTAL: &str = "switchyard_task_cancels_total";
 pub const CANCEL_NOTICES_TOTAL: &str = "switchyard_cancel_notices_total";
+pub const TASK_TIMEOUTS_TOTAL: &str = "switchyard_task_timeouts_total";
+pub const TASK_RETRIES_TOTAL: &str = "switchyard_task_retries_total";
 
 /// All metrics of one optimizer replica, in its own registry (so in-process replicas in tests
 /// do not collide).
@@ -66,6 +68,12 @@ pub struct Metrics {
     pub task_cancels: IntCounterVec,
     /// Cancel notices published to agents (first sends and resends).
     pub cancel_notices: IntCounter,
+    /// Time limits that ran out, by `kind`: queue (a task not granted in time: failed) or run
+    /// (an attempt past its run timeout: taken back, then retried or failed).
+    pub task_timeouts: IntCounterVec,
+    /// Failed attempts sent back to the queue for another attempt, by `cause`: failed (reported
+    /// by the agent) or run_timeout.
+    pub task_retries: IntCounterVec,
 }
 
 pub(crate) fn registered<C: prometheus::core::Collector + Clone + 'static>(
@@ -158,6 +166,16 @@ impl Metrics {
             cancel_notices: add.counter(
                 CANCEL_NOTICES_TOTAL,
                 "Cancel notices sent to agents holding a cancelled task",
+            )?,
+            task_timeouts: add.counters(
+                TASK_TIMEOUTS_TOTAL,
+                "Task time limits that ran out, by kind (queue, run)",
+                &["kind"],
+            )?,
+            task_retries: add.counters(
+                TASK_RETRIES_TOTAL,
+                "Failed attempts queued again for another attempt, by cause (failed, run_timeout)",
+                &["cause"],
             )?,
             registry,
         })

@@ -14,6 +14,7 @@
 
 mod dispatch;
 mod lifecycle;
+mod limits;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
@@ -52,9 +53,22 @@ pub enum SimError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
     AgentEvent(usize),
-    Finish { task: usize, grant: u32 },
+    Finish {
+        task: usize,
+        grant: u32,
+    },
     Requeue(usize),
     Arrival(usize),
+    /// The queue deadline of a task's wait before grant number `grants + 1`.
+    QueueDeadline {
+        task: usize,
+        grants: u32,
+    },
+    /// The run deadline of one grant.
+    RunDeadline {
+        task: usize,
+        grant: u32,
+    },
 }
 
 fn to_us(s: f64) -> u64 {
@@ -183,6 +197,8 @@ impl<'w> Engine<'w> {
             Ev::Requeue(t) => self.retry_due(t),
             Ev::Finish { task, grant } => self.finish(task, grant),
             Ev::AgentEvent(i) => self.agent_event(i),
+            Ev::QueueDeadline { task, grants } => self.queue_deadline(task, grants),
+            Ev::RunDeadline { task, grant } => self.run_deadline(task, grant),
         }
     }
 
@@ -197,7 +213,11 @@ impl<'w> Engine<'w> {
             .arrive(parent_failed)
             .map_err(|what| self.invariant(format!("task {t} {what}")))?;
         match state {
-            TaskState::Queued => self.make_ready(t),
+            TaskState::Queued => {
+                self.make_ready(t);
+                self.start_queue_deadline(t);
+            }
+            TaskState::WaitingDependencies => self.start_queue_deadline(t),
             TaskState::Failed => {
                 self.terminal();
                 self.fail_dependents(t)?;
@@ -213,6 +233,7 @@ impl<'w> Engine<'w> {
             return Err(self.invariant(format!("task {t} retried without a failed attempt")));
         }
         self.make_ready(t);
+        self.start_queue_deadline(t);
         Ok(())
     }
 

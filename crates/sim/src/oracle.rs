@@ -216,6 +216,7 @@ estimated_duration_s = [10.0, 10.0]
             },
             seq: 0,
             estimated_duration_s: 10.0,
+            avoid_agents: Vec::new(),
         }
     }
 

@@ -26,6 +26,12 @@ pub struct TaskRecord {
     pub grants: u32,
     /// Whether the first attempt succeeded; `None` if never attempted.
     pub first_attempt_ok: Option<bool>,
+    /// Failed attempts run again (after their back-off, preferably on another agent).
+    pub retries: u32,
+    /// Its queue timeout ran out (it failed for it).
+    pub queue_timed_out: bool,
+    /// Attempts stopped at their run timeout.
+    pub run_timeouts: u32,
 }
 
 /// The result of one run.
@@ -61,6 +67,9 @@ impl Outcome {
                 failed: r.is(TaskState::Failed),
                 grants: r.grants,
                 first_attempt_ok: r.first_ok,
+                retries: r.retries,
+                queue_timed_out: r.queue_timeouts > 0,
+                run_timeouts: r.run_timeouts,
             })
             .collect();
         let utilization = if e.alive_area > 0.0 {

@@ -165,6 +165,9 @@ mod tests {
             tasks_failed: 0,
             tasks_unfinished: 0,
             attempts: 0,
+            retries: 0,
+            queue_timeouts: 0,
+            run_timeouts: 0,
             grants_by_agent_type: BTreeMap::new(),
         }
     }

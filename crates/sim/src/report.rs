@@ -42,6 +42,12 @@ pub struct StrategyMetrics {
     pub tasks_unfinished: usize,
     /// Grants (attempts) in total.
     pub attempts: u64,
+    /// Failed attempts run again (the workload's `[retry]`, or a type's `max_attempts`).
+    pub retries: u64,
+    /// Tasks failed for their queue timeout.
+    pub queue_timeouts: u64,
+    /// Attempts stopped at their run timeout.
+    pub run_timeouts: u64,
     /// Grants per agent type.
     pub grants_by_agent_type: BTreeMap<String, u64>,
 }
@@ -87,6 +93,9 @@ impl StrategyMetrics {
             tasks_failed: failed,
             tasks_unfinished: o.tasks.len() - n - failed,
             attempts: o.tasks.iter().map(|t| u64::from(t.grants)).sum(),
+            retries: o.tasks.iter().map(|t| u64::from(t.retries)).sum(),
+            queue_timeouts: o.tasks.iter().filter(|t| t.queue_timed_out).count() as u64,
+            run_timeouts: o.tasks.iter().map(|t| u64::from(t.run_timeouts)).sum(),
             grants_by_agent_type: o.grants_by_agent_type.clone(),
         }
     }
@@ -151,7 +160,7 @@ impl SimReport {
         );
         let _ = writeln!(
             out,
-            "{:<14} {:>9} {:>9} {:>8} {:>9} {:>7} {:>6} {:>9} {:>7} {:>6} {:>6}",
+            "{:<14} {:>9} {:>9} {:>8} {:>9} {:>7} {:>6} {:>9} {:>7} {:>6} {:>6} {:>7} {:>9}",
             "strategy",
             "mean s",
             "p95 s",
@@ -162,7 +171,9 @@ impl SimReport {
             "prio-w s",
             "thru/s",
             "done",
-            "failed"
+            "failed",
+            "retries",
+            "q/r t-out"
         );
         let rr = self
             .strategies
@@ -184,7 +195,7 @@ fn table_row(name: &str, m: &StrategyMetrics, rr: Option<f64>) -> String {
         _ => "-".to_owned(),
     };
     format!(
-        "{:<14} {:>9.2} {:>9.2} {:>8} {:>9.1} {:>6.1}% {:>5.1}% {:>9.2} {:>7.3} {:>6} {:>6}\n",
+        "{:<14} {:>9.2} {:>9.2} {:>8} {:>9.1} {:>6.1}% {:>5.1}% {:>9.2} {:>7.3} {:>6} {:>6} {:>7} {:>9}\n",
         name,
         m.mean_completion_s,
         m.p95_completion_s,
@@ -195,7 +206,9 @@ fn table_row(name: &str, m: &StrategyMetrics, rr: Option<f64>) -> String {
         m.priority_weighted_latency_s,
         m.throughput_per_s,
         m.tasks_completed,
-        m.tasks_failed
+        m.tasks_failed,
+        m.retries,
+        format!("{}/{}", m.queue_timeouts, m.run_timeouts)
     )
 }
 
@@ -215,6 +228,9 @@ mod tests {
             failed: done.is_none() && first.is_some(),
             grants: u32::from(first.is_some()),
             first_attempt_ok: first,
+            retries: 0,
+            queue_timed_out: false,
+            run_timeouts: 0,
         }
     }
 

@@ -30,6 +30,13 @@ pub(crate) struct Run {
     pub grants: u32,
     /// Failed attempts so far (what the retry policy counts).
     pub failures: u32,
+    /// Agents whose attempts failed: placement proposes them last (as the service does).
+    pub failed_agents: Vec<usize>,
+    /// Failed attempts that were run again (the retry policy's retries).
+    pub retries: u32,
+    /// Time limits that ran out: queue (then the task failed) and run (attempts stopped).
+    pub queue_timeouts: u32,
+    pub run_timeouts: u32,
     /// Outcome of the first attempt, once known.
     pub first_ok: Option<bool>,
     /// Virtual time of the first grant, µs.
@@ -52,6 +59,10 @@ impl Run {
             children: Vec::new(),
             grants: 0,
             failures: 0,
+            failed_agents: Vec::new(),
+            retries: 0,
+            queue_timeouts: 0,
+            run_timeouts: 0,
             first_ok: None,
             first_start_us: None,
             last_start_us: 0,

@@ -40,6 +40,12 @@ pub(crate) fn validate(w: &mut Workload) -> Vec<String> {
     if w.retry.max_attempts == 0 {
         errors.push("retry.max_attempts must be at least 1".to_owned());
     }
+    if !(w.retry.backoff_max_s.is_finite() && w.retry.backoff_max_s >= 0.0) {
+        errors.push(format!(
+            "retry.backoff_max_s must be >= 0, got {}",
+            w.retry.backoff_max_s
+        ));
+    }
     if !(w.retry.backoff_s.is_finite() && w.retry.backoff_s >= 0.0) {
         errors.push(format!(
             "retry.backoff_s must be >= 0, got {}",
@@ -160,6 +166,17 @@ fn check_tasks(t: &mut TaskStreamSpec, errors: &mut Vec<String>) {
 
 fn check_task_type(ty: &mut TaskTypeSpec, errors: &mut Vec<String>) {
     let at = format!("task type {:?}", ty.name);
+    for (name, limit) in [
+        ("queue_timeout_s", ty.queue_timeout_s),
+        ("run_timeout_s", ty.run_timeout_s),
+    ] {
+        if limit.is_some_and(|s| !(s.is_finite() && s >= 0.0)) {
+            errors.push(format!("{at}: {name} must be >= 0, got {limit:?}"));
+        }
+    }
+    if ty.max_attempts == Some(0) {
+        errors.push(format!("{at}: max_attempts must be at least 1"));
+    }
     if !(ty.weight.is_finite() && ty.weight > 0.0) {
         errors.push(format!("{at}: weight must be > 0, got {}", ty.weight));
     }

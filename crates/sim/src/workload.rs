@@ -172,6 +172,19 @@ pub struct TaskTypeSpec {
     pub resources: BTreeMap<String, f64>,
     /// Inclusive range of the estimated duration in seconds; drawn uniformly.
     pub estimated_duration_s: [f64; 2],
+    /// Schedule-to-start limit, seconds (the service's `queue_timeout_s`): a task of this type
+    /// not granted this long after it arrived, or after it re-entered the queue, fails.
+    /// Absent or 0: none.
+    #[serde(default)]
+    pub queue_timeout_s: Option<f64>,
+    /// Start-to-close limit of one attempt, seconds (`run_timeout_s`): an attempt still running
+    /// then is stopped, its reservation released, and the task retried or failed. Absent or 0:
+    /// none.
+    #[serde(default)]
+    pub run_timeout_s: Option<f64>,
+    /// Attempts of a task of this type; absent: `[retry] max_attempts`.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
     /// `resources` in milli-units, filled in by validation.
     #[serde(skip)]
     pub required_milli: Resources,
@@ -213,9 +226,16 @@ pub struct RetrySpec {
     /// Attempts per task, first included; after the last failure the task fails for good.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
-    /// Delay before re-queueing after the first failure; doubled for each further failure.
+    /// Delay before re-queueing after the first failure; doubled for each further failure...
     #[serde(default = "one")]
     pub backoff_s: f64,
+    /// ... up to this (the service's `coordination.retry_backoff_max_s`, default 60).
+    #[serde(default = "default_backoff_max_s")]
+    pub backoff_max_s: f64,
+}
+
+fn default_backoff_max_s() -> f64 {
+    60.0
 }
 
 impl Default for RetrySpec {
@@ -223,6 +243,7 @@ impl Default for RetrySpec {
         RetrySpec {
             max_attempts: default_max_attempts(),
             backoff_s: 1.0,
+            backoff_max_s: default_backoff_max_s(),
         }
     }
 }

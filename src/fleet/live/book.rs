@@ -80,6 +80,7 @@ pub(crate) struct Book {
     agent_index: HashMap<String, usize>,
     max_attempts: u32,
     backoff_s: f64,
+    backoff_max_s: f64,
     grants_by_type: BTreeMap<String, u64>,
     finished: usize,
     last_finish_s: f64,
@@ -113,6 +114,7 @@ impl Book {
             agent_index,
             max_attempts: w.retry.max_attempts,
             backoff_s: w.retry.backoff_s,
+            backoff_max_s: w.retry.backoff_max_s,
             grants_by_type: w.agent_types.iter().map(|t| (t.name.clone(), 0)).collect(),
             finished: 0,
             last_finish_s: 0.0,
@@ -255,7 +257,9 @@ impl Book {
             }
             return Effects::default();
         }
-        let retry_at_s = now_s + self.backoff_s * 2f64.powi(run.failures as i32 - 1);
+        let backoff =
+            switchyard_decision::retry_backoff_s(self.backoff_s, run.failures, self.backoff_max_s);
+        let retry_at_s = now_s + backoff;
         if self.step(t, TaskEvent::Requeued).is_none() {
             return Effects::default();
         }
@@ -368,6 +372,11 @@ impl Book {
                 failed: run.is(TaskState::Failed),
                 grants: run.grants,
                 first_attempt_ok: run.first_ok,
+                // Every failure but a last allowed one was run again.
+                retries: run.failures.min(self.max_attempts.saturating_sub(1)),
+                // The live replay does not enforce time limits (docs/workloads.md).
+                queue_timed_out: false,
+                run_timeouts: 0,
             })
             .collect();
         let utilization = if self.alive_area > 0.0 {

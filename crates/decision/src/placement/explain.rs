@@ -88,6 +88,7 @@ mod tests {
             required: cpu(1000),
             seq,
             estimated_duration_s: 10.0,
+            avoid_agents: Vec::new(),
         }
     }
 

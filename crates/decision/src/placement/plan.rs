@@ -123,7 +123,11 @@ fn plan(
     let mut held = vec![0u32; working.len()];
     let mut plans = Vec::with_capacity(tasks.len());
     for (task_index, task) in tasks.iter().enumerate() {
-        if let Some(agent) = strategy.hold_for(task, &working, ctx, &held) {
+        // A retry is not held for an agent it failed on: it goes elsewhere if it can.
+        let hold = strategy
+            .hold_for(task, &working, ctx, &held)
+            .filter(|&i| !working.get(i).is_some_and(|a| task.avoids(&a.agent_id)));
+        if let Some(agent) = hold {
             // The task waits in the queue for that agent; the next pass plans it again.
             if let Some(count) = held.get_mut(agent) {
                 *count = count.saturating_add(1);
@@ -221,16 +225,27 @@ fn plan_sampled(
 }
 
 /// The ranking, sanitised and capped at `max_candidates`: in place, so a decision allocates
-/// nothing for it.
+/// nothing for it (unless the task avoids some agents).
+///
+/// Agents the task avoids (where an attempt of it failed, [`TaskView::avoid_agents`]) are moved
+/// after every other candidate, keeping the strategy's order within both groups, before the cap:
+/// a retry goes to another agent whenever one fits, and to the same one when it is the only
+/// one. Every strategy, and the simulator, get this rule here, in one place.
 fn sanitise(
     mut ranked: Vec<usize>,
     task: &TaskView,
     agents: &[AgentView],
     max_candidates: usize,
 ) -> Vec<usize> {
+    let avoiding = !task.avoid_agents.is_empty();
+    let cap = if avoiding {
+        ranked.len()
+    } else {
+        max_candidates
+    };
     let mut kept = 0;
     for read in 0..ranked.len() {
-        if kept >= max_candidates {
+        if kept >= cap {
             break;
         }
         let index = ranked[read];
@@ -241,6 +256,11 @@ fn sanitise(
         }
     }
     ranked.truncate(kept);
+    if avoiding {
+        // A stable sort: `false` (not avoided) first, each group in the strategy's order.
+        ranked.sort_by_key(|&i| agents.get(i).is_some_and(|a| task.avoids(&a.agent_id)));
+        ranked.truncate(max_candidates);
+    }
     ranked
 }
 

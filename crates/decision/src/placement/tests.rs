@@ -35,6 +35,7 @@ fn task(id: &str, required: Resources) -> TaskView {
         required,
         seq: 0,
         estimated_duration_s: 0.0,
+        avoid_agents: Vec::new(),
     }
 }
 
@@ -371,4 +372,74 @@ fn plan_batch_with_can_disable_sampling() {
     let t = [task("t", res(100, 0, 0))];
     let full = plan_batch_with(&LeastLoaded, &t, &agents, &EMPTY, 1, usize::MAX, 0);
     assert_eq!(full[0].candidates, ["a00299"]);
+}
+
+#[test]
+fn agents_a_task_failed_on_are_proposed_last_but_still_proposed() {
+    let agents = vec![
+        agent("a", res(4000, 0, 0), res(0, 0, 0)),
+        agent("b", res(4000, 0, 0), res(1000, 0, 0)),
+        agent("c", res(4000, 0, 0), res(2000, 0, 0)),
+    ];
+    let mut t = task("t", res(1000, 0, 0));
+    let plan = |t: &TaskView, cap: usize| {
+        plan_batch(&LeastLoaded, std::slice::from_ref(t), &agents, &EMPTY, cap)[0]
+            .candidates
+            .clone()
+    };
+    assert_eq!(plan(&t, 3), ["a", "b", "c"]);
+    t.avoid_agents = vec!["a".into()];
+    assert_eq!(plan(&t, 3), ["b", "c", "a"]);
+    assert_eq!(
+        plan(&t, 1),
+        ["b"],
+        "the cap applies after the avoided go last"
+    );
+    t.avoid_agents = vec!["a".into(), "b".into(), "c".into()];
+    assert_eq!(
+        plan(&t, 2),
+        ["a", "b"],
+        "avoided everywhere: the strategy's order"
+    );
+    let alone = vec![agents[0].clone()];
+    t.avoid_agents = vec!["a".into()];
+    let planned = plan_batch(&LeastLoaded, std::slice::from_ref(&t), &alone, &EMPTY, 4);
+    assert_eq!(
+        planned[0].candidates,
+        ["a"],
+        "a fleet of one still runs the retry"
+    );
+}
+
+#[test]
+fn a_sampled_plan_also_puts_avoided_agents_last() {
+    let agents: Vec<AgentView> = (0..8)
+        .map(|i| agent(&format!("a{i}"), res(4000, 0, 0), res(0, 0, 0)))
+        .collect();
+    let mut t = task("t", res(1000, 0, 0));
+    let first = plan_batch_with(
+        &LeastLoaded,
+        std::slice::from_ref(&t),
+        &agents,
+        &EMPTY,
+        2,
+        4,
+        8,
+    );
+    let avoided = first[0].candidates[0].clone();
+    t.avoid_agents = vec![avoided.clone()];
+    let again = plan_batch_with(
+        &LeastLoaded,
+        std::slice::from_ref(&t),
+        &agents,
+        &EMPTY,
+        2,
+        4,
+        8,
+    );
+    assert!(
+        !again[0].candidates.contains(&avoided),
+        "{:?}",
+        again[0].candidates
+    );
 }

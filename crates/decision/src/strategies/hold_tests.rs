@@ -37,6 +37,7 @@ fn task(id: &str) -> TaskView {
         },
         seq: 0,
         estimated_duration_s: 10.0,
+        avoid_agents: Vec::new(),
     }
 }
 

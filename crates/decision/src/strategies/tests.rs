@@ -35,6 +35,7 @@ fn task(id: &str, priority: u8, seq: u64) -> TaskView {
         required: res(100, 0, 0),
         seq,
         estimated_duration_s: 10.0,
+        avoid_agents: Vec::new(),
     }
 }
 

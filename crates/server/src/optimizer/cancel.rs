@@ -173,7 +173,13 @@ pub(crate) async fn publish_notice(ctx: &Ctx, notice: &TaskCancelNotice) -> Resu
         now_ms(),
     )
     .with_recipient(agent.clone());
-    env.message_id = derived_id(&format!("cancel:{}:{}", notice.task_id, notice.grant_seq));
+    // A run-timeout stop of the same grant is a different message from its cancel.
+    let kind = if notice.is_run_timeout() {
+        "run_timeout"
+    } else {
+        "cancel"
+    };
+    env.message_id = derived_id(&format!("{kind}:{}:{}", notice.task_id, notice.grant_seq));
     env.priority = MessagePriority::High;
     transport::publish_core(&ctx.client, ctx.subjects.cancel_notice(&agent), &env).await?;
     ctx.metrics.cancel_notices.inc();

@@ -87,7 +87,9 @@ pub(crate) async fn apply_event(ctx: &Ctx, event: &Inbound) -> Result<Applied, E
             deregister(ctx, &env.payload.agent_id, &env.sender, &message_id).await
         }
         Inbound::Submit(env, required, strategy) => {
-            submit(ctx, &submit_request(env, required, *strategy)).await
+            let mut request = submit_request(env, required, *strategy);
+            request.options = limit_options(&env.payload, &ctx.config.coordination);
+            submit(ctx, &request).await
         }
         Inbound::Complete(env) => {
             let c = &ctx.config.coordination;
@@ -169,6 +171,37 @@ fn submit_request(
         replies: p.replies,
         options: Vec::new(),
     }
+}
+
+/// A submit's effective time limits and retry settings (its own, else the optimizer's
+/// defaults), as task-hash fields in whole ms for the scripts: only those that do something,
+/// so a task without limits or retries stores none (and its submit costs no extra write).
+pub(crate) fn limit_options(
+    p: &TaskSubmit,
+    defaults: &crate::config::CoordinationConfig,
+) -> Vec<(&'static str, String)> {
+    let ms = |s: f64| (s * 1000.0).round() as u64;
+    let mut options = Vec::new();
+    let queue = ms(p.queue_timeout_s.unwrap_or(defaults.queue_timeout_s));
+    if queue > 0 {
+        options.push(("queue_timeout_ms", queue.to_string()));
+    }
+    let run = ms(p.run_timeout_s.unwrap_or(defaults.run_timeout_s));
+    if run > 0 {
+        options.push(("run_timeout_ms", run.to_string()));
+    }
+    let attempts = p.max_attempts.unwrap_or(defaults.max_attempts).max(1);
+    if attempts > 1 {
+        let cap = defaults.retry_backoff_max_s;
+        let base = p
+            .retry_backoff_s
+            .unwrap_or(defaults.retry_backoff_s)
+            .min(cap);
+        options.push(("max_attempts", attempts.to_string()));
+        options.push(("retry_backoff_ms", ms(base).to_string()));
+        options.push(("retry_backoff_max_ms", ms(cap).to_string()));
+    }
+    options
 }
 
 async fn deregister(
@@ -349,6 +382,24 @@ async fn completed(
             submit_message_id,
             dependents,
         } => return confirmed_cancel(ctx, env, &submitter, &submit_message_id, dependents).await,
+        CompleteOutcome::Retrying {
+            submitter,
+            submit_message_id,
+            retry_at_ms,
+            attempt,
+        } => {
+            let mut applied = finished(env, ReplyStatus::Failed);
+            let retry = Retry {
+                task_id: &p.task_id,
+                cause: "failed",
+                submitter: &submitter,
+                submit_message_id: &submit_message_id,
+                retry_at_ms,
+                attempt,
+            };
+            retry.tell(ctx, &mut applied);
+            return Ok(applied);
+        }
         CompleteOutcome::Refused(refusal) => return Ok(Applied::refused(refusal)),
     };
     ctx.metrics
@@ -376,6 +427,45 @@ async fn completed(
     };
     resolve_dependents(ctx, &p.task_id, outcome, dependents, &mut applied).await?;
     Ok(applied)
+}
+
+/// A failed attempt that runs again after its back-off: counted, logged, and its submitter (if
+/// it wants every reply) told it is `queued` again, with when and which attempt. No final reply.
+pub(crate) struct Retry<'a> {
+    pub task_id: &'a str,
+    /// Why the attempt ended: failed | run_timeout.
+    pub cause: &'static str,
+    pub submitter: &'a str,
+    pub submit_message_id: &'a str,
+    pub retry_at_ms: u64,
+    pub attempt: u32,
+}
+
+impl Retry<'_> {
+    pub(crate) fn tell(&self, ctx: &Ctx, applied: &mut Applied) {
+        ctx.metrics
+            .task_retries
+            .with_label_values(&[self.cause])
+            .inc();
+        tracing::info!(task_id = %self.task_id, cause = self.cause, attempt = self.attempt, retry_at_ms = self.retry_at_ms, "attempt failed: retrying after back-off");
+        if self.submitter.is_empty() {
+            return;
+        }
+        let reason = switchyard_protocol::WaitReason::RetryBackoff {
+            until_ms: self.retry_at_ms,
+            attempt: self.attempt,
+        };
+        applied.replies.push(
+            Reply::new(
+                self.submitter,
+                self.submit_message_id,
+                MessageType::TaskSubmit,
+                ReplyStatus::Queued,
+            )
+            .task(self.task_id)
+            .detail(format!("{}: {}", self.cause, reason.describe())),
+        );
+    }
 }
 
 /// A task finished on its agent (completed, failed or cancelled): capacity freed, so dispatch;

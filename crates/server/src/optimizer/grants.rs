@@ -20,13 +20,15 @@ use switchyard_client::error::Error;
 /// Most outbox entries one resend pass looks at.
 const RESEND_BATCH: usize = 512;
 
-/// Sends overdue grants again every `grant_resend_ms`, until `stop`.
+/// Sends overdue grants (and cancel notices) again every `grant_resend_ms`, and enforces time
+/// limits and ends retry back-offs (`deadlines.rs`), until `stop`.
 pub(crate) async fn run_resender(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) {
     let period = Duration::from_millis(ctx.config.coordination.grant_resend_ms);
     run_every(period, stop, "grant resend pass", || async {
         let grants = resend_overdue(&ctx).await?;
         let notices = super::cancel::resend_cancel_notices(&ctx).await?;
-        Ok(grants + notices)
+        let timed = super::deadlines::enforce(&ctx).await?;
+        Ok(grants + notices + timed)
     })
     .await
 }

@@ -12,6 +12,7 @@
 mod applied;
 mod batch;
 mod cancel;
+mod deadlines;
 mod dispatch;
 mod events;
 mod grants;

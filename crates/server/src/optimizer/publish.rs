@@ -270,6 +270,7 @@ mod tests {
                 required: Resources::default(),
                 seq: 1,
                 estimated_duration_s: 1.0,
+                avoid_agents: Vec::new(),
             },
             submitter: "orch".into(),
             submit_message_id: "m1".into(),

@@ -129,7 +129,29 @@ impl Keys {
         format!("{}:waiting", self.tag)
     }
 
-    /// Hash: lifetime counters (submitted, granted, completed, failed, cancelled, requeued).
+    /// Sorted set: queue deadlines (`queue_timeout_s`) of waiting and queued tasks, as
+    /// `task_id|grant_seq` (the grants the task had when it began this wait, so a deadline ends
+    /// with the wait it was for) scored by the deadline (Redis clock, ms). Entries of tasks
+    /// granted or finished since are dropped when they come due.
+    pub fn queue_deadlines(&self) -> String {
+        format!("{}:deadlines:queue", self.tag)
+    }
+
+    /// Sorted set: run deadlines (`run_timeout_s`) of granted tasks, as `task_id|attempt`
+    /// scored by the deadline (Redis clock, ms). A handoff keeps the attempt's deadline; a
+    /// re-grant of the same attempt (its agent died) starts it again.
+    pub fn run_deadlines(&self) -> String {
+        format!("{}:deadlines:run", self.tag)
+    }
+
+    /// Sorted set: retried tasks waiting out their back-off, scored by when they may run again
+    /// (Redis clock, ms); the resend pass moves the due ones into the priority queue.
+    pub fn retries(&self) -> String {
+        format!("{}:retries", self.tag)
+    }
+
+    /// Hash: lifetime counters (submitted, granted, completed, failed, cancelled, requeued,
+    /// timed_out, retried).
     pub fn stats(&self) -> String {
         format!("{}:stats", self.tag)
     }
@@ -161,6 +183,9 @@ mod tests {
             k.leases(),
             k.capacity_index("cpu"),
             k.waiting(),
+            k.queue_deadlines(),
+            k.run_deadlines(),
+            k.retries(),
         ];
         let unique: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(unique.len(), all.len());
@@ -182,6 +207,9 @@ mod tests {
             k.stats(),
             k.capacity_index("cpu"),
             k.waiting(),
+            k.queue_deadlines(),
+            k.run_deadlines(),
+            k.retries(),
         ] {
             assert_eq!(Slot::for_key(&key), home, "{key}");
         }

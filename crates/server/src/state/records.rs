@@ -127,6 +127,15 @@ pub enum CompleteOutcome {
         submit_message_id: String,
         dependents: Vec<String>,
     },
+    /// A failed attempt with attempts left: the task runs again after its back-off
+    /// (`retry_at_ms`, Redis clock) as attempt `attempt`; its dependents keep waiting.
+    /// `submitter` is empty unless it wants every reply.
+    Retrying {
+        submitter: String,
+        submit_message_id: String,
+        retry_at_ms: u64,
+        attempt: u32,
+    },
     /// Not applied: unknown agent or task, an agent that is not active, a report about an
     /// earlier grant, the wrong agent, or a task not granted.
     Refused(Refusal),
@@ -238,7 +247,7 @@ pub(crate) fn unexpected(script: &str, reply: &[String]) -> Error {
     )
 }
 
-fn field(reply: &[String], i: usize) -> String {
+pub(crate) fn field(reply: &[String], i: usize) -> String {
     reply.get(i).cloned().unwrap_or_default()
 }
 
@@ -302,6 +311,12 @@ impl CompleteOutcome {
                 submitter: field(reply, 1),
                 submit_message_id: field(reply, 2),
                 dependents: reply.iter().skip(3).cloned().collect(),
+            },
+            Some("retrying") => CompleteOutcome::Retrying {
+                submitter: field(reply, 1),
+                submit_message_id: field(reply, 2),
+                retry_at_ms: field(reply, 3).parse().unwrap_or(0),
+                attempt: field(reply, 4).parse().unwrap_or(0),
             },
             Some("refused") => CompleteOutcome::Refused(refusal("complete_tasks", reply, 1)?),
             _ => return Err(unexpected("complete_task", reply)),

@@ -26,7 +26,7 @@ pub(crate) const AGENT_FIELDS: [&str; 15] = [
 ];
 
 /// Task hash fields read for the queue head, in order.
-pub(crate) const TASK_FIELDS: [&str; 15] = [
+pub(crate) const TASK_FIELDS: [&str; 16] = [
     "state",
     "task_type",
     "priority",
@@ -42,6 +42,8 @@ pub(crate) const TASK_FIELDS: [&str; 15] = [
     "strategy",
     "explain",
     "replies",
+    // Comma-separated agents whose attempts at the task failed (a retried task).
+    "failed_agents",
 ];
 
 fn num<T: std::str::FromStr + Default>(row: &[String], i: usize) -> T {
@@ -93,6 +95,15 @@ pub(crate) fn queued_task(task_id: String, row: Vec<String>) -> QueuedTask {
             required: resources_at(&row, 3),
             seq: num(&row, 11),
             estimated_duration_s: num(&row, 9),
+            avoid_agents: row
+                .get(15)
+                .map(|list| {
+                    list.split(',')
+                        .filter(|a| !a.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
         },
         submitter: row.get(7).cloned().unwrap_or_default(),
         submit_message_id: row.get(8).cloned().unwrap_or_default(),
@@ -152,7 +163,9 @@ mod tests {
         row[at("estimated_duration_s")] = "12.5".into();
         row[at("queue_seq")] = "42".into();
         row[at("explain")] = "1".into();
+        row[at("failed_agents")] = "a1,a2".into();
         let task = queued_task("t1".into(), row);
+        assert_eq!(task.view.avoid_agents, ["a1", "a2"]);
         assert!(task.explain);
         assert_eq!(task.view.task_type, "build");
         assert_eq!(task.view.priority, 7);

@@ -39,6 +39,8 @@ pub(crate) struct Scripts {
     pub grow_reservation: Script,
     pub index_capacities: Script,
     pub cancel_task: Script,
+    pub enforce_deadline: Script,
+    pub promote_retries: Script,
 }
 
 impl Scripts {
@@ -58,10 +60,12 @@ impl Scripts {
             grow_reservation: with_lib(include_str!("lua/grow_reservation.lua")),
             index_capacities: with_lib(include_str!("lua/index_capacities.lua")),
             cancel_task: with_lib(include_str!("lua/cancel_task.lua")),
+            enforce_deadline: with_lib(include_str!("lua/enforce_deadline.lua")),
+            promote_retries: with_lib(include_str!("lua/promote_retries.lua")),
         }
     }
 
-    pub(crate) fn all(&self) -> [&Script; 14] {
+    pub(crate) fn all(&self) -> [&Script; 16] {
         [
             &self.register_agent,
             &self.deregister_agent,
@@ -77,6 +81,8 @@ impl Scripts {
             &self.grow_reservation,
             &self.index_capacities,
             &self.cancel_task,
+            &self.enforce_deadline,
+            &self.promote_retries,
         ]
     }
 }
@@ -106,6 +112,8 @@ mod tests {
             include_str!("lua/grow_reservation.lua"),
             include_str!("lua/index_capacities.lua"),
             include_str!("lua/cancel_task.lua"),
+            include_str!("lua/enforce_deadline.lua"),
+            include_str!("lua/promote_retries.lua"),
         ];
         for body in bodies {
             let code: Vec<&str> = body

@@ -156,6 +156,7 @@ impl Store {
             .arg(req.replies.as_str())
             .arg(self.infeasible.as_str())
             .arg(req.options.len());
+        inv.key(k.queue_deadlines());
         for (field, value) in &req.options {
             inv.arg(*field).arg(value);
         }
@@ -203,6 +204,7 @@ impl Store {
         for agent in &agents {
             inv.key(k.agent(agent)).key(k.agent_tasks(agent));
         }
+        inv.key(k.run_deadlines());
         inv.arg(requests.len()).arg(agents.len());
         for agent in &agents {
             inv.arg(*agent);
@@ -259,6 +261,7 @@ impl Store {
         for agent in &agents {
             inv.key(k.agent(agent)).key(k.agent_tasks(agent));
         }
+        inv.key(k.retries());
         inv.arg(reports.len())
             .arg(agents.len())
             .arg(learning_rate)
@@ -344,6 +347,7 @@ impl Store {
             .key(k.stats())
             .key(k.grant_outbox())
             .key(k.fleet_log())
+            .key(k.queue_deadlines())
             .arg(task_id)
             .arg(agent_id)
             .arg(retention_s)
@@ -373,6 +377,7 @@ impl Store {
             .key(k.dependents(task_id))
             .key(k.cancel_outbox())
             .key(k.waiting())
+            .key(k.retries())
             .arg(task_id)
             .arg(canceller)
             .arg(if operator { "1" } else { "0" })

@@ -3,7 +3,9 @@
 //! dependencies; queued tasks from the priority queue, judged against the active agents:
 //! `no agent with capacity` when no agent's whole capacity covers the task (what policy hold
 //! keeps), else `behind N tasks` when some agent has room now (the dispatcher has not reached
-//! it), else `no agent with free capacity now`. The cost is bounded by the query: at most
+//! it), else `no agent with free capacity now`; a retried task waiting out its back-off (listed
+//! after the queue and the waiting, from the retry set) says `retrying after back-off until
+//! <time>`. The cost is bounded by the query: at most
 //! [`MAX_STATUS_TASKS`] tasks, plus one read of the active agents when a queued task is listed.
 
 use redis::AsyncCommands;
@@ -26,6 +28,9 @@ struct TaskRow {
     state: String,
     priority: u8,
     required: Resources,
+    /// A retried task waiting out its back-off: until when (Redis clock, ms), and its next
+    /// attempt.
+    retry: Option<(u64, u32)>,
 }
 
 /// Agents indexed per script call at start, so one call stays small.
@@ -89,6 +94,9 @@ impl Store {
         let mut views = Vec::with_capacity(listed.len());
         for (item, row) in listed.into_iter().zip(rows) {
             let reason = match row.state.as_str() {
+                "queued" if row.retry.is_some() => row
+                    .retry
+                    .map(|(until_ms, attempt)| WaitReason::RetryBackoff { until_ms, attempt }),
                 "queued" => Some(queued_reason(
                     &row.required,
                     item.queue_rank.unwrap_or(0),
@@ -142,6 +150,14 @@ impl Store {
                 queue_rank: None,
             }))
             .collect();
+        // Retries in their back-off, soonest first, after the queue and the waiting: they
+        // are out of the queue until then.
+        let retrying: Vec<String> = self.conn().zrange(self.keys().retries(), 0, end).await?;
+        listed.extend(retrying.into_iter().map(|task_id| Listed {
+            task_id,
+            score: f64::MAX,
+            queue_rank: None,
+        }));
         listed.sort_by(|a, b| a.score.total_cmp(&b.score));
         listed.truncate(limit as usize);
         Ok(listed)
@@ -155,6 +171,7 @@ impl Store {
                 .iter()
                 .map(|k| format!("req_{}", k.as_str())),
         );
+        fields.extend(["retry_at".to_string(), "attempt".to_string()]);
         let mut pipe = redis::pipe();
         for item in listed {
             pipe.cmd("HMGET")
@@ -183,7 +200,13 @@ fn task_row(row: Vec<Option<String>>) -> TaskRow {
         required.set(kind, field(2 + i).parse().unwrap_or(0));
     }
     let state = field(0);
+    let retry_field = 2 + ResourceKind::ALL.len();
+    let retry = field(retry_field)
+        .parse::<u64>()
+        .ok()
+        .map(|until| (until, field(retry_field + 1).parse().unwrap_or(2)));
     TaskRow {
+        retry,
         // A task that expired or never existed reads as `unknown`.
         state: match TaskState::parse(&state) {
             Some(_) => state,

@@ -64,6 +64,11 @@ impl Engine<'_> {
             required: task.required,
             seq: t as u64,
             estimated_duration_s: task.estimated_s,
+            avoid_agents: self.runs[t]
+                .failed_agents
+                .iter()
+                .map(|&a| self.agents[a].id.to_string())
+                .collect(),
         }
     }
 
@@ -144,6 +149,7 @@ impl Engine<'_> {
             self.now_us + to_us(outcome.1).max(1),
             Ev::Finish { task: t, grant },
         );
+        self.start_run_deadline(t, grant);
         Ok(())
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::{Engine, Ev, SimError, to_us};
 use crate::state::SimAgent;
 use crate::workload::{AgentEventKind, Workload};
-use switchyard_decision::{NEUTRAL_SCORE, TaskEvent, TaskState, updated_score};
+use switchyard_decision::{NEUTRAL_SCORE, TaskEvent, TaskState, retry_backoff_s, updated_score};
 
 impl Engine<'_> {
     /// Attempt `grant` of task `t` ends; a report about an earlier grant (its agent died and
@@ -29,15 +29,35 @@ impl Engine<'_> {
             self.terminal();
             return self.resolve_children(t);
         }
+        self.retry_or_fail(t, a, TaskEvent::Failed)
+    }
+
+    /// Attempt of `t` on agent `a` failed (reported, or stopped at its run timeout): retried
+    /// after its back-off while attempts remain (`Requeued`), else the task fails for good by
+    /// `last` (`Failed`, or `TimedOut` at a run timeout) with its dependents. As the service.
+    pub(super) fn retry_or_fail(
+        &mut self,
+        t: usize,
+        a: usize,
+        last: TaskEvent,
+    ) -> Result<(), SimError> {
+        let max_attempts = self.max_attempts(t);
+        let run = &mut self.runs[t];
         run.failures += 1;
-        if run.failures >= self.w.retry.max_attempts {
-            self.step(t, TaskEvent::Failed)?;
+        if !run.failed_agents.contains(&a) {
+            run.failed_agents.push(a);
+        }
+        if run.failures >= max_attempts {
+            self.step(t, last)?;
             self.terminal();
             return self.fail_dependents(t);
         }
         // A retried attempt goes back to the queue, but only once its back-off is over.
-        let backoff = self.w.retry.backoff_s * 2f64.powi(run.failures as i32 - 1);
+        // The service's formula (the decision crate's, which its scripts follow).
+        let retry = &self.w.retry;
+        let backoff = retry_backoff_s(retry.backoff_s, run.failures, retry.backoff_max_s);
         let retry_at = self.now_us + to_us(backoff);
+        self.runs[t].retries += 1;
         self.step(t, TaskEvent::Requeued)?;
         self.runs[t].retry_at_us = Some(retry_at);
         self.schedule(retry_at, Ev::Requeue(t));
@@ -125,6 +145,7 @@ impl Engine<'_> {
                     self.runs[t].agent = None;
                     self.step(t, TaskEvent::Requeued)?;
                     self.make_ready(t);
+                    self.start_queue_deadline(t);
                 }
             }
         }

@@ -186,3 +186,91 @@ fn reliable_fleet_has_full_first_attempt_success() {
     assert!((t.completed_s.unwrap() - t.submit_s - 2.0).abs() < 4.0 + 1e-6);
     assert!(o.utilization > 0.0 && o.utilization < 1.0);
 }
+
+/// A workload whose one task type "job" has `limits` (TOML keys of the type).
+fn limited(agents: &str, tasks: &str, limits: &str, extra: &str) -> Workload {
+    let text = format!(
+        r#"
+seed = 7
+{extra}
+{agents}
+[tasks]
+{tasks}
+[[tasks.types]]
+name = "job"
+priority = [5, 5]
+resources = {{ cpu = 1 }}
+estimated_duration_s = [2.0, 6.0]
+{limits}
+"#
+    );
+    match Workload::parse(&text) {
+        Ok(w) => w,
+        Err(e) => panic!("{e}\n{text}"),
+    }
+}
+
+#[test]
+fn a_run_timeout_stops_every_attempt_and_the_last_fails_the_task() {
+    let agents = "[[agent_types]]\nname = \"w\"\ncount = 2\ncapacity = { cpu = 4 }";
+    let tasks = "count = 30\narrival = \"poisson\"\nrate_per_s = 1.0";
+    // Every attempt takes 2..6 s; the limit is 1 s.
+    let w = limited(agents, tasks, "run_timeout_s = 1.0\nmax_attempts = 2", "");
+    let o = simulate(&w, Placer::Strategy(&LeastLoaded)).unwrap();
+    assert!(o.tasks.iter().all(|t| t.failed && t.completed_s.is_none()));
+    assert!(
+        o.tasks
+            .iter()
+            .all(|t| t.run_timeouts == 2 && t.retries == 1)
+    );
+    let m = crate::report::StrategyMetrics::from_outcome(&o);
+    assert_eq!((m.run_timeouts, m.retries, m.queue_timeouts), (60, 30, 0));
+}
+
+#[test]
+fn a_queue_timeout_fails_what_waits_too_long_and_the_rest_completes() {
+    let agents = "[[agent_types]]\nname = \"w\"\ncount = 1\ncapacity = { cpu = 1 }";
+    let tasks = "count = 20\narrival = \"bursty\"\nburst_size = 20\nburst_every_s = 100.0";
+    let w = limited(agents, tasks, "queue_timeout_s = 7.0", "");
+    let o = simulate(&w, Placer::Strategy(&LeastLoaded)).unwrap();
+    let timed_out = o.tasks.iter().filter(|t| t.queue_timed_out).count();
+    let done = o.tasks.iter().filter(|t| t.completed_s.is_some()).count();
+    // One agent, one task at a time, 2..6 s each: the first few finish within 7 s.
+    assert!(
+        done >= 2 && timed_out >= 10,
+        "done {done}, timed out {timed_out}"
+    );
+    assert_eq!(done + timed_out, 20);
+    assert!(
+        o.tasks
+            .iter()
+            .filter(|t| t.queue_timed_out)
+            .all(|t| t.grants == 0)
+    );
+}
+
+#[test]
+fn a_retry_goes_to_another_agent_when_one_fits() {
+    // Half the fleet always fails the task, the other half never does: with the retry placed
+    // away from the agent it failed on, every task completes on its second attempt at worst.
+    let agents = "[[agent_types]]\nname = \"bad\"\ncount = 2\ncapacity = { cpu = 50 }\n\
+                  truth.job = { failure_rate = 1.0 }\n\
+                  [[agent_types]]\nname = \"good\"\ncount = 2\ncapacity = { cpu = 50 }";
+    let tasks = "count = 60\narrival = \"poisson\"\nrate_per_s = 2.0";
+    let w = limited(
+        agents,
+        tasks,
+        "max_attempts = 3",
+        "[retry]\nbackoff_s = 0.1",
+    );
+    for strategy in [&RoundRobin as &dyn Strategy, &LeastLoaded] {
+        let o = simulate(&w, Placer::Strategy(strategy)).unwrap();
+        assert!(
+            o.tasks.iter().all(|t| t.completed_s.is_some()),
+            "{}",
+            strategy.name()
+        );
+        assert!(o.tasks.iter().all(|t| t.grants <= 3), "{}", strategy.name());
+        assert!(o.tasks.iter().any(|t| t.retries > 0), "{}", strategy.name());
+    }
+}

@@ -3,7 +3,7 @@
 -- KEYS[1] task hash  KEYS[2] task's unmet-dependency set  KEYS[3] priority queue
 -- KEYS[4] stats hash  KEYS[5] task's dependents set  KEYS[6] cancel outbox (zset of
 -- `task_id|grant_seq` by when the agent's notice is next due)  KEYS[7] tasks waiting on
--- dependencies (zset)
+-- dependencies (zset)  KEYS[8] retry set (zset: tasks waiting out a retry back-off)
 -- ARGV[1] task_id  ARGV[2] canceller (the TASK_CANCEL's sender)  ARGV[3] '1' when it came on
 -- the operators' subject, else '0'  ARGV[4] reason ('' = none)  ARGV[5] retention seconds
 -- ARGV[6] now (ms, the optimizer's clock: only recorded as finished_at)
@@ -43,6 +43,8 @@ end
 if state == 'waiting' or state == 'queued' then
   redis.call('ZREM', KEYS[3], ARGV[1])
   redis.call('ZREM', KEYS[7], ARGV[1])
+  -- A retried task waiting out its back-off is queued, but in the retry set.
+  redis.call('ZREM', KEYS[8], ARGV[1])
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'state', 'cancelled', 'reason', 'cancelled', 'cancel_reason',
     ARGV[4], 'cancelled_by', ARGV[2], 'finished_at', ARGV[6])

@@ -6,6 +6,7 @@
 -- `<task_type>|<agent_type>|<stat>`)  KEYS[4] fleet log
 -- KEYS[3+2i] report i's task hash  KEYS[4+2i] that task's dependents set (i from 1 to n)
 -- KEYS[3+2n+2j] agent j's hash  KEYS[4+2n+2j] agent j's granted-task set (j from 1 to m)
+-- KEYS[5+2n+2m] retry set (zset: retried tasks waiting out their back-off)
 -- ARGV[1] n  ARGV[2] m  ARGV[3] learning_rate  ARGV[4] retention seconds
 -- ARGV[5] now (ms, the optimizer's clock: only recorded as finished_at)
 -- ARGV[5+j] agent j's id
@@ -17,11 +18,18 @@
 --                                   and the tasks waiting on this one (the caller resolves each
 --                                   with resolve_dependency); a repeat of the same completion
 --                                   answers the same and changes nothing
+--   "retrying", submitter, submit_message_id, retry_at, attempt   a failure of an attempt with
+--                                   attempts left (max_attempts): the reservation is released
+--                                   and the task is queued again once its back-off ends
+--                                   (retry_at, Redis clock ms), as attempt `attempt`; dependents
+--                                   keep waiting; submitter is named only if it wants every
+--                                   reply. A repeat of the same report answers the same.
 --   "refused", code, message        nothing changed; code is one of
 --       unknown_agent | unknown_task
 --       agent_not_active            the agent was marked dead or deregistered: a late report
 --       stale_grant                 the report names an earlier grant of the task (re-granted, or
---                                   handed off): checked before the owner
+--                                   handed off, or stopped at its run timeout): checked before
+--                                   the owner
 --       wrong_agent                 the task is (or was) granted to another agent
 --       task_not_granted            queued or waiting: e.g. re-queued after this agent died
 -- A failure reported for a task whose cancel was requested (cancel_task) is the agent's
@@ -37,9 +45,10 @@
 local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
 local lr, retention, now = tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local AGENT_EXTRA = {'completions', 'successes'}
-local TASK_FIELDS = flat('state', 'agent', 'estimated_duration_s', 'grant_seq', 'submitter',
+local TASK_FIELDS = flat('state', 'agent', 'estimated_duration_s', 'submitter',
   'submit_msg_id', 'task_type', 'has_dependents', 'replies', 'cancel_requested',
-  kind_fields('req_'))
+  kind_fields('req_'), RETRY_FIELDS, 'retry_at', 'stopped_grant', 'stopped_agent',
+  'stopped_reason')
 
 local agents = {}
 local function agent(j)
@@ -102,7 +111,7 @@ local function learn(a, task, success, actual)
   end
 end
 
-local stats = {completed = 0, failed = 0, cancelled = 0}
+local stats = {completed = 0, failed = 0, cancelled = 0, retried = 0}
 local reply = {}
 local function answer(outcome, fields)
   table.insert(reply, outcome)
@@ -124,6 +133,13 @@ local function with_dependents(i, outcome, task)
   answer(outcome, fields)
 end
 
+-- The answer for an attempt that failed and will be retried (a repeat answers the same).
+local function retrying(task)
+  local submitter = task.replies == 'all' and (task.submitter or '') or ''
+  answer('retrying', {submitter, task.submit_msg_id or '', task.retry_at or '0',
+    task.attempt or '2'})
+end
+
 local function complete(i, task_id, j, success, actual_raw, reported_seq)
   local actual = tonumber(actual_raw) or 0
   local a = agent(j)
@@ -137,6 +153,13 @@ local function complete(i, task_id, j, success, actual_raw, reported_seq)
   local state, owner = task.state, task.agent
   if not state then
     return refuse('unknown_task', 'task ' .. task_id .. ' is unknown (or expired)')
+  end
+  if reported_seq ~= '0' and reported_seq == task.stopped_grant then
+    if task.stopped_reason == 'failed' and task.stopped_agent == a.id and state == 'queued' then
+      return retrying(task)
+    end
+    return refuse('stale_grant', 'grant ' .. reported_seq .. ' of task ' .. task_id
+      .. ' has ended (' .. (task.stopped_reason or '') .. '); this report is about it')
   end
   if a.status ~= 'active' and (state == 'granted' or state == 'queued') then
     -- A dead or departed agent's work has been (or is being) given to another agent.
@@ -176,12 +199,19 @@ local function complete(i, task_id, j, success, actual_raw, reported_seq)
     learn(a, task, success, actual)
   end
   redis.call('SREM', KEYS[4 + 2 * n + 2 * j], task_id)
+  redis.call('ZREM', KEYS[2], task_id .. '|' .. task.grant_seq)
+  if outcome == 'failed' and attempts_left(task) then
+    task.retry_at = int(schedule_retry(KEYS[3 + 2 * i], KEYS[5 + 2 * n + 2 * m], task_id, task,
+      a.id, 'failed'))
+    task.attempt = int((tonumber(task.attempt) or 1) + 1)
+    stats.retried = stats.retried + 1
+    return retrying(task)
+  end
   redis.call('HSET', KEYS[3 + 2 * i], 'state', outcome, 'finished_at', now,
     'execution_time_s', actual_raw)
   if outcome == 'cancelled' then
     redis.call('HSET', KEYS[3 + 2 * i], 'reason', 'cancelled')
   end
-  redis.call('ZREM', KEYS[2], task_id .. '|' .. task.grant_seq)
   redis.call('EXPIRE', KEYS[3 + 2 * i], retention)
   if task.has_dependents == '1' then
     redis.call('EXPIRE', KEYS[4 + 2 * i], retention)

@@ -4,13 +4,15 @@
 -- KEYS[1] priority queue  KEYS[2] grant outbox (zset)  KEYS[3] stats hash  KEYS[4] fleet log
 -- KEYS[4+i] task i's hash (i from 1 to n)
 -- KEYS[3+n+2j] agent j's hash  KEYS[4+n+2j] agent j's granted-task set (j from 1 to m)
+-- KEYS[5+n+2m] run deadlines (zset: `task_id|attempt` of tasks with a run timeout)
 -- ARGV[1] n tasks  ARGV[2] m agents  ARGV[2+j] agent j's id
 -- then for each task, in order: task_id, c (number of candidates), c agent numbers j (1..m),
 -- best first
 --
 -- Returns three entries per task, in order:
 --   "granted", agent_id, grant_seq   reserved; the grant waits in the outbox until acknowledged
---   "not_queued", state, agent       someone else granted it (or it is gone): nothing changed
+--   "not_queued", state, agent       someone else granted it (or it is gone, or is a retry still
+--                                    in its back-off): nothing changed
 --   "no_fit", "", ""                 no candidate has room right now: nothing changed
 -- The candidates come from a replica's fleet cache, which may be stale; every capacity is
 -- re-checked here, atomically, which is what keeps two replicas from over-reserving an agent.
@@ -18,7 +20,9 @@
 -- agent touched, and one ZREM, ZADD, HINCRBY and XADD for the whole round.
 local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
 local agents = {}
-local TASK_FIELDS = flat('state', 'agent', 'grant_seq', kind_fields('req_'))
+local TASK_FIELDS = flat('state', 'agent', 'grant_seq', kind_fields('req_'), 'retry_at',
+  'run_timeout_ms', 'attempt')
+local RETRY_AT, RUN_TIMEOUT, ATTEMPT = 4 + NKINDS, 5 + NKINDS, 6 + NKINDS
 
 local function agent(j)
   if agents[j] then
@@ -52,7 +56,7 @@ for i = 1, n do
   local task_id, c = ARGV[at], tonumber(ARGV[at + 1])
   local task = redis.call('HMGET', KEYS[4 + i], unpack(TASK_FIELDS))
   local outcome = {'no_fit', '', ''}
-  if task[1] ~= 'queued' then
+  if task[1] ~= 'queued' or (task[RETRY_AT] and task[RETRY_AT] ~= '') then
     outcome = {'not_queued', task[1] or 'missing', task[2] or ''}
   else
     local req = {}
@@ -75,6 +79,11 @@ for i = 1, n do
         table.insert(dequeued, task_id)
         table.insert(outbox, now)
         table.insert(outbox, task_id .. '|' .. seq)
+        local run_timeout = tonumber(task[RUN_TIMEOUT]) or 0
+        if run_timeout > 0 then
+          redis.call('ZADD', KEYS[5 + n + 2 * m], int(now + run_timeout),
+            task_id .. '|' .. (task[ATTEMPT] or '1'))
+        end
         outcome = {'granted', a.id, tostring(seq)}
         break
       end

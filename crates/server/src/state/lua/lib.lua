@@ -147,3 +147,53 @@ local function unindex_capacity(first, agent_id)
     redis.call('ZREM', KEYS[first + k - 1], agent_id)
   end
 end
+
+-- Retries (per-task `max_attempts`, stored by submit_task from the TASK_SUBMIT or the optimizer's
+-- defaults). The back-off before the attempt after `failures` failed ones, ms: the base doubled
+-- per failed attempt after the first, at most `max_ms`. The same formula as
+-- switchyard_decision::retry_backoff_ms, the simulator's (tests/limits.rs checks they agree).
+local function retry_backoff_ms(base_ms, failures, max_ms)
+  local base, n, cap = tonumber(base_ms) or 0, tonumber(failures) or 0, tonumber(max_ms) or 0
+  if base <= 0 or n <= 0 then
+    return 0
+  end
+  return math.floor(math.min(base * 2 ^ math.min(n - 1, 63), cap) + 0.5)
+end
+
+-- The task fields a retry decision reads (see schedule_retry).
+local RETRY_FIELDS = {'attempt', 'max_attempts', 'retry_backoff_ms', 'retry_backoff_max_ms',
+  'failed_agents', 'grant_seq'}
+
+-- Whether a task (its fields by name, RETRY_FIELDS among them) has an attempt after this one.
+local function attempts_left(task)
+  return (tonumber(task.attempt) or 1) < (tonumber(task.max_attempts) or 1)
+end
+
+-- Takes a failed attempt of a granted task back to run again (`why`: failed | run_timeout): the
+-- task is `queued` again, but waits out its back-off in the retry set (`retries_key`, the
+-- caller's KEYS) instead of the priority queue; its agent is added to `failed_agents` (placement
+-- tries other agents first); `stopped_*` name the grant that ended, so a later report of it is
+-- told `stale_grant`. The caller has released the reservation. Returns when the back-off ends
+-- (Redis clock, ms).
+local function schedule_retry(task_key, retries_key, task_id, task, agent_id, why)
+  local attempt = tonumber(task.attempt) or 1
+  local at = now_ms() + retry_backoff_ms(task.retry_backoff_ms, attempt, task.retry_backoff_max_ms)
+  local failed = task.failed_agents or ''
+  if not string.find(',' .. failed .. ',', ',' .. agent_id .. ',', 1, true) then
+    failed = (failed == '') and agent_id or (failed .. ',' .. agent_id)
+  end
+  redis.call('HSET', task_key, 'state', 'queued', 'agent', '', 'attempt', int(attempt + 1),
+    'retry_at', int(at), 'failed_agents', failed, 'stopped_grant', task.grant_seq or '0',
+    'stopped_agent', agent_id, 'stopped_reason', why)
+  redis.call('ZADD', retries_key, int(at), task_id)
+  return at
+end
+
+-- Starts a wait in the queue: a queue deadline `queue_timeout_ms` from now for the task's
+-- current grant number, when the task has a queue timeout (`deadlines_key`, the caller's KEYS).
+local function start_queue_deadline(deadlines_key, task_id, timeout_ms, grant_seq)
+  local timeout = tonumber(timeout_ms) or 0
+  if timeout > 0 then
+    redis.call('ZADD', deadlines_key, int(now_ms() + timeout), task_id .. '|' .. (grant_seq or '0'))
+  end
+end

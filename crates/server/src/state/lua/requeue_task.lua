@@ -1,8 +1,10 @@
 -- requeue_task: take a granted task back from an agent that left or died, and queue it again
--- in its original place (same priority, same FIFO position).
+-- in its original place (same priority, same FIFO position). Uses none of its attempts
+-- (`max_attempts`): the attempt was cut short, it did not fail.
 --
 -- KEYS[1] task hash  KEYS[2] agent hash  KEYS[3] agent's granted-task set
 -- KEYS[4] priority queue  KEYS[5] stats hash  KEYS[6] grant outbox  KEYS[7] fleet log
+-- KEYS[8] queue deadlines (zset): a task with a queue timeout starts a new wait
 -- ARGV[1] task_id  ARGV[2] agent_id  ARGV[3] retention seconds for terminal tasks
 --
 -- Returns {"requeued"}; {"cancelled"}: the task's cancel had been requested (cancel_task), so it
@@ -11,7 +13,7 @@
 -- (already re-queued, completed, or granted elsewhere), nothing changed. The agent's set entry
 -- is dropped either way so a stale entry cannot be returned again.
 local task = hmget_named(KEYS[1], flat('state', 'agent', 'priority', 'queue_seq', 'grant_seq',
-  'cancel_requested', kind_fields('req_')))
+  'cancel_requested', 'queue_timeout_ms', kind_fields('req_')))
 if task.state ~= 'granted' or task.agent ~= ARGV[2] then
   redis.call('SREM', KEYS[3], ARGV[1])
   return {'noop', task.state or 'missing'}
@@ -33,5 +35,6 @@ if task.cancel_requested == '1' then
 end
 redis.call('HSET', KEYS[1], 'state', 'queued', 'agent', '')
 redis.call('ZADD', KEYS[4], queue_score(task.priority, task.queue_seq), ARGV[1])
+start_queue_deadline(KEYS[8], ARGV[1], task.queue_timeout_ms, task.grant_seq)
 redis.call('HINCRBY', KEYS[5], 'requeued', 1)
 return {'requeued'}

@@ -5,7 +5,7 @@
 -- KEYS[5+2i] dependency i's task hash  KEYS[6+2i] dependency i's dependents set (i from 0)
 -- then, after the n dependencies' keys: KEYS[5+2n] tasks waiting on dependencies (zset)
 -- KEYS[6+2n] set of active agent ids  KEYS[6+2n+k] capacity index of kind k (zset, k from 1 to
--- #KINDS, in KINDS order)
+-- #KINDS, in KINDS order)  KEYS[7+2n+#KINDS] queue deadlines (zset)
 -- ARGV[1] task_id  ARGV[2] submit message_id  ARGV[3] submitter  ARGV[4] task_type
 -- ARGV[5] priority (0..10)  ARGV[5+k] required amount of kind k in milli-units (k from 1 to
 -- #KINDS, in KINDS order); then, from b = 5 + #KINDS:
@@ -17,7 +17,8 @@
 -- ARGV[b+7+n] which replies the submitter wants: all | final | none (stored for later replies)
 -- ARGV[b+8+n] what to do with a task no active agent's capacity covers: refuse | hold
 -- ARGV[b+9+n] number of task options p, then p field-value pairs: stored on the task hash as
--- given (per-task settings other scripts read by name; SubmitRequest::options)
+-- given (per-task settings other scripts read by name; SubmitRequest::options). A
+-- `queue_timeout_ms` among them starts the task's queue deadline (Redis clock) unless it fails.
 --
 -- Returns one of
 --   {"queued"}                     in the priority queue
@@ -108,6 +109,15 @@ redis.call('HSET', KEYS[1], unpack(flat('state', state,
 local noptions = tonumber(ARGV[b + 9 + ndeps]) or 0
 if noptions > 0 then
   redis.call('HSET', KEYS[1], unpack(ARGV, b + 10 + ndeps, b + 9 + ndeps + 2 * noptions))
+end
+
+if not failed_dep then
+  for p = 0, noptions - 1 do
+    if ARGV[b + 10 + ndeps + 2 * p] == 'queue_timeout_ms' then
+      start_queue_deadline(KEYS[after_deps + 2 + NKINDS], ARGV[1],
+        ARGV[b + 11 + ndeps + 2 * p], '0')
+    end
+  end
 end
 
 if failed_dep then
