@@ -630,9 +630,12 @@ fn apply_env(merged: &mut toml::Table, env: &[(String, String)], errors: &mut Ve
             continue;
         };
         let value = match section.get(key) {
-            Some(toml::Value::Integer(_)) => {
-                raw.trim().parse::<i64>().map(toml::Value::Integer).ok()
-            }
+            // A number where the current value is whole may still be meant as a fraction (the
+            // file wrote `5` for seconds): a fraction is kept, and the typed struct refuses it
+            // where a whole number is required.
+            Some(toml::Value::Integer(_)) => (raw.trim().parse::<i64>().map(toml::Value::Integer))
+                .or_else(|_| raw.trim().parse::<f64>().map(toml::Value::Float))
+                .ok(),
             Some(toml::Value::Float(_)) => raw.trim().parse::<f64>().map(toml::Value::Float).ok(),
             Some(toml::Value::Boolean(_)) => parse_bool(raw).map(toml::Value::Boolean),
             _ => Some(toml::Value::String(raw.clone())),
@@ -717,6 +720,20 @@ mod tests {
         assert_eq!(c.coordination.batch_size, 7);
         assert_eq!(c.coordination.learning_rate, 0.3);
         assert_eq!(c.coordination.dispatch_window, 128);
+    }
+
+    #[test]
+    fn a_fraction_overrides_a_setting_the_file_wrote_whole() {
+        let file = "[coordination]\noptimization_interval_s = 5\n";
+        let c = Config::from_sources(Some(file), &env(&[("OPTIMIZATION_INTERVAL", "0.5")]))
+            .expect("valid");
+        assert_eq!(c.coordination.optimization_interval_s, 0.5);
+        let err = Config::from_sources(None, &env(&[("MAX_CONCURRENT_COORDINATIONS", "2.5")]))
+            .expect_err("a whole number is required");
+        assert!(
+            err.to_string().contains("max_concurrent_coordinations"),
+            "{err}"
+        );
     }
 
     #[test]
