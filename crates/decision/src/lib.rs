@@ -18,6 +18,7 @@
 //! * [`learning`] — the performance-score update, the reference `complete_task.lua` implements.
 //! * [`patterns`] — success and duration learned per (task type, agent type).
 
+pub mod fairness;
 pub mod learning;
 pub mod patterns;
 pub mod placement;
@@ -25,11 +26,13 @@ pub mod resources;
 pub mod strategies;
 pub mod task_state;
 
+pub use fairness::{DEFAULT_TENANT, FairClock, task_cost};
 pub use learning::{NEUTRAL_SCORE, updated_score};
 pub use patterns::{PatternStats, PatternTable};
 pub use placement::{
-    AgentView, CandidateScore, DecisionContext, Explanation, LeastLoaded, PlannedGrant, Strategy,
-    TaskView, plan_batch, plan_batch_explained, plan_batch_with, sample_candidates,
+    AgentView, CandidateScore, DecisionContext, Explanation, HeadHold, LeastLoaded, PlannedGrant,
+    Strategy, TaskView, choose_hold_agent, may_backfill, plan_batch, plan_batch_explained,
+    plan_batch_with, sample_candidates,
 };
 pub use resources::{MAX_AMOUNT, ResourceError, ResourceKind, Resources};
 pub use strategies::{Adaptive, Historical, LoadBalanced, PriorityBased, RoundRobin, StrategyKind};

@@ -27,5 +27,7 @@ pub use messaging::{
     MessageAck, ResourceGrant, ResourceRequest,
 };
 pub use subjects::{ALL_AGENTS, Subjects};
-pub use validate::{Inbound, RejectReason, Rejection, decode, now_ms, validate_agent_id};
+pub use validate::{
+    Inbound, RejectReason, Rejection, decode, is_valid_id, now_ms, validate_agent_id,
+};
 pub use waits::{MAX_STATUS_TASKS, TaskWaitView, WaitReason};

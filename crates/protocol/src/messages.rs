@@ -85,6 +85,10 @@ pub struct TaskSubmit {
     /// `final` (only completed / failed) or `none`. Refusals always come as ERROR_REPORT.
     #[serde(default, skip_serializing_if = "Replies::is_all")]
     pub replies: Replies,
+    /// The tenant the task belongs to, for fairness between tenants (1-128 of
+    /// `[A-Za-z0-9_.:-]`); absent: the tenant `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// Which COORDINATOR_REPLY messages a sender wants. Fewer replies are fewer messages: a client
@@ -379,7 +383,14 @@ impl TaskSubmit {
             strategy: None,
             explain: false,
             replies: Replies::All,
+            tenant: None,
         }
+    }
+
+    /// Belongs to `tenant` (fairness between tenants).
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
     }
 
     pub fn task_type(mut self, task_type: impl Into<String>) -> Self {

@@ -22,6 +22,54 @@ pub struct Config {
     pub messages: MessagesConfig,
     pub jetstream: JetStreamConfig,
     pub metrics: MetricsConfig,
+    /// Tenants and their weights (fairness between tenants); absent: every tenant weighs 1.
+    #[serde(default)]
+    pub tenants: TenantsConfig,
+}
+
+/// `[tenants]`: how capacity is shared between tenants that compete for it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantsConfig {
+    /// Weight by tenant id; a tenant not listed weighs 1. Every replica must be given the same
+    /// table: a task's cost is fixed by the replica that takes its submit.
+    #[serde(default)]
+    pub weights: std::collections::BTreeMap<String, f64>,
+}
+
+impl TenantsConfig {
+    /// The weight of a tenant (1 when not listed).
+    pub fn weight(&self, tenant: &str) -> f64 {
+        self.weights.get(tenant).copied().unwrap_or(1.0)
+    }
+
+    /// The tenant as a metric label: named in the config (or the default tenant), else `other`,
+    /// so a label's values stay bounded however many tenants submit.
+    pub fn label<'a>(&'a self, tenant: &'a str) -> &'a str {
+        if tenant == switchyard_decision::DEFAULT_TENANT || self.weights.contains_key(tenant) {
+            tenant
+        } else {
+            "other"
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        use switchyard_decision::fairness::{MAX_WEIGHT, MIN_WEIGHT};
+        let mut out = Vec::new();
+        for (tenant, weight) in &self.weights {
+            if !switchyard_protocol::is_valid_id(tenant) {
+                out.push(format!(
+                    "tenants.weights: tenant {tenant:?} must be 1-128 of [A-Za-z0-9_.:-]"
+                ));
+            }
+            if !(weight.is_finite() && (MIN_WEIGHT..=MAX_WEIGHT).contains(weight)) {
+                out.push(format!(
+                    "tenants.weights.{tenant} must be in {MIN_WEIGHT}..={MAX_WEIGHT}"
+                ));
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +141,20 @@ pub struct CoordinationConfig {
     /// Absent from older config files, so it defaults to hold there too.
     #[serde(default)]
     pub infeasible: InfeasiblePolicy,
+    /// Hold an agent for the head task when it fits nowhere (starvation-free head).
+    #[serde(default = "default_true")]
+    pub head_reservation: bool,
+    /// How long a head hold lasts unless a dispatch pass renews it (ms).
+    #[serde(default = "default_head_hold_ms")]
+    pub head_hold_ms: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_head_hold_ms() -> u64 {
+    10_000
 }
 
 /// What a submit does with a task that no active agent's *capacity* (free or not) covers.
@@ -151,7 +213,7 @@ pub struct MetricsConfig {
 }
 
 /// Environment variable → (table, key). The first six are the seed's names.
-const ENV_OVERRIDES: [(&str, &str, &str); 27] = [
+const ENV_OVERRIDES: [(&str, &str, &str); 29] = [
     (
         "MAX_CONCURRENT_COORDINATIONS",
         "coordination",
@@ -190,6 +252,8 @@ const ENV_OVERRIDES: [(&str, &str, &str); 27] = [
     ("BATCH_SIZE", "coordination", "batch_size"),
     ("DEFAULT_STRATEGY", "coordination", "default_strategy"),
     ("INFEASIBLE_POLICY", "coordination", "infeasible"),
+    ("HEAD_RESERVATION", "coordination", "head_reservation"),
+    ("HEAD_HOLD_MS", "coordination", "head_hold_ms"),
     ("JETSTREAM_REPLICAS", "jetstream", "replicas"),
 ];
 
@@ -236,6 +300,8 @@ impl Config {
                 default_strategy: "least_loaded".into(),
                 task_retention_s: 86_400,
                 infeasible: InfeasiblePolicy::Hold,
+                head_reservation: true,
+                head_hold_ms: 10_000,
             },
             messages: MessagesConfig {
                 message_buffer_size: 1000,
@@ -257,6 +323,7 @@ impl Config {
             metrics: MetricsConfig {
                 addr: "127.0.0.1:9464".into(),
             },
+            tenants: TenantsConfig::default(),
         }
     }
 
@@ -315,6 +382,7 @@ impl Config {
         let mut problems: Vec<String> = fixed.into_iter().flatten().map(str::to_string).collect();
         problems.extend(connection_problems(&self.nats, &self.redis));
         problems.extend(self.metrics.problems().into_iter().map(str::to_string));
+        problems.extend(self.tenants.problems());
         problems
     }
 }
@@ -360,6 +428,10 @@ impl CoordinationConfig {
             (
                 (50..=600_000).contains(&self.grant_resend_ms),
                 "coordination.grant_resend_ms must be 50..=600000",
+            ),
+            (
+                (100..=600_000).contains(&self.head_hold_ms),
+                "coordination.head_hold_ms must be 100..=600000",
             ),
             (
                 switchyard_decision::StrategyKind::parse(&self.default_strategy).is_some(),

@@ -26,6 +26,8 @@ pub const AGENTS_EXPIRED_TOTAL: &str = "switchyard_agents_expired_total";
 pub const AGENT_HANDOFF_DURATION_SECONDS: &str = "agent_handoff_duration_seconds";
 pub const TASK_CANCELS_TOTAL: &str = "switchyard_task_cancels_total";
 pub const CANCEL_NOTICES_TOTAL: &str = "switchyard_cancel_notices_total";
+pub const TENANT_GRANTED_TOTAL: &str = "switchyard_tenant_granted_total";
+pub const HEAD_HOLDS_TOTAL: &str = "switchyard_head_holds_total";
 
 /// All metrics of one optimizer replica, in its own registry (so in-process replicas in tests
 /// do not collide).
@@ -66,6 +68,10 @@ pub struct Metrics {
     pub task_cancels: IntCounterVec,
     /// Cancel notices published to agents (first sends and resends).
     pub cancel_notices: IntCounter,
+    /// Grants by `tenant`: tenants named in `[tenants]` and `default` by name, the rest `other`.
+    pub tenant_granted: IntCounterVec,
+    /// Head holds taken or moved by this replica (a renewal of the same hold is not counted).
+    pub head_holds: IntCounter,
 }
 
 pub(crate) fn registered<C: prometheus::core::Collector + Clone + 'static>(
@@ -158,6 +164,15 @@ impl Metrics {
             cancel_notices: add.counter(
                 CANCEL_NOTICES_TOTAL,
                 "Cancel notices sent to agents holding a cancelled task",
+            )?,
+            tenant_granted: add.counters(
+                TENANT_GRANTED_TOTAL,
+                "Tasks granted by tenant (tenants not in the config: other)",
+                &["tenant"],
+            )?,
+            head_holds: add.counter(
+                HEAD_HOLDS_TOTAL,
+                "Agents held for a head task that fits nowhere (new holds)",
             )?,
             registry,
         })

@@ -16,6 +16,7 @@ mod dispatch;
 mod events;
 mod grants;
 mod handoff;
+mod head;
 pub mod http;
 mod inbox;
 mod liveness;

@@ -6,6 +6,7 @@
 //! transition is idempotent, so a redelivered event changes nothing and gets the same answer.
 
 mod connection;
+mod fairness;
 mod fleet;
 mod handoffs;
 mod keys;
@@ -19,6 +20,7 @@ mod waits;
 
 pub(crate) use connection::seed_urls;
 pub use connection::{Connection, redis_client};
+pub use fairness::TenantCounts;
 pub use fleet::{FleetCache, Refresh};
 pub use handoffs::{
     AnswerOutcome, BeginHandoff, BeginOutcome, GrowOutcome, GrowRequest, HandoffRecord,

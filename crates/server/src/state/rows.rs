@@ -26,7 +26,7 @@ pub(crate) const AGENT_FIELDS: [&str; 15] = [
 ];
 
 /// Task hash fields read for the queue head, in order.
-pub(crate) const TASK_FIELDS: [&str; 15] = [
+pub(crate) const TASK_FIELDS: [&str; 17] = [
     "state",
     "task_type",
     "priority",
@@ -42,6 +42,8 @@ pub(crate) const TASK_FIELDS: [&str; 15] = [
     "strategy",
     "explain",
     "replies",
+    "submit_seq",
+    "tenant",
 ];
 
 fn num<T: std::str::FromStr + Default>(row: &[String], i: usize) -> T {
@@ -91,7 +93,12 @@ pub(crate) fn queued_task(task_id: String, row: Vec<String>) -> QueuedTask {
             task_type: row.get(1).cloned().unwrap_or_default(),
             priority: num(&row, 2),
             required: resources_at(&row, 3),
-            seq: num(&row, 11),
+            // The submit counter; `queue_seq` is the fair place (older records: the counter).
+            seq: if row.get(15).is_some_and(|s| !s.is_empty()) {
+                num(&row, 15)
+            } else {
+                num(&row, 11)
+            },
             estimated_duration_s: num(&row, 9),
         },
         submitter: row.get(7).cloned().unwrap_or_default(),
@@ -102,6 +109,10 @@ pub(crate) fn queued_task(task_id: String, row: Vec<String>) -> QueuedTask {
             .and_then(|name| switchyard_decision::StrategyKind::parse(name)),
         explain: row.get(13).is_some_and(|flag| flag == "1"),
         replies: switchyard_protocol::Replies::parse(row.get(14).map_or("", String::as_str)),
+        tenant: match row.get(16) {
+            Some(t) if !t.is_empty() => t.clone(),
+            _ => switchyard_decision::DEFAULT_TENANT.to_string(),
+        },
     }
 }
 

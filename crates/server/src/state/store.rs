@@ -136,6 +136,7 @@ impl Store {
         }
         inv.key(k.waiting()).key(k.agents());
         self.capacity_index_keys(&mut inv);
+        inv.key(k.tenants());
         inv.arg(&req.task_id)
             .arg(&req.message_id)
             .arg(&req.submitter)
@@ -203,6 +204,7 @@ impl Store {
         for agent in &agents {
             inv.key(k.agent(agent)).key(k.agent_tasks(agent));
         }
+        inv.key(k.tenants()).key(k.head_hold());
         inv.arg(requests.len()).arg(agents.len());
         for agent in &agents {
             inv.arg(*agent);

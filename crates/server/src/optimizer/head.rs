@@ -1,0 +1,119 @@
+//! The head of the queue: reading it past tasks no agent could ever hold, and the head hold
+//! that keeps a large task at the head from being starved by smaller ones (the rules are the
+//! decision crate's, `placement/hold.rs`; the hold lives in Redis, `lua/hold_head.lua`, and
+//! `grant_tasks.lua` enforces it atomically, so every replica honours it).
+
+use super::Ctx;
+use crate::state::QueuedTask;
+use switchyard_client::error::Error;
+use switchyard_decision::placement::shortfall;
+use switchyard_decision::{AgentView, HeadHold, PlannedGrant, choose_hold_agent};
+
+/// Most further pages of the queue read in one round to get past tasks that fit no agent's
+/// capacity (held infeasible tasks, `coordination.infeasible = "hold"`).
+const MAX_EXTRA_PAGES: usize = 8;
+
+/// Whether some agent's capacity covers the task (free or not).
+fn coverable(task: &QueuedTask, agents: &[AgentView]) -> bool {
+    agents
+        .iter()
+        .any(|a| shortfall(&task.view.required, a).is_some())
+}
+
+/// The head as the plan sees it: the tasks of `first` (the first page) that some agent could
+/// ever hold, and when some could not and the page was full, the next pages' too, up to a
+/// window. Without this, more than a window of never-fitting tasks at the head stalled the
+/// whole queue. Returns the tasks and how many positions of the queue were read.
+pub(crate) async fn feasible_head(
+    ctx: &Ctx,
+    first: Vec<QueuedTask>,
+    agents: &[AgentView],
+) -> Result<Vec<QueuedTask>, Error> {
+    let window = ctx.config.coordination.dispatch_window;
+    if agents.is_empty() || first.iter().all(|t| coverable(t, agents)) {
+        return Ok(first);
+    }
+    let mut full = first.len() == window;
+    let mut head: Vec<QueuedTask> = first.into_iter().filter(|t| coverable(t, agents)).collect();
+    let mut offset = window;
+    for _ in 0..MAX_EXTRA_PAGES {
+        if !full || head.len() >= window {
+            break;
+        }
+        let page = ctx.dispatch_store.queue_page(offset, window).await?;
+        full = page.len() == window;
+        offset += window;
+        head.extend(page.into_iter().filter(|t| coverable(t, agents)));
+    }
+    head.truncate(window);
+    Ok(head)
+}
+
+/// The hold standing now, when the head reservation is on.
+pub(crate) async fn current_hold(ctx: &Ctx) -> Result<Option<HeadHold>, Error> {
+    if !ctx.config.coordination.head_reservation {
+        return Ok(None);
+    }
+    ctx.dispatch_store.head_hold().await
+}
+
+/// The views other tasks are planned against while `hold` stands: the held agent's room for
+/// the held task counted as reserved (the decision crate's `may_backfill`, so the plan does not
+/// propose what the grant script would refuse).
+pub(crate) fn views_beside_hold(agents: &[AgentView], hold: Option<&HeadHold>) -> Vec<AgentView> {
+    let mut views = agents.to_vec();
+    if let Some(hold) = hold
+        && let Some(held) = views.iter_mut().find(|a| a.agent_id == hold.agent_id)
+    {
+        held.reserved = held.reserved.saturating_add(&hold.required);
+    }
+    views
+}
+
+/// After planning: holds an agent for the first task of the head the plan found no room for
+/// (in queue order), or releases a hold whose task left the queue. Runs before the grants are
+/// committed, so they already respect a new hold.
+pub(crate) async fn update_hold(
+    ctx: &Ctx,
+    head: &[QueuedTask],
+    plan: &[PlannedGrant],
+    agents: &[AgentView],
+    hold: Option<&HeadHold>,
+) -> Result<(), Error> {
+    if !ctx.config.coordination.head_reservation {
+        return Ok(());
+    }
+    let mut blocked: Vec<usize> = plan
+        .iter()
+        .filter(|p| p.candidates.is_empty())
+        .map(|p| p.task_index)
+        .collect();
+    blocked.sort_unstable();
+    let chosen = blocked.into_iter().find_map(|i| {
+        let task = &head[i].view;
+        let current = hold
+            .filter(|h| h.task_id == task.task_id)
+            .map(|h| &*h.agent_id);
+        choose_hold_agent(task, agents, current).map(|agent| (task, agent))
+    });
+    match chosen {
+        Some((task, agent)) => {
+            let standing = ctx
+                .dispatch_store
+                .hold_head(&task.task_id, &agent, ctx.config.coordination.head_hold_ms)
+                .await?;
+            let before = hold.map(|h| (h.task_id.as_str(), &*h.agent_id));
+            if let Some((t, a)) = &standing
+                && before != Some((t.as_str(), a.as_str()))
+            {
+                ctx.metrics.head_holds.inc();
+                tracing::debug!(task_id = %t, agent_id = %a, "agent held for the head task");
+            }
+        }
+        None if hold.is_some() => {
+            ctx.dispatch_store.release_stale_hold().await?;
+        }
+        None => {}
+    }
+    Ok(())
+}
