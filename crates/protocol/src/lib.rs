@@ -20,7 +20,7 @@ pub use messages::{
     AgentDeregister, AgentRegister, AgentStatusView, CoordinationSync, CoordinatorReply,
     ErrorReport, ExplainedCandidate, GrantAck, GrantExplanation, GrantRef, Heartbeat,
     MAX_GRANTS_PER_ACK, PatternRow, Replies, ReplyStatus, StatusQuery, TaskCancel,
-    TaskCancelNotice, TaskComplete, TaskGrant, TaskSubmit,
+    TaskCancelNotice, TaskComplete, TaskGrant, TaskSubmit, TenantCountsView,
 };
 pub use messaging::{
     DEFAULT_HANDOFF_TIMEOUT_S, HandoffAcknowledge, HandoffInitiate, HandoffOutcome, HandoffStatus,

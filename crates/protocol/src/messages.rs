@@ -355,6 +355,18 @@ pub struct CoordinationSync {
     /// Waiting and queued tasks with why each waits, when asked for (`include_tasks`, `task_id`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<crate::TaskWaitView>,
+    /// Per tenant (fairness between tenants), lifetime counts; absent before any tenant's task.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tenants: BTreeMap<String, TenantCountsView>,
+}
+
+/// One tenant's counts in a [`CoordinationSync`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantCountsView {
+    /// Tasks of the tenant accepted (queued or waiting on dependencies).
+    pub submitted: u64,
+    /// Grants made to the tenant's tasks (a task granted again counts again).
+    pub granted: u64,
 }
 
 /// One (task type, agent type) pair's learned statistics in a [`CoordinationSync`].

@@ -988,4 +988,36 @@ mod tests {
         let err = Config::from_sources(Some("[nats]\nurll = \"x\"\n"), &[]).expect_err("typo");
         assert!(err.to_string().contains("urll"), "{err}");
     }
+
+    #[test]
+    fn tenant_weights_are_validated_whole_and_label_bounded() {
+        let text = "[tenants]\nweights = { team-a = 2.0, \"bad|name\" = 1.0, zero = 0.0 }\n";
+        let err = Config::from_sources(Some(text), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tenant \"bad|name\""), "{err}");
+        assert!(err.contains("tenants.weights.zero"), "{err}");
+        assert!(!err.contains("team-a"), "{err}");
+        let c = Config::from_sources(Some("[tenants]\nweights = { team-a = 2.0 }\n"), &[]).unwrap();
+        assert_eq!(c.tenants.weight("team-a"), 2.0);
+        assert_eq!(c.tenants.weight("nobody"), 1.0);
+        assert_eq!(c.tenants.label("team-a"), "team-a");
+        assert_eq!(c.tenants.label("default"), "default");
+        assert_eq!(c.tenants.label("nobody"), "other");
+    }
+
+    #[test]
+    fn the_head_reservation_is_on_by_default_and_can_be_turned_off() {
+        let c = Config::from_sources(None, &[]).unwrap();
+        assert!(c.coordination.head_reservation);
+        assert_eq!(c.coordination.head_hold_ms, 10_000);
+        let off = Config::from_sources(
+            None,
+            &env(&[("HEAD_RESERVATION", "false"), ("HEAD_HOLD_MS", "50")]),
+        );
+        let err = off.unwrap_err().to_string();
+        assert!(err.contains("head_hold_ms"), "{err}");
+        let off = Config::from_sources(None, &env(&[("HEAD_RESERVATION", "false")])).unwrap();
+        assert!(!off.coordination.head_reservation);
+    }
 }

@@ -405,6 +405,18 @@ impl Store {
             queue_depth,
             counters,
             agents,
+            tenants: self
+                .tenant_counts()
+                .await?
+                .into_iter()
+                .map(|(tenant, c)| {
+                    let view = switchyard_protocol::TenantCountsView {
+                        submitted: c.submitted,
+                        granted: c.granted,
+                    };
+                    (tenant, view)
+                })
+                .collect(),
         })
     }
 }
