@@ -31,8 +31,8 @@ pub use learning::{NEUTRAL_SCORE, updated_score};
 pub use patterns::{PatternStats, PatternTable};
 pub use placement::{
     AgentView, CandidateScore, DecisionContext, Explanation, HeadHold, LeastLoaded, PlannedGrant,
-    Strategy, TaskView, choose_hold_agent, may_backfill, plan_batch, plan_batch_explained,
-    plan_batch_with, sample_candidates,
+    Strategy, TaskView, beside_hold, choose_hold_agent, may_backfill, plan_batch,
+    plan_batch_explained, plan_batch_with, sample_candidates,
 };
 pub use resources::{MAX_AMOUNT, ResourceError, ResourceKind, Resources};
 pub use strategies::{Adaptive, Historical, LoadBalanced, PriorityBased, RoundRobin, StrategyKind};

@@ -18,7 +18,7 @@ mod hold;
 mod plan;
 
 pub use explain::Explanation;
-pub use hold::{HeadHold, choose_hold_agent, may_backfill, shortfall};
+pub use hold::{HeadHold, beside_hold, choose_hold_agent, may_backfill, shortfall};
 pub use plan::{
     PlannedGrant, SAMPLE_ABOVE, SAMPLE_SIZE, plan_batch, plan_batch_explained, plan_batch_with,
     sample_candidates,

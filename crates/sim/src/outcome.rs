@@ -26,6 +26,8 @@ pub struct TaskRecord {
     pub grants: u32,
     /// Whether the first attempt succeeded; `None` if never attempted.
     pub first_attempt_ok: Option<bool>,
+    /// Its task type's name.
+    pub task_type: String,
 }
 
 /// The result of one run.
@@ -39,6 +41,8 @@ pub struct Outcome {
     pub utilization: f64,
     /// Grants per agent type name.
     pub grants_by_agent_type: BTreeMap<String, u64>,
+    /// Per tenant: (weight, grants made while every tenant of the workload had a task ready).
+    pub backlogged_grants: BTreeMap<String, (f64, u64)>,
 }
 
 fn secs(us: u64) -> f64 {
@@ -61,6 +65,7 @@ impl Outcome {
                 failed: r.is(TaskState::Failed),
                 grants: r.grants,
                 first_attempt_ok: r.first_ok,
+                task_type: e.type_name(t.type_index).to_owned(),
             })
             .collect();
         let utilization = if e.alive_area > 0.0 {
@@ -73,11 +78,17 @@ impl Outcome {
             let count = e.grants_by_type.get(a).copied().unwrap_or(0);
             grants_by_agent_type.insert(n.to_string(), count);
         }
+        let backlogged_grants = e
+            .backlogged_grants
+            .iter()
+            .map(|(tenant, &n)| (tenant.clone(), (e.tenant_weight(tenant), n)))
+            .collect();
         Outcome {
             tasks,
             makespan_s: secs(e.last_finish_us),
             utilization,
             grants_by_agent_type,
+            backlogged_grants,
         }
     }
 }

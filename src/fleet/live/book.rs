@@ -81,6 +81,10 @@ pub(crate) struct Book {
     max_attempts: u32,
     backoff_s: f64,
     grants_by_type: BTreeMap<String, u64>,
+    /// Task type names, by index.
+    task_types: Vec<String>,
+    /// Per tenant: (weight, grants made while every tenant had a task queued).
+    backlogged_grants: BTreeMap<String, (f64, u64)>,
     finished: usize,
     last_finish_s: f64,
     util_area: f64,
@@ -101,6 +105,10 @@ impl Book {
             }
         }
         let agents = fleet(w);
+        let backlogged_grants = stream
+            .iter()
+            .map(|t| (t.tenant.clone(), (w.tenant_weight(&t.tenant), 0)))
+            .collect();
         let agent_index = agents
             .iter()
             .enumerate()
@@ -114,6 +122,8 @@ impl Book {
             max_attempts: w.retry.max_attempts,
             backoff_s: w.retry.backoff_s,
             grants_by_type: w.agent_types.iter().map(|t| (t.name.clone(), 0)).collect(),
+            backlogged_grants,
+            task_types: w.tasks.types.iter().map(|t| t.name.clone()).collect(),
             finished: 0,
             last_finish_s: 0.0,
             util_area: 0.0,
@@ -188,7 +198,11 @@ impl Book {
         else {
             return;
         };
-        if !self.is_current(t, attempt) || self.step(t, TaskEvent::Granted).is_none() {
+        if !self.is_current(t, attempt) || !self.runs[t].is(TaskState::Queued) {
+            return;
+        }
+        self.count_backlogged(t);
+        if self.step(t, TaskEvent::Granted).is_none() {
             return;
         }
         self.advance(now_s);
@@ -203,6 +217,24 @@ impl Book {
         run.first_start_s.get_or_insert(now_s);
         run.last_start_s = now_s;
         run.agent = Some(a);
+    }
+
+    /// Counts the grant of `t` for its tenant if every tenant has a task queued now (`t`
+    /// included). A scan of the tasks: live runs are a few hundred tasks.
+    fn count_backlogged(&mut self, t: usize) {
+        let mut queued: BTreeMap<&str, usize> = BTreeMap::new();
+        for (task, run) in self.stream.iter().zip(&self.runs) {
+            if run.is(TaskState::Queued) && run.retry_at_s.is_none() {
+                *queued.entry(&task.tenant).or_default() += 1;
+            }
+        }
+        let all = self
+            .backlogged_grants
+            .keys()
+            .all(|tenant| queued.get(tenant.as_str()).is_some_and(|&n| n > 0));
+        if all && let Some(entry) = self.backlogged_grants.get_mut(&self.stream[t].tenant) {
+            entry.1 += 1;
+        }
     }
 
     /// Whether `attempt` is task `t`'s attempt on the wire now (not one backing off).
@@ -368,6 +400,11 @@ impl Book {
                 failed: run.is(TaskState::Failed),
                 grants: run.grants,
                 first_attempt_ok: run.first_ok,
+                task_type: self
+                    .task_types
+                    .get(task.type_index)
+                    .cloned()
+                    .unwrap_or_default(),
             })
             .collect();
         let utilization = if self.alive_area > 0.0 {
@@ -380,6 +417,7 @@ impl Book {
             makespan_s: self.last_finish_s,
             utilization,
             grants_by_agent_type: self.grants_by_type.clone(),
+            backlogged_grants: self.backlogged_grants.clone(),
         }
     }
 }

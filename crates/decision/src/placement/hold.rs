@@ -85,6 +85,19 @@ pub fn may_backfill(task: &TaskView, agent: &AgentView, hold: Option<&HeadHold>)
     fits_within(&task.required, &with_head, &agent.capacity)
 }
 
+/// The fleet as every task but the held one is planned against while `hold` stands: the held
+/// agent's room for the held task counted as reserved, so a plan proposes there only what
+/// [`may_backfill`] allows.
+pub fn beside_hold(agents: &[AgentView], hold: Option<&HeadHold>) -> Vec<AgentView> {
+    let mut views = agents.to_vec();
+    if let Some(hold) = hold
+        && let Some(held) = views.iter_mut().find(|a| a.agent_id == hold.agent_id)
+    {
+        held.reserved = held.reserved.saturating_add(&hold.required);
+    }
+    views
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +197,9 @@ mod tests {
         assert!(may_backfill(&task("s", 6000), &other, Some(&hold)));
         assert!(may_backfill(&task("big", 5000), &held, Some(&hold)));
         assert!(may_backfill(&task("s", 6000), &held, None));
+        // The planning view agrees with the rule.
+        let views = beside_hold(&[held.clone(), other.clone()], Some(&hold));
+        assert_eq!(views[0].reserved, cpu(7000));
+        assert_eq!(views[1].reserved, cpu(2000));
     }
 }

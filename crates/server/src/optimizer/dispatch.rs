@@ -156,7 +156,7 @@ fn plan_head(
             max_candidates,
         ));
     }
-    let beside = head::views_beside_hold(agents, hold);
+    let beside = switchyard_decision::beside_hold(agents, hold);
     for (index, task) in head.iter().enumerate() {
         if Some(index) == held {
             continue;

@@ -57,19 +57,6 @@ pub(crate) async fn current_hold(ctx: &Ctx) -> Result<Option<HeadHold>, Error> {
     ctx.dispatch_store.head_hold().await
 }
 
-/// The views other tasks are planned against while `hold` stands: the held agent's room for
-/// the held task counted as reserved (the decision crate's `may_backfill`, so the plan does not
-/// propose what the grant script would refuse).
-pub(crate) fn views_beside_hold(agents: &[AgentView], hold: Option<&HeadHold>) -> Vec<AgentView> {
-    let mut views = agents.to_vec();
-    if let Some(hold) = hold
-        && let Some(held) = views.iter_mut().find(|a| a.agent_id == hold.agent_id)
-    {
-        held.reserved = held.reserved.saturating_add(&hold.required);
-    }
-    views
-}
-
 /// After planning: holds an agent for the first task of the head the plan found no room for
 /// (in queue order), or releases a hold whose task left the queue. Runs before the grants are
 /// committed, so they already respect a new hold.
