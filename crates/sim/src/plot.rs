@@ -166,6 +166,9 @@ mod tests {
             tasks_unfinished: 0,
             attempts: 0,
             grants_by_agent_type: BTreeMap::new(),
+            tenant_shares: BTreeMap::new(),
+            waits_by_type: BTreeMap::new(),
+            mean_run_s: 0.0,
         }
     }
 
