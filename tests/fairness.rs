@@ -248,3 +248,31 @@ async fn without_the_reservation_the_big_task_starves() {
     let (granted_after, _) = big_task_wait(&cluster, 12).await;
     assert_eq!(granted_after, None);
 }
+
+/// More than a dispatch window of held tasks that no agent could ever run, at the head of the
+/// queue (`coordination.infeasible = "hold"`): the dispatcher reads past them, so the task behind
+/// them is granted, and they stay queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_infeasible_tasks_do_not_stall_the_queue() {
+    let cluster = cluster_with(|c| c.coordination.dispatch_window = 4).await;
+    let orch = cluster.coordinator("orch").await;
+    let agent = cluster.agent("solo", "worker", 2.0, 1024.0).await;
+    let mut grants = agent.grants().await.expect("grants");
+    for i in 0..10 {
+        let task = TaskSubmit::new(format!("huge-{i}"))
+            .resource("cpu", 100.0)
+            .priority(9);
+        orch.submit_task(task).await.expect("submit");
+    }
+    orch.submit_task(TaskSubmit::new("fits").resource("cpu", 1.0).priority(1))
+        .await
+        .expect("submit");
+    let grant = next_grant(10, "the task behind the held ones", &mut grants).await;
+    assert_eq!(grant.payload.task_id, "fits");
+    let depth: u64 = redis::cmd("ZCARD")
+        .arg(Keys::new("switchyard").queue())
+        .query_async(&mut cluster.redis().await)
+        .await
+        .expect("ZCARD");
+    assert_eq!(depth, 10);
+}
