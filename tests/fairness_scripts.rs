@@ -216,10 +216,17 @@ async fn a_hold_ends_by_expiry_or_when_its_task_leaves() {
         Some(("big".into(), "held".into())),
         "a hold whose task is queued stays"
     );
+    submit_all(&f, &[submit_req("s2", "m-s2", 1, cpu(1000))]).await;
+    assert_eq!(f.grant("s2", &["held"]).await, GrantOutcome::NoFit);
     f.store
         .cancel_task("big", "orch", false, "cancelled", 3600)
         .await
         .expect("cancel");
-    assert_eq!(f.store.release_stale_hold().await.expect("release"), None);
+    // Its task left the queue: no replica reads the hold any more, and the grant script ends it.
     assert!(f.store.head_hold().await.expect("read").is_none());
+    assert!(matches!(
+        f.grant("s2", &["held"]).await,
+        GrantOutcome::Granted { .. }
+    ));
+    assert_eq!(f.store.release_stale_hold().await.expect("release"), None);
 }

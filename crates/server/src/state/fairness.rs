@@ -19,7 +19,7 @@ pub struct TenantCounts {
 }
 
 impl Store {
-    /// The hold standing now (unexpired by the Redis clock), if any.
+    /// The hold standing now (unexpired by the Redis clock, its task still queued), if any.
     pub async fn head_hold(&self) -> Result<Option<HeadHold>, Error> {
         let (fields, now): (BTreeMap<String, String>, u64) = tokio::try_join!(
             async {
@@ -29,7 +29,14 @@ impl Store {
             },
             self.redis_now_ms()
         )?;
-        Ok(hold_from_fields(&fields, now))
+        let Some(hold) = hold_from_fields(&fields, now) else {
+            return Ok(None);
+        };
+        let score: Option<f64> = self
+            .conn()
+            .zscore(self.keys().queue(), &hold.task_id)
+            .await?;
+        Ok(score.map(|_| hold))
     }
 
     /// Holds `agent_id` for `task_id` for `ttl_ms` (renewing it when it stands already), unless

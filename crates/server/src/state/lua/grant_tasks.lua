@@ -15,7 +15,8 @@
 --   "no_fit", "", ""                 no candidate has room right now: nothing changed
 -- The head hold (hold_head.lua): while it stands (`until` later than now), a task other than the
 -- held one goes on the held agent only if it fits there together with the held task's needs
--- (decision crate, may_backfill); granting the held task ends the hold.
+-- (decision crate, may_backfill); granting the held task ends the hold, and so does finding its
+-- task gone from the queue.
 -- Fairness: the global virtual time becomes the largest place (`queue_seq`) granted (decision
 -- crate, fairness.rs advance), and each tenant's granted count grows.
 -- The candidates come from a replica's fleet cache, which may be stale; every capacity is
@@ -55,6 +56,10 @@ end
 local now = now_ms()
 local hold = hmget_named(HOLD, flat('task', 'agent', 'until', kind_fields('req_')))
 if (tonumber(hold['until']) or 0) <= now then
+  hold = nil
+elseif not redis.call('ZSCORE', KEYS[1], hold.task) then
+  -- Its task left the queue (cancelled): the hold ends.
+  redis.call('DEL', HOLD)
   hold = nil
 end
 
