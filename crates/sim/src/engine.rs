@@ -292,7 +292,9 @@ impl<'w> Engine<'w> {
     /// its tenant's grant counts towards the shares if every tenant had a task ready.
     pub(crate) fn take_ready(&mut self, t: usize) {
         let place = self.place[t].unwrap_or(0);
-        let backlogged = self.ready_by_tenant.values().all(|&n| n > 0);
+        // From the first task finished on: before it, grants fill an empty fleet in arrival
+        // order, which shares no contended capacity.
+        let backlogged = self.finished > 0 && self.ready_by_tenant.values().all(|&n| n > 0);
         if self.ready.remove(&self.ready_key(t, place)) {
             let tenant = &self.stream[t].tenant;
             if let Some(n) = self.ready_by_tenant.get_mut(tenant) {

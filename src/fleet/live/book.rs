@@ -220,7 +220,7 @@ impl Book {
     }
 
     /// Counts the grant of `t` for its tenant if every tenant has a task queued now (`t`
-    /// included). A scan of the tasks: live runs are a few hundred tasks.
+    /// included) and some task has finished. A scan of the tasks: live runs are a few hundred tasks.
     fn count_backlogged(&mut self, t: usize) {
         let mut queued: BTreeMap<&str, usize> = BTreeMap::new();
         for (task, run) in self.stream.iter().zip(&self.runs) {
@@ -228,10 +228,14 @@ impl Book {
                 *queued.entry(&task.tenant).or_default() += 1;
             }
         }
-        let all = self
-            .backlogged_grants
-            .keys()
-            .all(|tenant| queued.get(tenant.as_str()).is_some_and(|&n| n > 0));
+        // From the first task finished on, as in the simulator (before it, grants fill an empty
+        // fleet in arrival order; live, a task counts as queued from its arrival, before the
+        // optimizer has it, which would count that fill as contended).
+        let all = self.finished > 0
+            && self
+                .backlogged_grants
+                .keys()
+                .all(|tenant| queued.get(tenant.as_str()).is_some_and(|&n| n > 0));
         if all && let Some(entry) = self.backlogged_grants.get_mut(&self.stream[t].tenant) {
             entry.1 += 1;
         }
