@@ -46,15 +46,23 @@ pub fn shortfall(required: &Resources, agent: &AgentView) -> Option<f64> {
     Some(worst)
 }
 
-/// The agent to hold for `head`, which fits nowhere right now: the current hold's agent if it
-/// can still ever take the task (a hold does not wander while the agent drains), else the agent
-/// with the smallest [`shortfall`], then fewest running tasks, then by id. `None` when no
-/// agent's capacity covers the task (an infeasible task is never held for).
+/// The agent to hold for `head`: the current hold's agent if it can still ever take the task (a
+/// hold does not wander while the agent drains), else the agent with the smallest
+/// [`shortfall`], then fewest running tasks, then by id. `None` when the task fits on some agent
+/// right now (nothing to hold: a plan that left it out did so for tasks ahead of it, or because
+/// its strategy chose to wait for a busier, better agent) or when no agent's capacity covers it
+/// (an infeasible task is never held for).
 pub fn choose_hold_agent(
     head: &TaskView,
     agents: &[AgentView],
     current: Option<&str>,
 ) -> Option<Arc<str>> {
+    if agents
+        .iter()
+        .any(|a| shortfall(&head.required, a) == Some(0.0))
+    {
+        return None;
+    }
     if let Some(keep) = current.and_then(|id| agents.iter().find(|a| &*a.agent_id == id))
         && shortfall(&head.required, keep).is_some()
     {
@@ -181,6 +189,15 @@ mod tests {
     fn an_infeasible_task_is_held_nowhere() {
         let agents = [agent("a", 4000, 0, 0)];
         assert_eq!(choose_hold_agent(&task("huge", 8000), &agents, None), None);
+    }
+
+    #[test]
+    fn a_task_that_fits_somewhere_now_needs_no_hold() {
+        let agents = [agent("a", 4000, 4000, 4), agent("b", 4000, 0, 0)];
+        assert_eq!(
+            choose_hold_agent(&task("big", 4000), &agents, Some("a")),
+            None
+        );
     }
 
     #[test]
