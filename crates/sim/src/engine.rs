@@ -225,6 +225,10 @@ impl<'w> Engine<'w> {
         let state = self.runs[t]
             .arrive(parent_failed)
             .map_err(|what| self.invariant(format!("task {t} {what}")))?;
+        if state != TaskState::Failed {
+            // Its fair place is taken at submit, waiting on parents or not, as submit_task does.
+            self.fair_place(t);
+        }
         match state {
             TaskState::Queued => self.make_ready(t),
             TaskState::Failed => {
@@ -253,22 +257,25 @@ impl<'w> Engine<'w> {
             .map_err(|what| self.invariant(format!("task {t}: {what}")))
     }
 
-    /// Puts queued task `t` in the ready queue, where dispatch finds it: at its fair place,
-    /// taken when it is first queued and kept when it is queued again (as a requeue keeps its
-    /// score in Redis).
-    pub(crate) fn make_ready(&mut self, t: usize) {
+    /// Task `t`'s fair place among the tenants, taken the first time it is asked for (at its
+    /// submit) and kept (as a requeue keeps its score in Redis).
+    fn fair_place(&mut self, t: usize) -> u64 {
+        if let Some(p) = self.place[t] {
+            return p;
+        }
         let tenant = &self.stream[t].tenant;
-        let place = match self.place[t] {
-            Some(p) => p,
-            None => {
-                let cost = switchyard_decision::task_cost(self.w.tenant_weight(tenant));
-                let p = self.fair.enqueue(tenant, cost);
-                self.place[t] = Some(p);
-                p
-            }
-        };
+        let cost = switchyard_decision::task_cost(self.w.tenant_weight(tenant));
+        let p = self.fair.enqueue(tenant, cost);
+        self.place[t] = Some(p);
+        p
+    }
+
+    /// Puts queued task `t` in the ready queue, where dispatch finds it, at its fair place.
+    pub(crate) fn make_ready(&mut self, t: usize) {
+        let place = self.fair_place(t);
         if self.ready.insert(self.ready_key(t, place)) {
-            *self.ready_by_tenant.entry(tenant.clone()).or_insert(0) += 1;
+            let tenant = self.stream[t].tenant.clone();
+            *self.ready_by_tenant.entry(tenant).or_insert(0) += 1;
         }
     }
 
