@@ -89,7 +89,13 @@ async fn dispatch_round(ctx: &Ctx, fleet: &mut FleetCache) -> Result<Round, Erro
         head::current_hold(ctx)
     )?;
     let head = head::feasible_head(ctx, first, fleet.agents()).await?;
-    let plan = plan_head(ctx, &head, fleet.agents(), hold.as_ref(), &patterns);
+    let plan = plan_head(
+        ctx,
+        &head,
+        fleet.agents(),
+        hold.as_ref().map(|s| &s.hold),
+        &patterns,
+    );
     head::update_hold(ctx, &head, &plan, fleet.agents(), hold.as_ref()).await?;
     let planned: Vec<&PlannedGrant> = plan.iter().filter(|p| !p.candidates.is_empty()).collect();
     let requests: Vec<GrantRequest> = planned

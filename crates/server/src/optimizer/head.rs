@@ -50,23 +50,31 @@ pub(crate) async fn feasible_head(
 }
 
 /// The hold standing now, when the head reservation is on.
-pub(crate) async fn current_hold(ctx: &Ctx) -> Result<Option<HeadHold>, Error> {
+pub(crate) struct StandingHold {
+    pub(crate) hold: HeadHold,
+    /// How long it lasts unless renewed, ms.
+    left_ms: u64,
+}
+
+pub(crate) async fn current_hold(ctx: &Ctx) -> Result<Option<StandingHold>, Error> {
     if !ctx.config.coordination.head_reservation {
         return Ok(None);
     }
-    ctx.dispatch_store.head_hold().await
+    let standing = ctx.dispatch_store.head_hold_left().await?;
+    Ok(standing.map(|(hold, left_ms)| StandingHold { hold, left_ms }))
 }
 
 /// After planning: holds an agent for the first task of the head the plan found no room for
-/// (in queue order), or releases a hold whose task left the queue. Runs before the grants are
-/// committed, so they already respect a new hold.
+/// (in queue order), renewing a standing hold once half its time has passed. Runs before the
+/// grants are committed, so they already respect a new hold.
 pub(crate) async fn update_hold(
     ctx: &Ctx,
     head: &[QueuedTask],
     plan: &[PlannedGrant],
     agents: &[AgentView],
-    hold: Option<&HeadHold>,
+    standing: Option<&StandingHold>,
 ) -> Result<(), Error> {
+    let hold = standing.map(|s| &s.hold);
     if !ctx.config.coordination.head_reservation {
         return Ok(());
     }
@@ -83,7 +91,17 @@ pub(crate) async fn update_hold(
             .map(|h| &*h.agent_id);
         choose_hold_agent(task, agents, current).map(|agent| (task, agent))
     });
+    // The same hold, with more than half its time left: a renewal can wait for a later round
+    // (every round of a full fleet would otherwise call the script).
+    let fresh = |task: &str, agent: &str| {
+        standing.is_some_and(|s| {
+            s.hold.task_id == task
+                && &*s.hold.agent_id == agent
+                && s.left_ms > ctx.config.coordination.head_hold_ms / 2
+        })
+    };
     match chosen {
+        Some((task, agent)) if fresh(&task.task_id, &agent) => {}
         Some((task, agent)) => {
             let standing = ctx
                 .dispatch_store
@@ -97,9 +115,8 @@ pub(crate) async fn update_hold(
                 tracing::debug!(task_id = %t, agent_id = %a, "agent held for the head task");
             }
         }
-        None if hold.is_some() => {
-            ctx.dispatch_store.release_stale_hold().await?;
-        }
+        // A hold whose task left the queue is not read (head_hold) and is ended by the grant
+        // script; one whose task is not blocked any more ends when it is granted.
         None => {}
     }
     Ok(())

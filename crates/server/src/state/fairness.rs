@@ -21,6 +21,11 @@ pub struct TenantCounts {
 impl Store {
     /// The hold standing now (unexpired by the Redis clock, its task still queued), if any.
     pub async fn head_hold(&self) -> Result<Option<HeadHold>, Error> {
+        Ok(self.head_hold_left().await?.map(|(hold, _)| hold))
+    }
+
+    /// [`Store::head_hold`] with how long it lasts unless renewed (ms).
+    pub async fn head_hold_left(&self) -> Result<Option<(HeadHold, u64)>, Error> {
         let (fields, now): (BTreeMap<String, String>, u64) = tokio::try_join!(
             async {
                 let map: BTreeMap<String, String> =
@@ -32,11 +37,15 @@ impl Store {
         let Some(hold) = hold_from_fields(&fields, now) else {
             return Ok(None);
         };
+        let left = fields
+            .get("until")
+            .and_then(|u| u.parse::<u64>().ok())
+            .map_or(0, |until| until.saturating_sub(now));
         let score: Option<f64> = self
             .conn()
             .zscore(self.keys().queue(), &hold.task_id)
             .await?;
-        Ok(score.map(|_| hold))
+        Ok(score.map(|_| (hold, left)))
     }
 
     /// Holds `agent_id` for `task_id` for `ttl_ms` (renewing it when it stands already), unless
