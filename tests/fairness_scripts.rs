@@ -157,6 +157,19 @@ async fn a_hold_is_honoured_by_every_replica() {
     let other = second_replica(&f).await;
     let hold = other.head_hold().await.expect("read").expect("hold stands");
     assert_eq!(hold.task_id, "big");
+    // The status says why big waits.
+    let query = switchyard_protocol::StatusQuery {
+        include_agents: false,
+        task_id: Some("big".into()),
+        ..Default::default()
+    };
+    let waits = other.task_waits(&query).await.expect("waits");
+    assert_eq!(
+        waits.last().and_then(|w| w.reason.clone()),
+        Some(switchyard_protocol::WaitReason::AgentHeld {
+            agent_id: "held".into()
+        })
+    );
     let s1 = other
         .grant_task("s1", &["held".to_string()])
         .await

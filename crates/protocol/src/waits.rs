@@ -24,6 +24,10 @@ pub enum WaitReason {
     /// `queued`; an agent has room for it now, and `ahead` tasks are before it in the queue: it
     /// is granted when the dispatcher reaches it.
     BehindQueue { ahead: u64 },
+    /// `queued`; it fits on no agent now, and `agent_id` is held for it (the head
+    /// reservation): nothing that would delay it goes there, and it is granted when the tasks
+    /// running there have ended.
+    AgentHeld { agent_id: String },
     /// A reason this version does not know.
     #[serde(other)]
     Other,
@@ -42,6 +46,9 @@ impl WaitReason {
             }
             WaitReason::BehindQueue { ahead } => {
                 format!("behind {ahead} higher-priority or earlier tasks")
+            }
+            WaitReason::AgentHeld { agent_id } => {
+                format!("agent {agent_id} held for it until its running tasks end")
             }
             WaitReason::Other => "waiting".to_string(),
         }
@@ -76,6 +83,9 @@ mod tests {
             WaitReason::NoAgentWithCapacity,
             WaitReason::NoFreeCapacity { ahead: 3 },
             WaitReason::BehindQueue { ahead: 0 },
+            WaitReason::AgentHeld {
+                agent_id: "a1".into(),
+            },
         ];
         for reason in reasons {
             let json = serde_json::to_string(&reason).unwrap_or_default();
