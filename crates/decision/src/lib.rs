@@ -12,7 +12,13 @@
 //!   (their typed answers carry a [`TaskState`]), and the one the simulator and the live replay
 //!   keep their tasks in.
 //! * [`placement`] — the [`Strategy`] seam, the default [`LeastLoaded`] strategy, batch planning
-//!   that spreads a batch across the fleet, and sampling that keeps large fleets cheap.
+//!   that spreads a batch across the fleet, and sampling that keeps large fleets cheap; and the
+//!   head reservation ([`choose_hold_agent`], [`may_backfill`], [`beside_hold`]): which agent is
+//!   held for a head task that fits nowhere, and what may still be granted there, the rules
+//!   `grant_tasks.lua` enforces and the simulator follows.
+//! * [`fairness`] — weighted fairness between tenants (start-time fair queuing): a task's place
+//!   in the queue ([`FairClock`], [`task_cost`]), the arithmetic `submit_task.lua` and
+//!   `grant_tasks.lua` mirror.
 //! * [`strategies`] — the seed's strategies (round-robin, priority-based, load-balanced,
 //!   adaptive, historical) and [`StrategyKind`] to select them by name.
 //! * [`learning`] — the performance-score update, the reference `complete_task.lua` implements.
