@@ -3,11 +3,13 @@
 //! decision crate's, `placement/hold.rs`; the hold lives in Redis, `lua/hold_head.lua`, and
 //! `grant_tasks.lua` enforces it atomically, so every replica honours it).
 
+use std::sync::Arc;
+
 use super::Ctx;
 use crate::state::QueuedTask;
 use switchyard_client::error::Error;
 use switchyard_decision::placement::shortfall;
-use switchyard_decision::{AgentView, HeadHold, PlannedGrant, choose_hold_agent};
+use switchyard_decision::{AgentView, HeadHold, PlannedGrant, TaskView, choose_hold_agent};
 
 /// Most further pages of the queue read in one round to get past tasks that fit no agent's
 /// capacity (held infeasible tasks, `coordination.infeasible = "hold"`).
@@ -64,6 +66,29 @@ pub(crate) async fn current_hold(ctx: &Ctx) -> Result<Option<StandingHold>, Erro
     Ok(standing.map(|(hold, left_ms)| StandingHold { hold, left_ms }))
 }
 
+/// The first task of the head (in queue order) the plan found no room for and that fits on no
+/// agent now, with the agent to hold for it (the decision crate's `choose_hold_agent`).
+fn blocked_head<'h>(
+    head: &'h [QueuedTask],
+    plan: &[PlannedGrant],
+    agents: &[AgentView],
+    hold: Option<&HeadHold>,
+) -> Option<(&'h TaskView, Arc<str>)> {
+    let mut blocked: Vec<usize> = plan
+        .iter()
+        .filter(|p| p.candidates.is_empty())
+        .map(|p| p.task_index)
+        .collect();
+    blocked.sort_unstable();
+    blocked.into_iter().find_map(|i| {
+        let task = &head[i].view;
+        let current = hold
+            .filter(|h| h.task_id == task.task_id)
+            .map(|h| &*h.agent_id);
+        choose_hold_agent(task, agents, current).map(|agent| (task, agent))
+    })
+}
+
 /// After planning: holds an agent for the first task of the head the plan found no room for
 /// (in queue order), renewing a standing hold once half its time has passed. Runs before the
 /// grants are committed, so they already respect a new hold.
@@ -78,19 +103,7 @@ pub(crate) async fn update_hold(
     if !ctx.config.coordination.head_reservation {
         return Ok(());
     }
-    let mut blocked: Vec<usize> = plan
-        .iter()
-        .filter(|p| p.candidates.is_empty())
-        .map(|p| p.task_index)
-        .collect();
-    blocked.sort_unstable();
-    let chosen = blocked.into_iter().find_map(|i| {
-        let task = &head[i].view;
-        let current = hold
-            .filter(|h| h.task_id == task.task_id)
-            .map(|h| &*h.agent_id);
-        choose_hold_agent(task, agents, current).map(|agent| (task, agent))
-    });
+    let chosen = blocked_head(head, plan, agents, hold);
     // The same hold, with more than half its time left: a renewal can wait for a later round
     // (every round of a full fleet would otherwise call the script).
     let fresh = |task: &str, agent: &str| {
