@@ -17,11 +17,13 @@ use std::process::Command;
 use common::OutputWithin;
 use switchyard_sim::{ORACLE, parse_named, run_all};
 
-const SHIPPED: [&str; 4] = [
+const SHIPPED: [&str; 6] = [
     "homogeneous",
     "heterogeneous",
     "degrading",
     "bursty_deep_deps",
+    "tenant_flood",
+    "head_task",
 ];
 
 fn workload_path(name: &str) -> PathBuf {
@@ -81,6 +83,46 @@ fn oracle_beats_round_robin_on_heterogeneous() {
         rr.mean_completion_s
     );
     assert!(oracle.first_attempt_success >= rr.first_attempt_success);
+}
+
+/// The target: with a tenant submitting 10x the others, each tenant's share of the
+/// grants made while all are backlogged is within 10% of its weight's share.
+#[test]
+fn tenants_share_by_weight_under_a_flood() {
+    let w = load("tenant_flood");
+    let outcome = switchyard_sim::simulate(
+        &w,
+        switchyard_sim::Placer::Strategy(&switchyard_decision::LeastLoaded),
+    )
+    .expect("runs");
+    let m = switchyard_sim::StrategyMetrics::from_outcome(&outcome);
+    assert_eq!(m.tenant_shares.len(), 3);
+    for (tenant, share) in &m.tenant_shares {
+        assert!(share.grants > 100, "{tenant}: {share:?}");
+        assert!(share.deviation < 0.10, "{tenant}: {share:?}");
+    }
+}
+
+/// The target: a head task needing a whole agent is granted within about one mean task
+/// duration under a steady stream of small tasks; without the reservation it waits for the
+/// stream to end.
+#[test]
+fn a_whole_agent_task_waits_about_one_task_duration() {
+    let mut w = load("head_task");
+    let run = |w: &switchyard_sim::Workload| {
+        let outcome = switchyard_sim::simulate(
+            w,
+            switchyard_sim::Placer::Strategy(&switchyard_decision::LeastLoaded),
+        )
+        .expect("runs");
+        switchyard_sim::StrategyMetrics::from_outcome(&outcome).waits_by_type["big"].clone()
+    };
+    let held = run(&w);
+    assert!(held.granted >= 5, "{held:?}");
+    assert!(held.max_wait_in_mean_runs <= 1.2, "{held:?}");
+    w.head_reservation = false;
+    let starved = run(&w);
+    assert!(starved.max_wait_in_mean_runs > 10.0, "{starved:?}");
 }
 
 fn sim_cli(args: &[&str]) -> std::process::Output {

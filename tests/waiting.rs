@@ -267,7 +267,15 @@ async fn hold_keeps_an_infeasible_task_until_an_agent_fits_it() {
         orch.allocate_task(second).await.expect("answered"),
         Allocation::Queued
     );
-    reason_becomes(&orch, "huge-2", WaitReason::NoFreeCapacity { ahead: 0 }).await;
+    // It fits on no agent now, so the agent it will fit on is held for it (head reservation).
+    reason_becomes(
+        &orch,
+        "huge-2",
+        WaitReason::AgentHeld {
+            agent_id: "big".into(),
+        },
+    )
+    .await;
 
     // The only agent big enough leaves: its task comes back, and both are held.
     big.deregister().await.expect("deregistered");

@@ -36,6 +36,10 @@ pub(crate) struct SimArgs {
     /// unfinished.
     #[arg(long, requires = "live", default_value_t = 120.0)]
     limit_s: f64,
+    /// Turn the head reservation off (the workload's `head_reservation`; with --live, the
+    /// optimizer's `coordination.head_reservation`), to compare.
+    #[arg(long)]
+    no_head_reservation: bool,
 }
 
 /// Simulates (or replays) the workload, writes the optional plot, and prints the report.
@@ -44,7 +48,10 @@ pub(crate) async fn run(
     context: &RunContext<'_>,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let workload = read_workload(&args.workload)?;
+    let mut workload = read_workload(&args.workload)?;
+    if args.no_head_reservation {
+        workload.head_reservation = false;
+    }
     let options = LiveOptions {
         tasks: args.tasks.unwrap_or(LiveOptions::default().tasks),
         time_scale: args.time_scale,

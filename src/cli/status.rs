@@ -59,11 +59,44 @@ pub(crate) async fn run(
         status.queue_depth, status.waiting_depth, status.counters
     )?;
     write_agents(out, &status.agents)?;
+    write_tenants(out, &status.tenants)?;
     if args.patterns {
         write_patterns(out, &status.patterns)?;
     }
     if args.tasks > 0 || args.task.is_some() {
         write_tasks(out, &status.tasks)?;
+    }
+    Ok(())
+}
+
+/// Per tenant: submitted and granted, and each tenant's share of the grants.
+fn write_tenants(
+    out: &mut dyn Write,
+    tenants: &std::collections::BTreeMap<String, switchyard_protocol::TenantCountsView>,
+) -> anyhow::Result<()> {
+    if tenants.is_empty() {
+        return Ok(());
+    }
+    let total: u64 = tenants.values().map(|t| t.granted).sum();
+    writeln!(
+        out,
+        "\n{:<24} {:>10} {:>10} {:>8}",
+        "tenant", "submitted", "granted", "share"
+    )?;
+    for (tenant, t) in tenants {
+        let share = if total == 0 {
+            0.0
+        } else {
+            t.granted as f64 / total as f64
+        };
+        writeln!(
+            out,
+            "{:<24} {:>10} {:>10} {:>7.1}%",
+            tenant,
+            t.submitted,
+            t.granted,
+            share * 100.0
+        )?;
     }
     Ok(())
 }

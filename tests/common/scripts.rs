@@ -24,6 +24,8 @@ pub struct Fixture {
     pub store: Store,
     pub raw: Connection,
     pub keys: Keys,
+    /// The Redis URL (or seed URLs), for a second store on the same server.
+    pub url: String,
 }
 
 pub async fn fixture() -> Fixture {
@@ -57,12 +59,14 @@ async fn fixture_on(
         ..switchyard_server::config::Config::default().redis
     };
     let store = Store::connect(&config).await.expect("store connects");
+    let url = config.url.clone();
     let raw = Connection::open(&config).await.expect("raw connection");
     Fixture {
         _server: server,
         store,
         raw,
         keys: Keys::new("t"),
+        url,
     }
 }
 

@@ -12,13 +12,20 @@
 //!   (their typed answers carry a [`TaskState`]), and the one the simulator and the live replay
 //!   keep their tasks in.
 //! * [`placement`] — the [`Strategy`] seam, the default [`LeastLoaded`] strategy, batch planning
-//!   that spreads a batch across the fleet, and sampling that keeps large fleets cheap.
+//!   that spreads a batch across the fleet, and sampling that keeps large fleets cheap; and the
+//!   head reservation ([`choose_hold_agent`], [`may_backfill`], [`beside_hold`]): which agent is
+//!   held for a head task that fits nowhere, and what may still be granted there, the rules
+//!   `grant_tasks.lua` enforces and the simulator follows.
+//! * [`fairness`] — weighted fairness between tenants (start-time fair queuing): a task's place
+//!   in the queue ([`FairClock`], [`task_cost`]), the arithmetic `submit_task.lua` and
+//!   `grant_tasks.lua` mirror.
 //! * [`strategies`] — the seed's strategies (round-robin, priority-based, load-balanced,
 //!   adaptive, historical) and [`StrategyKind`] to select them by name.
 //! * [`learning`] — the performance-score update, the reference `complete_task.lua` implements.
 //! * [`patterns`] — success and duration learned per (task type, agent type).
 //! * [`retry`] — the back-off of a failed attempt before it runs again.
 
+pub mod fairness;
 pub mod learning;
 pub mod patterns;
 pub mod placement;
@@ -27,11 +34,13 @@ pub mod retry;
 pub mod strategies;
 pub mod task_state;
 
+pub use fairness::{DEFAULT_TENANT, FairClock, task_cost};
 pub use learning::{NEUTRAL_SCORE, updated_score};
 pub use patterns::{PatternStats, PatternTable};
 pub use placement::{
-    AgentView, CandidateScore, DecisionContext, Explanation, LeastLoaded, PlannedGrant, Strategy,
-    TaskView, plan_batch, plan_batch_explained, plan_batch_with, sample_candidates,
+    AgentView, CandidateScore, DecisionContext, Explanation, HeadHold, LeastLoaded, PlannedGrant,
+    Strategy, TaskView, beside_hold, choose_hold_agent, may_backfill, plan_batch,
+    plan_batch_explained, plan_batch_with, sample_candidates,
 };
 pub use resources::{MAX_AMOUNT, ResourceError, ResourceKind, Resources};
 pub use retry::{retry_backoff_ms, retry_backoff_s};

@@ -14,9 +14,11 @@ use super::patterns::PatternTable;
 use super::resources::{Resources, fits_within, peak_utilization};
 
 mod explain;
+mod hold;
 mod plan;
 
 pub use explain::Explanation;
+pub use hold::{HeadHold, beside_hold, choose_hold_agent, may_backfill, shortfall};
 pub use plan::{
     PlannedGrant, SAMPLE_ABOVE, SAMPLE_SIZE, plan_batch, plan_batch_explained, plan_batch_with,
     sample_candidates,

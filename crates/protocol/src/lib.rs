@@ -20,7 +20,7 @@ pub use messages::{
     AgentDeregister, AgentRegister, AgentStatusView, CoordinationSync, CoordinatorReply,
     ErrorReport, ExplainedCandidate, GrantAck, GrantExplanation, GrantRef, Heartbeat,
     MAX_GRANTS_PER_ACK, PatternRow, QUEUE_TIMEOUT, RUN_TIMEOUT, Replies, ReplyStatus, StatusQuery,
-    TaskCancel, TaskCancelNotice, TaskComplete, TaskGrant, TaskSubmit,
+    TaskCancel, TaskCancelNotice, TaskComplete, TaskGrant, TaskSubmit, TenantCountsView,
 };
 pub use messaging::{
     DEFAULT_HANDOFF_TIMEOUT_S, HandoffAcknowledge, HandoffInitiate, HandoffOutcome, HandoffStatus,
@@ -28,7 +28,7 @@ pub use messaging::{
 };
 pub use subjects::{ALL_AGENTS, Subjects};
 pub use validate::{
-    Inbound, MAX_ATTEMPTS, MAX_TIME_LIMIT_S, RejectReason, Rejection, decode, now_ms,
+    Inbound, MAX_ATTEMPTS, MAX_TIME_LIMIT_S, RejectReason, Rejection, decode, is_valid_id, now_ms,
     validate_agent_id,
 };
 pub use waits::{MAX_STATUS_TASKS, TaskWaitView, WaitReason};

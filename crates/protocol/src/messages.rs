@@ -105,6 +105,10 @@ pub struct TaskSubmit {
     /// `coordination.retry_backoff_max_s`. Absent: `coordination.retry_backoff_s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_backoff_s: Option<f64>,
+    /// The tenant the task belongs to, for fairness between tenants (1-128 of
+    /// `[A-Za-z0-9_.:-]`); absent: the tenant `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// Which COORDINATOR_REPLY messages a sender wants. Fewer replies are fewer messages: a client
@@ -388,6 +392,18 @@ pub struct CoordinationSync {
     /// Waiting and queued tasks with why each waits, when asked for (`include_tasks`, `task_id`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<crate::TaskWaitView>,
+    /// Per tenant (fairness between tenants), lifetime counts; absent before any tenant's task.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tenants: BTreeMap<String, TenantCountsView>,
+}
+
+/// One tenant's counts in a [`CoordinationSync`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantCountsView {
+    /// Tasks of the tenant accepted (queued or waiting on dependencies).
+    pub submitted: u64,
+    /// Grants made to the tenant's tasks (a task granted again counts again).
+    pub granted: u64,
 }
 
 /// One (task type, agent type) pair's learned statistics in a [`CoordinationSync`].
@@ -420,6 +436,7 @@ impl TaskSubmit {
             run_timeout_s: None,
             max_attempts: None,
             retry_backoff_s: None,
+            tenant: None,
         }
     }
 
@@ -445,6 +462,12 @@ impl TaskSubmit {
     /// optimizer's `coordination.retry_backoff_max_s`).
     pub fn retry_backoff(mut self, seconds: f64) -> Self {
         self.retry_backoff_s = Some(seconds);
+        self
+    }
+
+    /// Belongs to `tenant` (fairness between tenants).
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
         self
     }
 

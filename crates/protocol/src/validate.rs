@@ -129,6 +129,11 @@ fn valid_type_name(name: &str) -> bool {
 }
 
 /// Task ids become Redis key parts and message ids: 1–128 of `[A-Za-z0-9_.:-]`.
+/// A task or tenant id: 1-128 of `[A-Za-z0-9_.:-]`.
+pub fn is_valid_id(id: &str) -> bool {
+    validate_task_id(id)
+}
+
 fn validate_task_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
@@ -468,6 +473,12 @@ fn check_submit(
         ));
     }
     check_limits(ctx, task)?;
+    if task.tenant.as_deref().is_some_and(|t| !validate_task_id(t)) {
+        return Err(ctx.reject(
+            RejectReason::InvalidId,
+            "tenant must be 1-128 of [A-Za-z0-9_.:-]",
+        ));
+    }
     let deps_ok = task.dependencies.len() <= MAX_DEPENDENCIES
         && task
             .dependencies

@@ -226,6 +226,20 @@ fn an_unknown_strategy_is_refused_and_known_ones_accepted() {
 }
 
 #[test]
+fn a_tenant_is_an_id() {
+    let ok = submit(json!({"task_id": "t", "tenant": "team-a.eu:1"}));
+    assert_eq!(reason("coord.task_submit.orch", &ok), "accepted");
+    for bad in ["", "a|b", "has space", &"x".repeat(129)] {
+        let env = submit(json!({"task_id": "t", "tenant": bad}));
+        assert_eq!(
+            reason("coord.task_submit.orch", &env),
+            "invalid_id",
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
 fn a_number_beyond_f64_is_malformed_json_where_it_is_read() {
     // serde_json refuses a number that overflows f64 ("number out of range") when it reads it:
     // in the payload that is `malformed_json` (even where a too-large amount would be

@@ -28,6 +28,10 @@ pub enum WaitReason {
     /// `until_ms` (Unix ms, Redis clock) before it re-enters the queue; `attempt` is the number of
     /// the attempt it will run next.
     RetryBackoff { until_ms: u64, attempt: u32 },
+    /// `queued`; it fits on no agent now, and `agent_id` is held for it (the head
+    /// reservation): nothing that would delay it goes there, and it is granted when the tasks
+    /// running there have ended.
+    AgentHeld { agent_id: String },
     /// A reason this version does not know.
     #[serde(other)]
     Other,
@@ -51,6 +55,9 @@ impl WaitReason {
                 "retrying after back-off until {} (attempt {attempt})",
                 utc_time(*until_ms)
             ),
+            WaitReason::AgentHeld { agent_id } => {
+                format!("agent {agent_id} held for it until its running tasks end")
+            }
             WaitReason::Other => "waiting".to_string(),
         }
     }
@@ -124,6 +131,9 @@ mod tests {
             WaitReason::RetryBackoff {
                 until_ms: 1_700_000_000_000,
                 attempt: 2,
+            },
+            WaitReason::AgentHeld {
+                agent_id: "a1".into(),
             },
         ];
         for reason in reasons {

@@ -22,6 +22,54 @@ pub struct Config {
     pub messages: MessagesConfig,
     pub jetstream: JetStreamConfig,
     pub metrics: MetricsConfig,
+    /// Tenants and their weights (fairness between tenants); absent: every tenant weighs 1.
+    #[serde(default)]
+    pub tenants: TenantsConfig,
+}
+
+/// `[tenants]`: how capacity is shared between tenants that compete for it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantsConfig {
+    /// Weight by tenant id; a tenant not listed weighs 1. Every replica must be given the same
+    /// table: a task's cost is fixed by the replica that takes its submit.
+    #[serde(default)]
+    pub weights: std::collections::BTreeMap<String, f64>,
+}
+
+impl TenantsConfig {
+    /// The weight of a tenant (1 when not listed).
+    pub fn weight(&self, tenant: &str) -> f64 {
+        self.weights.get(tenant).copied().unwrap_or(1.0)
+    }
+
+    /// The tenant as a metric label: named in the config (or the default tenant), else `other`,
+    /// so a label's values stay bounded however many tenants submit.
+    pub fn label<'a>(&'a self, tenant: &'a str) -> &'a str {
+        if tenant == switchyard_decision::DEFAULT_TENANT || self.weights.contains_key(tenant) {
+            tenant
+        } else {
+            "other"
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        use switchyard_decision::fairness::{MAX_WEIGHT, MIN_WEIGHT};
+        let mut out = Vec::new();
+        for (tenant, weight) in &self.weights {
+            if !switchyard_protocol::is_valid_id(tenant) {
+                out.push(format!(
+                    "tenants.weights: tenant {tenant:?} must be 1-128 of [A-Za-z0-9_.:-]"
+                ));
+            }
+            if !(weight.is_finite() && (MIN_WEIGHT..=MAX_WEIGHT).contains(weight)) {
+                out.push(format!(
+                    "tenants.weights.{tenant} must be in {MIN_WEIGHT}..={MAX_WEIGHT}"
+                ));
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,6 +156,12 @@ pub struct CoordinationConfig {
     /// Longest retry back-off (seconds), whatever a task asks for.
     #[serde(default = "one_minute")]
     pub retry_backoff_max_s: f64,
+    /// Hold an agent for the head task when it fits nowhere (starvation-free head).
+    #[serde(default = "default_true")]
+    pub head_reservation: bool,
+    /// How long a head hold lasts unless a dispatch pass renews it (ms).
+    #[serde(default = "default_head_hold_ms")]
+    pub head_hold_ms: u64,
 }
 
 fn one_attempt() -> u32 {
@@ -120,6 +174,14 @@ fn one_second() -> f64 {
 
 fn one_minute() -> f64 {
     60.0
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_head_hold_ms() -> u64 {
+    10_000
 }
 
 /// What a submit does with a task that no active agent's *capacity* (free or not) covers.
@@ -178,7 +240,7 @@ pub struct MetricsConfig {
 }
 
 /// Environment variable → (table, key). The first six are the seed's names.
-const ENV_OVERRIDES: [(&str, &str, &str); 32] = [
+const ENV_OVERRIDES: [(&str, &str, &str); 34] = [
     (
         "MAX_CONCURRENT_COORDINATIONS",
         "coordination",
@@ -226,6 +288,8 @@ const ENV_OVERRIDES: [(&str, &str, &str); 32] = [
         "coordination",
         "retry_backoff_max_s",
     ),
+    ("HEAD_RESERVATION", "coordination", "head_reservation"),
+    ("HEAD_HOLD_MS", "coordination", "head_hold_ms"),
     ("JETSTREAM_REPLICAS", "jetstream", "replicas"),
 ];
 
@@ -277,6 +341,8 @@ impl Config {
                 max_attempts: 1,
                 retry_backoff_s: 1.0,
                 retry_backoff_max_s: 60.0,
+                head_reservation: true,
+                head_hold_ms: 10_000,
             },
             messages: MessagesConfig {
                 message_buffer_size: 1000,
@@ -298,6 +364,7 @@ impl Config {
             metrics: MetricsConfig {
                 addr: "127.0.0.1:9464".into(),
             },
+            tenants: TenantsConfig::default(),
         }
     }
 
@@ -356,6 +423,7 @@ impl Config {
         let mut problems: Vec<String> = fixed.into_iter().flatten().map(str::to_string).collect();
         problems.extend(connection_problems(&self.nats, &self.redis));
         problems.extend(self.metrics.problems().into_iter().map(str::to_string));
+        problems.extend(self.tenants.problems());
         problems
     }
 }
@@ -421,6 +489,10 @@ impl CoordinationConfig {
             (
                 limit_ok(self.retry_backoff_max_s),
                 "coordination.retry_backoff_max_s must be 0..=2592000",
+            ),
+            (
+                (100..=600_000).contains(&self.head_hold_ms),
+                "coordination.head_hold_ms must be 100..=600000",
             ),
             (
                 switchyard_decision::StrategyKind::parse(&self.default_strategy).is_some(),
@@ -1034,5 +1106,37 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = Config::from_sources(Some("[nats]\nurll = \"x\"\n"), &[]).expect_err("typo");
         assert!(err.to_string().contains("urll"), "{err}");
+    }
+
+    #[test]
+    fn tenant_weights_are_validated_whole_and_label_bounded() {
+        let text = "[tenants]\nweights = { team-a = 2.0, \"bad|name\" = 1.0, zero = 0.0 }\n";
+        let err = Config::from_sources(Some(text), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tenant \"bad|name\""), "{err}");
+        assert!(err.contains("tenants.weights.zero"), "{err}");
+        assert!(!err.contains("team-a"), "{err}");
+        let c = Config::from_sources(Some("[tenants]\nweights = { team-a = 2.0 }\n"), &[]).unwrap();
+        assert_eq!(c.tenants.weight("team-a"), 2.0);
+        assert_eq!(c.tenants.weight("nobody"), 1.0);
+        assert_eq!(c.tenants.label("team-a"), "team-a");
+        assert_eq!(c.tenants.label("default"), "default");
+        assert_eq!(c.tenants.label("nobody"), "other");
+    }
+
+    #[test]
+    fn the_head_reservation_is_on_by_default_and_can_be_turned_off() {
+        let c = Config::from_sources(None, &[]).unwrap();
+        assert!(c.coordination.head_reservation);
+        assert_eq!(c.coordination.head_hold_ms, 10_000);
+        let off = Config::from_sources(
+            None,
+            &env(&[("HEAD_RESERVATION", "false"), ("HEAD_HOLD_MS", "50")]),
+        );
+        let err = off.unwrap_err().to_string();
+        assert!(err.contains("head_hold_ms"), "{err}");
+        let off = Config::from_sources(None, &env(&[("HEAD_RESERVATION", "false")])).unwrap();
+        assert!(!off.coordination.head_reservation);
     }
 }

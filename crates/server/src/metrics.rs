@@ -28,6 +28,8 @@ pub const TASK_CANCELS_TOTAL: &str = "switchyard_task_cancels_total";
 pub const CANCEL_NOTICES_TOTAL: &str = "switchyard_cancel_notices_total";
 pub const TASK_TIMEOUTS_TOTAL: &str = "switchyard_task_timeouts_total";
 pub const TASK_RETRIES_TOTAL: &str = "switchyard_task_retries_total";
+pub const TENANT_GRANTED_TOTAL: &str = "switchyard_tenant_granted_total";
+pub const HEAD_HOLDS_TOTAL: &str = "switchyard_head_holds_total";
 
 /// All metrics of one optimizer replica, in its own registry (so in-process replicas in tests
 /// do not collide).
@@ -74,6 +76,10 @@ pub struct Metrics {
     /// Failed attempts sent back to the queue for another attempt, by `cause`: failed (reported
     /// by the agent) or run_timeout.
     pub task_retries: IntCounterVec,
+    /// Grants by `tenant`: tenants named in `[tenants]` and `default` by name, the rest `other`.
+    pub tenant_granted: IntCounterVec,
+    /// Head holds taken or moved by this replica (a renewal of the same hold is not counted).
+    pub head_holds: IntCounter,
 }
 
 pub(crate) fn registered<C: prometheus::core::Collector + Clone + 'static>(
@@ -176,6 +182,15 @@ impl Metrics {
                 TASK_RETRIES_TOTAL,
                 "Failed attempts queued again for another attempt, by cause (failed, run_timeout)",
                 &["cause"],
+            )?,
+            tenant_granted: add.counters(
+                TENANT_GRANTED_TOTAL,
+                "Tasks granted by tenant (tenants not in the config: other)",
+                &["tenant"],
+            )?,
+            head_holds: add.counter(
+                HEAD_HOLDS_TOTAL,
+                "Agents held for a head task that fits nowhere (new holds)",
             )?,
             registry,
         })

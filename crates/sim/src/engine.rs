@@ -2,12 +2,16 @@
 //!
 //! Events (arrivals, attempt completions, retry re-queues, agent events) sit in a binary heap
 //! ordered by virtual time, then by insertion. After all events of one instant are applied, the
-//! ready queue (priority descending, FIFO within a priority, as in Redis) is dispatched the way
+//! ready queue (priority descending, then by the task's fair place among tenants — plain FIFO for
+//! one tenant — as in Redis, with the decision crate's [`FairClock`]) is dispatched the way
 //! the optimizer dispatches: the queue head of `dispatch_window` tasks is planned with the real
 //! [`plan_batch`](switchyard_decision::plan_batch) against a snapshot of the live agents and the learned patterns, each task is
 //! granted on its first candidate that still fits, and rounds repeat while a whole window was
 //! granted. Every completion updates the agent's score with [`updated_score`](switchyard_decision::updated_score) and the pattern
 //! table with [`PatternTable::record`], the same learning as the live system.
+//!
+//! With `head_reservation` the head hold is kept as the optimizer keeps it (one hold, for the
+//! first task of the queue that fits nowhere, with the decision crate's rules).
 //!
 //! Capacity and dependency invariants are checked on every grant; a violation ends the run with
 //! [`SimError::Invariant`] instead of a panic.
@@ -17,14 +21,14 @@ mod lifecycle;
 mod limits;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use super::outcome::Outcome;
 use super::state::{Run, SimAgent};
 use super::tasks::{SimTask, generate};
 use super::workload::Workload;
 use lifecycle::build_agents;
-use switchyard_decision::{PatternTable, Strategy, TaskEvent, TaskState};
+use switchyard_decision::{FairClock, HeadHold, PatternTable, Strategy, TaskEvent, TaskState};
 
 pub use lifecycle::agent_id;
 
@@ -94,7 +98,16 @@ pub(crate) struct Engine<'w> {
     patterns: PatternTable,
     heap: BinaryHeap<Reverse<(u64, u64, Ev)>>,
     next_seq: u64,
-    ready: BTreeSet<(Reverse<u8>, usize)>,
+    ready: BTreeSet<(Reverse<u8>, u64, usize)>,
+    /// Fairness between tenants: the virtual clock, each task's place once queued (kept across
+    /// retries), ready tasks per tenant, and grants per tenant made while every tenant of the
+    /// workload had a task ready.
+    fair: FairClock,
+    place: Vec<Option<u64>>,
+    ready_by_tenant: BTreeMap<String, usize>,
+    pub(crate) backlogged_grants: BTreeMap<String, u64>,
+    /// The head hold: (task index, hold).
+    hold: Option<(usize, HeadHold)>,
     pub(crate) now_us: u64,
     finished: usize,
     pub(crate) last_finish_us: u64,
@@ -128,6 +141,11 @@ impl<'w> Engine<'w> {
             heap: BinaryHeap::new(),
             next_seq: 0,
             ready: BTreeSet::new(),
+            fair: FairClock::default(),
+            place: Vec::new(),
+            ready_by_tenant: BTreeMap::new(),
+            backlogged_grants: BTreeMap::new(),
+            hold: None,
             now_us: 0,
             finished: 0,
             last_finish_us: 0,
@@ -135,6 +153,17 @@ impl<'w> Engine<'w> {
             alive_area: 0.0,
             grants_by_type: vec![0; w.agent_types.len()],
         };
+        engine.place = vec![None; engine.stream.len()];
+        for task in &engine.stream {
+            engine
+                .ready_by_tenant
+                .entry(task.tenant.clone())
+                .or_insert(0);
+            engine
+                .backlogged_grants
+                .entry(task.tenant.clone())
+                .or_insert(0);
+        }
         for i in 0..engine.stream.len() {
             engine.schedule(to_us(engine.stream[i].submit_s), Ev::Arrival(i));
         }
@@ -212,6 +241,10 @@ impl<'w> Engine<'w> {
         let state = self.runs[t]
             .arrive(parent_failed)
             .map_err(|what| self.invariant(format!("task {t} {what}")))?;
+        if state != TaskState::Failed {
+            // Its fair place is taken at submit, waiting on parents or not, as submit_task does.
+            self.fair_place(t);
+        }
         match state {
             TaskState::Queued => {
                 self.make_ready(t);
@@ -245,9 +278,75 @@ impl<'w> Engine<'w> {
             .map_err(|what| self.invariant(format!("task {t}: {what}")))
     }
 
-    /// Puts queued task `t` in the ready queue, where dispatch finds it.
+    /// Task `t`'s fair place among the tenants, taken the first time it is asked for (at its
+    /// submit) and kept (as a requeue keeps its score in Redis).
+    fn fair_place(&mut self, t: usize) -> u64 {
+        if let Some(p) = self.place[t] {
+            return p;
+        }
+        let tenant = &self.stream[t].tenant;
+        let cost = switchyard_decision::task_cost(self.w.tenant_weight(tenant));
+        let p = self.fair.enqueue(tenant, cost);
+        self.place[t] = Some(p);
+        p
+    }
+
+    /// Puts queued task `t` in the ready queue, where dispatch finds it, at its fair place.
     pub(crate) fn make_ready(&mut self, t: usize) {
-        self.ready.insert((Reverse(self.stream[t].priority), t));
+        let place = self.fair_place(t);
+        if self.ready.insert(self.ready_key(t, place)) {
+            let tenant = self.stream[t].tenant.clone();
+            *self.ready_by_tenant.entry(tenant).or_insert(0) += 1;
+        }
+    }
+
+    pub(crate) fn type_name(&self, type_index: usize) -> &str {
+        self.w
+            .tasks
+            .types
+            .get(type_index)
+            .map_or("", |t| t.name.as_str())
+    }
+
+    pub(crate) fn tenant_weight(&self, tenant: &str) -> f64 {
+        self.w.tenant_weight(tenant)
+    }
+
+    fn ready_key(&self, t: usize, place: u64) -> (Reverse<u8>, u64, usize) {
+        (Reverse(self.stream[t].priority), place, t)
+    }
+
+    /// Takes task `t` out of the ready queue without a grant (its queue timeout ran out): the
+    /// virtual clock stays, and nothing counts towards the shares.
+    pub(crate) fn drop_ready(&mut self, t: usize) {
+        let place = self.place[t].unwrap_or(0);
+        if self.ready.remove(&self.ready_key(t, place)) {
+            if let Some(n) = self.ready_by_tenant.get_mut(&self.stream[t].tenant) {
+                *n -= 1;
+            }
+        }
+    }
+
+    /// Takes granted task `t` out of the ready queue: the virtual clock moves to its place, and
+    /// its tenant's grant counts towards the shares if every tenant had a task ready.
+    pub(crate) fn take_ready(&mut self, t: usize) {
+        let place = self.place[t].unwrap_or(0);
+        // From the first task finished on: before it, grants fill an empty fleet in arrival
+        // order, which shares no contended capacity.
+        let backlogged = self.finished > 0 && self.ready_by_tenant.values().all(|&n| n > 0);
+        if self.ready.remove(&self.ready_key(t, place)) {
+            let tenant = &self.stream[t].tenant;
+            if let Some(n) = self.ready_by_tenant.get_mut(tenant) {
+                *n -= 1;
+            }
+            if backlogged {
+                *self.backlogged_grants.entry(tenant.clone()).or_insert(0) += 1;
+            }
+        }
+        self.fair.granted(place);
+        if self.hold.as_ref().is_some_and(|(held, _)| *held == t) {
+            self.hold = None;
+        }
     }
 
     fn invariant(&self, what: String) -> SimError {

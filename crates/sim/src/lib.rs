@@ -35,7 +35,7 @@ pub mod workload;
 pub use engine::{Placer, SimError, simulate};
 pub use outcome::{Outcome, TaskRecord};
 pub use plot::render_svg;
-pub use report::{ORACLE, SimReport, StrategyMetrics, run_all};
+pub use report::{ORACLE, SimReport, StrategyMetrics, TenantShare, TypeWait, run_all};
 pub use validate::{MAX_AGENTS, MAX_TASKS};
 pub use workload::{Workload, WorkloadError};
 

@@ -32,6 +32,8 @@ pub struct TaskRecord {
     pub queue_timed_out: bool,
     /// Attempts stopped at their run timeout.
     pub run_timeouts: u32,
+    /// Its task type's name.
+    pub task_type: String,
 }
 
 /// The result of one run.
@@ -45,6 +47,8 @@ pub struct Outcome {
     pub utilization: f64,
     /// Grants per agent type name.
     pub grants_by_agent_type: BTreeMap<String, u64>,
+    /// Per tenant: (weight, grants made while every tenant of the workload had a task ready).
+    pub backlogged_grants: BTreeMap<String, (f64, u64)>,
 }
 
 fn secs(us: u64) -> f64 {
@@ -70,6 +74,7 @@ impl Outcome {
                 retries: r.retries,
                 queue_timed_out: r.queue_timeouts > 0,
                 run_timeouts: r.run_timeouts,
+                task_type: e.type_name(t.type_index).to_owned(),
             })
             .collect();
         let utilization = if e.alive_area > 0.0 {
@@ -82,11 +87,17 @@ impl Outcome {
             let count = e.grants_by_type.get(a).copied().unwrap_or(0);
             grants_by_agent_type.insert(n.to_string(), count);
         }
+        let backlogged_grants = e
+            .backlogged_grants
+            .iter()
+            .map(|(tenant, &n)| (tenant.clone(), (e.tenant_weight(tenant), n)))
+            .collect();
         Outcome {
             tasks,
             makespan_s: secs(e.last_finish_us),
             utilization,
             grants_by_agent_type,
+            backlogged_grants,
         }
     }
 }

@@ -169,6 +169,9 @@ mod tests {
             queue_timeouts: 0,
             run_timeouts: 0,
             grants_by_agent_type: BTreeMap::new(),
+            tenant_shares: BTreeMap::new(),
+            waits_by_type: BTreeMap::new(),
+            mean_run_s: 0.0,
         }
     }
 

@@ -50,6 +50,44 @@ pub struct StrategyMetrics {
     pub run_timeouts: u64,
     /// Grants per agent type.
     pub grants_by_agent_type: BTreeMap<String, u64>,
+    /// Per tenant, when the workload has more than one: its share of the grants made while
+    /// every tenant had a task ready, against its weight's share.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tenant_shares: BTreeMap<String, TenantShare>,
+    /// Per task type: how long its tasks waited from submit (or from being ready) to their
+    /// first grant.
+    pub waits_by_type: BTreeMap<String, TypeWait>,
+    /// Mean duration of the last attempt of completed tasks, seconds: the unit of
+    /// [`TypeWait::max_wait_in_mean_runs`].
+    pub mean_run_s: f64,
+}
+
+/// One tenant's share of the grants made while every tenant was backlogged.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TenantShare {
+    /// Its weight.
+    pub weight: f64,
+    /// Grants made to it while every tenant had a task ready.
+    pub grants: u64,
+    /// `grants` over all such grants, 0..1.
+    pub share: f64,
+    /// Its weight over all weights, 0..1.
+    pub target: f64,
+    /// `|share - target| / target`.
+    pub deviation: f64,
+}
+
+/// How long the tasks of one type waited for their first grant.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TypeWait {
+    /// Tasks of the type that were granted.
+    pub granted: usize,
+    /// Mean wait (submit → first grant, dependencies included), seconds.
+    pub mean_wait_s: f64,
+    /// Longest wait, seconds.
+    pub max_wait_s: f64,
+    /// Longest wait in mean task durations (`mean_run_s`).
+    pub max_wait_in_mean_runs: f64,
 }
 
 /// Every strategy on one workload.
@@ -97,8 +135,70 @@ impl StrategyMetrics {
             queue_timeouts: o.tasks.iter().filter(|t| t.queue_timed_out).count() as u64,
             run_timeouts: o.tasks.iter().map(|t| u64::from(t.run_timeouts)).sum(),
             grants_by_agent_type: o.grants_by_agent_type.clone(),
+            tenant_shares: tenant_shares(o),
+            waits_by_type: waits_by_type(o),
+            mean_run_s: mean_run_s(o),
         }
     }
+}
+
+fn tenant_shares(o: &Outcome) -> BTreeMap<String, TenantShare> {
+    if o.backlogged_grants.len() < 2 {
+        return BTreeMap::new();
+    }
+    let total: u64 = o.backlogged_grants.values().map(|(_, n)| n).sum();
+    let weights: f64 = o.backlogged_grants.values().map(|(w, _)| w).sum();
+    o.backlogged_grants
+        .iter()
+        .map(|(tenant, &(weight, grants))| {
+            let share = ratio(grants as f64, total as f64);
+            let target = ratio(weight, weights);
+            let deviation = ratio((share - target).abs(), target);
+            let row = TenantShare {
+                weight,
+                grants,
+                share,
+                target,
+                deviation,
+            };
+            (tenant.clone(), row)
+        })
+        .collect()
+}
+
+fn mean_run_s(o: &Outcome) -> f64 {
+    let runs: Vec<f64> = o
+        .tasks
+        .iter()
+        .filter_map(|t| Some(t.completed_s? - t.last_start_s?))
+        .collect();
+    ratio(runs.iter().sum(), runs.len() as f64)
+}
+
+fn waits_by_type(o: &Outcome) -> BTreeMap<String, TypeWait> {
+    let unit = mean_run_s(o);
+    let mut waits: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for t in &o.tasks {
+        if let Some(start) = t.first_start_s {
+            waits
+                .entry(&t.task_type)
+                .or_default()
+                .push(start - t.submit_s);
+        }
+    }
+    waits
+        .into_iter()
+        .map(|(name, w)| {
+            let max = w.iter().copied().fold(0.0, f64::max);
+            let row = TypeWait {
+                granted: w.len(),
+                mean_wait_s: ratio(w.iter().sum(), w.len() as f64),
+                max_wait_s: max,
+                max_wait_in_mean_runs: ratio(max, unit),
+            };
+            (name.to_owned(), row)
+        })
+        .collect()
 }
 
 /// `a / b`, or 0 when `b` is not positive (JSON has no NaN).
@@ -184,7 +284,77 @@ impl SimReport {
                 out.push_str(&table_row(name, m, rr));
             }
         }
+        self.render_shares(&mut out);
+        self.render_waits(&mut out);
         out
+    }
+
+    /// Tenant shares while all were backlogged, one row per strategy (when there are tenants).
+    fn render_shares(&self, out: &mut String) {
+        let Some(first) = self
+            .strategies
+            .values()
+            .find(|m| !m.tenant_shares.is_empty())
+        else {
+            return;
+        };
+        let _ = write!(
+            out,
+            "\ntenant share of grants while all backlogged (target)\n{:<14}",
+            "strategy"
+        );
+        for (tenant, s) in &first.tenant_shares {
+            let _ = write!(
+                out,
+                " {:>20}",
+                format!("{tenant} ({:.1}%)", s.target * 100.0)
+            );
+        }
+        let _ = writeln!(out, " {:>10}", "worst dev");
+        for name in self.names() {
+            let Some(m) = self.strategies.get(name) else {
+                continue;
+            };
+            let _ = write!(out, "{name:<14}");
+            for s in m.tenant_shares.values() {
+                let _ = write!(out, " {:>19.1}%", s.share * 100.0);
+            }
+            let worst = m
+                .tenant_shares
+                .values()
+                .map(|s| s.deviation)
+                .fold(0.0, f64::max);
+            let _ = writeln!(out, " {:>9.1}%", worst * 100.0);
+        }
+    }
+
+    /// Longest wait for a first grant per task type, in mean task durations.
+    fn render_waits(&self, out: &mut String) {
+        let Some(first) = self.strategies.values().next() else {
+            return;
+        };
+        if first.waits_by_type.len() < 2 {
+            return;
+        }
+        let _ = write!(
+            out,
+            "\nlongest wait for a first grant, in mean task durations\n{:<14}",
+            "strategy"
+        );
+        for name in first.waits_by_type.keys() {
+            let _ = write!(out, " {name:>12}");
+        }
+        let _ = writeln!(out, " {:>10}", "mean run s");
+        for name in self.names() {
+            let Some(m) = self.strategies.get(name) else {
+                continue;
+            };
+            let _ = write!(out, "{name:<14}");
+            for w in m.waits_by_type.values() {
+                let _ = write!(out, " {:>12.2}", w.max_wait_in_mean_runs);
+            }
+            let _ = writeln!(out, " {:>10.2}", m.mean_run_s);
+        }
     }
 }
 
@@ -231,6 +401,7 @@ mod tests {
             retries: 0,
             queue_timed_out: false,
             run_timeouts: 0,
+            task_type: "t".into(),
         }
     }
 
@@ -247,6 +418,7 @@ mod tests {
             makespan_s: 100.0,
             utilization: 0.5,
             grants_by_agent_type: BTreeMap::new(),
+            backlogged_grants: BTreeMap::new(),
         };
         let m = StrategyMetrics::from_outcome(&o);
         assert_eq!(m.tasks_completed, 20);
@@ -269,6 +441,7 @@ mod tests {
             makespan_s: 0.0,
             utilization: 0.0,
             grants_by_agent_type: BTreeMap::new(),
+            backlogged_grants: BTreeMap::new(),
         };
         let m = StrategyMetrics::from_outcome(&o);
         assert_eq!(m.mean_completion_s, 0.0);

@@ -24,6 +24,8 @@ pub struct SimTask {
     pub parents: Vec<usize>,
     /// Length of the longest dependency chain ending here (1 for a task without parents).
     pub depth: u32,
+    /// Its tenant (its type's, `default` when the type names none).
+    pub tenant: String,
 }
 
 /// Draws the task stream of `w`; the same workload always gives the same tasks.
@@ -51,6 +53,10 @@ pub fn generate(w: &Workload) -> Vec<SimTask> {
             submit_s: clock,
             parents,
             depth,
+            tenant: ty
+                .tenant
+                .clone()
+                .unwrap_or_else(|| switchyard_decision::DEFAULT_TENANT.to_owned()),
         });
     }
     tasks

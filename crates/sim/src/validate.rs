@@ -37,6 +37,15 @@ pub(crate) fn validate(w: &mut Workload) -> Vec<String> {
     check_events(w, &mut errors);
     check_tasks(&mut w.tasks, &mut errors);
     check_fit(w, &mut errors);
+    for (tenant, weight) in &w.tenants {
+        let (lo, hi) = (
+            switchyard_decision::fairness::MIN_WEIGHT,
+            switchyard_decision::fairness::MAX_WEIGHT,
+        );
+        if !(weight.is_finite() && (lo..=hi).contains(weight)) {
+            errors.push(format!("tenants.{tenant}: weight must be in {lo}..={hi}"));
+        }
+    }
     if w.retry.max_attempts == 0 {
         errors.push("retry.max_attempts must be at least 1".to_owned());
     }

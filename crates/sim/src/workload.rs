@@ -42,6 +42,13 @@ pub struct Workload {
     /// What happens to failed attempts.
     #[serde(default)]
     pub retry: RetrySpec,
+    /// Tenant weights (the optimizer's `[tenants] weights`); a tenant not listed weighs 1.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, f64>,
+    /// Hold an agent for a head task that fits nowhere (the optimizer's
+    /// `coordination.head_reservation`).
+    #[serde(default = "yes")]
+    pub head_reservation: bool,
 }
 
 /// One kind of agent and how many of them there are.
@@ -185,6 +192,9 @@ pub struct TaskTypeSpec {
     /// Attempts of a task of this type; absent: `[retry] max_attempts`.
     #[serde(default)]
     pub max_attempts: Option<u32>,
+    /// The tenant tasks of this type belong to (`default` when absent).
+    #[serde(default)]
+    pub tenant: Option<String>,
     /// `resources` in milli-units, filled in by validation.
     #[serde(skip)]
     pub required_milli: Resources,
@@ -277,6 +287,11 @@ impl Workload {
         self.agent_types.iter().map(|t| t.count as usize).sum()
     }
 
+    /// The weight of a tenant (1 when not listed).
+    pub fn tenant_weight(&self, tenant: &str) -> f64 {
+        self.tenants.get(tenant).copied().unwrap_or(1.0)
+    }
+
     /// The truth for an agent type (by index) on a task type (by name).
     pub fn truth(&self, agent_type: usize, task_type: &str) -> TruthSpec {
         self.agent_types
@@ -289,6 +304,9 @@ impl Workload {
 
 fn one() -> f64 {
     1.0
+}
+fn yes() -> bool {
+    true
 }
 fn one_u32() -> u32 {
     1

@@ -82,6 +82,10 @@ pub(crate) struct Book {
     backoff_s: f64,
     backoff_max_s: f64,
     grants_by_type: BTreeMap<String, u64>,
+    /// Task type names, by index.
+    task_types: Vec<String>,
+    /// Per tenant: (weight, grants made while every tenant had a task queued).
+    backlogged_grants: BTreeMap<String, (f64, u64)>,
     finished: usize,
     last_finish_s: f64,
     util_area: f64,
@@ -102,6 +106,10 @@ impl Book {
             }
         }
         let agents = fleet(w);
+        let backlogged_grants = stream
+            .iter()
+            .map(|t| (t.tenant.clone(), (w.tenant_weight(&t.tenant), 0)))
+            .collect();
         let agent_index = agents
             .iter()
             .enumerate()
@@ -116,6 +124,8 @@ impl Book {
             backoff_s: w.retry.backoff_s,
             backoff_max_s: w.retry.backoff_max_s,
             grants_by_type: w.agent_types.iter().map(|t| (t.name.clone(), 0)).collect(),
+            backlogged_grants,
+            task_types: w.tasks.types.iter().map(|t| t.name.clone()).collect(),
             finished: 0,
             last_finish_s: 0.0,
             util_area: 0.0,
@@ -190,7 +200,11 @@ impl Book {
         else {
             return;
         };
-        if !self.is_current(t, attempt) || self.step(t, TaskEvent::Granted).is_none() {
+        if !self.is_current(t, attempt) || !self.runs[t].is(TaskState::Queued) {
+            return;
+        }
+        self.count_backlogged(t);
+        if self.step(t, TaskEvent::Granted).is_none() {
             return;
         }
         self.advance(now_s);
@@ -205,6 +219,28 @@ impl Book {
         run.first_start_s.get_or_insert(now_s);
         run.last_start_s = now_s;
         run.agent = Some(a);
+    }
+
+    /// Counts the grant of `t` for its tenant if every tenant has a task queued now (`t`
+    /// included) and some task has finished. A scan of the tasks: live runs are a few hundred tasks.
+    fn count_backlogged(&mut self, t: usize) {
+        let mut queued: BTreeMap<&str, usize> = BTreeMap::new();
+        for (task, run) in self.stream.iter().zip(&self.runs) {
+            if run.is(TaskState::Queued) && run.retry_at_s.is_none() {
+                *queued.entry(&task.tenant).or_default() += 1;
+            }
+        }
+        // From the first task finished on, as in the simulator (before it, grants fill an empty
+        // fleet in arrival order; live, a task counts as queued from its arrival, before the
+        // optimizer has it, which would count that fill as contended).
+        let all = self.finished > 0
+            && self
+                .backlogged_grants
+                .keys()
+                .all(|tenant| queued.get(tenant.as_str()).is_some_and(|&n| n > 0));
+        if all && let Some(entry) = self.backlogged_grants.get_mut(&self.stream[t].tenant) {
+            entry.1 += 1;
+        }
     }
 
     /// Whether `attempt` is task `t`'s attempt on the wire now (not one backing off).
@@ -377,6 +413,11 @@ impl Book {
                 // The live replay does not enforce time limits (docs/workloads.md).
                 queue_timed_out: false,
                 run_timeouts: 0,
+                task_type: self
+                    .task_types
+                    .get(task.type_index)
+                    .cloned()
+                    .unwrap_or_default(),
             })
             .collect();
         let utilization = if self.alive_area > 0.0 {
@@ -389,6 +430,7 @@ impl Book {
             makespan_s: self.last_finish_s,
             utilization,
             grants_by_agent_type: self.grants_by_type.clone(),
+            backlogged_grants: self.backlogged_grants.clone(),
         }
     }
 }

@@ -209,7 +209,8 @@ impl<'a> Driver<'a> {
             let mut submit = TaskSubmit::new(task_id(t, self.book.attempt(t)))
                 .task_type(kind.name.clone())
                 .priority(task.priority)
-                .estimated_duration(task.estimated_s / self.scale);
+                .estimated_duration(task.estimated_s / self.scale)
+                .tenant(task.tenant.clone());
             submit.required_resources = task.required.to_units();
             Some(self.orch.submit_task(submit))
         });

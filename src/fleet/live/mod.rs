@@ -124,6 +124,8 @@ async fn base_config(
     base.coordination.learning_rate = workload.learning_rate;
     base.coordination.max_candidates = workload.max_candidates;
     base.coordination.dispatch_window = workload.dispatch_window;
+    base.coordination.head_reservation = workload.head_reservation;
+    base.tenants.weights = workload.tenants.clone();
     // In-process replicas must not fight a running optimizer for its metrics port.
     base.metrics.addr = "127.0.0.1:0".into();
     Ok((base, servers))

@@ -11,13 +11,13 @@ use std::time::Instant;
 
 use futures::future::join_all;
 
-use super::Ctx;
 use super::publish::{Grant, Reply, publish_grant, send_reply};
+use super::{Ctx, head};
 use crate::state::{FleetCache, GrantOutcome, GrantRequest, QueuedTask};
 use switchyard_client::error::Error;
 use switchyard_decision::{
-    AgentView, DecisionContext, PatternTable, PlannedGrant, Strategy, StrategyKind, TaskView,
-    plan_batch_explained,
+    AgentView, DecisionContext, HeadHold, PatternTable, PlannedGrant, Strategy, StrategyKind,
+    TaskView, plan_batch_explained,
 };
 use switchyard_protocol::{MessageType, ReplyStatus, now_ms};
 
@@ -66,25 +66,37 @@ struct Round {
 /// read of every agent), a plan, and one script call that commits every grant of the plan.
 async fn dispatch_round(ctx: &Ctx, fleet: &mut FleetCache) -> Result<Round, Error> {
     let window = ctx.config.coordination.dispatch_window;
-    let head = ctx.dispatch_store.queue_head(window).await?;
-    if head.is_empty() {
+    let first = ctx.dispatch_store.queue_head(window).await?;
+    if first.is_empty() {
         return Ok(Round::default());
     }
     ctx.metrics.dispatch_rounds.inc();
     // What the fleet has learned per (task type, agent type), read only when a strategy in play
-    // uses it, and alongside the fleet log rather than after it.
+    // uses it, and alongside the fleet log (and the head hold) rather than after it.
     let needs_patterns = ctx.strategy.uses_patterns()
-        || head
+        || first
             .iter()
             .any(|t| t.strategy.is_some_and(StrategyKind::uses_patterns));
-    let (_, patterns) = tokio::try_join!(fleet.refresh(&ctx.dispatch_store), async {
-        if needs_patterns {
-            ctx.dispatch_store.patterns().await
-        } else {
-            Ok(PatternTable::new())
-        }
-    })?;
-    let plan = plan_head(ctx, &head, fleet.agents(), &patterns);
+    let (_, patterns, hold) = tokio::try_join!(
+        fleet.refresh(&ctx.dispatch_store),
+        async {
+            if needs_patterns {
+                ctx.dispatch_store.patterns().await
+            } else {
+                Ok(PatternTable::new())
+            }
+        },
+        head::current_hold(ctx)
+    )?;
+    let head = head::feasible_head(ctx, first, fleet.agents()).await?;
+    let plan = plan_head(
+        ctx,
+        &head,
+        fleet.agents(),
+        hold.as_ref().map(|s| &s.hold),
+        &patterns,
+    );
+    head::update_hold(ctx, &head, &plan, fleet.agents(), hold.as_ref()).await?;
     let planned: Vec<&PlannedGrant> = plan.iter().filter(|p| !p.candidates.is_empty()).collect();
     let requests: Vec<GrantRequest> = planned
         .iter()
@@ -106,6 +118,10 @@ async fn dispatch_round(ctx: &Ctx, fleet: &mut FleetCache) -> Result<Round, Erro
                     .allocations
                     .with_label_values(&["granted"])
                     .inc();
+                ctx.metrics
+                    .tenant_granted
+                    .with_label_values(&[ctx.config.tenants.label(&task.tenant)])
+                    .inc();
                 tracing::debug!(task_id = %task.view.task_id, agent_id = %agent_id, grant_seq, "task granted");
                 round.granted.push(
                     Grant::from_queued(task, &agent_id, grant_seq)
@@ -122,42 +138,75 @@ async fn dispatch_round(ctx: &Ctx, fleet: &mut FleetCache) -> Result<Round, Erro
 
 /// Plans the queue head: tasks that asked for a strategy of their own (TASK_SUBMIT.strategy) are
 /// planned with it, the rest with the optimizer's default, each group in queue order. Tasks whose
-/// submit asked for `explain` get their decision explained.
+/// submit asked for `explain` get their decision explained. While a head hold stands, the held
+/// task is planned first against the whole fleet and the others beside the hold.
 fn plan_head(
     ctx: &Ctx,
     head: &[QueuedTask],
     agents: &[AgentView],
+    hold: Option<&HeadHold>,
     patterns: &PatternTable,
 ) -> Vec<PlannedGrant> {
     let decision = DecisionContext::new(patterns);
     let max_candidates = ctx.config.coordination.max_candidates;
+    let held = hold.and_then(|h| head.iter().position(|t| t.view.task_id == h.task_id));
     let mut groups: Vec<(Option<StrategyKind>, Vec<usize>)> = Vec::new();
+    let mut plans = Vec::with_capacity(head.len());
+    if let Some(index) = held {
+        plans.extend(plan_group(
+            ctx,
+            head,
+            &[index],
+            agents,
+            &decision,
+            max_candidates,
+        ));
+    }
+    let beside = switchyard_decision::beside_hold(agents, hold);
     for (index, task) in head.iter().enumerate() {
+        if Some(index) == held {
+            continue;
+        }
         match groups.iter_mut().find(|(kind, _)| *kind == task.strategy) {
             Some((_, members)) => members.push(index),
             None => groups.push((task.strategy, vec![index])),
         }
     }
-    let mut plans = Vec::with_capacity(head.len());
-    for (kind, members) in groups {
-        let own = kind.map(StrategyKind::build);
-        let strategy: &dyn Strategy = own.as_deref().unwrap_or(ctx.strategy.as_ref());
-        let views: Vec<TaskView> = members.iter().map(|&i| head[i].view.clone()).collect();
-        let explain: Vec<bool> = members.iter().map(|&i| head[i].explain).collect();
-        let planned_group = plan_batch_explained(
-            strategy,
-            &views,
-            agents,
+    for (_, members) in groups {
+        plans.extend(plan_group(
+            ctx,
+            head,
+            &members,
+            &beside,
             &decision,
             max_candidates,
-            &explain,
-        );
-        for mut planned in planned_group {
-            planned.task_index = members[planned.task_index];
-            plans.push(planned);
-        }
+        ));
     }
     plans
+}
+
+/// Plans some tasks of the head (one strategy: that of the first member) in the order given.
+fn plan_group(
+    ctx: &Ctx,
+    head: &[QueuedTask],
+    members: &[usize],
+    agents: &[AgentView],
+    decision: &DecisionContext<'_>,
+    max_candidates: usize,
+) -> Vec<PlannedGrant> {
+    let own = members
+        .first()
+        .and_then(|&i| head[i].strategy)
+        .map(StrategyKind::build);
+    let strategy: &dyn Strategy = own.as_deref().unwrap_or(ctx.strategy.as_ref());
+    let views: Vec<TaskView> = members.iter().map(|&i| head[i].view.clone()).collect();
+    let explain: Vec<bool> = members.iter().map(|&i| head[i].explain).collect();
+    let mut planned_group =
+        plan_batch_explained(strategy, &views, agents, decision, max_candidates, &explain);
+    for planned in &mut planned_group {
+        planned.task_index = members[planned.task_index];
+    }
+    planned_group
 }
 
 /// Sends grants to their agents (core NATS) and tells the submitters. A grant stays in the

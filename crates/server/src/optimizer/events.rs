@@ -87,8 +87,10 @@ pub(crate) async fn apply_event(ctx: &Ctx, event: &Inbound) -> Result<Applied, E
             deregister(ctx, &env.payload.agent_id, &env.sender, &message_id).await
         }
         Inbound::Submit(env, required, strategy) => {
-            let mut request = submit_request(env, required, *strategy);
-            request.options = limit_options(&env.payload, &ctx.config.coordination);
+            let mut request = submit_request(env, required, *strategy, &ctx.config.tenants);
+            request
+                .options
+                .extend(limit_options(&env.payload, &ctx.config.coordination));
             submit(ctx, &request).await
         }
         Inbound::Complete(env) => {
@@ -155,8 +157,14 @@ fn submit_request(
     env: &Envelope<TaskSubmit>,
     required: &Resources,
     strategy: Option<StrategyKind>,
+    tenants: &crate::config::TenantsConfig,
 ) -> SubmitRequest {
     let p = &env.payload;
+    let tenant = p
+        .tenant
+        .clone()
+        .unwrap_or_else(|| switchyard_decision::DEFAULT_TENANT.to_string());
+    let cost = switchyard_decision::task_cost(tenants.weight(&tenant));
     SubmitRequest {
         task_id: p.task_id.clone(),
         message_id: env.message_id.to_string(),
@@ -169,7 +177,8 @@ fn submit_request(
         strategy: strategy.map(|k| k.as_str().to_string()),
         explain: p.explain,
         replies: p.replies,
-        options: Vec::new(),
+        // Read by submit_task.lua for the task's fair place (lib.lua fair_place).
+        options: vec![("tenant", tenant), ("fair_cost", cost.to_string())],
     }
 }
 

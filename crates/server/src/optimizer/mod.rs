@@ -17,6 +17,7 @@ mod dispatch;
 mod events;
 mod grants;
 mod handoff;
+mod head;
 pub mod http;
 mod inbox;
 mod liveness;

@@ -278,6 +278,7 @@ mod tests {
             strategy: None,
             explain: true,
             replies: Replies::All,
+            tenant: "default".into(),
         }
     }
 

@@ -150,6 +150,20 @@ impl Keys {
         format!("{}:retries", self.tag)
     }
 
+    /// Hash: fairness between tenants: the global virtual time `vtime` and, per tenant,
+    /// `<tenant>|finish` (its last virtual finish), `<tenant>|submitted`, `<tenant>|granted`.
+    /// One hash for every tenant, so the submit and grant scripts take one key whatever the
+    /// tenant (tenant ids cannot contain `|`).
+    pub fn tenants(&self) -> String {
+        format!("{}:tenants", self.tag)
+    }
+
+    /// Hash: the head hold (task, agent, until, req_<kind>): the agent kept for the task at the
+    /// head of the queue (lua/hold_head.lua). One per deployment; expires by its `until` field.
+    pub fn head_hold(&self) -> String {
+        format!("{}:head_hold", self.tag)
+    }
+
     /// Hash: lifetime counters (submitted, granted, completed, failed, cancelled, requeued,
     /// timed_out, retried).
     pub fn stats(&self) -> String {
@@ -186,6 +200,8 @@ mod tests {
             k.queue_deadlines(),
             k.run_deadlines(),
             k.retries(),
+            k.tenants(),
+            k.head_hold(),
         ];
         let unique: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(unique.len(), all.len());
@@ -210,6 +226,8 @@ mod tests {
             k.queue_deadlines(),
             k.run_deadlines(),
             k.retries(),
+            k.tenants(),
+            k.head_hold(),
         ] {
             assert_eq!(Slot::for_key(&key), home, "{key}");
         }

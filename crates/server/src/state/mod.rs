@@ -7,6 +7,7 @@
 
 mod connection;
 mod deadlines;
+mod fairness;
 mod fleet;
 mod handoffs;
 mod keys;
@@ -21,6 +22,7 @@ mod waits;
 pub(crate) use connection::seed_urls;
 pub use connection::{Connection, redis_client};
 pub use deadlines::{Deadline, DeadlineKind, DeadlineOutcome};
+pub use fairness::TenantCounts;
 pub use fleet::{FleetCache, Refresh};
 pub use handoffs::{
     AnswerOutcome, BeginHandoff, BeginOutcome, GrowOutcome, GrowRequest, HandoffRecord,

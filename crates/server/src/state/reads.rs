@@ -137,12 +137,22 @@ impl Store {
 
     /// Up to `limit` tasks from the head of the priority queue, in order.
     pub async fn queue_head(&self, limit: usize) -> Result<Vec<QueuedTask>, Error> {
+        self.queue_page(0, limit).await
+    }
+
+    /// Up to `limit` queued tasks from position `offset` of the priority queue, in order (tasks
+    /// that stopped being queued since are left out, so a page may be shorter).
+    pub async fn queue_page(&self, offset: usize, limit: usize) -> Result<Vec<QueuedTask>, Error> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let ids: Vec<String> = self
             .conn()
-            .zrange(self.keys().queue(), 0, limit as isize - 1)
+            .zrange(
+                self.keys().queue(),
+                offset as isize,
+                (offset + limit) as isize - 1,
+            )
             .await?;
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -395,6 +405,18 @@ impl Store {
             queue_depth,
             counters,
             agents,
+            tenants: self
+                .tenant_counts()
+                .await?
+                .into_iter()
+                .map(|(tenant, c)| {
+                    let view = switchyard_protocol::TenantCountsView {
+                        submitted: c.submitted,
+                        granted: c.granted,
+                    };
+                    (tenant, view)
+                })
+                .collect(),
         })
     }
 }

@@ -237,6 +237,8 @@ pub struct QueuedTask {
     pub explain: bool,
     /// Which replies the submitter wants.
     pub replies: switchyard_protocol::Replies,
+    /// The tenant the task belongs to (`default` when the submit named none).
+    pub tenant: String,
 }
 
 /// A script answered what its caller does not expect: a defect, never retried.

@@ -26,7 +26,7 @@ pub(crate) const AGENT_FIELDS: [&str; 15] = [
 ];
 
 /// Task hash fields read for the queue head, in order.
-pub(crate) const TASK_FIELDS: [&str; 16] = [
+pub(crate) const TASK_FIELDS: [&str; 18] = [
     "state",
     "task_type",
     "priority",
@@ -44,6 +44,8 @@ pub(crate) const TASK_FIELDS: [&str; 16] = [
     "replies",
     // Comma-separated agents whose attempts at the task failed (a retried task).
     "failed_agents",
+    "submit_seq",
+    "tenant",
 ];
 
 fn num<T: std::str::FromStr + Default>(row: &[String], i: usize) -> T {
@@ -93,7 +95,12 @@ pub(crate) fn queued_task(task_id: String, row: Vec<String>) -> QueuedTask {
             task_type: row.get(1).cloned().unwrap_or_default(),
             priority: num(&row, 2),
             required: resources_at(&row, 3),
-            seq: num(&row, 11),
+            // The submit counter; `queue_seq` is the fair place (older records: the counter).
+            seq: if row.get(16).is_some_and(|s| !s.is_empty()) {
+                num(&row, 16)
+            } else {
+                num(&row, 11)
+            },
             estimated_duration_s: num(&row, 9),
             avoid_agents: row
                 .get(15)
@@ -113,6 +120,10 @@ pub(crate) fn queued_task(task_id: String, row: Vec<String>) -> QueuedTask {
             .and_then(|name| switchyard_decision::StrategyKind::parse(name)),
         explain: row.get(13).is_some_and(|flag| flag == "1"),
         replies: switchyard_protocol::Replies::parse(row.get(14).map_or("", String::as_str)),
+        tenant: match row.get(17) {
+            Some(t) if !t.is_empty() => t.clone(),
+            _ => switchyard_decision::DEFAULT_TENANT.to_string(),
+        },
     }
 }
 
@@ -164,13 +175,21 @@ mod tests {
         row[at("queue_seq")] = "42".into();
         row[at("explain")] = "1".into();
         row[at("failed_agents")] = "a1,a2".into();
-        let task = queued_task("t1".into(), row);
+        row[at("tenant")] = "team-a".into();
+        let task = queued_task("t1".into(), row.clone());
         assert_eq!(task.view.avoid_agents, ["a1", "a2"]);
+        assert_eq!(task.tenant, "team-a");
         assert!(task.explain);
         assert_eq!(task.view.task_type, "build");
         assert_eq!(task.view.priority, 7);
         assert_eq!(task.view.seq, 42);
         assert_eq!(task.view.estimated_duration_s, 12.5);
+        row[at("submit_seq")] = "7".into();
+        let task = queued_task("t1".into(), row);
+        assert_eq!(
+            task.view.seq, 7,
+            "the submit counter, not the fair place, when stored"
+        );
     }
 
     #[test]

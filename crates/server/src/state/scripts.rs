@@ -41,6 +41,7 @@ pub(crate) struct Scripts {
     pub cancel_task: Script,
     pub enforce_deadline: Script,
     pub promote_retries: Script,
+    pub hold_head: Script,
 }
 
 impl Scripts {
@@ -62,10 +63,11 @@ impl Scripts {
             cancel_task: with_lib(include_str!("lua/cancel_task.lua")),
             enforce_deadline: with_lib(include_str!("lua/enforce_deadline.lua")),
             promote_retries: with_lib(include_str!("lua/promote_retries.lua")),
+            hold_head: with_lib(include_str!("lua/hold_head.lua")),
         }
     }
 
-    pub(crate) fn all(&self) -> [&Script; 16] {
+    pub(crate) fn all(&self) -> [&Script; 17] {
         [
             &self.register_agent,
             &self.deregister_agent,
@@ -83,6 +85,7 @@ impl Scripts {
             &self.cancel_task,
             &self.enforce_deadline,
             &self.promote_retries,
+            &self.hold_head,
         ]
     }
 }
@@ -114,6 +117,7 @@ mod tests {
             include_str!("lua/cancel_task.lua"),
             include_str!("lua/enforce_deadline.lua"),
             include_str!("lua/promote_retries.lua"),
+            include_str!("lua/hold_head.lua"),
         ];
         for body in bodies {
             let code: Vec<&str> = body

@@ -156,7 +156,7 @@ impl Store {
             .arg(req.replies.as_str())
             .arg(self.infeasible.as_str())
             .arg(req.options.len());
-        inv.key(k.queue_deadlines());
+        inv.key(k.queue_deadlines()).key(k.tenants());
         for (field, value) in &req.options {
             inv.arg(*field).arg(value);
         }
@@ -205,6 +205,7 @@ impl Store {
             inv.key(k.agent(agent)).key(k.agent_tasks(agent));
         }
         inv.key(k.run_deadlines());
+        inv.key(k.tenants()).key(k.head_hold());
         inv.arg(requests.len()).arg(agents.len());
         for agent in &agents {
             inv.arg(*agent);

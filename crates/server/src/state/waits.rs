@@ -3,9 +3,10 @@
 //! dependencies; queued tasks from the priority queue, judged against the active agents:
 //! `no agent with capacity` when no agent's whole capacity covers the task (what policy hold
 //! keeps), else `behind N tasks` when some agent has room now (the dispatcher has not reached
-//! it), else `no agent with free capacity now`; a retried task waiting out its back-off (listed
-//! after the queue and the waiting, from the retry set) says `retrying after back-off until
-//! <time>`. The cost is bounded by the query: at most
+//! it), else `no agent with free capacity now`; the task an agent is held for (the head hold)
+//! says so instead; a retried task waiting out its back-off (listed after the queue and the
+//! waiting, from the retry set) says `retrying after back-off until <time>`. The cost is
+//! bounded by the query: at most
 //! [`MAX_STATUS_TASKS`] tasks, plus one read of the active agents when a queued task is listed.
 
 use redis::AsyncCommands;
@@ -86,10 +87,10 @@ impl Store {
             return Ok(Vec::new());
         }
         let rows = self.task_rows(&listed).await?;
-        let agents = if rows.iter().any(|r| r.state == "queued") {
-            self.agent_snapshot().await?
+        let (agents, hold) = if rows.iter().any(|r| r.state == "queued") {
+            (self.agent_snapshot().await?, self.head_hold().await?)
         } else {
-            Vec::new()
+            (Vec::new(), None)
         };
         let mut views = Vec::with_capacity(listed.len());
         for (item, row) in listed.into_iter().zip(rows) {
@@ -97,11 +98,12 @@ impl Store {
                 "queued" if row.retry.is_some() => row
                     .retry
                     .map(|(until_ms, attempt)| WaitReason::RetryBackoff { until_ms, attempt }),
-                "queued" => Some(queued_reason(
-                    &row.required,
-                    item.queue_rank.unwrap_or(0),
-                    &agents,
-                )),
+                "queued" => Some(match &hold {
+                    Some(h) if h.task_id == item.task_id => WaitReason::AgentHeld {
+                        agent_id: h.agent_id.to_string(),
+                    },
+                    _ => queued_reason(&row.required, item.queue_rank.unwrap_or(0), &agents),
+                }),
                 "waiting" => Some(WaitReason::Dependencies {
                     unmet: self.unmet_of(&item.task_id).await?,
                 }),

@@ -8,7 +8,8 @@ use crate::rng::SplitMix;
 use crate::state::SimAgent;
 use switchyard_decision::resources::fits_within;
 use switchyard_decision::{
-    AgentView, DecisionContext, PlannedGrant, Resources, TaskEvent, TaskState, TaskView, plan_batch,
+    AgentView, DecisionContext, HeadHold, PlannedGrant, Resources, TaskEvent, TaskState, TaskView,
+    beside_hold, choose_hold_agent, may_backfill, plan_batch,
 };
 
 impl Engine<'_> {
@@ -16,7 +17,13 @@ impl Engine<'_> {
     pub(super) fn dispatch(&mut self) -> Result<(), SimError> {
         let window = self.w.dispatch_window;
         loop {
-            let head: Vec<usize> = self.ready.iter().take(window).map(|&(_, t)| t).collect();
+            let head: Vec<usize> = self
+                .ready
+                .iter()
+                .map(|&(_, _, t)| t)
+                .filter(|&t| self.coverable(t))
+                .take(window)
+                .collect();
             let views: Vec<AgentView> = self
                 .agents
                 .iter()
@@ -27,7 +34,8 @@ impl Engine<'_> {
                 return Ok(());
             }
             let tasks: Vec<TaskView> = head.iter().map(|&t| self.task_view(t)).collect();
-            let plans = self.plan(&tasks, &views);
+            let plans = self.plan_with_hold(&head, &tasks, &views);
+            self.update_hold(&head, &tasks, &plans, &views);
             let mut granted = 0;
             for plan in plans {
                 let task = head[plan.task_index];
@@ -43,16 +51,117 @@ impl Engine<'_> {
         }
     }
 
-    /// The first candidate that is alive and still has room: the grant script's re-check.
+    /// The first candidate that is alive, still has room and does not delay a held head task:
+    /// the grant script's re-check.
     fn first_fitting(&self, task: usize, candidates: &[String]) -> Option<usize> {
         let required = &self.stream[task].required;
+        let view = self.task_view(task);
+        let hold = self.hold.as_ref().map(|(_, h)| h);
         candidates
             .iter()
             .filter_map(|id| self.agent_index.get(id).copied())
             .find(|&a| {
                 let agent = &self.agents[a];
-                agent.alive && fits_within(required, &agent.reserved, &agent.capacity)
+                agent.alive
+                    && fits_within(required, &agent.reserved, &agent.capacity)
+                    && may_backfill(&view, &agent.view(), hold)
             })
+    }
+
+    /// Whether some live agent's capacity covers task `t` (the optimizer reads the queue head
+    /// past the tasks that fit no agent's capacity).
+    fn coverable(&self, t: usize) -> bool {
+        let required = &self.stream[t].required;
+        self.agents
+            .iter()
+            .any(|a| a.alive && fits_within(required, &Resources::default(), &a.capacity))
+    }
+
+    /// Plans the head as the optimizer does while a hold stands: the held task first against
+    /// the whole fleet, the others beside the hold.
+    fn plan_with_hold(
+        &self,
+        head: &[usize],
+        tasks: &[TaskView],
+        views: &[AgentView],
+    ) -> Vec<PlannedGrant> {
+        let hold = self.hold.as_ref().map(|(_, h)| h);
+        let held = self
+            .hold
+            .as_ref()
+            .and_then(|(t, _)| head.iter().position(|x| x == t));
+        let mut plans = Vec::with_capacity(tasks.len());
+        if let Some(i) = held {
+            let mut own = self.plan(std::slice::from_ref(&tasks[i]), views);
+            own.iter_mut().for_each(|p| p.task_index = i);
+            plans.extend(own);
+        }
+        let rest: Vec<usize> = (0..tasks.len()).filter(|&i| Some(i) != held).collect();
+        let rest_views: Vec<TaskView> = rest.iter().map(|&i| tasks[i].clone()).collect();
+        let mut others = self.plan(&rest_views, &beside_hold(views, hold));
+        others
+            .iter_mut()
+            .for_each(|p| p.task_index = rest[p.task_index]);
+        plans.extend(others);
+        plans
+    }
+
+    /// Holds an agent for the first task of the head the plan found no room for, as the
+    /// optimizer's hold_head does (a hold for a task further ahead in the queue stands).
+    fn update_hold(
+        &mut self,
+        head: &[usize],
+        tasks: &[TaskView],
+        plans: &[PlannedGrant],
+        views: &[AgentView],
+    ) {
+        if !self.w.head_reservation {
+            return;
+        }
+        if let Some((t, _)) = &self.hold
+            && !self.runs[*t].is_ready()
+        {
+            self.hold = None;
+        }
+        let mut blocked: Vec<usize> = plans
+            .iter()
+            .filter(|p| p.candidates.is_empty())
+            .map(|p| p.task_index)
+            .collect();
+        blocked.sort_unstable();
+        let current = self.hold.as_ref().map(|(t, h)| (*t, h.agent_id.clone()));
+        let chosen = blocked.into_iter().find_map(|i| {
+            let keep = current
+                .as_ref()
+                .filter(|(t, _)| *t == head[i])
+                .map(|(_, a)| &**a);
+            choose_hold_agent(&tasks[i], views, keep).map(|agent| (i, agent))
+        });
+        let Some((i, agent_id)) = chosen else {
+            return;
+        };
+        let t = head[i];
+        if let Some((held, _)) = current
+            && held != t
+            && self.place_key(held) <= self.place_key(t)
+        {
+            return;
+        }
+        let hold = HeadHold {
+            task_id: tasks[i].task_id.clone(),
+            agent_id,
+            required: tasks[i].required,
+        };
+        self.hold = Some((t, hold));
+    }
+
+    /// Where task `t` stands in the queue (smaller: further ahead).
+    fn place_key(&self, t: usize) -> (Reverse<u8>, u64, usize) {
+        (
+            Reverse(self.stream[t].priority),
+            self.place[t].unwrap_or(0),
+            t,
+        )
     }
 
     pub(super) fn task_view(&self, t: usize) -> TaskView {
@@ -128,7 +237,7 @@ impl Engine<'_> {
         {
             return Err(self.invariant(format!("task {t} granted before its parent {p} completed")));
         }
-        self.ready.remove(&(Reverse(self.stream[t].priority), t));
+        self.take_ready(t);
         self.agents[a].reserve(t, &self.stream[t].required);
         self.agents[a]
             .check_capacity()

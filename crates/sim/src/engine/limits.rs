@@ -48,8 +48,7 @@ impl Engine<'_> {
         if !waiting || run.grants != grants || run.retry_at_us.is_some() {
             return Ok(());
         }
-        self.ready
-            .remove(&(std::cmp::Reverse(self.stream[t].priority), t));
+        self.drop_ready(t);
         self.step(t, TaskEvent::TimedOut)?;
         self.runs[t].queue_timeouts += 1;
         self.terminal();

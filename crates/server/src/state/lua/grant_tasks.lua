@@ -5,6 +5,7 @@
 -- KEYS[4+i] task i's hash (i from 1 to n)
 -- KEYS[3+n+2j] agent j's hash  KEYS[4+n+2j] agent j's granted-task set (j from 1 to m)
 -- KEYS[5+n+2m] run deadlines (zset: `task_id|attempt` of tasks with a run timeout)
+-- KEYS[6+n+2m] tenants hash (fairness: vtime, <tenant>|granted)  KEYS[7+n+2m] head hold hash
 -- ARGV[1] n tasks  ARGV[2] m agents  ARGV[2+j] agent j's id
 -- then for each task, in order: task_id, c (number of candidates), c agent numbers j (1..m),
 -- best first
@@ -14,6 +15,12 @@
 --   "not_queued", state, agent       someone else granted it (or it is gone, or is a retry still
 --                                    in its back-off): nothing changed
 --   "no_fit", "", ""                 no candidate has room right now: nothing changed
+-- The head hold (hold_head.lua): while it stands (`until` later than now), a task other than the
+-- held one goes on the held agent only if it fits there together with the held task's needs
+-- (decision crate, may_backfill); granting the held task ends the hold, and so does finding its
+-- task gone from the queue.
+-- Fairness: the global virtual time becomes the largest place (`queue_seq`) granted (decision
+-- crate, fairness.rs advance), and each tenant's granted count grows.
 -- The candidates come from a replica's fleet cache, which may be stale; every capacity is
 -- re-checked here, atomically, which is what keeps two replicas from over-reserving an agent.
 -- Reads and writes are gathered: one HMGET per task and per agent, one HSET per task and per
@@ -21,8 +28,10 @@
 local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
 local agents = {}
 local TASK_FIELDS = flat('state', 'agent', 'grant_seq', kind_fields('req_'), 'retry_at',
-  'run_timeout_ms', 'attempt')
+  'run_timeout_ms', 'attempt', 'queue_seq', 'tenant')
 local RETRY_AT, RUN_TIMEOUT, ATTEMPT = 4 + NKINDS, 5 + NKINDS, 6 + NKINDS
+local QUEUE_SEQ, TENANT = 7 + NKINDS, 8 + NKINDS
+local RUN_DEADLINES, TENANTS, HOLD = KEYS[5 + n + 2 * m], KEYS[6 + n + 2 * m], KEYS[7 + n + 2 * m]
 
 local function agent(j)
   if agents[j] then
@@ -50,6 +59,32 @@ local function fits(a, req)
 end
 
 local now = now_ms()
+local hold = hmget_named(HOLD, flat('task', 'agent', 'until', kind_fields('req_')))
+if (tonumber(hold['until']) or 0) <= now then
+  hold = nil
+elseif not redis.call('ZSCORE', KEYS[1], hold.task) then
+  -- Its task left the queue (cancelled): the hold ends.
+  redis.call('DEL', HOLD)
+  hold = nil
+end
+
+-- May the task go on agent `a` while the hold stands (decision crate, may_backfill)?
+local function may_backfill(task_id, a, req)
+  if not hold or hold.agent ~= a.id or hold.task == task_id then
+    return true
+  end
+  for k, kind in ipairs(KINDS) do
+    local with_head = (tonumber(a['res_' .. kind]) or 0) + (tonumber(hold['req_' .. kind]) or 0)
+    if with_head + req[k] > (tonumber(a['cap_' .. kind]) or 0) then
+      return false
+    end
+  end
+  return true
+end
+
+local fair = redis.call('HMGET', TENANTS, 'vtime')
+local vtime, vtime_was = tonumber(fair[1]) or 0, tonumber(fair[1]) or 0
+local granted_by_tenant = {}
 local reply, dequeued, outbox = {}, {}, {}
 local at = 3 + m
 for i = 1, n do
@@ -66,7 +101,7 @@ for i = 1, n do
     for x = 1, c do
       local j = tonumber(ARGV[at + 1 + x])
       local a = agent(j)
-      if fits(a, req) then
+      if fits(a, req) and may_backfill(task_id, a, req) then
         for k, kind in ipairs(KINDS) do
           a['res_' .. kind] = int((tonumber(a['res_' .. kind]) or 0) + req[k])
         end
@@ -81,10 +116,17 @@ for i = 1, n do
         table.insert(outbox, task_id .. '|' .. seq)
         local run_timeout = tonumber(task[RUN_TIMEOUT]) or 0
         if run_timeout > 0 then
-          redis.call('ZADD', KEYS[5 + n + 2 * m], int(now + run_timeout),
+          redis.call('ZADD', RUN_DEADLINES, int(now + run_timeout),
             task_id .. '|' .. (task[ATTEMPT] or '1'))
         end
         outcome = {'granted', a.id, tostring(seq)}
+        vtime = math.max(vtime, tonumber(task[QUEUE_SEQ]) or 0)
+        local tenant = task[TENANT] or 'default'
+        granted_by_tenant[tenant] = (granted_by_tenant[tenant] or 0) + 1
+        if hold and hold.task == task_id then
+          redis.call('DEL', HOLD)
+          hold = nil
+        end
         break
       end
     end
@@ -99,6 +141,12 @@ if #dequeued > 0 then
   redis.call('ZREM', KEYS[1], unpack(dequeued))
   redis.call('ZADD', KEYS[2], unpack(outbox))
   redis.call('HINCRBY', KEYS[3], 'granted', #dequeued)
+  for tenant, count in pairs(granted_by_tenant) do
+    redis.call('HINCRBY', TENANTS, tenant .. '|granted', count)
+  end
+  if vtime > vtime_was then
+    redis.call('HSET', TENANTS, 'vtime', int(vtime))
+  end
   local views = {}
   for j = 1, m do
     local a = agents[j]

@@ -33,6 +33,20 @@ local function queue_score(priority, seq)
   return (100 - tonumber(priority)) * 1e13 + tonumber(seq)
 end
 
+-- Fairness between tenants (decision crate, fairness.rs: the same arithmetic, cross-checked by
+-- tests/state_scripts.rs). One hash (the caller's KEYS) holds the global virtual time `vtime`
+-- and, per tenant, `<tenant>|finish` (its last virtual finish), `<tenant>|submitted` and
+-- `<tenant>|granted`. A task's place inside its priority band is its virtual start:
+-- max(vtime, tenant's finish); the tenant's finish moves on by the task's cost (1000 / weight).
+-- The place goes to queue_score as `seq`, so a requeued task keeps it.
+local function fair_place(tenants_key, tenant, cost)
+  local row = redis.call('HMGET', tenants_key, 'vtime', tenant .. '|finish')
+  local start = math.max(tonumber(row[1]) or 0, tonumber(row[2]) or 0)
+  redis.call('HSET', tenants_key, tenant .. '|finish', int(start + cost))
+  redis.call('HINCRBY', tenants_key, tenant .. '|submitted', 1)
+  return start
+end
+
 -- Single values and lists, in order, as one list (the arguments of HMGET and HSET).
 local function flat(...)
   local out = {}

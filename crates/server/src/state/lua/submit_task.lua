@@ -6,6 +6,7 @@
 -- then, after the n dependencies' keys: KEYS[5+2n] tasks waiting on dependencies (zset)
 -- KEYS[6+2n] set of active agent ids  KEYS[6+2n+k] capacity index of kind k (zset, k from 1 to
 -- #KINDS, in KINDS order)  KEYS[7+2n+#KINDS] queue deadlines (zset)
+-- KEYS[8+2n+#KINDS] tenants hash (fairness state, lib.lua fair_place)
 -- ARGV[1] task_id  ARGV[2] submit message_id  ARGV[3] submitter  ARGV[4] task_type
 -- ARGV[5] priority (0..10)  ARGV[5+k] required amount of kind k in milli-units (k from 1 to
 -- #KINDS, in KINDS order); then, from b = 5 + #KINDS:
@@ -17,8 +18,10 @@
 -- ARGV[b+7+n] which replies the submitter wants: all | final | none (stored for later replies)
 -- ARGV[b+8+n] what to do with a task no active agent's capacity covers: refuse | hold
 -- ARGV[b+9+n] number of task options p, then p field-value pairs: stored on the task hash as
--- given (per-task settings other scripts read by name; SubmitRequest::options). A
--- `queue_timeout_ms` among them starts the task's queue deadline (Redis clock) unless it fails.
+-- given (per-task settings other scripts read by name; SubmitRequest::options). This script
+-- reads three of them: `queue_timeout_ms` starts the task's queue deadline (Redis clock) unless
+-- it fails; `tenant` (absent: "default") and `fair_cost` (the tenant's cost per task,
+-- 1000 / weight; absent: 1000) give its fair place.
 --
 -- Returns one of
 --   {"queued"}                     in the priority queue
@@ -28,7 +31,9 @@
 --   {"refused", "task_exists", message}  the task id was submitted by another message
 --   {"refused", "infeasible", message}   policy refuse, and no active agent's capacity covers
 --                                  the task: nothing is stored, so the same id may come back
--- Queue order: lib.lua's queue_score.
+-- Queue order: lib.lua's queue_score, with the task's fair place inside its tenant's share
+-- (lib.lua fair_place) as `seq`; it is stored as `queue_seq`, so a requeue keeps it. The
+-- lifetime submit counter is stored as `submit_seq` (the FIFO number strategies rotate on).
 -- A plain queued submit costs four commands: HMGET, HINCRBY, HSET, ZADD; under policy refuse, one
 -- ZREVRANGE more per resource kind it needs (SCARD when it needs none).
 -- The feasibility check is per kind: the largest capacity of each kind among active agents must
@@ -88,6 +93,17 @@ for i = 0, ndeps - 1 do
   end
 end
 
+-- A named task option, or nil.
+local function option(name)
+  local first = b + 10 + ndeps
+  for i = 0, (tonumber(ARGV[b + 9 + ndeps]) or 0) - 1 do
+    if ARGV[first + 2 * i] == name then
+      return ARGV[first + 2 * i + 1]
+    end
+  end
+  return nil
+end
+
 local now = ARGV[b + 6 + ndeps]
 local required = {}
 for k = 1, NKINDS do
@@ -95,15 +111,20 @@ for k = 1, NKINDS do
 end
 local seq = redis.call('HINCRBY', KEYS[4], 'submitted', 1)
 local state = 'queued'
+local place = seq
 if failed_dep then
   state = 'failed'
-elseif #unmet > 0 then
-  state = 'waiting'
+else
+  if #unmet > 0 then
+    state = 'waiting'
+  end
+  place = fair_place(KEYS[8 + 2 * ndeps + NKINDS], option('tenant') or 'default',
+    tonumber(option('fair_cost')) or 1000)
 end
 redis.call('HSET', KEYS[1], unpack(flat('state', state,
   'task_id', ARGV[1], 'submit_msg_id', ARGV[2], 'submitter', ARGV[3], 'task_type', ARGV[4],
   'priority', ARGV[5], field_pairs(kind_fields('req_'), required),
-  'estimated_duration_s', ARGV[b + 1], 'queue_seq', seq, 'grant_seq', 0,
+  'estimated_duration_s', ARGV[b + 1], 'queue_seq', place, 'submit_seq', seq, 'grant_seq', 0,
   'agent', '', 'submitted_at', now, 'strategy', ARGV[b + 4 + ndeps],
   'explain', ARGV[b + 5 + ndeps], 'replies', ARGV[b + 7 + ndeps])))
 local noptions = tonumber(ARGV[b + 9 + ndeps]) or 0
@@ -112,12 +133,7 @@ if noptions > 0 then
 end
 
 if not failed_dep then
-  for p = 0, noptions - 1 do
-    if ARGV[b + 10 + ndeps + 2 * p] == 'queue_timeout_ms' then
-      start_queue_deadline(KEYS[after_deps + 2 + NKINDS], ARGV[1],
-        ARGV[b + 11 + ndeps + 2 * p], '0')
-    end
-  end
+  start_queue_deadline(KEYS[after_deps + 2 + NKINDS], ARGV[1], option('queue_timeout_ms'), '0')
 end
 
 if failed_dep then
@@ -133,8 +149,8 @@ if #unmet > 0 then
     -- Lets complete_tasks skip reading the dependents set of the many tasks that have none.
     redis.call('HSET', KEYS[5 + 2 * i], 'has_dependents', '1')
   end
-  redis.call('ZADD', KEYS[after_deps], queue_score(ARGV[5], seq), ARGV[1])
+  redis.call('ZADD', KEYS[after_deps], queue_score(ARGV[5], place), ARGV[1])
   return {'waiting', #unmet}
 end
-redis.call('ZADD', KEYS[3], queue_score(ARGV[5], seq), ARGV[1])
+redis.call('ZADD', KEYS[3], queue_score(ARGV[5], place), ARGV[1])
 return {'queued'}
