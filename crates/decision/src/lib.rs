@@ -15,9 +15,11 @@
 //!   that spreads a batch across the fleet, and sampling that keeps large fleets cheap.
 //! * [`strategies`] — the seed's strategies (round-robin, priority-based, load-balanced,
 //!   adaptive, historical) and [`StrategyKind`] to select them by name.
+//! * [`budget`] — shared budgets: token-bucket and concurrency arithmetic, mirrored in Lua.
 //! * [`learning`] — the performance-score update, the reference `complete_task.lua` implements.
 //! * [`patterns`] — success and duration learned per (task type, agent type).
 
+pub mod budget;
 pub mod learning;
 pub mod patterns;
 pub mod placement;
