@@ -184,6 +184,7 @@ async fn complete(f: &Fixture, task_id: &str, success: bool) -> Result<Answer, S
         success,
         execution_time_s: 0.0,
         grant_seq: None,
+        usage: None,
     };
     let outcome = f.store.complete_task(&report, LR, RETENTION_S);
     Ok(finished(outcome.await.map_err(failed("complete_task"))?))
@@ -430,6 +431,7 @@ async fn completing_a_queued_task_is_refused() {
         success: true,
         execution_time_s: 0.0,
         grant_seq: None,
+        usage: None,
     };
     match f
         .store

@@ -141,6 +141,7 @@ pub fn completion<'a>(task_id: &'a str, agent_id: &'a str) -> Completion<'a> {
         success: true,
         execution_time_s: 0.0,
         grant_seq: None,
+        usage: None,
     }
 }
 
@@ -201,6 +202,7 @@ impl Fixture {
         task_id: &str,
         agent_id: &str,
         grant_seq: Option<u64>,
+        usage: None,
     ) -> CompleteOutcome {
         let report = Completion {
             grant_seq,

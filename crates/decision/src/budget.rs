@@ -136,6 +136,27 @@ pub fn release(held: i64, amount: i64) -> i64 {
     (held - amount).max(0)
 }
 
+/// A task's draws as its hash stores them (the `budgets` field): `name=amount,name=amount`, in
+/// the order given. Budget names hold neither `=` nor `,` (the config and the submit check).
+pub fn encode_draws(draws: &[(String, u64)]) -> String {
+    draws
+        .iter()
+        .map(|(name, amount)| format!("{name}={amount}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The draws back from [`encode_draws`]; a garbled part is skipped.
+pub fn parse_draws(encoded: &str) -> Vec<(String, u64)> {
+    encoded
+        .split(',')
+        .filter_map(|part| {
+            let (name, amount) = part.split_once('=')?;
+            Some((name.to_string(), amount.parse().ok()?))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,7 +176,10 @@ mod tests {
         assert_eq!(TPM.available(b, 0), 0);
         // 1000 tokens per second: 1500 tokens in 1.5 s.
         assert_eq!(TPM.draw(b, 0, 1_500), Draw::Wait { wait_ms: 1_500 });
-        assert!(matches!(TPM.draw(b, 1_499, 1_500), Draw::Wait { wait_ms: 1 }));
+        assert!(matches!(
+            TPM.draw(b, 1_499, 1_500),
+            Draw::Wait { wait_ms: 1 }
+        ));
         assert!(matches!(TPM.draw(b, 1_500, 1_500), Draw::Taken(_)));
     }
 
@@ -203,12 +227,26 @@ mod tests {
             }
         }
         for (i, &start) in grants.iter().enumerate() {
-            let within = grants[i..].iter().take_while(|&&t| t < start + 60_000).count();
-            assert!(within as i64 * 100 <= TPM.burst + TPM.limit, "{within} at {start}");
+            let within = grants[i..]
+                .iter()
+                .take_while(|&&t| t < start + 60_000)
+                .count();
+            assert!(
+                within as i64 * 100 <= TPM.burst + TPM.limit,
+                "{within} at {start}"
+            );
         }
         // In the steady state, exactly the rate.
         let last_minute = grants.iter().filter(|&&t| t >= 240_000).count();
         assert_eq!(last_minute as i64 * 100, TPM.limit);
+    }
+
+    #[test]
+    fn draws_round_trip_through_their_stored_form() {
+        let draws = vec![("openai-tpm".to_string(), 3000), ("gpu".to_string(), 1)];
+        assert_eq!(encode_draws(&draws), "openai-tpm=3000,gpu=1");
+        assert_eq!(parse_draws(&encode_draws(&draws)), draws);
+        assert!(parse_draws("").is_empty());
     }
 
     #[test]

@@ -85,6 +85,11 @@ pub struct TaskSubmit {
     /// `final` (only completed / failed) or `none`. Refusals always come as ERROR_REPORT.
     #[serde(default, skip_serializing_if = "Replies::is_all")]
     pub replies: Replies,
+    /// The shared budgets the task draws from and how much (`{"openai-tpm": 3000}`): a rate
+    /// budget's estimated units, a concurrency budget's slots (1 usually). Every name must be a
+    /// budget the optimizer defines (`unknown_budget`); granted only when all allow the draw.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub budgets: BTreeMap<String, u64>,
 }
 
 /// Which COORDINATOR_REPLY messages a sender wants. Fewer replies are fewer messages: a client
@@ -210,6 +215,11 @@ pub struct TaskComplete {
     /// `final`): only a refusal is reported (ERROR_REPORT), which saves a message per task.
     #[serde(default, skip_serializing_if = "Replies::is_all")]
     pub replies: Replies,
+    /// What the task actually used, by unit (`{"tokens": 2500, "requests": 1}`): each rate budget
+    /// it drew from whose unit is named here is reconciled (the difference between the draw and
+    /// the use refunded or charged). Absent: the draws stand.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub usage: BTreeMap<String, u64>,
 }
 
 /// `TASK_CANCEL` (an event): the submitter of a task, or an operator, cancels it. Sent on
@@ -379,7 +389,15 @@ impl TaskSubmit {
             strategy: None,
             explain: false,
             replies: Replies::All,
+            budgets: BTreeMap::new(),
         }
+    }
+
+    /// Draws `amount` from the shared budget `name` (estimated tokens for a rate budget, slots for
+    /// a concurrency budget).
+    pub fn budget(mut self, name: impl Into<String>, amount: u64) -> Self {
+        self.budgets.insert(name.into(), amount);
+        self
     }
 
     pub fn task_type(mut self, task_type: impl Into<String>) -> Self {

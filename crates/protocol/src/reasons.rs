@@ -36,6 +36,11 @@ pub enum RejectReason {
     Infeasible,
     /// A TASK_CANCEL from neither the task's submitter nor an operator.
     NotSubmitter,
+    /// A submit's `budgets` (or a completion's `usage`) is malformed: a bad name, an amount out
+    /// of range, too many entries.
+    InvalidBudget,
+    /// A submit names a budget the optimizer does not define.
+    UnknownBudget,
 }
 
 impl RejectReason {
@@ -67,6 +72,8 @@ impl RejectReason {
             RejectReason::InsufficientCapacity => "insufficient_capacity",
             RejectReason::Infeasible => "infeasible",
             RejectReason::NotSubmitter => "not_submitter",
+            RejectReason::InvalidBudget => "invalid_budget",
+            RejectReason::UnknownBudget => "unknown_budget",
         }
     }
 }

@@ -26,6 +26,11 @@ pub const AGENTS_EXPIRED_TOTAL: &str = "switchyard_agents_expired_total";
 pub const AGENT_HANDOFF_DURATION_SECONDS: &str = "agent_handoff_duration_seconds";
 pub const TASK_CANCELS_TOTAL: &str = "switchyard_task_cancels_total";
 pub const CANCEL_NOTICES_TOTAL: &str = "switchyard_cancel_notices_total";
+pub const BUDGET_AVAILABLE: &str = "switchyard_budget_available";
+pub const BUDGET_IN_USE: &str = "switchyard_budget_in_use";
+pub const BUDGET_DEBT: &str = "switchyard_budget_debt";
+pub const BUDGET_GRANTED_TOTAL: &str = "switchyard_budget_granted_total";
+pub const BUDGET_BLOCKED_TOTAL: &str = "switchyard_budget_blocked_total";
 
 /// All metrics of one optimizer replica, in its own registry (so in-process replicas in tests
 /// do not collide).
@@ -66,6 +71,17 @@ pub struct Metrics {
     pub task_cancels: IntCounterVec,
     /// Cancel notices published to agents (first sends and resends).
     pub cancel_notices: IntCounter,
+    /// Per `budget` (names from the config, so bounded): units available now (rate) or free
+    /// slots (concurrency), refreshed with the utilization gauges.
+    pub budget_available: GaugeVec,
+    /// Per `budget`: concurrency slots held.
+    pub budget_in_use: GaugeVec,
+    /// Per `budget`: rate units owed (usage beyond the draws, paid back by the refill).
+    pub budget_debt: GaugeVec,
+    /// Per `budget`: units drawn by this replica's grants.
+    pub budget_granted: IntCounterVec,
+    /// Per `budget`: grant attempts this replica saw blocked by the budget.
+    pub budget_blocked: IntCounterVec,
 }
 
 pub(crate) fn registered<C: prometheus::core::Collector + Clone + 'static>(
@@ -158,6 +174,23 @@ impl Metrics {
             cancel_notices: add.counter(
                 CANCEL_NOTICES_TOTAL,
                 "Cancel notices sent to agents holding a cancelled task",
+            )?,
+            budget_available: add.gauges(
+                BUDGET_AVAILABLE,
+                "Budget units available now (rate) or free slots (concurrency)",
+                &["budget"],
+            )?,
+            budget_in_use: add.gauges(BUDGET_IN_USE, "Concurrency slots held", &["budget"])?,
+            budget_debt: add.gauges(BUDGET_DEBT, "Rate budget units owed", &["budget"])?,
+            budget_granted: add.counters(
+                BUDGET_GRANTED_TOTAL,
+                "Budget units drawn by grants",
+                &["budget"],
+            )?,
+            budget_blocked: add.counters(
+                BUDGET_BLOCKED_TOTAL,
+                "Grant attempts blocked by a budget",
+                &["budget"],
             )?,
             registry,
         })

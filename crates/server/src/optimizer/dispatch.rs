@@ -6,8 +6,8 @@
 //! re-checks that the task is still queued and that the agent still has room, so the loser of a
 //! race gets `not_queued` or tries its next candidate.
 
-use std::collections::HashSet;
-use std::time::Instant;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 
@@ -28,12 +28,13 @@ const MAX_ROUNDS: usize = 8;
 pub(crate) async fn dispatch_queue(
     ctx: &Ctx,
     fleet: &mut FleetCache,
+    hints: &mut BudgetHints,
 ) -> Result<HashSet<String>, Error> {
     let started = Instant::now();
     let mut granted_ids = HashSet::new();
     let mut stale_retry_left = true;
     for _ in 0..MAX_ROUNDS {
-        let round = dispatch_round(ctx, fleet).await?;
+        let round = dispatch_round(ctx, fleet, hints).await?;
         granted_ids.extend(round.granted.iter().map(|g| g.payload.task_id.clone()));
         if ctx.faults.stall_after_commit && !round.granted.is_empty() {
             tracing::warn!("fault injection: grants committed; stalling before publishing them");
@@ -64,9 +65,13 @@ struct Round {
 
 /// One round: the queue head, what changed in the fleet since the last round (one XRANGE, not a
 /// read of every agent), a plan, and one script call that commits every grant of the plan.
-async fn dispatch_round(ctx: &Ctx, fleet: &mut FleetCache) -> Result<Round, Error> {
+async fn dispatch_round(
+    ctx: &Ctx,
+    fleet: &mut FleetCache,
+    hints: &mut BudgetHints,
+) -> Result<Round, Error> {
     let window = ctx.config.coordination.dispatch_window;
-    let head = ctx.dispatch_store.queue_head(window).await?;
+    let head = read_head(ctx, window, hints).await?;
     if head.is_empty() {
         return Ok(Round::default());
     }
@@ -91,6 +96,7 @@ async fn dispatch_round(ctx: &Ctx, fleet: &mut FleetCache) -> Result<Round, Erro
         .map(|p| GrantRequest {
             task_id: &head[p.task_index].view.task_id,
             candidates: &p.candidates,
+            budgets: &head[p.task_index].budgets,
         })
         .collect();
     let outcomes = ctx.store.grant_tasks(&requests).await?;
@@ -106,6 +112,12 @@ async fn dispatch_round(ctx: &Ctx, fleet: &mut FleetCache) -> Result<Round, Erro
                     .allocations
                     .with_label_values(&["granted"])
                     .inc();
+                for (budget, amount) in &task.budgets {
+                    ctx.metrics
+                        .budget_granted
+                        .with_label_values(&[budget])
+                        .inc_by(*amount);
+                }
                 tracing::debug!(task_id = %task.view.task_id, agent_id = %agent_id, grant_seq, "task granted");
                 round.granted.push(
                     Grant::from_queued(task, &agent_id, grant_seq)
@@ -114,10 +126,81 @@ async fn dispatch_round(ctx: &Ctx, fleet: &mut FleetCache) -> Result<Round, Erro
             }
             GrantOutcome::NoFit => round.stale_misses += 1,
             GrantOutcome::NotQueued { .. } => {}
+            GrantOutcome::Budget { budget, wait_ms } => {
+                ctx.metrics
+                    .budget_blocked
+                    .with_label_values(&[&budget])
+                    .inc();
+                hints.note(&budget, wait_ms);
+            }
         }
     }
     round.window_full = head.len() == window && round.granted.len() == head.len();
     Ok(round)
+}
+
+/// The queue head, without the tasks that draw from a budget known to be blocked for now (read
+/// deeper, up to four windows, so they do not fill the window ahead of other tasks).
+async fn read_head(
+    ctx: &Ctx,
+    window: usize,
+    hints: &mut BudgetHints,
+) -> Result<Vec<QueuedTask>, Error> {
+    hints.forget_past(Instant::now());
+    if hints.is_empty() {
+        return ctx.dispatch_store.queue_head(window).await;
+    }
+    let mut head = ctx.dispatch_store.queue_head(window * 4).await?;
+    head.retain(|task| !hints.blocks(task));
+    head.truncate(window);
+    Ok(head)
+}
+
+/// Budgets this replica saw refuse a draw, and when the refill alone would allow it (the
+/// script's wait, from now on this replica's clock). Until then the tasks drawing from them are
+/// left out of the queue head, so each budget keeps its tasks in queue order while tasks of other
+/// budgets (or none) behind them go on; and the dispatcher wakes by itself when the earliest is
+/// due, since no event may come to do it. A concurrency budget has no such time (a completion,
+/// which dispatches anyway, frees its slot), so it is not remembered.
+#[derive(Default)]
+pub(crate) struct BudgetHints {
+    until: HashMap<String, Instant>,
+}
+
+impl BudgetHints {
+    fn note(&mut self, budget: &str, wait_ms: Option<u64>) {
+        if let Some(wait) = wait_ms {
+            let due = Instant::now() + Duration::from_millis(wait);
+            self.until.insert(budget.to_string(), due);
+        }
+    }
+
+    fn forget_past(&mut self, now: Instant) {
+        self.until.retain(|_, due| *due > now);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.until.is_empty()
+    }
+
+    fn blocks(&self, task: &QueuedTask) -> bool {
+        task.budgets
+            .iter()
+            .any(|(name, _)| self.until.contains_key(name))
+    }
+
+    /// The earliest time a remembered budget refills enough.
+    fn next_due(&self) -> Option<Instant> {
+        self.until.values().min().copied()
+    }
+}
+
+/// Sleeps until `due`, or forever when there is nothing due.
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Plans the queue head: tasks that asked for a strategy of their own (TASK_SUBMIT.strategy) are
@@ -230,6 +313,7 @@ impl Dispatcher {
     /// cache lives here: one pass runs at a time, so it needs no lock.
     pub(crate) async fn run(&self, ctx: &Ctx, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut fleet = FleetCache::new();
+        let mut hints = BudgetHints::default();
         let gauge_period =
             std::time::Duration::from_secs_f64(ctx.config.coordination.optimization_interval_s);
         let mut gauges_due = std::time::Instant::now();
@@ -240,12 +324,15 @@ impl Dispatcher {
                     return;
                 }
                 _ = self.wake.notified() => {}
+                _ = sleep_until(hints.next_due()) => {}
             }
             let ticket = self.requested.load(std::sync::atomic::Ordering::SeqCst);
-            let granted = dispatch_queue(ctx, &mut fleet).await.unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "dispatch failed; the next pass retries");
-                HashSet::new()
-            });
+            let granted = dispatch_queue(ctx, &mut fleet, &mut hints)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "dispatch failed; the next pass retries");
+                    HashSet::new()
+                });
             if gauges_due.elapsed() >= gauge_period {
                 // Also keeps the cache read while the queue is empty, so an idle spell longer
                 // than the fleet log's retention does not end in a read of every agent.
@@ -253,6 +340,7 @@ impl Dispatcher {
                     tracing::warn!(error = %e, "fleet cache not refreshed");
                 }
                 set_utilization_gauges(ctx, fleet.agents());
+                set_budget_gauges(ctx).await;
                 gauges_due = std::time::Instant::now();
             }
             self.done
@@ -274,4 +362,31 @@ fn set_utilization_gauges(ctx: &Ctx, agents: &[AgentView]) {
     let gauge = &ctx.metrics.agent_utilization;
     gauge.with_label_values(&["mean"]).set(mean);
     gauge.with_label_values(&["max"]).set(max);
+}
+
+/// The budgets' state as gauges (one pipelined read; at most once per OPTIMIZATION_INTERVAL).
+async fn set_budget_gauges(ctx: &Ctx) {
+    if ctx.config.budgets.is_empty() {
+        return;
+    }
+    let names: Vec<String> = ctx.config.budgets.iter().map(|b| b.name.clone()).collect();
+    let states = match ctx.dispatch_store.budget_states(&names).await {
+        Ok(states) => states,
+        Err(e) => {
+            tracing::warn!(error = %e, "budget gauges not refreshed");
+            return;
+        }
+    };
+    for b in states {
+        let m = &ctx.metrics;
+        m.budget_available
+            .with_label_values(&[&b.name])
+            .set(b.available as f64);
+        m.budget_in_use
+            .with_label_values(&[&b.name])
+            .set(b.in_use as f64);
+        m.budget_debt
+            .with_label_values(&[&b.name])
+            .set(b.debt as f64);
+    }
 }

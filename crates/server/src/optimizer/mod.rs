@@ -132,6 +132,7 @@ impl Optimizer {
             .with_infeasible_policy(config.coordination.infeasible);
         // Agents registered by a version that kept no capacity index enter it now.
         store.index_capacities().await?;
+        define_budgets(&store, &config.budgets).await?;
         let dispatch_store = Store::connect(&config.redis).await?;
         let ctx = Ctx {
             config,
@@ -257,4 +258,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .await?
         .run(shutdown)
         .await
+}
+
+/// Writes this replica's budget definitions to Redis, so every replica's grants apply the same
+/// numbers; a definition another replica wrote differently is replaced (the last to start wins)
+/// and said so in the log.
+async fn define_budgets(
+    store: &Store,
+    budgets: &[crate::config::BudgetConfig],
+) -> Result<(), Error> {
+    let verdicts = store.define_budgets(budgets).await?;
+    for (budget, verdict) in budgets.iter().zip(verdicts) {
+        if verdict == crate::state::Defined::Changed {
+            tracing::warn!(budget = %budget.name, limit = budget.limit, "budget defined differently in Redis (another replica's config): replaced by this one's");
+        }
+    }
+    Ok(())
 }

@@ -129,6 +129,14 @@ impl Keys {
         format!("{}:waiting", self.tag)
     }
 
+    /// Hash: one shared budget: its definition as the replicas wrote it (`kind`, `limit`,
+    /// `period_ms`, `burst`, `unit`; `define_budgets.lua`) and its state (rate: the scaled
+    /// `level` and the time `at` it was computed; concurrency: `held`). The name is the key's
+    /// last part: lib.lua's `budget_keys` reads it back from there.
+    pub fn budget(&self, name: &str) -> String {
+        format!("{}:budget:{name}", self.tag)
+    }
+
     /// Hash: lifetime counters (submitted, granted, completed, failed, cancelled, requeued).
     pub fn stats(&self) -> String {
         format!("{}:stats", self.tag)
@@ -161,6 +169,7 @@ mod tests {
             k.leases(),
             k.capacity_index("cpu"),
             k.waiting(),
+            k.budget("a"),
         ];
         let unique: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(unique.len(), all.len());
@@ -182,6 +191,7 @@ mod tests {
             k.stats(),
             k.capacity_index("cpu"),
             k.waiting(),
+            k.budget("openai-tpm"),
         ] {
             assert_eq!(Slot::for_key(&key), home, "{key}");
         }

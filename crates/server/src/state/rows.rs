@@ -26,7 +26,7 @@ pub(crate) const AGENT_FIELDS: [&str; 15] = [
 ];
 
 /// Task hash fields read for the queue head, in order.
-pub(crate) const TASK_FIELDS: [&str; 15] = [
+pub(crate) const TASK_FIELDS: [&str; 16] = [
     "state",
     "task_type",
     "priority",
@@ -42,6 +42,7 @@ pub(crate) const TASK_FIELDS: [&str; 15] = [
     "strategy",
     "explain",
     "replies",
+    "budgets",
 ];
 
 fn num<T: std::str::FromStr + Default>(row: &[String], i: usize) -> T {
@@ -102,6 +103,7 @@ pub(crate) fn queued_task(task_id: String, row: Vec<String>) -> QueuedTask {
             .and_then(|name| switchyard_decision::StrategyKind::parse(name)),
         explain: row.get(13).is_some_and(|flag| flag == "1"),
         replies: switchyard_protocol::Replies::parse(row.get(14).map_or("", String::as_str)),
+        budgets: switchyard_decision::budget::parse_draws(row.get(15).map_or("", String::as_str)),
     }
 }
 

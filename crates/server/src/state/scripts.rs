@@ -39,6 +39,7 @@ pub(crate) struct Scripts {
     pub grow_reservation: Script,
     pub index_capacities: Script,
     pub cancel_task: Script,
+    pub define_budgets: Script,
 }
 
 impl Scripts {
@@ -58,10 +59,11 @@ impl Scripts {
             grow_reservation: with_lib(include_str!("lua/grow_reservation.lua")),
             index_capacities: with_lib(include_str!("lua/index_capacities.lua")),
             cancel_task: with_lib(include_str!("lua/cancel_task.lua")),
+            define_budgets: with_lib(include_str!("lua/define_budgets.lua")),
         }
     }
 
-    pub(crate) fn all(&self) -> [&Script; 14] {
+    pub(crate) fn all(&self) -> [&Script; 15] {
         [
             &self.register_agent,
             &self.deregister_agent,
@@ -77,6 +79,7 @@ impl Scripts {
             &self.grow_reservation,
             &self.index_capacities,
             &self.cancel_task,
+            &self.define_budgets,
         ]
     }
 }
@@ -106,6 +109,7 @@ mod tests {
             include_str!("lua/grow_reservation.lua"),
             include_str!("lua/index_capacities.lua"),
             include_str!("lua/cancel_task.lua"),
+            include_str!("lua/define_budgets.lua"),
         ];
         for body in bodies {
             let code: Vec<&str> = body

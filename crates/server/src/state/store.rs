@@ -172,6 +172,7 @@ impl Store {
         let batch = [GrantRequest {
             task_id,
             candidates,
+            budgets: &[],
         }];
         let outcomes = self.grant_tasks(&batch).await?;
         only_outcome(outcomes, "grant_tasks")
@@ -202,6 +203,13 @@ impl Store {
         }
         for agent in &agents {
             inv.key(k.agent(agent)).key(k.agent_tasks(agent));
+        }
+        let names: std::collections::BTreeSet<&str> = requests
+            .iter()
+            .flat_map(|r| r.budgets.iter().map(|(name, _)| name.as_str()))
+            .collect();
+        for name in names {
+            inv.key(k.budget(name));
         }
         inv.arg(requests.len()).arg(agents.len());
         for agent in &agents {
@@ -247,6 +255,8 @@ impl Store {
         }
         let k = &self.keys;
         let (agents, numbers) = number_agents(reports.iter().map(|r| r.agent_id));
+        let ids: Vec<&str> = reports.iter().map(|r| r.task_id).collect();
+        let budget_keys = self.task_budget_keys(&ids).await?;
         let mut inv = self.scripts.complete_tasks.prepare_invoke();
         inv.key(k.stats())
             .key(k.grant_outbox())
@@ -274,6 +284,10 @@ impl Store {
                 .arg(report.execution_time_s)
                 .arg(report.grant_seq.unwrap_or(0));
         }
+        for key in budget_keys {
+            inv.key(key);
+        }
+        usage_args(&mut inv, reports);
         let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
         let outcomes: Vec<CompleteOutcome> = split_counted(&reply)?
             .iter()
@@ -334,16 +348,18 @@ impl Store {
         retention_s: u64,
     ) -> Result<RequeueOutcome, Error> {
         let k = &self.keys;
-        let reply: Vec<String> = self
-            .scripts
-            .requeue_task
-            .key(k.task(task_id))
+        let mut inv = self.scripts.requeue_task.prepare_invoke();
+        inv.key(k.task(task_id))
             .key(k.agent(agent_id))
             .key(k.agent_tasks(agent_id))
             .key(k.queue())
             .key(k.stats())
             .key(k.grant_outbox())
-            .key(k.fleet_log())
+            .key(k.fleet_log());
+        for key in self.task_budget_keys(&[task_id]).await? {
+            inv.key(key);
+        }
+        let reply: Vec<String> = inv
             .arg(task_id)
             .arg(agent_id)
             .arg(retention_s)
@@ -461,6 +477,25 @@ fn only_outcome<T>(mut outcomes: Vec<T>, script: &str) -> Result<T, Error> {
 }
 
 /// Numbers agents once each (1-based, as the batch scripts count), in first-seen order.
+/// complete_tasks' usage arguments, after the reports: the number u of (report, unit, amount)
+/// entries, then the entries.
+fn usage_args(inv: &mut ScriptInvocation<'_>, reports: &[Completion<'_>]) {
+    let entries: Vec<(usize, &str, u64)> = reports
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| {
+            r.usage
+                .into_iter()
+                .flatten()
+                .map(move |(unit, n)| (i + 1, unit.as_str(), *n))
+        })
+        .collect();
+    inv.arg(entries.len());
+    for (i, unit, amount) in entries {
+        inv.arg(i).arg(unit).arg(amount);
+    }
+}
+
 fn number_agents<'a>(
     ids: impl Iterator<Item = &'a str>,
 ) -> (Vec<&'a str>, std::collections::HashMap<&'a str, usize>) {

@@ -4,6 +4,8 @@
 -- KEYS[1] priority queue  KEYS[2] grant outbox (zset)  KEYS[3] stats hash  KEYS[4] fleet log
 -- KEYS[4+i] task i's hash (i from 1 to n)
 -- KEYS[3+n+2j] agent j's hash  KEYS[4+n+2j] agent j's granted-task set (j from 1 to m)
+-- then, after the agents' keys, KEYS[5+n+2m] onwards: the budget hashes the tasks draw from
+-- (Keys::budget, each once, any order; lib.lua's budget_keys)
 -- ARGV[1] n tasks  ARGV[2] m agents  ARGV[2+j] agent j's id
 -- then for each task, in order: task_id, c (number of candidates), c agent numbers j (1..m),
 -- best first
@@ -12,13 +14,24 @@
 --   "granted", agent_id, grant_seq   reserved; the grant waits in the outbox until acknowledged
 --   "not_queued", state, agent       someone else granted it (or it is gone): nothing changed
 --   "no_fit", "", ""                 no candidate has room right now: nothing changed
+--   "budget", name, wait_ms          budget `name` does not allow the task's draw now: nothing
+--                                    changed; by refill alone it would in wait_ms (Redis clock),
+--                                    -1: only when a concurrency slot is released (or never: the
+--                                    draw exceeds the burst, or the budget is not defined)
+-- Budgets: a task is granted only when an agent fits and every budget it names allows its draw
+-- now; then the draws are taken (rate: from the bucket; concurrency: slots held) and the task's
+-- `budget_held` is set. Each budget serves its tasks in queue order: once a task is blocked on
+-- a budget, later tasks of the same call drawing from it are blocked too (so a large draw is not
+-- starved by small ones behind it), while tasks drawing from other budgets, or none, go on.
 -- The candidates come from a replica's fleet cache, which may be stale; every capacity is
 -- re-checked here, atomically, which is what keeps two replicas from over-reserving an agent.
 -- Reads and writes are gathered: one HMGET per task and per agent, one HSET per task and per
 -- agent touched, and one ZREM, ZADD, HINCRBY and XADD for the whole round.
 local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
 local agents = {}
-local TASK_FIELDS = flat('state', 'agent', 'grant_seq', kind_fields('req_'))
+local TASK_FIELDS = flat('state', 'agent', 'grant_seq', kind_fields('req_'), 'budgets')
+local budget_key = budget_keys(5 + n + 2 * m, #KEYS)
+local budgets, blocked = {}, {}
 
 local function agent(j)
   if agents[j] then
@@ -45,6 +58,33 @@ local function fits(a, req)
   return true
 end
 
+local function budget(name)
+  if budgets[name] == nil then
+    budgets[name] = (budget_key[name] and budget_read(budget_key[name])) or false
+  end
+  return budgets[name]
+end
+
+-- The first budget of `draws` that does not allow its draw now, and the wait; nil when all do.
+local function budget_refusal(draws, now)
+  for _, draw in ipairs(draws) do
+    local name = draw[1]
+    if blocked[name] then
+      return name, blocked[name]
+    end
+    local b = budget(name)
+    local ok, wait = false, -1
+    if b then
+      ok, wait = budget_allows(b, now, draw[2])
+    end
+    if not ok then
+      blocked[name] = wait
+      return name, wait
+    end
+  end
+  return nil
+end
+
 local now = now_ms()
 local reply, dequeued, outbox = {}, {}, {}
 local at = 3 + m
@@ -59,6 +99,12 @@ for i = 1, n do
     for k = 1, NKINDS do
       req[k] = tonumber(task[3 + k]) or 0
     end
+    local draws = budget_draws(task[4 + NKINDS])
+    local refused_by, wait = budget_refusal(draws, now)
+    if refused_by then
+      outcome = {'budget', refused_by, int(wait)}
+      c = 0
+    end
     for x = 1, c do
       local j = tonumber(ARGV[at + 1 + x])
       local a = agent(j)
@@ -71,6 +117,12 @@ for i = 1, n do
         local seq = (tonumber(task[3]) or 0) + 1
         redis.call('HSET', KEYS[4 + i], 'state', 'granted', 'agent', a.id, 'granted_at', now,
           'grant_seq', seq)
+        if #draws > 0 then
+          for _, draw in ipairs(draws) do
+            budget_take(budget(draw[1]), now, draw[2])
+          end
+          redis.call('HSET', KEYS[4 + i], 'budget_held', '1')
+        end
         redis.call('SADD', KEYS[4 + n + 2 * j], task_id)
         table.insert(dequeued, task_id)
         table.insert(outbox, now)
@@ -83,7 +135,13 @@ for i = 1, n do
   for _, v in ipairs(outcome) do
     table.insert(reply, v)
   end
-  at = at + 2 + c
+  at = at + 2 + tonumber(ARGV[at + 1])
+end
+
+for _, b in pairs(budgets) do
+  if b and b.touched then
+    budget_write(b)
+  end
 end
 
 if #dequeued > 0 then
