@@ -202,7 +202,6 @@ impl Fixture {
         task_id: &str,
         agent_id: &str,
         grant_seq: Option<u64>,
-        usage: None,
     ) -> CompleteOutcome {
         let report = Completion {
             grant_seq,
