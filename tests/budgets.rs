@@ -16,6 +16,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use redis::AsyncCommands;
+
 use common::scripts::{Fixture, RETENTION_S, cpu, fixture, ids, submit_req};
 use common::{Cluster, within};
 use switchyard_decision::budget::{Bucket, Draw};
@@ -106,13 +108,19 @@ async fn a_rate_budget_runs_out_then_refills() {
     }
     for (id, d) in ["t1", "t2"].iter().zip(&draws) {
         let outcome = grant(&f, id, d, "a").await;
-        assert!(matches!(outcome, GrantOutcome::Granted { .. }), "{id}: {outcome:?}");
+        assert!(
+            matches!(outcome, GrantOutcome::Granted { .. }),
+            "{id}: {outcome:?}"
+        );
     }
     match grant(&f, "t3", &draws[2], "a").await {
         GrantOutcome::Budget { budget, wait_ms } => {
             assert_eq!(budget, "rps");
             let wait = wait_ms.expect("a rate budget refills");
-            assert!((1..=500).contains(&wait), "one unit refills in 500 ms: {wait}");
+            assert!(
+                (1..=500).contains(&wait),
+                "one unit refills in 500 ms: {wait}"
+            );
         }
         other => panic!("budget expected: {other:?}"),
     }
@@ -140,18 +148,27 @@ async fn usage_is_reconciled_refunded_or_charged_into_debt() {
         .expect("defined");
     f.register("a", cpu(10_000)).await;
     let d = submit_drawing(&f, "cheap", &[("tpm", 3000)]).await;
-    assert!(matches!(grant(&f, "cheap", &d, "a").await, GrantOutcome::Granted { .. }));
+    assert!(matches!(
+        grant(&f, "cheap", &d, "a").await,
+        GrantOutcome::Granted { .. }
+    ));
     assert_eq!(budget(&f, "tpm").await.available, 7000);
     complete_with(&f, "cheap", "a", &[("tokens", 1000)]).await;
     assert_eq!(budget(&f, "tpm").await.available, 9000, "2000 refunded");
 
     let d = submit_drawing(&f, "dear", &[("tpm", 3000)]).await;
-    assert!(matches!(grant(&f, "dear", &d, "a").await, GrantOutcome::Granted { .. }));
+    assert!(matches!(
+        grant(&f, "dear", &d, "a").await,
+        GrantOutcome::Granted { .. }
+    ));
     complete_with(&f, "dear", "a", &[("tokens", 8000)]).await;
     assert_eq!(budget(&f, "tpm").await.available, 1000, "5000 more charged");
 
     let d = submit_drawing(&f, "over", &[("tpm", 1000)]).await;
-    assert!(matches!(grant(&f, "over", &d, "a").await, GrantOutcome::Granted { .. }));
+    assert!(matches!(
+        grant(&f, "over", &d, "a").await,
+        GrantOutcome::Granted { .. }
+    ));
     complete_with(&f, "over", "a", &[("tokens", 5000)]).await;
     let state = budget(&f, "tpm").await;
     assert_eq!((state.available, state.debt), (0, 4000), "in debt");
@@ -159,7 +176,13 @@ async fn usage_is_reconciled_refunded_or_charged_into_debt() {
     complete_with(&f, "over", "a", &[("tokens", 5000)]).await;
     assert_eq!(budget(&f, "tpm").await.debt, 4000);
     let d = submit_drawing(&f, "small", &[("tpm", 1)]).await;
-    assert!(matches!(grant(&f, "small", &d, "a").await, GrantOutcome::Budget { .. }), "debt blocks");
+    assert!(
+        matches!(
+            grant(&f, "small", &d, "a").await,
+            GrantOutcome::Budget { .. }
+        ),
+        "debt blocks"
+    );
 }
 
 #[tokio::test]
@@ -172,7 +195,10 @@ async fn concurrency_slots_are_released_by_completion_and_by_requeue() {
     f.register("a", cpu(10_000)).await;
     let d1 = submit_drawing(&f, "j1", &[("gpu", 1)]).await;
     let d2 = submit_drawing(&f, "j2", &[("gpu", 1)]).await;
-    assert!(matches!(grant(&f, "j1", &d1, "a").await, GrantOutcome::Granted { .. }));
+    assert!(matches!(
+        grant(&f, "j1", &d1, "a").await,
+        GrantOutcome::Granted { .. }
+    ));
     assert_eq!(
         grant(&f, "j2", &d2, "a").await,
         GrantOutcome::Budget {
@@ -182,8 +208,15 @@ async fn concurrency_slots_are_released_by_completion_and_by_requeue() {
     );
     assert_eq!(budget(&f, "gpu").await.in_use, 1);
     complete_with(&f, "j1", "a", &[]).await;
-    assert_eq!(budget(&f, "gpu").await.in_use, 0, "released by the completion");
-    assert!(matches!(grant(&f, "j2", &d2, "a").await, GrantOutcome::Granted { .. }));
+    assert_eq!(
+        budget(&f, "gpu").await.in_use,
+        0,
+        "released by the completion"
+    );
+    assert!(matches!(
+        grant(&f, "j2", &d2, "a").await,
+        GrantOutcome::Granted { .. }
+    ));
     f.store
         .requeue_task("j2", "a", RETENTION_S)
         .await
@@ -196,7 +229,10 @@ async fn concurrency_slots_are_released_by_completion_and_by_requeue() {
         .await
         .expect("requeue again");
     assert_eq!(budget(&f, "gpu").await.in_use, 0);
-    assert!(matches!(grant(&f, "j2", &d2, "a").await, GrantOutcome::Granted { .. }));
+    assert!(matches!(
+        grant(&f, "j2", &d2, "a").await,
+        GrantOutcome::Granted { .. }
+    ));
     assert_eq!(budget(&f, "gpu").await.in_use, 1);
 }
 
@@ -212,7 +248,12 @@ async fn a_blocked_budget_does_not_hold_up_tasks_of_other_budgets() {
     let big = submit_drawing(&f, "second", &[("slow", 1)]).await;
     let other = submit_drawing(&f, "other", &[("free", 1)]).await;
     let none = submit_drawing(&f, "none", &[]).await;
-    let tasks = [("first", &first), ("second", &big), ("other", &other), ("none", &none)];
+    let tasks = [
+        ("first", &first),
+        ("second", &big),
+        ("other", &other),
+        ("none", &none),
+    ];
     let candidates = ids(&["a"]);
     let requests: Vec<GrantRequest> = tasks
         .iter()
@@ -260,7 +301,10 @@ async fn lua_and_rust_bucket_arithmetic_agree() {
         match outcome {
             GrantOutcome::Granted { .. } => {
                 let Draw::Taken(expected) = r.draw(before, after.at_ms, amount as i64) else {
-                    panic!("Rust refuses what Lua granted: {before:?} {amount} at {}", after.at_ms)
+                    panic!(
+                        "Rust refuses what Lua granted: {before:?} {amount} at {}",
+                        after.at_ms
+                    )
                 };
                 assert_eq!(expected, after, "draw {amount} from {before:?}");
                 let used = next(900_000);
@@ -275,7 +319,12 @@ async fn lua_and_rust_bucket_arithmetic_agree() {
                     Draw::Wait { wait_ms } => wait_ms,
                     _ => 0,
                 };
-                assert!(at(t1) <= wait && wait <= at(t0), "{wait} not in [{}, {}]", at(t1), at(t0));
+                assert!(
+                    at(t1) <= wait && wait <= at(t0),
+                    "{wait} not in [{}, {}]",
+                    at(t1),
+                    at(t0)
+                );
                 assert_eq!(after, before, "a refusal writes nothing");
                 f.store.requeue_task(&id, "a", RETENTION_S).await.ok();
             }
@@ -323,5 +372,151 @@ async fn unknown_budgets_and_oversized_draws_are_refused() {
         .allocate_task(TaskSubmit::new("z").resource("cpu", 1.0).budget("tpm", 100))
         .await
         .expect("granted");
-    assert!(matches!(granted, switchyard_client::Allocation::Granted { .. }), "{granted:?}");
+    assert!(
+        matches!(granted, switchyard_client::Allocation::Granted { .. }),
+        "{granted:?}"
+    );
+}
+
+/// An agent that works each grant for `hold_ms`, counting how many of the fleet's tasks run at
+/// once (`running`, its maximum in `peak`), and reports usage `tokens`.
+async fn worker(
+    cluster: &Cluster,
+    id: &str,
+    hold_ms: u64,
+    running: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    peak: std::sync::Arc<std::sync::atomic::AtomicI64>,
+) -> tokio::task::JoinHandle<()> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let agent = cluster.agent(id, "worker", 8.0, 1000.0).await;
+    let mut grants = agent.grants().await.expect("grants");
+    tokio::spawn(async move {
+        while let Some(Ok(grant)) = grants.next().await {
+            let now = running.fetch_add(1, SeqCst) + 1;
+            peak.fetch_max(now, SeqCst);
+            tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+            running.fetch_sub(1, SeqCst);
+            let usage = BTreeMap::from([("tokens".to_string(), 1)]);
+            let _ = agent
+                .complete_grant_with_usage(&grant.payload, true, 0.0, usage)
+                .await;
+        }
+    })
+}
+
+async fn two_replicas_with(budgets: Vec<BudgetConfig>) -> Cluster {
+    let servers = LocalServers::start().await.expect("servers");
+    let mut config = common::config_for(&servers);
+    config.budgets = budgets;
+    Cluster::start_on(servers, config, 2).await
+}
+
+async fn all_completed(cluster: &Cluster, ids: &[String]) {
+    let keys = switchyard_server::state::Keys::new("switchyard");
+    let mut conn = cluster.redis().await;
+    within(60, "every task to complete", async {
+        loop {
+            let mut done = 0;
+            for id in ids {
+                if common::hget(&mut conn, &keys.task(id), "state")
+                    .await
+                    .as_deref()
+                    == Some("completed")
+                {
+                    done += 1;
+                }
+            }
+            if done == ids.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}
+
+/// Two replicas share one rate budget (10 per second, burst 2): over every one-second window
+/// of the grants (Redis clock), at most burst + limit were granted, and over the whole run no
+/// more than the bucket allows.
+#[tokio::test]
+async fn two_replicas_never_overspend_a_rate_budget() {
+    use std::sync::atomic::AtomicI64;
+    let cluster = two_replicas_with(vec![rate("rps", 10, 1.0, 2)]).await;
+    let (running, peak) = (
+        std::sync::Arc::new(AtomicI64::new(0)),
+        std::sync::Arc::new(AtomicI64::new(0)),
+    );
+    let mut workers = Vec::new();
+    for id in ["w1", "w2", "w3"] {
+        workers.push(worker(&cluster, id, 5, running.clone(), peak.clone()).await);
+    }
+    let orch = cluster.coordinator("orch").await;
+    let ids: Vec<String> = (0..40).map(|i| format!("r{i}")).collect();
+    for id in &ids {
+        orch.submit_task(TaskSubmit::new(id).resource("cpu", 1.0).budget("rps", 1))
+            .await
+            .expect("submitted");
+    }
+    all_completed(&cluster, &ids).await;
+    let keys = switchyard_server::state::Keys::new("switchyard");
+    let mut conn = cluster.redis().await;
+    let mut at = Vec::new();
+    for id in &ids {
+        at.push(common::hget_i64(&mut conn, &keys.task(id), "granted_at").await);
+    }
+    at.sort_unstable();
+    for (i, start) in at.iter().enumerate() {
+        let within_second = at[i..].iter().take_while(|t| **t < start + 1000).count();
+        assert!(
+            within_second <= 12,
+            "{within_second} grants in the second from {start}: {at:?}"
+        );
+    }
+    let span_ms = at[at.len() - 1] - at[0];
+    assert!(
+        (at.len() as i64 - 2) * 100 <= span_ms + 1,
+        "40 grants need at least 3.8 s at 10/s after a burst of 2: {span_ms} ms"
+    );
+    for w in workers {
+        w.abort();
+    }
+}
+
+/// Two replicas share a concurrency budget of 2: never more than 2 of its tasks run at once,
+/// and 2 do (the agents could run 24).
+#[tokio::test]
+async fn a_concurrency_budget_holds_under_two_replicas() {
+    use std::sync::atomic::{AtomicI64, Ordering::SeqCst};
+    let cluster = two_replicas_with(vec![slots("gpu", 2)]).await;
+    let (running, peak) = (
+        std::sync::Arc::new(AtomicI64::new(0)),
+        std::sync::Arc::new(AtomicI64::new(0)),
+    );
+    let mut workers = Vec::new();
+    for id in ["w1", "w2", "w3"] {
+        workers.push(worker(&cluster, id, 150, running.clone(), peak.clone()).await);
+    }
+    let orch = cluster.coordinator("orch").await;
+    let ids: Vec<String> = (0..12).map(|i| format!("g{i}")).collect();
+    for id in &ids {
+        orch.submit_task(TaskSubmit::new(id).resource("cpu", 1.0).budget("gpu", 1))
+            .await
+            .expect("submitted");
+    }
+    all_completed(&cluster, &ids).await;
+    assert_eq!(
+        peak.load(SeqCst),
+        2,
+        "at most, and as many as, the budget allows"
+    );
+    let held = cluster
+        .redis()
+        .await
+        .hget::<_, _, Option<i64>>("{switchyard}:budget:gpu", "held")
+        .await
+        .expect("read");
+    assert_eq!(held, Some(0), "every slot released");
+    for w in workers {
+        w.abort();
+    }
 }
