@@ -520,3 +520,58 @@ async fn a_concurrency_budget_holds_under_two_replicas() {
         w.abort();
     }
 }
+
+/// The status says which budget a queued task waits for, and until when.
+#[tokio::test]
+async fn a_task_blocked_by_a_budget_says_so_in_status() {
+    use switchyard_protocol::{StatusQuery, WaitReason};
+    let f = fixture().await;
+    f.store
+        .define_budgets(&[rate("tpm", 100, 3600.0, 100), slots("gpu", 1)])
+        .await
+        .expect("defined");
+    f.register("a", cpu(10_000)).await;
+    let d = submit_drawing(&f, "first", &[("tpm", 100), ("gpu", 1)]).await;
+    assert!(matches!(
+        grant(&f, "first", &d, "a").await,
+        GrantOutcome::Granted { .. }
+    ));
+    submit_drawing(&f, "rate", &[("tpm", 50)]).await;
+    submit_drawing(&f, "slot", &[("gpu", 1)]).await;
+    let query = StatusQuery {
+        include_agents: false,
+        include_tasks: 10,
+        ..StatusQuery::default()
+    };
+    let views = f.store.task_waits(&query).await.expect("waits");
+    let reason = |id: &str| {
+        views
+            .iter()
+            .find(|v| v.task_id == id)
+            .and_then(|v| v.reason.clone())
+            .expect("a reason")
+    };
+    match reason("rate") {
+        WaitReason::Budget { budget, until_ms } => {
+            assert_eq!(budget, "tpm");
+            assert!(until_ms.is_some(), "a rate budget refills");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        reason("slot"),
+        WaitReason::Budget {
+            budget: "gpu".into(),
+            until_ms: None
+        }
+    );
+    let detail = &views
+        .iter()
+        .find(|v| v.task_id == "rate")
+        .expect("listed")
+        .detail;
+    assert!(
+        detail.starts_with("budget tpm exhausted until "),
+        "{detail}"
+    );
+}

@@ -24,9 +24,26 @@ pub enum WaitReason {
     /// `queued`; an agent has room for it now, and `ahead` tasks are before it in the queue: it
     /// is granted when the dispatcher reaches it.
     BehindQueue { ahead: u64 },
+    /// `queued`; the shared budget `budget` does not allow the task's draw now. `until_ms`: when
+    /// it will by refill alone (Redis clock, ms since the epoch) if nothing else draws first;
+    /// absent: when a concurrency slot is released (or never: the draw exceeds the budget's
+    /// burst or limit).
+    Budget {
+        budget: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until_ms: Option<u64>,
+    },
     /// A reason this version does not know.
     #[serde(other)]
     Other,
+}
+
+/// `HH:MM:SS.mmm UTC` of a time in ms since the epoch.
+fn clock_time(ms: u64) -> String {
+    let day_ms = ms % 86_400_000;
+    let (h, m) = (day_ms / 3_600_000, day_ms / 60_000 % 60);
+    let (s, milli) = (day_ms / 1000 % 60, day_ms % 1000);
+    format!("{h:02}:{m:02}:{s:02}.{milli:03} UTC")
 }
 
 impl WaitReason {
@@ -43,6 +60,14 @@ impl WaitReason {
             WaitReason::BehindQueue { ahead } => {
                 format!("behind {ahead} higher-priority or earlier tasks")
             }
+            WaitReason::Budget {
+                budget,
+                until_ms: Some(until),
+            } => format!("budget {budget} exhausted until {}", clock_time(*until)),
+            WaitReason::Budget {
+                budget,
+                until_ms: None,
+            } => format!("budget {budget} exhausted until a slot is released"),
             WaitReason::Other => "waiting".to_string(),
         }
     }
@@ -76,6 +101,10 @@ mod tests {
             WaitReason::NoAgentWithCapacity,
             WaitReason::NoFreeCapacity { ahead: 3 },
             WaitReason::BehindQueue { ahead: 0 },
+            WaitReason::Budget {
+                budget: "tpm".into(),
+                until_ms: Some(1_000),
+            },
         ];
         for reason in reasons {
             let json = serde_json::to_string(&reason).unwrap_or_default();
