@@ -279,6 +279,8 @@ fn all_reject_reasons() -> Vec<RejectReason> {
         RejectReason::InsufficientCapacity,
         RejectReason::Infeasible,
         RejectReason::NotSubmitter,
+        RejectReason::InvalidBudget,
+        RejectReason::UnknownBudget,
     ];
     all.extend(
         all_resource_errors()
@@ -319,6 +321,7 @@ fn exhaustive(reason: RejectReason) {
         | RejectReason::InsufficientCapacity
         | RejectReason::Infeasible => {}
         RejectReason::NotSubmitter => {}
+        RejectReason::InvalidBudget | RejectReason::UnknownBudget => {}
     }
 }
 

@@ -81,9 +81,9 @@ fn resolved(outcome: ResolveOutcome) -> Answer {
 fn granted(outcome: GrantOutcome) -> Answer {
     match outcome {
         GrantOutcome::Granted { .. } => Answer::Now(TaskState::Granted),
-        other @ (GrantOutcome::NotQueued { .. } | GrantOutcome::NoFit) => {
-            Answer::Refused(format!("{other:?}"))
-        }
+        other @ (GrantOutcome::NotQueued { .. }
+        | GrantOutcome::NoFit
+        | GrantOutcome::Budget { .. }) => Answer::Refused(format!("{other:?}")),
     }
 }
 

@@ -17,9 +17,9 @@ pub use envelope::{
     DeliveryMode, Envelope, MessagePriority, MessageType, PROTOCOL_VERSION, RetryPolicy,
 };
 pub use messages::{
-    AgentDeregister, AgentRegister, AgentStatusView, CoordinationSync, CoordinatorReply,
-    ErrorReport, ExplainedCandidate, GrantAck, GrantExplanation, GrantRef, Heartbeat,
-    MAX_GRANTS_PER_ACK, PatternRow, Replies, ReplyStatus, StatusQuery, TaskCancel,
+    AgentDeregister, AgentRegister, AgentStatusView, BudgetView, CoordinationSync,
+    CoordinatorReply, ErrorReport, ExplainedCandidate, GrantAck, GrantExplanation, GrantRef,
+    Heartbeat, MAX_GRANTS_PER_ACK, PatternRow, Replies, ReplyStatus, StatusQuery, TaskCancel,
     TaskCancelNotice, TaskComplete, TaskGrant, TaskSubmit,
 };
 pub use messaging::{

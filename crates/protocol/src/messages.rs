@@ -361,6 +361,36 @@ pub struct CoordinationSync {
     /// Waiting and queued tasks with why each waits, when asked for (`include_tasks`, `task_id`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<crate::TaskWaitView>,
+    /// The shared budgets the answering replica defines, as Redis holds them now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<BudgetView>,
+}
+
+/// One shared budget in a [`CoordinationSync`], at the Redis time of the answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetView {
+    pub name: String,
+    /// `rate` or `concurrency`.
+    pub kind: String,
+    /// rate: units per period; concurrency: slots.
+    pub limit: u64,
+    /// rate: the period in ms (0 for concurrency).
+    #[serde(default)]
+    pub period_ms: u64,
+    /// rate: the bucket size (0 for concurrency).
+    #[serde(default)]
+    pub burst: u64,
+    /// rate: the usage unit that reconciles it (empty for concurrency).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub unit: String,
+    /// rate: whole units available now; concurrency: free slots.
+    pub available: u64,
+    /// concurrency: slots held (0 for rate).
+    #[serde(default)]
+    pub in_use: u64,
+    /// rate: units owed (usage beyond the draws), paid back by the refill (0 otherwise).
+    #[serde(default)]
+    pub debt: u64,
 }
 
 /// One (task type, agent type) pair's learned statistics in a [`CoordinationSync`].

@@ -129,7 +129,8 @@ impl Optimizer {
             StrategyKind::parse(&config.coordination.default_strategy).unwrap_or_default();
         let store = Store::connect(&config.redis)
             .await?
-            .with_infeasible_policy(config.coordination.infeasible);
+            .with_infeasible_policy(config.coordination.infeasible)
+            .with_budgets(config.budgets.iter().map(|b| b.name.clone()).collect());
         // Agents registered by a version that kept no capacity index enter it now.
         store.index_capacities().await?;
         define_budgets(&store, &config.budgets).await?;

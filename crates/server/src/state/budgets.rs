@@ -8,24 +8,8 @@ use crate::config::{BudgetConfig, BudgetKind};
 use switchyard_client::error::Error;
 use switchyard_decision::budget::{Bucket, parse_draws};
 
-/// One budget as Redis holds it, at the Redis time `now_ms`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BudgetState {
-    pub name: String,
-    /// `rate` or `concurrency`.
-    pub kind: String,
-    pub limit: u64,
-    /// rate: the period (ms), burst and unit; 0 / "" for concurrency.
-    pub period_ms: u64,
-    pub burst: u64,
-    pub unit: String,
-    /// rate: whole units available now; concurrency: slots free.
-    pub available: u64,
-    /// concurrency: slots held; rate: 0.
-    pub in_use: u64,
-    /// rate: whole units owed after usage beyond the draws (paid back by the refill).
-    pub debt: u64,
-}
+/// One budget as Redis holds it, at the Redis time of the read (the status query's view).
+pub use switchyard_protocol::BudgetView as BudgetState;
 
 /// What `define_budgets` found for one budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,6 +27,8 @@ pub struct Store {
     pub(super) scripts: std::sync::Arc<Scripts>,
     /// What a submit does with a task no active agent's capacity covers.
     infeasible: InfeasiblePolicy,
+    /// The budgets this replica defines, by name (reported in status).
+    pub(super) budget_names: std::sync::Arc<Vec<String>>,
 }
 
 impl Store {
@@ -39,6 +41,7 @@ impl Store {
             keys: Keys::new(config.key_prefix.clone()),
             scripts: std::sync::Arc::new(Scripts::new()),
             infeasible: InfeasiblePolicy::default(),
+            budget_names: std::sync::Arc::default(),
         };
         // The first command: a Redis that wants a login, or a user without the permissions,
         // is told apart here from a Redis that is down.
@@ -65,6 +68,12 @@ impl Store {
     /// The same store, refusing or holding infeasible submits as `policy` says (default: hold).
     pub fn with_infeasible_policy(mut self, policy: InfeasiblePolicy) -> Store {
         self.infeasible = policy;
+        self
+    }
+
+    /// The same store, reporting these budgets (by name) in status.
+    pub fn with_budgets(mut self, names: Vec<String>) -> Store {
+        self.budget_names = std::sync::Arc::new(names);
         self
     }
 
