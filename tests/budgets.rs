@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 
-use common::scripts::{Fixture, RETENTION_S, cpu, fixture, ids, submit_req};
+use common::scripts::{Fixture, RETENTION_S, cluster_fixture, cpu, fixture, ids, submit_req};
 use common::{Cluster, within};
 use switchyard_decision::budget::{Bucket, Draw};
 use switchyard_harness::LocalServers;
@@ -136,6 +136,36 @@ async fn a_rate_budget_runs_out_then_refills() {
         }
     })
     .await;
+}
+
+/// On a Redis Cluster the budget keys share the deployment's slot: grant, completion and requeue
+/// with budgets are accepted (no CROSSSLOT).
+#[tokio::test]
+async fn budgets_work_on_a_redis_cluster() {
+    let f = cluster_fixture().await;
+    f.store
+        .define_budgets(&[rate("tpm", 100, 36_000.0, 100), slots("gpu", 1)])
+        .await
+        .expect("defined");
+    f.register("a", cpu(10_000)).await;
+    let d = submit_drawing(&f, "c1", &[("tpm", 10), ("gpu", 1)]).await;
+    assert!(matches!(
+        grant(&f, "c1", &d, "a").await,
+        GrantOutcome::Granted { .. }
+    ));
+    complete_with(&f, "c1", "a", &[("tokens", 20)]).await;
+    assert_eq!(budget(&f, "tpm").await.available, 80);
+    assert_eq!(budget(&f, "gpu").await.in_use, 0);
+    let d = submit_drawing(&f, "c2", &[("gpu", 1)]).await;
+    assert!(matches!(
+        grant(&f, "c2", &d, "a").await,
+        GrantOutcome::Granted { .. }
+    ));
+    f.store
+        .requeue_task("c2", "a", RETENTION_S)
+        .await
+        .expect("requeue");
+    assert_eq!(budget(&f, "gpu").await.in_use, 0);
 }
 
 #[tokio::test]

@@ -92,7 +92,7 @@ pub(crate) async fn apply_event(ctx: &Ctx, event: &Inbound) -> Result<Applied, E
             let mut req = submit_request(env, required, *strategy);
             match budget_options(ctx, &env.payload) {
                 Ok(options) => req.options.extend(options),
-                Err(refused) => return Ok(refused),
+                Err((reason, message)) => return Ok(Applied::refuse(reason, message)),
             }
             submit(ctx, &req).await
         }
@@ -183,13 +183,16 @@ fn submit_request(
 /// (`unknown_budget`); a draw no budget could ever allow (over a rate budget's burst, or a
 /// concurrency budget's limit) is refused as `infeasible` under `coordination.infeasible =
 /// "refuse"`, and queued under `hold` (its status then says which budget it waits for).
-fn budget_options(ctx: &Ctx, task: &TaskSubmit) -> Result<Vec<(&'static str, String)>, Applied> {
+fn budget_options(
+    ctx: &Ctx,
+    task: &TaskSubmit,
+) -> Result<Vec<(&'static str, String)>, (RejectReason, String)> {
     if task.budgets.is_empty() {
         return Ok(Vec::new());
     }
     for (name, amount) in &task.budgets {
         let Some(budget) = ctx.config.budgets.iter().find(|b| &b.name == name) else {
-            return Err(Applied::refuse(
+            return Err((
                 RejectReason::UnknownBudget,
                 format!(
                     "task {} draws from {name:?}, which is not a defined budget",
@@ -202,7 +205,7 @@ fn budget_options(ctx: &Ctx, task: &TaskSubmit) -> Result<Vec<(&'static str, Str
             BudgetKind::Concurrency => budget.limit,
         };
         if *amount > most && ctx.config.coordination.infeasible == InfeasiblePolicy::Refuse {
-            return Err(Applied::refuse(
+            return Err((
                 RejectReason::Infeasible,
                 format!(
                     "task {} draws {amount} from budget {name}, which never allows more than {most} at once",
