@@ -12,6 +12,7 @@
 //! Capacity and dependency invariants are checked on every grant; a violation ends the run with
 //! [`SimError::Invariant`] instead of a panic.
 
+mod budgets;
 mod dispatch;
 mod lifecycle;
 
@@ -25,6 +26,7 @@ use super::workload::Workload;
 use lifecycle::build_agents;
 use switchyard_decision::{PatternTable, Strategy, TaskEvent, TaskState};
 
+pub use budgets::BudgetUsage;
 pub use lifecycle::agent_id;
 
 /// Who places tasks: one of the real strategies, or the oracle.
@@ -55,6 +57,8 @@ enum Ev {
     Finish { task: usize, grant: u32 },
     Requeue(usize),
     Arrival(usize),
+    /// A blocked rate budget refills enough: dispatch again.
+    BudgetWake,
 }
 
 fn to_us(s: f64) -> u64 {
@@ -87,6 +91,7 @@ pub(crate) struct Engine<'w> {
     pub(crate) util_area: f64,
     pub(crate) alive_area: f64,
     pub(crate) grants_by_type: Vec<u64>,
+    pub(crate) budgets: budgets::SimBudgets,
 }
 
 impl<'w> Engine<'w> {
@@ -120,6 +125,7 @@ impl<'w> Engine<'w> {
             util_area: 0.0,
             alive_area: 0.0,
             grants_by_type: vec![0; w.agent_types.len()],
+            budgets: budgets::SimBudgets::new(w),
         };
         for i in 0..engine.stream.len() {
             engine.schedule(to_us(engine.stream[i].submit_s), Ev::Arrival(i));
@@ -183,6 +189,7 @@ impl<'w> Engine<'w> {
             Ev::Requeue(t) => self.retry_due(t),
             Ev::Finish { task, grant } => self.finish(task, grant),
             Ev::AgentEvent(i) => self.agent_event(i),
+            Ev::BudgetWake => Ok(()),
         }
     }
 

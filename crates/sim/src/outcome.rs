@@ -39,6 +39,8 @@ pub struct Outcome {
     pub utilization: f64,
     /// Grants per agent type name.
     pub grants_by_agent_type: BTreeMap<String, u64>,
+    /// Per shared budget, what it gave.
+    pub budgets: BTreeMap<String, crate::engine::BudgetUsage>,
 }
 
 fn secs(us: u64) -> f64 {
@@ -78,6 +80,7 @@ impl Outcome {
             makespan_s: secs(e.last_finish_us),
             utilization,
             grants_by_agent_type,
+            budgets: e.budget_usage(),
         }
     }
 }

@@ -166,6 +166,7 @@ mod tests {
             tasks_unfinished: 0,
             attempts: 0,
             grants_by_agent_type: BTreeMap::new(),
+            budgets: BTreeMap::new(),
         }
     }
 

@@ -44,6 +44,9 @@ pub struct StrategyMetrics {
     pub attempts: u64,
     /// Grants per agent type.
     pub grants_by_agent_type: BTreeMap<String, u64>,
+    /// Per shared budget: the most drawn and used in any period, and per period.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub budgets: BTreeMap<String, crate::engine::BudgetUsage>,
 }
 
 /// Every strategy on one workload.
@@ -88,6 +91,7 @@ impl StrategyMetrics {
             tasks_unfinished: o.tasks.len() - n - failed,
             attempts: o.tasks.iter().map(|t| u64::from(t.grants)).sum(),
             grants_by_agent_type: o.grants_by_agent_type.clone(),
+            budgets: o.budgets.clone(),
         }
     }
 }
@@ -173,7 +177,38 @@ impl SimReport {
                 out.push_str(&table_row(name, m, rr));
             }
         }
+        for name in self.names() {
+            let budgets = self.strategies.get(name).map(|m| &m.budgets);
+            for (budget, u) in budgets.into_iter().flatten() {
+                out.push_str(&budget_row(name, budget, u));
+            }
+        }
         out
+    }
+}
+
+/// One line per budget: a rate budget's most drawn and used in any window of one period, as a
+/// share of its limit, and the range of what was drawn per period; a concurrency budget's grants
+/// per minute (the per-period lists are in the JSON).
+fn budget_row(name: &str, budget: &str, u: &crate::engine::BudgetUsage) -> String {
+    let periods = &u.drawn_per_period;
+    let (lo, hi) = periods
+        .iter()
+        .fold((u64::MAX, 0), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    let lo = if periods.is_empty() { 0 } else { lo };
+    if u.period_s > 0.0 {
+        format!(
+            "{name:<14} budget {budget}: {} per {}s; most drawn in any window {:.1}%, most used {:.1}%; drawn per period {lo}..{hi}\n",
+            u.limit,
+            u.period_s,
+            u.max_drawn_share * 100.0,
+            u.max_used_share * 100.0
+        )
+    } else {
+        format!(
+            "{name:<14} budget {budget}: {} slots; grants per minute {lo}..{hi}\n",
+            u.limit
+        )
     }
 }
 
@@ -231,6 +266,7 @@ mod tests {
             makespan_s: 100.0,
             utilization: 0.5,
             grants_by_agent_type: BTreeMap::new(),
+            budgets: BTreeMap::new(),
         };
         let m = StrategyMetrics::from_outcome(&o);
         assert_eq!(m.tasks_completed, 20);
@@ -253,6 +289,7 @@ mod tests {
             makespan_s: 0.0,
             utilization: 0.0,
             grants_by_agent_type: BTreeMap::new(),
+            budgets: BTreeMap::new(),
         };
         let m = StrategyMetrics::from_outcome(&o);
         assert_eq!(m.mean_completion_s, 0.0);

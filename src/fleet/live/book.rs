@@ -380,6 +380,8 @@ impl Book {
             makespan_s: self.last_finish_s,
             utilization,
             grants_by_agent_type: self.grants_by_type.clone(),
+            // `sim --live` does not replay budgets (tests/budget_bench.rs measures them live).
+            budgets: Default::default(),
         }
     }
 }
