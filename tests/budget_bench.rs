@@ -1,5 +1,6 @@
 //! The measurement behind BENCHMARKS.md's shared-budget table (not a pass/fail test: run it with
-//! `cargo test --release --test budget_bench -- --ignored --nocapture`). Real nats-server and
+//! `cargo test --release --test budget_bench -- --ignored --nocapture`; `BUDGET_BURST=200` for
+//! a bucket of one draw). Real nats-server and
 //! redis-server, two optimizer replicas, 8 agents with room for 32 tasks at once, and a
 //! tokens-per-period rate budget as the binding constraint: tasks draw an estimate of 200 tokens,
 //! really use a log-normal amount around it (σ 0.3, mean 200) and report it; the budget is
@@ -29,8 +30,16 @@ use switchyard_server::state::Keys;
 
 const LIMIT: u64 = 20_000;
 const PERIOD_MS: i64 = 10_000;
-const BURST: u64 = 400;
 const DRAW: u64 = 200;
+
+/// The bucket size: `BUDGET_BURST` (default 400, 2% of the limit; at least one draw).
+fn burst() -> u64 {
+    std::env::var("BUDGET_BURST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400)
+        .max(DRAW)
+}
 const TASK_MS: u64 = 500;
 const TASKS: usize = 400;
 
@@ -59,7 +68,9 @@ async fn agent(cluster: &Cluster, id: &str, seed: u64, used: Used) -> tokio::tas
             let (agent, used) = (agent.clone(), used.clone());
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(TASK_MS)).await;
-                used.lock().unwrap().insert(grant.payload.task_id.clone(), tokens);
+                used.lock()
+                    .unwrap()
+                    .insert(grant.payload.task_id.clone(), tokens);
                 let usage = BTreeMap::from([("tokens".to_string(), tokens)]);
                 let _ = agent
                     .complete_grant_with_usage(&grant.payload, true, 0.5, usage)
@@ -96,7 +107,7 @@ async fn one_run(run: usize) {
         kind: BudgetKind::Rate,
         limit: LIMIT,
         period_s: Some(PERIOD_MS as f64 / 1000.0),
-        burst: Some(BURST),
+        burst: Some(burst()),
         unit: Some("tokens".into()),
     }];
     let cluster = Cluster::start_on(servers, config, 2).await;
@@ -104,7 +115,15 @@ async fn one_run(run: usize) {
     let mut agents = Vec::new();
     for i in 0..8u64 {
         let id = format!("a{i}");
-        agents.push(agent(&cluster, &id, 0x9e37_79b9 + i * 7919 + run as u64, used.clone()).await);
+        agents.push(
+            agent(
+                &cluster,
+                &id,
+                0x9e37_79b9 + i * 7919 + run as u64,
+                used.clone(),
+            )
+            .await,
+        );
     }
     let orch = cluster.coordinator("orch").await;
     let ids: Vec<String> = (0..TASKS).map(|i| format!("t{i}")).collect();
@@ -135,7 +154,7 @@ async fn one_run(run: usize) {
     let mean_use = spent.iter().map(|s| s.1).sum::<u64>() as f64 / TASKS as f64;
     // What the budget allows: LIMIT tokens per period at the mean actual use, after the burst.
     let allowed_per_s = LIMIT as f64 / (PERIOD_MS as f64 / 1000.0) / mean_use;
-    let achieved_per_s = (TASKS as f64 - BURST as f64 / DRAW as f64) / (span_ms / 1000.0);
+    let achieved_per_s = (TASKS as f64 - burst() as f64 / DRAW as f64) / (span_ms / 1000.0);
     let drawn_max = max_window(&drawn) as f64 / LIMIT as f64;
     let used_max = max_window(&spent) as f64 / LIMIT as f64;
     let busy = TASKS as f64 * TASK_MS as f64 / (span_ms * 32.0);

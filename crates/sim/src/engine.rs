@@ -54,7 +54,10 @@ pub enum SimError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
     AgentEvent(usize),
-    Finish { task: usize, grant: u32 },
+    Finish {
+        task: usize,
+        grant: u32,
+    },
     Requeue(usize),
     Arrival(usize),
     /// A blocked rate budget refills enough: dispatch again.

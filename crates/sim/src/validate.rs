@@ -3,8 +3,7 @@
 use std::collections::BTreeSet;
 
 use super::workload::{
-    BudgetKindSpec,
-    AgentEventKind, ArrivalKind, TaskStreamSpec, TaskTypeSpec, TruthSpec, Workload,
+    AgentEventKind, ArrivalKind, BudgetKindSpec, TaskStreamSpec, TaskTypeSpec, TruthSpec, Workload,
 };
 use switchyard_decision::Resources;
 use switchyard_decision::resources::fits_within;

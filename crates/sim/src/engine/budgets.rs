@@ -128,7 +128,11 @@ impl Engine<'_> {
     }
 
     fn wake(&mut self, at_us: u64) {
-        if self.budgets.wake_at.is_some_and(|w| w <= at_us && w > self.now_us) {
+        if self
+            .budgets
+            .wake_at
+            .is_some_and(|w| w <= at_us && w > self.now_us)
+        {
             return;
         }
         self.budgets.wake_at = Some(at_us);
@@ -142,7 +146,8 @@ impl Engine<'_> {
         for (b, amount) in self.draws_of(t) {
             match self.budgets.kinds[b] {
                 Some(rate) => {
-                    if let Draw::Taken(next) = rate.draw(self.budgets.buckets[b], now, amount as i64)
+                    if let Draw::Taken(next) =
+                        rate.draw(self.budgets.buckets[b], now, amount as i64)
                     {
                         self.budgets.buckets[b] = next;
                     }
@@ -159,7 +164,11 @@ impl Engine<'_> {
     pub(super) fn settle_budgets(&mut self, t: usize) {
         let now = self.now_ms();
         let noise = self.w.tasks.types[self.stream[t].type_index].usage_noise;
-        let mut rng = SplitMix::keyed(self.w.seed ^ 0xb0d6e7, t as u64, u64::from(self.runs[t].grants));
+        let mut rng = SplitMix::keyed(
+            self.w.seed ^ 0xb0d6e7,
+            t as u64,
+            u64::from(self.runs[t].grants),
+        );
         for (b, at) in self.budgets.entries.remove(&t).unwrap_or_default() {
             let drawn = self.budgets.log[b][at].1;
             match self.budgets.kinds[b] {
@@ -189,7 +198,10 @@ impl Engine<'_> {
     pub(super) fn check_budgets(&self) -> Result<(), String> {
         for (b, held) in self.budgets.held.iter().enumerate() {
             if self.budgets.kinds[b].is_none() && *held > self.budgets.limits[b] {
-                return Err(format!("budget {b} holds {held} of {}", self.budgets.limits[b]));
+                return Err(format!(
+                    "budget {b} holds {held} of {}",
+                    self.budgets.limits[b]
+                ));
             }
         }
         Ok(())
@@ -258,8 +270,16 @@ impl Engine<'_> {
                 BudgetUsage {
                     limit: spec.limit,
                     period_s: if rate { period_ms as f64 / 1000.0 } else { 0.0 },
-                    max_drawn_share: if rate { share(max_window(&drawn, period_ms)) } else { 0.0 },
-                    max_used_share: if rate { share(max_window(&used, period_ms)) } else { 0.0 },
+                    max_drawn_share: if rate {
+                        share(max_window(&drawn, period_ms))
+                    } else {
+                        0.0
+                    },
+                    max_used_share: if rate {
+                        share(max_window(&used, period_ms))
+                    } else {
+                        0.0
+                    },
                     drawn_per_period: per_period(&drawn, period_ms),
                     used_per_period: per_period(&used, period_ms),
                 },

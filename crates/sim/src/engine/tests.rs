@@ -225,8 +225,18 @@ usage_noise = 0.3
     let tpm = &outcome.budgets["tpm"];
     assert!(tpm.max_drawn_share <= (6000.0 + 200.0) / 6000.0, "{tpm:?}");
     let steady = &tpm.drawn_per_period[1..tpm.drawn_per_period.len() - 1];
-    assert!(steady.iter().all(|&d| (4500..=6200).contains(&d)), "{steady:?}");
-    assert_eq!(outcome.tasks.iter().filter(|t| t.completed_s.is_some() || t.failed).count(), 300);
+    assert!(
+        steady.iter().all(|&d| (4500..=6200).contains(&d)),
+        "{steady:?}"
+    );
+    assert_eq!(
+        outcome
+            .tasks
+            .iter()
+            .filter(|t| t.completed_s.is_some() || t.failed)
+            .count(),
+        300
+    );
     let too_big = text.replace("tpm = 100,", "tpm = 201,");
     let e = Workload::parse(&too_big).unwrap_err().to_string();
     assert!(e.contains("allows 1..=200"), "{e}");
