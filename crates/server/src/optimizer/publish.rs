@@ -277,6 +277,7 @@ mod tests {
             strategy: None,
             explain: true,
             replies: Replies::All,
+            budgets: Vec::new(),
         }
     }
 
