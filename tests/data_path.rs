@@ -180,6 +180,7 @@ async fn the_old_grant_is_withdrawn(
         error: None,
         grant_seq: Some(1),
         replies: Replies::All,
+        usage: Default::default(),
     };
     let mut events = gone.events();
     let env = Envelope::new("gone", MessageType::TaskComplete, late, now_ms());
@@ -341,6 +342,7 @@ async fn complete_after_a_while(
         error: None,
         grant_seq: Some(g.grant_seq),
         replies: Replies::None,
+        usage: Default::default(),
     };
     // Released in the book before the optimizer releases it in Redis: the book's count never
     // exceeds the real reservations.

@@ -280,6 +280,8 @@ fn all_reject_reasons() -> Vec<RejectReason> {
         RejectReason::Infeasible,
         RejectReason::NotSubmitter,
         RejectReason::TaskCancelling,
+        RejectReason::InvalidBudget,
+        RejectReason::UnknownBudget,
     ];
     all.extend(
         all_resource_errors()
@@ -320,6 +322,7 @@ fn exhaustive(reason: RejectReason) {
         | RejectReason::InsufficientCapacity
         | RejectReason::Infeasible => {}
         RejectReason::NotSubmitter | RejectReason::TaskCancelling => {}
+        RejectReason::InvalidBudget | RejectReason::UnknownBudget => {}
     }
 }
 

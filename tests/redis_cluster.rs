@@ -86,10 +86,12 @@ async fn the_batch_scripts_and_reads_run_too(f: &mut common::scripts::Fixture) {
         GrantRequest {
             task_id: "t2",
             candidates: &to_b,
+            budgets: &[],
         },
         GrantRequest {
             task_id: "t3",
             candidates: &to_b,
+            budgets: &[],
         },
     ];
     let outcomes = f.store.grant_tasks(&batch).await.expect("grant_tasks");

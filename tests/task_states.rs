@@ -82,9 +82,9 @@ fn resolved(outcome: ResolveOutcome) -> Answer {
 fn granted(outcome: GrantOutcome) -> Answer {
     match outcome {
         GrantOutcome::Granted { .. } => Answer::Now(TaskState::Granted),
-        other @ (GrantOutcome::NotQueued { .. } | GrantOutcome::NoFit) => {
-            Answer::Refused(format!("{other:?}"))
-        }
+        other @ (GrantOutcome::NotQueued { .. }
+        | GrantOutcome::NoFit
+        | GrantOutcome::Budget { .. }) => Answer::Refused(format!("{other:?}")),
     }
 }
 
@@ -245,6 +245,7 @@ async fn complete(f: &Fixture, task_id: &str, success: bool) -> Result<Answer, S
         success,
         execution_time_s: 0.0,
         grant_seq: None,
+        usage: None,
     };
     let outcome = f.store.complete_task(&report, LR, RETENTION_S);
     Ok(finished(outcome.await.map_err(failed("complete_task"))?))
@@ -492,6 +493,7 @@ async fn completing_a_queued_task_is_refused() {
         success: true,
         execution_time_s: 0.0,
         grant_seq: None,
+        usage: None,
     };
     match f
         .store
@@ -536,6 +538,7 @@ async fn a_failed_attempt_with_attempts_left_is_requeued() {
         success: false,
         execution_time_s: 0.0,
         grant_seq: Some(1),
+        usage: None,
     };
     for _ in 0..2 {
         let outcome = f

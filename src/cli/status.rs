@@ -60,6 +60,9 @@ pub(crate) async fn run(
     )?;
     write_agents(out, &status.agents)?;
     write_tenants(out, &status.tenants)?;
+    if !status.budgets.is_empty() {
+        write_budgets(out, &status.budgets)?;
+    }
     if args.patterns {
         write_patterns(out, &status.patterns)?;
     }
@@ -112,6 +115,30 @@ fn write_tasks(out: &mut dyn Write, tasks: &[TaskWaitView]) -> anyhow::Result<()
             out,
             "{:<24} {:<10} {:>8}  {}",
             t.task_id, t.state, t.priority, t.detail
+        )?;
+    }
+    Ok(())
+}
+
+fn write_budgets(
+    out: &mut dyn Write,
+    budgets: &[switchyard_protocol::BudgetView],
+) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "\n{:<24} {:<12} {:>22} {:>12} {:>8} {:>10}",
+        "budget", "kind", "limit", "available", "in use", "debt"
+    )?;
+    for b in budgets {
+        let limit = if b.kind == "rate" {
+            format!("{} {}/{}s", b.limit, b.unit, b.period_ms as f64 / 1000.0)
+        } else {
+            b.limit.to_string()
+        };
+        writeln!(
+            out,
+            "{:<24} {:<12} {:>22} {:>12} {:>8} {:>10}",
+            b.name, b.kind, limit, b.available, b.in_use, b.debt
         )?;
     }
     Ok(())

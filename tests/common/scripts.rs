@@ -145,6 +145,7 @@ pub fn completion<'a>(task_id: &'a str, agent_id: &'a str) -> Completion<'a> {
         success: true,
         execution_time_s: 0.0,
         grant_seq: None,
+        usage: None,
     }
 }
 

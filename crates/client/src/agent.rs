@@ -1,7 +1,7 @@
 //! [`Agent`]: an agent's handle: register, receive grants, report completions.
 
 use crate::sync::lock;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -173,6 +173,22 @@ impl Agent {
         .await
     }
 
+    /// [`Agent::complete_grant`] with what the task actually used, by unit (`tokens`,
+    /// `requests`, ...): the budgets it drew from are reconciled with it.
+    pub async fn complete_grant_with_usage(
+        &self,
+        grant: &TaskGrant,
+        success: bool,
+        execution_time_s: f64,
+        usage: BTreeMap<String, u64>,
+    ) -> Result<(), Error> {
+        let mut report = self.completion(&grant.task_id, success, execution_time_s);
+        report.grant_seq = Some(grant.grant_seq);
+        report.replies = Replies::None;
+        report.usage = usage;
+        self.publish_completion(report).await
+    }
+
     /// Like [`Agent::complete_task`] but waits for the coordinator's verdict, so a refusal
     /// (`wrong_agent`, `unknown_task`, ...) comes back as an error.
     pub async fn complete_task_confirmed(
@@ -211,6 +227,7 @@ impl Agent {
             error: None,
             grant_seq: None,
             replies: Replies::All,
+            usage: BTreeMap::new(),
         }
     }
 

@@ -21,10 +21,12 @@
 //!   `grant_tasks.lua` mirror.
 //! * [`strategies`] — the seed's strategies (round-robin, priority-based, load-balanced,
 //!   adaptive, historical) and [`StrategyKind`] to select them by name.
+//! * [`budget`] — shared budgets: token-bucket and concurrency arithmetic, mirrored in Lua.
 //! * [`learning`] — the performance-score update, the reference `complete_task.lua` implements.
 //! * [`patterns`] — success and duration learned per (task type, agent type).
 //! * [`retry`] — the back-off of a failed attempt before it runs again.
 
+pub mod budget;
 pub mod fairness;
 pub mod learning;
 pub mod patterns;

@@ -17,10 +17,11 @@ pub use envelope::{
     DeliveryMode, Envelope, MessagePriority, MessageType, PROTOCOL_VERSION, RetryPolicy,
 };
 pub use messages::{
-    AgentDeregister, AgentRegister, AgentStatusView, CoordinationSync, CoordinatorReply,
-    ErrorReport, ExplainedCandidate, GrantAck, GrantExplanation, GrantRef, Heartbeat,
-    MAX_GRANTS_PER_ACK, PatternRow, QUEUE_TIMEOUT, RUN_TIMEOUT, Replies, ReplyStatus, StatusQuery,
-    TaskCancel, TaskCancelNotice, TaskComplete, TaskGrant, TaskSubmit, TenantCountsView,
+    AgentDeregister, AgentRegister, AgentStatusView, BudgetView, CoordinationSync,
+    CoordinatorReply, ErrorReport, ExplainedCandidate, GrantAck, GrantExplanation, GrantRef,
+    Heartbeat, MAX_GRANTS_PER_ACK, PatternRow, QUEUE_TIMEOUT, RUN_TIMEOUT, Replies, ReplyStatus,
+    StatusQuery, TaskCancel, TaskCancelNotice, TaskComplete, TaskGrant, TaskSubmit,
+    TenantCountsView,
 };
 pub use messaging::{
     DEFAULT_HANDOFF_TIMEOUT_S, HandoffAcknowledge, HandoffInitiate, HandoffOutcome, HandoffStatus,

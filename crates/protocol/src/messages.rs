@@ -109,6 +109,11 @@ pub struct TaskSubmit {
     /// `[A-Za-z0-9_.:-]`); absent: the tenant `default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// The shared budgets the task draws from and how much (`{"openai-tpm": 3000}`): a rate
+    /// budget's estimated units, a concurrency budget's slots (1 usually). Every name must be a
+    /// budget the optimizer defines (`unknown_budget`); granted only when all allow the draw.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub budgets: BTreeMap<String, u64>,
 }
 
 /// Which COORDINATOR_REPLY messages a sender wants. Fewer replies are fewer messages: a client
@@ -234,6 +239,11 @@ pub struct TaskComplete {
     /// `final`): only a refusal is reported (ERROR_REPORT), which saves a message per task.
     #[serde(default, skip_serializing_if = "Replies::is_all")]
     pub replies: Replies,
+    /// What the task actually used, by unit (`{"tokens": 2500, "requests": 1}`): each rate budget
+    /// it drew from whose unit is named here is reconciled (the difference between the draw and
+    /// the use refunded or charged). Absent: the draws stand.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub usage: BTreeMap<String, u64>,
 }
 
 /// `TASK_CANCEL` (an event): the submitter of a task, or an operator, cancels it. Sent on
@@ -395,6 +405,9 @@ pub struct CoordinationSync {
     /// Per tenant (fairness between tenants), lifetime counts; absent before any tenant's task.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tenants: BTreeMap<String, TenantCountsView>,
+    /// The shared budgets the answering replica defines, as Redis holds them now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<BudgetView>,
 }
 
 /// One tenant's counts in a [`CoordinationSync`].
@@ -404,6 +417,33 @@ pub struct TenantCountsView {
     pub submitted: u64,
     /// Grants made to the tenant's tasks (a task granted again counts again).
     pub granted: u64,
+}
+
+/// One shared budget in a [`CoordinationSync`], at the Redis time of the answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetView {
+    pub name: String,
+    /// `rate` or `concurrency`.
+    pub kind: String,
+    /// rate: units per period; concurrency: slots.
+    pub limit: u64,
+    /// rate: the period in ms (0 for concurrency).
+    #[serde(default)]
+    pub period_ms: u64,
+    /// rate: the bucket size (0 for concurrency).
+    #[serde(default)]
+    pub burst: u64,
+    /// rate: the usage unit that reconciles it (empty for concurrency).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub unit: String,
+    /// rate: whole units available now; concurrency: free slots.
+    pub available: u64,
+    /// concurrency: slots held (0 for rate).
+    #[serde(default)]
+    pub in_use: u64,
+    /// rate: units owed (usage beyond the draws), paid back by the refill (0 otherwise).
+    #[serde(default)]
+    pub debt: u64,
 }
 
 /// One (task type, agent type) pair's learned statistics in a [`CoordinationSync`].
@@ -437,6 +477,7 @@ impl TaskSubmit {
             max_attempts: None,
             retry_backoff_s: None,
             tenant: None,
+            budgets: BTreeMap::new(),
         }
     }
 
@@ -468,6 +509,13 @@ impl TaskSubmit {
     /// Belongs to `tenant` (fairness between tenants).
     pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
         self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// Draws `amount` from the shared budget `name` (estimated tokens for a rate budget, slots for
+    /// a concurrency budget).
+    pub fn budget(mut self, name: impl Into<String>, amount: u64) -> Self {
+        self.budgets.insert(name.into(), amount);
         self
     }
 

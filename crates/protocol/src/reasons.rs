@@ -38,6 +38,11 @@ pub enum RejectReason {
     NotSubmitter,
     /// A handoff of a task whose cancel was requested: it is being stopped, not moved.
     TaskCancelling,
+    /// A submit's `budgets` (or a completion's `usage`) is malformed: a bad name, an amount out
+    /// of range, too many entries.
+    InvalidBudget,
+    /// A submit names a budget the optimizer does not define.
+    UnknownBudget,
 }
 
 impl RejectReason {
@@ -70,6 +75,8 @@ impl RejectReason {
             RejectReason::Infeasible => "infeasible",
             RejectReason::NotSubmitter => "not_submitter",
             RejectReason::TaskCancelling => "task_cancelling",
+            RejectReason::InvalidBudget => "invalid_budget",
+            RejectReason::UnknownBudget => "unknown_budget",
         }
     }
 }

@@ -377,7 +377,50 @@ fn check_complete(ctx: &Context<'_>, env: Envelope<TaskComplete>) -> Result<Inbo
             "execution_time_s must be finite and >= 0",
         ));
     }
+    check_amounts(ctx, "usage", &env.payload.usage, valid_unit_name, 0)?;
     Ok(Inbound::Complete(env))
+}
+
+/// Most budgets one task draws from (and units one completion reports).
+pub const MAX_TASK_BUDGETS: usize = 16;
+/// Largest amount one task draws from a budget, or reports as used.
+pub const MAX_BUDGET_AMOUNT: u64 = 1_000_000_000_000;
+
+/// A budget name: 1..=64 of `A-Za-z0-9_.-` (the config accepts the same).
+pub fn valid_budget_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// A usage unit: 1..=32 of `A-Za-z0-9_`.
+pub fn valid_unit_name(name: &str) -> bool {
+    (1..=32).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// A submit's `budgets` or a completion's `usage`: at most [`MAX_TASK_BUDGETS`] entries, each
+/// name valid and each amount `min..=MAX_BUDGET_AMOUNT`.
+fn check_amounts(
+    ctx: &Context<'_>,
+    field: &str,
+    map: &std::collections::BTreeMap<String, u64>,
+    valid_name: fn(&str) -> bool,
+    min: u64,
+) -> Result<(), Rejection> {
+    let bad = map.len() > MAX_TASK_BUDGETS
+        || map
+            .iter()
+            .any(|(name, n)| !valid_name(name) || !(min..=MAX_BUDGET_AMOUNT).contains(n));
+    if bad {
+        return Err(ctx.reject(
+            RejectReason::InvalidBudget,
+            format!(
+                "{field}: at most {MAX_TASK_BUDGETS} entries, names 1-64 of [A-Za-z0-9_.-] (units 1-32 of [A-Za-z0-9_]), amounts {min}..={MAX_BUDGET_AMOUNT}"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Longest `reason` a TASK_CANCEL may give.
@@ -490,6 +533,7 @@ fn check_submit(
             format!("at most {MAX_DEPENDENCIES} valid task ids, not the task itself"),
         ));
     }
+    check_amounts(ctx, "budgets", &task.budgets, valid_budget_name, 1)?;
     let Some(name) = &task.strategy else {
         return Ok(None);
     };

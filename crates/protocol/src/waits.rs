@@ -32,6 +32,15 @@ pub enum WaitReason {
     /// reservation): nothing that would delay it goes there, and it is granted when the tasks
     /// running there have ended.
     AgentHeld { agent_id: String },
+    /// `queued`; the shared budget `budget` does not allow the task's draw now. `until_ms`: when
+    /// it will by refill alone (Redis clock, ms since the epoch) if nothing else draws first;
+    /// absent: when a concurrency slot is released (or never: the draw exceeds the budget's
+    /// burst or limit).
+    Budget {
+        budget: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until_ms: Option<u64>,
+    },
     /// A reason this version does not know.
     #[serde(other)]
     Other,
@@ -58,6 +67,14 @@ impl WaitReason {
             WaitReason::AgentHeld { agent_id } => {
                 format!("agent {agent_id} held for it until its running tasks end")
             }
+            WaitReason::Budget {
+                budget,
+                until_ms: Some(until),
+            } => format!("budget {budget} exhausted until {}", utc_time(*until)),
+            WaitReason::Budget {
+                budget,
+                until_ms: None,
+            } => format!("budget {budget} exhausted until a slot is released"),
             WaitReason::Other => "waiting".to_string(),
         }
     }
@@ -134,6 +151,10 @@ mod tests {
             },
             WaitReason::AgentHeld {
                 agent_id: "a1".into(),
+            },
+            WaitReason::Budget {
+                budget: "tpm".into(),
+                until_ms: Some(1_000),
             },
         ];
         for reason in reasons {

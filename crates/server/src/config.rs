@@ -25,6 +25,10 @@ pub struct Config {
     /// Tenants and their weights (fairness between tenants); absent: every tenant weighs 1.
     #[serde(default)]
     pub tenants: TenantsConfig,
+    /// Shared budgets (`[[budgets]]`), none by default. Every replica writes its definitions to
+    /// Redis at start (`Store::define_budgets`); the scripts apply what Redis holds.
+    #[serde(default)]
+    pub budgets: Vec<BudgetConfig>,
 }
 
 /// `[tenants]`: how capacity is shared between tenants that compete for it.
@@ -70,6 +74,136 @@ impl TenantsConfig {
         }
         out
     }
+}
+
+/// One shared budget, as an operator defines it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// The name tasks draw from it by: 1..=64 of `A-Z a-z 0-9 _ . -`.
+    pub name: String,
+    pub kind: BudgetKind,
+    /// rate: units per period; concurrency: units held at once (a running task holds 1 unless
+    /// its submit says otherwise).
+    pub limit: u64,
+    /// rate: the period of `limit`, seconds (default 60: per minute); ms resolution.
+    #[serde(default)]
+    pub period_s: Option<f64>,
+    /// rate: the bucket size, the most drawn at once (default `limit`).
+    #[serde(default)]
+    pub burst: Option<u64>,
+    /// rate: what it counts, the key of TASK_COMPLETE.usage that reconciles it (default
+    /// `tokens`).
+    #[serde(default)]
+    pub unit: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetKind {
+    Rate,
+    Concurrency,
+}
+
+/// Budget names per config: enough for any provider-and-model list, and a bound on the metric
+/// labels and on the keys one grant script call may name.
+pub const MAX_BUDGETS: usize = 64;
+
+impl BudgetConfig {
+    /// The period in ms (rate budgets; 60 s when not given).
+    pub fn period_ms(&self) -> u64 {
+        (self.period_s.unwrap_or(60.0) * 1000.0).round() as u64
+    }
+
+    pub fn burst(&self) -> u64 {
+        self.burst.unwrap_or(self.limit)
+    }
+
+    pub fn unit(&self) -> &str {
+        self.unit.as_deref().unwrap_or("tokens")
+    }
+
+    /// The token-bucket definition of a rate budget.
+    pub fn rate(&self) -> switchyard_decision::budget::Rate {
+        switchyard_decision::budget::Rate {
+            limit: self.limit as i64,
+            period_ms: self.period_ms() as i64,
+            burst: self.burst() as i64,
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let name = &self.name;
+        let mut out = Vec::new();
+        if !valid_budget_name(name) {
+            out.push(format!(
+                "budgets: name {name:?} must be 1..=64 of A-Z a-z 0-9 _ . -"
+            ));
+        }
+        if self.limit == 0 {
+            out.push(format!("budgets.{name}: limit must be >= 1"));
+        }
+        match self.kind {
+            BudgetKind::Rate => out.extend(self.rate_problems()),
+            BudgetKind::Concurrency => {
+                if self.period_s.is_some() || self.burst.is_some() || self.unit.is_some() {
+                    out.push(format!(
+                        "budgets.{name}: period_s, burst and unit are for rate budgets only"
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    fn rate_problems(&self) -> Vec<String> {
+        let name = &self.name;
+        let max = switchyard_decision::budget::MAX_SCALED as u128;
+        let period = self.period_s.unwrap_or(60.0);
+        let mut out = Vec::new();
+        if !(period.is_finite() && (0.001..=31_536_000.0).contains(&period)) {
+            out.push(format!("budgets.{name}: period_s must be 0.001..=31536000"));
+        } else if (self.burst().max(self.limit) as u128) * (self.period_ms() as u128) > max {
+            out.push(format!(
+                "budgets.{name}: limit (and burst) times period_s in ms must be <= 2^50"
+            ));
+        }
+        if self.burst() == 0 {
+            out.push(format!("budgets.{name}: burst must be >= 1"));
+        }
+        let unit = self.unit();
+        if unit.is_empty()
+            || unit.len() > 32
+            || !unit.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            out.push(format!(
+                "budgets.{name}: unit must be 1..=32 of a-z A-Z 0-9 _"
+            ));
+        }
+        out
+    }
+}
+
+/// A budget name: what a task names and the last part of its Redis key.
+pub fn valid_budget_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+fn budget_problems(budgets: &[BudgetConfig]) -> Vec<String> {
+    let mut out: Vec<String> = budgets.iter().flat_map(BudgetConfig::problems).collect();
+    if budgets.len() > MAX_BUDGETS {
+        out.push(format!("budgets: at most {MAX_BUDGETS} may be defined"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for b in budgets {
+        if !seen.insert(b.name.as_str()) {
+            out.push(format!("budgets: {:?} is defined twice", b.name));
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -365,6 +499,7 @@ impl Config {
                 addr: "127.0.0.1:9464".into(),
             },
             tenants: TenantsConfig::default(),
+            budgets: Vec::new(),
         }
     }
 
@@ -393,6 +528,7 @@ impl Config {
             }
         }
         apply_env(&mut merged, env, &mut errors);
+        apply_budgets_env(&mut merged, env, &mut errors);
         let config = match toml::Value::Table(merged).try_into::<Config>() {
             Ok(c) => Some(c),
             Err(e) => {
@@ -424,6 +560,7 @@ impl Config {
         problems.extend(connection_problems(&self.nats, &self.redis));
         problems.extend(self.metrics.problems().into_iter().map(str::to_string));
         problems.extend(self.tenants.problems());
+        problems.extend(budget_problems(&self.budgets));
         problems
     }
 }
@@ -690,6 +827,22 @@ fn merge(base: &mut toml::Table, overrides: toml::Table) {
                 base.insert(key, v);
             }
         }
+    }
+}
+
+/// `BUDGETS`: the whole `budgets` list as a TOML array of inline tables, replacing the file's,
+/// e.g. `[{name = "openai-tpm", kind = "rate", limit = 90000, unit = "tokens"}]`.
+fn apply_budgets_env(merged: &mut toml::Table, env: &[(String, String)], errors: &mut Vec<String>) {
+    let Some((_, raw)) = env.iter().find(|(k, _)| k == "BUDGETS") else {
+        return;
+    };
+    match toml::from_str::<toml::Table>(&format!("budgets = {raw}")) {
+        Ok(mut table) => {
+            if let Some(list) = table.remove("budgets") {
+                merged.insert("budgets".into(), list);
+            }
+        }
+        Err(e) => errors.push(format!("BUDGETS is not a TOML array of tables: {e}")),
     }
 }
 
@@ -1138,5 +1291,65 @@ mod tests {
         assert!(err.contains("head_hold_ms"), "{err}");
         let off = Config::from_sources(None, &env(&[("HEAD_RESERVATION", "false")])).unwrap();
         assert!(!off.coordination.head_reservation);
+    }
+
+    #[test]
+    fn budgets_are_read_from_the_file_and_from_budgets_env_and_checked_whole() {
+        let file = r#"
+[[budgets]]
+name = "openai-tpm"
+kind = "rate"
+limit = 90000
+burst = 1500
+
+[[budgets]]
+name = "gpu"
+kind = "concurrency"
+limit = 4
+"#;
+        let c = Config::from_sources(Some(file), &[]).expect("valid budgets");
+        assert_eq!(c.budgets.len(), 2);
+        assert_eq!(c.budgets[0].period_ms(), 60_000);
+        assert_eq!(c.budgets[0].unit(), "tokens");
+        assert_eq!(c.budgets[0].rate().burst, 1500);
+        let from_env = Config::from_sources(
+            Some(file),
+            &env(&[(
+                "BUDGETS",
+                r#"[{name = "rpm", kind = "rate", limit = 60, unit = "requests"}]"#,
+            )]),
+        )
+        .expect("env budgets");
+        assert_eq!(from_env.budgets.len(), 1);
+        assert_eq!(from_env.budgets[0].unit(), "requests");
+        let bad = r#"
+[[budgets]]
+name = "a b"
+kind = "rate"
+limit = 0
+[[budgets]]
+name = "c"
+kind = "concurrency"
+limit = 1
+burst = 3
+[[budgets]]
+name = "c"
+kind = "rate"
+limit = 1
+period_s = 0.0
+"#;
+        let e = Config::from_sources(Some(bad), &[])
+            .unwrap_err()
+            .to_string();
+        for part in [
+            "name \"a b\"",
+            "limit must be >= 1",
+            "rate budgets only",
+            "defined twice",
+            "period_s",
+        ] {
+            assert!(e.contains(part), "{part} missing from {e}");
+        }
+        assert!(Config::from_sources(None, &env(&[("BUDGETS", "[{")])).is_err());
     }
 }

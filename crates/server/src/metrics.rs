@@ -30,6 +30,11 @@ pub const TASK_TIMEOUTS_TOTAL: &str = "switchyard_task_timeouts_total";
 pub const TASK_RETRIES_TOTAL: &str = "switchyard_task_retries_total";
 pub const TENANT_GRANTED_TOTAL: &str = "switchyard_tenant_granted_total";
 pub const HEAD_HOLDS_TOTAL: &str = "switchyard_head_holds_total";
+pub const BUDGET_AVAILABLE: &str = "switchyard_budget_available";
+pub const BUDGET_IN_USE: &str = "switchyard_budget_in_use";
+pub const BUDGET_DEBT: &str = "switchyard_budget_debt";
+pub const BUDGET_GRANTED_TOTAL: &str = "switchyard_budget_granted_total";
+pub const BUDGET_BLOCKED_TOTAL: &str = "switchyard_budget_blocked_total";
 
 /// All metrics of one optimizer replica, in its own registry (so in-process replicas in tests
 /// do not collide).
@@ -80,6 +85,17 @@ pub struct Metrics {
     pub tenant_granted: IntCounterVec,
     /// Head holds taken or moved by this replica (a renewal of the same hold is not counted).
     pub head_holds: IntCounter,
+    /// Per `budget` (names from the config, so bounded): units available now (rate) or free
+    /// slots (concurrency), refreshed with the utilization gauges.
+    pub budget_available: GaugeVec,
+    /// Per `budget`: concurrency slots held.
+    pub budget_in_use: GaugeVec,
+    /// Per `budget`: rate units owed (usage beyond the draws, paid back by the refill).
+    pub budget_debt: GaugeVec,
+    /// Per `budget`: units drawn by this replica's grants.
+    pub budget_granted: IntCounterVec,
+    /// Per `budget`: grant attempts this replica saw blocked by the budget.
+    pub budget_blocked: IntCounterVec,
 }
 
 pub(crate) fn registered<C: prometheus::core::Collector + Clone + 'static>(
@@ -191,6 +207,23 @@ impl Metrics {
             head_holds: add.counter(
                 HEAD_HOLDS_TOTAL,
                 "Agents held for a head task that fits nowhere (new holds)",
+            )?,
+            budget_available: add.gauges(
+                BUDGET_AVAILABLE,
+                "Budget units available now (rate) or free slots (concurrency)",
+                &["budget"],
+            )?,
+            budget_in_use: add.gauges(BUDGET_IN_USE, "Concurrency slots held", &["budget"])?,
+            budget_debt: add.gauges(BUDGET_DEBT, "Rate budget units owed", &["budget"])?,
+            budget_granted: add.counters(
+                BUDGET_GRANTED_TOTAL,
+                "Budget units drawn by grants",
+                &["budget"],
+            )?,
+            budget_blocked: add.counters(
+                BUDGET_BLOCKED_TOTAL,
+                "Grant attempts blocked by a budget",
+                &["budget"],
             )?,
             registry,
         })

@@ -16,6 +16,7 @@
 //! Capacity and dependency invariants are checked on every grant; a violation ends the run with
 //! [`SimError::Invariant`] instead of a panic.
 
+mod budgets;
 mod dispatch;
 mod lifecycle;
 mod limits;
@@ -30,6 +31,7 @@ use super::workload::Workload;
 use lifecycle::build_agents;
 use switchyard_decision::{FairClock, HeadHold, PatternTable, Strategy, TaskEvent, TaskState};
 
+pub use budgets::BudgetUsage;
 pub use lifecycle::agent_id;
 
 /// Who places tasks: one of the real strategies, or the oracle.
@@ -73,6 +75,8 @@ enum Ev {
         task: usize,
         grant: u32,
     },
+    /// A blocked rate budget refills enough: dispatch again.
+    BudgetWake,
 }
 
 fn to_us(s: f64) -> u64 {
@@ -114,6 +118,7 @@ pub(crate) struct Engine<'w> {
     pub(crate) util_area: f64,
     pub(crate) alive_area: f64,
     pub(crate) grants_by_type: Vec<u64>,
+    pub(crate) budgets: budgets::SimBudgets,
 }
 
 impl<'w> Engine<'w> {
@@ -152,6 +157,7 @@ impl<'w> Engine<'w> {
             util_area: 0.0,
             alive_area: 0.0,
             grants_by_type: vec![0; w.agent_types.len()],
+            budgets: budgets::SimBudgets::new(w),
         };
         engine.place = vec![None; engine.stream.len()];
         for task in &engine.stream {
@@ -228,6 +234,7 @@ impl<'w> Engine<'w> {
             Ev::AgentEvent(i) => self.agent_event(i),
             Ev::QueueDeadline { task, grants } => self.queue_deadline(task, grants),
             Ev::RunDeadline { task, grant } => self.run_deadline(task, grant),
+            Ev::BudgetWake => Ok(()),
         }
     }
 

@@ -49,6 +49,8 @@ pub struct Outcome {
     pub grants_by_agent_type: BTreeMap<String, u64>,
     /// Per tenant: (weight, grants made while every tenant of the workload had a task ready).
     pub backlogged_grants: BTreeMap<String, (f64, u64)>,
+    /// Per shared budget, what it gave.
+    pub budgets: BTreeMap<String, crate::engine::BudgetUsage>,
 }
 
 fn secs(us: u64) -> f64 {
@@ -98,6 +100,7 @@ impl Outcome {
             utilization,
             grants_by_agent_type,
             backlogged_grants,
+            budgets: e.budget_usage(),
         }
     }
 }

@@ -172,6 +172,7 @@ mod tests {
             tenant_shares: BTreeMap::new(),
             waits_by_type: BTreeMap::new(),
             mean_run_s: 0.0,
+            budgets: BTreeMap::new(),
         }
     }
 

@@ -60,6 +60,9 @@ pub struct StrategyMetrics {
     /// Mean duration of the last attempt of completed tasks, seconds: the unit of
     /// [`TypeWait::max_wait_in_mean_runs`].
     pub mean_run_s: f64,
+    /// Per shared budget: the most drawn and used in any period, and per period.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub budgets: BTreeMap<String, crate::engine::BudgetUsage>,
 }
 
 /// One tenant's share of the grants made while every tenant was backlogged.
@@ -138,6 +141,7 @@ impl StrategyMetrics {
             tenant_shares: tenant_shares(o),
             waits_by_type: waits_by_type(o),
             mean_run_s: mean_run_s(o),
+            budgets: o.budgets.clone(),
         }
     }
 }
@@ -286,6 +290,12 @@ impl SimReport {
         }
         self.render_shares(&mut out);
         self.render_waits(&mut out);
+        for name in self.names() {
+            let budgets = self.strategies.get(name).map(|m| &m.budgets);
+            for (budget, u) in budgets.into_iter().flatten() {
+                out.push_str(&budget_row(name, budget, u));
+            }
+        }
         out
     }
 
@@ -358,6 +368,31 @@ impl SimReport {
     }
 }
 
+/// One line per budget: a rate budget's most drawn and used in any window of one period, as a
+/// share of its limit, and the range of what was drawn per period; a concurrency budget's grants
+/// per minute (the per-period lists are in the JSON).
+fn budget_row(name: &str, budget: &str, u: &crate::engine::BudgetUsage) -> String {
+    let periods = &u.drawn_per_period;
+    let (lo, hi) = periods
+        .iter()
+        .fold((u64::MAX, 0), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    let lo = if periods.is_empty() { 0 } else { lo };
+    if u.period_s > 0.0 {
+        format!(
+            "{name:<14} budget {budget}: {} per {}s; most drawn in any window {:.1}%, most used {:.1}%; drawn per period {lo}..{hi}\n",
+            u.limit,
+            u.period_s,
+            u.max_drawn_share * 100.0,
+            u.max_used_share * 100.0
+        )
+    } else {
+        format!(
+            "{name:<14} budget {budget}: {} slots; grants per minute {lo}..{hi}\n",
+            u.limit
+        )
+    }
+}
+
 /// One line of the table; `rr` is round_robin's mean completion time, if known.
 fn table_row(name: &str, m: &StrategyMetrics, rr: Option<f64>) -> String {
     let vs = match rr {
@@ -419,6 +454,7 @@ mod tests {
             utilization: 0.5,
             grants_by_agent_type: BTreeMap::new(),
             backlogged_grants: BTreeMap::new(),
+            budgets: BTreeMap::new(),
         };
         let m = StrategyMetrics::from_outcome(&o);
         assert_eq!(m.tasks_completed, 20);
@@ -442,6 +478,7 @@ mod tests {
             utilization: 0.0,
             grants_by_agent_type: BTreeMap::new(),
             backlogged_grants: BTreeMap::new(),
+            budgets: BTreeMap::new(),
         };
         let m = StrategyMetrics::from_outcome(&o);
         assert_eq!(m.mean_completion_s, 0.0);

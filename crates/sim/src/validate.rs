@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use super::workload::{
-    AgentEventKind, ArrivalKind, TaskStreamSpec, TaskTypeSpec, TruthSpec, Workload,
+    AgentEventKind, ArrivalKind, BudgetKindSpec, TaskStreamSpec, TaskTypeSpec, TruthSpec, Workload,
 };
 use switchyard_decision::Resources;
 use switchyard_decision::resources::fits_within;
@@ -46,6 +46,7 @@ pub(crate) fn validate(w: &mut Workload) -> Vec<String> {
             errors.push(format!("tenants.{tenant}: weight must be in {lo}..={hi}"));
         }
     }
+    check_budgets(w, &mut errors);
     if w.retry.max_attempts == 0 {
         errors.push("retry.max_attempts must be at least 1".to_owned());
     }
@@ -62,6 +63,45 @@ pub(crate) fn validate(w: &mut Workload) -> Vec<String> {
         ));
     }
     errors
+}
+
+/// Budgets are defined once, each valid as the optimizer's config requires, and every draw names
+/// a defined budget and fits in it (a larger draw could never be granted).
+fn check_budgets(w: &Workload, errors: &mut Vec<String>) {
+    let mut seen = std::collections::HashSet::new();
+    for b in &w.budgets {
+        if !seen.insert(b.name.as_str()) {
+            errors.push(format!("budget {:?} is defined twice", b.name));
+        }
+        let period = b.period_s.unwrap_or(60.0);
+        if b.limit == 0 || b.burst == Some(0) || !(period.is_finite() && period >= 0.001) {
+            errors.push(format!(
+                "budget {}: limit and burst must be >= 1, period_s >= 0.001",
+                b.name
+            ));
+        }
+    }
+    for ty in &w.tasks.types {
+        if !(ty.usage_noise.is_finite() && ty.usage_noise >= 0.0) {
+            errors.push(format!("task type {}: usage_noise must be >= 0", ty.name));
+        }
+        for (name, amount) in &ty.budgets {
+            let Some(b) = w.budgets.iter().find(|b| &b.name == name) else {
+                errors.push(format!("task type {}: no budget named {name:?}", ty.name));
+                continue;
+            };
+            let most = match b.kind {
+                BudgetKindSpec::Rate => b.burst.unwrap_or(b.limit),
+                BudgetKindSpec::Concurrency => b.limit,
+            };
+            if *amount == 0 || *amount > most {
+                errors.push(format!(
+                    "task type {}: draws {amount} from budget {name}, which allows 1..={most}",
+                    ty.name
+                ));
+            }
+        }
+    }
 }
 
 fn check_agent_types(w: &mut Workload, errors: &mut Vec<String>) {

@@ -49,6 +49,47 @@ pub struct Workload {
     /// `coordination.head_reservation`).
     #[serde(default = "yes")]
     pub head_reservation: bool,
+    /// Shared budgets the task types draw from (as the optimizer's `[[budgets]]`).
+    #[serde(default)]
+    pub budgets: Vec<BudgetSpec>,
+}
+
+/// One shared budget, as the optimizer's config defines it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSpec {
+    pub name: String,
+    pub kind: BudgetKindSpec,
+    /// rate: units per period; concurrency: slots.
+    pub limit: u64,
+    /// rate: the period in seconds (default 60).
+    #[serde(default)]
+    pub period_s: Option<f64>,
+    /// rate: the bucket size (default `limit`).
+    #[serde(default)]
+    pub burst: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetKindSpec {
+    Rate,
+    Concurrency,
+}
+
+impl BudgetSpec {
+    pub fn period_ms(&self) -> i64 {
+        (self.period_s.unwrap_or(60.0) * 1000.0).round() as i64
+    }
+
+    /// The token-bucket definition of a rate budget.
+    pub fn rate(&self) -> switchyard_decision::budget::Rate {
+        switchyard_decision::budget::Rate {
+            limit: self.limit as i64,
+            period_ms: self.period_ms(),
+            burst: self.burst.unwrap_or(self.limit) as i64,
+        }
+    }
 }
 
 /// One kind of agent and how many of them there are.
@@ -195,6 +236,13 @@ pub struct TaskTypeSpec {
     /// The tenant tasks of this type belong to (`default` when absent).
     #[serde(default)]
     pub tenant: Option<String>,
+    /// What one task draws from each budget (its estimate, for a rate budget).
+    #[serde(default)]
+    pub budgets: BTreeMap<String, u64>,
+    /// σ of the mean-1 log-normal factor between a rate draw and the actual usage reported at
+    /// completion (0: usage = draw).
+    #[serde(default)]
+    pub usage_noise: f64,
     /// `resources` in milli-units, filled in by validation.
     #[serde(skip)]
     pub required_milli: Resources,

@@ -277,6 +277,7 @@ async fn flood(targets: Targets<'_>) -> String {
             error: None,
             grant_seq: Some(grant_seq),
             replies: Replies::None,
+            usage: Default::default(),
         };
         let envelope = Envelope::new(agent_id, MessageType::TaskComplete, report, now_ms());
         let subject = targets

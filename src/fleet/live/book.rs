@@ -431,6 +431,8 @@ impl Book {
             utilization,
             grants_by_agent_type: self.grants_by_type.clone(),
             backlogged_grants: self.backlogged_grants.clone(),
+            // `sim --live` does not replay budgets (tests/budget_bench.rs measures them live).
+            budgets: Default::default(),
         }
     }
 }

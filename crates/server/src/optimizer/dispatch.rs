@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use futures::future::join_all;
 
+use super::budget_hints::{BudgetHints, sleep_until};
 use super::publish::{Grant, Reply, publish_grant, send_reply};
 use super::{Ctx, head};
 use crate::state::{FleetCache, GrantOutcome, GrantRequest, QueuedTask};
@@ -28,12 +29,13 @@ const MAX_ROUNDS: usize = 8;
 pub(crate) async fn dispatch_queue(
     ctx: &Ctx,
     fleet: &mut FleetCache,
+    hints: &mut BudgetHints,
 ) -> Result<HashSet<String>, Error> {
     let started = Instant::now();
     let mut granted_ids = HashSet::new();
     let mut stale_retry_left = true;
     for _ in 0..MAX_ROUNDS {
-        let round = dispatch_round(ctx, fleet).await?;
+        let round = dispatch_round(ctx, fleet, hints).await?;
         granted_ids.extend(round.granted.iter().map(|g| g.payload.task_id.clone()));
         if ctx.faults.stall_after_commit && !round.granted.is_empty() {
             tracing::warn!("fault injection: grants committed; stalling before publishing them");
@@ -64,8 +66,13 @@ struct Round {
 
 /// One round: the queue head, what changed in the fleet since the last round (one XRANGE, not a
 /// read of every agent), a plan, and one script call that commits every grant of the plan.
-async fn dispatch_round(ctx: &Ctx, fleet: &mut FleetCache) -> Result<Round, Error> {
+async fn dispatch_round(
+    ctx: &Ctx,
+    fleet: &mut FleetCache,
+    hints: &mut BudgetHints,
+) -> Result<Round, Error> {
     let window = ctx.config.coordination.dispatch_window;
+    hints.forget_past(Instant::now());
     let first = ctx.dispatch_store.queue_head(window).await?;
     if first.is_empty() {
         return Ok(Round::default());
@@ -88,7 +95,7 @@ async fn dispatch_round(ctx: &Ctx, fleet: &mut FleetCache) -> Result<Round, Erro
         },
         head::current_hold(ctx)
     )?;
-    let head = head::feasible_head(ctx, first, fleet.agents()).await?;
+    let head = head::feasible_head(ctx, first, fleet.agents(), hints).await?;
     let plan = plan_head(
         ctx,
         &head,
@@ -103,6 +110,7 @@ async fn dispatch_round(ctx: &Ctx, fleet: &mut FleetCache) -> Result<Round, Erro
         .map(|p| GrantRequest {
             task_id: &head[p.task_index].view.task_id,
             candidates: &p.candidates,
+            budgets: &head[p.task_index].budgets,
         })
         .collect();
     let outcomes = ctx.store.grant_tasks(&requests).await?;
@@ -122,6 +130,12 @@ async fn dispatch_round(ctx: &Ctx, fleet: &mut FleetCache) -> Result<Round, Erro
                     .tenant_granted
                     .with_label_values(&[ctx.config.tenants.label(&task.tenant)])
                     .inc();
+                for (budget, amount) in &task.budgets {
+                    ctx.metrics
+                        .budget_granted
+                        .with_label_values(&[budget])
+                        .inc_by(*amount);
+                }
                 tracing::debug!(task_id = %task.view.task_id, agent_id = %agent_id, grant_seq, "task granted");
                 round.granted.push(
                     Grant::from_queued(task, &agent_id, grant_seq)
@@ -130,6 +144,13 @@ async fn dispatch_round(ctx: &Ctx, fleet: &mut FleetCache) -> Result<Round, Erro
             }
             GrantOutcome::NoFit => round.stale_misses += 1,
             GrantOutcome::NotQueued { .. } => {}
+            GrantOutcome::Budget { budget, wait_ms } => {
+                ctx.metrics
+                    .budget_blocked
+                    .with_label_values(&[&budget])
+                    .inc();
+                hints.note(&budget, wait_ms);
+            }
         }
     }
     round.window_full = head.len() == window && round.granted.len() == head.len();
@@ -279,6 +300,7 @@ impl Dispatcher {
     /// cache lives here: one pass runs at a time, so it needs no lock.
     pub(crate) async fn run(&self, ctx: &Ctx, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut fleet = FleetCache::new();
+        let mut hints = BudgetHints::default();
         let gauge_period =
             std::time::Duration::from_secs_f64(ctx.config.coordination.optimization_interval_s);
         let mut gauges_due = std::time::Instant::now();
@@ -289,12 +311,15 @@ impl Dispatcher {
                     return;
                 }
                 _ = self.wake.notified() => {}
+                _ = sleep_until(hints.next_due()) => {}
             }
             let ticket = self.requested.load(std::sync::atomic::Ordering::SeqCst);
-            let granted = dispatch_queue(ctx, &mut fleet).await.unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "dispatch failed; the next pass retries");
-                HashSet::new()
-            });
+            let granted = dispatch_queue(ctx, &mut fleet, &mut hints)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "dispatch failed; the next pass retries");
+                    HashSet::new()
+                });
             if gauges_due.elapsed() >= gauge_period {
                 // Also keeps the cache read while the queue is empty, so an idle spell longer
                 // than the fleet log's retention does not end in a read of every agent.
@@ -302,6 +327,7 @@ impl Dispatcher {
                     tracing::warn!(error = %e, "fleet cache not refreshed");
                 }
                 set_utilization_gauges(ctx, fleet.agents());
+                set_budget_gauges(ctx).await;
                 gauges_due = std::time::Instant::now();
             }
             self.done
@@ -323,4 +349,31 @@ fn set_utilization_gauges(ctx: &Ctx, agents: &[AgentView]) {
     let gauge = &ctx.metrics.agent_utilization;
     gauge.with_label_values(&["mean"]).set(mean);
     gauge.with_label_values(&["max"]).set(max);
+}
+
+/// The budgets' state as gauges (one pipelined read; at most once per OPTIMIZATION_INTERVAL).
+async fn set_budget_gauges(ctx: &Ctx) {
+    if ctx.config.budgets.is_empty() {
+        return;
+    }
+    let names: Vec<String> = ctx.config.budgets.iter().map(|b| b.name.clone()).collect();
+    let states = match ctx.dispatch_store.budget_states(&names).await {
+        Ok(states) => states,
+        Err(e) => {
+            tracing::warn!(error = %e, "budget gauges not refreshed");
+            return;
+        }
+    };
+    for b in states {
+        let m = &ctx.metrics;
+        m.budget_available
+            .with_label_values(&[&b.name])
+            .set(b.available as f64);
+        m.budget_in_use
+            .with_label_values(&[&b.name])
+            .set(b.in_use as f64);
+        m.budget_debt
+            .with_label_values(&[&b.name])
+            .set(b.debt as f64);
+    }
 }

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use super::Ctx;
 use super::applied::Applied;
 use super::publish::{Grant, Reply};
+use crate::config::{BudgetKind, InfeasiblePolicy};
 use crate::state::{
     CompleteOutcome, Completion, DependencyOutcome, DeregisterOutcome, ResolveOutcome,
     SubmitOutcome, SubmitRequest,
@@ -14,7 +15,7 @@ use crate::state::{
 use switchyard_client::error::Error;
 use switchyard_decision::{Resources, StrategyKind, TaskState};
 use switchyard_protocol::{
-    AgentRegister, Envelope, Inbound, MessageType, Replies, ReplyStatus, TaskSubmit,
+    AgentRegister, Envelope, Inbound, MessageType, RejectReason, Replies, ReplyStatus, TaskSubmit,
 };
 
 /// Applies a batch: every completion in one `complete_tasks` call (so agents and patterns are
@@ -62,6 +63,7 @@ fn completion_of(p: &switchyard_protocol::TaskComplete) -> Completion<'_> {
         success: p.success,
         execution_time_s: p.execution_time_s,
         grant_seq: p.grant_seq,
+        usage: (!p.usage.is_empty()).then_some(&p.usage),
     }
 }
 
@@ -91,6 +93,10 @@ pub(crate) async fn apply_event(ctx: &Ctx, event: &Inbound) -> Result<Applied, E
             request
                 .options
                 .extend(limit_options(&env.payload, &ctx.config.coordination));
+            match budget_options(ctx, &env.payload) {
+                Ok(options) => request.options.extend(options),
+                Err((reason, message)) => return Ok(Applied::refuse(reason, message)),
+            }
             submit(ctx, &request).await
         }
         Inbound::Complete(env) => {
@@ -211,6 +217,49 @@ pub(crate) fn limit_options(
         options.push(("retry_backoff_max_ms", ms(cap).to_string()));
     }
     options
+}
+
+/// A submit's budgets as the task option the scripts read (`budgets`, lib.lua's
+/// `budget_draws`), checked against this replica's budgets: an unknown name is refused
+/// (`unknown_budget`); a draw no budget could ever allow (over a rate budget's burst, or a
+/// concurrency budget's limit) is refused as `infeasible` under `coordination.infeasible =
+/// "refuse"`, and queued under `hold` (its status then says which budget it waits for).
+fn budget_options(
+    ctx: &Ctx,
+    task: &TaskSubmit,
+) -> Result<Vec<(&'static str, String)>, (RejectReason, String)> {
+    if task.budgets.is_empty() {
+        return Ok(Vec::new());
+    }
+    for (name, amount) in &task.budgets {
+        let Some(budget) = ctx.config.budgets.iter().find(|b| &b.name == name) else {
+            return Err((
+                RejectReason::UnknownBudget,
+                format!(
+                    "task {} draws from {name:?}, which is not a defined budget",
+                    task.task_id
+                ),
+            ));
+        };
+        let most = match budget.kind {
+            BudgetKind::Rate => budget.burst(),
+            BudgetKind::Concurrency => budget.limit,
+        };
+        if *amount > most && ctx.config.coordination.infeasible == InfeasiblePolicy::Refuse {
+            return Err((
+                RejectReason::Infeasible,
+                format!(
+                    "task {} draws {amount} from budget {name}, which never allows more than {most} at once",
+                    task.task_id
+                ),
+            ));
+        }
+    }
+    let draws: Vec<(String, u64)> = task.budgets.iter().map(|(n, a)| (n.clone(), *a)).collect();
+    Ok(vec![(
+        "budgets",
+        switchyard_decision::budget::encode_draws(&draws),
+    )])
 }
 
 async fn deregister(

@@ -6,13 +6,15 @@
 use std::sync::Arc;
 
 use super::Ctx;
+use super::budget_hints::BudgetHints;
 use crate::state::QueuedTask;
 use switchyard_client::error::Error;
 use switchyard_decision::placement::shortfall;
 use switchyard_decision::{AgentView, HeadHold, PlannedGrant, TaskView, choose_hold_agent};
 
 /// Most further pages of the queue read in one round to get past tasks that fit no agent's
-/// capacity (held infeasible tasks, `coordination.infeasible = "hold"`).
+/// capacity (held infeasible tasks, `coordination.infeasible = "hold"`) or wait for a blocked
+/// budget.
 const MAX_EXTRA_PAGES: usize = 8;
 
 /// Whether some agent's capacity covers the task (free or not).
@@ -23,20 +25,23 @@ fn coverable(task: &QueuedTask, agents: &[AgentView]) -> bool {
 }
 
 /// The head as the plan sees it: the tasks of `first` (the first page) that some agent could
-/// ever hold, and when some could not and the page was full, the next pages' too, up to a
-/// window. Without this, more than a window of never-fitting tasks at the head stalled the
-/// whole queue. Returns the tasks and how many positions of the queue were read.
+/// ever hold and that draw from no budget known to be blocked for now (`hints`), and when some
+/// were left out and the page was full, the next pages' too, up to a window. Without this, more
+/// than a window of never-fitting tasks at the head stalled the whole queue, and a blocked
+/// budget's tasks filled the window ahead of tasks of other budgets (or none).
 pub(crate) async fn feasible_head(
     ctx: &Ctx,
     first: Vec<QueuedTask>,
     agents: &[AgentView],
+    hints: &BudgetHints,
 ) -> Result<Vec<QueuedTask>, Error> {
     let window = ctx.config.coordination.dispatch_window;
-    if agents.is_empty() || first.iter().all(|t| coverable(t, agents)) {
+    let usable = |t: &QueuedTask| !hints.blocks(t) && (agents.is_empty() || coverable(t, agents));
+    if first.iter().all(usable) {
         return Ok(first);
     }
     let mut full = first.len() == window;
-    let mut head: Vec<QueuedTask> = first.into_iter().filter(|t| coverable(t, agents)).collect();
+    let mut head: Vec<QueuedTask> = first.into_iter().filter(usable).collect();
     let mut offset = window;
     for _ in 0..MAX_EXTRA_PAGES {
         if !full || head.len() >= window {
@@ -45,7 +50,7 @@ pub(crate) async fn feasible_head(
         let page = ctx.dispatch_store.queue_page(offset, window).await?;
         full = page.len() == window;
         offset += window;
-        head.extend(page.into_iter().filter(|t| coverable(t, agents)));
+        head.extend(page.into_iter().filter(usable));
     }
     head.truncate(window);
     Ok(head)

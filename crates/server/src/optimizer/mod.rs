@@ -11,6 +11,7 @@
 
 mod applied;
 mod batch;
+mod budget_hints;
 mod cancel;
 mod deadlines;
 mod dispatch;
@@ -131,9 +132,11 @@ impl Optimizer {
             StrategyKind::parse(&config.coordination.default_strategy).unwrap_or_default();
         let store = Store::connect(&config.redis)
             .await?
-            .with_infeasible_policy(config.coordination.infeasible);
+            .with_infeasible_policy(config.coordination.infeasible)
+            .with_budgets(config.budgets.iter().map(|b| b.name.clone()).collect());
         // Agents registered by a version that kept no capacity index enter it now.
         store.index_capacities().await?;
+        define_budgets(&store, &config.budgets).await?;
         let dispatch_store = Store::connect(&config.redis).await?;
         let ctx = Ctx {
             config,
@@ -259,4 +262,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .await?
         .run(shutdown)
         .await
+}
+
+/// Writes this replica's budget definitions to Redis, so every replica's grants apply the same
+/// numbers; a definition another replica wrote differently is replaced (the last to start wins)
+/// and said so in the log.
+async fn define_budgets(
+    store: &Store,
+    budgets: &[crate::config::BudgetConfig],
+) -> Result<(), Error> {
+    let verdicts = store.define_budgets(budgets).await?;
+    for (budget, verdict) in budgets.iter().zip(verdicts) {
+        if verdict == crate::state::Defined::Changed {
+            tracing::warn!(budget = %budget.name, limit = budget.limit, "budget defined differently in Redis (another replica's config): replaced by this one's");
+        }
+    }
+    Ok(())
 }

@@ -279,6 +279,7 @@ mod tests {
             explain: true,
             replies: Replies::All,
             tenant: "default".into(),
+            budgets: Vec::new(),
         }
     }
 

@@ -148,10 +148,8 @@ impl Store {
     ) -> Result<DeadlineOutcome, Error> {
         let k = self.keys();
         let id = &deadline.task_id;
-        let reply: Vec<String> = self
-            .scripts
-            .enforce_deadline
-            .key(k.task(id))
+        let mut inv = self.scripts.enforce_deadline.prepare_invoke();
+        inv.key(k.task(id))
             .key(k.queue_deadlines())
             .key(k.run_deadlines())
             .key(k.retries())
@@ -164,7 +162,13 @@ impl Store {
             .key(k.cancel_outbox())
             .key(k.fleet_log())
             .key(k.agent(agent_id))
-            .key(k.agent_tasks(agent_id))
+            .key(k.agent_tasks(agent_id));
+        if deadline.kind == DeadlineKind::Run {
+            for key in self.task_budget_keys(&[id.as_str()]).await? {
+                inv.key(key);
+            }
+        }
+        let reply: Vec<String> = inv
             .arg(id)
             .arg(deadline.kind.as_str())
             .arg(&deadline.member)

@@ -164,6 +164,14 @@ impl Keys {
         format!("{}:head_hold", self.tag)
     }
 
+    /// Hash: one shared budget: its definition as the replicas wrote it (`kind`, `limit`,
+    /// `period_ms`, `burst`, `unit`; `define_budgets.lua`) and its state (rate: the scaled
+    /// `level` and the time `at` it was computed; concurrency: `held`). The name is the key's
+    /// last part: lib.lua's `budget_keys` reads it back from there.
+    pub fn budget(&self, name: &str) -> String {
+        format!("{}:budget:{name}", self.tag)
+    }
+
     /// Hash: lifetime counters (submitted, granted, completed, failed, cancelled, requeued,
     /// timed_out, retried).
     pub fn stats(&self) -> String {
@@ -202,6 +210,7 @@ mod tests {
             k.retries(),
             k.tenants(),
             k.head_hold(),
+            k.budget("a"),
         ];
         let unique: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(unique.len(), all.len());
@@ -228,6 +237,7 @@ mod tests {
             k.retries(),
             k.tenants(),
             k.head_hold(),
+            k.budget("openai-tpm"),
         ] {
             assert_eq!(Slot::for_key(&key), home, "{key}");
         }

@@ -5,6 +5,7 @@
 //! first write, because Redis has no rollback: a transition happens whole or not at all. Every
 //! transition is idempotent, so a redelivered event changes nothing and gets the same answer.
 
+mod budgets;
 mod connection;
 mod deadlines;
 mod fairness;
@@ -19,6 +20,7 @@ mod sentinel;
 mod store;
 mod waits;
 
+pub use budgets::{BudgetState, Defined};
 pub(crate) use connection::seed_urls;
 pub use connection::{Connection, redis_client};
 pub use deadlines::{Deadline, DeadlineKind, DeadlineOutcome};

@@ -399,6 +399,7 @@ impl Store {
             Vec::new()
         };
         Ok(CoordinationSync {
+            budgets: self.budget_states(&self.budget_names).await?,
             waiting_depth: self.waiting_depth().await?,
             tasks: self.task_waits(query).await?,
             patterns,

@@ -49,6 +49,8 @@ pub enum SubmitOutcome {
 pub struct GrantRequest<'a> {
     pub task_id: &'a str,
     pub candidates: &'a [String],
+    /// The task's budget draws (QueuedTask::budgets): their keys go to the script.
+    pub budgets: &'a [(String, u64)],
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +64,12 @@ pub enum GrantOutcome {
         state: Option<TaskState>,
     },
     NoFit,
+    /// Budget `budget` does not allow the task's draw now; `wait_ms`: when it would by refill
+    /// alone (Redis clock), `None`: only when a concurrency slot is released (or never).
+    Budget {
+        budget: String,
+        wait_ms: Option<u64>,
+    },
 }
 
 /// A completion report, as `complete_task` needs it.
@@ -73,6 +81,8 @@ pub struct Completion<'a> {
     pub execution_time_s: f64,
     /// The grant reported on; `None` accepts any grant of the task to this agent.
     pub grant_seq: Option<u64>,
+    /// Actual usage by unit (TASK_COMPLETE.usage): reconciles the task's rate draws.
+    pub usage: Option<&'a std::collections::BTreeMap<String, u64>>,
 }
 
 /// Why a transition was refused: the reason code and a readable message, both written by the
@@ -239,6 +249,8 @@ pub struct QueuedTask {
     pub replies: switchyard_protocol::Replies,
     /// The tenant the task belongs to (`default` when the submit named none).
     pub tenant: String,
+    /// The budgets the task draws from, and how much (empty: none).
+    pub budgets: Vec<(String, u64)>,
 }
 
 /// A script answered what its caller does not expect: a defect, never retried.
@@ -293,6 +305,10 @@ impl GrantOutcome {
                 state: TaskState::parse(&field(reply, 1)),
             },
             Some("no_fit") => GrantOutcome::NoFit,
+            Some("budget") => GrantOutcome::Budget {
+                budget: field(reply, 1),
+                wait_ms: field(reply, 2).parse().ok(),
+            },
             _ => return Err(unexpected("grant_tasks", reply)),
         })
     }

@@ -26,7 +26,7 @@ pub(crate) const AGENT_FIELDS: [&str; 15] = [
 ];
 
 /// Task hash fields read for the queue head, in order.
-pub(crate) const TASK_FIELDS: [&str; 18] = [
+pub(crate) const TASK_FIELDS: [&str; 19] = [
     "state",
     "task_type",
     "priority",
@@ -46,6 +46,7 @@ pub(crate) const TASK_FIELDS: [&str; 18] = [
     "failed_agents",
     "submit_seq",
     "tenant",
+    "budgets",
 ];
 
 fn num<T: std::str::FromStr + Default>(row: &[String], i: usize) -> T {
@@ -124,6 +125,7 @@ pub(crate) fn queued_task(task_id: String, row: Vec<String>) -> QueuedTask {
             Some(t) if !t.is_empty() => t.clone(),
             _ => switchyard_decision::DEFAULT_TENANT.to_string(),
         },
+        budgets: switchyard_decision::budget::parse_draws(row.get(18).map_or("", String::as_str)),
     }
 }
 

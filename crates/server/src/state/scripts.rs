@@ -42,6 +42,7 @@ pub(crate) struct Scripts {
     pub enforce_deadline: Script,
     pub promote_retries: Script,
     pub hold_head: Script,
+    pub define_budgets: Script,
 }
 
 impl Scripts {
@@ -64,10 +65,11 @@ impl Scripts {
             enforce_deadline: with_lib(include_str!("lua/enforce_deadline.lua")),
             promote_retries: with_lib(include_str!("lua/promote_retries.lua")),
             hold_head: with_lib(include_str!("lua/hold_head.lua")),
+            define_budgets: with_lib(include_str!("lua/define_budgets.lua")),
         }
     }
 
-    pub(crate) fn all(&self) -> [&Script; 17] {
+    pub(crate) fn all(&self) -> [&Script; 18] {
         [
             &self.register_agent,
             &self.deregister_agent,
@@ -86,6 +88,7 @@ impl Scripts {
             &self.enforce_deadline,
             &self.promote_retries,
             &self.hold_head,
+            &self.define_budgets,
         ]
     }
 }
@@ -118,6 +121,7 @@ mod tests {
             include_str!("lua/enforce_deadline.lua"),
             include_str!("lua/promote_retries.lua"),
             include_str!("lua/hold_head.lua"),
+            include_str!("lua/define_budgets.lua"),
         ];
         for body in bodies {
             let code: Vec<&str> = body

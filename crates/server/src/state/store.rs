@@ -27,6 +27,8 @@ pub struct Store {
     pub(super) scripts: std::sync::Arc<Scripts>,
     /// What a submit does with a task no active agent's capacity covers.
     infeasible: InfeasiblePolicy,
+    /// The budgets this replica defines, by name (reported in status).
+    pub(super) budget_names: std::sync::Arc<Vec<String>>,
 }
 
 impl Store {
@@ -39,6 +41,7 @@ impl Store {
             keys: Keys::new(config.key_prefix.clone()),
             scripts: std::sync::Arc::new(Scripts::new()),
             infeasible: InfeasiblePolicy::default(),
+            budget_names: std::sync::Arc::default(),
         };
         // The first command: a Redis that wants a login, or a user without the permissions,
         // is told apart here from a Redis that is down.
@@ -65,6 +68,12 @@ impl Store {
     /// The same store, refusing or holding infeasible submits as `policy` says (default: hold).
     pub fn with_infeasible_policy(mut self, policy: InfeasiblePolicy) -> Store {
         self.infeasible = policy;
+        self
+    }
+
+    /// The same store, reporting these budgets (by name) in status.
+    pub fn with_budgets(mut self, names: Vec<String>) -> Store {
+        self.budget_names = std::sync::Arc::new(names);
         self
     }
 
@@ -173,6 +182,7 @@ impl Store {
         let batch = [GrantRequest {
             task_id,
             candidates,
+            budgets: &[],
         }];
         let outcomes = self.grant_tasks(&batch).await?;
         only_outcome(outcomes, "grant_tasks")
@@ -206,6 +216,13 @@ impl Store {
         }
         inv.key(k.run_deadlines());
         inv.key(k.tenants()).key(k.head_hold());
+        let names: std::collections::BTreeSet<&str> = requests
+            .iter()
+            .flat_map(|r| r.budgets.iter().map(|(name, _)| name.as_str()))
+            .collect();
+        for name in names {
+            inv.key(k.budget(name));
+        }
         inv.arg(requests.len()).arg(agents.len());
         for agent in &agents {
             inv.arg(*agent);
@@ -250,6 +267,8 @@ impl Store {
         }
         let k = &self.keys;
         let (agents, numbers) = number_agents(reports.iter().map(|r| r.agent_id));
+        let ids: Vec<&str> = reports.iter().map(|r| r.task_id).collect();
+        let budget_keys = self.task_budget_keys(&ids).await?;
         let mut inv = self.scripts.complete_tasks.prepare_invoke();
         inv.key(k.stats())
             .key(k.grant_outbox())
@@ -278,6 +297,10 @@ impl Store {
                 .arg(report.execution_time_s)
                 .arg(report.grant_seq.unwrap_or(0));
         }
+        for key in budget_keys {
+            inv.key(key);
+        }
+        usage_args(&mut inv, reports);
         let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
         let outcomes: Vec<CompleteOutcome> = split_counted(&reply)?
             .iter()
@@ -338,17 +361,19 @@ impl Store {
         retention_s: u64,
     ) -> Result<RequeueOutcome, Error> {
         let k = &self.keys;
-        let reply: Vec<String> = self
-            .scripts
-            .requeue_task
-            .key(k.task(task_id))
+        let mut inv = self.scripts.requeue_task.prepare_invoke();
+        inv.key(k.task(task_id))
             .key(k.agent(agent_id))
             .key(k.agent_tasks(agent_id))
             .key(k.queue())
             .key(k.stats())
             .key(k.grant_outbox())
             .key(k.fleet_log())
-            .key(k.queue_deadlines())
+            .key(k.queue_deadlines());
+        for key in self.task_budget_keys(&[task_id]).await? {
+            inv.key(key);
+        }
+        let reply: Vec<String> = inv
             .arg(task_id)
             .arg(agent_id)
             .arg(retention_s)
@@ -467,6 +492,25 @@ fn only_outcome<T>(mut outcomes: Vec<T>, script: &str) -> Result<T, Error> {
 }
 
 /// Numbers agents once each (1-based, as the batch scripts count), in first-seen order.
+/// complete_tasks' usage arguments, after the reports: the number u of (report, unit, amount)
+/// entries, then the entries.
+fn usage_args(inv: &mut ScriptInvocation<'_>, reports: &[Completion<'_>]) {
+    let entries: Vec<(usize, &str, u64)> = reports
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| {
+            r.usage
+                .into_iter()
+                .flatten()
+                .map(move |(unit, n)| (i + 1, unit.as_str(), *n))
+        })
+        .collect();
+    inv.arg(entries.len());
+    for (i, unit, amount) in entries {
+        inv.arg(i).arg(unit).arg(amount);
+    }
+}
+
 fn number_agents<'a>(
     ids: impl Iterator<Item = &'a str>,
 ) -> (Vec<&'a str>, std::collections::HashMap<&'a str, usize>) {

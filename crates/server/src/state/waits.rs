@@ -32,6 +32,7 @@ struct TaskRow {
     /// A retried task waiting out its back-off: until when (Redis clock, ms), and its next
     /// attempt.
     retry: Option<(u64, u32)>,
+    budgets: Vec<(String, u64)>,
 }
 
 /// Agents indexed per script call at start, so one call stays small.
@@ -92,6 +93,7 @@ impl Store {
         } else {
             (Vec::new(), None)
         };
+        let budgets = self.budgets_of(&rows).await?;
         let mut views = Vec::with_capacity(listed.len());
         for (item, row) in listed.into_iter().zip(rows) {
             let reason = match row.state.as_str() {
@@ -103,7 +105,8 @@ impl Store {
                         agent_id: h.agent_id.to_string(),
                     },
                     _ => queued_reason(&row.required, item.queue_rank.unwrap_or(0), &agents),
-                }),
+                })
+                .map(|r| budget_reason(r, &row.budgets, &budgets)),
                 "waiting" => Some(WaitReason::Dependencies {
                     unmet: self.unmet_of(&item.task_id).await?,
                 }),
@@ -174,6 +177,7 @@ impl Store {
                 .map(|k| format!("req_{}", k.as_str())),
         );
         fields.extend(["retry_at".to_string(), "attempt".to_string()]);
+        fields.push("budgets".to_string());
         let mut pipe = redis::pipe();
         for item in listed {
             pipe.cmd("HMGET")
@@ -182,6 +186,29 @@ impl Store {
         }
         let rows: Vec<Vec<Option<String>>> = pipe.query_async(&mut self.conn()).await?;
         Ok(rows.into_iter().map(task_row).collect())
+    }
+
+    /// The budgets the queued rows draw from, as Redis holds them now (one pipelined read).
+    async fn budgets_of(&self, rows: &[TaskRow]) -> Result<BudgetNow, Error> {
+        let names: std::collections::BTreeSet<&str> = rows
+            .iter()
+            .filter(|r| r.state == "queued")
+            .flat_map(|r| r.budgets.iter().map(|(n, _)| n.as_str()))
+            .collect();
+        if names.is_empty() {
+            return Ok(BudgetNow::default());
+        }
+        let now = self.redis_now_ms().await? as i64;
+        let mut pipe = redis::pipe();
+        for name in &names {
+            pipe.cmd("HGETALL").arg(self.keys().budget(name));
+        }
+        let rows: Vec<std::collections::HashMap<String, String>> =
+            pipe.query_async(&mut self.conn()).await?;
+        Ok(BudgetNow {
+            now,
+            rows: names.into_iter().map(str::to_string).zip(rows).collect(),
+        })
     }
 
     /// The dependencies a waiting task still waits on, sorted.
@@ -216,7 +243,57 @@ fn task_row(row: Vec<Option<String>>) -> TaskRow {
         },
         priority: field(1).parse().unwrap_or(0),
         required,
+        budgets: switchyard_decision::budget::parse_draws(&field(retry_field + 2)),
     }
+}
+
+/// Budget hashes by name, read at the Redis time `now`.
+#[derive(Default)]
+struct BudgetNow {
+    now: i64,
+    rows: std::collections::HashMap<String, std::collections::HashMap<String, String>>,
+}
+
+/// A queued task's reason with its budgets in view: an agent that could hold it exists, but a
+/// budget it draws from does not allow the draw now (the first such budget is named).
+fn budget_reason(reason: WaitReason, draws: &[(String, u64)], budgets: &BudgetNow) -> WaitReason {
+    use switchyard_decision::budget::{Bucket, Draw, Rate};
+    if reason == WaitReason::NoAgentWithCapacity {
+        return reason;
+    }
+    for (name, amount) in draws {
+        let Some(row) = budgets.rows.get(name) else {
+            continue;
+        };
+        let num = |f: &str| row.get(f).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        let amount = *amount as i64;
+        let blocked = if row.get("kind").map(String::as_str) == Some("rate") {
+            let rate = Rate {
+                limit: num("limit").max(1),
+                period_ms: num("period_ms").max(1),
+                burst: num("burst"),
+            };
+            let bucket = Bucket {
+                level: num("level"),
+                at_ms: num("at"),
+            };
+            match rate.draw(bucket, budgets.now, amount) {
+                Draw::Taken(_) => None,
+                Draw::Wait { wait_ms } => Some(Some((budgets.now + wait_ms) as u64)),
+                Draw::TooLarge => Some(None),
+            }
+        } else {
+            (switchyard_decision::budget::hold(num("limit"), num("held"), amount).is_none())
+                .then_some(None)
+        };
+        if let Some(until_ms) = blocked {
+            return WaitReason::Budget {
+                budget: name.clone(),
+                until_ms,
+            };
+        }
+    }
+    reason
 }
 
 /// Why a queued task needing `required`, with `ahead` tasks before it, is not granted, given the

@@ -17,13 +17,21 @@ impl Engine<'_> {
     pub(super) fn dispatch(&mut self) -> Result<(), SimError> {
         let window = self.w.dispatch_window;
         loop {
-            let head: Vec<usize> = self
+            let ready: Vec<usize> = self
                 .ready
                 .iter()
                 .map(|&(_, _, t)| t)
                 .filter(|&t| self.coverable(t))
-                .take(window)
                 .collect();
+            let mut head = Vec::with_capacity(window);
+            for t in ready {
+                if head.len() == window {
+                    break;
+                }
+                if !self.budget_blocked(t) {
+                    head.push(t);
+                }
+            }
             let views: Vec<AgentView> = self
                 .agents
                 .iter()
@@ -37,8 +45,12 @@ impl Engine<'_> {
             let plans = self.plan_with_hold(&head, &tasks, &views);
             self.update_hold(&head, &tasks, &plans, &views);
             let mut granted = 0;
+            let mut blocked = Vec::new();
             for plan in plans {
                 let task = head[plan.task_index];
+                if plan.candidates.is_empty() || !self.budgets_allow(task, &mut blocked) {
+                    continue;
+                }
                 let fit = self.first_fitting(task, &plan.candidates);
                 if let Some(agent) = fit {
                     self.grant(task, agent)?;
@@ -242,6 +254,8 @@ impl Engine<'_> {
         self.agents[a]
             .check_capacity()
             .map_err(|what| self.invariant(what))?;
+        self.take_budgets(t);
+        self.check_budgets().map_err(|what| self.invariant(what))?;
         let outcome = self.draw_attempt(t, a);
         if let Some(n) = self.grants_by_type.get_mut(self.agents[a].type_index) {
             *n += 1;

@@ -19,6 +19,7 @@ impl Engine<'_> {
             return Ok(());
         }
         let (success, actual_s) = run.outcome;
+        self.settle_budgets(t);
         self.learn(t, a, success, actual_s);
         let run = &mut self.runs[t];
         run.agent = None;
@@ -141,6 +142,7 @@ impl Engine<'_> {
                 self.agents[a].alive = false;
                 for t in self.agents[a].running.clone() {
                     self.agents[a].release(t, &self.stream[t].required);
+                    self.release_slots(t);
                     self.runs[t].first_ok.get_or_insert(false);
                     self.runs[t].agent = None;
                     self.step(t, TaskEvent::Requeued)?;

@@ -66,6 +66,8 @@ impl Engine<'_> {
             return Ok(());
         }
         self.agents[a].release(t, &self.stream[t].required);
+        // As the service's enforce_deadline: slots released, rate draws kept (no usage report).
+        self.release_slots(t);
         let run = &mut self.runs[t];
         run.agent = None;
         run.first_ok.get_or_insert(false);

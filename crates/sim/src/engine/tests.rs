@@ -274,3 +274,58 @@ fn a_retry_goes_to_another_agent_when_one_fits() {
         assert!(o.tasks.iter().any(|t| t.retries > 0), "{}", strategy.name());
     }
 }
+
+/// A rate budget binds: no window of one period gets more than burst + limit, the steady state
+/// gets about the limit, and a concurrency budget is never exceeded (the engine's invariant
+/// stops the run otherwise); a task type over its budget's burst is refused.
+#[test]
+fn budgets_bind_in_the_simulator() {
+    let text = r#"
+seed = 3
+[[budgets]]
+name = "tpm"
+kind = "rate"
+limit = 6000
+period_s = 60
+burst = 200
+[[budgets]]
+name = "tool"
+kind = "concurrency"
+limit = 2
+[[agent_types]]
+name = "a"
+count = 8
+capacity = { cpu = 4 }
+[tasks]
+count = 300
+arrival = "poisson"
+rate_per_s = 5.0
+[[tasks.types]]
+name = "chat"
+priority = [1, 10]
+resources = { cpu = 1 }
+estimated_duration_s = [1.0, 3.0]
+budgets = { tpm = 100, tool = 1 }
+usage_noise = 0.3
+"#;
+    let w = Workload::parse(text).unwrap();
+    let outcome = simulate(&w, Placer::Strategy(&LeastLoaded)).unwrap();
+    let tpm = &outcome.budgets["tpm"];
+    assert!(tpm.max_drawn_share <= (6000.0 + 200.0) / 6000.0, "{tpm:?}");
+    let steady = &tpm.drawn_per_period[1..tpm.drawn_per_period.len() - 1];
+    assert!(
+        steady.iter().all(|&d| (4500..=6200).contains(&d)),
+        "{steady:?}"
+    );
+    assert_eq!(
+        outcome
+            .tasks
+            .iter()
+            .filter(|t| t.completed_s.is_some() || t.failed)
+            .count(),
+        300
+    );
+    let too_big = text.replace("tpm = 100,", "tpm = 201,");
+    let e = Workload::parse(&too_big).unwrap_err().to_string();
+    assert!(e.contains("allows 1..=200"), "{e}");
+}

@@ -12,6 +12,12 @@
 -- ARGV[5+j] agent j's id
 -- then five per report, in order: task_id, agent number j, success (1/0), execution_time_s,
 -- the grant_seq being reported (0 = not given: any grant of this task to this agent)
+-- then ARGV[6+m+5n] u, and u triples: report number i, unit, amount used (TASK_COMPLETE.usage)
+-- KEYS[6+2n+2m] onwards: the budget hashes the reported tasks draw from (Store::task_budget_keys)
+-- Budgets: a report that ends a grant that drew from budgets (`budget_held`) reconciles each rate
+-- draw whose unit the usage names (the difference refunded or charged: Rate::reconcile, by the
+-- Redis clock; no usage for the unit: the draw stands) and releases its concurrency slots
+-- (lib.lua's release_budget_holds).
 --
 -- Returns per report: outcome, k, then k fields:
 --   "completed"|"failed"|"cancelled", submitter, submit_message_id, dependent_id...  the outcome, who to tell,
@@ -48,7 +54,32 @@ local AGENT_EXTRA = {'completions', 'successes'}
 local TASK_FIELDS = flat('state', 'agent', 'estimated_duration_s', 'submitter',
   'submit_msg_id', 'task_type', 'has_dependents', 'replies', 'cancel_requested',
   kind_fields('req_'), RETRY_FIELDS, 'retry_at', 'stopped_grant', 'stopped_agent',
-  'stopped_reason')
+  'stopped_reason', 'budgets', 'budget_held')
+local budget_key = budget_keys(6 + 2 * n + 2 * m, #KEYS)
+local usage = {}
+local usage_at = 6 + m + 5 * n
+for x = 1, tonumber(ARGV[usage_at]) or 0 do
+  local at = usage_at + 3 * (x - 1)
+  local i = tonumber(ARGV[at + 1])
+  usage[i] = usage[i] or {}
+  usage[i][ARGV[at + 2]] = tonumber(ARGV[at + 3])
+end
+
+-- Reconciles report i's rate draws with its usage and releases its concurrency slots.
+local function settle_budgets(i, task)
+  if task.budget_held ~= '1' then
+    return
+  end
+  local used, clock = usage[i] or {}, now_ms()
+  for _, draw in ipairs(budget_draws(task.budgets)) do
+    local b = budget_key[draw[1]] and budget_read(budget_key[draw[1]])
+    if b and b.kind == 'rate' and used[b.unit] then
+      bucket_reconcile(b, clock, draw[2], used[b.unit])
+      budget_write(b)
+    end
+  end
+  release_budget_holds(KEYS[3 + 2 * i], task, budget_key)
+end
 
 local agents = {}
 local function agent(j)
@@ -200,6 +231,7 @@ local function complete(i, task_id, j, success, actual_raw, reported_seq)
   end
   redis.call('SREM', KEYS[4 + 2 * n + 2 * j], task_id)
   redis.call('ZREM', KEYS[2], task_id .. '|' .. task.grant_seq)
+  settle_budgets(i, task)
   if outcome == 'failed' and attempts_left(task) then
     task.retry_at = int(schedule_retry(KEYS[3 + 2 * i], KEYS[5 + 2 * n + 2 * m], task_id, task,
       a.id, 'failed'))

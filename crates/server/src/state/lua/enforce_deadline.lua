@@ -10,6 +10,9 @@
 -- KEYS[10] grant outbox  KEYS[11] cancel outbox  KEYS[12] fleet log
 -- KEYS[13] agent hash  KEYS[14] agent's granted-task set: of the agent the caller read as
 -- holding the task (run deadlines; a queue deadline's call passes any agent's, unused)
+-- KEYS[15] onwards (run deadlines): the budget hashes the task draws from
+-- (Store::task_budget_keys): the grant's concurrency slots are released with its reservation;
+-- its rate draws stand (no usage was reported)
 -- ARGV[1] task_id  ARGV[2] queue | run  ARGV[3] the deadline's member (`task_id|grant_seq` for a
 -- queue deadline, `task_id|attempt` for a run deadline)  ARGV[4] agent_id (run)
 -- ARGV[5] retention seconds for terminal tasks
@@ -44,7 +47,8 @@ if tonumber(due) > now then
   return {'not_due'}
 end
 local task = hmget_named(KEYS[1], flat('state', 'agent', 'submitter', 'submit_msg_id', 'replies',
-  'has_dependents', 'cancel_requested', 'retry_at', kind_fields('req_'), RETRY_FIELDS))
+  'has_dependents', 'cancel_requested', 'retry_at', kind_fields('req_'), RETRY_FIELDS,
+  'budgets', 'budget_held'))
 local which = string.match(member, '|([^|]*)$') or ''
 
 local function gone()
@@ -97,6 +101,7 @@ redis.call('ZREM', KEYS[10], task_id .. '|' .. seq)
 redis.call('ZREM', KEYS[11], task_id .. '|' .. seq)
 redis.call('ZREM', deadlines, member)
 log_agents(KEYS[12], {{agent, KEYS[13]}}, now)
+release_budget_holds(KEYS[1], task, budget_keys(15, #KEYS))
 redis.call('HINCRBY', KEYS[8], 'timed_out', 1)
 if task.cancel_requested == '1' then
   return finish('cancelled', 'cancelled', agent, seq)

@@ -6,6 +6,8 @@
 -- KEYS[3+n+2j] agent j's hash  KEYS[4+n+2j] agent j's granted-task set (j from 1 to m)
 -- KEYS[5+n+2m] run deadlines (zset: `task_id|attempt` of tasks with a run timeout)
 -- KEYS[6+n+2m] tenants hash (fairness: vtime, <tenant>|granted)  KEYS[7+n+2m] head hold hash
+-- then KEYS[8+n+2m] onwards: the budget hashes the tasks draw from (Keys::budget, each once,
+-- any order; lib.lua's budget_keys)
 -- ARGV[1] n tasks  ARGV[2] m agents  ARGV[2+j] agent j's id
 -- then for each task, in order: task_id, c (number of candidates), c agent numbers j (1..m),
 -- best first
@@ -15,6 +17,15 @@
 --   "not_queued", state, agent       someone else granted it (or it is gone, or is a retry still
 --                                    in its back-off): nothing changed
 --   "no_fit", "", ""                 no candidate has room right now: nothing changed
+--   "budget", name, wait_ms          budget `name` does not allow the task's draw now: nothing
+--                                    changed; by refill alone it would in wait_ms (Redis clock),
+--                                    -1: only when a concurrency slot is released (or never: the
+--                                    draw exceeds the burst, or the budget is not defined)
+-- Budgets: a task is granted only when an agent fits and every budget it names allows its draw
+-- now; then the draws are taken (rate: from the bucket; concurrency: slots held) and the task's
+-- `budget_held` is set. Each budget serves its tasks in queue order: once a task is blocked on
+-- a budget, later tasks of the same call drawing from it are blocked too (so a large draw is not
+-- starved by small ones behind it), while tasks drawing from other budgets, or none, go on.
 -- The head hold (hold_head.lua): while it stands (`until` later than now), a task other than the
 -- held one goes on the held agent only if it fits there together with the held task's needs
 -- (decision crate, may_backfill); granting the held task ends the hold, and so does finding its
@@ -28,10 +39,12 @@
 local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
 local agents = {}
 local TASK_FIELDS = flat('state', 'agent', 'grant_seq', kind_fields('req_'), 'retry_at',
-  'run_timeout_ms', 'attempt', 'queue_seq', 'tenant')
+  'run_timeout_ms', 'attempt', 'queue_seq', 'tenant', 'budgets')
 local RETRY_AT, RUN_TIMEOUT, ATTEMPT = 4 + NKINDS, 5 + NKINDS, 6 + NKINDS
-local QUEUE_SEQ, TENANT = 7 + NKINDS, 8 + NKINDS
+local QUEUE_SEQ, TENANT, BUDGETS = 7 + NKINDS, 8 + NKINDS, 9 + NKINDS
 local RUN_DEADLINES, TENANTS, HOLD = KEYS[5 + n + 2 * m], KEYS[6 + n + 2 * m], KEYS[7 + n + 2 * m]
+local budget_key = budget_keys(8 + n + 2 * m, #KEYS)
+local budgets, blocked = {}, {}
 
 local function agent(j)
   if agents[j] then
@@ -56,6 +69,33 @@ local function fits(a, req)
     end
   end
   return true
+end
+
+local function budget(name)
+  if budgets[name] == nil then
+    budgets[name] = (budget_key[name] and budget_read(budget_key[name])) or false
+  end
+  return budgets[name]
+end
+
+-- The first budget of `draws` that does not allow its draw now, and the wait; nil when all do.
+local function budget_refusal(draws, now)
+  for _, draw in ipairs(draws) do
+    local name = draw[1]
+    if blocked[name] then
+      return name, blocked[name]
+    end
+    local b = budget(name)
+    local ok, wait = false, -1
+    if b then
+      ok, wait = budget_allows(b, now, draw[2])
+    end
+    if not ok then
+      blocked[name] = wait
+      return name, wait
+    end
+  end
+  return nil
 end
 
 local now = now_ms()
@@ -98,6 +138,12 @@ for i = 1, n do
     for k = 1, NKINDS do
       req[k] = tonumber(task[3 + k]) or 0
     end
+    local draws = budget_draws(task[BUDGETS])
+    local refused_by, wait = budget_refusal(draws, now)
+    if refused_by then
+      outcome = {'budget', refused_by, int(wait)}
+      c = 0
+    end
     for x = 1, c do
       local j = tonumber(ARGV[at + 1 + x])
       local a = agent(j)
@@ -110,6 +156,12 @@ for i = 1, n do
         local seq = (tonumber(task[3]) or 0) + 1
         redis.call('HSET', KEYS[4 + i], 'state', 'granted', 'agent', a.id, 'granted_at', now,
           'grant_seq', seq)
+        if #draws > 0 then
+          for _, draw in ipairs(draws) do
+            budget_take(budget(draw[1]), now, draw[2])
+          end
+          redis.call('HSET', KEYS[4 + i], 'budget_held', '1')
+        end
         redis.call('SADD', KEYS[4 + n + 2 * j], task_id)
         table.insert(dequeued, task_id)
         table.insert(outbox, now)
@@ -134,7 +186,13 @@ for i = 1, n do
   for _, v in ipairs(outcome) do
     table.insert(reply, v)
   end
-  at = at + 2 + c
+  at = at + 2 + tonumber(ARGV[at + 1])
+end
+
+for _, b in pairs(budgets) do
+  if b and b.touched then
+    budget_write(b)
+  end
 end
 
 if #dequeued > 0 then

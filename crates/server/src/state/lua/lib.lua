@@ -211,3 +211,153 @@ local function start_queue_deadline(deadlines_key, task_id, timeout_ms, grant_se
     redis.call('ZADD', deadlines_key, int(now_ms() + timeout), task_id .. '|' .. (grant_seq or '0'))
   end
 end
+
+-- Shared budgets. A budget hash (Keys::budget, `{prefix}:budget:<name>`) holds its definition
+-- (kind rate|concurrency, limit, period_ms, burst, unit: define_budgets.lua) and its state
+-- (rate: `level`, the bucket scaled by the period, tokens * period_ms, at the Redis time `at`;
+-- concurrency: `held`). The arithmetic is decision::budget's, line for line, in exact integers
+-- (every amount stays below 2^53). A task's draws are its `budgets` field,
+-- "name=amount,name=amount"; `budget_held` = '1' from the grant that drew them until the grant
+-- ends (completion reconciles the rate draws, release_budget_holds frees the slots).
+
+-- A task's draws: a list of {name, amount}.
+local function budget_draws(encoded)
+  local out = {}
+  if encoded and encoded ~= '' then
+    for name, amount in string.gmatch(encoded, '([^=,]+)=(%d+)') do
+      table.insert(out, {name, tonumber(amount)})
+    end
+  end
+  return out
+end
+
+-- The budget hashes a script was given in KEYS[first..last] (any order), by budget name.
+local function budget_keys(first, last)
+  local out = {}
+  for x = first, last do
+    local name = string.match(KEYS[x], ':budget:(.+)$')
+    if name then
+      out[name] = KEYS[x]
+    end
+  end
+  return out
+end
+
+-- ceil(a / b) for a >= 0, b > 0, exact (a float quotient can round across an integer).
+local function ceil_div(a, b)
+  local q = math.floor(a / b)
+  while q * b < a do
+    q = q + 1
+  end
+  while q > 0 and (q - 1) * b >= a do
+    q = q - 1
+  end
+  return q
+end
+
+-- A budget's hash read into numbers (nil when the budget is not defined in Redis).
+local function budget_read(key)
+  local row = redis.call('HMGET', key, 'kind', 'limit', 'period_ms', 'burst', 'unit', 'level',
+    'at', 'held')
+  if not row[1] then
+    return nil
+  end
+  return {key = key, kind = row[1], limit = tonumber(row[2]) or 0,
+    period_ms = tonumber(row[3]) or 1, burst = tonumber(row[4]) or 0, unit = row[5] or '',
+    level = tonumber(row[6]) or 0, at = tonumber(row[7]) or 0, held = tonumber(row[8]) or 0,
+    touched = false}
+end
+
+local function budget_write(b)
+  if b.kind == 'rate' then
+    redis.call('HSET', b.key, 'level', int(b.level), 'at', int(b.at))
+  else
+    redis.call('HSET', b.key, 'held', int(b.held))
+  end
+end
+
+-- Rate::refill: the bucket brought up to `now` (a clock that went back refills nothing).
+local function bucket_refill(b, now)
+  local cap = b.burst * b.period_ms
+  local elapsed = math.max(0, now - b.at)
+  local room = cap - b.level
+  if room > 0 then
+    if elapsed >= ceil_div(room, b.limit) then
+      b.level = cap
+    else
+      b.level = b.level + elapsed * b.limit
+    end
+  end
+  b.at = math.max(now, b.at)
+end
+
+-- Whether `amount` may be drawn (Rate::draw / hold), without drawing: true, or false and the
+-- wait in ms (-1: never by refill alone, a slot must be released or the draw exceeds the burst).
+local function budget_allows(b, now, amount)
+  if b.kind == 'concurrency' then
+    return b.held + amount <= b.limit, -1
+  end
+  if amount > b.burst then
+    return false, -1
+  end
+  bucket_refill(b, now)
+  local need = amount * b.period_ms
+  if b.level >= need then
+    return true, 0
+  end
+  return false, ceil_div(need - b.level, b.limit)
+end
+
+-- Takes a draw budget_allows allowed.
+local function budget_take(b, now, amount)
+  if b.kind == 'concurrency' then
+    b.held = b.held + amount
+  else
+    bucket_refill(b, now)
+    b.level = b.level - amount * b.period_ms
+  end
+  b.touched = true
+end
+
+-- Rate::reconcile: `drawn - used` given back (up to a full bucket) or charged (down to one
+-- burst of debt, which the refill pays back before the next draw is allowed).
+local function bucket_reconcile(b, now, drawn, used)
+  bucket_refill(b, now)
+  local cap = b.burst * b.period_ms
+  b.level = math.max(-cap, math.min(cap, b.level + (drawn - used) * b.period_ms))
+  b.touched = true
+end
+
+-- Releases a task's concurrency slots, once: THE helper for every transition that ends or takes
+-- back a grant (complete_tasks, requeue_task, and any later one such as a run timeout).
+-- Calling convention: the script is given, anywhere in its KEYS, the budget hashes of every
+-- budget the task draws from (Store::task_budget_keys reads the task's `budgets` field and builds
+-- them with Keys::budget; the field never changes after submit, so reading it first is safe), and
+-- passes them here as `keys` = budget_keys(first, last). `task` holds the task's `budgets` and
+-- `budget_held` fields. Writes the budgets and clears `budget_held` on the task hash; a task
+-- holding nothing is left alone, so a second call changes nothing. Returns the names released.
+-- A key missing from KEYS is an error raised before anything is written. Rate draws are not
+-- refunded here: the agent may have spent them (see complete_tasks for reconciliation).
+local function release_budget_holds(task_key, task, keys)
+  local released = {}
+  if task.budget_held ~= '1' then
+    return released
+  end
+  local draws = budget_draws(task.budgets)
+  for _, draw in ipairs(draws) do
+    if not keys[draw[1]] then
+      error({err = 'release_budget_holds: budget ' .. draw[1] .. ' of ' .. task_key
+        .. ' not in KEYS'})
+    end
+  end
+  for _, draw in ipairs(draws) do
+    local b = budget_read(keys[draw[1]])
+    if b and b.kind == 'concurrency' then
+      b.held = math.max(0, b.held - draw[2])
+      budget_write(b)
+      table.insert(released, draw[1])
+    end
+  end
+  redis.call('HSET', task_key, 'budget_held', '0')
+  return released
+end

@@ -5,7 +5,10 @@
 -- KEYS[1] task hash  KEYS[2] agent hash  KEYS[3] agent's granted-task set
 -- KEYS[4] priority queue  KEYS[5] stats hash  KEYS[6] grant outbox  KEYS[7] fleet log
 -- KEYS[8] queue deadlines (zset): a task with a queue timeout starts a new wait
+-- KEYS[9] onwards: the budget hashes the task draws from (Store::task_budget_keys)
 -- ARGV[1] task_id  ARGV[2] agent_id  ARGV[3] retention seconds for terminal tasks
+-- Budgets: the grant's concurrency slots are released (release_budget_holds); its rate draws
+-- are not refunded (the agent may have spent them before it died); a re-grant draws again.
 --
 -- Returns {"requeued"}; {"cancelled"}: the task's cancel had been requested (cancel_task), so it
 -- is cancelled instead of queued (the agent can no longer confirm it; the caller tells the
@@ -13,7 +16,7 @@
 -- (already re-queued, completed, or granted elsewhere), nothing changed. The agent's set entry
 -- is dropped either way so a stale entry cannot be returned again.
 local task = hmget_named(KEYS[1], flat('state', 'agent', 'priority', 'queue_seq', 'grant_seq',
-  'cancel_requested', 'queue_timeout_ms', kind_fields('req_')))
+  'cancel_requested', 'queue_timeout_ms', kind_fields('req_'), 'budgets', 'budget_held'))
 if task.state ~= 'granted' or task.agent ~= ARGV[2] then
   redis.call('SREM', KEYS[3], ARGV[1])
   return {'noop', task.state or 'missing'}
@@ -24,6 +27,7 @@ end
 redis.call('HINCRBY', KEYS[2], 'active_tasks', -1)
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[6], ARGV[1] .. '|' .. task.grant_seq)
+release_budget_holds(KEYS[1], task, budget_keys(9, #KEYS))
 local now = now_ms()
 log_agents(KEYS[7], {{ARGV[2], KEYS[2]}}, now)
 if task.cancel_requested == '1' then
