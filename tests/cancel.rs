@@ -16,7 +16,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, hget, hget_i64, wait_for_state, within};
+use common::{Cluster, hget, hget_i64, submit_reply, wait_for_state, within};
 use switchyard_client::{
     Agent, Allocation, Cancellation, ClientEvent, Coordinator, GrantStream, Work,
 };
@@ -76,26 +76,6 @@ async fn next_notice(grants: &mut GrantStream, what: &str) -> Envelope<TaskCance
             {
                 Work::Cancel(notice) => return notice,
                 Work::Grant(_) => {}
-            }
-        }
-    })
-    .await
-}
-
-/// The first reply to the submit of `task_id` with a status other than those in `skip`.
-async fn submit_reply(
-    events: &mut tokio::sync::broadcast::Receiver<ClientEvent>,
-    task_id: &str,
-    skip: &[ReplyStatus],
-) -> switchyard_protocol::CoordinatorReply {
-    within(10, &format!("the submitter's reply for {task_id}"), async {
-        loop {
-            if let Ok(ClientEvent::Reply(r)) = events.recv().await
-                && r.payload.op == "task_submit"
-                && r.payload.task_id.as_deref() == Some(task_id)
-                && !skip.contains(&r.payload.status)
-            {
-                return r.payload;
             }
         }
     })

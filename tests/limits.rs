@@ -10,10 +10,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, config_for, hget, hget_i64, wait_for_stat, wait_for_state, within};
-use switchyard_client::{
-    Agent, Allocation, Cancellation, ClientEvent, Coordinator, GrantStream, Work,
+use common::{
+    Cluster, config_for, hget, hget_i64, submit_reply, wait_for_stat, wait_for_state, within,
 };
+use switchyard_client::{Agent, Allocation, Cancellation, Coordinator, GrantStream, Work};
 use switchyard_harness::LocalServers;
 use switchyard_protocol::{
     Envelope, ReplyStatus, TaskCancelNotice, TaskGrant, TaskSubmit, WaitReason,
@@ -60,26 +60,6 @@ async fn zcard(cluster: &Cluster, key: &str) -> i64 {
         .query_async(&mut cluster.redis().await)
         .await
         .expect("ZCARD")
-}
-
-/// The first reply to the submit of `task_id` with a status other than those in `skip`.
-async fn submit_reply(
-    events: &mut tokio::sync::broadcast::Receiver<ClientEvent>,
-    task_id: &str,
-    skip: &[ReplyStatus],
-) -> switchyard_protocol::CoordinatorReply {
-    within(15, &format!("the submitter's reply for {task_id}"), async {
-        loop {
-            if let Ok(ClientEvent::Reply(r)) = events.recv().await
-                && r.payload.op == "task_submit"
-                && r.payload.task_id.as_deref() == Some(task_id)
-                && !skip.contains(&r.payload.status)
-            {
-                return r.payload;
-            }
-        }
-    })
-    .await
 }
 
 /// The next grant or notice on a stream.

@@ -460,3 +460,23 @@ impl OutputWithin for std::process::Command {
         }
     }
 }
+
+/// The first reply to the submit of `task_id` with a status other than those in `skip`.
+pub async fn submit_reply(
+    events: &mut tokio::sync::broadcast::Receiver<switchyard_client::ClientEvent>,
+    task_id: &str,
+    skip: &[switchyard_protocol::ReplyStatus],
+) -> switchyard_protocol::CoordinatorReply {
+    within(15, &format!("the submitter's reply for {task_id}"), async {
+        loop {
+            if let Ok(switchyard_client::ClientEvent::Reply(r)) = events.recv().await
+                && r.payload.op == "task_submit"
+                && r.payload.task_id.as_deref() == Some(task_id)
+                && !skip.contains(&r.payload.status)
+            {
+                return r.payload;
+            }
+        }
+    })
+    .await
+}
