@@ -651,3 +651,49 @@ async fn a_task_blocked_by_a_budget_says_so_in_status() {
         "{detail}"
     );
 }
+
+/// More tasks waiting for a concurrency budget's slot than a dispatch window at the head of the
+/// queue do not stall the tasks behind them: the dispatcher reads past them.
+#[tokio::test]
+async fn tasks_waiting_for_a_slot_do_not_stall_the_queue_behind_them() {
+    let servers = LocalServers::start().await.expect("servers");
+    let mut config = common::config_for(&servers);
+    config.budgets = vec![slots("gpu", 1)];
+    config.coordination.dispatch_window = 2;
+    let cluster = Cluster::start_on(servers, config, 1).await;
+    let _agent = cluster.agent("solo", "worker", 8.0, 1000.0).await;
+    let orch = cluster.coordinator("orch").await;
+    // The first takes the slot (and keeps it: nobody completes it); four more wait for it, ahead
+    // of everything else by priority: two full windows.
+    for i in 0..5 {
+        let task = TaskSubmit::new(format!("gpu-{i}"))
+            .resource("cpu", 1.0)
+            .priority(9)
+            .budget("gpu", 1);
+        orch.submit_task(task).await.expect("submitted");
+    }
+    let behind = orch
+        .allocate_task(TaskSubmit::new("plain").resource("cpu", 1.0).priority(1))
+        .await
+        .expect("allocated");
+    if behind == switchyard_client::Allocation::Queued {
+        common::wait_for_state(&mut cluster.redis().await, 10, "plain", "granted").await;
+    } else {
+        assert_eq!(
+            behind,
+            switchyard_client::Allocation::Granted {
+                agent_id: "solo".into()
+            }
+        );
+    }
+    let keys = switchyard_server::state::Keys::new("switchyard");
+    let mut conn = cluster.redis().await;
+    for i in 1..5 {
+        let state = common::hget(&mut conn, &keys.task(&format!("gpu-{i}")), "state").await;
+        assert_eq!(
+            state.as_deref(),
+            Some("queued"),
+            "gpu-{i} still waits for the slot"
+        );
+    }
+}

@@ -34,6 +34,7 @@ pub(crate) async fn dispatch_queue(
     let started = Instant::now();
     let mut granted_ids = HashSet::new();
     let mut stale_retry_left = true;
+    hints.start_call();
     for _ in 0..MAX_ROUNDS {
         let round = dispatch_round(ctx, fleet, hints).await?;
         granted_ids.extend(round.granted.iter().map(|g| g.payload.task_id.clone()));
@@ -44,9 +45,10 @@ pub(crate) async fn dispatch_queue(
         publish_grants(ctx, round.granted).await;
         // Go again when the window was fully granted (more may be waiting behind it), or once
         // when a proposal missed because the cache was stale (the next round reads what changed;
-        // when the fleet is simply full, more rounds would only re-read the same queue head).
+        // when the fleet is simply full, more rounds would only re-read the same queue head), or
+        // when a budget newly refused a draw (the next round reads past its tasks).
         let retry_stale = round.stale_misses > 0 && std::mem::take(&mut stale_retry_left);
-        if !(round.window_full || retry_stale) {
+        if !(round.window_full || retry_stale || round.newly_blocked) {
             break;
         }
     }
@@ -62,6 +64,8 @@ struct Round {
     granted: Vec<Grant>,
     window_full: bool,
     stale_misses: usize,
+    /// A budget not known to be blocked refused a draw.
+    newly_blocked: bool,
 }
 
 /// One round: the queue head, what changed in the fleet since the last round (one XRANGE, not a
@@ -149,7 +153,7 @@ async fn dispatch_round(
                     .budget_blocked
                     .with_label_values(&[&budget])
                     .inc();
-                hints.note(&budget, wait_ms);
+                round.newly_blocked |= hints.note(&budget, wait_ms);
             }
         }
     }
