@@ -245,7 +245,7 @@ async fn optimizer_serves_healthz_and_the_seed_metrics() {
     let (status, body) = http_get(port, "/metrics").expect("metrics answer");
     assert_eq!(status, 200, "{}", optimizer.log());
     for name in [
-        "active_coordinations",
+        "switchyard_events_in_flight",
         "switchyard_dead_letters_total",
         "switchyard_grant_republishes_total",
     ] {
