@@ -36,6 +36,18 @@ pub const BUDGET_DEBT: &str = "switchyard_budget_debt";
 pub const BUDGET_GRANTED_TOTAL: &str = "switchyard_budget_granted_total";
 pub const BUDGET_BLOCKED_TOTAL: &str = "switchyard_budget_blocked_total";
 pub const BUILD_INFO: &str = "switchyard_build_info";
+pub const REPORTING_REPLICA: &str = "switchyard_reporting_replica";
+
+/// Deployment-wide gauges: every replica computes them, but only the replica holding the
+/// coordination-sync lease exports them, so summing across replicas does not count them twice.
+pub const GLOBAL_GAUGES: [&str; 6] = [
+    QUEUE_DEPTH,
+    WAITING_DEPTH,
+    FLEET_UTILIZATION_RATIO,
+    BUDGET_AVAILABLE,
+    BUDGET_IN_USE,
+    BUDGET_DEBT,
+];
 
 /// All metrics of one optimizer replica, in its own registry (so in-process replicas in tests
 /// do not collide).
@@ -99,6 +111,9 @@ pub struct Metrics {
     pub budget_blocked: IntCounterVec,
     /// Always 1, labelled with the `version` of the binary.
     pub build_info: IntGaugeVec,
+    /// 1 while this replica holds the coordination-sync lease and so exports the
+    /// [`GLOBAL_GAUGES`], else 0.
+    pub reporting: IntGauge,
 }
 
 pub(crate) fn registered<C: prometheus::core::Collector + Clone + 'static>(
@@ -229,14 +244,27 @@ impl Metrics {
                 &["budget"],
             )?,
             build_info: add.build_info()?,
+            reporting: add.int_gauge(
+                REPORTING_REPLICA,
+                "1 on the replica exporting the deployment-wide gauges, else 0",
+            )?,
             registry,
         })
     }
 
-    /// Prometheus text exposition of every metric.
+    /// Whether this replica exports the [`GLOBAL_GAUGES`].
+    pub fn is_reporting(&self) -> bool {
+        self.reporting.get() == 1
+    }
+
+    /// Prometheus text exposition of every metric; the [`GLOBAL_GAUGES`] only while this
+    /// replica is the reporting one.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        let families = self.registry.gather();
+        let mut families = self.registry.gather();
+        if !self.is_reporting() {
+            families.retain(|f| !GLOBAL_GAUGES.contains(&f.name()));
+        }
         if TextEncoder::new().encode(&families, &mut buf).is_err() {
             return String::new();
         }
@@ -315,6 +343,7 @@ mod tests {
             .observe(0.001);
         m.agent_utilization.with_label_values(&["mean"]).set(0.5);
         m.messages.with_label_values(&["task_submit", "in"]).inc();
+        m.reporting.set(1);
         let text = m.render();
         for name in [
             COORDINATION_DURATION_SECONDS,
@@ -325,6 +354,24 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }
+    }
+
+    #[test]
+    fn only_the_reporting_replica_renders_the_global_gauges() {
+        let m = Metrics::new().expect("metrics");
+        m.queue_depth.set(3.0);
+        m.agent_utilization.with_label_values(&["mean"]).set(0.5);
+        let has_global = |m: &Metrics| {
+            let text = m.render();
+            GLOBAL_GAUGES
+                .iter()
+                .any(|g| text.contains(&format!("\n{g} ")) || text.contains(&format!("\n{g}{{")))
+        };
+        assert!(!has_global(&m));
+        assert!(m.render().contains(&format!("{REPORTING_REPLICA} 0")));
+        m.reporting.set(1);
+        assert!(has_global(&m));
+        assert!(m.render().contains(&format!("{QUEUE_DEPTH} 3")));
     }
 
     #[test]
