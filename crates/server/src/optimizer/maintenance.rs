@@ -139,7 +139,9 @@ pub(crate) async fn answer_status_queries(ctx: Arc<Ctx>, mut stop: watch::Receiv
                 now_ms(),
             ),
             Err(e) => {
-                tracing::warn!(error = %e, "status query failed");
+                if let Some(held_back) = ctx.warnings.due("status query failed") {
+                    tracing::warn!(error = %e, held_back, "status query failed");
+                }
                 continue;
             }
         };
