@@ -368,4 +368,26 @@ async fn one_replica_exports_the_global_gauges() {
     assert_eq!(syncs_sent(other), 0, "the other replica never broadcast");
     let reporting = switchyard_server::metrics::REPORTING_REPLICA;
     assert!(other.render().contains(&format!("{reporting} 0")));
+
+    // The backlog gauges: one entry put in the dead-letter stream shows in its depth.
+    let js = async_nats::jetstream::new(cluster.nats().await);
+    let subject = cluster.subjects().dead_letter("task_submit");
+    js.publish(subject, "{}".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored in the dead-letter stream");
+    let m = &cluster.metrics[reporter];
+    within(20, "the dead-letter depth to count it", async {
+        while m.dead_letter_depth.get() < 1.0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let text = m.render();
+    for consumer in ["optimizer", "optimizer_control"] {
+        let line = format!("switchyard_consumer_pending_events{{consumer=\"{consumer}\"}} 0");
+        assert!(text.contains(&line), "{line} missing:\n{text}");
+    }
+    assert!(!other.render().contains("switchyard_dead_letter_depth"));
 }

@@ -37,16 +37,22 @@ pub const BUDGET_GRANTED_TOTAL: &str = "switchyard_budget_granted_total";
 pub const BUDGET_BLOCKED_TOTAL: &str = "switchyard_budget_blocked_total";
 pub const BUILD_INFO: &str = "switchyard_build_info";
 pub const REPORTING_REPLICA: &str = "switchyard_reporting_replica";
+pub const CONSUMER_PENDING: &str = "switchyard_consumer_pending_events";
+pub const CONSUMER_ACK_PENDING: &str = "switchyard_consumer_ack_pending_events";
+pub const DEAD_LETTER_DEPTH: &str = "switchyard_dead_letter_depth";
 
 /// Deployment-wide gauges: every replica computes them, but only the replica holding the
 /// coordination-sync lease exports them, so summing across replicas does not count them twice.
-pub const GLOBAL_GAUGES: [&str; 6] = [
+pub const GLOBAL_GAUGES: [&str; 9] = [
     QUEUE_DEPTH,
     WAITING_DEPTH,
     FLEET_UTILIZATION_RATIO,
     BUDGET_AVAILABLE,
     BUDGET_IN_USE,
     BUDGET_DEBT,
+    CONSUMER_PENDING,
+    CONSUMER_ACK_PENDING,
+    DEAD_LETTER_DEPTH,
 ];
 
 /// All metrics of one optimizer replica, in its own registry (so in-process replicas in tests
@@ -114,6 +120,12 @@ pub struct Metrics {
     /// 1 while this replica holds the coordination-sync lease and so exports the
     /// [`GLOBAL_GAUGES`], else 0.
     pub reporting: IntGauge,
+    /// Per shared `consumer` (optimizer, optimizer_control): events not delivered yet (lag).
+    pub consumer_pending: GaugeVec,
+    /// Per shared `consumer`: events delivered and not acknowledged yet.
+    pub consumer_ack_pending: GaugeVec,
+    /// Entries in the dead-letter stream.
+    pub dead_letter_depth: Gauge,
 }
 
 pub(crate) fn registered<C: prometheus::core::Collector + Clone + 'static>(
@@ -248,6 +260,17 @@ impl Metrics {
                 REPORTING_REPLICA,
                 "1 on the replica exporting the deployment-wide gauges, else 0",
             )?,
+            consumer_pending: add.gauges(
+                CONSUMER_PENDING,
+                "Events a shared consumer has not delivered yet",
+                &["consumer"],
+            )?,
+            consumer_ack_pending: add.gauges(
+                CONSUMER_ACK_PENDING,
+                "Events a shared consumer delivered and has not seen acknowledged",
+                &["consumer"],
+            )?,
+            dead_letter_depth: add.gauge(DEAD_LETTER_DEPTH, "Entries in the dead-letter stream")?,
             registry,
         })
     }

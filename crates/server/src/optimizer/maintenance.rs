@@ -92,6 +92,7 @@ async fn broadcast_sync(
     if !held {
         return Ok(());
     }
+    super::backlog::refresh_backlog_gauges(ctx).await;
     let envelope = Envelope::new(
         OPTIMIZER_SENDER,
         MessageType::CoordinationSync,

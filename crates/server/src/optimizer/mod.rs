@@ -10,6 +10,7 @@
 //! flight and leaves everything else unacknowledged for another replica.
 
 mod applied;
+mod backlog;
 mod batch;
 mod budget_hints;
 mod cancel;
