@@ -2,6 +2,7 @@
 //!
 //! Configuration: `config/default.toml` defaults, `--config FILE` (or SWITCHYARD_CONFIG), then
 //! environment variables (NATS_URL, REDIS_URL, METRICS_ADDR, MAX_CONCURRENT_COORDINATIONS, ...).
+//! Logs: standard error, JSON lines unless it is a terminal (LOG_FORMAT=json|text|auto).
 //! The replica itself is `switchyard::cli::replica`; this file sets up logging, parses and runs.
 
 use clap::Parser;
@@ -12,11 +13,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,async_nats=warn".into()),
-        )
-        .init();
+    switchyard::cli::logging::init("info,async_nats=warn")?;
     replica::run(ReplicaArgs::parse()).await
 }

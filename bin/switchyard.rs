@@ -17,12 +17,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    cli::logging::init("warn")?;
     let cli = Cli::parse();
     let mut stdout = std::io::stdout().lock();
     cli::run(cli, &mut stdout, &|line| eprintln!("{line}")).await?;

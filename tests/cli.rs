@@ -245,7 +245,7 @@ async fn optimizer_serves_healthz_and_the_seed_metrics() {
     let (status, body) = http_get(port, "/metrics").expect("metrics answer");
     assert_eq!(status, 200, "{}", optimizer.log());
     for name in [
-        "active_coordinations",
+        "switchyard_events_in_flight",
         "switchyard_dead_letters_total",
         "switchyard_grant_republishes_total",
     ] {
@@ -255,6 +255,43 @@ async fn optimizer_serves_healthz_and_the_seed_metrics() {
     assert_eq!(status, 200, "{}", optimizer.log());
     assert!(response.ends_with("\r\n\r\nready\n"), "{response}");
     assert_eq!(http_get(port, "/nope").map(|(s, _)| s), Some(404));
+}
+
+/// Written to a file (not a terminal), the optimizer's log is JSON lines without colour codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optimizer_logs_json_lines_without_colour_when_not_on_a_terminal() {
+    let servers = LocalServers::start().await.expect("servers");
+    let mut config = config_for(&servers);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    config.metrics.addr = format!("127.0.0.1:{port}");
+    let optimizer = OptimizerProcess::spawn(&config, &[("RUST_LOG", "info")]);
+    // It logs the metrics address just before serving it.
+    within(30, "the optimizer to serve /healthz", async {
+        while http_get(port, "/healthz").map(|(s, _)| s) != Some(200) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let log = optimizer.log();
+    assert!(!log.contains('\x1b'), "ANSI escape in the log:\n{log}");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let serving = lines
+        .iter()
+        .find(|l| l["message"] == "serving /metrics, /healthz and /readyz")
+        .unwrap_or_else(|| panic!("no serving line in\n{log}"));
+    assert_eq!(serving["level"], "INFO", "{serving}");
+    assert!(
+        serving["addr"].as_str().is_some(),
+        "fields at the top: {serving}"
+    );
 }
 
 #[test]

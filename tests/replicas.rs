@@ -325,3 +325,69 @@ async fn fragile_granted_and_reserved_once(redis: &mut redis::aio::MultiplexedCo
     let reserved = hget_i64(redis, &keys.agent("steady"), "res_cpu").await;
     assert_eq!(reserved, 2000, "reserved once");
 }
+
+/// COORDINATION_SYNC broadcasts sent by a replica (one per interval while it holds the lease).
+fn syncs_sent(m: &switchyard_server::metrics::Metrics) -> u64 {
+    m.messages
+        .with_label_values(&[MessageType::CoordinationSync.as_str(), "out"])
+        .get()
+}
+
+fn exports_queue_depth(m: &switchyard_server::metrics::Metrics) -> bool {
+    let metric = switchyard_server::metrics::QUEUE_DEPTH;
+    m.render()
+        .lines()
+        .any(|l| l.starts_with(&format!("{metric} ")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_exports_the_global_gauges() {
+    let cluster = Cluster::start(2).await;
+    let reporter = within(20, "a replica to hold the sync lease", async {
+        loop {
+            if let Some(i) = cluster.metrics.iter().position(|m| m.is_reporting()) {
+                return i;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // Four more broadcasts: the lease stays with its holder, pass after pass.
+    let from = syncs_sent(&cluster.metrics[reporter]);
+    within(20, "four more intervals", async {
+        while syncs_sent(&cluster.metrics[reporter]) < from + 4 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let other = &cluster.metrics[1 - reporter];
+    assert!(cluster.metrics[reporter].is_reporting(), "the lease moved");
+    assert!(exports_queue_depth(&cluster.metrics[reporter]));
+    assert!(!other.is_reporting());
+    assert!(!exports_queue_depth(other), "{}", other.render());
+    assert_eq!(syncs_sent(other), 0, "the other replica never broadcast");
+    let reporting = switchyard_server::metrics::REPORTING_REPLICA;
+    assert!(other.render().contains(&format!("{reporting} 0")));
+
+    // The backlog gauges: one entry put in the dead-letter stream shows in its depth.
+    let js = async_nats::jetstream::new(cluster.nats().await);
+    let subject = cluster.subjects().dead_letter("task_submit");
+    js.publish(subject, "{}".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored in the dead-letter stream");
+    let m = &cluster.metrics[reporter];
+    within(20, "the dead-letter depth to count it", async {
+        while m.dead_letter_depth.get() < 1.0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let text = m.render();
+    for consumer in ["optimizer", "optimizer_control"] {
+        let line = format!("switchyard_consumer_pending_events{{consumer=\"{consumer}\"}} 0");
+        assert!(text.contains(&line), "{line} missing:\n{text}");
+    }
+    assert!(!other.render().contains("switchyard_dead_letter_depth"));
+}

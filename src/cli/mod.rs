@@ -9,6 +9,7 @@ mod auth;
 mod bench;
 mod chaos;
 mod demo;
+pub mod logging;
 pub mod replica;
 mod sim;
 mod status;

@@ -81,7 +81,8 @@ pub const OPTIMIZER_COMMANDS: &[(&str, &str)] = &[
     ),
     ("xrange", "reads: fleet-log entries since the last read"),
     ("xrevrange", "reads: the newest fleet-log position"),
-    ("set", "the coordination-sync lease (SET NX PX)"),
+    ("set", "scripts: the coordination-sync lease"),
+    ("get", "scripts: the coordination-sync lease's holder"),
     // Connecting, by topology.
     ("select", "a redis.url naming a database other than 0"),
     (

@@ -3,15 +3,15 @@
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use switchyard_client::error::{Error, ErrorKind};
 
-pub const COORDINATION_EFFICIENCY_SECONDS: &str = "coordination_efficiency_seconds";
-pub const RESOURCE_ALLOCATIONS_TOTAL: &str = "resource_allocations_total";
-pub const ACTIVE_COORDINATIONS: &str = "active_coordinations";
-pub const AGENT_UTILIZATION_RATIO: &str = "agent_utilization_ratio";
+pub const COORDINATION_DURATION_SECONDS: &str = "switchyard_coordination_duration_seconds";
+pub const TASK_TRANSITIONS_TOTAL: &str = "switchyard_task_transitions_total";
+pub const EVENTS_IN_FLIGHT: &str = "switchyard_events_in_flight";
+pub const FLEET_UTILIZATION_RATIO: &str = "switchyard_fleet_utilization_ratio";
 // Shared with the agents' protocol client, which names it.
 pub use switchyard_client::comm::AGENT_MESSAGES_TOTAL;
 pub const REJECTED_MESSAGES_TOTAL: &str = "switchyard_rejected_messages_total";
@@ -23,7 +23,7 @@ pub const WAITING_DEPTH: &str = "switchyard_waiting_depth";
 pub const GRANT_REPUBLISHES_TOTAL: &str = "switchyard_grant_republishes_total";
 pub const DISPATCH_ROUNDS_TOTAL: &str = "switchyard_dispatch_rounds_total";
 pub const AGENTS_EXPIRED_TOTAL: &str = "switchyard_agents_expired_total";
-pub const AGENT_HANDOFF_DURATION_SECONDS: &str = "agent_handoff_duration_seconds";
+pub const HANDOFF_DURATION_SECONDS: &str = "switchyard_handoff_duration_seconds";
 pub const TASK_CANCELS_TOTAL: &str = "switchyard_task_cancels_total";
 pub const CANCEL_NOTICES_TOTAL: &str = "switchyard_cancel_notices_total";
 pub const TASK_TIMEOUTS_TOTAL: &str = "switchyard_task_timeouts_total";
@@ -35,6 +35,25 @@ pub const BUDGET_IN_USE: &str = "switchyard_budget_in_use";
 pub const BUDGET_DEBT: &str = "switchyard_budget_debt";
 pub const BUDGET_GRANTED_TOTAL: &str = "switchyard_budget_granted_total";
 pub const BUDGET_BLOCKED_TOTAL: &str = "switchyard_budget_blocked_total";
+pub const BUILD_INFO: &str = "switchyard_build_info";
+pub const REPORTING_REPLICA: &str = "switchyard_reporting_replica";
+pub const CONSUMER_PENDING: &str = "switchyard_consumer_pending_events";
+pub const CONSUMER_ACK_PENDING: &str = "switchyard_consumer_ack_pending_events";
+pub const DEAD_LETTER_DEPTH: &str = "switchyard_dead_letter_depth";
+
+/// Deployment-wide gauges: every replica computes them, but only the replica holding the
+/// coordination-sync lease exports them, so summing across replicas does not count them twice.
+pub const GLOBAL_GAUGES: [&str; 9] = [
+    QUEUE_DEPTH,
+    WAITING_DEPTH,
+    FLEET_UTILIZATION_RATIO,
+    BUDGET_AVAILABLE,
+    BUDGET_IN_USE,
+    BUDGET_DEBT,
+    CONSUMER_PENDING,
+    CONSUMER_ACK_PENDING,
+    DEAD_LETTER_DEPTH,
+];
 
 /// All metrics of one optimizer replica, in its own registry (so in-process replicas in tests
 /// do not collide).
@@ -96,6 +115,17 @@ pub struct Metrics {
     pub budget_granted: IntCounterVec,
     /// Per `budget`: grant attempts this replica saw blocked by the budget.
     pub budget_blocked: IntCounterVec,
+    /// Always 1, labelled with the `version` of the binary.
+    pub build_info: IntGaugeVec,
+    /// 1 while this replica holds the coordination-sync lease and so exports the
+    /// [`GLOBAL_GAUGES`], else 0.
+    pub reporting: IntGauge,
+    /// Per shared `consumer` (optimizer, optimizer_control): events not delivered yet (lag).
+    pub consumer_pending: GaugeVec,
+    /// Per shared `consumer`: events delivered and not acknowledged yet.
+    pub consumer_ack_pending: GaugeVec,
+    /// Entries in the dead-letter stream.
+    pub dead_letter_depth: Gauge,
 }
 
 pub(crate) fn registered<C: prometheus::core::Collector + Clone + 'static>(
@@ -124,19 +154,19 @@ impl Metrics {
         let add = Registrar(&registry);
         Ok(Metrics {
             coordination_seconds: add.latencies(
-                COORDINATION_EFFICIENCY_SECONDS,
+                COORDINATION_DURATION_SECONDS,
                 "Time to apply coordination operations",
                 &["op"],
             )?,
             allocations: add.counters(
-                RESOURCE_ALLOCATIONS_TOTAL,
+                TASK_TRANSITIONS_TOTAL,
                 "Allocation outcomes",
                 &["outcome"],
             )?,
             active_coordinations: add
-                .int_gauge(ACTIVE_COORDINATIONS, "Events in flight in this replica")?,
+                .int_gauge(EVENTS_IN_FLIGHT, "Events in flight in this replica")?,
             agent_utilization: add.gauges(
-                AGENT_UTILIZATION_RATIO,
+                FLEET_UTILIZATION_RATIO,
                 "Fleet resource utilization",
                 &["stat"],
             )?,
@@ -175,7 +205,7 @@ impl Metrics {
                 "Agents marked dead after missing their lease",
             )?,
             handoff_duration: add.histograms(
-                AGENT_HANDOFF_DURATION_SECONDS,
+                HANDOFF_DURATION_SECONDS,
                 "Handoff initiation to verdict, by outcome",
                 &["outcome"],
                 &HANDOFF_BUCKETS,
@@ -225,14 +255,39 @@ impl Metrics {
                 "Grant attempts blocked by a budget",
                 &["budget"],
             )?,
+            build_info: add.build_info()?,
+            reporting: add.int_gauge(
+                REPORTING_REPLICA,
+                "1 on the replica exporting the deployment-wide gauges, else 0",
+            )?,
+            consumer_pending: add.gauges(
+                CONSUMER_PENDING,
+                "Events a shared consumer has not delivered yet",
+                &["consumer"],
+            )?,
+            consumer_ack_pending: add.gauges(
+                CONSUMER_ACK_PENDING,
+                "Events a shared consumer delivered and has not seen acknowledged",
+                &["consumer"],
+            )?,
+            dead_letter_depth: add.gauge(DEAD_LETTER_DEPTH, "Entries in the dead-letter stream")?,
             registry,
         })
     }
 
-    /// Prometheus text exposition of every metric.
+    /// Whether this replica exports the [`GLOBAL_GAUGES`].
+    pub fn is_reporting(&self) -> bool {
+        self.reporting.get() == 1
+    }
+
+    /// Prometheus text exposition of every metric; the [`GLOBAL_GAUGES`] only while this
+    /// replica is the reporting one.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        let families = self.registry.gather();
+        let mut families = self.registry.gather();
+        if !self.is_reporting() {
+            families.retain(|f| !GLOBAL_GAUGES.contains(&f.name()));
+        }
         if TextEncoder::new().encode(&families, &mut buf).is_err() {
             return String::new();
         }
@@ -252,6 +307,19 @@ impl Registrar<'_> {
     /// A counter per combination of `labels`.
     fn counters(&self, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, Error> {
         registered(self.0, IntCounterVec::new(Opts::new(name, help), labels))
+    }
+
+    /// `switchyard_build_info{version} 1`.
+    fn build_info(&self) -> Result<IntGaugeVec, Error> {
+        let info = registered(
+            self.0,
+            IntGaugeVec::new(
+                Opts::new(BUILD_INFO, "Always 1; the labels say which build runs"),
+                &["version"],
+            ),
+        )?;
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        Ok(info)
     }
 
     fn int_gauge(&self, name: &str, help: &str) -> Result<IntGauge, Error> {
@@ -290,7 +358,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_the_seed_metric_names() {
+    fn renders_the_metric_names() {
         let m = Metrics::new().expect("metrics");
         m.allocations.with_label_values(&["granted"]).inc();
         m.coordination_seconds
@@ -298,15 +366,43 @@ mod tests {
             .observe(0.001);
         m.agent_utilization.with_label_values(&["mean"]).set(0.5);
         m.messages.with_label_values(&["task_submit", "in"]).inc();
+        m.reporting.set(1);
         let text = m.render();
         for name in [
-            COORDINATION_EFFICIENCY_SECONDS,
-            RESOURCE_ALLOCATIONS_TOTAL,
-            ACTIVE_COORDINATIONS,
-            AGENT_UTILIZATION_RATIO,
+            COORDINATION_DURATION_SECONDS,
+            TASK_TRANSITIONS_TOTAL,
+            EVENTS_IN_FLIGHT,
+            FLEET_UTILIZATION_RATIO,
             AGENT_MESSAGES_TOTAL,
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }
+    }
+
+    #[test]
+    fn only_the_reporting_replica_renders_the_global_gauges() {
+        let m = Metrics::new().expect("metrics");
+        m.queue_depth.set(3.0);
+        m.agent_utilization.with_label_values(&["mean"]).set(0.5);
+        let has_global = |m: &Metrics| {
+            let text = m.render();
+            GLOBAL_GAUGES
+                .iter()
+                .any(|g| text.contains(&format!("\n{g} ")) || text.contains(&format!("\n{g}{{")))
+        };
+        assert!(!has_global(&m));
+        assert!(m.render().contains(&format!("{REPORTING_REPLICA} 0")));
+        m.reporting.set(1);
+        assert!(has_global(&m));
+        assert!(m.render().contains(&format!("{QUEUE_DEPTH} 3")));
+    }
+
+    #[test]
+    fn build_info_is_one_with_the_version() {
+        let m = Metrics::new().expect("metrics");
+        let version = env!("CARGO_PKG_VERSION");
+        assert_eq!(m.build_info.with_label_values(&[version]).get(), 1);
+        let line = format!("{BUILD_INFO}{{version=\"{version}\"}} 1");
+        assert!(m.render().contains(&line), "{line} missing");
     }
 }

@@ -184,7 +184,7 @@ async fn retry_or_dead_letter(ctx: &Ctx, message: &Message, event: &Inbound, err
     }
     match disposition(error, delivered, &ctx.config.jetstream) {
         Disposition::Redeliver(pause) => {
-            if let Some(held_back) = failure_warning_due(ctx) {
+            if let Some(held_back) = ctx.warnings.due("event failed") {
                 tracing::warn!(error = %error, delivered, kind, held_back, "event failed; asking for redelivery");
             }
             acknowledge(message, AckKind::Nak(Some(pause))).await;
@@ -199,16 +199,6 @@ async fn retry_or_dead_letter(ctx: &Ctx, message: &Message, event: &Inbound, err
             }
         }
     }
-}
-
-/// Whether to write this failure's warning: once per interval, with how many were held back.
-fn failure_warning_due(ctx: &Ctx) -> Option<u64> {
-    // The throttle is a counter and a time: whole even after a panic elsewhere.
-    let mut throttle = ctx
-        .failure_warnings
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    throttle.allow(Instant::now())
 }
 
 /// Stores a copy of the event in the dead-letter stream, with the error that put it there in a

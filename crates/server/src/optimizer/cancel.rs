@@ -193,8 +193,10 @@ pub(crate) async fn publish_notice(ctx: &Ctx, notice: &TaskCancelNotice) -> Resu
 /// Publishes notices; one that is lost is sent again by the resend pass.
 pub(crate) async fn publish_notices(ctx: &Ctx, notices: &[TaskCancelNotice]) {
     for notice in notices {
-        if let Err(e) = publish_notice(ctx, notice).await {
-            tracing::warn!(task_id = %notice.task_id, error = %e, "cancel notice not sent; it is sent again later");
+        if let Err(e) = publish_notice(ctx, notice).await
+            && let Some(held_back) = ctx.warnings.due("cancel notice not sent")
+        {
+            tracing::warn!(task_id = %notice.task_id, error = %e, held_back, "cancel notice not sent; it is sent again later");
         }
     }
 }

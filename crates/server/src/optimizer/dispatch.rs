@@ -246,7 +246,9 @@ pub(crate) async fn publish_grants(ctx: &Ctx, grants: Vec<Grant>) {
     let now = now_ms();
     for (grant, result) in grants.into_iter().zip(results) {
         if let Err(e) = result {
-            tracing::warn!(task_id = %grant.payload.task_id, error = %e, "grant not sent; the outbox sends it again");
+            if let Some(held_back) = ctx.warnings.due("grant not sent") {
+                tracing::warn!(task_id = %grant.payload.task_id, error = %e, held_back, "grant not sent; the outbox sends it again");
+            }
             continue;
         }
         let latency = now.saturating_sub(grant.submitted_at_ms) as f64 / 1000.0;

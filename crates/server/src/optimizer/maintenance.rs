@@ -1,6 +1,8 @@
 //! Work a replica does besides events: every OPTIMIZATION_INTERVAL it expires agents past their
 //! lease, dispatches the queue (capacity may have freed without an event
-//! reaching this replica), and refreshes the fleet gauges; and it answers status queries.
+//! reaching this replica), and refreshes the fleet gauges; the holder of the sync lease
+//! broadcasts COORDINATION_SYNC and exports the deployment-wide gauges; and it answers status
+//! queries.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +44,21 @@ pub(crate) async fn run_every<F, Fut, T>(
     }
 }
 
+/// How many intervals the coordination-sync lease outlives its last renewal: a holder that
+/// misses a pass keeps it, one that stopped hands it over within this many intervals.
+const SYNC_LEASE_INTERVALS: f64 = 3.0;
+
 async fn maintenance_pass(ctx: &Ctx) -> Result<(), Error> {
+    let result = maintain(ctx).await;
+    if result.is_err() {
+        // Its lease may lapse before the next pass: stop exporting the global gauges rather than
+        // risk a second replica exporting them too.
+        ctx.metrics.reporting.set(0);
+    }
+    result
+}
+
+async fn maintain(ctx: &Ctx) -> Result<(), Error> {
     super::liveness::expire_silent_agents(ctx).await?;
     ctx.dispatcher.dispatch_after_commit().await;
     // Without the agent table: reading every agent each interval would make an idle fleet's
@@ -59,20 +75,24 @@ async fn maintenance_pass(ctx: &Ctx) -> Result<(), Error> {
 }
 
 /// Publishes the coordination snapshot on `<prefix>.coordination_sync`, once per interval for
-/// the whole deployment: the replica that takes the interval's lease in Redis publishes, the
-/// others skip (a lost lease race costs one skipped broadcast, never a duplicate).
+/// the whole deployment: the replica holding the sync lease in Redis publishes and exports the
+/// global gauges ([`crate::metrics::GLOBAL_GAUGES`]), the others skip. The holder renews the
+/// lease each pass, so the reporting replica changes only when its holder stops.
 async fn broadcast_sync(
     ctx: &Ctx,
     sync: switchyard_protocol::CoordinationSync,
 ) -> Result<(), Error> {
-    let interval_ms = (ctx.config.coordination.optimization_interval_s * 1000.0) as u64;
-    if !ctx
+    let interval_s = ctx.config.coordination.optimization_interval_s;
+    let ttl_ms = (interval_s * SYNC_LEASE_INTERVALS * 1000.0) as u64;
+    let held = ctx
         .store
-        .take_sync_lease(&ctx.replica_id, interval_ms.max(1))
-        .await?
-    {
+        .take_sync_lease(&ctx.replica_id, ttl_ms.max(1))
+        .await?;
+    ctx.metrics.reporting.set(i64::from(held));
+    if !held {
         return Ok(());
     }
+    super::backlog::refresh_backlog_gauges(ctx).await;
     let envelope = Envelope::new(
         OPTIMIZER_SENDER,
         MessageType::CoordinationSync,
@@ -120,7 +140,9 @@ pub(crate) async fn answer_status_queries(ctx: Arc<Ctx>, mut stop: watch::Receiv
                 now_ms(),
             ),
             Err(e) => {
-                tracing::warn!(error = %e, "status query failed");
+                if let Some(held_back) = ctx.warnings.due("status query failed") {
+                    tracing::warn!(error = %e, held_back, "status query failed");
+                }
                 continue;
             }
         };

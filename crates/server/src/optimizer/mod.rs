@@ -10,6 +10,7 @@
 //! flight and leaves everything else unacknowledged for another replica.
 
 mod applied;
+mod backlog;
 mod batch;
 mod budget_hints;
 mod cancel;
@@ -29,6 +30,7 @@ mod readiness;
 pub use readiness::Readiness;
 mod signals;
 mod took_effect;
+mod warnings;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -92,8 +94,9 @@ pub(crate) struct Ctx {
     pub listening_since_ms: std::sync::atomic::AtomicU64,
     /// Whether Redis and NATS answer now (`/readyz`; lanes pause while Redis does not).
     pub readiness: Readiness,
-    /// Failed events are logged once per interval with a count, not once each.
-    pub failure_warnings: std::sync::Mutex<transport::Throttle>,
+    /// Repeated warnings (failed events, messages not sent) are logged once per interval and
+    /// site with a count, not once each.
+    pub warnings: warnings::Warnings,
 }
 
 /// A connected optimizer replica.
@@ -151,9 +154,7 @@ impl Optimizer {
             dispatcher: dispatch::Dispatcher::new(),
             listening_since_ms: std::sync::atomic::AtomicU64::new(0),
             readiness: Readiness::new(),
-            failure_warnings: std::sync::Mutex::new(transport::Throttle::new(
-                transport::WARN_EVERY,
-            )),
+            warnings: warnings::Warnings::new(transport::WARN_EVERY),
             replica_id: format!("optimizer-{}", uuid::Uuid::new_v4().simple()),
         };
         Ok(Optimizer {

@@ -223,7 +223,11 @@ pub(crate) async fn send_reply(ctx: &Ctx, reply: Reply) {
             .messages
             .with_label_values(&[MessageType::CoordinatorReply.as_str(), "out"])
             .inc(),
-        Err(e) => tracing::warn!(error = %e, to = %reply.to, "reply not sent"),
+        Err(e) => {
+            if let Some(held_back) = ctx.warnings.due("reply not sent") {
+                tracing::warn!(error = %e, to = %reply.to, held_back, "reply not sent");
+            }
+        }
     }
 }
 
@@ -252,7 +256,11 @@ pub(crate) async fn send_rejection(ctx: &Ctx, subject: &str, rejection: &Rejecti
             .messages
             .with_label_values(&[MessageType::ErrorReport.as_str(), "out"])
             .inc(),
-        Err(e) => tracing::warn!(error = %e, "error report not sent"),
+        Err(e) => {
+            if let Some(held_back) = ctx.warnings.due("error report not sent") {
+                tracing::warn!(error = %e, held_back, "error report not sent");
+            }
+        }
     }
 }
 

@@ -85,7 +85,8 @@ impl Keys {
         format!("{}:patterns", self.tag)
     }
 
-    /// String: which replica holds this interval's coordination-sync broadcast (expires).
+    /// String: which replica holds the coordination-sync lease (broadcast and global gauges;
+    /// renewed by its holder, expires).
     pub fn sync_lease(&self) -> String {
         format!("{}:sync_lease", self.tag)
     }

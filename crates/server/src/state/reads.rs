@@ -76,17 +76,18 @@ impl Store {
         Ok(super::rows::pattern_table(&fields))
     }
 
-    /// Takes the broadcast lease for `ttl_ms` if nobody holds it (one atomic SET NX PX).
+    /// Takes or renews the coordination-sync lease for `ttl_ms` (lua/take_sync_lease.lua): true
+    /// when `holder` holds it after the call.
     pub async fn take_sync_lease(&self, holder: &str, ttl_ms: u64) -> Result<bool, Error> {
-        let taken: Option<String> = redis::cmd("SET")
-            .arg(self.keys().sync_lease())
+        let held: i64 = self
+            .scripts
+            .take_sync_lease
+            .key(self.keys().sync_lease())
             .arg(holder)
-            .arg("NX")
-            .arg("PX")
             .arg(ttl_ms)
-            .query_async(&mut self.conn())
+            .invoke_async(&mut self.conn())
             .await?;
-        Ok(taken.is_some())
+        Ok(held == 1)
     }
 
     /// Ids of active agents.

@@ -43,6 +43,7 @@ pub(crate) struct Scripts {
     pub promote_retries: Script,
     pub hold_head: Script,
     pub define_budgets: Script,
+    pub take_sync_lease: Script,
 }
 
 impl Scripts {
@@ -66,10 +67,11 @@ impl Scripts {
             promote_retries: with_lib(include_str!("lua/promote_retries.lua")),
             hold_head: with_lib(include_str!("lua/hold_head.lua")),
             define_budgets: with_lib(include_str!("lua/define_budgets.lua")),
+            take_sync_lease: with_lib(include_str!("lua/take_sync_lease.lua")),
         }
     }
 
-    pub(crate) fn all(&self) -> [&Script; 18] {
+    pub(crate) fn all(&self) -> [&Script; 19] {
         [
             &self.register_agent,
             &self.deregister_agent,
@@ -89,6 +91,7 @@ impl Scripts {
             &self.promote_retries,
             &self.hold_head,
             &self.define_budgets,
+            &self.take_sync_lease,
         ]
     }
 }
