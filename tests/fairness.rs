@@ -216,10 +216,36 @@ async fn big_task_wait(cluster: &Cluster, limit: usize) -> (Option<usize>, usize
             }
         }
         if let Some(agent) = big_on {
-            return (Some(done), small_elsewhere[1 - agent]);
+            // Counted from what Redis recorded, not from when this test noticed the grant: on a
+            // loaded machine a grant can arrive after the next completion was sent.
+            let before = completions_before_grant(cluster, "big", limit + 20).await;
+            assert!(
+                before <= done,
+                "{before} completions before the grant, {done} sent"
+            );
+            return (Some(before), small_elsewhere[1 - agent]);
         }
     }
     (None, small_elsewhere.iter().sum())
+}
+
+/// How many small tasks had completed (their `finished_at`) when `task_id` was granted
+/// (`granted_at`).
+async fn completions_before_grant(cluster: &Cluster, task_id: &str, smalls: usize) -> usize {
+    let keys = Keys::new("switchyard");
+    let mut conn = cluster.redis().await;
+    let at = |v: Option<String>| v.and_then(|s| s.parse::<u64>().ok());
+    let granted_at = at(common::hget(&mut conn, &keys.task(task_id), "granted_at").await)
+        .expect("the granted task records granted_at");
+    let mut before = 0;
+    for i in 0..smalls {
+        let key = keys.task(&format!("small-{i:03}"));
+        let finished = at(common::hget(&mut conn, &key, "finished_at").await);
+        if finished.is_some_and(|f| f <= granted_at) {
+            before += 1;
+        }
+    }
+    before
 }
 
 /// With the head reservation (the default), the big task is granted once the held agent's four
