@@ -480,6 +480,39 @@ async fn worker(
     })
 }
 
+/// Three workers holding each grant `hold_ms`, and `n` tasks `<prefix><i>` each drawing 1 from
+/// `budget`, all completed. Returns the task ids, the most tasks that ran at once, the workers.
+async fn run_drawing(
+    cluster: &Cluster,
+    hold_ms: u64,
+    prefix: &str,
+    n: usize,
+    budget: &str,
+) -> (
+    Vec<String>,
+    std::sync::Arc<std::sync::atomic::AtomicI64>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    use std::sync::atomic::AtomicI64;
+    let (running, peak) = (
+        std::sync::Arc::new(AtomicI64::new(0)),
+        std::sync::Arc::new(AtomicI64::new(0)),
+    );
+    let mut workers = Vec::new();
+    for id in ["w1", "w2", "w3"] {
+        workers.push(worker(cluster, id, hold_ms, running.clone(), peak.clone()).await);
+    }
+    let orch = cluster.coordinator("orch").await;
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    for id in &ids {
+        orch.submit_task(TaskSubmit::new(id).resource("cpu", 1.0).budget(budget, 1))
+            .await
+            .expect("submitted");
+    }
+    all_completed(cluster, &ids).await;
+    (ids, peak, workers)
+}
+
 async fn two_replicas_with(budgets: Vec<BudgetConfig>) -> Cluster {
     let servers = LocalServers::start().await.expect("servers");
     let mut config = common::config_for(&servers);
@@ -516,24 +549,8 @@ async fn all_completed(cluster: &Cluster, ids: &[String]) {
 /// more than the bucket allows.
 #[tokio::test]
 async fn two_replicas_never_overspend_a_rate_budget() {
-    use std::sync::atomic::AtomicI64;
     let cluster = two_replicas_with(vec![rate("rps", 10, 1.0, 2)]).await;
-    let (running, peak) = (
-        std::sync::Arc::new(AtomicI64::new(0)),
-        std::sync::Arc::new(AtomicI64::new(0)),
-    );
-    let mut workers = Vec::new();
-    for id in ["w1", "w2", "w3"] {
-        workers.push(worker(&cluster, id, 5, running.clone(), peak.clone()).await);
-    }
-    let orch = cluster.coordinator("orch").await;
-    let ids: Vec<String> = (0..40).map(|i| format!("r{i}")).collect();
-    for id in &ids {
-        orch.submit_task(TaskSubmit::new(id).resource("cpu", 1.0).budget("rps", 1))
-            .await
-            .expect("submitted");
-    }
-    all_completed(&cluster, &ids).await;
+    let (ids, _peak, workers) = run_drawing(&cluster, 5, "r", 40, "rps").await;
     let keys = switchyard_server::state::Keys::new("switchyard");
     let mut conn = cluster.redis().await;
     let mut at = Vec::new();
@@ -562,24 +579,9 @@ async fn two_replicas_never_overspend_a_rate_budget() {
 /// and 2 do (the agents could run 24).
 #[tokio::test]
 async fn a_concurrency_budget_holds_under_two_replicas() {
-    use std::sync::atomic::{AtomicI64, Ordering::SeqCst};
+    use std::sync::atomic::Ordering::SeqCst;
     let cluster = two_replicas_with(vec![slots("gpu", 2)]).await;
-    let (running, peak) = (
-        std::sync::Arc::new(AtomicI64::new(0)),
-        std::sync::Arc::new(AtomicI64::new(0)),
-    );
-    let mut workers = Vec::new();
-    for id in ["w1", "w2", "w3"] {
-        workers.push(worker(&cluster, id, 150, running.clone(), peak.clone()).await);
-    }
-    let orch = cluster.coordinator("orch").await;
-    let ids: Vec<String> = (0..12).map(|i| format!("g{i}")).collect();
-    for id in &ids {
-        orch.submit_task(TaskSubmit::new(id).resource("cpu", 1.0).budget("gpu", 1))
-            .await
-            .expect("submitted");
-    }
-    all_completed(&cluster, &ids).await;
+    let (_ids, peak, workers) = run_drawing(&cluster, 150, "g", 12, "gpu").await;
     assert_eq!(
         peak.load(SeqCst),
         2,
