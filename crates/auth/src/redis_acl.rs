@@ -59,6 +59,15 @@ pub const OPTIMIZER_COMMANDS: &[(&str, &str)] = &[
     ),
     ("xadd", "scripts: the fleet log"),
     (
+        "zremrangebyscore",
+        "scripts: departed agents older than a day leave their index",
+    ),
+    (
+        "zremrangebyrank",
+        "scripts: the departed-agents index keeps its newest 1000",
+    ),
+    ("zcount", "dashboard: queued tasks per priority"),
+    (
         "time",
         "scripts and reads: the Redis clock; the readiness probe",
     ),

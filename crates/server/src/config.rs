@@ -22,6 +22,9 @@ pub struct Config {
     pub messages: MessagesConfig,
     pub jetstream: JetStreamConfig,
     pub metrics: MetricsConfig,
+    /// The web dashboard on the metrics listener (`[dashboard]`; absent: on, read-only).
+    #[serde(default)]
+    pub dashboard: DashboardConfig,
     /// Tenants and their weights (fairness between tenants); absent: every tenant weighs 1.
     #[serde(default)]
     pub tenants: TenantsConfig,
@@ -373,8 +376,30 @@ pub struct MetricsConfig {
     pub addr: String,
 }
 
+/// `[dashboard]`: the web dashboard served on the metrics listener (and by `switchyard
+/// dashboard`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DashboardConfig {
+    /// Serve `/`, `/dashboard` and `/api/*` next to `/metrics` (read-only views).
+    pub enabled: bool,
+    /// Allow the one mutating action, replaying a dead letter (POST). Off by default: anyone who
+    /// reaches the metrics port can read the dashboard, but only a deployment that turns this on
+    /// lets them republish events.
+    pub allow_replay: bool,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig {
+            enabled: true,
+            allow_replay: false,
+        }
+    }
+}
+
 /// Environment variable → (table, key). The first six are the seed's names.
-const ENV_OVERRIDES: [(&str, &str, &str); 34] = [
+const ENV_OVERRIDES: [(&str, &str, &str); 36] = [
     (
         "MAX_CONCURRENT_COORDINATIONS",
         "coordination",
@@ -425,6 +450,8 @@ const ENV_OVERRIDES: [(&str, &str, &str); 34] = [
     ("HEAD_RESERVATION", "coordination", "head_reservation"),
     ("HEAD_HOLD_MS", "coordination", "head_hold_ms"),
     ("JETSTREAM_REPLICAS", "jetstream", "replicas"),
+    ("DASHBOARD_ENABLED", "dashboard", "enabled"),
+    ("DASHBOARD_ALLOW_REPLAY", "dashboard", "allow_replay"),
 ];
 
 impl Default for Config {
@@ -498,6 +525,7 @@ impl Config {
             metrics: MetricsConfig {
                 addr: "127.0.0.1:9464".into(),
             },
+            dashboard: DashboardConfig::default(),
             tenants: TenantsConfig::default(),
             budgets: Vec::new(),
         }

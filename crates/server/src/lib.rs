@@ -18,12 +18,14 @@
 //!   demo run replicas in-process.
 //! * [`config`] — the one typed configuration (`config/default.toml`, a file, the environment),
 //!   validated whole.
+//! * [`dashboard`] — the web dashboard (embedded page and JSON views) on the metrics listener.
 //! * [`metrics`] — every metric name of the service, built in one place.
 //!
 //! Below it: `switchyard-decision` (what to decide), `switchyard-protocol` (the wire) and
 //! `switchyard-client`'s transport (NATS).
 
 pub mod config;
+pub mod dashboard;
 pub mod metrics;
 pub mod optimizer;
 pub mod state;
