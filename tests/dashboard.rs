@@ -292,3 +292,57 @@ async fn refused_replays() {
     );
     optimizer.kill();
 }
+
+/// `switchyard dashboard` serves the same views from NATS and Redis alone, with no optimizer in
+/// the process: it prints its URL, and the overview lists an agent registered in Redis.
+#[test]
+fn switchyard_dashboard_serves_a_deployment_without_an_optimizer() {
+    on_big_stacks(standalone_dashboard);
+}
+
+async fn standalone_dashboard() {
+    let mut cluster = Cluster::start(0).await;
+    cluster.add_replica().await;
+    let _agent = agent_with_lease(&cluster, "dash-standalone", 30.0).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["dashboard", "--listen", "127.0.0.1:0"])
+        .env("NATS_URL", cluster.servers.nats.url())
+        .env("REDIS_URL", cluster.servers.redis.url())
+        .env_remove("METRICS_ADDR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("switchyard dashboard starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).map(|_| line)
+    });
+    let line = within(30, "the dashboard's URL", line)
+        .await
+        .expect("join")
+        .expect("a line");
+    let port: u16 = line
+        .trim()
+        .trim_start_matches("dashboard: http://127.0.0.1:")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap_or_else(|_| panic!("a URL with a port: {line:?}"));
+    let (status, _, page) = http_raw(port, "GET", "/", &[], None).await.expect("page");
+    assert_eq!(status, 200);
+    assert!(page.contains("/dashboard/app.js"), "{page}");
+    let overview = within(30, "the agent in the overview", async {
+        loop {
+            if let Ok((200, o)) = http(port, "GET", "/api/overview.json", None).await {
+                if o.to_string().contains("dash-standalone") {
+                    return o;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(overview["allow_replay"], Value::Bool(false));
+    let _ = child.kill();
+    let _ = child.wait();
+}

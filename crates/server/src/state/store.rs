@@ -43,8 +43,17 @@ impl Store {
             infeasible: InfeasiblePolicy::default(),
             budget_names: std::sync::Arc::default(),
         };
-        // The first command: a Redis that wants a login, or a user without the permissions,
-        // is told apart here from a Redis that is down.
+        // The first command, a small one: a Redis that wants a login, or a user without the
+        // permissions, is told apart here from a Redis that is down. (Not a script load: Redis
+        // refuses a bulk over 16 KiB from a client not logged in with a protocol error instead
+        // of NOAUTH, and the scripts with their shared library are larger.)
+        let _: bool = redis::cmd("EXISTS")
+            .arg(store.keys.stats())
+            .query_async(&mut store.conn())
+            .await
+            .map_err(|e| {
+                super::connection::refused_login(config, &e).unwrap_or_else(|| e.into())
+            })?;
         for script in store.scripts.all() {
             script
                 .prepare_invoke()
