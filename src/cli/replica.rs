@@ -29,7 +29,7 @@ pub async fn run(args: ReplicaArgs) -> anyhow::Result<()> {
         dashboard: optimizer.dashboard(),
     };
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, dashboard = endpoints.dashboard.is_some(), "serving /metrics, /healthz, /readyz and the dashboard at /");
+    tracing::info!(%addr, dashboard = endpoints.dashboard.is_some(), "serving /metrics, /healthz and /readyz");
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(http::serve(listener, endpoints, async {
         let _ = http_stopped.await;

@@ -112,13 +112,19 @@ function renderThroughput(o) {
   $("#timeline-source").textContent = o.timeline.source ? "(" + o.timeline.source + ")" : "";
   const svg = $("#throughput-chart");
   const max = Math.max(1, ...buckets.map((b) => Math.max(b.counts.submitted || 0, b.counts.granted || 0)));
-  const width = 600 / Math.max(buckets.length, 1);
+  // One slot per bucket over the whole span (10 minutes of 10 s), the newest at the right.
+  const bucketMs = o.timeline.bucket_ms || 10000;
+  const slots = 60;
+  const width = 600 / slots;
+  const end = buckets.length ? buckets[buckets.length - 1].at_ms : 0;
   const bars = [];
-  buckets.forEach((b, i) => {
+  buckets.forEach((b) => {
+    const slot = slots - 1 - Math.round((end - b.at_ms) / bucketMs);
+    if (slot < 0) return;
     for (const [k, color, dx] of [["submitted", "#94a3b8", 0], ["granted", "#1d4ed8", 0.5]]) {
       const h = 110 * (b.counts[k] || 0) / max;
       const r = document.createElementNS("http://www.w3.org/2000/svg", "rect");
-      r.setAttribute("x", i * width + dx * width * 0.9);
+      r.setAttribute("x", slot * width + dx * width * 0.9);
       r.setAttribute("width", width * 0.45);
       r.setAttribute("y", 115 - h);
       r.setAttribute("height", h);
@@ -201,7 +207,8 @@ async function replayLetter() {
 
 function taskFromHash() {
   const m = location.hash.match(/^#task=(.*)$/);
-  return m ? decodeURIComponent(m[1]) : null;
+  if (!m) return null;
+  try { return decodeURIComponent(m[1]); } catch (_) { return m[1]; }
 }
 
 async function refreshTask() {
