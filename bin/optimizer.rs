@@ -13,6 +13,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Parsed first, so --help and --version answer whatever the logging settings say.
+    let args = ReplicaArgs::parse();
     switchyard::cli::logging::init(replica::DEFAULT_LOG_FILTER)?;
-    replica::run(ReplicaArgs::parse()).await
+    replica::run(args).await
 }
