@@ -243,7 +243,7 @@ def tls_context(args):
 
 
 def credentials(args):
-    """A secured deployment (README "Security"): the agent's .creds file, and the inbox prefix
+    """A secured deployment (docs/security.md): the agent's .creds file, and the inbox prefix
     its permissions allow, where JetStream's acknowledgments and request replies come back."""
     if not args.creds:
         return {}

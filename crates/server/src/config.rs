@@ -373,58 +373,213 @@ pub struct MetricsConfig {
     pub addr: String,
 }
 
-/// Environment variable → (table, key). The first six are the seed's names.
-const ENV_OVERRIDES: [(&str, &str, &str); 34] = [
+/// Environment variable → (table, key, what it sets, in one line for `--help`). The first six
+/// are the seed's names.
+const ENV_OVERRIDES: [(&str, &str, &str, &str); 34] = [
     (
         "MAX_CONCURRENT_COORDINATIONS",
         "coordination",
         "max_concurrent_coordinations",
+        "event batches one replica works on at once, per lane",
     ),
     (
         "OPTIMIZATION_INTERVAL",
         "coordination",
         "optimization_interval_s",
+        "seconds between maintenance passes (leases, re-dispatch, gauges)",
     ),
-    ("LEARNING_RATE", "coordination", "learning_rate"),
-    ("MESSAGE_BUFFER_SIZE", "messages", "message_buffer_size"),
+    (
+        "LEARNING_RATE",
+        "coordination",
+        "learning_rate",
+        "EMA weight of the newest completion in an agent's score, (0, 1]",
+    ),
+    (
+        "MESSAGE_BUFFER_SIZE",
+        "messages",
+        "message_buffer_size",
+        "bound of a messaging client's inbox",
+    ),
     (
         "ENABLE_MESSAGE_TRACKING",
         "messages",
         "enable_message_tracking",
+        "keep delivery records and drop duplicate messages",
     ),
-    ("DEFAULT_MESSAGE_TTL", "messages", "default_message_ttl_s"),
-    ("MESSAGE_ACK_TIMEOUT_MS", "messages", "ack_timeout_ms"),
-    ("NATS_URL", "nats", "url"),
-    ("NATS_TLS_CA_FILE", "nats", "tls_ca_file"),
-    ("NATS_TLS_CERT_FILE", "nats", "tls_cert_file"),
-    ("NATS_TLS_KEY_FILE", "nats", "tls_key_file"),
-    ("NATS_CREDS", "nats", "creds_file"),
-    ("REDIS_URL", "redis", "url"),
-    ("REDIS_TLS_CA_FILE", "redis", "tls_ca_file"),
-    ("REDIS_TLS_CERT_FILE", "redis", "tls_cert_file"),
-    ("REDIS_TLS_KEY_FILE", "redis", "tls_key_file"),
-    ("METRICS_ADDR", "metrics", "addr"),
-    ("SUBJECT_PREFIX", "nats", "subject_prefix"),
-    ("REDIS_KEY_PREFIX", "redis", "key_prefix"),
-    ("REDIS_CLUSTER", "redis", "cluster"),
-    ("REDIS_SENTINEL_MASTER", "redis", "sentinel_master"),
-    ("REDIS_USERNAME", "redis", "username"),
-    ("REDIS_PASSWORD_FILE", "redis", "password_file"),
-    ("BATCH_SIZE", "coordination", "batch_size"),
-    ("DEFAULT_STRATEGY", "coordination", "default_strategy"),
-    ("INFEASIBLE_POLICY", "coordination", "infeasible"),
-    ("TASK_QUEUE_TIMEOUT_S", "coordination", "queue_timeout_s"),
-    ("TASK_RUN_TIMEOUT_S", "coordination", "run_timeout_s"),
-    ("TASK_MAX_ATTEMPTS", "coordination", "max_attempts"),
-    ("TASK_RETRY_BACKOFF_S", "coordination", "retry_backoff_s"),
+    (
+        "DEFAULT_MESSAGE_TTL",
+        "messages",
+        "default_message_ttl_s",
+        "seconds an agent-to-agent message without a ttl lives (0: forever)",
+    ),
+    (
+        "MESSAGE_ACK_TIMEOUT_MS",
+        "messages",
+        "ack_timeout_ms",
+        "ms a sender waits for acknowledgments before resending",
+    ),
+    (
+        "NATS_URL",
+        "nats",
+        "url",
+        "nats-server(s) >= 2.12 with JetStream, comma-separated for a cluster",
+    ),
+    (
+        "NATS_TLS_CA_FILE",
+        "nats",
+        "tls_ca_file",
+        "PEM authorities for TLS to NATS (empty: the system's roots)",
+    ),
+    (
+        "NATS_TLS_CERT_FILE",
+        "nats",
+        "tls_cert_file",
+        "PEM client certificate for NATS (with NATS_TLS_KEY_FILE)",
+    ),
+    (
+        "NATS_TLS_KEY_FILE",
+        "nats",
+        "tls_key_file",
+        "PEM private key of NATS_TLS_CERT_FILE",
+    ),
+    (
+        "NATS_CREDS",
+        "nats",
+        "creds_file",
+        "this process's .creds file in a secured deployment (empty: none)",
+    ),
+    (
+        "REDIS_URL",
+        "redis",
+        "url",
+        "Redis (seeds with REDIS_CLUSTER, sentinels with REDIS_SENTINEL_MASTER)",
+    ),
+    (
+        "REDIS_TLS_CA_FILE",
+        "redis",
+        "tls_ca_file",
+        "PEM authorities for a rediss:// url (empty: the system's roots)",
+    ),
+    (
+        "REDIS_TLS_CERT_FILE",
+        "redis",
+        "tls_cert_file",
+        "PEM client certificate for Redis (with REDIS_TLS_KEY_FILE)",
+    ),
+    (
+        "REDIS_TLS_KEY_FILE",
+        "redis",
+        "tls_key_file",
+        "PEM private key of REDIS_TLS_CERT_FILE",
+    ),
+    (
+        "METRICS_ADDR",
+        "metrics",
+        "addr",
+        "where /metrics, /healthz and /readyz are served (port 0: any free port)",
+    ),
+    (
+        "SUBJECT_PREFIX",
+        "nats",
+        "subject_prefix",
+        "first token of every subject; stream names derive from it",
+    ),
+    (
+        "REDIS_KEY_PREFIX",
+        "redis",
+        "key_prefix",
+        "every Redis key starts with {this}: (a cluster hash tag)",
+    ),
+    (
+        "REDIS_CLUSTER",
+        "redis",
+        "cluster",
+        "the Redis is a Redis Cluster",
+    ),
+    (
+        "REDIS_SENTINEL_MASTER",
+        "redis",
+        "sentinel_master",
+        "Redis under Sentinel: the primary's name (REDIS_URL lists sentinels)",
+    ),
+    (
+        "REDIS_USERNAME",
+        "redis",
+        "username",
+        "Redis ACL user to log in as (with REDIS_PASSWORD_FILE)",
+    ),
+    (
+        "REDIS_PASSWORD_FILE",
+        "redis",
+        "password_file",
+        "file whose first line is the Redis password",
+    ),
+    (
+        "BATCH_SIZE",
+        "coordination",
+        "batch_size",
+        "most events pulled and committed together",
+    ),
+    (
+        "DEFAULT_STRATEGY",
+        "coordination",
+        "default_strategy",
+        "placement strategy of tasks that name none",
+    ),
+    (
+        "INFEASIBLE_POLICY",
+        "coordination",
+        "infeasible",
+        "a task no agent could ever hold: hold (queue it) or refuse",
+    ),
+    (
+        "TASK_QUEUE_TIMEOUT_S",
+        "coordination",
+        "queue_timeout_s",
+        "default seconds a task may wait for its grant (0: no limit)",
+    ),
+    (
+        "TASK_RUN_TIMEOUT_S",
+        "coordination",
+        "run_timeout_s",
+        "default seconds one attempt may run (0: no limit)",
+    ),
+    (
+        "TASK_MAX_ATTEMPTS",
+        "coordination",
+        "max_attempts",
+        "default attempts per task, 1..=100",
+    ),
+    (
+        "TASK_RETRY_BACKOFF_S",
+        "coordination",
+        "retry_backoff_s",
+        "default seconds before the first retry, doubled after",
+    ),
     (
         "TASK_RETRY_BACKOFF_MAX_S",
         "coordination",
         "retry_backoff_max_s",
+        "longest retry back-off, seconds",
     ),
-    ("HEAD_RESERVATION", "coordination", "head_reservation"),
-    ("HEAD_HOLD_MS", "coordination", "head_hold_ms"),
-    ("JETSTREAM_REPLICAS", "jetstream", "replicas"),
+    (
+        "HEAD_RESERVATION",
+        "coordination",
+        "head_reservation",
+        "hold an agent for a head task that fits nowhere yet",
+    ),
+    (
+        "HEAD_HOLD_MS",
+        "coordination",
+        "head_hold_ms",
+        "ms a head hold lasts unless a dispatch pass renews it",
+    ),
+    (
+        "JETSTREAM_REPLICAS",
+        "jetstream",
+        "replicas",
+        "copies of every stream and consumer: 1, 3 or 5",
+    ),
 ];
 
 impl Default for Config {
@@ -847,7 +1002,7 @@ fn apply_budgets_env(merged: &mut toml::Table, env: &[(String, String)], errors:
 }
 
 fn apply_env(merged: &mut toml::Table, env: &[(String, String)], errors: &mut Vec<String>) {
-    for (var, table, key) in ENV_OVERRIDES {
+    for (var, table, key, _) in ENV_OVERRIDES {
         let Some((_, raw)) = env.iter().find(|(k, _)| k == var) else {
             continue;
         };
@@ -874,6 +1029,47 @@ fn apply_env(merged: &mut toml::Table, env: &[(String, String)], errors: &mut Ve
             )),
         }
     }
+}
+
+/// One line of a binary's `--help` about an environment variable: its name, what it sets and
+/// its default (none: no default worth naming).
+pub fn env_help_line(name: &str, about: &str, default: Option<&str>) -> String {
+    match default {
+        Some(default) => format!("  {name:<29} {about} [default: {default}]"),
+        None => format!("  {name:<29} {about}"),
+    }
+}
+
+/// The `--help` lines of every environment variable the configuration reads, made from
+/// [`ENV_OVERRIDES`] (so a new override is listed without anyone remembering to) and `BUDGETS`,
+/// each with its default from the embedded `config/default.toml`.
+pub fn env_help() -> String {
+    let defaults: toml::Table = toml::from_str(DEFAULT_TOML).unwrap_or_default();
+    let mut lines: Vec<String> = ENV_OVERRIDES
+        .iter()
+        .map(|(var, table, key, about)| {
+            let default = defaults
+                .get(*table)
+                .and_then(|section| section.get(*key))
+                .map(|value| match value {
+                    toml::Value::String(s) if s.is_empty() => "empty".to_string(),
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                });
+            env_help_line(var, &format!("{about} ({table}.{key})"), default.as_deref())
+        })
+        .collect();
+    lines.push(env_help_line(
+        "BUDGETS",
+        "the whole [[budgets]] list, a TOML array of inline tables",
+        Some("none"),
+    ));
+    lines.join("\n")
+}
+
+/// The names of the environment variables that override configuration keys.
+pub fn env_override_names() -> impl Iterator<Item = &'static str> {
+    ENV_OVERRIDES.iter().map(|(var, ..)| *var)
 }
 
 fn parse_bool(raw: &str) -> Option<bool> {
@@ -918,6 +1114,22 @@ mod tests {
         let parsed: Config = toml::from_str(DEFAULT_TOML).expect("default.toml parses");
         assert_eq!(parsed, Config::builtin());
         assert!(parsed.problems().is_empty());
+    }
+
+    #[test]
+    fn env_help_names_every_override_with_its_default() {
+        let help = env_help();
+        for (var, table, key, _) in ENV_OVERRIDES {
+            let line = help
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(var))
+                .unwrap_or_else(|| panic!("{var} missing from\n{help}"));
+            assert!(line.contains(&format!("({table}.{key})")), "{line}");
+            assert!(line.contains("[default: "), "{line}");
+        }
+        assert!(help.contains("  NATS_URL "), "{help}");
+        assert!(help.contains("[default: nats://127.0.0.1:4222]"), "{help}");
+        assert!(help.contains("BUDGETS"), "{help}");
     }
 
     #[test]

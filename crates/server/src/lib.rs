@@ -19,10 +19,12 @@
 //! * [`config`] — the one typed configuration (`config/default.toml`, a file, the environment),
 //!   validated whole.
 //! * [`metrics`] — every metric name of the service, built in one place.
+//! * [`build`] — the version and commit of this build (`--version`, `switchyard_build_info`).
 //!
 //! Below it: `switchyard-decision` (what to decide), `switchyard-protocol` (the wire) and
 //! `switchyard-client`'s transport (NATS).
 
+pub mod build;
 pub mod config;
 pub mod metrics;
 pub mod optimizer;

@@ -115,7 +115,7 @@ pub struct Metrics {
     pub budget_granted: IntCounterVec,
     /// Per `budget`: grant attempts this replica saw blocked by the budget.
     pub budget_blocked: IntCounterVec,
-    /// Always 1, labelled with the `version` of the binary.
+    /// Always 1, labelled with the `version` of the binary and the `commit` it was built from.
     pub build_info: IntGaugeVec,
     /// 1 while this replica holds the coordination-sync lease and so exports the
     /// [`GLOBAL_GAUGES`], else 0.
@@ -309,16 +309,18 @@ impl Registrar<'_> {
         registered(self.0, IntCounterVec::new(Opts::new(name, help), labels))
     }
 
-    /// `switchyard_build_info{version} 1`.
+    /// `switchyard_build_info{version,commit} 1` (commit `unknown` when the build named none).
     fn build_info(&self) -> Result<IntGaugeVec, Error> {
         let info = registered(
             self.0,
             IntGaugeVec::new(
                 Opts::new(BUILD_INFO, "Always 1; the labels say which build runs"),
-                &["version"],
+                &["version", "commit"],
             ),
         )?;
-        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let commit = crate::build::commit().unwrap_or("unknown");
+        info.with_label_values(&[crate::build::VERSION, commit])
+            .set(1);
         Ok(info)
     }
 
@@ -401,8 +403,9 @@ mod tests {
     fn build_info_is_one_with_the_version() {
         let m = Metrics::new().expect("metrics");
         let version = env!("CARGO_PKG_VERSION");
-        assert_eq!(m.build_info.with_label_values(&[version]).get(), 1);
-        let line = format!("{BUILD_INFO}{{version=\"{version}\"}} 1");
+        let commit = crate::build::commit().unwrap_or("unknown");
+        assert_eq!(m.build_info.with_label_values(&[version, commit]).get(), 1);
+        let line = format!("{BUILD_INFO}{{commit=\"{commit}\",version=\"{version}\"}} 1");
         assert!(m.render().contains(&line), "{line} missing");
     }
 }
