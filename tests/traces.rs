@@ -427,3 +427,47 @@ async fn without_an_endpoint_nothing_is_exported_and_the_header_still_travels() 
         assert_eq!(count, 0, "{outcome}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_costs_spans_never_tasks() {
+    // A port nobody listens on: every export is refused.
+    let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let servers = LocalServers::start().await.expect("servers start");
+    let mut config = config_for(&servers);
+    config.telemetry.otlp_endpoint = url;
+    config.telemetry.export_interval_ms = 20;
+    let cluster = Cluster::start_on(servers, config, 1).await;
+    let agent = cluster.agent("down-a", "worker", 2.0, 1024.0).await;
+    let mut grants = agent.grants().await.expect("grant stream");
+    let orch = cluster.coordinator("orch").await;
+    for i in 0..3 {
+        let task = TaskSubmit::new(format!("down-{i}")).resource("cpu", 2.0);
+        orch.submit_task(task).await.expect("submitted");
+    }
+    for _ in 0..3 {
+        let grant = next_grant(30, "a grant", &mut grants).await;
+        agent
+            .complete_work(&grant, true, 0.1)
+            .await
+            .expect("reported");
+    }
+    let mut redis = cluster.redis().await;
+    for i in 0..3 {
+        wait_for_state(&mut redis, 30, &format!("down-{i}"), "completed").await;
+    }
+    let failed = cluster.metrics[0]
+        .trace_spans
+        .with_label_values(&["failed"]);
+    within(30, "the lost spans to be counted", async {
+        while failed.get() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let exported = cluster.metrics[0]
+        .trace_spans
+        .with_label_values(&["exported"]);
+    assert_eq!(exported.get(), 0);
+}

@@ -1188,6 +1188,32 @@ mod tests {
     }
 
     #[test]
+    fn trace_export_is_off_by_default_and_set_by_the_standard_env_names() {
+        let c = Config::from_sources(None, &[]).expect("defaults");
+        assert!(!c.telemetry.enabled());
+        assert_eq!(
+            c.telemetry,
+            TelemetryConfig::default(),
+            "file and code agree"
+        );
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318");
+        let c = Config::from_sources(None, &env(&[base])).expect("valid");
+        assert_eq!(c.telemetry.otlp_endpoint, "http://collector:4318");
+        assert!(c.telemetry.enabled());
+        let full = (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://other:4318/v1/traces",
+        );
+        let c = Config::from_sources(None, &env(&[base, full])).expect("valid");
+        assert_eq!(c.telemetry.otlp_endpoint, "http://other:4318/v1/traces");
+        let file = "[telemetry]\notlp_endpoint = \"https://collector:4318\"";
+        let err = Config::from_sources(Some(file), &[]).expect_err("https is not spoken");
+        assert!(err.to_string().contains("telemetry.otlp_endpoint"), "{err}");
+        let file = "[telemetry]\nmax_export_batch = 0";
+        assert!(Config::from_sources(Some(file), &[]).is_err());
+    }
+
+    #[test]
     fn tls_files_and_replicas_are_set_by_env() {
         let c = Config::from_sources(
             None,
