@@ -471,3 +471,47 @@ async fn a_collector_that_is_down_costs_spans_never_tasks() {
         .with_label_values(&["exported"]);
     assert_eq!(exported.get(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_limits_end_their_spans_too() {
+    let mut collector = Collector::start().await;
+    let cluster = traced_cluster(Some(&collector)).await;
+    let agent = cluster.agent("slow-a", "worker", 1.0, 1024.0).await;
+    let mut grants = agent.grants().await.expect("grant stream");
+    let orch = cluster.coordinator("orch").await;
+    // Granted, never reported: its run timeout ends the attempt.
+    let parent = submitters_context();
+    let task = TaskSubmit::new("slow-1")
+        .resource("cpu", 1.0)
+        .run_timeout(0.2);
+    orch.submit_task_traced(task, Some(parent.clone()))
+        .await
+        .expect("submitted");
+    let grant = next_grant(30, "the grant", &mut grants).await;
+    let seen = grant.trace.clone().expect("traced");
+    // Never granted (the agent is full): its queue timeout fails it.
+    let starved = submitters_context();
+    let task = TaskSubmit::new("starved-1")
+        .resource("cpu", 1.0)
+        .queue_timeout(0.1);
+    orch.submit_task_traced(task, Some(starved.clone()))
+        .await
+        .expect("submitted");
+
+    let names = ["submit", "grant", "run", "completion"];
+    let spans = collector.trace(&to_hex(&parent.trace_id), &names).await;
+    let (run, completion) = (one(&spans, "run"), one(&spans, "completion"));
+    assert_eq!(run["parentSpanId"], to_hex(&seen.span_id));
+    assert_eq!(completion["parentSpanId"], run["spanId"]);
+    assert_eq!(attr(completion, "reason"), "run_timeout");
+    assert_eq!(attr(completion, "outcome"), "failed");
+    assert_eq!(run["status"]["code"], 2, "an error span");
+
+    let spans = collector
+        .trace(&to_hex(&starved.trace_id), &["submit", "completion"])
+        .await;
+    let (submit, completion) = (one(&spans, "submit"), one(&spans, "completion"));
+    assert!(named(&spans, "run").is_empty(), "it never ran");
+    assert_eq!(completion["parentSpanId"], submit["spanId"]);
+    assert_eq!(attr(completion, "reason"), "queue_timeout");
+}

@@ -339,86 +339,122 @@ pub(crate) fn granted(
     ctx.tracer.record(attrs.on(span));
 }
 
-/// Records the `run` span of the attempt a completion ended (from its grant to now) and the
-/// `completion` span under it. Reads the task's record for the stored context and times.
+/// Records the `run` and `completion` spans of the attempt an agent's report ended.
 pub(crate) async fn completed(ctx: &Ctx, report: &TaskComplete, outcome: &CompleteOutcome) {
-    let (name, error) = match outcome {
+    let (name, next_attempt) = match outcome {
         CompleteOutcome::Finished { success, .. } => {
-            (if *success { "completed" } else { "failed" }, !success)
+            (if *success { "completed" } else { "failed" }, None)
         }
-        CompleteOutcome::Cancelled { .. } => ("cancelled", false),
-        CompleteOutcome::Retrying { .. } => ("retrying", true),
+        CompleteOutcome::Cancelled { .. } => ("cancelled", None),
+        CompleteOutcome::Retrying { attempt, .. } => ("retrying", Some(*attempt)),
         CompleteOutcome::Refused(_) => return,
     };
-    let Ok(Some(record)) = ctx.store.task_record(&report.task_id).await else {
-        return;
-    };
-    let get = |k: &str| record.get(k).map(String::as_str);
-    let num = |k: &str| get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let Some(trace) = TraceContext::from_headers(get("traceparent"), get("tracestate")) else {
-        return;
-    };
-    if !trace.sampled() {
-        return;
-    }
-    // A retry's record already counts the next attempt.
-    let attempt = match outcome {
-        CompleteOutcome::Retrying { attempt, .. } => u64::from(*attempt).saturating_sub(1),
-        _ => num("attempt"),
-    };
-    let attrs = TaskAttrs {
+    let end = AttemptEnd {
         task_id: &report.task_id,
-        task_type: get("task_type").unwrap_or(""),
-        priority: num("priority"),
-        tenant: get("tenant").unwrap_or(switchyard_decision::DEFAULT_TENANT),
-        attempt: attempt.max(1),
-    };
-    let grant_seq = report.grant_seq.unwrap_or_else(|| num("grant_seq"));
-    let ended = AttemptEnd {
-        grant_seq,
-        granted_at_ms: num("granted_at"),
+        agent_id: &report.agent_id,
+        grant_seq: report.grant_seq,
+        next_attempt,
+        success: report.success,
+        execution_time_s: Some(report.execution_time_s),
         outcome: name,
-        error,
+        reason: report.error.clone().unwrap_or_default(),
     };
-    ended.record(ctx, report, &trace, &attrs);
+    end.record(ctx).await;
 }
 
-/// How an attempt ended, for its `run` and `completion` spans.
-struct AttemptEnd {
-    grant_seq: u64,
-    granted_at_ms: u64,
-    outcome: &'static str,
-    error: bool,
+/// How an attempt (or a task that never ran) ended, by an agent's report or a time limit.
+pub(crate) struct AttemptEnd<'a> {
+    pub task_id: &'a str,
+    /// Empty when no attempt ran (a queue timeout): then only a `completion` span, under
+    /// `submit`.
+    pub agent_id: &'a str,
+    /// The grant that ended (`None`: the task's current one).
+    pub grant_seq: Option<u64>,
+    /// The attempt that comes next, for a retry (the task's record already counts it).
+    pub next_attempt: Option<u32>,
+    pub success: bool,
+    pub execution_time_s: Option<f64>,
+    /// completed, failed, retrying, cancelled.
+    pub outcome: &'static str,
+    pub reason: String,
 }
 
-impl AttemptEnd {
-    fn record(&self, ctx: &Ctx, report: &TaskComplete, trace: &TraceContext, attrs: &TaskAttrs) {
-        let grant = grant_span_id(trace, &report.task_id, self.grant_seq);
-        let run = trace.at_span(random_span_id());
+impl AttemptEnd<'_> {
+    /// Records the `run` span (from the grant to now, under its `grant` span) and the
+    /// `completion` span under it. Reads the task's record for the stored context and times.
+    pub(crate) async fn record(&self, ctx: &Ctx) {
+        let Ok(Some(record)) = ctx.store.task_record(self.task_id).await else {
+            return;
+        };
+        let get = |k: &str| record.get(k).map(String::as_str);
+        let num = |k: &str| get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let Some(trace) = TraceContext::from_headers(get("traceparent"), get("tracestate")) else {
+            return;
+        };
+        if !trace.sampled() {
+            return;
+        }
+        let attempt = match self.next_attempt {
+            Some(next) => u64::from(next).saturating_sub(1),
+            None => num("attempt"),
+        };
+        let attrs = TaskAttrs {
+            task_id: self.task_id,
+            task_type: get("task_type").unwrap_or(""),
+            priority: num("priority"),
+            tenant: get("tenant").unwrap_or(switchyard_decision::DEFAULT_TENANT),
+            attempt: attempt.max(1),
+        };
+        let grant_seq = self.grant_seq.unwrap_or_else(|| num("grant_seq"));
         let now = now_ns();
-        let start = ms_to_ns(self.granted_at_ms);
-        let span = SpanRecord::new("run", SpanKind::Internal, &run, Some(grant), start, now)
-            .attr("agent_id", report.agent_id.as_str())
-            .attr("grant_seq", self.grant_seq)
-            .attr("success", report.success)
-            .attr("execution_time_s", report.execution_time_s)
-            .error(self.error);
-        ctx.tracer.record(attrs.on(span));
+        let parent = if self.agent_id.is_empty() {
+            trace.span_id
+        } else {
+            self.record_run(ctx, &trace, &attrs, grant_seq, num("granted_at"), now)
+        };
         let done = trace.at_span(random_span_id());
-        let parent = Some(run.span_id);
         let span = SpanRecord::new(
             "completion",
             SpanKind::Consumer,
             &done,
-            parent,
+            Some(parent),
             now,
             now_ns(),
         )
-        .attr("agent_id", report.agent_id.as_str())
+        .attr("agent_id", self.agent_id)
         .attr("outcome", self.outcome)
-        .attr("reason", report.error.clone().unwrap_or_default())
-        .error(self.error);
+        .attr("reason", self.reason.as_str())
+        .error(self.is_error());
         ctx.tracer.record(attrs.on(span));
+    }
+
+    /// Records the `run` span; answers its id.
+    fn record_run(
+        &self,
+        ctx: &Ctx,
+        trace: &TraceContext,
+        attrs: &TaskAttrs,
+        grant_seq: u64,
+        granted_at_ms: u64,
+        now: u64,
+    ) -> [u8; 8] {
+        let grant = grant_span_id(trace, self.task_id, grant_seq);
+        let run = trace.at_span(random_span_id());
+        let start = ms_to_ns(granted_at_ms);
+        let mut span = SpanRecord::new("run", SpanKind::Internal, &run, Some(grant), start, now)
+            .attr("agent_id", self.agent_id)
+            .attr("grant_seq", grant_seq)
+            .attr("success", self.success)
+            .error(self.is_error());
+        if let Some(seconds) = self.execution_time_s {
+            span = span.attr("execution_time_s", seconds);
+        }
+        ctx.tracer.record(attrs.on(span));
+        run.span_id
+    }
+
+    fn is_error(&self) -> bool {
+        self.outcome == "failed" || self.outcome == "retrying"
     }
 }
 
