@@ -515,3 +515,55 @@ async fn time_limits_end_their_spans_too() {
     assert_eq!(completion["parentSpanId"], submit["spanId"]);
     assert_eq!(attr(completion, "reason"), "queue_timeout");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_taken_back_from_a_leaving_agent_ends_its_run() {
+    let mut collector = Collector::start().await;
+    let cluster = traced_cluster(Some(&collector)).await;
+    let leaving = cluster.agent("leaving-a", "worker", 1.0, 1024.0).await;
+    let mut leaving_grants = leaving.grants().await.expect("grant stream");
+    let orch = cluster.coordinator("orch").await;
+    let parent = submitters_context();
+    let task = TaskSubmit::new("moved-1").resource("cpu", 1.0);
+    orch.submit_task_traced(task, Some(parent.clone()))
+        .await
+        .expect("submitted");
+    let first = next_grant(30, "the first grant", &mut leaving_grants).await;
+    let staying = cluster.agent("staying-b", "worker", 1.0, 1024.0).await;
+    let mut staying_grants = staying.grants().await.expect("grant stream");
+    leaving.deregister().await.expect("deregistered");
+    let second = next_grant(30, "the grant after the requeue", &mut staying_grants).await;
+    assert_eq!(second.payload.grant_seq, 2);
+    staying
+        .complete_work(&second, true, 0.1)
+        .await
+        .expect("reported");
+
+    let names = [
+        "submit",
+        "grant",
+        "grant",
+        "run",
+        "run",
+        "completion",
+        "completion",
+    ];
+    let spans = collector.trace(&to_hex(&parent.trace_id), &names).await;
+    let first_span = to_hex(&first.trace.expect("traced").span_id);
+    let taken_back = named(&spans, "run")
+        .into_iter()
+        .find(|r| r["parentSpanId"] == first_span.as_str())
+        .expect("the first attempt's run span");
+    assert_eq!(attr(taken_back, "agent_id"), "leaving-a");
+    let ended = named(&spans, "completion")
+        .into_iter()
+        .find(|c| c["parentSpanId"] == taken_back["spanId"])
+        .expect("its completion");
+    assert_eq!(attr(ended, "outcome"), "requeued");
+    assert_eq!(attr(ended, "reason"), "agent_left");
+    assert_eq!(
+        named(&spans, "queue wait").len(),
+        1,
+        "the first grant's only"
+    );
+}

@@ -113,6 +113,7 @@ async fn traced(ctx: &Ctx, deadline: &Deadline, outcome: &DeadlineOutcome) {
         execution_time_s: None,
         outcome: name,
         reason: reason.to_string(),
+        only_in_state: None,
     };
     end.record(ctx).await;
 }

@@ -295,8 +295,7 @@ impl TaskAttrs<'_> {
     }
 }
 
-/// Records a grant's `queue wait` (first attempt only: from the submit; a retry's wait starts
-/// when its back-off ends, which no record keeps) and `grant` spans.
+/// Records a grant's `queue wait` (first grant only) and `grant` spans.
 pub(crate) fn granted(
     ctx: &Ctx,
     task: &QueuedTask,
@@ -319,7 +318,9 @@ pub(crate) fn granted(
         attempt: u64::from(task.attempt),
     };
     let parent = Some(submit.span_id);
-    if task.attempt <= 1 {
+    // The first grant's wait began at the submit; a later grant's (a retry, or a task taken back
+    // from an agent that left) began when it was queued again, which no record keeps.
+    if grant.payload.grant_seq <= 1 {
         let wait = submit.at_span(random_span_id());
         let start = ms_to_ns(task.submitted_at_ms);
         let span = SpanRecord::new("queue wait", SpanKind::Internal, &wait, parent, start, now);
@@ -358,6 +359,7 @@ pub(crate) async fn completed(ctx: &Ctx, report: &TaskComplete, outcome: &Comple
         execution_time_s: Some(report.execution_time_s),
         outcome: name,
         reason: report.error.clone().unwrap_or_default(),
+        only_in_state: None,
     };
     end.record(ctx).await;
 }
@@ -377,6 +379,9 @@ pub(crate) struct AttemptEnd<'a> {
     /// completed, failed, retrying, cancelled.
     pub outcome: &'static str,
     pub reason: String,
+    /// Record nothing unless the task is in this state when its record is read (the grant
+    /// that ended may have been followed by another meanwhile; better no span than a wrong one).
+    pub only_in_state: Option<&'static str>,
 }
 
 impl AttemptEnd<'_> {
@@ -391,7 +396,8 @@ impl AttemptEnd<'_> {
         let Some(trace) = TraceContext::from_headers(get("traceparent"), get("tracestate")) else {
             return;
         };
-        if !trace.sampled() {
+        let moved_on = self.only_in_state.is_some_and(|s| get("state") != Some(s));
+        if !trace.sampled() || moved_on {
             return;
         }
         let attempt = match self.next_attempt {
