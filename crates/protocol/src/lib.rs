@@ -10,6 +10,7 @@ mod messages;
 mod messaging;
 mod reasons;
 mod subjects;
+mod trace;
 mod validate;
 mod waits;
 
@@ -28,6 +29,10 @@ pub use messaging::{
     MessageAck, ResourceGrant, ResourceRequest,
 };
 pub use subjects::{ALL_AGENTS, Subjects};
+pub use trace::{
+    ROOT_STATE_ENTRY, TRACEPARENT_HEADER, TRACESTATE_HEADER, TraceContext, TraceParseError,
+    random_span_id, to_hex,
+};
 pub use validate::{
     Inbound, MAX_ATTEMPTS, MAX_TIME_LIMIT_S, RejectReason, Rejection, decode, is_valid_id, now_ms,
     validate_agent_id,

@@ -22,6 +22,9 @@ pub struct Config {
     pub messages: MessagesConfig,
     pub jetstream: JetStreamConfig,
     pub metrics: MetricsConfig,
+    /// OpenTelemetry trace export (off unless an endpoint is set).
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// Tenants and their weights (fairness between tenants); absent: every tenant weighs 1.
     #[serde(default)]
     pub tenants: TenantsConfig,
@@ -373,9 +376,63 @@ pub struct MetricsConfig {
     pub addr: String,
 }
 
+/// `[telemetry]`: OTLP/HTTP export of the tasks' spans (docs/operations.md "Tracing").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP base URL (`http://host:4318`; `/v1/traces` is added unless the
+    /// URL ends with it). Empty: no export, and no span is built.
+    pub otlp_endpoint: String,
+    /// Spans waiting for export at most; more are dropped (and counted), never waited for.
+    pub max_queued_spans: usize,
+    /// Spans per export request at most.
+    pub max_export_batch: usize,
+    /// How long a span may wait for its batch to fill before it is sent anyway.
+    pub export_interval_ms: u64,
+    /// How long one export request may take.
+    pub export_timeout_ms: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: String::new(),
+            max_queued_spans: 8192,
+            max_export_batch: 512,
+            export_interval_ms: 1000,
+            export_timeout_ms: 5000,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// Whether spans are exported at all.
+    pub fn enabled(&self) -> bool {
+        !self.otlp_endpoint.trim().is_empty()
+    }
+
+    fn problems(&self) -> Vec<&'static str> {
+        let endpoint = self.otlp_endpoint.trim();
+        failed(&[
+            (
+                endpoint.is_empty() || endpoint.starts_with("http://"),
+                "telemetry.otlp_endpoint must be an http:// URL (OTLP/HTTP; for TLS, send to a local collector)",
+            ),
+            (
+                self.max_queued_spans >= 1 && self.max_export_batch >= 1,
+                "telemetry.max_queued_spans and max_export_batch must be at least 1",
+            ),
+            (
+                self.export_interval_ms >= 1 && self.export_timeout_ms >= 1,
+                "telemetry.export_interval_ms and export_timeout_ms must be at least 1",
+            ),
+        ])
+    }
+}
+
 /// Environment variable → (table, key, what it sets, in one line for `--help`). The first six
 /// are the seed's names.
-const ENV_OVERRIDES: [(&str, &str, &str, &str); 34] = [
+const ENV_OVERRIDES: [(&str, &str, &str, &str); 36] = [
     (
         "MAX_CONCURRENT_COORDINATIONS",
         "coordination",
@@ -580,6 +637,19 @@ const ENV_OVERRIDES: [(&str, &str, &str, &str); 34] = [
         "replicas",
         "copies of every stream and consumer: 1, 3 or 5",
     ),
+    // The OpenTelemetry standard names; the traces-only one (a full URL) wins over the base.
+    (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "telemetry",
+        "otlp_endpoint",
+        "OTLP/HTTP collector base URL for traces (empty: no export)",
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "telemetry",
+        "otlp_endpoint",
+        "OTLP/HTTP traces URL, used as given; wins over the base URL",
+    ),
 ];
 
 impl Default for Config {
@@ -653,6 +723,7 @@ impl Config {
             metrics: MetricsConfig {
                 addr: "127.0.0.1:9464".into(),
             },
+            telemetry: TelemetryConfig::default(),
             tenants: TenantsConfig::default(),
             budgets: Vec::new(),
         }
@@ -714,6 +785,7 @@ impl Config {
         let mut problems: Vec<String> = fixed.into_iter().flatten().map(str::to_string).collect();
         problems.extend(connection_problems(&self.nats, &self.redis));
         problems.extend(self.metrics.problems().into_iter().map(str::to_string));
+        problems.extend(self.telemetry.problems().into_iter().map(str::to_string));
         problems.extend(self.tenants.problems());
         problems.extend(budget_problems(&self.budgets));
         problems
@@ -1331,6 +1403,32 @@ mod tests {
         assert!(err.to_string().contains("redis://"), "{err}");
         let err = Config::from_sources(None, &env(&[("REDIS_KEY_PREFIX", "")])).expect_err("empty");
         assert!(err.to_string().contains("key_prefix"), "{err}");
+    }
+
+    #[test]
+    fn trace_export_is_off_by_default_and_set_by_the_standard_env_names() {
+        let c = Config::from_sources(None, &[]).expect("defaults");
+        assert!(!c.telemetry.enabled());
+        assert_eq!(
+            c.telemetry,
+            TelemetryConfig::default(),
+            "file and code agree"
+        );
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318");
+        let c = Config::from_sources(None, &env(&[base])).expect("valid");
+        assert_eq!(c.telemetry.otlp_endpoint, "http://collector:4318");
+        assert!(c.telemetry.enabled());
+        let full = (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://other:4318/v1/traces",
+        );
+        let c = Config::from_sources(None, &env(&[base, full])).expect("valid");
+        assert_eq!(c.telemetry.otlp_endpoint, "http://other:4318/v1/traces");
+        let file = "[telemetry]\notlp_endpoint = \"https://collector:4318\"";
+        let err = Config::from_sources(Some(file), &[]).expect_err("https is not spoken");
+        assert!(err.to_string().contains("telemetry.otlp_endpoint"), "{err}");
+        let file = "[telemetry]\nmax_export_batch = 0";
+        assert!(Config::from_sources(Some(file), &[]).is_err());
     }
 
     #[test]

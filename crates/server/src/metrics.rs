@@ -40,6 +40,8 @@ pub const REPORTING_REPLICA: &str = "switchyard_reporting_replica";
 pub const CONSUMER_PENDING: &str = "switchyard_consumer_pending_events";
 pub const CONSUMER_ACK_PENDING: &str = "switchyard_consumer_ack_pending_events";
 pub const DEAD_LETTER_DEPTH: &str = "switchyard_dead_letter_depth";
+pub const TRACE_SPANS_TOTAL: &str = "switchyard_trace_spans_total";
+pub const INVALID_TRACE_HEADERS_TOTAL: &str = "switchyard_invalid_trace_headers_total";
 
 /// Deployment-wide gauges: every replica computes them, but only the replica holding the
 /// coordination-sync lease exports them, so summing across replicas does not count them twice.
@@ -82,6 +84,11 @@ pub struct Metrics {
     /// Tasks waiting on dependencies (not in the queue yet).
     pub waiting_depth: Gauge,
     pub grant_republishes: IntCounter,
+    /// Spans by `outcome`: exported, dropped (the export queue was full), failed (the
+    /// collector did not take them). Only with `[telemetry] otlp_endpoint` set.
+    pub trace_spans: IntCounterVec,
+    /// `traceparent` headers on inbound events that were not valid W3C trace context (ignored).
+    pub invalid_trace_headers: IntCounter,
     /// Dispatch rounds that found a non-empty queue head (each reads the fleet log once and
     /// commits its grants in one script call).
     pub dispatch_rounds: IntCounter,
@@ -195,6 +202,15 @@ impl Metrics {
             grant_republishes: add.counter(
                 GRANT_REPUBLISHES_TOTAL,
                 "Grants sent again because their agent had not acknowledged them",
+            )?,
+            trace_spans: add.counters(
+                TRACE_SPANS_TOTAL,
+                "Trace spans by export outcome",
+                &["outcome"],
+            )?,
+            invalid_trace_headers: add.counter(
+                INVALID_TRACE_HEADERS_TOTAL,
+                "Invalid traceparent headers ignored",
             )?,
             dispatch_rounds: add.counter(
                 DISPATCH_ROUNDS_TOTAL,

@@ -68,7 +68,10 @@ async fn decode_batch(ctx: &Ctx, messages: Vec<Message>) -> Vec<(Message, Inboun
         note_delivery(ctx, &message);
         let subject = message.subject.as_str();
         match decode(&ctx.subjects, subject, &message.payload, max_bytes, now) {
-            Ok(event) => events.push((message, event)),
+            Ok(mut event) => {
+                event.set_trace(trace_of(ctx, &message));
+                events.push((message, event));
+            }
             Err(rejection) => {
                 send_rejection(ctx, subject, &rejection).await;
                 acknowledge(ctx, &message, AckKind::Term).await;
@@ -76,6 +79,20 @@ async fn decode_batch(ctx: &Ctx, messages: Vec<Message>) -> Vec<(Message, Inboun
         }
     }
     events
+}
+
+/// The W3C trace context of an event's headers; an invalid `traceparent` is counted and ignored.
+fn trace_of(ctx: &Ctx, message: &Message) -> Option<switchyard_protocol::TraceContext> {
+    let headers = message.headers.as_ref()?;
+    let context = switchyard_client::transport::trace_of(Some(headers));
+    if context.is_none()
+        && headers
+            .get(switchyard_protocol::TRACEPARENT_HEADER)
+            .is_some()
+    {
+        ctx.metrics.invalid_trace_headers.inc();
+    }
+    context
 }
 
 fn note_delivery(ctx: &Ctx, message: &Message) {

@@ -117,6 +117,7 @@ async fn dispatch_round(
             budgets: &head[p.task_index].budgets,
         })
         .collect();
+    let grants_started_ns = super::traces::now_ns();
     let outcomes = ctx.store.grant_tasks(&requests).await?;
     let mut round = Round::default();
     for (planned, outcome) in planned.into_iter().zip(outcomes) {
@@ -141,10 +142,18 @@ async fn dispatch_round(
                         .inc_by(*amount);
                 }
                 tracing::debug!(task_id = %task.view.task_id, agent_id = %agent_id, grant_seq, "task granted");
-                round.granted.push(
-                    Grant::from_queued(task, &agent_id, grant_seq)
-                        .explained(planned.explanation.as_ref()),
-                );
+                let grant = Grant::from_queued(task, &agent_id, grant_seq)
+                    .explained(planned.explanation.as_ref());
+                if ctx.tracer.enabled() {
+                    let score = planned.explanation.as_ref().and_then(|e| {
+                        e.candidates
+                            .iter()
+                            .find(|c| *c.agent_id == *agent_id)
+                            .map(|c| c.score)
+                    });
+                    super::traces::granted(ctx, task, &grant, score, grants_started_ns);
+                }
+                round.granted.push(grant);
             }
             GrantOutcome::NoFit => round.stale_misses += 1,
             GrantOutcome::NotQueued { .. } => {}

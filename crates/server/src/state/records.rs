@@ -251,6 +251,10 @@ pub struct QueuedTask {
     pub tenant: String,
     /// The budgets the task draws from, and how much (empty: none).
     pub budgets: Vec<(String, u64)>,
+    /// The trace context of the task's `submit` span (stored at submit), if it has one.
+    pub trace: Option<switchyard_protocol::TraceContext>,
+    /// Which attempt a grant now would start (1, or more for a retried task).
+    pub attempt: u32,
 }
 
 /// A script answered what its caller does not expect: a defect, never retried.
