@@ -256,6 +256,14 @@ pub struct RedisConfig {
     /// A file holding the password (its first line); empty: the URL's password, or none.
     #[serde(default)]
     pub password_file: String,
+    /// Entries kept in one task's story (`switchyard task ID`), the newest; absent from older
+    /// config files, so 100 there too.
+    #[serde(default = "default_story_max_entries")]
+    pub story_max_entries: usize,
+}
+
+fn default_story_max_entries() -> usize {
+    100
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -374,7 +382,7 @@ pub struct MetricsConfig {
 }
 
 /// Environment variable → (table, key). The first six are the seed's names.
-const ENV_OVERRIDES: [(&str, &str, &str); 34] = [
+const ENV_OVERRIDES: [(&str, &str, &str); 35] = [
     (
         "MAX_CONCURRENT_COORDINATIONS",
         "coordination",
@@ -410,6 +418,7 @@ const ENV_OVERRIDES: [(&str, &str, &str); 34] = [
     ("REDIS_SENTINEL_MASTER", "redis", "sentinel_master"),
     ("REDIS_USERNAME", "redis", "username"),
     ("REDIS_PASSWORD_FILE", "redis", "password_file"),
+    ("TASK_STORY_MAX_ENTRIES", "redis", "story_max_entries"),
     ("BATCH_SIZE", "coordination", "batch_size"),
     ("DEFAULT_STRATEGY", "coordination", "default_strategy"),
     ("INFEASIBLE_POLICY", "coordination", "infeasible"),
@@ -458,6 +467,7 @@ impl Config {
                 sentinel_master: String::new(),
                 username: String::new(),
                 password_file: String::new(),
+                story_max_entries: 100,
             },
             coordination: CoordinationConfig {
                 max_concurrent_coordinations: 10,

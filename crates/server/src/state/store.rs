@@ -39,7 +39,7 @@ impl Store {
         let store = Store {
             conn: Connection::open(config).await?,
             keys: Keys::new(config.key_prefix.clone()),
-            scripts: std::sync::Arc::new(Scripts::new()),
+            scripts: std::sync::Arc::new(Scripts::new(config.story_max_entries)),
             infeasible: InfeasiblePolicy::default(),
             budget_names: std::sync::Arc::default(),
         };
@@ -165,7 +165,10 @@ impl Store {
             .arg(req.replies.as_str())
             .arg(self.infeasible.as_str())
             .arg(req.options.len());
-        inv.key(k.queue_deadlines()).key(k.tenants());
+        inv.key(k.queue_deadlines())
+            .key(k.tenants())
+            .key(k.story(&req.task_id))
+            .key(k.timeline_now(switchyard_protocol::now_ms()));
         for (field, value) in &req.options {
             inv.arg(*field).arg(value);
         }
@@ -183,6 +186,7 @@ impl Store {
             task_id,
             candidates,
             budgets: &[],
+            why: "",
         }];
         let outcomes = self.grant_tasks(&batch).await?;
         only_outcome(outcomes, "grant_tasks")
@@ -215,7 +219,12 @@ impl Store {
             inv.key(k.agent(agent)).key(k.agent_tasks(agent));
         }
         inv.key(k.run_deadlines());
-        inv.key(k.tenants()).key(k.head_hold());
+        inv.key(k.tenants())
+            .key(k.head_hold())
+            .key(k.timeline_now(switchyard_protocol::now_ms()));
+        for request in requests {
+            inv.key(k.story(request.task_id));
+        }
         let names: std::collections::BTreeSet<&str> = requests
             .iter()
             .flat_map(|r| r.budgets.iter().map(|(name, _)| name.as_str()))
@@ -232,6 +241,7 @@ impl Store {
             for agent in request.candidates {
                 inv.arg(numbers.get(agent.as_str()).copied().unwrap_or(0));
             }
+            inv.arg(request.why);
         }
         let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
         let outcomes: Vec<GrantOutcome> = reply
@@ -281,7 +291,11 @@ impl Store {
         for agent in &agents {
             inv.key(k.agent(agent)).key(k.agent_tasks(agent));
         }
-        inv.key(k.retries());
+        inv.key(k.retries())
+            .key(k.timeline_now(switchyard_protocol::now_ms()));
+        for report in reports {
+            inv.key(k.story(report.task_id));
+        }
         inv.arg(reports.len())
             .arg(agents.len())
             .arg(learning_rate)
@@ -343,6 +357,7 @@ impl Store {
             .key(k.stats())
             .key(k.dependents(task_id))
             .key(k.waiting())
+            .key(k.story(task_id))
             .arg(task_id)
             .arg(dependency_id)
             .arg(outcome.as_str())
@@ -369,7 +384,8 @@ impl Store {
             .key(k.stats())
             .key(k.grant_outbox())
             .key(k.fleet_log())
-            .key(k.queue_deadlines());
+            .key(k.queue_deadlines())
+            .key(k.story(task_id));
         for key in self.task_budget_keys(&[task_id]).await? {
             inv.key(key);
         }
@@ -404,6 +420,7 @@ impl Store {
             .key(k.cancel_outbox())
             .key(k.waiting())
             .key(k.retries())
+            .key(k.story(task_id))
             .arg(task_id)
             .arg(canceller)
             .arg(if operator { "1" } else { "0" })
