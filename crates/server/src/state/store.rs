@@ -44,15 +44,23 @@ impl Store {
             budget_names: std::sync::Arc::default(),
         };
         // The first command: a Redis that wants a login, or a user without the permissions,
-        // is told apart here from a Redis that is down.
+        // is told apart here from a Redis that is down. A short one (TIME, in the slot of the
+        // keys): before a login Redis refuses a long argument (16 KB, as a script with its
+        // helpers is) with a protocol error instead of NOAUTH.
+        let login = |e: redis::RedisError| {
+            super::connection::refused_login(config, &e).unwrap_or_else(|| e.into())
+        };
+        let _: Vec<String> = store
+            .conn()
+            .query_in_slot(&redis::cmd("TIME"), store.keys.slot_key())
+            .await
+            .map_err(login)?;
         for script in store.scripts.all() {
             script
                 .prepare_invoke()
                 .load_async(&mut store.conn())
                 .await
-                .map_err(|e| {
-                    super::connection::refused_login(config, &e).unwrap_or_else(|| e.into())
-                })?;
+                .map_err(login)?;
         }
         Ok(store)
     }
