@@ -20,8 +20,8 @@ use switchyard_client::Allocation;
 use switchyard_protocol::{StoryEntry, StoryEvent, TaskSubmit};
 use switchyard_server::config::RedisConfig;
 use switchyard_server::state::{
-    CancelOutcome, CompleteOutcome, ExpireOutcome, GrantOutcome, RequeueOutcome, ResolveOutcome,
-    Store, SubmitOutcome,
+    BeginHandoff, CancelOutcome, CompleteOutcome, ExpireOutcome, GrantOutcome, RequeueOutcome,
+    ResolveOutcome, Store, SubmitOutcome,
 };
 
 async fn story(f: &Fixture, task_id: &str) -> Vec<StoryEntry> {
@@ -301,6 +301,60 @@ async fn an_agent_death_requeues_with_the_reason() {
 }
 
 #[tokio::test]
+async fn handoffs_are_told_with_their_verdicts() {
+    let f = fixture().await;
+    f.register("a", cpu(4000)).await;
+    f.register("b", cpu(4000)).await;
+    f.granted("h", cpu(1000), "a").await;
+    let handoff = |id: &'static str| BeginHandoff {
+        handoff_id: id,
+        task_id: "h",
+        from_agent: "a",
+        to_agent: "b",
+        grant_seq: None,
+        timeout_ms: 10_000,
+        priority: "normal",
+    };
+    for _ in 0..2 {
+        f.store.begin_handoff(&handoff("no"), 10_000).await.unwrap();
+        f.store
+            .answer_handoff("no", "b", false, 10_000)
+            .await
+            .unwrap();
+    }
+    for _ in 0..2 {
+        f.store
+            .begin_handoff(&handoff("yes"), 10_000)
+            .await
+            .unwrap();
+        f.store
+            .answer_handoff("yes", "b", true, 10_000)
+            .await
+            .unwrap();
+    }
+    f.complete("h", "b", true).await;
+    let told = story(&f, "h").await;
+    assert_eq!(
+        events(&told),
+        [
+            StoryEvent::Submitted,
+            StoryEvent::Queued,
+            StoryEvent::Granted,
+            StoryEvent::HandoffBegun,
+            StoryEvent::HandoffRejected,
+            StoryEvent::HandoffBegun,
+            StoryEvent::HandoffAccepted,
+            StoryEvent::Completed
+        ]
+    );
+    assert_eq!(
+        (detail(&told[6], "to"), detail(&told[6], "grant_seq")),
+        ("b", "2")
+    );
+    assert_eq!(detail(&told[7], "agent"), "b");
+}
+
+#[tokio::test]
 async fn a_story_keeps_its_newest_entries_and_expires_with_its_task() {
     let f = fixture().await;
     let store = store_keeping(&f, 3).await;
@@ -350,6 +404,28 @@ async fn a_story_keeps_its_newest_entries_and_expires_with_its_task() {
     assert!(store.task_story("b").await.unwrap().is_empty());
 }
 
+/// `switchyard ARGS` against the cluster's NATS; its standard output.
+async fn switchyard_cli(cluster: &Cluster, args: &[&str]) -> String {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    cmd.args(args)
+        .env("NATS_URL", cluster.servers.nats.url())
+        .env_remove("SWITCHYARD_CONFIG");
+    let output = within(60, "the switchyard command", async {
+        tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .expect("joined")
+    })
+    .await
+    .expect("switchyard runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{args:?}: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// Two replicas: the story comes back in the status answer (the client's `task_story`) with each
 /// transition once, and the timeline counts what was done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,6 +472,30 @@ async fn two_replicas_tell_the_story_and_count_the_timeline() {
     assert!(!detail(&told[2], "strategy").is_empty());
     let failed = orch.task_story("job3").await.expect("task_story");
     assert_eq!(failed.last().map(|e| e.event), Some(StoryEvent::Failed));
+
+    // The CLI prints the same story, one event a line, and as JSON.
+    let text = switchyard_cli(&cluster, &["task", "job0"]).await;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some("task job0: completed"),
+        "{text}"
+    );
+    assert_eq!(lines.len(), 5, "{text}");
+    assert!(
+        lines[3].contains("granted") && lines[3].contains("agent=w1"),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        switchyard_cli(&cluster, &["task", "job3", "--json"])
+            .await
+            .trim(),
+    )
+    .expect("one JSON line");
+    assert_eq!(json["task"]["state"], "failed");
+    assert_eq!(json["story"].as_array().map(Vec::len), Some(4));
+    let status = switchyard_cli(&cluster, &["status", "--task", "job0"]).await;
+    assert!(status.contains("story of job0"), "{status}");
 
     let store = Store::connect(&cluster.config.redis).await.expect("store");
     let points = store.timeline(120).await.expect("timeline");

@@ -794,6 +794,10 @@ impl RedisConfig {
                 "redis.key_prefix must not be empty",
             ),
             (
+                (1..=100_000).contains(&self.story_max_entries),
+                "redis.story_max_entries must be 1..=100000",
+            ),
+            (
                 self.username.is_empty() || !self.password_file.is_empty(),
                 "redis.username needs redis.password_file",
             ),
@@ -946,6 +950,17 @@ mod tests {
         assert_eq!(c.coordination.learning_rate, 0.5);
         assert_eq!(c.nats.url, "nats://x:1");
         assert!(!c.messages.enable_message_tracking);
+    }
+
+    #[test]
+    fn the_story_length_is_set_by_env_and_checked() {
+        assert_eq!(Config::default().redis.story_max_entries, 100);
+        let c =
+            Config::from_sources(None, &env(&[("TASK_STORY_MAX_ENTRIES", "7")])).expect("valid");
+        assert_eq!(c.redis.story_max_entries, 7);
+        let e = Config::from_sources(None, &env(&[("TASK_STORY_MAX_ENTRIES", "0")]))
+            .expect_err("0 entries refused");
+        assert!(e.to_string().contains("redis.story_max_entries"), "{e}");
     }
 
     #[test]
