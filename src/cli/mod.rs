@@ -13,6 +13,7 @@ pub mod logging;
 pub mod replica;
 mod sim;
 mod status;
+mod task;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -49,6 +50,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Queue depth, counters and the agent table of a running deployment (NATS_URL).
     Status(status::StatusArgs),
+    /// One task of a running deployment (NATS_URL): its state, why it waits, and its story,
+    /// every transition with its time and details.
+    Task(task::TaskArgs),
     /// Load through the real path: distinct lifecycles/s, request→grant latency, server cost per lifecycle (and against the bare allocation loop with --baseline).
     Bench(BenchOptions),
     /// Messages between agents: throughput per delivery mode, and latency per priority while a
@@ -156,6 +160,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write, progress: &dyn Fn(&str)) -> anyh
     match cli.command {
         Command::Demo(args) => demo::run(args, &context, out).await,
         Command::Status(args) => status::run(args, &context, out).await,
+        Command::Task(args) => task::run(args, &context, out).await,
         Command::Bench(options) => bench::load(options, &context, out).await,
         Command::MessageBench(args) => bench::messages(args, &context, out).await,
         Command::DecisionCost(args) => bench::decisions(&args, out),

@@ -298,4 +298,19 @@ impl Coordinator {
         let sync = self.status_with(query).await?;
         Ok(sync.tasks.into_iter().find(|t| t.task_id == task_id))
     }
+
+    /// One task's story: what happened to it, oldest first (empty: no optimizer knows the task,
+    /// or it was submitted before stories were kept). One status query without the agent table;
+    /// the same answer carries the state and why it waits (`status_with`).
+    pub async fn task_story(
+        &self,
+        task_id: &str,
+    ) -> Result<Vec<switchyard_protocol::StoryEntry>, Error> {
+        let query = StatusQuery {
+            include_agents: false,
+            task_id: Some(task_id.to_string()),
+            ..StatusQuery::default()
+        };
+        Ok(self.status_with(query).await?.story)
+    }
 }

@@ -259,6 +259,14 @@ pub struct RedisConfig {
     /// A file holding the password (its first line); empty: the URL's password, or none.
     #[serde(default)]
     pub password_file: String,
+    /// Entries kept in one task's story (`switchyard task ID`), the newest; absent from older
+    /// config files, so 100 there too.
+    #[serde(default = "default_story_max_entries")]
+    pub story_max_entries: usize,
+}
+
+fn default_story_max_entries() -> usize {
+    100
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -432,7 +440,7 @@ impl TelemetryConfig {
 
 /// Environment variable → (table, key, what it sets, in one line for `--help`). The first six
 /// are the seed's names.
-const ENV_OVERRIDES: [(&str, &str, &str, &str); 36] = [
+const ENV_OVERRIDES: [(&str, &str, &str, &str); 37] = [
     (
         "MAX_CONCURRENT_COORDINATIONS",
         "coordination",
@@ -572,6 +580,12 @@ const ENV_OVERRIDES: [(&str, &str, &str, &str); 36] = [
         "file whose first line is the Redis password",
     ),
     (
+        "TASK_STORY_MAX_ENTRIES",
+        "redis",
+        "story_max_entries",
+        "entries kept in one task's story (the newest)",
+    ),
+    (
         "BATCH_SIZE",
         "coordination",
         "batch_size",
@@ -683,6 +697,7 @@ impl Config {
                 sentinel_master: String::new(),
                 username: String::new(),
                 password_file: String::new(),
+                story_max_entries: 100,
             },
             coordination: CoordinationConfig {
                 max_concurrent_coordinations: 10,
@@ -1011,6 +1026,10 @@ impl RedisConfig {
                 "redis.key_prefix must not be empty",
             ),
             (
+                (1..=100_000).contains(&self.story_max_entries),
+                "redis.story_max_entries must be 1..=100000",
+            ),
+            (
                 self.username.is_empty() || !self.password_file.is_empty(),
                 "redis.username needs redis.password_file",
             ),
@@ -1220,6 +1239,17 @@ mod tests {
         assert_eq!(c.coordination.learning_rate, 0.5);
         assert_eq!(c.nats.url, "nats://x:1");
         assert!(!c.messages.enable_message_tracking);
+    }
+
+    #[test]
+    fn the_story_length_is_set_by_env_and_checked() {
+        assert_eq!(Config::default().redis.story_max_entries, 100);
+        let c =
+            Config::from_sources(None, &env(&[("TASK_STORY_MAX_ENTRIES", "7")])).expect("valid");
+        assert_eq!(c.redis.story_max_entries, 7);
+        let e = Config::from_sources(None, &env(&[("TASK_STORY_MAX_ENTRIES", "0")]))
+            .expect_err("0 entries refused");
+        assert!(e.to_string().contains("redis.story_max_entries"), "{e}");
     }
 
     #[test]

@@ -109,12 +109,18 @@ async fn dispatch_round(
     );
     head::update_hold(ctx, &head, &plan, fleet.agents(), hold.as_ref()).await?;
     let planned: Vec<&PlannedGrant> = plan.iter().filter(|p| !p.candidates.is_empty()).collect();
+    let whys: Vec<String> = planned
+        .iter()
+        .map(|p| grant_why(ctx, &head[p.task_index], p))
+        .collect();
     let requests: Vec<GrantRequest> = planned
         .iter()
-        .map(|p| GrantRequest {
+        .zip(&whys)
+        .map(|(p, why)| GrantRequest {
             task_id: &head[p.task_index].view.task_id,
             candidates: &p.candidates,
             budgets: &head[p.task_index].budgets,
+            why,
         })
         .collect();
     let grants_started_ns = super::traces::now_ns();
@@ -168,6 +174,27 @@ async fn dispatch_round(
     }
     round.window_full = head.len() == window && round.granted.len() == head.len();
     Ok(round)
+}
+
+/// Why a task's candidates, for its story: the strategy that ranked them and, when the submit
+/// asked for the decision to be explained, their scores (`least_loaded a1=0.83,a2=0.61`).
+fn grant_why(ctx: &Ctx, task: &QueuedTask, planned: &PlannedGrant) -> String {
+    let strategy = task
+        .strategy
+        .map(StrategyKind::as_str)
+        .unwrap_or_else(|| ctx.strategy.name());
+    match &planned.explanation {
+        Some(explained) => {
+            let scores: Vec<String> = explained
+                .candidates
+                .iter()
+                .take(ctx.config.coordination.max_candidates)
+                .map(|c| format!("{}={:.3}", c.agent_id, c.score))
+                .collect();
+            format!("{} {}", explained.strategy, scores.join(","))
+        }
+        None => strategy.to_string(),
+    }
 }
 
 /// Plans the queue head: tasks that asked for a strategy of their own (TASK_SUBMIT.strategy) are

@@ -51,6 +51,9 @@ pub struct GrantRequest<'a> {
     pub candidates: &'a [String],
     /// The task's budget draws (QueuedTask::budgets): their keys go to the script.
     pub budgets: &'a [(String, u64)],
+    /// Why these candidates, for the task's story: the strategy's name, and when the decision
+    /// was explained the scores after a space (`least_loaded a1=0.83,a2=0.61`); "" for none.
+    pub why: &'a str,
 }
 
 #[derive(Debug, Clone, PartialEq)]
