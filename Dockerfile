@@ -9,6 +9,9 @@
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 COPY . .
+# `docker build --build-arg SWITCHYARD_GIT_COMMIT=$(git rev-parse --short HEAD) .` names the commit
+# in `optimizer --version` and switchyard_build_info (the build context has no .git to ask).
+ARG SWITCHYARD_GIT_COMMIT=""
 # The cache mounts keep the registry and build artifacts between builds; the binaries are copied
 # out of the cached target directory in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

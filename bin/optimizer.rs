@@ -1,7 +1,7 @@
 //! `optimizer`: one stateless Switchyard optimizer replica. Run as many as you like.
 //!
 //! Configuration: `config/default.toml` defaults, `--config FILE` (or SWITCHYARD_CONFIG), then
-//! environment variables (NATS_URL, REDIS_URL, METRICS_ADDR, MAX_CONCURRENT_COORDINATIONS, ...).
+//! environment variables (`optimizer --help` lists every one with its default).
 //! Logs: standard error, JSON lines unless it is a terminal (LOG_FORMAT=json|text|auto).
 //! The replica itself is `switchyard::cli::replica`; this file sets up logging, parses and runs.
 
@@ -13,6 +13,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    switchyard::cli::logging::init("info,async_nats=warn")?;
-    replica::run(ReplicaArgs::parse()).await
+    // Parsed first, so --help and --version answer whatever the logging settings say.
+    let args = ReplicaArgs::parse();
+    switchyard::cli::logging::init(replica::DEFAULT_LOG_FILTER)?;
+    replica::run(args).await
 }

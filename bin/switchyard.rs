@@ -17,8 +17,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    cli::logging::init("warn")?;
+    // Parsed first, so --help and --version answer whatever the logging settings say.
     let cli = Cli::parse();
+    cli::logging::init("warn")?;
     let mut stdout = std::io::stdout().lock();
     cli::run(cli, &mut stdout, &|line| eprintln!("{line}")).await?;
     stdout.flush()?;

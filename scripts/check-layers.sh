@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks what the compiler cannot: that the lower crates stay free of what the layers above them
-# bring in (README "Layers"). A Rust agent depending on switchyard-client must not compile Redis,
+# bring in (docs/architecture.md "Layers"). A Rust agent depending on switchyard-client must not compile Redis,
 # Prometheus or a command-line parser; the pure crates must not pull in an async runtime or I/O.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,7 @@ forbid() {
         || cargo tree -p "$crate" -e normal --prefix none)"
     for dep in "$@"; do
         if grep -qE "^${dep} v" <<<"$deps"; then
-            echo "check-layers: $crate depends on $dep (see README \"Layers\")" >&2
+            echo "check-layers: $crate depends on $dep (see docs/architecture.md \"Layers\")" >&2
             failed=1
         fi
     done

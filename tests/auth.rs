@@ -176,7 +176,7 @@ async fn orchestrators_and_operators_cannot_act_as_agents() {
     }
     operator.subscribe_refused("coord.>").await;
 
-    // `switchyard status` with the operator's creds, as the README has it.
+    // `switchyard status` with the operator's creds, as docs/security.md has it.
     let creds = secured.creds(Role::Operator, "operator");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["status", "--json"])
@@ -274,7 +274,7 @@ async fn wrong_or_missing_credentials_are_refused() {
     assert!(error.to_lowercase().contains("authoriz"), "{error}");
 }
 
-/// The README's Python instructions: nats-py with the agent's `.creds` file and its inbox
+/// docs/security.md's Python instructions: nats-py with the agent's `.creds` file and its inbox
 /// prefix registers, takes a grant and completes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_agent_works_with_its_creds_file() {

@@ -66,6 +66,7 @@ async fn grant(f: &Fixture, task_id: &str, draws: &[(String, u64)], agent: &str)
         task_id,
         candidates: &candidates,
         budgets: draws,
+        why: "",
     };
     let mut outcomes = f.store.grant_tasks(&[request]).await.expect("grant_tasks");
     outcomes.remove(0)
@@ -337,6 +338,7 @@ async fn a_blocked_budget_does_not_hold_up_tasks_of_other_budgets() {
             task_id: id,
             candidates: &candidates,
             budgets: d,
+            why: "",
         })
         .collect();
     let outcomes = f.store.grant_tasks(&requests).await.expect("grant");

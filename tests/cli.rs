@@ -462,3 +462,35 @@ fn auth_init_and_add_agent_write_the_server_include_and_one_creds_file_each() {
         "init does not overwrite a trust chain"
     );
 }
+
+/// `--help` of both binaries lists every environment variable the configuration reads (from the
+/// configuration's own list, so none can be added without appearing) and the ones the binaries
+/// read themselves; `--version` names the build as `switchyard_build_info` does.
+#[test]
+fn help_lists_every_environment_variable_and_version_names_the_build() {
+    let binaries = [
+        ("optimizer", env!("CARGO_BIN_EXE_optimizer")),
+        ("switchyard", env!("CARGO_BIN_EXE_switchyard")),
+    ];
+    for (name, binary) in binaries {
+        let help = Command::new(binary)
+            .arg("--help")
+            .output_within(LIMIT_S, "--help to print");
+        assert!(help.status.success(), "{name} --help: {:?}", help.status);
+        let help = String::from_utf8_lossy(&help.stdout);
+        let always = ["BUDGETS", "SWITCHYARD_CONFIG", "LOG_FORMAT", "RUST_LOG"];
+        for var in switchyard_server::config::env_override_names().chain(always) {
+            assert!(
+                help.lines()
+                    .any(|l| l.split_whitespace().next() == Some(var) && l.len() > var.len() + 10),
+                "{name} --help does not describe {var}:\n{help}"
+            );
+        }
+        let version = Command::new(binary)
+            .arg("--version")
+            .output_within(LIMIT_S, "--version to print");
+        let version = String::from_utf8_lossy(&version.stdout);
+        let expected = format!("{name} {}", switchyard_server::build::version_line());
+        assert_eq!(version.trim(), expected);
+    }
+}

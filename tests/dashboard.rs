@@ -166,6 +166,14 @@ async fn walk_through() {
     let text = browser.text(&task).await;
     assert!(text.contains("no agent with capacity"), "{text}");
     assert!(browser.find("#task-record").await.is_some());
+    // Its story, as the scripts recorded it: submitted, then queued.
+    for event in ["submitted", "queued"] {
+        let entry = browser
+            .wait_for(5, &format!(r#"#task-story li[data-event="{event}"]"#))
+            .await;
+        let text = browser.text(&entry).await;
+        assert!(text.contains(event), "{text}");
+    }
 
     // The agent goes silent: it shows as dead, without a reload.
     fragile.stop_heartbeats();

@@ -20,7 +20,7 @@ use common::{
 };
 use switchyard_client::{Coordinator, transport};
 use switchyard_harness::{NatsCluster, RedisServer};
-use switchyard_protocol::{Subjects, TaskSubmit};
+use switchyard_protocol::{Subjects, TaskSubmit, TraceContext};
 use switchyard_server::optimizer::{Faults, Optimizer};
 use switchyard_server::state::Keys;
 
@@ -38,12 +38,18 @@ async fn a_python_agent_registers_takes_grants_and_completes() {
 
     let orch = cluster.coordinator("orch").await;
     let mut submits = Vec::new();
+    let mut traces = Vec::new();
     for task_id in ["py-1", "py-2"] {
+        let parent = TraceContext::new_root();
         let message_id = orch
-            .submit_task(TaskSubmit::new(task_id).resource("cpu", 1.0))
+            .submit_task_traced(
+                TaskSubmit::new(task_id).resource("cpu", 1.0),
+                Some(parent.clone()),
+            )
             .await
             .expect("submitted");
         submits.push((task_id, message_id.to_string()));
+        traces.push((task_id, parent.trace_id_hex()));
     }
 
     let out = within(60, "the python agent to finish", child.wait_with_output())
@@ -60,6 +66,7 @@ async fn a_python_agent_registers_takes_grants_and_completes() {
     completed.sort_unstable();
     assert_eq!(completed, ["py-1", "py-2"], "both tasks completed: {line}");
     each_grant_correlated_to_its_submit(&result, &line, &submits);
+    each_grant_in_its_submits_trace(&result, &line, &traces);
     the_authoritative_state_agrees(&mut redis, &submits).await;
 }
 
@@ -86,6 +93,24 @@ fn each_grant_correlated_to_its_submit(
             Some(message_id.as_str()),
             "{task_id}: the grant is correlated to its TASK_SUBMIT"
         );
+    }
+}
+
+/// The agent read the `traceparent` header of each grant: the trace its submit started.
+fn each_grant_in_its_submits_trace(
+    result: &serde_json::Value,
+    line: &str,
+    traces: &[(&str, String)],
+) {
+    let grants = result["grants"].as_array().expect("grants is an array");
+    for (task_id, trace_id) in traces {
+        let grant = grants
+            .iter()
+            .find(|g| g["task_id"] == *task_id)
+            .unwrap_or_else(|| panic!("no grant for {task_id}: {line}"));
+        let header = grant["traceparent"].as_str().unwrap_or_default();
+        let seen = TraceContext::parse(header).unwrap_or_else(|e| panic!("{task_id}: {e}: {line}"));
+        assert_eq!(&seen.trace_id_hex(), trace_id, "{task_id}: {line}");
     }
 }
 

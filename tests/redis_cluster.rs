@@ -87,11 +87,13 @@ async fn the_batch_scripts_and_reads_run_too(f: &mut common::scripts::Fixture) {
             task_id: "t2",
             candidates: &to_b,
             budgets: &[],
+            why: "",
         },
         GrantRequest {
             task_id: "t3",
             candidates: &to_b,
             budgets: &[],
+            why: "",
         },
     ];
     let outcomes = f.store.grant_tasks(&batch).await.expect("grant_tasks");

@@ -1,4 +1,4 @@
-//! `switchyard auth`: the identities of a secured deployment (README "Security").
+//! `switchyard auth`: the identities of a secured deployment (docs/security.md).
 
 use std::io::Write;
 use std::path::PathBuf;

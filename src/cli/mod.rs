@@ -14,20 +14,25 @@ pub mod logging;
 pub mod replica;
 mod sim;
 mod status;
+mod task;
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::LazyLock;
 
 use clap::{Parser, Subcommand};
 use serde::Serialize;
-use switchyard_server::config::Config;
+use switchyard_server::build;
+use switchyard_server::config::{self, Config};
 
 use crate::fleet::bench::BenchOptions;
 
 #[derive(Parser)]
 #[command(
     name = "switchyard",
-    about = "Coordination for fleets of software agents"
+    about = "Coordination for fleets of software agents",
+    version = VERSION_LINE.as_str(),
+    after_help = environment_help(&SWITCHYARD_ONLY_ENV, "warn"),
 )]
 pub struct Cli {
     /// TOML file overriding config/default.toml.
@@ -49,6 +54,9 @@ enum Command {
     Dashboard(dashboard::DashboardArgs),
     /// Queue depth, counters and the agent table of a running deployment (NATS_URL).
     Status(status::StatusArgs),
+    /// One task of a running deployment (NATS_URL): its state, why it waits, and its story,
+    /// every transition with its time and details.
+    Task(task::TaskArgs),
     /// Load through the real path: distinct lifecycles/s, request→grant latency, server cost per lifecycle (and against the bare allocation loop with --baseline).
     Bench(BenchOptions),
     /// Messages between agents: throughput per delivery mode, and latency per priority while a
@@ -67,6 +75,61 @@ enum Command {
     Chaos(chaos::ChaosArgs),
     /// Identities of a secured deployment: `auth init DIR`, `auth add-agent ID --dir DIR`.
     Auth(auth::AuthArgs),
+}
+
+/// `--version`: the package version, and the commit when the build named one.
+pub(crate) static VERSION_LINE: LazyLock<String> = LazyLock::new(build::version_line);
+
+/// Environment variables only the `switchyard` command reads (besides the configuration's).
+const SWITCHYARD_ONLY_ENV: [(&str, &str); 5] = [
+    (
+        "NATS_SERVER_BIN",
+        "nats-server to start when NATS_URL and REDIS_URL are not both set (else PATH)",
+    ),
+    (
+        "REDIS_SERVER_BIN",
+        "redis-server to start when NATS_URL and REDIS_URL are not both set (else PATH)",
+    ),
+    (
+        "NATS_MONITOR_URL",
+        "bench: nats-server's monitoring endpoint, for the NATS figures",
+    ),
+    (
+        "SWITCHYARD_BENCH_METRICS",
+        "bench: when set, print each replica's /metrics text at the end",
+    ),
+    (
+        "SWITCHYARD_KEEP_SERVER_DIRS",
+        "when set, keep the data directories of the servers it started",
+    ),
+];
+
+/// The `--help` epilogue: every environment variable a binary reads. The configuration's come
+/// from its own list (`switchyard_server::config::env_help`), so none is forgotten; then the
+/// binary's own (`extra`), then the ones every binary reads; `log_filter` is its `RUST_LOG`
+/// default.
+pub(crate) fn environment_help(extra: &[(&str, &str)], log_filter: &str) -> String {
+    let mut lines = vec![
+        "Environment variables (they override the configuration file):".to_string(),
+        config::env_help(),
+        config::env_help_line(
+            "SWITCHYARD_CONFIG",
+            "TOML file overriding config/default.toml, as --config",
+            None,
+        ),
+        config::env_help_line(
+            logging::LOG_FORMAT_VAR,
+            "json, text or auto (JSON lines unless standard error is a terminal)",
+            Some("auto"),
+        ),
+        config::env_help_line("RUST_LOG", "which log lines are written", Some(log_filter)),
+    ];
+    lines.extend(
+        extra
+            .iter()
+            .map(|(name, about)| config::env_help_line(name, about, None)),
+    );
+    lines.join("\n")
 }
 
 /// What every subcommand runs with besides its own arguments.
@@ -102,6 +165,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write, progress: &dyn Fn(&str)) -> anyh
         Command::Demo(args) => demo::run(args, &context, out).await,
         Command::Status(args) => status::run(args, &context, out).await,
         Command::Dashboard(args) => dashboard::run(args, &context, out).await,
+        Command::Task(args) => task::run(args, &context, out).await,
         Command::Bench(options) => bench::load(options, &context, out).await,
         Command::MessageBench(args) => bench::messages(args, &context, out).await,
         Command::DecisionCost(args) => bench::decisions(&args, out),

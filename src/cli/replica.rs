@@ -8,12 +8,20 @@ use switchyard_server::config::Config;
 use switchyard_server::optimizer::{Faults, Optimizer, http};
 
 #[derive(clap::Parser)]
-#[command(about = "Switchyard optimizer replica: consumes coordination events, publishes grants")]
+#[command(
+    name = "optimizer",
+    about = "Switchyard optimizer replica: consumes coordination events, publishes grants",
+    version = super::VERSION_LINE.as_str(),
+    after_help = super::environment_help(&[], DEFAULT_LOG_FILTER),
+)]
 pub struct ReplicaArgs {
     /// TOML file overriding config/default.toml.
     #[arg(long, env = "SWITCHYARD_CONFIG")]
     config: Option<PathBuf>,
 }
+
+/// What the optimizer logs when RUST_LOG is not set.
+pub const DEFAULT_LOG_FILTER: &str = "info,async_nats=warn";
 
 /// Runs the replica until a shutdown signal, then lets the HTTP endpoint finish.
 pub async fn run(args: ReplicaArgs) -> anyhow::Result<()> {

@@ -19,7 +19,8 @@ pub(crate) struct StatusArgs {
     /// 200).
     #[arg(long, value_name = "N", default_value_t = 0)]
     tasks: u32,
-    /// Also show one task: its state, and why it waits if it does.
+    /// Also show one task: its state, why it waits if it does, and its story (as
+    /// `switchyard task ID`).
     #[arg(long, value_name = "ID")]
     task: Option<String>,
 }
@@ -68,6 +69,16 @@ pub(crate) async fn run(
     }
     if args.tasks > 0 || args.task.is_some() {
         write_tasks(out, &status.tasks)?;
+    }
+    if let Some(id) = &args.task {
+        // The same story `switchyard task ID` prints.
+        writeln!(out, "\nstory of {id}")?;
+        if status.story.is_empty() {
+            writeln!(out, "no story recorded")?;
+        }
+        for entry in &status.story {
+            writeln!(out, "{}", super::task::story_line(entry))?;
+        }
     }
     Ok(())
 }

@@ -73,16 +73,16 @@ class Agent:
         await self.nc.subscribe(f"{self.prefix}.error_report.{self.agent_id}", cb=self.on_answer)
         await self.nc.flush()
 
-    async def publish_event(self, token, env):
-        """JetStream publish with the Nats-Msg-Id header; resending the same id is safe."""
+    async def publish_event(self, token, env, headers=None):
+        """JetStream publish with the Nats-Msg-Id header (and any `headers` given, e.g. the
+        traceparent); resending the same id is safe."""
         subject = f"{self.prefix}.{token}.{self.agent_id}"
         data = json.dumps(env).encode()
+        headers = {**(headers or {}), "Nats-Msg-Id": env["message_id"]}
         deadline = time.monotonic() + self.timeout
         while True:
             try:
-                return await self.js.publish(
-                    subject, data, timeout=5, headers={"Nats-Msg-Id": env["message_id"]}
-                )
+                return await self.js.publish(subject, data, timeout=5, headers=headers)
             except (
                 NoRespondersError,
                 NatsTimeoutError,
@@ -95,13 +95,13 @@ class Agent:
                     raise AgentError(f"publish to {subject} failed for {self.timeout:.0f}s: {e!r}")
                 await asyncio.sleep(0.2)
 
-    async def send(self, token, type_, payload, expect_status):
+    async def send(self, token, type_, payload, expect_status, headers=None):
         """Publishes an event and waits for the COORDINATOR_REPLY correlated to it."""
         env = self.envelope(type_, payload)
         fut = asyncio.get_running_loop().create_future()
         self.answers[env["message_id"]] = fut  # before publishing, so it cannot be missed
-        await self.publish_event(token, env)
-        answer = await self.answer_to(token, env, fut)
+        await self.publish_event(token, env, headers)
+        answer = await self.answer_to(token, env, fut, headers)
         body = answer.get("payload") or {}
         if answer.get("type") == "ERROR_REPORT":
             raise AgentError(
@@ -114,7 +114,7 @@ class Agent:
             )
         return env["message_id"], body
 
-    async def answer_to(self, token, env, fut):
+    async def answer_to(self, token, env, fut, headers=None):
         """Waits for the answer to `env`. Replies are core NATS (§10): one sent while this client
         was reconnecting (a NATS node lost) is gone, so after ANSWER_PATIENCE_S the same event is
         sent again under a new message_id; a repeated AGENT_REGISTER or TASK_COMPLETE is answered
@@ -134,7 +134,7 @@ class Agent:
             log(f"no answer to {env['type']} yet; sending it again")
             again = self.envelope(env["type"], env["payload"])
             self.answers[again["message_id"]] = fut  # either answer completes the wait
-            await self.publish_event(token, again)
+            await self.publish_event(token, again, headers)
 
     async def acknowledge_grant(self, grant):
         """GRANT_ACK on core NATS (§6.4): until it arrives, the optimizers send the grant again."""
@@ -192,6 +192,10 @@ class Agent:
                 if env.get("type") != "TASK_REQUEST":
                     raise AgentError(f"unexpected message on the grant subject: {msg.data!r}")
                 grant = env["payload"]
+                # The grant's W3C trace context (optional, §6.4): the agent's own spans would be
+                # its children; it goes back with the report so the report joins the trace.
+                traceparent = (msg.headers or {}).get("traceparent")
+                trace_headers = {"traceparent": traceparent} if traceparent else {}
                 # Taken on: acknowledge it, copies too (a copy means an ack was lost).
                 await self.acknowledge_grant(grant)
                 key = (grant["task_id"], grant["grant_seq"])
@@ -204,6 +208,7 @@ class Agent:
                         "task_id": grant["task_id"],
                         "grant_seq": grant["grant_seq"],
                         "correlation_id": env.get("correlation_id"),
+                        "traceparent": traceparent,
                     }
                 )
                 log(f"granted {grant['task_id']} (seq {grant['grant_seq']})")
@@ -220,6 +225,7 @@ class Agent:
                         "grant_seq": grant["grant_seq"],
                     },
                     "completed",
+                    trace_headers,
                 )
                 completed.append(grant["task_id"])
                 log(f"completed {grant['task_id']}")
@@ -243,7 +249,7 @@ def tls_context(args):
 
 
 def credentials(args):
-    """A secured deployment (README "Security"): the agent's .creds file, and the inbox prefix
+    """A secured deployment (docs/security.md): the agent's .creds file, and the inbox prefix
     its permissions allow, where JetStream's acknowledgments and request replies come back."""
     if not args.creds:
         return {}

@@ -58,6 +58,9 @@ pub const OPTIMIZER_COMMANDS: &[(&str, &str)] = &[
         "scripts and reads: queue and grant outbox membership",
     ),
     ("xadd", "scripts: the fleet log"),
+    ("rpush", "scripts: a task's story"),
+    ("ltrim", "scripts: a task's story keeps its newest entries"),
+    ("lrange", "reads: a task's story"),
     (
         "zremrangebyscore",
         "scripts: departed agents older than a day leave their index",

@@ -154,21 +154,47 @@ impl Agent {
         self.publish_completion(report).await
     }
 
+    /// Reports the outcome of a received grant like [`Agent::complete_grant`], and sends its
+    /// trace context back (`traceparent`: the grant's, as received in [`Envelope::trace`]), so
+    /// the report belongs to the task's trace.
+    pub async fn complete_work(
+        &self,
+        grant: &Envelope<TaskGrant>,
+        success: bool,
+        execution_time_s: f64,
+    ) -> Result<(), Error> {
+        let mut report = self.completion(&grant.payload.task_id, success, execution_time_s);
+        report.grant_seq = Some(grant.payload.grant_seq);
+        report.replies = Replies::None;
+        self.publish_traced_completion(report, grant.trace.clone())
+            .await
+    }
+
     async fn publish_completion(&self, report: TaskComplete) -> Result<(), Error> {
+        self.publish_traced_completion(report, None).await
+    }
+
+    async fn publish_traced_completion(
+        &self,
+        report: TaskComplete,
+        trace: Option<switchyard_protocol::TraceContext>,
+    ) -> Result<(), Error> {
         let envelope = Envelope::new(
             self.agent_id.clone(),
             MessageType::TaskComplete,
             report,
             now_ms(),
-        );
+        )
+        .with_trace(trace);
         let subject = self
             .subjects
             .addressed(MessageType::TaskComplete, &self.agent_id);
-        transport::publish_stored(
+        transport::publish_stored_traced(
             &self.js,
             subject,
             &envelope.message_id.to_string(),
             &envelope,
+            envelope.trace.as_ref(),
         )
         .await
     }
@@ -320,7 +346,8 @@ impl GrantStream {
                 }
             }
             let grant: Envelope<TaskGrant> = match serde_json::from_slice(&message.payload) {
-                Ok(g) => g,
+                // The grant span's context, for the agent's own spans and the report.
+                Ok(g) => Envelope::with_trace(g, transport::trace_of(message.headers.as_ref())),
                 Err(e) => {
                     tracing::warn!(error = %e, "undecodable grant skipped");
                     continue;

@@ -11,7 +11,7 @@ use crate::error::{Error, ErrorKind};
 use crate::transport;
 use switchyard_protocol::{
     AgentRegister, CoordinationSync, CoordinatorReply, Envelope, MessageType, ReplyStatus,
-    StatusQuery, Subjects, TaskCancel, TaskSubmit, now_ms,
+    StatusQuery, Subjects, TaskCancel, TaskSubmit, TraceContext, now_ms,
 };
 
 /// Where a task stands after submission.
@@ -116,13 +116,21 @@ impl Coordinator {
     /// Submits a task and waits for the first answer: granted (to whom), queued, waiting on
     /// dependencies, or failed. A refusal (bad input, duplicate id) is an
     /// [`ErrorKind::Rejected`] error carrying the reason code.
+    ///
+    /// The submit starts a new trace (W3C `traceparent` header, docs/protocol.md "Tracing");
+    /// [`Coordinator::allocate_task_traced`] continues one of the caller's instead.
     pub async fn allocate_task(&self, task: TaskSubmit) -> Result<Allocation, Error> {
-        let envelope = Envelope::new(
-            self.client_id.clone(),
-            MessageType::TaskSubmit,
-            task,
-            now_ms(),
-        );
+        self.allocate_task_traced(task, None).await
+    }
+
+    /// [`Coordinator::allocate_task`] as part of the caller's trace: the optimizer's spans of the
+    /// task become children of `parent` (`None`: a new trace).
+    pub async fn allocate_task_traced(
+        &self,
+        task: TaskSubmit,
+        parent: Option<TraceContext>,
+    ) -> Result<Allocation, Error> {
+        let envelope = self.submit_envelope(task, parent);
         let id = envelope.message_id.to_string();
         let rx = self.router.expect(&id);
         if let Err(e) = self.publish(&envelope).await {
@@ -149,14 +157,34 @@ impl Coordinator {
     /// Submits a task without waiting for the answer; returns the submit's message id (the
     /// correlation id of the replies in [`Coordinator::events`]). Resolves once JetStream stored it.
     pub async fn submit_task(&self, task: TaskSubmit) -> Result<Uuid, Error> {
-        let envelope = Envelope::new(
+        self.submit_task_traced(task, None).await
+    }
+
+    /// [`Coordinator::submit_task`] as part of the caller's trace (`None`: a new trace).
+    pub async fn submit_task_traced(
+        &self,
+        task: TaskSubmit,
+        parent: Option<TraceContext>,
+    ) -> Result<Uuid, Error> {
+        let envelope = self.submit_envelope(task, parent);
+        self.publish(&envelope).await?;
+        Ok(envelope.message_id)
+    }
+
+    /// A TASK_SUBMIT envelope carrying `parent`, or a new trace's context (random ids: no
+    /// tracing library needed here).
+    pub fn submit_envelope(
+        &self,
+        task: TaskSubmit,
+        parent: Option<TraceContext>,
+    ) -> Envelope<TaskSubmit> {
+        Envelope::new(
             self.client_id.clone(),
             MessageType::TaskSubmit,
             task,
             now_ms(),
-        );
-        self.publish(&envelope).await?;
-        Ok(envelope.message_id)
+        )
+        .with_trace(Some(parent.unwrap_or_else(TraceContext::new_root)))
     }
 
     /// Publishes an already-built submit envelope (e.g. to resend the same message id).
@@ -164,11 +192,12 @@ impl Coordinator {
         let subject = self
             .subjects
             .addressed(MessageType::TaskSubmit, &self.client_id);
-        transport::publish_stored(
+        transport::publish_stored_traced(
             &self.js,
             subject,
             &envelope.message_id.to_string(),
             envelope,
+            envelope.trace.as_ref(),
         )
         .await
     }
@@ -268,5 +297,20 @@ impl Coordinator {
         };
         let sync = self.status_with(query).await?;
         Ok(sync.tasks.into_iter().find(|t| t.task_id == task_id))
+    }
+
+    /// One task's story: what happened to it, oldest first (empty: no optimizer knows the task,
+    /// or it was submitted before stories were kept). One status query without the agent table;
+    /// the same answer carries the state and why it waits (`status_with`).
+    pub async fn task_story(
+        &self,
+        task_id: &str,
+    ) -> Result<Vec<switchyard_protocol::StoryEntry>, Error> {
+        let query = StatusQuery {
+            include_agents: false,
+            task_id: Some(task_id.to_string()),
+            ..StatusQuery::default()
+        };
+        Ok(self.status_with(query).await?.story)
     }
 }

@@ -190,6 +190,11 @@ pub struct Envelope<P = serde_json::Value> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_policy: Option<RetryPolicy>,
     pub payload: P,
+    /// The W3C trace context, carried in the `traceparent`/`tracestate` NATS headers, never in
+    /// the JSON (so agents that know nothing of tracing read the same bytes). `None` when the
+    /// message had none or it was invalid.
+    #[serde(skip)]
+    pub trace: Option<crate::TraceContext>,
 }
 
 impl<P> Envelope<P> {
@@ -209,6 +214,7 @@ impl<P> Envelope<P> {
             ttl_seconds: self.ttl_seconds,
             retry_policy: self.retry_policy,
             payload,
+            trace: self.trace,
         }
     }
 
@@ -233,7 +239,14 @@ impl<P> Envelope<P> {
             ttl_seconds: None,
             retry_policy: None,
             payload,
+            trace: None,
         }
+    }
+
+    /// The same message with a trace context (sent in the headers).
+    pub fn with_trace(mut self, trace: Option<crate::TraceContext>) -> Self {
+        self.trace = trace;
+        self
     }
 
     pub fn with_correlation(mut self, correlation_id: impl Into<String>) -> Self {

@@ -9,7 +9,9 @@ mod envelope;
 mod messages;
 mod messaging;
 mod reasons;
+mod story;
 mod subjects;
+mod trace;
 mod validate;
 mod waits;
 
@@ -27,9 +29,17 @@ pub use messaging::{
     DEFAULT_HANDOFF_TIMEOUT_S, HandoffAcknowledge, HandoffInitiate, HandoffOutcome, HandoffStatus,
     MessageAck, ResourceGrant, ResourceRequest,
 };
+pub use story::{
+    LATENCY_BOUNDS_MS, StoryEntry, StoryEvent, TIMELINE_BUCKET_S, TimelinePoint,
+    estimate_percentile_ms,
+};
 pub use subjects::{ALL_AGENTS, Subjects};
+pub use trace::{
+    ROOT_STATE_ENTRY, TRACEPARENT_HEADER, TRACESTATE_HEADER, TraceContext, TraceParseError,
+    random_span_id, to_hex,
+};
 pub use validate::{
     Inbound, MAX_ATTEMPTS, MAX_TASK_PRIORITY, MAX_TIME_LIMIT_S, RejectReason, Rejection, decode,
     is_valid_id, now_ms, validate_agent_id,
 };
-pub use waits::{MAX_STATUS_TASKS, TaskWaitView, WaitReason};
+pub use waits::{MAX_STATUS_TASKS, TaskWaitView, WaitReason, utc_time};

@@ -408,6 +408,11 @@ pub struct CoordinationSync {
     /// The shared budgets the answering replica defines, as Redis holds them now.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub budgets: Vec<BudgetView>,
+    /// The story of the task named by `STATUS_QUERY.task_id`: what happened to it, oldest
+    /// first (the newest `redis.story_max_entries`); absent when no task was named or nothing
+    /// is recorded (unknown, expired, or submitted before stories were kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub story: Vec<crate::StoryEntry>,
 }
 
 /// One tenant's counts in a [`CoordinationSync`].

@@ -56,6 +56,22 @@ pub enum Inbound {
 }
 
 impl Inbound {
+    /// Attaches the trace context read from the message's headers (decode sees only the body).
+    pub fn set_trace(&mut self, trace: Option<crate::TraceContext>) {
+        match self {
+            Inbound::Register(e, _) => e.trace = trace,
+            Inbound::Deregister(e) => e.trace = trace,
+            Inbound::Submit(e, ..) => e.trace = trace,
+            Inbound::Complete(e) => e.trace = trace,
+            Inbound::Heartbeat(e) => e.trace = trace,
+            Inbound::GrantAck(e) => e.trace = trace,
+            Inbound::HandoffInitiate(e) => e.trace = trace,
+            Inbound::HandoffAcknowledge(e) => e.trace = trace,
+            Inbound::ResourceRequest(e, _) => e.trace = trace,
+            Inbound::Cancel(e, _) => e.trace = trace,
+        }
+    }
+
     pub fn message_type(&self) -> MessageType {
         match self {
             Inbound::Register(..) => MessageType::AgentRegister,

@@ -81,7 +81,7 @@ impl WaitReason {
 }
 
 /// Unix milliseconds as a UTC time of day with the date, `2026-12-03 10:15:42.250 UTC`.
-fn utc_time(ms: u64) -> String {
+pub fn utc_time(ms: u64) -> String {
     let days = (ms / 86_400_000) as i64;
     let in_day = ms % 86_400_000;
     // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).

@@ -25,6 +25,9 @@ pub struct Config {
     /// The web dashboard on the metrics listener (`[dashboard]`; absent: on, read-only).
     #[serde(default)]
     pub dashboard: DashboardConfig,
+    /// OpenTelemetry trace export (off unless an endpoint is set).
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// Tenants and their weights (fairness between tenants); absent: every tenant weighs 1.
     #[serde(default)]
     pub tenants: TenantsConfig,
@@ -259,6 +262,14 @@ pub struct RedisConfig {
     /// A file holding the password (its first line); empty: the URL's password, or none.
     #[serde(default)]
     pub password_file: String,
+    /// Entries kept in one task's story (`switchyard task ID`), the newest; absent from older
+    /// config files, so 100 there too.
+    #[serde(default = "default_story_max_entries")]
+    pub story_max_entries: usize,
+}
+
+fn default_story_max_entries() -> usize {
+    100
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -398,60 +409,298 @@ impl Default for DashboardConfig {
     }
 }
 
-/// Environment variable → (table, key). The first six are the seed's names.
-const ENV_OVERRIDES: [(&str, &str, &str); 36] = [
+/// `[telemetry]`: OTLP/HTTP export of the tasks' spans (docs/operations.md "Tracing").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP base URL (`http://host:4318`; `/v1/traces` is added unless the
+    /// URL ends with it). Empty: no export, and no span is built.
+    pub otlp_endpoint: String,
+    /// Spans waiting for export at most; more are dropped (and counted), never waited for.
+    pub max_queued_spans: usize,
+    /// Spans per export request at most.
+    pub max_export_batch: usize,
+    /// How long a span may wait for its batch to fill before it is sent anyway.
+    pub export_interval_ms: u64,
+    /// How long one export request may take.
+    pub export_timeout_ms: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: String::new(),
+            max_queued_spans: 8192,
+            max_export_batch: 512,
+            export_interval_ms: 1000,
+            export_timeout_ms: 5000,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// Whether spans are exported at all.
+    pub fn enabled(&self) -> bool {
+        !self.otlp_endpoint.trim().is_empty()
+    }
+
+    fn problems(&self) -> Vec<&'static str> {
+        let endpoint = self.otlp_endpoint.trim();
+        failed(&[
+            (
+                endpoint.is_empty() || endpoint.starts_with("http://"),
+                "telemetry.otlp_endpoint must be an http:// URL (OTLP/HTTP; for TLS, send to a local collector)",
+            ),
+            (
+                self.max_queued_spans >= 1 && self.max_export_batch >= 1,
+                "telemetry.max_queued_spans and max_export_batch must be at least 1",
+            ),
+            (
+                self.export_interval_ms >= 1 && self.export_timeout_ms >= 1,
+                "telemetry.export_interval_ms and export_timeout_ms must be at least 1",
+            ),
+        ])
+    }
+}
+
+/// Environment variable → (table, key, what it sets, in one line for `--help`). The first six
+/// are the seed's names.
+const ENV_OVERRIDES: [(&str, &str, &str, &str); 39] = [
     (
         "MAX_CONCURRENT_COORDINATIONS",
         "coordination",
         "max_concurrent_coordinations",
+        "event batches one replica works on at once, per lane",
     ),
     (
         "OPTIMIZATION_INTERVAL",
         "coordination",
         "optimization_interval_s",
+        "seconds between maintenance passes (leases, re-dispatch, gauges)",
     ),
-    ("LEARNING_RATE", "coordination", "learning_rate"),
-    ("MESSAGE_BUFFER_SIZE", "messages", "message_buffer_size"),
+    (
+        "LEARNING_RATE",
+        "coordination",
+        "learning_rate",
+        "EMA weight of the newest completion in an agent's score, (0, 1]",
+    ),
+    (
+        "MESSAGE_BUFFER_SIZE",
+        "messages",
+        "message_buffer_size",
+        "bound of a messaging client's inbox",
+    ),
     (
         "ENABLE_MESSAGE_TRACKING",
         "messages",
         "enable_message_tracking",
+        "keep delivery records and drop duplicate messages",
     ),
-    ("DEFAULT_MESSAGE_TTL", "messages", "default_message_ttl_s"),
-    ("MESSAGE_ACK_TIMEOUT_MS", "messages", "ack_timeout_ms"),
-    ("NATS_URL", "nats", "url"),
-    ("NATS_TLS_CA_FILE", "nats", "tls_ca_file"),
-    ("NATS_TLS_CERT_FILE", "nats", "tls_cert_file"),
-    ("NATS_TLS_KEY_FILE", "nats", "tls_key_file"),
-    ("NATS_CREDS", "nats", "creds_file"),
-    ("REDIS_URL", "redis", "url"),
-    ("REDIS_TLS_CA_FILE", "redis", "tls_ca_file"),
-    ("REDIS_TLS_CERT_FILE", "redis", "tls_cert_file"),
-    ("REDIS_TLS_KEY_FILE", "redis", "tls_key_file"),
-    ("METRICS_ADDR", "metrics", "addr"),
-    ("SUBJECT_PREFIX", "nats", "subject_prefix"),
-    ("REDIS_KEY_PREFIX", "redis", "key_prefix"),
-    ("REDIS_CLUSTER", "redis", "cluster"),
-    ("REDIS_SENTINEL_MASTER", "redis", "sentinel_master"),
-    ("REDIS_USERNAME", "redis", "username"),
-    ("REDIS_PASSWORD_FILE", "redis", "password_file"),
-    ("BATCH_SIZE", "coordination", "batch_size"),
-    ("DEFAULT_STRATEGY", "coordination", "default_strategy"),
-    ("INFEASIBLE_POLICY", "coordination", "infeasible"),
-    ("TASK_QUEUE_TIMEOUT_S", "coordination", "queue_timeout_s"),
-    ("TASK_RUN_TIMEOUT_S", "coordination", "run_timeout_s"),
-    ("TASK_MAX_ATTEMPTS", "coordination", "max_attempts"),
-    ("TASK_RETRY_BACKOFF_S", "coordination", "retry_backoff_s"),
+    (
+        "DEFAULT_MESSAGE_TTL",
+        "messages",
+        "default_message_ttl_s",
+        "seconds an agent-to-agent message without a ttl lives (0: forever)",
+    ),
+    (
+        "MESSAGE_ACK_TIMEOUT_MS",
+        "messages",
+        "ack_timeout_ms",
+        "ms a sender waits for acknowledgments before resending",
+    ),
+    (
+        "NATS_URL",
+        "nats",
+        "url",
+        "nats-server(s) >= 2.12 with JetStream, comma-separated for a cluster",
+    ),
+    (
+        "NATS_TLS_CA_FILE",
+        "nats",
+        "tls_ca_file",
+        "PEM authorities for TLS to NATS (empty: the system's roots)",
+    ),
+    (
+        "NATS_TLS_CERT_FILE",
+        "nats",
+        "tls_cert_file",
+        "PEM client certificate for NATS (with NATS_TLS_KEY_FILE)",
+    ),
+    (
+        "NATS_TLS_KEY_FILE",
+        "nats",
+        "tls_key_file",
+        "PEM private key of NATS_TLS_CERT_FILE",
+    ),
+    (
+        "NATS_CREDS",
+        "nats",
+        "creds_file",
+        "this process's .creds file in a secured deployment (empty: none)",
+    ),
+    (
+        "REDIS_URL",
+        "redis",
+        "url",
+        "Redis (seeds with REDIS_CLUSTER, sentinels with REDIS_SENTINEL_MASTER)",
+    ),
+    (
+        "REDIS_TLS_CA_FILE",
+        "redis",
+        "tls_ca_file",
+        "PEM authorities for a rediss:// url (empty: the system's roots)",
+    ),
+    (
+        "REDIS_TLS_CERT_FILE",
+        "redis",
+        "tls_cert_file",
+        "PEM client certificate for Redis (with REDIS_TLS_KEY_FILE)",
+    ),
+    (
+        "REDIS_TLS_KEY_FILE",
+        "redis",
+        "tls_key_file",
+        "PEM private key of REDIS_TLS_CERT_FILE",
+    ),
+    (
+        "METRICS_ADDR",
+        "metrics",
+        "addr",
+        "where /metrics, /healthz and /readyz are served (port 0: any free port)",
+    ),
+    (
+        "SUBJECT_PREFIX",
+        "nats",
+        "subject_prefix",
+        "first token of every subject; stream names derive from it",
+    ),
+    (
+        "REDIS_KEY_PREFIX",
+        "redis",
+        "key_prefix",
+        "every Redis key starts with {this}: (a cluster hash tag)",
+    ),
+    (
+        "REDIS_CLUSTER",
+        "redis",
+        "cluster",
+        "the Redis is a Redis Cluster",
+    ),
+    (
+        "REDIS_SENTINEL_MASTER",
+        "redis",
+        "sentinel_master",
+        "Redis under Sentinel: the primary's name (REDIS_URL lists sentinels)",
+    ),
+    (
+        "REDIS_USERNAME",
+        "redis",
+        "username",
+        "Redis ACL user to log in as (with REDIS_PASSWORD_FILE)",
+    ),
+    (
+        "REDIS_PASSWORD_FILE",
+        "redis",
+        "password_file",
+        "file whose first line is the Redis password",
+    ),
+    (
+        "TASK_STORY_MAX_ENTRIES",
+        "redis",
+        "story_max_entries",
+        "entries kept in one task's story (the newest)",
+    ),
+    (
+        "BATCH_SIZE",
+        "coordination",
+        "batch_size",
+        "most events pulled and committed together",
+    ),
+    (
+        "DEFAULT_STRATEGY",
+        "coordination",
+        "default_strategy",
+        "placement strategy of tasks that name none",
+    ),
+    (
+        "INFEASIBLE_POLICY",
+        "coordination",
+        "infeasible",
+        "a task no agent could ever hold: hold (queue it) or refuse",
+    ),
+    (
+        "TASK_QUEUE_TIMEOUT_S",
+        "coordination",
+        "queue_timeout_s",
+        "default seconds a task may wait for its grant (0: no limit)",
+    ),
+    (
+        "TASK_RUN_TIMEOUT_S",
+        "coordination",
+        "run_timeout_s",
+        "default seconds one attempt may run (0: no limit)",
+    ),
+    (
+        "TASK_MAX_ATTEMPTS",
+        "coordination",
+        "max_attempts",
+        "default attempts per task, 1..=100",
+    ),
+    (
+        "TASK_RETRY_BACKOFF_S",
+        "coordination",
+        "retry_backoff_s",
+        "default seconds before the first retry, doubled after",
+    ),
     (
         "TASK_RETRY_BACKOFF_MAX_S",
         "coordination",
         "retry_backoff_max_s",
+        "longest retry back-off, seconds",
     ),
-    ("HEAD_RESERVATION", "coordination", "head_reservation"),
-    ("HEAD_HOLD_MS", "coordination", "head_hold_ms"),
-    ("JETSTREAM_REPLICAS", "jetstream", "replicas"),
-    ("DASHBOARD_ENABLED", "dashboard", "enabled"),
-    ("DASHBOARD_ALLOW_REPLAY", "dashboard", "allow_replay"),
+    (
+        "HEAD_RESERVATION",
+        "coordination",
+        "head_reservation",
+        "hold an agent for a head task that fits nowhere yet",
+    ),
+    (
+        "HEAD_HOLD_MS",
+        "coordination",
+        "head_hold_ms",
+        "ms a head hold lasts unless a dispatch pass renews it",
+    ),
+    (
+        "JETSTREAM_REPLICAS",
+        "jetstream",
+        "replicas",
+        "copies of every stream and consumer: 1, 3 or 5",
+    ),
+    // The OpenTelemetry standard names; the traces-only one (a full URL) wins over the base.
+    (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "telemetry",
+        "otlp_endpoint",
+        "OTLP/HTTP collector base URL for traces (empty: no export)",
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "telemetry",
+        "otlp_endpoint",
+        "OTLP/HTTP traces URL, used as given; wins over the base URL",
+    ),
+    (
+        "DASHBOARD_ENABLED",
+        "dashboard",
+        "enabled",
+        "serve the web dashboard on the metrics listener",
+    ),
+    (
+        "DASHBOARD_ALLOW_REPLAY",
+        "dashboard",
+        "allow_replay",
+        "let the dashboard replay dead letters (republishes events)",
+    ),
 ];
 
 impl Default for Config {
@@ -485,6 +734,7 @@ impl Config {
                 sentinel_master: String::new(),
                 username: String::new(),
                 password_file: String::new(),
+                story_max_entries: 100,
             },
             coordination: CoordinationConfig {
                 max_concurrent_coordinations: 10,
@@ -526,6 +776,7 @@ impl Config {
                 addr: "127.0.0.1:9464".into(),
             },
             dashboard: DashboardConfig::default(),
+            telemetry: TelemetryConfig::default(),
             tenants: TenantsConfig::default(),
             budgets: Vec::new(),
         }
@@ -587,6 +838,7 @@ impl Config {
         let mut problems: Vec<String> = fixed.into_iter().flatten().map(str::to_string).collect();
         problems.extend(connection_problems(&self.nats, &self.redis));
         problems.extend(self.metrics.problems().into_iter().map(str::to_string));
+        problems.extend(self.telemetry.problems().into_iter().map(str::to_string));
         problems.extend(self.tenants.problems());
         problems.extend(budget_problems(&self.budgets));
         problems
@@ -812,6 +1064,10 @@ impl RedisConfig {
                 "redis.key_prefix must not be empty",
             ),
             (
+                (1..=100_000).contains(&self.story_max_entries),
+                "redis.story_max_entries must be 1..=100000",
+            ),
+            (
                 self.username.is_empty() || !self.password_file.is_empty(),
                 "redis.username needs redis.password_file",
             ),
@@ -875,7 +1131,7 @@ fn apply_budgets_env(merged: &mut toml::Table, env: &[(String, String)], errors:
 }
 
 fn apply_env(merged: &mut toml::Table, env: &[(String, String)], errors: &mut Vec<String>) {
-    for (var, table, key) in ENV_OVERRIDES {
+    for (var, table, key, _) in ENV_OVERRIDES {
         let Some((_, raw)) = env.iter().find(|(k, _)| k == var) else {
             continue;
         };
@@ -902,6 +1158,47 @@ fn apply_env(merged: &mut toml::Table, env: &[(String, String)], errors: &mut Ve
             )),
         }
     }
+}
+
+/// One line of a binary's `--help` about an environment variable: its name, what it sets and
+/// its default (none: no default worth naming).
+pub fn env_help_line(name: &str, about: &str, default: Option<&str>) -> String {
+    match default {
+        Some(default) => format!("  {name:<29} {about} [default: {default}]"),
+        None => format!("  {name:<29} {about}"),
+    }
+}
+
+/// The `--help` lines of every environment variable the configuration reads, made from
+/// [`ENV_OVERRIDES`] (so a new override is listed without anyone remembering to) and `BUDGETS`,
+/// each with its default from the embedded `config/default.toml`.
+pub fn env_help() -> String {
+    let defaults: toml::Table = toml::from_str(DEFAULT_TOML).unwrap_or_default();
+    let mut lines: Vec<String> = ENV_OVERRIDES
+        .iter()
+        .map(|(var, table, key, about)| {
+            let default = defaults
+                .get(*table)
+                .and_then(|section| section.get(*key))
+                .map(|value| match value {
+                    toml::Value::String(s) if s.is_empty() => "empty".to_string(),
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                });
+            env_help_line(var, &format!("{about} ({table}.{key})"), default.as_deref())
+        })
+        .collect();
+    lines.push(env_help_line(
+        "BUDGETS",
+        "the whole [[budgets]] list, a TOML array of inline tables",
+        Some("none"),
+    ));
+    lines.join("\n")
+}
+
+/// The names of the environment variables that override configuration keys.
+pub fn env_override_names() -> impl Iterator<Item = &'static str> {
+    ENV_OVERRIDES.iter().map(|(var, ..)| *var)
 }
 
 fn parse_bool(raw: &str) -> Option<bool> {
@@ -949,6 +1246,22 @@ mod tests {
     }
 
     #[test]
+    fn env_help_names_every_override_with_its_default() {
+        let help = env_help();
+        for (var, table, key, _) in ENV_OVERRIDES {
+            let line = help
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(var))
+                .unwrap_or_else(|| panic!("{var} missing from\n{help}"));
+            assert!(line.contains(&format!("({table}.{key})")), "{line}");
+            assert!(line.contains("[default: "), "{line}");
+        }
+        assert!(help.contains("  NATS_URL "), "{help}");
+        assert!(help.contains("[default: nats://127.0.0.1:4222]"), "{help}");
+        assert!(help.contains("BUDGETS"), "{help}");
+    }
+
+    #[test]
     fn env_overrides_use_the_seed_names() {
         let c = Config::from_sources(
             None,
@@ -964,6 +1277,17 @@ mod tests {
         assert_eq!(c.coordination.learning_rate, 0.5);
         assert_eq!(c.nats.url, "nats://x:1");
         assert!(!c.messages.enable_message_tracking);
+    }
+
+    #[test]
+    fn the_story_length_is_set_by_env_and_checked() {
+        assert_eq!(Config::default().redis.story_max_entries, 100);
+        let c =
+            Config::from_sources(None, &env(&[("TASK_STORY_MAX_ENTRIES", "7")])).expect("valid");
+        assert_eq!(c.redis.story_max_entries, 7);
+        let e = Config::from_sources(None, &env(&[("TASK_STORY_MAX_ENTRIES", "0")]))
+            .expect_err("0 entries refused");
+        assert!(e.to_string().contains("redis.story_max_entries"), "{e}");
     }
 
     #[test]
@@ -1147,6 +1471,32 @@ mod tests {
         assert!(err.to_string().contains("redis://"), "{err}");
         let err = Config::from_sources(None, &env(&[("REDIS_KEY_PREFIX", "")])).expect_err("empty");
         assert!(err.to_string().contains("key_prefix"), "{err}");
+    }
+
+    #[test]
+    fn trace_export_is_off_by_default_and_set_by_the_standard_env_names() {
+        let c = Config::from_sources(None, &[]).expect("defaults");
+        assert!(!c.telemetry.enabled());
+        assert_eq!(
+            c.telemetry,
+            TelemetryConfig::default(),
+            "file and code agree"
+        );
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318");
+        let c = Config::from_sources(None, &env(&[base])).expect("valid");
+        assert_eq!(c.telemetry.otlp_endpoint, "http://collector:4318");
+        assert!(c.telemetry.enabled());
+        let full = (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://other:4318/v1/traces",
+        );
+        let c = Config::from_sources(None, &env(&[base, full])).expect("valid");
+        assert_eq!(c.telemetry.otlp_endpoint, "http://other:4318/v1/traces");
+        let file = "[telemetry]\notlp_endpoint = \"https://collector:4318\"";
+        let err = Config::from_sources(Some(file), &[]).expect_err("https is not spoken");
+        assert!(err.to_string().contains("telemetry.otlp_endpoint"), "{err}");
+        let file = "[telemetry]\nmax_export_batch = 0";
+        assert!(Config::from_sources(Some(file), &[]).is_err());
     }
 
     #[test]

@@ -20,10 +20,12 @@
 //!   validated whole.
 //! * [`dashboard`] — the web dashboard (embedded page and JSON views) on the metrics listener.
 //! * [`metrics`] — every metric name of the service, built in one place.
+//! * [`build`] — the version and commit of this build (`--version`, `switchyard_build_info`).
 //!
 //! Below it: `switchyard-decision` (what to decide), `switchyard-protocol` (the wire) and
 //! `switchyard-client`'s transport (NATS).
 
+pub mod build;
 pub mod config;
 pub mod dashboard;
 pub mod metrics;

@@ -41,6 +41,8 @@ pub const CONSUMER_PENDING: &str = "switchyard_consumer_pending_events";
 pub const CONSUMER_ACK_PENDING: &str = "switchyard_consumer_ack_pending_events";
 pub const DEAD_LETTER_DEPTH: &str = "switchyard_dead_letter_depth";
 pub const DASHBOARD_REPLAYS_TOTAL: &str = "switchyard_dashboard_replays_total";
+pub const TRACE_SPANS_TOTAL: &str = "switchyard_trace_spans_total";
+pub const INVALID_TRACE_HEADERS_TOTAL: &str = "switchyard_invalid_trace_headers_total";
 
 /// Deployment-wide gauges: every replica computes them, but only the replica holding the
 /// coordination-sync lease exports them, so summing across replicas does not count them twice.
@@ -86,6 +88,11 @@ pub struct Metrics {
     /// Tasks waiting on dependencies (not in the queue yet).
     pub waiting_depth: Gauge,
     pub grant_republishes: IntCounter,
+    /// Spans by `outcome`: exported, dropped (the export queue was full), failed (the
+    /// collector did not take them). Only with `[telemetry] otlp_endpoint` set.
+    pub trace_spans: IntCounterVec,
+    /// `traceparent` headers on inbound events that were not valid W3C trace context (ignored).
+    pub invalid_trace_headers: IntCounter,
     /// Dispatch rounds that found a non-empty queue head (each reads the fleet log once and
     /// commits its grants in one script call).
     pub dispatch_rounds: IntCounter,
@@ -119,7 +126,7 @@ pub struct Metrics {
     pub budget_granted: IntCounterVec,
     /// Per `budget`: grant attempts this replica saw blocked by the budget.
     pub budget_blocked: IntCounterVec,
-    /// Always 1, labelled with the `version` of the binary.
+    /// Always 1, labelled with the `version` of the binary and the `commit` it was built from.
     pub build_info: IntGaugeVec,
     /// 1 while this replica holds the coordination-sync lease and so exports the
     /// [`GLOBAL_GAUGES`], else 0.
@@ -204,6 +211,15 @@ impl Metrics {
             grant_republishes: add.counter(
                 GRANT_REPUBLISHES_TOTAL,
                 "Grants sent again because their agent had not acknowledged them",
+            )?,
+            trace_spans: add.counters(
+                TRACE_SPANS_TOTAL,
+                "Trace spans by export outcome",
+                &["outcome"],
+            )?,
+            invalid_trace_headers: add.counter(
+                INVALID_TRACE_HEADERS_TOTAL,
+                "Invalid traceparent headers ignored",
             )?,
             dispatch_rounds: add.counter(
                 DISPATCH_ROUNDS_TOTAL,
@@ -318,16 +334,18 @@ impl Registrar<'_> {
         registered(self.0, IntCounterVec::new(Opts::new(name, help), labels))
     }
 
-    /// `switchyard_build_info{version} 1`.
+    /// `switchyard_build_info{version,commit} 1` (commit `unknown` when the build named none).
     fn build_info(&self) -> Result<IntGaugeVec, Error> {
         let info = registered(
             self.0,
             IntGaugeVec::new(
                 Opts::new(BUILD_INFO, "Always 1; the labels say which build runs"),
-                &["version"],
+                &["version", "commit"],
             ),
         )?;
-        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let commit = crate::build::commit().unwrap_or("unknown");
+        info.with_label_values(&[crate::build::VERSION, commit])
+            .set(1);
         Ok(info)
     }
 
@@ -410,8 +428,9 @@ mod tests {
     fn build_info_is_one_with_the_version() {
         let m = Metrics::new().expect("metrics");
         let version = env!("CARGO_PKG_VERSION");
-        assert_eq!(m.build_info.with_label_values(&[version]).get(), 1);
-        let line = format!("{BUILD_INFO}{{version=\"{version}\"}} 1");
+        let commit = crate::build::commit().unwrap_or("unknown");
+        assert_eq!(m.build_info.with_label_values(&[version, commit]).get(), 1);
+        let line = format!("{BUILD_INFO}{{commit=\"{commit}\",version=\"{version}\"}} 1");
         assert!(m.render().contains(&line), "{line} missing");
     }
 }

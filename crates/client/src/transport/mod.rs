@@ -23,7 +23,7 @@ pub use throttle::{Throttle, WARN_EVERY};
 pub(crate) use waiters::Waiters;
 
 use crate::error::{Error, ErrorKind, nats_error};
-use switchyard_protocol::Subjects;
+use switchyard_protocol::{Subjects, TRACEPARENT_HEADER, TRACESTATE_HEADER, TraceContext};
 
 /// Oldest nats-server we run against: older ones lack per-message TTL and priority groups and
 /// have JetStream durability bugs fixed since.
@@ -120,6 +120,29 @@ pub fn msg_id_headers(message_id: &str) -> HeaderMap {
     headers
 }
 
+/// Adds the W3C `traceparent` (and `tracestate`) headers of `trace`, if any.
+pub fn add_trace_headers(headers: &mut HeaderMap, trace: Option<&TraceContext>) {
+    if let Some(trace) = trace {
+        headers.insert(TRACEPARENT_HEADER, trace.traceparent().as_str());
+        if let Some(state) = &trace.tracestate {
+            headers.insert(TRACESTATE_HEADER, state.as_str());
+        }
+    }
+}
+
+/// The trace context of a received message's headers; `None` when absent or invalid (an
+/// invalid header is ignored, the message itself is handled as usual).
+pub fn trace_of(headers: Option<&HeaderMap>) -> Option<TraceContext> {
+    let headers = headers?;
+    let parent = headers.get(TRACEPARENT_HEADER).map(|v| v.as_str());
+    let state = headers.get(TRACESTATE_HEADER).map(|v| v.as_str());
+    let context = TraceContext::from_headers(parent, state);
+    if context.is_none() && parent.is_some() {
+        tracing::debug!(traceparent = ?parent, "invalid traceparent header ignored");
+    }
+    context
+}
+
 /// Serializes `value` and publishes it to a stream subject with `Nats-Msg-Id`; resolves once the
 /// server has stored it (or recognised it as a duplicate).
 pub async fn publish_stored<T: Serialize>(
@@ -128,9 +151,22 @@ pub async fn publish_stored<T: Serialize>(
     message_id: &str,
     value: &T,
 ) -> Result<(), Error> {
+    publish_stored_traced(js, subject, message_id, value, None).await
+}
+
+/// [`publish_stored`] with the trace context in the headers.
+pub async fn publish_stored_traced<T: Serialize>(
+    js: &jetstream::Context,
+    subject: String,
+    message_id: &str,
+    value: &T,
+    trace: Option<&TraceContext>,
+) -> Result<(), Error> {
     let payload = Bytes::from(serde_json::to_vec(value)?);
+    let mut headers = msg_id_headers(message_id);
+    add_trace_headers(&mut headers, trace);
     let ack = js
-        .publish_with_headers(subject, msg_id_headers(message_id), payload)
+        .publish_with_headers(subject, headers, payload)
         .await
         .map_err(|e| nats_error("JetStream publish failed", e))?;
     ack.await
@@ -147,6 +183,25 @@ pub async fn publish_core<T: Serialize>(
     let payload = Bytes::from(serde_json::to_vec(value)?);
     client
         .publish(subject, payload)
+        .await
+        .map_err(|e| nats_error("NATS publish failed", e))
+}
+
+/// [`publish_core`] with the trace context in the headers (no headers without one).
+pub async fn publish_core_traced<T: Serialize>(
+    client: &async_nats::Client,
+    subject: String,
+    value: &T,
+    trace: Option<&TraceContext>,
+) -> Result<(), Error> {
+    if trace.is_none() {
+        return publish_core(client, subject, value).await;
+    }
+    let payload = Bytes::from(serde_json::to_vec(value)?);
+    let mut headers = HeaderMap::new();
+    add_trace_headers(&mut headers, trace);
+    client
+        .publish_with_headers(subject, headers, payload)
         .await
         .map_err(|e| nats_error("NATS publish failed", e))
 }

@@ -18,11 +18,9 @@
 mod dead_letters;
 
 pub use dead_letters::ORIGINAL_SUBJECT_HEADER;
-mod timeline;
 mod views;
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use async_nats::jetstream;
 use serde::Serialize;
@@ -34,9 +32,6 @@ use crate::config::{Config, DashboardConfig};
 use crate::metrics::Metrics;
 use crate::optimizer::http::{Request, Response};
 use crate::state::Store;
-
-/// How often the serving process samples the deployment's counters for the timeline.
-pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 
 /// The header a replay request must carry. A browser sends a custom header cross-origin only
 /// after a CORS preflight, which this server never approves: another site open in an
@@ -55,7 +50,6 @@ struct Inner {
     subjects: Subjects,
     metrics: Metrics,
     allow_replay: bool,
-    timeline: Mutex<timeline::Ring>,
 }
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
@@ -79,7 +73,6 @@ impl Dashboard {
                 subjects,
                 metrics,
                 allow_replay: config.allow_replay,
-                timeline: Mutex::new(timeline::Ring::default()),
             }),
         }
     }
@@ -100,19 +93,6 @@ impl Dashboard {
             metrics,
             &config.dashboard,
         ))
-    }
-
-    /// Takes one timeline sample (the deployment's counters now, this process's grant latencies).
-    pub async fn sample(&self) {
-        match views::counters_now(self).await {
-            Ok((now_ms, counters)) => {
-                let latency = timeline::latency_buckets(&self.inner.metrics);
-                if let Ok(mut ring) = self.inner.timeline.lock() {
-                    ring.push(now_ms, counters, latency);
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "dashboard sample failed"),
-        }
     }
 
     /// The answer to a dashboard route, `None` for a path that is not one.

@@ -9,8 +9,6 @@
 //! * [`task_story`]: today the task's record and why it waits; its `story` field is to be
 //!   filled from `Store::task_story(task_id)` (the task's event history).
 
-use std::collections::BTreeMap;
-
 use serde_json::{Value, json};
 use switchyard_protocol::{AgentStatusView, MAX_STATUS_TASKS, StatusQuery};
 
@@ -26,13 +24,6 @@ const TASKS_SHOWN: u32 = 50;
 const TIMELINE_SECONDS: u64 = 600;
 /// A task id longer than this is refused before it reaches Redis.
 const MAX_ID_LEN: usize = 256;
-
-/// The deployment's counters now, for the timeline's samples.
-pub(super) async fn counters_now(
-    d: &Dashboard,
-) -> Result<(u64, BTreeMap<String, u64>), switchyard_client::error::Error> {
-    d.inner.store.counters_now().await
-}
 
 /// Fleet, queue, budgets, tenants, counters and timeline in one answer: the page's main poll.
 pub(super) async fn overview(d: &Dashboard) -> Result<Value, ViewError> {
@@ -115,23 +106,36 @@ pub(super) async fn tasks(d: &Dashboard, request: &Request) -> Result<Value, Vie
 }
 
 /// The throughput timeline of the last `last_seconds`: per-10-s buckets of submitted, granted,
-/// completed and failed, with submit→grant latency percentiles. Swap point: replace the body
-/// with `Store::timeline(last_seconds)` once the scripts record it (same bucket shape).
+/// completed and failed, with submit→grant latency percentiles, as the transition scripts record
+/// them for the whole deployment (`Store::timeline`).
 pub(super) async fn timeline(d: &Dashboard, last_seconds: u64) -> Result<Value, ViewError> {
-    let buckets = match d.inner.timeline.lock() {
-        Ok(ring) => ring.buckets(last_seconds),
-        Err(_) => Vec::new(),
-    };
+    let points = d.inner.store.timeline(last_seconds).await?;
+    let buckets: Vec<Value> = points.iter().map(timeline_bucket).collect();
     Ok(json!({
-        "bucket_ms": super::timeline::BUCKET_MS,
-        "source": "sampled by this process; latencies of the grants it made",
+        "bucket_ms": switchyard_protocol::TIMELINE_BUCKET_S * 1000,
+        "source": "every replica, recorded in Redis",
         "buckets": buckets,
     }))
 }
 
-/// One task: its state, why it waits (if it does), its record, and its story. Swap point: fill
-/// `story` from `Store::task_story(task_id)` (its event history) once it exists; the page shows
-/// the story's entries when the list is not empty.
+/// One timeline point in the page's shape: counts by name, percentiles when there were grants.
+fn timeline_bucket(p: &switchyard_protocol::TimelinePoint) -> Value {
+    json!({
+        "at_ms": p.start_ms,
+        "counts": {
+            "submitted": p.submitted,
+            "granted": p.granted,
+            "completed": p.completed,
+            "failed": p.failed,
+        },
+        "p50_ms": p.p50_ms,
+        "p95_ms": p.p95_ms,
+        "p99_ms": p.p99_ms,
+    })
+}
+
+/// One task: its state, why it waits (if it does), its record, and its story (every transition
+/// with its time, as the scripts recorded it).
 pub(super) async fn task_story(d: &Dashboard, request: &Request) -> Result<Value, ViewError> {
     let id = request
         .param("id")
@@ -157,6 +161,6 @@ pub(super) async fn task_story(d: &Dashboard, request: &Request) -> Result<Value
         "state": record.get("state"),
         "wait": wait,
         "record": record,
-        "story": Vec::<Value>::new(),
+        "story": store.task_story(id).await?,
     }))
 }

@@ -68,14 +68,31 @@ async fn decode_batch(ctx: &Ctx, messages: Vec<Message>) -> Vec<(Message, Inboun
         note_delivery(ctx, &message);
         let subject = message.subject.as_str();
         match decode(&ctx.subjects, subject, &message.payload, max_bytes, now) {
-            Ok(event) => events.push((message, event)),
+            Ok(mut event) => {
+                event.set_trace(trace_of(ctx, &message));
+                events.push((message, event));
+            }
             Err(rejection) => {
                 send_rejection(ctx, subject, &rejection).await;
-                acknowledge(&message, AckKind::Term).await;
+                acknowledge(ctx, &message, AckKind::Term).await;
             }
         }
     }
     events
+}
+
+/// The W3C trace context of an event's headers; an invalid `traceparent` is counted and ignored.
+fn trace_of(ctx: &Ctx, message: &Message) -> Option<switchyard_protocol::TraceContext> {
+    let headers = message.headers.as_ref()?;
+    let context = switchyard_client::transport::trace_of(Some(headers));
+    if context.is_none()
+        && headers
+            .get(switchyard_protocol::TRACEPARENT_HEADER)
+            .is_some()
+    {
+        ctx.metrics.invalid_trace_headers.inc();
+    }
+    context
 }
 
 fn note_delivery(ctx: &Ctx, message: &Message) {
@@ -142,7 +159,7 @@ async fn finish_event(
         };
         send_rejection(ctx, message.subject.as_str(), &rejection).await;
     }
-    acknowledge(message, AckKind::Ack).await;
+    acknowledge(ctx, message, AckKind::Ack).await;
 }
 
 fn sender_of(event: &Inbound) -> String {
@@ -187,15 +204,15 @@ async fn retry_or_dead_letter(ctx: &Ctx, message: &Message, event: &Inbound, err
             if let Some(held_back) = ctx.warnings.due("event failed") {
                 tracing::warn!(error = %error, delivered, kind, held_back, "event failed; asking for redelivery");
             }
-            acknowledge(message, AckKind::Nak(Some(pause))).await;
+            acknowledge(ctx, message, AckKind::Nak(Some(pause))).await;
         }
         Disposition::DeadLetter => {
             if dead_letter(ctx, message, event, error).await {
                 ctx.metrics.dead_letters.inc();
                 tracing::error!(error = %error, delivered, kind, retryable = error.is_retryable(), "event dead-lettered");
-                acknowledge(message, AckKind::Term).await;
+                acknowledge(ctx, message, AckKind::Term).await;
             } else {
-                acknowledge(message, AckKind::Nak(None)).await;
+                acknowledge(ctx, message, AckKind::Nak(None)).await;
             }
         }
     }
@@ -230,10 +247,13 @@ const DEAD_LETTER_ERROR_HEADER: &str = "Switchyard-Error";
 /// The header that says whether its transition took effect after all: yes, no or unknown.
 const DEAD_LETTER_TOOK_EFFECT_HEADER: &str = "Switchyard-Took-Effect";
 
-async fn acknowledge(message: &Message, kind: AckKind) {
+async fn acknowledge(ctx: &Ctx, message: &Message, kind: AckKind) {
     if let Err(e) = message.ack_with(kind).await {
-        // The server will redeliver after ack_wait; every transition is idempotent.
-        tracing::warn!(error = %e, "acknowledgement not sent");
+        // The server will redeliver after ack_wait; every transition is idempotent. While NATS is
+        // out of reach every message of every batch fails here, so the warning is throttled.
+        if let Some(held_back) = ctx.warnings.due("acknowledgement not sent") {
+            tracing::warn!(error = %e, held_back, "acknowledgement not sent");
+        }
     }
 }
 

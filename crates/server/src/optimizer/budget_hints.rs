@@ -89,6 +89,8 @@ mod tests {
             replies: switchyard_protocol::Replies::default(),
             tenant: String::new(),
             budgets: vec![(budget.to_string(), 1)],
+            trace: None,
+            attempt: 1,
         }
     }
 

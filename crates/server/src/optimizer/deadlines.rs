@@ -73,7 +73,49 @@ async fn enforce_one(ctx: &Ctx, deadline: &Deadline, applied: &mut Applied) -> R
             .enforce_deadline(deadline, &agent, retention)
             .await?;
     }
+    if ctx.tracer.enabled() {
+        traced(ctx, deadline, &outcome).await;
+    }
     react(ctx, deadline, outcome, applied).await
+}
+
+/// The spans of an attempt (or a wait) a time limit ended.
+async fn traced(ctx: &Ctx, deadline: &Deadline, outcome: &DeadlineOutcome) {
+    let (agent_id, grant_seq, next_attempt, name) = match outcome {
+        DeadlineOutcome::Failed {
+            agent_id,
+            grant_seq,
+            ..
+        } => (agent_id, *grant_seq, None, "failed"),
+        DeadlineOutcome::Retrying {
+            agent_id,
+            grant_seq,
+            attempt,
+            ..
+        } => (agent_id, *grant_seq, Some(*attempt), "retrying"),
+        DeadlineOutcome::Cancelled {
+            agent_id,
+            grant_seq,
+            ..
+        } => (agent_id, *grant_seq, None, "cancelled"),
+        _ => return,
+    };
+    let reason = match deadline.kind {
+        DeadlineKind::Queue => QUEUE_TIMEOUT,
+        DeadlineKind::Run => RUN_TIMEOUT,
+    };
+    let end = super::traces::AttemptEnd {
+        task_id: &deadline.task_id,
+        agent_id,
+        grant_seq: Some(grant_seq),
+        next_attempt,
+        success: false,
+        execution_time_s: None,
+        outcome: name,
+        reason: reason.to_string(),
+        only_in_state: None,
+    };
+    end.record(ctx).await;
 }
 
 /// What a deadline's outcome calls for: the agent stopped, the submitter told, dependents

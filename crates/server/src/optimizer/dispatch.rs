@@ -109,14 +109,21 @@ async fn dispatch_round(
     );
     head::update_hold(ctx, &head, &plan, fleet.agents(), hold.as_ref()).await?;
     let planned: Vec<&PlannedGrant> = plan.iter().filter(|p| !p.candidates.is_empty()).collect();
+    let whys: Vec<String> = planned
+        .iter()
+        .map(|p| grant_why(ctx, &head[p.task_index], p))
+        .collect();
     let requests: Vec<GrantRequest> = planned
         .iter()
-        .map(|p| GrantRequest {
+        .zip(&whys)
+        .map(|(p, why)| GrantRequest {
             task_id: &head[p.task_index].view.task_id,
             candidates: &p.candidates,
             budgets: &head[p.task_index].budgets,
+            why,
         })
         .collect();
+    let grants_started_ns = super::traces::now_ns();
     let outcomes = ctx.store.grant_tasks(&requests).await?;
     let mut round = Round::default();
     for (planned, outcome) in planned.into_iter().zip(outcomes) {
@@ -141,10 +148,18 @@ async fn dispatch_round(
                         .inc_by(*amount);
                 }
                 tracing::debug!(task_id = %task.view.task_id, agent_id = %agent_id, grant_seq, "task granted");
-                round.granted.push(
-                    Grant::from_queued(task, &agent_id, grant_seq)
-                        .explained(planned.explanation.as_ref()),
-                );
+                let grant = Grant::from_queued(task, &agent_id, grant_seq)
+                    .explained(planned.explanation.as_ref());
+                if ctx.tracer.enabled() {
+                    let score = planned.explanation.as_ref().and_then(|e| {
+                        e.candidates
+                            .iter()
+                            .find(|c| *c.agent_id == *agent_id)
+                            .map(|c| c.score)
+                    });
+                    super::traces::granted(ctx, task, &grant, score, grants_started_ns);
+                }
+                round.granted.push(grant);
             }
             GrantOutcome::NoFit => round.stale_misses += 1,
             GrantOutcome::NotQueued { .. } => {}
@@ -159,6 +174,27 @@ async fn dispatch_round(
     }
     round.window_full = head.len() == window && round.granted.len() == head.len();
     Ok(round)
+}
+
+/// Why a task's candidates, for its story: the strategy that ranked them and, when the submit
+/// asked for the decision to be explained, their scores (`least_loaded a1=0.83,a2=0.61`).
+fn grant_why(ctx: &Ctx, task: &QueuedTask, planned: &PlannedGrant) -> String {
+    let strategy = task
+        .strategy
+        .map(StrategyKind::as_str)
+        .unwrap_or_else(|| ctx.strategy.name());
+    match &planned.explanation {
+        Some(explained) => {
+            let scores: Vec<String> = explained
+                .candidates
+                .iter()
+                .take(ctx.config.coordination.max_candidates)
+                .map(|c| format!("{}={:.3}", c.agent_id, c.score))
+                .collect();
+            format!("{} {}", explained.strategy, scores.join(","))
+        }
+        None => strategy.to_string(),
+    }
 }
 
 /// Plans the queue head: tasks that asked for a strategy of their own (TASK_SUBMIT.strategy) are

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use super::Ctx;
 use super::applied::Applied;
 use super::publish::{Grant, Reply};
+use super::traces::SubmitTrace;
 use crate::config::{BudgetKind, InfeasiblePolicy};
 use crate::state::{
     CompleteOutcome, Completion, DependencyOutcome, DeregisterOutcome, ResolveOutcome,
@@ -97,7 +98,11 @@ pub(crate) async fn apply_event(ctx: &Ctx, event: &Inbound) -> Result<Applied, E
                 Ok(options) => request.options.extend(options),
                 Err((reason, message)) => return Ok(Applied::refuse(reason, message)),
             }
-            submit(ctx, &request).await
+            let trace = SubmitTrace::new(env.trace.as_ref(), ctx.tracer.enabled());
+            if let Some(trace) = &trace {
+                request.options.extend(trace.options());
+            }
+            submit(ctx, &request, trace.as_ref()).await
         }
         Inbound::Complete(env) => {
             let c = &ctx.config.coordination;
@@ -289,11 +294,18 @@ async fn deregister(
     Ok(applied)
 }
 
-async fn submit(ctx: &Ctx, req: &SubmitRequest) -> Result<Applied, Error> {
+async fn submit(
+    ctx: &Ctx,
+    req: &SubmitRequest,
+    trace: Option<&SubmitTrace>,
+) -> Result<Applied, Error> {
     let outcome = ctx
         .store
         .submit_task(req, ctx.config.coordination.task_retention_s)
         .await?;
+    if let Some(trace) = trace {
+        super::traces::submitted(ctx, req, trace, &outcome);
+    }
     let reply = |status| {
         Reply::new(
             &req.submitter,
@@ -428,6 +440,9 @@ async fn completed(
     outcome: CompleteOutcome,
 ) -> Result<Applied, Error> {
     let p = &env.payload;
+    if ctx.tracer.enabled() {
+        super::traces::completed(ctx, p, &outcome).await;
+    }
     let (success, submitter, submit_id, dependents) = match outcome {
         CompleteOutcome::Finished {
             success,

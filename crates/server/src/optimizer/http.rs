@@ -25,26 +25,16 @@ pub struct Endpoints {
     pub dashboard: Option<Dashboard>,
 }
 
-/// Serves until `shutdown` resolves. Each connection answers one request and closes. With a
-/// dashboard, also samples its throughput every few seconds (stopped by the same `shutdown`).
+/// Serves until `shutdown` resolves. Each connection answers one request and closes.
 pub async fn serve(
     listener: TcpListener,
     endpoints: Endpoints,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let mut sample = tokio::time::interval(crate::dashboard::SAMPLE_EVERY);
-    sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let accepted = tokio::select! {
             _ = &mut shutdown => return,
-            _ = sample.tick() => {
-                if let Some(dashboard) = &endpoints.dashboard {
-                    // Bounded by the store's response timeout; a slow Redis delays a sample.
-                    dashboard.sample().await;
-                }
-                continue;
-            }
             accepted = listener.accept() => accepted,
         };
         match accepted {

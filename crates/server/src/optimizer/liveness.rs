@@ -26,7 +26,11 @@ pub(crate) async fn requeue_tasks(
     let retention = ctx.config.coordination.task_retention_s;
     let mut cancelled = Vec::new();
     for task_id in tasks {
-        match ctx.store.requeue_task(task_id, agent_id, retention).await? {
+        let outcome = ctx.store.requeue_task(task_id, agent_id, retention).await?;
+        if ctx.tracer.enabled() {
+            traced_requeue(ctx, task_id, agent_id, &outcome).await;
+        }
+        match outcome {
             RequeueOutcome::Requeued => {
                 ctx.metrics
                     .allocations
@@ -39,6 +43,28 @@ pub(crate) async fn requeue_tasks(
         }
     }
     Ok(cancelled)
+}
+
+/// The `run` and `completion` spans of an attempt taken back from an agent that left or died
+/// (outcome `requeued`, or `cancelled` for a task whose cancel was waiting on that agent).
+async fn traced_requeue(ctx: &Ctx, task_id: &str, agent_id: &str, outcome: &RequeueOutcome) {
+    let (name, state) = match outcome {
+        RequeueOutcome::Requeued => ("requeued", "queued"),
+        RequeueOutcome::Cancelled => ("cancelled", "cancelled"),
+        RequeueOutcome::Noop => return,
+    };
+    let end = super::traces::AttemptEnd {
+        task_id,
+        agent_id,
+        grant_seq: None,
+        next_attempt: None,
+        success: false,
+        execution_time_s: None,
+        outcome: name,
+        reason: "agent_left".to_string(),
+        only_in_state: Some(state),
+    };
+    end.record(ctx).await;
 }
 
 /// Marks every active agent whose lease ran out dead and re-queues its tasks. Returns how many

@@ -24,12 +24,14 @@ pub mod http;
 mod inbox;
 mod liveness;
 mod maintenance;
+mod otlp;
 mod publish;
 mod readiness;
 
 pub use readiness::Readiness;
 mod signals;
 mod took_effect;
+mod traces;
 mod warnings;
 
 use std::future::Future;
@@ -97,6 +99,8 @@ pub(crate) struct Ctx {
     /// Repeated warnings (failed events, messages not sent) are logged once per interval and
     /// site with a count, not once each.
     pub warnings: warnings::Warnings,
+    /// Where the tasks' spans go; off (nothing built) without `[telemetry] otlp_endpoint`.
+    pub tracer: traces::Tracer,
 }
 
 /// A connected optimizer replica.
@@ -106,6 +110,8 @@ pub struct Optimizer {
     control: jetstream::consumer::PullConsumer,
     /// New tasks.
     submits: jetstream::consumer::PullConsumer,
+    /// The exporter's end of the span queue (only when spans are exported).
+    spans: Option<tokio::sync::mpsc::Receiver<traces::SpanRecord>>,
 }
 
 impl Optimizer {
@@ -141,6 +147,16 @@ impl Optimizer {
         store.index_capacities().await?;
         define_budgets(&store, &config.budgets).await?;
         let dispatch_store = Store::connect(&config.redis).await?;
+        let metrics = Metrics::new()?;
+        let (tracer, spans) = if config.telemetry.enabled() {
+            let (tracer, spans) = traces::Tracer::with_queue(
+                config.telemetry.max_queued_spans,
+                metrics.trace_spans.clone(),
+            );
+            (tracer, Some(spans))
+        } else {
+            (traces::Tracer::off(), None)
+        };
         let ctx = Ctx {
             config,
             subjects,
@@ -148,7 +164,8 @@ impl Optimizer {
             dispatch_store,
             client,
             js,
-            metrics: Metrics::new()?,
+            metrics,
+            tracer,
             strategy: Arc::from(default_strategy.build()),
             faults,
             dispatcher: dispatch::Dispatcher::new(),
@@ -161,6 +178,7 @@ impl Optimizer {
             ctx: Arc::new(ctx),
             control,
             submits,
+            spans,
         })
     }
 
@@ -190,9 +208,12 @@ impl Optimizer {
     }
 
     /// Consumes events until `shutdown` resolves; then drains the batches in flight.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut background = JoinSet::new();
+        if let Some(spans) = self.spans.take() {
+            background.spawn(otlp::run_exporter(self.ctx.clone(), spans, stop_rx.clone()));
+        }
         background.spawn(maintenance::run_maintenance(
             self.ctx.clone(),
             stop_rx.clone(),

@@ -12,7 +12,7 @@ use switchyard_client::transport;
 use switchyard_decision::{Explanation, Resources, TaskState};
 use switchyard_protocol::{
     CoordinatorReply, Envelope, ErrorReport, ExplainedCandidate, GrantExplanation, MessagePriority,
-    MessageType, Rejection, Replies, ReplyStatus, TaskGrant, now_ms,
+    MessageType, Rejection, Replies, ReplyStatus, TaskGrant, TraceContext, now_ms,
 };
 
 /// Who the optimizer says it is in `sender`.
@@ -72,6 +72,9 @@ pub(crate) struct Grant {
     pub submitted_at_ms: u64,
     /// Which replies the submitter wants.
     pub replies: Replies,
+    /// The grant span's trace context, sent to the agent as `traceparent` (derived from the
+    /// task's stored context and the grant number, so every copy carries the same).
+    pub trace: Option<TraceContext>,
 }
 
 impl Grant {
@@ -91,6 +94,10 @@ impl Grant {
             submit_message_id: task.submit_message_id.clone(),
             submitted_at_ms: task.submitted_at_ms,
             replies: task.replies,
+            trace: task
+                .trace
+                .as_ref()
+                .map(|t| super::traces::grant_context(t, &task.view.task_id, grant_seq)),
         }
     }
 
@@ -108,7 +115,13 @@ impl Grant {
             tokens: num("req_tokens"),
             time: num("req_time"),
         };
+        let trace = TraceContext::from_headers(
+            record.get("traceparent").map(String::as_str),
+            record.get("tracestate").map(String::as_str),
+        )
+        .map(|t| super::traces::grant_context(&t, &get("task_id"), num("grant_seq")));
         Some(Grant {
+            trace,
             payload: TaskGrant {
                 task_id: get("task_id"),
                 task_type: get("task_type"),
@@ -195,7 +208,7 @@ pub(crate) async fn publish_grant(ctx: &Ctx, grant: &Grant) -> Result<(), Error>
     env.message_id = grant.message_id();
     env.priority = message_priority(grant.payload.priority);
     let subject = ctx.subjects.addressed(MessageType::TaskRequest, &agent);
-    transport::publish_core(&ctx.client, subject, &env).await?;
+    transport::publish_core_traced(&ctx.client, subject, &env, grant.trace.as_ref()).await?;
     ctx.metrics
         .messages
         .with_label_values(&[MessageType::TaskRequest.as_str(), "out"])
@@ -288,6 +301,8 @@ mod tests {
             replies: Replies::All,
             tenant: "default".into(),
             budgets: Vec::new(),
+            trace: None,
+            attempt: 1,
         }
     }
 

@@ -162,7 +162,8 @@ impl Store {
             .key(k.cancel_outbox())
             .key(k.fleet_log())
             .key(k.agent(agent_id))
-            .key(k.agent_tasks(agent_id));
+            .key(k.agent_tasks(agent_id))
+            .key(k.story(id));
         if deadline.kind == DeadlineKind::Run {
             for key in self.task_budget_keys(&[id.as_str()]).await? {
                 inv.key(key);
@@ -199,6 +200,9 @@ impl Store {
         inv.key(k.retries()).key(k.queue()).key(k.queue_deadlines());
         for id in task_ids {
             inv.key(k.task(id));
+        }
+        for id in task_ids {
+            inv.key(k.story(id));
         }
         for id in task_ids {
             inv.arg(id);

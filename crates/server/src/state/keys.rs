@@ -180,6 +180,26 @@ impl Keys {
         format!("{}:budget:{name}", self.tag)
     }
 
+    /// List: one task's story, a compact JSON entry per transition (lib.lua `story_append`,
+    /// state/story.rs): the newest `redis.story_max_entries`, expiring with the task record
+    /// (`task_retention_s`) once the task has ended.
+    pub fn story(&self, task_id: &str) -> String {
+        format!("{}:story:{task_id}", self.tag)
+    }
+
+    /// Hash: one 10-second bucket of the dashboard timeline, named by the bucket's start
+    /// (Unix seconds, a multiple of 10): counts of submitted, granted, completed and failed
+    /// tasks and request-to-grant latency buckets (lib.lua `timeline_add`); expires after about
+    /// an hour.
+    pub fn timeline(&self, bucket_start_s: u64) -> String {
+        format!("{}:timeline:{bucket_start_s}", self.tag)
+    }
+
+    /// The timeline bucket of a moment (Unix ms, the replica's clock).
+    pub fn timeline_now(&self, now_ms: u64) -> String {
+        self.timeline(super::story::bucket_start_s(now_ms))
+    }
+
     /// Hash: lifetime counters (submitted, granted, completed, failed, cancelled, requeued,
     /// timed_out, retried).
     pub fn stats(&self) -> String {
@@ -220,6 +240,8 @@ mod tests {
             k.tenants(),
             k.head_hold(),
             k.budget("a"),
+            k.story("a"),
+            k.timeline(10),
         ];
         let unique: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(unique.len(), all.len());
@@ -247,6 +269,8 @@ mod tests {
             k.tenants(),
             k.head_hold(),
             k.budget("openai-tpm"),
+            k.story("x"),
+            k.timeline(1_700_000_000),
         ] {
             assert_eq!(Slot::for_key(&key), home, "{key}");
         }

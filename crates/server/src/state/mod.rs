@@ -19,6 +19,7 @@ mod rows;
 mod scripts;
 mod sentinel;
 mod store;
+mod story;
 mod waits;
 
 pub use budgets::{BudgetState, Defined};
@@ -40,3 +41,4 @@ pub use records::{
 };
 pub use sentinel::SentinelConnection;
 pub use store::Store;
+pub use story::TIMELINE_MAX_S;

@@ -403,6 +403,10 @@ impl Store {
             budgets: self.budget_states(&self.budget_names).await?,
             waiting_depth: self.waiting_depth().await?,
             tasks: self.task_waits(query).await?,
+            story: match &query.task_id {
+                Some(task_id) => self.task_story(task_id).await?,
+                None => Vec::new(),
+            },
             patterns,
             queue_depth,
             counters,

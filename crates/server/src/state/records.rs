@@ -51,6 +51,9 @@ pub struct GrantRequest<'a> {
     pub candidates: &'a [String],
     /// The task's budget draws (QueuedTask::budgets): their keys go to the script.
     pub budgets: &'a [(String, u64)],
+    /// Why these candidates, for the task's story: the strategy's name, and when the decision
+    /// was explained the scores after a space (`least_loaded a1=0.83,a2=0.61`); "" for none.
+    pub why: &'a str,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -251,6 +254,10 @@ pub struct QueuedTask {
     pub tenant: String,
     /// The budgets the task draws from, and how much (empty: none).
     pub budgets: Vec<(String, u64)>,
+    /// The trace context of the task's `submit` span (stored at submit), if it has one.
+    pub trace: Option<switchyard_protocol::TraceContext>,
+    /// Which attempt a grant now would start (1, or more for a retried task).
+    pub attempt: u32,
 }
 
 /// A script answered what its caller does not expect: a defect, never retried.

@@ -26,7 +26,7 @@ pub(crate) const AGENT_FIELDS: [&str; 15] = [
 ];
 
 /// Task hash fields read for the queue head, in order.
-pub(crate) const TASK_FIELDS: [&str; 19] = [
+pub(crate) const TASK_FIELDS: [&str; 22] = [
     "state",
     "task_type",
     "priority",
@@ -47,6 +47,11 @@ pub(crate) const TASK_FIELDS: [&str; 19] = [
     "submit_seq",
     "tenant",
     "budgets",
+    // The submit span's W3C trace context (a task option, SubmitRequest::options), and the
+    // attempt being granted (a retried task: 2 onwards).
+    "traceparent",
+    "tracestate",
+    "attempt",
 ];
 
 fn num<T: std::str::FromStr + Default>(row: &[String], i: usize) -> T {
@@ -126,6 +131,11 @@ pub(crate) fn queued_task(task_id: String, row: Vec<String>) -> QueuedTask {
             _ => switchyard_decision::DEFAULT_TENANT.to_string(),
         },
         budgets: switchyard_decision::budget::parse_draws(row.get(18).map_or("", String::as_str)),
+        trace: switchyard_protocol::TraceContext::from_headers(
+            row.get(19).map(String::as_str),
+            row.get(20).map(String::as_str),
+        ),
+        attempt: num::<u32>(&row, 21).max(1),
     }
 }
 

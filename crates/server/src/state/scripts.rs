@@ -18,9 +18,29 @@ fn kinds_prelude() -> String {
     format!("local KINDS = {{{}}}\n", names.join(", "))
 }
 
+/// The story and timeline constants lib.lua's `story_append` and `timeline_add` read: how many
+/// entries a task's story keeps (`redis.story_max_entries`), how long a timeline bucket lives and
+/// the latency bucket bounds (ms), from the Rust constants the reads use, so both sides agree.
+fn story_prelude(story_keep: usize) -> String {
+    let bounds: Vec<String> = switchyard_protocol::LATENCY_BOUNDS_MS
+        .iter()
+        .map(u64::to_string)
+        .collect();
+    format!(
+        "local STORY_KEEP = {}\nlocal TIMELINE_TTL_S = {}\nlocal LATENCY_BOUNDS_MS = {{{}}}\n",
+        story_keep.max(1),
+        super::story::TIMELINE_TTL_S,
+        bounds.join(", ")
+    )
+}
+
 /// A transition script with the kinds and the shared helpers in front of it.
-fn with_lib(body: &str) -> Script {
-    Script::new(&format!("{}{LIB}\n{body}", kinds_prelude()))
+fn with_lib(body: &str, story_keep: usize) -> Script {
+    Script::new(&format!(
+        "{}{}{LIB}\n{body}",
+        kinds_prelude(),
+        story_prelude(story_keep)
+    ))
 }
 
 /// Every transition script, hashed once at start-up.
@@ -47,7 +67,9 @@ pub(crate) struct Scripts {
 }
 
 impl Scripts {
-    pub(crate) fn new() -> Self {
+    /// `story_keep`: the entries a task's story keeps (`redis.story_max_entries`).
+    pub(crate) fn new(story_keep: usize) -> Self {
+        let with_lib = |body: &str| with_lib(body, story_keep);
         Scripts {
             register_agent: with_lib(include_str!("lua/register_agent.lua")),
             deregister_agent: with_lib(include_str!("lua/deregister_agent.lua")),

@@ -39,29 +39,28 @@ impl Store {
         let store = Store {
             conn: Connection::open(config).await?,
             keys: Keys::new(config.key_prefix.clone()),
-            scripts: std::sync::Arc::new(Scripts::new()),
+            scripts: std::sync::Arc::new(Scripts::new(config.story_max_entries)),
             infeasible: InfeasiblePolicy::default(),
             budget_names: std::sync::Arc::default(),
         };
-        // The first command, a small one: a Redis that wants a login, or a user without the
-        // permissions, is told apart here from a Redis that is down. (Not a script load: Redis
-        // refuses a bulk over 16 KiB from a client not logged in with a protocol error instead
-        // of NOAUTH, and the scripts with their shared library are larger.)
-        let _: bool = redis::cmd("EXISTS")
-            .arg(store.keys.stats())
-            .query_async(&mut store.conn())
+        // The first command: a Redis that wants a login, or a user without the permissions,
+        // is told apart here from a Redis that is down. A short one (TIME, in the slot of the
+        // keys): before a login Redis refuses a long argument (16 KB, as a script with its
+        // helpers is) with a protocol error instead of NOAUTH.
+        let login = |e: redis::RedisError| {
+            super::connection::refused_login(config, &e).unwrap_or_else(|| e.into())
+        };
+        let _: Vec<String> = store
+            .conn()
+            .query_in_slot(&redis::cmd("TIME"), store.keys.slot_key())
             .await
-            .map_err(|e| {
-                super::connection::refused_login(config, &e).unwrap_or_else(|| e.into())
-            })?;
+            .map_err(login)?;
         for script in store.scripts.all() {
             script
                 .prepare_invoke()
                 .load_async(&mut store.conn())
                 .await
-                .map_err(|e| {
-                    super::connection::refused_login(config, &e).unwrap_or_else(|| e.into())
-                })?;
+                .map_err(login)?;
         }
         Ok(store)
     }
@@ -177,7 +176,10 @@ impl Store {
             .arg(req.replies.as_str())
             .arg(self.infeasible.as_str())
             .arg(req.options.len());
-        inv.key(k.queue_deadlines()).key(k.tenants());
+        inv.key(k.queue_deadlines())
+            .key(k.tenants())
+            .key(k.story(&req.task_id))
+            .key(k.timeline_now(switchyard_protocol::now_ms()));
         for (field, value) in &req.options {
             inv.arg(*field).arg(value);
         }
@@ -195,6 +197,7 @@ impl Store {
             task_id,
             candidates,
             budgets: &[],
+            why: "",
         }];
         let outcomes = self.grant_tasks(&batch).await?;
         only_outcome(outcomes, "grant_tasks")
@@ -227,7 +230,12 @@ impl Store {
             inv.key(k.agent(agent)).key(k.agent_tasks(agent));
         }
         inv.key(k.run_deadlines());
-        inv.key(k.tenants()).key(k.head_hold());
+        inv.key(k.tenants())
+            .key(k.head_hold())
+            .key(k.timeline_now(switchyard_protocol::now_ms()));
+        for request in requests {
+            inv.key(k.story(request.task_id));
+        }
         let names: std::collections::BTreeSet<&str> = requests
             .iter()
             .flat_map(|r| r.budgets.iter().map(|(name, _)| name.as_str()))
@@ -244,6 +252,7 @@ impl Store {
             for agent in request.candidates {
                 inv.arg(numbers.get(agent.as_str()).copied().unwrap_or(0));
             }
+            inv.arg(request.why);
         }
         let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
         let outcomes: Vec<GrantOutcome> = reply
@@ -293,7 +302,11 @@ impl Store {
         for agent in &agents {
             inv.key(k.agent(agent)).key(k.agent_tasks(agent));
         }
-        inv.key(k.retries());
+        inv.key(k.retries())
+            .key(k.timeline_now(switchyard_protocol::now_ms()));
+        for report in reports {
+            inv.key(k.story(report.task_id));
+        }
         inv.arg(reports.len())
             .arg(agents.len())
             .arg(learning_rate)
@@ -355,6 +368,7 @@ impl Store {
             .key(k.stats())
             .key(k.dependents(task_id))
             .key(k.waiting())
+            .key(k.story(task_id))
             .arg(task_id)
             .arg(dependency_id)
             .arg(outcome.as_str())
@@ -381,7 +395,8 @@ impl Store {
             .key(k.stats())
             .key(k.grant_outbox())
             .key(k.fleet_log())
-            .key(k.queue_deadlines());
+            .key(k.queue_deadlines())
+            .key(k.story(task_id));
         for key in self.task_budget_keys(&[task_id]).await? {
             inv.key(key);
         }
@@ -416,6 +431,7 @@ impl Store {
             .key(k.cancel_outbox())
             .key(k.waiting())
             .key(k.retries())
+            .key(k.story(task_id))
             .arg(task_id)
             .arg(canceller)
             .arg(if operator { "1" } else { "0" })

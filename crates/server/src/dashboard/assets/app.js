@@ -46,6 +46,13 @@ function fmtSpan(s) {
   return Math.round(s / 3600) + "h";
 }
 
+// One story entry: its time, its event, and its details as name=value pairs.
+function storyLine(s) {
+  const details = Object.entries(s.details || {}).map(([k, v]) => k + "=" + v).join(" ");
+  return el("li", { "data-event": s.event }, el("span", { class: "small" }, fmtTime(s.at_ms)), " ",
+    el("b", {}, s.event), details ? " " + details : "");
+}
+
 function fmtTime(ms) {
   return ms ? new Date(ms).toISOString().replace("T", " ").slice(0, 19) + " UTC" : "";
 }
@@ -223,8 +230,8 @@ async function refreshTask() {
     const rows = Object.entries(t.record).map(([k, v]) => el("tr", {}, el("th", {}, k),
       el("td", { class: "wrap" }, /_at$|^last_/.test(k) && /^\d{12,}$/.test(v) ? v + " (" + fmtTime(Number(v)) + ")" : v)));
     const story = t.story && t.story.length
-      ? el("ol", { id: "task-story" }, ...t.story.map((s) => el("li", {}, JSON.stringify(s))))
-      : el("p", { class: "small", id: "task-story" }, "The task's event history appears here once the deployment records it.");
+      ? el("ol", { id: "task-story" }, ...t.story.map(storyLine))
+      : el("p", { class: "small", id: "task-story" }, "No story recorded (a task from before stories were kept, or past its retention).");
     view.replaceChildren(el("div", { "data-task": t.task_id, "data-state": t.state || "" },
       el("p", {}, "state ", pill(t.state || "unknown"), " ",
         t.wait && t.wait.detail ? "— " + t.wait.detail : "")),

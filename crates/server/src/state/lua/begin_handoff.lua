@@ -4,6 +4,9 @@
 -- and the task stays with the old agent. Nothing moves here; resolve_handoff moves the task.
 --
 -- KEYS[1] handoff hash  KEYS[2] task hash  KEYS[3] from-agent hash  KEYS[4] to-agent hash
+-- KEYS[5] the task's story (list): `handoff_begun` (handoff_id, from, to), or `handoff_refused`
+-- (handoff_id, to, code) for a refusal of a task that exists; a repeat answers from the handoff
+-- record and appends nothing
 -- ARGV[1] handoff_id  ARGV[2] task_id  ARGV[3] from_agent  ARGV[4] to_agent
 -- ARGV[5] the grant_seq being handed over (0 = not given: the task's current grant)
 -- ARGV[6] timeout in ms  ARGV[7] how long a refusal is remembered, in ms
@@ -37,7 +40,12 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
+local task_known = false
 local function refuse(code, message)
+  if task_known then
+    story_append(KEYS[5], now, {{'handoff_refused', {handoff_id = ARGV[1], to = ARGV[4],
+      code = code}}})
+  end
   redis.call('HSET', KEYS[1], 'status', 'refused', 'stage', 'begin', 'task_id', ARGV[2],
     'from_agent', ARGV[3], 'to_agent', ARGV[4], 'created_ms', now, 'decided_ms', now,
     'code', code, 'message', message, 'priority', ARGV[8])
@@ -64,6 +72,7 @@ local task = redis.call('HMGET', KEYS[2], 'state', 'agent', 'grant_seq',
 if not task[1] then
   return refuse('unknown_task', 'task ' .. ARGV[2] .. ' is unknown (or expired)')
 end
+task_known = true
 if task[1] ~= 'granted' then
   return refuse('task_not_granted', 'task ' .. ARGV[2] .. ' is ' .. task[1] .. ', not granted')
 end
@@ -98,4 +107,6 @@ redis.call('HSET', KEYS[1], 'status', 'pending', 'task_id', ARGV[2], 'from_agent
   'to_agent', ARGV[4], 'grant_seq', task[3], 'created_ms', now, 'timeout_ms', ARGV[6],
   'priority', ARGV[8])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
+story_append(KEYS[5], now, {{'handoff_begun', {handoff_id = ARGV[1], from = ARGV[3],
+  to = ARGV[4]}}})
 return {'pending', '0', now}

@@ -4,6 +4,8 @@
 -- KEYS[4] stats hash  KEYS[5] task's dependents set  KEYS[6] cancel outbox (zset of
 -- `task_id|grant_seq` by when the agent's notice is next due)  KEYS[7] tasks waiting on
 -- dependencies (zset)  KEYS[8] retry set (zset: tasks waiting out a retry back-off)
+-- KEYS[9] the task's story (list): `cancel_requested` (by, reason, agent) or `cancelled` (by,
+-- reason), appended only by the call that changed the task
 -- ARGV[1] task_id  ARGV[2] canceller (the TASK_CANCEL's sender)  ARGV[3] '1' when it came on
 -- the operators' subject, else '0'  ARGV[4] reason ('' = none)  ARGV[5] retention seconds
 -- ARGV[6] now (ms, the optimizer's clock: only recorded as finished_at)
@@ -37,6 +39,8 @@ if state == 'granted' then
     redis.call('HSET', KEYS[1], 'cancel_requested', '1', 'cancel_reason', ARGV[4],
       'cancelled_by', ARGV[2])
     redis.call('ZADD', KEYS[6], ARGV[6], ARGV[1] .. '|' .. task.grant_seq)
+    story_append(KEYS[9], now_ms(), {{'cancel_requested', {by = ARGV[2], reason = ARGV[4],
+      agent = task.agent or ''}}})
   end
   return {'cancelling', task.agent or '', task.grant_seq or '0'}
 end
@@ -51,6 +55,7 @@ if state == 'waiting' or state == 'queued' then
   redis.call('HINCRBY', KEYS[4], 'cancelled', 1)
   redis.call('EXPIRE', KEYS[1], ARGV[5])
   redis.call('EXPIRE', KEYS[5], ARGV[5])
+  story_append(KEYS[9], now_ms(), {{'cancelled', {by = ARGV[2], reason = ARGV[4]}}}, ARGV[5])
 end
 -- Cancelled now, or by an earlier delivery of this or another cancel.
 -- A submitter that asked for no replies is not named, so nobody is told.

@@ -13,7 +13,14 @@
 -- then five per report, in order: task_id, agent number j, success (1/0), execution_time_s,
 -- the grant_seq being reported (0 = not given: any grant of this task to this agent)
 -- then ARGV[6+m+5n] u, and u triples: report number i, unit, amount used (TASK_COMPLETE.usage)
--- KEYS[6+2n+2m] onwards: the budget hashes the reported tasks draw from (Store::task_budget_keys)
+-- KEYS[6+2n+2m] the timeline bucket of the replica's now (hash, lib.lua timeline_add)
+-- KEYS[6+2n+2m+i] report i's task's story (list, lib.lua story_append; i from 1 to n)
+-- KEYS[7+3n+2m] onwards: the budget hashes the reported tasks draw from
+-- (Store::task_budget_keys)
+-- Story: `attempt_failed` (agent, attempt, reason failed, retry_at) for a retried failure,
+-- `completed` (agent, duration_s, attempt), `failed` (agent, reason failed) or `cancelled` (agent)
+-- for a task that ended: one RPUSH per report that changed something. The timeline counts the
+-- tasks that completed and those that failed for good.
 -- Budgets: a report that ends a grant that drew from budgets (`budget_held`) reconciles each rate
 -- draw whose unit the usage names (the difference refunded or charged: Rate::reconcile, by the
 -- Redis clock; no usage for the unit: the draw stands) and releases its concurrency slots
@@ -55,7 +62,17 @@ local TASK_FIELDS = flat('state', 'agent', 'estimated_duration_s', 'submitter',
   'submit_msg_id', 'task_type', 'has_dependents', 'replies', 'cancel_requested',
   kind_fields('req_'), RETRY_FIELDS, 'retry_at', 'stopped_grant', 'stopped_agent',
   'stopped_reason', 'budgets', 'budget_held')
-local budget_key = budget_keys(6 + 2 * n + 2 * m, #KEYS)
+local budget_key = budget_keys(7 + 3 * n + 2 * m, #KEYS)
+local TIMELINE = KEYS[6 + 2 * n + 2 * m]
+local function story(i)
+  return KEYS[6 + 2 * n + 2 * m + i]
+end
+-- The Redis clock, read once per call for every story entry (and the fleet log).
+local read_clock = nil
+local function clock_ms()
+  read_clock = read_clock or now_ms()
+  return read_clock
+end
 local usage = {}
 local usage_at = 6 + m + 5 * n
 for x = 1, tonumber(ARGV[usage_at]) or 0 do
@@ -237,6 +254,8 @@ local function complete(i, task_id, j, success, actual_raw, reported_seq)
       a.id, 'failed'))
     task.attempt = int((tonumber(task.attempt) or 1) + 1)
     stats.retried = stats.retried + 1
+    story_append(story(i), clock_ms(), {{'attempt_failed', {agent = a.id,
+      attempt = int(tonumber(task.attempt) - 1), reason = 'failed', retry_at = task.retry_at}}})
     return retrying(task)
   end
   redis.call('HSET', KEYS[3 + 2 * i], 'state', outcome, 'finished_at', now,
@@ -249,6 +268,15 @@ local function complete(i, task_id, j, success, actual_raw, reported_seq)
     redis.call('EXPIRE', KEYS[4 + 2 * i], retention)
   end
   stats[outcome] = stats[outcome] + 1
+  local details = {agent = a.id, attempt = task.attempt or '1'}
+  if outcome == 'completed' then
+    details.duration_s = actual_raw
+  elseif outcome == 'failed' then
+    details.reason = 'failed'
+  else
+    details.reason = 'cancelled'
+  end
+  story_append(story(i), clock_ms(), {{outcome, details}}, retention)
   with_dependents(i, outcome, task)
 end
 
@@ -290,6 +318,8 @@ for outcome, count in pairs(stats) do
   end
 end
 if #views > 0 then
-  append_fleet_log(KEYS[4], views, now_ms())
+  append_fleet_log(KEYS[4], views, clock_ms())
 end
+timeline_add(TIMELINE, 'completed', stats.completed)
+timeline_add(TIMELINE, 'failed', stats.failed)
 return reply

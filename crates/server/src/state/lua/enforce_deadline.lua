@@ -10,7 +10,10 @@
 -- KEYS[10] grant outbox  KEYS[11] cancel outbox  KEYS[12] fleet log
 -- KEYS[13] agent hash  KEYS[14] agent's granted-task set: of the agent the caller read as
 -- holding the task (run deadlines; a queue deadline's call passes any agent's, unused)
--- KEYS[15] onwards (run deadlines): the budget hashes the task draws from
+-- KEYS[15] the task's story (list): `failed` (reason queue_timeout | run_timeout, agent),
+-- `attempt_failed` (agent, attempt, reason run_timeout, retry_at) or `cancelled` (agent,
+-- reason run_timeout), appended only by the call that changed the task
+-- KEYS[16] onwards (run deadlines): the budget hashes the task draws from
 -- (Store::task_budget_keys): the grant's concurrency slots are released with its reservation;
 -- its rate draws stand (no usage was reported)
 -- ARGV[1] task_id  ARGV[2] queue | run  ARGV[3] the deadline's member (`task_id|grant_seq` for a
@@ -62,6 +65,11 @@ local function finish(outcome, reason, agent, seq)
   redis.call('HINCRBY', KEYS[8], outcome, 1)
   redis.call('EXPIRE', KEYS[1], retention)
   redis.call('EXPIRE', KEYS[9], retention)
+  local details = {reason = kind .. '_timeout'}
+  if agent ~= '' then
+    details.agent = agent
+  end
+  story_append(KEYS[15], now, {{outcome, details}}, retention)
   local reply = {outcome, agent, seq, task.replies == 'none' and '' or (task.submitter or ''),
     task.submit_msg_id or ''}
   for _, id in ipairs(redis.call('SMEMBERS', KEYS[9])) do
@@ -101,13 +109,15 @@ redis.call('ZREM', KEYS[10], task_id .. '|' .. seq)
 redis.call('ZREM', KEYS[11], task_id .. '|' .. seq)
 redis.call('ZREM', deadlines, member)
 log_agents(KEYS[12], {{agent, KEYS[13]}}, now)
-release_budget_holds(KEYS[1], task, budget_keys(15, #KEYS))
+release_budget_holds(KEYS[1], task, budget_keys(16, #KEYS))
 redis.call('HINCRBY', KEYS[8], 'timed_out', 1)
 if task.cancel_requested == '1' then
   return finish('cancelled', 'cancelled', agent, seq)
 end
 if attempts_left(task) then
   local at = schedule_retry(KEYS[1], KEYS[4], task_id, task, agent, 'run_timeout')
+  story_append(KEYS[15], now, {{'attempt_failed', {agent = agent, attempt = task.attempt or '1',
+    reason = 'run_timeout', retry_at = int(at)}}})
   redis.call('HINCRBY', KEYS[8], 'retried', 1)
   return {'retrying', agent, seq, int(at), int((tonumber(task.attempt) or 1) + 1),
     task.replies == 'all' and (task.submitter or '') or '', task.submit_msg_id or ''}

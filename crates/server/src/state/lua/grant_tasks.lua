@@ -6,11 +6,14 @@
 -- KEYS[3+n+2j] agent j's hash  KEYS[4+n+2j] agent j's granted-task set (j from 1 to m)
 -- KEYS[5+n+2m] run deadlines (zset: `task_id|attempt` of tasks with a run timeout)
 -- KEYS[6+n+2m] tenants hash (fairness: vtime, <tenant>|granted)  KEYS[7+n+2m] head hold hash
--- then KEYS[8+n+2m] onwards: the budget hashes the tasks draw from (Keys::budget, each once,
+-- KEYS[8+n+2m] the timeline bucket of the replica's now (hash, lib.lua timeline_add)
+-- KEYS[8+n+2m+i] task i's story (list, lib.lua story_append; i from 1 to n)
+-- then KEYS[9+2n+2m] onwards: the budget hashes the tasks draw from (Keys::budget, each once,
 -- any order; lib.lua's budget_keys)
 -- ARGV[1] n tasks  ARGV[2] m agents  ARGV[2+j] agent j's id
 -- then for each task, in order: task_id, c (number of candidates), c agent numbers j (1..m),
--- best first
+-- best first, then why: the strategy that ranked them, and when the submit asked for `explain`
+-- the candidates' scores after a space (`least_loaded a1=0.83,a2=0.61`), for the story
 --
 -- Returns three entries per task, in order:
 --   "granted", agent_id, grant_seq   reserved; the grant waits in the outbox until acknowledged
@@ -34,16 +37,22 @@
 -- crate, fairness.rs advance), and each tenant's granted count grows.
 -- The candidates come from a replica's fleet cache, which may be stale; every capacity is
 -- re-checked here, atomically, which is what keeps two replicas from over-reserving an agent.
+-- Story: `granted` (agent, grant_seq, attempt, strategy, candidate: the place of the agent among
+-- those tried, scores) on each granted task's story, one RPUSH each. Timeline: the grants and,
+-- for first grants, the latency since the submit (Redis clock minus the submitting replica's).
 -- Reads and writes are gathered: one HMGET per task and per agent, one HSET per task and per
 -- agent touched, and one ZREM, ZADD, HINCRBY and XADD for the whole round.
 local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
 local agents = {}
 local TASK_FIELDS = flat('state', 'agent', 'grant_seq', kind_fields('req_'), 'retry_at',
-  'run_timeout_ms', 'attempt', 'queue_seq', 'tenant', 'budgets')
+  'run_timeout_ms', 'attempt', 'queue_seq', 'tenant', 'budgets', 'submitted_at')
 local RETRY_AT, RUN_TIMEOUT, ATTEMPT = 4 + NKINDS, 5 + NKINDS, 6 + NKINDS
 local QUEUE_SEQ, TENANT, BUDGETS = 7 + NKINDS, 8 + NKINDS, 9 + NKINDS
+local SUBMITTED_AT = 10 + NKINDS
 local RUN_DEADLINES, TENANTS, HOLD = KEYS[5 + n + 2 * m], KEYS[6 + n + 2 * m], KEYS[7 + n + 2 * m]
-local budget_key = budget_keys(8 + n + 2 * m, #KEYS)
+local TIMELINE = KEYS[8 + n + 2 * m]
+local budget_key = budget_keys(9 + 2 * n + 2 * m, #KEYS)
+local latencies = {}
 local budgets, blocked = {}, {}
 
 local function agent(j)
@@ -172,6 +181,18 @@ for i = 1, n do
             task_id .. '|' .. (task[ATTEMPT] or '1'))
         end
         outcome = {'granted', a.id, tostring(seq)}
+        local why = ARGV[at + 2 + c]
+        local strategy, scores = string.match(why, '^(%S*) ?(.*)$')
+        local details = {agent = a.id, grant_seq = tostring(seq), attempt = task[ATTEMPT] or '1',
+          strategy = strategy, candidate = x .. ' of ' .. c}
+        if scores ~= '' then
+          details.scores = scores
+        end
+        story_append(KEYS[8 + n + 2 * m + i], now, {{'granted', details}})
+        if seq == 1 and tonumber(task[SUBMITTED_AT]) then
+          local field = latency_field(math.max(0, now - tonumber(task[SUBMITTED_AT])))
+          latencies[field] = (latencies[field] or 0) + 1
+        end
         vtime = math.max(vtime, tonumber(task[QUEUE_SEQ]) or 0)
         local tenant = task[TENANT] or 'default'
         granted_by_tenant[tenant] = (granted_by_tenant[tenant] or 0) + 1
@@ -186,7 +207,7 @@ for i = 1, n do
   for _, v in ipairs(outcome) do
     table.insert(reply, v)
   end
-  at = at + 2 + tonumber(ARGV[at + 1])
+  at = at + 3 + tonumber(ARGV[at + 1])
 end
 
 for _, b in pairs(budgets) do
@@ -199,6 +220,10 @@ if #dequeued > 0 then
   redis.call('ZREM', KEYS[1], unpack(dequeued))
   redis.call('ZADD', KEYS[2], unpack(outbox))
   redis.call('HINCRBY', KEYS[3], 'granted', #dequeued)
+  timeline_add(TIMELINE, 'granted', #dequeued)
+  for field, count in pairs(latencies) do
+    timeline_add(TIMELINE, field, count)
+  end
   for tenant, count in pairs(granted_by_tenant) do
     redis.call('HINCRBY', TENANTS, tenant .. '|granted', count)
   end

@@ -370,3 +370,57 @@ local function release_budget_holds(task_key, task, keys)
   redis.call('HSET', task_key, 'budget_held', '0')
   return released
 end
+
+-- One task's story (Keys::story, a list): what happened to the task, one compact JSON entry per
+-- transition, `{"t":<Redis ms>,"e":<event>,"d":{<details>}}` (state/story.rs reads them back).
+-- THE helper every script appends with: `events` is a list of {event, details} written with ONE
+-- RPUSH (a transition that is two events, submitted then queued, is still one command). The list
+-- keeps the newest STORY_KEEP entries (defined in front of this file by state/scripts.rs from
+-- `redis.story_max_entries`): LTRIM runs only once it is longer, so a task with a short story pays
+-- the RPUSH alone. `retention` (seconds, or nil): the transition ended the task, and its story
+-- expires with the task hash. Callers append only where something changed, so a redelivered
+-- event, which changes nothing, adds nothing.
+local function story_append(key, now, events, retention)
+  local args = {}
+  for i, ev in ipairs(events) do
+    local details = ev[2] or {}
+    if next(details) == nil then
+      -- cjson would write an empty table as [] (an empty list).
+      args[i] = string.format('{"t":%s,"e":"%s","d":{}}', int(now), ev[1])
+    else
+      args[i] = cjson.encode({t = now, e = ev[1], d = details})
+    end
+  end
+  local len = redis.call('RPUSH', key, unpack(args))
+  if len > STORY_KEEP then
+    redis.call('LTRIM', key, -STORY_KEEP, -1)
+  end
+  if retention then
+    redis.call('EXPIRE', key, retention)
+  end
+end
+
+-- The dashboard timeline: one hash per 10-second bucket (Keys::timeline, the caller's KEYS; the
+-- replica names the bucket of its clock) counting `submitted`, `granted`, `completed`, `failed`
+-- and the request-to-grant latencies in fixed buckets, field `lat_<i>` for the i-th bound of
+-- LATENCY_BOUNDS_MS (defined in front of this file by state/scripts.rs; the last field,
+-- `lat_<n+1>`, counts what is above every bound). The hash expires TIMELINE_TTL_S after its first
+-- count: the EXPIRE is sent only when HINCRBY created the field, so a busy bucket pays it a few
+-- times, not per count.
+local function timeline_add(key, field, amount)
+  if amount > 0 then
+    if redis.call('HINCRBY', key, field, amount) == amount then
+      redis.call('EXPIRE', key, TIMELINE_TTL_S)
+    end
+  end
+end
+
+-- The latency bucket field of a request-to-grant latency in ms.
+local function latency_field(ms)
+  for i, bound in ipairs(LATENCY_BOUNDS_MS) do
+    if ms <= bound then
+      return 'lat_' .. i
+    end
+  end
+  return 'lat_' .. (#LATENCY_BOUNDS_MS + 1)
+end

@@ -5,7 +5,9 @@
 -- KEYS[1] task hash  KEYS[2] agent hash  KEYS[3] agent's granted-task set
 -- KEYS[4] priority queue  KEYS[5] stats hash  KEYS[6] grant outbox  KEYS[7] fleet log
 -- KEYS[8] queue deadlines (zset): a task with a queue timeout starts a new wait
--- KEYS[9] onwards: the budget hashes the task draws from (Store::task_budget_keys)
+-- KEYS[9] the task's story (list): `requeued` (agent, reason agent_died | agent_left, from the
+-- agent's status) or `cancelled`
+-- KEYS[10] onwards: the budget hashes the task draws from (Store::task_budget_keys)
 -- ARGV[1] task_id  ARGV[2] agent_id  ARGV[3] retention seconds for terminal tasks
 -- Budgets: the grant's concurrency slots are released (release_budget_holds); its rate draws
 -- are not refunded (the agent may have spent them before it died); a re-grant draws again.
@@ -27,7 +29,7 @@ end
 redis.call('HINCRBY', KEYS[2], 'active_tasks', -1)
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[6], ARGV[1] .. '|' .. task.grant_seq)
-release_budget_holds(KEYS[1], task, budget_keys(9, #KEYS))
+release_budget_holds(KEYS[1], task, budget_keys(10, #KEYS))
 local now = now_ms()
 log_agents(KEYS[7], {{ARGV[2], KEYS[2]}}, now)
 if task.cancel_requested == '1' then
@@ -35,10 +37,15 @@ if task.cancel_requested == '1' then
   redis.call('HSET', KEYS[1], 'state', 'cancelled', 'reason', 'cancelled', 'finished_at', now)
   redis.call('HINCRBY', KEYS[5], 'cancelled', 1)
   redis.call('EXPIRE', KEYS[1], ARGV[3])
+  story_append(KEYS[9], now, {{'cancelled', {agent = ARGV[2],
+    reason = 'cancelled; its agent left or died before confirming'}}}, ARGV[3])
   return {'cancelled'}
 end
 redis.call('HSET', KEYS[1], 'state', 'queued', 'agent', '')
 redis.call('ZADD', KEYS[4], queue_score(task.priority, task.queue_seq), ARGV[1])
 start_queue_deadline(KEYS[8], ARGV[1], task.queue_timeout_ms, task.grant_seq)
 redis.call('HINCRBY', KEYS[5], 'requeued', 1)
+local status = redis.call('HGET', KEYS[2], 'status')
+story_append(KEYS[9], now, {{'requeued', {agent = ARGV[2],
+  reason = status == 'dead' and 'agent_died' or 'agent_left'}}})
 return {'requeued'}

@@ -2,6 +2,8 @@
 --
 -- KEYS[1] task hash  KEYS[2] task's unmet-dependency set  KEYS[3] priority queue
 -- KEYS[4] stats hash  KEYS[5] task's dependents set  KEYS[6] tasks waiting on dependencies (zset)
+-- KEYS[7] the task's story (list): `failed` (reason), `dependency_met` (dependency, unmet) or
+-- `queued` (after), appended only when something changed
 -- ARGV[1] task_id  ARGV[2] dependency id  ARGV[3] dependency outcome
 -- ("completed"|"failed"|"cancelled")  ARGV[4] retention seconds
 --
@@ -33,9 +35,9 @@ if state ~= 'waiting' then
   return {'noop', state or 'missing'}
 end
 if ARGV[3] ~= 'completed' then
-  local t = redis.call('TIME')
-  redis.call('HSET', KEYS[1], 'state', 'failed', 'reason', reason,
-    'finished_at', tonumber(t[1]) * 1000)
+  local now = now_ms()
+  redis.call('HSET', KEYS[1], 'state', 'failed', 'reason', reason, 'finished_at', int(now))
+  story_append(KEYS[7], now, {{'failed', {reason = reason}}}, ARGV[4])
   redis.call('HINCRBY', KEYS[4], 'failed', 1)
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   redis.call('EXPIRE', KEYS[5], ARGV[4])
@@ -47,12 +49,17 @@ if ARGV[3] ~= 'completed' then
   end
   return reply
 end
-redis.call('SREM', KEYS[2], ARGV[2])
+local removed = redis.call('SREM', KEYS[2], ARGV[2])
 local left = redis.call('SCARD', KEYS[2])
 if left > 0 then
+  if removed == 1 then
+    story_append(KEYS[7], now_ms(), {{'dependency_met', {dependency = ARGV[2],
+      unmet = tostring(left)}}})
+  end
   return {'waiting', left}
 end
 redis.call('HSET', KEYS[1], 'state', 'queued')
+story_append(KEYS[7], now_ms(), {{'queued', {after = ARGV[2]}}})
 redis.call('ZREM', KEYS[6], ARGV[1])
 redis.call('ZADD', KEYS[3], queue_score(task[2], task[3]), ARGV[1])
 return {'queued'}

@@ -5,7 +5,8 @@
 --
 -- KEYS[1] handoff hash  KEYS[2] task hash  KEYS[3] from-agent hash  KEYS[4] from-agent's task set
 -- KEYS[5] to-agent hash  KEYS[6] to-agent's task set  KEYS[7] grant outbox  KEYS[8] stats hash
--- KEYS[9] fleet log
+-- KEYS[9] fleet log  KEYS[10] the task's story (list): `handoff_accepted` (handoff_id, from, to,
+-- grant_seq), `handoff_rejected` or `handoff_refused` (code), by the call that decided
 -- ARGV[1] handoff_id  ARGV[2] the answering agent  ARGV[3] "1" accept, "0" reject
 -- ARGV[4] task_id  ARGV[5] from_agent  ARGV[6] to_agent: as the caller read them from the handoff
 --         record to name the keys; if the record no longer says so, it is not the same handoff
@@ -35,6 +36,16 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local function decide(status, grant_seq, code, message)
+  local details = {handoff_id = ARGV[1], from = ARGV[5], to = ARGV[6]}
+  if grant_seq ~= '' then
+    details.grant_seq = grant_seq
+  end
+  if code ~= '' then
+    details.code = code
+  end
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    story_append(KEYS[10], now, {{'handoff_' .. status, details}})
+  end
   redis.call('HSET', KEYS[1], 'status', status, 'decided_ms', now, 'grant_seq', grant_seq,
     'code', code, 'message', message)
   redis.call('PEXPIRE', KEYS[1], ARGV[7])

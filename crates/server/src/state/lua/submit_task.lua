@@ -7,6 +7,8 @@
 -- KEYS[6+2n] set of active agent ids  KEYS[6+2n+k] capacity index of kind k (zset, k from 1 to
 -- #KINDS, in KINDS order)  KEYS[7+2n+#KINDS] queue deadlines (zset)
 -- KEYS[8+2n+#KINDS] tenants hash (fairness state, lib.lua fair_place)
+-- KEYS[9+2n+#KINDS] the task's story (list, lib.lua story_append)
+-- KEYS[10+2n+#KINDS] the timeline bucket of the replica's now (hash, lib.lua timeline_add)
 -- ARGV[1] task_id  ARGV[2] submit message_id  ARGV[3] submitter  ARGV[4] task_type
 -- ARGV[5] priority (0..10)  ARGV[5+k] required amount of kind k in milli-units (k from 1 to
 -- #KINDS, in KINDS order); then, from b = 5 + #KINDS:
@@ -34,7 +36,10 @@
 -- Queue order: lib.lua's queue_score, with the task's fair place inside its tenant's share
 -- (lib.lua fair_place) as `seq`; it is stored as `queue_seq`, so a requeue keeps it. The
 -- lifetime submit counter is stored as `submit_seq` (the FIFO number strategies rotate on).
--- A plain queued submit costs four commands: HMGET, HINCRBY, HSET, ZADD; under policy refuse, one
+-- Story: `submitted` (priority, tenant) then `queued`, `waiting` (unmet) or `failed` (reason), in
+-- one RPUSH; the timeline counts it submitted (and failed).
+-- A plain queued submit costs seven commands: HMGET, HINCRBY, HSET, ZADD, TIME and RPUSH (the
+-- story), HINCRBY (the timeline; EXPIRE too for a bucket's first); under policy refuse, one
 -- ZREVRANGE more per resource kind it needs (SCARD when it needs none).
 -- The feasibility check is per kind: the largest capacity of each kind among active agents must
 -- cover the need. Necessary, not sufficient (the largest cpu and the largest memory may be on two
@@ -136,13 +141,19 @@ if not failed_dep then
   start_queue_deadline(KEYS[after_deps + 2 + NKINDS], ARGV[1], option('queue_timeout_ms'), '0')
 end
 
+local STORY, TIMELINE = KEYS[9 + 2 * ndeps + NKINDS], KEYS[10 + 2 * ndeps + NKINDS]
+local submitted = {'submitted', {priority = ARGV[5], tenant = option('tenant') or 'default'}}
+timeline_add(TIMELINE, 'submitted', 1)
 if failed_dep then
   redis.call('HSET', KEYS[1], 'reason', failed_dep, 'finished_at', now)
   redis.call('HINCRBY', KEYS[4], 'failed', 1)
   redis.call('EXPIRE', KEYS[1], ARGV[b + 2])
+  story_append(STORY, now_ms(), {submitted, {'failed', {reason = failed_dep}}}, ARGV[b + 2])
+  timeline_add(TIMELINE, 'failed', 1)
   return {'failed', failed_dep}
 end
 if #unmet > 0 then
+  story_append(STORY, now_ms(), {submitted, {'waiting', {unmet = tostring(#unmet)}}})
   for _, i in ipairs(unmet) do
     redis.call('SADD', KEYS[2], ARGV[b + 4 + i])
     redis.call('SADD', KEYS[6 + 2 * i], ARGV[1])
@@ -153,4 +164,5 @@ if #unmet > 0 then
   return {'waiting', #unmet}
 end
 redis.call('ZADD', KEYS[3], queue_score(ARGV[5], place), ARGV[1])
+story_append(STORY, now_ms(), {submitted, {'queued', {}}})
 return {'queued'}
