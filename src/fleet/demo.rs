@@ -27,6 +27,12 @@ pub struct DemoOptions {
     pub seed: u64,
     /// Start local servers instead of using the config's URLs.
     pub start_servers: bool,
+    /// Serve the web dashboard (with replay allowed) on this address while the demo runs;
+    /// `None`: no dashboard.
+    pub dashboard: Option<String>,
+    /// Keep the deployment (and the dashboard) up this long after the tasks finished, so a
+    /// newcomer can look around.
+    pub hold: Duration,
 }
 
 impl Default for DemoOptions {
@@ -37,6 +43,8 @@ impl Default for DemoOptions {
             replicas: 2,
             seed: 7,
             start_servers: true,
+            dashboard: None,
+            hold: Duration::ZERO,
         }
     }
 }
@@ -117,8 +125,29 @@ pub async fn run_demo(
     options: &DemoOptions,
     progress: impl Fn(&str),
 ) -> Result<DemoSummary, Error> {
-    let deployment = Deployment::start(config, options.replicas, options.start_servers).await?;
+    let mut config = config.clone();
+    // The demo is a sandbox: its dashboard may replay dead letters.
+    config.dashboard.allow_replay = true;
+    let mut deployment =
+        Deployment::start(&config, options.replicas, options.start_servers).await?;
+    if let Some(addr) = &options.dashboard {
+        match deployment.serve_dashboard(addr).await {
+            Ok(Some(bound)) => progress(&format!("dashboard: http://{bound}/")),
+            Ok(None) => progress("dashboard is off ([dashboard] enabled = false)"),
+            Err(e) => progress(&format!("no dashboard: {e}")),
+        }
+    }
     let result = drive(&deployment, options, &progress).await;
+    if !options.hold.is_zero() && options.dashboard.is_some() {
+        progress(&format!(
+            "holding the deployment for {}s so the dashboard stays up (Ctrl-C ends it)",
+            options.hold.as_secs()
+        ));
+        tokio::select! {
+            _ = tokio::time::sleep(options.hold) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
     deployment.stop().await;
     result
 }

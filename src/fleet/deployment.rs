@@ -10,7 +10,8 @@ use switchyard_harness::LocalServers;
 use switchyard_protocol::Subjects;
 use switchyard_server::config::Config;
 use switchyard_server::metrics::Metrics;
-use switchyard_server::optimizer::{Faults, Optimizer};
+use switchyard_server::optimizer::http::Endpoints;
+use switchyard_server::optimizer::{Faults, Optimizer, http};
 
 /// An in-process optimizer replica and the switch that stops it.
 struct Replica {
@@ -24,6 +25,10 @@ pub struct Deployment {
     servers: Option<LocalServers>,
     replicas: Vec<Replica>,
     metrics: Vec<Metrics>,
+    /// What the first replica would serve on its metrics listener (the dashboard included).
+    endpoints: Option<Endpoints>,
+    /// The listener serving them, once [`Deployment::serve_dashboard`] started it.
+    http: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
 impl Deployment {
@@ -50,11 +55,20 @@ impl Deployment {
             servers,
             replicas: Vec::new(),
             metrics: Vec::new(),
+            endpoints: None,
+            http: None,
         };
         for _ in 0..replicas {
             let optimizer =
                 Optimizer::connect(deployment.config.clone(), Faults::default()).await?;
             deployment.metrics.push(optimizer.metrics());
+            if deployment.endpoints.is_none() {
+                deployment.endpoints = Some(Endpoints {
+                    metrics: optimizer.metrics(),
+                    readiness: optimizer.readiness(),
+                    dashboard: optimizer.dashboard(),
+                });
+            }
             let (tx, rx) = oneshot::channel::<()>();
             let handle = tokio::spawn(optimizer.run(async {
                 let _ = rx.await;
@@ -65,6 +79,29 @@ impl Deployment {
             });
         }
         Ok(deployment)
+    }
+
+    /// Serves the first replica's `/metrics` and dashboard on `addr` until [`Deployment::stop`];
+    /// returns the address bound. `None` when there is no replica or the dashboard is off.
+    pub async fn serve_dashboard(
+        &mut self,
+        addr: &str,
+    ) -> Result<Option<std::net::SocketAddr>, Error> {
+        let Some(endpoints) = self.endpoints.clone().filter(|e| e.dashboard.is_some()) else {
+            return Ok(None);
+        };
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            Error::with_source(ErrorKind::Config, format!("cannot listen on {addr}"), e)
+        })?;
+        let bound = listener.local_addr().map_err(|e| {
+            Error::with_source(ErrorKind::Config, "listener has no address".to_string(), e)
+        })?;
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(http::serve(listener, endpoints, async {
+            let _ = rx.await;
+        }));
+        self.http = Some((tx, task));
+        Ok(Some(bound))
     }
 
     pub fn config(&self) -> &Config {
@@ -91,6 +128,10 @@ impl Deployment {
 
     /// Stops the replicas (each finishes its batches in flight), then the servers.
     pub async fn stop(self) {
+        if let Some((stop, task)) = self.http {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
         for replica in self.replicas {
             let _ = replica.stop.send(());
             if let Ok(Err(e)) = replica.task.await {

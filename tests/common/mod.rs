@@ -5,6 +5,7 @@
 pub mod python;
 pub mod scripts;
 pub mod secured;
+pub mod webdriver;
 
 use std::time::Duration;
 

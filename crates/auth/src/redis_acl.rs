@@ -62,6 +62,15 @@ pub const OPTIMIZER_COMMANDS: &[(&str, &str)] = &[
     ("ltrim", "scripts: a task's story keeps its newest entries"),
     ("lrange", "reads: a task's story"),
     (
+        "zremrangebyscore",
+        "scripts: departed agents older than a day leave their index",
+    ),
+    (
+        "zremrangebyrank",
+        "scripts: the departed-agents index keeps its newest 1000",
+    ),
+    ("zcount", "dashboard: queued tasks per priority"),
+    (
         "time",
         "scripts and reads: the Redis clock; the readiness probe",
     ),

@@ -39,7 +39,7 @@ pub use trace::{
     random_span_id, to_hex,
 };
 pub use validate::{
-    Inbound, MAX_ATTEMPTS, MAX_TIME_LIMIT_S, RejectReason, Rejection, decode, is_valid_id, now_ms,
-    validate_agent_id,
+    Inbound, MAX_ATTEMPTS, MAX_TASK_PRIORITY, MAX_TIME_LIMIT_S, RejectReason, Rejection, decode,
+    is_valid_id, now_ms, validate_agent_id,
 };
 pub use waits::{MAX_STATUS_TASKS, TaskWaitView, WaitReason, utc_time};

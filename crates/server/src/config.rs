@@ -22,6 +22,9 @@ pub struct Config {
     pub messages: MessagesConfig,
     pub jetstream: JetStreamConfig,
     pub metrics: MetricsConfig,
+    /// The web dashboard on the metrics listener (`[dashboard]`; absent: on, read-only).
+    #[serde(default)]
+    pub dashboard: DashboardConfig,
     /// OpenTelemetry trace export (off unless an endpoint is set).
     #[serde(default)]
     pub telemetry: TelemetryConfig,
@@ -384,6 +387,28 @@ pub struct MetricsConfig {
     pub addr: String,
 }
 
+/// `[dashboard]`: the web dashboard served on the metrics listener (and by `switchyard
+/// dashboard`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DashboardConfig {
+    /// Serve `/`, `/dashboard` and `/api/*` next to `/metrics` (read-only views).
+    pub enabled: bool,
+    /// Allow the one mutating action, replaying a dead letter (POST). Off by default: anyone who
+    /// reaches the metrics port can read the dashboard, but only a deployment that turns this on
+    /// lets them republish events.
+    pub allow_replay: bool,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig {
+            enabled: true,
+            allow_replay: false,
+        }
+    }
+}
+
 /// `[telemetry]`: OTLP/HTTP export of the tasks' spans (docs/operations.md "Tracing").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -440,7 +465,7 @@ impl TelemetryConfig {
 
 /// Environment variable → (table, key, what it sets, in one line for `--help`). The first six
 /// are the seed's names.
-const ENV_OVERRIDES: [(&str, &str, &str, &str); 37] = [
+const ENV_OVERRIDES: [(&str, &str, &str, &str); 39] = [
     (
         "MAX_CONCURRENT_COORDINATIONS",
         "coordination",
@@ -664,6 +689,18 @@ const ENV_OVERRIDES: [(&str, &str, &str, &str); 37] = [
         "otlp_endpoint",
         "OTLP/HTTP traces URL, used as given; wins over the base URL",
     ),
+    (
+        "DASHBOARD_ENABLED",
+        "dashboard",
+        "enabled",
+        "serve the web dashboard on the metrics listener",
+    ),
+    (
+        "DASHBOARD_ALLOW_REPLAY",
+        "dashboard",
+        "allow_replay",
+        "let the dashboard replay dead letters (republishes events)",
+    ),
 ];
 
 impl Default for Config {
@@ -738,6 +775,7 @@ impl Config {
             metrics: MetricsConfig {
                 addr: "127.0.0.1:9464".into(),
             },
+            dashboard: DashboardConfig::default(),
             telemetry: TelemetryConfig::default(),
             tenants: TenantsConfig::default(),
             budgets: Vec::new(),

@@ -18,6 +18,7 @@
 //!   demo run replicas in-process.
 //! * [`config`] — the one typed configuration (`config/default.toml`, a file, the environment),
 //!   validated whole.
+//! * [`dashboard`] — the web dashboard (embedded page and JSON views) on the metrics listener.
 //! * [`metrics`] — every metric name of the service, built in one place.
 //! * [`build`] — the version and commit of this build (`--version`, `switchyard_build_info`).
 //!
@@ -26,6 +27,7 @@
 
 pub mod build;
 pub mod config;
+pub mod dashboard;
 pub mod metrics;
 pub mod optimizer;
 pub mod state;

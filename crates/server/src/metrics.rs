@@ -40,6 +40,7 @@ pub const REPORTING_REPLICA: &str = "switchyard_reporting_replica";
 pub const CONSUMER_PENDING: &str = "switchyard_consumer_pending_events";
 pub const CONSUMER_ACK_PENDING: &str = "switchyard_consumer_ack_pending_events";
 pub const DEAD_LETTER_DEPTH: &str = "switchyard_dead_letter_depth";
+pub const DASHBOARD_REPLAYS_TOTAL: &str = "switchyard_dashboard_replays_total";
 pub const TRACE_SPANS_TOTAL: &str = "switchyard_trace_spans_total";
 pub const INVALID_TRACE_HEADERS_TOTAL: &str = "switchyard_invalid_trace_headers_total";
 
@@ -77,6 +78,9 @@ pub struct Metrics {
     /// Refused messages by `reason` code.
     pub rejected: IntCounterVec,
     pub dead_letters: IntCounter,
+    /// Dead letters replayed from the dashboard, by `outcome`: replayed, refused (replay not
+    /// allowed, or not an event the dashboard can replay), failed (NATS did not take it).
+    pub dashboard_replays: IntCounterVec,
     pub redeliveries: IntCounter,
     /// Submit (message creation) to grant publication.
     pub grant_latency: HistogramVec,
@@ -190,6 +194,11 @@ impl Metrics {
             dead_letters: add.counter(
                 DEAD_LETTERS_TOTAL,
                 "Events parked in the dead-letter stream",
+            )?,
+            dashboard_replays: add.counters(
+                DASHBOARD_REPLAYS_TOTAL,
+                "Dead letters replayed from the dashboard, by outcome",
+                &["outcome"],
             )?,
             redeliveries: add.counter(REDELIVERIES_TOTAL, "Events delivered more than once")?,
             grant_latency: add.latencies(

@@ -227,6 +227,11 @@ async fn dead_letter(ctx: &Ctx, message: &Message, event: &Inbound, error: &Erro
     headers.insert(DEAD_LETTER_ERROR_HEADER, error.to_string().as_str());
     let took_effect = super::took_effect::took_effect(ctx, event).await;
     headers.insert(DEAD_LETTER_TOOK_EFFECT_HEADER, took_effect);
+    // Where it came from, so the dashboard can replay it there.
+    headers.insert(
+        crate::dashboard::ORIGINAL_SUBJECT_HEADER,
+        message.subject.as_str(),
+    );
     let published = ctx
         .js
         .publish_with_headers(subject, headers, message.payload.clone())

@@ -187,6 +187,21 @@ impl Optimizer {
         self.ctx.metrics.clone()
     }
 
+    /// The web dashboard over this replica's connections, `None` when `[dashboard] enabled` is
+    /// off. Serve it with [`http::serve`].
+    pub fn dashboard(&self) -> Option<crate::dashboard::Dashboard> {
+        let ctx = &self.ctx;
+        ctx.config.dashboard.enabled.then(|| {
+            crate::dashboard::Dashboard::new(
+                ctx.store.clone(),
+                ctx.js.clone(),
+                ctx.subjects.clone(),
+                ctx.metrics.clone(),
+                &ctx.config.dashboard,
+            )
+        })
+    }
+
     /// Whether this replica reaches Redis and NATS now (for `/readyz` and tests).
     pub fn readiness(&self) -> Readiness {
         self.ctx.readiness.clone()

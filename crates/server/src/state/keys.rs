@@ -48,6 +48,13 @@ impl Keys {
         format!("{}:agents", self.tag)
     }
 
+    /// Sorted set: agents that died or deregistered, by when they left (Redis clock, ms), so the
+    /// dashboard lists them after they leave the active set. Bounded by the scripts that write
+    /// it: a day at most, the newest 1000 at most.
+    pub fn departed_agents(&self) -> String {
+        format!("{}:departed_agents", self.tag)
+    }
+
     /// Hash: one task's state, requirements, owner, submitter.
     pub fn task(&self, task_id: &str) -> String {
         format!("{}:task:{task_id}", self.tag)
@@ -211,6 +218,7 @@ mod tests {
             k.agent("a"),
             k.agent_tasks("a"),
             k.agents(),
+            k.departed_agents(),
             k.task("a"),
             k.unmet_dependencies("a"),
             k.dependents("a"),

@@ -7,6 +7,7 @@
 
 mod budgets;
 mod connection;
+mod dashboard;
 mod deadlines;
 mod fairness;
 mod fleet;
@@ -24,6 +25,7 @@ mod waits;
 pub use budgets::{BudgetState, Defined};
 pub(crate) use connection::seed_urls;
 pub use connection::{Connection, redis_client};
+pub use dashboard::{AgentLease, DepartedAgent};
 pub use deadlines::{Deadline, DeadlineKind, DeadlineOutcome};
 pub use fairness::TenantCounts;
 pub use fleet::{FleetCache, Refresh};

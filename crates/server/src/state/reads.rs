@@ -107,7 +107,7 @@ impl Store {
             .collect())
     }
 
-    async fn agent_rows(&self, ids: &[String]) -> Result<Vec<Vec<String>>, Error> {
+    pub(super) async fn agent_rows(&self, ids: &[String]) -> Result<Vec<Vec<String>>, Error> {
         if ids.is_empty() {
             return Ok(Vec::new()); // an empty pipeline is refused by the client ("empty command")
         }
@@ -125,7 +125,7 @@ impl Store {
     }
 
     /// When each agent's lease runs out (Redis clock, ms), `None` for agents without one.
-    async fn lease_deadlines(&self, ids: &[String]) -> Result<Vec<Option<f64>>, Error> {
+    pub(super) async fn lease_deadlines(&self, ids: &[String]) -> Result<Vec<Option<f64>>, Error> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }

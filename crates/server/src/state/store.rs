@@ -125,6 +125,7 @@ impl Store {
             .key(self.keys.fleet_log())
             .key(self.keys.leases());
         self.capacity_index_keys(&mut invocation);
+        invocation.key(self.keys.departed_agents());
         invocation
     }
 
@@ -132,6 +133,8 @@ impl Store {
         let reply: Vec<String> = self
             .leaving_agent(&self.scripts.deregister_agent, agent_id)
             .arg(agent_id)
+            .arg(DEPARTED_KEEP_MS)
+            .arg(DEPARTED_MAX)
             .invoke_async(&mut self.conn())
             .await?;
         DeregisterOutcome::parse(&reply)
@@ -484,11 +487,18 @@ impl Store {
             .leaving_agent(&self.scripts.expire_agent, agent_id)
             .arg(agent_id)
             .arg(listening_since_ms)
+            .arg(DEPARTED_KEEP_MS)
+            .arg(DEPARTED_MAX)
             .invoke_async(&mut self.conn())
             .await?;
         ExpireOutcome::parse(&reply)
     }
 }
+
+/// How long a dead or deregistered agent stays in the departed-agents index (a day), and how
+/// many it holds at most: the dashboard's view of the fleet's recent losses stays bounded.
+pub(crate) const DEPARTED_KEEP_MS: u64 = 24 * 3600 * 1000;
+pub(crate) const DEPARTED_MAX: u64 = 1000;
 
 /// A batch script's outcomes, checked to be one per item: a short reply would otherwise leave
 /// items unanswered without a word.

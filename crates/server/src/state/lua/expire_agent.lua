@@ -3,10 +3,12 @@
 -- KEYS[1] agent hash  KEYS[2] set of active agent ids  KEYS[3] set of the agent's granted tasks
 -- KEYS[4] fleet log  KEYS[5] leases (zset)
 -- KEYS[5+k] capacity index of kind k (zset, k from 1 to #KINDS, in KINDS order)
+-- KEYS[6+#KINDS] departed agents (zset: agent id by when it left, Redis clock, ms)
 -- ARGV[1] agent_id
 -- ARGV[2] since when (Redis clock, ms) the calling replica has been receiving heartbeats: a
 --         heartbeat sent before that may have been lost with no replica listening, so the lease
 --         is counted from no earlier than this
+-- ARGV[3] how long a departed agent stays listed (ms)  ARGV[4] at most this many listed
 --
 -- Returns {"alive"} (no lease, lease not yet run out, or not active: nothing changed), or
 -- {"died", task_id...} when this call marked the agent dead, or {"dead", task_id...} when it was
@@ -39,5 +41,6 @@ redis.call('HSET', KEYS[1], 'status', 'dead', 'died_at', now)
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
 unindex_capacity(6, ARGV[1])
+note_departed(KEYS[6 + NKINDS], ARGV[1], now, ARGV[3], ARGV[4])
 log_agents(KEYS[4], {{ARGV[1], KEYS[1]}}, now)
 return dead_reply('died')

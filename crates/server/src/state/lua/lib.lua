@@ -141,6 +141,15 @@ local function log_agents(log_key, agents, now)
   append_fleet_log(log_key, views, now)
 end
 
+-- The departed-agents index (dead or deregistered agents, by when they left), so the dashboard
+-- can list them after they left the active set: entries older than `keep_ms` and all but the
+-- newest `max` are trimmed on every departure, so it stays bounded.
+local function note_departed(key, agent_id, now, keep_ms, max)
+  redis.call('ZADD', key, now, agent_id)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - (tonumber(keep_ms) or 0))
+  redis.call('ZREMRANGEBYRANK', key, 0, -1 - (tonumber(max) or 1000))
+end
+
 -- The capacity index: one sorted set per kind (the caller's KEYS from `first`, in KINDS order),
 -- holding each active agent that has some of the kind, scored by its capacity (milli-units).
 -- Register adds an agent; deregister and expire take it out, so the largest capacity of a kind
