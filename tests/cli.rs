@@ -228,11 +228,7 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 async fn optimizer_serves_healthz_and_the_seed_metrics() {
     let servers = LocalServers::start().await.expect("servers");
     let mut config = config_for(&servers);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = common::free_port();
     config.metrics.addr = format!("127.0.0.1:{port}");
     let optimizer = OptimizerProcess::spawn(&config, &[]);
     // Ready when it answers; it binds the port only after connecting to NATS and Redis.
@@ -262,11 +258,7 @@ async fn optimizer_serves_healthz_and_the_seed_metrics() {
 async fn optimizer_logs_json_lines_without_colour_when_not_on_a_terminal() {
     let servers = LocalServers::start().await.expect("servers");
     let mut config = config_for(&servers);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = common::free_port();
     config.metrics.addr = format!("127.0.0.1:{port}");
     let optimizer = OptimizerProcess::spawn(&config, &[("RUST_LOG", "info")]);
     // It logs the metrics address just before serving it.

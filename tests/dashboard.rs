@@ -15,7 +15,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::webdriver::{Browser, free_port, http, http_raw};
+use common::free_port;
+use common::webdriver::{Browser, http, http_raw};
 use common::{Cluster, OptimizerProcess, within};
 use serde_json::Value;
 use switchyard_client::Agent;

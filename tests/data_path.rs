@@ -264,13 +264,6 @@ async fn dispatch_rounds(port: u16) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 /// Plays every agent of the fleet on one connection: takes each grant, acknowledges it, holds
 /// it a little and completes it. Records every grant and the most tasks an agent held at once.
 #[derive(Default)]
@@ -492,7 +485,7 @@ fn two_optimizers_with_metrics(servers: &LocalServers) -> (Vec<OptimizerProcess>
     let mut optimizers = Vec::new();
     let mut ports = Vec::new();
     for _ in 0..2 {
-        let port = free_port();
+        let port = common::free_port();
         config.metrics.addr = format!("127.0.0.1:{port}");
         optimizers.push(OptimizerProcess::spawn(&config, &[]));
         ports.push(port);

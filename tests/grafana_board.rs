@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::webdriver::http_raw;
 use common::{Cluster, config_for, next_grant};
 use switchyard_client::Cancellation;
 use switchyard_client::error::ErrorKind;
@@ -158,21 +159,6 @@ fn budget(name: &str, kind: BudgetKind, limit: u64) -> BudgetConfig {
     }
 }
 
-async fn http_get(port: u16, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect to the metrics endpoint");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("response");
-    response
-}
-
 /// What makes every labelled family appear: grants (tenant, latency, budget draws), a task
 /// blocked by a budget, a refused submit, a cancel, a queue timeout, a failed attempt retried.
 async fn drive_work(cluster: &Cluster) {
@@ -252,8 +238,10 @@ async fn every_metric_the_board_queries_is_on_the_metrics_endpoint() {
     // name is there, for a bounded time.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let response = http_get(port, "/metrics").await;
-        let served = sample_names(response.split("\r\n\r\n").nth(1).unwrap_or(""));
+        let (_, _, response) = http_raw(port, "GET", "/metrics", &[], None)
+            .await
+            .expect("the metrics endpoint answers");
+        let served = sample_names(&response);
         let missing: Vec<&String> = wanted.difference(&served).collect();
         if missing.is_empty() {
             break;

@@ -138,6 +138,11 @@ impl Cluster {
     }
 }
 
+/// A loopback port that was free a moment ago, for a listener a test starts itself.
+pub fn free_port() -> u16 {
+    switchyard_harness::free_port().expect("a free port")
+}
+
 /// Waits for `future` or fails the test after `secs` seconds (a hang is a failure, not a pass).
 pub async fn within<T>(secs: u64, what: &str, future: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(secs), future)

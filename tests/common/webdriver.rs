@@ -50,7 +50,7 @@ impl Browser {
     /// a headless session with its own profile directory.
     pub async fn start() -> Browser {
         let (browser, driver) = binaries();
-        let port = free_port();
+        let port = super::free_port();
         let child = Command::new(&driver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -197,14 +197,6 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
-}
-
-/// A free loopback port (bound, read, released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// One HTTP/1.1 request to 127.0.0.1:`port`, JSON in and out (`Value::Null` for a body that is

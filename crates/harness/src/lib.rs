@@ -63,6 +63,7 @@ use std::time::Duration;
 pub use nats::{NatsAuth, NatsServer};
 pub use nats_cluster::NatsCluster;
 pub use pki::{ServerTls, TestPki};
+pub use process::free_port;
 pub use proxy::TcpProxy;
 pub use redis::{HARNESS_ADMIN, RedisOptions, RedisServer};
 pub use redis_cluster::RedisCluster;

@@ -214,7 +214,7 @@ impl<F> Drop for Managed<F> {
 pub const KEEP_DIRS_VAR: &str = "SWITCHYARD_KEEP_SERVER_DIRS";
 
 /// A port that was free a moment ago (the listener is dropped before returning).
-pub(crate) fn free_port() -> io::Result<u16> {
+pub fn free_port() -> io::Result<u16> {
     let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
     Ok(listener.local_addr()?.port())
 }

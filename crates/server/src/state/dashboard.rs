@@ -26,17 +26,6 @@ pub struct DepartedAgent {
 }
 
 impl Store {
-    /// The deployment's lifetime counters and the Redis clock (ms) they were read at.
-    pub async fn counters_now(
-        &self,
-    ) -> Result<(u64, std::collections::BTreeMap<String, u64>), Error> {
-        let counters = redis::cmd("HGETALL")
-            .arg(self.keys().stats())
-            .query_async(&mut self.conn())
-            .await?;
-        Ok((self.redis_now_ms().await?, counters))
-    }
-
     /// Each agent's lease and deadline, in the order of `ids` (two round trips).
     pub async fn agent_leases(&self, ids: &[String]) -> Result<Vec<AgentLease>, Error> {
         if ids.is_empty() {
