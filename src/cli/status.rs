@@ -4,7 +4,9 @@ use std::io::Write;
 
 use anyhow::Context;
 use switchyard_client::{DEFAULT_REPLY_TIMEOUT, request_status, transport};
-use switchyard_protocol::{AgentStatusView, PatternRow, StatusQuery, Subjects, TaskWaitView};
+use switchyard_protocol::{
+    AgentStatusView, CoordinationSync, PatternRow, StatusQuery, Subjects, TaskWaitView,
+};
 
 use super::{RunContext, write_json_line};
 
@@ -31,26 +33,13 @@ pub(crate) async fn run(
     context: &RunContext<'_>,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let nats = &context.config.nats;
-    let client = transport::connect_secured(&nats.url, "switchyard-cli", &nats.security())
-        .await
-        .with_context(|| format!("connecting to {}", nats.url))?;
-    let subjects = Subjects::new(nats.subject_prefix.clone());
     let query = StatusQuery {
         include_agents: true,
         include_patterns: args.patterns,
         include_tasks: args.tasks,
         task_id: args.task.clone(),
     };
-    // A plain request: an operator's credentials allow it and no subscription of its own.
-    let status = request_status(
-        &client,
-        &subjects,
-        "switchyard-cli",
-        query,
-        DEFAULT_REPLY_TIMEOUT,
-    )
-    .await?;
+    let status = ask(context, query).await?;
     if args.json {
         return write_json_line(out, &status);
     }
@@ -73,14 +62,30 @@ pub(crate) async fn run(
     if let Some(id) = &args.task {
         // The same story `switchyard task ID` prints.
         writeln!(out, "\nstory of {id}")?;
-        if status.story.is_empty() {
-            writeln!(out, "no story recorded")?;
-        }
-        for entry in &status.story {
-            writeln!(out, "{}", super::task::story_line(entry))?;
-        }
+        super::task::write_story(out, &status.story)?;
     }
     Ok(())
+}
+
+/// One status query to the deployment at the configured NATS URL. A plain request: an operator's
+/// credentials allow it and no subscription of its own.
+pub(super) async fn ask(
+    context: &RunContext<'_>,
+    query: StatusQuery,
+) -> anyhow::Result<CoordinationSync> {
+    let nats = &context.config.nats;
+    let client = transport::connect_secured(&nats.url, "switchyard-cli", &nats.security())
+        .await
+        .with_context(|| format!("connecting to {}", nats.url))?;
+    let subjects = Subjects::new(nats.subject_prefix.clone());
+    Ok(request_status(
+        &client,
+        &subjects,
+        "switchyard-cli",
+        query,
+        DEFAULT_REPLY_TIMEOUT,
+    )
+    .await?)
 }
 
 /// Per tenant: submitted and granted, and each tenant's share of the grants.

@@ -2,11 +2,7 @@
 
 use std::io::Write;
 
-use anyhow::Context;
-use switchyard_client::{DEFAULT_REPLY_TIMEOUT, request_status, transport};
-use switchyard_protocol::{
-    CoordinationSync, StatusQuery, StoryEntry, Subjects, TaskWaitView, utc_time,
-};
+use switchyard_protocol::{CoordinationSync, StatusQuery, StoryEntry, TaskWaitView, utc_time};
 
 use super::{RunContext, write_json_line};
 
@@ -48,24 +44,12 @@ pub(crate) async fn run(
 
 /// One status query naming the task, without the agent table.
 async fn ask(context: &RunContext<'_>, task_id: &str) -> anyhow::Result<CoordinationSync> {
-    let nats = &context.config.nats;
-    let client = transport::connect_secured(&nats.url, "switchyard-cli", &nats.security())
-        .await
-        .with_context(|| format!("connecting to {}", nats.url))?;
     let query = StatusQuery {
         include_agents: false,
         task_id: Some(task_id.to_string()),
         ..StatusQuery::default()
     };
-    let subjects = Subjects::new(nats.subject_prefix.clone());
-    Ok(request_status(
-        &client,
-        &subjects,
-        "switchyard-cli",
-        query,
-        DEFAULT_REPLY_TIMEOUT,
-    )
-    .await?)
+    super::status::ask(context, query).await
 }
 
 /// The task's state and why it waits, then its story, one event a line.
@@ -80,9 +64,13 @@ pub(super) fn write_task(
         Some(t) => writeln!(out, "task {task_id}: {} ({})", t.state, t.detail)?,
         None => writeln!(out, "task {task_id}: unknown (or expired)")?,
     }
+    write_story(out, story)
+}
+
+/// The story, one event a line (or that none was recorded).
+pub(super) fn write_story(out: &mut dyn Write, story: &[StoryEntry]) -> anyhow::Result<()> {
     if story.is_empty() {
         writeln!(out, "no story recorded")?;
-        return Ok(());
     }
     for entry in story {
         writeln!(out, "{}", story_line(entry))?;
