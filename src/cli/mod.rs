@@ -20,8 +20,11 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::LazyLock;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
+use switchyard_client::{DEFAULT_REPLY_TIMEOUT, request_status, transport};
+use switchyard_protocol::{CoordinationSync, StatusQuery, Subjects};
 use switchyard_server::build;
 use switchyard_server::config::{self, Config};
 
@@ -173,6 +176,27 @@ pub async fn run(cli: Cli, out: &mut dyn Write, progress: &dyn Fn(&str)) -> anyh
         Command::Chaos(args) => chaos::run(args, &context, out).await,
         Command::Auth(args) => auth::run(args, &context, out),
     }
+}
+
+/// One status query to the deployment at the configured NATS URL. A plain request: an operator's
+/// credentials allow it and no subscription of its own.
+async fn ask_status(
+    context: &RunContext<'_>,
+    query: StatusQuery,
+) -> anyhow::Result<CoordinationSync> {
+    let nats = &context.config.nats;
+    let client = transport::connect_secured(&nats.url, "switchyard-cli", &nats.security())
+        .await
+        .with_context(|| format!("connecting to {}", nats.url))?;
+    let subjects = Subjects::new(nats.subject_prefix.clone());
+    Ok(request_status(
+        &client,
+        &subjects,
+        "switchyard-cli",
+        query,
+        DEFAULT_REPLY_TIMEOUT,
+    )
+    .await?)
 }
 
 /// `--json` output: the whole result as one line.

@@ -2,11 +2,7 @@
 
 use std::io::Write;
 
-use anyhow::Context;
-use switchyard_client::{DEFAULT_REPLY_TIMEOUT, request_status, transport};
-use switchyard_protocol::{
-    AgentStatusView, CoordinationSync, PatternRow, StatusQuery, Subjects, TaskWaitView,
-};
+use switchyard_protocol::{AgentStatusView, PatternRow, StatusQuery, TaskWaitView};
 
 use super::{RunContext, write_json_line};
 
@@ -39,7 +35,7 @@ pub(crate) async fn run(
         include_tasks: args.tasks,
         task_id: args.task.clone(),
     };
-    let status = ask(context, query).await?;
+    let status = super::ask_status(context, query).await?;
     if args.json {
         return write_json_line(out, &status);
     }
@@ -65,27 +61,6 @@ pub(crate) async fn run(
         super::task::write_story(out, &status.story)?;
     }
     Ok(())
-}
-
-/// One status query to the deployment at the configured NATS URL. A plain request: an operator's
-/// credentials allow it and no subscription of its own.
-pub(super) async fn ask(
-    context: &RunContext<'_>,
-    query: StatusQuery,
-) -> anyhow::Result<CoordinationSync> {
-    let nats = &context.config.nats;
-    let client = transport::connect_secured(&nats.url, "switchyard-cli", &nats.security())
-        .await
-        .with_context(|| format!("connecting to {}", nats.url))?;
-    let subjects = Subjects::new(nats.subject_prefix.clone());
-    Ok(request_status(
-        &client,
-        &subjects,
-        "switchyard-cli",
-        query,
-        DEFAULT_REPLY_TIMEOUT,
-    )
-    .await?)
 }
 
 /// Per tenant: submitted and granted, and each tenant's share of the grants.

@@ -49,7 +49,7 @@ async fn ask(context: &RunContext<'_>, task_id: &str) -> anyhow::Result<Coordina
         task_id: Some(task_id.to_string()),
         ..StatusQuery::default()
     };
-    super::status::ask(context, query).await
+    super::ask_status(context, query).await
 }
 
 /// The task's state and why it waits, then its story, one event a line.

@@ -31,7 +31,7 @@ pub use messaging::{
 };
 pub use story::{
     LATENCY_BOUNDS_MS, StoryEntry, StoryEvent, TIMELINE_BUCKET_S, TimelinePoint,
-    estimate_percentile_ms,
+    estimate_percentile_ms, timeline_bucket_start_s,
 };
 pub use subjects::{ALL_AGENTS, Subjects};
 pub use trace::{

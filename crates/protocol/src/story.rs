@@ -16,6 +16,11 @@ pub const LATENCY_BOUNDS_MS: [u64; 14] = [
 /// Width of one timeline bucket, seconds.
 pub const TIMELINE_BUCKET_S: u64 = 10;
 
+/// The start of the timeline bucket of a moment (Unix ms), in Unix seconds.
+pub fn timeline_bucket_start_s(now_ms: u64) -> u64 {
+    now_ms / 1000 / TIMELINE_BUCKET_S * TIMELINE_BUCKET_S
+}
+
 /// What happened to a task at one moment of its story. A kind this version does not know (a
 /// newer optimizer's) reads as [`StoryEvent::Other`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use switchyard_client::error::nats_error;
 
 use super::{Dashboard, REPLAY_HEADER, ViewError};
-use crate::optimizer::http::{Request, Response};
+use crate::optimizer::http::message::{Request, Response};
 
 /// Dead letters listed per page unless asked for fewer; and at most.
 const PAGE: usize = 25;

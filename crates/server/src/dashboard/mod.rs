@@ -30,7 +30,7 @@ use switchyard_protocol::Subjects;
 
 use crate::config::{Config, DashboardConfig};
 use crate::metrics::Metrics;
-use crate::optimizer::http::{Request, Response};
+use crate::optimizer::http::message::{Request, Response};
 use crate::state::Store;
 
 /// The header a replay request must carry. A browser sends a custom header cross-origin only

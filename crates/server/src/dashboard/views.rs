@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use switchyard_protocol::{AgentStatusView, MAX_STATUS_TASKS, StatusQuery};
 
 use super::{Dashboard, ViewError};
-use crate::optimizer::http::Request;
+use crate::optimizer::http::message::Request;
 use crate::state::{AgentLease, DepartedAgent};
 
 /// Departed agents listed at most.

@@ -157,7 +157,14 @@ async fn dispatch_round(
                             .find(|c| *c.agent_id == *agent_id)
                             .map(|c| c.score)
                     });
-                    super::traces::granted(ctx, task, &grant, score, grants_started_ns);
+                    super::traces::granted(
+                        ctx,
+                        task,
+                        &grant.payload,
+                        grant.trace.as_ref(),
+                        score,
+                        grants_started_ns,
+                    );
                 }
                 round.granted.push(grant);
             }

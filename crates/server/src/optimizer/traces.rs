@@ -9,9 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 use super::Ctx;
-use super::publish::Grant;
 use crate::state::{CompleteOutcome, QueuedTask, SubmitOutcome, SubmitRequest};
-use switchyard_protocol::{TaskComplete, TraceContext, random_span_id};
+use switchyard_protocol::{TaskComplete, TaskGrant, TraceContext, random_span_id};
 
 /// An attribute value (OTLP's string, int, double and bool).
 #[derive(Debug, Clone, PartialEq)]
@@ -295,15 +294,17 @@ impl TaskAttrs<'_> {
     }
 }
 
-/// Records a grant's `queue wait` (first grant only) and `grant` spans.
+/// Records a grant's `queue wait` (first grant only) and `grant` spans; `own` is the grant
+/// span's context, the one the agent receives.
 pub(crate) fn granted(
     ctx: &Ctx,
     task: &QueuedTask,
-    grant: &Grant,
+    grant: &TaskGrant,
+    own: Option<&TraceContext>,
     score: Option<f64>,
     started_ns: u64,
 ) {
-    let (Some(submit), Some(own)) = (&task.trace, &grant.trace) else {
+    let (Some(submit), Some(own)) = (&task.trace, own) else {
         return;
     };
     if !ctx.tracer.enabled() || !submit.sampled() {
@@ -320,7 +321,7 @@ pub(crate) fn granted(
     let parent = Some(submit.span_id);
     // The first grant's wait began at the submit; a later grant's (a retry, or a task taken back
     // from an agent that left) began when it was queued again, which no record keeps.
-    if grant.payload.grant_seq <= 1 {
+    if grant.grant_seq <= 1 {
         let wait = submit.at_span(random_span_id());
         let start = ms_to_ns(task.submitted_at_ms);
         let span = SpanRecord::new("queue wait", SpanKind::Internal, &wait, parent, start, now);
@@ -331,8 +332,8 @@ pub(crate) fn granted(
         .map(|k| k.as_str().to_string())
         .unwrap_or_else(|| ctx.config.coordination.default_strategy.clone());
     let mut span = SpanRecord::new("grant", SpanKind::Producer, own, parent, started_ns, now)
-        .attr("agent_id", grant.payload.agent_id.as_str())
-        .attr("grant_seq", grant.payload.grant_seq)
+        .attr("agent_id", grant.agent_id.as_str())
+        .attr("grant_seq", grant.grant_seq)
         .attr("strategy", strategy);
     if let Some(score) = score {
         span = span.attr("score", score);

@@ -197,7 +197,7 @@ impl Keys {
 
     /// The timeline bucket of a moment (Unix ms, the replica's clock).
     pub fn timeline_now(&self, now_ms: u64) -> String {
-        self.timeline(super::story::bucket_start_s(now_ms))
+        self.timeline(switchyard_protocol::timeline_bucket_start_s(now_ms))
     }
 
     /// Hash: lifetime counters (submitted, granted, completed, failed, cancelled, requeued,

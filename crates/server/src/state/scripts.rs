@@ -18,6 +18,10 @@ fn kinds_prelude() -> String {
     format!("local KINDS = {{{}}}\n", names.join(", "))
 }
 
+/// How long a timeline bucket is kept after its first count, seconds: about an hour of history
+/// (`story::TIMELINE_MAX_S` of it is read).
+const TIMELINE_TTL_S: u64 = 3_900;
+
 /// The story and timeline constants lib.lua's `story_append` and `timeline_add` read: how many
 /// entries a task's story keeps (`redis.story_max_entries`), how long a timeline bucket lives and
 /// the latency bucket bounds (ms), from the Rust constants the reads use, so both sides agree.
@@ -29,7 +33,7 @@ fn story_prelude(story_keep: usize) -> String {
     format!(
         "local STORY_KEEP = {}\nlocal TIMELINE_TTL_S = {}\nlocal LATENCY_BOUNDS_MS = {{{}}}\n",
         story_keep.max(1),
-        super::story::TIMELINE_TTL_S,
+        TIMELINE_TTL_S,
         bounds.join(", ")
     )
 }

@@ -9,19 +9,11 @@ use super::store::Store;
 use switchyard_client::error::Error;
 use switchyard_protocol::{
     LATENCY_BOUNDS_MS, StoryEntry, StoryEvent, TIMELINE_BUCKET_S, TimelinePoint,
-    estimate_percentile_ms,
+    estimate_percentile_ms, timeline_bucket_start_s,
 };
-
-/// How long a timeline bucket is kept after its first count, seconds: about an hour of history.
-pub(crate) const TIMELINE_TTL_S: u64 = 3_900;
 
 /// Most history one timeline read returns, seconds (what the buckets' expiry keeps).
 pub const TIMELINE_MAX_S: u64 = 3_600;
-
-/// The start of the 10-second timeline bucket of a moment (Unix ms), in Unix seconds.
-pub(crate) fn bucket_start_s(now_ms: u64) -> u64 {
-    now_ms / 1000 / TIMELINE_BUCKET_S * TIMELINE_BUCKET_S
-}
 
 /// One stored entry as the scripts write it: `{"t":ms,"e":event,"d":{...}}`.
 #[derive(serde::Deserialize)]
@@ -88,7 +80,7 @@ impl Store {
     /// (at most [`TIMELINE_MAX_S`]), oldest first, the current (partial) bucket last; buckets
     /// with nothing in them are points of zeros. Buckets are by this replica's clock.
     pub async fn timeline(&self, last_seconds: u64) -> Result<Vec<TimelinePoint>, Error> {
-        let now_s = bucket_start_s(switchyard_protocol::now_ms());
+        let now_s = timeline_bucket_start_s(switchyard_protocol::now_ms());
         let span = last_seconds.clamp(TIMELINE_BUCKET_S, TIMELINE_MAX_S);
         let starts: Vec<u64> = (0..span / TIMELINE_BUCKET_S)
             .rev()
@@ -125,8 +117,8 @@ mod tests {
 
     #[test]
     fn buckets_are_ten_seconds() {
-        assert_eq!(bucket_start_s(1_700_000_009_999), 1_700_000_000);
-        assert_eq!(bucket_start_s(1_700_000_010_000), 1_700_000_010);
+        assert_eq!(timeline_bucket_start_s(1_700_000_009_999), 1_700_000_000);
+        assert_eq!(timeline_bucket_start_s(1_700_000_010_000), 1_700_000_010);
     }
 
     #[test]
