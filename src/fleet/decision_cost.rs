@@ -46,6 +46,7 @@ fn fleet(n: usize, rng: &mut SplitMix) -> Vec<AgentView> {
                 score: rng.range(0.3, 0.9),
                 priority_weight: 1.0,
                 active_tasks: (reserved.cpu / 1000) as u32,
+                learned: Default::default(),
             }
         })
         .collect()

@@ -31,9 +31,268 @@ pub fn updated_score(
     score + learning_rate * (x - score)
 }
 
+/// Weight of the newest completion in the fast estimates behind the change test: fast enough
+/// that one run of a newly 8× slower agent moves it by half the gap.
+const FAST_RATE: f64 = 0.5;
+/// The change test fires when the fast and slow pace estimates differ by more than this many
+/// standard deviations of the fast one (the noise the agent has shown)...
+const DRIFT_SIGMAS: f64 = 3.0;
+/// ...and by at least this much in log-duration (×1.3): smaller shifts are left to the slow
+/// estimate, which follows them within a few runs anyway.
+const DRIFT_MIN_LOG: f64 = 0.262_364_264_467_491;
+/// Log-durations are kept within ±ln(1000), so one absurd report cannot dominate.
+const LOG_LIMIT: f64 = 6.907_755_278_982_137;
+/// Weight of the newest attempt in the agent's failure excess: three failures in a row of an
+/// agent whose type almost never fails bring its expected success to about a third.
+const FAILURE_RATE: f64 = 0.3;
+
+/// What has been learned about one agent beyond its type: how much slower or faster than its
+/// type's pattern it runs (its *pace*), how much more often it fails, and whether that changed.
+///
+/// Patterns ([`crate::PatternTable`]) say how a *type* of agent does a type of task; agents of a
+/// type differ (a host degrades, a model endpoint slows, a worker starts failing), and a type
+/// average learned over hundreds of runs hides that for a long time. So each agent keeps its
+/// residual against its type, in log-duration (a multiplicative model: a 2× slower agent is 2×
+/// slower at every task type):
+///
+/// * `pace` — the estimate placement uses, `ln(actual / (estimated × type ratio))` averaged at
+///   `max(learning_rate, 1 / (n + 1))` like patterns;
+/// * `pace_fast` — the same at rate 0.5, and `pace_var` the noise the agent has shown: the
+///   **change test**. When the two differ by more than 3 standard deviations of the fast one
+///   (and at least ×1.3), the agent changed: the estimates restart from the newest run (what
+///   came before describes another agent), the warm-up starts again, and `drifts` counts it. An agent that became 8× slower is caught at its first completion after the change, one
+///   2× slower within two or three, and one that comes back is caught the same way;
+/// * `failure_excess` — a moving average (rate 0.3) of `failed − (1 − type success)`: zero for an
+///   agent failing as often as its type, up to 1 for one that fails where its type succeeds.
+///
+/// The same arithmetic runs in `complete_tasks.lua`, as the score's does.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct AgentLearning {
+    /// Successful completions with known durations folded into `pace` since the last change.
+    pub observations: u64,
+    /// Log-duration residual against the agent's type, as placement uses it (0: as its type).
+    pub pace: f64,
+    /// Fast-moving residual for the change test.
+    pub pace_fast: f64,
+    /// Moving variance of the residual around `pace`: the agent's own noise.
+    pub pace_var: f64,
+    /// Moving average of failing beyond the type's failure rate, in `[-1, 1]`.
+    pub failure_excess: f64,
+    /// Changes detected so far.
+    pub drifts: u64,
+}
+
+impl AgentLearning {
+    /// The agent's expected duration as a multiple of its type's: `exp(pace)`.
+    pub fn pace_factor(&self) -> f64 {
+        if self.pace.is_finite() {
+            self.pace.clamp(-LOG_LIMIT, LOG_LIMIT).exp()
+        } else {
+            1.0
+        }
+    }
+
+    /// The agent's success probability given its type's: `type_success − failure_excess`,
+    /// within `[floor, 1]`.
+    pub fn success_given(&self, type_success: f64, floor: f64) -> f64 {
+        let excess = if self.failure_excess.is_finite() {
+            self.failure_excess
+        } else {
+            0.0
+        };
+        (type_success - excess).clamp(floor, 1.0)
+    }
+
+    /// Folds one completion in. `type_ratio` and `type_success` are the agent type's pattern for
+    /// the task type *before* this completion is folded into it (what placement expected).
+    /// Durations count on success only and when known (positive, finite), as for patterns.
+    pub fn record(&mut self, outcome: Completion, type_ratio: f64, type_success: f64, lr: f64) {
+        let failed = if outcome.success { 0.0 } else { 1.0 };
+        let expected_failure = 1.0 - clean_unit(type_success);
+        self.failure_excess += FAILURE_RATE * (failed - expected_failure - self.failure_excess);
+        if !outcome.success {
+            return;
+        }
+        let Some(residual) = log_residual(outcome, type_ratio) else {
+            return;
+        };
+        self.observations = self.observations.saturating_add(1);
+        let rate = warm(lr, self.observations);
+        let before = self.pace;
+        self.pace += rate * (residual - self.pace);
+        self.pace_fast += FAST_RATE * (residual - self.pace_fast);
+        let gap = (self.pace_fast - self.pace).abs();
+        // The fast estimate's own spread under the agent's noise: var × rate / (2 − rate).
+        let fast_sd = (self.pace_var * FAST_RATE / (2.0 - FAST_RATE)).sqrt();
+        if self.observations > 1 && gap > DRIFT_MIN_LOG.max(DRIFT_SIGMAS * fast_sd) {
+            // A change: what came before describes another agent. Restart from the newest
+            // run, and leave the variance alone (the jump is not noise).
+            self.pace = residual;
+            self.pace_fast = residual;
+            self.observations = 1;
+            self.drifts = self.drifts.saturating_add(1);
+            return;
+        }
+        let deviation = residual - before;
+        self.pace_var += rate * (deviation * deviation - self.pace_var);
+    }
+}
+
+/// One completion as learning sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Completion {
+    pub success: bool,
+    /// The submitter's estimate, seconds (0 or less: unknown).
+    pub estimated_s: f64,
+    /// How long the attempt ran, seconds (0 or less: unknown).
+    pub actual_s: f64,
+}
+
+/// `ln(actual / (estimated × type_ratio))` within ±ln(1000); `None` when a duration is unknown.
+fn log_residual(outcome: Completion, type_ratio: f64) -> Option<f64> {
+    let expected = outcome.estimated_s * type_ratio;
+    let ok = |x: f64| x.is_finite() && x > 0.0;
+    (ok(expected) && ok(outcome.actual_s)).then(|| {
+        (outcome.actual_s / expected)
+            .ln()
+            .clamp(-LOG_LIMIT, LOG_LIMIT)
+    })
+}
+
+/// `max(lr, 1 / (n + 1))` within [0, 1]: the plain mean while evidence is thin, then a moving
+/// average (the same warm-up as patterns).
+fn warm(lr: f64, observations: u64) -> f64 {
+    let lr = if lr.is_finite() {
+        lr.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    lr.max(1.0 / (observations as f64 + 1.0))
+}
+
+/// A probability; non-finite reads as neutral.
+fn clean_unit(p: f64) -> f64 {
+    if p.is_finite() {
+        p.clamp(0.0, 1.0)
+    } else {
+        NEUTRAL_SCORE
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run(learning: &mut AgentLearning, actual_s: f64) {
+        let done = Completion {
+            success: true,
+            estimated_s: 10.0,
+            actual_s,
+        };
+        learning.record(done, 1.0, 0.95, 0.1);
+    }
+
+    #[test]
+    fn an_agent_like_its_type_keeps_pace_zero() {
+        let mut learning = AgentLearning::default();
+        for _ in 0..50 {
+            run(&mut learning, 10.0);
+        }
+        assert!(learning.pace.abs() < 1e-12);
+        assert_eq!(learning.drifts, 0);
+        assert!((learning.pace_factor() - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn an_eightfold_slowdown_is_caught_at_the_first_run_after_it() {
+        let mut learning = AgentLearning::default();
+        for _ in 0..40 {
+            run(&mut learning, 10.0);
+        }
+        run(&mut learning, 80.0);
+        assert_eq!(learning.drifts, 1);
+        // The estimate restarted from the newest run, where a plain moving average at 0.1 would
+        // say 8^0.1 ≈ 1.23×.
+        assert!(
+            (learning.pace_factor() - 8.0).abs() < 1e-9,
+            "{}",
+            learning.pace_factor()
+        );
+        run(&mut learning, 80.0);
+        assert!((learning.pace_factor() - 8.0).abs() < 1e-9);
+        assert_eq!(learning.drifts, 1);
+    }
+
+    #[test]
+    fn a_recovered_agent_is_trusted_again_within_a_few_runs() {
+        let mut learning = AgentLearning::default();
+        for _ in 0..20 {
+            run(&mut learning, 10.0);
+        }
+        for _ in 0..10 {
+            run(&mut learning, 80.0);
+        }
+        assert!(learning.pace_factor() > 6.0);
+        for _ in 0..3 {
+            run(&mut learning, 10.0);
+        }
+        assert!(learning.pace_factor() < 1.5, "{}", learning.pace_factor());
+        assert!(learning.drifts >= 2);
+    }
+
+    #[test]
+    fn noise_alone_does_not_trip_the_change_test_often() {
+        // ±40% alternating noise around the type: the agent's variance grows and the test
+        // stays quiet after the first few runs.
+        let mut learning = AgentLearning::default();
+        for i in 0..200 {
+            run(&mut learning, if i % 2 == 0 { 14.0 } else { 7.0 });
+        }
+        assert!(learning.drifts <= 2, "{}", learning.drifts);
+        assert!(learning.pace_factor() > 0.8 && learning.pace_factor() < 1.25);
+    }
+
+    #[test]
+    fn failures_beyond_the_type_lower_the_expected_success_and_recover() {
+        let mut learning = AgentLearning::default();
+        let fail = Completion {
+            success: false,
+            estimated_s: 10.0,
+            actual_s: 10.0,
+        };
+        for _ in 0..3 {
+            learning.record(fail, 1.0, 0.95, 0.1);
+        }
+        let p = learning.success_given(0.95, 0.05);
+        assert!(p < 0.4, "{p}");
+        for _ in 0..8 {
+            run(&mut learning, 10.0);
+        }
+        assert!(learning.success_given(0.95, 0.05) > 0.85);
+        // A failing run teaches nothing about pace.
+        assert_eq!(learning.observations, 8);
+    }
+
+    #[test]
+    fn unknown_durations_teach_nothing_about_pace() {
+        let mut learning = AgentLearning::default();
+        let unknown = Completion {
+            success: true,
+            estimated_s: 0.0,
+            actual_s: 5.0,
+        };
+        learning.record(unknown, 1.0, 0.9, 0.1);
+        assert_eq!(learning.observations, 0);
+        assert_eq!(learning.pace, 0.0);
+        // Non-finite stored values read as neutral.
+        let broken = AgentLearning {
+            pace: f64::NAN,
+            failure_excess: f64::NAN,
+            ..AgentLearning::default()
+        };
+        assert_eq!(broken.pace_factor(), 1.0);
+        assert_eq!(broken.success_given(0.9, 0.05), 0.9);
+    }
 
     #[test]
     fn matches_the_lua_sequence() {

@@ -37,7 +37,7 @@ pub mod strategies;
 pub mod task_state;
 
 pub use fairness::{DEFAULT_TENANT, FairClock, task_cost};
-pub use learning::{NEUTRAL_SCORE, updated_score};
+pub use learning::{AgentLearning, Completion, NEUTRAL_SCORE, updated_score};
 pub use patterns::{PatternStats, PatternTable};
 pub use placement::{
     AgentView, CandidateScore, DecisionContext, Explanation, HeadHold, LeastLoaded, PlannedGrant,

@@ -10,6 +10,7 @@
 use std::cmp::Ordering;
 use std::sync::Arc;
 
+use super::learning::AgentLearning;
 use super::patterns::PatternTable;
 use super::resources::{Resources, fits_within, peak_utilization};
 
@@ -44,6 +45,9 @@ pub struct AgentView {
     pub priority_weight: f64,
     /// Number of tasks currently granted to the agent.
     pub active_tasks: u32,
+    /// What has been learned about this agent beyond its type (pace, failures, drift); neutral
+    /// for a new agent.
+    pub learned: AgentLearning,
 }
 
 /// A snapshot of one task waiting to be placed.

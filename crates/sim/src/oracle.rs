@@ -202,6 +202,7 @@ estimated_duration_s = [10.0, 10.0]
             score: 0.5,
             priority_weight: 1.0,
             active_tasks: 0,
+            learned: Default::default(),
         }
     }
 

@@ -131,6 +131,7 @@ impl SimAgent {
             score: self.score,
             priority_weight: 1.0,
             active_tasks: self.active,
+            learned: Default::default(),
         }
     }
 

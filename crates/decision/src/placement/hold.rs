@@ -126,6 +126,7 @@ mod tests {
             score: 1.0,
             priority_weight: 1.0,
             active_tasks: active,
+            learned: Default::default(),
         }
     }
 

@@ -24,6 +24,7 @@ fn agent(id: &str, capacity: Resources, reserved: Resources) -> AgentView {
         score: 1.0,
         priority_weight: 1.0,
         active_tasks: 0,
+        learned: Default::default(),
     }
 }
 

@@ -21,6 +21,7 @@ fn agent(id: &str, agent_type: &str, capacity: u64, reserved: u64) -> AgentView 
         score: 0.9,
         priority_weight: 1.0,
         active_tasks: reserved as u32,
+        learned: Default::default(),
     }
 }
 

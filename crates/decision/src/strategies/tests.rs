@@ -24,6 +24,7 @@ fn agent(id: &str, agent_type: &str, reserved_cpu: u64) -> AgentView {
         score: 0.9,
         priority_weight: 1.0,
         active_tasks: 0,
+        learned: Default::default(),
     }
 }
 

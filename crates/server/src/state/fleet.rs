@@ -151,6 +151,7 @@ pub(crate) fn decode_view(agent_id: &str, encoded: &str) -> Option<AgentView> {
         score: rest[8].parse().ok()?,
         priority_weight: rest[9].parse().unwrap_or(1.0),
         active_tasks: rest[10].parse().ok()?,
+        learned: Default::default(),
     })
 }
 

@@ -76,6 +76,7 @@ pub(crate) fn agent_view(agent_id: String, row: &[String]) -> AgentView {
         score: num(row, 10),
         priority_weight: num(row, 11),
         active_tasks: num(row, 12),
+        learned: Default::default(),
     }
 }
 

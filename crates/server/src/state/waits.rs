@@ -335,6 +335,7 @@ mod tests {
             score: 0.5,
             priority_weight: 1.0,
             active_tasks: 0,
+            learned: Default::default(),
         }
     }
 
