@@ -170,6 +170,20 @@ pub trait Strategy: Send + Sync {
         None
     }
 
+    /// How much the strategy would prefer `agent` for `task` if the agent were idle, lower is
+    /// better, or `None` (the default) when it has no such order. A large fleet is ranked on a
+    /// sample; with a preference, the plan also offers the strategy the most preferred agents
+    /// (with room, and busy ones for [`Strategy::hold_for`]), so the best agents are not lost to
+    /// sampling. Must not depend on the agent's load, so one order serves a whole batch.
+    fn preference(
+        &self,
+        _task: &TaskView,
+        _agent: &AgentView,
+        _ctx: &DecisionContext<'_>,
+    ) -> Option<f64> {
+        None
+    }
+
     /// Agents that can take the task, best first, as indexes into `agents`.
     ///
     /// The default sorts [`Strategy::scores`] descending, ties to fewer active tasks, then the

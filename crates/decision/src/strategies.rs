@@ -119,3 +119,6 @@ mod tests;
 
 #[cfg(test)]
 mod hold_tests;
+
+#[cfg(test)]
+mod expected_tests;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use switchyard_decision::resources::ResourceKind;
 use switchyard_decision::task_state::initial_state;
-use switchyard_decision::{AgentView, Resources, TaskEvent, TaskState};
+use switchyard_decision::{AgentLearning, AgentView, Resources, TaskEvent, TaskState};
 
 /// One task's progress.
 ///
@@ -118,6 +118,8 @@ pub(crate) struct SimAgent {
     pub speed_factor: f64,
     /// Tasks currently granted here.
     pub running: Vec<usize>,
+    /// What placement has learned about this agent beyond its type.
+    pub learned: AgentLearning,
 }
 
 impl SimAgent {
@@ -131,7 +133,7 @@ impl SimAgent {
             score: self.score,
             priority_weight: 1.0,
             active_tasks: self.active,
-            learned: Default::default(),
+            learned: self.learned,
         }
     }
 
@@ -190,6 +192,7 @@ mod tests {
             alive: true,
             speed_factor: 1.0,
             running: Vec::new(),
+            learned: AgentLearning::default(),
         }
     }
 

@@ -165,6 +165,12 @@ fn plan(
 /// Large fleets: each task ranks a sample, and the batch's own reservations live in a small
 /// copy-on-write overlay instead of a copy of the whole fleet, so a decision costs O(sample),
 /// not O(fleet).
+///
+/// A strategy with a [`Strategy::preference`] is also offered the agents it prefers most: per
+/// task type, the fleet is sorted once per batch by preference ([`PreferenceIndex`]), and each
+/// task's views get the first [`PREFERRED`] agents with room and the first [`BUSY_OFFERED`]
+/// without, besides the sample. So a large fleet neither loses its best agents to sampling nor
+/// the choice of waiting for one of them ([`Strategy::hold_for`], asked as on a full plan).
 fn plan_sampled(
     strategy: &dyn Strategy,
     tasks: &[TaskView],
@@ -172,27 +178,36 @@ fn plan_sampled(
     ctx: &DecisionContext<'_>,
     options: PlanOptions<'_>,
 ) -> Vec<PlannedGrant> {
-    let mut overlay: std::collections::HashMap<usize, AgentView> = std::collections::HashMap::new();
-    // Which agents the overlay holds: the walk asks about ~k agents per decision, and a bit
-    // test is much cheaper than hashing every index (one linear allocation per batch).
-    let mut overlaid = vec![false; agents.len()];
-    // The sample and its views, reused from task to task: a decision then allocates neither.
-    let mut sample: Vec<usize> = Vec::with_capacity(options.sample_size.min(agents.len()));
-    let mut views: Vec<AgentView> = Vec::with_capacity(sample.capacity());
+    let mut fleet = Overlay::new(agents);
+    let mut index = PreferenceIndex::default();
+    let mut held: std::collections::HashMap<usize, u32> = std::collections::HashMap::new();
+    // The offered agents and their views, reused from task to task.
+    let mut offered: Vec<usize> = Vec::with_capacity(options.sample_size * 2);
+    let mut views: Vec<AgentView> = Vec::with_capacity(offered.capacity());
+    let mut held_views: Vec<u32> = Vec::with_capacity(offered.capacity());
     let mut plans = Vec::with_capacity(tasks.len());
     for (task_index, task) in tasks.iter().enumerate() {
-        let view = |i: usize| {
-            if overlaid.get(i).copied().unwrap_or(false) {
-                overlay.get(&i)
-            } else {
-                agents.get(i)
-            }
-        };
-        sample_into(&mut sample, task, agents.len(), options.sample_size, |i| {
-            view(i).is_some_and(|a| fits(task, a))
-        });
+        let order = index.order(strategy, task, agents, ctx);
+        offer(&mut offered, task, &fleet, order, options.sample_size);
         views.clear();
-        views.extend(sample.iter().filter_map(|&i| view(i).cloned()));
+        views.extend(offered.iter().filter_map(|&i| fleet.view(i).cloned()));
+        held_views.clear();
+        held_views.extend(offered.iter().map(|i| held.get(i).copied().unwrap_or(0)));
+        let hold = order
+            .is_some()
+            .then(|| strategy.hold_for(task, &views, ctx, &held_views));
+        let hold = hold
+            .flatten()
+            .filter(|&i| !views.get(i).is_some_and(|a| task.avoids(&a.agent_id)));
+        if let Some(&agent) = hold.and_then(|i| offered.get(i)) {
+            *held.entry(agent).or_insert(0) += 1;
+            plans.push(PlannedGrant {
+                task_index,
+                candidates: Vec::new(),
+                explanation: None,
+            });
+            continue;
+        }
         let ranked: Vec<usize> = strategy.rank(task, &views, ctx);
         let explanation = options
             .explains(task_index)
@@ -205,15 +220,9 @@ fn plan_sampled(
             .collect();
         if let Some((&first, agent)) = chosen
             .first()
-            .and_then(|&i| Some((sample.get(i)?, views.get(i)?)))
+            .and_then(|&i| Some((offered.get(i)?, views.get(i)?)))
         {
-            let mut updated = agent.clone();
-            updated.reserved = updated.reserved.saturating_add(&task.required);
-            updated.active_tasks = updated.active_tasks.saturating_add(1);
-            overlay.insert(first, updated);
-            if let Some(bit) = overlaid.get_mut(first) {
-                *bit = true;
-            }
+            fleet.reserve(first, agent, task);
         }
         plans.push(PlannedGrant {
             task_index,
@@ -222,6 +231,136 @@ fn plan_sampled(
         });
     }
     plans
+}
+
+/// How many of a task's most preferred agents with room a sampled decision is offered.
+pub(crate) const PREFERRED: usize = 16;
+/// How many of its most preferred busy agents (capacity for the task, no room now) it is offered,
+/// so it can decide to wait for one.
+pub(crate) const BUSY_OFFERED: usize = 4;
+
+/// The fleet as a sampled batch sees it: the snapshot plus the batch's own reservations, kept
+/// copy-on-write for the few agents they touch.
+struct Overlay<'a> {
+    agents: &'a [AgentView],
+    changed: std::collections::HashMap<usize, AgentView>,
+    // Which agents are changed: a decision asks about ~k agents, and a bit test is much cheaper
+    // than hashing every index (one linear allocation per batch).
+    is_changed: Vec<bool>,
+}
+
+impl<'a> Overlay<'a> {
+    fn new(agents: &'a [AgentView]) -> Overlay<'a> {
+        Overlay {
+            agents,
+            changed: std::collections::HashMap::new(),
+            is_changed: vec![false; agents.len()],
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.agents.len()
+    }
+
+    fn view(&self, i: usize) -> Option<&AgentView> {
+        if self.is_changed.get(i).copied().unwrap_or(false) {
+            self.changed.get(&i)
+        } else {
+            self.agents.get(i)
+        }
+    }
+
+    /// Records `task` as placed on agent `i`, whose current view is `agent`.
+    fn reserve(&mut self, i: usize, agent: &AgentView, task: &TaskView) {
+        let mut updated = agent.clone();
+        updated.reserved = updated.reserved.saturating_add(&task.required);
+        updated.active_tasks = updated.active_tasks.saturating_add(1);
+        self.changed.insert(i, updated);
+        if let Some(bit) = self.is_changed.get_mut(i) {
+            *bit = true;
+        }
+    }
+}
+
+/// Per task type, the fleet's indexes sorted by the strategy's [`Strategy::preference`] (best
+/// first, ties by index), built on first use in a batch. Preferences do not depend on load, so
+/// the batch's own placements do not stale it.
+#[derive(Default)]
+struct PreferenceIndex {
+    by_type: std::collections::HashMap<String, Option<Vec<usize>>>,
+}
+
+impl PreferenceIndex {
+    fn order(
+        &mut self,
+        strategy: &dyn Strategy,
+        task: &TaskView,
+        agents: &[AgentView],
+        ctx: &DecisionContext<'_>,
+    ) -> Option<&[usize]> {
+        self.by_type
+            .entry(task.task_type.clone())
+            .or_insert_with(|| sorted_by_preference(strategy, task, agents, ctx))
+            .as_deref()
+    }
+}
+
+/// The agents' indexes by preference for `task`, or `None` when the strategy has none.
+fn sorted_by_preference(
+    strategy: &dyn Strategy,
+    task: &TaskView,
+    agents: &[AgentView],
+    ctx: &DecisionContext<'_>,
+) -> Option<Vec<usize>> {
+    let mut keyed: Vec<(f64, usize)> = Vec::with_capacity(agents.len());
+    for (i, agent) in agents.iter().enumerate() {
+        let key = strategy.preference(task, agent, ctx)?;
+        keyed.push((if key.is_nan() { f64::INFINITY } else { key }, i));
+    }
+    keyed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    Some(keyed.into_iter().map(|(_, i)| i).collect())
+}
+
+/// Fills `offered` with the agents a sampled decision for `task` sees: from the preference
+/// order (when there is one) the first [`PREFERRED`] with room and [`BUSY_OFFERED`] busy ones that
+/// could ever take it, looking at most `4 × sample_size` deep; then a [`sample_candidates`]
+/// sample of `sample_size` agents with room, without repeats.
+fn offer(
+    offered: &mut Vec<usize>,
+    task: &TaskView,
+    fleet: &Overlay<'_>,
+    order: Option<&[usize]>,
+    sample_size: usize,
+) {
+    offered.clear();
+    let idle = crate::resources::Resources::default();
+    let (mut with_room, mut busy) = (0, 0);
+    for &i in order.unwrap_or(&[]).iter().take(4 * sample_size) {
+        let Some(agent) = fleet.view(i) else { continue };
+        if fits(task, agent) && with_room < PREFERRED {
+            with_room += 1;
+            offered.push(i);
+        } else if !fits(task, agent)
+            && busy < BUSY_OFFERED
+            && crate::resources::fits_within(&task.required, &idle, &agent.capacity)
+        {
+            busy += 1;
+            offered.push(i);
+        }
+        if with_room == PREFERRED && busy == BUSY_OFFERED {
+            break;
+        }
+    }
+    let preferred = offered.len();
+    let mut sample = Vec::with_capacity(sample_size.min(fleet.len()));
+    sample_into(&mut sample, task, fleet.len(), sample_size, |i| {
+        fleet.view(i).is_some_and(|a| fits(task, a))
+    });
+    for i in sample {
+        if !offered[..preferred].contains(&i) {
+            offered.push(i);
+        }
+    }
 }
 
 /// The ranking, sanitised and capped at `max_candidates`: in place, so a decision allocates

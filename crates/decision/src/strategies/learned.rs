@@ -1,6 +1,7 @@
 //! Strategies that decide from what has been learned: adaptive and historical.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::Resources;
 use crate::learning::NEUTRAL_SCORE;
@@ -81,76 +82,93 @@ fn pair_estimate(patterns: &PatternTable, task_type: &str, agent_type: &str) -> 
     }
 }
 
-/// Whether the agent has never completed anything: its score is still exactly the neutral prior
-/// it was registered with (any completion moves it).
-fn is_new(agent: &AgentView) -> bool {
-    (agent.score - NEUTRAL_SCORE).abs() < 1e-12
+/// What adaptive expects of one agent for one task.
+#[derive(Debug, Clone, Copy)]
+struct Expectation {
+    /// Expected run time of one attempt, seconds (in units of the estimate when none is given).
+    run_s: f64,
+    /// Probability that an attempt succeeds.
+    success: f64,
 }
 
-/// Clamps a score to `[0, 1]`; non-finite reads as neutral.
-fn clean_score(score: f64) -> f64 {
-    if score.is_finite() {
-        score.clamp(0.0, 1.0)
-    } else {
-        NEUTRAL_SCORE
+impl Expectation {
+    /// `estimate × pair ratio × agent pace`, and the pair's success corrected by the agent's own
+    /// failure excess.
+    fn of(task: &TaskView, agent: &AgentView, pair: PairEstimate) -> Expectation {
+        Expectation {
+            run_s: estimate_of(task) * pair.ratio * agent.learned.pace_factor(),
+            success: agent.learned.success_given(pair.success, MIN_SUCCESS),
+        }
+    }
+
+    /// Expected time until an attempt succeeds when each failure costs a whole attempt:
+    /// `run / success` (the mean of a geometric number of attempts).
+    fn to_success_s(self) -> f64 {
+        self.run_s / self.success
     }
 }
 
-/// Highest score among the experienced candidates of each agent type.
-fn best_score_by_type<'a>(task: &TaskView, agents: &'a [AgentView]) -> BTreeMap<&'a str, f64> {
-    let mut best: BTreeMap<&str, f64> = BTreeMap::new();
-    for (_, agent) in fitting(task, agents).filter(|(_, a)| !is_new(a)) {
-        let entry = best.entry(&*agent.agent_type).or_insert(0.0);
-        *entry = entry.max(clean_score(agent.score));
-    }
-    best
+/// Pair estimates per agent type, looked up once per decision.
+struct Pairs<'a> {
+    patterns: &'a PatternTable,
+    task_type: &'a str,
+    by_type: BTreeMap<Arc<str>, PairEstimate>,
 }
 
-/// The agent's speed relative to the best of its type, in `(0, 1]`:
-/// `(0.5 + score) / (0.5 + best score of the type)`. Patterns already say how good the *type*
-/// is; this only marks individual agents that do worse than their peers (degrading, overloaded
-/// hosts). A new agent is assumed as good as the best of its type, so it is explored.
-fn agent_factor(agent: &AgentView, best_of_type: &BTreeMap<&str, f64>) -> f64 {
-    if is_new(agent) {
-        return 1.0;
+impl<'a> Pairs<'a> {
+    fn new(task: &'a TaskView, ctx: &DecisionContext<'a>) -> Pairs<'a> {
+        Pairs {
+            patterns: ctx.patterns,
+            task_type: &task.task_type,
+            by_type: BTreeMap::new(),
+        }
     }
-    let score = clean_score(agent.score);
-    let best = best_of_type
-        .get(&*agent.agent_type)
-        .copied()
-        .unwrap_or(score)
-        .max(score);
-    (0.5 + score) / (0.5 + best)
+
+    fn expect(&mut self, task: &TaskView, agent: &AgentView) -> Expectation {
+        let pair = match self.by_type.get(&*agent.agent_type) {
+            Some(&pair) => pair,
+            None => {
+                let pair = pair_estimate(self.patterns, self.task_type, &agent.agent_type);
+                self.by_type.insert(agent.agent_type.clone(), pair);
+                pair
+            }
+        };
+        Expectation::of(task, agent, pair)
+    }
 }
 
-/// Places each task where it is expected to complete successfully soonest.
+/// Places each task where it is expected to be **completed successfully soonest**.
 ///
-/// For a task with estimate `T` seconds (1 when not given; it is common to every candidate, so it
-/// never changes the ranking) on agent `a` of type `A`:
+/// For a task with estimate `T` seconds (1 when not given; common to every candidate) on agent
+/// `a` of type `A`, the expected completion is
 ///
-/// `E = T × ratio(task type, A) × (1 + 0.5 × peak utilization of a after placing)
-///      / (speed(a) × success(task type, A))`
+/// `E(a) = wait(a) + T × ratio(task type, A) × pace(a) / success(a)`
 ///
-/// * `ratio` — learned actual / estimated duration of the pair ([`PatternStats`]);
-/// * `success` — learned success probability of the pair, so `1 / success` is the expected number
-///   of attempts with retries;
-/// * `speed(a)` — the agent's score relative to the best of its type (see below), catching
-///   individual agents that degrade;
-/// * the utilization term — a queueing penalty that spreads work when the best agents fill up.
+/// * `ratio` — learned actual / estimated duration of the (task type, agent type) pair
+///   ([`PatternStats`]); what a type does, transferable to its new agents;
+/// * `pace(a)` — how much slower or faster this agent runs than its type
+///   ([`AgentLearning`](crate::AgentLearning)), with a change test that catches an agent that
+///   slowed down (or came back) within a few of its runs;
+/// * `success(a)` — the pair's learned success probability less the agent's own failure excess,
+///   so `1 / success` is the expected number of attempts: a retry costs a whole attempt;
+/// * `wait(a)` — for an agent with room now, a mild load penalty, `× (1 + QUEUE_WEIGHT × peak
+///   utilization after placing)` (loaded hosts share cpu, memory and I/O; it also spreads a batch
+///   over equals); for a busy agent, see below.
 ///
-/// Pairs never observed are assumed 10% better than the best known pair for the task type, and
-/// agents that have never completed anything as good as the best of their type, so both get
-/// tried and then judged on evidence instead of being starved by agents that merely have a
-/// history. The score reported is `1 / E` (higher is better).
+/// Pairs never observed are assumed 10% better than the best known pair for the task type, so a
+/// new agent type gets tried and then judged on evidence instead of being starved by types that
+/// merely have a history; a new agent of a known type starts as its type. The score reported is
+/// `1 / E` (higher is better).
 ///
-/// **Waiting for a busy agent** ([`Strategy::hold_for`]). Placing now is not always fastest: when
-/// an agent that has no room now is expected to finish the task in at most half the time of the
-/// best agent with room, counting its wait, the task stays queued for it. The wait is estimated
-/// without knowing when running tasks end: its first slot frees when the soonest of its running
-/// tasks does, about `run / (slots + 1)` for tasks like this one (`run` = this task's expected time
-/// there, `slots` = how many such tasks it holds), and every task of the same plan already
-/// waiting for it takes one such turn first, so a popular agent stops attracting waiters.
-/// Only full plans (up to 256 agents) consider it: a sampled plan ranks agents with room only.
+/// **Waiting for a busy agent** ([`Strategy::hold_for`]) is decided on the same scale: a busy
+/// agent's `E` adds its expected wait — its first slot frees when the soonest of its running
+/// tasks ends, about `run / (slots + 1)` for tasks like this one, and every task of the same plan
+/// already waiting for it takes one such turn first, so a popular agent stops attracting
+/// waiters. The task waits when that `E` is below [`HOLD_GAIN`] times the best `E` among agents
+/// with room: the wait is a guess (running tasks' ends are not known), so waiting must pay
+/// clearly. On a large fleet the plan offers the strategy the agents it prefers
+/// ([`Strategy::preference`]) as well as a sample, so waiting for the fastest is decided at any
+/// fleet size.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Adaptive;
 
@@ -163,6 +181,16 @@ impl Strategy for Adaptive {
         true
     }
 
+    fn preference(
+        &self,
+        task: &TaskView,
+        agent: &AgentView,
+        ctx: &DecisionContext<'_>,
+    ) -> Option<f64> {
+        let pair = pair_estimate(ctx.patterns, &task.task_type, &agent.agent_type);
+        Some(Expectation::of(task, agent, pair).to_success_s())
+    }
+
     fn hold_for(
         &self,
         task: &TaskView,
@@ -170,13 +198,9 @@ impl Strategy for Adaptive {
         ctx: &DecisionContext<'_>,
         held: &[u32],
     ) -> Option<usize> {
-        let best_of_type = best_score_by_type(task, agents);
-        let cost = |agent: &AgentView| {
-            let pair = pair_estimate(ctx.patterns, &task.task_type, &agent.agent_type);
-            estimate_of(task) * pair.cost() / agent_factor(agent, &best_of_type)
-        };
+        let mut pairs = Pairs::new(task, ctx);
         let best_now = fitting(task, agents)
-            .map(|(_, agent)| cost(agent) * queue_factor(task, agent))
+            .map(|(_, agent)| pairs.expect(task, agent).to_success_s() * queue_factor(task, agent))
             .fold(f64::INFINITY, f64::min);
         if !best_now.is_finite() {
             return None; // nothing has room: the task waits anyway
@@ -187,12 +211,10 @@ impl Strategy for Adaptive {
             .enumerate()
             .filter(|(_, a)| !fits(task, a) && fits_within(&task.required, &idle, &a.capacity))
             .map(|(i, a)| {
-                let run = cost(a);
-                // Its first slot frees when the soonest of its running tasks ends (about
-                // run / (slots + 1) for tasks like this one), and each task already waiting for
-                // it takes one such turn first.
+                let expected = pairs.expect(task, a);
                 let turns = f64::from(held.get(i).copied().unwrap_or(0)) + 1.0;
-                (i, run + run * turns / (slots_for(task, a) + 1.0))
+                let wait = expected.run_s * turns / (slots_for(task, a) + 1.0);
+                (i, wait + expected.to_success_s())
             })
             .min_by(|a, b| a.1.total_cmp(&b.1))?;
         (total < HOLD_GAIN * best_now).then_some(agent)
@@ -204,22 +226,10 @@ impl Strategy for Adaptive {
         agents: &[AgentView],
         ctx: &DecisionContext<'_>,
     ) -> Vec<CandidateScore> {
-        let estimate = estimate_of(task);
-        let best_of_type = best_score_by_type(task, agents);
-        let mut pairs: BTreeMap<&str, PairEstimate> = BTreeMap::new();
-        for (_, agent) in fitting(task, agents) {
-            pairs
-                .entry(&*agent.agent_type)
-                .or_insert_with(|| pair_estimate(ctx.patterns, &task.task_type, &agent.agent_type));
-        }
+        let mut pairs = Pairs::new(task, ctx);
         score_fitting(task, agents, |agent| {
-            let pair = pairs
-                .get(&*agent.agent_type)
-                .copied()
-                .unwrap_or_else(|| pair_estimate(ctx.patterns, &task.task_type, &agent.agent_type));
-            let speed = agent_factor(agent, &best_of_type);
-            let expected = estimate * pair.cost() * queue_factor(task, agent) / speed;
-            1.0 / expected
+            let expected = pairs.expect(task, agent);
+            1.0 / (expected.to_success_s() * queue_factor(task, agent))
         })
     }
 }
@@ -238,7 +248,7 @@ fn estimate_of(task: &TaskView) -> f64 {
     }
 }
 
-/// `1 + 0.5 × peak utilization after placing`: the queueing penalty of a loaded agent.
+/// `1 + QUEUE_WEIGHT × peak utilization after placing`: the penalty of a loaded agent.
 fn queue_factor(task: &TaskView, agent: &AgentView) -> f64 {
     let load = peak_utilization(&reserved_after(task, agent), &agent.capacity);
     1.0 + QUEUE_WEIGHT * load.clamp(0.0, 1.0)
@@ -257,19 +267,32 @@ fn slots_for(task: &TaskView, agent: &AgentView) -> f64 {
         .clamp(1.0, 1.0e6)
 }
 
-/// Places each task with the agent type that has succeeded at it most often.
+/// Places each task with the agent *type* that has done it best so far: the fewest expected
+/// seconds per success, from the type's record alone.
 ///
-/// The score is the posterior mean success rate of the (task type, agent type) pair under a
-/// uniform Beta(1, 1) prior, `(successes + 1) / (attempts + 2)`: an unseen pair scores 0.5, a pair
-/// with 2 successes in 10 scores 0.25, one with 9 in 10 about 0.83. Ties (agents of the same
-/// type) go to the less loaded agent (peak utilization after placing), then as usual.
+/// The score is `success rate / duration ratio` of the (task type, agent type) pair — the
+/// inverse of the expected time per success counting retries — with the success rate the
+/// posterior mean under a uniform Beta(1, 1) prior, `(successes + 1) / (attempts + 2)`, and the
+/// ratio the learned actual / estimated duration (1 when unseen): an unseen pair scores 0.5, a
+/// pair with 9 successes in 10 at half the estimate about 1.67. Ties (agents of the same type)
+/// go to the less loaded agent (peak utilization after placing), then as usual.
+///
+/// Unlike [`Adaptive`] it does not tell agents of one type apart, explore, or wait for a busy
+/// agent: it spreads a type's work evenly over its agents and follows a type's long record, so
+/// it suits fleets whose agents of a type are interchangeable and steady.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Historical;
 
-/// `(successes + 1) / (attempts + 2)` for the pair; 0.5 when unseen.
-fn success_rate(patterns: &PatternTable, task_type: &str, agent_type: &str) -> f64 {
+/// The pair's `(successes + 1) / (attempts + 2) / duration ratio`; 0.5 when unseen.
+fn success_per_time(patterns: &PatternTable, task_type: &str, agent_type: &str) -> f64 {
     patterns.get(task_type, agent_type).map_or(0.5, |s| {
-        (s.successes as f64 + 1.0) / (s.attempts as f64 + 2.0)
+        let success = (s.successes as f64 + 1.0) / (s.attempts as f64 + 2.0);
+        let ratio = if s.duration_ratio_ema.is_finite() && s.successes > 0 {
+            s.duration_ratio_ema.clamp(1.0 / RATIO_LIMIT, RATIO_LIMIT)
+        } else {
+            1.0
+        };
+        success / ratio
     })
 }
 
@@ -289,7 +312,7 @@ impl Strategy for Historical {
         ctx: &DecisionContext<'_>,
     ) -> Vec<CandidateScore> {
         score_fitting(task, agents, |agent| {
-            success_rate(ctx.patterns, &task.task_type, &agent.agent_type)
+            success_per_time(ctx.patterns, &task.task_type, &agent.agent_type)
         })
     }
 

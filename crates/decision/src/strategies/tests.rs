@@ -244,17 +244,17 @@ fn adaptive_explores_a_new_agent_and_avoids_a_degraded_one() {
         agent("worn", "fast", 0),
         agent("new", "fast", 0),
     ];
-    agents[0].score = 0.9;
-    agents[1].score = 0.3;
-    agents[2].score = crate::NEUTRAL_SCORE;
+    // "worn" has been running 3× slower than its type; "new" has no record of its own.
+    agents[1].learned.pace = 3.0_f64.ln();
+    agents[1].learned.observations = 5;
     agents[0].active_tasks = 1;
     let t = task("t", 5, 0);
-    // "new" is assumed as good as the best of its type (and has fewer tasks); "worn" comes last
+    // "new" is taken to be as good as its type (and has fewer tasks); "worn" comes last
     // although its type is the fast one.
     assert_eq!(ranked(&Adaptive, &t, &agents, &p), ["new", "best", "worn"]);
     let scores = Adaptive.scores(&t, &agents, &DecisionContext::new(&p));
     assert_eq!(scores[0].score, scores[2].score);
-    assert!(scores[1].score < scores[0].score);
+    assert!((scores[0].score / scores[1].score - 3.0).abs() < 1e-9);
 }
 
 #[test]

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use super::{Engine, Ev, SimError, to_us};
 use crate::state::SimAgent;
 use crate::workload::{AgentEventKind, Workload};
-use switchyard_decision::{NEUTRAL_SCORE, TaskEvent, TaskState, retry_backoff_s, updated_score};
+use switchyard_decision::{
+    AgentLearning, Completion, NEUTRAL_SCORE, PatternStats, TaskEvent, TaskState, retry_backoff_s,
+    updated_score,
+};
 
 impl Engine<'_> {
     /// Attempt `grant` of task `t` ends; a report about an earlier grant (its agent died and
@@ -74,6 +77,24 @@ impl Engine<'_> {
         let agent = &mut self.agents[a];
         agent.score = updated_score(agent.score, lr, success, task.estimated_s, actual_s);
         let task_type = &self.w.tasks.types[task.type_index].name;
+        // The agent's residual is judged against what its type was expected to do, before this
+        // run is folded into the type (as complete_tasks.lua does).
+        let expected = self
+            .patterns
+            .get(task_type, &agent.type_name)
+            .cloned()
+            .unwrap_or_else(PatternStats::neutral);
+        let outcome = Completion {
+            success,
+            estimated_s: task.estimated_s,
+            actual_s,
+        };
+        agent.learned.record(
+            outcome,
+            expected.duration_ratio_ema,
+            expected.success_ema,
+            lr,
+        );
         self.patterns.record(
             task_type,
             &agent.type_name,
@@ -176,6 +197,7 @@ pub(super) fn build_agents(w: &Workload) -> Vec<SimAgent> {
                 alive: true,
                 speed_factor: 1.0,
                 running: Vec::new(),
+                learned: AgentLearning::default(),
             });
         }
     }
