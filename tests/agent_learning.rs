@@ -14,8 +14,9 @@
 mod common;
 
 use common::scripts::{Fixture, RETENTION_S, cpu, fixture, submit_req};
+use common::{Cluster, next_grant};
 use switchyard_decision::{AgentLearning, Completion as Outcome, PatternStats};
-use switchyard_protocol::StatusQuery;
+use switchyard_protocol::{StatusQuery, TaskSubmit};
 use switchyard_server::state::{CompleteOutcome, Completion, FleetCache, SubmitOutcome};
 
 /// The agent hash fields of the learned values (rows.rs LEARNED_FIELDS), as operators see them.
@@ -112,6 +113,7 @@ fn report<'a>(task: &'a str, agent: &'a str, run: (bool, f64, f64)) -> Completio
 
 /// The reference: the pattern of (default, worker) and the agent's learning, folded in order.
 struct Reference {
+    lr: f64,
     pattern: PatternStats,
     learned: AgentLearning,
     drifts_seen: u64,
@@ -129,10 +131,10 @@ impl Reference {
             outcome,
             self.pattern.duration_ratio_ema,
             self.pattern.success_ema,
-            LR,
+            self.lr,
         );
         self.drifts_seen += self.learned.drifts - before;
-        self.pattern.record(success, estimated_s, actual_s, LR);
+        self.pattern.record(success, estimated_s, actual_s, self.lr);
     }
 }
 
@@ -144,6 +146,7 @@ async fn completions_teach_the_agent_its_pace_as_the_reference_does() {
     cache.refresh(&f.store).await.expect("first refresh");
     assert_eq!(cache.agents()[0].learned, AgentLearning::default());
     let mut reference = Reference {
+        lr: LR,
         pattern: PatternStats::neutral(),
         learned: AgentLearning::default(),
         drifts_seen: 0,
@@ -249,4 +252,54 @@ async fn a_cancel_confirmation_teaches_nothing() {
     for field in FIELDS {
         assert_eq!(f.agent_field("a1", field).await, "", "{field}");
     }
+}
+
+/// The same through a real optimizer over NATS: an agent reports on-estimate runs, then runs
+/// 8× slower; `switchyard status` shows its pace against the reference, one drift, and the
+/// replica counted it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_the_metric_show_an_agent_that_slowed_down() {
+    let cluster = Cluster::start(1).await;
+    let lr = cluster.config.coordination.learning_rate;
+    let agent = cluster.agent("slowing", "worker", 4.0, 1024.0).await;
+    let mut grants = agent.grants().await.expect("grant stream");
+    let orch = cluster.coordinator("orch").await;
+    let mut reference = Reference {
+        lr,
+        pattern: PatternStats::neutral(),
+        learned: AgentLearning::default(),
+        drifts_seen: 0,
+    };
+    let actuals = [2.0, 2.1, 1.9, 2.0, 2.05, 16.0, 16.4, 15.8];
+    for (i, actual) in actuals.into_iter().enumerate() {
+        let task = TaskSubmit::new(format!("live-{i}"))
+            .resource("cpu", 1.0)
+            .estimated_duration(2.0);
+        orch.submit_task(task).await.expect("submit");
+        let grant = next_grant(10, "a grant", &mut grants).await;
+        agent
+            .complete_grant_confirmed(&grant.payload, true, actual)
+            .await
+            .expect("completion applied");
+        reference.fold((true, 2.0, actual));
+    }
+    assert_eq!(reference.drifts_seen, 1);
+    let status = orch.status().await.expect("status");
+    let shown = status
+        .agents
+        .iter()
+        .find(|a| a.agent_id == "slowing")
+        .expect("the agent is listed");
+    let want = reference.learned;
+    assert!(
+        close(shown.pace_factor, want.pace_factor()),
+        "{shown:?} against {want:?}"
+    );
+    assert!(
+        close(shown.failure_excess, want.failure_excess),
+        "{shown:?}"
+    );
+    assert_eq!(shown.drifts, 1);
+    assert!(shown.pace_factor > 4.0, "{shown:?}");
+    assert_eq!(cluster.metrics[0].agent_drifts.get(), 1);
 }
