@@ -173,6 +173,13 @@ mod tests {
                 .lines()
                 .filter(|l| !l.trim_start().starts_with("--"))
                 .collect();
+            for name in super::super::rows::LEARNED_FIELDS {
+                let quoted = format!("'{name}'");
+                assert!(
+                    !code.iter().any(|l| l.contains(&quoted)),
+                    "a script spells the learned field {name}: name it through LEARNED_FIELDS"
+                );
+            }
             for kind in ResourceKind::ALL {
                 let quoted = format!("'{}'", kind.as_str());
                 let field = format!("_{}'", kind.as_str());

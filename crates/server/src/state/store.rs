@@ -331,7 +331,7 @@ impl Store {
         let mut items = split_counted(&reply)?;
         // The script's last item counts the drifts it detected.
         let drifts = match items.last().map(Vec::as_slice) {
-            Some([tag, count]) if tag == "drifts" => count.parse().unwrap_or(0),
+            Some([tag, count]) if tag == "drifts_detected" => count.parse().unwrap_or(0),
             _ => return Err(unexpected("complete_tasks", &reply)),
         };
         items.pop();

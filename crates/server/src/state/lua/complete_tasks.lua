@@ -27,8 +27,8 @@
 -- (lib.lua's release_budget_holds).
 --
 -- Returns per report: outcome, k, then k fields (below), then one last item
--- "drifts", 1, count: the changes in agents' pace detected by this call (Store::complete_tasks
--- strips it; the optimizer counts them in switchyard_agent_drifts_total):
+-- "drifts_detected", 1, count: the changes in agents' pace detected by this call
+-- (Store::complete_tasks strips it; the optimizer counts them in switchyard_agent_drifts_total):
 --   "completed"|"failed"|"cancelled", submitter, submit_message_id, dependent_id...  the outcome, who to tell,
 --                                   and the tasks waiting on this one (the caller resolves each
 --                                   with resolve_dependency); a repeat of the same completion
@@ -397,5 +397,5 @@ if #views > 0 then
 end
 timeline_add(TIMELINE, 'completed', stats.completed)
 timeline_add(TIMELINE, 'failed', stats.failed)
-answer('drifts', {int(drifts)})
+answer('drifts_detected', {int(drifts)})
 return reply
