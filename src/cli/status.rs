@@ -138,19 +138,24 @@ fn write_budgets(
 fn write_agents(out: &mut dyn Write, agents: &[AgentStatusView]) -> anyhow::Result<()> {
     writeln!(
         out,
-        "{:<24} {:<10} {:<12} {:>8} {:>7} {:>6}",
-        "agent", "type", "status", "util", "score", "tasks"
+        "{:<24} {:<10} {:<12} {:>8} {:>7} {:>6} {:>8} {:>8} {:>6}",
+        "agent", "type", "status", "util", "score", "tasks", "pace", "fail+", "drifts"
     )?;
     for a in agents {
+        // pace: how long the agent takes relative to its type (8.00x: eight times slower);
+        // fail+: how much more often than its type it fails.
         writeln!(
             out,
-            "{:<24} {:<10} {:<12} {:>7.1}% {:>7.3} {:>6}",
+            "{:<24} {:<10} {:<12} {:>7.1}% {:>7.3} {:>6} {:>7.2}x {:>+8.2} {:>6}",
             a.agent_id,
             a.agent_type,
             a.status,
             a.utilization * 100.0,
             a.performance_score,
-            a.active_tasks
+            a.active_tasks,
+            a.pace_factor,
+            a.failure_excess,
+            a.drifts
         )?;
     }
     Ok(())

@@ -383,6 +383,21 @@ pub struct AgentStatusView {
     pub performance_score: f64,
     pub active_tasks: u64,
     pub last_heartbeat_ms: u64,
+    /// How long the agent takes relative to its type's learned pattern: `exp(pace)` (1: as its
+    /// type; 8: eight times slower). 1 when nothing is learned yet or from an older server.
+    #[serde(default = "one")]
+    pub pace_factor: f64,
+    /// How much more often than its type the agent fails: a moving average of
+    /// `failed − (1 − type success)`, in `[-1, 1]` (0: as its type).
+    #[serde(default)]
+    pub failure_excess: f64,
+    /// Changes in the agent's pace detected so far (each restarts what is learned about it).
+    #[serde(default)]
+    pub drifts: u64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// `COORDINATION_SYNC`: a snapshot of coordination state.

@@ -23,6 +23,7 @@ pub const WAITING_DEPTH: &str = "switchyard_waiting_depth";
 pub const GRANT_REPUBLISHES_TOTAL: &str = "switchyard_grant_republishes_total";
 pub const DISPATCH_ROUNDS_TOTAL: &str = "switchyard_dispatch_rounds_total";
 pub const AGENTS_EXPIRED_TOTAL: &str = "switchyard_agents_expired_total";
+pub const AGENT_DRIFTS_TOTAL: &str = "switchyard_agent_drifts_total";
 pub const HANDOFF_DURATION_SECONDS: &str = "switchyard_handoff_duration_seconds";
 pub const TASK_CANCELS_TOTAL: &str = "switchyard_task_cancels_total";
 pub const CANCEL_NOTICES_TOTAL: &str = "switchyard_cancel_notices_total";
@@ -98,6 +99,10 @@ pub struct Metrics {
     pub dispatch_rounds: IntCounter,
     /// Agents marked dead because their lease ran out.
     pub agents_expired: IntCounter,
+    /// Changes in an agent's pace detected by the completions this replica applied (the agent
+    /// became much slower or faster than it had been; its learned pace restarts). No agent label:
+    /// `switchyard status` shows which agent, with its drift count.
+    pub agent_drifts: IntCounter,
     /// Handoff begin to verdict, by `outcome`: accepted, rejected, refused.
     pub handoff_duration: HistogramVec,
     /// TASK_CANCEL events by `outcome`: cancelled (waiting or queued, or a repeat), cancelling
@@ -258,6 +263,10 @@ impl Metrics {
                 TENANT_GRANTED_TOTAL,
                 "Tasks granted by tenant (tenants not in the config: other)",
                 &["tenant"],
+            )?,
+            agent_drifts: add.counter(
+                AGENT_DRIFTS_TOTAL,
+                "Changes detected in an agent's pace relative to its type (learned pace restarted)",
             )?,
             head_holds: add.counter(
                 HEAD_HOLDS_TOTAL,

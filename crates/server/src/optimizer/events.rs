@@ -36,7 +36,10 @@ pub(crate) async fn apply_batch(ctx: &Ctx, events: &[&Inbound]) -> Vec<Result<Ap
         .complete_tasks(&reports, c.learning_rate, c.task_retention_s)
         .await
     {
-        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+        Ok(batch) => {
+            ctx.metrics.agent_drifts.inc_by(batch.drifts);
+            batch.outcomes.into_iter().map(Ok).collect()
+        }
         Err(e) => reports
             .iter()
             .map(|_| Err(Error::new(e.kind(), e.to_string())))
@@ -107,11 +110,22 @@ pub(crate) async fn apply_event(ctx: &Ctx, event: &Inbound) -> Result<Applied, E
         Inbound::Complete(env) => {
             let c = &ctx.config.coordination;
             let completion = completion_of(&env.payload);
-            let outcome = ctx
+            let batch = ctx
                 .store
-                .complete_task(&completion, c.learning_rate, c.task_retention_s)
+                .complete_tasks(
+                    std::slice::from_ref(&completion),
+                    c.learning_rate,
+                    c.task_retention_s,
+                )
                 .await?;
-            completed(ctx, env, outcome).await
+            ctx.metrics.agent_drifts.inc_by(batch.drifts);
+            match batch.outcomes.into_iter().next() {
+                Some(outcome) => completed(ctx, env, outcome).await,
+                None => Err(Error::new(
+                    switchyard_client::error::ErrorKind::Unexpected,
+                    "complete_tasks returned no outcome",
+                )),
+            }
         }
         Inbound::HandoffInitiate(env) => super::handoff::begin(ctx, env).await,
         Inbound::HandoffAcknowledge(env) => super::handoff::resolve(ctx, env).await,

@@ -7,6 +7,14 @@
 //! stale cache costs a retry, never an over-reservation. Every transition that changes an agent
 //! appends the agent's whole new view to the log (`lua/lib.lua`), so applying the entries in
 //! order always converges on Redis's state.
+//!
+//! What is learned per agent ([`AgentLearning`]) travels in its own field of an entry,
+//! `<agent_id>|learned` ([`LEARNED_SUFFIX`], lib.lua `encode_learned`), logged only by the
+//! transitions that change it (completions) or bring an agent (back) into the fleet
+//! (registration); a view logged without it keeps the learned values the cache holds. The view's
+//! encoding is unchanged, so replicas of the previous version read new entries as before (they
+//! take the learned field for an inactive agent they do not hold, and ignore it), and the grant
+//! path reads and logs no more than before.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +22,11 @@ use std::time::{Duration, Instant};
 
 use super::store::Store;
 use switchyard_client::error::Error;
-use switchyard_decision::{AgentView, Resources};
+use switchyard_decision::{AgentLearning, AgentView, Resources};
+
+/// The suffix of a fleet-log field carrying an agent's learned values (agent ids cannot contain
+/// `|`, so it cannot be an agent's own field).
+pub(crate) const LEARNED_SUFFIX: &str = "|learned";
 
 /// Log entries are trimmed after a minute (`FLEET_LOG_KEEP_MS` in lib.lua); a cache that has not
 /// read the log for half that reloads the whole fleet rather than risk missing a trimmed entry.
@@ -94,11 +106,31 @@ impl FleetCache {
     }
 
     fn apply_entry(&mut self, fields: &[(String, String)]) {
-        for (agent_id, encoded) in fields {
-            match decode_view(agent_id, encoded) {
-                Some(view) => self.upsert(view),
-                None => self.remove(agent_id),
+        for (field, encoded) in fields {
+            if let Some(agent_id) = field.strip_suffix(LEARNED_SUFFIX) {
+                self.set_learned(agent_id, decode_learned(encoded));
+                continue;
             }
+            match decode_view(field, encoded) {
+                Some(view) => self.upsert_view(view),
+                None => self.remove(field),
+            }
+        }
+    }
+
+    /// A logged view: what is learned is not part of it, so the cache keeps what it knows.
+    fn upsert_view(&mut self, mut view: AgentView) {
+        if let Some(&at) = self.index.get(&view.agent_id) {
+            view.learned = self.views[at].learned;
+        }
+        self.upsert(view);
+    }
+
+    /// Learned values logged for an agent (after its view in the same entry); an agent the cache
+    /// does not hold (not active) is ignored.
+    fn set_learned(&mut self, agent_id: &str, learned: AgentLearning) {
+        if let Some(&at) = self.index.get(agent_id) {
+            self.views[at].learned = learned;
         }
     }
 
@@ -155,6 +187,14 @@ pub(crate) fn decode_view(agent_id: &str, encoded: &str) -> Option<AgentView> {
     })
 }
 
+/// Decodes a log entry's learned values (`observations|pace|pace_fast|pace_var|failure_excess|
+/// drifts`, lib.lua `encode_learned`); garbled or missing parts read as neutral, and parts a
+/// later version may append are ignored.
+pub(crate) fn decode_learned(encoded: &str) -> AgentLearning {
+    let parts: Vec<&str> = encoded.split('|').collect();
+    super::rows::learning_from(&parts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +210,45 @@ mod tests {
         assert!((view.score - 0.5).abs() < 1e-12);
         assert!(decode_view("a1", "dead|8000|0|0|0|0|0|0|0|0.5|1|0|gpu").is_none());
         assert!(decode_view("a1", "active|8000|x").is_none());
+    }
+
+    #[test]
+    fn learned_values_travel_beside_the_view_and_survive_views_without_them() {
+        let mut cache = FleetCache::new();
+        // An entry of the previous version: the view alone, learning neutral.
+        let old = "active|8000|0|0|0|0|0|0|0|0.5|1|0|gpu";
+        cache.apply_entry(&[("a1".into(), old.into())]);
+        assert_eq!(cache.agents()[0].learned, AgentLearning::default());
+        // A completion's entry: the view, then the learned values.
+        let learned = "3|2.0794415416798|2.07|0.015|-0.05|1";
+        cache.apply_entry(&[
+            ("a1".into(), "active|8000|0|0|0|0|0|0|0|0.6|1|0|gpu".into()),
+            (format!("a1{LEARNED_SUFFIX}"), learned.into()),
+        ]);
+        let expected = AgentLearning {
+            observations: 3,
+            pace: 2.0794415416798,
+            pace_fast: 2.07,
+            pace_var: 0.015,
+            failure_excess: -0.05,
+            drifts: 1,
+        };
+        assert_eq!(cache.agents()[0].learned, expected);
+        assert!((cache.agents()[0].learned.pace_factor() - 8.0).abs() < 1e-9);
+        // A later view without them (a grant, or an old replica's completion) keeps them.
+        cache.apply_entry(&[("a1".into(), old.into())]);
+        assert_eq!(cache.agents()[0].learned, expected);
+        assert!((cache.agents()[0].score - 0.5).abs() < 1e-12);
+        // Learned values of an agent the cache does not hold change nothing.
+        cache.apply_entry(&[(format!("zz{LEARNED_SUFFIX}"), learned.into())]);
+        assert_eq!(cache.agents().len(), 1);
+        // What a replica of the previous version does with the new field: decode_view refuses
+        // it, and removing an agent it never held is a no-op.
+        assert!(decode_view(&format!("a1{LEARNED_SUFFIX}"), learned).is_none());
+        // Garbled or short values read as neutral; appended parts are ignored.
+        assert_eq!(decode_learned(""), AgentLearning::default());
+        assert_eq!(decode_learned("x|nan|||"), AgentLearning::default());
+        assert_eq!(decode_learned(&format!("{learned}|9|9")), expected);
     }
 
     #[test]

@@ -111,8 +111,8 @@ impl Keys {
         format!("{}:resource_request:{message_id}", self.tag)
     }
 
-    /// Stream: the fleet log. Every transition that changes an agent appends the agent's new view,
-    /// so a replica keeps its fleet cache current by reading what changed since it last looked
+    /// Stream: the fleet log. Every transition that changes an agent appends the agent's new view
+    /// (completions and registrations also its learned values, state/fleet.rs), so a replica keeps its fleet cache current by reading what changed since it last looked
     /// (state/fleet.rs) instead of reading every agent. Entries older than a minute are trimmed.
     pub fn fleet_log(&self) -> String {
         format!("{}:fleet_log", self.tag)

@@ -40,5 +40,5 @@ pub use records::{
     ResolveOutcome, SubmitOutcome, SubmitRequest,
 };
 pub use sentinel::SentinelConnection;
-pub use store::Store;
+pub use store::{CompletedBatch, Store};
 pub use story::TIMELINE_MAX_S;

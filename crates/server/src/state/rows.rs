@@ -1,13 +1,27 @@
 //! Parsing the rows Redis returns for agents and tasks into typed views. Missing or garbled
 //! fields read as zero/empty: a half-written record must not take the optimizer down.
 
-use switchyard_decision::{AgentView, Resources, TaskView};
+use switchyard_decision::{AgentLearning, AgentView, Resources, TaskView};
 use switchyard_protocol::AgentStatusView;
 
 use super::records::QueuedTask;
 
-/// Agent hash fields, in the order the functions below read them.
-pub(crate) const AGENT_FIELDS: [&str; 15] = [
+/// The agent hash fields holding what has been learned about the agent beyond its type
+/// ([`AgentLearning`]), in the order of its fields: observations, pace, pace_fast, pace_var,
+/// failure_excess, drifts. `complete_tasks.lua` writes them (named through the `LEARNED_FIELDS`
+/// the scripts are given, state/scripts.rs), the fleet log carries them, and the reads below
+/// parse them; an agent stored before they existed has none and reads as neutral.
+pub(crate) const LEARNED_FIELDS: [&str; 6] = [
+    "pace_n",
+    "pace",
+    "pace_fast",
+    "pace_var",
+    "fail_excess",
+    "drifts",
+];
+
+/// Agent hash fields before the learned ones, in the order the functions below read them.
+const VIEW_ROW_FIELDS: [&str; 15] = [
     "agent_type",
     "status",
     "cap_cpu",
@@ -24,6 +38,26 @@ pub(crate) const AGENT_FIELDS: [&str; 15] = [
     "last_heartbeat",
     "lease_ms",
 ];
+
+/// Agent hash fields read for a full row: the view's, then [`LEARNED_FIELDS`] (from
+/// `LEARNED_AT`).
+pub(crate) const AGENT_FIELDS: [&str; 21] = {
+    let mut out = [""; 21];
+    let mut i = 0;
+    while i < VIEW_ROW_FIELDS.len() {
+        out[i] = VIEW_ROW_FIELDS[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < LEARNED_FIELDS.len() {
+        out[i + j] = LEARNED_FIELDS[j];
+        j += 1;
+    }
+    out
+};
+
+/// Where the learned fields start in an agent row.
+const LEARNED_AT: usize = VIEW_ROW_FIELDS.len();
 
 /// Task hash fields read for the queue head, in order.
 pub(crate) const TASK_FIELDS: [&str; 22] = [
@@ -76,7 +110,22 @@ pub(crate) fn agent_view(agent_id: String, row: &[String]) -> AgentView {
         score: num(row, 10),
         priority_weight: num(row, 11),
         active_tasks: num(row, 12),
-        learned: Default::default(),
+        learned: learning_from(row.get(LEARNED_AT..).unwrap_or_default()),
+    }
+}
+
+/// [`AgentLearning`] from its fields in [`LEARNED_FIELDS`] order (the hash row's tail, or a
+/// fleet-log learned entry split on `|`); missing or garbled fields read as neutral.
+pub(crate) fn learning_from<S: AsRef<str>>(parts: &[S]) -> AgentLearning {
+    let at = |i: usize| parts.get(i).map_or("", |s| s.as_ref());
+    let real = |i: usize| at(i).parse::<f64>().ok().filter(|x| x.is_finite());
+    AgentLearning {
+        observations: at(0).parse().unwrap_or(0),
+        pace: real(1).unwrap_or(0.0),
+        pace_fast: real(2).unwrap_or(0.0),
+        pace_var: real(3).unwrap_or(0.0),
+        failure_excess: real(4).unwrap_or(0.0),
+        drifts: at(5).parse().unwrap_or(0),
     }
 }
 
@@ -92,6 +141,9 @@ pub(crate) fn agent_status(agent_id: String, row: &[String]) -> AgentStatusView 
         performance_score: view.score,
         active_tasks: u64::from(view.active_tasks),
         last_heartbeat_ms: num(row, 13),
+        pace_factor: view.learned.pace_factor(),
+        failure_excess: view.learned.failure_excess,
+        drifts: view.learned.drifts,
     }
 }
 
@@ -203,6 +255,35 @@ mod tests {
             task.view.seq, 7,
             "the submit counter, not the fair place, when stored"
         );
+    }
+
+    #[test]
+    fn agent_rows_carry_the_learned_fields_and_older_rows_read_neutral() {
+        let at = |name: &str| AGENT_FIELDS.iter().position(|f| *f == name).unwrap_or(0);
+        let mut row: Vec<String> = vec![String::new(); AGENT_FIELDS.len()];
+        row[at("agent_type")] = "gpu".into();
+        row[at("status")] = "active".into();
+        row[at("score")] = "0.5".into();
+        // A row of an agent stored before the learned fields: neutral.
+        let old = agent_status("a1".into(), &row[..LEARNED_AT]);
+        assert_eq!(old.pace_factor, 1.0);
+        assert_eq!(old.drifts, 0);
+        row[at("pace_n")] = "2".into();
+        row[at("pace")] = "2.0794415416798".into();
+        row[at("fail_excess")] = "0.25".into();
+        row[at("drifts")] = "3".into();
+        let view = agent_view("a1".into(), &row);
+        assert_eq!(view.learned.observations, 2);
+        assert_eq!(view.learned.drifts, 3);
+        let status = agent_status("a1".into(), &row);
+        assert!(
+            (status.pace_factor - 8.0).abs() < 1e-9,
+            "{}",
+            status.pace_factor
+        );
+        assert_eq!(status.failure_excess, 0.25);
+        assert_eq!(&AGENT_FIELDS[LEARNED_AT..], &LEARNED_FIELDS[..]);
+        assert_eq!(&AGENT_FIELDS[..LEARNED_AT], &VIEW_ROW_FIELDS[..]);
     }
 
     #[test]

@@ -18,6 +18,21 @@ fn kinds_prelude() -> String {
     format!("local KINDS = {{{}}}\n", names.join(", "))
 }
 
+/// `local LEARNED_FIELDS = {'pace_n', ...}` and `local LEARNED_SUFFIX = '|learned'`: the agent
+/// hash fields of what is learned per agent ([`super::rows::LEARNED_FIELDS`]) and the suffix of
+/// their fleet-log field ([`super::fleet::LEARNED_SUFFIX`]), so the scripts spell neither.
+fn learned_prelude() -> String {
+    let names: Vec<String> = super::rows::LEARNED_FIELDS
+        .iter()
+        .map(|name| format!("'{name}'"))
+        .collect();
+    format!(
+        "local LEARNED_FIELDS = {{{}}}\nlocal LEARNED_SUFFIX = '{}'\n",
+        names.join(", "),
+        super::fleet::LEARNED_SUFFIX
+    )
+}
+
 /// How long a timeline bucket is kept after its first count, seconds: about an hour of history
 /// (`story::TIMELINE_MAX_S` of it is read).
 const TIMELINE_TTL_S: u64 = 3_900;
@@ -41,8 +56,9 @@ fn story_prelude(story_keep: usize) -> String {
 /// A transition script with the kinds and the shared helpers in front of it.
 fn with_lib(body: &str, story_keep: usize) -> Script {
     Script::new(&format!(
-        "{}{}{LIB}\n{body}",
+        "{}{}{}{LIB}\n{body}",
         kinds_prelude(),
+        learned_prelude(),
         story_prelude(story_keep)
     ))
 }
@@ -157,6 +173,13 @@ mod tests {
                 .lines()
                 .filter(|l| !l.trim_start().starts_with("--"))
                 .collect();
+            for name in super::super::rows::LEARNED_FIELDS {
+                let quoted = format!("'{name}'");
+                assert!(
+                    !code.iter().any(|l| l.contains(&quoted)),
+                    "a script spells the learned field {name}: name it through LEARNED_FIELDS"
+                );
+            }
             for kind in ResourceKind::ALL {
                 let quoted = format!("'{}'", kind.as_str());
                 let field = format!("_{}'", kind.as_str());

@@ -269,22 +269,23 @@ impl Store {
         learning_rate: f64,
         retention_s: u64,
     ) -> Result<CompleteOutcome, Error> {
-        let outcomes = self
+        let batch = self
             .complete_tasks(std::slice::from_ref(report), learning_rate, retention_s)
             .await?;
-        only_outcome(outcomes, "complete_tasks")
+        only_outcome(batch.outcomes, "complete_tasks")
     }
 
     /// A batch of completions in one script call, applied in order; see
-    /// `lua/complete_tasks.lua`. Returns one outcome per report.
+    /// `lua/complete_tasks.lua`. Returns one outcome per report, and the agents' pace changes
+    /// the batch revealed.
     pub async fn complete_tasks(
         &self,
         reports: &[Completion<'_>],
         learning_rate: f64,
         retention_s: u64,
-    ) -> Result<Vec<CompleteOutcome>, Error> {
+    ) -> Result<CompletedBatch, Error> {
         if reports.is_empty() {
-            return Ok(Vec::new());
+            return Ok(CompletedBatch::default());
         }
         let k = &self.keys;
         let (agents, numbers) = number_agents(reports.iter().map(|r| r.agent_id));
@@ -327,11 +328,21 @@ impl Store {
         }
         usage_args(&mut inv, reports);
         let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
-        let outcomes: Vec<CompleteOutcome> = split_counted(&reply)?
+        let mut items = split_counted(&reply)?;
+        // The script's last item counts the drifts it detected.
+        let drifts = match items.last().map(Vec::as_slice) {
+            Some([tag, count]) if tag == "drifts_detected" => count.parse().unwrap_or(0),
+            _ => return Err(unexpected("complete_tasks", &reply)),
+        };
+        items.pop();
+        let outcomes: Vec<CompleteOutcome> = items
             .iter()
             .map(|item| CompleteOutcome::parse(item))
             .collect::<Result<_, _>>()?;
-        one_each(outcomes, reports.len(), "complete_tasks")
+        Ok(CompletedBatch {
+            outcomes: one_each(outcomes, reports.len(), "complete_tasks")?,
+            drifts,
+        })
     }
 
     pub async fn resolve_dependency(
@@ -502,6 +513,15 @@ pub(crate) const DEPARTED_MAX: u64 = 1000;
 
 /// A batch script's outcomes, checked to be one per item: a short reply would otherwise leave
 /// items unanswered without a word.
+/// What one `complete_tasks` call did.
+#[derive(Debug, Default)]
+pub struct CompletedBatch {
+    /// One per report, in order.
+    pub outcomes: Vec<CompleteOutcome>,
+    /// Changes in agents' pace detected (`AgentLearning::drifts` incremented), for the metric.
+    pub drifts: u64,
+}
+
 fn one_each<T>(outcomes: Vec<T>, items: usize, script: &str) -> Result<Vec<T>, Error> {
     if outcomes.len() == items {
         Ok(outcomes)

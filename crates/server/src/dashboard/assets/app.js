@@ -94,6 +94,11 @@ function renderFleet(o) {
       el("td", {}, units(a.capacity)), el("td", {}, units(a.reserved)),
       el("td", {}, meter, Math.round(a.utilization * 100) + "%"),
       el("td", {}, a.performance_score.toFixed(3)), el("td", {}, a.active_tasks),
+      el("td", { title: "duration relative to its type's learned pattern" },
+        (a.pace_factor ?? 1).toFixed(2) + "×"),
+      el("td", { title: "failing beyond its type's failure rate" },
+        ((a.failure_excess ?? 0) >= 0 ? "+" : "") + (a.failure_excess ?? 0).toFixed(2)),
+      el("td", { title: "pace changes detected" }, a.drifts ?? 0),
       el("td", {}, lease), el("td", {}, ago(a.last_heartbeat_ms)));
   }));
 }

@@ -26,7 +26,9 @@
 -- Redis clock; no usage for the unit: the draw stands) and releases its concurrency slots
 -- (lib.lua's release_budget_holds).
 --
--- Returns per report: outcome, k, then k fields:
+-- Returns per report: outcome, k, then k fields (below), then one last item
+-- "drifts_detected", 1, count: the changes in agents' pace detected by this call
+-- (Store::complete_tasks strips it; the optimizer counts them in switchyard_agent_drifts_total):
 --   "completed"|"failed"|"cancelled", submitter, submit_message_id, dependent_id...  the outcome, who to tell,
 --                                   and the tasks waiting on this one (the caller resolves each
 --                                   with resolve_dependency); a repeat of the same completion
@@ -54,6 +56,15 @@
 -- Patterns: per (task type, agent type) attempts, successes, success EMA and EMA of actual /
 -- estimated duration (successes only), at rate max(learning_rate, 1/(n+1)): the same update as
 -- `PatternStats::record` in src/decision/patterns.rs.
+-- Per agent, beyond its type: the learned fields (lib.lua LEARNED_FIELDS, from rows.rs: `pace_n`
+-- successes with known durations since the last change, `pace` ln(actual / (estimated x type's
+-- duration ratio)) averaged, `pace_fast` the same at rate 0.5, `pace_var` the agent's noise,
+-- `fail_excess` the moving average of failing beyond the type, `drifts` changes detected) learn
+-- from the same reports as the score, with `AgentLearning::record`'s arithmetic (decision crate,
+-- learning.rs) line for line; the type's pattern is read as it was just before this report
+-- folded into it (never seen: ratio 1, success 0.5, as PatternStats::neutral). Stored with
+-- tostring (14 significant digits), as the score is. The fleet log gets them next to the view
+-- (lib.lua encode_learned) for every agent they changed for.
 -- Agents and patterns are read once and written once per call, whatever the number of reports.
 local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
 local lr, retention, now = tonumber(ARGV[3]), ARGV[4], ARGV[5]
@@ -102,7 +113,7 @@ local agents = {}
 local function agent(j)
   if agents[j] == nil then
     local fields = {unpack(VIEW_FIELDS)}
-    for _, f in ipairs(AGENT_EXTRA) do
+    for _, f in ipairs(flat(AGENT_EXTRA, LEARNED_FIELDS)) do
       table.insert(fields, f)
     end
     local row = redis.call('HMGET', KEYS[3 + 2 * n + 2 * j], unpack(fields))
@@ -131,6 +142,56 @@ local function warm_rate(count)
   return math.max(rate, 1 / (count + 1))
 end
 
+-- AgentLearning::record's constants (learning.rs).
+local FAST_RATE, DRIFT_SIGMAS, DRIFT_MIN_LOG = 0.5, 3.0, 0.262364264467491
+local LOG_LIMIT, FAILURE_RATE = 6.907755278982137, 0.3
+
+local function finite(x)
+  return x == x and x ~= math.huge and x ~= -math.huge
+end
+
+-- The agent's pace after a success taking `residual` (AgentLearning::record after its failure
+-- excess): true when the change test fired.
+local function learn_pace(a, residual)
+  local n = (tonumber(a[L_OBS]) or 0) + 1
+  local rate = warm_rate(n)
+  local pace, fast = tonumber(a[L_PACE]) or 0, tonumber(a[L_FAST]) or 0
+  local var = tonumber(a[L_VAR]) or 0
+  local before = pace
+  pace = pace + rate * (residual - pace)
+  fast = fast + FAST_RATE * (residual - fast)
+  local gap = math.abs(fast - pace)
+  local fast_sd = math.sqrt(var * FAST_RATE / (2 - FAST_RATE))
+  if n > 1 and gap > math.max(DRIFT_MIN_LOG, DRIFT_SIGMAS * fast_sd) then
+    -- A change: restart from the newest run; the variance stays (the jump is not noise).
+    a[L_PACE], a[L_FAST], a[L_OBS] = tostring(residual), tostring(residual), '1'
+    a[L_DRIFTS] = int((tonumber(a[L_DRIFTS]) or 0) + 1)
+    return true
+  end
+  local deviation = residual - before
+  var = var + rate * (deviation * deviation - var)
+  a[L_PACE], a[L_FAST], a[L_VAR], a[L_OBS] = tostring(pace), tostring(fast), tostring(var), int(n)
+  return false
+end
+
+-- AgentLearning::record: the agent's failure excess and pace learn from one report, given its
+-- type's pattern before the report. Returns whether a drift was detected.
+local function learn_agent(a, success, est, actual, type_ratio, type_success)
+  a.learned = true
+  local ts = finite(type_success) and math.max(0, math.min(1, type_success)) or 0.5
+  local excess = tonumber(a[L_EXCESS]) or 0
+  excess = excess + FAILURE_RATE * ((success and 0 or 1) - (1 - ts) - excess)
+  a[L_EXCESS] = tostring(excess)
+  local expected = est * type_ratio
+  if not (success and finite(expected) and expected > 0 and finite(actual) and actual > 0) then
+    return false
+  end
+  local residual = math.max(-LOG_LIMIT, math.min(LOG_LIMIT, math.log(actual / expected)))
+  return learn_pace(a, residual)
+end
+
+local drifts = 0
+
 local function learn(a, task, success, actual)
   local est = tonumber(task.estimated_duration_s) or 0
   local x = 0
@@ -147,6 +208,9 @@ local function learn(a, task, success, actual)
     a.successes = int((tonumber(a.successes) or 0) + 1)
   end
   local p = pattern((task.task_type or 'default') .. '|' .. (a.agent_type or '') .. '|')
+  if learn_agent(a, success, est, actual, p.ratio or 1, p.success_ema) then
+    drifts = drifts + 1
+  end
   p.attempts = p.attempts + 1
   p.success_ema = p.success_ema + warm_rate(p.attempts) * ((success and 1 or 0) - p.success_ema)
   if success then
@@ -294,6 +358,17 @@ for j = 1, m do
       'active_tasks', a.active_tasks, 'score', a.score, 'completions', a.completions,
       'successes', a.successes or '0')))
     table.insert(views, {a.id, encode_view(a)})
+    if a.learned then
+      local learned = {}
+      for _, field in ipairs(LEARNED_FIELDS) do
+        if a[field] then
+          table.insert(learned, field)
+          table.insert(learned, a[field])
+        end
+      end
+      redis.call('HSET', KEYS[3 + 2 * n + 2 * j], unpack(learned))
+      table.insert(views, {a.id .. LEARNED_SUFFIX, encode_learned(a)})
+    end
   end
 end
 local pattern_writes = {}
@@ -322,4 +397,5 @@ if #views > 0 then
 end
 timeline_add(TIMELINE, 'completed', stats.completed)
 timeline_add(TIMELINE, 'failed', stats.failed)
+answer('drifts_detected', {int(drifts)})
 return reply

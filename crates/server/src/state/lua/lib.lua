@@ -106,6 +106,27 @@ local function encode_view(agent)
   return table.concat(parts, '|')
 end
 
+-- What is learned per agent beyond its type (decision crate, learning.rs: AgentLearning).
+-- LEARNED_FIELDS, the agent hash fields holding it, is defined in front of this file by
+-- state/scripts.rs (rows.rs LEARNED_FIELDS), in this order: observations since the last change,
+-- pace, pace_fast, pace_var, failure excess, drifts. Scripts name them through these roles.
+local L_OBS, L_PACE, L_FAST, L_VAR, L_EXCESS, L_DRIFTS = unpack(LEARNED_FIELDS)
+
+-- An agent's learned fields as one fleet-log value, `obs|pace|pace_fast|pace_var|excess|drifts`,
+-- logged under the field `<agent_id>` .. LEARNED_SUFFIX next to the agent's view (state/fleet.rs
+-- decode_learned). A separate field, not more view parts: the view's last part is the type, and a
+-- replica of the previous version reads a field it does not know as an agent that is not active,
+-- which it does not have (agent ids cannot contain `|`), so it ignores it. Only transitions that
+-- change what is learned, or bring an agent back into the fleet, log it; a replica keeps an
+-- agent's learned values across views logged without it.
+local function encode_learned(agent)
+  local parts = {}
+  for i, field in ipairs(LEARNED_FIELDS) do
+    parts[i] = tostring(agent[field] or '')
+  end
+  return table.concat(parts, '|')
+end
+
 -- How long fleet-log entries are kept: a replica that has not read the log for longer reloads the
 -- whole fleet instead (state/fleet.rs).
 local FLEET_LOG_KEEP_MS = 60000
@@ -125,17 +146,22 @@ local function append_fleet_log(log_key, views, now)
 end
 
 -- Reads the agents' hashes and logs their views: for transitions that change an agent without
--- holding all of its fields. `agents` is a list of {agent_id, agent_key}.
-local function log_agents(log_key, agents, now)
+-- holding all of its fields. `agents` is a list of {agent_id, agent_key}. `with_learned`: log
+-- the learned fields too (an agent (re)joining the fleet, which replicas may not hold).
+local function log_agents(log_key, agents, now, with_learned)
+  local fields = flat(VIEW_FIELDS, with_learned and LEARNED_FIELDS or {})
   local views = {}
   for _, a in ipairs(agents) do
-    local row = redis.call('HMGET', a[2], unpack(VIEW_FIELDS))
+    local row = redis.call('HMGET', a[2], unpack(fields))
     if row[1] then
       local agent = {}
-      for i, field in ipairs(VIEW_FIELDS) do
+      for i, field in ipairs(fields) do
         agent[field] = row[i]
       end
       table.insert(views, {a[1], encode_view(agent)})
+      if with_learned then
+        table.insert(views, {a[1] .. LEARNED_SUFFIX, encode_learned(agent)})
+      end
     end
   end
   append_fleet_log(log_key, views, now)

@@ -10,7 +10,8 @@
 -- Returns {"registered"}. Idempotent: a repeated registration rewrites the same capacity and
 -- answers the same. Reservations and the learned score survive a re-registration, so an agent that
 -- restarts keeps its history; a dead or deregistered agent becomes active again. The lease
--- starts now (Redis clock).
+-- starts now (Redis clock). What is learned per agent (lib.lua LEARNED_FIELDS) survives too, and
+-- the fleet log carries it with the view, so a replica that dropped the agent gets it back.
 local now = now_ms()
 local capacity, nothing = {}, {}
 for k = 1, NKINDS do
@@ -36,5 +37,5 @@ else
   redis.call('ZREM', KEYS[4], ARGV[1])
 end
 index_capacity(5, ARGV[1], capacity)
-log_agents(KEYS[3], {{ARGV[1], KEYS[1]}}, now)
+log_agents(KEYS[3], {{ARGV[1], KEYS[1]}}, now, true)
 return {'registered'}

@@ -1,0 +1,305 @@
+//! What is learned per agent beyond its type, on a real Redis: `complete_tasks.lua` folds each
+//! report into the agent's pace, failure excess and change test with exactly
+//! `AgentLearning::record`'s arithmetic (given the type's pattern as it was just before the
+//! report), the agent hash, the fleet log (a replica's `FleetCache`) and the status read carry the
+//! values, and a change in pace is counted.
+//!
+//! The sequence: on-estimate runs with a little noise, then runs 8× slower (the change test must
+//! fire at the first), a failure, and two reports in one call (the second must see the pattern
+//! as the first left it in memory). Durations stay far from the change test's thresholds, so
+//! the 14-significant-digit storage cannot tip a decision.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+mod common;
+
+use common::scripts::{Fixture, RETENTION_S, cpu, fixture, submit_req};
+use common::{Cluster, next_grant};
+use switchyard_decision::{AgentLearning, Completion as Outcome, PatternStats};
+use switchyard_protocol::{StatusQuery, TaskSubmit};
+use switchyard_server::state::{CompleteOutcome, Completion, FleetCache, SubmitOutcome};
+
+/// The agent hash fields of the learned values (rows.rs LEARNED_FIELDS), as operators see them.
+const FIELDS: [&str; 6] = [
+    "pace_n",
+    "pace",
+    "pace_fast",
+    "pace_var",
+    "fail_excess",
+    "drifts",
+];
+
+/// (success, estimated s, actual s) per report.
+const RUNS: [(bool, f64, f64); 11] = [
+    (true, 10.0, 10.0),
+    (true, 10.0, 11.0),
+    (true, 20.0, 19.0),
+    (true, 10.0, 10.5),
+    (true, 10.0, 9.6),
+    (true, 10.0, 10.2),
+    // 8× slower: the change test fires here...
+    (true, 10.0, 80.0),
+    // ...and not again while the agent stays there.
+    (true, 10.0, 84.0),
+    (false, 10.0, 3.0),
+    (true, 5.0, 41.0),
+    // An unknown estimate teaches the failure excess only.
+    (true, 0.0, 7.0),
+];
+
+/// The learning rate: well below the change test's fast rate (0.5), as in production (at 0.5 the
+/// two estimates would move together and the test could never fire).
+const LR: f64 = 0.1;
+
+/// Reports folded one per call, then the rest two at a time.
+const SINGLE: usize = 8;
+
+fn close(got: f64, want: f64) -> bool {
+    (got - want).abs() <= 1e-9 * want.abs().max(1e-3)
+}
+
+/// The learned values as stored in the agent's hash.
+async fn stored(f: &Fixture, agent: &str) -> AgentLearning {
+    let mut v = Vec::new();
+    for field in FIELDS {
+        v.push(f.agent_field(agent, field).await);
+    }
+    let real = |i: usize| v[i].parse::<f64>().unwrap_or(0.0);
+    AgentLearning {
+        observations: v[0].parse().unwrap_or(0),
+        pace: real(1),
+        pace_fast: real(2),
+        pace_var: real(3),
+        failure_excess: real(4),
+        drifts: v[5].parse().unwrap_or(0),
+    }
+}
+
+fn assert_matches(got: &AgentLearning, want: &AgentLearning, what: &str) {
+    let ok = got.observations == want.observations
+        && got.drifts == want.drifts
+        && close(got.pace, want.pace)
+        && close(got.pace_fast, want.pace_fast)
+        && close(got.pace_var, want.pace_var)
+        && close(got.failure_excess, want.failure_excess);
+    assert!(ok, "{what}: stored {got:?}, reference {want:?}");
+}
+
+/// Submits `task` with an estimate and grants it to `agent`.
+async fn granted(f: &Fixture, task: &str, agent: &str, estimate: f64) {
+    let mut req = submit_req(task, &format!("m-{task}"), 5, cpu(100));
+    req.estimated_duration_s = estimate;
+    assert_eq!(f.submit(&req).await, SubmitOutcome::Queued, "{task}");
+    let outcome = f.grant(task, &[agent]).await;
+    assert!(
+        matches!(
+            outcome,
+            switchyard_server::state::GrantOutcome::Granted { .. }
+        ),
+        "{outcome:?}"
+    );
+}
+
+fn report<'a>(task: &'a str, agent: &'a str, run: (bool, f64, f64)) -> Completion<'a> {
+    Completion {
+        task_id: task,
+        agent_id: agent,
+        success: run.0,
+        execution_time_s: run.2,
+        grant_seq: None,
+        usage: None,
+    }
+}
+
+/// The reference: the pattern of (default, worker) and the agent's learning, folded in order.
+struct Reference {
+    lr: f64,
+    pattern: PatternStats,
+    learned: AgentLearning,
+    drifts_seen: u64,
+}
+
+impl Reference {
+    fn fold(&mut self, (success, estimated_s, actual_s): (bool, f64, f64)) {
+        let outcome = Outcome {
+            success,
+            estimated_s,
+            actual_s,
+        };
+        let before = self.learned.drifts;
+        self.learned.record(
+            outcome,
+            self.pattern.duration_ratio_ema,
+            self.pattern.success_ema,
+            self.lr,
+        );
+        self.drifts_seen += self.learned.drifts - before;
+        self.pattern.record(success, estimated_s, actual_s, self.lr);
+    }
+}
+
+#[tokio::test]
+async fn completions_teach_the_agent_its_pace_as_the_reference_does() {
+    let f = fixture().await;
+    f.register("a1", cpu(4000)).await;
+    let mut cache = FleetCache::new();
+    cache.refresh(&f.store).await.expect("first refresh");
+    assert_eq!(cache.agents()[0].learned, AgentLearning::default());
+    let mut reference = Reference {
+        lr: LR,
+        pattern: PatternStats::neutral(),
+        learned: AgentLearning::default(),
+        drifts_seen: 0,
+    };
+    let tasks: Vec<String> = (0..RUNS.len()).map(|i| format!("t{i}")).collect();
+    for (i, run) in RUNS.iter().enumerate().take(SINGLE) {
+        granted(&f, &tasks[i], "a1", run.1).await;
+        let batch = f
+            .store
+            .complete_tasks(&[report(&tasks[i], "a1", *run)], LR, RETENTION_S)
+            .await
+            .expect("complete_tasks");
+        assert!(matches!(
+            batch.outcomes[0],
+            CompleteOutcome::Finished { .. }
+        ));
+        let before = reference.learned.drifts;
+        reference.fold(*run);
+        assert_eq!(batch.drifts, reference.learned.drifts - before, "run {i}");
+        assert_matches(&stored(&f, "a1").await, &reference.learned, &tasks[i]);
+        if i == 6 {
+            // Restarted from the slow run: about 8× its type, not a moving average's 1.2×.
+            let factor = reference.learned.pace_factor();
+            assert!((factor - 8.0).abs() < 0.5, "{factor}");
+        }
+    }
+    assert_eq!(reference.learned.drifts, 1, "the slowdown is one change");
+
+    // The rest two reports per call (and one task of another type, whose neutral pattern
+    // counts): each must see the pattern as the report before it left it.
+    for pair in (SINGLE..RUNS.len()).collect::<Vec<_>>().chunks(2) {
+        for &i in pair {
+            granted(&f, &tasks[i], "a1", RUNS[i].1).await;
+        }
+        let reports: Vec<Completion> = pair
+            .iter()
+            .map(|&i| report(&tasks[i], "a1", RUNS[i]))
+            .collect();
+        let batch = f
+            .store
+            .complete_tasks(&reports, LR, RETENTION_S)
+            .await
+            .expect("complete_tasks");
+        assert_eq!(batch.outcomes.len(), pair.len());
+        for &i in pair {
+            reference.fold(RUNS[i]);
+        }
+        assert_matches(&stored(&f, "a1").await, &reference.learned, "a batch");
+    }
+    let want = reference.learned;
+
+    // The same values reach a replica through the fleet log, a full read, and the status.
+    let refresh = cache.refresh(&f.store).await.expect("refresh");
+    assert!(!refresh.full && refresh.entries > 0, "{refresh:?}");
+    assert_matches(&cache.agents()[0].learned, &want, "fleet log");
+    let snapshot = f.store.agent_snapshot().await.expect("snapshot");
+    assert_matches(&snapshot[0].learned, &want, "full read");
+    let status = f
+        .store
+        .coordination_sync(&StatusQuery::default())
+        .await
+        .expect("status");
+    let agent = &status.agents[0];
+    assert!(close(agent.pace_factor, want.pace_factor()), "{agent:?}");
+    assert!(close(agent.failure_excess, want.failure_excess));
+    assert_eq!(agent.drifts, 1);
+    eprintln!("status after the sequence: {agent:?}");
+    // The only agent of its type: the type's ratio follows it too, so its pace against the type
+    // shrinks after the change, but stays well above 1.
+    assert!(agent.pace_factor > 2.0, "a slower agent shows as such");
+
+    // Re-registering keeps what was learned, and logs it for replicas that dropped the agent.
+    let mut fresh = FleetCache::new();
+    fresh.refresh(&f.store).await.expect("fresh refresh");
+    f.register("a1", cpu(4000)).await;
+    fresh
+        .refresh(&f.store)
+        .await
+        .expect("refresh after register");
+    assert_matches(&fresh.agents()[0].learned, &want, "after re-registering");
+}
+
+#[tokio::test]
+async fn a_cancel_confirmation_teaches_nothing() {
+    let f = fixture().await;
+    f.register("a1", cpu(4000)).await;
+    granted(&f, "t1", "a1", 10.0).await;
+    f.store
+        .cancel_task("t1", "orch", false, "test", RETENTION_S)
+        .await
+        .expect("cancel_task");
+    let batch = f
+        .store
+        .complete_tasks(&[report("t1", "a1", (false, 10.0, 1.0))], LR, RETENTION_S)
+        .await
+        .expect("complete_tasks");
+    assert!(
+        matches!(batch.outcomes[0], CompleteOutcome::Cancelled { .. }),
+        "{:?}",
+        batch.outcomes
+    );
+    assert_eq!(batch.drifts, 0);
+    for field in FIELDS {
+        assert_eq!(f.agent_field("a1", field).await, "", "{field}");
+    }
+}
+
+/// The same through a real optimizer over NATS: an agent reports on-estimate runs, then runs
+/// 8× slower; `switchyard status` shows its pace against the reference, one drift, and the
+/// replica counted it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_the_metric_show_an_agent_that_slowed_down() {
+    let cluster = Cluster::start(1).await;
+    let lr = cluster.config.coordination.learning_rate;
+    let agent = cluster.agent("slowing", "worker", 4.0, 1024.0).await;
+    let mut grants = agent.grants().await.expect("grant stream");
+    let orch = cluster.coordinator("orch").await;
+    let mut reference = Reference {
+        lr,
+        pattern: PatternStats::neutral(),
+        learned: AgentLearning::default(),
+        drifts_seen: 0,
+    };
+    let actuals = [2.0, 2.1, 1.9, 2.0, 2.05, 16.0, 16.4, 15.8];
+    for (i, actual) in actuals.into_iter().enumerate() {
+        let task = TaskSubmit::new(format!("live-{i}"))
+            .resource("cpu", 1.0)
+            .estimated_duration(2.0);
+        orch.submit_task(task).await.expect("submit");
+        let grant = next_grant(10, "a grant", &mut grants).await;
+        agent
+            .complete_grant_confirmed(&grant.payload, true, actual)
+            .await
+            .expect("completion applied");
+        reference.fold((true, 2.0, actual));
+    }
+    assert_eq!(reference.drifts_seen, 1);
+    let status = orch.status().await.expect("status");
+    let shown = status
+        .agents
+        .iter()
+        .find(|a| a.agent_id == "slowing")
+        .expect("the agent is listed");
+    let want = reference.learned;
+    assert!(
+        close(shown.pace_factor, want.pace_factor()),
+        "{shown:?} against {want:?}"
+    );
+    assert!(
+        close(shown.failure_excess, want.failure_excess),
+        "{shown:?}"
+    );
+    assert_eq!(shown.drifts, 1);
+    assert!(shown.pace_factor > 4.0, "{shown:?}");
+    assert_eq!(cluster.metrics[0].agent_drifts.get(), 1);
+}
