@@ -276,7 +276,7 @@ impl Distribution {
         );
         let _ = writeln!(
             out,
-            "{:<14} {:>9} {:>9} {:>10} {:>9} {:>9} {:>11} {:>9} {:>11}",
+            "{:<14} {:>9} {:>9} {:>11} {:>10} {:>10} {:>12} {:>10} {:>11}",
             "strategy",
             "gain med",
             "gain p10",
@@ -291,7 +291,7 @@ impl Distribution {
             if let Some(d) = self.strategies.get(name) {
                 let _ = writeln!(
                     out,
-                    "{name:<14} {:>9} {:>9} {:>10} {:>9} {:>9} {:>11} {:>9} {:>11}",
+                    "{name:<14} {:>9} {:>9} {:>11} {:>10} {:>10} {:>12} {:>10} {:>11}",
                     percent(d.gain_median),
                     percent(d.gain_p10),
                     percent(d.gain_worst),
