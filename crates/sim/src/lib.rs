@@ -20,8 +20,12 @@
 //! * [`report`] — metrics per strategy, `run_all`, the text table and JSON; [`plot`] the SVG chart.
 //! * [`outcome`] — the per-task record of one run.
 //! * [`rng`] — SplitMix64 and the distributions drawn from it.
+//! * [`generate`] — random heterogeneous workloads (`sim --generate`), and the offered load of
+//!   any workload; [`distribution`] — how each strategy does across many workloads.
 
+pub mod distribution;
 pub mod engine;
+pub mod generate;
 pub mod oracle;
 pub mod outcome;
 pub mod plot;

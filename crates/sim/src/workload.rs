@@ -7,12 +7,12 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use switchyard_decision::Resources;
 
 /// A whole simulation scenario.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workload {
     /// Name shown in reports; the CLI uses the file stem when empty.
@@ -35,7 +35,7 @@ pub struct Workload {
     /// The fleet.
     pub agent_types: Vec<AgentTypeSpec>,
     /// Scheduled changes to single agents.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<AgentEventSpec>,
     /// The task stream.
     pub tasks: TaskStreamSpec,
@@ -43,19 +43,19 @@ pub struct Workload {
     #[serde(default)]
     pub retry: RetrySpec,
     /// Tenant weights (the optimizer's `[tenants] weights`); a tenant not listed weighs 1.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tenants: BTreeMap<String, f64>,
     /// Hold an agent for a head task that fits nowhere (the optimizer's
     /// `coordination.head_reservation`).
     #[serde(default = "yes")]
     pub head_reservation: bool,
     /// Shared budgets the task types draw from (as the optimizer's `[[budgets]]`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub budgets: Vec<BudgetSpec>,
 }
 
 /// One shared budget, as the optimizer's config defines it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetSpec {
     pub name: String,
@@ -63,14 +63,14 @@ pub struct BudgetSpec {
     /// rate: units per period; concurrency: slots.
     pub limit: u64,
     /// rate: the period in seconds (default 60).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub period_s: Option<f64>,
     /// rate: the bucket size (default `limit`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BudgetKindSpec {
     Rate,
@@ -93,7 +93,7 @@ impl BudgetSpec {
 }
 
 /// One kind of agent and how many of them there are.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentTypeSpec {
     /// Type name, also the `agent_type` strategies see.
@@ -103,7 +103,7 @@ pub struct AgentTypeSpec {
     /// Capacity in whole units per resource kind (cpu, memory, tokens, time).
     pub capacity: BTreeMap<String, f64>,
     /// Hidden truth per task type; task types not listed get [`TruthSpec::default`].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub truth: BTreeMap<String, TruthSpec>,
     /// `capacity` in milli-units, filled in by validation.
     #[serde(skip)]
@@ -111,7 +111,7 @@ pub struct AgentTypeSpec {
 }
 
 /// How an agent type really performs on one task type; strategies never see this.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TruthSpec {
     /// Actual duration = estimated × speed × noise (so 0.5 is twice as fast as estimated).
@@ -136,7 +136,7 @@ impl Default for TruthSpec {
 }
 
 /// A scheduled change to one agent.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentEventSpec {
     /// Virtual time of the event, seconds from the start.
@@ -146,12 +146,12 @@ pub struct AgentEventSpec {
     /// What happens.
     pub kind: AgentEventKind,
     /// For `degrade`: multiplier on the agent's durations from then on (2.0 = half as fast).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speed_factor: Option<f64>,
 }
 
 /// An agent named by its type and its index within the type (0-based).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentRef {
     /// The agent type's name.
@@ -162,7 +162,7 @@ pub struct AgentRef {
 }
 
 /// Kinds of agent event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentEventKind {
     /// The agent becomes slower (`speed_factor`) for attempts started from then on.
@@ -172,7 +172,7 @@ pub enum AgentEventKind {
 }
 
 /// The task stream.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskStreamSpec {
     /// Number of tasks submitted.
@@ -180,13 +180,13 @@ pub struct TaskStreamSpec {
     /// How arrivals are spaced.
     pub arrival: ArrivalKind,
     /// For `poisson`: mean arrivals per second.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_per_s: Option<f64>,
     /// For `bursty`: tasks per burst.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst_size: Option<u32>,
     /// For `bursty`: seconds between bursts.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst_every_s: Option<f64>,
     /// Task types, drawn by weight.
     pub types: Vec<TaskTypeSpec>,
@@ -196,7 +196,7 @@ pub struct TaskStreamSpec {
 }
 
 /// Arrival processes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ArrivalKind {
     /// Exponential inter-arrival times with mean `1 / rate_per_s`.
@@ -206,7 +206,7 @@ pub enum ArrivalKind {
 }
 
 /// One task type.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskTypeSpec {
     /// Type name, also the `task_type` strategies see.
@@ -223,21 +223,21 @@ pub struct TaskTypeSpec {
     /// Schedule-to-start limit, seconds (the service's `queue_timeout_s`): a task of this type
     /// not granted this long after it arrived, or after it re-entered the queue, fails.
     /// Absent or 0: none.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_timeout_s: Option<f64>,
     /// Start-to-close limit of one attempt, seconds (`run_timeout_s`): an attempt still running
     /// then is stopped, its reservation released, and the task retried or failed. Absent or 0:
     /// none.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_timeout_s: Option<f64>,
     /// Attempts of a task of this type; absent: `[retry] max_attempts`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
     /// The tenant tasks of this type belong to (`default` when absent).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     /// What one task draws from each budget (its estimate, for a rate budget).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub budgets: BTreeMap<String, u64>,
     /// σ of the mean-1 log-normal factor between a rate draw and the actual usage reported at
     /// completion (0: usage = draw).
@@ -249,7 +249,7 @@ pub struct TaskTypeSpec {
 }
 
 /// Shape of the dependency DAG.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DependencySpec {
     /// Probability that a task depends on earlier tasks at all.
@@ -278,7 +278,7 @@ impl Default for DependencySpec {
 }
 
 /// Retry policy for failed attempts.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySpec {
     /// Attempts per task, first included; after the last failure the task fails for good.
@@ -359,13 +359,13 @@ fn yes() -> bool {
 fn one_u32() -> u32 {
     1
 }
-fn default_learning_rate() -> f64 {
+pub(crate) fn default_learning_rate() -> f64 {
     0.1
 }
-fn default_max_candidates() -> usize {
+pub(crate) fn default_max_candidates() -> usize {
     4
 }
-fn default_dispatch_window() -> usize {
+pub(crate) fn default_dispatch_window() -> usize {
     128
 }
 fn default_max_depth() -> u32 {
