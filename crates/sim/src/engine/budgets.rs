@@ -93,13 +93,21 @@ impl Engine<'_> {
             .collect()
     }
 
-    /// Whether `t` draws from a rate budget known to be blocked now (left out of the window).
-    pub(super) fn budget_blocked(&mut self, t: usize) -> bool {
+    /// Forgets the rate budget blocks whose refill is due by now.
+    pub(super) fn expire_budget_blocks(&mut self) {
         let now = self.now_ms();
         for until in &mut self.budgets.blocked_until {
             if until.is_some_and(|u| u <= now) {
                 *until = None;
             }
+        }
+    }
+
+    /// Whether `t` draws from a rate budget known to be blocked now (left out of the window);
+    /// after [`Engine::expire_budget_blocks`] at this instant.
+    pub(super) fn budget_blocked(&self, t: usize) -> bool {
+        if self.budgets.kinds.is_empty() {
+            return false;
         }
         self.draws_of(t)
             .iter()

@@ -17,21 +17,7 @@ impl Engine<'_> {
     pub(super) fn dispatch(&mut self) -> Result<(), SimError> {
         let window = self.w.dispatch_window;
         loop {
-            let ready: Vec<usize> = self
-                .ready
-                .iter()
-                .map(|&(_, _, t)| t)
-                .filter(|&t| self.coverable(t))
-                .collect();
-            let mut head = Vec::with_capacity(window);
-            for t in ready {
-                if head.len() == window {
-                    break;
-                }
-                if !self.budget_blocked(t) {
-                    head.push(t);
-                }
-            }
+            let head = self.queue_head(window);
             let views: Vec<AgentView> = self
                 .agents
                 .iter()
@@ -61,6 +47,27 @@ impl Engine<'_> {
                 return Ok(());
             }
         }
+    }
+
+    /// The first `window` ready tasks, in queue order, that some live agent could hold and
+    /// whose rate budgets are not blocked. The walk stops once the window is full: a long
+    /// queue costs a round only the tasks it skips, not its whole length.
+    fn queue_head(&mut self, window: usize) -> Vec<usize> {
+        self.expire_budget_blocks();
+        let mut head = Vec::with_capacity(window);
+        let mut scanned = 0;
+        for &(_, _, t) in &self.ready {
+            if head.len() == window {
+                break;
+            }
+            scanned += 1;
+            if self.coverable(t) && !self.budget_blocked(t) {
+                head.push(t);
+            }
+        }
+        self.work.rounds += 1;
+        self.work.scanned += scanned;
+        head
     }
 
     /// The first candidate that is alive, still has room and does not delay a held head task:
@@ -110,7 +117,11 @@ impl Engine<'_> {
         }
         let rest: Vec<usize> = (0..tasks.len()).filter(|&i| Some(i) != held).collect();
         let rest_views: Vec<TaskView> = rest.iter().map(|&i| tasks[i].clone()).collect();
-        let mut others = self.plan(&rest_views, &beside_hold(views, hold));
+        // Without a hold the fleet is planned as it is: no copy of it per round.
+        let mut others = match hold {
+            Some(_) => self.plan(&rest_views, &beside_hold(views, hold)),
+            None => self.plan(&rest_views, views),
+        };
         others
             .iter_mut()
             .for_each(|p| p.task_index = rest[p.task_index]);

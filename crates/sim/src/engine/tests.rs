@@ -1,3 +1,4 @@
+use super::Work;
 use super::*;
 use crate::report::run_all;
 use switchyard_decision::{LeastLoaded, RoundRobin, TaskState};
@@ -328,4 +329,61 @@ usage_noise = 0.3
     let too_big = text.replace("tpm = 100,", "tpm = 201,");
     let e = Workload::parse(&too_big).unwrap_err().to_string();
     assert!(e.contains("allows 1..=200"), "{e}");
+}
+
+/// The work of one run of `w` under least-loaded (counted, not timed).
+fn work_of(w: &Workload) -> Work {
+    let mut engine = Engine::new(w, Placer::Strategy(&LeastLoaded));
+    if let Err(e) = engine.run() {
+        panic!("{e}");
+    }
+    engine.work
+}
+
+/// Below capacity, five times the tasks is five times the events, and the cost of each stays
+/// the same: the heap holds what is in flight (it once held every task yet to arrive), and a
+/// dispatch round looks at a short queue.
+#[test]
+fn work_per_event_stays_flat_as_a_run_grows_five_fold() {
+    let fleet = "[[agent_types]]\nname = \"a\"\ncount = 20\ncapacity = { cpu = 4 }";
+    let run = |n: u32| {
+        let tasks = format!("count = {n}\narrival = \"poisson\"\nrate_per_s = 15.0");
+        work_of(&workload(fleet, &tasks, ""))
+    };
+    let (short, long) = (run(1_000), run(5_000));
+    assert!(long.rounds > 4 * short.rounds, "{short:?} {long:?}");
+    assert!(
+        long.peak_heap <= short.peak_heap * 3 / 2,
+        "the heap grew with the run: {short:?} {long:?}"
+    );
+    let per_round = |w: Work| w.scanned as f64 / w.rounds as f64;
+    assert!(
+        per_round(long) <= per_round(short) * 1.5,
+        "a round scans more as the run grows: {short:?} {long:?}"
+    );
+}
+
+/// Overloaded, the queue grows with the run, legitimately; a dispatch round still looks at no
+/// more than its window of it (it once walked the whole queue every round).
+#[test]
+fn a_round_scans_its_window_not_the_whole_queue() {
+    let fleet = "[[agent_types]]\nname = \"a\"\ncount = 2\ncapacity = { cpu = 2 }";
+    let tasks = "count = 3000\narrival = \"poisson\"\nrate_per_s = 5.0";
+    let w = workload(fleet, tasks, "dispatch_window = 16");
+    let work = work_of(&w);
+    let outcome = match simulate(&w, Placer::Strategy(&LeastLoaded)) {
+        Ok(o) => o,
+        Err(e) => panic!("{e}"),
+    };
+    let last = outcome
+        .tasks
+        .iter()
+        .filter_map(|t| t.first_start_s)
+        .fold(0.0, f64::max);
+    assert!(last > 2.0 * 600.0, "not overloaded: last grant at {last}s");
+    assert!(work.rounds > 0);
+    assert!(
+        work.scanned <= work.rounds * 16,
+        "a round scanned past its window: {work:?}"
+    );
 }
