@@ -228,12 +228,20 @@ fn adaptive_weighs_success_probability() {
 #[test]
 fn adaptive_explores_an_unseen_agent_type() {
     let mut p = PatternTable::new();
-    p.insert("build", "known", stats(50, 49, 0.98, 0.6));
+    // The known type runs 1.5× the estimate: an unseen type, expected at the estimate, is tried.
+    p.insert("build", "known", stats(50, 49, 0.98, 1.5));
     let agents = vec![agent("k", "known", 0), agent("n", "novel", 0)];
     assert_eq!(first(&Adaptive, &task("t", 5, 0), &agents, &p), "n");
     // Once tried and found slow, it is judged on the evidence.
     p.insert("build", "novel", stats(1, 1, 0.75, 2.0));
     assert_eq!(first(&Adaptive, &task("t", 5, 0), &agents, &p), "k");
+    // A known type faster than estimated keeps the work while it has room; the unseen type
+    // gets what does not fit there.
+    let mut p = PatternTable::new();
+    p.insert("build", "known", stats(50, 49, 0.98, 0.6));
+    assert_eq!(first(&Adaptive, &task("t", 5, 0), &agents, &p), "k");
+    let agents = vec![agent("k", "known", 1000), agent("n", "novel", 0)];
+    assert_eq!(first(&Adaptive, &task("t", 5, 0), &agents, &p), "n");
 }
 
 #[test]
