@@ -453,7 +453,8 @@ async fn the_scripts_back_off_as_the_decision_crate_does() {
     let mut redis = common::redis_at(&servers).await;
     let lib = include_str!("../crates/server/src/state/lua/lib.lua");
     let script = format!(
-        "local KINDS = {{'cpu', 'memory', 'tokens', 'time'}}\n{lib}\n\
+        "local KINDS = {{'cpu', 'memory', 'tokens', 'time'}}\n\
+         local LEARNED_FIELDS = {{}}\n{lib}\n\
          return retry_backoff_ms(ARGV[1], ARGV[2], ARGV[3])"
     );
     for (base, failures, cap) in [

@@ -5,23 +5,8 @@ fn metrics(mean: f64, p95: f64, first_ok: f64) -> StrategyMetrics {
     StrategyMetrics {
         mean_completion_s: mean,
         p95_completion_s: p95,
-        makespan_s: 0.0,
-        utilization: 0.0,
         first_attempt_success: first_ok,
-        priority_weighted_latency_s: 0.0,
-        throughput_per_s: 0.0,
-        tasks_completed: 0,
-        tasks_failed: 0,
-        tasks_unfinished: 0,
-        attempts: 0,
-        retries: 0,
-        queue_timeouts: 0,
-        run_timeouts: 0,
-        grants_by_agent_type: BTreeMap::new(),
-        tenant_shares: BTreeMap::new(),
-        waits_by_type: BTreeMap::new(),
-        mean_run_s: 0.0,
-        budgets: BTreeMap::new(),
+        ..StrategyMetrics::default()
     }
 }
 

@@ -156,23 +156,7 @@ mod tests {
         StrategyMetrics {
             mean_completion_s: mean,
             p95_completion_s: p95,
-            makespan_s: 0.0,
-            utilization: 0.0,
-            first_attempt_success: 0.0,
-            priority_weighted_latency_s: 0.0,
-            throughput_per_s: 0.0,
-            tasks_completed: 0,
-            tasks_failed: 0,
-            tasks_unfinished: 0,
-            attempts: 0,
-            retries: 0,
-            queue_timeouts: 0,
-            run_timeouts: 0,
-            grants_by_agent_type: BTreeMap::new(),
-            tenant_shares: BTreeMap::new(),
-            waits_by_type: BTreeMap::new(),
-            mean_run_s: 0.0,
-            budgets: BTreeMap::new(),
+            ..StrategyMetrics::default()
         }
     }
 

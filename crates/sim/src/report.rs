@@ -18,7 +18,7 @@ use switchyard_decision::StrategyKind;
 pub const ORACLE: &str = "oracle";
 
 /// One strategy's results on one workload.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct StrategyMetrics {
     /// Mean of submit → successful completion over completed tasks, seconds.
     pub mean_completion_s: f64,

@@ -20,13 +20,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::rows::LEARNED_SUFFIX;
 use super::store::Store;
 use switchyard_client::error::Error;
 use switchyard_decision::{AgentLearning, AgentView, Resources};
-
-/// The suffix of a fleet-log field carrying an agent's learned values (agent ids cannot contain
-/// `|`, so it cannot be an agent's own field).
-pub(crate) const LEARNED_SUFFIX: &str = "|learned";
 
 /// Log entries are trimmed after a minute (`FLEET_LOG_KEEP_MS` in lib.lua); a cache that has not
 /// read the log for half that reloads the whole fleet rather than risk missing a trimmed entry.

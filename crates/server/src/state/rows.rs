@@ -20,6 +20,10 @@ pub(crate) const LEARNED_FIELDS: [&str; 6] = [
     "drifts",
 ];
 
+/// The suffix of a fleet-log field carrying an agent's learned values (state/fleet.rs; agent ids
+/// cannot contain `|`, so it cannot be an agent's own field).
+pub(crate) const LEARNED_SUFFIX: &str = "|learned";
+
 /// Agent hash fields before the learned ones, in the order the functions below read them.
 const VIEW_ROW_FIELDS: [&str; 15] = [
     "agent_type",

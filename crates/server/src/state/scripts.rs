@@ -20,7 +20,7 @@ fn kinds_prelude() -> String {
 
 /// `local LEARNED_FIELDS = {'pace_n', ...}` and `local LEARNED_SUFFIX = '|learned'`: the agent
 /// hash fields of what is learned per agent ([`super::rows::LEARNED_FIELDS`]) and the suffix of
-/// their fleet-log field ([`super::fleet::LEARNED_SUFFIX`]), so the scripts spell neither.
+/// their fleet-log field ([`super::rows::LEARNED_SUFFIX`]), so the scripts spell neither.
 fn learned_prelude() -> String {
     let names: Vec<String> = super::rows::LEARNED_FIELDS
         .iter()
@@ -29,7 +29,7 @@ fn learned_prelude() -> String {
     format!(
         "local LEARNED_FIELDS = {{{}}}\nlocal LEARNED_SUFFIX = '{}'\n",
         names.join(", "),
-        super::fleet::LEARNED_SUFFIX
+        super::rows::LEARNED_SUFFIX
     )
 }
 
