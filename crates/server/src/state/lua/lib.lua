@@ -97,13 +97,19 @@ end
 local VIEW_FIELDS = flat('status', kind_fields('cap_'), kind_fields('res_'), 'score',
   'priority_weight', 'active_tasks', 'agent_type')
 
--- Encodes an agent's view from a table holding the VIEW_FIELDS by name.
-local function encode_view(agent)
+-- The values of `fields` in `agent` (a table holding them by name), joined by '|'; a missing
+-- one is empty.
+local function encode_fields(agent, fields)
   local parts = {}
-  for i, field in ipairs(VIEW_FIELDS) do
+  for i, field in ipairs(fields) do
     parts[i] = tostring(agent[field] or '')
   end
   return table.concat(parts, '|')
+end
+
+-- Encodes an agent's view from a table holding the VIEW_FIELDS by name.
+local function encode_view(agent)
+  return encode_fields(agent, VIEW_FIELDS)
 end
 
 -- What is learned per agent beyond its type (decision crate, learning.rs: AgentLearning).
@@ -120,11 +126,7 @@ local L_OBS, L_PACE, L_FAST, L_VAR, L_EXCESS, L_DRIFTS = unpack(LEARNED_FIELDS)
 -- change what is learned, or bring an agent back into the fleet, log it; a replica keeps an
 -- agent's learned values across views logged without it.
 local function encode_learned(agent)
-  local parts = {}
-  for i, field in ipairs(LEARNED_FIELDS) do
-    parts[i] = tostring(agent[field] or '')
-  end
-  return table.concat(parts, '|')
+  return encode_fields(agent, LEARNED_FIELDS)
 end
 
 -- How long fleet-log entries are kept: a replica that has not read the log for longer reloads the
