@@ -170,17 +170,19 @@ pub trait Strategy: Send + Sync {
         None
     }
 
-    /// How much the strategy would prefer `agent` for `task` if the agent were idle, lower is
-    /// better, or `None` (the default) when it has no such order. A large fleet is ranked on a
-    /// sample; with a preference, the plan also offers the strategy the most preferred agents
-    /// (with room, and busy ones for [`Strategy::hold_for`]), so the best agents are not lost to
-    /// sampling. Must not depend on the agent's load, so one order serves a whole batch.
-    fn preference(
+    /// How much the strategy would prefer each agent for `task` if it were idle, lower is
+    /// better (one value per agent, in order), or `None` (the default) when it has no such
+    /// order. A large fleet is ranked on a sample; with preferences, the plan also offers the
+    /// strategy the most preferred agents (with room, and busy ones for [`Strategy::hold_for`]),
+    /// so the best agents are not lost to sampling. Must not depend on the agents' load, so one
+    /// order serves a whole batch. Called once per task type per batch, over the whole fleet:
+    /// keep it to a few operations per agent.
+    fn preferences(
         &self,
         _task: &TaskView,
-        _agent: &AgentView,
+        _agents: &[AgentView],
         _ctx: &DecisionContext<'_>,
-    ) -> Option<f64> {
+    ) -> Option<Vec<f64>> {
         None
     }
 

@@ -166,7 +166,7 @@ fn plan(
 /// copy-on-write overlay instead of a copy of the whole fleet, so a decision costs O(sample),
 /// not O(fleet).
 ///
-/// A strategy with a [`Strategy::preference`] is also offered the agents it prefers most: per
+/// A strategy with [`Strategy::preferences`] is also offered the agents it prefers most: per
 /// task type, the fleet is sorted once per batch by preference ([`PreferenceIndex`]), and each
 /// task's views get the first [`PREFERRED`] agents with room and the first [`BUSY_OFFERED`]
 /// without, besides the sample. So a large fleet neither loses its best agents to sampling nor
@@ -187,7 +187,7 @@ fn plan_sampled(
     let mut held_views: Vec<u32> = Vec::with_capacity(offered.capacity());
     let mut plans = Vec::with_capacity(tasks.len());
     for (task_index, task) in tasks.iter().enumerate() {
-        let order = index.order(strategy, task, agents, ctx);
+        let order = index.order(strategy, task, agents, ctx, LOOK_DEEP * options.sample_size);
         offer(&mut offered, task, &fleet, order, options.sample_size);
         views.clear();
         views.extend(offered.iter().filter_map(|&i| fleet.view(i).cloned()));
@@ -233,6 +233,9 @@ fn plan_sampled(
     plans
 }
 
+/// How deep into the preference order a sampled decision looks, in sample sizes: the order is
+/// kept only this deep, and the agents with room and busy ones are sought within it.
+const LOOK_DEEP: usize = 4;
 /// How many of a task's most preferred agents with room a sampled decision is offered.
 pub(crate) const PREFERRED: usize = 16;
 /// How many of its most preferred busy agents (capacity for the task, no room now) it is offered,
@@ -282,8 +285,8 @@ impl<'a> Overlay<'a> {
     }
 }
 
-/// Per task type, the fleet's indexes sorted by the strategy's [`Strategy::preference`] (best
-/// first, ties by index), built on first use in a batch. Preferences do not depend on load, so
+/// Per task type, the fleet's most preferred indexes by the strategy's [`Strategy::preferences`]
+/// (best first, ties by index), built on first use in a batch. Preferences do not depend on load, so
 /// the batch's own placements do not stale it.
 #[derive(Default)]
 struct PreferenceIndex {
@@ -291,39 +294,52 @@ struct PreferenceIndex {
 }
 
 impl PreferenceIndex {
+    /// The order for `task`'s type, its first `depth` agents (built on first use).
     fn order(
         &mut self,
         strategy: &dyn Strategy,
         task: &TaskView,
         agents: &[AgentView],
         ctx: &DecisionContext<'_>,
+        depth: usize,
     ) -> Option<&[usize]> {
-        self.by_type
-            .entry(task.task_type.clone())
-            .or_insert_with(|| sorted_by_preference(strategy, task, agents, ctx))
-            .as_deref()
+        if !self.by_type.contains_key(&task.task_type) {
+            let order = sorted_by_preference(strategy, task, agents, ctx, depth);
+            self.by_type.insert(task.task_type.clone(), order);
+        }
+        self.by_type.get(&task.task_type)?.as_deref()
     }
 }
 
-/// The agents' indexes by preference for `task`, or `None` when the strategy has none.
+/// The `depth` most preferred agents' indexes for `task`, best first (ties by index), or `None`
+/// when the strategy has no preferences. A partial selection, then a sort of what was selected:
+/// linear in the fleet, once per task type per batch.
 fn sorted_by_preference(
     strategy: &dyn Strategy,
     task: &TaskView,
     agents: &[AgentView],
     ctx: &DecisionContext<'_>,
+    depth: usize,
 ) -> Option<Vec<usize>> {
-    let mut keyed: Vec<(f64, usize)> = Vec::with_capacity(agents.len());
-    for (i, agent) in agents.iter().enumerate() {
-        let key = strategy.preference(task, agent, ctx)?;
-        keyed.push((if key.is_nan() { f64::INFINITY } else { key }, i));
+    let keys = strategy.preferences(task, agents, ctx)?;
+    let mut keyed: Vec<(f64, usize)> = keys
+        .into_iter()
+        .take(agents.len())
+        .map(|key| if key.is_nan() { f64::INFINITY } else { key })
+        .zip(0..)
+        .collect();
+    let order = |a: &(f64, usize), b: &(f64, usize)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+    if depth < keyed.len() {
+        keyed.select_nth_unstable_by(depth, order);
+        keyed.truncate(depth);
     }
-    keyed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    keyed.sort_by(order);
     Some(keyed.into_iter().map(|(_, i)| i).collect())
 }
 
 /// Fills `offered` with the agents a sampled decision for `task` sees: from the preference
 /// order (when there is one) the first [`PREFERRED`] with room and [`BUSY_OFFERED`] busy ones that
-/// could ever take it, looking at most `4 × sample_size` deep; then a [`sample_candidates`]
+/// could ever take it, looking at most [`LOOK_DEEP`] `× sample_size` deep; then a [`sample_candidates`]
 /// sample of `sample_size` agents with room, without repeats.
 fn offer(
     offered: &mut Vec<usize>,
@@ -335,7 +351,7 @@ fn offer(
     offered.clear();
     let idle = crate::resources::Resources::default();
     let (mut with_room, mut busy) = (0, 0);
-    for &i in order.unwrap_or(&[]).iter().take(4 * sample_size) {
+    for &i in order.unwrap_or(&[]).iter().take(LOOK_DEEP * sample_size) {
         let Some(agent) = fleet.view(i) else { continue };
         if fits(task, agent) && with_room < PREFERRED {
             with_room += 1;

@@ -170,7 +170,7 @@ impl<'a> Pairs<'a> {
 /// [`HOLD_GAIN`] times the best `E` among agents with room, and only while fewer tasks wait for
 /// that agent than it has slots: the wait is a guess (running tasks' ends are not known), and a
 /// queue behind a few fast agents must not clog the dispatch window while slower agents idle. On a large fleet the plan offers the strategy the agents it prefers
-/// ([`Strategy::preference`]) as well as a sample, so waiting for the fastest is decided at any
+/// ([`Strategy::preferences`]) as well as a sample, so waiting for the fastest is decided at any
 /// fleet size.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Adaptive;
@@ -184,14 +184,19 @@ impl Strategy for Adaptive {
         true
     }
 
-    fn preference(
+    fn preferences(
         &self,
         task: &TaskView,
-        agent: &AgentView,
+        agents: &[AgentView],
         ctx: &DecisionContext<'_>,
-    ) -> Option<f64> {
-        let pair = pair_estimate(ctx.patterns, &task.task_type, &agent.agent_type);
-        Some(Expectation::of(task, agent, pair).to_success_s())
+    ) -> Option<Vec<f64>> {
+        let mut pairs = Pairs::new(task, ctx);
+        Some(
+            agents
+                .iter()
+                .map(|agent| pairs.expect(task, agent).to_success_s())
+                .collect(),
+        )
     }
 
     fn hold_for(
