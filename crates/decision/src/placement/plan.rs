@@ -167,7 +167,7 @@ fn plan(
 /// not O(fleet).
 ///
 /// A strategy with [`Strategy::preferences`] is also offered the agents it prefers most: per
-/// task type, the fleet is sorted once per batch by preference ([`PreferenceIndex`]), and each
+/// task type, the most preferred agents are found once per batch ([`PreferenceIndex`]), and each
 /// task's views get the first [`PREFERRED`] agents with room and the first [`BUSY_OFFERED`]
 /// without, besides the sample. So a large fleet neither loses its best agents to sampling nor
 /// the choice of waiting for one of them ([`Strategy::hold_for`], asked as on a full plan).
