@@ -107,6 +107,16 @@ impl PatternTable {
             .flat_map(|m| m.iter().map(|(agent, stats)| (agent.as_str(), stats)))
     }
 
+    /// Every task type `agent_type` is known for, with its stats, in task-type order.
+    pub fn for_agent<'a>(
+        &'a self,
+        agent_type: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a PatternStats)> + 'a {
+        self.by_task
+            .iter()
+            .filter_map(move |(task, agents)| agents.get(agent_type).map(|s| (task.as_str(), s)))
+    }
+
     /// Folds one completion of `task_type` on an `agent_type` agent in; a pair seen for the
     /// first time starts from [`PatternStats::neutral`]. See [`PatternStats::record`].
     pub fn record(

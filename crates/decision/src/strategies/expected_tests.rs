@@ -1,6 +1,7 @@
 //! Adaptive's expected completion and the per-agent learning behind it, on hand-built histories:
 //! who wins and why.
 
+use super::learned::{EXPLORE_PERIOD, EXPLORE_TRIES};
 use super::*;
 use crate::{
     AgentLearning, AgentView, Completion, DecisionContext, PatternStats, PatternTable, Resources,
@@ -34,7 +35,7 @@ fn task(id: &str) -> TaskView {
         task_type: "job".to_owned(),
         priority: 5,
         required: cpu(1),
-        seq: 0,
+        seq: 1, // not a multiple of EXPLORE_PERIOD: an ordinary, not an exploring, task
         estimated_duration_s: 10.0,
         avoid_agents: Vec::new(),
     }
@@ -188,4 +189,102 @@ fn a_large_fleet_waits_for_a_much_faster_busy_agent() {
         4,
     );
     assert!(plans[0].candidates[0].starts_with("slow"), "{plans:?}");
+}
+
+/// `task("t")` with queue sequence `seq`, ranked among `agents`.
+fn ranked_at(seq: u64, agents: &[AgentView], patterns: &PatternTable) -> Vec<String> {
+    let task = TaskView { seq, ..task("t") };
+    Adaptive
+        .rank(&task, agents, &DecisionContext::new(patterns))
+        .into_iter()
+        .map(|i| agents[i].agent_id.to_string())
+        .collect()
+}
+
+#[test]
+fn an_unseen_type_is_explored_by_one_task_in_fifty() {
+    // "w" is known to beat the estimate; "new" has never run a job, so it is expected to run as
+    // estimated and loses every ordinary decision.
+    let patterns = one_type(0.6, 1.0);
+    let agents = [agent("w1", "w", 0), agent("n1", "new", 0)];
+    assert_eq!(ranked_at(1, &agents, &patterns), ["w1", "n1"]);
+    assert_eq!(
+        ranked_at(EXPLORE_PERIOD + 1, &agents, &patterns),
+        ["w1", "n1"]
+    );
+    assert_eq!(ranked_at(EXPLORE_PERIOD, &agents, &patterns), ["n1", "w1"]);
+}
+
+#[test]
+fn exploration_stops_once_a_pair_has_been_seen_enough() {
+    let mut patterns = one_type(0.6, 1.0);
+    let slow = PatternStats {
+        attempts: EXPLORE_TRIES,
+        successes: EXPLORE_TRIES,
+        success_ema: 1.0,
+        duration_ratio_ema: 2.0,
+    };
+    patterns.insert("job", "new", slow.clone());
+    let agents = [agent("w1", "w", 0), agent("n1", "new", 0)];
+    assert_eq!(ranked_at(EXPLORE_PERIOD, &agents, &patterns), ["w1", "n1"]);
+    // One completion fewer and the slow-looking pair is still explored.
+    let fewer = PatternStats {
+        attempts: EXPLORE_TRIES - 1,
+        successes: EXPLORE_TRIES - 1,
+        ..slow
+    };
+    patterns.insert("job", "new", fewer);
+    assert_eq!(ranked_at(EXPLORE_PERIOD, &agents, &patterns), ["n1", "w1"]);
+}
+
+#[test]
+fn exploring_tasks_take_the_untried_types_in_turn() {
+    let patterns = one_type(0.6, 1.0);
+    let agents = [
+        agent("w1", "w", 0),
+        agent("x1", "x", 0),
+        agent("y1", "y", 0),
+    ];
+    let first = |seq| ranked_at(seq, &agents, &patterns)[0].clone();
+    assert_eq!(first(EXPLORE_PERIOD), "y1");
+    assert_eq!(first(2 * EXPLORE_PERIOD), "x1");
+    assert_eq!(first(3 * EXPLORE_PERIOD), "y1");
+    assert_eq!(first(3 * EXPLORE_PERIOD + 1), "w1");
+}
+
+#[test]
+fn an_unseen_pair_starts_from_what_its_type_did_on_other_task_types() {
+    // "fast" ran another task type at a quarter of its estimate and has never run a job; "w"
+    // runs jobs at 0.6. Shrunk toward the estimate as one more task type, "fast" is expected at
+    // exp(ln 0.25 / 2) = 0.5 and is tried first. Without its record it would be 1.0 and lose.
+    let mut patterns = one_type(0.6, 1.0);
+    patterns.insert("other", "fast", pattern(0.25, 1.0));
+    let agents = [agent("w1", "w", 0), agent("f1", "fast", 0)];
+    assert_eq!(ranked(&agents, &patterns), ["f1", "w1"]);
+    let scores = Adaptive.scores(&task("t"), &agents, &DecisionContext::new(&patterns));
+    let expected_s = |id: &str| {
+        scores
+            .iter()
+            .find(|c| &*c.agent_id == id)
+            .map_or(f64::NAN, |c| 1.0 / c.score)
+    };
+    // Both at a quarter of their capacity after placing: × 1.125 each.
+    assert!((expected_s("f1") - 10.0 * 0.5 * 1.125).abs() < 1e-9);
+    assert!((expected_s("w1") - 10.0 * 0.6 * 1.125).abs() < 1e-9);
+}
+
+#[test]
+fn a_type_flaky_elsewhere_is_not_trusted_on_a_new_task_type() {
+    // "flaky" succeeds 20% of the time on another task type: on jobs, its success starts at
+    // the mean of that and the best job pair's 1.0, so it is expected at 10 / 0.6 s.
+    let mut patterns = one_type(1.2, 1.0);
+    patterns.insert("other", "flaky", pattern(1.0, 0.2));
+    let agents = [agent("w1", "w", 0), agent("k1", "flaky", 0)];
+    assert_eq!(ranked(&agents, &patterns), ["w1", "k1"]);
+    let scores = Adaptive.scores(&task("t"), &agents, &DecisionContext::new(&patterns));
+    let k1 = scores
+        .iter()
+        .find(|c| &*c.agent_id == "k1")
+        .map_or(0.0, |c| c.score);
+    assert!((1.0 / k1 - 10.0 / 0.6 * 1.125).abs() < 1e-9);
 }

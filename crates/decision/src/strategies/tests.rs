@@ -28,6 +28,8 @@ fn agent(id: &str, agent_type: &str, reserved_cpu: u64) -> AgentView {
     }
 }
 
+/// `seq` 0 is one of the tasks adaptive explores with (a multiple of its period); adaptive tests
+/// that rank by expectation use 1.
 fn task(id: &str, priority: u8, seq: u64) -> TaskView {
     TaskView {
         task_id: id.to_owned(),
@@ -205,12 +207,12 @@ fn fast_and_slow() -> PatternTable {
 fn adaptive_prefers_a_three_times_faster_type_even_when_busier() {
     let agents = vec![agent("s", "slow", 0), agent("f", "fast", 700)];
     assert_eq!(
-        first(&Adaptive, &task("t", 5, 0), &agents, &fast_and_slow()),
+        first(&Adaptive, &task("t", 5, 1), &agents, &fast_and_slow()),
         "f"
     );
     // Without history the busy agent loses: only load tells them apart.
     assert_eq!(
-        first(&Adaptive, &task("t", 5, 0), &agents, &PatternTable::new()),
+        first(&Adaptive, &task("t", 5, 1), &agents, &PatternTable::new()),
         "s"
     );
 }
@@ -222,7 +224,7 @@ fn adaptive_weighs_success_probability() {
     p.insert("build", "steady", stats(20, 19, 0.95, 1.0));
     let agents = vec![agent("x", "flaky", 0), agent("y", "steady", 0)];
     // Flaky is a bit faster per run but needs ~5 attempts: 0.8 / 0.2 > 1.0 / 0.95.
-    assert_eq!(first(&Adaptive, &task("t", 5, 0), &agents, &p), "y");
+    assert_eq!(first(&Adaptive, &task("t", 5, 1), &agents, &p), "y");
 }
 
 #[test]
@@ -231,17 +233,17 @@ fn adaptive_explores_an_unseen_agent_type() {
     // The known type runs 1.5× the estimate: an unseen type, expected at the estimate, is tried.
     p.insert("build", "known", stats(50, 49, 0.98, 1.5));
     let agents = vec![agent("k", "known", 0), agent("n", "novel", 0)];
-    assert_eq!(first(&Adaptive, &task("t", 5, 0), &agents, &p), "n");
+    assert_eq!(first(&Adaptive, &task("t", 5, 1), &agents, &p), "n");
     // Once tried and found slow, it is judged on the evidence.
     p.insert("build", "novel", stats(1, 1, 0.75, 2.0));
-    assert_eq!(first(&Adaptive, &task("t", 5, 0), &agents, &p), "k");
+    assert_eq!(first(&Adaptive, &task("t", 5, 1), &agents, &p), "k");
     // A known type faster than estimated keeps the work while it has room; the unseen type
     // gets what does not fit there.
     let mut p = PatternTable::new();
     p.insert("build", "known", stats(50, 49, 0.98, 0.6));
-    assert_eq!(first(&Adaptive, &task("t", 5, 0), &agents, &p), "k");
+    assert_eq!(first(&Adaptive, &task("t", 5, 1), &agents, &p), "k");
     let agents = vec![agent("k", "known", 1000), agent("n", "novel", 0)];
-    assert_eq!(first(&Adaptive, &task("t", 5, 0), &agents, &p), "n");
+    assert_eq!(first(&Adaptive, &task("t", 5, 1), &agents, &p), "n");
 }
 
 #[test]
