@@ -261,16 +261,22 @@ fn an_unseen_pair_starts_from_what_its_type_did_on_other_task_types() {
     patterns.insert("other", "fast", pattern(0.25, 1.0));
     let agents = [agent("w1", "w", 0), agent("f1", "fast", 0)];
     assert_eq!(ranked(&agents, &patterns), ["f1", "w1"]);
-    let scores = Adaptive.scores(&task("t"), &agents, &DecisionContext::new(&patterns));
-    let expected_s = |id: &str| {
-        scores
-            .iter()
-            .find(|c| &*c.agent_id == id)
-            .map_or(f64::NAN, |c| 1.0 / c.score)
-    };
     // Both at a quarter of their capacity after placing: × 1.125 each.
-    assert!((expected_s("f1") - 10.0 * 0.5 * 1.125).abs() < 1e-9);
-    assert!((expected_s("w1") - 10.0 * 0.6 * 1.125).abs() < 1e-9);
+    let expected = expected_seconds(&agents, &patterns);
+    assert!((expected["f1"] - 10.0 * 0.5 * 1.125).abs() < 1e-9);
+    assert!((expected["w1"] - 10.0 * 0.6 * 1.125).abs() < 1e-9);
+}
+
+/// Adaptive's expected seconds (the inverse of its score) for an ordinary task, per agent id.
+fn expected_seconds(
+    agents: &[AgentView],
+    patterns: &PatternTable,
+) -> std::collections::BTreeMap<String, f64> {
+    Adaptive
+        .scores(&task("t"), agents, &DecisionContext::new(patterns))
+        .into_iter()
+        .map(|c| (c.agent_id.to_string(), 1.0 / c.score))
+        .collect()
 }
 
 #[test]
@@ -281,10 +287,6 @@ fn a_type_flaky_elsewhere_is_not_trusted_on_a_new_task_type() {
     patterns.insert("other", "flaky", pattern(1.0, 0.2));
     let agents = [agent("w1", "w", 0), agent("k1", "flaky", 0)];
     assert_eq!(ranked(&agents, &patterns), ["w1", "k1"]);
-    let scores = Adaptive.scores(&task("t"), &agents, &DecisionContext::new(&patterns));
-    let k1 = scores
-        .iter()
-        .find(|c| &*c.agent_id == "k1")
-        .map_or(0.0, |c| c.score);
-    assert!((1.0 / k1 - 10.0 / 0.6 * 1.125).abs() < 1e-9);
+    let expected = expected_seconds(&agents, &patterns);
+    assert!((expected["k1"] - 10.0 / 0.6 * 1.125).abs() < 1e-9);
 }
