@@ -200,9 +200,12 @@ impl<'a> Pairs<'a> {
 ///   over equals); for a busy agent, see below.
 ///
 /// A new agent of a known type starts as its type (its pace is neutral), so it shares its type's
-/// work from its first task. A pair never observed is expected to run as estimated (see
-/// `pair_estimate`): a new agent type is tried as soon as that beats the agents known, or they
-/// are full, and is then judged on evidence. The score reported is `1 / E` (higher is better).
+/// work from its first task. A pair never observed starts from what its agent type did on the
+/// other task types, or as estimated when it did nothing yet (see `pair_estimate`): it is tried
+/// as soon as that beats the agents known, or they are full, or when one of the tasks that
+/// explore takes it (one in `EXPLORE_PERIOD`, see `explored_type`), and is then judged on
+/// evidence. The score reported is `1 / E` (higher is better; × `EXPLORE_BOOST` for the type an
+/// exploring task explores).
 ///
 /// **Waiting for a busy agent** ([`Strategy::hold_for`]) is decided on the same scale: a busy
 /// agent's `E` adds its expected wait — its first slot frees when the soonest of its running
@@ -306,8 +309,8 @@ const EXPLORE_BOOST: f64 = 100.0;
 /// Without it a pair first judged by its prior can be passed over for good: an unseen type is
 /// expected to run as estimated, so once a pair known to beat the estimate exists, a type that
 /// would be twice as fast again is never tried (a generated 1,654-agent fleet never gave its
-/// fastest type for one task type a single task, and ran 1.6× the oracle's mean after learning;
-/// with exploration, 1.05×). Exploring a few tasks in fifty bounds what trying costs — it is
+/// fastest type for one task type a single task, and ran 1.72× the oracle's mean over the second
+/// half of the run; with exploration, 1.08×). Exploring a few tasks in fifty bounds what trying costs — it is
 /// never the blind flood an optimistic prior sends — and stops once every pair has been seen.
 fn explored_type(task: &TaskView, agents: &[AgentView], pairs: &mut Pairs<'_>) -> Option<Arc<str>> {
     if task.seq % EXPLORE_PERIOD != 0 {
