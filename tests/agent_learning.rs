@@ -17,7 +17,9 @@ use common::scripts::{Fixture, RETENTION_S, cpu, fixture, submit_req};
 use common::{Cluster, next_grant};
 use switchyard_decision::{AgentLearning, Completion as Outcome, PatternStats};
 use switchyard_protocol::{StatusQuery, TaskSubmit};
-use switchyard_server::state::{CompleteOutcome, Completion, FleetCache, SubmitOutcome};
+use switchyard_server::state::{
+    CompleteOutcome, Completion, Deadline, DeadlineKind, DeadlineOutcome, FleetCache, SubmitOutcome,
+};
 
 /// The agent hash fields of the learned values (rows.rs LEARNED_FIELDS), as operators see them.
 const FIELDS: [&str; 6] = [
@@ -252,6 +254,99 @@ async fn a_cancel_confirmation_teaches_nothing() {
     for field in FIELDS {
         assert_eq!(f.agent_field("a1", field).await, "", "{field}");
     }
+}
+
+/// A run stopped at its run timeout is a failed attempt to learning (enforce_deadline.lua): the
+/// agent's score, failure excess and its type's pattern learn it as the reference learns a
+/// failure with no duration, and a replica reads it from the fleet log. Two timeouts, a success
+/// between them, so the second sees the pattern the first left.
+#[tokio::test]
+async fn a_run_stopped_at_its_timeout_teaches_a_failure_as_the_reference_does() {
+    let f = fixture().await;
+    f.register("a1", cpu(4000)).await;
+    let mut cache = FleetCache::new();
+    cache.refresh(&f.store).await.expect("first refresh");
+    let mut reference = Reference {
+        lr: LR,
+        pattern: PatternStats::neutral(),
+        learned: AgentLearning::default(),
+        drifts_seen: 0,
+    };
+    let mut score = switchyard_decision::NEUTRAL_SCORE;
+    for (task, run) in [("t1", None), ("t2", Some(12.0)), ("t3", None)] {
+        granted(&f, task, "a1", 10.0).await;
+        match run {
+            None => timed_out(&f, task).await,
+            Some(actual) => {
+                f.store
+                    .complete_tasks(&[report(task, "a1", (true, 10.0, actual))], LR, RETENTION_S)
+                    .await
+                    .expect("complete_tasks");
+            }
+        }
+        let outcome = (run.is_some(), 10.0, run.unwrap_or(0.0));
+        score = switchyard_decision::updated_score(score, LR, outcome.0, 10.0, outcome.2);
+        reference.fold(outcome);
+        assert_matches(&stored(&f, "a1").await, &reference.learned, task);
+    }
+    let patterns = f.store.patterns().await.expect("patterns");
+    let pattern = patterns
+        .get("default", "worker")
+        .expect("the pair is known");
+    assert_eq!((pattern.attempts, pattern.successes), (3, 1));
+    assert!(
+        close(pattern.success_ema, reference.pattern.success_ema),
+        "{pattern:?}"
+    );
+    assert!(
+        close(
+            pattern.duration_ratio_ema,
+            reference.pattern.duration_ratio_ema
+        ),
+        "{pattern:?}"
+    );
+    let stored_score: f64 = f.agent_field("a1", "score").await.parse().expect("score");
+    assert!(
+        close(stored_score, score),
+        "score {stored_score}, reference {score}"
+    );
+    assert_eq!(f.agent_i64("a1", "completions").await, 3);
+    cache.refresh(&f.store).await.expect("refresh");
+    assert_matches(&cache.agents()[0].learned, &reference.learned, "fleet log");
+    assert!(
+        reference.learned.failure_excess > 0.0,
+        "{:?}",
+        reference.learned
+    );
+}
+
+/// Makes `task`'s run deadline due now and enforces it; the attempt must have been stopped.
+async fn timed_out(f: &Fixture, task: &str) {
+    let member = format!("{task}|1");
+    let _: i64 = redis::cmd("ZADD")
+        .arg(f.keys.run_deadlines())
+        .arg(0)
+        .arg(&member)
+        .query_async(&mut f.raw.clone())
+        .await
+        .expect("ZADD");
+    let deadline = Deadline {
+        kind: DeadlineKind::Run,
+        task_id: task.to_string(),
+        member,
+    };
+    let outcome = f
+        .store
+        .enforce_deadline(&deadline, "a1", LR, RETENTION_S)
+        .await
+        .expect("enforce_deadline");
+    assert!(
+        matches!(
+            outcome,
+            DeadlineOutcome::Failed { .. } | DeadlineOutcome::Retrying { .. }
+        ),
+        "{outcome:?}"
+    );
 }
 
 /// The same through a real optimizer over NATS: an agent reports on-estimate runs, then runs

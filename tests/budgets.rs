@@ -301,7 +301,7 @@ async fn a_run_timeout_releases_the_slot_with_the_reservation() {
     .await;
     let outcome = f
         .store
-        .enforce_deadline(&deadline, "a", RETENTION_S)
+        .enforce_deadline(&deadline, "a", 0.1, RETENTION_S)
         .await
         .expect("enforce_deadline");
     assert!(

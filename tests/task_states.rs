@@ -174,7 +174,7 @@ async fn time_out(f: &Fixture, task_id: &str) -> Result<Answer, String> {
     };
     let outcome = f
         .store
-        .enforce_deadline(&deadline, AGENT, RETENTION_S)
+        .enforce_deadline(&deadline, AGENT, 0.1, RETENTION_S)
         .await;
     Ok(timed_out(outcome.map_err(failed("enforce_deadline"))?))
 }

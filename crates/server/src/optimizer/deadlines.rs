@@ -57,6 +57,7 @@ async fn publish(ctx: &Ctx, applied: Applied) {
 /// Acts on one due deadline; true when it timed a task out.
 async fn enforce_one(ctx: &Ctx, deadline: &Deadline, applied: &mut Applied) -> Result<bool, Error> {
     let retention = ctx.config.coordination.task_retention_s;
+    let learning_rate = ctx.config.coordination.learning_rate;
     let mut agent = match deadline.kind {
         DeadlineKind::Queue => String::new(),
         DeadlineKind::Run => holder(ctx, &deadline.task_id).await?,
@@ -64,13 +65,13 @@ async fn enforce_one(ctx: &Ctx, deadline: &Deadline, applied: &mut Applied) -> R
     // A handoff between the read and the script moves the task: once more, naming its holder.
     let mut outcome = ctx
         .store
-        .enforce_deadline(deadline, &agent, retention)
+        .enforce_deadline(deadline, &agent, learning_rate, retention)
         .await?;
     if let DeadlineOutcome::Moved { agent_id } = outcome {
         agent = agent_id;
         outcome = ctx
             .store
-            .enforce_deadline(deadline, &agent, retention)
+            .enforce_deadline(deadline, &agent, learning_rate, retention)
             .await?;
     }
     if ctx.tracer.enabled() {

@@ -139,11 +139,13 @@ impl Store {
     }
 
     /// Acts on one due deadline; `agent_id`: the agent the caller read as holding the task
-    /// (run deadlines). See `lua/enforce_deadline.lua`.
+    /// (run deadlines). A stopped run teaches the agent and its type's pattern a failure at
+    /// `learning_rate`. See `lua/enforce_deadline.lua`.
     pub async fn enforce_deadline(
         &self,
         deadline: &Deadline,
         agent_id: &str,
+        learning_rate: f64,
         retention_s: u64,
     ) -> Result<DeadlineOutcome, Error> {
         let k = self.keys();
@@ -163,7 +165,8 @@ impl Store {
             .key(k.fleet_log())
             .key(k.agent(agent_id))
             .key(k.agent_tasks(agent_id))
-            .key(k.story(id));
+            .key(k.story(id))
+            .key(k.patterns());
         if deadline.kind == DeadlineKind::Run {
             for key in self.task_budget_keys(&[id.as_str()]).await? {
                 inv.key(key);
@@ -175,6 +178,7 @@ impl Store {
             .arg(&deadline.member)
             .arg(agent_id)
             .arg(retention_s)
+            .arg(learning_rate)
             .invoke_async(&mut self.conn())
             .await?;
         DeadlineOutcome::parse(&reply)

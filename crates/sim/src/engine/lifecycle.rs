@@ -69,8 +69,8 @@ impl Engine<'_> {
     }
 
     /// Releases `t`'s reservation on agent `a` and learns from the attempt, as the completion
-    /// script does.
-    fn learn(&mut self, t: usize, a: usize, success: bool, actual_s: f64) {
+    /// script does (and enforce_deadline.lua for a run stopped at its timeout: a failure).
+    pub(super) fn learn(&mut self, t: usize, a: usize, success: bool, actual_s: f64) {
         let task = &self.stream[t];
         self.agents[a].release(t, &task.required);
         let lr = self.w.learning_rate;

@@ -56,7 +56,8 @@ impl Engine<'_> {
     }
 
     /// The run deadline of grant `grant` of `t`: if it still runs, its reservation is released
-    /// and the task retried or failed. Its agent learns nothing from it (no report came).
+    /// and the task retried or failed. Its agent and its type's pattern learn a failed attempt
+    /// with no duration, as enforce_deadline.lua teaches them.
     pub(super) fn run_deadline(&mut self, t: usize, grant: u32) -> Result<(), SimError> {
         let run = &self.runs[t];
         let (true, Some(a)) = (run.is(TaskState::Granted), run.agent) else {
@@ -65,7 +66,7 @@ impl Engine<'_> {
         if run.grants != grant {
             return Ok(());
         }
-        self.agents[a].release(t, &self.stream[t].required);
+        self.learn(t, a, false, 0.0);
         // As the service's enforce_deadline: slots released, rate draws kept (no usage report).
         self.release_slots(t);
         let run = &mut self.runs[t];

@@ -229,6 +229,26 @@ fn a_run_timeout_stops_every_attempt_and_the_last_fails_the_task() {
 }
 
 #[test]
+fn runs_stopped_at_their_timeout_teach_adaptive_to_avoid_the_agent_type() {
+    // "hang" runs every job 20x over its estimate, so past the 30 s limit; "ok" as estimated.
+    // A stopped run is a failure to learning: adaptive soon sees "hang" fail and keeps to
+    // "ok". Taught nothing, "hang" would stay an unseen pair, as good as "ok", forever.
+    let agents = "[[agent_types]]\nname = \"hang\"\ncount = 4\ncapacity = { cpu = 4 }\n\
+                  truth.job = { speed = 20.0 }\n\
+                  [[agent_types]]\nname = \"ok\"\ncount = 4\ncapacity = { cpu = 4 }";
+    let tasks = "count = 300\narrival = \"poisson\"\nrate_per_s = 2.0";
+    let w = limited(agents, tasks, "run_timeout_s = 30.0\nmax_attempts = 3", "");
+    let o = simulate(&w, Placer::Strategy(&switchyard_decision::Adaptive)).unwrap();
+    let hang = o.grants_by_agent_type.get("hang").copied().unwrap_or(0);
+    let ok = o.grants_by_agent_type.get("ok").copied().unwrap_or(0);
+    assert!(
+        hang * 10 <= ok,
+        "grants: {hang} to the type whose runs time out, {ok} to the other"
+    );
+    assert!(o.tasks.iter().all(|t| t.completed_s.is_some()));
+}
+
+#[test]
 fn a_queue_timeout_fails_what_waits_too_long_and_the_rest_completes() {
     let agents = "[[agent_types]]\nname = \"w\"\ncount = 1\ncapacity = { cpu = 1 }";
     let tasks = "count = 20\narrival = \"bursty\"\nburst_size = 20\nburst_every_s = 100.0";

@@ -128,98 +128,16 @@ end
 
 local pattern_fields = {}
 local function pattern(pair)
-  if pattern_fields[pair] == nil then
-    local row = redis.call('HMGET', KEYS[3], pair .. 'attempts', pair .. 'successes',
-      pair .. 'success_ema', pair .. 'duration_ratio_ema')
-    pattern_fields[pair] = {attempts = tonumber(row[1]) or 0, successes = tonumber(row[2]) or 0,
-      success_ema = tonumber(row[3]) or 0.5, ratio = tonumber(row[4]), ratio_set = false}
-  end
+  pattern_fields[pair] = pattern_fields[pair] or pattern_read(KEYS[3], pair)
   return pattern_fields[pair]
-end
-
-local function warm_rate(count)
-  local rate = math.max(0, math.min(1, lr))
-  return math.max(rate, 1 / (count + 1))
-end
-
--- AgentLearning::record's constants (learning.rs).
-local FAST_RATE, DRIFT_SIGMAS, DRIFT_MIN_LOG = 0.5, 3.0, 0.262364264467491
-local LOG_LIMIT, FAILURE_RATE = 6.907755278982137, 0.3
-
-local function finite(x)
-  return x == x and x ~= math.huge and x ~= -math.huge
-end
-
--- The agent's pace after a success taking `residual` (AgentLearning::record after its failure
--- excess): true when the change test fired.
-local function learn_pace(a, residual)
-  local n = (tonumber(a[L_OBS]) or 0) + 1
-  local rate = warm_rate(n)
-  local pace, fast = tonumber(a[L_PACE]) or 0, tonumber(a[L_FAST]) or 0
-  local var = tonumber(a[L_VAR]) or 0
-  local before = pace
-  pace = pace + rate * (residual - pace)
-  fast = fast + FAST_RATE * (residual - fast)
-  local gap = math.abs(fast - pace)
-  local fast_sd = math.sqrt(var * FAST_RATE / (2 - FAST_RATE))
-  if n > 1 and gap > math.max(DRIFT_MIN_LOG, DRIFT_SIGMAS * fast_sd) then
-    -- A change: restart from the newest run; the variance stays (the jump is not noise).
-    a[L_PACE], a[L_FAST], a[L_OBS] = tostring(residual), tostring(residual), '1'
-    a[L_DRIFTS] = int((tonumber(a[L_DRIFTS]) or 0) + 1)
-    return true
-  end
-  local deviation = residual - before
-  var = var + rate * (deviation * deviation - var)
-  a[L_PACE], a[L_FAST], a[L_VAR], a[L_OBS] = tostring(pace), tostring(fast), tostring(var), int(n)
-  return false
-end
-
--- AgentLearning::record: the agent's failure excess and pace learn from one report, given its
--- type's pattern before the report. Returns whether a drift was detected.
-local function learn_agent(a, success, est, actual, type_ratio, type_success)
-  a.learned = true
-  local ts = finite(type_success) and math.max(0, math.min(1, type_success)) or 0.5
-  local excess = tonumber(a[L_EXCESS]) or 0
-  excess = excess + FAILURE_RATE * ((success and 0 or 1) - (1 - ts) - excess)
-  a[L_EXCESS] = tostring(excess)
-  local expected = est * type_ratio
-  if not (success and finite(expected) and expected > 0 and finite(actual) and actual > 0) then
-    return false
-  end
-  local residual = math.max(-LOG_LIMIT, math.min(LOG_LIMIT, math.log(actual / expected)))
-  return learn_pace(a, residual)
 end
 
 local drifts = 0
 
 local function learn(a, task, success, actual)
-  local est = tonumber(task.estimated_duration_s) or 0
-  local x = 0
-  if success then
-    x = 1
-    if est > 0 and actual > 0 then
-      x = math.min(1, est / actual)
-    end
-  end
-  local score = tonumber(a.score) or 0.5
-  a.score = tostring(score + lr * (x - score))
-  a.completions = int((tonumber(a.completions) or 0) + 1)
-  if success then
-    a.successes = int((tonumber(a.successes) or 0) + 1)
-  end
   local p = pattern((task.task_type or 'default') .. '|' .. (a.agent_type or '') .. '|')
-  if learn_agent(a, success, est, actual, p.ratio or 1, p.success_ema) then
+  if learn_from_attempt(a, p, lr, success, tonumber(task.estimated_duration_s) or 0, actual) then
     drifts = drifts + 1
-  end
-  p.attempts = p.attempts + 1
-  p.success_ema = p.success_ema + warm_rate(p.attempts) * ((success and 1 or 0) - p.success_ema)
-  if success then
-    p.successes = p.successes + 1
-    if est > 0 and actual > 0 then
-      local r = p.ratio or 1
-      p.ratio = r + warm_rate(p.successes) * (actual / est - r)
-      p.ratio_set = true
-    end
   end
 end
 
@@ -371,22 +289,7 @@ for j = 1, m do
     end
   end
 end
-local pattern_writes = {}
-for pair, p in pairs(pattern_fields) do
-  table.insert(pattern_writes, pair .. 'attempts')
-  table.insert(pattern_writes, int(p.attempts))
-  table.insert(pattern_writes, pair .. 'successes')
-  table.insert(pattern_writes, int(p.successes))
-  table.insert(pattern_writes, pair .. 'success_ema')
-  table.insert(pattern_writes, tostring(p.success_ema))
-  if p.ratio_set then
-    table.insert(pattern_writes, pair .. 'duration_ratio_ema')
-    table.insert(pattern_writes, tostring(p.ratio))
-  end
-end
-if #pattern_writes > 0 then
-  redis.call('HSET', KEYS[3], unpack(pattern_writes))
-end
+pattern_write(KEYS[3], pattern_fields)
 for outcome, count in pairs(stats) do
   if count > 0 then
     redis.call('HINCRBY', KEYS[1], outcome, count)

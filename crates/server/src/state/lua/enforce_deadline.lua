@@ -13,12 +13,20 @@
 -- KEYS[15] the task's story (list): `failed` (reason queue_timeout | run_timeout, agent),
 -- `attempt_failed` (agent, attempt, reason run_timeout, retry_at) or `cancelled` (agent,
 -- reason run_timeout), appended only by the call that changed the task
--- KEYS[16] onwards (run deadlines): the budget hashes the task draws from
+-- KEYS[16] pattern statistics hash (as complete_tasks's KEYS[3])
+-- KEYS[17] onwards (run deadlines): the budget hashes the task draws from
 -- (Store::task_budget_keys): the grant's concurrency slots are released with its reservation;
 -- its rate draws stand (no usage was reported)
 -- ARGV[1] task_id  ARGV[2] queue | run  ARGV[3] the deadline's member (`task_id|grant_seq` for a
 -- queue deadline, `task_id|attempt` for a run deadline)  ARGV[4] agent_id (run)
--- ARGV[5] retention seconds for terminal tasks
+-- ARGV[5] retention seconds for terminal tasks  ARGV[6] learning_rate
+--
+-- Learning: an attempt stopped at its run timeout is a failed attempt to the agent's score, to
+-- what is learned of the agent and to its type's pattern with the task type (lib.lua
+-- learn_from_attempt, as a failure report; how long it would have run is not known, so no
+-- duration is learned), unless its cancel was requested. Without it a pair whose runs always
+-- hang would never be seen to fail, and placement would keep trying it as a pair it has not
+-- seen. The fleet log gets the agent's view and learned fields.
 --
 -- Returns one of
 --   {"not_due"}                  the entry's deadline is later (it was started again): nothing
@@ -51,7 +59,7 @@ if tonumber(due) > now then
 end
 local task = hmget_named(KEYS[1], flat('state', 'agent', 'submitter', 'submit_msg_id', 'replies',
   'has_dependents', 'cancel_requested', 'retry_at', kind_fields('req_'), RETRY_FIELDS,
-  'budgets', 'budget_held'))
+  'budgets', 'budget_held', 'task_type'))
 local which = string.match(member, '|([^|]*)$') or ''
 
 local function gone()
@@ -76,6 +84,29 @@ local function finish(outcome, reason, agent, seq)
     table.insert(reply, id)
   end
   return reply
+end
+
+-- The stopped attempt as a failure (see Learning above): the agent (KEYS[13]) and the pattern
+-- (KEYS[16]) learn it. Returns false when the agent's hash is gone (nothing to learn into).
+local function learn_timeout()
+  local a = hmget_named(KEYS[13], flat('agent_type', 'score', 'completions', 'successes',
+    LEARNED_FIELDS))
+  if not a.agent_type then
+    return false
+  end
+  local pair = (task.task_type or 'default') .. '|' .. a.agent_type .. '|'
+  local p = pattern_read(KEYS[16], pair)
+  learn_from_attempt(a, p, tonumber(ARGV[6]) or 0, false, 0, 0)
+  pattern_write(KEYS[16], {[pair] = p})
+  local writes = {'score', a.score, 'completions', a.completions}
+  for _, field in ipairs(LEARNED_FIELDS) do
+    if a[field] then
+      table.insert(writes, field)
+      table.insert(writes, a[field])
+    end
+  end
+  redis.call('HSET', KEYS[13], unpack(writes))
+  return true
 end
 
 if kind == 'queue' then
@@ -108,8 +139,9 @@ redis.call('SREM', KEYS[14], task_id)
 redis.call('ZREM', KEYS[10], task_id .. '|' .. seq)
 redis.call('ZREM', KEYS[11], task_id .. '|' .. seq)
 redis.call('ZREM', deadlines, member)
-log_agents(KEYS[12], {{agent, KEYS[13]}}, now)
-release_budget_holds(KEYS[1], task, budget_keys(16, #KEYS))
+local learned = task.cancel_requested ~= '1' and learn_timeout()
+log_agents(KEYS[12], {{agent, KEYS[13]}}, now, learned)
+release_budget_holds(KEYS[1], task, budget_keys(17, #KEYS))
 redis.call('HINCRBY', KEYS[8], 'timed_out', 1)
 if task.cancel_requested == '1' then
   return finish('cancelled', 'cancelled', agent, seq)

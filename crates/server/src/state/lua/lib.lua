@@ -452,3 +452,123 @@ local function latency_field(ms)
   end
   return 'lat_' .. (#LATENCY_BOUNDS_MS + 1)
 end
+
+-- Learning from the end of an attempt: a report (complete_tasks) or a run timeout
+-- (enforce_deadline, which teaches a failure). The same arithmetic as the decision crate's
+-- `updated_score`, `PatternStats::record` (patterns.rs) and `AgentLearning::record`
+-- (learning.rs), line for line; tests/agent_learning.rs checks one against the other.
+
+-- One (task type, agent type) pattern from the pattern statistics hash (fields
+-- `<task_type>|<agent_type>|<stat>`; `pair` is `<task_type>|<agent_type>|`). Never seen: ratio
+-- unset (1), success 0.5, as PatternStats::neutral.
+local function pattern_read(key, pair)
+  local row = redis.call('HMGET', key, pair .. 'attempts', pair .. 'successes',
+    pair .. 'success_ema', pair .. 'duration_ratio_ema')
+  return {attempts = tonumber(row[1]) or 0, successes = tonumber(row[2]) or 0,
+    success_ema = tonumber(row[3]) or 0.5, ratio = tonumber(row[4]), ratio_set = false}
+end
+
+-- Writes back the patterns read with pattern_read (`patterns`: pair -> pattern), one HSET.
+local function pattern_write(key, patterns)
+  local writes = {}
+  for pair, p in pairs(patterns) do
+    table.insert(writes, pair .. 'attempts')
+    table.insert(writes, int(p.attempts))
+    table.insert(writes, pair .. 'successes')
+    table.insert(writes, int(p.successes))
+    table.insert(writes, pair .. 'success_ema')
+    table.insert(writes, tostring(p.success_ema))
+    if p.ratio_set then
+      table.insert(writes, pair .. 'duration_ratio_ema')
+      table.insert(writes, tostring(p.ratio))
+    end
+  end
+  if #writes > 0 then
+    redis.call('HSET', key, unpack(writes))
+  end
+end
+
+local function warm_rate(lr, count)
+  local rate = math.max(0, math.min(1, lr))
+  return math.max(rate, 1 / (count + 1))
+end
+
+-- AgentLearning::record's constants (learning.rs).
+local FAST_RATE, DRIFT_SIGMAS, DRIFT_MIN_LOG = 0.5, 3.0, 0.262364264467491
+local LOG_LIMIT, FAILURE_RATE = 6.907755278982137, 0.3
+
+local function finite(x)
+  return x == x and x ~= math.huge and x ~= -math.huge
+end
+
+-- The agent's pace after a success taking `residual` (AgentLearning::record after its failure
+-- excess): true when the change test fired.
+local function learn_pace(a, residual, lr)
+  local n = (tonumber(a[L_OBS]) or 0) + 1
+  local rate = warm_rate(lr, n)
+  local pace, fast = tonumber(a[L_PACE]) or 0, tonumber(a[L_FAST]) or 0
+  local var = tonumber(a[L_VAR]) or 0
+  local before = pace
+  pace = pace + rate * (residual - pace)
+  fast = fast + FAST_RATE * (residual - fast)
+  local gap = math.abs(fast - pace)
+  local fast_sd = math.sqrt(var * FAST_RATE / (2 - FAST_RATE))
+  if n > 1 and gap > math.max(DRIFT_MIN_LOG, DRIFT_SIGMAS * fast_sd) then
+    -- A change: restart from the newest run; the variance stays (the jump is not noise).
+    a[L_PACE], a[L_FAST], a[L_OBS] = tostring(residual), tostring(residual), '1'
+    a[L_DRIFTS] = int((tonumber(a[L_DRIFTS]) or 0) + 1)
+    return true
+  end
+  local deviation = residual - before
+  var = var + rate * (deviation * deviation - var)
+  a[L_PACE], a[L_FAST], a[L_VAR], a[L_OBS] = tostring(pace), tostring(fast), tostring(var), int(n)
+  return false
+end
+
+-- AgentLearning::record: the agent's failure excess and pace learn from one outcome, given its
+-- type's pattern before the outcome. Returns whether a drift was detected.
+local function learn_agent(a, success, est, actual, type_ratio, type_success, lr)
+  a.learned = true
+  local ts = finite(type_success) and math.max(0, math.min(1, type_success)) or 0.5
+  local excess = tonumber(a[L_EXCESS]) or 0
+  excess = excess + FAILURE_RATE * ((success and 0 or 1) - (1 - ts) - excess)
+  a[L_EXCESS] = tostring(excess)
+  local expected = est * type_ratio
+  if not (success and finite(expected) and expected > 0 and finite(actual) and actual > 0) then
+    return false
+  end
+  local residual = math.max(-LOG_LIMIT, math.min(LOG_LIMIT, math.log(actual / expected)))
+  return learn_pace(a, residual, lr)
+end
+
+-- One attempt of agent `a` (a table of its hash fields by name: score, completions, successes
+-- and the LEARNED_FIELDS) ended: its score, its learned fields and its type's pattern `p`
+-- (pattern_read) learn from it. `est`, `actual`: the estimated and actual seconds (0: unknown;
+-- a duration counts on success only). Returns whether a drift in the agent's pace was detected.
+local function learn_from_attempt(a, p, lr, success, est, actual)
+  local x = 0
+  if success then
+    x = 1
+    if est > 0 and actual > 0 then
+      x = math.min(1, est / actual)
+    end
+  end
+  local score = tonumber(a.score) or 0.5
+  a.score = tostring(score + lr * (x - score))
+  a.completions = int((tonumber(a.completions) or 0) + 1)
+  if success then
+    a.successes = int((tonumber(a.successes) or 0) + 1)
+  end
+  local drift = learn_agent(a, success, est, actual, p.ratio or 1, p.success_ema, lr)
+  p.attempts = p.attempts + 1
+  p.success_ema = p.success_ema + warm_rate(lr, p.attempts) * ((success and 1 or 0) - p.success_ema)
+  if success then
+    p.successes = p.successes + 1
+    if est > 0 and actual > 0 then
+      local r = p.ratio or 1
+      p.ratio = r + warm_rate(lr, p.successes) * (actual / est - r)
+      p.ratio_set = true
+    end
+  end
+  return drift
+end
