@@ -67,6 +67,7 @@ async fn grant(f: &Fixture, task_id: &str, draws: &[(String, u64)], agent: &str)
         candidates: &candidates,
         budgets: draws,
         why: "",
+        explores: "",
     };
     let mut outcomes = f.store.grant_tasks(&[request]).await.expect("grant_tasks");
     outcomes.remove(0)
@@ -339,6 +340,7 @@ async fn a_blocked_budget_does_not_hold_up_tasks_of_other_budgets() {
             candidates: &candidates,
             budgets: d,
             why: "",
+            explores: "",
         })
         .collect();
     let outcomes = f.store.grant_tasks(&requests).await.expect("grant");

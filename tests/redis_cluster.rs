@@ -88,12 +88,14 @@ async fn the_batch_scripts_and_reads_run_too(f: &mut common::scripts::Fixture) {
             candidates: &to_b,
             budgets: &[],
             why: "",
+            explores: "worker",
         },
         GrantRequest {
             task_id: "t3",
             candidates: &to_b,
             budgets: &[],
             why: "",
+            explores: "",
         },
     ];
     let outcomes = f.store.grant_tasks(&batch).await.expect("grant_tasks");
@@ -103,6 +105,9 @@ async fn the_batch_scripts_and_reads_run_too(f: &mut common::scripts::Fixture) {
     );
     assert_eq!(outcomes[1], GrantOutcome::NoFit, "b has 100 left");
     assert_eq!(f.reserved("b").await, [400, 0, 0, 0]);
+    let patterns = f.store.patterns().await.expect("patterns");
+    let explored = patterns.get("default", "worker").map(|p| p.explorations);
+    assert_eq!(explored, Some(1), "t2 explored b's type");
 
     let requeued = f
         .store

@@ -875,6 +875,53 @@ async fn completions_teach_the_same_pattern_statistics_as_the_rust_model() {
     assert!(learned.get("render", "cpu").is_none());
 }
 
+/// A grant made to explore a type counts in its pair's `explorations` when it lands on an agent
+/// of that type, and not when it lands elsewhere (the first candidate was full) or explores
+/// nothing; completions do not touch the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_sent_to_explore_counts_in_the_pattern_when_it_lands_there() {
+    use switchyard_server::state::GrantRequest;
+    let f = fixture().await;
+    for (agent, agent_type, milli) in [("g", "gpu", 1000), ("c", "cpu", 4000)] {
+        f.store
+            .register_agent(agent, agent_type, &cpu(milli), 1.0, 0)
+            .await
+            .expect("register");
+    }
+    for i in 0..4 {
+        let mut req = submit_req(&format!("t{i}"), &format!("m{i}"), 5, cpu(1000));
+        req.task_type = "render".into();
+        assert_eq!(f.submit(&req).await, SubmitOutcome::Queued);
+    }
+    let both = ids(&["g", "c"]);
+    // t0 explores gpu and gets g; t1 explores gpu but g is full, so it lands on c; t2
+    // explores cpu and gets c; t3 explores nothing.
+    let requests: Vec<GrantRequest> = [("t0", "gpu"), ("t1", "gpu"), ("t2", "cpu"), ("t3", "")]
+        .into_iter()
+        .map(|(task_id, explores)| GrantRequest {
+            task_id,
+            candidates: &both,
+            budgets: &[],
+            why: "adaptive",
+            explores,
+        })
+        .collect();
+    let outcomes = f.store.grant_tasks(&requests).await.expect("grant_tasks");
+    let agents: Vec<_> = outcomes
+        .iter()
+        .map(|o| match o {
+            GrantOutcome::Granted { agent_id, .. } => agent_id.as_str(),
+            _ => "-",
+        })
+        .collect();
+    assert_eq!(agents, ["g", "c", "c", "c"]);
+    f.complete_timed("t0", "g", true, 1.0).await;
+    let learned = f.store.patterns().await.expect("patterns");
+    let explored = |agent_type: &str| learned.get("render", agent_type).map(|p| p.explorations);
+    assert_eq!((explored("gpu"), explored("cpu")), (Some(1), Some(1)));
+    assert_eq!(learned.get("render", "gpu").map(|p| p.attempts), Some(1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_keeps_the_strategy_its_submit_asked_for() {
     use switchyard_decision::StrategyKind;

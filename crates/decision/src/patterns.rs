@@ -20,6 +20,10 @@ pub struct PatternStats {
     /// Moving average of actual / estimated duration over successes; 1.0 is "as estimated",
     /// 0.5 "twice as fast", 3.0 "three times slower".
     pub duration_ratio_ema: f64,
+    /// Grants made to explore the pair (adaptive's exploring tasks), counted when granted, so
+    /// exploring stops after a few tries even while their runs are still out.
+    #[serde(default)]
+    pub explorations: u64,
 }
 
 /// Prior of `success_ema`: no evidence either way.
@@ -35,6 +39,7 @@ impl PatternStats {
             successes: 0,
             success_ema: NEUTRAL_SUCCESS,
             duration_ratio_ema: NEUTRAL_RATIO,
+            explorations: 0,
         }
     }
 
@@ -134,6 +139,18 @@ impl PatternTable {
             .entry(agent_type.to_owned())
             .or_insert_with(PatternStats::neutral)
             .record(success, estimated_s, actual_s, learning_rate);
+    }
+
+    /// Counts a grant made to explore the pair (a pair seen for the first time starts from
+    /// [`PatternStats::neutral`]).
+    pub fn record_exploration(&mut self, task_type: &str, agent_type: &str) {
+        let stats = self
+            .by_task
+            .entry(task_type.to_owned())
+            .or_default()
+            .entry(agent_type.to_owned())
+            .or_insert_with(PatternStats::neutral);
+        stats.explorations = stats.explorations.saturating_add(1);
     }
 
     /// Sets the pair's stats, e.g. as loaded from Redis.
@@ -246,6 +263,7 @@ mod tests {
             successes: 3,
             success_ema: 0.7,
             duration_ratio_ema: 1.2,
+            explorations: 0,
         };
         table.insert("z", "b", stats.clone());
         table.insert("a", "y", PatternStats::neutral());
@@ -266,6 +284,7 @@ mod tests {
             successes: 1,
             success_ema: 0.5,
             duration_ratio_ema: 2.0,
+            explorations: 0,
         };
         let json = serde_json::to_string(&stats).unwrap_or_default();
         let back: PatternStats = serde_json::from_str(&json).unwrap_or_default();

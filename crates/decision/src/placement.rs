@@ -186,6 +186,19 @@ pub trait Strategy: Send + Sync {
         None
     }
 
+    /// The agent type `task` is sent to try, when the strategy explores (a grant to an agent of
+    /// that type is counted in the pair's
+    /// [`PatternStats::explorations`](crate::PatternStats::explorations)), or `None` (the
+    /// default).
+    fn explores(
+        &self,
+        _task: &TaskView,
+        _agents: &[AgentView],
+        _ctx: &DecisionContext<'_>,
+    ) -> Option<Arc<str>> {
+        None
+    }
+
     /// Agents that can take the task, best first, as indexes into `agents`.
     ///
     /// The default sorts [`Strategy::scores`] descending, ties to fewer active tasks, then the

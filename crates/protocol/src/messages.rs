@@ -477,6 +477,9 @@ pub struct PatternRow {
     pub success_ema: f64,
     /// Moving average of actual / estimated duration over successes (1.0 = as estimated).
     pub duration_ratio_ema: f64,
+    /// Grants `adaptive` made to explore the pair (counted when granted).
+    #[serde(default)]
+    pub explorations: u64,
 }
 
 impl TaskSubmit {

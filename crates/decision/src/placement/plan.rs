@@ -1,5 +1,7 @@
 //! Batch planning, and sampling that keeps a decision's cost flat as the fleet grows.
 
+use std::sync::Arc;
+
 use super::explain::{Explanation, explain};
 use super::{AgentView, DecisionContext, Strategy, TaskView, fits};
 
@@ -18,6 +20,10 @@ pub struct PlannedGrant {
     /// Every ranked candidate with its score, when the caller asked for this task's decision to
     /// be explained ([`plan_batch_explained`]); `None` otherwise.
     pub explanation: Option<Explanation>,
+    /// The agent type this task is sent to explore ([`Strategy::explores`]): a grant to an agent
+    /// of that type is counted as an exploration of the pair
+    /// ([`PatternStats::explorations`](crate::PatternStats::explorations)).
+    pub explores: Option<Arc<str>>,
 }
 
 /// How a batch is planned: candidate cap, sampling thresholds, and which decisions to explain.
@@ -136,6 +142,7 @@ fn plan(
                 task_index,
                 candidates: Vec::new(),
                 explanation: None,
+                explores: None,
             });
             continue;
         }
@@ -157,6 +164,7 @@ fn plan(
             task_index,
             candidates,
             explanation,
+            explores: strategy.explores(task, &working, ctx),
         });
     }
     plans
@@ -205,6 +213,7 @@ fn plan_sampled(
                 task_index,
                 candidates: Vec::new(),
                 explanation: None,
+                explores: None,
             });
             continue;
         }
@@ -228,6 +237,7 @@ fn plan_sampled(
             task_index,
             candidates,
             explanation,
+            explores: strategy.explores(task, &views, ctx),
         });
     }
     plans

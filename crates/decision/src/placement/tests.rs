@@ -161,6 +161,7 @@ fn plan_batch_gives_empty_candidates_when_nothing_fits() {
             task_index: 0,
             candidates: vec![],
             explanation: None,
+            explores: None,
         }
     );
     assert_eq!(plan[1].candidates, ["a"]);

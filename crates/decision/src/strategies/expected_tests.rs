@@ -47,6 +47,7 @@ fn pattern(ratio: f64, success: f64) -> PatternStats {
         successes: (100.0 * success) as u64,
         success_ema: success,
         duration_ratio_ema: ratio,
+        explorations: 0,
     }
 }
 
@@ -223,6 +224,7 @@ fn exploration_stops_once_a_pair_has_been_seen_enough() {
         successes: EXPLORE_TRIES,
         success_ema: 1.0,
         duration_ratio_ema: 2.0,
+        explorations: 0,
     };
     patterns.insert("job", "new", slow.clone());
     let agents = [agent("w1", "w", 0), agent("n1", "new", 0)];
@@ -235,6 +237,37 @@ fn exploration_stops_once_a_pair_has_been_seen_enough() {
     };
     patterns.insert("job", "new", fewer);
     assert_eq!(ranked_at(EXPLORE_PERIOD, &agents, &patterns), ["n1", "w1"]);
+}
+
+#[test]
+fn exploration_stops_after_a_few_exploring_grants_whose_runs_are_still_out() {
+    // "new" has never completed a job, but EXPLORE_TRIES tasks were granted to explore it: its
+    // runs are long, and more explorers sent now would only pile up behind them.
+    let mut patterns = one_type(0.6, 1.0);
+    let sent = |explorations| PatternStats {
+        explorations,
+        ..PatternStats::neutral()
+    };
+    patterns.insert("job", "new", sent(EXPLORE_TRIES));
+    let agents = [agent("w1", "w", 0), agent("n1", "new", 0)];
+    let task = TaskView {
+        seq: EXPLORE_PERIOD,
+        ..task("t")
+    };
+    let ctx = DecisionContext::new(&patterns);
+    assert_eq!(ranked_at(EXPLORE_PERIOD, &agents, &patterns), ["w1", "n1"]);
+    assert_eq!(Adaptive.explores(&task, &agents, &ctx), None);
+    // One exploring grant fewer and the task is sent to explore "new".
+    patterns.insert("job", "new", sent(EXPLORE_TRIES - 1));
+    let ctx = DecisionContext::new(&patterns);
+    assert_eq!(ranked_at(EXPLORE_PERIOD, &agents, &patterns), ["n1", "w1"]);
+    assert_eq!(
+        Adaptive.explores(&task, &agents, &ctx).as_deref(),
+        Some("new")
+    );
+    // An ordinary task explores nothing.
+    let ordinary = TaskView { seq: 1, ..task };
+    assert_eq!(Adaptive.explores(&ordinary, &agents, &ctx), None);
 }
 
 #[test]

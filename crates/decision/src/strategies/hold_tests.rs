@@ -51,6 +51,7 @@ fn learned(fast_ratio: f64) -> PatternTable {
             successes: 50,
             success_ema: 1.0,
             duration_ratio_ema: ratio,
+            explorations: 0,
         };
         table.insert("job", agent_type, stats);
     }

@@ -27,8 +27,9 @@ const RATIO_LIMIT: f64 = 1000.0;
 struct PairEstimate {
     ratio: f64,
     success: f64,
-    /// Completions the pair's record holds (0: unseen, the estimate is a prior).
-    attempts: u64,
+    /// How often the pair has been tried: its completions or the grants made to explore it,
+    /// whichever is more (0 for a pair never granted: the estimate is a prior).
+    tries: u64,
 }
 
 impl PairEstimate {
@@ -48,7 +49,7 @@ impl PairEstimate {
         PairEstimate {
             ratio,
             success,
-            attempts: stats.attempts,
+            tries: stats.attempts.max(stats.explorations),
         }
     }
 
@@ -75,13 +76,19 @@ fn pair_estimate(patterns: &PatternTable, task_type: &str, agent_type: &str) -> 
     {
         return PairEstimate::from_stats(stats);
     }
+    let explorations = patterns
+        .get(task_type, agent_type)
+        .map_or(0, |s| s.explorations);
     let best_success = patterns
         .for_task(task_type)
         .filter(|(_, s)| s.attempts > 0)
         .map(|(_, s)| PairEstimate::from_stats(s))
         .min_by(|a, b| a.cost().total_cmp(&b.cost()))
         .map_or(NEUTRAL_SCORE, |best| best.success);
-    transferred(patterns, task_type, agent_type, best_success)
+    PairEstimate {
+        tries: explorations,
+        ..transferred(patterns, task_type, agent_type, best_success)
+    }
 }
 
 /// How many task types' worth of weight the prior (ratio 1, the task type's best success) keeps
@@ -118,7 +125,7 @@ fn transferred(
     PairEstimate {
         ratio: (log_sum / (timed + TRANSFER_PRIOR)).exp(),
         success: (success_sum + TRANSFER_PRIOR * prior_success) / (seen + TRANSFER_PRIOR),
-        attempts: 0,
+        tries: 0,
     }
 }
 
@@ -273,6 +280,15 @@ impl Strategy for Adaptive {
         (total < HOLD_GAIN * best_now).then_some(agent)
     }
 
+    fn explores(
+        &self,
+        task: &TaskView,
+        agents: &[AgentView],
+        ctx: &DecisionContext<'_>,
+    ) -> Option<Arc<str>> {
+        explored_type(task, agents, &mut Pairs::new(task, ctx))
+    }
+
     fn scores(
         &self,
         task: &TaskView,
@@ -295,7 +311,8 @@ impl Strategy for Adaptive {
 
 /// One task in this many (by queue sequence) explores; see [`explored_type`].
 pub(super) const EXPLORE_PERIOD: u64 = 50;
-/// A pair is explored until its record holds this many completions.
+/// A pair is explored until its record holds this many completions, or this many grants were
+/// made to explore it (counted when granted: `PatternStats::explorations`).
 pub(super) const EXPLORE_TRIES: u64 = 3;
 /// How much an exploring task prefers the agents of the type it explores: enough to outrank
 /// any agent that is not much more than a hundred times faster.
@@ -304,7 +321,10 @@ const EXPLORE_BOOST: f64 = 100.0;
 /// The agent type this task is sent to explore, if it is one of the tasks that explore: every
 /// [`EXPLORE_PERIOD`]-th task by queue sequence (so every replica and the simulator agree) goes
 /// to an agent type whose pair with the task's type has fewer than [`EXPLORE_TRIES`]
-/// completions, taking such types (among the agents it fits on) in turn.
+/// completions and exploring grants, taking such types (among the agents it fits on) in turn.
+/// The grants count as they are made, so a pair whose runs are long gets its few explorers, not
+/// one every fifty tasks until the first of them reports (a generated 68-agent fleet sent 14
+/// tasks to explore a type 9× slower before its first run of them ended).
 ///
 /// Without it a pair first judged by its prior can be passed over for good: an unseen type is
 /// expected to run as estimated, so once a pair known to beat the estimate exists, a type that
@@ -319,7 +339,7 @@ fn explored_type(task: &TaskView, agents: &[AgentView], pairs: &mut Pairs<'_>) -
     let mut untried: Vec<Arc<str>> = Vec::new();
     for (_, agent) in fitting(task, agents) {
         let known = untried.iter().any(|t| **t == *agent.agent_type);
-        if !known && pairs.pair(agent).attempts < EXPLORE_TRIES {
+        if !known && pairs.pair(agent).tries < EXPLORE_TRIES {
             untried.push(agent.agent_type.clone());
         }
     }

@@ -48,6 +48,7 @@ fn stats(attempts: u64, successes: u64, success_ema: f64, ratio: f64) -> Pattern
         successes,
         success_ema,
         duration_ratio_ema: ratio,
+        explorations: 0,
     }
 }
 

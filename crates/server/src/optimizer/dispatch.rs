@@ -121,6 +121,7 @@ async fn dispatch_round(
             candidates: &p.candidates,
             budgets: &head[p.task_index].budgets,
             why,
+            explores: p.explores.as_deref().unwrap_or(""),
         })
         .collect();
     let grants_started_ns = super::traces::now_ns();

@@ -437,6 +437,7 @@ fn pattern_rows(table: &PatternTable) -> Vec<PatternRow> {
             successes: s.successes,
             success_ema: s.success_ema,
             duration_ratio_ema: s.duration_ratio_ema,
+            explorations: s.explorations,
         })
         .collect()
 }

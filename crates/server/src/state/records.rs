@@ -54,6 +54,9 @@ pub struct GrantRequest<'a> {
     /// Why these candidates, for the task's story: the strategy's name, and when the decision
     /// was explained the scores after a space (`least_loaded a1=0.83,a2=0.61`); "" for none.
     pub why: &'a str,
+    /// The agent type the task is sent to explore (PlannedGrant::explores), "" for none: a
+    /// grant to an agent of that type counts in the pair's `explorations`.
+    pub explores: &'a str,
 }
 
 #[derive(Debug, Clone, PartialEq)]

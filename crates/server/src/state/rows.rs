@@ -220,6 +220,7 @@ pub(crate) fn pattern_table(
             "duration_ratio_ema" => {
                 stats.duration_ratio_ema = value.parse().unwrap_or(stats.duration_ratio_ema)
             }
+            "explorations" => stats.explorations = value.parse().unwrap_or(0),
             _ => {}
         }
     }

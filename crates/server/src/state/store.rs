@@ -198,6 +198,7 @@ impl Store {
             candidates,
             budgets: &[],
             why: "",
+            explores: "",
         }];
         let outcomes = self.grant_tasks(&batch).await?;
         only_outcome(outcomes, "grant_tasks")
@@ -236,6 +237,7 @@ impl Store {
         for request in requests {
             inv.key(k.story(request.task_id));
         }
+        inv.key(k.patterns());
         let names: std::collections::BTreeSet<&str> = requests
             .iter()
             .flat_map(|r| r.budgets.iter().map(|(name, _)| name.as_str()))
@@ -252,7 +254,7 @@ impl Store {
             for agent in request.candidates {
                 inv.arg(numbers.get(agent.as_str()).copied().unwrap_or(0));
             }
-            inv.arg(request.why);
+            inv.arg(request.why).arg(request.explores);
         }
         let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
         let outcomes: Vec<GrantOutcome> = reply

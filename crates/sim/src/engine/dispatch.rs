@@ -40,12 +40,23 @@ impl Engine<'_> {
                 let fit = self.first_fitting(task, &plan.candidates);
                 if let Some(agent) = fit {
                     self.grant(task, agent)?;
+                    self.count_exploration(task, agent, plan.explores.as_deref());
                     granted += 1;
                 }
             }
             if !(head.len() == window && granted == head.len()) {
                 return Ok(());
             }
+        }
+    }
+
+    /// A grant of `task` to `agent` that was sent to explore the agent's type is counted in the
+    /// pair's pattern, as grant_tasks.lua counts it.
+    fn count_exploration(&mut self, task: usize, agent: usize, explores: Option<&str>) {
+        let agent_type = &self.agents[agent].type_name;
+        if explores == Some(&**agent_type) {
+            let task_type = &self.w.tasks.types[self.stream[task].type_index].name;
+            self.patterns.record_exploration(task_type, agent_type);
         }
     }
 

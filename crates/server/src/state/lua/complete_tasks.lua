@@ -277,14 +277,7 @@ for j = 1, m do
       'successes', a.successes or '0')))
     table.insert(views, {a.id, encode_view(a)})
     if a.learned then
-      local learned = {}
-      for _, field in ipairs(LEARNED_FIELDS) do
-        if a[field] then
-          table.insert(learned, field)
-          table.insert(learned, a[field])
-        end
-      end
-      redis.call('HSET', KEYS[3 + 2 * n + 2 * j], unpack(learned))
+      redis.call('HSET', KEYS[3 + 2 * n + 2 * j], unpack(learned_pairs(a)))
       table.insert(views, {a.id .. LEARNED_SUFFIX, encode_learned(a)})
     end
   end

@@ -98,14 +98,8 @@ local function learn_timeout()
   local p = pattern_read(KEYS[16], pair)
   learn_from_attempt(a, p, tonumber(ARGV[6]) or 0, false, 0, 0)
   pattern_write(KEYS[16], {[pair] = p})
-  local writes = {'score', a.score, 'completions', a.completions}
-  for _, field in ipairs(LEARNED_FIELDS) do
-    if a[field] then
-      table.insert(writes, field)
-      table.insert(writes, a[field])
-    end
-  end
-  redis.call('HSET', KEYS[13], unpack(writes))
+  redis.call('HSET', KEYS[13], unpack(flat('score', a.score, 'completions', a.completions,
+    learned_pairs(a))))
   return true
 end
 

@@ -8,12 +8,14 @@
 -- KEYS[6+n+2m] tenants hash (fairness: vtime, <tenant>|granted)  KEYS[7+n+2m] head hold hash
 -- KEYS[8+n+2m] the timeline bucket of the replica's now (hash, lib.lua timeline_add)
 -- KEYS[8+n+2m+i] task i's story (list, lib.lua story_append; i from 1 to n)
--- then KEYS[9+2n+2m] onwards: the budget hashes the tasks draw from (Keys::budget, each once,
+-- KEYS[9+2n+2m] pattern statistics hash (as complete_tasks's KEYS[3])
+-- then KEYS[10+2n+2m] onwards: the budget hashes the tasks draw from (Keys::budget, each once,
 -- any order; lib.lua's budget_keys)
 -- ARGV[1] n tasks  ARGV[2] m agents  ARGV[2+j] agent j's id
 -- then for each task, in order: task_id, c (number of candidates), c agent numbers j (1..m),
 -- best first, then why: the strategy that ranked them, and when the submit asked for `explain`
--- the candidates' scores after a space (`least_loaded a1=0.83,a2=0.61`), for the story
+-- the candidates' scores after a space (`least_loaded a1=0.83,a2=0.61`), for the story; then
+-- the agent type the task is sent to explore ("" for none: decision crate, Strategy::explores)
 --
 -- Returns three entries per task, in order:
 --   "granted", agent_id, grant_seq   reserved; the grant waits in the outbox until acknowledged
@@ -33,6 +35,10 @@
 -- held one goes on the held agent only if it fits there together with the held task's needs
 -- (decision crate, may_backfill); granting the held task ends the hold, and so does finding its
 -- task gone from the queue.
+-- Exploration: a task granted to an agent of the type it was sent to explore counts one
+-- exploration of its (task type, agent type) pair in the pattern statistics
+-- (`<task_type>|<agent_type>|explorations`, one HINCRBY per pair and call), so adaptive stops
+-- exploring a pair after a few grants even while their runs are still out.
 -- Fairness: the global virtual time becomes the largest place (`queue_seq`) granted (decision
 -- crate, fairness.rs advance), and each tenant's granted count grows.
 -- The candidates come from a replica's fleet cache, which may be stale; every capacity is
@@ -45,13 +51,15 @@
 local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
 local agents = {}
 local TASK_FIELDS = flat('state', 'agent', 'grant_seq', kind_fields('req_'), 'retry_at',
-  'run_timeout_ms', 'attempt', 'queue_seq', 'tenant', 'budgets', 'submitted_at')
+  'run_timeout_ms', 'attempt', 'queue_seq', 'tenant', 'budgets', 'submitted_at', 'task_type')
 local RETRY_AT, RUN_TIMEOUT, ATTEMPT = 4 + NKINDS, 5 + NKINDS, 6 + NKINDS
 local QUEUE_SEQ, TENANT, BUDGETS = 7 + NKINDS, 8 + NKINDS, 9 + NKINDS
-local SUBMITTED_AT = 10 + NKINDS
+local SUBMITTED_AT, TASK_TYPE = 10 + NKINDS, 11 + NKINDS
 local RUN_DEADLINES, TENANTS, HOLD = KEYS[5 + n + 2 * m], KEYS[6 + n + 2 * m], KEYS[7 + n + 2 * m]
 local TIMELINE = KEYS[8 + n + 2 * m]
-local budget_key = budget_keys(9 + 2 * n + 2 * m, #KEYS)
+local PATTERNS = KEYS[9 + 2 * n + 2 * m]
+local budget_key = budget_keys(10 + 2 * n + 2 * m, #KEYS)
+local explorations = {}
 local latencies = {}
 local budgets, blocked = {}, {}
 
@@ -196,6 +204,11 @@ for i = 1, n do
         vtime = math.max(vtime, tonumber(task[QUEUE_SEQ]) or 0)
         local tenant = task[TENANT] or 'default'
         granted_by_tenant[tenant] = (granted_by_tenant[tenant] or 0) + 1
+        local explores = ARGV[at + 3 + c]
+        if explores ~= '' and explores == a.agent_type then
+          local pair = (task[TASK_TYPE] or 'default') .. '|' .. explores .. '|'
+          explorations[pair] = (explorations[pair] or 0) + 1
+        end
         if hold and hold.task == task_id then
           redis.call('DEL', HOLD)
           hold = nil
@@ -207,7 +220,7 @@ for i = 1, n do
   for _, v in ipairs(outcome) do
     table.insert(reply, v)
   end
-  at = at + 3 + tonumber(ARGV[at + 1])
+  at = at + 4 + tonumber(ARGV[at + 1])
 end
 
 for _, b in pairs(budgets) do
@@ -226,6 +239,9 @@ if #dequeued > 0 then
   end
   for tenant, count in pairs(granted_by_tenant) do
     redis.call('HINCRBY', TENANTS, tenant .. '|granted', count)
+  end
+  for pair, count in pairs(explorations) do
+    redis.call('HINCRBY', PATTERNS, pair .. 'explorations', count)
   end
   if vtime > vtime_was then
     redis.call('HSET', TENANTS, 'vtime', int(vtime))

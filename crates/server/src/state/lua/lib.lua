@@ -129,6 +129,18 @@ local function encode_learned(agent)
   return encode_fields(agent, LEARNED_FIELDS)
 end
 
+-- An agent's learned fields that are set (a table read by field name) as pairs for HSET.
+local function learned_pairs(agent)
+  local out = {}
+  for _, field in ipairs(LEARNED_FIELDS) do
+    if agent[field] then
+      table.insert(out, field)
+      table.insert(out, agent[field])
+    end
+  end
+  return out
+end
+
 -- How long fleet-log entries are kept: a replica that has not read the log for longer reloads the
 -- whole fleet instead (state/fleet.rs).
 local FLEET_LOG_KEEP_MS = 60000
