@@ -133,24 +133,24 @@ impl PatternTable {
         actual_s: f64,
         learning_rate: f64,
     ) {
-        self.by_task
-            .entry(task_type.to_owned())
-            .or_default()
-            .entry(agent_type.to_owned())
-            .or_insert_with(PatternStats::neutral)
+        self.pair_mut(task_type, agent_type)
             .record(success, estimated_s, actual_s, learning_rate);
     }
 
     /// Counts a grant made to explore the pair (a pair seen for the first time starts from
     /// [`PatternStats::neutral`]).
     pub fn record_exploration(&mut self, task_type: &str, agent_type: &str) {
-        let stats = self
-            .by_task
+        let stats = self.pair_mut(task_type, agent_type);
+        stats.explorations = stats.explorations.saturating_add(1);
+    }
+
+    /// The pair's stats, starting from [`PatternStats::neutral`] when it is new.
+    fn pair_mut(&mut self, task_type: &str, agent_type: &str) -> &mut PatternStats {
+        self.by_task
             .entry(task_type.to_owned())
             .or_default()
             .entry(agent_type.to_owned())
-            .or_insert_with(PatternStats::neutral);
-        stats.explorations = stats.explorations.saturating_add(1);
+            .or_insert_with(PatternStats::neutral)
     }
 
     /// Sets the pair's stats, e.g. as loaded from Redis.

@@ -70,15 +70,11 @@ impl PairEstimate {
 /// results are still running would send it hundreds of tasks blind (generated workloads with
 /// 1,000+ agents went from 11× to 3× the oracle's mean with this).
 fn pair_estimate(patterns: &PatternTable, task_type: &str, agent_type: &str) -> PairEstimate {
-    if let Some(stats) = patterns
-        .get(task_type, agent_type)
-        .filter(|s| s.attempts > 0)
-    {
+    let stats = patterns.get(task_type, agent_type);
+    if let Some(stats) = stats.filter(|s| s.attempts > 0) {
         return PairEstimate::from_stats(stats);
     }
-    let explorations = patterns
-        .get(task_type, agent_type)
-        .map_or(0, |s| s.explorations);
+    let explorations = stats.map_or(0, |s| s.explorations);
     let best_success = patterns
         .for_task(task_type)
         .filter(|(_, s)| s.attempts > 0)

@@ -135,7 +135,7 @@ end
 local drifts = 0
 
 local function learn(a, task, success, actual)
-  local p = pattern((task.task_type or 'default') .. '|' .. (a.agent_type or '') .. '|')
+  local p = pattern(pattern_pair(task.task_type, a.agent_type))
   if learn_from_attempt(a, p, lr, success, tonumber(task.estimated_duration_s) or 0, actual) then
     drifts = drifts + 1
   end

@@ -94,7 +94,7 @@ local function learn_timeout()
   if not a.agent_type then
     return false
   end
-  local pair = (task.task_type or 'default') .. '|' .. a.agent_type .. '|'
+  local pair = pattern_pair(task.task_type, a.agent_type)
   local p = pattern_read(KEYS[16], pair)
   learn_from_attempt(a, p, tonumber(ARGV[6]) or 0, false, 0, 0)
   pattern_write(KEYS[16], {[pair] = p})

@@ -206,7 +206,7 @@ for i = 1, n do
         granted_by_tenant[tenant] = (granted_by_tenant[tenant] or 0) + 1
         local explores = ARGV[at + 3 + c]
         if explores ~= '' and explores == a.agent_type then
-          local pair = (task[TASK_TYPE] or 'default') .. '|' .. explores .. '|'
+          local pair = pattern_pair(task[TASK_TYPE], explores)
           explorations[pair] = (explorations[pair] or 0) + 1
         end
         if hold and hold.task == task_id then

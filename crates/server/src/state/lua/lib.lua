@@ -470,8 +470,14 @@ end
 -- `updated_score`, `PatternStats::record` (patterns.rs) and `AgentLearning::record`
 -- (learning.rs), line for line; tests/agent_learning.rs checks one against the other.
 
+-- The field prefix of a (task type, agent type) pair in the pattern statistics hash:
+-- `<task_type>|<agent_type>|` (a task without a type is `default`). The one place it is spelled.
+local function pattern_pair(task_type, agent_type)
+  return (task_type or 'default') .. '|' .. (agent_type or '') .. '|'
+end
+
 -- One (task type, agent type) pattern from the pattern statistics hash (fields
--- `<task_type>|<agent_type>|<stat>`; `pair` is `<task_type>|<agent_type>|`). Never seen: ratio
+-- `<task_type>|<agent_type>|<stat>`; `pair` from pattern_pair). Never seen: ratio
 -- unset (1), success 0.5, as PatternStats::neutral.
 local function pattern_read(key, pair)
   local row = redis.call('HMGET', key, pair .. 'attempts', pair .. 'successes',
