@@ -14,21 +14,23 @@
 mod common;
 
 use common::scripts::{Fixture, RETENTION_S, cpu, fixture, submit_req};
-use common::{Cluster, next_grant};
-use switchyard_decision::{AgentLearning, Completion as Outcome, PatternStats};
+use common::{Cluster, hget, next_grant, wait_for_state};
+use switchyard_decision::{AgentLearning, Completion as Outcome, PatternStats, StrategyKind};
 use switchyard_protocol::{StatusQuery, TaskSubmit};
 use switchyard_server::state::{
-    CompleteOutcome, Completion, Deadline, DeadlineKind, DeadlineOutcome, FleetCache, SubmitOutcome,
+    CompleteOutcome, Completion, Deadline, DeadlineKind, DeadlineOutcome, FleetCache, Keys,
+    SubmitOutcome,
 };
 
 /// The agent hash fields of the learned values (rows.rs LEARNED_FIELDS), as operators see them.
-const FIELDS: [&str; 6] = [
+const FIELDS: [&str; 7] = [
     "pace_n",
     "pace",
     "pace_fast",
     "pace_var",
     "fail_excess",
     "drifts",
+    "learned_at",
 ];
 
 /// (success, estimated s, actual s) per report.
@@ -74,6 +76,7 @@ async fn stored(f: &Fixture, agent: &str) -> AgentLearning {
         pace_var: real(3),
         failure_excess: real(4),
         drifts: v[5].parse().unwrap_or(0),
+        learned_at_ms: v[6].parse().unwrap_or(0),
     }
 }
 
@@ -318,6 +321,123 @@ async fn a_run_stopped_at_its_timeout_teaches_a_failure_as_the_reference_does() 
         "{:?}",
         reference.learned
     );
+}
+
+/// Milliseconds since the Unix epoch by this host's clock (the test's Redis runs here too).
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// When an attempt was learned is stored with what was learned (Redis clock), by a completion
+/// and by a run timeout alike; a replica reads it from the fleet log and ages the agent's view
+/// by it (placement fades an idle agent's penalties), and an agent with a run out is not idle.
+#[tokio::test]
+async fn when_an_attempt_was_learned_reaches_a_replica_which_ages_the_view() {
+    let f = fixture().await;
+    f.register("a1", cpu(4000)).await;
+    let mut cache = FleetCache::new();
+    cache.refresh(&f.store).await.expect("first refresh");
+    let before = wall_ms();
+    granted(&f, "t1", "a1", 10.0).await;
+    f.store
+        .complete_tasks(&[report("t1", "a1", (true, 10.0, 10.0))], LR, RETENTION_S)
+        .await
+        .expect("complete_tasks");
+    let at = stored(&f, "a1").await.learned_at_ms;
+    assert!(
+        (before..=wall_ms()).contains(&at),
+        "learned at {at}, test ran from {before}"
+    );
+    cache.refresh(&f.store).await.expect("refresh");
+    assert_eq!(cache.agents()[0].learned.learned_at_ms, at);
+    cache.age(at + 5_000);
+    assert_eq!(cache.agents()[0].idle_s, 5.0);
+
+    // A run out: not idle, whatever the clock says.
+    granted(&f, "t2", "a1", 10.0).await;
+    cache.refresh(&f.store).await.expect("refresh after grant");
+    cache.age(at + 60_000);
+    assert_eq!(cache.agents()[0].idle_s, 0.0);
+
+    // A run stopped at its timeout is learned, and dated, too.
+    timed_out(&f, "t2").await;
+    let after_timeout = stored(&f, "a1").await.learned_at_ms;
+    assert!(after_timeout >= at, "{after_timeout} < {at}");
+    cache
+        .refresh(&f.store)
+        .await
+        .expect("refresh after timeout");
+    assert_eq!(cache.agents()[0].learned.learned_at_ms, after_timeout);
+    cache.age(after_timeout + 2_500);
+    assert_eq!(cache.agents()[0].idle_s, 2.5);
+}
+
+/// Writes an agent's learned pace (`factor` × its type), changes detected and when, to its hash
+/// and to the fleet log (`<id>|learned`, docs/operations.md), as a completion would have.
+async fn set_learned(
+    redis: &mut redis::aio::MultiplexedConnection,
+    agent: &str,
+    factor: f64,
+    drifts: u64,
+    learned_at_ms: u64,
+) {
+    let keys = Keys::new("switchyard");
+    let pace = factor.ln().to_string();
+    let values = [
+        "1".to_owned(),
+        pace.clone(),
+        pace,
+        "0".into(),
+        "0".into(),
+        drifts.to_string(),
+        learned_at_ms.to_string(),
+    ];
+    let mut hset = redis::cmd("HSET");
+    hset.arg(keys.agent(agent));
+    for (field, value) in FIELDS.iter().zip(&values) {
+        hset.arg(*field).arg(value);
+    }
+    let _: i64 = hset.query_async(redis).await.expect("HSET");
+    let _: String = redis::cmd("XADD")
+        .arg(keys.fleet_log())
+        .arg("*")
+        .arg(format!("{agent}|learned"))
+        .arg(values.join("|"))
+        .query_async(redis)
+        .await
+        .expect("XADD");
+}
+
+/// End to end over NATS: an adaptive optimizer gives a task to an agent that slowed down (a
+/// change detected, 8× its type) once it has been idle long enough for its penalty to fade, and
+/// not while what it showed is fresh. Its peer is 2× its type since it started (no change), so
+/// it keeps its penalty however long it idles.
+#[tokio::test]
+async fn an_optimizer_tries_again_an_agent_idle_since_it_slowed_down() {
+    for (age_ms, winner) in [(0u64, "steady"), (3_600_000, "changed")] {
+        let cluster = Cluster::start(1).await;
+        let _changed = cluster.agent("changed", "worker", 4.0, 1024.0).await;
+        let _steady = cluster.agent("steady", "worker", 4.0, 1024.0).await;
+        let mut redis = cluster.redis().await;
+        let now = wall_ms();
+        set_learned(&mut redis, "changed", 8.0, 1, now - age_ms).await;
+        set_learned(&mut redis, "steady", 2.0, 0, now - 3_600_000).await;
+        let orch = cluster.coordinator("orch").await;
+        let task = TaskSubmit::new("probe")
+            .resource("cpu", 1.0)
+            .estimated_duration(1.0)
+            .strategy(StrategyKind::Adaptive);
+        orch.submit_task(task).await.expect("submit");
+        wait_for_state(&mut redis, 10, "probe", "granted").await;
+        let key = Keys::new("switchyard").task("probe");
+        assert_eq!(
+            hget(&mut redis, &key, "agent").await.as_deref(),
+            Some(winner),
+            "the slowed-down agent's pace learned {age_ms} ms ago"
+        );
+    }
 }
 
 /// Makes `task`'s run deadline due now and enforces it; the attempt must have been stopped.

@@ -211,3 +211,49 @@ async fn adaptive_sends_the_slow_failing_type_fewer_tasks_than_round_robin() {
         round_robin.measured["slow"]
     );
 }
+
+/// Exploration on the real path: with one agent type known to run at half the estimate and one
+/// never seen, every ordinary task goes to the known type and the one task in 50 that explores
+/// (by queue sequence) goes to the unseen type, and the grant script counts it in the pair's
+/// pattern (`explorations`), so the dispatcher must have passed the explored type along with the
+/// grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exploring_task_goes_to_the_unseen_type_and_is_counted() {
+    const TASKS: usize = 50;
+    let cluster = Cluster::start(1).await;
+    let _known = cluster.agent("known-1", "known", 64.0, 65536.0).await;
+    let _unseen = cluster.agent("unseen-1", "unseen", 64.0, 65536.0).await;
+    let mut redis = cluster.redis().await;
+    let keys = switchyard_server::state::Keys::new("switchyard");
+    let _: i64 = redis::cmd("HSET")
+        .arg(keys.patterns())
+        .arg(&[
+            ("default|known|attempts", "10"),
+            ("default|known|successes", "10"),
+            ("default|known|success_ema", "1"),
+            ("default|known|duration_ratio_ema", "0.5"),
+        ])
+        .query_async(&mut redis)
+        .await
+        .expect("HSET patterns");
+    let orch = cluster.coordinator("orch").await;
+    for i in 0..TASKS {
+        let task = TaskSubmit::new(format!("job-{i}"))
+            .resource("cpu", 1.0)
+            .estimated_duration(1.0)
+            .strategy(StrategyKind::Adaptive);
+        orch.submit_task(task).await.expect("submit");
+    }
+    let mut on: BTreeMap<String, usize> = BTreeMap::new();
+    for i in 0..TASKS {
+        let task = format!("job-{i}");
+        common::wait_for_state(&mut redis, 10, &task, "granted").await;
+        let agent = common::hget(&mut redis, &keys.task(&task), "agent").await;
+        *on.entry(agent.unwrap_or_default()).or_default() += 1;
+    }
+    assert_eq!(on.get("unseen-1"), Some(&1), "grants per agent: {on:?}");
+    assert_eq!(on.get("known-1"), Some(&(TASKS - 1)), "{on:?}");
+    let explorations =
+        common::hget_i64(&mut redis, &keys.patterns(), "default|unseen|explorations").await;
+    assert_eq!(explorations, 1, "the exploring grant is counted");
+}

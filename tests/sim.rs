@@ -17,10 +17,11 @@ use std::process::Command;
 use common::OutputWithin;
 use switchyard_sim::{ORACLE, parse_named, run_all};
 
-const SHIPPED: [&str; 7] = [
+const SHIPPED: [&str; 8] = [
     "homogeneous",
     "heterogeneous",
     "degrading",
+    "recovering",
     "bursty_deep_deps",
     "tenant_flood",
     "head_task",

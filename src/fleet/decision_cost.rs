@@ -47,6 +47,7 @@ fn fleet(n: usize, rng: &mut SplitMix) -> Vec<AgentView> {
                 priority_weight: 1.0,
                 active_tasks: (reserved.cpu / 1000) as u32,
                 learned: Default::default(),
+                idle_s: 0.0,
             }
         })
         .collect()

@@ -42,6 +42,12 @@ const DRIFT_SIGMAS: f64 = 3.0;
 const DRIFT_MIN_LOG: f64 = 0.262_364_264_467_491;
 /// Log-durations are kept within ±ln(1000), so one absurd report cannot dominate.
 const LOG_LIMIT: f64 = 6.907_755_278_982_137;
+/// An avoided agent's penalties halve every this many runs it could have done while idle
+/// ([`AgentLearning::faded`]). Measured (release build, `sim --workload`) on the shipped
+/// `recovering` fleet (its fastest agent 8× slower for 100 s, 40% load; five seeds): 30 runs took
+/// 19% off adaptive's mean, 60 17%, 120 13%. Trying again an agent that stays slow (the same
+/// fleet, no recovery) cost 0.7%, 0.5% and 0.3%; `degrading` over twelve seeds +0.2%, +0.1%, 0.
+pub const FADE_HALF_LIFE_RUNS: f64 = 60.0;
 /// Weight of the newest attempt in the agent's failure excess: three failures in a row of an
 /// agent whose type almost never fails bring its expected success to about a third.
 const FAILURE_RATE: f64 = 0.3;
@@ -80,6 +86,11 @@ pub struct AgentLearning {
     pub failure_excess: f64,
     /// Changes detected so far.
     pub drifts: u64,
+    /// When the newest attempt was folded in, milliseconds since the Unix epoch by the store's
+    /// clock (0: never). [`AgentLearning::record`] sees no clock: whoever records sets it (the
+    /// scripts, the simulator), and placement reads its age through [`AgentLearning::idle_s`].
+    #[serde(default)]
+    pub learned_at_ms: u64,
 }
 
 impl AgentLearning {
@@ -101,6 +112,49 @@ impl AgentLearning {
             0.0
         };
         (type_success - excess).clamp(floor, 1.0)
+    }
+
+    /// Seconds since the newest attempt was learned at `now_ms`, while the agent runs nothing
+    /// (`active_tasks` 0); 0 while one of its runs is out (its result is on the way) or when
+    /// nothing was learned yet.
+    pub fn idle_s(&self, active_tasks: u32, now_ms: u64) -> f64 {
+        if active_tasks > 0 || self.learned_at_ms == 0 {
+            return 0.0;
+        }
+        now_ms.saturating_sub(self.learned_at_ms) as f64 / 1000.0
+    }
+
+    /// What placement believes of an agent whose evidence is `idle_runs` runs old (how many runs
+    /// of the task at hand the agent could have done since it last ran): if the agent has
+    /// changed before (`drifts` > 0), its *penalties* — a pace slower than its type, failing
+    /// more than its type — halve every [`FADE_HALF_LIFE_RUNS`].
+    ///
+    /// An agent that slowed down is avoided, and an avoided agent sends no evidence: without
+    /// this, an agent that came back would stay shunned for as long as faster agents have room
+    /// (a fleet's fastest agent, 8× slower for 100 s, never ran again in a 1,200 s run at 40%
+    /// load). With it, the penalty fades until the agent is worth a task again; one run then
+    /// tells (the change test restarts its estimate if it came back), and the stored estimate is
+    /// left as learned.
+    ///
+    /// Only an agent that has changed is expected to change back. An agent slow or failing since
+    /// it started is so by nature, or its penalty is noise from its first runs: fading those on
+    /// generated workloads (where agents of a type are alike) sent work to agents no better than
+    /// before and cost 0.3% of adaptive's mean over 90 workloads (one 80-agent fleet 6%);
+    /// gated on a change, the cost is nil. A bonus does not fade: an agent better than its type
+    /// keeps being chosen, so its evidence stays fresh.
+    pub fn faded(&self, idle_runs: f64) -> AgentLearning {
+        if self.drifts == 0 || !(idle_runs.is_finite() && idle_runs > 0.0) {
+            return *self;
+        }
+        let keep = 0.5f64.powf(idle_runs / FADE_HALF_LIFE_RUNS);
+        let mut faded = *self;
+        if faded.pace > 0.0 {
+            faded.pace *= keep;
+        }
+        if faded.failure_excess > 0.0 {
+            faded.failure_excess *= keep;
+        }
+        faded
     }
 
     /// Folds one completion in. `type_ratio` and `type_success` are the agent type's pattern for
@@ -238,6 +292,50 @@ mod tests {
         }
         assert!(learning.pace_factor() < 1.5, "{}", learning.pace_factor());
         assert!(learning.drifts >= 2);
+    }
+
+    #[test]
+    fn a_changed_idle_agents_penalties_halve_every_half_life_and_its_bonus_stays() {
+        let slow = AgentLearning {
+            pace: 8f64.ln(),
+            failure_excess: 0.4,
+            drifts: 1,
+            learned_at_ms: 1_000,
+            ..AgentLearning::default()
+        };
+        let faded = slow.faded(FADE_HALF_LIFE_RUNS);
+        assert!((faded.pace_factor() - 8f64.sqrt()).abs() < 1e-9);
+        assert!((faded.failure_excess - 0.2).abs() < 1e-12);
+        let long_gone = slow.faded(10.0 * FADE_HALF_LIFE_RUNS);
+        assert!(long_gone.pace_factor() < 1.01);
+        // What is stored is not changed, and no idle time changes nothing.
+        assert_eq!(slow.faded(0.0), slow);
+        assert_eq!(slow.faded(f64::NAN), slow);
+        // A fast agent keeps its bonus: it is chosen, so its evidence stays fresh anyway.
+        let fast = AgentLearning {
+            pace: -(2f64.ln()),
+            failure_excess: -0.05,
+            drifts: 1,
+            ..AgentLearning::default()
+        };
+        assert_eq!(fast.faded(100.0), fast);
+        // An agent that never changed is slow by nature (or by its first runs' noise): kept.
+        let steady = AgentLearning { drifts: 0, ..slow };
+        assert_eq!(steady.faded(100.0), steady);
+    }
+
+    #[test]
+    fn an_agent_is_idle_only_with_no_run_out() {
+        let learned = AgentLearning {
+            learned_at_ms: 10_000,
+            ..AgentLearning::default()
+        };
+        assert_eq!(learned.idle_s(0, 25_000), 15.0);
+        // A run is out: its result is on the way.
+        assert_eq!(learned.idle_s(1, 25_000), 0.0);
+        // Nothing learned yet, or a clock behind the store's.
+        assert_eq!(AgentLearning::default().idle_s(0, 25_000), 0.0);
+        assert_eq!(learned.idle_s(0, 5_000), 0.0);
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub struct AgentView {
     /// What has been learned about this agent beyond its type (pace, failures, drift); neutral
     /// for a new agent.
     pub learned: AgentLearning,
+    /// Seconds since the agent last finished an attempt, while none of its runs is out (0 while
+    /// one is, or when it never ran): how old what has been learned about it is.
+    pub idle_s: f64,
 }
 
 /// A snapshot of one task waiting to be placed.

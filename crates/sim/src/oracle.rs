@@ -203,6 +203,7 @@ estimated_duration_s = [10.0, 10.0]
             priority_weight: 1.0,
             active_tasks: 0,
             learned: Default::default(),
+            idle_s: 0.0,
         }
     }
 

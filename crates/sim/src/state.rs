@@ -118,13 +118,14 @@ pub(crate) struct SimAgent {
     pub speed_factor: f64,
     /// Tasks currently granted here.
     pub running: Vec<usize>,
-    /// What placement has learned about this agent beyond its type.
+    /// What placement has learned about this agent beyond its type; `learned_at_ms` is in
+    /// simulated milliseconds.
     pub learned: AgentLearning,
 }
 
 impl SimAgent {
-    /// The snapshot placement sees, as the optimizer reads it from Redis.
-    pub fn view(&self) -> AgentView {
+    /// The snapshot placement sees at `now_us`, as the optimizer reads it from Redis.
+    pub fn view(&self, now_us: u64) -> AgentView {
         AgentView {
             agent_id: self.id.clone(),
             agent_type: self.type_name.clone(),
@@ -134,6 +135,7 @@ impl SimAgent {
             priority_weight: 1.0,
             active_tasks: self.active,
             learned: self.learned,
+            idle_s: self.learned.idle_s(self.active, now_us / 1000),
         }
     }
 

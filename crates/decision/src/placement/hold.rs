@@ -127,6 +127,7 @@ mod tests {
             priority_weight: 1.0,
             active_tasks: active,
             learned: Default::default(),
+            idle_s: 0.0,
         }
     }
 

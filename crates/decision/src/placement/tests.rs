@@ -25,6 +25,7 @@ fn agent(id: &str, capacity: Resources, reserved: Resources) -> AgentView {
         priority_weight: 1.0,
         active_tasks: 0,
         learned: Default::default(),
+        idle_s: 0.0,
     }
 }
 

@@ -26,6 +26,7 @@ fn agent(id: &str, agent_type: &str, busy: u64) -> AgentView {
         priority_weight: 1.0,
         active_tasks: busy as u32,
         learned: AgentLearning::default(),
+        idle_s: 0.0,
     }
 }
 
@@ -103,6 +104,35 @@ fn a_degraded_agent_loses_its_work_after_one_slow_run() {
     // Back to normal: two on-time runs and a is preferred again.
     history(&mut a.learned, &[10.0, 10.0]);
     assert_eq!(ranked(&[a, b], &patterns), ["a", "b"]);
+}
+
+#[test]
+fn an_avoided_agent_is_tried_again_once_it_has_been_idle_long_enough() {
+    let patterns = one_type(1.0, 0.95);
+    // a slowed down 8× (and was caught); b runs twice as slow as its type, steadily.
+    let (mut a, mut b) = (agent("a", "w", 0), agent("b", "w", 0));
+    history(&mut a.learned, &[10.0; 20]);
+    history(&mut a.learned, &[80.0]);
+    history(&mut b.learned, &[20.0; 20]);
+    let idle = |mut a: AgentView, runs: f64| {
+        a.idle_s = runs * 10.0; // runs of this 10-second task on a type at ratio 1
+        a
+    };
+    // Freshly judged, a is expected at 80 s against b's 20 s.
+    assert_eq!(ranked(&[a.clone(), b.clone()], &patterns), ["b", "a"]);
+    // The penalty halves (in log-duration) every 60 runs a could have done while idle: after
+    // 80 runs it is expected at 8^0.40 = 2.3× (still behind b), after 110 at 8^0.28 = 1.8×.
+    assert_eq!(
+        ranked(&[idle(a.clone(), 80.0), b.clone()], &patterns),
+        ["b", "a"]
+    );
+    assert_eq!(
+        ranked(&[idle(a.clone(), 110.0), b.clone()], &patterns),
+        ["a", "b"]
+    );
+    // What is stored is untouched: one more slow run, and a is avoided again.
+    history(&mut a.learned, &[80.0]);
+    assert_eq!(ranked(&[a, b], &patterns), ["b", "a"]);
 }
 
 #[test]

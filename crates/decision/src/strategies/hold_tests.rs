@@ -22,6 +22,7 @@ fn agent(id: &str, agent_type: &str, capacity: u64, reserved: u64) -> AgentView 
         priority_weight: 1.0,
         active_tasks: reserved as u32,
         learned: Default::default(),
+        idle_s: 0.0,
     }
 }
 

@@ -136,11 +136,14 @@ struct Expectation {
 
 impl Expectation {
     /// `estimate × pair ratio × agent pace`, and the pair's success corrected by the agent's own
-    /// failure excess.
+    /// failure excess; an idle agent's penalties fade with the runs it could have done since it
+    /// last ran ([`AgentLearning::faded`](crate::AgentLearning::faded)).
     fn of(task: &TaskView, agent: &AgentView, pair: PairEstimate) -> Expectation {
+        let typical_s = estimate_of(task) * pair.ratio;
+        let learned = agent.learned.faded(agent.idle_s / typical_s);
         Expectation {
-            run_s: estimate_of(task) * pair.ratio * agent.learned.pace_factor(),
-            success: agent.learned.success_given(pair.success, MIN_SUCCESS),
+            run_s: typical_s * learned.pace_factor(),
+            success: learned.success_given(pair.success, MIN_SUCCESS),
         }
     }
 
@@ -195,7 +198,9 @@ impl<'a> Pairs<'a> {
 ///   ([`PatternStats`]); what a type does, transferable to its new agents;
 /// * `pace(a)` — how much slower or faster this agent runs than its type
 ///   ([`AgentLearning`](crate::AgentLearning)), with a change test that catches an agent that
-///   slowed down (or came back) within a few of its runs;
+///   slowed down (or came back) within a few of its runs; while an agent that has changed
+///   before runs nothing its penalties fade (halving every 60 runs it could have done), so an
+///   agent avoided since it slowed down is tried again in time and seen to have come back;
 /// * `success(a)` — the pair's learned success probability less the agent's own failure excess,
 ///   so `1 / success` is the expected number of attempts: a retry costs a whole attempt;
 /// * `wait(a)` — for an agent with room now, a mild load penalty, `× (1 + QUEUE_WEIGHT × peak

@@ -25,6 +25,7 @@ fn agent(id: &str, agent_type: &str, reserved_cpu: u64) -> AgentView {
         priority_weight: 1.0,
         active_tasks: 0,
         learned: Default::default(),
+        idle_s: 0.0,
     }
 }
 

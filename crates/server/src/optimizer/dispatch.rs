@@ -99,6 +99,7 @@ async fn dispatch_round(
         },
         head::current_hold(ctx)
     )?;
+    fleet.age(now_ms());
     let head = head::feasible_head(ctx, first, fleet.agents(), hints).await?;
     let plan = plan_head(
         ctx,

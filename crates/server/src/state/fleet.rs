@@ -61,6 +61,15 @@ impl FleetCache {
         &self.views
     }
 
+    /// Sets every view's [`AgentView::idle_s`] for a decision at `now_ms` (this replica's clock;
+    /// the learned time is the Redis server's, and a skew between the two shifts an idle
+    /// agent's fading by that much, against a half-life of tens of task durations).
+    pub fn age(&mut self, now_ms: u64) {
+        for view in &mut self.views {
+            view.idle_s = view.learned.idle_s(view.active_tasks, now_ms);
+        }
+    }
+
     /// Brings the cache up to date: the log entries since the last read, or the whole fleet when
     /// the cache is new or has not been read for too long.
     pub async fn refresh(&mut self, store: &Store) -> Result<Refresh, Error> {
@@ -181,11 +190,13 @@ pub(crate) fn decode_view(agent_id: &str, encoded: &str) -> Option<AgentView> {
         priority_weight: rest[9].parse().unwrap_or(1.0),
         active_tasks: rest[10].parse().ok()?,
         learned: Default::default(),
+        idle_s: 0.0,
     })
 }
 
 /// Decodes a log entry's learned values (`observations|pace|pace_fast|pace_var|failure_excess|
-/// drifts`, lib.lua `encode_learned`); garbled or missing parts read as neutral, and parts a
+/// drifts|learned_at_ms`, lib.lua `encode_learned`; entries of the previous version have no
+/// `learned_at_ms`); garbled or missing parts read as neutral, and parts a
 /// later version may append are ignored.
 pub(crate) fn decode_learned(encoded: &str) -> AgentLearning {
     let parts: Vec<&str> = encoded.split('|').collect();
@@ -229,6 +240,8 @@ mod tests {
             pace_var: 0.015,
             failure_excess: -0.05,
             drifts: 1,
+            // An entry of the version before `learned_at`: never learned, never faded.
+            learned_at_ms: 0,
         };
         assert_eq!(cache.agents()[0].learned, expected);
         assert!((cache.agents()[0].learned.pace_factor() - 8.0).abs() < 1e-9);
@@ -245,7 +258,42 @@ mod tests {
         // Garbled or short values read as neutral; appended parts are ignored.
         assert_eq!(decode_learned(""), AgentLearning::default());
         assert_eq!(decode_learned("x|nan|||"), AgentLearning::default());
-        assert_eq!(decode_learned(&format!("{learned}|9|9")), expected);
+        let dated = AgentLearning {
+            learned_at_ms: 1_700_000_000_123,
+            ..expected
+        };
+        assert_eq!(decode_learned(&format!("{learned}|1700000000123")), dated);
+        assert_eq!(
+            decode_learned(&format!("{learned}|1700000000123|9|9")),
+            dated
+        );
+    }
+
+    #[test]
+    fn ageing_sets_idle_time_only_for_agents_with_no_run_out() {
+        let mut cache = FleetCache::new();
+        cache.apply_entry(&[
+            (
+                "idle".into(),
+                "active|8000|0|0|0|0|0|0|0|0.5|1|0|gpu".into(),
+            ),
+            (format!("idle{LEARNED_SUFFIX}"), "3|0|0|0|0|1|10000".into()),
+            (
+                "busy".into(),
+                "active|8000|0|0|0|1000|0|0|0|0.5|1|1|gpu".into(),
+            ),
+            (format!("busy{LEARNED_SUFFIX}"), "3|0|0|0|0|1|10000".into()),
+        ]);
+        cache.age(12_500);
+        let idle = |id: &str| {
+            cache
+                .agents()
+                .iter()
+                .find(|v| &*v.agent_id == id)
+                .map(|v| v.idle_s)
+        };
+        assert_eq!(idle("idle"), Some(2.5));
+        assert_eq!(idle("busy"), Some(0.0));
     }
 
     #[test]

@@ -8,16 +8,17 @@ use super::records::QueuedTask;
 
 /// The agent hash fields holding what has been learned about the agent beyond its type
 /// ([`AgentLearning`]), in the order of its fields: observations, pace, pace_fast, pace_var,
-/// failure_excess, drifts. `complete_tasks.lua` writes them (named through the `LEARNED_FIELDS`
+/// failure_excess, drifts, learned_at_ms. The completion and deadline scripts write them (named through the `LEARNED_FIELDS`
 /// the scripts are given, state/scripts.rs), the fleet log carries them, and the reads below
 /// parse them; an agent stored before they existed has none and reads as neutral.
-pub(crate) const LEARNED_FIELDS: [&str; 6] = [
+pub(crate) const LEARNED_FIELDS: [&str; 7] = [
     "pace_n",
     "pace",
     "pace_fast",
     "pace_var",
     "fail_excess",
     "drifts",
+    "learned_at",
 ];
 
 /// The suffix of a fleet-log field carrying an agent's learned values (state/fleet.rs; agent ids
@@ -45,8 +46,8 @@ const VIEW_ROW_FIELDS: [&str; 15] = [
 
 /// Agent hash fields read for a full row: the view's, then [`LEARNED_FIELDS`] (from
 /// `LEARNED_AT`).
-pub(crate) const AGENT_FIELDS: [&str; 21] = {
-    let mut out = [""; 21];
+pub(crate) const AGENT_FIELDS: [&str; 22] = {
+    let mut out = [""; 22];
     let mut i = 0;
     while i < VIEW_ROW_FIELDS.len() {
         out[i] = VIEW_ROW_FIELDS[i];
@@ -115,6 +116,7 @@ pub(crate) fn agent_view(agent_id: String, row: &[String]) -> AgentView {
         priority_weight: num(row, 11),
         active_tasks: num(row, 12),
         learned: learning_from(row.get(LEARNED_AT..).unwrap_or_default()),
+        idle_s: 0.0,
     }
 }
 
@@ -130,6 +132,7 @@ pub(crate) fn learning_from<S: AsRef<str>>(parts: &[S]) -> AgentLearning {
         pace_var: real(3).unwrap_or(0.0),
         failure_excess: real(4).unwrap_or(0.0),
         drifts: at(5).parse().unwrap_or(0),
+        learned_at_ms: at(6).parse().unwrap_or(0),
     }
 }
 

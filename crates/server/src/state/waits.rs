@@ -336,6 +336,7 @@ mod tests {
             priority_weight: 1.0,
             active_tasks: 0,
             learned: Default::default(),
+            idle_s: 0.0,
         }
     }
 

@@ -5,7 +5,6 @@ use std::cmp::Reverse;
 use super::{Engine, Ev, Placer, SimError, to_us};
 use crate::oracle::Oracle;
 use crate::rng::SplitMix;
-use crate::state::SimAgent;
 use switchyard_decision::resources::fits_within;
 use switchyard_decision::{
     AgentView, DecisionContext, HeadHold, PlannedGrant, Resources, TaskEvent, TaskState, TaskView,
@@ -22,7 +21,7 @@ impl Engine<'_> {
                 .agents
                 .iter()
                 .filter(|a| a.alive)
-                .map(SimAgent::view)
+                .map(|a| a.view(self.now_us))
                 .collect();
             if head.is_empty() || views.is_empty() {
                 return Ok(());
@@ -94,7 +93,7 @@ impl Engine<'_> {
                 let agent = &self.agents[a];
                 agent.alive
                     && fits_within(required, &agent.reserved, &agent.capacity)
-                    && may_backfill(&view, &agent.view(), hold)
+                    && may_backfill(&view, &agent.view(self.now_us), hold)
             })
     }
 

@@ -95,6 +95,8 @@ impl Engine<'_> {
             expected.success_ema,
             lr,
         );
+        // Simulated milliseconds, at least 1 (0 reads as never learned).
+        agent.learned.learned_at_ms = (self.now_us / 1000).max(1);
         self.patterns.record(
             task_type,
             &agent.type_name,

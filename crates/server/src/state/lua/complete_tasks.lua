@@ -59,7 +59,8 @@
 -- Per agent, beyond its type: the learned fields (lib.lua LEARNED_FIELDS, from rows.rs: `pace_n`
 -- successes with known durations since the last change, `pace` ln(actual / (estimated x type's
 -- duration ratio)) averaged, `pace_fast` the same at rate 0.5, `pace_var` the agent's noise,
--- `fail_excess` the moving average of failing beyond the type, `drifts` changes detected) learn
+-- `fail_excess` the moving average of failing beyond the type, `drifts` changes detected,
+-- `learned_at` when (ms, Redis clock), which placement fades an idle agent's penalties by) learn
 -- from the same reports as the score, with `AgentLearning::record`'s arithmetic (decision crate,
 -- learning.rs) line for line; the type's pattern is read as it was just before this report
 -- folded into it (never seen: ratio 1, success 0.5, as PatternStats::neutral). Stored with

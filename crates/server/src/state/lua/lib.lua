@@ -115,10 +115,13 @@ end
 -- What is learned per agent beyond its type (decision crate, learning.rs: AgentLearning).
 -- LEARNED_FIELDS, the agent hash fields holding it, is defined in front of this file by
 -- state/scripts.rs (rows.rs LEARNED_FIELDS), in this order: observations since the last change,
--- pace, pace_fast, pace_var, failure excess, drifts. Scripts name them through these roles.
-local L_OBS, L_PACE, L_FAST, L_VAR, L_EXCESS, L_DRIFTS = unpack(LEARNED_FIELDS)
+-- pace, pace_fast, pace_var, failure excess, drifts, when the newest attempt was learned (ms by
+-- this server's clock: placement fades an idle agent's penalties with its age). Scripts name them
+-- through these roles.
+local L_OBS, L_PACE, L_FAST, L_VAR, L_EXCESS, L_DRIFTS, L_AT = unpack(LEARNED_FIELDS)
 
--- An agent's learned fields as one fleet-log value, `obs|pace|pace_fast|pace_var|excess|drifts`,
+-- An agent's learned fields as one fleet-log value,
+-- `obs|pace|pace_fast|pace_var|excess|drifts|learned_at`,
 -- logged under the field `<agent_id>` .. LEARNED_SUFFIX next to the agent's view (state/fleet.rs
 -- decode_learned). A separate field, not more view parts: the view's last part is the type, and a
 -- replica of the previous version reads a field it does not know as an agent that is not active,
@@ -547,6 +550,7 @@ end
 -- type's pattern before the outcome. Returns whether a drift was detected.
 local function learn_agent(a, success, est, actual, type_ratio, type_success, lr)
   a.learned = true
+  a[L_AT] = int(now_ms())
   local ts = finite(type_success) and math.max(0, math.min(1, type_success)) or 0.5
   local excess = tonumber(a[L_EXCESS]) or 0
   excess = excess + FAILURE_RATE * ((success and 0 or 1) - (1 - ts) - excess)
