@@ -14,8 +14,8 @@
 //!   once it has even one observation its cost is about 2.5× the fast type's or more (one
 //!   success: ratio 2, success 0.75, so 2.67, against about 1 / 0.96 for the fast type after a
 //!   dozen successes), above the largest load penalty (1.5×; with 40 tasks on 128 cpus, at most
-//!   1.31×). An unobserved pair is tried optimistically, so the warm-up always observes the slow
-//!   type, and the measured batch is submitted only after the optimizer has confirmed every
+//!   1.31×). Before anything is learned both types are expected to run as estimated, so the
+//!   warm-up spreads over them and always observes the slow type, and the measured batch is submitted only after the optimizer has confirmed every
 //!   warm-up completion (the replies arrive after the Redis commit that updates the patterns).
 
 // Test code: a helper that cannot go on should stop the test where it failed.
