@@ -139,7 +139,8 @@ impl AgentLearning {
     /// Only an agent that has changed is expected to change back. An agent slow or failing since
     /// it started is so by nature, or its penalty is noise from its first runs: fading those on
     /// generated workloads (where agents of a type are alike) sent work to agents no better than
-    /// before and cost 0.3% of adaptive's mean over 90 workloads (one 80-agent fleet 6%);
+    /// before and cost 0.3% of adaptive's mean over 90 workloads at a 30-run half-life (one
+    /// 80-agent fleet 6%);
     /// gated on a change, the cost is nil. A bonus does not fade: an agent better than its type
     /// keeps being chosen, so its evidence stays fresh.
     pub fn faded(&self, idle_runs: f64) -> AgentLearning {

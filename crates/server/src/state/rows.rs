@@ -8,9 +8,10 @@ use super::records::QueuedTask;
 
 /// The agent hash fields holding what has been learned about the agent beyond its type
 /// ([`AgentLearning`]), in the order of its fields: observations, pace, pace_fast, pace_var,
-/// failure_excess, drifts, learned_at_ms. The completion and deadline scripts write them (named through the `LEARNED_FIELDS`
-/// the scripts are given, state/scripts.rs), the fleet log carries them, and the reads below
-/// parse them; an agent stored before they existed has none and reads as neutral.
+/// failure_excess, drifts, learned_at_ms. The completion and deadline scripts write them (named
+/// through the `LEARNED_FIELDS` the scripts are given, state/scripts.rs), the fleet log carries
+/// them, and the reads below parse them; an agent stored before they existed has none and reads
+/// as neutral.
 pub(crate) const LEARNED_FIELDS: [&str; 7] = [
     "pace_n",
     "pace",
